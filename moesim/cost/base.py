@@ -1,0 +1,203 @@
+"""The cost-model contract between calibrator and simulator.
+
+A cost model answers one question: how long does this step take on this slice with these weights
+resident, and what is that time made of. The engine never looks inside.
+
+Vocabulary:
+  * a *step* is one forward pass of a batch: some sequences prefill a chunk of prompt tokens, others
+    decode one token each;
+  * an *expert group* is a set of (layer, expert) positions whose weights are one copy shared by a set of
+    tenants, either resident on the GPU or on the host (fetched per use over the host link);
+  * a *slice* is what the instance owns of the GPU: a fraction of its SMs, of its HBM bandwidth and of the
+    host link.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from moesim.specs import GPUSpec, ModelSpec
+
+
+@dataclass(frozen=True, slots=True)
+class SeqWork:
+    """One sequence's part in a step.
+
+    Attributes:
+        tenant: whose non-expert layers (and own experts) process it.
+        new_tokens: prompt tokens prefilled in this step, or 1 for a decode step.
+        context: tokens already in the KV cache before this step.
+    """
+
+    tenant: int
+    new_tokens: int
+    context: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExpertGroup:
+    """Expert positions that share one weight copy.
+
+    Attributes:
+        tenants: tenants whose tokens use this copy.
+        positions: number of (layer, expert) positions in the group, over all MoE layers.
+        on_gpu: resident in device memory (True) or on the host, fetched per use (False).
+    """
+
+    tenants: frozenset[int]
+    positions: int
+    on_gpu: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    """What an instance owns of the GPU, as fractions of the whole.
+
+    Attributes:
+        sm_fraction: share of the GPU's SMs (compute).
+        bw_fraction: share of HBM bandwidth (a MIG slice's memory-slice fraction).
+        link_fraction: share of the host link available to this instance's fetches.
+        pinned: host copies come from pinned memory (else pageable).
+    """
+
+    sm_fraction: float = 1.0
+    bw_fraction: float = 1.0
+    link_fraction: float = 1.0
+    pinned: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Residency:
+    """Which weights an instance holds, as the cost model needs it.
+
+    Attributes:
+        groups: the expert groups (they cover every tenant's every position exactly once).
+        slice: the instance's share of the GPU.
+        fetch_overlap: fraction of expert-fetch time hidden under compute (0: synchronous, as the paper).
+        expert_cache_hit: fraction of host-expert uses served from a GPU cache instead of the link.
+    """
+
+    groups: tuple[ExpertGroup, ...]
+    slice: Slice = field(default_factory=Slice)
+    fetch_overlap: float = 0.0
+    expert_cache_hit: float = 0.0
+
+    def resident_positions(self, tenant: int) -> int:
+        """Positions of ``tenant`` whose copy is on the GPU."""
+        return sum(g.positions for g in self.groups if g.on_gpu and tenant in g.tenants)
+
+    def host_positions(self, tenant: int) -> int:
+        """Positions of ``tenant`` whose copy is on the host."""
+        return sum(g.positions for g in self.groups if not g.on_gpu and tenant in g.tenants)
+
+    def gpu_expert_copies(self) -> int:
+        """Distinct expert copies in device memory."""
+        return sum(g.positions for g in self.groups if g.on_gpu)
+
+
+@dataclass(frozen=True, slots=True)
+class StepCost:
+    """A step's duration broken down by component (seconds)."""
+
+    attention_s: float = 0.0
+    router_s: float = 0.0
+    experts_s: float = 0.0
+    fetch_s: float = 0.0
+    lm_head_s: float = 0.0
+    overhead_s: float = 0.0
+    expert_fetches: float = 0.0  # expected experts copied from the host (count, not seconds)
+
+    @property
+    def total_s(self) -> float:
+        """Wall time of the step (seconds)."""
+        return (
+            self.attention_s + self.router_s + self.experts_s + self.fetch_s + self.lm_head_s + self.overhead_s
+        )
+
+    def __add__(self, other: StepCost) -> StepCost:
+        return StepCost(
+            self.attention_s + other.attention_s,
+            self.router_s + other.router_s,
+            self.experts_s + other.experts_s,
+            self.fetch_s + other.fetch_s,
+            self.lm_head_s + other.lm_head_s,
+            self.overhead_s + other.overhead_s,
+            self.expert_fetches + other.expert_fetches,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeRun:
+    """``n`` consecutive decode steps of a fixed batch.
+
+    Attributes:
+        end_s: cumulative end time of each step from the run's start, shape (n,), seconds, increasing.
+        cost: summed breakdown over the whole run.
+    """
+
+    end_s: np.ndarray
+    cost: StepCost
+
+
+class CostModel(ABC):
+    """Step durations from batch shape and residency.
+
+    Implementations hold precomputed tables; ``step`` and ``decode_run`` do no DataFrame work.
+    """
+
+    name: str = "abstract"
+
+    def __init__(self, model: ModelSpec, gpu: GPUSpec) -> None:
+        self.model = model
+        self.gpu = gpu
+
+    @abstractmethod
+    def step(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
+        """Cost of one step of ``batch`` (prefill chunks and/or single decode tokens)."""
+
+    def decode_run(self, decode_tenants: tuple[int, ...], context0: tuple[int, ...], n_steps: int,
+                   residency: Residency) -> DecodeRun:
+        """``n_steps`` decode steps of a fixed batch, the k-th step with context ``context0 + k``.
+
+        The default evaluates ``step`` per step; implementations override it with a vectorised form.
+        """
+        ends = np.empty(n_steps)
+        total = StepCost()
+        t = 0.0
+        for k in range(n_steps):
+            batch = tuple(SeqWork(tn, 1, c + k) for tn, c in zip(decode_tenants, context0, strict=True))
+            c = self.step(batch, residency)
+            t += c.total_s
+            ends[k] = t
+            total = total + c
+        return DecodeRun(ends, total)
+
+    def swap_s(self, nbytes: float, residency: Residency, bandwidth_fraction: float = 1.0) -> float:
+        """Seconds to copy ``nbytes`` host→device (a non-expert set or a whole model).
+
+        ``bandwidth_fraction`` scales the link (the paper's synchronous swap reached about a tenth).
+        """
+        link = self.gpu.h2d_pinned_Bps if residency.slice.pinned else self.gpu.h2d_pageable_Bps
+        return nbytes / (link * residency.slice.link_fraction * bandwidth_fraction)
+
+
+def expected_active_fraction(n_tokens: int | np.ndarray, n_experts: int, top_k: int,
+                             skew: float = 0.0) -> float | np.ndarray:
+    """Expected fraction of a layer's experts that ``n_tokens`` tokens activate.
+
+    Each token picks ``top_k`` distinct experts. With ``skew == 0`` routing is uniform: an expert is missed
+    by one token with probability ``1 - k/E``, so the expected active fraction is ``1 - (1 - k/E)^n``.
+    With ``skew > 0``, expert i's pick probability follows a Zipf law ``∝ (i+1)^-skew`` scaled to sum to
+    ``k`` (capped at 1); the fraction is the mean over experts of ``1 - (1 - q_i)^n``.
+    """
+    n = np.asarray(n_tokens, dtype=float)
+    if skew <= 0.0:
+        out = 1.0 - (1.0 - top_k / n_experts) ** n
+    else:
+        w = (np.arange(1, n_experts + 1, dtype=float)) ** (-skew)
+        q = np.minimum(w / w.sum() * top_k, 1.0)
+        out = (1.0 - (1.0 - q[:, None]) ** n.reshape(1, -1)).mean(axis=0).reshape(n.shape)
+    return float(out) if np.ndim(out) == 0 else out

@@ -1,0 +1,36 @@
+"""User-facing errors: one clear line, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class UserError(ValueError):
+    """An error the user caused (bad input file, unknown name, a model that cannot fit).
+
+    The message is one line naming the file/field/value and what would be valid.
+    """
+
+
+def unknown_name(kind: str, name: str, valid: Iterable[str]) -> UserError:
+    """Build the error for an unknown registry name, listing the valid ones."""
+    return UserError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(valid))}")
+
+
+def exit_on_user_error(fn: F) -> F:
+    """Decorate a CLI entry point: a UserError prints one line to stderr and exits with status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            print(f"moesim: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper  # type: ignore[return-value]
