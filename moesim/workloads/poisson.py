@@ -1,0 +1,128 @@
+"""``poisson``: one independent Poisson arrival stream per tenant (the paper's QoS workload: two streams at
+λ each, 20-token prompts, 25 generated tokens)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from moesim.workloads import WORKLOADS
+from moesim.workloads.base import (
+    STREAM_ARRIVALS,
+    STREAM_TOKENS,
+    Workload,
+    build_requests,
+    check_choice,
+    check_int,
+    check_real,
+    stream,
+)
+from moesim.workloads.request import Request
+from moesim.workloads.tenants import zipf_weights
+
+POPULARITIES = ("equal", "zipf")
+TOKEN_SOURCES = ("", "azure_conv", "azure_code")
+
+
+@dataclass(frozen=True)
+class PoissonConfig:
+    """Synthetic arrivals over ``[0, duration_s)``.
+
+    Attributes:
+        rate: mean arrival rate PER TENANT (requests/s); the total is ``rate × tenants``.
+        tenants: number of tenants (independent streams).
+        duration_s: length of the arrival window (seconds).
+        prompt_tokens, output_tokens: fixed token counts of every request (≥ 1).
+        popularity: ``equal`` (every tenant at ``rate``) or ``zipf`` (tenant i at
+            ``rate × tenants × w_i``, w_i ∝ 1/(i+1)^zipf_s, so the mean per tenant stays ``rate``).
+        zipf_s: Zipf exponent (≥ 0) for ``popularity="zipf"``.
+        tokens_from: ``""`` (fixed counts) or a shipped trace (``azure_conv`` | ``azure_code``) whose
+            (prompt, output) pairs are drawn jointly, uniformly with replacement, instead.
+    """
+
+    name: str = "poisson"
+    rate: float = 0.05
+    tenants: int = 2
+    duration_s: float = 3600.0
+    prompt_tokens: int = 20
+    output_tokens: int = 25
+    popularity: str = "equal"
+    zipf_s: float = 1.0
+    tokens_from: str = ""
+
+    def __post_init__(self) -> None:
+        n = self.name
+        check_real(n, "rate", self.rate, 0.0, strict=True, unit="requests/s per tenant")
+        check_int(n, "tenants", self.tenants, 1)
+        check_real(n, "duration_s", self.duration_s, 0.0, strict=True, unit="seconds")
+        check_int(n, "prompt_tokens", self.prompt_tokens, 1)
+        check_int(n, "output_tokens", self.output_tokens, 1)
+        check_choice(n, "popularity", self.popularity, POPULARITIES)
+        check_real(n, "zipf_s", self.zipf_s, 0.0, strict=False, unit="Zipf exponent")
+        check_choice(n, "tokens_from", self.tokens_from, TOKEN_SOURCES)
+
+
+def renewal_arrivals(draw_gaps: Callable[[int], np.ndarray], rate: float, duration_s: float) -> np.ndarray:
+    """Arrival times in [0, duration_s) of a renewal process whose inter-arrival gaps ``draw_gaps(n)`` gives
+    (mean 1/rate); the first arrival is one gap after 0. Gaps are drawn in chunks sized to the mean count."""
+    expected = rate * duration_s
+    chunk = int(expected + 5.0 * math.sqrt(expected) + 16)
+    parts: list[np.ndarray] = []
+    t0 = 0.0
+    while True:
+        times = t0 + np.cumsum(draw_gaps(chunk))
+        if times[-1] >= duration_s:
+            parts.append(times[times < duration_s])
+            return np.concatenate(parts)
+        parts.append(times)
+        t0 = float(times[-1])
+
+
+@WORKLOADS.register("poisson", PoissonConfig)
+class Poisson(Workload):
+    """Independent Poisson streams, one per tenant (exponential inter-arrival gaps)."""
+
+    cfg: PoissonConfig
+
+    @property
+    def horizon_s(self) -> float:
+        """``duration_s``: arrivals lie in [0, duration_s)."""
+        return float(self.cfg.duration_s)
+
+    @property
+    def tenant_rates_per_s(self) -> np.ndarray:
+        """Mean arrival rate of each tenant (requests/s); their mean is ``rate``."""
+        c = self.cfg
+        if c.popularity == "zipf":
+            return c.rate * c.tenants * zipf_weights(c.tenants, c.zipf_s)
+        return np.full(c.tenants, float(c.rate))
+
+    def _gaps(self, rng: np.random.Generator, rate: float, n: int) -> np.ndarray:
+        """``n`` inter-arrival gaps (seconds) of a stream at ``rate``."""
+        return rng.exponential(1.0 / rate, n)
+
+    def generate(self, seed: int) -> list[Request]:
+        """Each tenant's stream from its own seeded generator, merged in time order."""
+        c = self.cfg
+        arrival_parts, tenant_parts = [], []
+        for i, rate in enumerate(self.tenant_rates_per_s.tolist()):
+            rng = stream(seed, STREAM_ARRIVALS, i)
+            times = renewal_arrivals(lambda n, rng=rng, rate=rate: self._gaps(rng, rate, n), rate, c.duration_s)
+            arrival_parts.append(times)
+            tenant_parts.append(np.full(len(times), i, dtype=np.int64))
+        arrival_s = np.concatenate(arrival_parts)
+        tenant = np.concatenate(tenant_parts)
+        n = len(arrival_s)
+        if c.tokens_from:
+            from moesim.workloads.azure import load_shipped
+
+            trace = load_shipped(c.tokens_from)
+            rows = stream(seed, STREAM_TOKENS).integers(0, len(trace), size=n)
+            prompt, output = trace.prompt_tokens[rows], trace.output_tokens[rows]
+        else:
+            prompt = np.full(n, c.prompt_tokens, dtype=np.int64)
+            output = np.full(n, c.output_tokens, dtype=np.int64)
+        return build_requests(arrival_s, tenant, prompt, output)

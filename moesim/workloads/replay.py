@@ -1,0 +1,143 @@
+"""Replaying a recorded trace: time scaling, truncation and tenant assignment shared by ``azure_conv``,
+``azure_code`` and ``trace``."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from moesim.workloads.base import (
+    STREAM_TENANTS,
+    Workload,
+    build_requests,
+    check_choice,
+    check_int,
+    check_real,
+    invalid,
+    stream,
+)
+from moesim.workloads.request import Request
+from moesim.workloads.tenants import ASSIGNMENTS, assign_tenants
+
+
+@dataclass(frozen=True, eq=False)
+class TraceArrays:
+    """A parsed trace, sorted by time. Arrays are read-only (they may be cached and shared).
+
+    Attributes:
+        source: the file it came from (for messages).
+        arrival_s: arrival times, seconds, non-decreasing (float64).
+        prompt_tokens, output_tokens: token counts ≥ 1 (int64).
+        tenant: tenant ids (int64) when the file has a tenant column, else None.
+    """
+
+    source: str
+    arrival_s: np.ndarray
+    prompt_tokens: np.ndarray
+    output_tokens: np.ndarray
+    tenant: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        for arr in (self.arrival_s, self.prompt_tokens, self.output_tokens, self.tenant):
+            if arr is not None:
+                arr.setflags(write=False)
+
+    def __len__(self) -> int:
+        return len(self.arrival_s)
+
+    @property
+    def span_s(self) -> float:
+        """Time from the first to the last arrival (seconds)."""
+        return float(self.arrival_s[-1] - self.arrival_s[0]) if len(self) else 0.0
+
+    @property
+    def mean_rate_per_s(self) -> float:
+        """Requests over span: ``len / span_s`` (requests/s); 0 when the span is 0."""
+        return len(self) / self.span_s if self.span_s > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Replay of a trace (all times in seconds, rates in requests/s).
+
+    Attributes:
+        tenants: requests are spread over tenants 0..tenants-1 (unless the file has a tenant column).
+        assignment: ``round_robin`` (request i → tenant i mod tenants), ``uniform`` or ``zipf``.
+        zipf_s: Zipf exponent for ``assignment="zipf"`` (tenant 0 most popular; 0 = uniform).
+        time_scale: multiplies every timestamp (> 1 stretches the trace, lowering the rate).
+        rate: mean arrival rate PER TENANT; when > 0 it overrides ``time_scale`` so that the whole trace's
+            mean total rate (requests / span) becomes ``rate × tenants``. 0 = use ``time_scale``.
+        duration_s: keep arrivals before this time (after scaling); 0 = the whole trace.
+        max_requests: keep at most this many (the earliest); 0 = all.
+    """
+
+    name: str = "replay"
+    tenants: int = 2
+    assignment: str = "round_robin"
+    zipf_s: float = 1.0
+    time_scale: float = 1.0
+    rate: float = 0.0
+    duration_s: float = 0.0
+    max_requests: int = 0
+
+    def __post_init__(self) -> None:
+        n = self.name
+        check_int(n, "tenants", self.tenants, 1)
+        check_choice(n, "assignment", self.assignment, ASSIGNMENTS)
+        check_real(n, "zipf_s", self.zipf_s, 0.0, strict=False, unit="Zipf exponent")
+        check_real(n, "time_scale", self.time_scale, 0.0, strict=True, unit="factor on timestamps")
+        check_real(n, "rate", self.rate, 0.0, strict=False, unit="requests/s per tenant; 0 = use time_scale")
+        check_real(n, "duration_s", self.duration_s, 0.0, strict=False, unit="seconds; 0 = whole trace")
+        check_int(n, "max_requests", self.max_requests, 0)
+
+
+class Replay(Workload):
+    """Replays ``self.trace`` scaled and truncated as the config says; the seed only drives tenants."""
+
+    cfg: ReplayConfig
+
+    def __init__(self, cfg: ReplayConfig) -> None:
+        super().__init__(cfg)
+        self.trace = self._load()
+        if len(self.trace) == 0:
+            raise invalid(cfg.name, "trace", self.trace.source, "a trace with at least one request")
+        if cfg.rate > 0:
+            if self.trace.mean_rate_per_s <= 0:
+                raise invalid(cfg.name, "rate", cfg.rate,
+                              f"0 (use time_scale): {self.trace.source} spans 0 s, so it has no mean rate")
+            self.time_scale = self.trace.mean_rate_per_s / (cfg.rate * cfg.tenants)
+        else:
+            self.time_scale = float(cfg.time_scale)
+        arrival_s = self.trace.arrival_s * self.time_scale
+        end_s = float(arrival_s[-1])
+        n = len(arrival_s)
+        if cfg.duration_s > 0:
+            n = int(np.searchsorted(arrival_s, cfg.duration_s, side="left"))
+            end_s = min(end_s, float(cfg.duration_s))
+        if 0 < cfg.max_requests < n:
+            n = cfg.max_requests
+            end_s = float(arrival_s[n - 1])
+        self._arrival_s = arrival_s[:n]
+        self._horizon_s = end_s
+
+    @abstractmethod
+    def _load(self) -> TraceArrays:
+        """The trace to replay (validated, sorted)."""
+
+    @property
+    def horizon_s(self) -> float:
+        """End of the replayed window (seconds): ``duration_s`` when it cuts the trace, the last kept
+        arrival when ``max_requests`` cuts it, else the scaled time of the trace's last request."""
+        return self._horizon_s
+
+    def generate(self, seed: int) -> list[Request]:
+        """The trace's requests in order, times scaled; tenants from the file or assigned by the config."""
+        n = len(self._arrival_s)
+        if self.trace.tenant is not None:
+            tenant = self.trace.tenant[:n]
+        else:
+            c = self.cfg
+            tenant = assign_tenants(n, c.tenants, c.assignment, c.zipf_s, stream(seed, STREAM_TENANTS))
+        return build_requests(self._arrival_s, tenant, self.trace.prompt_tokens[:n], self.trace.output_tokens[:n])
