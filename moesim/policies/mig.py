@@ -1,0 +1,76 @@
+"""``mig``: the GPU split into a valid MIG layout, one tenant per instance.
+
+Each instance has its profile's memory (weight budget from it), SM share (compute) and memory-slice share
+(HBM bandwidth); experts that do not fit stay on the host and are fetched per use over the one host link
+that all instances share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moesim.cost.base import Slice
+from moesim.errors import UserError
+from moesim.policies import POLICIES
+from moesim.policies.base import (
+    InstancePlan,
+    Policy,
+    PolicyConfig,
+    expert_slots,
+    make_residency,
+    private_groups,
+    require_fits,
+)
+from moesim.specs import GPUSpec, ModelSpec
+from moesim.specs.mig import equal_layout, parse_layout
+
+
+@dataclass(frozen=True)
+class MIGConfig(PolicyConfig):
+    """MIG partitioning.
+
+    Attributes:
+        layout: e.g. ``"3g+3g"`` or ``"4g.40gb+3g.40gb"``; empty: the layout with one instance per tenant
+            whose smallest instance is largest.
+        pinned: host copies from pinned memory.
+        fetch_overlap: share of expert-fetch time hidden under compute (paper: 0).
+    """
+
+    name: str = "mig"
+    layout: str = ""
+    pinned: bool = True
+    fetch_overlap: float = 0.0
+
+
+@POLICIES.register("mig", MIGConfig)
+class MIG(Policy):
+    """One tenant per MIG instance."""
+
+    cfg: MIGConfig
+
+    def layout(self, model: ModelSpec, gpu: GPUSpec, n_tenants: int) -> list[InstancePlan]:
+        """Instances of the chosen layout, tenant i on instance i."""
+        lay = parse_layout(gpu, self.cfg.layout) if self.cfg.layout else equal_layout(gpu, n_tenants)
+        if len(lay.instances) < n_tenants:
+            raise UserError(
+                f"policy.layout={lay.short_name!r} has {len(lay.instances)} instances for {n_tenants} tenants; "
+                "mig serves one tenant per instance"
+            )
+        plans = []
+        P = model.n_expert_positions
+        for i, inst in enumerate(lay.instances[:n_tenants]):
+            prof = inst.profile
+            budget = self.budget(prof.memory_bytes)
+            require_fits(budget, 1, model, f"MIG instance {prof.name}")
+            r = min(P, expert_slots(budget, 1, model))
+            sl = Slice(sm_fraction=prof.sms / gpu.sms, bw_fraction=prof.memory_fraction, pinned=self.cfg.pinned)
+            plans.append(InstancePlan(
+                name=f"mig{i}:{prof.name}", profile=prof.name, memory_bytes=prof.memory_bytes,
+                residency=make_residency(private_groups(model, (i,), r), sl, self.cfg.fetch_overlap),
+                tenants=frozenset({i}), nonexpert_slots=1, initial_resident=(i,), swap_bytes=0.0,
+                swap_bandwidth_fraction=1.0, swap_overlap=False, cross_tenant_batching=False,
+                max_batch=self.cfg.max_batch, weight_bytes=r * model.expert_bytes + model.nonexpert_bytes,
+                host_expert_bytes=(P - r) * model.expert_bytes,
+                meta={"layout": lay.name, "budget_bytes": budget},
+            ))
+        return plans

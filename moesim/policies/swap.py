@@ -1,0 +1,68 @@
+"""``swap``: one whole model resident at a time; a tenant change loads the other whole model.
+
+"Whole" means as much of the model as the budget holds (non-expert set plus as many experts as fit; the
+rest stay on the host, fetched per use). Every tenant change copies all of that over the host link.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moesim.cost.base import Slice
+from moesim.errors import UserError
+from moesim.policies import POLICIES
+from moesim.policies.base import (
+    InstancePlan,
+    Policy,
+    PolicyConfig,
+    expert_slots,
+    make_residency,
+    private_groups,
+    require_fits,
+)
+from moesim.specs import GPUSpec, ModelSpec
+
+
+@dataclass(frozen=True)
+class SwapConfig(PolicyConfig):
+    """Whole-model swapping.
+
+    Attributes:
+        swap_bandwidth_fraction: share of the link a whole-model load reaches.
+        pinned: host copies from pinned memory.
+    """
+
+    name: str = "swap"
+    swap_bandwidth_fraction: float = 1.0
+    pinned: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.swap_bandwidth_fraction <= 1:
+            raise UserError(f"policy.swap_bandwidth_fraction={self.swap_bandwidth_fraction}: must be in (0, 1]")
+
+
+@POLICIES.register("swap", SwapConfig)
+class Swap(Policy):
+    """One model at a time."""
+
+    cfg: SwapConfig
+
+    def layout(self, model: ModelSpec, gpu: GPUSpec, n_tenants: int) -> list[InstancePlan]:
+        """One instance; a swap moves the whole resident model."""
+        budget = self.budget(gpu.memory_bytes)
+        tenants = tuple(range(n_tenants))
+        require_fits(budget, 1, model, f"policy swap on {gpu.name}")
+        P = model.n_expert_positions
+        r = min(P, expert_slots(budget, 1, model))
+        return [InstancePlan(
+            name="gpu0", profile="full", memory_bytes=gpu.memory_bytes,
+            residency=make_residency(private_groups(model, tenants, r), Slice(pinned=self.cfg.pinned)),
+            tenants=frozenset(tenants), nonexpert_slots=1, initial_resident=(0,),
+            swap_bytes=model.nonexpert_bytes + r * model.expert_bytes,
+            swap_bandwidth_fraction=self.cfg.swap_bandwidth_fraction, swap_overlap=False,
+            cross_tenant_batching=False, max_batch=self.cfg.max_batch,
+            weight_bytes=model.nonexpert_bytes + r * model.expert_bytes,
+            host_expert_bytes=n_tenants * (P - r) * model.expert_bytes,
+            meta={"resident_experts": r, "budget_bytes": budget},
+        )]
