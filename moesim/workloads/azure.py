@@ -30,16 +30,20 @@ def load_shipped(name: str) -> TraceArrays:
         raise UserError(f"unknown shipped trace {name!r}; valid: {', '.join(SHIPPED_TRACES)}")
     path = TRACES_DIR / SHIPPED_TRACES[name]
     if not path.is_file():
-        raise UserError(f"shipped trace {str(path)!r} is missing; moesim reads it from the workloads/ folder "
-                        "beside the moesim/ package (install from a source checkout with pip install -e .)")
+        raise UserError(
+            f"shipped trace {str(path)!r} is missing; moesim reads it from the workloads/ folder "
+            "beside the moesim/ package (install from a source checkout with pip install -e .)"
+        )
     df = pd.read_csv(path, dtype={"TIMESTAMP": str, "ContextTokens": np.int64, "GeneratedTokens": np.int64})
     ts = pd.to_datetime(df["TIMESTAMP"], format=AZURE_TIME_FORMAT)
     arrival_s = (ts - ts.iloc[0]).dt.total_seconds().to_numpy(dtype=np.float64)
     prompt = df["ContextTokens"].to_numpy(dtype=np.int64)
     output = df["GeneratedTokens"].to_numpy(dtype=np.int64)
     if (np.diff(arrival_s) < 0).any() or prompt.min() < 1 or output.min() < 1:
-        raise UserError(f"shipped trace {str(path)!r} is corrupt (unsorted times or token counts < 1); "
-                        "restore it from git")
+        raise UserError(
+            f"shipped trace {str(path)!r} is corrupt (unsorted times or token counts < 1); "
+            "restore it from git"
+        )
     return TraceArrays(str(path), arrival_s, prompt, output)
 
 

@@ -157,8 +157,8 @@ def _int_column(col: pd.Series, name: str, minimum: int, below: int | None, wher
     def problem(i: int) -> str:
         v = x[i]
         if missing[i]:
-            what = "is missing"
-        elif np.isnan(v):
+            return f"{name} is missing (empty); must be {valid}"
+        if np.isnan(v):
             what = "is not a number"
         elif v < 0:
             what = "is negative"
@@ -194,6 +194,8 @@ def _timestamp_column(col: pd.Series, where: str) -> np.ndarray:
     if bad.any():
         raw = col.to_numpy(dtype=object)
         raise _bad_row(
-            where, bad, lambda i: f"timestamp={raw[i]!r} is not a parsable date-time (e.g. 2023-11-16 18:15:46.680)"
+            where,
+            bad,
+            lambda i: f"timestamp={raw[i]!r} is not a parsable date-time (e.g. 2023-11-16 18:15:46.680)",
         )
     return (ts - ts.min()).dt.total_seconds().to_numpy(dtype=np.float64)

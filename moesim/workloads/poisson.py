@@ -110,7 +110,9 @@ class Poisson(Workload):
         arrival_parts, tenant_parts = [], []
         for i, rate in enumerate(self.tenant_rates_per_s.tolist()):
             rng = stream(seed, STREAM_ARRIVALS, i)
-            times = renewal_arrivals(lambda n, rng=rng, rate=rate: self._gaps(rng, rate, n), rate, c.duration_s)
+            times = renewal_arrivals(
+                lambda n, rng=rng, rate=rate: self._gaps(rng, rate, n), rate, c.duration_s
+            )
             arrival_parts.append(times)
             tenant_parts.append(np.full(len(times), i, dtype=np.int64))
         arrival_s = np.concatenate(arrival_parts)

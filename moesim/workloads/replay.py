@@ -105,8 +105,12 @@ class Replay(Workload):
             raise invalid(cfg.name, "trace", self.trace.source, "a trace with at least one request")
         if cfg.rate > 0:
             if self.trace.mean_rate_per_s <= 0:
-                raise invalid(cfg.name, "rate", cfg.rate,
-                              f"0 (use time_scale): {self.trace.source} spans 0 s, so it has no mean rate")
+                raise invalid(
+                    cfg.name,
+                    "rate",
+                    cfg.rate,
+                    f"0 (use time_scale): {self.trace.source} spans 0 s, so it has no mean rate",
+                )
             self.time_scale = self.trace.mean_rate_per_s / (cfg.rate * cfg.tenants)
         else:
             self.time_scale = float(cfg.time_scale)
@@ -140,4 +144,6 @@ class Replay(Workload):
         else:
             c = self.cfg
             tenant = assign_tenants(n, c.tenants, c.assignment, c.zipf_s, stream(seed, STREAM_TENANTS))
-        return build_requests(self._arrival_s, tenant, self.trace.prompt_tokens[:n], self.trace.output_tokens[:n])
+        return build_requests(
+            self._arrival_s, tenant, self.trace.prompt_tokens[:n], self.trace.output_tokens[:n]
+        )
