@@ -139,6 +139,9 @@ def test_file_level_problems(tmp_path: Path) -> None:
     (tmp_path / "empty.csv").write_text(CSV_HEAD)
     with pytest.raises(UserError, match="no data rows"):
         read_trace(tmp_path / "empty.csv")
+    (tmp_path / "blank.jsonl").write_text("")
+    with pytest.raises(UserError, match=r"blank\.jsonl'?: the file is empty"):
+        read_trace(tmp_path / "blank.jsonl")
 
 
 def test_cli_prints_exactly_one_line_without_traceback(

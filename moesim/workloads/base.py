@@ -55,18 +55,16 @@ def build_requests(
 ) -> list[Request]:
     """Sort by arrival_s (stable: ties keep their input order) and number the requests 0..n-1."""
     order = np.argsort(arrival_s, kind="stable")
-    return [
-        Request(i, t, a, p, o)
-        for i, (t, a, p, o) in enumerate(
-            zip(
-                tenant[order].tolist(),
-                arrival_s[order].astype(np.float64).tolist(),
-                prompt_tokens[order].tolist(),
-                output_tokens[order].tolist(),
-                strict=True,
-            )
+    return list(
+        map(
+            Request,
+            range(len(order)),
+            tenant[order].tolist(),
+            arrival_s[order].astype(np.float64).tolist(),
+            prompt_tokens[order].tolist(),
+            output_tokens[order].tolist(),
         )
-    ]
+    )
 
 
 # --- config validation: one line naming the workload, the field, the value and what would be valid ---

@@ -50,6 +50,8 @@ def read_trace(path: str | Path, tenants: int | None = None) -> TraceArrays:
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise UserError(f"{where}: unknown format {path.suffix!r}; valid: {', '.join(FORMATS)}")
+    if path.stat().st_size == 0:
+        raise UserError(f"{where}: the file is empty (need columns {NEEDED})")
     df = _read_frame(path, fmt, where)
     if len(df) == 0:
         raise UserError(f"{where}: no data rows (need columns {NEEDED})")
