@@ -21,17 +21,6 @@ if TYPE_CHECKING:
     from moesim.engine.simulation import HostLink, Recorder
 
 
-class Seq:
-    """A running sequence (mutable engine state)."""
-
-    __slots__ = ("context", "remaining", "req")
-
-    def __init__(self, req: Request) -> None:
-        self.req = req
-        self.context = req.prompt_tokens  # tokens in the KV cache after prefill
-        self.remaining = req.output_tokens - 1  # decode steps left after the first token
-
-
 class Instance:
     """Serving state of one instance; ``run`` is its SimPy process."""
 
@@ -45,27 +34,56 @@ class Instance:
         self.link = link
         self.rec = rec
         self.queue: deque[Request] = deque()
-        self.running: list[Seq] = []
+        # running batch, one entry per sequence (parallel arrays: vectorised advance of decode runs)
+        self.running: list[Request] = []
+        self._tenant = np.zeros(0, dtype=np.int64)
+        self._ctx = np.zeros(0, dtype=np.int64)  # tokens in the KV cache
+        self._rem = np.zeros(0, dtype=np.int64)  # decode steps left
+        self._tenant_count: dict[int, int] = {}
         self.resident: list[int] = list(plan.initial_resident)  # LRU order: last used at the end
         self.kv_bytes_per_token = cost.model.kv_bytes_per_token
         self.kv_free_bytes = plan.kv_capacity_bytes
         self.fetches = any(not g.on_gpu for g in plan.residency.groups)
-        self._wake: simpy.Event | None = None
-        self._waiting_run = False
+        self._arrivals: list[Request] = []
+        self._next = 0
         self._res_cache: dict[float, Residency] = {}
 
     # ---- views used by policies ---------------------------------------------------------------
+    @property
+    def n_running(self) -> int:
+        """Sequences in the running batch."""
+        return len(self.running)
+
     def running_tenants(self) -> set[int]:
         """Tenants with a sequence in the running batch."""
-        return {s.req.tenant for s in self.running}
+        return set(self._tenant_count)
+
+    def _join(self, reqs: list[Request]) -> None:
+        self.running.extend(reqs)
+        self._tenant = np.concatenate((self._tenant, [r.tenant for r in reqs]))
+        self._ctx = np.concatenate((self._ctx, [r.prompt_tokens for r in reqs]))
+        self._rem = np.concatenate((self._rem, [r.output_tokens - 1 for r in reqs]))
+        tc = self._tenant_count
+        for r in reqs:
+            tc[r.tenant] = tc.get(r.tenant, 0) + 1
 
     # ---- arrivals -----------------------------------------------------------------------------
-    def enqueue(self, req: Request) -> None:
-        """Called by the source at the request's arrival."""
-        self.queue.append(req)
-        w = self._wake
-        if w is not None and not w.triggered and (not self._waiting_run or self.policy.interrupts(self, req)):
-            w.succeed()
+    def feed(self, arrivals: list[Request]) -> None:
+        """The requests routed here, sorted by arrival; the instance pulls them in as time passes.
+
+        Knowing the next arrival lets a decode run stop exactly at the step boundary where that request
+        could join, with no interrupt event: the cost of a run is one timeout however many steps it spans.
+        """
+        self._arrivals = arrivals
+        self._next = 0
+
+    def _pull(self) -> None:
+        arr, i, now = self._arrivals, self._next, self.env.now
+        n = len(arr)
+        while i < n and arr[i].arrival_s <= now:
+            self.queue.append(arr[i])
+            i += 1
+        self._next = i
 
     # ---- helpers ------------------------------------------------------------------------------
     def _residency(self) -> Residency:
@@ -109,11 +127,11 @@ class Instance:
     def run(self):
         env, rec, cost, policy = self.env, self.rec, self.cost, self.policy
         while True:
+            self._pull()
             if not self.running and not self.queue:
-                self._wake = env.event()
-                self._waiting_run = False
-                yield self._wake
-                self._wake = None
+                if self._next >= len(self._arrivals):
+                    return
+                yield env.timeout(self._arrivals[self._next].arrival_s - env.now)
                 continue
             sel = policy.select(self)
             if sel.admit:
@@ -138,12 +156,15 @@ class Instance:
                 rec.segment(self.idx, "prefill", t0, env.now, len(batch), sum(s.new_tokens for s in batch),
                             _tenants(sel.admit), step.expert_fetches, step.attention_s, step.experts_s,
                             step.fetch_s)
+                joining = []
                 for r in sel.admit:
                     rec.first[r.id] = env.now
                     if r.output_tokens <= 1:
                         self._finish_req(r)
                     else:
-                        self.running.append(Seq(r))
+                        joining.append(r)
+                if joining:
+                    self._join(joining)
                 self._touch(sel.admit)
                 continue
             if not self.running:
@@ -154,52 +175,49 @@ class Instance:
 
     def _decode_run(self):
         env, rec = self.env, self.rec
-        running = self.running
-        n = min(s.remaining for s in running)
-        tenants = tuple(s.req.tenant for s in running)
-        ctx0 = tuple(s.context for s in running)
-        res = self._residency()
-        dr = self.cost.decode_run(tenants, ctx0, n, res)
+        B = len(self.running)
+        rem = self._rem
+        n = int(rem.min())
+        tenants = tuple(self._tenant.tolist())
+        dr = self.cost.decode_run(tenants, tuple(self._ctx.tolist()), n, self._residency())
         t0 = env.now
         self.link.begin(self.fetches)
-        total = float(dr.end_s[-1])
-        interruptible = len(running) < self.plan.max_batch
-        if interruptible:
-            self._wake = env.event()
-            self._waiting_run = True
-            yield env.any_of((env.timeout(total), self._wake))
-            self._wake = None
-            self._waiting_run = False
-            elapsed = env.now - t0
-            if elapsed < total:
-                # finish the step in progress, then stop at its boundary
-                done = int(np.searchsorted(dr.end_s, elapsed, side="right"))
-                steps = min(n, done + 1)
-                end = float(dr.end_s[steps - 1])
-                if end > elapsed:
-                    yield env.timeout(end - elapsed)
-            else:
-                steps = n
-        else:
-            yield env.timeout(total)
-            steps = n
+        steps = n
+        if self._next < len(self._arrivals):
+            nxt = self._arrivals[self._next]
+            if self.policy.interrupts(self, nxt):
+                # stop at the first step boundary at or after the next arrival: it joins there
+                j = int(np.searchsorted(dr.end_s, nxt.arrival_s - t0, side="left"))
+                steps = min(n, j + 1)
+        yield env.timeout(float(dr.end_s[steps - 1]))
         self.link.end(self.fetches)
         frac = steps / n
         c = dr.cost
-        rec.segment(self.idx, "decode", t0, env.now, len(running), steps * len(running), _tenants_seq(running),
+        rec.segment(self.idx, "decode", t0, env.now, B, steps * B, _tenant_str(self._tenant_count),
                     c.expert_fetches * frac, c.attention_s * frac, c.experts_s * frac, c.fetch_s * frac)
-        still: list[Seq] = []
-        for s in running:
-            s.remaining -= steps
-            s.context += steps
-            if s.remaining <= 0:
-                self._finish_req(s.req)
-            else:
-                still.append(s)
-        self.running = still
+        rem -= steps
+        self._ctx += steps
+        done_mask = rem <= 0
+        if done_mask.any():
+            keep = ~done_mask
+            tc = self._tenant_count
+            running = self.running
+            for i in np.flatnonzero(done_mask).tolist():
+                r = running[i]
+                self._finish_req(r)
+                c_t = tc[r.tenant] - 1
+                if c_t:
+                    tc[r.tenant] = c_t
+                else:
+                    del tc[r.tenant]
+            self.running = [running[i] for i in np.flatnonzero(keep).tolist()]
+            self._tenant = self._tenant[keep]
+            self._ctx = self._ctx[keep]
+            self._rem = rem[keep]
 
     def _finish_req(self, r: Request) -> None:
         self.rec.finish[r.id] = self.env.now
+        self.rec.finished += 1
         self.kv_free_bytes += (r.prompt_tokens + r.output_tokens) * self.kv_bytes_per_token
 
     def _touch(self, reqs: tuple[Request, ...]) -> None:
@@ -214,5 +232,5 @@ def _tenants(reqs: tuple[Request, ...]) -> str:
     return ",".join(str(t) for t in sorted({r.tenant for r in reqs}))
 
 
-def _tenants_seq(seqs: list[Seq]) -> str:
-    return ",".join(str(t) for t in sorted({s.req.tenant for s in seqs}))
+def _tenant_str(counts: dict[int, int]) -> str:
+    return ",".join(str(t) for t in sorted(counts))

@@ -59,6 +59,7 @@ class Recorder:
         self.instance = np.full(n, -1, dtype=np.int64)
         self.rows: list[tuple] = []
         self.swaps = 0
+        self.finished = 0
 
     def segment(self, inst: int, kind: str, start: float, end: float, n_seqs: int, tokens: int,
                 tenants: str, fetches: float, attention_s: float, experts_s: float, fetch_s: float) -> None:
@@ -129,35 +130,29 @@ def simulate(model: ModelSpec, gpu: GPUSpec, policy: Policy, cost: CostModel, re
     rec = Recorder(n)
     link = HostLink()
     insts = [Instance(i, p, env, cost, policy, link, rec) for i, p in enumerate(plans)]
-    for inst in insts:
-        env.process(inst.run())
     order = sorted(requests, key=lambda r: (r.arrival_s, r.id))
     ids = np.array([r.id for r in order], dtype=np.int64)
     if n and (ids.min() < 0 or ids.max() >= n or len(np.unique(ids)) != n):
         raise UserError("request ids must be dense 0..n-1 and unique")
+    # routing depends on the request alone, so each instance gets its arrivals up front
+    routed: list[list[Request]] = [[] for _ in insts]
+    route = policy.route
+    for r in order:
+        routed[route(r)].append(r)
+    for inst, arr in zip(insts, routed, strict=True):
+        inst.feed(arr)
+        env.process(inst.run())
 
-    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=n, unit="req", desc=f"simulate {policy.registry_name}", mininterval=0.5)
-
-    def source():
-        route = policy.route
-        for i, r in enumerate(order):
-            dt = r.arrival_s - env.now
-            if dt > 0:
-                yield env.timeout(dt)
-            insts[route(r)].enqueue(r)
-            if bar is not None and i % 256 == 0:
-                bar.n = int(np.count_nonzero(~np.isnan(rec.finish)))
-                bar.refresh()
-
-    env.process(source())
-    env.run()
-    if bar is not None:
-        bar.n = n
-        bar.close()
+        chunk = max(1.0, (order[-1].arrival_s if order else 0.0) / 200)
+        with tqdm(total=n, unit="req", desc=f"simulate {policy.registry_name}", mininterval=0.5) as bar:
+            while env.peek() < float("inf"):
+                env.run(until=env.peek() + chunk)
+                bar.update(rec.finished - bar.n)
+    else:
+        env.run()
     if n and np.isnan(rec.finish).any():
         stuck = int(np.isnan(rec.finish).sum())
         raise RuntimeError(f"{stuck} requests never finished: engine bug")

@@ -159,7 +159,7 @@ class Policy(ABC):
         if not q:
             return Selection()
         plan = inst.plan
-        room = plan.max_batch - len(inst.running)
+        room = plan.max_batch - inst.n_running
         if room <= 0:
             return Selection()
         running_tenants = inst.running_tenants()
@@ -200,9 +200,13 @@ class Policy(ABC):
         return any(t not in keep for t in resident)
 
     def interrupts(self, inst: Instance, request: Request) -> bool:
-        """Whether an arrival should cut a running decode run short (it could join at the next step)."""
+        """Whether the next arrival should end the running decode run at its step (it could join then).
+
+        Called at the start of a run with the next request due at this instance. A request behind a
+        blocked queue (FIFO) or facing a full batch cannot join, so it does not cut the run.
+        """
         plan = inst.plan
-        if len(inst.running) >= plan.max_batch or len(inst.queue) > 1:
+        if inst.n_running >= plan.max_batch or inst.queue:
             return False
         if plan.cross_tenant_batching:
             return request.tenant in inst.resident or len(inst.resident) < plan.nonexpert_slots
