@@ -78,7 +78,8 @@ def test_reconfig_swap_matches_paper_figures() -> None:
     df = per_request(res.requests)
     with_swap = df.loc[df["swap_wait_s"] > 0, "ttft_s"]
     without = df.loc[df["swap_wait_s"] == 0, "ttft_s"]
-    assert len(with_swap) == 9 and len(without) == 11
+    assert len(with_swap) == 9
+    assert len(without) == 11
     assert with_swap.mean() - without.mean() == pytest.approx(dur[0], rel=1e-9)
     # batch-1 decode step of the paper's code: 32 layers × (attention + experts) + host fetches
     assert 0.5 < without.mean() < 1.6

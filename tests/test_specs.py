@@ -66,7 +66,8 @@ def test_invalid_layout_refused_naming_valid_ones() -> None:
         parse_layout("a100-80gb", "4g+4g")
     msg = str(e.value)
     assert "invalid MIG layout '4g+4g'" in msg
-    assert "4g.40gb+3g.40gb" in msg and "3g.40gb+3g.40gb" in msg
+    assert "4g.40gb+3g.40gb" in msg
+    assert "3g.40gb+3g.40gb" in msg
     assert "\n" not in msg
 
 
