@@ -24,10 +24,12 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from moesim.cost.base import ExpertGroup
 from moesim.errors import UserError
+
+if TYPE_CHECKING:  # imported where used: loading a plan needs neither the cost models nor their deps
+    from moesim.cost.base import ExpertGroup
 
 SCHEMA = "moesim.plan/1"
 
@@ -173,6 +175,8 @@ class Plan:
         tenant's positions it covers; this is how the simulator's ``reconfig`` policy builds residency.
         Groups are ordered by (not on_gpu, sorted tenants) so equal plans give equal tuples.
         """
+        from moesim.cost.base import ExpertGroup
+
         counts: dict[tuple[frozenset[int], bool], int] = {}
         for c, u in zip(self.copies, self.users(), strict=True):
             counts[(u, c.on_gpu)] = counts.get((u, c.on_gpu), 0) + 1

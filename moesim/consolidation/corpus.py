@@ -1,0 +1,33 @@
+"""Byte corpora of the study as numpy arrays, and the windows trained and evaluated on (torch-free)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from moesim.errors import UserError
+
+DOMAINS = ("wikitext2", "shakespeare", "python", "milton")
+
+
+def load_split(root: str | Path, domain: str, split: str) -> np.ndarray:
+    """Bytes of ``root/domain/split.txt`` as uint8, shape (n,)."""
+    p = Path(root) / domain / f"{split}.txt"
+    if not p.is_file():
+        raise UserError(f"corpus file {str(p)!r} not found; build it with `python corpora/build.py`")
+    return np.frombuffer(p.read_bytes(), dtype=np.uint8)
+
+
+def eval_windows(data: np.ndarray, seq: int, n_windows: int) -> np.ndarray:
+    """The first ``n_windows`` non-overlapping windows of ``seq + 1`` bytes, shape (n, seq + 1)."""
+    n = min(n_windows, len(data) // (seq + 1))
+    if n < 1:
+        raise UserError(f"held-out text of {len(data)} bytes is shorter than one window of {seq + 1}")
+    return data[: n * (seq + 1)].reshape(n, seq + 1).astype(np.int64)
+
+
+def sample_windows(data: np.ndarray, seq: int, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """``batch`` random windows of ``seq + 1`` bytes, shape (batch, seq + 1)."""
+    starts = rng.integers(0, len(data) - seq - 1, size=batch)
+    return np.stack([data[s : s + seq + 1] for s in starts]).astype(np.int64)
