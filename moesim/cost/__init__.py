@@ -18,7 +18,11 @@ from moesim.registry import Registry
 COST_MODELS: Registry[CostModel] = Registry("cost model")
 
 # Implementations register themselves on import (each module: one config dataclass, one class).
-from moesim.cost import constant, roofline  # noqa: E402, F401
+from moesim.cost import (  # noqa: E402, F401
+    constant,
+    profile,
+    roofline,
+)
 
 __all__ = [
     "COST_MODELS",

@@ -1,0 +1,116 @@
+"""The calibrator's configuration and its hydra-style ``key=value`` command line.
+
+A plain parser (the GPU machine has no hydra): ``python -m moesim.calibrate device=cpu model=tiny``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from moesim.errors import UserError
+from moesim.specs import MODEL_SPECS
+
+GRIDS = ("full", "quick")
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    """What to measure and where to write it.
+
+    Attributes:
+        device: ``cuda`` (timings with CUDA events) or ``cpu`` (wall clock; for CI and the tiny model).
+        model: a model registry name (``mixtral-8x7b``, ``switch-base-8``, ``tiny``).
+        out: folder for ``<gpu>__<model>.parquet`` and ``.json``.
+        plan: a consolidation plan JSON (``moesim.plan/1``); empty: one variant's whole model.
+        tenants: non-expert sets built on the GPU for the held-out validation (≥ 1).
+        grid: ``full`` (tokens 1…8192, context ≤ 16384, decode batch ≤ 256) or ``quick`` (small, for CI).
+        validate: run held-out full-model steps after the tables.
+        host: measure the host link (pinned and pageable copies, overlap with compute).
+        slices: measure CUDA green-context slices at ``sms`` (CUDA only).
+        sms: comma-separated SM counts for slices; empty: the GPU's MIG profiles' SM counts.
+        budget_s: wall seconds after which remaining table points are recorded as ``budget`` (0: none).
+        resume: keep ok/oom points of an existing profile of the same gpu × model and measure the rest.
+        min_reps, max_reps: repeats per point (adaptive between them: about ``target_s`` of timing each).
+        target_s: timing seconds aimed at per point.
+        seed: random seed for weights, routing inputs and validation batches.
+    """
+
+    device: str = "cuda"
+    model: str = "mixtral-8x7b"
+    out: str = "calibration/profiles"
+    plan: str = ""
+    tenants: int = 3
+    grid: str = "full"
+    validate: bool = True
+    host: bool = True
+    slices: bool = True
+    sms: str = ""
+    budget_s: float = 0.0
+    resume: bool = True
+    min_reps: int = 3
+    max_reps: int = 25
+    target_s: float = 0.12
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cuda", "cpu"):
+            raise UserError(f"device={self.device!r}: valid: cuda, cpu")
+        if self.model not in MODEL_SPECS:
+            raise UserError(f"model={self.model!r}: valid: {', '.join(sorted(MODEL_SPECS))}")
+        if self.grid not in GRIDS:
+            raise UserError(f"grid={self.grid!r}: valid: {', '.join(GRIDS)}")
+        if self.tenants < 1:
+            raise UserError(f"tenants={self.tenants}: must be ≥ 1")
+        if not 1 <= self.min_reps <= self.max_reps:
+            raise UserError(f"min_reps={self.min_reps}, max_reps={self.max_reps}: need 1 ≤ min_reps ≤ max_reps")
+        if self.budget_s < 0 or self.target_s <= 0:
+            raise UserError(f"budget_s={self.budget_s}, target_s={self.target_s}: need budget_s ≥ 0, target_s > 0")
+        for part in filter(None, self.sms.split(",")):
+            if not part.strip().isdigit() or int(part) < 1:
+                raise UserError(f"sms={self.sms!r}: comma-separated positive SM counts, e.g. 16,32,132")
+
+    def sm_counts(self) -> tuple[int, ...]:
+        """The ``sms`` field as integers (empty when unset)."""
+        return tuple(int(p) for p in self.sms.split(",") if p.strip())
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _convert(name: str, text: str, kind: Any) -> Any:
+    if kind in (bool, "bool"):
+        low = text.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise UserError(f"{name}={text!r}: expected true or false")
+    if kind in (int, "int"):
+        try:
+            return int(text)
+        except ValueError:
+            raise UserError(f"{name}={text!r}: expected an integer") from None
+    if kind in (float, "float"):
+        try:
+            return float(text)
+        except ValueError:
+            raise UserError(f"{name}={text!r}: expected a number") from None
+    return text
+
+
+def parse_args(argv: list[str]) -> CalibrateConfig:
+    """``["device=cpu", "model=tiny"]`` → config; an unknown key or a bad value is one clear line."""
+    fields = {f.name: f.type for f in dataclasses.fields(CalibrateConfig)}
+    values: dict[str, Any] = {}
+    for arg in argv:
+        key, sep, text = arg.partition("=")
+        key = key.lstrip("+").strip()
+        if not sep or not key:
+            raise UserError(f"argument {arg!r}: expected key=value; keys: {', '.join(fields)}")
+        if key not in fields:
+            raise UserError(f"unknown key {key!r}; valid: {', '.join(fields)}")
+        values[key] = _convert(key, text, fields[key])
+    return CalibrateConfig(**values)

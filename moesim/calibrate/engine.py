@@ -1,0 +1,398 @@
+"""A Mixture-of-Experts decoder in plain PyTorch at real shapes, built with random weights for timing.
+
+One engine holds one copy of the experts (shared by every tenant, as after consolidation) and one
+non-expert set per tenant (embeddings, lm_head, final norm; per layer the attention projections, both
+norms and the router; the dense FFN of non-MoE layers). Weights are drawn from a normal law (never zeros:
+zeros run faster than real data) directly on the device in the model's dtype.
+
+Execution is what an efficient eager engine does:
+  * tokens of a step are packed (no padding), ordered by tenant; each tenant's projections run on its
+    own slice of the packed activations;
+  * attention is one FlashAttention varlen call per layer over every sequence (bottom-right causal: a
+    decode token sees its whole context, a prefill chunk is causal over context + chunk), after writing
+    the new keys/values into a packed KV cache; where FlashAttention is missing (CPU) each sequence runs
+    ``scaled_dot_product_attention`` on its own;
+  * experts run grouped: assignments sorted by expert, each expert's rows padded to 16, one grouped GEMM
+    for the up projections and one for the down projection (``torch._grouped_mm``), no host sync; the
+    ``loop`` engine (one GEMM per active expert, a host sync per layer) is kept for comparison.
+
+Shapes are noted as comments: N tokens in the step, d model width, H/Hkv heads, hd head dim, E experts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from moesim.specs import ModelSpec
+
+INIT_STD = 0.02
+ALIGN_ROWS = 16  # rows per expert group are padded to this for the grouped GEMM
+
+
+def _normal(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype, gen: torch.Generator,
+            std: float = INIT_STD) -> torch.Tensor:
+    t = torch.empty(shape, device=device, dtype=dtype)
+    t.normal_(0.0, std, generator=gen)
+    return t
+
+
+@dataclass
+class NonExpert:
+    """One tenant's non-expert set (device tensors)."""
+
+    embed: torch.Tensor  # (V, d)
+    lm_head: torch.Tensor  # (V, d); the embedding itself when tied
+    final_norm: torch.Tensor  # (d,)
+    attn_norm: list[torch.Tensor]  # L × (d,)
+    wqkv: list[torch.Tensor]  # L × (H·hd + 2·Hkv·hd, d)
+    wo: list[torch.Tensor]  # L × (d, H·hd)
+    ffn_norm: list[torch.Tensor]  # L × (d,)
+    router: list[torch.Tensor | None]  # L × (E, d) on MoE layers, None on dense ones
+    dense_in: list[torch.Tensor | None]  # L × (g·F, d) on dense layers
+    dense_out: list[torch.Tensor | None]  # L × (d, F) on dense layers
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor once (the tied lm_head is not repeated)."""
+        out = [self.embed, self.final_norm]
+        if self.lm_head is not self.embed:
+            out.append(self.lm_head)
+        for group in (self.attn_norm, self.wqkv, self.wo, self.ffn_norm, self.router, self.dense_in,
+                      self.dense_out):
+            out += [t for t in group if t is not None]
+        return out
+
+    def nbytes(self) -> int:
+        """Bytes of the set."""
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+
+@dataclass
+class AttnMeta:
+    """Packed-batch metadata for one step's attention (built on the host, copied once)."""
+
+    cu_q: torch.Tensor  # (S+1,) int32: cumulative new tokens per sequence
+    cu_k: torch.Tensor  # (S+1,) int32: cumulative context + new tokens per sequence
+    max_q: int
+    max_k: int
+    slots: torch.Tensor  # (N,) int64: row of each new token in the packed KV cache
+    seqs: list[tuple[int, int]] = field(default_factory=list)  # (new, context) per sequence (fallback path)
+
+    @property
+    def kv_tokens(self) -> int:
+        """Rows of the packed KV cache."""
+        return sum(n + c for n, c in self.seqs)
+
+
+@dataclass
+class StepInputs:
+    """One step's inputs: packed tokens ordered by tenant, positions, tenant slices, lm_head rows."""
+
+    ids: torch.Tensor  # (N,) token ids
+    pos: torch.Tensor  # (N,) positions (context + i)
+    segments: list[tuple[int, int, int]]  # (tenant, start, end) into the packed tokens
+    rows: list[tuple[int, torch.Tensor]]  # (tenant, indices of each sequence's last token)
+    meta: AttnMeta
+
+
+class KVCache:
+    """Packed KV cache of one step for every layer: (rows, Hkv, hd) keys and values, random contents."""
+
+    def __init__(self, spec: ModelSpec, rows: int, device: torch.device, dtype: torch.dtype,
+                 gen: torch.Generator, n_layers: int | None = None) -> None:
+        L = spec.n_layers if n_layers is None else n_layers
+        shape = (max(rows, 1), spec.n_kv_heads, spec.head_dim)
+        self.k = [_normal(shape, device, dtype, gen, 1.0) for _ in range(L)]
+        self.v = [_normal(shape, device, dtype, gen, 1.0) for _ in range(L)]
+
+
+class MoEEngine:
+    """The model's weights on one device and the ops a serving step is made of.
+
+    Args:
+        spec: the architecture (real shapes).
+        device: where weights live and ops run.
+        n_tenants: non-expert sets to build (tenant 0 … n_tenants-1); experts are shared by all.
+        seed: seed of the weights.
+        moe_engine: ``grouped`` (grouped GEMM, no host sync) or ``loop`` (one GEMM per active expert).
+    """
+
+    def __init__(self, spec: ModelSpec, device: torch.device, n_tenants: int = 1, seed: int = 0,
+                 moe_engine: str = "grouped", dtype: torch.dtype = torch.bfloat16) -> None:
+        self.spec = spec
+        self.device = device
+        self.dtype = dtype
+        self.gen = torch.Generator(device=device)
+        self.gen.manual_seed(seed)
+        self.swiglu = spec.expert_matrices == 3
+        self.moe_engine = moe_engine
+        self.attn_backend = "flash" if device.type == "cuda" else "sdpa"
+        s = spec
+        self.q_dim, self.kv_dim = s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim
+        self.scale = 1.0 / math.sqrt(s.head_dim)
+        g = 2 if self.swiglu else 1
+        # experts of each MoE layer, stacked: up (E, g·F, d) and down (E, d, F)
+        self.w_in: list[torch.Tensor | None] = []
+        self.w_out: list[torch.Tensor | None] = []
+        for layer in range(s.n_layers):
+            if self.is_moe(layer):
+                self.w_in.append(_normal((s.n_experts, g * s.d_ff, s.d_model), device, dtype, self.gen))
+                self.w_out.append(_normal((s.n_experts, s.d_model, s.d_ff), device, dtype, self.gen))
+            else:
+                self.w_in.append(None)
+                self.w_out.append(None)
+        self.tenants = [self._nonexpert() for _ in range(n_tenants)]
+        half = s.head_dim // 2
+        max_pos = 65536
+        inv = 1.0 / (10000.0 ** (torch.arange(half, device=device, dtype=torch.float32) / half))
+        ang = torch.arange(max_pos, device=device, dtype=torch.float32)[:, None] * inv[None, :]
+        self.cos, self.sin = ang.cos().to(dtype), ang.sin().to(dtype)  # (max_pos, hd/2)
+
+    # ---- construction ---------------------------------------------------------------------------
+    def is_moe(self, layer: int) -> bool:
+        """Layer ``layer`` of the decoder has experts (Switch: every other layer)."""
+        return layer % self.spec.moe_every == self.spec.moe_every - 1
+
+    def _nonexpert(self) -> NonExpert:
+        s, dev, dt, gen = self.spec, self.device, self.dtype, self.gen
+        g = 2 if self.swiglu else 1
+        embed = _normal((s.vocab, s.d_model), dev, dt, gen)
+        lm = embed if s.tied_embeddings else _normal((s.vocab, s.d_model), dev, dt, gen)
+        ones = lambda: 1.0 + _normal((s.d_model,), dev, dt, gen, 0.01)  # noqa: E731
+        L = s.n_layers
+        return NonExpert(
+            embed=embed, lm_head=lm, final_norm=ones(),
+            attn_norm=[ones() for _ in range(L)],
+            wqkv=[_normal((self.q_dim + 2 * self.kv_dim, s.d_model), dev, dt, gen) for _ in range(L)],
+            wo=[_normal((s.d_model, self.q_dim), dev, dt, gen) for _ in range(L)],
+            ffn_norm=[ones() for _ in range(L)],
+            router=[_normal((s.n_experts, s.d_model), dev, dt, gen) if self.is_moe(i) else None
+                    for i in range(L)],
+            dense_in=[None if self.is_moe(i) else _normal((g * s.d_ff, s.d_model), dev, dt, gen)
+                      for i in range(L)],
+            dense_out=[None if self.is_moe(i) else _normal((s.d_model, s.d_ff), dev, dt, gen)
+                       for i in range(L)],
+        )
+
+    def random_hidden(self, n_tokens: int) -> torch.Tensor:
+        """Random activations (N, d) with unit RMS."""
+        return _normal((n_tokens, self.spec.d_model), self.device, self.dtype, self.gen, 1.0)
+
+    # ---- ops --------------------------------------------------------------------------------------
+    def _rope(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        # x (N, heads, hd); rotate-half RoPE at positions pos (N,)
+        cos, sin = self.cos[pos][:, None, :], self.sin[pos][:, None, :]
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+    def attn_pre(self, x: torch.Tensor, tenant: int, layer: int, pos: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """RMSNorm, fused QKV projection and RoPE: x (T, d) → q (T, H, hd), k, v (T, Hkv, hd)."""
+        w, s = self.tenants[tenant], self.spec
+        h = F.rms_norm(x, (s.d_model,), w.attn_norm[layer], eps=1e-5)
+        qkv = h @ w.wqkv[layer].T  # (T, q + 2kv)
+        T = x.shape[0]
+        q = qkv[:, : self.q_dim].view(T, s.n_heads, s.head_dim)
+        k = qkv[:, self.q_dim : self.q_dim + self.kv_dim].view(T, s.n_kv_heads, s.head_dim)
+        v = qkv[:, self.q_dim + self.kv_dim :].view(T, s.n_kv_heads, s.head_dim)
+        return self._rope(q, pos), self._rope(k, pos), v
+
+    def attn_post(self, x: torch.Tensor, o: torch.Tensor, tenant: int, layer: int) -> None:
+        """Output projection and residual, in place: x (T, d) += o (T, H·hd) @ Woᵀ."""
+        x += o @ self.tenants[tenant].wo[layer].T
+
+    def router(self, x: torch.Tensor, tenant: int, layer: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """RMSNorm and top-k routing: x (T, d) → normed h (T, d), expert ids (T, k), weights (T, k)."""
+        w, s = self.tenants[tenant], self.spec
+        h = F.rms_norm(x, (s.d_model,), w.ffn_norm[layer], eps=1e-5)
+        probs = torch.softmax((h @ w.router[layer].T).float(), dim=-1)  # (T, E)
+        top_w, top_i = torch.topk(probs, s.top_k, dim=-1)
+        if s.top_k > 1:
+            top_w = top_w / top_w.sum(dim=-1, keepdim=True)
+        return h, top_i, top_w.to(self.dtype)
+
+    def _act(self, a: torch.Tensor) -> torch.Tensor:
+        if self.swiglu:
+            gate, up = a.chunk(2, dim=-1)
+            return F.silu(gate) * up
+        return F.relu(a)
+
+    def ffn(self, x: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
+        """One expert (or dense) FFN with plain GEMMs: x (T, d) → (T, d)."""
+        return self._act(x @ w_in.T) @ w_out.T
+
+    def expert_one(self, x: torch.Tensor, layer: int, expert: int = 0) -> torch.Tensor:
+        """One expert of MoE layer ``layer`` on x (T, d)."""
+        return self.ffn(x, self.w_in[layer][expert], self.w_out[layer][expert])
+
+    def moe(self, h: torch.Tensor, top_i: torch.Tensor, top_w: torch.Tensor, layer: int,
+            engine: str | None = None) -> torch.Tensor:
+        """Experts of one MoE layer for h (N, d) routed by top_i/top_w (N, k) → (N, d)."""
+        if (engine or self.moe_engine) == "loop":
+            return self._moe_loop(h, top_i, top_w, layer)
+        return self._moe_grouped(h, top_i, top_w, layer)
+
+    def _moe_grouped(self, h: torch.Tensor, top_i: torch.Tensor, top_w: torch.Tensor, layer: int
+                     ) -> torch.Tensor:
+        N, d = h.shape
+        k = top_i.shape[1]
+        E = self.spec.n_experts
+        flat = top_i.reshape(-1)  # (N·k,) expert of each assignment
+        order = torch.argsort(flat, stable=True)  # assignments sorted by expert
+        counts = torch.bincount(flat, minlength=E)  # (E,)
+        padded = (counts + ALIGN_ROWS - 1) // ALIGN_ROWS * ALIGN_ROWS
+        ends_p = torch.cumsum(padded, 0)
+        start = torch.cumsum(counts, 0) - counts
+        e_sorted = flat[order]
+        rank = torch.arange(N * k, device=h.device) - start[e_sorted]
+        dest = (ends_p - padded)[e_sorted] + rank  # (N·k,) row of each sorted assignment in the buffer
+        rows = N * k + E * (ALIGN_ROWS - 1)  # static bound: no host sync
+        buf = h.new_zeros((rows, d))
+        src_tok = order // k
+        buf[dest] = h[src_tok]
+        offs = ends_p.to(torch.int32)
+        a = torch._grouped_mm(buf, self.w_in[layer].transpose(-2, -1), offs=offs)  # (rows, g·F)
+        y = torch._grouped_mm(self._act(a), self.w_out[layer].transpose(-2, -1), offs=offs)  # (rows, d)
+        contrib = y[dest] * top_w.reshape(-1)[order][:, None]
+        return torch.zeros_like(h).index_add_(0, src_tok, contrib)
+
+    def _moe_loop(self, h: torch.Tensor, top_i: torch.Tensor, top_w: torch.Tensor, layer: int
+                  ) -> torch.Tensor:
+        _N, _ = h.shape
+        k = top_i.shape[1]
+        flat = top_i.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        counts = torch.bincount(flat, minlength=self.spec.n_experts).tolist()  # host sync
+        out = torch.zeros_like(h)
+        w_flat = top_w.reshape(-1)
+        s = 0
+        for e, c in enumerate(counts):
+            if c == 0:
+                continue
+            idx = order[s : s + c]
+            tok = idx // k
+            y = self.expert_one(h[tok], layer, e) * w_flat[idx][:, None]
+            out.index_add_(0, tok, y)
+            s += c
+        return out
+
+    def dense(self, x: torch.Tensor, tenant: int, layer: int) -> torch.Tensor:
+        """Dense FFN of a non-MoE layer (tenant's own weights), with its RMSNorm: x (T, d) → (T, d)."""
+        w = self.tenants[tenant]
+        h = F.rms_norm(x, (self.spec.d_model,), w.ffn_norm[layer], eps=1e-5)
+        return self.ffn(h, w.dense_in[layer], w.dense_out[layer])
+
+    def lm_head(self, x_rows: torch.Tensor, tenant: int) -> torch.Tensor:
+        """Final RMSNorm, logits and greedy pick: x_rows (r, d) → next token ids (r,)."""
+        w = self.tenants[tenant]
+        h = F.rms_norm(x_rows, (self.spec.d_model,), w.final_norm, eps=1e-5)
+        return torch.argmax(h @ w.lm_head.T, dim=-1)
+
+    def embed(self, ids: torch.Tensor, tenant: int) -> torch.Tensor:
+        """Token ids (T,) → activations (T, d)."""
+        return F.embedding(ids, self.tenants[tenant].embed)
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttnMeta,
+                  cache_k: torch.Tensor, cache_v: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+        """Write new k/v into the packed cache, attend: q (N, H, hd) → (N, H·hd)."""
+        cache_k.index_copy_(0, meta.slots, k)
+        cache_v.index_copy_(0, meta.slots, v)
+        N = q.shape[0]
+        if (backend or self.attn_backend) == "flash":
+            out = torch.ops.aten._flash_attention_forward(
+                q, cache_k, cache_v, meta.cu_q, meta.cu_k, meta.max_q, meta.max_k, 0.0, True, False,
+                scale=self.scale,
+            )[0]
+            return out.reshape(N, self.q_dim)
+        return self._attention_sdpa(q, meta, cache_k, cache_v).reshape(N, self.q_dim)
+
+    def _attention_sdpa(self, q: torch.Tensor, meta: AttnMeta, cache_k: torch.Tensor,
+                        cache_v: torch.Tensor) -> torch.Tensor:
+        outs = []
+        sq = sk = 0
+        for n, c in meta.seqs:
+            qi = q[sq : sq + n].transpose(0, 1)[None]  # (1, H, n, hd)
+            ki = cache_k[sk : sk + c + n].transpose(0, 1)[None]  # (1, Hkv, c+n, hd)
+            vi = cache_v[sk : sk + c + n].transpose(0, 1)[None]
+            if n == 1:
+                o = F.scaled_dot_product_attention(qi, ki, vi, scale=self.scale, enable_gqa=True)
+            elif c == 0:
+                o = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=self.scale,
+                                                   enable_gqa=True)
+            else:  # bottom-right causal: query i sees keys 0 … c+i
+                mask = (torch.arange(c + n, device=q.device)[None, :]
+                        <= (c + torch.arange(n, device=q.device))[:, None])
+                o = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, scale=self.scale,
+                                                   enable_gqa=True)
+            outs.append(o[0].transpose(0, 1))  # (n, H, hd)
+            sq += n
+            sk += c + n
+        return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+    # ---- whole steps ------------------------------------------------------------------------------
+    def make_meta(self, seqs: list[tuple[int, int]]) -> AttnMeta:
+        """Attention metadata for sequences given as (new tokens, context) in packed order."""
+        cu_q, cu_k, slots = [0], [0], []
+        for n, c in seqs:
+            base = cu_k[-1]
+            slots += range(base + c, base + c + n)
+            cu_q.append(cu_q[-1] + n)
+            cu_k.append(base + c + n)
+        dev = self.device
+        return AttnMeta(
+            cu_q=torch.tensor(cu_q, dtype=torch.int32, device=dev),
+            cu_k=torch.tensor(cu_k, dtype=torch.int32, device=dev),
+            max_q=max(n for n, _ in seqs), max_k=max(n + c for n, c in seqs),
+            slots=torch.tensor(slots, dtype=torch.int64, device=dev), seqs=list(seqs),
+        )
+
+    def make_inputs(self, batch: list[tuple[int, int, int]]) -> StepInputs:
+        """Inputs for sequences given as (tenant, new tokens, context); packed in tenant order (stable)."""
+        order = sorted(range(len(batch)), key=lambda i: batch[i][0])
+        seqs = [batch[i] for i in order]
+        ids, pos, segments, rows_by_t = [], [], [], {}
+        gen = torch.Generator().manual_seed(len(batch))
+        s = 0
+        for t, n, c in seqs:
+            ids.append(torch.randint(0, self.spec.vocab, (n,), generator=gen))
+            pos.append(torch.arange(c, c + n))
+            if segments and segments[-1][0] == t:
+                segments[-1] = (t, segments[-1][1], s + n)
+            else:
+                segments.append((t, s, s + n))
+            rows_by_t.setdefault(t, []).append(s + n - 1)
+            s += n
+        dev = self.device
+        return StepInputs(
+            ids=torch.cat(ids).to(dev), pos=torch.cat(pos).to(dev), segments=segments,
+            rows=[(t, torch.tensor(r, device=dev)) for t, r in rows_by_t.items()],
+            meta=self.make_meta([(n, c) for _, n, c in seqs]),
+        )
+
+    def step(self, si: StepInputs, cache: KVCache) -> torch.Tensor:
+        """One forward step of the packed batch through every layer; returns the next token ids."""
+        s = self.spec
+        N = si.ids.shape[0]
+        x = torch.empty((N, s.d_model), device=self.device, dtype=self.dtype)  # (N, d)
+        for t, a, b in si.segments:
+            x[a:b] = self.embed(si.ids[a:b], t)
+        multi = len(si.segments) > 1
+        for layer in range(s.n_layers):
+            parts = [self.attn_pre(x[a:b], t, layer, si.pos[a:b]) for t, a, b in si.segments]
+            q, k, v = (torch.cat(p) for p in zip(*parts, strict=True)) if multi else parts[0]
+            o = self.attention(q, k, v, si.meta, cache.k[layer], cache.v[layer])  # (N, H·hd)
+            for t, a, b in si.segments:
+                self.attn_post(x[a:b], o[a:b], t, layer)
+            if self.is_moe(layer):
+                routed = [self.router(x[a:b], t, layer) for t, a, b in si.segments]
+                h, top_i, top_w = (torch.cat(p) for p in zip(*routed, strict=True)) if multi else routed[0]
+                x += self.moe(h, top_i, top_w, layer)
+            else:
+                for t, a, b in si.segments:
+                    x[a:b] += self.dense(x[a:b], t, layer)
+        nxt = [self.lm_head(x[r], t) for t, r in si.rows]
+        return torch.cat(nxt) if len(nxt) > 1 else nxt[0]

@@ -1,0 +1,428 @@
+"""The calibration run: build the model, check it, time every op over its grid, write the profile.
+
+Sections, in order (each point is skipped when a resumed profile already has it; an out-of-memory at one
+size is recorded as ``oom`` and the run goes on; past ``budget_s`` points are recorded as ``budget``):
+ceilings (device copy, bf16 GEMM) → correctness checks → per-layer dense ops over tokens → attention
+prefill/decode grids → held-out validation steps → host link → green-context slices.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from moesim.calibrate.config import CalibrateConfig
+from moesim.calibrate.engine import KVCache, MoEEngine
+from moesim.calibrate.grids import Grids, make_grids
+from moesim.calibrate.schema import Row, profile_stem, read_profile, write_profile
+from moesim.calibrate.system import discover
+from moesim.calibrate.timing import Timer, Timing
+from moesim.calibrate.validate import describe, validation_batches
+from moesim.errors import UserError
+from moesim.specs import get_model
+
+L2_ROTATE_BYTES = 512 * 1024**2  # rotate inputs until a repeat touches this much: far beyond the 50 MB L2
+
+Setup = Callable[[], tuple[Callable[[], object], int]]  # builds (fn, inner calls per fn) for one point
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class Recorder:
+    """Collects rows, resumes from an existing profile, flushes to disk now and then."""
+
+    def __init__(self, path: Path, meta: dict[str, Any], resume: bool, budget_s: float) -> None:
+        self.path, self.meta = path, meta
+        self.rows: list[Row] = []
+        self.errors: list[str] = []
+        self.t0 = time.monotonic()
+        self.budget_s = budget_s
+        self._last_flush = self.t0
+        self.resumed = 0
+        if resume and path.is_file():
+            try:
+                df, old = read_profile(path)
+            except UserError as exc:
+                print(f"resume: ignoring {path}: {exc}", file=sys.stderr)
+            else:
+                if old.get("gpu") == meta["gpu"] and old.get("model") == meta["model"]:
+                    keep = df[df["status"].isin(["ok", "oom"])]
+                    from moesim.calibrate.schema import frame_to_rows
+
+                    self.rows = frame_to_rows(keep)
+                    self.resumed = len(self.rows)
+        self.done = {r.key() for r in self.rows}
+
+    def over_budget(self) -> bool:
+        return self.budget_s > 0 and time.monotonic() - self.t0 > self.budget_s
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        self.done.add(row.key())
+        if time.monotonic() - self._last_flush > 30:
+            self.flush()
+
+    def flush(self) -> None:
+        self.meta["errors"] = self.errors[-50:]
+        self.meta["elapsed_s"] = round(time.monotonic() - self.t0, 1)
+        write_profile(self.path, self.rows, self.meta)
+        self._last_flush = time.monotonic()
+
+
+class Calibration:
+    """One calibration run (see the module docstring)."""
+
+    def __init__(self, cfg: CalibrateConfig) -> None:
+        self.cfg = cfg
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise UserError("device=cuda: no CUDA device visible; use device=cpu model=tiny for the CPU path")
+        self.device = torch.device("cuda", torch.cuda.current_device()) if cfg.device == "cuda" \
+            else torch.device("cpu")
+        self.cuda = self.device.type == "cuda"
+        # CPU path (CI): one thread (two spinning threads make tiny GEMMs 500x slower on a shared box) and
+        # float32 (bf16 GEMMs are emulated on most CPUs); the GPU path is bf16 as served.
+        self.dtype = torch.bfloat16 if self.cuda else torch.float32
+        if not self.cuda:
+            torch.set_num_threads(1)
+        self.spec = get_model(cfg.model)
+        self.grids: Grids = make_grids(cfg.grid)
+        self.system = discover(self.device)
+        self.gpu = self.system["gpu"]
+        self.sms = int(self.system["sms"])
+        max_reps = cfg.max_reps if self.cuda else min(cfg.max_reps, 5)
+        target = cfg.target_s if self.cuda else min(cfg.target_s, 0.01)
+        self.timer = Timer(self.device, cfg.min_reps, max_reps, target)
+        stem = profile_stem(self.gpu, self.spec.name)
+        self.out = Path(cfg.out)
+        self.path = self.out / f"{stem}.parquet"
+        self.meta: dict[str, Any] = {
+            "gpu": self.gpu, "model": self.spec.name, "derived": False, "sms": self.sms,
+            "system": self.system, "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+            "command": "python -m moesim.calibrate " + " ".join(sys.argv[1:]),
+            "time_unit": "seconds; per decoder layer where per_layer == 1",
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "emulated": {},
+            "checks": {},
+        }
+        self.rec = Recorder(self.path, self.meta, cfg.resume, cfg.budget_s)
+        self.eng: MoEEngine | None = None
+
+    # ---- one point ------------------------------------------------------------------------------
+    def point(self, op: str, setup: Setup, *, sms: int | None = None, batch: int = 1, tokens: int = 0,
+              context: int = 0, pinned: int = -1, nbytes: int = 0, per_layer: int = 0,
+              reps: tuple[int, int] | None = None) -> Timing | None:
+        base = Row(self.gpu, self.spec.name, op, self.sms if sms is None else sms, batch, tokens, context,
+                   pinned, nbytes, per_layer=per_layer)
+        if base.key() in self.rec.done:
+            return None
+        if self.rec.over_budget():
+            self.rec.add(Row(**{**_asdict(base), "status": "budget"}))
+            return None
+        try:
+            fn, inner = setup()
+            t = self.timer.measure(fn, *(reps or (None, None)))
+            del fn
+        except Exception as exc:  # an OOM or a kernel refusing a shape: record it, go on
+            status = "oom" if _is_oom(exc) else "error"
+            if status == "error":
+                self.rec.errors.append(f"{op} b={batch} t={tokens} c={context} sms={base.sms}: "
+                                       f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+            if self.cuda:
+                torch.cuda.synchronize()
+                torch.cuda.empty_cache()
+            self.rec.add(Row(**{**_asdict(base), "status": status}))
+            return None
+        self.rec.add(Row(**{**_asdict(base), "time_s_median": t.median_s / inner,
+                            "time_s_p10": t.p10_s / inner, "time_s_p90": t.p90_s / inner, "n": t.n}))
+        return Timing(t.median_s / inner, t.p10_s / inner, t.p90_s / inner, t.n)
+
+    # ---- sections -------------------------------------------------------------------------------
+    def run(self) -> Path:
+        """Run every section and write the profile; returns its path."""
+        cfg, g = self.cfg, self.grids
+        print(f"calibrating {self.spec.name} on {self.system.get('gpu_name')} ({self.gpu}, {self.sms} SMs), "
+              f"grid={cfg.grid}, resumed {self.rec.resumed} points", flush=True)
+        self.ceilings()
+        t0 = time.monotonic()
+        self.eng = MoEEngine(self.spec, self.device, n_tenants=cfg.tenants, seed=cfg.seed, dtype=self.dtype)
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.meta["build_s"] = round(time.monotonic() - t0, 2)
+        self.meta["weights_bytes_on_device"] = (
+            sum(w.numel() * w.element_size() for w in self.eng.w_in + self.eng.w_out if w is not None)
+            + sum(t.nbytes() for t in self.eng.tenants))
+        self.meta["nonexpert_set_bytes"] = self.eng.tenants[0].nbytes()
+        self.checks()
+        self.meta["attention_backend"] = self.eng.attn_backend
+        self.meta["moe_engine"] = self.eng.moe_engine
+        self._section(self.dense_ops)
+        self._section(self.attention_grids)
+        self._section(self.steps)
+        if cfg.host:
+            self._section(self.host_link)
+        if cfg.slices:
+            self._section(self.slices)
+        if cfg.validate:  # always runs, whatever the budget: it is the check of everything above
+            self._section(self.validation)
+        self.meta["grids"] = {k: v for k, v in g.__dict__.items() if k != "slice_points"}
+        self.rec.flush()
+        return self.path
+
+    def _section(self, fn: Callable[[], None]) -> None:
+        """Run one section; a failure is recorded in the metadata and the run goes on."""
+        try:
+            fn()
+        except Exception as exc:  # one broken section must not lose the others' measurements
+            msg = f"section {fn.__name__} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            print(msg, flush=True)
+            self.rec.errors.append(msg)
+        self.rec.flush()
+        self._free()
+
+    def _free(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+
+    def ceilings(self) -> None:
+        """Device copy bandwidth (read + write) and bf16 GEMM rate, measured in this run."""
+        g, dev = self.grids, self.device
+
+        def copy() -> tuple[Callable[[], object], int]:
+            src = torch.empty(g.copy_bytes // 2, dtype=torch.bfloat16, device=dev).normal_()  # bytes, any dtype
+            dst = torch.empty_like(src)
+            return (lambda: dst.copy_(src)), 1
+
+        def gemm() -> tuple[Callable[[], object], int]:
+            a = torch.empty((g.gemm_n, g.gemm_n), dtype=self.dtype, device=dev).normal_()
+            b = torch.empty_like(a).normal_()
+            return (lambda: a @ b), 1
+
+        t = self.point("ceil_d2d_copy", copy, nbytes=g.copy_bytes)
+        if t:
+            self.meta["ceiling_copy_Bps"] = 2 * g.copy_bytes / t.median_s
+        t = self.point("ceil_gemm", gemm, tokens=g.gemm_n)
+        if t:
+            self.meta["ceiling_gemm_flops"] = 2 * g.gemm_n**3 / t.median_s
+        print(f"ceilings: copy {self.meta.get('ceiling_copy_Bps', float('nan')) / 1e12:.2f} TB/s (read+write), "
+              f"GEMM {self.meta.get('ceiling_gemm_flops', float('nan')) / 1e12:.0f} TFLOP/s", flush=True)
+
+    def checks(self) -> None:
+        """Attention backend against per-sequence SDPA, grouped experts against the loop: relative error."""
+        eng = self.eng
+        assert eng is not None
+        s = self.spec
+        seqs = [(0, 7, 0), (0, 1, 13), (min(1, len(eng.tenants) - 1), 5, 9), (0, 1, 40)]
+        si = eng.make_inputs(seqs)
+        N = int(si.ids.shape[0])
+        gen = eng.gen
+        qh = torch.empty((N, s.n_heads, s.head_dim), device=self.device, dtype=eng.dtype).normal_(generator=gen)
+        kh = torch.empty((N, s.n_kv_heads, s.head_dim), device=self.device, dtype=eng.dtype).normal_(generator=gen)
+        vh = torch.empty_like(kh).normal_(generator=gen)
+        cache = KVCache(s, si.meta.kv_tokens, self.device, eng.dtype, gen, n_layers=1)
+        ref = eng.attention(qh.float(), kh.float(), vh.float(), si.meta, cache.k[0].float(), cache.v[0].float(),
+                            backend="sdpa")
+        if eng.attn_backend == "flash":
+            try:
+                out = eng.attention(qh, kh, vh, si.meta, cache.k[0], cache.v[0]).float()
+                err = float((out - ref).norm() / ref.norm())
+            except Exception as exc:  # a missing or refusing kernel: fall back
+                err = float("inf")
+                self.rec.errors.append(f"flash attention failed: {str(exc).splitlines()[0][:200]}")
+            self.meta["checks"]["attention_flash_vs_fp32_rel_err"] = err
+            if not err < 2e-2:
+                print(f"flash varlen attention unusable (rel err {err}); falling back to per-sequence SDPA",
+                      flush=True)
+                eng.attn_backend = "sdpa"
+        h = eng.random_hidden(64)
+        first_moe = next(i for i in range(s.n_layers) if eng.is_moe(i))
+        hh, ti, tw = eng.router(h, 0, first_moe)
+        ref_moe = eng.moe(hh, ti, tw, first_moe, engine="loop").float()
+        try:
+            got = eng.moe(hh, ti, tw, first_moe, engine="grouped").float()
+            err = float((got - ref_moe).norm() / ref_moe.norm())
+        except Exception as exc:  # a missing or refusing kernel: fall back
+            err = float("inf")
+            self.rec.errors.append(f"grouped GEMM failed: {str(exc).splitlines()[0][:200]}")
+        self.meta["checks"]["moe_grouped_vs_loop_rel_err"] = err
+        if not err < 2e-2:
+            print(f"grouped GEMM unusable (rel err {err}); using one GEMM per expert", flush=True)
+            eng.moe_engine = "loop"
+        # a whole step must produce finite logits (random weights, never zeros)
+        cache = KVCache(s, si.meta.kv_tokens, self.device, eng.dtype, gen)
+        out = eng.step(si, cache)
+        self.meta["checks"]["step_output_in_vocab"] = bool(((out >= 0) & (out < s.vocab)).all())
+        print(f"checks: {self.meta['checks']}", flush=True)
+
+    def _layers(self, n: int | None = None) -> list[int]:
+        eng = self.eng
+        assert eng is not None
+        moe = [i for i in range(self.spec.n_layers) if eng.is_moe(i)]
+        return moe[:n] if n else moe
+
+    def _dense_setup(self, op: str, T: int, layers: list[int]) -> Setup:
+        eng = self.eng
+        assert eng is not None
+        s = self.spec
+
+        def setup() -> tuple[Callable[[], object], int]:
+            x = eng.random_hidden(T)
+            if op == "attn_proj":
+                pos = torch.arange(T, device=self.device) % 32768
+
+                def fn() -> None:
+                    for layer in layers:
+                        q, _, _ = eng.attn_pre(x, 0, layer, pos)
+                        eng.attn_post(x, q.reshape(T, -1), 0, layer)
+
+                return fn, len(layers)
+            if op == "router":
+                return (lambda: [eng.router(x, 0, layer) for layer in layers]), len(layers)
+            if op in ("moe_grouped", "moe_loop"):
+                routed = [eng.router(x, 0, layer) for layer in layers]
+                # moe_grouped is the layer as the engine runs it (meta: moe_engine; loop if grouped GEMM failed)
+                engine = eng.moe_engine if op == "moe_grouped" else "loop"
+                return (lambda: [eng.moe(h, i, w, layer, engine)
+                                 for (h, i, w), layer in zip(routed, layers, strict=True)]), len(layers)
+            if op == "expert_one":
+                return (lambda: [eng.expert_one(x, layer, layer % s.n_experts) for layer in layers]), len(layers)
+            raise ValueError(op)
+
+        return setup
+
+    def dense_ops(self) -> None:
+        """attn_proj, router, moe_grouped, expert_one over tokens (through the model's layers), lm_head, embed."""
+        g, eng = self.grids, self.eng
+        assert eng is not None
+        layers_all = list(range(self.spec.n_layers))
+        moe_layers = self._layers()
+        work = [("attn_proj", T, layers_all) for T in g.tokens]
+        work += [(op, T, moe_layers) for op in ("router", "moe_grouped", "expert_one") for T in g.tokens]
+        work += [("moe_loop", T, moe_layers) for T in g.moe_loop_tokens]
+        for op, T, layers in tqdm(work, desc="dense ops", mininterval=10, file=sys.stdout):
+            self.point(op, self._dense_setup(op, T, layers), tokens=T, per_layer=1)
+
+        def lm(r: int) -> Setup:
+            def setup() -> tuple[Callable[[], object], int]:
+                x = eng.random_hidden(r)
+                return (lambda: eng.lm_head(x, 0)), 1
+            return setup
+
+        def emb(T: int) -> Setup:
+            def setup() -> tuple[Callable[[], object], int]:
+                ids = torch.randint(0, self.spec.vocab, (T,), device=self.device)
+                return (lambda: [eng.embed(ids, 0) for _ in range(8)]), 8
+            return setup
+
+        for r in tqdm(g.lm_rows, desc="lm_head", mininterval=10, file=sys.stdout):
+            self.point("lm_head", lm(r), tokens=r)
+        for T in g.embed_tokens:
+            self.point("embed", emb(T), tokens=T)
+
+    def _attn_setup(self, seqs: list[tuple[int, int]], n_bufs_max: int = 8) -> Setup:
+        eng = self.eng
+        assert eng is not None
+        s = self.spec
+
+        def setup() -> tuple[Callable[[], object], int]:
+            meta = eng.make_meta(seqs)
+            N = sum(n for n, _ in seqs)
+            rows = meta.kv_tokens
+            per_buf = rows * s.n_kv_heads * s.head_dim * 2 * eng.dtype.itemsize
+            n_bufs = max(1, min(n_bufs_max, math.ceil(L2_ROTATE_BYTES / per_buf)))
+            caches = KVCache(s, rows, self.device, eng.dtype, eng.gen, n_layers=n_bufs)
+            q = torch.empty((N, s.n_heads, s.head_dim), device=self.device, dtype=eng.dtype).normal_()
+            k = torch.empty((N, s.n_kv_heads, s.head_dim), device=self.device, dtype=eng.dtype).normal_()
+            v = torch.empty_like(k).normal_()
+            inner = max(n_bufs, 4)
+
+            def fn() -> None:
+                for i in range(inner):
+                    eng.attention(q, k, v, meta, caches.k[i % n_bufs], caches.v[i % n_bufs])
+
+            return fn, inner
+
+        return setup
+
+    def attention_grids(self) -> None:
+        """Attention core: prefill (batch × length) and decode (batch × context), per layer."""
+        g = self.grids
+        pts = [("attn_prefill", b, n, 0) for b, n in g.prefill_points()]
+        pts += [("attn_decode", b, 1, c) for b, c in g.decode_points()]
+        for op, b, n, c in tqdm(pts, desc="attention", mininterval=10, file=sys.stdout):
+            self.point(op, self._attn_setup([(n, c)] * b), batch=b, tokens=n, context=c, per_layer=1)
+
+    def steps(self) -> None:
+        """Whole-model steps of one tenant at grid shapes (the composition's calibration, not held out)."""
+        eng = self.eng
+        assert eng is not None
+
+        def setup(b: int, n: int, c: int) -> Setup:
+            def make() -> tuple[Callable[[], object], int]:
+                si = eng.make_inputs([(0, n, c)] * b)
+                cache = KVCache(self.spec, si.meta.kv_tokens, self.device, eng.dtype, eng.gen)
+                return (lambda: eng.step(si, cache)), 1
+            return make
+
+        for b, n, c in tqdm(self.grids.step_points, desc="steps", mininterval=10, file=sys.stdout):
+            self.point("step", setup(b, n, c), batch=b, tokens=n, context=c, reps=(5, 15))
+
+    def validation(self) -> None:
+        """Time held-out whole-model steps (mixed prefill/decode, off-grid sizes, several tenants)."""
+        eng = self.eng
+        assert eng is not None
+        batches = validation_batches(len(eng.tenants), "full" if self.cfg.grid == "full" else "quick",
+                                     self.cfg.seed)
+        out = []
+        for i, batch in enumerate(tqdm(batches, desc="validation", mininterval=10, file=sys.stdout)):
+            rec: dict[str, Any] = {"batch_id": i, "seqs": json.dumps([list(x) for x in batch]),
+                                   "description": describe(batch), "n_tenants": len({t for t, _, _ in batch}),
+                                   "tokens": sum(n for _, n, _ in batch), "status": "ok"}
+            try:
+                si = eng.make_inputs(batch)
+                cache = KVCache(self.spec, si.meta.kv_tokens, self.device, eng.dtype, eng.gen)
+                t = self.timer.measure(lambda si=si, cache=cache: eng.step(si, cache), min_reps=5, warmup=2)
+                rec.update(time_s_median=t.median_s, time_s_p10=t.p10_s, time_s_p90=t.p90_s, n=t.n)
+                del cache
+            except Exception as exc:  # record and go on to the next batch
+                rec.update(status="oom" if _is_oom(exc) else "error", time_s_median=float("nan"),
+                           time_s_p10=float("nan"), time_s_p90=float("nan"), n=0)
+                self.rec.errors.append(f"validation {i}: {str(exc).splitlines()[0][:200]}")
+                if self.cuda:
+                    torch.cuda.empty_cache()
+            out.append(rec)
+            print(f"  held-out step {i:2d} {rec['description']:55s} {1e3 * rec['time_s_median']:9.2f} ms",
+                  flush=True)
+        vpath = self.path.with_name(self.path.stem + ".validation.parquet")
+        pd.DataFrame(out).to_parquet(vpath, index=False)
+        self.meta["validation_file"] = vpath.name
+
+    def host_link(self) -> None:
+        """Host→device: plain copies, one tenant's non-expert set (whole, per layer), one expert, overlap."""
+        from moesim.calibrate.hostlink import measure_host_link
+
+        measure_host_link(self)
+
+    def slices(self) -> None:
+        """The same ops on CUDA green contexts at each MIG profile's SM count."""
+        if not self.cuda:
+            self.meta["emulated"]["slices"] = "not measured (CPU run)"
+            return
+        from moesim.calibrate.slices import measure_slices
+
+        measure_slices(self)
+
+
+def _asdict(r: Row) -> dict[str, Any]:
+    return {k: getattr(r, k) for k in r.__slots__}

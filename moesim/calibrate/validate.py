@@ -1,0 +1,135 @@
+"""Held-out validation: whole-model steps the profile was not measured on, timed and predicted.
+
+The batches mix prefill and decode, use sizes off the measurement grids, and spread sequences over several
+tenants (each tenant runs its own non-expert set; experts are shared, as after consolidation). The GPU run
+times them (``<stem>.validation.parquet``); this module predicts them with the ``profile`` cost model and
+reports the error. Torch-free.
+
+    python -m moesim.calibrate.validate profile=calibration/profiles/h200__mixtral-8x7b.parquet
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from moesim.cost.base import ExpertGroup, Residency, SeqWork
+from moesim.errors import UserError, exit_on_user_error
+from moesim.specs import GPU_SPECS, get_model
+from moesim.specs.gpus import H200
+
+Batch = list[tuple[int, int, int]]  # (tenant, new tokens, context) per sequence
+
+
+def _decodes(rng: np.random.Generator, n: int, lo: int, hi: int, n_tenants: int, first: int = 0) -> Batch:
+    ctx = np.exp(rng.uniform(np.log(lo), np.log(hi), size=n)).round().astype(int)
+    return [((first + i) % n_tenants, 1, int(c)) for i, c in enumerate(ctx)]
+
+
+def validation_batches(n_tenants: int, scale: str = "full", seed: int = 0) -> list[Batch]:
+    """Deterministic held-out batches; ``full`` for a real GPU, ``quick`` for the tiny CPU path."""
+    rng = np.random.default_rng(seed + 7919)
+    nt = n_tenants
+    if scale == "quick":
+        return [
+            _decodes(rng, 3, 5, 40, nt),
+            [(0, 13, 0)],
+            [(0, 9, 0), *_decodes(rng, 4, 5, 30, nt, 1)],
+        ]
+    return [
+        _decodes(rng, 1, 700, 700, nt),
+        _decodes(rng, 3, 100, 3000, nt),
+        _decodes(rng, 13, 100, 3000, nt),
+        _decodes(rng, 48, 100, 3000, nt),
+        _decodes(rng, 100, 100, 1500, nt),
+        _decodes(rng, 170, 64, 900, nt),
+        [(0, 77, 0)],
+        [(1 % nt, 1500, 0)],
+        [(0, 900, 0), (1 % nt, 3100, 0)],
+        [(2 % nt, 5000, 0)],
+        [(0, 200, 0), (1 % nt, 333, 0), (2 % nt, 45, 0)],
+        [(1 % nt, 2700, 1100)],
+        [(0, 300, 0), *_decodes(rng, 20, 100, 3000, nt)],
+        [(0, 1200, 0), (1 % nt, 50, 0), *_decodes(rng, 60, 100, 2000, nt)],
+        [(2 % nt, 512, 1024), *_decodes(rng, 12, 200, 4000, nt)],
+        [(1 % nt, 2500, 0), *_decodes(rng, 150, 64, 700, nt)],
+        [(0, 30, 0), *_decodes(rng, 7, 100, 3000, nt)],
+        [(0, 700, 0), (1 % nt, 90, 0), (2 % nt, 4000, 0), *_decodes(rng, 33, 100, 2500, nt)],
+    ]
+
+
+def describe(batch: Batch) -> str:
+    """One line: tenants, prefill lengths, decode count and mean context."""
+    pre = [(n, c) for _, n, c in batch if n > 1 or c == 0]
+    dec = [c for _, n, c in batch if n == 1 and c > 0]
+    parts = []
+    if pre:
+        parts.append("prefill " + ",".join(f"{n}" + (f"@{c}" if c else "") for n, c in pre))
+    if dec:
+        parts.append(f"decode {len(dec)}×ctx~{int(np.mean(dec))}")
+    return f"{' + '.join(parts)} ({len({t for t, _, _ in batch})} tenants)"
+
+
+def shared_residency(model_name: str) -> Residency:
+    """One GPU-resident expert group shared by every tenant (the validation engine's layout)."""
+    m = get_model(model_name)
+    return Residency(groups=(ExpertGroup(frozenset(range(64)), m.n_expert_positions, True),))
+
+
+def predict(cost: object, batches: list[Batch], model_name: str) -> np.ndarray:
+    """Predicted step seconds of each batch with cost model ``cost``."""
+    res = shared_residency(model_name)
+    return np.array([cost.step(tuple(SeqWork(t, n, c) for t, n, c in b), res).total_s  # type: ignore[attr-defined]
+                     for b in batches])
+
+
+def gpu_spec_for(meta: dict) -> object:
+    """The GPUSpec a profile was measured on (a CPU profile borrows the H200's fields under its own name)."""
+    name = meta.get("gpu", "")
+    return GPU_SPECS.get(name) or dataclasses.replace(H200, name=name, sms=int(meta.get("sms", 1)),
+                                                      mig_sms=int(meta.get("sms", 1)))
+
+
+def report(profile_path: str | Path) -> pd.DataFrame:
+    """Measured vs predicted for a profile's validation file; columns in seconds and percent."""
+    from moesim.calibrate.schema import read_profile
+    from moesim.cost.profile import ProfileCost, ProfileCostConfig
+
+    p = Path(profile_path)
+    _, meta = read_profile(p)
+    vpath = p.with_name(p.stem + ".validation.parquet")
+    if not vpath.is_file():
+        raise UserError(f"{vpath}: no validation file (run the calibrator with validate=true)")
+    v = pd.read_parquet(vpath)
+    model = get_model(meta["model"])
+    cost = ProfileCost(ProfileCostConfig(path=str(p)), model, gpu_spec_for(meta))  # type: ignore[arg-type]
+    batches = [[tuple(s) for s in json.loads(x)] for x in v["seqs"]]
+    v = v.assign(predicted_s=predict(cost, batches, model.name))  # type: ignore[arg-type]
+    v["error_pct"] = 100.0 * (v["predicted_s"] - v["time_s_median"]) / v["time_s_median"]
+    return v
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    """``profile=PATH``: print measured vs predicted and the median absolute error."""
+    args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv) if "=" in a)
+    if "profile" not in args:
+        raise UserError("usage: python -m moesim.calibrate.validate profile=calibration/profiles/<gpu>__<model>"
+                        ".parquet")
+    v = report(args["profile"])
+    ok = v[v["status"] == "ok"]
+    print(f"{'batch':60s} {'measured ms':>12s} {'predicted ms':>12s} {'error':>8s}")
+    for r in ok.itertuples():
+        print(f"{r.description:60s} {1e3 * r.time_s_median:12.2f} {1e3 * r.predicted_s:12.2f} {r.error_pct:+7.1f}%")
+    err = ok["error_pct"].abs()
+    print(f"median |error| {err.median():.2f}% · mean {err.mean():.2f}% · max {err.max():.2f}% over {len(ok)} "
+          "held-out steps")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,429 @@
+"""The ``profile`` cost model: step times composed from a calibrator profile's measured tables.
+
+At load, the long-format profile (``python -m moesim.calibrate``) becomes numpy lookup tables on
+log-spaced grids; ``step`` and ``decode_run`` only index arrays. Interpolation is piecewise linear in
+log(size)–log(time): exact at grid points and monotone between (measured times are first made
+non-decreasing along each axis, so noise cannot make a larger batch cheaper). Beyond the largest grid
+point time grows with the op's asymptotic work (tokens¹, prompt², context¹, batch¹).
+
+A step (the contract in ``moesim.cost.base``), with L decoder layers and T_t new tokens of tenant t:
+  * attention_s = L·Σ_t attn_proj(T_t) [× (1 + q·o share) with cross-attention] + L·(prefill core +
+    decode core);
+    prefill core = attn_prefill(b_p, n_eff), n_eff² = mean n·(n + 2·context) (equal causal work);
+    decode core = attn_decode(b_d, mean context);
+  * router_s = L_moe·Σ_t router(T_t);
+  * experts_s: per expert group g with n_g tokens, touched = positions·f(n_g) (f = expected active
+    fraction), m = n_g·k/(E·f) tokens per touched expert; on-GPU groups cost touched·t_grouped(m), the
+    per-expert time inside the measured grouped MoE layer; host groups cost touched·expert_one(m) plus
+    the fetch; dense FFN layers (Switch) cost expert_one(T_t) per tenant;
+  * fetch_s = touched·(1 − cache hit)·expert_bytes / (measured expert link rate · link_fraction), of which
+    (1 − fetch_overlap) is exposed;
+  * lm_head_s = Σ_t lm_head(sequences of t); overhead_s = Σ_t embed(T_t).
+Slices: compute time scales by the green-context ratio measured at the slice's SM count (interpolated in
+SMs and size); green contexts share the whole HBM, so each op's time is also bounded below by its bytes
+over (measured copy ceiling × the op's best measured bandwidth efficiency × bw_fraction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from moesim.calibrate.schema import read_profile
+from moesim.calibrate.work import op_work
+from moesim.cost import COST_MODELS
+from moesim.cost.base import CostModel, DecodeRun, Residency, SeqWork, StepCost, expected_active_fraction
+from moesim.errors import UserError
+from moesim.specs import GPUSpec, ModelSpec
+
+PROFILES_DIR = Path(__file__).resolve().parents[2] / "calibration" / "profiles"
+
+#: Asymptotic log-log slope used past the largest grid point, per op and axis.
+_SLOPE_TOKENS = 1.0
+
+
+@dataclass(frozen=True)
+class ProfileCostConfig:
+    """Where the profile is.
+
+    Attributes:
+        path: a profile parquet, or ``auto``: the shipped ``calibration/profiles/<gpu>__<model>.parquet``.
+        routing_skew: 0 for uniform top-k routing; > 0 for a Zipf law over experts (as ``roofline``).
+        step_residual: add the residual the profile's whole-model ``step`` rows show over the composed ops
+            (launch gaps, concatenations), interpolated in log(tokens in the step); False: ops alone.
+    """
+
+    name: str = "profile"
+    path: str = "auto"
+    routing_skew: float = 0.0
+    step_residual: bool = True
+
+    def __post_init__(self) -> None:
+        if self.routing_skew < 0:
+            raise UserError(f"cost.routing_skew={self.routing_skew}: must be ≥ 0")
+
+
+def available_profiles(folder: Path = PROFILES_DIR) -> list[str]:
+    """Stems ``<gpu>__<model>`` of the profiles in ``folder``."""
+    return sorted(p.stem for p in folder.glob("*.parquet") if "__" in p.stem and "." not in p.stem)
+
+
+def resolve_profile(path: str, model: ModelSpec, gpu: GPUSpec) -> Path:
+    """The profile file for ``path`` (``auto``: the shipped one for gpu × model, else a clear error)."""
+    if path != "auto":
+        return Path(path)
+    p = PROFILES_DIR / f"{gpu.name}__{model.name}.parquet"
+    if not p.is_file():
+        have = ", ".join(available_profiles()) or "none"
+        raise UserError(f"cost=profile: no shipped profile for gpu={gpu.name} × model={model.name} in "
+                        f"{PROFILES_DIR}; available: {have}; measure one with python -m moesim.calibrate or "
+                        "set cost.path=")
+    return p
+
+
+# ---- interpolation tables -------------------------------------------------------------------------
+class Curve:
+    """t(x) from grid points: piecewise linear in log–log, non-decreasing, power-law past the end.
+
+    Below the first grid point the first value holds; past the last, t grows as x^``slope_hi``.
+    """
+
+    def __init__(self, x: np.ndarray, t: np.ndarray, slope_hi: float = _SLOPE_TOKENS) -> None:
+        order = np.argsort(x)
+        x, t = np.asarray(x, float)[order], np.asarray(t, float)[order]
+        if len(x) == 0 or np.any(x <= 0) or np.any(~np.isfinite(t)) or np.any(t <= 0):
+            raise ValueError("Curve needs positive grid points and positive finite times")
+        self.lx = np.log(x)
+        self.ly = np.log(np.maximum.accumulate(t))
+        self.slope_hi = slope_hi
+
+    def __call__(self, x: np.ndarray | float) -> np.ndarray | float:
+        xa = np.asarray(x, float)
+        lx = np.log(np.maximum(xa, np.exp(self.lx[0])))
+        ly = np.interp(lx, self.lx, self.ly) + self.slope_hi * np.maximum(lx - self.lx[-1], 0.0)
+        out = np.where(xa > 0, np.exp(ly), 0.0)
+        return float(out) if out.ndim == 0 else out
+
+
+class Surface:
+    """t(a, b) on a log grid: bilinear in log–log, non-decreasing along both axes, power law past the ends.
+
+    Missing cells (over the measurement cap, or out of memory) are filled along ``a`` as t ∝ a^slope_a
+    from the largest measured ``a`` of the column (columns with nothing measured take the previous column's
+    values scaled by (b/b_prev)^slope_b).
+    """
+
+    def __init__(self, a: np.ndarray, b: np.ndarray, t: np.ndarray, slope_a: float, slope_b: float) -> None:
+        ga, gb = np.unique(np.asarray(a, float)), np.unique(np.asarray(b, float))
+        if len(ga) == 0 or len(gb) == 0:
+            raise ValueError("Surface needs grid points")
+        z = np.full((len(ga), len(gb)), np.nan)
+        ia, ib = np.searchsorted(ga, a), np.searchsorted(gb, b)
+        z[ia, ib] = np.log(np.asarray(t, float))
+        la, lb = np.log(ga), np.log(gb)
+        for j in range(len(gb)):
+            col = z[:, j]
+            ok = np.flatnonzero(np.isfinite(col))
+            if len(ok) == 0:
+                if j == 0:
+                    raise ValueError("Surface: first column empty")
+                z[:, j] = z[:, j - 1] + slope_b * (lb[j] - lb[j - 1])
+                continue
+            lo, hi = ok[0], ok[-1]
+            col[:lo] = col[lo]
+            col[hi + 1 :] = col[hi] + slope_a * (la[hi + 1 :] - la[hi])
+            holes = ~np.isfinite(col)
+            col[holes] = np.interp(la[holes], la[ok], col[ok])
+        z = np.maximum.accumulate(np.maximum.accumulate(z, axis=0), axis=1)
+        self.la, self.lb, self.z = la, lb, z
+        self.slope_a, self.slope_b = slope_a, slope_b
+
+    @staticmethod
+    def _index(g: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        vc = np.clip(v, g[0], g[-1])
+        if len(g) == 1:
+            zero = np.zeros(v.shape, dtype=int)
+            return zero, zero, np.zeros(v.shape)
+        i = np.clip(np.searchsorted(g, vc, side="right") - 1, 0, len(g) - 2)
+        w = (vc - g[i]) / (g[i + 1] - g[i])
+        return i, np.minimum(i + 1, len(g) - 1), w
+
+    def __call__(self, a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray | float:
+        aa, bb = np.broadcast_arrays(np.asarray(a, float), np.asarray(b, float))
+        la = np.log(np.maximum(aa, np.exp(self.la[0])))
+        lb = np.log(np.maximum(bb, np.exp(self.lb[0])))
+        i0, i1, wa = self._index(self.la, la)
+        j0, j1, wb = self._index(self.lb, lb)
+        z = self.z
+        v = ((1 - wa) * ((1 - wb) * z[i0, j0] + wb * z[i0, j1]) + wa * ((1 - wb) * z[i1, j0] + wb * z[i1, j1]))
+        v = v + self.slope_a * np.maximum(la - self.la[-1], 0) + self.slope_b * np.maximum(lb - self.lb[-1], 0)
+        out = np.where((aa > 0) & (bb > 0), np.exp(v), 0.0)
+        return float(out) if out.ndim == 0 else out
+
+
+class SliceRatio:
+    """Slowdown of an op on a green-context slice: ratio(SM count, size), 1 at the whole GPU.
+
+    Linear in SMs between measured counts, linear in log(size) between measured sizes, clamped outside.
+    """
+
+    def __init__(self, sms: np.ndarray, size: np.ndarray, ratio: np.ndarray, total_sms: int) -> None:
+        gs, gz = np.unique(np.r_[np.asarray(sms, float), total_sms]), np.unique(np.asarray(size, float))
+        r = np.full((len(gs), len(gz)), np.nan)
+        r[np.searchsorted(gs, sms), np.searchsorted(gz, size)] = ratio
+        r[-1, :] = 1.0
+        lz = np.log(gz)
+        for i in range(len(gs)):  # fill sizes a slice lacks from its neighbours in size
+            ok = np.isfinite(r[i])
+            r[i, ~ok] = np.interp(lz[~ok], lz[ok], r[i, ok]) if ok.any() else np.nan
+        for j in range(len(gz)):  # and SM counts lacking a size from neighbouring counts
+            ok = np.isfinite(r[:, j])
+            r[~ok, j] = np.interp(gs[~ok], gs[ok], r[ok, j])
+        self.gs, self.lz, self.r = gs, lz, np.maximum(r, 1.0)
+
+    def __call__(self, sm_count: float, size: np.ndarray | float) -> np.ndarray | float:
+        s = np.clip(sm_count, self.gs[0], self.gs[-1])
+        row = np.array([np.interp(s, self.gs, self.r[:, j]) for j in range(self.r.shape[1])])
+        lz = np.log(np.maximum(np.asarray(size, float), 1e-12))
+        out = np.interp(lz, self.lz, row)
+        return float(out) if np.ndim(out) == 0 else out
+
+
+# ---- the cost model -------------------------------------------------------------------------------
+_DENSE_OPS = ("attn_proj", "router", "moe_grouped", "expert_one", "lm_head", "embed")
+
+
+@COST_MODELS.register("profile", ProfileCostConfig)
+class ProfileCost(CostModel):
+    """Measured per-op tables composed into step times (see the module docstring)."""
+
+    name = "profile"
+
+    def __init__(self, cfg: ProfileCostConfig, model: ModelSpec, gpu: GPUSpec) -> None:
+        super().__init__(model, gpu)
+        self.cfg = cfg
+        self.path = resolve_profile(cfg.path, model, gpu)
+        df, meta = read_profile(self.path)
+        problems = [f"{k} {meta.get(k)!r} ≠ {want!r}" for k, want in (("model", model.name), ("gpu", gpu.name))
+                    if meta.get(k) != want]
+        if problems:
+            raise UserError(f"profile {self.path}: {'; '.join(problems)}; use the profile measured for this "
+                            f"gpu × model (available: {', '.join(available_profiles(self.path.parent))})")
+        self.meta = meta
+        self.derived = bool(meta.get("derived", False))
+        self.total_sms = int(meta.get("sms", gpu.sms))
+        ok = df[df["status"] == "ok"]
+        full = ok[ok["sms"] == self.total_sms]
+        self._build_tables(full)
+        self._build_slices(ok[ok["sms"] < self.total_sms])
+        self._build_link(meta)
+        m = model
+        self._L = m.n_layers
+        self._Lmoe = m.n_decoder_moe_layers
+        # cross-attention (encoder-decoder) adds its q and o projections over the new tokens; its k/v over
+        # the encoder output are made once per request and not costed, nor its attention core
+        qo = 2 * m.d_model * m.n_heads * m.head_dim
+        self._proj_mult = 1.0 + (qo / m.attention_params_per_block if m.cross_attention else 0.0)
+        self._pos_scale = self._Lmoe / max(1, m.n_moe_layers)
+        self._residual_x = self._residual_y = np.zeros(0)
+        if cfg.step_residual:
+            self._build_residual(full[full["op"] == "step"])
+
+    # ---- load-time tables -------------------------------------------------------------------------
+    def _build_tables(self, full: pd.DataFrame) -> None:
+        m = self.model
+        self.curves: dict[str, Curve] = {}
+        for op in _DENSE_OPS:
+            d = full[full["op"] == op].groupby("tokens", as_index=False)["time_s_median"].median()
+            if d.empty:
+                raise UserError(f"profile {self.path}: no measured rows for op {op!r} at {self.total_sms} SMs")
+            self.curves[op] = Curve(d["tokens"].to_numpy(), d["time_s_median"].to_numpy())
+        # per touched expert inside the grouped layer, indexed by tokens per touched expert
+        d = full[full["op"] == "moe_grouped"].groupby("tokens", as_index=False)["time_s_median"].median()
+        n = d["tokens"].to_numpy(float)
+        f = np.asarray(expected_active_fraction(n, m.n_experts, m.top_k))
+        self.curves["expert_in_group"] = Curve(n * m.top_k / (m.n_experts * f),
+                                                d["time_s_median"].to_numpy() / (m.n_experts * f))
+        self.surfaces: dict[str, Surface] = {}
+        for op, axis, slope_b in (("attn_prefill", "tokens", 2.0), ("attn_decode", "context", 1.0)):
+            d = full[full["op"] == op]
+            if d.empty:
+                raise UserError(f"profile {self.path}: no measured rows for op {op!r}")
+            self.surfaces[op] = Surface(d["batch"].to_numpy(), d[axis].to_numpy(), d["time_s_median"].to_numpy(),
+                                        slope_a=1.0, slope_b=slope_b)
+        # best bandwidth efficiency each op reached on the whole GPU: the floor of its memory-bound time
+        bw = float(self.meta.get("ceiling_copy_Bps") or self.gpu.hbm_Bps)
+        self.copy_Bps = bw
+        self.bw_eff: dict[str, float] = {}
+        for op in (*_DENSE_OPS, "attn_prefill", "attn_decode"):
+            d = full[full["op"] == op]
+            ach = [op_work(m, op, b, t, c).bytes_ / s for b, t, c, s in
+                   d[["batch", "tokens", "context", "time_s_median"]].itertuples(index=False, name=None)]
+            self.bw_eff[op] = float(np.clip(max(ach, default=bw) / bw, 1e-3, 1.0))
+
+    def _size(self, op: str, batch: np.ndarray | float, tokens: np.ndarray | float,
+              context: np.ndarray | float) -> np.ndarray | float:
+        """Size coordinate of slice ratios: tokens, causal work b·n² (prefill) or KV rows b·(c+1) (decode)."""
+        if op == "attn_prefill":
+            return np.asarray(batch) * np.asarray(tokens, float) ** 2
+        if op == "attn_decode":
+            return np.asarray(batch) * (np.asarray(context, float) + 1)
+        return tokens
+
+    def _build_slices(self, sl: pd.DataFrame) -> None:
+        self.slice_ratio: dict[str, SliceRatio] = {}
+        for op, d in sl.groupby("op"):
+            rows = []
+            for s, b, t, c, tm in d[["sms", "batch", "tokens", "context", "time_s_median"]].itertuples(
+                    index=False, name=None):
+                ref = self._full_time(str(op), b, t, c)
+                if ref > 0:
+                    rows.append((s, float(self._size(str(op), b, t, c)), tm / ref))
+            if rows:
+                a = np.array(rows)
+                self.slice_ratio[str(op)] = SliceRatio(a[:, 0], a[:, 1], a[:, 2], self.total_sms)
+
+    def _build_residual(self, steps: pd.DataFrame) -> None:
+        """Measured whole-model step minus the composed ops, by log(tokens in the step) (seconds)."""
+        if steps.empty:
+            return
+        from moesim.cost.base import ExpertGroup
+
+        res = Residency(groups=(ExpertGroup(frozenset({0}), self.model.n_expert_positions, True),))
+        pts: dict[float, list[float]] = {}
+        for b, n, c, t in steps[["batch", "tokens", "context", "time_s_median"]].itertuples(index=False, name=None):
+            composed = self.step(tuple(SeqWork(0, int(n), int(c)) for _ in range(int(b))), res).total_s
+            pts.setdefault(float(np.log(b * n)), []).append(t - composed)
+        xs = np.array(sorted(pts))
+        self._residual_x, self._residual_y = xs, np.array([np.mean(pts[x]) for x in xs])
+
+    def _residual(self, tokens: float, composed: float) -> float:
+        """Residual for a step of ``tokens`` new tokens, never taking more than half the composed time."""
+        if len(self._residual_x) == 0:
+            return 0.0
+        r = float(np.interp(np.log(max(tokens, 1.0)), self._residual_x, self._residual_y))
+        return max(r, -0.5 * composed)
+
+    def _build_link(self, meta: dict[str, Any]) -> None:
+        link = meta.get("host_link") or {}
+        self.expert_Bps = {True: float(link.get("expert_pinned_Bps") or self.gpu.h2d_pinned_Bps),
+                           False: float(link.get("expert_pageable_Bps") or self.gpu.h2d_pageable_Bps)}
+        self.set_Bps = {True: float(link.get("set_pinned_Bps") or self.gpu.h2d_pinned_Bps),
+                        False: float(link.get("set_pageable_Bps") or self.gpu.h2d_pageable_Bps)}
+
+    def _full_time(self, op: str, b: Any, t: Any, c: Any) -> Any:
+        if op == "attn_prefill":
+            return self.surfaces[op](b, t)
+        if op == "attn_decode":
+            return self.surfaces[op](b, c)
+        return self.curves[op](t)
+
+    # ---- evaluation -------------------------------------------------------------------------------
+    def _t(self, op: str, res: Residency, b: Any = 1, t: Any = 0, c: Any = 0) -> Any:
+        """Time of ``op`` at a shape on the residency's slice (vectorised over arrays)."""
+        base = self._full_time(op, b, t, c)
+        s = res.slice
+        if s.sm_fraction >= 1.0 and s.bw_fraction >= 1.0:
+            return base
+        ratio = self.slice_ratio.get(op) or self.slice_ratio.get("attn_proj")
+        sm_count = s.sm_fraction * self.total_sms
+        r = ratio(sm_count, self._size(op, b, t, c)) if ratio else 1.0 / max(s.sm_fraction, 1e-6)
+        mem = op_work(self.model, op, b, t, c).bytes_ / (self.copy_Bps * self.bw_eff[op] * s.bw_fraction)
+        return np.maximum(base * r, mem)
+
+    def _tenant_parts(self, tokens: dict[int, int], seqs: dict[int, int], res: Residency
+                      ) -> tuple[float, float, float, float, float, float, float]:
+        """Context-independent parts: projections, router, lm_head, embed, experts, fetch, fetches."""
+        m, cfg = self.model, self.cfg
+        proj = router = lm = emb = dense = 0.0
+        for t, T in tokens.items():
+            proj += self._L * self._proj_mult * self._t("attn_proj", res, t=T)
+            if self._Lmoe:
+                router += self._Lmoe * self._t("router", res, t=T)
+            if self._Lmoe < self._L:
+                dense += (self._L - self._Lmoe) * self._t("expert_one", res, t=T)
+            lm += self._t("lm_head", res, t=seqs[t])
+            emb += self._t("embed", res, t=T)
+        experts, fetch_s, fetches = dense, 0.0, 0.0
+        E, k = m.n_experts, m.top_k
+        for g in res.groups:
+            n_g = sum(tokens.get(t, 0) for t in g.tenants)
+            if n_g == 0 or g.positions == 0:
+                continue
+            f = float(expected_active_fraction(n_g, E, k, cfg.routing_skew))
+            touched = g.positions * self._pos_scale * f
+            per = n_g * k / (E * f)  # tokens per touched expert
+            if g.on_gpu:
+                experts += touched * self._grouped_on_slice(per, n_g, res)
+            else:
+                experts += touched * self._t("expert_one", res, t=per)
+                fg = touched * (1.0 - res.expert_cache_hit)
+                fetches += fg
+                link = self.expert_Bps[res.slice.pinned] * res.slice.link_fraction
+                fetch_s += fg * m.expert_bytes / link * (1.0 - res.fetch_overlap)
+        return proj, router, lm, emb, experts, fetch_s, fetches
+
+    def _grouped_on_slice(self, per: float, n_g: int, res: Residency) -> float:
+        """Per touched expert on a slice: the whole-GPU value scaled as the grouped layer at n_g tokens."""
+        base = self.curves["expert_in_group"](per)
+        if res.slice.sm_fraction >= 1.0 and res.slice.bw_fraction >= 1.0:
+            return base
+        full_layer = self.curves["moe_grouped"](n_g)
+        return base * self._t("moe_grouped", res, t=n_g) / full_layer if full_layer > 0 else base
+
+    def _prefill_core(self, pre: list[tuple[int, int]], res: Residency) -> float:
+        if not pre:
+            return 0.0
+        n_eff = float(np.sqrt(np.mean([n * (n + 2 * c) for n, c in pre])))
+        return self._L * float(self._t("attn_prefill", res, b=len(pre), t=n_eff))
+
+    def step(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
+        """One step of ``batch`` on ``residency`` (see the module docstring for the composition)."""
+        tokens: dict[int, int] = {}
+        seqs: dict[int, int] = {}
+        pre: list[tuple[int, int]] = []
+        dec: list[int] = []
+        for s in batch:
+            tokens[s.tenant] = tokens.get(s.tenant, 0) + s.new_tokens
+            seqs[s.tenant] = seqs.get(s.tenant, 0) + 1
+            if s.new_tokens == 1 and s.context > 0:
+                dec.append(s.context)
+            else:
+                pre.append((s.new_tokens, s.context))
+        if not tokens:
+            return StepCost()
+        proj, router, lm, emb, experts, fetch_s, fetches = self._tenant_parts(tokens, seqs, residency)
+        core = self._prefill_core(pre, residency)
+        if dec:
+            core += self._L * float(self._t("attn_decode", residency, b=len(dec), c=float(np.mean(dec))))
+        composed = proj + core + router + experts + fetch_s + lm + emb
+        over = emb + self._residual(sum(tokens.values()), composed)
+        return StepCost(proj + core, router, experts, fetch_s, lm, over, fetches)
+
+    def decode_run(self, decode_tenants: tuple[int, ...], context0: tuple[int, ...], n_steps: int,
+                   residency: Residency) -> DecodeRun:
+        """Vectorised: only the decode core changes from step to step (every context grows by one)."""
+        if n_steps <= 0 or not decode_tenants:
+            return DecodeRun(np.zeros(0 if n_steps <= 0 else n_steps), StepCost())
+        tokens: dict[int, int] = {}
+        for t in decode_tenants:
+            tokens[t] = tokens.get(t, 0) + 1
+        proj, router, lm, emb, experts, fetch_s, fetches = self._tenant_parts(tokens, tokens, residency)
+        B = len(decode_tenants)
+        ctx = float(np.mean(context0)) + np.arange(n_steps, dtype=float)
+        core = self._L * np.asarray(self._t("attn_decode", residency, b=np.full(n_steps, B), c=ctx), float)
+        fixed = proj + router + lm + emb + experts + fetch_s
+        over = emb + self._residual(B, fixed + float(core[0]))
+        ends = np.cumsum(core + fixed - emb + over)
+        cost = StepCost(proj * n_steps + float(core.sum()), router * n_steps, experts * n_steps,
+                        fetch_s * n_steps, lm * n_steps, over * n_steps, fetches * n_steps)
+        return DecodeRun(ends, cost)
+
+    def swap_s(self, nbytes: float, residency: Residency, bandwidth_fraction: float = 1.0) -> float:
+        """Seconds to copy ``nbytes`` host→device at the measured non-expert-set rate (pinned or pageable)."""
+        link = self.set_Bps[residency.slice.pinned] * residency.slice.link_fraction * bandwidth_fraction
+        return nbytes / link
