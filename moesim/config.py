@@ -1,0 +1,499 @@
+"""Hydra structured configs, built from the component registries, and the validation of a command line.
+
+Group ``X`` option ``Y`` is the config dataclass that registry ``X`` holds for ``Y`` (``policy=mig`` is
+``MIGConfig``), so adding a component touches one file. The registries' dataclasses are frozen, which
+OmegaConf would turn into read-only nodes; the ConfigStore therefore holds a mutable mirror of each (same
+fields, types and defaults) and ``job_spec`` builds the real frozen dataclass from it, which runs its
+``__post_init__`` validation.
+
+``check_command_line`` composes every job of a command line before hydra starts, so that an unknown option,
+a wrong type, an unknown key or a bad value fails in one line and no job runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from moesim.errors import UserError
+from moesim.registry import Registry
+from moesim.specs import GPU_SPECS, MODEL_SPECS, GPUSpec, ModelSpec, get_gpu, get_model
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONFIG_NAME = "config"
+
+# The order in which the default cost model is chosen: the first one registered whose default config
+# can be built (a calibrated profile when one ships, else the roofline model).
+BEST_COST_ORDER = ("profile", "roofline", "constant")
+
+
+@dataclass
+class ModelConfig:
+    """``model=<name>``: one of ``moesim.specs.MODEL_SPECS``."""
+
+    name: str = MISSING
+
+
+@dataclass
+class GPUConfig:
+    """``gpu=<name>``: one of ``moesim.specs.GPU_SPECS``."""
+
+    name: str = MISSING
+
+
+@dataclass
+class SweepConfig:
+    """What the default comparison sweep spans; hydra sweep syntax (comma-separated values).
+
+    The primary config feeds these to ``hydra.sweeper.params``; a command-line sweep of the same key
+    (``-m policy=reconfig,mig``) replaces them.
+
+    Attributes:
+        policies: policies compared.
+        rates: per-tenant arrival rates (requests/s).
+        seeds: workload seeds (repetitions).
+    """
+
+    policies: str = "reconfig,mig,naive,swap,dedicated"
+    rates: str = "0.05,0.1"
+    seeds: str = "0,1,2"
+
+
+@dataclass
+class ReportConfig:
+    """What the sweep report shows.
+
+    Attributes:
+        cdf_rate: per-tenant rate (requests/s) of the turnaround CDF and the timeline; null: the swept
+            rate nearest the middle of the range.
+        timeline_window_s: length of the timeline window (seconds of simulated time).
+        slo_target: share of requests that must meet the SLO for a rate to count as sustained.
+        baselines: policies every other policy is compared against in the headline table.
+    """
+
+    cdf_rate: Optional[float] = None  # noqa: UP045 (OmegaConf needs typing.Optional)
+    timeline_window_s: float = 30.0
+    slo_target: float = 0.9
+    baselines: list[str] = field(default_factory=lambda: ["mig", "reconfig"])
+
+
+@dataclass
+class SimulateConfig:
+    """The job config of ``python -m moesim.simulate``.
+
+    Attributes:
+        seed: workload seed.
+        slo_ttft_s: TTFT target of the SLO (seconds).
+        slo_tpot_s: time-per-output-token target of the SLO (seconds).
+        progress: show the engine's progress bar; null: in single runs only.
+    """
+
+    model: ModelConfig = MISSING
+    gpu: GPUConfig = MISSING
+    policy: Any = MISSING
+    workload: Any = MISSING
+    cost: Any = MISSING
+    seed: int = 0
+    slo_ttft_s: float = 10.0
+    slo_tpot_s: float = 0.5
+    progress: Optional[bool] = None  # noqa: UP045
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+
+def registries() -> dict[str, Registry[Any]]:
+    """Config group → registry for the groups built from registries."""
+    from moesim.cost import COST_MODELS
+    from moesim.policies import POLICIES
+    from moesim.workloads import WORKLOADS
+
+    return {"policy": POLICIES, "workload": WORKLOADS, "cost": COST_MODELS}
+
+
+# ---- mirrors of the registries' frozen dataclasses ----------------------------------------------------
+
+_SCALARS = (int, float, str, bool)
+
+
+def _omegaconf_type(tp: Any) -> Any:
+    """The closest type OmegaConf validates; ``Any`` where it has none."""
+    origin = typing.get_origin(tp)
+    if tp in _SCALARS or (isinstance(tp, type) and issubclass(tp, enum.Enum)):
+        return tp
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            inner = _omegaconf_type(args[0])
+            return Any if inner is Any else Optional[inner]  # noqa: UP045
+        return Any
+    if origin in (list, tuple, typing.Sequence):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        if len(set(args)) == 1 and args[0] in _SCALARS:
+            return list[args[0]]
+        return list[Any]
+    if origin is dict:
+        k, v = typing.get_args(tp)
+        if k is str and v in _SCALARS:
+            return dict[str, v]
+        return dict[str, Any]
+    return Any
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return MISSING
+    if isinstance(value, (tuple, frozenset, set)):
+        return list(value)
+    return value
+
+
+def mirror(cfg_cls: type) -> type:
+    """A mutable dataclass with ``cfg_cls``'s fields, types OmegaConf can check, and its defaults."""
+    hints = typing.get_type_hints(cfg_cls)
+    fields = []
+    for f in dataclasses.fields(cfg_cls):
+        if not f.init:
+            continue
+        default = _default(f)
+        if isinstance(default, (list, dict)):
+            fields.append((f.name, _omegaconf_type(hints[f.name]), field(default_factory=lambda d=default: d)))
+        else:
+            fields.append((f.name, _omegaconf_type(hints[f.name]), field(default=default)))
+    ns = {"__doc__": cfg_cls.__doc__, "__module__": __name__}
+    return dataclasses.make_dataclass(f"{cfg_cls.__name__}Node", fields, namespace=ns)
+
+
+def _to_params(node: DictConfig | dict[str, Any], cfg_cls: type) -> dict[str, Any]:
+    """A composed node as keyword arguments of ``cfg_cls`` (lists back to tuples where it wants them)."""
+    params = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    hints = typing.get_type_hints(cfg_cls)
+    for k, v in list(params.items()):
+        origin = typing.get_origin(hints.get(k))
+        if isinstance(v, list) and origin in (tuple, frozenset):
+            params[k] = origin(v)
+    return params
+
+
+@dataclass
+class BestCostConfig:
+    """``cost=best``: the most faithful cost model shipped for the job's GPU × model.
+
+    A calibrated ``profile`` when one ships for that pair (``calibration/profiles/<gpu>__<model>.parquet``),
+    else ``roofline``, each with its defaults. To set parameters choose the model: ``cost=roofline``.
+    """
+
+    name: str = "best"
+
+
+_best_cache: dict[tuple[str, str], Any] = {}
+
+
+def best_cost(model: ModelSpec, gpu: GPUSpec) -> Any:
+    """The config of the first cost model in ``BEST_COST_ORDER`` that builds for ``model`` × ``gpu``."""
+    from moesim.cost import COST_MODELS
+
+    key = (model.name, gpu.name)
+    if key not in _best_cache:
+        for name in BEST_COST_ORDER:
+            if name not in COST_MODELS.names():
+                continue
+            cfg = COST_MODELS.config(name)
+            try:
+                COST_MODELS.build(name, cfg, model=model, gpu=gpu)
+            except UserError:
+                continue
+            _best_cache[key] = cfg
+            break
+        else:
+            raise UserError(f"cost=best: no cost model builds for model={model.name} gpu={gpu.name}; "
+                            f"valid: {', '.join(COST_MODELS.names())}")
+    return _best_cache[key]
+
+
+def register_configs() -> None:
+    """Fill hydra's ConfigStore: the job schema, model/gpu options, and one option per registry entry.
+
+    ``cost=best`` picks the best shipped cost model per job (see ``BestCostConfig``).
+    """
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="simulate_schema", node=SimulateConfig)
+    for name in MODEL_SPECS:
+        cs.store(group="model", name=name, node=ModelConfig(name=name))
+    for name in GPU_SPECS:
+        cs.store(group="gpu", name=name, node=GPUConfig(name=name))
+    for group, reg in registries().items():
+        for name in reg.names():
+            cs.store(group=group, name=name, node=mirror(reg.get(name)[1]))
+    cs.store(group="cost", name="best", node=BestCostConfig)
+
+
+# ---- a composed config → the job it describes ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One simulation job, validated.
+
+    Attributes:
+        model, gpu: specs.
+        policy, cost, workload: the registries' frozen config dataclasses.
+        seed: workload seed.
+        slo_ttft_s, slo_tpot_s: SLO targets (seconds).
+    """
+
+    model: ModelSpec
+    gpu: GPUSpec
+    policy: Any
+    cost: Any
+    workload: Any
+    seed: int
+    slo_ttft_s: float
+    slo_tpot_s: float
+
+    @property
+    def rate(self) -> float:
+        """Per-tenant arrival rate of the workload (requests/s)."""
+        return float(getattr(self.workload, "rate", math.nan))
+
+    def describe(self) -> dict[str, Any]:
+        """Flat identification of the job for summary.json / summary.csv."""
+        return {
+            "policy": self.policy.name,
+            "model": self.model.name,
+            "gpu": self.gpu.name,
+            "workload": self.workload.name,
+            "rate": self.rate,
+            "tenants": int(getattr(self.workload, "tenants", 0)),
+            "seed": self.seed,
+            "cost": self.cost.name,
+            "slo_ttft_s": self.slo_ttft_s,
+            "slo_tpot_s": self.slo_tpot_s,
+        }
+
+    def params(self) -> dict[str, Any]:
+        """Every parameter of the policy, cost model and workload."""
+        return {
+            "policy": dataclasses.asdict(self.policy),
+            "cost": dataclasses.asdict(self.cost),
+            "workload": dataclasses.asdict(self.workload),
+        }
+
+
+def _positive(name: str, value: float, unit: str) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise UserError(f"{name}={value}: must be a finite number > 0 ({unit})")
+
+
+def job_spec(cfg: DictConfig) -> JobSpec:
+    """Validate a composed job config and build its frozen component configs (UserError on bad values)."""
+    regs = registries()
+    built: dict[str, Any] = {}
+    model, gpu = get_model(cfg.model.name), get_gpu(cfg.gpu.name)
+    for group, reg in regs.items():
+        node = cfg[group]
+        name = node.get("name")
+        if group == "cost" and name == "best":
+            built[group] = best_cost(model, gpu)
+            continue
+        _, cfg_cls = reg.get(name)
+        built[group] = reg.config(name, _to_params(node, cfg_cls))
+    if cfg.seed < 0:
+        raise UserError(f"seed={cfg.seed}: must be ≥ 0")
+    _positive("slo_ttft_s", cfg.slo_ttft_s, "seconds")
+    _positive("slo_tpot_s", cfg.slo_tpot_s, "seconds")
+    rate = getattr(built["workload"], "rate", None)
+    if rate is not None and not (math.isfinite(rate) and rate >= 0):
+        raise UserError(f"workload.rate={rate}: must be ≥ 0 requests/s per tenant")
+    return JobSpec(
+        model=model,
+        gpu=gpu,
+        policy=built["policy"],
+        cost=built["cost"],
+        workload=built["workload"],
+        seed=int(cfg.seed),
+        slo_ttft_s=float(cfg.slo_ttft_s),
+        slo_tpot_s=float(cfg.slo_tpot_s),
+    )
+
+
+# ---- the command line: every job composed and validated before hydra starts ---------------------------
+
+
+def sweep_jobs(params: dict[str, str] | None, overrides: list[str]) -> list[list[str]]:
+    """The override list of every job of a sweep, as hydra's basic sweeper expands it.
+
+    ``params`` are ``hydra.sweeper.params``; command-line ``overrides`` of the same key replace them.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args = [f"{k}={v}" for k, v in (params or {}).items()] + list(overrides)
+    parsed = OverridesParser.create().parse_overrides(args)
+    return BasicSweeper.split_arguments(parsed, None)[0]
+
+
+def _first_values(overrides: list[str]) -> list[str]:
+    """Each sweep override replaced by its first value (to compose the sweep's primary config)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    out = []
+    for o in OverridesParser.create().parse_overrides(overrides):
+        if o.is_sweep_override():
+            out.append(f"{o.input_line.split('=', 1)[0]}={next(iter(o.sweep_string_iterator()))}")
+        else:
+            out.append(o.input_line)
+    return out
+
+
+def _first_line(text: str) -> str:
+    return next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")
+
+
+def _keys_of(cfg: DictConfig, parent: str) -> str:
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if isinstance(node, DictConfig):
+        return f"; valid keys{' of ' + parent if parent else ''}: {', '.join(map(str, node.keys()))}"
+    return ""
+
+
+def _omegaconf_line(exc: BaseException, override: str, cfg: DictConfig | None) -> str:
+    """An OmegaConf error raised by ``override`` as one line."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    if isinstance(exc, (ConfigAttributeError, ConfigKeyError)):
+        key = str(getattr(exc, "full_key", "") or override.split("=", 1)[0].lstrip("+~"))
+        parent, _, leaf = key.rpartition(".")
+        return f"{override}: unknown key {leaf!r}{_keys_of(cfg, parent) if cfg is not None else ''}"
+    return f"{override}: {_first_line(getattr(exc, 'msg', '') or exc)}"
+
+
+def _compose_error_line(exc: BaseException, overrides: list[str], compose: Any) -> str:
+    """A hydra composition error as one line naming the override and what would be valid."""
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file:
+        group, _, option = str(exc.missing_cfg_file).rpartition("/")
+        if group and exc.options:
+            return f"unknown {group} {option!r}; valid: {', '.join(sorted(exc.options))}"
+        return f"unknown {group or 'config'} {option!r}; there are no {group or 'such'} configs"
+    msg = _first_line(str(exc))
+    cause = exc.__cause__
+    if isinstance(cause, OmegaConfBaseException):
+        key = str(getattr(cause, "full_key", "") or "")
+        bad = next((o for o in overrides if o.lstrip("+~").split("=", 1)[0] == key), None)
+        cfg = None
+        if bad is not None:  # compose without the bad override to list the keys that exist there
+            try:
+                cfg = compose([o for o in overrides if o != bad])
+            except Exception:
+                cfg = None
+        return _omegaconf_line(cause, bad or msg.removeprefix("Error merging override "), cfg)
+    return msg
+
+
+def _check_seed(job: list[str]) -> None:
+    for o in job:
+        if o.startswith("seed="):
+            value = o.split("=", 1)[1]
+            if not value.lstrip("-").isdigit() or int(value) < 0:
+                raise UserError(f"{o}: the seed must be an integer ≥ 0")
+
+
+class _JobChecker:
+    """Composes jobs the way hydra does, cheaply: one composition per distinct choice of config-group
+    options (and other structural overrides), then each job's value overrides applied to a copy."""
+
+    def __init__(self, config_name: str) -> None:
+        from hydra.core.global_hydra import GlobalHydra
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        self.name = config_name
+        self.parser = OverridesParser.create()
+        self.groups = set(GlobalHydra.instance().config_loader().list_groups(""))
+        self._cache: dict[tuple[str, ...], DictConfig] = {}
+
+    def compose(self, overrides: list[str], hydra_cfg: bool = False) -> DictConfig:
+        """hydra's compose; a failure as a UserError of one line."""
+        from hydra import compose
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        try:
+            return compose(self.name, overrides=overrides, return_hydra_config=hydra_cfg)
+        except (HydraException, OmegaConfBaseException) as exc:
+            raise UserError(_compose_error_line(
+                exc, overrides, lambda ov: compose(self.name, overrides=ov))) from None
+
+    def _structural(self, o: Any) -> bool:
+        key = o.key_or_group
+        return (o.is_add() or o.is_delete() or o.is_force_add() or o.package is not None
+                or (key.split("/")[0] in self.groups and "." not in key) or key.startswith("hydra"))
+
+    def job(self, overrides: list[str]) -> DictConfig:
+        """The composed config of one job (UserError on a bad override)."""
+        from omegaconf.errors import OmegaConfBaseException
+
+        parsed = self.parser.parse_overrides(overrides)
+        structural = tuple(o.input_line for o in parsed if self._structural(o))
+        if structural not in self._cache:
+            self._cache[structural] = self.compose(list(structural))
+        cfg = self._cache[structural].copy()
+        for o in parsed:
+            if self._structural(o):
+                continue
+            try:
+                OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True)
+            except OmegaConfBaseException as exc:
+                raise UserError(_omegaconf_line(exc, o.input_line, cfg)) from None
+        return cfg
+
+
+def check_command_line(argv: list[str]) -> int:
+    """Compose and validate every job ``argv`` describes; the number of jobs (UserError on a bad one).
+
+    Help, ``--cfg`` and other inspection flags are left to hydra (0 is returned).
+    """
+    from hydra import initialize_config_dir
+    from hydra._internal.utils import get_args_parser
+    from hydra.errors import HydraException
+
+    args = get_args_parser().parse_args(argv)
+    if (args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
+            or args.experimental_rerun or args.config_path or args.config_dir):
+        return 0
+    task = list(args.overrides)
+    with initialize_config_dir(str(CONF_DIR), version_base=None, job_name="simulate"):
+        checker = _JobChecker(args.config_name or CONFIG_NAME)
+        try:
+            primary = checker.compose(_first_values(task), hydra_cfg=True)
+            multirun = args.multirun or str(primary.hydra.mode) == "RunMode.MULTIRUN"
+            if multirun:
+                params = OmegaConf.to_container(primary.hydra.sweeper.params, resolve=True)
+                jobs = sweep_jobs(params, task)  # type: ignore[arg-type]
+            else:
+                jobs = [task]
+        except HydraException as exc:  # an override hydra cannot parse
+            raise UserError(_first_line(str(exc))) from None
+        for job in jobs:
+            _check_seed(job)
+            try:
+                job_spec(checker.job(job))
+            except UserError as exc:
+                where = f" (job: {' '.join(job)})" if len(jobs) > 1 else ""
+                raise UserError(f"{exc}{where}") from None
+    return len(jobs)

@@ -1,0 +1,88 @@
+"""One simulation job: build the components, run the engine, write the job's outputs atomically.
+
+A job dir ends up holding ``requests.parquet`` (one row per request), ``segments.parquet`` (the timeline),
+``instances.json`` (per GPU/MIG instance: shares and memory breakdown, bytes) and, written last,
+``summary.json`` (the job's identity, parameters and metrics). A job that fails writes ``error.json``
+instead of ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from moesim.config import JobSpec
+from moesim.io import write_json, write_parquet
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "summary.json"
+ERROR = "error.json"
+REQUESTS = "requests.parquet"
+SEGMENTS = "segments.parquet"
+INSTANCES = "instances.json"
+
+
+def cost_provenance(cost: Any) -> dict[str, Any]:
+    """Where a cost model's numbers come from; ``derived`` is True for a profile derived for another GPU."""
+    return {
+        "cost_derived": bool(getattr(cost, "derived", False)),
+        "cost_source": str(getattr(cost, "path", "") or getattr(cost, "source", "") or ""),
+    }
+
+
+def run(spec: JobSpec, out_dir: str | Path, *, progress: bool = False,
+        overrides: list[str] | None = None) -> dict[str, Any]:
+    """Simulate ``spec`` and write its outputs into ``out_dir``; the summary written to summary.json."""
+    from moesim.cost import COST_MODELS
+    from moesim.engine import simulate
+    from moesim.metrics import summarize
+    from moesim.policies import POLICIES
+    from moesim.workloads import WORKLOADS
+
+    out = Path(out_dir)
+    t0 = time.perf_counter()
+    workload = WORKLOADS.build(spec.workload.name, spec.workload)
+    requests = workload.generate(spec.seed)
+    policy = POLICIES.build(spec.policy.name, spec.policy)
+    cost = COST_MODELS.build(spec.cost.name, spec.cost, model=spec.model, gpu=spec.gpu)
+    result = simulate(spec.model, spec.gpu, policy, cost, requests, n_tenants=workload.tenants,
+                      progress=progress)
+    metrics = summarize(result.requests, result.segments, horizon_s=workload.horizon_s or None,
+                        slo_ttft_s=spec.slo_ttft_s, slo_tpot_s=spec.slo_tpot_s)
+    wall_s = time.perf_counter() - t0
+    write_parquet(out / REQUESTS, result.requests)
+    write_parquet(out / SEGMENTS, result.segments)
+    write_json(out / INSTANCES, result.instances)
+    summary = {
+        "status": "ok",
+        **spec.describe(),
+        **cost_provenance(cost),
+        **metrics,
+        "horizon_s": result.horizon_s,
+        "wall_s": wall_s,
+        "overrides": list(overrides or []),
+        "params": spec.params(),
+        "policy_info": result.policy,
+    }
+    write_json(out / SUMMARY, summary)  # last: its presence marks a finished job
+    log.info("%s: %d requests in %.2f s wall", out, metrics["n_requests"], wall_s)
+    return summary
+
+
+def record_failure(out_dir: str | Path, exc: BaseException, *, job: dict[str, Any] | None = None,
+                   overrides: list[str] | None = None) -> dict[str, Any]:
+    """Write error.json for a failed job (message, type, traceback) and return it."""
+    record = {
+        "status": "failed",
+        **(job or {}),
+        "error_type": type(exc).__name__,
+        "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+        "overrides": list(overrides or []),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+    write_json(Path(out_dir) / ERROR, record)
+    return record
