@@ -34,11 +34,14 @@ class Instance:
         self.link = link
         self.rec = rec
         self.queue: deque[Request] = deque()
-        # running batch, one entry per sequence (parallel arrays: vectorised advance of decode runs)
+        # Running batch, parallel lists, one entry per sequence. Positions are kept on a clock of decode
+        # steps done by this instance, so advancing a run touches no per-sequence state:
+        # context = ctx_base + clock, and the sequence finishes when clock reaches finish_at.
         self.running: list[Request] = []
-        self._tenant = np.zeros(0, dtype=np.int64)
-        self._ctx = np.zeros(0, dtype=np.int64)  # tokens in the KV cache
-        self._rem = np.zeros(0, dtype=np.int64)  # decode steps left
+        self._clock = 0
+        self._ctx_base: list[int] = []
+        self._finish_at: list[int] = []
+        self._tenants: tuple[int, ...] = ()
         self._tenant_count: dict[int, int] = {}
         self.resident: list[int] = list(plan.initial_resident)  # LRU order: last used at the end
         self.kv_bytes_per_token = cost.model.kv_bytes_per_token
@@ -47,6 +50,7 @@ class Instance:
         self._arrivals: list[Request] = []
         self._next = 0
         self._res_cache: dict[float, Residency] = {}
+        self._swap_s = cost.swap_s(plan.swap_bytes, plan.residency, plan.swap_bandwidth_fraction)
 
     # ---- views used by policies ---------------------------------------------------------------
     @property
@@ -59,10 +63,11 @@ class Instance:
         return set(self._tenant_count)
 
     def _join(self, reqs: list[Request]) -> None:
+        clock = self._clock
         self.running.extend(reqs)
-        self._tenant = np.concatenate((self._tenant, [r.tenant for r in reqs]))
-        self._ctx = np.concatenate((self._ctx, [r.prompt_tokens for r in reqs]))
-        self._rem = np.concatenate((self._rem, [r.output_tokens - 1 for r in reqs]))
+        self._ctx_base.extend(r.prompt_tokens - clock for r in reqs)
+        self._finish_at.extend(r.output_tokens - 1 + clock for r in reqs)
+        self._tenants = self._tenants + tuple(r.tenant for r in reqs)
         tc = self._tenant_count
         for r in reqs:
             tc[r.tenant] = tc.get(r.tenant, 0) + 1
@@ -110,7 +115,7 @@ class Instance:
                 victim = next(v for v in self.resident if v not in keep)
                 self.resident.remove(victim)
             self.resident.append(t)
-            total += self.cost.swap_s(plan.swap_bytes, plan.residency, plan.swap_bandwidth_fraction)
+            total += self._swap_s
         if total <= 0.0:
             return None
         exposed = total
@@ -176,10 +181,10 @@ class Instance:
     def _decode_run(self):
         env, rec = self.env, self.rec
         B = len(self.running)
-        rem = self._rem
-        n = int(rem.min())
-        tenants = tuple(self._tenant.tolist())
-        dr = self.cost.decode_run(tenants, tuple(self._ctx.tolist()), n, self._residency())
+        clock = self._clock
+        n = min(self._finish_at) - clock
+        ctx0 = tuple([b + clock for b in self._ctx_base])
+        dr = self.cost.decode_run(self._tenants, ctx0, n, self._residency())
         t0 = env.now
         self.link.begin(self.fetches)
         steps = n
@@ -195,25 +200,24 @@ class Instance:
         c = dr.cost
         rec.segment(self.idx, "decode", t0, env.now, B, steps * B, _tenant_str(self._tenant_count),
                     c.expert_fetches * frac, c.attention_s * frac, c.experts_s * frac, c.fetch_s * frac)
-        rem -= steps
-        self._ctx += steps
-        done_mask = rem <= 0
-        if done_mask.any():
-            keep = ~done_mask
+        clock = self._clock = clock + steps
+        if steps == n:
+            fa = self._finish_at
+            keep = [i for i in range(B) if fa[i] > clock]
             tc = self._tenant_count
-            running = self.running
-            for i in np.flatnonzero(done_mask).tolist():
-                r = running[i]
-                self._finish_req(r)
-                c_t = tc[r.tenant] - 1
-                if c_t:
-                    tc[r.tenant] = c_t
-                else:
-                    del tc[r.tenant]
-            self.running = [running[i] for i in np.flatnonzero(keep).tolist()]
-            self._tenant = self._tenant[keep]
-            self._ctx = self._ctx[keep]
-            self._rem = rem[keep]
+            for i in range(B):
+                if fa[i] <= clock:
+                    r = self.running[i]
+                    self._finish_req(r)
+                    c_t = tc[r.tenant] - 1
+                    if c_t:
+                        tc[r.tenant] = c_t
+                    else:
+                        del tc[r.tenant]
+            self.running = [self.running[i] for i in keep]
+            self._ctx_base = [self._ctx_base[i] for i in keep]
+            self._finish_at = [fa[i] for i in keep]
+            self._tenants = tuple([self._tenants[i] for i in keep])
 
     def _finish_req(self, r: Request) -> None:
         self.rec.finish[r.id] = self.env.now
