@@ -2,7 +2,7 @@
 
 Every sequence prefilling in a step costs ``prefill_s`` (once, whatever its length) and every step that
 decodes costs ``decode_step_s`` (whatever the batch). Nothing depends on residency, so closed forms
-(M/D/1, M/M/1) apply exactly. ``service_dist="exponential"`` draws each prefill from an exponential law
+(M/D/1, M/M/1) apply exactly. Swaps cost ``swap_s`` when set, else bytes over the host link. ``service_dist="exponential"`` draws each prefill from an exponential law
 with mean ``prefill_s`` (seeded), for M/M/1 checks with one-token outputs.
 """
 
@@ -27,6 +27,7 @@ class ConstantCostConfig:
     decode_step_s: float = 0.02
     service_dist: str = "deterministic"  # or "exponential" (prefill only)
     seed: int = 0
+    swap_s: float = -1.0  # fixed seconds per swap; < 0: bytes over the host link, as every cost model
 
     def __post_init__(self) -> None:
         if self.prefill_s < 0 or self.decode_step_s < 0:
@@ -66,5 +67,7 @@ class ConstantCost(CostModel):
         return DecodeRun(ends, StepCost(attention_s=float(ends[-1]) if n_steps else 0.0))
 
     def swap_s(self, nbytes: float, residency: Residency, bandwidth_fraction: float = 1.0) -> float:
-        """Swaps cost nothing here: the constant model times only compute."""
-        return 0.0
+        """``cfg.swap_s`` when set (≥ 0), else bytes over the host link (seconds)."""
+        if self.cfg.swap_s >= 0:
+            return self.cfg.swap_s
+        return super().swap_s(nbytes, residency, bandwidth_fraction)
