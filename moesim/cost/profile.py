@@ -90,15 +90,17 @@ class Curve:
     """t(x) from grid points: piecewise linear in log–log, non-decreasing, power-law past the end.
 
     Below the first grid point the first value holds; past the last, t grows as x^``slope_hi``.
+    ``monotone=False`` keeps the measured shape (for per-unit times that may fall as fixed costs spread).
     """
 
-    def __init__(self, x: np.ndarray, t: np.ndarray, slope_hi: float = _SLOPE_TOKENS) -> None:
+    def __init__(self, x: np.ndarray, t: np.ndarray, slope_hi: float = _SLOPE_TOKENS, monotone: bool = True
+                 ) -> None:
         order = np.argsort(x)
         x, t = np.asarray(x, float)[order], np.asarray(t, float)[order]
         if len(x) == 0 or np.any(x <= 0) or np.any(~np.isfinite(t)) or np.any(t <= 0):
             raise ValueError("Curve needs positive grid points and positive finite times")
         self.lx = np.log(x)
-        self.ly = np.log(np.maximum.accumulate(t))
+        self.ly = np.log(np.maximum.accumulate(t) if monotone else t)
         self.slope_hi = slope_hi
 
     def __call__(self, x: np.ndarray | float) -> np.ndarray | float:
@@ -242,12 +244,12 @@ class ProfileCost(CostModel):
             if d.empty:
                 raise UserError(f"profile {self.path}: no measured rows for op {op!r} at {self.total_sms} SMs")
             self.curves[op] = Curve(d["tokens"].to_numpy(), d["time_s_median"].to_numpy())
-        # per touched expert inside the grouped layer, indexed by tokens per touched expert
-        d = full[full["op"] == "moe_grouped"].groupby("tokens", as_index=False)["time_s_median"].median()
-        n = d["tokens"].to_numpy(float)
+        # per touched expert inside the grouped layer, indexed by tokens per touched expert; the layer's
+        # fixed costs spread over more touched experts as tokens grow, so this one may fall: not monotone
+        n = np.exp(self.curves["moe_grouped"].lx)
         f = np.asarray(expected_active_fraction(n, m.n_experts, m.top_k))
         self.curves["expert_in_group"] = Curve(n * m.top_k / (m.n_experts * f),
-                                                d["time_s_median"].to_numpy() / (m.n_experts * f))
+                                                self.curves["moe_grouped"](n) / (m.n_experts * f), monotone=False)
         self.surfaces: dict[str, Surface] = {}
         for op, axis, slope_b in (("attn_prefill", "tokens", 2.0), ("attn_decode", "context", 1.0)):
             d = full[full["op"] == op]
