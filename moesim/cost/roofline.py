@@ -88,6 +88,7 @@ class RooflineCost(CostModel):
         # the hot loop sees few distinct (residency, tokens per tenant) shapes: memoise them
         self._memo: dict[tuple, tuple[float, ...]] = {}
         self._keep_alive: dict[int, Residency] = {}  # ids in memo keys stay valid while cached
+        self._decode_memo: dict[tuple, tuple] = {}
 
     # ---- helpers ------------------------------------------------------------------------------
     def _rates(self, res: Residency) -> tuple[float, float]:
@@ -108,6 +109,9 @@ class RooflineCost(CostModel):
         if hit is None:
             if len(self._memo) > 200_000:
                 self._memo.clear()
+                self._decode_memo.clear()
+            if len(self._decode_memo) > 100_000:
+                self._decode_memo.clear()
             hit = self._memo[key] = self._fixed_uncached(tokens, seqs, res)
             self._keep_alive[id(res)] = res
         return hit
@@ -165,17 +169,22 @@ class RooflineCost(CostModel):
     def decode_run(self, decode_tenants: tuple[int, ...], context0: tuple[int, ...], n_steps: int,
                    residency: Residency) -> DecodeRun:
         """Closed form: the attention core is linear in the keys read, which grow by B per step."""
-        tokens = dict(Counter(decode_tenants))
-        proj, router, lm, over, experts, fetch_s, fetches = self._fixed(tokens, tokens, residency)
+        key = (id(residency), decode_tenants)
+        per_step = self._decode_memo.get(key)
+        if per_step is None:
+            tokens = dict(Counter(decode_tenants))
+            parts = self._fixed(tokens, tokens, residency)
+            F, Bw = self._rates(residency)
+            # seconds per key read, summed over layers: max of the flop time and the KV-byte time
+            a = max(4.0 * self._q_dim * self._L / F, self.model.kv_bytes_per_token / Bw)
+            per_step = self._decode_memo[key] = (parts, sum(parts[:6]), a)
+        (proj, router, lm, over, experts, fetch_s, fetches), fixed, a = per_step
         B = len(decode_tenants)
-        F, Bw = self._rates(residency)
-        # seconds per key read, summed over layers: max of the flop time and the KV-byte time
-        a = max(4.0 * self._q_dim * self._L / F, self.model.kv_bytes_per_token / Bw)
-        fixed = proj + router + lm + over + experts + fetch_s
-        k1 = np.arange(1, n_steps + 1, dtype=float)  # steps completed
         S0 = float(sum(context0))
-        # step i (1-based) reads S0 + B·i keys
-        ends = k1 * (fixed + a * S0) + a * B * k1 * (k1 + 1) / 2
+        # step i (1-based) reads S0 + B·i keys: end_i = i·(fixed + a·S0) + a·B·i(i+1)/2
+        k1 = np.arange(1.0, n_steps + 1.0)
+        half = 0.5 * a * B
+        ends = k1 * (fixed + a * S0 + half + half * k1)
         core_total = a * (S0 * n_steps + B * n_steps * (n_steps + 1) / 2)
         cost = StepCost(
             proj * n_steps + core_total, router * n_steps, experts * n_steps, fetch_s * n_steps,
