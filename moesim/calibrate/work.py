@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from moesim.cost.base import expected_active_fraction
 from moesim.specs import ModelSpec
 
 
@@ -52,6 +51,8 @@ def op_work(m: ModelSpec, op: str, batch: int = 1, tokens: int = 0, context: int
         bytes_ = batch * ((c + 1) * 2 * kv_dim + 2 * q_dim + 2 * kv_dim) * dt
         return Work(flops, bytes_)
     if op in ("moe_grouped", "moe_loop"):
+        from moesim.cost.base import expected_active_fraction  # lazy: moesim.cost imports this module
+
         f = float(expected_active_fraction(T, m.n_experts, m.top_k))
         touched = m.n_experts * f
         act = T * m.top_k * (2 * d + (m.expert_matrices - 1) * m.d_ff * 2) + T * d * 2
