@@ -25,12 +25,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from moesim.calibrate.floors import floor_table  # noqa: E402
-from moesim.calibrate.schema import Row, frame_to_rows, profile_stem, read_profile, write_profile  # noqa: E402
-from moesim.calibrate.work import op_work  # noqa: E402
-from moesim.cost.base import ExpertGroup, Residency, SeqWork  # noqa: E402
-from moesim.cost.profile import ProfileCost, ProfileCostConfig  # noqa: E402
-from moesim.specs import get_gpu, get_model  # noqa: E402
+from moesim.calibrate.floors import floor_table
+from moesim.calibrate.schema import Row, frame_to_rows, profile_stem, read_profile, write_profile
+from moesim.calibrate.work import op_work
+from moesim.cost.base import ExpertGroup, Residency, SeqWork
+from moesim.cost.profile import ProfileCost, ProfileCostConfig
+from moesim.specs import get_gpu, get_model
 
 H200_PEAK_FLOPS, H200_PEAK_BPS = 989e12, 4800e9
 
@@ -87,7 +87,7 @@ def derive(src: Path, out_dir: Path) -> Path:
         base = device_time(r.op, r.batch, r.tokens, r.context, float(ref.iloc[0]))
         ratio = r.time_s_median / float(ref.iloc[0])
         rows.append(Row(**{**{k: getattr(r, k) for k in r.__slots__}, "gpu": a100.name,
-                           "sms": int(round(r.sms / sms_h * sms_a)), "time_s_median": base * ratio,
+                           "sms": round(r.sms / sms_h * sms_a), "time_s_median": base * ratio,
                            "time_s_p10": base * ratio, "time_s_p90": base * ratio}))
     ameta = {
         "gpu": a100.name, "model": model.name, "sms": sms_a, "derived": True,

@@ -52,8 +52,10 @@ def test_tiny_profile_has_every_op_measured(tiny_run: Path) -> None:
     assert len(ok[ok["op"] == "step"]) == len(g.step_points)
     assert set(df["op"]) <= set(OPS)
     assert not df.duplicated(["op", "sms", "batch", "tokens", "context", "pinned", "nbytes"]).any()
-    assert (ok["time_s_p10"] <= ok["time_s_median"]).all() and (ok["time_s_median"] <= ok["time_s_p90"]).all()
-    assert (ok["time_s_median"] > 0).all() and (ok["n"] >= 3).all()
+    assert (ok["time_s_p10"] <= ok["time_s_median"]).all()
+    assert (ok["time_s_median"] <= ok["time_s_p90"]).all()
+    assert (ok["time_s_median"] > 0).all()
+    assert (ok["n"] >= 3).all()
     per_layer_ops = {"attn_proj", "router", "moe_grouped", "moe_loop", "expert_one", "attn_prefill", "attn_decode"}
     assert (ok["per_layer"] == ok["op"].isin(per_layer_ops).astype(int)).all()
     assert meta["checks"]["moe_grouped_vs_loop_rel_err"] < 1e-4
@@ -65,7 +67,8 @@ def test_tiny_validation_file_times_every_held_out_batch(tiny_run: Path) -> None
     batches = validation_batches(3, "quick", 0)
     assert len(v) == len(batches)
     assert [json.loads(s) for s in v["seqs"]] == [[list(x) for x in b] for b in batches]
-    assert (v["status"] == "ok").all() and (v["time_s_median"] > 0).all()
+    assert (v["status"] == "ok").all()
+    assert (v["time_s_median"] > 0).all()
 
 
 def test_resume_keeps_points_and_adds_none(tiny_run: Path, tmp_path: Path) -> None:
@@ -94,7 +97,8 @@ def test_out_of_memory_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
 
     assert cal.point("attn_decode", oom, batch=256, tokens=1, context=16384, per_layer=1) is None
     t = cal.point("embed", lambda: ((lambda: torch.zeros(4)), 1), tokens=4)
-    assert t is not None and t.median_s > 0
+    assert t is not None
+    assert t.median_s > 0
     status = {(r.op, r.batch): r.status for r in cal.rec.rows}
     assert status == {("attn_decode", 256): "oom", ("embed", 1): "ok"}
 
@@ -123,7 +127,8 @@ def test_cli_user_error_is_one_line_and_exit_2() -> None:
     proc = subprocess.run([sys.executable, "-m", "moesim.calibrate", "device=cpu", "model=nope"], cwd=REPO,
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1
+    assert "Traceback" not in proc.stderr
     assert "model='nope'" in proc.stderr
 
 
@@ -174,7 +179,8 @@ def test_step_is_deterministic_under_a_seed() -> None:
         si = eng.make_inputs([(1, 5, 0), (0, 1, 9), (1, 1, 3)])
         cache = KVCache(spec, si.meta.kv_tokens, eng.device, eng.dtype, eng.gen)
         outs.append(eng.step(si, cache))
-    assert torch.equal(outs[0], outs[1]) and outs[0].shape == (3,)
+    assert torch.equal(outs[0], outs[1])
+    assert outs[0].shape == (3,)
     assert eng.tenants[0].nbytes() == spec.nonexpert_params * 4  # float32 on CPU: every non-expert weight once
 
 
@@ -201,6 +207,8 @@ def test_op_work_closed_forms() -> None:
 
 def test_log_grid_is_log_spaced_and_inclusive() -> None:
     g = log_grid(1, 8192, 2)
-    assert g[0] == 1 and g[-1] == 8192 and list(g) == sorted(set(g))
+    assert g[0] == 1
+    assert g[-1] == 8192
+    assert list(g) == sorted(set(g))
     ratios = np.diff(np.log2(np.array(g[3:], float)))
     assert np.all(np.abs(ratios - 0.5) < 0.2)

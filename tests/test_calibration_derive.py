@@ -36,7 +36,9 @@ def test_derived_a100_profile(tmp_path: Path) -> None:
                               "ceiling_copy_Bps": 4.2e12, "ceiling_gemm_flops": 790e12})
     out = _derive_module().derive(src, tmp_path)
     df, meta = read_profile(out)
-    assert meta["derived"] is True and meta["gpu"] == "a100-80gb" and meta["sms"] == 108
+    assert meta["derived"] is True
+    assert meta["gpu"] == "a100-80gb"
+    assert meta["sms"] == 108
     B_a = 2039e9 * 4.2e12 / 4800e9
     assert meta["ceiling_copy_Bps"] == pytest.approx(B_a)
     assert meta["ceiling_gemm_flops"] == pytest.approx(312e12 * 790 / 989)

@@ -114,7 +114,8 @@ def test_surface_is_monotone_in_each_axis(b1: float, b2: float, c1: float, c2: f
 def test_slice_ratio_is_one_on_the_whole_gpu_and_linear_in_sms() -> None:
     r = SliceRatio(np.array([16, 16, 64, 64]), np.array([1, 100, 1, 100]), np.array([8.0, 4.0, 2.0, 1.5]), 132)
     assert r(132, 10) == pytest.approx(1.0)
-    assert r(16, 1) == pytest.approx(8.0) and r(64, 100) == pytest.approx(1.5)
+    assert r(16, 1) == pytest.approx(8.0)
+    assert r(64, 100) == pytest.approx(1.5)
     assert r(40, 1) == pytest.approx(5.0)  # halfway between 16 and 64 SMs
     assert r(16, 10) == pytest.approx(6.0)  # halfway in log(size)
 
@@ -130,7 +131,8 @@ def test_single_tenant_decode_step_equals_the_closed_form(tmp_path: Path) -> Non
     assert c.router_s == pytest.approx(L * F["router"](1), rel=1e-12)
     assert c.lm_head_s == pytest.approx(F["lm_head"](1), rel=1e-12)
     assert c.overhead_s == pytest.approx(F["embed"](1), rel=1e-12)
-    assert c.fetch_s == 0.0 and c.expert_fetches == 0.0
+    assert c.fetch_s == 0.0
+    assert c.expert_fetches == 0.0
 
 
 def test_tenants_pay_their_own_projections_and_share_experts(tmp_path: Path) -> None:
@@ -255,7 +257,8 @@ def test_auto_without_a_shipped_profile_lists_what_exists() -> None:
 
 def test_registered_under_profile() -> None:
     cls, cfg_cls = COST_MODELS.get("profile")
-    assert cls is ProfileCost and cfg_cls is ProfileCostConfig
+    assert cls is ProfileCost
+    assert cfg_cls is ProfileCostConfig
     assert COST_MODELS.config("profile", {"path": "x.parquet"}).path == "x.parquet"
 
 
