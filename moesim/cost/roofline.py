@@ -144,10 +144,6 @@ class RooflineCost(CostModel):
                 fetch_s += f * m.expert_bytes / link * (1.0 - res.fetch_overlap)
         return proj, router, lm, over, experts, fetch_s, fetches
 
-    def _core(self, flops: np.ndarray | float, nbytes: np.ndarray | float, res: Residency) -> np.ndarray | float:
-        F, B = self._rates(res)
-        return np.maximum(np.asarray(flops) / F, np.asarray(nbytes) / B)
-
     # ---- contract -----------------------------------------------------------------------------
     def step(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
         """One step: projections and experts per tenant group, attention core per sequence."""
@@ -163,7 +159,8 @@ class RooflineCost(CostModel):
             core_flops += 4.0 * n * (c + (n + 1) / 2) * self._q_dim * self._L
             core_bytes += (c + n) * m.kv_bytes_per_token
         proj, router, lm, over, experts, fetch_s, fetches = self._fixed(tokens, seqs, residency)
-        core = float(self._core(core_flops, core_bytes, residency))
+        F, B = self._rates(residency)
+        core = max(core_flops / F, core_bytes / B)
         return StepCost(proj + core, router, experts, fetch_s, lm, over, fetches)
 
     def decode_run(self, decode_tenants: tuple[int, ...], context0: tuple[int, ...], n_steps: int,

@@ -43,6 +43,7 @@ class Instance:
         self._finish_at: list[int] = []
         self._tenants: tuple[int, ...] = ()
         self._tenant_count: dict[int, int] = {}
+        self._tenant_label = ""  # "0,2": tenants in the running batch, for the timeline
         self.resident: list[int] = list(plan.initial_resident)  # LRU order: last used at the end
         self.kv_bytes_per_token = cost.model.kv_bytes_per_token
         self.kv_free_bytes = plan.kv_capacity_bytes
@@ -71,6 +72,7 @@ class Instance:
         tc = self._tenant_count
         for r in reqs:
             tc[r.tenant] = tc.get(r.tenant, 0) + 1
+        self._tenant_label = _tenant_str(tc)
 
     # ---- arrivals -----------------------------------------------------------------------------
     def feed(self, arrivals: list[Request]) -> None:
@@ -146,7 +148,8 @@ class Instance:
                     rec.start[r.id] = now
                     rec.instance[r.id] = self.idx
                     self.kv_free_bytes -= (r.prompt_tokens + r.output_tokens) * self.kv_bytes_per_token
-                batch = tuple(SeqWork(r.tenant, r.prompt_tokens, 0) for r in sel.admit)
+                batch = tuple([SeqWork(r.tenant, r.prompt_tokens, 0) for r in sel.admit])
+                prompt_tokens = sum([r.prompt_tokens for r in sel.admit])
                 res = self._residency()
                 self.link.begin(self.fetches)
                 step = cost.step(batch, res)
@@ -158,7 +161,7 @@ class Instance:
                 t0 = env.now
                 yield env.timeout(step.total_s)
                 self.link.end(self.fetches)
-                rec.segment(self.idx, "prefill", t0, env.now, len(batch), sum(s.new_tokens for s in batch),
+                rec.segment(self.idx, "prefill", t0, env.now, len(batch), prompt_tokens,
                             _tenants(sel.admit), step.expert_fetches, step.attention_s, step.experts_s,
                             step.fetch_s)
                 joining = []
@@ -198,7 +201,7 @@ class Instance:
         self.link.end(self.fetches)
         frac = steps / n
         c = dr.cost
-        rec.segment(self.idx, "decode", t0, env.now, B, steps * B, _tenant_str(self._tenant_count),
+        rec.segment(self.idx, "decode", t0, env.now, B, steps * B, self._tenant_label,
                     c.expert_fetches * frac, c.attention_s * frac, c.experts_s * frac, c.fetch_s * frac)
         clock = self._clock = clock + steps
         if steps == n:
@@ -218,6 +221,7 @@ class Instance:
             self._ctx_base = [self._ctx_base[i] for i in keep]
             self._finish_at = [fa[i] for i in keep]
             self._tenants = tuple([self._tenants[i] for i in keep])
+            self._tenant_label = _tenant_str(tc)
 
     def _finish_req(self, r: Request) -> None:
         self.rec.finish[r.id] = self.env.now
