@@ -1,0 +1,266 @@
+"""Plotly figures of a sweep (one function per figure; each returns a ``plotly.graph_objects.Figure``).
+
+Every number drawn is a plain list (no binary-encoded arrays) so the report's embedded JSON can be read
+back and checked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+from moesim.report.data import SweepData, ecdf
+
+GB = 1e9
+PALETTE = qualitative.D3 + qualitative.Set2
+KIND_COLORS = {"prefill": "#1f77b4", "decode": "#2ca02c", "swap": "#d62728"}
+FONT = {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 13}
+
+
+def colors(data: SweepData) -> dict[str, str]:
+    """A stable colour per series."""
+    return {s: PALETTE[i % len(PALETTE)] for i, s in enumerate(data.series)}
+
+
+def _layout(fig: go.Figure, title: str, height: int = 440) -> go.Figure:
+    fig.update_layout(
+        title={"text": title, "x": 0.01, "xanchor": "left"},
+        height=height,
+        font=FONT,
+        template="plotly_white",
+        legend={"title": {"text": "policy"}, "itemclick": "toggle", "itemdoubleclick": "toggleothers"},
+        margin={"l": 70, "r": 20, "t": 60, "b": 60},
+        hovermode="closest",
+    )
+    return fig
+
+
+def _lines(fig: go.Figure, data: SweepData, metric: str, *, row: int | None = None, col: int | None = None,
+           scale: float = 1.0, show_legend: bool = True, dash: str = "solid", suffix: str = "") -> None:
+    """One line per series: the mean over seeds, error bars from the min to the max over seeds."""
+    agg = data.by_rate(metric)
+    cmap = colors(data)
+    for s in data.series:
+        a = agg[agg["series"] == s]
+        y = (a["mean"] * scale).tolist()
+        trace = go.Scatter(
+            x=a["rate"].tolist(),
+            y=y,
+            mode="lines+markers",
+            name=s + suffix,
+            legendgroup=s,
+            showlegend=show_legend,
+            line={"color": cmap[s], "dash": dash},
+            error_y={"type": "data", "symmetric": False,
+                     "array": (a["max"] * scale - a["mean"] * scale).tolist(),
+                     "arrayminus": (a["mean"] * scale - a["min"] * scale).tolist(),
+                     "thickness": 1, "width": 3},
+            customdata=np.stack([a["min"] * scale, a["max"] * scale, a["count"]], axis=-1).tolist(),
+            hovertemplate=(f"<b>{s}</b><br>rate %{{x}} req/s per tenant<br>mean %{{y:.4g}}"
+                           "<br>seeds: min %{customdata[0]:.4g}, max %{customdata[1]:.4g} "
+                           "(n=%{customdata[2]})<extra></extra>"),
+            meta={"metric": metric, "series": s, "scale": scale},
+        )
+        if row is None:
+            fig.add_trace(trace)
+        else:
+            fig.add_trace(trace, row=row, col=col)
+
+
+def _rate_axis(fig: go.Figure, data: SweepData, **kw: Any) -> None:
+    rates = [r for r in data.rates if r > 0]
+    log = len(rates) >= 3 and rates[-1] / rates[0] >= 8
+    fig.update_xaxes(title_text="arrival rate per tenant (requests/s)", type="log" if log else "linear", **kw)
+
+
+def turnaround(data: SweepData) -> go.Figure:
+    """Mean and p90 turnaround (finish − arrival) vs rate."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("mean turnaround", "p90 turnaround"),
+                        horizontal_spacing=0.08)
+    _lines(fig, data, "mean_turnaround_s", row=1, col=1)
+    _lines(fig, data, "p90_turnaround_s", row=1, col=2, show_legend=False)
+    _rate_axis(fig, data)
+    fig.update_yaxes(title_text="turnaround (s, log scale)", type="log")
+    return _layout(fig, "Turnaround time vs arrival rate (mean over seeds; bars: min–max over seeds)")
+
+
+def ttft(data: SweepData) -> go.Figure:
+    """Mean and p90 time to first token vs rate."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("mean TTFT", "p90 TTFT"), horizontal_spacing=0.08)
+    _lines(fig, data, "mean_ttft_s", row=1, col=1)
+    _lines(fig, data, "p90_ttft_s", row=1, col=2, show_legend=False)
+    _rate_axis(fig, data)
+    fig.update_yaxes(title_text="time to first token (s, log scale)", type="log")
+    return _layout(fig, "Time to first token vs arrival rate (mean over seeds; bars: min–max)")
+
+
+def throughput(data: SweepData) -> go.Figure:
+    """Completed requests per minute vs rate, with the offered load for reference."""
+    fig = go.Figure()
+    _lines(fig, data, "throughput_rpm")
+    tenants = data.ok.groupby("rate")["tenants"].max()
+    rates = [r for r in data.rates if r in tenants.index]
+    fig.add_trace(go.Scatter(x=rates, y=[60.0 * r * float(tenants[r]) for r in rates], mode="lines",
+                             name="offered load (rate × tenants)", line={"color": "#888", "dash": "dot"},
+                             hovertemplate="offered %{y:.4g} req/min<extra></extra>",
+                             meta={"metric": "offered_rpm"}))
+    _rate_axis(fig, data)
+    fig.update_yaxes(title_text="throughput (completed requests/min)")
+    return _layout(fig, "Throughput vs arrival rate (requests finished per minute of the run)")
+
+
+def slo(data: SweepData) -> go.Figure:
+    """Share of requests meeting both SLO targets vs rate."""
+    fig = go.Figure()
+    _lines(fig, data, "slo_attainment", scale=100.0)
+    target = 100.0 * data.options.slo_target
+    fig.add_hline(y=target, line={"color": "#888", "dash": "dot"},
+                  annotation_text=f"target {target:.0f}%", annotation_position="bottom right")
+    _rate_axis(fig, data)
+    fig.update_yaxes(title_text="requests within the SLO (%)", range=[-2, 102])
+    ttft_s = data.ok["slo_ttft_s"].iloc[0] if len(data.ok) else float("nan")
+    tpot_s = data.ok["slo_tpot_s"].iloc[0] if len(data.ok) else float("nan")
+    return _layout(fig, f"SLO attainment vs arrival rate (TTFT ≤ {ttft_s:g} s and time per output token ≤ "
+                        f"{tpot_s:g} s)")
+
+
+def cdf(data: SweepData) -> go.Figure:
+    """CDF of per-request turnaround at the chosen rate, requests of all seeds pooled."""
+    rate = data.chosen_rate
+    fig = go.Figure()
+    cmap = colors(data)
+    for s in data.series:
+        jobs = data.jobs_at(rate) if rate is not None else data.ok.iloc[0:0]
+        jobs = jobs[jobs["series"] == s]
+        if jobs.empty:
+            continue
+        values = np.concatenate([data.requests(j)["turnaround_s"].to_numpy(float) for j in jobs["job"]])
+        x, y = ecdf(values)
+        fig.add_trace(go.Scatter(
+            x=x.tolist(), y=y.tolist(), mode="lines", name=s, line={"color": cmap[s], "shape": "hv"},
+            hovertemplate=f"<b>{s}</b><br>%{{y:.1%}} of requests within %{{x:.4g}} s<extra></extra>",
+            meta={"series": s, "rate": rate, "jobs": jobs["job"].tolist(), "n_requests": len(values)},
+        ))
+    fig.update_xaxes(title_text="turnaround (s, log scale)", type="log")
+    fig.update_yaxes(title_text="share of requests finished within x", range=[0, 1.02], tickformat=".0%")
+    return _layout(fig, f"Turnaround distribution at {rate:g} requests/s per tenant (all seeds pooled)"
+                   if rate is not None else "Turnaround distribution")
+
+
+MEMORY_PARTS = (
+    ("resident_expert_bytes", "resident experts (GPU)", "#1f77b4"),
+    ("nonexpert_bytes", "non-expert sets (GPU)", "#ff7f0e"),
+    ("kv_capacity_bytes", "KV cache capacity (GPU)", "#2ca02c"),
+)
+
+
+def memory(data: SweepData) -> go.Figure:
+    """Per series: GPU memory by use (summed over its instances) and expert bytes kept on the host."""
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.7, 0.3], horizontal_spacing=0.1,
+                        subplot_titles=("GPU memory by use (all instances)", "experts kept in host memory"))
+    names, inst = [], []
+    for s in data.series:
+        job = data.representative_job(s, data.chosen_rate)
+        if job is not None:
+            names.append(s)
+            inst.append(data.instances(job))
+
+    def detail(rows: list[dict[str, Any]], key: str) -> str:
+        return "<br>".join(f"{r['name']} ({r['profile']}): {r.get(key, 0) / GB:.2f} GB" for r in rows)
+
+    for key, label, color in MEMORY_PARTS:
+        fig.add_trace(go.Bar(
+            x=names, y=[sum(r.get(key, 0) for r in rows) / GB for rows in inst], name=label,
+            marker_color=color, legendgroup=key, text=[detail(rows, key) for rows in inst],
+            textposition="none", hovertemplate=f"<b>%{{x}}</b><br>{label}: %{{y:.2f}} GB<br>%{{text}}<extra></extra>",
+            meta={"key": key},
+        ), row=1, col=1)
+    fig.add_trace(go.Bar(
+        x=names, y=[sum(r.get("host_expert_bytes", 0) for r in rows) / GB for rows in inst],
+        name="experts on host (host memory)", marker_color="#9467bd", legendgroup="host",
+        text=[detail(rows, "host_expert_bytes") for rows in inst], textposition="none",
+        hovertemplate="<b>%{x}</b><br>experts on host: %{y:.2f} GB<br>%{text}<extra></extra>",
+        meta={"key": "host_expert_bytes"},
+    ), row=1, col=2)
+    caps = [sum(r.get("memory_bytes", 0) for r in rows) / GB for rows in inst]
+    fig.add_trace(go.Scatter(
+        x=names, y=caps, mode="markers", name="device memory of the instances",
+        marker={"symbol": "line-ew-open", "size": 40, "color": "#333", "line": {"width": 2}},
+        hovertemplate="<b>%{x}</b><br>device memory: %{y:.2f} GB<extra></extra>", meta={"key": "memory_bytes"},
+    ), row=1, col=1)
+    fig.update_layout(barmode="stack")
+    fig.update_yaxes(title_text="GB (10⁹ bytes)")
+    fig = _layout(fig, "Memory: what each policy keeps on the GPU and on the host", height=460)
+    fig.update_layout(legend={"title": {"text": "memory use"}})
+    return fig
+
+
+def timeline(data: SweepData, max_segments: int = 3000) -> go.Figure:
+    """Per series (a row each) and instance: prefill/decode batches and swaps over a short window, with
+    the expert fetches of each segment as markers (size ~ fetches)."""
+    rate = data.chosen_rate
+    window = data.options.timeline_window_s
+    rows = [(s, data.representative_job(s, rate)) for s in data.series]
+    rows = [(s, j) for s, j in rows if j is not None]
+    n = max(1, len(rows))
+    fig = make_subplots(rows=n, cols=1, shared_xaxes=True, vertical_spacing=min(0.04, 0.3 / n),
+                        subplot_titles=[f"{s} (job {j})" for s, j in rows])
+    t0 = min((float(data.requests(j)["arrival_s"].min()) for _, j in rows), default=0.0)
+    t1 = t0 + window
+    shown: set[str] = set()
+    for i, (s, j) in enumerate(rows, start=1):
+        seg = data.segments(j)
+        seg = seg[(seg["end_s"] > t0) & (seg["start_s"] < t1)].head(max_segments)
+        for kind, color in KIND_COLORS.items():
+            k = seg[seg["kind"] == kind]
+            fig.add_trace(go.Bar(
+                y=k["instance"].astype(str).tolist(), x=(k["end_s"] - k["start_s"]).tolist(),
+                base=k["start_s"].tolist(), orientation="h", name=kind, legendgroup=kind,
+                showlegend=kind not in shown and len(k) > 0, marker_color=color,
+                customdata=[list(t) for t in zip(k["n_seqs"].tolist(), k["tokens"].tolist(),
+                                                     k["tenants"].astype(str).tolist(),
+                                                     k["expert_fetches"].tolist(), k["fetch_s"].tolist(),
+                                                     strict=True)],
+                hovertemplate=(f"<b>{kind}</b> on %{{y}}<br>%{{base:.3f}} s + %{{x:.4f}} s<br>"
+                               "sequences %{customdata[0]}, tokens %{customdata[1]}, tenants %{customdata[2]}"
+                               "<br>expert fetches %{customdata[3]:.1f} (%{customdata[4]:.4f} s)<extra></extra>"),
+                meta={"series": s, "job": j, "kind": kind},
+            ), row=i, col=1)
+            if len(k):
+                shown.add(kind)
+        f = seg[seg["expert_fetches"] > 0]
+        fig.add_trace(go.Scatter(
+            x=((f["start_s"] + f["end_s"]) / 2).tolist(), y=f["instance"].astype(str).tolist(), mode="markers",
+            name="expert fetches", legendgroup="fetch", showlegend="fetch" not in shown and len(f) > 0,
+            marker={"symbol": "diamond", "color": "#9467bd", "line": {"width": 0},
+                    "size": (4 + 3 * np.sqrt(f["expert_fetches"].to_numpy(float))).clip(4, 18).tolist()},
+            customdata=f["expert_fetches"].tolist(),
+            hovertemplate="%{customdata:.1f} expert fetches at %{x:.3f} s<extra></extra>",
+            meta={"series": s, "job": j, "kind": "fetch"},
+        ), row=i, col=1)
+        if len(f):
+            shown.add("fetch")
+    fig.update_layout(barmode="overlay", bargap=0.35)
+    fig.update_xaxes(range=[t0, t1])
+    fig.update_xaxes(title_text="simulated time (s)", row=n, col=1)
+    fig.update_yaxes(title_text="instance", autorange="reversed")
+    title = (f"Timeline of the first {window:g} s at {rate:g} requests/s per tenant (lowest seed)"
+             if rate is not None else "Timeline")
+    fig = _layout(fig, title, height=140 + 150 * n)
+    fig.update_layout(legend={"title": {"text": "segment"}}, margin={"l": 130})
+    return fig
+
+
+FIGURES = {
+    "turnaround": turnaround,
+    "ttft": ttft,
+    "throughput": throughput,
+    "slo": slo,
+    "cdf": cdf,
+    "memory": memory,
+    "timeline": timeline,
+}
