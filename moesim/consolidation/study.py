@@ -70,6 +70,8 @@ class Preset:
     pretrain_max_s: float
     finetune_max_s: float
     share_steps: int = 8
+    val_windows: int = 32
+    val_every: int = 25
     max_subsets_per_n: int | None = None
     weight_decay: float = 0.1
     aux_weight: float = 0.01
@@ -78,16 +80,18 @@ class Preset:
     ties_scale: float = 1.0
 
 
+VAL_FRACTION = 0.05
+
 PRESETS = {
-    "gpu": Preset(GPU_CONFIG, seq=256, batch=64, pretrain_steps=1200, finetune_steps=300, pretrain_lr=1.5e-3,
-                  finetune_lr=5e-4, warmup_steps=50, eval_windows=96, pretrain_max_s=150.0, finetune_max_s=36.0),
+    "gpu": Preset(GPU_CONFIG, seq=256, batch=64, pretrain_steps=1000, finetune_steps=250, pretrain_lr=1.5e-3,
+                  finetune_lr=3e-4, warmup_steps=50, eval_windows=96, pretrain_max_s=75.0, finetune_max_s=24.0),
     "smoke": Preset(replace(CPU_CONFIG, max_seq=64), seq=64, batch=8, pretrain_steps=30, finetune_steps=10,
                     pretrain_lr=3e-3, finetune_lr=1e-3, warmup_steps=5, eval_windows=4, pretrain_max_s=60.0,
-                    finetune_max_s=20.0, share_steps=4),
+                    finetune_max_s=20.0, share_steps=4, val_windows=4, val_every=5),
     # For the unit test: a few steps, two budgets, one subset per N.
     "unit": Preset(replace(CPU_CONFIG, max_seq=32), seq=32, batch=4, pretrain_steps=3, finetune_steps=2,
                    pretrain_lr=3e-3, finetune_lr=1e-3, warmup_steps=1, eval_windows=2, pretrain_max_s=30.0,
-                   finetune_max_s=10.0, share_steps=2, max_subsets_per_n=1),
+                   finetune_max_s=10.0, share_steps=2, max_subsets_per_n=1, val_windows=2, val_every=1),
 }
 
 
@@ -113,7 +117,14 @@ class Trainer:
         self.p = preset
         self.device = torch.device(device)
         self.seed = seed
-        self.train = {d: load_split(corpora, d, "train") for d in DOMAINS}
+        full = {d: load_split(corpora, d, "train") for d in DOMAINS}
+        # The last VAL_FRACTION of each train file is validation (early stopping of fine-tunes), never trained on.
+        cut = {d: int(len(full[d]) * (1 - VAL_FRACTION)) for d in DOMAINS}
+        self.train = {d: full[d][: cut[d]] for d in DOMAINS}
+        self.val = {
+            d: torch.as_tensor(eval_windows(full[d][cut[d] :], preset.seq, preset.val_windows), device=self.device)
+            for d in DOMAINS
+        }
         self.test = {
             d: torch.as_tensor(eval_windows(load_split(corpora, d, "test"), preset.seq, preset.eval_windows),
                                device=self.device)
@@ -124,9 +135,18 @@ class Trainer:
         self.eval_model = TinyMoE(preset.model).to(self.device).eval()
 
     def run(self, model: TinyMoE, phase: str, domains: tuple[str, ...], steps: int, lr: float, max_s: float,
-            seed: int) -> dict[str, float]:
-        """Train ``model`` in place on windows drawn equally from ``domains``; returns what was done."""
+            seed: int, early_stop: bool = False) -> dict[str, float]:
+        """Train ``model`` in place; returns what was done.
+
+        Each window's domain is drawn with probability proportional to the domain's train bytes (so small
+        corpora are not repeated more than large ones). With ``early_stop`` (one domain), the validation
+        perplexity is measured every ``val_every`` steps from step ``val_every`` on and at the end, and the
+        model is left at the best of those states.
+        """
         rng = np.random.default_rng(seed)
+        sizes = np.array([len(self.train[d]) for d in domains], dtype=float)
+        probs = sizes / sizes.sum()
+        best: tuple[float, int, dict[str, torch.Tensor]] | None = None
         opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=self.p.weight_decay,
                                 fused=self.device.type == "cuda")
         model.train()
@@ -138,7 +158,7 @@ class Trainer:
                 break
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, steps, lr, self.p.warmup_steps)
-            which = rng.integers(0, len(domains), size=self.p.batch)
+            which = rng.choice(len(domains), size=self.p.batch, p=probs)
             parts = [sample_windows(self.train[domains[k]], self.p.seq, int((which == k).sum()), rng)
                      for k in range(len(domains)) if (which == k).any()]
             x = torch.as_tensor(np.concatenate(parts), device=self.device)
@@ -150,22 +170,36 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             done += 1
+            if early_stop and ((step + 1) % self.p.val_every == 0 or step == steps - 1):
+                vp = self.perplexity(model.state_dict(), domains[0], split="val")
+                model.train()
+                self.log.append({"phase": phase, "step": step + 1, "loss": math.log(vp), "aux": float("nan"),
+                                 "lr": float("nan"), "elapsed_s": round(time.perf_counter() - t0, 3), "split": "val"})
+                if best is None or vp < best[0]:
+                    best = (vp, step + 1, {k: v.detach().clone() for k, v in model.state_dict().items()})
             tokens += x.numel() - x.shape[0]
             if step % 25 == 0 or step == steps - 1:
                 self.log.append({"phase": phase, "step": step, "loss": float(ce.detach()), "aux": float(aux.detach()),
-                                 "lr": opt.param_groups[0]["lr"], "elapsed_s": round(time.perf_counter() - t0, 3)})
+                                 "lr": opt.param_groups[0]["lr"], "elapsed_s": round(time.perf_counter() - t0, 3),
+                                 "split": "train"})
         if self.device.type == "cuda":
             torch.cuda.synchronize()
+        if best is not None:
+            model.load_state_dict(best[2])
         wall = time.perf_counter() - t0
         print(f"[{phase}] {done}/{steps} steps, {tokens:,d} tokens, {wall:.1f} s, last loss {self.log[-1]['loss']:.4f}",
               flush=True)
-        return {"steps_planned": steps, "steps_done": done, "tokens": tokens, "wall_s": round(wall, 2), "peak_lr": lr}
+        out = {"steps_planned": steps, "steps_done": done, "tokens": tokens, "wall_s": round(wall, 2), "peak_lr": lr,
+               "mix": dict(zip(domains, probs.round(4).tolist(), strict=True))}
+        if best is not None:
+            out.update({"kept_step": best[1], "kept_val_perplexity": round(best[0], 5)})
+        return out
 
     @torch.no_grad()
-    def perplexity(self, state: dict[str, torch.Tensor], domain: str) -> float:
-        """exp(mean next-byte cross-entropy) over the domain's held-out windows."""
+    def perplexity(self, state: dict[str, torch.Tensor], domain: str, split: str = "test") -> float:
+        """exp(mean next-byte cross-entropy) over the domain's held-out (``test``) or ``val`` windows."""
         self.eval_model.load_state_dict(state)
-        x = self.test[domain]
+        x = (self.test if split == "test" else self.val)[domain]
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         for i in range(0, x.shape[0], 64):
             xb = x[i : i + 64]
@@ -319,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
         model = TinyMoE(p.model).to(trainer.device)
         model.load_state_dict(base_state)
         meta["finetune"][d] = trainer.run(model, f"finetune-{d}", (d,), p.finetune_steps, p.finetune_lr,
-                                          p.finetune_max_s, seed=args.seed + 1 + i)
+                                          p.finetune_max_s, seed=args.seed + 1 + i, early_stop=True)
         states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
     if args.ckpt_dir is not None:
         args.ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -362,7 +396,7 @@ def main(argv: list[str] | None = None) -> None:
         w.writeheader()
         w.writerows(rows)
     with (args.out / "train_log.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=("phase", "step", "loss", "aux", "lr", "elapsed_s"))
+        w = csv.DictWriter(f, fieldnames=("phase", "split", "step", "loss", "aux", "lr", "elapsed_s"))
         w.writeheader()
         w.writerows(trainer.log)
     meta["total_s"] = round(time.perf_counter() - t_start, 2)
