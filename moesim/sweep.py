@@ -76,6 +76,7 @@ def _job_dirs(sweep_dir: Path) -> list[Path]:
     dirs = {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml") if p.parent.parent != sweep_dir}
     dirs |= {p.parent for p in sweep_dir.rglob(job.SUMMARY)}
     dirs |= {p.parent for p in sweep_dir.rglob(job.ERROR)}
+    dirs |= {p.parent for p in sweep_dir.rglob(job.REQUESTS)}
     return sorted(dirs, key=lambda d: (len(d.parts), _natural(d.relative_to(sweep_dir).as_posix())))
 
 
