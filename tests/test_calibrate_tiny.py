@@ -33,14 +33,14 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return out / "cpu__tiny.parquet"
+    return out / "cpu__tiny.eager.parquet"  # no CUDA graphs on a CPU: the eager profile
 
 
 def test_tiny_profile_has_every_op_measured(tiny_run: Path) -> None:
     df, meta = read_profile(tiny_run)
     assert list(df.columns) == COLUMNS
     assert meta["schema_version"] == SCHEMA_VERSION
-    assert (meta["gpu"], meta["model"], meta["derived"]) == ("cpu", "tiny", False)
+    assert (meta["gpu"], meta["model"], meta["derived"], meta["execution"]) == ("cpu", "tiny", False, "eager")
     g = make_grids("quick")
     ok = df[df["status"] == "ok"]
     # every grid point of the per-layer dense ops, exactly once
@@ -63,7 +63,7 @@ def test_tiny_profile_has_every_op_measured(tiny_run: Path) -> None:
 
 
 def test_tiny_validation_file_times_every_held_out_batch(tiny_run: Path) -> None:
-    v = pd.read_parquet(tiny_run.with_name("cpu__tiny.validation.parquet"))
+    v = pd.read_parquet(tiny_run.with_name("cpu__tiny.eager.validation.parquet"))
     batches = validation_batches(3, "quick", 0)
     assert len(v) == len(batches)
     assert [json.loads(s) for s in v["seqs"]] == [[list(x) for x in b] for b in batches]

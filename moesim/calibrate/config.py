@@ -29,6 +29,8 @@ class CalibrateConfig:
         validate: run held-out full-model steps after the tables.
         host: measure the host link (pinned and pageable copies, overlap with compute).
         slices: measure CUDA green-context slices at ``sms`` (CUDA only).
+        graphs: time device ops and whole steps as CUDA-graph replays (CUDA only), as a serving engine runs
+            them: no host launch gaps. ``false`` times eager PyTorch (written as ``<gpu>__<model>.eager``).
         sms: comma-separated SM counts for slices; empty: the GPU's MIG profiles' SM counts.
         budget_s: wall seconds after which remaining table points are recorded as ``budget`` (0: none).
         resume: keep ok/oom points of an existing profile of the same gpu × model and measure the rest.
@@ -46,6 +48,7 @@ class CalibrateConfig:
     validate: bool = True
     host: bool = True
     slices: bool = True
+    graphs: bool = True
     sms: str = ""
     budget_s: float = 0.0
     resume: bool = True

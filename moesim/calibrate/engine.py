@@ -243,11 +243,12 @@ class MoEEngine:
         E = self.spec.n_experts
         flat = top_i.reshape(-1)  # (N·k,) expert of each assignment
         order = torch.argsort(flat, stable=True)  # assignments sorted by expert
-        counts = torch.bincount(flat, minlength=E)  # (E,)
+        e_sorted = flat[order]
+        # per-expert bounds by binary search (bincount would sync with the host: no CUDA-graph capture)
+        bounds = torch.searchsorted(e_sorted, torch.arange(E + 1, device=h.device, dtype=e_sorted.dtype))
+        start, counts = bounds[:-1], bounds[1:] - bounds[:-1]  # (E,)
         padded = (counts + ALIGN_ROWS - 1) // ALIGN_ROWS * ALIGN_ROWS
         ends_p = torch.cumsum(padded, 0)
-        start = torch.cumsum(counts, 0) - counts
-        e_sorted = flat[order]
         rank = torch.arange(N * k, device=h.device) - start[e_sorted]
         dest = (ends_p - padded)[e_sorted] + rank  # (N·k,) row of each sorted assignment in the buffer
         rows = N * k + E * (ALIGN_ROWS - 1)  # static bound: no host sync

@@ -119,15 +119,19 @@ def _overlap(cal: Calibration, host: torch.Tensor, d_arena: torch.Tensor, chunks
         si = eng.make_inputs([(0, n, 0)])
         cache = KVCache(eng.spec, si.meta.kv_tokens, cal.device, eng.dtype, eng.gen)
 
-        def compute(si: Any = si, cache: KVCache = cache) -> None:
-            eng.step(si, cache)
+        step = lambda si=si, cache=cache: eng.step(si, cache)  # noqa: E731
+        if cal.graphs:
+            step = cal.capture(step, f"overlap step {n}")
 
-        def both(si: Any = si, cache: KVCache = cache) -> None:
+        def compute(step: Callable[[], object] = step) -> None:
+            step()
+
+        def both(step: Callable[[], object] = step) -> None:
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for a, b in chunks:
                     d_arena[a:b].copy_(host[a:b], non_blocking=True)
-            eng.step(si, cache)
+            step()
             torch.cuda.current_stream().wait_stream(side)
 
         tp = cal.point("overlap_compute", lambda f=compute: (f, 1), tokens=n, reps=(3, 6))

@@ -89,9 +89,13 @@ class Row:
         return (self.op, self.sms, self.batch, self.tokens, self.context, self.pinned, self.nbytes)
 
 
-def profile_stem(gpu: str, model: str) -> str:
-    """File stem of a profile: ``h200__mixtral-8x7b``."""
-    return f"{gpu}__{model}"
+#: How a profile's device ops were timed: CUDA-graph replays (an efficient engine) or eager PyTorch.
+EXECUTIONS = ("graphs", "eager")
+
+
+def profile_stem(gpu: str, model: str, execution: str = "graphs") -> str:
+    """File stem of a profile: ``h200__mixtral-8x7b`` (CUDA graphs) or ``h200__mixtral-8x7b.eager``."""
+    return f"{gpu}__{model}" + ("" if execution == "graphs" else f".{execution}")
 
 
 def rows_to_frame(rows: list[Row]) -> pd.DataFrame:

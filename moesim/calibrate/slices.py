@@ -20,23 +20,37 @@ if TYPE_CHECKING:
     from moesim.calibrate.suite import Calibration
 
 
-def slice_sm_counts(cal: Calibration) -> list[int]:
-    """SM counts to emulate: the config's, else the GPU's MIG profiles' (below the whole GPU)."""
+#: SMs a green context gets are a multiple of this on compute capability 9.x (seen on the H200: 26 and 60
+#: requested SMs timed exactly as 32 and 64).
+SM_GRANULARITY = {9: 8}
+
+
+def effective_sms(requested: int, total: int, major: int) -> int:
+    """SMs a green context of ``requested`` SMs really gets (rounded up to the granularity, at most all)."""
+    g = SM_GRANULARITY.get(major, 1)
+    return min(total, -(-requested // g) * g)
+
+
+def slice_sm_counts(cal: Calibration) -> dict[int, int]:
+    """Requested → effective SM counts to emulate: the config's, else the GPU's MIG profiles' (below all)."""
     asked = cal.cfg.sm_counts()
-    if asked:
-        return [s for s in asked if s < cal.sms]
-    spec = GPU_SPECS.get(cal.gpu)
-    counts = sorted({p.sms for p in spec.mig_profiles}) if spec else [cal.sms // 8, cal.sms // 4, cal.sms // 2]
-    return [s for s in counts if s < cal.sms]
+    if not asked:
+        spec = GPU_SPECS.get(cal.gpu)
+        asked = tuple(sorted({p.sms for p in spec.mig_profiles})) if spec else (cal.sms // 8, cal.sms // 4,
+                                                                               cal.sms // 2)
+    major = int(str(cal.system.get("compute_capability", "0.0")).split(".")[0])
+    return {s: effective_sms(s, cal.sms, major) for s in asked if s < cal.sms}
 
 
 def measure_slices(cal: Calibration) -> None:
     """Time ``grids.slice_points`` inside a green context of each SM count."""
     from torch.cuda.green_contexts import GreenContext
 
-    counts = slice_sm_counts(cal)
+    wanted = slice_sm_counts(cal)
+    counts = sorted({e for e in wanted.values() if e < cal.sms})
+    cal.meta["emulated"]["green_context_effective_sms"] = {str(k): v for k, v in wanted.items()}
     cal.meta["emulated"]["slices"] = (
-        f"CUDA green contexts at SM counts {counts} (MIG mode left as found: "
+        f"CUDA green contexts at SM counts {counts} (requested → effective: {wanted}; MIG mode left as found: "
         f"{cal.system.get('nvml', {}).get('mig_mode', '?') if isinstance(cal.system.get('nvml'), dict) else '?'}); "
         "green contexts partition SMs, not memory bandwidth or L2: the cost model scales memory-bound time "
         "by the slice's memory-slice fraction (bw_fraction)")
@@ -56,6 +70,7 @@ def measure_slices(cal: Calibration) -> None:
             cal.rec.errors.append(f"green context {sms} SMs: {type(exc).__name__}: {str(exc)[:200]}")
             continue
         ctx.set_context()
+        cal.in_slice = True
         try:
             stream = ctx.Stream() if hasattr(ctx, "Stream") else None
             with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
@@ -72,4 +87,5 @@ def measure_slices(cal: Calibration) -> None:
                               per_layer=0 if op == "lm_head" else 1, reps=(3, 8))
                 torch.cuda.synchronize()
         finally:
+            cal.in_slice = False
             ctx.pop_context()

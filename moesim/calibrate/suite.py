@@ -30,6 +30,9 @@ from moesim.calibrate.validate import describe, validation_batches
 from moesim.errors import UserError
 from moesim.specs import get_model
 
+#: Ops timed as CUDA-graph replays when ``graphs`` is on (copies, overlap and the loop engine stay eager).
+GRAPH_OPS = frozenset({"attn_proj", "router", "attn_prefill", "attn_decode", "moe_grouped", "expert_one", "lm_head",
+                       "embed", "step"})
 L2_ROTATE_BYTES = 512 * 1024**2  # rotate inputs until a repeat touches this much: far beyond the 50 MB L2
 
 Setup = Callable[[], tuple[Callable[[], object], int]]  # builds (fn, inner calls per fn) for one point
@@ -103,7 +106,9 @@ class Calibration:
         max_reps = cfg.max_reps if self.cuda else min(cfg.max_reps, 5)
         target = cfg.target_s if self.cuda else min(cfg.target_s, 0.01)
         self.timer = Timer(self.device, cfg.min_reps, max_reps, target)
-        stem = profile_stem(self.gpu, self.spec.name)
+        self.graphs = cfg.graphs and self.cuda
+        self.in_slice = False  # inside a green context: capture on its current stream
+        stem = profile_stem(self.gpu, self.spec.name, "graphs" if self.graphs else "eager")
         self.out = Path(cfg.out)
         self.path = self.out / f"{stem}.parquet"
         self.meta: dict[str, Any] = {
@@ -114,6 +119,8 @@ class Calibration:
             "dtype": str(self.dtype).removeprefix("torch."),
             "emulated": {},
             "checks": {},
+            "execution": "graphs" if self.graphs else "eager",
+            "graph_fallbacks": [],
         }
         self.rec = Recorder(self.path, self.meta, cfg.resume, cfg.budget_s)
         self.eng: MoEEngine | None = None
@@ -131,6 +138,8 @@ class Calibration:
             return None
         try:
             fn, inner = setup()
+            if self.graphs and op in GRAPH_OPS:
+                fn = self.capture(fn, f"{op} b={batch} t={tokens} c={context} sms={base.sms}")
             t = self.timer.measure(fn, *(reps or (None, None)))
             del fn
         except Exception as exc:  # an OOM or a kernel refusing a shape: record it, go on
@@ -146,6 +155,29 @@ class Calibration:
         self.rec.add(Row(**{**_asdict(base), "time_s_median": t.median_s / inner,
                             "time_s_p10": t.p10_s / inner, "time_s_p90": t.p90_s / inner, "n": t.n}))
         return Timing(t.median_s / inner, t.p10_s / inner, t.p90_s / inner, t.n)
+
+    def capture(self, fn: Callable[[], object], what: str) -> Callable[[], object]:
+        """``fn`` captured in a CUDA graph (its replay is what gets timed); eager ``fn`` if capture fails."""
+        try:
+            if self.in_slice:  # the green context's own stream: a fresh one could belong to the whole GPU
+                stream = torch.cuda.current_stream()
+                fn()
+                fn()
+            else:
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    fn()
+                    fn()
+                torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=stream):
+                fn()
+            return graph.replay
+        except Exception as exc:  # an op that syncs with the host cannot be captured: time it eagerly
+            torch.cuda.synchronize()
+            self.meta["graph_fallbacks"].append(f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+            return fn
 
     # ---- sections -------------------------------------------------------------------------------
     def run(self) -> Path:
@@ -263,7 +295,24 @@ class Calibration:
         cache = KVCache(s, si.meta.kv_tokens, self.device, eng.dtype, gen)
         out = eng.step(si, cache)
         self.meta["checks"]["step_output_in_vocab"] = bool(((out >= 0) & (out < s.vocab)).all())
+        if self.graphs:  # a captured step must replay to the eager result
+            n_before = len(self.meta["graph_fallbacks"])
+            holder: list[torch.Tensor] = []
+            replay = self.capture(lambda: holder.append(eng.step(si, cache)), "whole step (check)")
+            if len(self.meta["graph_fallbacks"]) > n_before:
+                print("CUDA-graph capture of a step failed: timing eager PyTorch instead", flush=True)
+                self._switch_to_eager()
+            else:
+                replay()
+                torch.cuda.synchronize()
+                self.meta["checks"]["graph_step_equals_eager"] = bool(torch.equal(holder[-1], out))
         print(f"checks: {self.meta['checks']}", flush=True)
+
+    def _switch_to_eager(self) -> None:
+        self.graphs = False
+        self.meta["execution"] = "eager"
+        self.path = self.out / f"{profile_stem(self.gpu, self.spec.name, 'eager')}.parquet"
+        self.rec.path = self.path
 
     def _layers(self, n: int | None = None) -> list[int]:
         eng = self.eng
@@ -392,7 +441,11 @@ class Calibration:
             try:
                 si = eng.make_inputs(batch)
                 cache = KVCache(self.spec, si.meta.kv_tokens, self.device, eng.dtype, eng.gen)
-                t = self.timer.measure(lambda si=si, cache=cache: eng.step(si, cache), min_reps=5, warmup=2)
+                fn = lambda si=si, cache=cache: eng.step(si, cache)  # noqa: E731
+                if self.graphs:
+                    fn = self.capture(fn, f"validation step {i}")
+                t = self.timer.measure(fn, min_reps=5, warmup=2)
+                del fn
                 rec.update(time_s_median=t.median_s, time_s_p10=t.p10_s, time_s_p90=t.p90_s, n=t.n)
                 del cache
             except Exception as exc:  # record and go on to the next batch

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from moesim.calibrate.schema import read_profile
+from moesim.calibrate.schema import EXECUTIONS, profile_stem, read_profile
 from moesim.calibrate.work import op_work
 from moesim.cost import COST_MODELS
 from moesim.cost.base import CostModel, DecodeRun, Residency, SeqWork, StepCost, expected_active_fraction
@@ -51,7 +51,10 @@ class ProfileCostConfig:
     """Where the profile is.
 
     Attributes:
-        path: a profile parquet, or ``auto``: the shipped ``calibration/profiles/<gpu>__<model>.parquet``.
+        path: a profile parquet, or ``auto``: the shipped ``calibration/profiles/<gpu>__<model>.parquet``
+            (``<gpu>__<model>.eager.parquet`` with ``execution=eager``).
+        execution: ``graphs`` (ops and steps timed as CUDA-graph replays: an engine without host launch
+            gaps, the default) or ``eager`` (plain PyTorch, launch-bound at small batches); used by ``auto``.
         routing_skew: 0 for uniform top-k routing; > 0 for a Zipf law over experts (as ``roofline``).
         step_residual: add the residual the profile's whole-model ``step`` rows show over the composed ops
             (launch gaps, concatenations), interpolated in log(tokens in the step); False: ops alone.
@@ -59,27 +62,31 @@ class ProfileCostConfig:
 
     name: str = "profile"
     path: str = "auto"
+    execution: str = "graphs"
     routing_skew: float = 0.0
     step_residual: bool = True
 
     def __post_init__(self) -> None:
+        if self.execution not in EXECUTIONS:
+            raise UserError(f"cost.execution={self.execution!r}: valid: {', '.join(EXECUTIONS)}")
         if self.routing_skew < 0:
             raise UserError(f"cost.routing_skew={self.routing_skew}: must be ≥ 0")
 
 
 def available_profiles(folder: Path = PROFILES_DIR) -> list[str]:
-    """Stems ``<gpu>__<model>`` of the profiles in ``folder``."""
-    return sorted(p.stem for p in folder.glob("*.parquet") if "__" in p.stem and "." not in p.stem)
+    """Stems ``<gpu>__<model>[.eager]`` of the profiles in ``folder`` (validation files left out)."""
+    return sorted(p.stem for p in folder.glob("*.parquet") if "__" in p.stem and not p.stem.endswith(".validation"))
 
 
-def resolve_profile(path: str, model: ModelSpec, gpu: GPUSpec) -> Path:
+def resolve_profile(path: str, model: ModelSpec, gpu: GPUSpec, execution: str = "graphs") -> Path:
     """The profile file for ``path`` (``auto``: the shipped one for gpu × model, else a clear error)."""
     if path != "auto":
         return Path(path)
-    p = PROFILES_DIR / f"{gpu.name}__{model.name}.parquet"
+    p = PROFILES_DIR / f"{profile_stem(gpu.name, model.name, execution)}.parquet"
     if not p.is_file():
         have = ", ".join(available_profiles()) or "none"
-        raise UserError(f"cost=profile: no shipped profile for gpu={gpu.name} × model={model.name} in "
+        raise UserError(f"cost=profile: no shipped profile for gpu={gpu.name} × model={model.name} "
+                        f"(execution={execution}) in "
                         f"{PROFILES_DIR}; available: {have}; measure one with python -m moesim.calibrate or "
                         "set cost.path=")
     return p
@@ -170,7 +177,8 @@ class Surface:
 class SliceRatio:
     """Slowdown of an op on a green-context slice: ratio(SM count, size), 1 at the whole GPU.
 
-    Linear in SMs between measured counts, linear in log(size) between measured sizes, clamped outside.
+    Throughput (1 / ratio) is interpolated linearly in SMs between measured counts (compute scales with
+    SMs) and in log(size) between measured sizes; clamped outside.
     """
 
     def __init__(self, sms: np.ndarray, size: np.ndarray, ratio: np.ndarray, total_sms: int) -> None:
@@ -185,13 +193,13 @@ class SliceRatio:
         for j in range(len(gz)):  # and SM counts lacking a size from neighbouring counts
             ok = np.isfinite(r[:, j])
             r[~ok, j] = np.interp(gs[~ok], gs[ok], r[ok, j])
-        self.gs, self.lz, self.r = gs, lz, np.maximum(r, 1.0)
+        self.gs, self.lz, self.speed = gs, lz, 1.0 / np.maximum(r, 1.0)
 
     def __call__(self, sm_count: float, size: np.ndarray | float) -> np.ndarray | float:
         s = np.clip(sm_count, self.gs[0], self.gs[-1])
-        row = np.array([np.interp(s, self.gs, self.r[:, j]) for j in range(self.r.shape[1])])
+        row = np.array([np.interp(s, self.gs, self.speed[:, j]) for j in range(self.speed.shape[1])])
         lz = np.log(np.maximum(np.asarray(size, float), 1e-12))
-        out = np.interp(lz, self.lz, row)
+        out = 1.0 / np.interp(lz, self.lz, row)
         return float(out) if np.ndim(out) == 0 else out
 
 
@@ -208,7 +216,7 @@ class ProfileCost(CostModel):
     def __init__(self, cfg: ProfileCostConfig, model: ModelSpec, gpu: GPUSpec) -> None:
         super().__init__(model, gpu)
         self.cfg = cfg
-        self.path = resolve_profile(cfg.path, model, gpu)
+        self.path = resolve_profile(cfg.path, model, gpu, cfg.execution)
         df, meta = read_profile(self.path)
         problems = [f"{k} {meta.get(k)!r} ≠ {want!r}" for k, want in (("model", model.name), ("gpu", gpu.name))
                     if meta.get(k) != want]
