@@ -3,7 +3,8 @@
 Sections, in order (each point is skipped when a resumed profile already has it; an out-of-memory at one
 size is recorded as ``oom`` and the run goes on; past ``budget_s`` points are recorded as ``budget``):
 ceilings (device copy, bf16 GEMM) → correctness checks → per-layer dense ops over tokens → attention
-prefill/decode grids → held-out validation steps → host link → green-context slices.
+prefill/decode grids → whole-model steps on the grid → host link → held-out validation steps →
+green-context slices.
 """
 
 from __future__ import annotations
@@ -203,10 +204,10 @@ class Calibration:
         self._section(self.steps)
         if cfg.host:
             self._section(self.host_link)
-        if cfg.slices:
-            self._section(self.slices)
         if cfg.validate:  # always runs, whatever the budget: it is the check of everything above
             self._section(self.validation)
+        if cfg.slices:
+            self._section(self.slices)
         self.meta["grids"] = {k: v for k, v in g.__dict__.items() if k != "slice_points"}
         self.rec.flush()
         return self.path
