@@ -472,7 +472,14 @@ def check_command_line(argv: list[str]) -> int:
     from hydra._internal.utils import get_args_parser
     from hydra.errors import HydraException
 
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+
+    def _error(message: str) -> None:
+        hint = "; flags such as -m/--multirun go before the overrides" if "unrecognized" in message else ""
+        raise UserError(f"{message}{hint}")
+
+    parser.error = _error  # type: ignore[method-assign]  # one line instead of argparse's usage text
+    args = parser.parse_args(argv)
     if (args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
             or args.experimental_rerun or args.config_path or args.config_dir):
         return 0
