@@ -1,0 +1,202 @@
+"""report.html in headless Chromium: no JavaScript error, no network access, every figure drawn.
+
+Chromium is driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``: fd 3 in, fd 4 out,
+NUL-terminated JSON), so the test sees every uncaught exception, console error and network request, and
+takes a full-page screenshot (saved under ``$MOESIM_ARTIFACTS`` or the test's tmp dir). Skips when no
+Chromium is installed (``apt-get install chromium``).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_report_helpers import make_sweep
+
+from moesim.report import build_report
+from moesim.report.page import ERROR_HOOK, RENDER
+
+CHROMIUM = next((p for p in (os.environ.get("MOESIM_CHROMIUM"), shutil.which("chromium"),
+                             shutil.which("chromium-browser"), "/usr/bin/chromium") if p and os.path.exists(p)), None)
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--host-resolver-rules=MAP * ~NOTFOUND",  # any network access fails (and is reported)
+         "--remote-debugging-pipe"]
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium: apt-get install chromium to run the "
+                                                         "browser test of report.html")
+
+
+class Browser:
+    """A minimal DevTools-protocol client over Chromium's debugging pipe."""
+
+    def __init__(self, user_data_dir: Path) -> None:
+        to_child_r, self._w = os.pipe()
+        self._r, from_child_w = os.pipe()
+
+        def fds() -> None:  # the child reads commands on fd 3 and writes replies on fd 4
+            os.dup2(to_child_r, 3)
+            os.dup2(from_child_w, 4)
+
+        self.proc = subprocess.Popen(
+            [CHROMIUM, *FLAGS, f"--user-data-dir={user_data_dir}", "about:blank"],
+            preexec_fn=fds, pass_fds=(), close_fds=False,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self._buf = b""
+        self._id = 0
+        self.events: list[dict[str, Any]] = []
+        target = next(t for t in self.call("Target.getTargets")["targetInfos"] if t["type"] == "page")
+        self.session = self.call("Target.attachToTarget", targetId=target["targetId"], flatten=True)["sessionId"]
+        for domain in ("Runtime", "Log", "Page", "Network"):
+            self.call(f"{domain}.enable", session=True)
+        self.call("Emulation.setDeviceMetricsOverride", session=True, width=1400, height=1000,
+                  deviceScaleFactor=1, mobile=False)
+
+    def _read(self, timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while b"\0" not in self._buf:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise TimeoutError("chromium did not answer")
+            chunk = os.read(self._r, 1 << 20)
+            if not chunk:
+                raise RuntimeError("chromium closed the pipe")
+            self._buf += chunk
+        msg, self._buf = self._buf.split(b"\0", 1)
+        return json.loads(msg)
+
+    def call(self, method: str, *, session: bool = False, timeout_s: float = 60.0, **params: Any) -> dict[str, Any]:
+        """Send one command and wait for its reply (events meanwhile are kept in ``events``)."""
+        self._id += 1
+        msg: dict[str, Any] = {"id": self._id, "method": method, "params": params}
+        if session:
+            msg["sessionId"] = self.session
+        os.write(self._w, json.dumps(msg).encode() + b"\0")
+        while True:
+            reply = self._read(timeout_s)
+            if reply.get("id") == self._id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+            self.events.append(reply)
+
+    def evaluate(self, expression: str) -> Any:
+        """The value of a JavaScript expression in the page."""
+        r = self.call("Runtime.evaluate", session=True, expression=expression, returnByValue=True)
+        return r["result"].get("value")
+
+    def open(self, url: str, timeout_s: float = 60.0) -> None:
+        """Navigate and wait until the page says its figures are drawn (or failed)."""
+        self.events.clear()
+        self.call("Page.navigate", session=True, url=url)
+        deadline = time.monotonic() + timeout_s
+        while self.evaluate("document.readyState + '/' + (document.body && document.body.dataset.renderStatus)") \
+                not in ("complete/done", "complete/failed"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url}: figures not drawn within {timeout_s} s")
+            time.sleep(0.2)
+
+    def problems(self) -> list[str]:
+        """Uncaught exceptions, console errors, error log entries, non-local requests, page-reported errors."""
+        out = []
+        for e in self.events:
+            m, p = e.get("method"), e.get("params", {})
+            if m == "Runtime.exceptionThrown":
+                out.append("exception: " + p["exceptionDetails"].get("exception", {}).get("description", str(p)))
+            elif m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+                out.append("console: " + " ".join(str(a.get("value", a.get("description"))) for a in p["args"]))
+            elif m == "Log.entryAdded" and p["entry"]["level"] == "error":
+                out.append("log: " + p["entry"]["text"])
+            elif m == "Network.requestWillBeSent" and not p["request"]["url"].startswith(("file:", "data:", "about:")):
+                out.append("network: " + p["request"]["url"])
+        page_errors = self.evaluate("(window.__moesimErrors || []).join('\\n')")
+        if page_errors:
+            out.append("page: " + page_errors)
+        return out
+
+    def screenshot(self, path: Path) -> None:
+        """A full-page PNG."""
+        size = self.call("Page.getLayoutMetrics", session=True)["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+        data = self.call("Page.captureScreenshot", session=True, format="png", captureBeyondViewport=True,
+                         clip=clip)["data"]
+        path.write_bytes(base64.b64decode(data))
+
+    def close(self) -> None:
+        with contextlib.suppress(RuntimeError, TimeoutError):
+            self.call("Browser.close", timeout_s=10)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        os.close(self._w)
+        os.close(self._r)
+
+
+FIGURE_STATE = """
+Array.from(document.querySelectorAll('div.figure')).map(function (d) {
+  return {id: d.id, svg: d.querySelectorAll('svg.main-svg').length, traces: d.querySelectorAll('g.trace').length,
+          marks: d.querySelectorAll('g.trace path, g.trace .point').length, width: d.getBoundingClientRect().width};
+})
+"""
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    b = Browser(tmp_path_factory.mktemp("chromium-profile"))
+    yield b
+    b.close()
+
+
+def test_report_renders_without_errors(browser: Browser, tmp_path: Path) -> None:
+    root = make_sweep(tmp_path / "sweep")
+    html = build_report(root)
+    browser.open(html.as_uri())
+    assert browser.problems() == []
+    assert browser.evaluate("document.body.dataset.renderStatus") == "done"
+    figures = browser.evaluate(FIGURE_STATE)
+    assert [f["id"] for f in figures] == ["fig-turnaround", "fig-ttft", "fig-throughput", "fig-slo", "fig-cdf",
+                                          "fig-memory", "fig-timeline"]
+    for f in figures:
+        assert f["svg"] >= 1, f
+        assert f["traces"] >= 1, f
+        assert f["marks"] >= 1, f  # something is actually drawn
+        assert f["width"] > 300, f
+    out = Path(os.environ.get("MOESIM_ARTIFACTS") or tmp_path)
+    out.mkdir(parents=True, exist_ok=True)
+    shot = out / "report.png"
+    browser.screenshot(shot)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert shot.stat().st_size > 50_000
+    print(f"screenshot: {shot}")
+
+
+def test_harness_catches_errors(browser: Browser, tmp_path: Path) -> None:
+    """The checks above can fail: a figure without data, a throwing plot call and a network request are
+    all reported."""
+    page = tmp_path / "bad.html"
+    page.write_text(
+        f"<html><head><script>{ERROR_HOOK}</script><script>window.Plotly = {{newPlot: function () "
+        "{ throw new Error('plot failed'); }};</script></head><body>"
+        '<pre id="js-errors" hidden></pre><div class="figure" id="fig-a"></div><div class="figure" id="fig-b"></div>'
+        '<script type="application/json" data-figure="fig-a">{"data": [], "layout": {}}</script>'
+        '<script type="application/json" data-figure="fig-b">{"data": [{"y": [1]}], "layout": {}}</script>'
+        '<img src="https://cdn.example.invalid/x.png">'
+        f"<script>{RENDER}</script></body></html>"
+    )
+    browser.open(page.as_uri())
+    problems = "\n".join(browser.problems())
+    assert "figure fig-a has no data" in problems
+    assert "plot failed" in problems
+    assert "network: https://cdn.example.invalid/x.png" in problems
+    assert browser.evaluate("document.getElementById('js-errors').hidden") is False
