@@ -73,6 +73,7 @@ class Preset:
     val_windows: int = 32
     val_every: int = 25
     max_subsets_per_n: int | None = None
+    subset_sizes: tuple[int, ...] = (2, 3, 4)
     weight_decay: float = 0.1
     aux_weight: float = 0.01
     ta_scale: float = 0.5
@@ -91,13 +92,14 @@ PRESETS = {
     # For the unit test: a few steps, two budgets, one subset per N.
     "unit": Preset(replace(CPU_CONFIG, max_seq=32), seq=32, batch=4, pretrain_steps=3, finetune_steps=2,
                    pretrain_lr=3e-3, finetune_lr=1e-3, warmup_steps=1, eval_windows=2, pretrain_max_s=30.0,
-                   finetune_max_s=10.0, share_steps=2, max_subsets_per_n=1, val_windows=2, val_every=1),
+                   finetune_max_s=10.0, share_steps=2, max_subsets_per_n=1, val_windows=2, val_every=1,
+                   subset_sizes=(2,)),
 }
 
 
-def subset_order(n_domains: int, max_per_n: int | None) -> list[tuple[int, ...]]:
-    """Subsets of size 2, 3, 4: first one of each size, then the rest (so a deadline keeps every N)."""
-    by_n = [list(itertools.combinations(range(n_domains), n))[:max_per_n] for n in (2, 3, 4)]
+def subset_order(n_domains: int, max_per_n: int | None, sizes: tuple[int, ...] = (2, 3, 4)) -> list[tuple[int, ...]]:
+    """Subsets of each size: first one of each size, then the rest (so a deadline keeps every N)."""
+    by_n = [list(itertools.combinations(range(n_domains), n))[:max_per_n] for n in sizes]
     first = [subs[0] for subs in by_n]
     return first + [s for subs in by_n for s in subs[1:]]
 
@@ -225,7 +227,7 @@ def study(trainer: Trainer, states: list[dict[str, torch.Tensor]], base: dict[st
     p = trainer.p
     alone = {d: trainer.perplexity(states[i], d) for i, d in enumerate(DOMAINS)}
     checks: dict[str, object] = {"nothing_shared_equals_alone": True, "skipped_subsets": []}
-    for subset in subset_order(len(DOMAINS), p.max_subsets_per_n):
+    for subset in subset_order(len(DOMAINS), p.max_subsets_per_n, p.subset_sizes):
         if deadline is not None and time.perf_counter() > deadline:
             checks["skipped_subsets"].append("+".join(DOMAINS[i] for i in subset))  # type: ignore[union-attr]
             continue
