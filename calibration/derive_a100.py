@@ -47,6 +47,7 @@ def derive(src: Path, out_dir: Path) -> Path:
     P_a = a100.bf16_flops * P_h / H200_PEAK_FLOPS
     B_a = a100.hbm_Bps * B_h / H200_PEAK_BPS
     link = meta.get("host_link", {})
+    execution = str(meta.get("execution", "eager"))
     ok = df[df["status"] == "ok"]
     full = ok[ok["sms"] == sms_h]
     fl = floor_table(df, meta)
@@ -98,14 +99,15 @@ def derive(src: Path, out_dir: Path) -> Path:
                       for k, v in link.items() if k.endswith("_Bps") and plain[1] and plain[0]},
         "source_system": meta.get("system", {}), "emulated": meta.get("emulated", {}),
         "attention_backend": meta.get("attention_backend"), "moe_engine": meta.get("moe_engine"),
+        "execution": execution,
         "command": "python calibration/derive_a100.py " + str(src),
     }
-    out = out_dir / f"{profile_stem(a100.name, model.name)}.parquet"
+    out = out_dir / f"{profile_stem(a100.name, model.name, execution)}.parquet"
     write_profile(out, rows, ameta)
     # whole-model steps: A100 composition + the H200's measured residual over its own composition
     res = Residency(groups=(ExpertGroup(frozenset({0}), model.n_expert_positions, True),))
-    h_cost = ProfileCost(ProfileCostConfig(path=str(src), step_residual=False), model, get_gpu("h200"))
-    a_cost = ProfileCost(ProfileCostConfig(path=str(out), step_residual=False), model, a100)
+    h_cost = ProfileCost(ProfileCostConfig(path=str(src), step_residual="off"), model, get_gpu("h200"))
+    a_cost = ProfileCost(ProfileCostConfig(path=str(out), step_residual="off"), model, a100)
     for r in frame_to_rows(full[full["op"] == "step"]):
         batch = tuple(SeqWork(0, r.tokens, r.context) for _ in range(r.batch))
         resid = r.time_s_median - h_cost.step(batch, res).total_s

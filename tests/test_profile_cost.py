@@ -66,7 +66,7 @@ def shared(positions: int = M.n_expert_positions, on_gpu: bool = True, **res) ->
 
 
 def model_for(p: Path, **cfg) -> ProfileCost:
-    return ProfileCost(ProfileCostConfig(path=str(p), step_residual=False, **cfg), M, H200)
+    return ProfileCost(ProfileCostConfig(path=str(p), step_residual="off", **cfg), M, H200)
 
 
 # ---- interpolation ----------------------------------------------------------------------------------
@@ -209,8 +209,11 @@ def test_step_residual_calibrates_the_composition(tmp_path: Path) -> None:
         composed = plain.step(tuple(SeqWork(0, n, c) for _ in range(b)), shared()).total_s
         rows.append(Row("h200", "mixtral-8x7b", "step", 132, b, n, c, time_s_median=composed + extra[b * n], n=5))
     p = tmp_path / "r" / "h200__mixtral-8x7b.parquet"
-    write_profile(p, rows, {"gpu": "h200", "model": "mixtral-8x7b", "sms": 132, "host_link": LINK})
-    cm = ProfileCost(ProfileCostConfig(path=str(p)), M, H200)
+    write_profile(p, rows, {"gpu": "h200", "model": "mixtral-8x7b", "sms": 132, "host_link": LINK,
+                            "execution": "eager"})
+    cm = ProfileCost(ProfileCostConfig(path=str(p)), M, H200)  # auto: on for an eager profile
+    assert ProfileCost(ProfileCostConfig(path=str(p), step_residual="off"), M, H200).step(
+        (SeqWork(0, 1, 1024),), shared()).total_s == pytest.approx(plain.step((SeqWork(0, 1, 1024),), shared()).total_s)
     got = cm.step((SeqWork(0, 1, 1024),), shared()).total_s
     assert got == pytest.approx(plain.step((SeqWork(0, 1, 1024),), shared()).total_s + 2e-3, rel=1e-9)
     # 4 tokens: halfway in log(tokens) between 1 and 16

@@ -95,8 +95,11 @@ def gpu_spec_for(meta: dict) -> object:
                                                       mig_sms=int(meta.get("sms", 1)))
 
 
-def report(profile_path: str | Path) -> pd.DataFrame:
-    """Measured vs predicted for a profile's validation file; columns in seconds and percent."""
+def report(profile_path: str | Path, **cost_cfg: object) -> pd.DataFrame:
+    """Measured vs predicted for a profile's validation file; columns in seconds and percent.
+
+    ``cost_cfg`` overrides ``ProfileCostConfig`` fields (e.g. ``step_residual="on"``).
+    """
     from moesim.calibrate.schema import read_profile
     from moesim.cost.profile import ProfileCost, ProfileCostConfig
 
@@ -107,7 +110,7 @@ def report(profile_path: str | Path) -> pd.DataFrame:
         raise UserError(f"{vpath}: no validation file (run the calibrator with validate=true)")
     v = pd.read_parquet(vpath)
     model = get_model(meta["model"])
-    cost = ProfileCost(ProfileCostConfig(path=str(p)), model, gpu_spec_for(meta))  # type: ignore[arg-type]
+    cost = ProfileCost(ProfileCostConfig(path=str(p), **cost_cfg), model, gpu_spec_for(meta))  # type: ignore[arg-type]
     batches = [[tuple(s) for s in json.loads(x)] for x in v["seqs"]]
     v = v.assign(predicted_s=predict(cost, batches, model.name))  # type: ignore[arg-type]
     v["error_pct"] = 100.0 * (v["predicted_s"] - v["time_s_median"]) / v["time_s_median"]
@@ -116,12 +119,15 @@ def report(profile_path: str | Path) -> pd.DataFrame:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    """``profile=PATH``: print measured vs predicted and the median absolute error."""
+    """``profile=PATH [step_residual=auto|on|off]``: print measured vs predicted and the median |error|."""
     args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv) if "=" in a)
     if "profile" not in args:
         raise UserError("usage: python -m moesim.calibrate.validate profile=calibration/profiles/<gpu>__<model>"
                         ".parquet")
-    v = report(args["profile"])
+    extra = {k: v for k, v in args.items() if k in ("step_residual", "routing_skew")}
+    if "routing_skew" in extra:
+        extra["routing_skew"] = float(extra["routing_skew"])
+    v = report(args["profile"], **extra)
     ok = v[v["status"] == "ok"]
     print(f"{'batch':60s} {'measured ms':>12s} {'predicted ms':>12s} {'error':>8s}")
     for r in ok.itertuples():

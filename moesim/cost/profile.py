@@ -18,7 +18,8 @@ A step (the contract in ``moesim.cost.base``), with L decoder layers and T_t new
     the fetch; dense FFN layers (Switch) cost expert_one(T_t) per tenant;
   * fetch_s = touched·(1 − cache hit)·expert_bytes / (measured expert link rate · link_fraction), of which
     (1 − fetch_overlap) is exposed;
-  * lm_head_s = Σ_t lm_head(sequences of t); overhead_s = Σ_t embed(T_t).
+  * lm_head_s = Σ_t lm_head(sequences of t); overhead_s = Σ_t embed(T_t) (+ the step residual of eager
+    profiles: see ``step_residual``).
 Slices: compute time scales by the green-context ratio measured at the slice's SM count (interpolated in
 SMs and size); green contexts share the whole HBM, so each op's time is also bounded below by its bytes
 over (measured copy ceiling × the op's best measured bandwidth efficiency × bw_fraction).
@@ -56,17 +57,21 @@ class ProfileCostConfig:
         execution: ``graphs`` (ops and steps timed as CUDA-graph replays: an engine without host launch
             gaps, the default) or ``eager`` (plain PyTorch, launch-bound at small batches); used by ``auto``.
         routing_skew: 0 for uniform top-k routing; > 0 for a Zipf law over experts (as ``roofline``).
-        step_residual: add the residual the profile's whole-model ``step`` rows show over the composed ops
-            (launch gaps, concatenations), interpolated in log(tokens in the step); False: ops alone.
+        step_residual: ``auto`` (on for eager profiles, off for CUDA-graph ones), ``on`` or ``off``: add the
+            residual the profile's whole-model ``step`` rows show over the composed ops, interpolated in
+            log(tokens in the step). Eager steps have host launch gaps the per-op tables cannot see; graph
+            replays have none, and their grid residuals are within a few percent either way.
     """
 
     name: str = "profile"
     path: str = "auto"
     execution: str = "graphs"
     routing_skew: float = 0.0
-    step_residual: bool = True
+    step_residual: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.step_residual not in ("auto", "on", "off"):
+            raise UserError(f"cost.step_residual={self.step_residual!r}: valid: auto, on, off")
         if self.execution not in EXECUTIONS:
             raise UserError(f"cost.execution={self.execution!r}: valid: {', '.join(EXECUTIONS)}")
         if self.routing_skew < 0:
@@ -240,7 +245,8 @@ class ProfileCost(CostModel):
         self._proj_mult = 1.0 + (qo / m.attention_params_per_block if m.cross_attention else 0.0)
         self._pos_scale = self._Lmoe / max(1, m.n_moe_layers)
         self._residual_x = self._residual_y = np.zeros(0)
-        if cfg.step_residual:
+        self.execution = str(meta.get("execution", "eager"))
+        if cfg.step_residual == "on" or (cfg.step_residual == "auto" and self.execution == "eager"):
             self._build_residual(full[full["op"] == "step"])
 
     # ---- load-time tables -------------------------------------------------------------------------
