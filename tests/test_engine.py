@@ -112,3 +112,13 @@ def test_decode_runs_do_not_depend_on_split() -> None:
 
     step5 = cost.step((SeqWork(0, 1, 104), SeqWork(1, 1, 54), SeqWork(1, 1, 11)), res).total_s
     assert np.isclose(whole.end_s[4] - whole.end_s[3], step5, rtol=1e-12)
+
+
+def test_progress_bar_run_gives_the_same_table() -> None:
+    reqs = [Request(i, i % 2, 3.0 * i, 50, 20) for i in range(40)]
+    model, gpu = get_model("mixtral-8x7b"), get_gpu("a100-80gb")
+    cost = COST_MODELS.build("roofline", {}, model=model, gpu=gpu)
+    a = simulate(model, gpu, POLICIES.build("reconfig", {}), cost, reqs, n_tenants=2)
+    b = simulate(model, gpu, POLICIES.build("reconfig", {}), cost, reqs, n_tenants=2, progress=True)
+    pd.testing.assert_frame_equal(a.requests, b.requests)
+    assert b.horizon_s >= a.horizon_s

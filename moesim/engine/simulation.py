@@ -139,17 +139,18 @@ def simulate(model: ModelSpec, gpu: GPUSpec, policy: Policy, cost: CostModel, re
     route = policy.route
     for r in order:
         routed[route(r)].append(r)
+    procs = []
     for inst, arr in zip(insts, routed, strict=True):
         inst.feed(arr)
-        env.process(inst.run())
+        procs.append(env.process(inst.run()))
 
     if progress:
         from tqdm.auto import tqdm
 
         chunk = max(1.0, (order[-1].arrival_s if order else 0.0) / 200)
         with tqdm(total=n, unit="req", desc=f"simulate {policy.registry_name}", mininterval=0.5) as bar:
-            while env.peek() < float("inf"):
-                env.run(until=env.peek() + chunk)
+            while any(p.is_alive for p in procs):
+                env.run(until=env.now + chunk)
                 bar.update(rec.finished - bar.n)
     else:
         env.run()
