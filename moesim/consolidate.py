@@ -2,11 +2,13 @@
 
     python -m moesim.consolidate a.pt b.safetensors c.pt --budget-bytes 82.9e9 --method cluster-mean \
         --permute --out plan.json [--names base,instruct,code] [--distances-out d.json]
+    python -m moesim.consolidate --synthetic mixtral-8x7b --n-variants 2 --budget-bytes 82.9e9 --out plan.json
 
 Reads each variant (torch state dict or safetensors; Mixtral-style key names), checks they share one
 architecture, measures per-position expert distances (L2 of concatenated w1/w2/w3 — the paper's — and
 cosine), builds the plan (see moesim.consolidation.builders) and writes it as JSON (schema moesim.plan/1).
-Torch is imported only here, when run.
+With ``--synthetic MODEL`` no weights are read: distances come from the documented synthetic distance model
+at that ModelSpec's scale (moesim.consolidation.distance_model). Torch is imported only when reading weights.
 """
 
 from __future__ import annotations
@@ -40,7 +42,11 @@ def parse_bytes(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m moesim.consolidate", description=__doc__.splitlines()[0])
-    ap.add_argument("variants", nargs="+", type=Path, help="variant weight files (.pt/.pth/.bin/.safetensors)")
+    ap.add_argument("variants", nargs="*", type=Path, help="variant weight files (.pt/.pth/.bin/.safetensors)")
+    ap.add_argument("--synthetic", metavar="MODEL", default=None,
+                    help="no weights: synthetic distances at the scale of this model spec (e.g. mixtral-8x7b)")
+    ap.add_argument("--n-variants", type=int, default=2, help="variants of the synthetic model (default 2)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic distance model")
     ap.add_argument("--budget-bytes", required=True, type=parse_bytes, help="GPU memory budget (82.9e9, 80GiB...)")
     ap.add_argument("--method", choices=METHODS, default="paper")
     ap.add_argument("--permute", action="store_true", help="match experts within each layer before comparing")
@@ -58,13 +64,25 @@ def build_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.reserved < 0:
+        raise UserError(f"--reserved must be >= 0, got {args.reserved}")
+    if args.synthetic is not None:
+        if args.variants:
+            raise UserError("give either variant files or --synthetic MODEL, not both")
+        from moesim.consolidation.plan import plan_from_distance_model
+        from moesim.specs import get_model
+
+        plan = plan_from_distance_model(get_model(args.synthetic), args.n_variants, args.budget_bytes,
+                                        method=args.method, seed=args.seed, nonexpert_sets_reserved=args.reserved)
+        plan.save(args.out)
+        print(plan.summary())
+        print(f"wrote {args.out}")
+        return
     names = args.names.split(",") if args.names else [p.stem for p in args.variants]
     if len(names) != len(args.variants):
         raise UserError(f"--names has {len(names)} names for {len(args.variants)} variant files")
     if len(args.variants) < 2:
         raise UserError("give at least 2 variant files")
-    if args.reserved < 0:
-        raise UserError(f"--reserved must be >= 0, got {args.reserved}")
     from moesim.consolidation.builders import build_plan
     from moesim.consolidation.weights import check_same_architecture, expert_distances, load_state
 
