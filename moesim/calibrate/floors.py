@@ -56,18 +56,43 @@ def markdown(d: pd.DataFrame, per_op: int = 4) -> str:
     return "\n".join(lines)
 
 
+def slice_table(df: pd.DataFrame, meta: dict) -> str:
+    """Markdown: each slice point's time over the whole-GPU time of the same shape, by SM count."""
+    full_sms = int(meta.get("sms", 0))
+    full = df[(df["status"] == "ok") & (df["sms"] == full_sms)].set_index(["op", "batch", "tokens", "context"])
+    sl = df[(df["status"] == "ok") & (df["sms"] < full_sms)]
+    rows = []
+    for r in sl.itertuples():
+        k = (r.op, r.batch, r.tokens, r.context)
+        if k in full.index:
+            rows.append((*k, r.sms, r.time_s_median / float(full.loc[k, "time_s_median"])))
+    if not rows:
+        return "(no slice rows)"
+    t = pd.DataFrame(rows, columns=["op", "batch", "tokens", "context", "sms", "ratio"]).pivot_table(
+        index=["op", "batch", "tokens", "context"], columns="sms", values="ratio")
+    cols = list(t.columns)
+    lines = ["| op | batch | tokens | context | " + " | ".join(f"{c} SMs" for c in cols) + " |",
+             "|---|---:|---:|---:|" + "---:|" * len(cols)]
+    for k, r in t.iterrows():
+        lines.append("| " + " | ".join(str(x) for x in k) + " | " + " | ".join(f"{v:.2f}×" for v in r) + " |")
+    return "\n".join(lines)
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    """``profile=PATH [per_op=N]``: print the floors table."""
+    """``profile=PATH [per_op=N] [slices=true]``: print the floors table (and the slice slowdowns)."""
     args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv) if "=" in a)
     if "profile" not in args:
-        raise UserError("usage: python -m moesim.calibrate.floors profile=<profile.parquet> [per_op=4]")
+        raise UserError("usage: python -m moesim.calibrate.floors profile=<profile.parquet> [per_op=4] [slices=true]")
     df, meta = read_profile(args["profile"])
     d = floor_table(df, meta)
     print(f"ceilings measured in the same run: bf16 GEMM {meta.get('ceiling_gemm_flops', float('nan')) / 1e12:.0f} "
           f"TFLOP/s, device copy {meta.get('ceiling_copy_Bps', float('nan')) / 1e12:.2f} TB/s (read + write)"
           + ("  [DERIVED profile]" if meta.get("derived") else ""))
     print(markdown(d, int(args.get("per_op", 4))))
+    if args.get("slices", "false").lower() in ("1", "true", "yes"):
+        print(f"\nslowdown on green-context slices (whole GPU = {meta.get('sms')} SMs):")
+        print(slice_table(df, meta))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,74 @@
+"""The shipped profiles: they load by ``auto``, are marked measured or derived, and meet the must-holds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from moesim.calibrate.schema import read_profile
+from moesim.calibrate.validate import report, shared_residency
+from moesim.cost.base import SeqWork, Slice
+from moesim.cost.profile import PROFILES_DIR, ProfileCost, ProfileCostConfig, available_profiles
+from moesim.specs import get_gpu, get_model
+
+MIXTRAL = get_model("mixtral-8x7b")
+
+
+@pytest.mark.parametrize("execution", ["graphs", "eager"])
+@pytest.mark.parametrize(("gpu", "derived"), [("h200", False), ("a100-80gb", True)])
+@pytest.mark.parametrize("model", ["mixtral-8x7b", "switch-base-8"])
+def test_shipped_profiles_load_and_say_how_they_were_made(gpu: str, derived: bool, model: str,
+                                                          execution: str) -> None:
+    cm = ProfileCost(ProfileCostConfig(execution=execution), get_model(model), get_gpu(gpu))
+    assert cm.derived is derived
+    assert cm.execution == execution
+    _, meta = read_profile(cm.path)
+    assert meta["derived"] is derived
+    if derived:
+        assert "H200" in meta["derived_method"] or "h200" in meta["derived_from"]
+    else:
+        assert meta["system"]["nvml"]["name"] == "NVIDIA H200"
+        assert meta["system"]["nvml"]["mig_mode"] == 0  # measured as found, never changed
+    step = cm.step((SeqWork(0, 1, 700),), shared_residency(model)).total_s
+    assert 1e-3 < step < 0.2
+
+
+def test_available_profiles_lists_the_shipped_ones() -> None:
+    have = available_profiles()
+    assert {"h200__mixtral-8x7b", "h200__mixtral-8x7b.eager", "a100-80gb__mixtral-8x7b"} <= set(have)
+    assert not any(s.endswith(".validation") for s in have)
+
+
+def test_held_out_median_error_within_five_percent() -> None:
+    v = report(PROFILES_DIR / "h200__mixtral-8x7b.parquet")
+    ok = v[v["status"] == "ok"]
+    assert len(ok) == 18
+    assert ok["n_tenants"].max() == 3
+    assert float(np.median(ok["error_pct"].abs())) <= 5.0
+
+
+def test_nonexpert_set_moves_at_least_90_percent_of_plain_pinned() -> None:
+    for stem in ("h200__mixtral-8x7b", "h200__mixtral-8x7b.eager"):
+        link = json.loads((PROFILES_DIR / f"{stem}.json").read_text())["host_link"]
+        assert link["set_pinned_Bps"] / link["plain_pinned_Bps"] >= 0.9
+        assert link["set_over_plain_pinned"] == pytest.approx(link["set_pinned_Bps"] / link["plain_pinned_Bps"])
+
+
+def test_measured_h200_is_faster_than_derived_a100_and_slices_are_slower() -> None:
+    h = ProfileCost(ProfileCostConfig(), MIXTRAL, get_gpu("h200"))
+    a = ProfileCost(ProfileCostConfig(), MIXTRAL, get_gpu("a100-80gb"))
+    res = shared_residency(MIXTRAL.name)
+    for batch in ((SeqWork(0, 1, 1000),), (SeqWork(0, 2048, 0),), tuple(SeqWork(i % 3, 1, 500) for i in range(64))):
+        t_h, t_a = h.step(batch, res).total_s, a.step(batch, res).total_s
+        assert t_a > t_h
+        one_g = h.step(batch, type(res)(res.groups, Slice(sm_fraction=16 / 132, bw_fraction=1 / 8))).total_s
+        four_g = h.step(batch, type(res)(res.groups, Slice(sm_fraction=64 / 132, bw_fraction=4 / 8))).total_s
+        assert one_g > four_g > t_h
+    assert a.swap_s(MIXTRAL.nonexpert_bytes, res) > 2 * h.swap_s(MIXTRAL.nonexpert_bytes, res)
+
+
+def test_profiles_folder_is_inside_the_repository() -> None:
+    assert Path(__file__).resolve().parents[1] / "calibration" / "profiles" == PROFILES_DIR
