@@ -34,9 +34,12 @@ def cost_provenance(cost: Any) -> dict[str, Any]:
     }
 
 
-def run(spec: JobSpec, out_dir: str | Path, *, progress: bool = False,
-        overrides: list[str] | None = None) -> dict[str, Any]:
-    """Simulate ``spec`` and write its outputs into ``out_dir``; the summary written to summary.json."""
+def run(spec: JobSpec, out_dir: str | Path, *, progress: bool = False, overrides: list[str] | None = None,
+        extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Simulate ``spec`` and write its outputs into ``out_dir``; the summary written to summary.json.
+
+    ``extra`` items (e.g. the hydra option the cost came from) are added to the summary.
+    """
     from moesim.cost import COST_MODELS
     from moesim.engine import simulate
     from moesim.metrics import summarize
@@ -61,6 +64,7 @@ def run(spec: JobSpec, out_dir: str | Path, *, progress: bool = False,
         "status": "ok",
         **spec.describe(),
         **cost_provenance(cost),
+        **(extra or {}),
         **metrics,
         "horizon_s": result.horizon_s,
         "wall_s": wall_s,

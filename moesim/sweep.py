@@ -34,9 +34,9 @@ REPORT_HTML = "report.html"
 
 # summary.csv: identification first, then metrics, then bookkeeping
 ID_COLUMNS = ["job", "status", "policy", "model", "gpu", "workload", "rate", "tenants", "seed", "cost",
-              "cost_derived"]
-TAIL_COLUMNS = ["wall_s", "error", "overrides"]
-SKIP_KEYS = {"params", "policy_info", "traceback", "cost_source"}
+              "cost_option", "cost_derived"]
+TAIL_COLUMNS = ["cost_source", "wall_s", "error", "overrides"]
+SKIP_KEYS = {"params", "policy_info", "traceback"}
 
 
 def run_hydra_job(cfg: DictConfig) -> None:
@@ -45,24 +45,25 @@ def run_hydra_job(cfg: DictConfig) -> None:
     multirun = hc.mode == RunMode.MULTIRUN
     out = Path(hc.runtime.output_dir)
     overrides = list(hc.overrides.task)
+    extra = {"cost_option": hc.runtime.choices.get("cost")}  # e.g. paper_a100, a preset of roofline
     if not multirun:
-        _run_single(cfg, out, overrides)
+        _run_single(cfg, out, overrides, extra)
         return
     ident: dict[str, Any] = {}
     try:
         spec = job_spec(cfg)
         ident = spec.describe()
-        job.run(spec, out, progress=bool(cfg.progress), overrides=overrides)
+        job.run(spec, out, progress=bool(cfg.progress), overrides=overrides, extra=extra)
     except Exception as exc:
         rec = job.record_failure(out, exc, job=ident, overrides=overrides)
         log.error("moesim: job %s failed (%s): %s", out.name, " ".join(overrides), rec["error"])
 
 
 @exit_on_user_error
-def _run_single(cfg: DictConfig, out: Path, overrides: list[str]) -> None:
+def _run_single(cfg: DictConfig, out: Path, overrides: list[str], extra: dict[str, Any]) -> None:
     spec = job_spec(cfg)
     progress = True if cfg.progress is None else bool(cfg.progress)
-    s = job.run(spec, out, progress=progress, overrides=overrides)
+    s = job.run(spec, out, progress=progress, overrides=overrides, extra=extra)
     print(f"moesim: {s['n_requests']} requests, mean turnaround {s['mean_turnaround_s']:.3f} s, "
           f"mean TTFT {s['mean_ttft_s']:.3f} s, {s['throughput_rpm']:.2f} req/min; "
           f"outputs in {out}/ ({job.SUMMARY}, {job.REQUESTS})")

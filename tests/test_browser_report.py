@@ -31,8 +31,13 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--host-resolver-rules=MAP * ~NOTFOUND",  # any network access fails (and is reported)
          "--remote-debugging-pipe"]
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium: apt-get install chromium to run the "
-                                                         "browser test of report.html")
+# CI (.ci/run) sets MOESIM_REQUIRE_CHROMIUM=1: there a missing chromium fails the test instead of skipping it
+pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("MOESIM_REQUIRE_CHROMIUM"),
+                                reason="no chromium: apt-get install chromium to run the browser test of report.html")
+
+
+def test_chromium_present() -> None:
+    assert CHROMIUM is not None, "MOESIM_REQUIRE_CHROMIUM is set but no chromium was found"
 
 
 class Browser:

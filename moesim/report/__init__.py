@@ -83,6 +83,19 @@ def _params_text(params: dict[str, Any], skip: tuple[str, ...] = ("name",)) -> s
     return ", ".join(f"{k}={v}" for k, v in params.items() if k not in skip) or "defaults"
 
 
+def _gpu_notes(ok: pd.DataFrame) -> str:
+    """Spec figures the GPU records say are derived (not measured), marked as such."""
+    from moesim.specs import GPU_SPECS
+
+    notes = []
+    for name in dict.fromkeys(ok["gpu"].tolist()) if len(ok) else []:
+        spec = GPU_SPECS.get(str(name))
+        derived = getattr(spec, "derived", "") if spec is not None else ""
+        if derived:
+            notes.append(f"{_esc(name)}: derived, not measured: {_esc(derived)}")
+    return f" <span class=\"note\">({'; '.join(notes)})</span>" if notes else ""
+
+
 def _config_section(data: SweepData) -> str:
     ok, s = data.ok, data.summary
     counts = s["status"].value_counts()
@@ -91,13 +104,17 @@ def _config_section(data: SweepData) -> str:
         return ", ".join(_esc(v) for v in dict.fromkeys(ok[col].tolist())) if col in ok and len(ok) else "—"
 
     cost = vals("cost")
+    options = [o for o in dict.fromkeys(ok.get("cost_option", pd.Series(dtype=object)).dropna().tolist())
+               if o not in ("best", *ok["cost"].tolist())]
+    if options:
+        cost += f" (preset {', '.join(_esc(o) for o in options)})"
     if len(ok) and ok["cost_derived"].astype(bool).any():
         cost += ' <b>(derived profile: not measured on this GPU)</b>'
     first = str(ok["job"].iloc[0]) if len(ok) else None
     params = _job_params(data.root, first) if first else {}
     rows = [
         ("model", vals("model")),
-        ("GPU", vals("gpu")),
+        ("GPU", vals("gpu") + _gpu_notes(ok)),
         ("workload", vals("workload") + (f" ({_esc(_params_text(params.get('workload', {}), ('name', 'rate')))})"
                                          if params else "")),
         ("tenants", vals("tenants")),
