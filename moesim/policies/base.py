@@ -252,3 +252,29 @@ def make_residency(groups: tuple[ExpertGroup, ...], slice_: Slice | None = None,
                    expert_cache_hit: float = 0.0) -> Residency:
     """A Residency record (kept here so policies build it one way)."""
     return Residency(groups, slice_ or Slice(), fetch_overlap, expert_cache_hit)
+
+
+def instance_plan(model: ModelSpec, residency: Residency, tenants: Sequence[int], *, max_batch: int,
+                  name: str = "gpu0", profile: str = "full", memory_bytes: float, nonexpert_sets: int = 1,
+                  nonexpert_slots: int | None = None, initial_resident: Sequence[int] | None = None,
+                  swap_bytes: float = 0.0, swap_bandwidth_fraction: float = 1.0, swap_overlap: bool = False,
+                  cross_tenant_batching: bool = False, weight_bytes: float | None = None, ideal: bool = False,
+                  **meta: Any) -> InstancePlan:
+    """An InstancePlan whose memory accounting follows from its expert groups.
+
+    Resident weights = GPU expert copies × expert bytes + ``nonexpert_sets`` × non-expert bytes (pass
+    ``weight_bytes`` only when the groups over-count what is physically resident, as for ``swap``);
+    host bytes = host positions × expert bytes. ``nonexpert_slots`` defaults to ``nonexpert_sets``.
+    """
+    tenants = tuple(tenants)
+    host = sum(g.positions for g in residency.groups if not g.on_gpu) * model.expert_bytes
+    if weight_bytes is None:
+        weight_bytes = residency.gpu_expert_copies() * model.expert_bytes + nonexpert_sets * model.nonexpert_bytes
+    return InstancePlan(
+        name=name, profile=profile, memory_bytes=memory_bytes, residency=residency,
+        tenants=frozenset(tenants), nonexpert_slots=nonexpert_slots or nonexpert_sets,
+        initial_resident=tuple(initial_resident if initial_resident is not None else tenants[:1]),
+        swap_bytes=swap_bytes, swap_bandwidth_fraction=swap_bandwidth_fraction, swap_overlap=swap_overlap,
+        cross_tenant_batching=cross_tenant_batching, max_batch=max_batch, weight_bytes=weight_bytes,
+        host_expert_bytes=host, ideal=ideal, meta=meta,
+    )

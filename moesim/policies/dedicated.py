@@ -10,7 +10,14 @@ from dataclasses import dataclass
 
 from moesim.cost.base import Slice
 from moesim.policies import POLICIES
-from moesim.policies.base import InstancePlan, Policy, PolicyConfig, make_residency, private_groups
+from moesim.policies.base import (
+    InstancePlan,
+    Policy,
+    PolicyConfig,
+    instance_plan,
+    make_residency,
+    private_groups,
+)
 from moesim.specs import GPUSpec, ModelSpec
 
 
@@ -29,19 +36,15 @@ class Dedicated(Policy):
 
     def layout(self, model: ModelSpec, gpu: GPUSpec, n_tenants: int) -> list[InstancePlan]:
         """``n_tenants`` whole GPUs."""
-        P = model.n_expert_positions
         plans = []
         for t in range(n_tenants):
             budget = self.budget(gpu.memory_bytes)
             ideal = model.total_bytes > budget
             memory = gpu.memory_bytes if not ideal else model.total_bytes + (gpu.memory_bytes - budget)
-            plans.append(InstancePlan(
-                name=f"gpu{t}", profile="full" + (" (ideal: memory unbounded)" if ideal else ""),
-                memory_bytes=memory,
-                residency=make_residency(private_groups(model, (t,), P), Slice()),
-                tenants=frozenset({t}), nonexpert_slots=1, initial_resident=(t,), swap_bytes=0.0,
-                swap_bandwidth_fraction=1.0, swap_overlap=False, cross_tenant_batching=False,
-                max_batch=self.cfg.max_batch, weight_bytes=model.total_bytes, host_expert_bytes=0.0,
-                ideal=ideal, meta={"budget_bytes": budget},
+            res = make_residency(private_groups(model, (t,), model.n_expert_positions), Slice())
+            plans.append(instance_plan(
+                model, res, (t,), max_batch=self.cfg.max_batch, name=f"gpu{t}",
+                profile="full" + (" (ideal: memory unbounded)" if ideal else ""), memory_bytes=memory,
+                ideal=ideal, budget_bytes=budget,
             ))
         return plans

@@ -17,6 +17,7 @@ from moesim.policies.base import (
     Policy,
     PolicyConfig,
     expert_slots,
+    instance_plan,
     make_residency,
     private_groups,
     require_fits,
@@ -57,20 +58,15 @@ class MIG(Policy):
                 "mig serves one tenant per instance"
             )
         plans = []
-        P = model.n_expert_positions
         for i, inst in enumerate(lay.instances[:n_tenants]):
             prof = inst.profile
             budget = self.budget(prof.memory_bytes)
             require_fits(budget, 1, model, f"MIG instance {prof.name}")
-            r = min(P, expert_slots(budget, 1, model))
+            r = min(model.n_expert_positions, expert_slots(budget, 1, model))
             sl = Slice(sm_fraction=prof.sms / gpu.sms, bw_fraction=prof.memory_fraction, pinned=self.cfg.pinned)
-            plans.append(InstancePlan(
-                name=f"mig{i}:{prof.name}", profile=prof.name, memory_bytes=prof.memory_bytes,
-                residency=make_residency(private_groups(model, (i,), r), sl, self.cfg.fetch_overlap),
-                tenants=frozenset({i}), nonexpert_slots=1, initial_resident=(i,), swap_bytes=0.0,
-                swap_bandwidth_fraction=1.0, swap_overlap=False, cross_tenant_batching=False,
-                max_batch=self.cfg.max_batch, weight_bytes=r * model.expert_bytes + model.nonexpert_bytes,
-                host_expert_bytes=(P - r) * model.expert_bytes,
-                meta={"layout": lay.name, "budget_bytes": budget},
+            res = make_residency(private_groups(model, (i,), r), sl, self.cfg.fetch_overlap)
+            plans.append(instance_plan(
+                model, res, (i,), max_batch=self.cfg.max_batch, name=f"mig{i}:{prof.name}",
+                profile=prof.name, memory_bytes=prof.memory_bytes, layout=lay.name, budget_bytes=budget,
             ))
         return plans

@@ -20,6 +20,7 @@ from moesim.policies.base import (
     PolicyConfig,
     consolidated_groups,
     expert_slots,
+    instance_plan,
     make_residency,
     require_fits,
 )
@@ -63,13 +64,9 @@ class Multiplex(Policy):
         else:
             shared = min(model.n_expert_positions, expert_slots(budget, n_tenants, model))
             groups = consolidated_groups(model, tenants, shared)
-        host = sum(g.positions for g in groups if not g.on_gpu) * model.expert_bytes
-        return [InstancePlan(
-            name="gpu0", profile="full", memory_bytes=gpu.memory_bytes,
-            residency=make_residency(groups, Slice(), self.cfg.fetch_overlap),
-            tenants=frozenset(tenants), nonexpert_slots=n_tenants, initial_resident=tenants, swap_bytes=0.0,
-            swap_bandwidth_fraction=1.0, swap_overlap=False, cross_tenant_batching=True,
-            max_batch=self.cfg.max_batch,
-            weight_bytes=shared * model.expert_bytes + n_tenants * model.nonexpert_bytes,
-            host_expert_bytes=host, meta={"shared_positions": shared, "budget_bytes": budget},
+        res = make_residency(groups, Slice(), self.cfg.fetch_overlap)
+        return [instance_plan(
+            model, res, tenants, max_batch=self.cfg.max_batch, memory_bytes=gpu.memory_bytes,
+            nonexpert_sets=n_tenants, initial_resident=tenants, cross_tenant_batching=True,
+            shared_positions=shared, budget_bytes=budget,
         )]

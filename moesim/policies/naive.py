@@ -16,6 +16,7 @@ from moesim.policies.base import (
     Policy,
     PolicyConfig,
     expert_slots,
+    instance_plan,
     make_residency,
     private_groups,
     require_fits,
@@ -43,16 +44,11 @@ class Naive(Policy):
         budget = self.budget(gpu.memory_bytes)
         tenants = tuple(range(n_tenants))
         require_fits(budget, n_tenants, model, f"policy naive on {gpu.name}")
-        P = model.n_expert_positions
-        each = min(P, expert_slots(budget, n_tenants, model) // n_tenants)
-        return [InstancePlan(
-            name="gpu0", profile="full", memory_bytes=gpu.memory_bytes,
-            residency=make_residency(private_groups(model, tenants, each), Slice(pinned=self.cfg.pinned),
-                                     self.cfg.fetch_overlap),
-            tenants=frozenset(tenants), nonexpert_slots=n_tenants, initial_resident=tenants, swap_bytes=0.0,
-            swap_bandwidth_fraction=1.0, swap_overlap=False, cross_tenant_batching=False,
-            max_batch=self.cfg.max_batch,
-            weight_bytes=n_tenants * (each * model.expert_bytes + model.nonexpert_bytes),
-            host_expert_bytes=n_tenants * (P - each) * model.expert_bytes,
-            meta={"resident_experts_per_tenant": each, "budget_bytes": budget},
+        each = min(model.n_expert_positions, expert_slots(budget, n_tenants, model) // n_tenants)
+        res = make_residency(private_groups(model, tenants, each), Slice(pinned=self.cfg.pinned),
+                             self.cfg.fetch_overlap)
+        return [instance_plan(
+            model, res, tenants, max_batch=self.cfg.max_batch, memory_bytes=gpu.memory_bytes,
+            nonexpert_sets=n_tenants, initial_resident=tenants, resident_experts_per_tenant=each,
+            budget_bytes=budget,
         )]

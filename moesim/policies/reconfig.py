@@ -22,6 +22,7 @@ from moesim.policies.base import (
     PolicyConfig,
     consolidated_groups,
     expert_slots,
+    instance_plan,
     make_residency,
     require_fits,
 )
@@ -90,13 +91,10 @@ class Reconfig(Policy):
         else:
             shared = min(model.n_expert_positions, expert_slots(budget, sets, model))
             groups = consolidated_groups(model, tenants, shared)
-        host = sum(g.positions for g in groups if not g.on_gpu) * model.expert_bytes
-        return [InstancePlan(
-            name="gpu0", profile="full", memory_bytes=gpu.memory_bytes,
-            residency=make_residency(groups, Slice(pinned=cfg.pinned), cfg.fetch_overlap),
-            tenants=frozenset(tenants), nonexpert_slots=max(1, sets - 1), initial_resident=(0,),
-            swap_bytes=model.nonexpert_bytes, swap_bandwidth_fraction=cfg.swap_bandwidth_fraction,
-            swap_overlap=cfg.swap_overlap, cross_tenant_batching=False, max_batch=cfg.max_batch,
-            weight_bytes=shared * model.expert_bytes + sets * model.nonexpert_bytes, host_expert_bytes=host,
-            meta={"shared_positions": shared, "budget_bytes": budget},
+        res = make_residency(groups, Slice(pinned=cfg.pinned), cfg.fetch_overlap)
+        return [instance_plan(
+            model, res, tenants, max_batch=cfg.max_batch, memory_bytes=gpu.memory_bytes, nonexpert_sets=sets,
+            nonexpert_slots=max(1, sets - 1), swap_bytes=model.nonexpert_bytes,
+            swap_bandwidth_fraction=cfg.swap_bandwidth_fraction, swap_overlap=cfg.swap_overlap,
+            shared_positions=shared, budget_bytes=budget,
         )]

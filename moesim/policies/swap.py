@@ -16,6 +16,7 @@ from moesim.policies.base import (
     Policy,
     PolicyConfig,
     expert_slots,
+    instance_plan,
     make_residency,
     private_groups,
     require_fits,
@@ -53,16 +54,12 @@ class Swap(Policy):
         budget = self.budget(gpu.memory_bytes)
         tenants = tuple(range(n_tenants))
         require_fits(budget, 1, model, f"policy swap on {gpu.name}")
-        P = model.n_expert_positions
-        r = min(P, expert_slots(budget, 1, model))
-        return [InstancePlan(
-            name="gpu0", profile="full", memory_bytes=gpu.memory_bytes,
-            residency=make_residency(private_groups(model, tenants, r), Slice(pinned=self.cfg.pinned)),
-            tenants=frozenset(tenants), nonexpert_slots=1, initial_resident=(0,),
-            swap_bytes=model.nonexpert_bytes + r * model.expert_bytes,
-            swap_bandwidth_fraction=self.cfg.swap_bandwidth_fraction, swap_overlap=False,
-            cross_tenant_batching=False, max_batch=self.cfg.max_batch,
-            weight_bytes=model.nonexpert_bytes + r * model.expert_bytes,
-            host_expert_bytes=n_tenants * (P - r) * model.expert_bytes,
-            meta={"resident_experts": r, "budget_bytes": budget},
+        r = min(model.n_expert_positions, expert_slots(budget, 1, model))
+        whole = model.nonexpert_bytes + r * model.expert_bytes
+        res = make_residency(private_groups(model, tenants, r), Slice(pinned=self.cfg.pinned))
+        # the groups list every tenant's copies, but only the loaded tenant's are in memory
+        return [instance_plan(
+            model, res, tenants, max_batch=self.cfg.max_batch, memory_bytes=gpu.memory_bytes,
+            swap_bytes=whole, swap_bandwidth_fraction=self.cfg.swap_bandwidth_fraction, weight_bytes=whole,
+            resident_experts=r, budget_bytes=budget,
         )]
