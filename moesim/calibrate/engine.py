@@ -23,11 +23,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
+from moesim.errors import UserError
 from moesim.specs import ModelSpec
+
+if TYPE_CHECKING:
+    from moesim.consolidation.plan import Plan
 
 INIT_STD = 0.02
 ALIGN_ROWS = 16  # rows per expert group are padded to this for the grouped GEMM
@@ -145,6 +150,13 @@ class MoEEngine:
                 self.w_in.append(None)
                 self.w_out.append(None)
         self.tenants = [self._nonexpert() for _ in range(n_tenants)]
+        # consolidated layout (``apply_plan``): per MoE layer, GPU slots then host slots; per tenant a map
+        # from its expert index to the slot of the copy it resolves to
+        self.n_gpu_slots: list[int] = [s.n_experts if self.is_moe(i) else 0 for i in range(s.n_layers)]
+        self.host_in: list[list[torch.Tensor]] = [[] for _ in range(s.n_layers)]
+        self.host_out: list[list[torch.Tensor]] = [[] for _ in range(s.n_layers)]
+        self.remap: list[list[torch.Tensor | None]] | None = None
+        self.plan_groups: list[dict] | None = None
         half = s.head_dim // 2
         max_pos = 65536
         inv = 1.0 / (10000.0 ** (torch.arange(half, device=device, dtype=torch.float32) / half))
@@ -213,6 +225,8 @@ class MoEEngine:
         top_w, top_i = torch.topk(probs, s.top_k, dim=-1)
         if s.top_k > 1:
             top_w = top_w / top_w.sum(dim=-1, keepdim=True)
+        if self.remap is not None:  # consolidated: expert index → slot of the copy this tenant uses
+            top_i = self.remap[tenant][layer][top_i]
         return h, top_i, top_w.to(self.dtype)
 
     def _act(self, a: torch.Tensor) -> torch.Tensor:
@@ -226,8 +240,9 @@ class MoEEngine:
         return self._act(x @ w_in.T) @ w_out.T
 
     def expert_one(self, x: torch.Tensor, layer: int, expert: int = 0) -> torch.Tensor:
-        """One expert of MoE layer ``layer`` on x (T, d)."""
-        return self.ffn(x, self.w_in[layer][expert], self.w_out[layer][expert])
+        """One GPU-resident expert (slot) of MoE layer ``layer`` on x (T, d)."""
+        e = expert % max(1, self.n_gpu_slots[layer])
+        return self.ffn(x, self.w_in[layer][e], self.w_out[layer][e])
 
     def moe(self, h: torch.Tensor, top_i: torch.Tensor, top_w: torch.Tensor, layer: int,
             engine: str | None = None) -> torch.Tensor:
@@ -240,7 +255,8 @@ class MoEEngine:
                      ) -> torch.Tensor:
         N, d = h.shape
         k = top_i.shape[1]
-        E = self.spec.n_experts
+        n_gpu, n_host = self.n_gpu_slots[layer], len(self.host_in[layer])
+        E = n_gpu + n_host  # slots: GPU copies first, then host copies (fetched per use)
         flat = top_i.reshape(-1)  # (N·k,) expert of each assignment
         order = torch.argsort(flat, stable=True)  # assignments sorted by expert
         e_sorted = flat[order]
@@ -255,9 +271,14 @@ class MoEEngine:
         buf = h.new_zeros((rows, d))
         src_tok = order // k
         buf[dest] = h[src_tok]
-        offs = ends_p.to(torch.int32)
-        a = torch._grouped_mm(buf, self.w_in[layer].transpose(-2, -1), offs=offs)  # (rows, g·F)
-        y = torch._grouped_mm(self._act(a), self.w_out[layer].transpose(-2, -1), offs=offs)  # (rows, d)
+        if n_gpu:
+            offs = ends_p[:n_gpu].to(torch.int32)  # host slots' rows lie past the last offset: not computed
+            a = torch._grouped_mm(buf, self.w_in[layer].transpose(-2, -1), offs=offs)  # (rows, g·F)
+            y = torch._grouped_mm(self._act(a), self.w_out[layer].transpose(-2, -1), offs=offs)  # (rows, d)
+        else:
+            y = buf.new_zeros((rows, d))
+        if n_host:
+            self._host_experts(layer, buf, y, dest, bounds[n_gpu:])
         contrib = y[dest] * top_w.reshape(-1)[order][:, None]
         return torch.zeros_like(h).index_add_(0, src_tok, contrib)
 
@@ -267,7 +288,8 @@ class MoEEngine:
         k = top_i.shape[1]
         flat = top_i.reshape(-1)
         order = torch.argsort(flat, stable=True)
-        counts = torch.bincount(flat, minlength=self.spec.n_experts).tolist()  # host sync
+        n_slots = self.n_gpu_slots[layer] + len(self.host_in[layer])
+        counts = torch.bincount(flat, minlength=n_slots).tolist()  # host sync
         out = torch.zeros_like(h)
         w_flat = top_w.reshape(-1)
         s = 0
@@ -276,10 +298,82 @@ class MoEEngine:
                 continue
             idx = order[s : s + c]
             tok = idx // k
-            y = self.expert_one(h[tok], layer, e) * w_flat[idx][:, None]
+            w_in, w_out = self._slot_weights(layer, e)
+            y = self.ffn(h[tok], w_in, w_out) * w_flat[idx][:, None]
             out.index_add_(0, tok, y)
             s += c
         return out
+
+    def _host_experts(self, layer: int, buf: torch.Tensor, y: torch.Tensor, dest: torch.Tensor,
+                      bounds: torch.Tensor) -> None:
+        """Host copies touched in this layer: copy each into the placeholder, run it, write its rows of y.
+
+        Synchronous, as the paper's orchestrator: one placeholder, no cache, no prefetch (a host sync).
+        """
+        edges = bounds.tolist()  # sorted-assignment range of each host slot
+        for j in range(len(edges) - 1):
+            a, b = edges[j], edges[j + 1]
+            if a == b:
+                continue
+            self.ph_in.copy_(self.host_in[layer][j], non_blocking=True)
+            self.ph_out.copy_(self.host_out[layer][j], non_blocking=True)
+            rows = dest[a:b]
+            y[rows] = self.ffn(buf[rows], self.ph_in, self.ph_out)
+
+    def _slot_weights(self, layer: int, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n_gpu = self.n_gpu_slots[layer]
+        if slot < n_gpu:
+            return self.w_in[layer][slot], self.w_out[layer][slot]
+        self.ph_in.copy_(self.host_in[layer][slot - n_gpu], non_blocking=True)
+        self.ph_out.copy_(self.host_out[layer][slot - n_gpu], non_blocking=True)
+        return self.ph_in, self.ph_out
+
+    # ---- consolidated layout ----------------------------------------------------------------------
+    def apply_plan(self, plan: Plan) -> None:
+        """Replace the shared expert set by a consolidation plan's layout.
+
+        Per MoE layer the plan's GPU copies become device slots (one grouped GEMM over them), its host
+        copies live in pinned host memory and are fetched per use; each tenant (plan variant) routes its
+        expert indices to the slots of the copies it resolves to. Needs ``len(tenants) ≥ plan.n_variants``.
+        """
+        s = self.spec
+        moe_layers = [i for i in range(s.n_layers) if self.is_moe(i)]
+        if plan.n_layers != len(moe_layers) or plan.n_experts != s.n_experts or plan.expert_bytes != s.expert_bytes:
+            raise UserError(
+                f"plan for {plan.model!r} ({plan.n_layers} MoE layers × {plan.n_experts} experts of "
+                f"{plan.expert_bytes} bytes) does not fit {s.name} ({len(moe_layers)} decoder MoE layers × "
+                f"{s.n_experts} experts of {s.expert_bytes} bytes); encoder-decoder plans are not run by this "
+                "engine")
+        if plan.n_variants > len(self.tenants):
+            raise UserError(f"plan has {plan.n_variants} variants but the engine built {len(self.tenants)} "
+                            "non-expert sets; set tenants ≥ the plan's variants")
+        g = 2 if self.swiglu else 1
+        pin = self.device.type == "cuda"
+        dev, dt, gen = self.device, self.dtype, self.gen
+        remap: list[list[torch.Tensor | None]] = [[None] * s.n_layers for _ in range(plan.n_variants)]
+        for lm, layer in enumerate(moe_layers):
+            self.w_in[layer] = self.w_out[layer] = None  # free this layer's shared set first
+            gpu = [c for c in plan.copies if c.layer == lm and c.on_gpu]
+            host = [c for c in plan.copies if c.layer == lm and not c.on_gpu]
+            slot = {c.id: i for i, c in enumerate(gpu)} | {c.id: len(gpu) + j for j, c in enumerate(host)}
+            if gpu:
+                self.w_in[layer] = _normal((len(gpu), g * s.d_ff, s.d_model), dev, dt, gen)
+                self.w_out[layer] = _normal((len(gpu), s.d_model, s.d_ff), dev, dt, gen)
+            self.n_gpu_slots[layer] = len(gpu)
+            self.host_in[layer], self.host_out[layer] = [], []
+            for _ in host:  # drawn on the device (fast), kept in (pinned) host memory
+                for dst, shape in ((self.host_in[layer], (g * s.d_ff, s.d_model)),
+                                   (self.host_out[layer], (s.d_model, s.d_ff))):
+                    w = _normal(shape, dev, dt, gen).cpu()
+                    dst.append(w.pin_memory() if pin else w)
+            for t in range(plan.n_variants):
+                remap[t][layer] = torch.tensor([slot[plan.assign[t][lm][e]] for e in range(s.n_experts)],
+                                               device=dev)
+        self.ph_in = torch.empty((g * s.d_ff, s.d_model), device=dev, dtype=dt)
+        self.ph_out = torch.empty((s.d_model, s.d_ff), device=dev, dtype=dt)
+        self.remap = remap
+        self.plan_groups = [{"tenants": sorted(gr.tenants), "positions": gr.positions, "on_gpu": gr.on_gpu}
+                            for gr in plan.expert_groups()]
 
     def dense(self, x: torch.Tensor, tenant: int, layer: int) -> torch.Tensor:
         """Dense FFN of a non-MoE layer (tenant's own weights), with its RMSNorm: x (T, d) → (T, d)."""

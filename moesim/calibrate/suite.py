@@ -123,6 +123,12 @@ class Calibration:
             "execution": "graphs" if self.graphs else "eager",
             "graph_fallbacks": [],
         }
+        self.plan = None
+        if cfg.plan:
+            from moesim.consolidation.plan import load_plan
+
+            self.plan = load_plan(cfg.plan)
+            self.meta["plan"] = {"path": cfg.plan, "summary": self.plan.summary(), "variants": self.plan.n_variants}
         self.rec = Recorder(self.path, self.meta, cfg.resume, cfg.budget_s)
         self.eng: MoEEngine | None = None
 
@@ -188,7 +194,8 @@ class Calibration:
               f"grid={cfg.grid}, resumed {self.rec.resumed} points", flush=True)
         self.ceilings()
         t0 = time.monotonic()
-        self.eng = MoEEngine(self.spec, self.device, n_tenants=cfg.tenants, seed=cfg.seed, dtype=self.dtype)
+        n_tenants = max(cfg.tenants, self.plan.n_variants if self.plan else 0)
+        self.eng = MoEEngine(self.spec, self.device, n_tenants=n_tenants, seed=cfg.seed, dtype=self.dtype)
         if self.cuda:
             torch.cuda.synchronize()
         self.meta["build_s"] = round(time.monotonic() - t0, 2)
@@ -204,10 +211,17 @@ class Calibration:
         self._section(self.steps)
         if cfg.host:
             self._section(self.host_link)
-        if cfg.validate:  # always runs, whatever the budget: it is the check of everything above
-            self._section(self.validation)
-        if cfg.slices:
-            self._section(self.slices)
+        if self.plan is not None:  # the tables are the shared layout's; the plan's layout is validated last
+            if cfg.slices:
+                self._section(self.slices)
+            self._section(self.consolidate)
+            if cfg.validate:
+                self._section(self.validation)
+        else:
+            if cfg.validate:  # always runs, whatever the budget: it is the check of everything above
+                self._section(self.validation)
+            if cfg.slices:
+                self._section(self.slices)
         self.meta["grids"] = {k: v for k, v in g.__dict__.items() if k != "slice_points"}
         self.rec.flush()
         return self.path
@@ -428,12 +442,22 @@ class Calibration:
         for b, n, c in tqdm(self.grids.step_points, desc="steps", mininterval=10, file=sys.stdout):
             self.point("step", setup(b, n, c), batch=b, tokens=n, context=c, reps=(5, 15))
 
+    def consolidate(self) -> None:
+        """Rebuild the experts as the plan lays them out (GPU copies, pinned host copies fetched per use)."""
+        eng = self.eng
+        assert eng is not None
+        assert self.plan is not None
+        eng.apply_plan(self.plan)
+        self.meta["plan"]["groups"] = eng.plan_groups
+        self.meta["plan"]["host_copies"] = sum(len(h) for h in eng.host_in)
+        print(f"consolidated layout: {self.plan.summary()}", flush=True)
+
     def validation(self) -> None:
         """Time held-out whole-model steps (mixed prefill/decode, off-grid sizes, several tenants)."""
         eng = self.eng
         assert eng is not None
-        batches = validation_batches(len(eng.tenants), "full" if self.cfg.grid == "full" else "quick",
-                                     self.cfg.seed)
+        n_tenants = self.plan.n_variants if self.plan is not None else len(eng.tenants)
+        batches = validation_batches(n_tenants, "full" if self.cfg.grid == "full" else "quick", self.cfg.seed)
         out = []
         for i, batch in enumerate(tqdm(batches, desc="validation", mininterval=10, file=sys.stdout)):
             rec: dict[str, Any] = {"batch_id": i, "seqs": json.dumps([list(x) for x in batch]),
@@ -461,6 +485,9 @@ class Calibration:
         vpath = self.path.with_name(self.path.stem + ".validation.parquet")
         pd.DataFrame(out).to_parquet(vpath, index=False)
         self.meta["validation_file"] = vpath.name
+        # the expert groups the held-out steps ran with (the report predicts them with this residency)
+        self.meta["validation_residency"] = eng.plan_groups or [
+            {"tenants": list(range(len(eng.tenants))), "positions": self.spec.n_expert_positions, "on_gpu": True}]
 
     def host_link(self) -> None:
         """Host→device: plain copies, one tenant's non-expert set (whole, per layer), one expert, overlap."""

@@ -81,9 +81,15 @@ def shared_residency(model_name: str) -> Residency:
     return Residency(groups=(ExpertGroup(frozenset(range(64)), m.n_expert_positions, True),))
 
 
-def predict(cost: object, batches: list[Batch], model_name: str) -> np.ndarray:
-    """Predicted step seconds of each batch with cost model ``cost``."""
-    res = shared_residency(model_name)
+def residency_from(groups: list[dict]) -> Residency:
+    """The residency recorded with a validation run (``meta["validation_residency"]``)."""
+    return Residency(groups=tuple(ExpertGroup(frozenset(g["tenants"]), int(g["positions"]), bool(g["on_gpu"]))
+                                  for g in groups))
+
+
+def predict(cost: object, batches: list[Batch], model_name: str, res: Residency | None = None) -> np.ndarray:
+    """Predicted step seconds of each batch with cost model ``cost`` (shared experts unless ``res``)."""
+    res = res or shared_residency(model_name)
     return np.array([cost.step(tuple(SeqWork(t, n, c) for t, n, c in b), res).total_s  # type: ignore[attr-defined]
                      for b in batches])
 
@@ -112,7 +118,9 @@ def report(profile_path: str | Path, **cost_cfg: object) -> pd.DataFrame:
     model = get_model(meta["model"])
     cost = ProfileCost(ProfileCostConfig(path=str(p), **cost_cfg), model, gpu_spec_for(meta))  # type: ignore[arg-type]
     batches = [[tuple(s) for s in json.loads(x)] for x in v["seqs"]]
-    v = v.assign(predicted_s=predict(cost, batches, model.name))  # type: ignore[arg-type]
+    groups = meta.get("validation_residency")
+    res = residency_from(groups) if groups else None
+    v = v.assign(predicted_s=predict(cost, batches, model.name, res))  # type: ignore[arg-type]
     v["error_pct"] = 100.0 * (v["predicted_s"] - v["time_s_median"]) / v["time_s_median"]
     return v
 
