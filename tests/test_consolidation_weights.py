@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -187,3 +188,46 @@ def test_parse_bytes() -> None:
     assert parse_bytes("41.4GB") == 41_400_000_000
     with pytest.raises(UserError):
         parse_bytes("lots")
+
+
+def test_hand_weights_to_plan_order_round_robin_and_memory() -> None:
+    # Three variants, one layer, two experts. Variant v adds v·0.5 to expert 0's w1 (8 entries) and
+    # v·0.1 to expert 1's w3 (8 entries). Pairwise L2 at expert 0: 0.5·√8·|u−v|; at expert 1: 0.1·√8·|u−v|.
+    states = []
+    for v in range(3):
+        st = hand_state()
+        st["model.layers.0.block_sparse_moe.experts.0.w1.weight"] += 0.5 * v
+        st["model.layers.0.block_sparse_moe.experts.1.w3.weight"] += 0.1 * v
+        states.append(st)
+    layout = check_same_architecture(states, ["a", "b", "c"])
+    d = expert_distances(states, layout)
+    r8 = math.sqrt(8)
+    np.testing.assert_allclose(d.l2[0, 2, 0], [1.0 * r8, 0.2 * r8], rtol=1e-6)
+    # Summed pairwise: expert 0: 0.5·√8·(1 + 2 + 1) = 2√8; expert 1: 0.4·√8 → expert 1 first.
+    # Bytes as stored (fp32): expert 24·4 = 96, non-expert 32·4 = 128; one reserved set + one expert copy.
+    plan = build_plan(d.l2, method="paper", budget_bytes=128 + 96, expert_bytes=layout.expert_bytes,
+                      nonexpert_bytes=layout.nonexpert_bytes, nonexpert_sets_reserved=1)
+    assert (layout.expert_bytes, layout.nonexpert_bytes) == (96, 128)
+    shared = [c for c in plan.copies if c.on_gpu]
+    assert [(c.expert, c.source_variant) for c in shared] == [(1, 0)]  # rank 0 → variant 0
+    assert plan.memory() == {"gpu_expert_bytes": 96, "gpu_nonexpert_bytes": 128, "gpu_total_bytes": 224,
+                             "host_expert_bytes": 3 * 96, "all_weights_bytes": 3 * 128 + 4 * 96}
+    both = build_plan(d.l2, method="paper", budget_bytes=128 + 2 * 96, expert_bytes=96, nonexpert_bytes=128,
+                      nonexpert_sets_reserved=1)
+    assert sorted((c.expert, c.source_variant) for c in both.copies) == [(0, 1), (1, 0)]  # rank 1 → variant 1
+    st_c = materialize(both, states, layout, 2)
+    assert torch.equal(st_c[layout.key(0, 0, "w1")], states[1][layout.key(0, 0, "w1")])
+
+
+def test_cli_rejects_different_shapes(tmp_path, capsys) -> None:
+    small = TinyMoE(CPU_CONFIG).state_dict()
+    big = TinyMoE(replace(CPU_CONFIG, d_ff=256)).state_dict()
+    torch.save(small, tmp_path / "small.pt")
+    torch.save(big, tmp_path / "big.pt")
+    with pytest.raises(SystemExit) as exc:
+        consolidate_main([str(tmp_path / "small.pt"), str(tmp_path / "big.pt"), "--budget-bytes", "1e9",
+                          "--out", str(tmp_path / "p.json")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "big: model.layers.0.block_sparse_moe.experts.0.w1.weight has shape (256, 64)" in err
