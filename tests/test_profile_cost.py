@@ -269,5 +269,19 @@ def test_registered_under_profile() -> None:
 def test_load_time_tables_are_numpy_not_frames(tmp_path: Path) -> None:
     cm = model_for(write_synthetic(tmp_path))
     for table in (*cm.curves.values(), *cm.surfaces.values()):
-        assert all(isinstance(v, np.ndarray) for v in vars(table).values() if not isinstance(v, float))
-    assert not any(isinstance(v, pd.DataFrame) for v in vars(cm).values())
+        assert all(isinstance(v, np.ndarray | list | float) for v in vars(table).values())
+    assert not any(isinstance(v, pd.DataFrame | pd.Series) for v in vars(cm).values())
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(0.1, 40000), min_size=1, max_size=6), st.floats(10, 140))
+def test_scalar_fast_paths_equal_the_array_paths(xs: list[float], sms: float) -> None:
+    x = np.array(POW2, float)
+    c = Curve(x, F["expert_one"](x))
+    s = Surface(np.array([1, 2, 4, 1, 2]), np.array([16, 16, 16, 64, 64]),
+                np.array([PREFILL(1, 16), PREFILL(2, 16), PREFILL(4, 16), PREFILL(1, 64), PREFILL(2, 64)]), 1.0, 2.0)
+    r = SliceRatio(np.array([16, 16, 64]), np.array([1, 100, 1]), np.array([8.0, 4.0, 2.0]), 132)
+    arr = np.array(xs)
+    np.testing.assert_allclose([c(v) for v in xs], c(arr), rtol=1e-12)
+    np.testing.assert_allclose([s(v, v) for v in xs], s(arr, arr), rtol=1e-12)
+    np.testing.assert_allclose([r(sms, v) for v in xs], r(sms, arr), rtol=1e-12)

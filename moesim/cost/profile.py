@@ -27,6 +27,8 @@ over (measured copy ceiling × the op's best measured bandwidth efficiency × bw
 
 from __future__ import annotations
 
+import bisect
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,8 +116,23 @@ class Curve:
         self.lx = np.log(x)
         self.ly = np.log(np.maximum.accumulate(t) if monotone else t)
         self.slope_hi = slope_hi
+        self._lx, self._ly = self.lx.tolist(), self.ly.tolist()  # plain floats for the scalar fast path
+
+    def scalar(self, x: float) -> float:
+        """``self(x)`` for one number, in plain Python (the simulator's hot path)."""
+        if x <= 0:
+            return 0.0
+        lx, xs, ys = math.log(x), self._lx, self._ly
+        if lx <= xs[0]:
+            return math.exp(ys[0])
+        if lx >= xs[-1]:
+            return math.exp(ys[-1] + self.slope_hi * (lx - xs[-1]))
+        i = bisect.bisect_right(xs, lx) - 1
+        return math.exp(ys[i] + (lx - xs[i]) / (xs[i + 1] - xs[i]) * (ys[i + 1] - ys[i]))
 
     def __call__(self, x: np.ndarray | float) -> np.ndarray | float:
+        if isinstance(x, (int, float)):
+            return self.scalar(x)
         xa = np.asarray(x, float)
         lx = np.log(np.maximum(xa, np.exp(self.lx[0])))
         ly = np.interp(lx, self.lx, self.ly) + self.slope_hi * np.maximum(lx - self.lx[-1], 0.0)
@@ -155,6 +172,27 @@ class Surface:
         z = np.maximum.accumulate(np.maximum.accumulate(z, axis=0), axis=1)
         self.la, self.lb, self.z = la, lb, z
         self.slope_a, self.slope_b = slope_a, slope_b
+        self._la, self._lb, self._z = la.tolist(), lb.tolist(), z.tolist()
+
+    @staticmethod
+    def _index1(g: list[float], v: float) -> tuple[int, int, float]:
+        if len(g) == 1:
+            return 0, 0, 0.0
+        vc = min(max(v, g[0]), g[-1])
+        i = min(max(bisect.bisect_right(g, vc) - 1, 0), len(g) - 2)
+        return i, i + 1, (vc - g[i]) / (g[i + 1] - g[i])
+
+    def scalar(self, a: float, b: float) -> float:
+        """``self(a, b)`` for two numbers, in plain Python (the simulator's hot path)."""
+        if a <= 0 or b <= 0:
+            return 0.0
+        la, lb = max(math.log(a), self._la[0]), max(math.log(b), self._lb[0])
+        i0, i1, wa = self._index1(self._la, la)
+        j0, j1, wb = self._index1(self._lb, lb)
+        z = self._z
+        v = (1 - wa) * ((1 - wb) * z[i0][j0] + wb * z[i0][j1]) + wa * ((1 - wb) * z[i1][j0] + wb * z[i1][j1])
+        v += self.slope_a * max(la - self._la[-1], 0.0) + self.slope_b * max(lb - self._lb[-1], 0.0)
+        return math.exp(v)
 
     @staticmethod
     def _index(g: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -167,6 +205,8 @@ class Surface:
         return i, np.minimum(i + 1, len(g) - 1), w
 
     def __call__(self, a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray | float:
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            return self.scalar(a, b)
         aa, bb = np.broadcast_arrays(np.asarray(a, float), np.asarray(b, float))
         la = np.log(np.maximum(aa, np.exp(self.la[0])))
         lb = np.log(np.maximum(bb, np.exp(self.lb[0])))
@@ -199,10 +239,34 @@ class SliceRatio:
             ok = np.isfinite(r[:, j])
             r[~ok, j] = np.interp(gs[~ok], gs[ok], r[ok, j])
         self.gs, self.lz, self.speed = gs, lz, 1.0 / np.maximum(r, 1.0)
+        self._gs, self._lz = gs.tolist(), lz.tolist()
+        self._rows: dict[float, np.ndarray] = {}  # speed over sizes at one SM count (few distinct counts)
+
+    def _row(self, sm_count: float) -> np.ndarray:
+        row = self._rows.get(sm_count)
+        if row is None:
+            gs = self._gs
+            s = min(max(float(sm_count), gs[0]), gs[-1])
+            if len(gs) == 1:
+                row = self.speed[0]
+            else:
+                i = min(max(bisect.bisect_right(gs, s) - 1, 0), len(gs) - 2)
+                w = (s - gs[i]) / (gs[i + 1] - gs[i])
+                row = (1 - w) * self.speed[i] + w * self.speed[i + 1]
+            self._rows[sm_count] = row
+        return row
 
     def __call__(self, sm_count: float, size: np.ndarray | float) -> np.ndarray | float:
-        s = np.clip(sm_count, self.gs[0], self.gs[-1])
-        row = np.array([np.interp(s, self.gs, self.speed[:, j]) for j in range(self.speed.shape[1])])
+        row = self._row(sm_count)
+        if isinstance(size, (int, float)):
+            lz, zs = math.log(max(size, 1e-12)), self._lz
+            if lz <= zs[0] or len(zs) == 1:
+                return 1.0 / float(row[0])
+            if lz >= zs[-1]:
+                return 1.0 / float(row[-1])
+            j = bisect.bisect_right(zs, lz) - 1
+            w = (lz - zs[j]) / (zs[j + 1] - zs[j])
+            return 1.0 / float((1 - w) * row[j] + w * row[j + 1])
         lz = np.log(np.maximum(np.asarray(size, float), 1e-12))
         out = 1.0 / np.interp(lz, self.lz, row)
         return float(out) if np.ndim(out) == 0 else out
@@ -285,9 +349,11 @@ class ProfileCost(CostModel):
               context: np.ndarray | float) -> np.ndarray | float:
         """Size coordinate of slice ratios: tokens, causal work b·n² (prefill) or KV rows b·(c+1) (decode)."""
         if op == "attn_prefill":
-            return np.asarray(batch) * np.asarray(tokens, float) ** 2
+            return batch * tokens**2 if isinstance(tokens, (int, float)) else np.asarray(batch) * np.asarray(
+                tokens, float) ** 2
         if op == "attn_decode":
-            return np.asarray(batch) * (np.asarray(context, float) + 1)
+            return batch * (context + 1) if isinstance(context, (int, float)) else np.asarray(batch) * (
+                np.asarray(context, float) + 1)
         return tokens
 
     def _build_slices(self, sl: pd.DataFrame) -> None:
@@ -349,12 +415,21 @@ class ProfileCost(CostModel):
         sm_count = s.sm_fraction * self.total_sms
         r = ratio(sm_count, self._size(op, b, t, c)) if ratio else 1.0 / max(s.sm_fraction, 1e-6)
         mem = op_work(self.model, op, b, t, c).bytes_ / (self.copy_Bps * self.bw_eff[op] * s.bw_fraction)
+        if isinstance(base, float) and isinstance(r, float):
+            return max(base * r, float(mem))
         return np.maximum(base * r, mem)
+
+    def _active(self, n: int) -> float:
+        """Expected active fraction of a layer's experts for ``n`` tokens (plain Python when uniform)."""
+        m = self.model
+        if self.cfg.routing_skew <= 0:
+            return 1.0 - (1.0 - m.top_k / m.n_experts) ** n
+        return float(expected_active_fraction(n, m.n_experts, m.top_k, self.cfg.routing_skew))
 
     def _tenant_parts(self, tokens: dict[int, int], seqs: dict[int, int], res: Residency
                       ) -> tuple[float, float, float, float, float, float, float]:
         """Context-independent parts: projections, router, lm_head, embed, experts, fetch, fetches."""
-        m, cfg = self.model, self.cfg
+        m = self.model
         proj = router = lm = emb = dense = 0.0
         for t, T in tokens.items():
             proj += self._L * self._proj_mult * self._t("attn_proj", res, t=T)
@@ -367,10 +442,10 @@ class ProfileCost(CostModel):
         experts, fetch_s, fetches = dense, 0.0, 0.0
         E, k = m.n_experts, m.top_k
         for g in res.groups:
-            n_g = sum(tokens.get(t, 0) for t in g.tenants)
+            n_g = sum(T for t, T in tokens.items() if t in g.tenants)
             if n_g == 0 or g.positions == 0:
                 continue
-            f = float(expected_active_fraction(n_g, E, k, cfg.routing_skew))
+            f = self._active(n_g)
             touched = g.positions * self._pos_scale * f
             per = n_g * k / (E * f)  # tokens per touched expert
             if g.on_gpu:
@@ -394,7 +469,7 @@ class ProfileCost(CostModel):
     def _prefill_core(self, pre: list[tuple[int, int]], res: Residency) -> float:
         if not pre:
             return 0.0
-        n_eff = float(np.sqrt(np.mean([n * (n + 2 * c) for n, c in pre])))
+        n_eff = math.sqrt(sum(n * (n + 2 * c) for n, c in pre) / len(pre))
         return self._L * float(self._t("attn_prefill", res, b=len(pre), t=n_eff))
 
     def step(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
@@ -415,7 +490,7 @@ class ProfileCost(CostModel):
         proj, router, lm, emb, experts, fetch_s, fetches = self._tenant_parts(tokens, seqs, residency)
         core = self._prefill_core(pre, residency)
         if dec:
-            core += self._L * float(self._t("attn_decode", residency, b=len(dec), c=float(np.mean(dec))))
+            core += self._L * float(self._t("attn_decode", residency, b=len(dec), c=sum(dec) / len(dec)))
         composed = proj + core + router + experts + fetch_s + lm + emb
         over = emb + self._residual(sum(tokens.values()), composed)
         return StepCost(proj + core, router, experts, fetch_s, lm, over, fetches)
