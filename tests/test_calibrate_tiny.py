@@ -29,7 +29,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One CPU calibration of the tiny model, run as a user would (a subprocess of the CLI)."""
     out = tmp_path_factory.mktemp("profiles")
     proc = subprocess.run(
-        [sys.executable, "-m", "moesim.calibrate", "device=cpu", "model=tiny", "grid=quick", f"out={out}"],
+        [sys.executable, "-m", "moesim.calibrate", "device=cpu", "model=tiny", f"out={out}"],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -12,7 +12,7 @@ from typing import Any
 from moesim.errors import UserError
 from moesim.specs import MODEL_SPECS
 
-GRIDS = ("full", "quick")
+GRIDS = ("auto", "full", "quick")
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,8 @@ class CalibrateConfig:
         out: folder for ``<gpu>__<model>.parquet`` and ``.json``.
         plan: a consolidation plan JSON (``moesim.plan/1``); empty: one variant's whole model.
         tenants: non-expert sets built on the GPU for the held-out validation (≥ 1).
-        grid: ``full`` (tokens 1…8192, context ≤ 16384, decode batch ≤ 256) or ``quick`` (small, for CI).
+        grid: ``full`` (tokens 1…8192, context ≤ 16384, decode batch ≤ 256), ``quick`` (small, for CI) or
+            ``auto``: full on CUDA, quick on CPU.
         validate: run held-out full-model steps after the tables.
         host: measure the host link (pinned and pageable copies, overlap with compute).
         slices: measure CUDA green-context slices at ``sms`` (CUDA only).
@@ -44,7 +45,7 @@ class CalibrateConfig:
     out: str = "calibration/profiles"
     plan: str = ""
     tenants: int = 3
-    grid: str = "full"
+    grid: str = "auto"
     validate: bool = True
     host: bool = True
     slices: bool = True

@@ -100,7 +100,8 @@ class Calibration:
         if not self.cuda:
             torch.set_num_threads(1)
         self.spec = get_model(cfg.model)
-        self.grids: Grids = make_grids(cfg.grid)
+        self.grid = cfg.grid if cfg.grid != "auto" else ("full" if self.cuda else "quick")
+        self.grids: Grids = make_grids(self.grid)
         self.system = discover(self.device)
         self.gpu = self.system["gpu"]
         self.sms = int(self.system["sms"])
@@ -191,7 +192,7 @@ class Calibration:
         """Run every section and write the profile; returns its path."""
         cfg, g = self.cfg, self.grids
         print(f"calibrating {self.spec.name} on {self.system.get('gpu_name')} ({self.gpu}, {self.sms} SMs), "
-              f"grid={cfg.grid}, resumed {self.rec.resumed} points", flush=True)
+              f"grid={self.grid}, resumed {self.rec.resumed} points", flush=True)
         self.ceilings()
         t0 = time.monotonic()
         n_tenants = max(cfg.tenants, self.plan.n_variants if self.plan else 0)
@@ -457,7 +458,7 @@ class Calibration:
         eng = self.eng
         assert eng is not None
         n_tenants = self.plan.n_variants if self.plan is not None else len(eng.tenants)
-        batches = validation_batches(n_tenants, "full" if self.cfg.grid == "full" else "quick", self.cfg.seed)
+        batches = validation_batches(n_tenants, self.grid, self.cfg.seed)
         out = []
         for i, batch in enumerate(tqdm(batches, desc="validation", mininterval=10, file=sys.stdout)):
             rec: dict[str, Any] = {"batch_id": i, "seqs": json.dumps([list(x) for x in batch]),
