@@ -72,9 +72,20 @@ def _lines(fig: go.Figure, data: SweepData, metric: str, *, row: int | None = No
 
 
 def _rate_axis(fig: go.Figure, data: SweepData, **kw: Any) -> None:
+    """Arrival-rate x axis: log scale for wide ranges, ticks at the swept rates (up to 12 of them)."""
     rates = [r for r in data.rates if r > 0]
     log = len(rates) >= 3 and rates[-1] / rates[0] >= 8
-    fig.update_xaxes(title_text="arrival rate per tenant (requests/s)", type="log" if log else "linear", **kw)
+    ticks = {"tickvals": rates, "ticktext": [f"{r:g}" for r in rates]} if 0 < len(rates) <= 12 else {}
+    fig.update_xaxes(title_text="arrival rate per tenant (requests/s)", type="log" if log else "linear",
+                     **ticks, **kw)
+
+
+def _log_y(fig: go.Figure, data: SweepData, metrics: tuple[str, ...], title: str) -> None:
+    """Log y axis; one tick per decade when the values span more than two decades."""
+    v = data.ok[list(metrics)].to_numpy(float)
+    v = v[np.isfinite(v) & (v > 0)]
+    wide = v.size > 0 and v.max() / v.min() > 100
+    fig.update_yaxes(title_text=title, type="log", **({"dtick": 1} if wide else {}))
 
 
 def turnaround(data: SweepData) -> go.Figure:
@@ -84,7 +95,7 @@ def turnaround(data: SweepData) -> go.Figure:
     _lines(fig, data, "mean_turnaround_s", row=1, col=1)
     _lines(fig, data, "p90_turnaround_s", row=1, col=2, show_legend=False)
     _rate_axis(fig, data)
-    fig.update_yaxes(title_text="turnaround (s, log scale)", type="log")
+    _log_y(fig, data, ("mean_turnaround_s", "p90_turnaround_s"), "turnaround (s, log scale)")
     return _layout(fig, "Turnaround time vs arrival rate (mean over seeds; bars: min–max over seeds)")
 
 
@@ -94,7 +105,7 @@ def ttft(data: SweepData) -> go.Figure:
     _lines(fig, data, "mean_ttft_s", row=1, col=1)
     _lines(fig, data, "p90_ttft_s", row=1, col=2, show_legend=False)
     _rate_axis(fig, data)
-    fig.update_yaxes(title_text="time to first token (s, log scale)", type="log")
+    _log_y(fig, data, ("mean_ttft_s", "p90_ttft_s"), "time to first token (s, log scale)")
     return _layout(fig, "Time to first token vs arrival rate (mean over seeds; bars: min–max)")
 
 
