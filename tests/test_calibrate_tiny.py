@@ -85,6 +85,10 @@ def test_resume_keeps_points_and_adds_none(tiny_run: Path, tmp_path: Path) -> No
     calls = []
     assert cal.point("attn_proj", lambda: calls.append(1) or ((lambda: None), 1), tokens=1, per_layer=1) is None
     assert calls == []  # a resumed point is not measured again
+    old_meta = json.loads(tiny_run.with_suffix(".json").read_text())
+    cal.ceilings()  # both points resumed: the figures they gave are kept
+    assert cal.meta["ceiling_copy_Bps"] == old_meta["ceiling_copy_Bps"]
+    assert cal.meta["host_link"] == old_meta["host_link"]
 
 
 def test_out_of_memory_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:

@@ -93,7 +93,7 @@ def measure_host_link(cal: Calibration) -> None:
         summary["set_over_plain_pinned"] = summary["set_pinned_Bps"] / summary["plain_pinned_Bps"]
     if cal.cuda:
         _overlap(cal, hosts[1], d_arena, chunks, set_bytes, summary)
-    cal.meta["host_link"] = summary
+    cal.meta["host_link"] = {**cal.meta.get("host_link", {}), **summary}  # resumed points keep their figures
     print("host link: " + ", ".join(f"{k} {v / 1e9:.2f} GB/s" if k.endswith("Bps") else f"{k} {v:.3g}"
                                     for k, v in summary.items()), file=sys.stdout, flush=True)
 

@@ -66,6 +66,12 @@ class Recorder:
 
                     self.rows = frame_to_rows(keep)
                     self.resumed = len(self.rows)
+                    # summaries of resumed points (ceilings, host link, checks) stay unless re-measured
+                    fresh = {"schema_version", "rows", "rows_ok", "config", "command", "system", "elapsed_s",
+                             "errors"}
+                    for k, v in old.items():
+                        if k not in fresh:
+                            meta.setdefault(k, v)
         self.done = {r.key() for r in self.rows}
 
     def over_budget(self) -> bool:
