@@ -346,19 +346,6 @@ def sweep_jobs(params: dict[str, str] | None, overrides: list[str]) -> list[list
     return BasicSweeper.split_arguments(parsed, None)[0]
 
 
-def _first_values(overrides: list[str]) -> list[str]:
-    """Each sweep override replaced by its first value (to compose the sweep's primary config)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    out = []
-    for o in OverridesParser.create().parse_overrides(overrides):
-        if o.is_sweep_override():
-            out.append(f"{o.input_line.split('=', 1)[0]}={next(iter(o.sweep_string_iterator()))}")
-        else:
-            out.append(o.input_line)
-    return out
-
-
 def _first_line(text: str) -> str:
     return next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")
 
@@ -390,6 +377,8 @@ def _compose_error_line(exc: BaseException, overrides: list[str], compose: Any) 
         group, _, option = str(exc.missing_cfg_file).rpartition("/")
         if group and exc.options:
             return f"unknown {group} {option!r}; valid: {', '.join(sorted(exc.options))}"
+        if group == "hydra/launcher" and option == "ray":
+            return "hydra/launcher=ray_cluster needs hydra's Ray launcher: pip install -e \".[ray]\""
         return f"unknown {group or 'config'} {option!r}; there are no {group or 'such'} configs"
     msg = _first_line(str(exc))
     cause = exc.__cause__
@@ -487,12 +476,24 @@ def check_command_line(argv: list[str]) -> int:
     with initialize_config_dir(str(CONF_DIR), version_base=None, job_name="simulate"):
         checker = _JobChecker(args.config_name or CONFIG_NAME)
         try:
-            primary = checker.compose(_first_values(task), hydra_cfg=True)
+            parsed = checker.parser.parse_overrides(task)
+            fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+            swept = [o.input_line for o in parsed if o.is_sweep_override()]
+            try:  # as hydra does for a multirun: the primary config is composed without the sweeps
+                primary = checker.compose(fixed, hydra_cfg=True)
+            except UserError as exc:
+                if not swept:
+                    raise
+                raise UserError(f"{exc} (in a sweep, the config without the swept values must take every "
+                                "other override; sweep that key as well, e.g. key=choice(value))") from None
             multirun = args.multirun or str(primary.hydra.mode) == "RunMode.MULTIRUN"
             if multirun:
                 params = OmegaConf.to_container(primary.hydra.sweeper.params, resolve=True)
                 jobs = sweep_jobs(params, task)  # type: ignore[arg-type]
             else:
+                if swept:
+                    raise UserError(f"{swept[0]}: a sweep in a single run (hydra.mode=RUN); drop "
+                                    "hydra.mode=RUN or put -m first to run one job per value")
                 jobs = [task]
         except HydraException as exc:  # an override hydra cannot parse
             raise UserError(_first_line(str(exc))) from None

@@ -187,6 +187,9 @@ def test_job_count_of_command_lines(registered: None, argv: list[str], n_jobs: i
     (["cost=roofline", "cost.flops_efficiency=2"], "cost.flops_efficiency=2.0: must be in (0, 1]"),
     (["slo_ttft_s=0"], "slo_ttft_s=0.0: must be a finite number > 0"),
     (["workload.rate=[1,"], "no viable alternative"),
+    (["hydra.mode=RUN", "policy=mig,reconfig"], "policy=mig,reconfig: a sweep in a single run"),
+    (["-m", "workload=azure_conv,azure_code", "workload.max_requests=30"],
+     "workload.max_requests=30: unknown key 'max_requests'; valid keys of workload: name, rate"),
     (["workload.rate=abc"], "workload.rate=abc: Value 'abc' of type 'str' could not be converted to Float"),
     (["policy=mig", "-m", "seed=1,2"], "unrecognized arguments: seed=1,2; flags such as -m/--multirun go before"),
 ])
@@ -195,3 +198,43 @@ def test_bad_command_lines_in_process(registered: None, argv: list[str], message
         check_command_line(argv)
     assert message in str(exc.value)
     assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("workload", ["azure_conv", "azure_code"])
+def test_every_policy_replays_the_azure_traces(registered: None, tmp_path: Path, workload: str) -> None:
+    """The job path (compose → validate → simulate → write) in-process for every registered policy on both
+    shipped traces; the requests written are the trace's first 20, round-robin over 2 tenants."""
+    from hydra import compose, initialize_config_dir
+
+    from moesim import job
+    from moesim.config import CONF_DIR, job_spec
+    from moesim.policies import POLICIES
+    from moesim.workloads.azure import load_shipped
+
+    trace = load_shipped(workload)
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        for policy in POLICIES.names():
+            cfg = compose("config", overrides=[f"policy={policy}", f"workload={workload}", "workload.rate=0",
+                                               "workload.max_requests=20", "cost=roofline"])
+            out = tmp_path / policy
+            s = job.run(job_spec(cfg), out)
+            req = pd.read_parquet(out / "requests.parquet").sort_values("request_id")
+            assert s["n_requests"] == 20, policy
+            assert (s["policy"], s["workload"]) == (policy, workload)
+            np.testing.assert_array_equal(req["prompt_tokens"], trace.prompt_tokens[:20])
+            np.testing.assert_array_equal(req["output_tokens"], trace.output_tokens[:20])
+            np.testing.assert_allclose(req["arrival_s"], trace.arrival_s[:20])
+            assert list(req["tenant"]) == [i % 2 for i in range(20)]
+            assert (req["finish_s"] >= req["first_token_s"]).all()
+            assert json.loads((out / "summary.json").read_text())["mean_turnaround_s"] == pytest.approx(
+                (req["finish_s"] - req["arrival_s"]).mean())
+
+
+def test_ray_launcher_config_without_the_plugin(registered: None) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is not None:
+        assert check_command_line(["hydra/launcher=ray_cluster"]) == 126
+    else:
+        with pytest.raises(UserError, match=r'needs hydra's Ray launcher: pip install -e "\.\[ray\]"'):
+            check_command_line(["hydra/launcher=ray_cluster"])
