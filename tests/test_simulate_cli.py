@@ -120,6 +120,8 @@ def test_sweep_report_numbers_match_summary_and_requests(sweep: Path) -> None:
             (lambda r: (r["finish_s"] - r["arrival_s"]).to_numpy())(pd.read_parquet(sweep / str(j) / "requests.parquet"))
             for j in jobs]))
         np.testing.assert_allclose(c["x"], pooled, rtol=1e-12)
+    # the report says "derived" exactly when the jobs' costs came from a derived profile
+    assert ('class="derived"' in html) == bool(csv["cost_derived"].all())
     head = {r["policy"]: r for r in read_data(html)["headline"]}
     mean = csv.groupby(["policy", "rate"])["mean_turnaround_s"].mean()
     want = np.mean([100 * (mean["multiplex", r] - mean["mig", r]) / mean["mig", r] for r in (0.05, 0.2)])
