@@ -157,7 +157,9 @@ class Instance:
                     wait = self._load(sel.load, step.total_s)
                     if wait is not None:
                         yield wait
-                        rec.swap_wait[[r.id for r in sel.admit]] = env.now - now
+                        waited = env.now - now
+                        for r in sel.admit:
+                            rec.swap_wait[r.id] = waited
                 t0 = env.now
                 yield env.timeout(step.total_s)
                 self.link.end(self.fetches)

@@ -104,6 +104,9 @@ class Selection:
     load: tuple[int, ...] = ()
 
 
+_NOTHING = Selection()
+
+
 class Policy(ABC):
     """Base class: subclasses implement ``layout``; ``route`` and ``select`` have FIFO defaults."""
 
@@ -157,11 +160,11 @@ class Policy(ABC):
         """
         q = inst.queue
         if not q:
-            return Selection()
+            return _NOTHING
         plan = inst.plan
         room = plan.max_batch - inst.n_running
         if room <= 0:
-            return Selection()
+            return _NOTHING
         running_tenants = inst.running_tenants()
         resident = inst.resident
         admit: list[Request] = []
