@@ -239,3 +239,18 @@ def test_series_split_by_varying_gpu(tmp_path: Path) -> None:
     head = re.findall(r"multiplex · gpu=h200</td><td>[^<]*</td><td>(.*?)</td>", html)
     assert head
     assert "−90.0%" in head[0]
+
+
+def test_series_split_by_swept_parameter(tmp_path: Path) -> None:
+    """A parameter swept besides policy/rate/seed (here policy.max_batch) is not averaged like a seed."""
+    root = make_sweep(tmp_path / "s", failed=False, incomplete=False)
+    for d in root.iterdir():
+        s = json.loads((d / "summary.json").read_text())
+        s["overrides"].append(f"policy.max_batch={1 if s['seed'] == 0 else 8}")
+        write_json(d / "summary.json", s)
+    html = build_report(root).read_text()
+    figs = read_figures(html)
+    (t,) = traces(figs["turnaround"], metric="mean_turnaround_s", series="mig · policy.max_batch=8")
+    np.testing.assert_allclose(t["y"], [turnaround("mig", r, 1) for r in RATES])
+    head = {r["series"]: r for r in read_data(html)["headline"]}
+    assert head["multiplex · policy.max_batch=1"]["turnaround_pct_vs_mig"] == pytest.approx(-90.0)

@@ -20,7 +20,19 @@ import pandas as pd
 from moesim import job as job_files
 from moesim.metrics import per_request
 
-CONTEXT_COLUMNS = ("model", "gpu", "workload", "tenants", "cost")
+CONTEXT_COLUMNS = ("model", "gpu", "workload", "tenants", "cost", "cost_option")
+# override keys that are the sweep's axes or already covered by a context column
+_AXIS_KEYS = {"policy", "workload.rate", "seed", "model", "gpu", "workload", "cost", "workload.tenants"}
+
+
+def override_values(overrides: str) -> dict[str, str]:
+    """``"policy=mig workload.rate=0.1"`` → ``{"policy": "mig", "workload.rate": "0.1"}``."""
+    out = {}
+    for item in str(overrides or "").split():
+        key, sep, value = item.partition("=")
+        if sep and not key.startswith(("hydra.", "hydra/")):
+            out[key.lstrip("+~")] = value
+    return out
 CDF_MAX_POINTS = 1000
 
 
@@ -57,7 +69,13 @@ class SweepData:
         ok = self.summary[self.summary["status"] == "ok"].copy()
         ok["rate"] = ok["rate"].astype(float)
         ok["seed"] = ok["seed"].astype(int)
-        self.context_columns = [c for c in CONTEXT_COLUMNS if c in ok.columns and ok[c].nunique() > 1]
+        # other swept parameters (policy.max_batch=1,8 …) keep their series apart too
+        values = pd.DataFrame([override_values(o) for o in ok.get("overrides", pd.Series("", index=ok.index))],
+                              index=ok.index)
+        extra = [k for k in values.columns if k not in _AXIS_KEYS and values[k].nunique(dropna=False) > 1]
+        for k in extra:
+            ok[k] = values[k]
+        self.context_columns = [c for c in CONTEXT_COLUMNS if c in ok.columns and ok[c].nunique() > 1] + extra
         ok["series"] = [series_label(r, self.context_columns) for _, r in ok.iterrows()]
         self.ok = ok
         self.series = list(dict.fromkeys(ok["series"]))  # order of first appearance (the sweep's order)
