@@ -505,6 +505,7 @@ def check_command_line(argv: list[str]) -> int:
             try:
                 job_spec(checker.job(job))
             except UserError as exc:
-                where = f" (job: {' '.join(job)})" if len(jobs) > 1 else ""
+                shown = " ".join(o for o in job if not o.startswith(("hydra.", "hydra/")))
+                where = f" (job: {shown})" if len(jobs) > 1 else ""
                 raise UserError(f"{exc}{where}") from None
     return len(jobs)
