@@ -125,3 +125,13 @@ def test_multiplex_batches_across_variants() -> None:
     assert rc.swap_count >= 3
     assert summarize(res.requests, res.segments)["mean_turnaround_s"] < summarize(
         rc.requests, rc.segments)["mean_turnaround_s"]
+
+
+def test_paper_a100_preset_matches_code() -> None:
+    """conf/cost/paper_a100.yaml and moesim.cost.roofline.PAPER_A100 are one set of numbers."""
+    from pathlib import Path
+
+    import yaml
+
+    conf = yaml.safe_load((Path(__file__).parents[1] / "conf/cost/paper_a100.yaml").read_text())
+    assert {k: conf[k] for k in PAPER_A100} == PAPER_A100

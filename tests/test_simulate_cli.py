@@ -58,7 +58,7 @@ def test_constant_cost_closed_form(tmp_path: Path) -> None:
     """With fixed prefill 0.5 s and 0.02 s per decode step, an unqueued request is served in
     0.5 + 24·0.02 = 0.98 s: the dedicated policy never queues tenants behind each other at this rate."""
     d = tmp_path / "D"
-    args = [a if not a.startswith("policy=") else "policy=dedicated" for a in ISSUE2]
+    args = [a if not a.startswith("policy=") else "policy=dedicated" for a in ISSUE2] + ["policy.max_batch=1"]
     p = run("hydra.mode=RUN", f"hydra.run.dir={d}", *args, "cost=constant", "cost.prefill_s=0.5",
             "cost.decode_step_s=0.02", "workload.duration_s=600", "progress=false", cwd=tmp_path)
     assert p.returncode == 0, p.stderr

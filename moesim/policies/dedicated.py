@@ -1,5 +1,8 @@
 """``dedicated``: the ideal reference — each tenant has a GPU of its own with its whole model resident.
 
+It batches continuously (``max_batch`` 32 by default) so that it stays a lower bound when the policies it
+is compared with batch; set ``policy.max_batch=1`` to compare with the paper's batch-size-1 servers.
+
 When the whole model does not fit the GPU (Mixtral-8x7B on an 80 GB card) the plan is marked ``ideal``:
 the memory limit is lifted, so it bounds every real policy from below.
 """
@@ -23,9 +26,10 @@ from moesim.specs import GPUSpec, ModelSpec
 
 @dataclass(frozen=True)
 class DedicatedConfig(PolicyConfig):
-    """One GPU per tenant."""
+    """One GPU per tenant, continuous batching (the best scheduler the engine has), so it bounds the others."""
 
     name: str = "dedicated"
+    max_batch: int = 32
 
 
 @POLICIES.register("dedicated", DedicatedConfig)
