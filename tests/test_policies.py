@@ -135,3 +135,24 @@ def test_paper_a100_preset_matches_code() -> None:
 
     conf = yaml.safe_load((Path(__file__).parents[1] / "conf/cost/paper_a100.yaml").read_text())
     assert {k: conf[k] for k in PAPER_A100} == PAPER_A100
+
+
+@pytest.mark.parametrize(("gpu", "workload", "params"), [
+    ("h200", "poisson", {"rate": 2.0, "tenants": 2, "duration_s": 120}),
+    ("h200", "gamma", {"rate": 1.0, "cv": 3.0, "tenants": 4, "duration_s": 120}),
+    ("a100-80gb", "azure_conv", {"tenants": 4, "max_requests": 150}),
+])
+def test_dedicated_is_never_slower_with_batching(gpu: str, workload: str, params: dict) -> None:
+    from moesim.workloads import WORKLOADS
+
+    g = get_gpu(gpu)
+    reqs = WORKLOADS.build(workload, params).generate(0)
+    out = {}
+    for name in POLICIES.names():
+        cost = COST_MODELS.build("roofline", {}, model=MIXTRAL, gpu=g)
+        res = simulate(MIXTRAL, g, POLICIES.build(name, {"max_batch": 32}), cost, reqs, n_tenants=params["tenants"])
+        s = summarize(res.requests, res.segments)
+        out[name] = (s["mean_turnaround_s"], s["p90_turnaround_s"], s["mean_ttft_s"])
+    for name, v in out.items():
+        assert out["dedicated"][0] <= v[0], name
+        assert out["dedicated"][1] <= v[1], name
