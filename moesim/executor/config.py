@@ -1,0 +1,128 @@
+"""The executor's configuration and its ``key=value`` command line (the GPU machine has no hydra). Torch-free."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from moesim.errors import UserError
+from moesim.specs import GPU_SPECS, MODEL_SPECS
+
+WORKLOADS = ("azure_conv", "poisson")
+SIM_COSTS = ("auto", "profile", "roofline", "constant")
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """One validation run: a trace, policies, a simulated and an executed run of each.
+
+    Attributes:
+        model, gpu: registry names (the GPU's spec sizes the policies' layouts and the simulated cost).
+        policies: comma list of ``name:max_batch`` (``name`` alone keeps the policy's default batch).
+        workload: ``azure_conv`` (the shipped conversation trace, rescaled to ``rate``) or ``poisson``
+            (Poisson arrivals at ``rate``, (prompt, output) pairs drawn from the conversation trace).
+        tenants: tenants (requests spread uniformly at random over them).
+        rate: mean arrival rate per tenant (requests/s).
+        max_requests: the trace's first this many requests.
+        max_prompt, max_output: token counts are capped at these (tokens).
+        seed: workload and weight seed.
+        device: ``cuda`` or ``cpu``.
+        execution: ``auto`` (graphs on CUDA, eager on CPU), ``graphs`` or ``eager``.
+        sim_cost: cost model of the simulated run: ``profile`` (shipped profile of gpu × model for the
+            executor's execution mode), ``roofline``, ``constant``, or ``auto`` (profile when shipped, else
+            roofline).
+        budget_s: wall seconds for all executed runs; a policy still running then is recorded as ``budget``.
+        budget_bytes: weight budget per instance passed to every policy (bytes; 0: the policy's default).
+        kv_bucket: CUDA-graph shapes round the longest context up to this (tokens).
+        out: output folder.
+    """
+
+    model: str = "mixtral-8x7b"
+    gpu: str = "h200"
+    policies: str = "reconfig:1,reconfig_fast:16,multiplex:16"
+    workload: str = "azure_conv"
+    tenants: int = 4
+    rate: float = 0.125
+    max_requests: int = 48
+    max_prompt: int = 1024
+    max_output: int = 64
+    seed: int = 0
+    device: str = "cuda"
+    execution: str = "auto"
+    sim_cost: str = "auto"
+    budget_s: float = 0.0
+    budget_bytes: float = 0.0
+    kv_bucket: int = 256
+    out: str = "reports/validation/run"
+
+    def __post_init__(self) -> None:
+        if self.model not in MODEL_SPECS:
+            raise UserError(f"model={self.model!r}: valid: {', '.join(sorted(MODEL_SPECS))}")
+        if self.gpu not in GPU_SPECS:
+            raise UserError(f"gpu={self.gpu!r}: valid: {', '.join(sorted(GPU_SPECS))}")
+        if self.workload not in WORKLOADS:
+            raise UserError(f"workload={self.workload!r}: valid: {', '.join(WORKLOADS)}")
+        if self.sim_cost not in SIM_COSTS:
+            raise UserError(f"sim_cost={self.sim_cost!r}: valid: {', '.join(SIM_COSTS)}")
+        if self.device not in ("cuda", "cpu"):
+            raise UserError(f"device={self.device!r}: valid: cuda, cpu")
+        if self.execution not in ("auto", "graphs", "eager"):
+            raise UserError(f"execution={self.execution!r}: valid: auto, graphs, eager")
+        for name in ("tenants", "max_requests", "max_prompt", "max_output", "kv_bucket"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name}={getattr(self, name)}: must be ≥ 1")
+        if self.rate <= 0:
+            raise UserError(f"rate={self.rate}: must be > 0 (requests/s per tenant)")
+        if self.budget_s < 0 or self.budget_bytes < 0:
+            raise UserError(f"budget_s={self.budget_s}, budget_bytes={self.budget_bytes}: must be ≥ 0")
+        self.policy_list()
+
+    def policy_list(self) -> list[tuple[str, int | None]]:
+        """``policies`` as (name, max_batch or None)."""
+        from moesim.policies import POLICIES
+
+        out: list[tuple[str, int | None]] = []
+        for part in filter(None, (p.strip() for p in self.policies.split(","))):
+            name, _, batch = part.partition(":")
+            if name not in POLICIES.names():
+                raise UserError(f"policies={self.policies!r}: unknown policy {name!r}; valid: "
+                                f"{', '.join(sorted(POLICIES.names()))}")
+            if batch and (not batch.isdigit() or int(batch) < 1):
+                raise UserError(f"policies={self.policies!r}: {part!r}: max_batch must be a positive integer")
+            out.append((name, int(batch) if batch else None))
+        if not out:
+            raise UserError("policies=: give at least one, e.g. reconfig:1,multiplex:16")
+        return out
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _convert(name: str, text: str, kind: Any) -> Any:
+    if kind in (bool, "bool"):
+        if text.lower() in _TRUE | _FALSE:
+            return text.lower() in _TRUE
+        raise UserError(f"{name}={text!r}: expected true or false")
+    for t, what in ((int, "an integer"), (float, "a number")):
+        if kind in (t, t.__name__):
+            try:
+                return t(text)
+            except ValueError:
+                raise UserError(f"{name}={text!r}: expected {what}") from None
+    return text
+
+
+def parse_args(argv: list[str]) -> ExecutorConfig:
+    """``["device=cpu", "model=tiny"]`` → config; an unknown key or a bad value is one clear line."""
+    fields = {f.name: f.type for f in dataclasses.fields(ExecutorConfig)}
+    values: dict[str, Any] = {}
+    for arg in argv:
+        key, sep, text = arg.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"argument {arg!r}: expected key=value; keys: {', '.join(fields)}")
+        if key not in fields:
+            raise UserError(f"unknown key {key!r}; valid: {', '.join(fields)}")
+        values[key] = _convert(key, text, fields[key])
+    return ExecutorConfig(**values)
