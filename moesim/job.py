@@ -54,9 +54,9 @@ def run(spec: JobSpec, out_dir: str | Path, *, progress: bool = False, overrides
     cost = COST_MODELS.build(spec.cost.name, spec.cost, model=spec.model, gpu=spec.gpu)
     result = simulate(spec.model, spec.gpu, policy, cost, requests, n_tenants=workload.tenants,
                       progress=progress)
-    # throughput over the run as served (first arrival to last finish), so an overloaded policy that
-    # finishes long after the last arrival shows its real rate
-    metrics = summarize(result.requests, result.segments, horizon_s=None,
+    # throughput over [0, max(workload duration, last finish)]: a sparse run is not credited with a few
+    # requests over a few seconds, and an overloaded policy is charged the time it takes to drain
+    metrics = summarize(result.requests, result.segments, horizon_s=workload.horizon_s,
                         slo_ttft_s=spec.slo_ttft_s, slo_tpot_s=spec.slo_tpot_s)
     wall_s = time.perf_counter() - t0
     write_parquet(out / REQUESTS, result.requests)

@@ -33,8 +33,10 @@ def summarize(requests: pd.DataFrame, segments: pd.DataFrame, *, horizon_s: floa
     """Run-level metrics.
 
     Args:
-        horizon_s: span over which throughput and busy fraction are measured (default: first arrival
-            to last finish).
+        horizon_s: the workload's duration (seconds from time 0). Throughput and busy fraction are
+            measured over ``[0, max(horizon_s, last finish)]``, so a sparse run is not credited with its
+            few requests over a few seconds and an overloaded run is charged the time it takes to drain.
+            ``None``: first arrival to last finish.
         slo_ttft_s, slo_tpot_s: a request attains the SLO when its TTFT and its TPOT are within both.
     """
     df = per_request(requests)
@@ -52,7 +54,7 @@ def summarize(requests: pd.DataFrame, segments: pd.DataFrame, *, horizon_s: floa
         t1 = float(df["finish_s"].max())
     else:
         t0 = t1 = 0.0
-    span = horizon_s if horizon_s else max(t1 - t0, 1e-12)
+    span = max(horizon_s, t1) if horizon_s else max(t1 - t0, 1e-12)
     out["span_s"] = span
     out["throughput_rpm"] = 60.0 * n / span if n else 0.0
     out["tokens_per_s"] = float(df["output_tokens"].sum()) / span if n else 0.0

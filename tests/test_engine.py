@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -122,3 +123,14 @@ def test_progress_bar_run_gives_the_same_table() -> None:
     b = simulate(model, gpu, POLICIES.build("reconfig", {}), cost, reqs, n_tenants=2, progress=True)
     pd.testing.assert_frame_equal(a.requests, b.requests)
     assert b.horizon_s >= a.horizon_s
+
+
+def test_throughput_over_workload_horizon() -> None:
+    from moesim.metrics import summarize
+
+    reqs = [Request(0, 0, 10.0, 20, 5), Request(1, 0, 50.0, 20, 5)]
+    res = _sim(reqs, "dedicated", 1, tenants=1)
+    s = summarize(res.requests, res.segments, horizon_s=120.0)
+    assert s["throughput_rpm"] == pytest.approx(2 / 120 * 60)  # 2 requests in the 120 s window
+    late = summarize(res.requests, res.segments, horizon_s=40.0)  # finished after the window: charged
+    assert late["span_s"] == pytest.approx(res.requests["finish_s"].max())
