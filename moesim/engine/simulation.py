@@ -114,12 +114,14 @@ def _check_fits(plans: Sequence[InstancePlan], requests: Sequence[Request], mode
 
 
 def simulate(model: ModelSpec, gpu: GPUSpec, policy: Policy, cost: CostModel, requests: Sequence[Request],
-             *, n_tenants: int | None = None, progress: bool = False) -> SimResult:
+             *, n_tenants: int | None = None, progress: bool = False,
+             instance_cls: type[Instance] = Instance) -> SimResult:
     """Replay ``requests`` through ``policy``'s instances on ``gpu``, timing steps with ``cost``.
 
     Args:
         n_tenants: tenants served (default: 1 + the largest tenant index in ``requests``).
         progress: show a progress bar of simulated requests (tqdm).
+        instance_cls: the instance process class (a subclass may observe runs, e.g. the GPU executor's).
     """
     n = len(requests)
     tenants = n_tenants if n_tenants is not None else (1 + max((r.tenant for r in requests), default=0))
@@ -129,7 +131,7 @@ def simulate(model: ModelSpec, gpu: GPUSpec, policy: Policy, cost: CostModel, re
     env = simpy.Environment()
     rec = Recorder(n)
     link = HostLink()
-    insts = [Instance(i, p, env, cost, policy, link, rec) for i, p in enumerate(plans)]
+    insts = [instance_cls(i, p, env, cost, policy, link, rec) for i, p in enumerate(plans)]
     order = sorted(requests, key=lambda r: (r.arrival_s, r.id))
     ids = np.array([r.id for r in order], dtype=np.int64)
     if n and (ids.min() < 0 or ids.max() >= n or len(np.unique(ids)) != n):

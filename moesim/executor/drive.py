@@ -11,10 +11,9 @@ driven run equals a plain ``simulate`` with a deterministic cost model that hono
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
 
 from moesim.cost.base import CostModel
-from moesim.engine import simulation
+from moesim.engine import simulate
 from moesim.engine.instance import Instance
 from moesim.engine.simulation import SimResult
 from moesim.policies.base import Policy
@@ -36,18 +35,8 @@ class HintingInstance(Instance):
         yield from super()._decode_run()
 
 
-@contextmanager
-def _hinting_instances():
-    saved = simulation.Instance
-    simulation.Instance = HintingInstance
-    try:
-        yield
-    finally:
-        simulation.Instance = saved
-
-
 def drive(model: ModelSpec, gpu: GPUSpec, policy: Policy, cost: CostModel, requests: Sequence[Request],
           *, n_tenants: int | None = None, progress: bool = False) -> SimResult:
     """``moesim.engine.simulate`` with ``HintingInstance`` instances (same arguments, same result type)."""
-    with _hinting_instances():
-        return simulation.simulate(model, gpu, policy, cost, requests, n_tenants=n_tenants, progress=progress)
+    return simulate(model, gpu, policy, cost, requests, n_tenants=n_tenants, progress=progress,
+                    instance_cls=HintingInstance)
