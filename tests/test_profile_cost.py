@@ -269,7 +269,7 @@ def test_registered_under_profile() -> None:
 def test_load_time_tables_are_numpy_not_frames(tmp_path: Path) -> None:
     cm = model_for(write_synthetic(tmp_path))
     for table in (*cm.curves.values(), *cm.surfaces.values()):
-        assert all(isinstance(v, np.ndarray | list | float) for v in vars(table).values())
+        assert all(isinstance(v, np.ndarray | list | float | dict) for v in vars(table).values())  # dict: column cache
     assert not any(isinstance(v, pd.DataFrame | pd.Series) for v in vars(cm).values())
 
 

@@ -173,6 +173,7 @@ class Surface:
         self.la, self.lb, self.z = la, lb, z
         self.slope_a, self.slope_b = slope_a, slope_b
         self._la, self._lb, self._z = la.tolist(), lb.tolist(), z.tolist()
+        self._columns: dict[float, np.ndarray] = {}
 
     @staticmethod
     def _index1(g: list[float], v: float) -> tuple[int, int, float]:
@@ -193,6 +194,19 @@ class Surface:
         v = (1 - wa) * ((1 - wb) * z[i0][j0] + wb * z[i0][j1]) + wa * ((1 - wb) * z[i1][j0] + wb * z[i1][j1])
         v += self.slope_a * max(la - self._la[-1], 0.0) + self.slope_b * max(lb - self._lb[-1], 0.0)
         return math.exp(v)
+
+    def along_b(self, a: float, b: np.ndarray) -> np.ndarray:
+        """``self(a, b)`` for one ``a`` and an array of ``b``: a cached column, then one 1-D interpolation."""
+        col = self._columns.get(a)
+        if col is None:
+            la = max(math.log(a), self._la[0]) if a > 0 else self._la[0]
+            i0, i1, wa = self._index1(self._la, la)
+            col = (1 - wa) * self.z[i0] + wa * self.z[i1] + self.slope_a * max(la - self._la[-1], 0.0)
+            self._columns[a] = col
+        bb = np.asarray(b, float)
+        lb = np.log(np.maximum(bb, math.exp(self._lb[0])))
+        v = np.interp(lb, self.lb, col) + self.slope_b * np.maximum(lb - self._lb[-1], 0.0)
+        return np.where(bb > 0, np.exp(v), 0.0) if a > 0 else np.zeros(bb.shape)
 
     @staticmethod
     def _index(g: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -285,6 +299,8 @@ class ProfileCost(CostModel):
     def __init__(self, cfg: ProfileCostConfig, model: ModelSpec, gpu: GPUSpec) -> None:
         super().__init__(model, gpu)
         self.cfg = cfg
+        self._parts_memo: dict[tuple, tuple[float, ...]] = {}
+        self._memo_keep: dict[int, Residency] = {}
         self.path = resolve_profile(cfg.path, model, gpu, cfg.execution)
         df, meta = read_profile(self.path)
         problems = [f"{k} {meta.get(k)!r} ≠ {want!r}" for k, want in (("model", model.name), ("gpu", gpu.name))
@@ -428,7 +444,21 @@ class ProfileCost(CostModel):
 
     def _tenant_parts(self, tokens: dict[int, int], seqs: dict[int, int], res: Residency
                       ) -> tuple[float, float, float, float, float, float, float]:
-        """Context-independent parts: projections, router, lm_head, embed, experts, fetch, fetches."""
+        """Context-independent parts: projections, router, lm_head, embed, experts, fetch, fetches.
+
+        Memoised: the simulator's hot loop sees few distinct (residency, tokens per tenant) shapes.
+        """
+        key = (id(res), tuple(sorted(tokens.items())), tuple(sorted(seqs.items())))
+        hit = self._parts_memo.get(key)
+        if hit is None:
+            if len(self._parts_memo) > 200_000:
+                self._parts_memo.clear()
+            hit = self._parts_memo[key] = self._tenant_parts_uncached(tokens, seqs, res)
+            self._memo_keep[id(res)] = res  # keeps the id in the key valid
+        return hit
+
+    def _tenant_parts_uncached(self, tokens: dict[int, int], seqs: dict[int, int], res: Residency
+                               ) -> tuple[float, float, float, float, float, float, float]:
         m = self.model
         proj = router = lm = emb = dense = 0.0
         for t, T in tokens.items():
@@ -505,8 +535,12 @@ class ProfileCost(CostModel):
             tokens[t] = tokens.get(t, 0) + 1
         proj, router, lm, emb, experts, fetch_s, fetches = self._tenant_parts(tokens, tokens, residency)
         B = len(decode_tenants)
-        ctx = float(np.mean(context0)) + np.arange(n_steps, dtype=float)
-        core = self._L * np.asarray(self._t("attn_decode", residency, b=np.full(n_steps, B), c=ctx), float)
+        ctx = float(sum(context0)) / B + np.arange(n_steps, dtype=float)
+        sl = residency.slice
+        if sl.sm_fraction >= 1.0 and sl.bw_fraction >= 1.0:  # whole GPU: one cached column of the surface
+            core = self._L * self.surfaces["attn_decode"].along_b(float(B), ctx)
+        else:
+            core = self._L * np.asarray(self._t("attn_decode", residency, b=np.full(n_steps, B), c=ctx), float)
         fixed = proj + router + lm + emb + experts + fetch_s
         over = emb + self._residual(B, fixed + float(core[0]))
         ends = np.cumsum(core + fixed - emb + over)
