@@ -34,7 +34,7 @@ SECTIONS = [
     ("ttft", "Time to first token",
      "TTFT is arrival to first token: queueing, any non-expert or model swap needed first, and the prefill."),
     ("throughput", "Throughput",
-     "Completed requests per minute of the run (first arrival to last finish). Below saturation every policy "
+     "Completed requests per minute over [0, max(workload duration, last finish)]. Below saturation every policy "
      "keeps up with the offered load (dotted line); above it, throughput flattens at the policy's capacity."),
     ("slo", "SLO attainment",
      "The share of requests whose TTFT and time per output token are both within the targets."),
