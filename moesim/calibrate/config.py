@@ -5,10 +5,9 @@ A plain parser (the GPU machine has no hydra): ``python -m moesim.calibrate devi
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
+from moesim.cli import parse_key_values
 from moesim.errors import UserError
 from moesim.specs import MODEL_SPECS
 
@@ -80,41 +79,6 @@ class CalibrateConfig:
         return tuple(int(p) for p in self.sms.split(",") if p.strip())
 
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def _convert(name: str, text: str, kind: Any) -> Any:
-    if kind in (bool, "bool"):
-        low = text.lower()
-        if low in _TRUE:
-            return True
-        if low in _FALSE:
-            return False
-        raise UserError(f"{name}={text!r}: expected true or false")
-    if kind in (int, "int"):
-        try:
-            return int(text)
-        except ValueError:
-            raise UserError(f"{name}={text!r}: expected an integer") from None
-    if kind in (float, "float"):
-        try:
-            return float(text)
-        except ValueError:
-            raise UserError(f"{name}={text!r}: expected a number") from None
-    return text
-
-
 def parse_args(argv: list[str]) -> CalibrateConfig:
     """``["device=cpu", "model=tiny"]`` → config; an unknown key or a bad value is one clear line."""
-    fields = {f.name: f.type for f in dataclasses.fields(CalibrateConfig)}
-    values: dict[str, Any] = {}
-    for arg in argv:
-        key, sep, text = arg.partition("=")
-        key = key.lstrip("+").strip()
-        if not sep or not key:
-            raise UserError(f"argument {arg!r}: expected key=value; keys: {', '.join(fields)}")
-        if key not in fields:
-            raise UserError(f"unknown key {key!r}; valid: {', '.join(fields)}")
-        values[key] = _convert(key, text, fields[key])
-    return CalibrateConfig(**values)
+    return parse_key_values(argv, CalibrateConfig)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
+from moesim.cli import parse_key_values
 from moesim.errors import UserError
 from moesim.specs import GPU_SPECS, MODEL_SPECS
 
@@ -96,33 +95,6 @@ class ExecutorConfig:
         return out
 
 
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
-
-
-def _convert(name: str, text: str, kind: Any) -> Any:
-    if kind in (bool, "bool"):
-        if text.lower() in _TRUE | _FALSE:
-            return text.lower() in _TRUE
-        raise UserError(f"{name}={text!r}: expected true or false")
-    for t, what in ((int, "an integer"), (float, "a number")):
-        if kind in (t, t.__name__):
-            try:
-                return t(text)
-            except ValueError:
-                raise UserError(f"{name}={text!r}: expected {what}") from None
-    return text
-
-
 def parse_args(argv: list[str]) -> ExecutorConfig:
     """``["device=cpu", "model=tiny"]`` → config; an unknown key or a bad value is one clear line."""
-    fields = {f.name: f.type for f in dataclasses.fields(ExecutorConfig)}
-    values: dict[str, Any] = {}
-    for arg in argv:
-        key, sep, text = arg.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise UserError(f"argument {arg!r}: expected key=value; keys: {', '.join(fields)}")
-        if key not in fields:
-            raise UserError(f"unknown key {key!r}; valid: {', '.join(fields)}")
-        values[key] = _convert(key, text, fields[key])
-    return ExecutorConfig(**values)
+    return parse_key_values(argv, ExecutorConfig)

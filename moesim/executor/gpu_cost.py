@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from moesim.calibrate.engine import KVCache, MoEEngine, StepInputs
+from moesim.calibrate.timing import Timer
 from moesim.cost import COST_MODELS
 from moesim.cost.base import CostModel, DecodeRun, Residency, SeqWork, StepCost
 from moesim.errors import UserError
@@ -108,6 +109,7 @@ class GPUExecutedCost(CostModel):
             raise UserError("device=cuda but torch sees no CUDA device; use device=cpu")
         self.device = torch.device(cfg.device)
         self.cuda = self.device.type == "cuda"
+        self._timer = Timer(self.device)
         execution = cfg.execution if cfg.execution != "auto" else ("graphs" if self.cuda else "eager")
         if execution == "graphs" and not self.cuda:
             raise UserError("execution=graphs needs device=cuda")
@@ -161,16 +163,7 @@ class GPUExecutedCost(CostModel):
             self.cache_rows = new_rows
 
     def _timed(self, fn) -> float:
-        if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 1e3
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
+        return self._timer.once(fn)
 
     def _inputs(self, batch: tuple[SeqWork, ...]) -> StepInputs:
         for w in batch:
