@@ -49,6 +49,16 @@ class PolicyConfig:
             raise UserError(f"policy.weight_budget_fraction={self.weight_budget_fraction}: must be in (0, 1]")
         if self.budget_bytes < 0:
             raise UserError(f"policy.budget_bytes={self.budget_bytes}: must be ≥ 0")
+        # fraction knobs that several policies declare, checked once here for whichever a config has
+        for field_name, (lo, lo_open) in _FRACTIONS.items():
+            v = getattr(self, field_name, None)
+            if (v is not None and not ((lo < v) if lo_open else (lo <= v))) or (v is not None and v > 1):
+                rng = "(0, 1]" if lo_open else "[0, 1]"
+                raise UserError(f"policy.{field_name}={v}: must be in {rng}")
+
+
+# field → (lower bound, lower bound excluded)
+_FRACTIONS = {"swap_bandwidth_fraction": (0.0, True), "fetch_overlap": (0.0, False)}
 
 
 @dataclass(frozen=True)

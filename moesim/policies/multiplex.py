@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from moesim.cost.base import Slice
-from moesim.errors import UserError
 from moesim.policies import POLICIES
 from moesim.policies.base import (
     InstancePlan,
@@ -41,11 +40,6 @@ class MultiplexConfig(PolicyConfig):
     max_batch: int = 32
     fetch_overlap: float = 0.5
     plan: str = ""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0 <= self.fetch_overlap <= 1:
-            raise UserError(f"policy.fetch_overlap={self.fetch_overlap}: must be in [0, 1]")
 
 
 @POLICIES.register("multiplex", MultiplexConfig)

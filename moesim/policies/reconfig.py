@@ -52,10 +52,6 @@ class ReconfigConfig(PolicyConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 < self.swap_bandwidth_fraction <= 1:
-            raise UserError(f"policy.swap_bandwidth_fraction={self.swap_bandwidth_fraction}: must be in (0, 1]")
-        if not 0 <= self.fetch_overlap <= 1:
-            raise UserError(f"policy.fetch_overlap={self.fetch_overlap}: must be in [0, 1]")
         if self.nonexpert_sets_reserved < 1:
             raise UserError(f"policy.nonexpert_sets_reserved={self.nonexpert_sets_reserved}: must be ≥ 1")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from moesim.cost.base import Slice
-from moesim.errors import UserError
 from moesim.policies import POLICIES
 from moesim.policies.base import (
     InstancePlan,
@@ -36,11 +35,6 @@ class SwapConfig(PolicyConfig):
     name: str = "swap"
     swap_bandwidth_fraction: float = 1.0
     pinned: bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0 < self.swap_bandwidth_fraction <= 1:
-            raise UserError(f"policy.swap_bandwidth_fraction={self.swap_bandwidth_fraction}: must be in (0, 1]")
 
 
 @POLICIES.register("swap", SwapConfig)
