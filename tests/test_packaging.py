@@ -82,7 +82,8 @@ def test_missing_optional_package_is_one_line(capsys: pytest.CaptureFixture[str]
         needs_torch()
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "pip install 'moesim[gpu]'" in err[0]
+    assert len(err) == 1
+    assert "pip install 'moesim[gpu]'" in err[0]
 
     @exit_on_user_error
     def real_bug() -> None:
