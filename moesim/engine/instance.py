@@ -48,6 +48,8 @@ class Instance:
         self.kv_bytes_per_token = cost.model.kv_bytes_per_token
         self.kv_free_bytes = plan.kv_capacity_bytes
         self.fetches = any(not g.on_gpu for g in plan.residency.groups)
+        if self.fetches:
+            link.fetchers += 1
         self._arrivals: list[Request] = []
         self._next = 0
         self._res_cache: dict[float, Residency] = {}
@@ -199,6 +201,8 @@ class Instance:
                 # stop at the first step boundary at or after the next arrival: it joins there
                 j = int(np.searchsorted(dr.end_s, nxt.arrival_s - t0, side="left"))
                 steps = min(n, j + 1)
+        if self.fetches and self.link.fetchers > 1:
+            steps = 1  # a shared link: re-take the share at every step
         yield env.timeout(float(dr.end_s[steps - 1]))
         self.link.end(self.fetches)
         frac = steps / n

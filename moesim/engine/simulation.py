@@ -23,12 +23,17 @@ class HostLink:
 
     Approximation: an instance that starts a step needing expert fetches gets ``1 / k`` of the link,
     ``k`` being the instances fetching at that moment (itself included); the share is fixed for the step.
+    When more than one instance fetches over the link (``fetchers > 1``, e.g. MIG instances with
+    host-resident experts) instances decode one step at a time, so the share follows the others' activity
+    step by step (the paper's MIG logs show a host expert taking 52 ms while the other instance fetches
+    and 27 ms once it stops, within one request).
     """
 
-    __slots__ = ("active",)
+    __slots__ = ("active", "fetchers")
 
     def __init__(self) -> None:
         self.active = 0
+        self.fetchers = 0  # instances that fetch experts over this link
 
     def begin(self, fetches: bool) -> None:
         """An instance starts a step (counted only when it fetches)."""
