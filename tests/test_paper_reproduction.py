@@ -225,3 +225,51 @@ def test_headline_reduction_against_mig() -> None:
     assert 0.82 <= float(np.mean(red)) <= 0.88, red
     # and ours beats the paper's system on the paper's own workload
     assert _paper_turnaround("reconfig_fast", 0.05) < _paper_turnaround("reconfig", 0.05)
+
+
+# ---- the per-rate comparison tool ---------------------------------------------------------------------------
+def test_paper_compare_tables_both_definitions(tmp_path, capsys) -> None:
+    from moesim import paper_compare as pc
+
+    rows = []
+    for pol, svc in (("reconfig", 8.0), ("mig", 40.0)):
+        for seed in range(2):
+            rows.append({"policy": pol, "rate": 0.005, "seed": seed, "paper_mean_turnaround_s": svc + seed,
+                         "paper_mean_ttft_s": 1.0, "paper_mean_wait_s": 0.5, "paper_throughput_rpm": 1.0,
+                         "mean_turnaround_s": 2 * svc, "mean_ttft_s": 3.0})
+    t = pc.per_rate(pd.DataFrame(rows))
+    assert t["reconfig:paper_mean_turnaround_s"].iloc[0] == pytest.approx(8.5)
+    assert t["reduction:paper_mean_turnaround_s"].iloc[0] == pytest.approx(1 - 8.5 / 40.5)
+    assert t["reduction:mean_turnaround_s"].iloc[0] == pytest.approx(1 - 16 / 80)
+    assert t["reconfig:previous_service_s"].iloc[0] == pc.PREVIOUS_SERVICE_S["reconfig"][0]
+    assert t["reconfig:implied_paper_turnaround_s"].iloc[0] == pytest.approx(9.36 / 1.18)
+    assert "79.0 %" in pc.markdown(t)
+    path = tmp_path / "summary.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    assert pc.main([f"summary={path}", f"out={tmp_path}", "seeds=0"]) == 0
+    assert (tmp_path / "per_rate.csv").is_file()
+    assert pc.main([f"summary={tmp_path / 'nope.csv'}"]) == 2
+    assert "summary=" in capsys.readouterr().err
+    pd.DataFrame(rows).drop(columns=["paper_mean_ttft_s"]).to_csv(path, index=False)
+    assert pc.main([f"summary={path}", "seeds=0"]) == 2
+    assert "paper_mean_ttft_s" in capsys.readouterr().err
+
+
+def test_served_in_window_drops_what_would_start_late() -> None:
+    """The paper's window: requests not dequeued by 120 s are dropped, and do not load the link after it."""
+    from moesim.paper_compare import served_in_window
+
+    c = _cost()
+    reqs = [Request(0, 0, 0.0, 7, 26), Request(1, 1, 119.0, 7, 26), Request(2, 0, 119.5, 7, 26)]
+    res = served_in_window(MIXTRAL, A100, "reconfig", c, reqs)
+    df = res.requests
+    assert len(df) == 2  # the third would start when the second finishes, after 120 s
+    assert (df["start_s"] < 120.0).all()
+    assert df["arrival_s"].tolist() == [0.0, 119.0]
+    # MIG: an instance's late request is dropped, so the other's in-window request runs alone after 120 s
+    reqs = [Request(0, 0, 100.0, 7, 26), Request(1, 1, 110.0, 7, 26), Request(2, 1, 115.0, 7, 26)]
+    mig = served_in_window(MIXTRAL, A100, "mig", c, reqs)
+    assert len(mig.requests) == 2
+    plain = simulate(MIXTRAL, A100, POLICIES.build("mig", {}), c, reqs, n_tenants=2)
+    first = plain.requests.sort_values("request_id")["finish_s"].iloc[0]
+    assert mig.requests.sort_values("request_id")["finish_s"].iloc[0] <= first

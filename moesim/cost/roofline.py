@@ -71,7 +71,7 @@ class RooflineCostConfig:
 # The paper's eager HF code on an A100 (facts/paper.md): attention ≈ 0.73–0.99 ms per layer at batch 1,
 # the expert part ≈ 1.0–1.2 ms per layer with both experts resident, ≈ 27 ms per host-resident expert
 # (352 MB at 52% of a 25 GB/s pinned Gen4 link). Overheads are what the roofline terms leave unexplained.
-# ``host_routing_weight``: the paper's prefill (no-swap TTFT ≈ 0.87 s for its ~7-token prompt) copies ≈ 28.7
+# ``host_routing_weight``: the paper's prefill (no-swap TTFT ≈ 0.87 s for its ~7-token prompt) copies ≈ 28.6
 # host experts where uniform routing would copy 33.8: its plan's 39 host positions are picked 0.69× as often as
 # the average position (moesim.paper.host_routing_weight_from_ttft); applied to consolidated plans only.
 PAPER_A100 = {
