@@ -183,3 +183,21 @@ def test_cli_column_mapping_keys(tmp_path: Path) -> None:
     req = pd.read_parquet(d / "requests.parquet").sort_values("request_id")
     assert req["arrival_s"].tolist() == [0.0, 0.0, 3.052, 10.535]
     assert req["prompt_tokens"].tolist() == [6755, 7319, 7234, 2287]
+
+
+def test_model_column_gives_tenants_and_conflicts_with_tenant(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text("arrival_s,prompt_tokens,output_tokens,model\n0,5,5,llama-ft-b\n1,5,5,llama-ft-a\n"
+                    "2,5,5,llama-ft-b\n")
+    trace = read_trace(path, tenants=2)
+    assert trace.tenant.tolist() == [0, 1, 0]
+    assert trace.tenant_names == ("llama-ft-b", "llama-ft-a")
+    path.write_text("arrival_s,prompt_tokens,output_tokens,model,tenant\n0,5,5,x,0\n")
+    with pytest.raises(UserError, match="columns 'model' and 'tenant' both give tenant"):
+        read_trace(path, tenants=2)
+
+
+def test_csv_with_a_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "bom.csv"
+    path.write_bytes((DATA / "azure2023.csv").read_text().encode("utf-8-sig"))
+    assert read_trace(path, format="azure2023").prompt_tokens.tolist() == [374, 396, 879, 91]

@@ -167,7 +167,7 @@ def test_cli_prints_exactly_one_line_without_traceback(
 BAD_CONFIG = [
     ("poisson", "rate", -0.1, "a finite number > 0.0"),
     ("poisson", "rate", 0.0, "a finite number > 0.0"),
-    ("poisson", "tenants", 0, "an integer in 1..1,000,000"),
+    ("poisson", "tenants", 0, "an integer in 1..100,000"),
     ("poisson", "duration_s", float("inf"), "a finite number > 0.0"),
     ("poisson", "prompt_tokens", 2.5, "an integer in 1..2,147,483,647"),
     ("poisson", "prompt_tokens", 10**23, "an integer in 1..2,147,483,647"),  # overflowed int64 before

@@ -24,7 +24,7 @@ STREAM_TENANTS = 2
 # Bounds that keep every number a workload produces meaningful (and inside int64/float64 arithmetic).
 MAX_TOKENS = 2**31 - 1  # tokens per prompt or output: far beyond any model's context, safe in int64 sums
 MAX_HORIZON_S = 1e9  # seconds (~32 years): a longer arrival window is a unit mistake, not a workload
-MAX_TENANTS = 1_000_000  # tenants of one workload (each gets its own arrays and streams)
+MAX_TENANTS = 100_000  # tenants of one workload (each gets its own random stream and plan entries)
 DEFAULT_MAX_REQUESTS = 5_000_000  # requests a synthetic workload may generate (workload.max_requests)
 
 

@@ -10,7 +10,7 @@ recognised without a mapping):
   time in ``time_unit`` (``auto``: see ``epoch_unit``); arrival_s is the time since the earliest one.
 - ``prompt_tokens`` [``ContextTokens``] — integer ≥ 1.
 - ``output_tokens`` [``GeneratedTokens``] — integer ≥ 1.
-- ``tenant`` (optional) — integers in 0..tenants-1, or names (any non-integer text): names become
+- ``tenant`` [``model``] (optional) — integers in 0..tenants-1, or names (any non-integer text): names become
   tenant ids 0, 1, … in order of first appearance in the file and are kept (``TraceArrays.tenant_names``).
 
 ``columns`` maps a field to the file's column (``{"prompt_tokens": "input_length"}``; ``"-"``: ignore that
@@ -44,7 +44,7 @@ ALIASES = {
     "timestamp": ("timestamp",),
     "prompt_tokens": ("prompt_tokens", "contexttokens"),
     "output_tokens": ("output_tokens", "generatedtokens"),
-    "tenant": ("tenant",),
+    "tenant": ("tenant", "model"),
 }
 NEEDED = "arrival_s or timestamp, prompt_tokens, output_tokens (tenant optional)"
 TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}  # seconds per unit
@@ -182,7 +182,7 @@ def _read_frame(path: Path, fmt: str, where: str) -> tuple[pd.DataFrame, list[st
     """The file's rows with columns numbered 0..k-1, and its column names (duplicates kept)."""
     try:
         if fmt == "csv":
-            with path.open(newline="", encoding="utf-8") as f:
+            with path.open(newline="", encoding="utf-8-sig") as f:
                 header = next(csv.reader(f), [])
             # Strings throughout, so each cell is validated (and quoted back) exactly as written.
             df = pd.read_csv(path, dtype=str, header=None, skiprows=1, names=list(range(len(header))))

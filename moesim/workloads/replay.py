@@ -11,6 +11,7 @@ import numpy as np
 from moesim.errors import UserError
 from moesim.workloads.base import (
     MAX_HORIZON_S,
+    MAX_TENANTS,
     STREAM_TENANTS,
     Workload,
     build_requests,
@@ -98,7 +99,7 @@ class ReplayConfig:
 
     def __post_init__(self) -> None:
         n = self.name
-        check_int(n, "tenants", self.tenants, 1)
+        check_int(n, "tenants", self.tenants, 1, MAX_TENANTS)
         check_choice(n, "assignment", self.assignment, ASSIGNMENTS)
         check_real(n, "zipf_s", self.zipf_s, 0.0, strict=False, unit="Zipf exponent")
         check_real(n, "time_scale", self.time_scale, MIN_TIME_SCALE, strict=False, unit="factor on timestamps")
