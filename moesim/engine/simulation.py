@@ -58,16 +58,14 @@ class Recorder:
         self.finish = np.full(n, np.nan)
         self.swap_wait = np.zeros(n)
         self.instance = np.full(n, -1, dtype=np.int64)
-        self.rejected = np.full(n, "", dtype=object)  # "" = admitted, else why it was refused
+        self.rejected: dict[int, str] = {}  # request id → reason it was refused
         self.rows: list[tuple] = []
         self.swaps = 0
         self.finished = 0
-        self.n_rejected = 0
 
     def reject(self, request: Request, reason: str) -> None:
         """Refuse ``request`` (it is never served): its reason goes to the ``rejected`` column."""
         self.rejected[request.id] = reason
-        self.n_rejected += 1
 
     def segment(self, inst: int, kind: str, start: float, end: float, n_seqs: int, tokens: int,
                 tenants: str, fetches: float, attention_s: float, experts_s: float, fetch_s: float) -> None:
@@ -157,7 +155,7 @@ def simulate(model: ModelSpec, gpu: GPUSpec, policy: Policy, cost: CostModel, re
             routed[i].append(r)
         else:
             rec.reject(r, reason)
-    if n and rec.n_rejected == n:
+    if n and len(rec.rejected) == n:
         raise _all_rejected(rec, requests, plans, model)
     procs = []
     for inst, arr in zip(insts, routed, strict=True):
@@ -168,13 +166,14 @@ def simulate(model: ModelSpec, gpu: GPUSpec, policy: Policy, cost: CostModel, re
         from tqdm.auto import tqdm
 
         chunk = max(1.0, (order[-1].arrival_s if order else 0.0) / 200)
-        with tqdm(total=n - rec.n_rejected, unit="req", desc=f"simulate {policy.registry_name}", mininterval=0.5) as bar:
+        with tqdm(total=n - len(rec.rejected), unit="req", desc=f"simulate {policy.registry_name}", mininterval=0.5) as bar:
             while any(p.is_alive for p in procs):
                 env.run(until=env.now + chunk)
                 bar.update(rec.finished - bar.n)
     else:
         env.run()
-    unfinished = np.isnan(rec.finish) & (rec.rejected == "")
+    unfinished = np.isnan(rec.finish)
+    unfinished[list(rec.rejected)] = False
     if unfinished.any():
         stuck = int(unfinished.sum())
         raise RuntimeError(f"{stuck} requests never finished: engine bug")
@@ -191,7 +190,7 @@ def simulate(model: ModelSpec, gpu: GPUSpec, policy: Policy, cost: CostModel, re
         "prompt_tokens": np.array([r.prompt_tokens for r in by_id], dtype=np.int64),
         "output_tokens": np.array([r.output_tokens for r in by_id], dtype=np.int64),
         "swap_wait_s": rec.swap_wait,
-        "rejected": rec.rejected.astype(str),
+        "rejected": np.array([rec.rejected.get(i, "") for i in range(n)], dtype=object),
     })
     seg_df = pd.DataFrame(rec.rows, columns=list(Recorder.SEGMENT_COLUMNS))
     seg_df["instance"] = [plans[i].name for i in seg_df["instance"]] if len(seg_df) else seg_df["instance"]
