@@ -567,6 +567,16 @@ def _check_hydra_settings(primary: DictConfig, multirun: bool) -> str:
     return str(value)
 
 
+def _parse_error_line(exc: BaseException, task: list[str]) -> str:
+    """An override hydra's grammar refuses; non-ASCII text (a path) is valid only quoted there."""
+    for o in task:
+        key, sep, value = o.partition("=")
+        if sep and not value.startswith(("'", '"')) and any(ord(c) > 127 for c in value):
+            return (f"{o}: hydra's override syntax takes non-ASCII characters only in quotes; write "
+                    f"{key}='{value}' (in a shell: \"{key}='{value}'\")")
+    return _first_line(str(exc))
+
+
 def plan_command_line(argv: list[str]) -> CommandLine | None:
     """Compose and validate every job ``argv`` describes (UserError on a bad one); None for help flags."""
     from hydra import initialize_config_dir
@@ -608,7 +618,7 @@ def plan_command_line(argv: list[str]) -> CommandLine | None:
                                     "hydra.mode=RUN or put -m first to run one job per value")
                 jobs = [task]
         except HydraException as exc:  # an override hydra cannot parse
-            raise UserError(_first_line(str(exc))) from None
+            raise UserError(_parse_error_line(exc, task)) from None
         hashes: list[str] = []
         costs: dict[tuple[str, ...], str] = {}
         for job in jobs:
