@@ -74,10 +74,17 @@ def convert(name: str, text: str, kind: Any) -> Any:
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Field name → description, from the ``Attributes:`` section of ``cls``'s docstring.
+    """Field name → description, from the ``Attributes:`` sections of ``cls``'s docstring and its bases'
+    (a subclass's entry wins). An entry ``a, b: text`` documents both fields; continuation lines (indented
+    deeper) are joined."""
+    out: dict[str, str] = {}
+    for base in reversed(cls.__mro__):
+        if base is not object:
+            out.update(_own_field_docs(base))
+    return out
 
-    An entry ``a, b: text`` documents both fields; continuation lines (indented deeper) are joined.
-    """
+
+def _own_field_docs(cls: type) -> dict[str, str]:
     doc = textwrap.dedent("\n".join((cls.__doc__ or "").splitlines()[1:]))
     lines = doc.splitlines()
     try:
@@ -109,6 +116,9 @@ def field_docs(cls: type) -> dict[str, str]:
 def _type_name(kind: Any) -> str:
     if isinstance(kind, str):
         return kind
+    args = typing.get_args(kind)
+    if type(None) in args and len(args) == 2:
+        return f"{_type_name(next(a for a in args if a is not type(None)))} or null"
     if typing.get_origin(kind) is typing.Literal:
         return "str"
     if typing.get_origin(kind) in (tuple, list):
@@ -117,8 +127,10 @@ def _type_name(kind: Any) -> str:
     return getattr(kind, "__name__", str(kind))
 
 
-def _default_text(f: dataclasses.Field[Any]) -> str:
-    if f.default is not dataclasses.MISSING:
+def _default_text(f: dataclasses.Field[Any], values: Mapping[str, Any] | None = None) -> str:
+    if values is not None and f.name in values:
+        value = values[f.name]
+    elif f.default is not dataclasses.MISSING:
         value = f.default
     elif f.default_factory is not dataclasses.MISSING:
         value = f.default_factory()
@@ -140,35 +152,44 @@ def _hints(cls: type) -> dict[str, Any]:
         return {f.name: f.type for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
 
 
-def help_text(cls: type, *, prog: str, summary: str = "", positional: str | None = None,
-              choices: Mapping[str, Iterable[Any]] | None = None, examples: Sequence[str] = ()) -> str:
-    """The ``--help`` text of a tool configured by dataclass ``cls``: usage, summary, then every key with
-    its type, default, valid values and description (units) from the docstring's Attributes section."""
+def key_lines(cls: type, *, prefix: str = "", choices: Mapping[str, Iterable[Any]] | None = None,
+              positional: str | None = None, skip: Iterable[str] = (),
+              values: Mapping[str, Any] | None = None) -> list[str]:
+    """One entry per field of dataclass ``cls``: ``  <prefix><key>=<default>  (<type>[; one of: ...])``
+    and its description (units) from the docstring's Attributes section, wrapped and indented.
+    ``values`` replace the dataclass defaults (e.g. the composed hydra config's)."""
     docs = field_docs(cls)
     hints = _hints(cls)
     valid = {k: [str(v) for v in vs] for k, vs in (choices or {}).items()}
     for name, kind in hints.items():
         if typing.get_origin(kind) is typing.Literal and name not in valid:
             valid[name] = [str(a) for a in typing.get_args(kind)]
-    pos = f" [{positional.upper()} ...]" if positional else ""
-    out = [f"usage: {prog}{pos} [key=value ...]"]
-    if summary:
-        out += ["", *textwrap.wrap(" ".join(summary.split()), 100)]
-    out += ["", "keys (key=value; --key value and --key=value work too; --flag sets a bool to true):"]
-    width = 100
+    out: list[str] = []
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if not f.init:
+        if not f.init or f.name in set(skip):
             continue
-        head = f"  {f.name}={_default_text(f)}"
         facts = _type_name(hints.get(f.name, f.type))
         if f.name in valid:
             facts += f"; one of: {', '.join(valid[f.name])}"
         if f.name == positional:
             facts += "; also given as bare arguments"
-        out.append(f"{head}  ({facts})")
+        out.append(f"  {prefix}{f.name}={_default_text(f, values)}  ({facts})")
         if docs.get(f.name):
-            out += textwrap.wrap(docs[f.name].replace("``", ""), width, initial_indent="      ",
+            out += textwrap.wrap(docs[f.name].replace("``", ""), 100, initial_indent="      ",
                                  subsequent_indent="      ")
+    return out
+
+
+def help_text(cls: type, *, prog: str, summary: str = "", positional: str | None = None,
+              choices: Mapping[str, Iterable[Any]] | None = None, examples: Sequence[str] = ()) -> str:
+    """The ``--help`` text of a tool configured by dataclass ``cls``: usage, summary, then every key with
+    its type, default, valid values and description (units) from the docstring's Attributes section."""
+    pos = f" [{positional.upper()} ...]" if positional else ""
+    out = [f"usage: {prog}{pos} [key=value ...]"]
+    if summary:
+        out += ["", *textwrap.wrap(" ".join(summary.replace("``", "").split()), 100)]
+    out += ["", "keys (key=value; --key value and --key=value work too; --flag sets a bool to true):"]
+    out += key_lines(cls, choices=choices, positional=positional)
     if examples:
         out += ["", "examples:"] + [f"  {e}" for e in examples]
     return "\n".join(out)

@@ -648,3 +648,78 @@ def _cost_line(spec: JobSpec, *, fallback: bool) -> str:
 
     cost = COST_MODELS.build(spec.cost.name, spec.cost, model=spec.model, gpu=spec.gpu)
     return cost_line(cost, spec.model.name, spec.gpu.name, fallback=fallback)
+
+
+# ---- --help, generated from the dataclasses ----------------------------------------------------------
+
+
+def _default_options() -> dict[str, str]:
+    """Group → default option, from the primary config's defaults list."""
+    out: dict[str, str] = {}
+    for entry in OmegaConf.load(CONF_DIR / f"{CONFIG_NAME}.yaml").get("defaults", []):
+        if isinstance(entry, DictConfig):
+            for k, v in entry.items():
+                if not str(k).startswith("override") and v is not None:
+                    out[str(k)] = str(v)
+    return out
+
+
+def _composed_for_help(argv: list[str]) -> dict[str, Any]:
+    """The primary config with the command line's plain overrides (values shown as defaults); {} if it
+    does not compose."""
+    from hydra import compose, initialize_config_dir
+
+    overrides = [a for a in argv if "=" in a and not a.startswith("-") and "," not in a]
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base=None, job_name="simulate"):
+            cfg = compose(CONFIG_NAME, overrides=overrides)
+        return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
+    except Exception:
+        return {}
+
+
+def simulate_help(argv: list[str]) -> str:
+    """``python -m moesim.simulate --help``: every key with units, defaults and valid values, generated from
+    ``SimulateConfig`` and the dataclass of each chosen option (``policy=mig --help`` shows mig's keys)."""
+    from moesim.cli import key_lines
+
+    chosen = _default_options()
+    for a in argv:
+        k, sep, v = a.partition("=")
+        if sep and k in ("model", "gpu", "policy", "workload", "cost") and "," not in v:
+            chosen[k] = v
+    composed = _composed_for_help(argv)
+    regs = registries()
+    options = {"model": sorted(MODEL_SPECS), "gpu": sorted(GPU_SPECS),
+               **{g: sorted(r.names()) + (["best"] if g == "cost" else []) for g, r in regs.items()}}
+    out = ["usage: python -m moesim.simulate [-m] [key=value ...]   (hydra overrides)", "",
+           "Simulate serving several fine-tuned MoE LLMs on one GPU under sharing policies. Without arguments:",
+           "the default policy comparison sweep (sweep.*) and its report.html. One job:",
+           "  python -m moesim.simulate hydra.mode=RUN hydra.run.dir=D policy=mig workload.rate=0.05 seed=1",
+           "A sweep:  python -m moesim.simulate -m hydra.sweep.dir=D policy=reconfig,mig workload.rate=0.02,0.05",
+           "", "choices (group=option):"]
+    for g, names in options.items():
+        out.append(f"  {g}={chosen.get(g, '?')}  (one of: {', '.join(names)})")
+    out += ["", "keys:"]
+    out += key_lines(SimulateConfig, skip=("model", "gpu", "policy", "workload", "cost", "sweep", "report"),
+                     values=composed)
+    for g in ("policy", "workload", "cost"):
+        name = chosen.get(g, "")
+        if name == "best":
+            out += ["", f"keys of cost=best: none (it picks {' > '.join(BEST_COST_ORDER)}; choose cost=profile "
+                        "or cost=roofline to set parameters)"]
+            continue
+        if name in regs[g].names():
+            out += ["", f"keys of {g}={name} (another option: {g}=<name> --help):"]
+            out += key_lines(regs[g].get(name)[1], prefix=f"{g}.", skip=("name",), values=composed.get(g))
+    out += ["", "sweep (the default comparison; -m key=a,b replaces a swept key):"]
+    out += key_lines(SweepConfig, prefix="sweep.", values=composed.get("sweep"))
+    out += ["", "report:"]
+    out += key_lines(ReportConfig, prefix="report.", values=composed.get("report"))
+    out += ["", "hydra (output folders and the launcher):",
+            "  hydra.mode=MULTIRUN  (RUN: one job)",
+            "  hydra.run.dir=outputs/<date>/<time>  (one job's output folder)",
+            "  hydra.sweep.dir=multirun/<date>/<time>  (a sweep's folder; job i in subfolder i)",
+            "  hydra.launcher.n_jobs=-1  (parallel jobs; -1: all cores)",
+            "  --hydra-help lists hydra's own flags; docs/cli.md and docs/report.md are the user guide."]
+    return "\n".join(out)

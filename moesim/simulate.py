@@ -19,7 +19,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from moesim.config import CONF_DIR, CONFIG_NAME, plan_command_line, register_configs
+from moesim.cli import print_help
+from moesim.config import CONF_DIR, CONFIG_NAME, plan_command_line, register_configs, simulate_help
 from moesim.errors import exit_on_user_error
 from moesim.outdir import check_writable
 from moesim.sweep import (
@@ -49,6 +50,8 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def main() -> None:
     """Validate every job of the command line (one-line errors), then hand over to hydra."""
     register_configs()
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        print_help(simulate_help(sys.argv[1:]))
     plan = plan_command_line(sys.argv[1:])
     if plan is not None:
         what = "hydra.sweep.dir" if plan.multirun else "hydra.run.dir"

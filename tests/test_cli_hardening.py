@@ -34,7 +34,8 @@ def simulate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def one_error_line(p: subprocess.CompletedProcess[str], message: str) -> None:
     assert p.returncode == 2, p.stderr
-    assert p.stderr.count("\n") == 1 and p.stderr.startswith("moesim: error: "), p.stderr
+    assert p.stderr.count("\n") == 1, p.stderr
+    assert p.stderr.startswith("moesim: error: "), p.stderr
     assert message in p.stderr, p.stderr
     assert "Traceback" not in p.stderr
 
@@ -122,8 +123,8 @@ def test_full_or_read_only_disk_is_one_line_and_leaves_nothing(
 def test_check_writable_passes_and_creates_nothing(tmp_path: Path) -> None:
     assert check_writable(tmp_path / "a" / "b", "out") == tmp_path / "a" / "b"
     assert os.listdir(tmp_path) == []
+    (tmp_path / "f").write_text("")
     with pytest.raises(UserError, match="is a file, not a folder"):
-        (tmp_path / "f").write_text("")
         check_writable(tmp_path / "f", "out")
     with pytest.raises(UserError, match="is a folder; give a file path"):
         check_writable(tmp_path, "--out", is_file=True)
@@ -155,7 +156,8 @@ def test_sweep_dir_refused_unless_resume_or_overwrite(tmp_path: Path) -> None:
     assert "(1 finished earlier, kept)" in p.stderr
     assert (d / "0" / "summary.json").stat().st_mtime_ns == mtime0
     csv = pd.read_csv(d / "summary.csv")
-    assert list(csv["status"]) == ["ok", "ok"] and list(csv["policy"]) == ["mig", "multiplex"]
+    assert list(csv["status"]) == ["ok", "ok"]
+    assert list(csv["policy"]) == ["mig", "multiplex"]
     assert list(csv["config_hash"]) == [first["config_hash"],
                                         json.loads((d / "1" / "summary.json").read_text())["config_hash"]]
 
