@@ -144,7 +144,8 @@ def test_sweep_dir_refused_unless_resume_or_overwrite(tmp_path: Path) -> None:
     assert len(first["config_hash"]) == 16
     mtime0 = (d / "0" / "summary.json").stat().st_mtime_ns
 
-    # a second run into the same dir is refused, nothing touched
+    # a second run into the same dir is refused, nothing touched (the refusals are checked in-process from
+    # here on: the same functions moesim.simulate calls before hydra starts)
     p = simulate("-m", f"hydra.sweep.dir={d}", *SWEEP, cwd=tmp_path)
     one_error_line(p, f"hydra.sweep.dir={d} is not empty")
     assert (d / "0" / "summary.json").stat().st_mtime_ns == mtime0
@@ -162,13 +163,12 @@ def test_sweep_dir_refused_unless_resume_or_overwrite(tmp_path: Path) -> None:
                                         json.loads((d / "1" / "summary.json").read_text())["config_hash"]]
 
     # resume with another config: refused (stale results would mix into the report)
-    p = simulate("-m", f"hydra.sweep.dir={d}", *SWEEP, "workload.duration_s=20", "sweep.resume=true",
-                 cwd=tmp_path)
-    one_error_line(p, "sweep.resume=true, but 2 finished job(s) were run with another config")
+    refused(["-m", f"hydra.sweep.dir={d}", *SWEEP, "workload.duration_s=20", "sweep.resume=true"],
+            "sweep.resume=true, but 2 finished job(s) were run with another config")
     # a smaller sweep: job 1 would be stale
-    p = simulate("-m", f"hydra.sweep.dir={d}", *[a.replace("mig,multiplex", "mig") for a in SWEEP],
-                 "sweep.resume=true", cwd=tmp_path)
-    one_error_line(p, "now no job (the new sweep is smaller)")
+    refused(["-m", f"hydra.sweep.dir={d}", *[a.replace("mig,multiplex", "mig") for a in SWEEP],
+             "sweep.resume=true"], "now no job (the new sweep is smaller)")
+    refused(["-m", f"hydra.sweep.dir={d}", *SWEEP, "sweep.resume=true", "sweep.overwrite=true"], "choose one")
 
     # overwrite: everything runs again, the old job files are gone
     (d / "1" / "stale.txt").write_text("old")
@@ -181,8 +181,21 @@ def test_sweep_dir_refused_unless_resume_or_overwrite(tmp_path: Path) -> None:
 
     # overwrite never deletes what a sweep did not write
     (d / "notes.txt").write_text("mine")
-    p = simulate("-m", f"hydra.sweep.dir={d}", *SWEEP, "sweep.overwrite=true", cwd=tmp_path)
-    one_error_line(p, "also holds notes.txt")
+    refused(["-m", f"hydra.sweep.dir={d}", *SWEEP, "sweep.overwrite=true"], "also holds notes.txt")
+    assert (d / "0" / "summary.json").exists()
+
+
+def refused(argv: list[str], message: str) -> None:
+    """``moesim.simulate argv`` is refused before hydra starts with one line holding ``message``."""
+    from moesim.sweep import prepare_sweep_dir
+
+    register_configs()
+    plan = plan_command_line(argv)
+    assert plan is not None
+    with pytest.raises(UserError) as exc:
+        prepare_sweep_dir(plan)
+    assert message in str(exc.value)
+    assert "\n" not in str(exc.value)
 
 
 def _group_members(pgid: int) -> list[int]:
