@@ -69,6 +69,9 @@ def main() -> None:
         stopped, code = "interrupted (Ctrl-C)", 130
     except Terminated:
         stopped, code = "terminated (SIGTERM)", 143
+    except BrokenPipeError:  # e.g. --hydra-help | head
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
         finish_sweep()  # a no-op unless a sweep aborted before hydra's end-of-sweep callback
