@@ -279,3 +279,28 @@ def test_summary_records_cost_provenance(tmp_path: Path, gpu: str, kind: str) ->
     assert s["cost_provenance"] == kind
     assert s["cost_derived"] == (kind == "derived")
     assert p.stderr.startswith("moesim: cost: ")
+
+
+def test_disk_full_during_a_single_run_is_one_line_and_no_summary(
+        registered: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The disk fills while the job writes its outputs: one line, exit 2, and no summary.json (written
+    last), so the folder never looks like a finished job."""
+    from hydra import compose, initialize_config_dir
+
+    from moesim import job, sweep
+    from moesim.config import CONF_DIR
+
+    def full(path: object, df: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        cfg = compose("config", overrides=[*TINY])
+    monkeypatch.setattr(job, "write_parquet", full)
+    out = tmp_path / "r"
+    with pytest.raises(SystemExit) as exc:
+        sweep._run_single(cfg, out, [], {})
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err == (f"moesim: error: hydra.run.dir={out}: cannot write the outputs (No space left on device); "
+                   "files already written are complete (atomic writes)\n")
+    assert not (out / "summary.json").exists()
