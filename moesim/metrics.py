@@ -72,3 +72,15 @@ def summarize(requests: pd.DataFrame, segments: pd.DataFrame, *, horizon_s: floa
     else:
         out["busy_fraction"] = 0.0
     return out
+
+
+def slo_attainment(requests: pd.DataFrame, slo_ttft_s: float, slo_tpot_s: float) -> float:
+    """Share of all requests whose TTFT ≤ ``slo_ttft_s`` and TPOT ≤ ``slo_tpot_s`` (seconds); a request
+    with one output token has no TPOT and needs the TTFT target only; a request that never produced a
+    token (rejected, unfinished) misses. ``requests`` is a requests table with or without the
+    ``per_request`` columns. NaN for an empty table."""
+    df = requests if "ttft_s" in requests and "tpot_s" in requests else per_request(requests)
+    if not len(df):
+        return float("nan")
+    tpot_ok = df["tpot_s"].isna() | (df["tpot_s"] <= slo_tpot_s)
+    return float(((df["ttft_s"] <= slo_ttft_s) & tpot_ok).mean())

@@ -156,6 +156,48 @@ Array.from(document.querySelectorAll('div.figure')).map(function (d) {
 """
 
 
+# Everything that could collide, per figure: the toolbar (made visible, as on hover), the title, the subplot
+# titles and other annotations, the legend, the axis titles and the tick labels; and the page's own width.
+# Returns the pairs of elements whose boxes overlap by more than 1 px each way, and the page's overflow.
+OVERLAPS = """
+(function () {
+  if (!document.getElementById('show-modebar')) {
+    var st = document.createElement('style'); st.id = 'show-modebar';
+    st.textContent = '.js-plotly-plot .plotly .modebar { opacity: 1 !important; }';
+    document.head.appendChild(st);
+  }
+  function box(el, kind) { var r = el.getBoundingClientRect();
+    return {kind: kind, text: (el.textContent || '').slice(0, 40), l: r.left, r: r.right, t: r.top, b: r.bottom}; }
+  var out = {overlaps: [], page: {scroll: document.documentElement.scrollWidth, width: window.innerWidth}, figures: 0};
+  document.querySelectorAll('div.figure').forEach(function (div) {
+    out.figures += 1;
+    var items = [];
+    div.querySelectorAll('.modebar').forEach(function (e) { items.push(box(e, 'toolbar')); });
+    div.querySelectorAll('.gtitle').forEach(function (e) { items.push(box(e, 'title')); });
+    div.querySelectorAll('.annotation-text').forEach(function (e) { items.push(box(e, 'annotation')); });
+    div.querySelectorAll('g.legend .bg').forEach(function (e) { items.push(box(e, 'legend')); });
+    div.querySelectorAll('.g-xtitle text, .g-x2title text, .g-ytitle text, .g-y2title text').forEach(
+      function (e) { items.push(box(e, 'axis title')); });
+    div.querySelectorAll('.xtick text, .ytick text').forEach(function (e) { items.push(box(e, 'tick')); });
+    items = items.filter(function (a) { return a.r - a.l > 0 && a.b - a.t > 0; });
+    var fig = div.getBoundingClientRect();
+    items.forEach(function (a) {
+      if (a.l < fig.left - 1 || a.r > fig.right + 1) {
+        out.overlaps.push({figure: div.id, a: a, b: {kind: 'figure edge'}});
+      }
+    });
+    for (var i = 0; i < items.length; i++) for (var j = i + 1; j < items.length; j++) {
+      var a = items[i], b = items[j];
+      if (a.kind === 'tick' && b.kind === 'tick' && a.t !== b.t && a.l !== b.l) { continue; }
+      var w = Math.min(a.r, b.r) - Math.max(a.l, b.l), h = Math.min(a.b, b.b) - Math.max(a.t, b.t);
+      if (w > 1 && h > 1) { out.overlaps.push({figure: div.id, a: a, b: b}); }
+    }
+  });
+  return out;
+})()
+"""
+
+
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Any:
     b = Browser(tmp_path_factory.mktemp("chromium-profile"))
