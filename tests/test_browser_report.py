@@ -247,3 +247,38 @@ def test_harness_catches_errors(browser: Browser, tmp_path: Path) -> None:
     assert "plot failed" in problems
     assert "network: https://cdn.example.invalid/x.png" in problems
     assert browser.evaluate("document.getElementById('js-errors').hidden") is False
+
+
+@pytest.mark.parametrize("width", [900, 1400])
+def test_nothing_overlaps_at_width(browser: Browser, tmp_path: Path, width: int) -> None:
+    """At 900 and 1400 px: no title, subplot title, legend, axis title or tick label under plotly's toolbar
+    or over another, none past its figure's edge, and no horizontal scrolling of the page. Series
+    names are long here (the seed-1 jobs claim another GPU, so every series is “policy · gpu=…”)."""
+    import json as _json
+
+    from moesim.io import write_json
+
+    root = make_sweep(tmp_path / "sweep")
+    for d in root.iterdir():
+        if (d / "summary.json").exists():
+            s = _json.loads((d / "summary.json").read_text())
+            if s["seed"] == 1:
+                s["gpu"] = "h200"
+                write_json(d / "summary.json", s)
+    html = build_report(root)
+    browser.call("Emulation.setDeviceMetricsOverride", session=True, width=width, height=1000,
+                 deviceScaleFactor=1, mobile=False)
+    try:
+        browser.open(html.as_uri())
+        assert browser.problems() == []
+        state = browser.evaluate(OVERLAPS)
+        out = Path(os.environ.get("MOESIM_ARTIFACTS") or tmp_path)
+        out.mkdir(parents=True, exist_ok=True)
+        browser.screenshot(out / f"report_{width}px.png")
+    finally:
+        browser.call("Emulation.setDeviceMetricsOverride", session=True, width=1400, height=1000,
+                     deviceScaleFactor=1, mobile=False)
+    assert state["figures"] == 7
+    assert state["page"]["scroll"] <= width, state["page"]
+    assert [(o["figure"], o["a"]["kind"], o["a"].get("text"), o["b"]["kind"], o["b"].get("text"))
+            for o in state["overlaps"]] == []

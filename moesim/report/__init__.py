@@ -218,9 +218,20 @@ def _headline_section(data: SweepData, head: pd.DataFrame) -> str:
             "SLO; “≥” marks a policy that still meets it at the sweep's top rate (its limit lies higher), “&lt;” "
             "one that misses it at the lowest rate. Per GPU: that rate × tenants ÷ the GPUs the policy "
             "occupies.</p>")
-    records = json.loads(head.to_json(orient="records"))
+    records = [{k: _plain(v) for k, v in r.items()} for r in head.to_dict("records")]
     return ("<h2>Headline numbers</h2><div class=\"wide\">" + table(head, header, cells) + "</div>" + note
             + data_block("headline", records))
+
+
+def _plain(v: Any) -> Any:
+    """A JSON-ready value at full precision (NaN → None; dict keys as text)."""
+    if isinstance(v, dict):
+        return {f"{k:g}" if isinstance(k, float) else str(k): _plain(x) for k, x in v.items()}
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
 
 
 def _verdict_section(data: SweepData, head: pd.DataFrame) -> str:
