@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +18,8 @@ from moesim.report import ReportOptions, build_report
 from moesim.report.__main__ import main as report_main
 
 
-def _edit(root: Path, fn) -> None:  # noqa: ANN001 (a callback on each summary.json and its dir)
+def _edit(root: Path, fn: Callable[[dict[str, Any], Path], Any]) -> None:
+    """Apply ``fn`` to each job's summary (and dir), and write the summary back."""
     for d in root.iterdir():
         if (d / "summary.json").exists():
             s = json.loads((d / "summary.json").read_text())
