@@ -139,3 +139,42 @@ def test_slo_recomputed_from_requests_for_another_slo(tmp_path: Path, capsys: py
     (t,) = traces(figs["slo"], metric="slo_attainment", series="multiplex")
     # TPOT ≤ 0.048 s ⇔ t ≤ 2.304 s: all 10 of seed 0 and k = 0, 1 of seed 1 → 60%
     np.testing.assert_allclose(t["y"], [60.0] * len(RATES), atol=1e-12)
+
+
+def test_rejected_and_cost_provenance_are_shown_when_present(tmp_path: Path) -> None:
+    """``rejected`` (refused requests) and ``cost_provenance`` of summary.json: a column and banners when
+    present; old sweeps without them show neither."""
+    root = make_sweep(tmp_path / "s", failed=False, incomplete=False)
+    old = build_report(root).read_text()
+    assert "<b>rejected</b>" not in old
+    assert "rejected requests (all jobs)" not in old
+    assert "not measured" not in old
+
+    def add(s: dict, d: Path) -> None:
+        s["rejected"] = 3 if s["policy"] == "mig" and s["rate"] == 0.4 else 0
+        s["cost_provenance"] = "roofline" if s["policy"] == "mig" else "measured"
+
+    _edit(root, add)
+    html = build_report(root).read_text()
+    assert "6 requests were <b>rejected</b>" in html  # 3 in each of mig's two 0.4 req/s jobs
+    assert "in 2 jobs" in html
+    assert re.search(r"<tr><td>mig</td>.*?<td>6</td></tr>", html)
+    assert re.search(r"<tr><td>reconfig</td>.*?<td>0</td></tr>", html)
+    assert "mixtral-8x7b × a100-80gb (<b>roofline</b>)" in html
+    assert all(f["layout"]["title"]["text"].endswith("roofline cost, not measured")
+               for f in read_figures(html).values())
+
+
+def test_cdf_counts_requests_that_never_finished(tmp_path: Path) -> None:
+    """A request without a finish (rejected) is in the CDF's total: the curve tops out at the share served."""
+    import pandas as pd
+
+    root = make_sweep(tmp_path / "s", failed=False, incomplete=False)
+    for job in ("14", "15"):  # multiplex at 0.2 req/s, both seeds: 2 of 10 requests rejected each
+        req = pd.read_parquet(root / job / "requests.parquet")
+        req.loc[[3, 7], ["start_s", "first_token_s", "finish_s"]] = np.nan
+        req.to_parquet(root / job / "requests.parquet")
+    (t,) = traces(read_figures(build_report(root).read_text())["cdf"], series="multiplex")
+    assert len(t["x"]) == 16
+    assert t["y"][-1] == pytest.approx(0.8)
+    assert t["y"][0] == pytest.approx(1 / 20)

@@ -297,7 +297,7 @@ def build_report(sweep_dir: str | Path, *, summary: pd.DataFrame | None = None,
     if len(data.ok) and "rejected" in data.ok:
         n_rej = pd.to_numeric(data.ok["rejected"], errors="coerce").fillna(0)
         if n_rej.sum() > 0:
-            parts.append(f"<p class=\"derived\">{int(n_rej.sum())} requests were <b>rejected</b> (they could not "
+            parts.append(f"<p class=\"warn\">{int(n_rej.sum())} requests were <b>rejected</b> (they could not "
                          f"fit an instance) in {int((n_rej > 0).sum())} jobs: they count as missing the SLO and "
                          "are absent from the turnaround and TTFT figures; see the headline table.</p>")
     if data.ok.empty:

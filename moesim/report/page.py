@@ -29,7 +29,7 @@ th, td { border-bottom: 1px solid #e4e7ec; padding: .35rem .7rem; text-align: ri
 th { background: #f4f6f9; font-weight: 600; } td:first-child, th:first-child { text-align: left; }
 table.kv td:first-child { font-weight: 600; } table.kv td { text-align: left; }
 .better { color: #12733a; font-weight: 600; } .worse { color: #b42318; }
-.derived { background: #fff4e5; border: 1px solid #f5b55a; padding: .6rem .9rem; border-radius: 6px; }
+.derived, .warn { background: #fff4e5; border: 1px solid #f5b55a; padding: .6rem .9rem; border-radius: 6px; }
 .failed { background: #fdecec; border: 1px solid #e9a1a1; padding: .6rem .9rem; border-radius: 6px; }
 .figure { min-height: 200px; } #js-errors { color: #b42318; white-space: pre-wrap; }
 code { background: #f4f6f9; padding: 0 .25rem; border-radius: 3px; }
