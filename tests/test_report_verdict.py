@@ -148,7 +148,7 @@ def test_rejected_and_cost_provenance_are_shown_when_present(tmp_path: Path) -> 
     old = build_report(root).read_text()
     assert "<b>rejected</b>" not in old
     assert "rejected requests (all jobs)" not in old
-    assert "not measured" not in old
+    assert "Step costs were <b>not measured</b>" not in old
 
     def add(s: dict, d: Path) -> None:
         s["rejected"] = 3 if s["policy"] == "mig" and s["rate"] == 0.4 else 0
