@@ -178,3 +178,21 @@ def test_cdf_counts_requests_that_never_finished(tmp_path: Path) -> None:
     assert len(t["x"]) == 16
     assert t["y"][-1] == pytest.approx(0.8)
     assert t["y"][0] == pytest.approx(1 / 20)
+
+
+def test_verdict_per_gpu_when_the_sweep_spans_two(tmp_path: Path) -> None:
+    root = make_sweep(tmp_path / "s", failed=False, incomplete=False)
+
+    def h200(s: dict, d: Path) -> None:
+        if s["seed"] == 1:
+            s["gpu"] = "h200"
+        if s["policy"] == "multiplex" and s["seed"] == 1:
+            s["slo_attainment"] = 1.0
+
+    _edit(root, h200)
+    v = read_data(build_report(root).read_text())["verdict"]
+    assert v[0] == "For the SLO (TTFT ≤ 2 s and time per output token ≤ 0.2 s for ≥ 90% of requests):"
+    assert v[1].startswith("On gpu=a100-80gb, reconfig sustains the highest per-tenant rate: 0.2 requests/s")
+    assert v[2].startswith("On gpu=h200, multiplex sustains the highest per-tenant rate: ≥ 0.4 requests/s "
+                           "per tenant on 1 GPU, ≥ 0.8 requests/s per GPU (the sweep's top rate: its limit lies "
+                           "higher), at least 2× the next best, reconfig (0.2 requests/s")

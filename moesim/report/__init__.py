@@ -121,7 +121,10 @@ def _config_section(data: SweepData) -> str:
     counts = s["status"].value_counts()
 
     def vals(col: str) -> str:
-        return ", ".join(_esc(v) for v in dict.fromkeys(ok[col].tolist())) if col in ok and len(ok) else "—"
+        if col not in ok or not len(ok):
+            return "—"
+        values = [int(v) if isinstance(v, float) and v.is_integer() else v for v in ok[col].tolist()]
+        return ", ".join(_esc(v) for v in dict.fromkeys(values))
 
     cost = vals("cost")
     options = [o for o in dict.fromkeys(ok.get("cost_option", pd.Series(dtype=object)).dropna().tolist())

@@ -381,10 +381,13 @@ def verdict(data: SweepData, head: pd.DataFrame) -> list[str]:
         ctx = r["series"][len(r["policy"]):].lstrip(" ·")
         groups.setdefault(ctx, []).append(r)
     out = []
+    several = len(groups) > 1
+    if several:
+        out.append(f"For the SLO ({slo}):")
     for ctx, rows in groups.items():
         sub = ok[ok["series"].isin([r["series"] for r in rows])]
         lowest = float(sub["rate"].min())
-        where = f" ({ctx})" if ctx else ""
+        lead = f"On {ctx}, " if several else f"For the SLO ({slo}), "
 
         def name(r: dict[str, Any]) -> str:
             return str(r["policy"])
@@ -402,14 +405,14 @@ def verdict(data: SweepData, head: pd.DataFrame) -> list[str]:
 
         live = [r for r in rows if r["sustained_rate"] is not None]
         if not live:
-            out.append(f"For the SLO ({slo}){where}, no policy meets it even at the lowest swept rate "
+            out.append(f"{lead}no policy meets it even at the lowest swept rate "
                        f"({lowest:g} requests/s per tenant); sweep lower rates to find where each policy holds.")
             continue
         top = max(r["sustained_rate"] for r in live)
         best_rows = sorted([r for r in live if math.isclose(r["sustained_rate"], top)],
                            key=lambda r: (r["gpus"], r["mean_turnaround_s_at_rate"]))
         best = best_rows[0]
-        text = (f"For the SLO ({slo}){where}, {name(best)} sustains the highest per-tenant rate: "
+        text = (f"{lead}{name(best)} sustains the highest per-tenant rate: "
                 f"{rate_of(best)} requests/s per tenant {cost(best)}")
         if best["sustained_at_top"]:
             text += " (the sweep's top rate: its limit lies higher)"

@@ -306,7 +306,7 @@ def timeline(data: SweepData, max_segments: int = 3000) -> go.Figure:
     fig.update_yaxes(title_text="instance", autorange="reversed")
     sub = (f"the first {window:g} s at {rate:g} requests/s per tenant (lowest seed)" if rate is not None else "")
     fig = _layout(fig, "Timeline", height=200 + 150 * n, subtitle=sub)
-    fig.update_layout(legend={"title": {"text": "segment"}, "y": -60 / (60 + 150 * n)}, margin={"l": 130})
+    fig.update_layout(legend={"title": {"text": "segment"}}, margin={"l": 130})
     return fig
 
 
