@@ -149,6 +149,9 @@ def test_report_is_self_contained_and_lists_missing_jobs(sweep: tuple[Path, str]
     assert "<script src" not in html
     assert "<link" not in html
     assert "Plotly" in html
+    from plotly.offline import get_plotlyjs
+
+    assert html.count(get_plotlyjs()[:2000]) == 1  # plotly.js once, whatever the number of figures
     assert len(html) > 1_000_000
     assert "instance mig0 cannot fit" in html
     assert "incomplete" in html

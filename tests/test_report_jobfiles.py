@@ -170,3 +170,22 @@ def test_tables_agree_with_the_job_files(real: tuple[Path, str]) -> None:
     config = html.split("<h2>Configuration</h2>")[1].split("</table>")[0]
     assert "0.2, 1" in config
     assert "24 finished, 0 failed, 0 incomplete, 0 unreadable, of 24" in config
+
+
+def test_timeline_says_when_it_draws_fewer_segments_than_the_window_holds(real: tuple[Path, str]) -> None:
+    from moesim.report import figures as F
+    from moesim.report.data import SweepData
+    from moesim.report.options import ReportOptions
+    from moesim.sweep import collect
+
+    root, _ = real
+    data = SweepData(root, collect(root), ReportOptions(timeline_window_s=DURATION_S))
+    fig = F.timeline(data, max_segments=5).to_plotly_json()
+    titles = [a["text"] for a in fig["layout"]["annotations"]]
+    for pol in REAL_POLICIES:
+        (title,) = [t for t in titles if t.startswith(f"{pol} (job")]
+        job_dir = root / re.search(r"\(job (\d+)\)", title).group(1)
+        seg = pd.read_parquet(job_dir / "segments.parquet")
+        t0 = fig["layout"]["xaxis"]["range"][0]
+        n = int(((seg["end_s"] > t0) & (seg["start_s"] < t0 + DURATION_S)).sum())
+        assert title.endswith(f" — first 5 of {n} segments") == (n > 5), title

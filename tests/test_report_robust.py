@@ -60,7 +60,8 @@ def test_damaged_jobs_are_listed_and_the_report_is_built_from_the_rest(
         assert reason in html, job
     assert "multirun.yaml: unreadable" in html
     csv = pd.read_csv(root / "summary.csv")
-    assert set(csv[csv["status"] == "unreadable"]["job"].astype(str)) == {"0", "1", "6", "7", "18"}
+    assert set(csv[csv["status"] == "unreadable"]["job"].astype(str)) == set(DAMAGE)
+    assert captured.out.splitlines()[0] == f"moesim: 10 of 20 jobs finished, 9 unreadable; table: {root / 'summary.csv'}"
     figs = read_figures(html)
     # mig at 0.1: jobs 0 and 1 (both seeds) unreadable → no point; at 0.2 both seeds remain
     (t,) = traces(figs["turnaround"], metric="mean_turnaround_s", series="mig")

@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from moesim.io import write_csv
     from moesim.report import build_report
+    from moesim.report.data import mark_unreadable_files
     from moesim.report.options import options_from_args, options_from_sweep
     from moesim.sweep import SUMMARY_CSV, collect
 
@@ -45,11 +46,15 @@ def main(argv: list[str] | None = None) -> None:
     base, note = options_from_sweep(args.sweep_dir)
     opts = options_from_args(base, args)
     df = collect(args.sweep_dir)
+    if not df.empty:
+        df = mark_unreadable_files(args.sweep_dir, df)
     csv = write_csv(args.sweep_dir / SUMMARY_CSV, df) if not df.empty else None
     html = build_report(args.sweep_dir, summary=df, options=opts, out=args.out,
                         notes=[note] if note else None)
     n_ok = int((df["status"] == "ok").sum())
-    print(f"moesim: {n_ok} of {len(df)} jobs finished; table: {csv}")
+    n_bad = int((df["status"] == "unreadable").sum())
+    print(f"moesim: {n_ok} of {len(df)} jobs finished" + (f", {n_bad} unreadable" if n_bad else "")
+          + f"; table: {csv}")
     print(f"moesim: report: {html}")
 
 

@@ -76,6 +76,22 @@ def check_job_files(job_dir: Path) -> str | None:
     return None
 
 
+def mark_unreadable_files(root: Path, summary: pd.DataFrame) -> pd.DataFrame:
+    """``summary`` (one row per job, see ``moesim.sweep.collect``) with every finished job whose files
+    cannot be drawn from (``check_job_files``) turned into status ``unreadable`` with the reason in
+    ``error``."""
+    out = summary.copy()
+    if "error" not in out:
+        out["error"] = pd.NA
+    out["error"] = out["error"].astype(object)
+    for i in out.index[out["status"] == "ok"]:
+        why = check_job_files(Path(root) / str(out.at[i, "job"]))
+        if why is not None:
+            out.at[i, "status"] = "unreadable"
+            out.at[i, "error"] = why
+    return out
+
+
 @dataclass
 class SweepData:
     """A sweep's tables. ``summary`` has one row per job (status ok, failed, incomplete or unreadable).
@@ -94,15 +110,8 @@ class SweepData:
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.summary = self.summary.copy()
-        if "error" not in self.summary:
-            self.summary["error"] = pd.NA
-        self.summary["error"] = self.summary["error"].astype(object)
+        self.summary = mark_unreadable_files(self.root, self.summary)
         self._cache: dict[tuple[str, str], Any] = {}
-        for i in self.summary.index[self.summary["status"] == "ok"]:
-            why = check_job_files(self.root / str(self.summary.at[i, "job"]))
-            if why is not None:
-                self._mark_unreadable(i, why)
         if self.options.slo_override:
             self._recompute_slo()
         ok = self.summary[self.summary["status"] == "ok"].copy()

@@ -270,7 +270,10 @@ def timeline(data: SweepData, max_segments: int = 3000) -> go.Figure:
     shown: set[str] = set()
     for i, (s, j) in enumerate(rows, start=1):
         seg = data.segments(j)
-        seg = seg[(seg["end_s"] > t0) & (seg["start_s"] < t1)].head(max_segments)
+        seg = seg[(seg["end_s"] > t0) & (seg["start_s"] < t1)]
+        if len(seg) > max_segments:  # say so in the row's title: the window holds more than is drawn
+            fig.layout.annotations[i - 1].text += f" — first {max_segments} of {len(seg)} segments"
+            seg = seg.head(max_segments)
         for kind, color in KIND_COLORS.items():
             k = seg[seg["kind"] == kind]
             fig.add_trace(go.Bar(
