@@ -41,6 +41,8 @@ def test_verdict_names_the_best_policy_and_by_how_much(tmp_path: Path) -> None:
                         "reconfig sustains the highest per-tenant rate: 0.2 requests/s per tenant on 1 GPU, "
                         "0.4 requests/s per GPU, 2× the next best, mig (0.1 requests/s per tenant on 1 GPU")
     assert "≥ 0." not in v
+    assert v.endswith("At a typical swept rate reconfig's mean turnaround is 80% lower than mig's (median over "
+                      "rates of the per-rate ratio).")
     body = html.split("<body>")[1]
     assert body.index('id="verdict"') < body.index("<h2>Headline numbers</h2>")
 
@@ -79,8 +81,16 @@ def test_no_policy_meets_the_slo(tmp_path: Path) -> None:
     root = make_sweep(tmp_path / "s", failed=False, incomplete=False)
     _edit(root, lambda s, d: s.update(slo_attainment=0.5))
     html = build_report(root).read_text()
-    assert "no policy meets it even at the lowest swept rate (0.1 requests/s per tenant)" in _verdict(html)
+    v = _verdict(html)
+    assert ("no policy meets it even at the lowest swept rate (0.1 requests/s per tenant); sweep lower rates "
+            "to find where each policy holds.") in v
+    assert "multiplex's mean turnaround is 90% lower than mig's and 50% lower than reconfig's" in v
     assert html.count("<td>&lt; 0.1</td>") == 3
+    # an SLO no unloaded request can meet: the verdict says which target and how far
+    _edit(root, lambda s, d: s.update(p50_ttft_s=1.0, p50_tpot_s={"mig": 0.5, "reconfig": 0.3}.get(s["policy"], 0.4)))
+    v = _verdict(build_report(root).read_text())
+    assert ("even there the best median time per output token is 0.3 s (reconfig), above the 0.2 s target, so "
+            "the SLO is tighter than an unloaded request's service; --slo-tpot-s recomputes the report") in v
 
 
 def test_vs_columns_are_the_median_per_rate_ratio(tmp_path: Path) -> None:
