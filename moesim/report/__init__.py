@@ -188,7 +188,7 @@ def _headline_section(data: SweepData, head: pd.DataFrame) -> str:
     header += [f"mean TTFT (s) at {fmt(rate)} req/s"] + [f"TTFT vs {_esc(b)}" for b in bases]
     header += ["highest rate within the SLO (req/s per tenant)", "the same per GPU (req/s)",
                "through&shy;put at the top rate (req/min)"]
-    show_rejected = "rejected" in head and head["rejected"].notna().any()
+    show_rejected = "rejected" in head and bool((pd.to_numeric(head["rejected"], errors="coerce") > 0).any())
     if show_rejected:
         header += ["rejected requests (all jobs)"]
     lowest = data.rates[0] if data.rates else None
