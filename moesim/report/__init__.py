@@ -45,11 +45,14 @@ SECTIONS = [
      "The share of requests (of all seeds) finished within a given turnaround, at one arrival rate. A curve "
      "further left is faster; a long tail to the right is the queueing behind swaps or slow steps."),
     ("memory", "Memory breakdown",
-     "What each policy's instances hold, summed over instances (for MIG: the slices; for dedicated: one GPU "
-     "per tenant, so it may exceed one GPU). Resident experts are expert weights on the GPU (shared copies "
+     "What each policy's instances hold, summed over instances (for MIG: the slices of one GPU; for dedicated: "
+     "one GPU per tenant, so its bar is longer). Resident experts are expert weights on the GPU (shared copies "
      "count once); non-expert sets are attention, norms, router, embeddings and lm_head of the tenants kept "
-     "resident; KV cache capacity is what is left for the cache; experts on host stay in host memory and "
-     "are copied over the host link when a token routes to them. Hover for the per-instance numbers."),
+     "resident; KV cache capacity is what is left for the cache; reserved or unused is the rest of the "
+     "instances' memory (e.g. reconfig's staging slot for the next tenant's non-expert set), so the GPU parts "
+     "add up to the black mark. Experts in host memory are copied over the host link when a token routes to "
+     "them (for swap: the models not loaded at the moment, copied in whole on a swap). All from the job's "
+     "instances.json; hover for the per-instance numbers."),
     ("timeline", "Timeline",
      "A short window of the run at the CDF's rate: each bar is a prefill batch, a run of decode steps or a "
      "swap (loading a tenant's non-expert set or a whole model), per instance; diamonds mark steps that "
