@@ -292,7 +292,7 @@ def build_report(sweep_dir: str | Path, *, summary: pd.DataFrame | None = None,
             notes.append(note)
     data = SweepData(root, df, check_options(options))
     parts = [f"<h1>moesim policy comparison</h1><p class=\"lead\">Sweep <code>{_esc(root)}</code>: "
-             f"{len(data.series)} policies × {len(data.rates)} arrival rates × {len(data.seeds)} seeds, "
+             f"{len(data.series)} policies × {len(data.rates)} arrival rates × {len(data.seeds)} seed{'s' if len(data.seeds) != 1 else ''}, "
              "simulated (SimPy discrete-event model of the GPU serving several fine-tuned MoE variants).</p>"]
     marker = len(parts)
     prov = _cost_provenance(data.ok)
