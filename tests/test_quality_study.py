@@ -115,7 +115,9 @@ def _unit_family() -> Q.Family:
                     calib_windows=1, val_every=1, ft_val_every=1, seeds=(0,), subsets={2: 1})
 
 
-def test_activation_distances_and_one_subset_on_untrained_models() -> None:
+def test_activation_distances_and_one_subset_on_untrained_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Q, "BUDGETS", (0.75,))  # all-shared and one more budget keep the test fast
+    monkeypatch.setattr(Q, "MERGE_SCALES", (0.5, 1.0))
     torch.manual_seed(0)
     fam = _unit_family()
     runner = Q.Runner(fam, Q.Data(CORPORA, fam, torch.device("cpu")), torch.device("cpu"), [])
@@ -144,3 +146,39 @@ def test_activation_distances_and_one_subset_on_untrained_models() -> None:
     assert by[("act-cluster-mean", "all-shared")]["memory_fraction"] == pytest.approx(want, abs=1e-6)
     assert {r["method"] for r in rows} == {"alone", *Q.PLAN_METHODS, *Q.MERGE_METHODS}
     assert all(0 <= r["accuracy"] <= 1 and math.isfinite(r["perplexity"]) for r in rows)
+
+
+REPORT = ROOT / "reports" / "consolidation"
+
+
+def test_committed_results_read_back() -> None:
+    import json
+
+    from moesim.consolidation.quality_report import OURS, load, summarize
+
+    q, meta, dist = load(REPORT)
+    assert len(q) == 876
+    assert meta["gpu"] == "NVIDIA H200"
+    large, fine = meta["families"]["large"], meta["families"]["fine"]
+    assert large["params"] == 156_541_440
+    assert fine["params"] == 62_796_672
+    # every alone row is the variant's own held-out perplexity recorded in metadata.json
+    for _, r in q[q.method == "alone"].iterrows():
+        ce, acc = meta["families"][r.family]["seeds"][str(r.seed)]["alone"][r.domain]
+        assert r.perplexity == pytest.approx(math.exp(ce), rel=1e-5)
+        assert r.accuracy == pytest.approx(acc, abs=1e-6)
+    # nothing is lost or invented: each (family, seed, subset, method, budget) has one row per member
+    for (_f, _s, subset, _m, _b), g in q.groupby(["family", "seed", "subset", "method", "budget"]):
+        assert sorted(g.domain) == sorted(subset.split("+"))
+    # the memory axis never exceeds its budget label
+    lab = q[~q.budget.isin(["1", "all-shared"]) & ~q.budget.str.startswith("1/")]
+    assert (lab.memory_fraction <= lab.budget.astype(float) + 1e-9).all()
+    # the committed summary is what the committed CSV gives
+    s = json.loads((REPORT / "summary.json").read_text())
+    assert s == json.loads(json.dumps(summarize(q, meta)))
+    half = {(t["family"], t["n_variants"]): t for t in s["targets"]}
+    assert half[("fine", 8)][OURS]["worst_change"] == pytest.approx(-0.00109, abs=1e-5)
+    assert half[("large", 8)][OURS]["every_domain_within_target"] is True
+    assert s["wins"]["fine"][f"{OURS} vs uniform-average"]["wins"] == 56
+    assert set(dist) == {"large/0", "large/1", "fine/0"}
+    assert meta["families"]["large"]["seeds"]["2"] == "skipped: deadline"

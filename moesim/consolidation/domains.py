@@ -18,6 +18,7 @@ Works of the Shakespeare files start at their title: the last non-empty line of 
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import tokenize
@@ -110,7 +111,13 @@ def _bytes(text: str) -> np.ndarray:
 
 
 def build_domains(root: str | Path) -> dict[str, dict[str, np.ndarray]]:
-    """``{domain: {"train": uint8 array, "test": uint8 array}}`` for ``DOMAINS8`` from ``root`` (corpora/data)."""
+    """``{domain: {"train": uint8 array, "test": uint8 array}}`` for ``DOMAINS8`` from ``root`` (corpora/data);
+    built once per folder and process (the arrays are read-only views)."""
+    return _build_domains(str(Path(root).resolve()))
+
+
+@functools.lru_cache(maxsize=2)
+def _build_domains(root: str) -> dict[str, dict[str, np.ndarray]]:
     def text(d: str, split: str) -> str:
         return load_split(root, d, split).tobytes().decode()
 
