@@ -5,10 +5,13 @@ A plain parser (the GPU machine has no hydra): ``python -m moesim.calibrate devi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from moesim.cli import parse_key_values
 from moesim.errors import UserError
+from moesim.resources import user_profiles_dir
 from moesim.specs import MODEL_SPECS
 
 GRIDS = ("auto", "full", "quick")
@@ -21,7 +24,8 @@ class CalibrateConfig:
     Attributes:
         device: ``cuda`` (timings with CUDA events) or ``cpu`` (wall clock; for CI and the tiny model).
         model: a model registry name (``mixtral-8x7b``, ``switch-base-8``, ``tiny``).
-        out: folder for ``<gpu>__<model>.parquet`` and ``.json``.
+        out: folder for ``<gpu>__<model>.parquet`` and ``.json``; empty: the user profile folder
+            (``$MOESIM_PROFILES_DIR`` or ``~/.local/share/moesim/profiles``), where ``cost=profile`` finds it.
         plan: a consolidation plan JSON (``moesim.plan/1``); empty: one variant's whole model.
         tenants: non-expert sets built on the GPU for the held-out validation (≥ 1).
         grid: ``full`` (tokens 1…8192, context ≤ 16384, decode batch ≤ 256), ``quick`` (small, for CI) or
@@ -41,7 +45,7 @@ class CalibrateConfig:
 
     device: str = "cuda"
     model: str = "mixtral-8x7b"
-    out: str = "calibration/profiles"
+    out: str = ""
     plan: str = ""
     tenants: int = 3
     grid: str = "auto"
@@ -68,17 +72,31 @@ class CalibrateConfig:
             raise UserError(f"tenants={self.tenants}: must be ≥ 1")
         if not 1 <= self.min_reps <= self.max_reps:
             raise UserError(f"min_reps={self.min_reps}, max_reps={self.max_reps}: need 1 ≤ min_reps ≤ max_reps")
-        if self.budget_s < 0 or self.target_s <= 0:
+        if not (self.budget_s >= 0 and math.isfinite(self.budget_s) and self.target_s > 0
+                and math.isfinite(self.target_s)):
             raise UserError(f"budget_s={self.budget_s}, target_s={self.target_s}: need budget_s ≥ 0, target_s > 0")
         for part in filter(None, self.sms.split(",")):
             if not part.strip().isdigit() or int(part) < 1:
                 raise UserError(f"sms={self.sms!r}: comma-separated positive SM counts, e.g. 16,32,132")
+
+    def out_dir(self) -> Path:
+        """The folder profiles are written to (``out``, or the user profile folder when empty)."""
+        return Path(self.out).expanduser() if self.out else user_profiles_dir()
 
     def sm_counts(self) -> tuple[int, ...]:
         """The ``sms`` field as integers (empty when unset)."""
         return tuple(int(p) for p in self.sms.split(",") if p.strip())
 
 
+SUMMARY = ("Measure a cost profile (per-op step times) of a model on this machine's GPU (or CPU) and write "
+           "<gpu>__<model>.parquet + .json. The output folder and every value are checked before anything "
+           "is measured.")
+EXAMPLES = ("python -m moesim.calibrate device=cpu model=tiny out=/tmp/prof",
+            "python -m moesim.calibrate model=mixtral-8x7b budget_s=900")
+
+
 def parse_args(argv: list[str]) -> CalibrateConfig:
     """``["device=cpu", "model=tiny"]`` → config; an unknown key or a bad value is one clear line."""
-    return parse_key_values(argv, CalibrateConfig)
+    return parse_key_values(argv, CalibrateConfig, prog="python -m moesim.calibrate", summary=SUMMARY,
+                            choices={"device": ("cuda", "cpu"), "model": sorted(MODEL_SPECS), "grid": GRIDS},
+                            examples=EXAMPLES)
