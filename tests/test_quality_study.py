@@ -182,3 +182,39 @@ def test_committed_results_read_back() -> None:
     assert s["wins"]["fine"][f"{OURS} vs uniform-average"]["wins"] == 56
     assert set(dist) == {"large/0", "large/1", "fine/0"}
     assert meta["families"]["large"]["seeds"]["2"] == "skipped: deadline"
+
+
+def test_one_subset_per_n_first() -> None:
+    plain = Q.subsets_for(0, 8, {2: 4, 3: 2, 4: 2, 8: 1})
+    first = Q.subsets_for(0, 8, {2: 4, 3: 2, 4: 2, 8: 1}, one_per_n_first=True)
+    assert sorted(plain) == sorted(first)
+    assert [len(s) for s in first[:4]] == [2, 3, 4, 8]
+
+
+def test_merge_of_single_family_runs_gives_the_same_summary(tmp_path: Path) -> None:
+    import json
+
+    import pandas as pd
+
+    from moesim.consolidation.quality_report import load, merge, summarize
+    from moesim.errors import UserError
+
+    q = pd.read_csv(REPORT / "quality.csv", dtype={"budget": str})
+    meta = json.loads((REPORT / "metadata.json").read_text())
+    dist = json.loads((REPORT / "distances.json").read_text())
+    parts = []
+    for fam in ("large", "fine"):
+        p = tmp_path / fam
+        p.mkdir()
+        q[q.family == fam].to_csv(p / "quality.csv", index=False)
+        (p / "metadata.json").write_text(json.dumps({**meta, "families": {fam: meta["families"][fam]}}))
+        (p / "distances.json").write_text(json.dumps({k: v for k, v in dist.items() if k.startswith(fam)}))
+        parts.append(p)
+    merge(tmp_path / "all", parts)
+    qa, ma, _ = load(tmp_path / "all")
+    q0, m0, _ = load(REPORT)
+    assert json.dumps(summarize(qa, ma), sort_keys=True) == json.dumps(summarize(q0, m0), sort_keys=True)
+    with pytest.raises(UserError, match="quality.csv' not found"):
+        merge(tmp_path / "x", [tmp_path / "missing"])
+    with pytest.raises(UserError, match="family 'large' is in more than one part"):
+        merge(tmp_path / "y", [parts[0], parts[0]])

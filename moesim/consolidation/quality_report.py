@@ -219,12 +219,45 @@ separate models. Ours = {OURS}.</p>
     return summary
 
 
+def merge(folder: str | Path, parts: list[Path]) -> None:
+    """Combine the outputs of runs of single families (``--families``, e.g. one per GPU) into ``folder``:
+    quality.csv and train_log.csv concatenated, metadata.json's ``families`` and distances.json joined."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    frames, logs, meta, dist = [], [], None, {}
+    for p in parts:
+        for name in ("quality.csv", "metadata.json", "distances.json"):
+            if not (p / name).is_file():
+                raise UserError(f"{str(p / name)!r} not found (a part to merge must be a study's output folder)")
+        frames.append(pd.read_csv(p / "quality.csv", dtype={"budget": str}))
+        if (p / "train_log.csv").is_file():
+            logs.append(pd.read_csv(p / "train_log.csv"))
+        m = json.loads((p / "metadata.json").read_text())
+        if meta is None:
+            meta = m
+        else:
+            dup = set(meta["families"]) & set(m["families"])
+            if dup:
+                raise UserError(f"{str(p)!r}: family {sorted(dup)[0]!r} is in more than one part")
+            meta["families"].update(m["families"])
+        dist.update(json.loads((p / "distances.json").read_text()))
+    pd.concat(frames).to_csv(folder / "quality.csv", index=False)
+    if logs:
+        pd.concat(logs).to_csv(folder / "train_log.csv", index=False)
+    (folder / "metadata.json").write_text(json.dumps(meta, indent=1))
+    (folder / "distances.json").write_text(json.dumps(dist))
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m moesim.consolidation.quality_report",
                                  description=__doc__.splitlines()[0])
     ap.add_argument("folder", type=Path, nargs="?", default=Path("reports/consolidation"))
+    ap.add_argument("--merge", type=Path, nargs="+", default=None,
+                    help="first combine these single-family output folders into FOLDER")
     args = ap.parse_args(argv)
+    if args.merge:
+        merge(args.folder, args.merge)
     s = build(args.folder)
     for r in s["targets"]:
         o = r.get(OURS, {})

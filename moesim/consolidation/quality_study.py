@@ -76,6 +76,8 @@ class Family:
             seed-specific random order); study_s: wall budget of one seed's study.
         ties_density / dare_drop: of the whole-model TIES / DARE baselines; ties_copy_density: of
             ``act-cluster-ties``'s copies. reserve_s: wall time left for the families after this one.
+        budgets: memory fractions studied (None: ``BUDGETS``); one_per_n_first: study one subset of every N
+            before any second subset (so a deadline still leaves every N measured).
     """
 
     name: str
@@ -102,6 +104,8 @@ class Family:
     ties_copy_density: float = 1.0
     dare_drop: float = 0.9
     reserve_s: float = 0.0
+    budgets: tuple[float, ...] | None = None
+    one_per_n_first: bool = False
 
 
 _SMOKE = replace(CPU_CONFIG, max_seq=64)
@@ -114,14 +118,29 @@ PRESETS: dict[str, tuple[Family, ...]] = {
                finetune_steps=300, finetune_s=2.5, warmup=30, eval_windows=40, val_windows=12, calib_windows=4,
                val_every=50, ft_val_every=10, seeds=(0,), subsets={8: 1, 2: 4, 4: 2}, study_s=25.0),
     ),
+    # Prepared from what the h200 run taught, NOT run yet (docs/consolidation.md, "Fixes for the next call"):
+    # fine-tunes at the first study's peak lr (3e-4, which beat its base by 4.6-15 %) for longer; one subset of
+    # every N before any second; 3 budgets + all-shared instead of 6 + all-shared. Meant for two GPUs at once:
+    #   CUDA_VISIBLE_DEVICES=0 ... --families large --out OUT/large & CUDA_VISIBLE_DEVICES=1 ... --families fine --out OUT/fine
+    "h200-next": (
+        Family("large", LARGE_CONFIG, seq=512, batch=64, pretrain_lr=1.5e-3, pretrain_s=170.0, finetune_lr=3e-4,
+               finetune_steps=400, finetune_s=9.0, warmup=10, eval_windows=40, val_windows=12, calib_windows=4,
+               val_every=50, ft_val_every=10, seeds=(0, 1, 2), subsets={2: 4, 3: 2, 4: 2, 8: 1}, study_s=45.0,
+               budgets=(0.25, 0.5, 0.75), one_per_n_first=True),
+        Family("fine", FINE_CONFIG, seq=512, batch=64, pretrain_lr=1.5e-3, pretrain_s=200.0, finetune_lr=3e-4,
+               finetune_steps=300, finetune_s=6.0, warmup=10, eval_windows=40, val_windows=12, calib_windows=4,
+               val_every=50, ft_val_every=10, seeds=(0, 1, 2), subsets={2: 4, 3: 2, 4: 2, 8: 1}, study_s=50.0,
+               budgets=(0.25, 0.5, 0.75), one_per_n_first=True),
+    ),
     "smoke": (
         Family("large", _SMOKE, seq=64, batch=8, pretrain_lr=3e-3, pretrain_s=6.0, finetune_lr=2e-3,
                finetune_steps=6, finetune_s=2.0, warmup=2, eval_windows=3, val_windows=2, calib_windows=1,
-               val_every=5, ft_val_every=2, seeds=(0, 1), subsets={8: 1, 2: 1, 3: 1, 4: 1}, study_s=60.0),
+               val_every=5, ft_val_every=2, seeds=(0, 1), subsets={8: 1, 2: 2, 3: 1, 4: 1}, study_s=60.0,
+               one_per_n_first=True),
         Family("fine", replace(_SMOKE, n_experts=8, top_k=4, d_ff=32, shared_d_ff=64), seq=64, batch=8,
                pretrain_lr=3e-3, pretrain_s=4.0, finetune_lr=2e-3, finetune_steps=4, finetune_s=2.0, warmup=2,
                eval_windows=3, val_windows=2, calib_windows=1, val_every=5, ft_val_every=2, seeds=(0,),
-               subsets={8: 1, 2: 1}, study_s=30.0),
+               subsets={8: 1, 2: 1}, study_s=30.0, budgets=(0.5,)),
     ),
 }
 # (Reading order of the h200 preset's time: startup ~15 s, large: 135 + 3 × (8 × 5 + ~5 + 38) ≈ 385 s,
@@ -136,15 +155,17 @@ def lr_at(progress: float, step: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-def subsets_for(seed: int, n_domains: int, sizes: dict[int, int]) -> list[tuple[int, ...]]:
+def subsets_for(seed: int, n_domains: int, sizes: dict[int, int], one_per_n_first: bool = False
+                ) -> list[tuple[int, ...]]:
     """Subsets per N in the order of ``sizes``: consecutive blocks of one seeded random order of the domains
-    (wrapping around), so ``n_domains / N`` subsets cover every domain once; each subset sorted."""
+    (wrapping around), so ``n_domains / N`` subsets cover every domain once; each subset sorted. With
+    ``one_per_n_first``, the first subset of every N comes before any second one."""
     order = np.random.default_rng(1000 + seed).permutation(n_domains).tolist()
-    out = []
-    for n, count in sizes.items():
-        for k in range(count):
-            out.append(tuple(sorted(order[(k * n + j) % n_domains] for j in range(n))))
-    return out
+    by_n = [[tuple(sorted(order[(k * n + j) % n_domains] for j in range(n))) for k in range(count)]
+            for n, count in sizes.items()]
+    if one_per_n_first:
+        return [subs[0] for subs in by_n if subs] + [s for subs in by_n for s in subs[1:]]
+    return [s for subs in by_n for s in subs]
 
 
 def budget_copies(frac: float, n: int, n_pos: int, ne_bytes: int, e_bytes: int) -> int | None:
@@ -352,7 +373,7 @@ def study_subset(runner: Runner, fam: Family, seed: int, base: dict[str, torch.T
     for local, i in enumerate(subset):
         row("alone", "1", sep, local, *alone[doms[i]], 0, n * n_pos)
     levels: list[tuple[str, int]] = [("all-shared", n_pos)]
-    for frac in BUDGETS:
+    for frac in fam.budgets or BUDGETS:
         c = budget_copies(frac, n, n_pos, ne_bytes, e_bytes)
         if c is not None and c not in {lv[1] for lv in levels}:
             levels.append((f"{frac:g}", c))
@@ -468,7 +489,7 @@ def run_family(fam: Family, args: argparse.Namespace, t_start: float, out: Path,
         checks: dict[str, object] = {"skipped_subsets": []}
         sm["checks"] = checks
         t_study = time.perf_counter()
-        for subset in subsets_for(seed, len(doms), fam.subsets):
+        for subset in subsets_for(seed, len(doms), fam.subsets, fam.one_per_n_first):
             now = time.perf_counter()
             if now - t_study > fam.study_s or now - t_start > args.deadline_s - fam.reserve_s - 5:
                 checks["skipped_subsets"].append("+".join(doms[i] for i in subset))  # type: ignore[union-attr]
