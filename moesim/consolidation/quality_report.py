@@ -199,15 +199,18 @@ def build(folder: str | Path) -> dict[str, Any]:
                                                  if f['config'].get('shared_d_ff') else "")
         + f", pretrained {f['pretrain']['tokens']:,d} tokens at {f['pretrain']['tokens_per_s']:,d} tokens/s"
         for name, f in meta["families"].items())
+    gains = "; ".join(
+        f"{key}: {100 * min(g.values()):+.1f} to {100 * max(g.values()):+.1f} % "
+        f"({sum(v < 0 for v in g.values())} of {len(g)} variants better than the base)"
+        for key, g in summary["variant_gain"].items())
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>moesim consolidation quality (8 domains)</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1300px;margin:auto;padding:1em}}
 table{{border-collapse:collapse;font-size:90%}}td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}</style>
 </head><body><h1>Expert consolidation on 8 domains: what it costs in output quality</h1>
 <p>Measured on {meta['gpu']} ({meta['date_utc']} UTC, torch {meta['torch']}). {fams}.</p>
-<p><b>Read first:</b> the large family's fine-tunes did not beat their base (see the last figure): their
-early stopping kept step 10 of ~28. Consolidated variants come out <i>better</i> than the variants alone there,
-which says the fine-tunes were poor, not that consolidation is free. The fine-grained family's fine-tunes did
-help (2.6–7.9 %). See docs/consolidation.md.</p>
+<p><b>Read first — what each fine-tune gained over the base on its own domain</b> (perplexity change; a
+consolidation can only show a cost where the variants are better than their base): {gains}. See
+docs/consolidation.md.</p>
 <p>Change = held-out perplexity over the variant alone's on its own domain, minus 1; accuracy = next-byte
 accuracy change (points). Memory = every weight held (all non-expert sets plus every expert copy) over N
 separate models. Ours = {OURS}.</p>
