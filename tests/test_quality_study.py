@@ -214,7 +214,7 @@ def test_merge_of_single_family_runs_gives_the_same_summary(tmp_path: Path) -> N
     qa, ma, _ = load(tmp_path / "all")
     q0, m0, _ = load(REPORT)
     assert json.dumps(summarize(qa, ma), sort_keys=True) == json.dumps(summarize(q0, m0), sort_keys=True)
-    with pytest.raises(UserError, match="quality.csv' not found"):
+    with pytest.raises(UserError, match=r"quality\.csv' not found"):
         merge(tmp_path / "x", [tmp_path / "missing"])
     with pytest.raises(UserError, match="family 'large' is in more than one part"):
         merge(tmp_path / "y", [parts[0], parts[0]])
