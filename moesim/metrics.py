@@ -70,10 +70,9 @@ def summarize(requests: pd.DataFrame, segments: pd.DataFrame, *, horizon_s: floa
     out["span_s"] = span
     out["throughput_rpm"] = 60.0 * n_served / span if n_served else 0.0
     out["tokens_per_s"] = float(df["output_tokens"][~rejected].sum()) / span if n_served else 0.0
-    tpot_ok = df["tpot_s"].isna() | (df["tpot_s"] <= slo_tpot_s)
     out["slo_ttft_s"] = slo_ttft_s
     out["slo_tpot_s"] = slo_tpot_s
-    out["slo_attainment"] = float(((df["ttft_s"] <= slo_ttft_s) & tpot_ok).mean()) if n else float("nan")
+    out["slo_attainment"] = slo_attainment(df, slo_ttft_s, slo_tpot_s)
     if horizon_s:
         out.update(paper_metrics(df, horizon_s))
     swaps = segments[segments["kind"] == "swap"] if len(segments) else segments
