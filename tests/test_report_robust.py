@@ -104,17 +104,18 @@ def test_no_readable_job_still_writes_a_report(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--cdf-rate", "-1"], "--cdf-rate=-1.0: must be a finite number > 0"),
-    (["--cdf-rate", "nan"], "--cdf-rate=nan: must be a finite number > 0"),
-    (["--cdf-rate", "abc"], "argument --cdf-rate: invalid float value: 'abc'"),
-    (["--timeline-window-s", "inf"], "--timeline-window-s=inf: must be a finite number > 0"),
-    (["--slo-target", "5"], "--slo-target=5.0: must be a share in (0, 1]"),
-    (["--slo-target", "0"], "--slo-target=0.0: must be a share in (0, 1]"),
-    (["--baselines", "mig,nope"], "--baselines: unknown policy 'nope'; valid: dedicated, mig"),
-    (["--slo-ttft-s", "0"], "--slo-ttft-s=0.0: must be a finite number > 0"),
-    (["--slo-tpot-s", "-0.1"], "--slo-tpot-s=-0.1: must be a finite number > 0"),
-    (["--compare-rates", "0.1,-2"], "--compare-rates=-2.0: must be a finite number > 0"),
-    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--cdf-rate", "-1"], "cdf_rate=-1.0: must be a finite number > 0"),
+    (["cdf_rate=nan"], "cdf_rate='nan': expected a finite number"),
+    (["--cdf-rate", "abc"], "cdf_rate='abc': expected a number"),
+    (["timeline_window_s=inf"], "timeline_window_s='inf': expected a finite number"),
+    (["slo_target=5"], "slo_target=5.0: must be a share in (0, 1]"),
+    (["--slo-target", "0"], "slo_target=0.0: must be a share in (0, 1]"),
+    (["baselines=mig,nope"], "baselines: unknown policy 'nope'; valid: dedicated, mig"),
+    (["--slo-ttft-s", "0"], "slo_ttft_s=0.0: must be a finite number > 0"),
+    (["slo_tpot_s=-0.1"], "slo_tpot_s=-0.1: must be a finite number > 0"),
+    (["--compare-rates", "0.1,-2"], "compare_rates=-2.0: must be a finite number > 0"),
+    (["bogus=1"], "unknown key 'bogus'"),
+    (["--bogus"], "--bogus: expected a value"),
 ])
 def test_bad_options_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
                                   message: str) -> None:

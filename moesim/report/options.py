@@ -7,7 +7,6 @@ Options come from the sweep's ``multirun.yaml`` (its ``report`` node), then the 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -67,7 +66,7 @@ def check_options(opts: ReportOptions, where: str = "") -> ReportOptions:
     from moesim.policies import POLICIES
 
     def name(field: str) -> str:
-        return f"{where}{field.replace('_', '-') if where == '--' else field}"
+        return f"{where}{field}"
 
     cdf = _positive(name("cdf_rate"), opts.cdf_rate, optional=True, unit=" (requests/s per tenant)")
     window = _positive(name("timeline_window_s"), opts.timeline_window_s, unit=" (seconds)")
@@ -132,46 +131,18 @@ def options_from_sweep(root: Path) -> tuple[ReportOptions, str | None]:
         return ReportOptions(), f"{p}: unreadable ({type(exc).__name__}: {first}); the report uses the default options"
 
 
-def _float_list(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: not a comma-separated list of numbers") from None
-
-
-def _str_list(text: str) -> list[str]:
-    return [x for x in text.replace(",", " ").split() if x]
-
-
-def add_arguments(ap: argparse.ArgumentParser) -> None:
-    """The report options of ``python -m moesim.report`` (each overrides the sweep's own)."""
-    ap.add_argument("--cdf-rate", type=float, metavar="R",
-                    help="per-tenant rate (req/s) of the CDF and the timeline; default: the middle swept rate")
-    ap.add_argument("--timeline-window-s", type=float, metavar="S", help="timeline window (seconds; default 30)")
-    ap.add_argument("--slo-target", type=float, metavar="F",
-                    help="share of requests within the SLO for a rate to count as sustained, in (0, 1] (default 0.9)")
-    ap.add_argument("--baselines", type=_str_list, metavar="P,P",
-                    help="policies the headline table compares against (default: mig,reconfig)")
-    ap.add_argument("--compare-rates", type=_float_list, metavar="R,R",
-                    help="per-tenant rates (req/s) the “vs” columns compare at (default: every common rate)")
-    ap.add_argument("--slo-ttft-s", type=float, metavar="S",
-                    help="TTFT target (s): recompute SLO attainment from requests.parquet (default: the sweep's)")
-    ap.add_argument("--slo-tpot-s", type=float, metavar="S",
-                    help="time-per-output-token target (s): recompute SLO attainment (default: the sweep's)")
-
-
 ARG_FIELDS = ("cdf_rate", "timeline_window_s", "slo_target", "baselines", "compare_rates", "slo_ttft_s",
               "slo_tpot_s")
 
 
-def options_from_args(base: ReportOptions, args: argparse.Namespace | dict[str, Any]) -> ReportOptions:
+def options_from_args(base: ReportOptions, args: dict[str, Any]) -> ReportOptions:
     """``base`` (the sweep's options) with the command line's values applied, checked (one-line
     UserError naming the ``--option`` on a bad value)."""
-    values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    values = dict(args)
     changes = {k: values[k] for k in ARG_FIELDS if values.get(k) is not None}
     for k in ("baselines", "compare_rates"):
         if k in changes:
             changes[k] = tuple(changes[k])
     # check the command line's values under their own names first, then the result as a whole
-    check_options(dataclasses.replace(ReportOptions(), **changes), "--")
-    return check_options(dataclasses.replace(base, **changes), "--")
+    check_options(dataclasses.replace(ReportOptions(), **changes))
+    return check_options(dataclasses.replace(base, **changes))
