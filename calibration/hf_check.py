@@ -56,7 +56,18 @@ def hf_params(name: str) -> dict[str, tuple[int, ...]]:
     return out
 
 
+def _by_layer(params: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """Parameters per decoder layer (``model.layers.<i>``) and outside the layers (``rest``)."""
+    out: dict[str, int] = {}
+    for n, shape in params.items():
+        parts = n.split(".")
+        key = ".".join(parts[:3]) if n.startswith("model.layers.") else "rest"
+        out[key] = out.get(key, 0) + int(torch.Size(shape).numel())
+    return out
+
+
 def compare(name: str) -> dict:
+    """Names and shapes (exact), and parameters per layer (robust to transformers fusing experts)."""
     spec = MODEL_SPECS[name]
     ours = {t.name: t.shape for t in tensor_shapes(spec)}
     t0 = time.perf_counter()
@@ -65,8 +76,10 @@ def compare(name: str) -> dict:
     extra = sorted(set(ours) - set(theirs))
     wrong = sorted(n for n in set(ours) & set(theirs) if ours[n] != theirs[n])
     hf_total = sum(int(torch.Size(s).numel()) for s in theirs.values())
+    per_layer = _by_layer(ours) == _by_layer(theirs)
     return {"model": name, "tensors": len(ours), "hf_tensors": len(theirs), "moesim_params": spec.total_params,
-            "hf_params": hf_total, "equal": not (missing or extra or wrong) and hf_total == spec.total_params,
+            "hf_params": hf_total, "names_and_shapes_equal": not (missing or extra or wrong),
+            "per_layer_counts_equal": per_layer, "equal": per_layer and hf_total == spec.total_params,
             "only_hf": missing[:5], "only_moesim": extra[:5], "shape_differs": wrong[:5],
             "seconds": round(time.perf_counter() - t0, 2)}
 
@@ -78,17 +91,26 @@ def forward(name: str, device: str = "cuda", tokens: int = 16) -> dict:
     conf = hf_config(name)
     torch.manual_seed(0)
     with torch.device(device):
-        model = transformers.AutoModelForCausalLM.from_config(conf, torch_dtype=torch.bfloat16)
+        try:
+            model = transformers.AutoModelForCausalLM.from_config(conf, dtype=torch.bfloat16)
+        except TypeError:  # transformers < 4.56 names it torch_dtype
+            model = transformers.AutoModelForCausalLM.from_config(conf, torch_dtype=torch.bfloat16)
     model.eval()
     ids = torch.randint(0, conf.vocab_size, (2, tokens), device=device)
     with torch.no_grad():
+        model(input_ids=ids)  # warm-up
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
         out = model(input_ids=ids)
+        torch.cuda.synchronize()
+        ms = (time.perf_counter() - t0) * 1e3
     shape = tuple(out.logits.shape)
     n = sum(p.numel() for p in model.parameters())
     del model, out
     torch.cuda.empty_cache()
     return {"model": name, "logits_shape": list(shape), "expected": [2, tokens, conf.vocab_size],
-            "ok": shape == (2, tokens, conf.vocab_size), "params_on_device": n,
+            "ok": shape == (2, tokens, conf.vocab_size) and n == MODEL_SPECS[name].total_params,
+            "params_on_device": n, "eager_forward_ms": round(ms, 2),
             "moesim_params": MODEL_SPECS[name].total_params}
 
 
@@ -110,7 +132,9 @@ def main() -> int:
             r = {"model": n, "equal": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
         ok &= bool(r["equal"])
         rows.append(r)
-        print(json.dumps(r))
+        print(json.dumps(r), flush=True)
+        if a.json:  # written after every model: a timeout keeps what was checked
+            Path(a.json).write_text(json.dumps({"transformers": transformers.__version__, "rows": rows}, indent=1))
     for n in [x for x in a.forward.split(",") if x]:
         try:
             r = forward(n)
@@ -118,7 +142,9 @@ def main() -> int:
             r = {"model": n, "ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
         ok &= bool(r["ok"])
         rows.append({"forward": r})
-        print(json.dumps({"forward": r}))
+        print(json.dumps({"forward": r}), flush=True)
+        if a.json:
+            Path(a.json).write_text(json.dumps({"transformers": transformers.__version__, "rows": rows}, indent=1))
     if a.json:
         Path(a.json).write_text(json.dumps({"transformers": transformers.__version__, "rows": rows}, indent=1))
     return 0 if ok else 1

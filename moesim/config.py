@@ -18,6 +18,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional, Union
 
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -37,14 +38,20 @@ BEST_COST_ORDER = ("profile", "roofline", "constant")
 
 @dataclass
 class ModelConfig:
-    """``model=<name>``: one of ``moesim.specs.MODEL_SPECS``."""
+    """``model=<name>``: one of ``moesim.specs.MODEL_SPECS``, or ``model=path/to/config.json``.
+
+    Attributes:
+        name: shipped model name or config.json path.
+        dtype: routed experts' weight format (``auto``: as the config says; bf16, fp8, mxfp4, int4).
+    """
 
     name: str = MISSING
+    dtype: str = "auto"
 
 
 @dataclass
 class GPUConfig:
-    """``gpu=<name>``: one of ``moesim.specs.GPU_SPECS``."""
+    """``gpu=<name>``: one of ``moesim.specs.GPU_SPECS``, or ``gpu=path/to/gpu.yaml``."""
 
     name: str = MISSING
 
@@ -235,6 +242,9 @@ def register_configs() -> None:
         cs.store(group="model", name=name, node=ModelConfig(name=name))
     for name in GPU_SPECS:
         cs.store(group="gpu", name=name, node=GPUConfig(name=name))
+    # model=path / gpu=path become model=file model.name=<absolute path> (see rewrite_file_overrides)
+    cs.store(group="model", name="file", node=ModelConfig())
+    cs.store(group="gpu", name="file", node=GPUConfig())
     for group, reg in registries().items():
         for name in reg.names():
             cs.store(group=group, name=name, node=mirror(reg.get(name)[1]))
@@ -302,7 +312,8 @@ def job_spec(cfg: DictConfig) -> JobSpec:
     """Validate a composed job config and build its frozen component configs (UserError on bad values)."""
     regs = registries()
     built: dict[str, Any] = {}
-    model, gpu = get_model(cfg.model.name), get_gpu(cfg.gpu.name)
+    model = get_model(cfg.model.name, str(cfg.model.get("dtype", "auto")))
+    gpu = get_gpu(cfg.gpu.name)
     for group, reg in regs.items():
         node = cfg[group]
         name = node.get("name")
@@ -453,6 +464,24 @@ class _JobChecker:
             except OmegaConfBaseException as exc:
                 raise UserError(_omegaconf_line(exc, o.input_line, cfg)) from None
         return cfg
+
+
+def rewrite_file_overrides(argv: list[str]) -> list[str]:
+    """``model=path/to/config.json`` → ``model=file model.name=/abs/path`` (likewise ``gpu=x.yaml``).
+
+    Hydra reads ``model=X`` as a config-group option; a file is not one, so the option ``file`` carries its
+    path. A value is a file when it ends in .json/.yaml/.yml or contains a path separator.
+    """
+    from moesim.specs.models import is_path
+
+    out: list[str] = []
+    for a in argv:
+        key, sep, val = a.partition("=")
+        if sep and key in ("model", "gpu", "+model", "+gpu") and is_path(val) and "," not in val:
+            out += [f"{key.lstrip('+')}=file", f"{key.lstrip('+')}.name={Path(val).expanduser().resolve()}"]
+        else:
+            out.append(a)
+    return out
 
 
 def check_command_line(argv: list[str]) -> int:

@@ -11,7 +11,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from moesim.config import CONF_DIR, CONFIG_NAME, check_command_line, register_configs
+from moesim.config import CONF_DIR, CONFIG_NAME, check_command_line, register_configs, rewrite_file_overrides
 from moesim.errors import exit_on_user_error
 from moesim.sweep import finish_sweep, run_hydra_job
 
@@ -25,6 +25,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     """Validate every job of the command line (one-line errors), then hand over to hydra."""
     register_configs()
+    sys.argv[1:] = rewrite_file_overrides(sys.argv[1:])
     check_command_line(sys.argv[1:])
     try:
         _hydra_main()

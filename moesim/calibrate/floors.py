@@ -24,7 +24,7 @@ _DEVICE_OPS = ("attn_proj", "router", "attn_prefill", "attn_decode", "moe_groupe
 
 def floor_table(df: pd.DataFrame, meta: dict) -> pd.DataFrame:
     """Whole-GPU device ops with their two floors (seconds) and measured/floor."""
-    m = get_model(meta["model"])
+    m = get_model(meta.get("model_config") if str(meta.get("model_config", "")).startswith("/") else meta["model"])
     P = float(meta.get("ceiling_gemm_flops") or np.nan)
     B = float(meta.get("ceiling_copy_Bps") or np.nan)
     d = df[(df["status"] == "ok") & df["op"].isin(_DEVICE_OPS) & (df["sms"] == int(meta.get("sms", 0)))].copy()
