@@ -198,7 +198,8 @@ class BestCostConfig:
     """``cost=best``: the most faithful cost model shipped for the job's GPU × model.
 
     A calibrated ``profile`` when one ships for that pair (``calibration/profiles/<gpu>__<model>.parquet``),
-    else ``roofline``, each with its defaults. To set parameters choose the model: ``cost=roofline``.
+    else ``roofline`` with the measured efficiencies of another model's profile on that GPU (marked
+    derived; ``moesim.cost.derive``), else the datasheet ``roofline``. To set parameters choose the model: ``cost=roofline``.
     """
 
     name: str = "best"
@@ -217,6 +218,10 @@ def best_cost(model: ModelSpec, gpu: GPUSpec) -> Any:
             if name not in COST_MODELS.names():
                 continue
             cfg = COST_MODELS.config(name)
+            if name == "roofline":  # a measured profile of another model on this GPU lends its efficiencies
+                from moesim.cost.derive import derived_roofline_config
+
+                cfg = derived_roofline_config(model, gpu) or cfg
             try:
                 COST_MODELS.build(name, cfg, model=model, gpu=gpu)
             except UserError:

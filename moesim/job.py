@@ -27,8 +27,12 @@ INSTANCES = "instances.json"
 
 
 def cost_provenance(cost: Any) -> dict[str, Any]:
-    """Where a cost model's numbers come from; ``derived`` is True for a profile derived for another GPU."""
+    """Where a cost model's numbers come from: ``cost_provenance`` is measured (a profile measured on this
+    GPU for this model), derived (a profile derived for another GPU, or the roofline with the measured
+    efficiencies of another model's profile on this GPU), roofline (datasheet ceilings) or constant;
+    ``cost_derived`` is True for derived."""
     return {
+        "cost_provenance": str(getattr(cost, "provenance", getattr(cost, "name", ""))),
         "cost_derived": bool(getattr(cost, "derived", False)),
         "cost_source": str(getattr(cost, "path", "") or getattr(cost, "source", "") or ""),
     }

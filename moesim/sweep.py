@@ -34,7 +34,7 @@ REPORT_HTML = "report.html"
 
 # summary.csv: identification first, then metrics, then bookkeeping
 ID_COLUMNS = ["job", "status", "policy", "model", "gpu", "workload", "rate", "tenants", "seed", "cost",
-              "cost_option", "cost_derived"]
+              "cost_option", "cost_provenance", "cost_derived"]
 TAIL_COLUMNS = ["cost_source", "wall_s", "error", "overrides"]
 SKIP_KEYS = {"params", "policy_info", "traceback"}
 
@@ -66,6 +66,8 @@ def _run_single(cfg: DictConfig, out: Path, overrides: list[str], extra: dict[st
     s = job.run(spec, out, progress=progress, overrides=overrides, extra=extra)
     print(f"moesim: {s['n_requests']} requests, mean turnaround {s['mean_turnaround_s']:.3f} s, "
           f"mean TTFT {s['mean_ttft_s']:.3f} s, {s['throughput_rpm']:.2f} req/min; "
+          f"cost: {s.get('cost')} ({s.get('cost_provenance', '')}"
+          f"{', from ' + Path(str(s['cost_source'])).name if s.get('cost_source') else ''}); "
           f"outputs in {out}/ ({job.SUMMARY}, {job.REQUESTS})")
 
 

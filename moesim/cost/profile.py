@@ -321,6 +321,7 @@ class ProfileCost(CostModel):
                             f"gpu × model (available: {', '.join(available_profiles(self.path.parent))})")
         self.meta = meta
         self.derived = bool(meta.get("derived", False))
+        self.provenance = "derived" if self.derived else "measured"
         self.total_sms = int(meta.get("sms", gpu.sms))
         ok = df[df["status"] == "ok"]
         full = ok[ok["sms"] == self.total_sms]

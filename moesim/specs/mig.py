@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from moesim.errors import UserError
-from moesim.specs.gpus import GPUSpec, MIGProfile, get_gpu
+from moesim.specs.gpus import GPU_SPECS, GPUSpec, MIGProfile, get_gpu
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +122,9 @@ def _is_maximal(layout: MIGLayout, table: dict[tuple[str, ...], MIGLayout]) -> b
 
 def equal_layout(gpu: GPUSpec, n: int) -> MIGLayout:
     """The layout with exactly ``n`` instances whose smallest instance is largest (memory, then SMs)."""
+    if not gpu.mig_profiles:
+        raise UserError(f"{gpu.name} has no MIG: MIG policies need a GPU with MIG profiles "
+                        f"(shipped: {', '.join(g for g, s in GPU_SPECS.items() if s.mig_profiles)})")
     cands = [lay for lay in mig_layouts(gpu) if len(lay.instances) == n]
     if not cands:
         raise UserError(f"{gpu.name} has no MIG layout with {n} instances (at most 7)")
