@@ -79,7 +79,8 @@ def test_exact_totals_agree_with_transformers_log() -> None:
     rows = {r["model"]: r for r in log["rows"] if "model" in r}
     assert set(rows) == set(SHIPPED)
     for n, r in rows.items():
-        assert r["equal"] and r["hf_params"] == EXACT[n][0] == r["moesim_params"]
+        assert r["equal"]
+        assert r["hf_params"] == EXACT[n][0] == r["moesim_params"]
 
 
 # Published figures, at the precision they are published with. Publishers differ in two ways, kept per
@@ -131,9 +132,10 @@ def test_expert_bytes_per_format_include_scales() -> None:
     # model.dtype=int4: 4 bits + one bf16 scale per 128 inputs
     i4 = get_model("qwen3-30b-a3b", "int4")
     assert i4.expert_bytes == 2 * (768 * 2048 // 2 + 768 * 16 * 2) + (2048 * 768 // 2 + 2048 * 6 * 2)
-    assert i4.total_params == q.total_params and i4.nonexpert_bytes == q.nonexpert_bytes
+    assert i4.total_params == q.total_params
+    assert i4.nonexpert_bytes == q.nonexpert_bytes
     assert matrix_bytes("fp8", 100, 130) == 13_000 + 1 * 2 * 4
-    with pytest.raises(UserError, match="model.dtype='fp4': unknown expert weight format; valid: auto"):
+    with pytest.raises(UserError, match=r"model\.dtype='fp4': unknown expert weight format; valid: auto"):
         get_model("qwen3-30b-a3b", "fp4")
 
 
@@ -154,7 +156,8 @@ def test_any_config_json_path(tmp_path: Path) -> None:
     d = tmp_path / "my-olmoe"
     d.mkdir()
     m = get_model(str(_write(d, cfg)))
-    assert m.name == "my-olmoe" and m.total_params == EXACT["olmoe-1b-7b"][0]
+    assert m.name == "my-olmoe"
+    assert m.total_params == EXACT["olmoe-1b-7b"][0]
 
 
 def test_bad_configs_one_line(tmp_path: Path) -> None:
@@ -171,12 +174,12 @@ def test_bad_configs_one_line(tmp_path: Path) -> None:
     cfg = json.loads((DATA_DIR / "mixtral-8x7b.json").read_text())
     cfg["num_local_experts"] = 0
     p = _write(tmp_path, cfg, "c.json")
-    with pytest.raises(UserError, match="c.json: field 'num_local_experts'=0 must be an integer ≥ 1"):
+    with pytest.raises(UserError, match=r"c\.json: field 'num_local_experts'=0 must be an integer ≥ 1"):
         load_config(p)
     p.write_text("{not json")
-    with pytest.raises(UserError, match="c.json: not valid JSON"):
+    with pytest.raises(UserError, match=r"c\.json: not valid JSON"):
         load_config(p)
-    with pytest.raises(UserError, match="no such config.json file"):
+    with pytest.raises(UserError, match=r"no such config\.json file"):
         get_model(str(tmp_path / "missing.json"))
 
 
@@ -186,13 +189,15 @@ def test_specs_table_csv_reads_back(capsys: pytest.CaptureFixture[str]) -> None:
     assert set(rows) == set(MODEL_SPECS)
     q = rows["qwen3-30b-a3b"]
     assert (q["layers"], q["experts"], q["top_k"], q["shared_experts"]) == ("48", "128", "8", "0")
-    assert float(q["total_params_B"]) == 30.532 and float(q["active_params_B"]) == 3.353
+    assert float(q["total_params_B"]) == 30.532
+    assert float(q["active_params_B"]) == 3.353
     d = rows["deepseek-v3"]
     assert (d["dense_layers"], d["shared_experts"], d["expert_format"], d["attention"]) == ("3", "1", "fp8", "mla")
     assert specs_main(["gpus"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split()[:3] == ["gpu", "status", "sms"]
-    assert "h200       measured" in out and "l40s       derived" in out
+    assert "h200       measured" in out
+    assert "l40s       derived" in out
 
 
 def test_active_fraction_top8_of_128_matches_sampling() -> None:
