@@ -9,6 +9,7 @@ instead of ``summary.json``.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -26,23 +27,61 @@ SEGMENTS = "segments.parquet"
 INSTANCES = "instances.json"
 
 
+PROVENANCES = ("measured", "derived", "roofline", "constant")
+
+
+def provenance_kind(cost: Any) -> str:
+    """``measured`` (a profile calibrated on this GPU × model), ``derived`` (a profile derived from another
+    GPU's), ``roofline`` or ``constant`` (analytic models); another cost model's registry name otherwise."""
+    kind = getattr(cost, "provenance", "")  # set by profile, roofline (derived when it carries a profile's
+    if kind:  # measured efficiencies: moesim.cost.derive) and constant
+        return str(kind)
+    if hasattr(cost, "path") and hasattr(cost, "derived"):
+        return "derived" if cost.derived else "measured"
+    return str(getattr(cost, "name", type(cost).__name__))
+
+
 def cost_provenance(cost: Any) -> dict[str, Any]:
     """Where a cost model's numbers come from: ``cost_provenance`` is measured (a profile measured on this
     GPU for this model), derived (a profile derived for another GPU, or the roofline with the measured
     efficiencies of another model's profile on this GPU), roofline (datasheet ceilings) or constant;
     ``cost_derived`` is True for derived."""
     return {
-        "cost_provenance": str(getattr(cost, "provenance", getattr(cost, "name", ""))),
+        "cost_provenance": provenance_kind(cost),
         "cost_derived": bool(getattr(cost, "derived", False)),
         "cost_source": str(getattr(cost, "path", "") or getattr(cost, "source", "") or ""),
     }
 
 
+def cost_line(cost: Any, model: str, gpu: str, *, fallback: bool = False) -> str:
+    """The one console line naming the cost model a run uses and whether it was measured for it.
+
+    ``fallback``: the cost model was picked by ``cost=best`` (no better one shipped for the pair).
+    """
+    kind = provenance_kind(cost)
+    pair = f"{gpu} × {model}"
+    if kind == "measured":
+        return f"cost: profile {cost.path} (measured on {pair})"
+    if kind == "derived" and not hasattr(cost, "path"):  # roofline with another model's measured efficiencies
+        return (f"cost: roofline with the measured efficiencies of {Path(str(cost.source)).name} "
+                f"(DERIVED; no profile measured on {pair})")
+    if kind == "derived":
+        src = getattr(cost, "meta", {}).get("derived_from") or "another GPU's profile"
+        return f"cost: profile {cost.path} (DERIVED from {src}; not measured on {gpu})"
+    if fallback:
+        return f"cost: {kind} (no measured profile for {pair})"
+    if kind == "constant":
+        return f"cost: constant (fixed step times chosen with cost=constant; not measured on {pair})"
+    return f"cost: {kind} (analytic, chosen with cost={kind}; not measured on {pair})"
+
+
 def run(spec: JobSpec, out_dir: str | Path, *, progress: bool = False, overrides: list[str] | None = None,
-        extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        extra: dict[str, Any] | None = None, announce: bool = False) -> dict[str, Any]:
     """Simulate ``spec`` and write its outputs into ``out_dir``; the summary written to summary.json.
 
-    ``extra`` items (e.g. the hydra option the cost came from) are added to the summary.
+    ``extra`` items (e.g. the hydra option the cost came from) are added to the summary. The workload's
+    one-line account of what it serves (e.g. ``replaying 19,366 of 19,366 requests of F (whole trace)``)
+    goes to the job's log and summary.json (``workload_selection``), and to stderr when ``announce``.
     """
     from moesim.cost import COST_MODELS
     from moesim.engine import simulate
@@ -54,6 +93,10 @@ def run(spec: JobSpec, out_dir: str | Path, *, progress: bool = False, overrides
     t0 = time.perf_counter()
     workload = WORKLOADS.build(spec.workload.name, spec.workload)
     requests = workload.generate(spec.seed)
+    selection = f"moesim: {workload.selection(len(requests))}"
+    log.info("%s", selection)
+    if announce:
+        print(selection, file=sys.stderr, flush=True)
     policy = POLICIES.build(spec.policy.name, spec.policy)
     cost = COST_MODELS.build(spec.cost.name, spec.cost, model=spec.model, gpu=spec.gpu)
     result = simulate(spec.model, spec.gpu, policy, cost, requests, n_tenants=workload.tenants,
@@ -63,15 +106,20 @@ def run(spec: JobSpec, out_dir: str | Path, *, progress: bool = False, overrides
     metrics = summarize(result.requests, result.segments, horizon_s=workload.horizon_s,
                         slo_ttft_s=spec.slo_ttft_s, slo_tpot_s=spec.slo_tpot_s)
     wall_s = time.perf_counter() - t0
+    names = workload.tenant_names
+    if names is not None:  # the trace named its tenants: keep the names beside the ids
+        result.requests["tenant_name"] = [names[t] for t in result.requests["tenant"]]
     write_parquet(out / REQUESTS, result.requests)
     write_parquet(out / SEGMENTS, result.segments)
     write_json(out / INSTANCES, result.instances)
     summary = {
         "status": "ok",
         **spec.describe(),
+        "config_hash": spec.config_hash(),
         **cost_provenance(cost),
         **(extra or {}),
         **metrics,
+        "workload_selection": selection.removeprefix("moesim: "),
         "horizon_s": result.horizon_s,
         "wall_s": wall_s,
         "overrides": list(overrides or []),

@@ -3,6 +3,10 @@
 Definitions (seconds): turnaround = finish − arrival; service (the paper's turnaround) = finish − start;
 TTFT = first token − arrival; TPOT = (finish − first token) / (output tokens − 1) for outputs > 1;
 queue wait = start − arrival.
+
+Rejected requests (a non-empty ``rejected`` reason in the per-request table; the engine refuses a request
+it can never hold) have no times: they are left out of every latency statistic, counted in
+``rejected``, left out of throughput, and count as SLO misses (attainment is over all requests).
 """
 
 from __future__ import annotations
@@ -37,11 +41,14 @@ def summarize(requests: pd.DataFrame, segments: pd.DataFrame, *, horizon_s: floa
             measured over ``[0, max(horizon_s, last finish)]``, so a sparse run is not credited with its
             few requests over a few seconds and an overloaded run is charged the time it takes to drain.
             ``None``: first arrival to last finish.
-        slo_ttft_s, slo_tpot_s: a request attains the SLO when its TTFT and its TPOT are within both.
+        slo_ttft_s, slo_tpot_s: a request attains the SLO when its TTFT and its TPOT are within both;
+            a rejected request never does (``slo_attainment`` is over all ``n_requests``).
     """
     df = per_request(requests)
     n = len(df)
-    out: dict[str, Any] = {"n_requests": n}
+    rejected = (df["rejected"].astype(str) != "").to_numpy() if "rejected" in df.columns else np.zeros(n, bool)
+    n_served = n - int(rejected.sum())
+    out: dict[str, Any] = {"n_requests": n, "rejected": int(rejected.sum())}
     for col in ("turnaround_s", "ttft_s", "service_s", "tpot_s", "queue_wait_s"):
         v = df[col].to_numpy(dtype=float)
         v = v[~np.isnan(v)]
@@ -49,15 +56,15 @@ def summarize(requests: pd.DataFrame, segments: pd.DataFrame, *, horizon_s: floa
         out[f"mean_{base}_s"] = float(v.mean()) if v.size else float("nan")
         for p in PERCENTILES:
             out[f"p{p}_{base}_s"] = float(np.percentile(v, p)) if v.size else float("nan")
-    if n:
+    if n_served:
         t0 = float(df["arrival_s"].min())
         t1 = float(df["finish_s"].max())
     else:
         t0 = t1 = 0.0
     span = max(horizon_s, t1) if horizon_s else max(t1 - t0, 1e-12)
     out["span_s"] = span
-    out["throughput_rpm"] = 60.0 * n / span if n else 0.0
-    out["tokens_per_s"] = float(df["output_tokens"].sum()) / span if n else 0.0
+    out["throughput_rpm"] = 60.0 * n_served / span if n_served else 0.0
+    out["tokens_per_s"] = float(df["output_tokens"][~rejected].sum()) / span if n_served else 0.0
     tpot_ok = df["tpot_s"].isna() | (df["tpot_s"] <= slo_tpot_s)
     out["slo_ttft_s"] = slo_ttft_s
     out["slo_tpot_s"] = slo_tpot_s

@@ -25,8 +25,18 @@ REQUEST_COLUMNS = ["request_id", "tenant", "arrival_s", "start_s", "first_token_
 ISSUE2 = ["model=mixtral-8x7b", "gpu=a100-80gb", "policy=reconfig", "workload=poisson", "workload.rate=0.05", "workload.tenants=2", "workload.duration_s=3600", "workload.prompt_tokens=20", "workload.output_tokens=25", "seed=1"]
 
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def env_here() -> dict[str, str]:
+    """The environment for a subprocess that runs this checkout's moesim (and its hydra plugin) from any cwd."""
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = env_here()
     return subprocess.run([sys.executable, "-m", "moesim.simulate", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -135,7 +145,7 @@ def test_failed_job_is_reported_and_others_kept(tmp_path: Path) -> None:
     d = tmp_path / "s"
     p = run("-m", f"hydra.sweep.dir={d}", "policy=mig", "gpu=a100-80gb", "workload.tenants=2,8",
             "workload.rate=0.05", "seed=0", "workload.duration_s=60", "hydra.launcher.n_jobs=1", cwd=tmp_path)
-    assert p.returncode == 0, p.stderr
+    assert p.returncode == 1, p.stderr  # a sweep with a failed job exits non-zero, after its summary/report
     csv = pd.read_csv(d / "summary.csv")
     assert list(csv["status"]) == ["ok", "failed"]
     assert "at most 7" in csv["error"].iloc[1]
@@ -190,8 +200,8 @@ def test_job_count_of_command_lines(registered: None, argv: list[str], n_jobs: i
     (["slo_ttft_s=0"], "slo_ttft_s=0.0: must be a finite number > 0"),
     (["workload.rate=[1,"], "no viable alternative"),
     (["hydra.mode=RUN", "policy=mig,reconfig"], "policy=mig,reconfig: a sweep in a single run"),
-    (["-m", "workload=azure_conv,azure_code", "workload.max_requests=30"],
-     "workload.max_requests=30: unknown key 'max_requests'; valid keys of workload: name, rate"),
+    (["-m", "workload=azure_conv,azure_code", "workload.time_scale=2"],
+     "workload.time_scale=2: unknown key 'time_scale'; valid keys of workload: name, rate"),
     (["workload.rate=abc"], "workload.rate=abc: Value 'abc' of type 'str' could not be converted to Float"),
     (["policy=mig", "-m", "seed=1,2"], "unrecognized arguments: seed=1,2; flags such as -m/--multirun go before"),
 ])

@@ -11,6 +11,7 @@ import pandas as pd
 import simpy
 
 from moesim.cost.base import CostModel
+from moesim.engine.admission import refusal
 from moesim.engine.instance import Instance
 from moesim.errors import UserError
 from moesim.policies.base import InstancePlan, Policy
@@ -57,9 +58,14 @@ class Recorder:
         self.finish = np.full(n, np.nan)
         self.swap_wait = np.zeros(n)
         self.instance = np.full(n, -1, dtype=np.int64)
+        self.rejected: dict[int, str] = {}  # request id → reason it was refused
         self.rows: list[tuple] = []
         self.swaps = 0
         self.finished = 0
+
+    def reject(self, request: Request, reason: str) -> None:
+        """Refuse ``request`` (it is never served): its reason goes to the ``rejected`` column."""
+        self.rejected[request.id] = reason
 
     def segment(self, inst: int, kind: str, start: float, end: float, n_seqs: int, tokens: int,
                 tenants: str, fetches: float, attention_s: float, experts_s: float, fetch_s: float) -> None:
@@ -74,7 +80,9 @@ class SimResult:
 
     Attributes:
         requests: one row per request (request_id, tenant, instance, arrival_s, start_s, first_token_s,
-            finish_s, prompt_tokens, output_tokens, swap_wait_s); times in seconds.
+            finish_s, prompt_tokens, output_tokens, swap_wait_s, rejected); times in seconds. ``rejected``
+            is "" for a served request, else why it was refused (see ``moesim.engine.admission``); a
+            rejected request has instance -1 and NaN start/first-token/finish times.
         segments: the timeline (instance, kind, start_s, end_s, n_seqs, tokens, tenants, expert_fetches,
             attention_s, experts_s, fetch_s).
         instances: per instance: name, profile, slice shares and memory breakdown (bytes).
@@ -92,25 +100,26 @@ class SimResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _check_fits(plans: Sequence[InstancePlan], requests: Sequence[Request], model: ModelSpec) -> None:
+def _check_fits(plans: Sequence[InstancePlan]) -> None:
     for p in plans:
         if not p.ideal and p.weight_bytes > p.memory_bytes:
             raise UserError(
                 f"instance {p.name}: weights need {p.weight_bytes / 1e9:.2f} GB but it has "
                 f"{p.memory_bytes / 1e9:.2f} GB"
             )
-    if not requests:
-        return
-    biggest = max(requests, key=lambda r: r.prompt_tokens + r.output_tokens)
-    need = (biggest.prompt_tokens + biggest.output_tokens) * model.kv_bytes_per_token
-    for p in plans:
-        if need > p.kv_capacity_bytes:
-            raise UserError(
-                f"instance {p.name} ({p.profile}): request {biggest.id} needs {need / 1e9:.3f} GB of KV cache "
-                f"({biggest.prompt_tokens}+{biggest.output_tokens} tokens of {model.name}) but only "
-                f"{p.kv_capacity_bytes / 1e9:.3f} GB are left after {p.weight_bytes / 1e9:.2f} GB of weights; "
-                "lower policy.weight_budget_fraction, shorten the requests or use a larger GPU/profile"
-            )
+
+
+def _all_rejected(rec: Recorder, requests: Sequence[Request], plans: Sequence[InstancePlan],
+                  model: ModelSpec) -> UserError:
+    first = min(requests, key=lambda r: r.id)
+    caps = ", ".join(sorted({f"{p.kv_capacity_bytes / 1e9:.3g} GB" for p in plans}))
+    limit = f"{model.max_context_tokens} tokens" if model.max_context_tokens else "no stated limit"
+    return UserError(
+        f"every one of the {len(requests):,} requests is rejected (request {first.id}: "
+        f"{rec.rejected[first.id]}); {model.name} serves at most {limit} of context and the instances hold "
+        f"{caps} of KV cache: shorten the requests, lower policy.weight_budget_fraction or use a larger "
+        "GPU/profile"
+    )
 
 
 def simulate(model: ModelSpec, gpu: GPUSpec, policy: Policy, cost: CostModel, requests: Sequence[Request],
@@ -127,7 +136,7 @@ def simulate(model: ModelSpec, gpu: GPUSpec, policy: Policy, cost: CostModel, re
     tenants = n_tenants if n_tenants is not None else (1 + max((r.tenant for r in requests), default=0))
     plans = policy.layout(model, gpu, tenants)
     policy.bind(plans)
-    _check_fits(plans, requests, model)
+    _check_fits(plans)
     env = simpy.Environment()
     rec = Recorder(n)
     link = HostLink()
@@ -140,7 +149,14 @@ def simulate(model: ModelSpec, gpu: GPUSpec, policy: Policy, cost: CostModel, re
     routed: list[list[Request]] = [[] for _ in insts]
     route = policy.route
     for r in order:
-        routed[route(r)].append(r)
+        i = route(r)
+        reason = refusal(r, plans[i], model)
+        if reason is None:
+            routed[i].append(r)
+        else:
+            rec.reject(r, reason)
+    if n and len(rec.rejected) == n:
+        raise _all_rejected(rec, requests, plans, model)
     procs = []
     for inst, arr in zip(insts, routed, strict=True):
         inst.feed(arr)
@@ -150,14 +166,16 @@ def simulate(model: ModelSpec, gpu: GPUSpec, policy: Policy, cost: CostModel, re
         from tqdm.auto import tqdm
 
         chunk = max(1.0, (order[-1].arrival_s if order else 0.0) / 200)
-        with tqdm(total=n, unit="req", desc=f"simulate {policy.registry_name}", mininterval=0.5) as bar:
+        with tqdm(total=n - len(rec.rejected), unit="req", desc=f"simulate {policy.registry_name}", mininterval=0.5) as bar:
             while any(p.is_alive for p in procs):
                 env.run(until=env.now + chunk)
                 bar.update(rec.finished - bar.n)
     else:
         env.run()
-    if n and np.isnan(rec.finish).any():
-        stuck = int(np.isnan(rec.finish).sum())
+    unfinished = np.isnan(rec.finish)
+    unfinished[list(rec.rejected)] = False
+    if unfinished.any():
+        stuck = int(unfinished.sum())
         raise RuntimeError(f"{stuck} requests never finished: engine bug")
 
     by_id = sorted(requests, key=lambda r: r.id)
@@ -172,6 +190,7 @@ def simulate(model: ModelSpec, gpu: GPUSpec, policy: Policy, cost: CostModel, re
         "prompt_tokens": np.array([r.prompt_tokens for r in by_id], dtype=np.int64),
         "output_tokens": np.array([r.output_tokens for r in by_id], dtype=np.int64),
         "swap_wait_s": rec.swap_wait,
+        "rejected": np.array([rec.rejected.get(i, "") for i in range(n)], dtype=object),
     })
     seg_df = pd.DataFrame(rec.rows, columns=list(Recorder.SEGMENT_COLUMNS))
     seg_df["instance"] = [plans[i].name for i in seg_df["instance"]] if len(seg_df) else seg_df["instance"]

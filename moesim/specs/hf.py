@@ -119,6 +119,7 @@ def spec_from_config(cfg: dict[str, Any], name: str, where: str = "config.json")
         "n_kv_heads": f.int("num_key_value_heads", H), "head_dim": f.int("head_dim", d // H),
         "top_k": f.int("num_experts_per_tok", f.cfg.get("experts_per_token") or None),
         "tied_embeddings": f.bool("tie_word_embeddings", False), "expert_format": fmt, "source": where,
+        "max_context_tokens": f.int("max_position_embeddings", 0, minimum=0),
     }
     if fam in ("qwen2_moe", "qwen3_moe"):
         if f.cfg.get("mlp_only_layers"):

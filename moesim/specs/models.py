@@ -61,6 +61,9 @@ class ModelSpec:
             byte scale per 32 values) or int4 (4-bit, one bf16 scale per group of 128); bytes per expert
             include the scales (biases stay bf16).
         source: where the spec came from (a config.json path, or ``""`` for the built-in ones).
+        max_context_tokens: longest sequence (prompt + output tokens) the model serves; 0 = no stated
+            limit. A longer request is rejected by the engine (``moesim.engine.admission``); from
+            ``max_position_embeddings`` for config.json models.
     """
 
     name: str
@@ -106,6 +109,7 @@ class ModelSpec:
     topk_group: int = 1
     expert_format: str = "auto"
     source: str = ""
+    max_context_tokens: int = 0
 
     # ---- layer counts -------------------------------------------------------------------------
     def is_moe_layer(self, layer: int) -> bool:
