@@ -49,7 +49,7 @@ def test_balanced_routing_spreads_tokens_over_experts() -> None:
         counts: list[int] = []
         router = eng.router
 
-        def spy(x, t, layer, router=router, counts=counts):  # noqa: ANN001, ANN202
+        def spy(x, t, layer, router=router, counts=counts):
             h, i, w = router(x, t, layer)
             counts.append(len(torch.unique(i)))
             return h, i, w
