@@ -149,7 +149,8 @@ class WallFeed:
                 if left <= 0 or self._stop.is_set():
                     break
                 # sleep most of the way, spin the last half millisecond (sleep overshoots by ~0.1 ms)
-                time.sleep(left - 5e-4 if left > 1e-3 else 0)
+                if left > 1e-3:
+                    time.sleep(left - 5e-4)
             if self._stop.is_set():
                 return
             with self._cv:

@@ -142,6 +142,41 @@ class CostBackend:
         return {"backend": "cost", "cost": self.cost.name, **self.stats}
 
 
+class SleepingCostBackend(CostBackend):
+    """``CostBackend`` on the wall clock: each step sleeps its cost (a real-time run without a device)."""
+
+    def swap(self, tenants: tuple[int, ...], plan: InstancePlan, prefill: StepCost | None) -> SwapTicket:
+        """Sleep the exposed part."""
+        t = super().swap(tenants, plan, prefill)
+        sleep_s(t.exposed_s)
+        return t
+
+    def prefill(self, batch: tuple[SeqWork, ...], residency: Residency, cost: StepCost | None) -> StepCost:
+        """Sleep the step's cost."""
+        c = super().prefill(batch, residency, cost)
+        sleep_s(c.total_s)
+        return c
+
+    def decode_step(self, k: int) -> float:
+        """Sleep the step's cost."""
+        end = super().decode_step(k)
+        sleep_s(end - (float(self._dr.end_s[k - 1]) if k else 0.0))
+        return end
+
+
+def sleep_s(s: float) -> None:
+    """Wait ``s`` seconds (sleep, then spin the last half millisecond)."""
+    import time
+
+    end = time.perf_counter() + s
+    while True:
+        left = end - time.perf_counter()
+        if left <= 0:
+            return
+        if left > 1e-3:
+            time.sleep(left - 5e-4)
+
+
 class Recorder:
     """Per-request timestamps and the timeline (rows of ``SEGMENT_COLUMNS``)."""
 
@@ -384,7 +419,6 @@ def serve(model: ModelSpec, gpu: GPUSpec, policy: Policy, backend: Backend, requ
     Single-instance layouts only (``reconfig``, ``reconfig_fast``, ``multiplex``, ``naive``, ``swap``):
     several concurrent instances (``mig``, ``dedicated``) are refused in one line.
     """
-    from moesim.engine.simulation import _check_fits, _instance_info
     from moesim.serve.clock import VirtualClock, VirtualFeed, WallClock, WallFeed
 
     n = len(requests)
@@ -400,7 +434,7 @@ def serve(model: ModelSpec, gpu: GPUSpec, policy: Policy, backend: Backend, requ
     policy.bind(plans)
     for r in by_id:
         policy.route(r)  # an unserved tenant is one line here, not a stuck run
-    _check_fits(plans, by_id, model)
+    _check_fits(plan, by_id, model)
     order = sorted(requests, key=lambda r: (r.arrival_s, r.id))
     backend.setup(plan, tenants)
     clk = VirtualClock() if clock == "virtual" else WallClock()
@@ -440,3 +474,26 @@ def serve(model: ModelSpec, gpu: GPUSpec, policy: Policy, backend: Backend, requ
             "release_late_s_mean": float(late.mean()) if n else 0.0}
     return ServeResult(req_df, seg, [_instance_info(plan, model)], policy.describe(), float(horizon), rec.swaps,
                        meta)
+
+
+def _check_fits(p: InstancePlan, requests: Sequence[Request], model: ModelSpec) -> None:
+    """The simulator's checks (weights fit; the largest request's KV fits), without importing the engine."""
+    if not p.ideal and p.weight_bytes > p.memory_bytes:
+        raise UserError(f"instance {p.name}: weights need {p.weight_bytes / 1e9:.2f} GB but it has "
+                        f"{p.memory_bytes / 1e9:.2f} GB")
+    if requests:
+        big = max(requests, key=lambda r: r.prompt_tokens + r.output_tokens)
+        need = (big.prompt_tokens + big.output_tokens) * model.kv_bytes_per_token
+        if need > p.kv_capacity_bytes:
+            raise UserError(f"instance {p.name}: request {big.id} needs {need / 1e9:.3f} GB of KV cache but only "
+                            f"{p.kv_capacity_bytes / 1e9:.3f} GB are left after the weights; lower the budget "
+                            "or shorten the requests")
+
+
+def _instance_info(p: InstancePlan, model: ModelSpec) -> dict[str, Any]:
+    res = p.residency
+    return {"name": p.name, "profile": p.profile, "memory_bytes": p.memory_bytes,
+            "resident_expert_copies": res.gpu_expert_copies(),
+            "resident_expert_bytes": res.gpu_expert_copies() * model.expert_bytes,
+            "host_expert_bytes": p.host_expert_bytes, "nonexpert_slots": p.nonexpert_slots,
+            "kv_capacity_bytes": p.kv_capacity_bytes, "tenants": sorted(p.tenants), **p.meta}
