@@ -142,6 +142,9 @@ class TorchBackend:
         self.fetcher: Fetcher | None = None
         self._swap_events: list[Any] | None = None  # per group, of the swap being streamed
         self._run: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+        # capture a CUDA graph for a shape met for the first time (else run it eagerly: a timed run after a
+        # warm-up replay captures nothing, as a server that captured its graphs ahead)
+        self.capture = True
         self._elapsed = 0.0
         self.stats = {"steps": 0, "eager_steps": 0, "graph_steps": 0, "graph_captures": 0, "swaps": 0,
                       "swap_bytes": 0, "swap_copy_s": 0.0, "swap_paced_s": 0.0, "expert_fetches": 0,
@@ -173,6 +176,17 @@ class TorchBackend:
         self.fetcher = Fetcher(self.device, plan.residency.fetch_overlap > 0) if has_host else None
         self.eng.fetcher = self.fetcher
         self.x._sync()
+
+    def reset_stats(self) -> None:
+        """Zero the counters (a new run)."""
+        self.stats = {k: 0.0 if isinstance(v, float) else 0 for k, v in self.stats.items()}
+
+    def warm_up(self) -> None:
+        """A prefill and two decode steps of tenant 0, untimed (lazy library initialisation)."""
+        self._execute((SeqWork(0, 64, 0),))
+        self._execute((SeqWork(0, 1, 64),))
+        self._execute((SeqWork(0, 1, 65),))
+        self.reset_stats()
 
     def reserve_kv(self, rows: int) -> None:
         """Allocate the KV cache for ``rows`` tokens up front."""
@@ -253,7 +267,8 @@ class TorchBackend:
         f = self.fetcher
         streamed = self._swap_events is not None
         t0 = time.perf_counter()
-        if x.execution == "graphs" and f is None and not streamed:
+        if x.execution == "graphs" and f is None and not streamed and (
+                self.capture or x._graph_key(si) in x._graphs):
             before = x.stats["graph_captures"]
             if x._run_graph(si) is not None:
                 self.stats["graph_steps"] += 1

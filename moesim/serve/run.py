@@ -39,8 +39,11 @@ def build_cost(cfg: ServeConfig, model: Any, gpu: Any, execution: str = "graphs"
     return COST_MODELS.build(kind, None, model=model, gpu=gpu), kind
 
 
-def run(cfg: ServeConfig, argv: list[str] | None = None, log=print) -> dict[str, Any]:
-    """Serve ``cfg``'s trace and write the outputs; returns the summary written to summary.json."""
+def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any = None) -> dict[str, Any]:
+    """Serve ``cfg``'s trace and write the outputs; returns the summary written to summary.json.
+
+    ``backend``: a ``TorchBackend`` built earlier (several runs in one process share its weights); None builds one.
+    """
     t_start = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -64,8 +67,10 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print) -> dict[str,
         if cfg.device == "cpu":  # tiny steps are far faster on one thread
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
-        backend: Any = TorchBackend(model, gpu, device=cfg.device, n_tenants=cfg.tenants, execution=cfg.execution,
-                                    kv_bucket=cfg.kv_bucket, seed=cfg.seed)
+        if backend is None:
+            backend = TorchBackend(model, gpu, device=cfg.device, n_tenants=cfg.tenants, execution=cfg.execution,
+                                   kv_bucket=cfg.kv_bucket, seed=cfg.seed)
+        backend.reset_stats()
         execution = backend.x.execution
         batch = POLICIES.build(cfg.policy, params).cfg.max_batch
         backend.reserve_kv(batch * max(r.prompt_tokens + r.output_tokens for r in requests))
@@ -78,9 +83,12 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print) -> dict[str,
                         clock="virtual")
             write_parquet(out / "replay_requests.parquet", rep.requests)
             doc["replay"] = {"wall_s": time.perf_counter() - t0, "backend": rep.meta["backend"]}
-            backend.stats = dict.fromkeys(backend.stats, 0) | {k: 0.0 for k, v in backend.stats.items()
-                                                               if isinstance(v, float)}
+            backend.reset_stats()
+            backend.capture = False  # the timed run replays what the warm-up captured, else runs eagerly
             log(f"warm-up replay (virtual clock, measured steps): {time.perf_counter() - t0:.1f} s", flush=True)
+        elif cfg.backend == "torch":
+            backend.capture = True
+            backend.warm_up()  # lazy initialisation (library handles, streams) outside the timed run
         if cfg.backend == "cost":
             cost, desc = build_cost(cfg, model, gpu)
             backend = CostBackend(cost) if cfg.clock == "virtual" else SleepingCostBackend(cost)
