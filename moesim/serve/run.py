@@ -79,6 +79,7 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
     try:
         if cfg.backend == "torch" and cfg.warmup:
             t0 = time.perf_counter()
+            backend.capture = True  # a shared backend's previous run left it off
             rep = serve(model, gpu, POLICIES.build(cfg.policy, params), backend, requests, n_tenants=cfg.tenants,
                         clock="virtual")
             write_parquet(out / "replay_requests.parquet", rep.requests)
