@@ -149,6 +149,13 @@ def test_tiny_model_served_in_real_time_on_cpu(tmp_path) -> None:
     assert summary["horizon_s"] >= max(r.arrival_s for r in reqs)
     assert summary["validation"]["n_requests"] == 14
     assert (tmp_path / "replay_requests.parquet").exists()
+    # the offline validation (what the GPU machine, without simpy, leaves for later) gives the same figures
+    from moesim.serve.validate import validate_run
+
+    row = validate_run(tmp_path, "roofline")
+    for k in ("mean_turnaround_s_error_pct", "mean_ttft_s_error_pct", "turnaround_ape_median_pct"):
+        assert row[k] == pytest.approx(summary["validation"][k], rel=1e-12)
+    assert row["sim_swap_count"] == summary["validation"]["sim_swap_count"]
 
 
 def _tiny_set():
