@@ -110,10 +110,8 @@ def test_wall_clock_sleeping_cost_backend_serves_in_real_time() -> None:
 
 
 # ---- torch on CPU, real time ----------------------------------------------------------------------
-torch = pytest.importorskip("torch")
-
-
 def test_tiny_model_served_in_real_time_on_cpu(tmp_path) -> None:
+    pytest.importorskip("torch")
     from moesim.serve.config import ServeConfig
     from moesim.serve.run import run
 
@@ -159,6 +157,8 @@ def test_tiny_model_served_in_real_time_on_cpu(tmp_path) -> None:
 
 
 def _tiny_set():
+    import torch
+
     from moesim.calibrate.engine import MoEEngine
 
     return MoEEngine(TINY, torch.device("cpu"), n_tenants=1).tenants[0].tensors()
@@ -178,3 +178,23 @@ def test_cli_help_and_bad_input() -> None:
     with pytest.raises(UserError, match="clock"):
         parse_args(["clock=fast"])
     assert set(SERVED_POLICIES) <= set(POLICIES.names())
+
+
+def test_profile_mixed_times_fetching_steps_eagerly() -> None:
+    from moesim.cost.base import Residency, SeqWork
+    from moesim.policies.base import consolidated_groups
+
+    mixed = COST_MODELS.build("profile_mixed", None, model=MIXTRAL, gpu=H200)
+    graphs = COST_MODELS.build("profile", {"execution": "graphs"}, model=MIXTRAL, gpu=H200)
+    eager = COST_MODELS.build("profile", {"execution": "eager"}, model=MIXTRAL, gpu=H200)
+    host = Residency(consolidated_groups(MIXTRAL, (0, 1), 223))  # 33 positions per tenant on the host
+    resident = Residency(consolidated_groups(MIXTRAL, (0, 1), MIXTRAL.n_expert_positions))
+    batch = (SeqWork(0, 256, 0), SeqWork(1, 1, 300))
+    assert mixed.step(batch, host) == eager.step(batch, host)
+    assert mixed.step(batch, resident) == graphs.step(batch, resident)
+    assert mixed.step(batch, host).total_s > graphs.step(batch, host).total_s  # launch gaps of eager steps
+    d_m, d_e = mixed.decode_run((0, 1), (300, 400), 5, host), eager.decode_run((0, 1), (300, 400), 5, host)
+    np.testing.assert_array_equal(d_m.end_s, d_e.end_s)
+    d_g = graphs.decode_run((0, 1), (300, 400), 5, resident)
+    np.testing.assert_array_equal(mixed.decode_run((0, 1), (300, 400), 5, resident).end_s, d_g.end_s)
+    assert mixed.swap_s(3e9, host, 0.5) == graphs.swap_s(3e9, host, 0.5)

@@ -11,7 +11,7 @@ from moesim.specs import GPU_SPECS, MODEL_SPECS
 from moesim.workloads.request import Request
 
 WORKLOADS = ("azure_conv", "poisson")
-SIM_COSTS = ("auto", "profile", "roofline", "constant")
+SIM_COSTS = ("auto", "profile", "profile_mixed", "roofline", "constant")
 CLOCKS = ("wall", "virtual")
 BACKENDS = ("torch", "cost")
 SERVED_POLICIES = ("reconfig", "reconfig_fast", "multiplex", "naive", "swap")
@@ -47,7 +47,8 @@ class ServeConfig:
             times on a virtual clock, the old executor's method).
         compare: also simulate the trace with ``sim_cost`` (needs simpy) and write the validation.
         sim_cost: cost model of the simulated side (and of ``backend=cost``): ``profile`` (the shipped profile of
-            gpu × model), ``roofline``, ``constant``, or ``auto`` (profile when shipped, else roofline).
+            gpu × model), ``profile_mixed`` (graph profile, eager profile for steps fetching host experts),
+            ``roofline``, ``constant``, or ``auto`` (profile when shipped, else roofline).
         kv_bucket: CUDA-graph shapes round the longest context up to this (tokens).
         out: output folder (requests.parquet, segments.parquet, summary.json, ...).
     """

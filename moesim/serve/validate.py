@@ -4,7 +4,8 @@ For every run folder under ``DIR`` (one with ``requests.parquet`` and ``summary.
 ``python -m moesim.serve``), rebuild the trace from the recorded config, simulate it with the same policy and
 ``sim_cost`` (``auto``: the shipped profile for gpu × model in the runtime's execution mode), and write
 ``simulated_requests.parquet``, ``per_request_errors.parquet`` into the run folder and one row per run into
-``DIR/validation.csv`` (``validation_eager.csv`` etc. with ``execution=eager``: the eager-launch profile) (run-level figures simulated vs measured, signed errors, per-request median/mean
+``DIR/validation.csv`` (``validation_eager.csv`` with ``execution=eager``: the eager-launch profile;
+``validation_profile_mixed.csv`` with ``sim_cost=profile_mixed``; the per-run files get the same suffix) (run-level figures simulated vs measured, signed errors, per-request median/mean
 absolute errors; ``replay_*`` columns: the same errors of the warm-up replay, measured step times on a
 virtual clock, i.e. without host time or real arrivals). Torch-free; needs simpy.
 """
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         opts[key] = value
     if opts["execution"] not in ("auto", "graphs", "eager"):
         raise UserError(f"execution={opts['execution']!r}: valid: auto, graphs, eager")
-    suffix = "" if opts["execution"] == "auto" else f"_{opts['execution']}"
+    suffix = "".join(f"_{opts[k]}" for k in ("sim_cost", "execution") if opts[k] != "auto")
     folders = sorted(p.parent for p in root.glob("*/summary.json")) or (
         [root] if (root / "summary.json").exists() else [])
     if not folders:
