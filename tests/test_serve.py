@@ -41,7 +41,9 @@ def _poisson(n: int, rate: float, seed: int, tenants: int = 3, max_prompt: int =
 
 
 PARAMS = {"multiplex": {"max_batch": 8}, "reconfig": {}, "reconfig_fast": {"max_batch": 8},
-          "naive": {"max_batch": 4}, "swap": {}}
+          "naive": {"max_batch": 4}, "swap": {},
+          # budgets that leave experts on the host (fetched per use)
+          "multiplex@host": {"max_batch": 8, "budget_bytes": 80e9}, "reconfig@host": {"budget_bytes": 80e9}}
 
 
 def _conserved(reqs: list[Request], requests: pd.DataFrame, segments: pd.DataFrame) -> None:
@@ -61,17 +63,21 @@ def test_virtual_clock_makes_the_simulators_decisions(policy: str, cost: str) ->
         make = lambda: ConstantCost(ConstantCostConfig(prefill_s=0.05, decode_step_s=0.01), MIXTRAL, H200)  # noqa: E731
     else:
         make = lambda: COST_MODELS.build("roofline", None, model=MIXTRAL, gpu=H200)  # noqa: E731
-    sim = simulate(MIXTRAL, H200, POLICIES.build(policy, PARAMS[policy]), make(), reqs, n_tenants=3)
-    run = serve(MIXTRAL, H200, POLICIES.build(policy, PARAMS[policy]), CostBackend(make()), reqs, n_tenants=3,
+    name = policy.partition("@")[0]
+    sim = simulate(MIXTRAL, H200, POLICIES.build(name, PARAMS[policy]), make(), reqs, n_tenants=3)
+    run = serve(MIXTRAL, H200, POLICIES.build(name, PARAMS[policy]), CostBackend(make()), reqs, n_tenants=3,
                 clock="virtual")
+    if "@host" in policy:
+        assert run.instances[0]["host_expert_bytes"] > 0
+        assert run.segments["expert_fetches"].sum() > 0 or cost == "constant"
     pd.testing.assert_frame_equal(sim.requests, run.requests)  # exact: same arithmetic, same order
     pd.testing.assert_frame_equal(sim.segments, run.segments[list(sim.segments.columns)])
     assert run.swap_count == sim.swap_count
     assert run.horizon_s == sim.horizon_s
     _conserved(reqs, run.requests, run.segments)
-    if policy in ("reconfig", "reconfig_fast", "swap"):
+    if name in ("reconfig", "reconfig_fast", "swap"):
         assert run.swap_count > 0  # the trace mixes tenants: swaps happened and matched
-    if policy in ("multiplex", "reconfig_fast"):  # decode runs were cut by arrivals joining
+    if name in ("multiplex", "reconfig_fast"):  # decode runs were cut by arrivals joining
         assert (run.segments["kind"] == "decode").sum() > (run.segments["kind"] == "prefill").sum() // 2
 
 
