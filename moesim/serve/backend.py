@@ -141,6 +141,7 @@ class TorchBackend:
         self.plan: InstancePlan | None = None
         self.fetcher: Fetcher | None = None
         self._swap_events: list[Any] | None = None  # per group, of the swap being streamed
+        self._extra: tuple[int, torch.Tensor, torch.Tensor] | None = None
         self._run: tuple[tuple[int, ...], tuple[int, ...]] | None = None
         # capture a CUDA graph for a shape met for the first time (else run it eagerly: a timed run after a
         # warm-up replay captures nothing, as a server that captured its graphs ahead)
@@ -172,6 +173,16 @@ class TorchBackend:
             for t in range(n_tenants):
                 self.host_sets.append([[(d.detach().cpu().pin_memory() if self.cuda else d.detach().clone(), d)
                                         for d in g] for g in self._groups(t)])
+        # a swap that moves more than the non-expert set (``swap``: the whole resident model) copies the rest
+        # through a fixed scratch buffer, chunk by chunk: the link carries the plan's bytes
+        self._extra = None
+        if self.host_sets:
+            extra = int(plan.swap_bytes) - sum(h.nbytes for g in self.host_sets[0] for h, _ in g)
+            if extra > 0:
+                chunk = min(extra, 256 << 20)
+                host = torch.empty(chunk, dtype=torch.uint8, pin_memory=self.cuda)
+                host.fill_(1)
+                self._extra = (extra, host, torch.empty(chunk, dtype=torch.uint8, device=self.device))
         has_host = any(self.eng.host_in[i] for i in range(self.model.n_layers))
         self.fetcher = Fetcher(self.device, plan.residency.fetch_overlap > 0) if has_host else None
         self.eng.fetcher = self.fetcher
@@ -219,6 +230,11 @@ class TorchBackend:
                     ev = torch.cuda.Event(enable_timing=True)
                     ev.record(self.swap_stream)
                     events.append(ev)
+                if self._extra is not None:
+                    nbytes += self._copy_extra(len(tenants), non_blocking=True)
+                    ev = torch.cuda.Event(enable_timing=True)
+                    ev.record(self.swap_stream)
+                    events.append(ev)
             ticket = SwapTicket(handle=(start, events[-1]))
         else:
             t0 = time.perf_counter()
@@ -227,6 +243,8 @@ class TorchBackend:
                     for h, d in g:
                         d.copy_(h)
                         nbytes += h.nbytes
+            if self._extra is not None:
+                nbytes += self._copy_extra(len(tenants), non_blocking=False)
             ticket = SwapTicket(copy_s=time.perf_counter() - t0)
         self.stats["swaps"] += len(tenants)
         self.stats["swap_bytes"] += nbytes
@@ -245,6 +263,16 @@ class TorchBackend:
         self.stats["swap_copy_s"] += ticket.copy_s
         ticket.exposed_s = time.perf_counter() - t_host
         return ticket
+
+    def _copy_extra(self, n_sets: int, non_blocking: bool) -> int:
+        """Copy ``n_sets`` × the plan's bytes beyond the non-expert set through the scratch buffer."""
+        extra, host, dev = self._extra
+        left = extra * n_sets
+        while left > 0:
+            k = min(left, host.numel())
+            dev[:k].copy_(host[:k], non_blocking=non_blocking)
+            left -= k
+        return extra * n_sets
 
     def finish_swap(self, ticket: SwapTicket) -> None:
         """The copy time of a streamed swap (the prefill that waited on it has synchronised)."""
