@@ -31,12 +31,25 @@ def build_cost(cfg: ServeConfig, model: Any, gpu: Any, execution: str = "graphs"
     if kind in ("auto", "profile"):
         try:
             c = COST_MODELS.build("profile", {"execution": execution}, model=model, gpu=gpu)
-            return c, f"profile {getattr(c, 'path', '')} (execution={execution})"
+            return c, f"profile {_rel(getattr(c, 'path', ''))} (execution={execution})"
         except UserError:
             if kind == "profile":
                 raise
         kind = "roofline"
-    return COST_MODELS.build(kind, None, model=model, gpu=gpu), kind
+    c = COST_MODELS.build(kind, None, model=model, gpu=gpu)
+    return c, (f"{kind} {_rel(c.path)}" if getattr(c, "path", None) else kind)
+
+
+def _rel(path: Any) -> str:
+    """``path`` relative to the working directory when it lies below it (reports stay machine-independent)."""
+    import os
+
+    p = str(path)
+    try:
+        rel = os.path.relpath(p)
+    except ValueError:
+        return p
+    return p if rel.startswith("..") else rel
 
 
 def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any = None) -> dict[str, Any]:
