@@ -622,6 +622,9 @@ def plan_command_line(argv: list[str]) -> CommandLine | None:
                     raise
                 raise UserError(f"{exc} (in a sweep, the config without the swept values must take every "
                                 "other override; sweep that key as well, e.g. key=choice(value))") from None
+            from moesim.report.options import options_from_node
+
+            options_from_node(primary.get("report"))  # the report's options, before any job runs
             multirun = args.multirun or str(primary.hydra.mode) == "RunMode.MULTIRUN"
             if multirun:
                 params = OmegaConf.to_container(primary.hydra.sweeper.params, resolve=True)

@@ -70,10 +70,9 @@ def summarize(requests: pd.DataFrame, segments: pd.DataFrame, *, horizon_s: floa
     out["span_s"] = span
     out["throughput_rpm"] = 60.0 * n_served / span if n_served else 0.0
     out["tokens_per_s"] = float(df["output_tokens"][~rejected].sum()) / span if n_served else 0.0
-    tpot_ok = df["tpot_s"].isna() | (df["tpot_s"] <= slo_tpot_s)
     out["slo_ttft_s"] = slo_ttft_s
     out["slo_tpot_s"] = slo_tpot_s
-    out["slo_attainment"] = float(((df["ttft_s"] <= slo_ttft_s) & tpot_ok).mean()) if n else float("nan")
+    out["slo_attainment"] = slo_attainment(df, slo_ttft_s, slo_tpot_s)
     if horizon_s:
         out.update(paper_metrics(df, horizon_s))
     swaps = segments[segments["kind"] == "swap"] if len(segments) else segments
@@ -106,3 +105,15 @@ def paper_metrics(df: pd.DataFrame, horizon_s: float) -> dict[str, Any]:
         "paper_mean_wait_s": mean(served["queue_wait_s"]),
         "paper_throughput_rpm": 60.0 * n / horizon_s,
     }
+
+
+def slo_attainment(requests: pd.DataFrame, slo_ttft_s: float, slo_tpot_s: float) -> float:
+    """Share of all requests whose TTFT ≤ ``slo_ttft_s`` and TPOT ≤ ``slo_tpot_s`` (seconds); a request
+    with one output token has no TPOT and needs the TTFT target only; a request that never produced a
+    token (rejected, unfinished) misses. ``requests`` is a requests table with or without the
+    ``per_request`` columns. NaN for an empty table."""
+    df = requests if "ttft_s" in requests and "tpot_s" in requests else per_request(requests)
+    if not len(df):
+        return float("nan")
+    tpot_ok = df["tpot_s"].isna() | (df["tpot_s"] <= slo_tpot_s)
+    return float(((df["ttft_s"] <= slo_ttft_s) & tpot_ok).mean())
