@@ -221,3 +221,28 @@ def test_swaps_move_the_plans_bytes_for_real() -> None:
         _conserved(reqs, run.requests, run.segments)
         assert run.swap_count == be.stats["swaps"] == 8  # tenant 0 starts resident
         assert be.stats["swap_bytes"] == 8 * int(plan.swap_bytes)
+
+
+def test_host_scheduling_time_is_measured_on_the_wall_clock() -> None:
+    """A policy that takes 20 ms to decide delays every step by that much, and the timeline says so."""
+    import time
+
+    from moesim.policies.multiplex import Multiplex, MultiplexConfig
+    from moesim.serve.runtime import SleepingCostBackend
+
+    class SlowMultiplex(Multiplex):
+        def select(self, inst):
+            time.sleep(0.02)
+            return super().select(inst)
+
+    reqs = [Request(i, i % 2, 0.1 * i, 20, 2) for i in range(4)]  # spaced: each served alone
+    cost = ConstantCost(ConstantCostConfig(prefill_s=0.01, decode_step_s=0.005), MIXTRAL, H200)
+    run = serve(MIXTRAL, H200, SlowMultiplex(MultiplexConfig(max_batch=4)), SleepingCostBackend(cost), reqs,
+                n_tenants=2, clock="wall")
+    pre = run.segments[run.segments["kind"] == "prefill"]
+    assert (pre["sched_s"] >= 0.02).all()  # the policy's time before each prefill
+    ttft = (run.requests["first_token_s"] - run.requests["arrival_s"]).to_numpy()
+    assert (ttft >= 0.02 + 0.01).all()
+    virtual = serve(MIXTRAL, H200, SlowMultiplex(MultiplexConfig(max_batch=4)), CostBackend(cost), reqs,
+                    n_tenants=2, clock="virtual")
+    np.testing.assert_allclose((virtual.requests["first_token_s"] - virtual.requests["arrival_s"]), 0.01)
