@@ -173,6 +173,11 @@ class MoEEngine:
         self.host_out: list[list[torch.Tensor]] = [[] for _ in range(s.n_layers)]
         self.remap: list[list[torch.Tensor | None]] | None = None
         self.plan_groups: list[dict] | None = None
+        # runtime hooks (moesim.serve): ``fetcher`` takes over host-expert fetches (issue before the resident
+        # GEMM, run after it); ``layer_hook(i)`` runs before layer i (−1: before the embedding, n_layers:
+        # before the lm_head), e.g. to wait for a non-expert set streamed layer by layer. None: unchanged.
+        self.fetcher = None
+        self.layer_hook = None
         half = s.head_dim // 2
         max_pos = 65536
         inv = 1.0 / (10000.0 ** (torch.arange(half, device=device, dtype=torch.float32) / half))
@@ -309,13 +314,17 @@ class MoEEngine:
         buf = h.new_zeros((rows, d))
         src_tok = order // k
         buf[dest] = h[src_tok]
+        fetcher = self.fetcher if n_host else None
+        pending = fetcher.issue(self, layer, bounds[n_gpu:]) if fetcher is not None else None
         if n_gpu:
             offs = ends_p[:n_gpu].to(torch.int32)  # host slots' rows lie past the last offset: not computed
             a = torch._grouped_mm(buf, self.w_in[layer].transpose(-2, -1), offs=offs)  # (rows, g·F)
             y = torch._grouped_mm(self._act(a), self.w_out[layer].transpose(-2, -1), offs=offs)  # (rows, d)
         else:
             y = buf.new_zeros((rows, d))
-        if n_host:
+        if fetcher is not None:
+            fetcher.run(self, layer, buf, y, dest, pending)
+        elif n_host:
             self._host_experts(layer, buf, y, dest, bounds[n_gpu:])
         contrib = y[dest] * top_w.reshape(-1)[order][:, None]
         return torch.zeros_like(h).index_add_(0, src_tok, contrib)
@@ -510,11 +519,16 @@ class MoEEngine:
         """One forward step of the packed batch through every layer; returns the next token ids."""
         s = self.spec
         N = si.ids.shape[0]
+        hook = self.layer_hook
+        if hook is not None:
+            hook(-1)
         x = torch.empty((N, s.d_model), device=self.device, dtype=self.dtype)  # (N, d)
         for t, a, b in si.segments:
             x[a:b] = self.embed(si.ids[a:b], t)
         multi = len(si.segments) > 1
         for layer in range(s.n_layers):
+            if hook is not None:
+                hook(layer)
             parts = [self.attn_pre(x[a:b], t, layer, si.pos[a:b]) for t, a, b in si.segments]
             q, k, v = (torch.cat(p) for p in zip(*parts, strict=True)) if multi else parts[0]
             o = self.attention(q, k, v, si.meta, cache.k[layer], cache.v[layer])  # (N, H·hd)
@@ -531,5 +545,7 @@ class MoEEngine:
             else:
                 for t, a, b in si.segments:
                     x[a:b] += self.dense(x[a:b], t, layer)
+        if hook is not None:
+            hook(s.n_layers)
         nxt = [self.lm_head(x[r], t) for t, r in si.rows]
         return torch.cat(nxt) if len(nxt) > 1 else nxt[0]
