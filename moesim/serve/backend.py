@@ -16,6 +16,11 @@ plan's residency says, KV cache, CUDA graphs keyed by shape) and adds what the e
   (fetch pipelined with compute) when the policy overlaps fetches (``fetch_overlap`` > 0); with
   ``fetch_overlap`` = 0 (the paper's orchestrator) each copy runs on the compute stream before its expert.
   Steps that fetch sync with the host to learn the routing, so they run eagerly (not graph-captured).
+* **Decode steps run in CUDA graphs per batch-size bucket** (``moesim.serve.graphs.DecodeGraphs``: tenant
+  mix as data, batch padded to its bucket, every bucket captured ahead by ``prepare``), so no decode step
+  runs eagerly because the warm-up never met its tenant mix. Prefill steps keep the executor's graphs per
+  exact shape (captured in the warm-up replay; an unseen prefill shape runs eagerly). ``bucketed=False``
+  restores the executor's exact-shape decode graphs. On CPU the bucketed step runs eagerly (same code).
 
 On CPU there are no streams: copies are plain copies, in order.
 """
@@ -127,7 +132,8 @@ class TorchBackend:
     """Executes the runtime's steps (see the module docstring). ``describe()`` has its counters."""
 
     def __init__(self, model: ModelSpec, gpu: GPUSpec, *, device: str = "cuda", n_tenants: int = 1,
-                 execution: str = "auto", kv_bucket: int = 256, seed: int = 0, max_graphs: int = 256) -> None:
+                 execution: str = "auto", kv_bucket: int = 256, seed: int = 0, max_graphs: int = 256,
+                 bucketed: bool = True, max_batch: int = 16) -> None:
         cfg = ExecutedCostConfig(device=device, tenants=n_tenants, execution=execution, moe_engine="grouped",
                                  kv_bucket=kv_bucket, max_graphs=max_graphs, seed=seed)
         self.x = GPUExecutedCost(cfg, model, gpu)
@@ -146,8 +152,15 @@ class TorchBackend:
         # capture a CUDA graph for a shape met for the first time (else run it eagerly: a timed run after a
         # warm-up replay captures nothing, as a server that captured its graphs ahead)
         self.capture = True
+        self.dg = None
+        if bucketed:
+            from moesim.serve.graphs import DecodeGraphs
+
+            # before any host copy of the non-expert sets is made: tenants' tensors become views of stacks
+            self.dg = DecodeGraphs(self.eng, max_batch, kv_bucket, pool=self.x._pool, seed=seed)
         self._elapsed = 0.0
         self.stats = {"steps": 0, "eager_steps": 0, "graph_steps": 0, "graph_captures": 0, "swaps": 0,
+                      "bucket_graph_steps": 0, "bucket_captures": 0, "pad_rows": 0,
                       "swap_bytes": 0, "swap_copy_s": 0.0, "swap_paced_s": 0.0, "expert_fetches": 0,
                       "fetch_bytes": 0, "fetch_copy_s": 0.0, "step_s": 0.0}
 
@@ -167,7 +180,11 @@ class TorchBackend:
         if n_tenants > self.n_tenants:
             raise UserError(f"the workload has {n_tenants} tenants but the backend built {self.n_tenants} sets")
         self.plan = plan
+        self.set_max_batch(plan.max_batch)
+        layouts = self.x.stats["layouts"]
         self.x._ensure_layout(plan.residency)
+        if self.dg is not None and self.x.stats["layouts"] != layouts:
+            self.dg.reset()  # the graphs read the old expert tensors
         self.host_sets = []
         if plan.swap_bytes > 0 and plan.nonexpert_slots < len(plan.tenants):
             for t in range(n_tenants):
@@ -200,8 +217,27 @@ class TorchBackend:
         self.reset_stats()
 
     def reserve_kv(self, rows: int) -> None:
-        """Allocate the KV cache for ``rows`` tokens up front."""
-        self.x.reserve_kv(rows)
+        """Allocate the KV cache for ``rows`` tokens up front (plus a bucketed step's pad rows)."""
+        self.x.reserve_kv(rows + (self.dg.sizes[-1] if self.dg is not None else 0))
+
+    def prepare(self, max_batch: int, max_context: int) -> int:
+        """Before a timed run: capture every decode bucket up to ``max_batch`` sequences and ``max_context``
+        tokens (CUDA, bucketed, no host experts); the graphs captured."""
+        if self.dg is None or not self.cuda or self.fetcher is not None or self.x.execution != "graphs":
+            return 0
+        n = self.dg.capture_all(max_batch, max_context, self.x.cache)
+        self.x._sync()
+        return n
+
+    def set_max_batch(self, max_batch: int) -> None:
+        """Buckets for a policy's batch limit (graphs of other buckets dropped when the sizes change)."""
+        if self.dg is not None:
+            from moesim.serve.graphs import bucket_sizes
+
+            sizes = bucket_sizes(max_batch)
+            if sizes != self.dg.sizes:
+                self.dg.sizes = sizes
+                self.dg.reset()
 
     # ---- swaps ------------------------------------------------------------------------------------
     def estimate(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost | None:
@@ -290,10 +326,27 @@ class TorchBackend:
     # ---- steps ------------------------------------------------------------------------------------
     def _execute(self, batch: tuple[SeqWork, ...]) -> StepCost:
         x, eng = self.x, self.eng
-        si = x._inputs(batch)
-        x._ensure_cache(si.meta.kv_tokens)
         f = self.fetcher
         streamed = self._swap_events is not None
+        dg = self.dg
+        if dg is not None and f is None and not streamed and all(w.new_tokens == 1 for w in batch):
+            t0 = time.perf_counter()
+            x._ensure_cache(sum(w.context + 1 for w in batch) + dg.sizes[-1])
+            graphs = x.execution == "graphs"
+            dg.capture = self.capture and graphs
+            before = dict(dg.stats)
+            graph = dg.run(tuple(w.tenant for w in batch), tuple(w.context for w in batch), x.cache, graphs)
+            x._sync()
+            self.stats["pad_rows"] += dg.stats["pad_rows"] - before["pad_rows"]
+            self.stats["bucket_captures"] += dg.stats["captures"] - before["captures"]
+            if graph:
+                self.stats["graph_steps"] += 1
+                self.stats["bucket_graph_steps"] += 1
+            else:
+                self.stats["eager_steps"] += 1
+            return self._done(t0, 0, 0.0)
+        si = x._inputs(batch)
+        x._ensure_cache(si.meta.kv_tokens)
         t0 = time.perf_counter()
         if x.execution == "graphs" and f is None and not streamed and (
                 self.capture or x._graph_key(si) in x._graphs):

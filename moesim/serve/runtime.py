@@ -37,7 +37,8 @@ from moesim.workloads.request import Request
 
 #: The simulator's segment columns, then the runtime's own.
 SEGMENT_COLUMNS = ("instance", "kind", "start_s", "end_s", "n_seqs", "tokens", "tenants", "expert_fetches",
-                   "attention_s", "experts_s", "fetch_s", "sched_s", "copy_s", "exposed_s", "steps")
+                   "attention_s", "experts_s", "fetch_s", "sched_s", "copy_s", "exposed_s", "steps",
+                   "eager_steps")
 
 
 @dataclass
@@ -191,10 +192,13 @@ class Recorder:
 
     def segment(self, kind: str, start: float, end: float, n_seqs: int, tokens: int, tenants: str,
                 cost: StepCost, sched_s: float, copy_s: float = float("nan"), exposed_s: float = float("nan"),
-                steps: int = 1) -> list[Any]:
-        """Log one segment (a prefill step, a decode run or a swap); returns the row (mutable until written)."""
+                steps: int = 1, eager_steps: int = 0) -> list[Any]:
+        """Log one segment (a prefill step, a decode run or a swap); returns the row (mutable until written).
+
+        ``eager_steps``: of the segment's steps, those the backend ran eagerly (not a CUDA-graph replay).
+        """
         row = [0, kind, start, end, n_seqs, tokens, tenants, cost.expert_fetches, cost.attention_s,
-               cost.experts_s, cost.fetch_s, sched_s, copy_s, exposed_s, steps]
+               cost.experts_s, cost.fetch_s, sched_s, copy_s, exposed_s, steps, eager_steps]
         self.rows.append(row)
         return row
 
@@ -274,10 +278,12 @@ class ServeInstance:
                             rec.swap_wait[r.id] = waited
                 t0 = clock.now()
                 sched = t0 - self._last_end if swap_row is None else 0.0
+                e0 = _eager(self.backend)
                 cost = self.backend.prefill(batch, res, est)
                 clock.advance(t0, cost.total_s)
                 end = clock.now()
-                rec.segment("prefill", t0, end, len(batch), prompt_tokens, _tenants(sel.admit), cost, sched)
+                rec.segment("prefill", t0, end, len(batch), prompt_tokens, _tenants(sel.admit), cost, sched,
+                            eager_steps=_eager(self.backend) - e0)
                 if ticket is not None:
                     self.backend.finish_swap(ticket)
                     swap_row[12] = ticket.copy_s
@@ -308,6 +314,7 @@ class ServeInstance:
         ctx0 = tuple(b + done for b in self._ctx_base)
         t0 = clock.now()
         sched = t0 - self._last_end
+        e0 = _eager(backend)
         backend.begin_decode(tenants, ctx0, n, self.plan.residency)
         asked = False
         steps = n
@@ -324,7 +331,8 @@ class ServeInstance:
                         break
         cost = backend.end_decode(steps)
         end = clock.now()
-        rec.segment("decode", t0, end, B, steps * B, _tenant_str(self._tenant_count), cost, sched, steps=steps)
+        rec.segment("decode", t0, end, B, steps * B, _tenant_str(self._tenant_count), cost, sched, steps=steps,
+                    eager_steps=_eager(backend) - e0)
         done = self._steps_done = done + steps
         if steps == n:
             fa = self._finish_at
@@ -378,6 +386,11 @@ class ServeInstance:
             if t in self.resident and self.resident[-1] != t:
                 self.resident.remove(t)
                 self.resident.append(t)
+
+
+def _eager(backend: Any) -> int:
+    """Steps the backend has run eagerly so far (0 for backends that do not execute)."""
+    return int(getattr(backend, "stats", {}).get("eager_steps", 0))
 
 
 def _tenants(reqs: Sequence[Request]) -> str:
@@ -437,6 +450,9 @@ def serve(model: ModelSpec, gpu: GPUSpec, policy: Policy, backend: Backend, requ
     _check_fits(plan, by_id, model)
     order = sorted(requests, key=lambda r: (r.arrival_s, r.id))
     backend.setup(plan, tenants)
+    prepare = getattr(backend, "prepare", None)
+    if prepare is not None and n:  # ahead of the run: capture every decode bucket it can meet
+        prepare(plan.max_batch, max(r.prompt_tokens + r.output_tokens for r in by_id))
     clk = VirtualClock() if clock == "virtual" else WallClock()
     feed = VirtualFeed(order, clk) if clock == "virtual" else WallFeed(order, clk)
     rec = Recorder(n)
@@ -466,7 +482,7 @@ def serve(model: ModelSpec, gpu: GPUSpec, policy: Policy, backend: Backend, requ
     })
     seg = pd.DataFrame(rec.rows, columns=list(SEGMENT_COLUMNS))
     seg["instance"] = plan.name
-    for c in ("n_seqs", "tokens", "steps"):
+    for c in ("n_seqs", "tokens", "steps", "eager_steps"):
         seg[c] = seg[c].astype(np.int64)
     late = np.asarray(feed.release_late_s)
     meta = {"clock": clock, "backend": backend.describe(),
