@@ -100,3 +100,28 @@ def test_backend_decode_runs_bucketed_on_cpu():
     b._execute((SeqWork(1, 5, 0),))  # a prefill takes the engine's path
     assert s["steps"] == 4
     assert s["pad_rows"] == 3
+
+
+def test_served_run_records_eager_steps_per_segment():
+    """Each segment says how many of its steps ran eagerly; on CPU every step does, and the sum is the count."""
+    import numpy as np
+
+    from moesim.policies import POLICIES
+    from moesim.serve.backend import TorchBackend
+    from moesim.serve.runtime import serve
+    from moesim.specs import get_gpu
+    from moesim.workloads.request import Request
+
+    rng = np.random.default_rng(1)
+    reqs = [Request(i, int(rng.integers(0, 3)), 0.01 * i, int(rng.integers(4, 20)), int(rng.integers(2, 6)))
+            for i in range(6)]
+    b = TorchBackend(get_model("tiny"), get_gpu("h200"), device="cpu", n_tenants=3)
+    b.reserve_kv(8 * 30)
+    res = serve(get_model("tiny"), get_gpu("h200"), POLICIES.build("multiplex", {"max_batch": 8}), b, reqs,
+                n_tenants=3, clock="virtual")
+    seg = res.segments
+    steps = seg[seg["kind"] != "swap"]
+    assert (steps["eager_steps"] == steps["steps"]).all()
+    assert int(steps["eager_steps"].sum()) == b.stats["eager_steps"] == b.stats["steps"]
+    dec = steps[steps["kind"] == "decode"]
+    assert int(dec["steps"].sum()) > 0

@@ -225,7 +225,10 @@ class TorchBackend:
         tokens (CUDA, bucketed, no host experts); the graphs captured."""
         if self.dg is None or not self.cuda or self.fetcher is not None or self.x.execution != "graphs":
             return 0
-        n = self.dg.capture_all(max_batch, max_context, self.x.cache)
+        try:
+            n = self.dg.capture_all(max_batch, max_context, self.x.cache)
+        except Exception:  # recorded in dg.broken; steps take the executor's exact-shape graphs
+            n = 0
         self.x._sync()
         return n
 
@@ -329,13 +332,19 @@ class TorchBackend:
         f = self.fetcher
         streamed = self._swap_events is not None
         dg = self.dg
-        if dg is not None and f is None and not streamed and all(w.new_tokens == 1 for w in batch):
+        if dg is not None and not dg.broken and f is None and not streamed and all(
+                w.new_tokens == 1 for w in batch):
             t0 = time.perf_counter()
             x._ensure_cache(sum(w.context + 1 for w in batch) + dg.sizes[-1])
             graphs = x.execution == "graphs"
             dg.capture = self.capture and graphs
             before = dict(dg.stats)
-            graph = dg.run(tuple(w.tenant for w in batch), tuple(w.context for w in batch), x.cache, graphs)
+            try:
+                graph = dg.run(tuple(w.tenant for w in batch), tuple(w.context for w in batch), x.cache, graphs)
+            except Exception:
+                if not dg.broken:
+                    raise
+                return self._execute(batch)  # capture failed (dg.broken): the executor's path from now on
             x._sync()
             self.stats["pad_rows"] += dg.stats["pad_rows"] - before["pad_rows"]
             self.stats["bucket_captures"] += dg.stats["captures"] - before["captures"]
@@ -410,5 +419,10 @@ class TorchBackend:
             info["max_memory_allocated_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
         if self.x.capture_errors:
             info["capture_errors"] = list(self.x.capture_errors)
+        if self.dg is not None:
+            info["decode_buckets"] = list(self.dg.sizes)
+            info["bucket_graphs"] = len(self.dg.graphs)
+            if self.dg.broken:
+                info["bucket_capture_error"] = self.dg.broken
         return info
 

@@ -319,6 +319,7 @@ class DecodeGraphs:
         self.capture = True
         self.seed = seed
         self._cache_id: int | None = None
+        self.broken = ""  # why capturing failed (the backend then stops using the bucketed path)
         self.stats = {"captures": 0, "replays": 0, "eager": 0, "pad_rows": 0}
 
     def reset(self) -> None:
@@ -336,17 +337,22 @@ class DecodeGraphs:
     def capture_one(self, bucket: int, max_k: int, cache: Any) -> None:
         """Capture the graph of ``bucket`` rows and key bound ``max_k`` (CUDA only)."""
         self._check_cache(cache)
-        p = plan_decode((0,) * bucket, (max_k - 1,) * bucket, self.sizes, self.kv_bucket)
-        p = DecodePlan(**{**p.__dict__, "max_k": max_k})
+        p = plan_decode((0,) * bucket, (0,) * bucket, self.sizes, self.kv_bucket)
+        p = DecodePlan(**{**p.__dict__, "max_k": max_k})  # the bound, not the contents, shapes the kernels
         buf = make_buffers(p, self.eng.device, self.eng.spec.vocab, self.seed)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            mixed_step(self.eng, self.stacked, buf, cache)  # warm-up outside capture
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool, stream=stream):
-            out = mixed_step(self.eng, self.stacked, buf, cache)
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                mixed_step(self.eng, self.stacked, buf, cache)  # warm-up outside capture
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool, stream=stream):
+                out = mixed_step(self.eng, self.stacked, buf, cache)
+        except Exception as exc:  # the backend falls back to the executor's exact-shape graphs
+            torch.cuda.synchronize()
+            self.broken = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            raise
         graph.replay()
         torch.cuda.synchronize()
         self.graphs[(bucket, max_k)] = _BucketGraph(graph, buf, out)
