@@ -94,10 +94,13 @@ def test_runtime_implements_the_instance_view() -> None:
     assert len(run.requests) == 5
 
 
-def test_concurrent_instances_and_unserved_tenants_are_refused() -> None:
+def test_bad_instance_layouts_and_unserved_tenants_are_refused() -> None:
     cost = CostBackend(COST_MODELS.build("roofline", None, model=MIXTRAL, gpu=H200))
-    with pytest.raises(UserError, match="concurrent instances"):
+    with pytest.raises(UserError, match="one per instance"):
         serve(MIXTRAL, H200, POLICIES.build("mig"), cost, _poisson(4, 1.0, 0), n_tenants=3, clock="virtual")
+    with pytest.raises(UserError, match="whole-GPU instances"):
+        serve(MIXTRAL, H200, POLICIES.build("dedicated"), [cost] * 3, _poisson(4, 1.0, 0), n_tenants=3,
+              clock="virtual")
     with pytest.raises(UserError, match="tenant 5"):
         serve(MIXTRAL, H200, POLICIES.build("multiplex"), cost,
               [Request(0, 5, 0.0, 10, 3)], n_tenants=3, clock="virtual")

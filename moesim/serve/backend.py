@@ -27,7 +27,10 @@ On CPU there are no streams: copies are plain copies, in order.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -133,7 +136,7 @@ class TorchBackend:
 
     def __init__(self, model: ModelSpec, gpu: GPUSpec, *, device: str = "cuda", n_tenants: int = 1,
                  execution: str = "auto", kv_bucket: int = 256, seed: int = 0, max_graphs: int = 256,
-                 bucketed: bool = True, max_batch: int = 16) -> None:
+                 bucketed: bool = True, max_batch: int = 16, sms: int = 0) -> None:
         cfg = ExecutedCostConfig(device=device, tenants=n_tenants, execution=execution, moe_engine="grouped",
                                  kv_bucket=kv_bucket, max_graphs=max_graphs, seed=seed)
         self.x = GPUExecutedCost(cfg, model, gpu)
@@ -152,6 +155,13 @@ class TorchBackend:
         # capture a CUDA graph for a shape met for the first time (else run it eagerly: a timed run after a
         # warm-up replay captures nothing, as a server that captured its graphs ahead)
         self.capture = True
+        # a MIG slice: its steps run in a CUDA green context of ``sms`` SMs (``instance_context``), and waits
+        # are on this instance's own stream (a device-wide sync would wait for the other slices too)
+        self.sms = sms if self.cuda else 0
+        self._green: Any = None
+        if self.sms:
+            self.x._sync = lambda: torch.cuda.current_stream().synchronize()
+        self._local: dict[int, int] | None = None  # served tenant → this engine's non-expert set
         self.dg = None
         if bucketed:
             from moesim.serve.graphs import DecodeGraphs
@@ -177,8 +187,15 @@ class TorchBackend:
 
     def setup(self, plan: InstancePlan, n_tenants: int) -> None:
         """Lay out the experts, pin a host copy of every swappable non-expert set, build the fetcher."""
-        if n_tenants > self.n_tenants:
-            raise UserError(f"the workload has {n_tenants} tenants but the backend built {self.n_tenants} sets")
+        self._local = None
+        if n_tenants > self.n_tenants:  # a slice's engine holds only the sets of the tenants it serves
+            served = sorted(plan.tenants)
+            if len(served) > self.n_tenants:
+                raise UserError(f"instance {plan.name} serves {len(served)} tenants but the backend built "
+                                f"{self.n_tenants} non-expert sets")
+            self._local = {t: i for i, t in enumerate(served)}
+            plan = _localise(plan, self._local)
+            n_tenants = len(served)
         self.plan = plan
         self.set_max_batch(plan.max_batch)
         layouts = self.x.stats["layouts"]
@@ -242,6 +259,31 @@ class TorchBackend:
                 self.dg.sizes = sizes
                 self.dg.reset()
 
+    @contextlib.contextmanager
+    def instance_context(self) -> Iterator[None]:
+        """Run the calling thread's steps in this slice's green context, on a stream of its own (CUDA with
+        ``sms``); nothing on CPU. Entered by the runtime in the instance's host thread."""
+        if not self.sms:
+            yield
+            return
+        from torch.cuda.green_contexts import GreenContext
+
+        if self._green is None:
+            idx = self.device.index or 0
+            try:
+                self._green = GreenContext.create(num_sms=self.sms, device_id=idx)
+            except TypeError:
+                self._green = GreenContext.create(self.sms, idx)
+        g = self._green
+        g.set_context()
+        try:
+            stream = g.Stream() if hasattr(g, "Stream") else torch.cuda.Stream(self.device)
+            with torch.cuda.stream(stream):
+                yield
+            stream.synchronize()
+        finally:
+            g.pop_context()
+
     # ---- swaps ------------------------------------------------------------------------------------
     def estimate(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost | None:
         """The backend measures; no estimate."""
@@ -249,6 +291,8 @@ class TorchBackend:
 
     def swap(self, tenants: tuple[int, ...], plan: InstancePlan, prefill: StepCost | None) -> SwapTicket:
         """Copy ``tenants``' non-expert sets from pinned memory (streamed or waited for; see the module doc)."""
+        if self._local is not None:
+            tenants = tuple(self._local[t] for t in tenants)
         if not self.host_sets:
             raise RuntimeError("swap asked for but no host copies were built")
         stream = plan.swap_overlap and self.cuda
@@ -389,11 +433,15 @@ class TorchBackend:
 
     def prefill(self, batch: tuple[SeqWork, ...], residency: Residency, cost: StepCost | None) -> StepCost:
         """Execute the prefill; its measured time (``fetch_s``: the step's fetch copy time, hidden or not)."""
+        if self._local is not None:
+            batch = tuple(SeqWork(self._local[w.tenant], w.new_tokens, w.context) for w in batch)
         return self._execute(batch)
 
     def begin_decode(self, tenants: tuple[int, ...], context0: tuple[int, ...], n_steps: int,
                      residency: Residency) -> None:
         """Remember the run's batch."""
+        if self._local is not None:
+            tenants = tuple(self._local[t] for t in tenants)
         self._run = (tenants, context0)
         self._elapsed = 0.0
         self._acc = StepCost()
@@ -413,6 +461,7 @@ class TorchBackend:
     def describe(self) -> dict[str, Any]:
         """Engine, execution mode and counters."""
         info = {"backend": "torch", "execution": self.x.execution, "device": str(self.device),
+                "green_context_sms": self.sms,
                 "build_s": self.x.build_s, **self.stats}
         if self.cuda:
             info["gpu_name"] = torch.cuda.get_device_name(self.device)
@@ -426,3 +475,13 @@ class TorchBackend:
                 info["bucket_capture_error"] = self.dg.broken
         return info
 
+
+
+def _localise(plan: InstancePlan, local: dict[int, int]) -> InstancePlan:
+    """``plan`` with its tenants renumbered by ``local`` (a slice's engine holds only its tenants' sets)."""
+    res = plan.residency
+    groups = tuple(dataclasses.replace(g, tenants=frozenset(local[t] for t in g.tenants if t in local))
+                   for g in res.groups if any(t in local for t in g.tenants))
+    return dataclasses.replace(plan, residency=dataclasses.replace(res, groups=groups),
+                               tenants=frozenset(local[t] for t in plan.tenants),
+                               initial_resident=tuple(local[t] for t in plan.initial_resident if t in local))
