@@ -181,9 +181,9 @@ def test_cli_help_and_bad_input() -> None:
     assert p.stdout.startswith("usage: python -m moesim.serve")
     for key in ("policy=", "clock=", "backend=", "warmup=", "budget_bytes="):
         assert f"\n  {key}" in p.stdout
-    p = subprocess.run([sys.executable, "-m", "moesim.serve", "policy=mig"], **env_args)
+    p = subprocess.run([sys.executable, "-m", "moesim.serve", "policy=dedicated"], **env_args)
     assert p.returncode != 0
-    assert "policy='mig'" in p.stderr
+    assert "policy='dedicated'" in p.stderr
     assert "Traceback" not in p.stderr
     with pytest.raises(UserError, match="clock"):
         parse_args(["clock=fast"])
