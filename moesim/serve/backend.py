@@ -136,7 +136,7 @@ class TorchBackend:
 
     def __init__(self, model: ModelSpec, gpu: GPUSpec, *, device: str = "cuda", n_tenants: int = 1,
                  execution: str = "auto", kv_bucket: int = 256, seed: int = 0, max_graphs: int = 256,
-                 bucketed: bool = True, max_batch: int = 16, sms: int = 0) -> None:
+                 bucketed: bool = True, max_batch: int = 16, sms: int = 0, concurrent: bool = False) -> None:
         cfg = ExecutedCostConfig(device=device, tenants=n_tenants, execution=execution, moe_engine="grouped",
                                  kv_bucket=kv_bucket, max_graphs=max_graphs, seed=seed)
         self.x = GPUExecutedCost(cfg, model, gpu)
@@ -158,8 +158,9 @@ class TorchBackend:
         # a MIG slice: its steps run in a CUDA green context of ``sms`` SMs (``instance_context``), and waits
         # are on this instance's own stream (a device-wide sync would wait for the other slices too)
         self.sms = sms if self.cuda else 0
+        self.concurrent = (concurrent or bool(sms)) and self.cuda
         self._green: Any = None
-        if self.sms:
+        if self.concurrent:
             self.x._sync = lambda: torch.cuda.current_stream().synchronize()
         self._local: dict[int, int] | None = None  # served tenant → this engine's non-expert set
         self.dg = None
@@ -263,8 +264,14 @@ class TorchBackend:
     def instance_context(self) -> Iterator[None]:
         """Run the calling thread's steps in this slice's green context, on a stream of its own (CUDA with
         ``sms``); nothing on CPU. Entered by the runtime in the instance's host thread."""
-        if not self.sms:
+        if not self.concurrent:
             yield
+            return
+        if not self.sms:  # concurrent without an SM partition: a stream of its own only
+            stream = torch.cuda.Stream(self.device)
+            with torch.cuda.stream(stream):
+                yield
+            stream.synchronize()
             return
         from torch.cuda.green_contexts import GreenContext
 

@@ -146,16 +146,17 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
     return doc
 
 
-def build_backends(cfg: ServeConfig, model: Any, gpu: Any, plans: list) -> Any:
+def build_backends(cfg: ServeConfig, model: Any, gpu: Any, plans: list, green: bool = True) -> Any:
     """One ``TorchBackend`` for a single instance; for several (mig) one per slice, each holding only its
-    tenants' non-expert sets and, on CUDA, running in a green context of its slice's SMs."""
+    tenants' non-expert sets and, on CUDA, running on a stream of its own in a green context of its slice's
+    SMs (``green=False``: no SM partition, streams only)."""
     from moesim.serve.backend import TorchBackend
 
     kw = {"device": cfg.device, "execution": cfg.execution, "kv_bucket": cfg.kv_bucket, "seed": cfg.seed}
     if len(plans) == 1:
         return TorchBackend(model, gpu, n_tenants=cfg.tenants, max_batch=plans[0].max_batch, **kw)
     sms_total = 0
-    if cfg.device == "cuda":
+    if cfg.device == "cuda" and green:
         import torch
 
         from moesim.calibrate.slices import effective_sms
@@ -167,7 +168,8 @@ def build_backends(cfg: ServeConfig, model: Any, gpu: Any, plans: list) -> Any:
         sms = 0
         if sms_total:
             sms = effective_sms(max(1, round(p.residency.slice.sm_fraction * sms_total)), sms_total, prop.major)
-        out.append(TorchBackend(model, gpu, n_tenants=len(p.tenants), max_batch=p.max_batch, sms=sms, **kw))
+        out.append(TorchBackend(model, gpu, n_tenants=len(p.tenants), max_batch=p.max_batch, sms=sms,
+                                concurrent=True, **kw))
     return out
 
 
