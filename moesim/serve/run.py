@@ -168,8 +168,10 @@ def build_backends(cfg: ServeConfig, model: Any, gpu: Any, plans: list, green: b
         sms = 0
         if sms_total:
             sms = effective_sms(max(1, round(p.residency.slice.sm_fraction * sms_total)), sms_total, prop.major)
-        out.append(TorchBackend(model, gpu, n_tenants=len(p.tenants), max_batch=p.max_batch, sms=sms,
-                                concurrent=True, **kw))
+        b = TorchBackend(model, gpu, n_tenants=len(p.tenants), max_batch=p.max_batch, sms=sms, concurrent=True,
+                         draw_experts=False, **kw)
+        b.setup(p, cfg.tenants)  # lay the slice's experts out now: the next engine needs the room
+        out.append(b)
     return out
 
 
