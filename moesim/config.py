@@ -101,6 +101,9 @@ class SimulateConfig:
     policy: Any = MISSING
     workload: Any = MISSING
     cost: Any = MISSING
+    fleet: Any = MISSING
+    placement: Any = MISSING
+    router: Any = MISSING
     seed: int = 0
     slo_ttft_s: float = 10.0
     slo_tpot_s: float = 0.5
@@ -112,10 +115,12 @@ class SimulateConfig:
 def registries() -> dict[str, Registry[Any]]:
     """Config group → registry for the groups built from registries."""
     from moesim.cost import COST_MODELS
+    from moesim.fleet import FLEETS, PLACEMENTS, ROUTERS
     from moesim.policies import POLICIES
     from moesim.workloads import WORKLOADS
 
-    return {"policy": POLICIES, "workload": WORKLOADS, "cost": COST_MODELS}
+    return {"policy": POLICIES, "workload": WORKLOADS, "cost": COST_MODELS, "fleet": FLEETS,
+            "placement": PLACEMENTS, "router": ROUTERS}
 
 
 # ---- mirrors of the registries' frozen dataclasses ----------------------------------------------------
@@ -253,6 +258,8 @@ class JobSpec:
         policy, cost, workload: the registries' frozen config dataclasses.
         seed: workload seed.
         slo_ttft_s, slo_tpot_s: SLO targets (seconds).
+        fleet, placement, router: the fleet's GPUs, the placement strategy and the live router (frozen
+            configs of moesim.fleet's registries; None: one GPU of ``gpu`` holding every tenant).
     """
 
     model: ModelSpec
@@ -263,6 +270,9 @@ class JobSpec:
     seed: int
     slo_ttft_s: float
     slo_tpot_s: float
+    fleet: Any = None
+    placement: Any = None
+    router: Any = None
 
     @property
     def rate(self) -> float:
@@ -290,6 +300,8 @@ class JobSpec:
             "policy": dataclasses.asdict(self.policy),
             "cost": dataclasses.asdict(self.cost),
             "workload": dataclasses.asdict(self.workload),
+            **{k: dataclasses.asdict(v) for k, v in (("fleet", self.fleet), ("placement", self.placement),
+                                                       ("router", self.router)) if v is not None},
         }
 
 
@@ -327,6 +339,9 @@ def job_spec(cfg: DictConfig) -> JobSpec:
         seed=int(cfg.seed),
         slo_ttft_s=float(cfg.slo_ttft_s),
         slo_tpot_s=float(cfg.slo_tpot_s),
+        fleet=built["fleet"],
+        placement=built["placement"],
+        router=built["router"],
     )
 
 

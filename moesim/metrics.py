@@ -38,10 +38,20 @@ def summarize(requests: pd.DataFrame, segments: pd.DataFrame, *, horizon_s: floa
             few requests over a few seconds and an overloaded run is charged the time it takes to drain.
             ``None``: first arrival to last finish.
         slo_ttft_s, slo_tpot_s: a request attains the SLO when its TTFT and its TPOT are within both.
+
+    Refused requests (a non-empty ``rejected`` column) count in ``n_requests`` and ``rejected``, as SLO
+    misses, and nowhere else.
     """
     df = per_request(requests)
+    n_all = len(df)
+    n_rejected = 0
+    if "rejected" in df.columns:
+        refused = (df["rejected"] != "").to_numpy()
+        n_rejected = int(refused.sum())
+        if n_rejected:
+            df = df[~refused]
     n = len(df)
-    out: dict[str, Any] = {"n_requests": n}
+    out: dict[str, Any] = {"n_requests": n_all, "rejected": n_rejected}
     for col in ("turnaround_s", "ttft_s", "service_s", "tpot_s", "queue_wait_s"):
         v = df[col].to_numpy(dtype=float)
         v = v[~np.isnan(v)]
@@ -61,7 +71,8 @@ def summarize(requests: pd.DataFrame, segments: pd.DataFrame, *, horizon_s: floa
     tpot_ok = df["tpot_s"].isna() | (df["tpot_s"] <= slo_tpot_s)
     out["slo_ttft_s"] = slo_ttft_s
     out["slo_tpot_s"] = slo_tpot_s
-    out["slo_attainment"] = float(((df["ttft_s"] <= slo_ttft_s) & tpot_ok).mean()) if n else float("nan")
+    out["slo_attainment"] = (float(((df["ttft_s"] <= slo_ttft_s) & tpot_ok).sum()) / n_all if n_all
+                             else float("nan"))
     swaps = segments[segments["kind"] == "swap"] if len(segments) else segments
     out["swap_count"] = int(sum(len(str(t).split(",")) for t in swaps["tenants"])) if len(swaps) else 0
     out["swap_time_s"] = float((swaps["end_s"] - swaps["start_s"]).sum()) if len(swaps) else 0.0
