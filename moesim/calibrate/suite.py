@@ -117,7 +117,7 @@ class Calibration:
         self.graphs = cfg.graphs and self.cuda
         self.in_slice = False  # inside a green context: capture on its current stream
         stem = profile_stem(self.gpu, self.spec.name, "graphs" if self.graphs else "eager")
-        self.out = Path(cfg.out)
+        self.out = cfg.out_dir()
         self.path = self.out / f"{stem}.parquet"
         self.meta: dict[str, Any] = {
             "gpu": self.gpu, "model": self.spec.name, "derived": False, "sms": self.sms,

@@ -41,9 +41,11 @@ from moesim.calibrate.work import op_work
 from moesim.cost import COST_MODELS
 from moesim.cost.base import CostModel, DecodeRun, Residency, SeqWork, StepCost, expected_active_fraction
 from moesim.errors import UserError
+from moesim.resources import profile_search_path, shipped_profiles_dir
 from moesim.specs import GPUSpec, ModelSpec
 
-PROFILES_DIR = Path(__file__).resolve().parents[2] / "calibration" / "profiles"
+#: The shipped profiles (``calibration/profiles/`` in a checkout, ``moesim/_profiles`` in a wheel).
+PROFILES_DIR = shipped_profiles_dir()
 
 #: Asymptotic log-log slope used past the largest grid point, per op and axis.
 _SLOPE_TOKENS = 1.0
@@ -80,23 +82,31 @@ class ProfileCostConfig:
             raise UserError(f"cost.routing_skew={self.routing_skew}: must be ≥ 0")
 
 
-def available_profiles(folder: Path = PROFILES_DIR) -> list[str]:
-    """Stems ``<gpu>__<model>[.eager]`` of the profiles in ``folder`` (validation files left out)."""
-    return sorted(p.stem for p in folder.glob("*.parquet") if "__" in p.stem and not p.stem.endswith(".validation"))
+def available_profiles(folder: Path | None = None) -> list[str]:
+    """Stems ``<gpu>__<model>[.eager]`` of the profiles in ``folder`` (default: every folder ``auto`` searches;
+    validation files left out)."""
+    folders = [folder] if folder is not None else profile_search_path()
+    return sorted({p.stem for f in folders for p in f.glob("*.parquet")
+                   if "__" in p.stem and not p.stem.endswith(".validation")})
 
 
 def resolve_profile(path: str, model: ModelSpec, gpu: GPUSpec, execution: str = "graphs") -> Path:
-    """The profile file for ``path`` (``auto``: the shipped one for gpu × model, else a clear error)."""
+    """The profile file for ``path``.
+
+    ``auto``: ``<gpu>__<model>[.eager].parquet`` in the user's profile folder (where the calibrator writes,
+    see ``moesim.resources.user_profiles_dir``), else the shipped one, else a clear error.
+    """
     if path != "auto":
         return Path(path)
-    p = PROFILES_DIR / f"{profile_stem(gpu.name, model.name, execution)}.parquet"
-    if not p.is_file():
-        have = ", ".join(available_profiles()) or "none"
-        raise UserError(f"cost=profile: no shipped profile for gpu={gpu.name} × model={model.name} "
-                        f"(execution={execution}) in "
-                        f"{PROFILES_DIR}; available: {have}; measure one with python -m moesim.calibrate or "
-                        "set cost.path=")
-    return p
+    name = f"{profile_stem(gpu.name, model.name, execution)}.parquet"
+    for folder in profile_search_path():
+        if (folder / name).is_file():
+            return folder / name
+    have = ", ".join(available_profiles()) or "none"
+    where = " or ".join(str(f) for f in profile_search_path())
+    raise UserError(f"cost=profile: no profile for gpu={gpu.name} × model={model.name} "
+                    f"(execution={execution}) in {where}; available: {have}; measure one with "
+                    "python -m moesim.calibrate or set cost.path=")
 
 
 # ---- interpolation tables -------------------------------------------------------------------------

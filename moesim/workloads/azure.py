@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from moesim.errors import UserError
+from moesim.resources import traces_dir
 from moesim.workloads import WORKLOADS
 from moesim.workloads.replay import Replay, ReplayConfig, TraceArrays
 
-# The repository's workloads/ folder, next to the moesim/ package (never /work/shared).
-TRACES_DIR = Path(__file__).resolve().parents[2] / "workloads"
+# The repository's workloads/ folder, or moesim/_traces in a wheel (never ../shared).
+TRACES_DIR = traces_dir()
 SHIPPED_TRACES = {"azure_conv": "azure_llm_2023_conv.csv", "azure_code": "azure_llm_2023_code.csv"}
 AZURE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"  # e.g. 2023-11-16 18:15:46.6805900
 
@@ -31,8 +31,7 @@ def load_shipped(name: str) -> TraceArrays:
     path = TRACES_DIR / SHIPPED_TRACES[name]
     if not path.is_file():
         raise UserError(
-            f"shipped trace {str(path)!r} is missing; moesim reads it from the workloads/ folder "
-            "beside the moesim/ package (install from a source checkout with pip install -e .)"
+            f"shipped trace {str(path)!r} is missing: the installation is incomplete (reinstall moesim)"
         )
     df = pd.read_csv(path, dtype={"TIMESTAMP": str, "ContextTokens": np.int64, "GeneratedTokens": np.int64})
     ts = pd.to_datetime(df["TIMESTAMP"], format=AZURE_TIME_FORMAT)
