@@ -1,10 +1,10 @@
 """``pack``: as few GPUs as memory and load allow, similar variants together.
 
-Variants whose load exceeds what one GPU carries at ``utilization`` are split into replicas first. Then,
-heaviest first, each (replica of a) variant goes to the GPU already in use that can take it — room for one
-more variant in memory (the policy can lay it out) and load within ``utilization`` of the GPU's capacity
-with one more variant — whose variants are most similar to it (mean of ``similarity``; ties: the lowest GPU
-index); else to the next empty GPU. Expert similarity (a tenants × tenants matrix, 1 = same experts, e.g.
+Variants whose load exceeds what one GPU carries at ``utilization`` are split into replicas first. Then
+GPUs are filled one at a time: the heaviest variant left opens the next empty GPU, which then takes, while
+it can, the variant left most similar to those already on it (mean of ``similarity``; ties: the heavier,
+then the lower id) — "can" meaning room for one more variant in memory (the policy can lay it out) and load
+within ``utilization`` of the GPU's capacity with one more variant. Expert similarity (a tenants × tenants matrix, 1 = same experts, e.g.
 from a consolidation study) makes variants that share experts land together, where consolidation saves
 the most memory. When every GPU is full, the remaining replicas go to the least loaded GPU with memory room.
 """
@@ -72,23 +72,37 @@ class Pack(Strategy):
         if max(kmax.values(), default=0) < 1:
             raise UserError(f"placement=pack: policy {problem.policy_name} cannot lay out even one variant of "
                             f"{problem.model.name} on any GPU of the fleet")
-        for t, load in items:
-            best, best_key = None, None
-            for g in gpus:
-                ts = assign[g.index]
-                if t in ts or len(ts) >= kmax[g.index]:
-                    continue
-                if ts and lam[g.index] + load > u * problem.capacity(g, len(ts) + 1):
-                    continue
-                key = (-(float(np.mean(sim[t, ts])) if ts else -1.0), 0 if ts else 1, g.index)
-                if best_key is None or key < best_key:
-                    best, best_key = g.index, key
-            if best is None:  # every GPU full: the least loaded one with memory room
-                room = [g.index for g in gpus if t not in assign[g.index] and len(assign[g.index]) < kmax[g.index]]
+        free = [g.index for g in gpus]  # empty GPUs, in order
+        cap = {g.index: g for g in gpus}
+
+        def fits(g: int, t: int, load: float) -> bool:
+            ts = assign[g]
+            return (t not in ts and len(ts) < kmax[g]
+                    and (not ts or lam[g] + load <= u * problem.capacity(cap[g], len(ts) + 1)))
+
+        def put(g: int, i: int) -> None:
+            t, load = items.pop(i)
+            assign[g].append(t)
+            lam[g] += load
+
+        while items:
+            t = items[0][0]
+            g = next((g for g in free if kmax[g] >= 1), None)
+            if g is None:  # every GPU in use: the least loaded one with memory room
+                room = [g for g in assign if t not in assign[g] and len(assign[g]) < kmax[g]]
                 if not room:
                     raise UserError(f"placement=pack: no GPU has memory room for variant {t}; "
                                     f"{len(gpus)} GPUs hold at most {sum(kmax.values())} variant copies")
-                best = min(room, key=lambda g: (lam[g], g))
-            assign[best].append(t)
-            lam[best] += load
+                put(min(room, key=lambda g: (lam[g], g)), 0)
+                continue
+            free.remove(g)
+            put(g, 0)
+            while True:  # grow: the most similar (then heaviest) variant that still fits
+                ts = assign[g]
+                best = max((i for i, (v, ld) in enumerate(items) if fits(g, v, ld)),
+                           key=lambda i: (float(np.mean(sim[items[i][0], ts])), items[i][1], -items[i][0]),
+                           default=None)
+                if best is None:
+                    break
+                put(g, best)
         return from_assignment(assign, "pack")
