@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -321,6 +321,7 @@ def simulate_fleet(model: ModelSpec, gpus: Sequence[GPUSetup], requests: Sequenc
     all_plans: list[InstancePlan] = []
     plan_gpu: list[int] = []
     gpu_insts: list[list[Instance]] = []
+    interned: dict[Any, Any] = {}
     for g, setup in enumerate(gpus):
         m = {t: i for i, t in enumerate(setup.tenants)}
         if len(m) != len(setup.tenants):
@@ -328,7 +329,10 @@ def simulate_fleet(model: ModelSpec, gpus: Sequence[GPUSetup], requests: Sequenc
         local.append(m)
         for t in setup.tenants:
             replicas.setdefault(t, []).append(g)
-        plans = setup.policy.layout(model, setup.gpu, len(setup.tenants))
+        # equal residencies share one object, so cost models' memos (keyed by identity) serve every GPU
+        plans = [p if interned.setdefault(p.residency, p.residency) is p.residency
+                 else replace(p, residency=interned[p.residency])
+                 for p in setup.policy.layout(model, setup.gpu, len(setup.tenants))]
         setup.policy.bind(plans)
         mine = [r for r in by_id if r.tenant in m]
         _check_fits(plans, mine, model)
@@ -344,17 +348,15 @@ def simulate_fleet(model: ModelSpec, gpus: Sequence[GPUSetup], requests: Sequenc
     board = Board(env, by_id, {t: tuple(v) for t, v in replicas.items()}, local, gpu_insts, router, rec)
     # candidates: each instance's possible arrivals, tenants in its GPU's numbering
     cand: list[list[Request]] = [[] for _ in all_plans]
-    for g, setup in enumerate(gpus):
-        m, route, insts = local[g], setup.policy.route, gpu_insts[g]
-        identity = all(t == i for t, i in m.items())
-        memo = board._local_req[g]
-        for r in order:
-            lt = m.get(r.tenant)
-            if lt is None:
-                continue
-            if not identity:
-                r = memo[r.id] = Request(r.id, lt, r.arrival_s, r.prompt_tokens, r.output_tokens)
-            cand[insts[route(r)].idx].append(r)
+    identity = [all(t == i for t, i in m.items()) for m in local]
+    routes = [s.policy.route for s in gpus]
+    for r in order:
+        for g in board.replicas.get(r.tenant, ()):
+            lr = r
+            if not identity[g]:
+                lr = board._local_req[g][r.id] = Request(r.id, local[g][r.tenant], r.arrival_s, r.prompt_tokens,
+                                                         r.output_tokens)
+            cand[gpu_insts[g][routes[g](lr)].idx].append(lr)
     procs = []
     for insts in gpu_insts:
         for inst in insts:
@@ -401,9 +403,16 @@ def simulate_fleet(model: ModelSpec, gpus: Sequence[GPUSetup], requests: Sequenc
     seg_df = pd.DataFrame(rec.rows, columns=list(Recorder.SEGMENT_COLUMNS))
     if len(seg_df):
         inst_idx = seg_df["instance"].to_numpy()
-        if any(m and any(t != i for t, i in m.items()) for m in local):
-            seg_df["tenants"] = [_globalize(lbl, board._global[plan_gpu[i]])
-                                 for lbl, i in zip(seg_df["tenants"], inst_idx, strict=True)]
+        if not all(identity):
+            memo: dict[tuple[int, str], str] = {}
+            labels = []
+            for lbl, i in zip(seg_df["tenants"], inst_idx, strict=True):
+                key = (plan_gpu[i], lbl)
+                out = memo.get(key)
+                if out is None:
+                    out = memo[key] = _globalize(lbl, board._global[plan_gpu[i]])
+                labels.append(out)
+            seg_df["tenants"] = labels
         seg_df["instance"] = [names[i] for i in inst_idx]
     instances = []
     for p, g, name in zip(all_plans, plan_gpu, names, strict=True):
