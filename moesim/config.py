@@ -25,6 +25,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from moesim.errors import UserError
 from moesim.registry import Registry
 from moesim.resources import conf_dir
+from moesim.slo import SLO_TPOT_S, SLO_TTFT_S, slo_classes
 from moesim.specs import GPU_SPECS, MODEL_SPECS, GPUSpec, ModelSpec, get_gpu, get_model
 
 CONF_DIR = conf_dir()
@@ -91,8 +92,9 @@ class SimulateConfig:
 
     Attributes:
         seed: workload seed.
-        slo_ttft_s: TTFT target of the SLO (seconds).
-        slo_tpot_s: time-per-output-token target of the SLO (seconds).
+        slo_ttft_s: TTFT target of the SLO (seconds; default ``moesim.slo.SLO_TTFT_S``).
+        slo_tpot_s: time-per-output-token target of the SLO (seconds; default ``moesim.slo.SLO_TPOT_S``).
+        slo_classes: tenants with their own targets: name → {ttft_s, tpot_s, tenants} (moesim.slo).
         progress: show the engine's progress bar; null: in single runs only.
     """
 
@@ -105,8 +107,9 @@ class SimulateConfig:
     placement: Any = MISSING
     router: Any = MISSING
     seed: int = 0
-    slo_ttft_s: float = 10.0
-    slo_tpot_s: float = 0.5
+    slo_ttft_s: float = SLO_TTFT_S
+    slo_tpot_s: float = SLO_TPOT_S
+    slo_classes: dict[str, Any] = field(default_factory=dict)
     progress: Optional[bool] = None  # noqa: UP045
     sweep: SweepConfig = field(default_factory=SweepConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -273,6 +276,7 @@ class JobSpec:
     fleet: Any = None
     placement: Any = None
     router: Any = None
+    slo_classes: tuple[Any, ...] = ()
 
     @property
     def rate(self) -> float:
@@ -342,6 +346,8 @@ def job_spec(cfg: DictConfig) -> JobSpec:
         fleet=built["fleet"],
         placement=built["placement"],
         router=built["router"],
+        slo_classes=slo_classes(OmegaConf.to_container(cfg.slo_classes, resolve=True)
+                                if cfg.get("slo_classes") else None),
     )
 
 

@@ -64,7 +64,7 @@ def run(spec: JobSpec, out_dir: str | Path, *, progress: bool = False, overrides
     # throughput over [0, max(workload duration, last finish)]: a sparse run is not credited with a few
     # requests over a few seconds, and an overloaded policy is charged the time it takes to drain
     metrics = summarize(result.requests, result.segments, horizon_s=workload.horizon_s,
-                        slo_ttft_s=spec.slo_ttft_s, slo_tpot_s=spec.slo_tpot_s)
+                        slo_ttft_s=spec.slo_ttft_s, slo_tpot_s=spec.slo_tpot_s, slo_classes=spec.slo_classes)
     wall_s = time.perf_counter() - t0
     write_parquet(out / REQUESTS, result.requests)
     write_parquet(out / SEGMENTS, result.segments)

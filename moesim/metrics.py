@@ -7,10 +7,13 @@ queue wait = start − arrival.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from moesim.slo import SLO_TPOT_S, SLO_TTFT_S, SLOClass, targets
 
 PERCENTILES = (50, 90, 99)
 
@@ -29,7 +32,8 @@ def per_request(requests: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarize(requests: pd.DataFrame, segments: pd.DataFrame, *, horizon_s: float | None = None,
-              slo_ttft_s: float = 10.0, slo_tpot_s: float = 0.5) -> dict[str, Any]:
+              slo_ttft_s: float = SLO_TTFT_S, slo_tpot_s: float = SLO_TPOT_S,
+              slo_classes: Sequence[SLOClass] = ()) -> dict[str, Any]:
     """Run-level metrics.
 
     Args:
@@ -38,6 +42,7 @@ def summarize(requests: pd.DataFrame, segments: pd.DataFrame, *, horizon_s: floa
             few requests over a few seconds and an overloaded run is charged the time it takes to drain.
             ``None``: first arrival to last finish.
         slo_ttft_s, slo_tpot_s: a request attains the SLO when its TTFT and its TPOT are within both.
+        slo_classes: tenants with their own targets (moesim.slo); ``slo_attainment_<class>`` per class.
 
     Refused requests (a non-empty ``rejected`` column) count in ``n_requests`` and ``rejected``, as SLO
     misses, and nowhere else.
@@ -68,11 +73,23 @@ def summarize(requests: pd.DataFrame, segments: pd.DataFrame, *, horizon_s: floa
     out["span_s"] = span
     out["throughput_rpm"] = 60.0 * n / span if n else 0.0
     out["tokens_per_s"] = float(df["output_tokens"].sum()) / span if n else 0.0
-    tpot_ok = df["tpot_s"].isna() | (df["tpot_s"] <= slo_tpot_s)
     out["slo_ttft_s"] = slo_ttft_s
     out["slo_tpot_s"] = slo_tpot_s
-    out["slo_attainment"] = (float(((df["ttft_s"] <= slo_ttft_s) & tpot_ok).sum()) / n_all if n_all
-                             else float("nan"))
+    if slo_classes:
+        ten = df["tenant"].to_numpy()
+        ttft_t, tpot_t = targets(ten, slo_ttft_s, slo_tpot_s, slo_classes)
+        ok = ((df["ttft_s"].to_numpy() <= ttft_t) & (df["tpot_s"].isna().to_numpy()
+                                                      | (df["tpot_s"].to_numpy() <= tpot_t)))
+        all_ten = requests["tenant"].to_numpy()
+        for c in slo_classes:
+            n_c = int(np.isin(all_ten, c.tenants).sum())
+            out[f"slo_attainment_{c.name}"] = (float(ok[np.isin(ten, c.tenants)].sum()) / n_c if n_c
+                                               else float("nan"))
+        out["slo_attainment"] = float(ok.sum()) / n_all if n_all else float("nan")
+    else:
+        tpot_ok = df["tpot_s"].isna() | (df["tpot_s"] <= slo_tpot_s)
+        out["slo_attainment"] = (float(((df["ttft_s"] <= slo_ttft_s) & tpot_ok).sum()) / n_all if n_all
+                                 else float("nan"))
     swaps = segments[segments["kind"] == "swap"] if len(segments) else segments
     out["swap_count"] = int(sum(len(str(t).split(",")) for t in swaps["tenants"])) if len(swaps) else 0
     out["swap_time_s"] = float((swaps["end_s"] - swaps["start_s"]).sum()) if len(swaps) else 0.0

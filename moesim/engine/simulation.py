@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -72,7 +73,11 @@ class HostLink:
 
 
 class Recorder:
-    """The event log: per-request timestamps in arrays, per-instance segments in lists."""
+    """The event log: per-request timestamps in arrays, per-instance segments in typed columns.
+
+    Segments are kept column by column (``array`` of int64/float64, lists for the strings, which are
+    shared objects), about 100 bytes a segment instead of a tuple of boxed numbers (~350).
+    """
 
     SEGMENT_COLUMNS = ("instance", "kind", "start_s", "end_s", "n_seqs", "tokens", "tenants",
                        "expert_fetches", "attention_s", "experts_s", "fetch_s")
@@ -85,15 +90,46 @@ class Recorder:
         self.instance = np.full(n, -1, dtype=np.int64)
         self.gpu = np.full(n, -1, dtype=np.int64)
         self.rejected: dict[int, str] = {}  # request id → reason it was refused
-        self.rows: list[tuple] = []
+        self._ints = (array("q"), array("q"), array("q"))  # instance, n_seqs, tokens
+        self._floats = tuple(array("d") for _ in range(6))  # start, end, fetches, attention, experts, fetch
+        self._strs: tuple[list[str], list[str]] = ([], [])  # kind, tenants
+        (self._inst, self._nseq, self._tok) = (a.append for a in self._ints)
+        (self._start, self._end, self._fe, self._at, self._ex, self._fs) = (a.append for a in self._floats)
+        (self._kind, self._ten) = (a.append for a in self._strs)
         self.swaps = 0
         self.finished = 0
 
     def segment(self, inst: int, kind: str, start: float, end: float, n_seqs: int, tokens: int,
                 tenants: str, fetches: float, attention_s: float, experts_s: float, fetch_s: float) -> None:
         """Log one timeline segment (a prefill step, a decode run or a swap)."""
-        self.rows.append((inst, kind, start, end, n_seqs, tokens, tenants, fetches, attention_s, experts_s,
-                          fetch_s))
+        self._inst(inst)
+        self._kind(kind)
+        self._start(start)
+        self._end(end)
+        self._nseq(n_seqs)
+        self._tok(tokens)
+        self._ten(tenants)
+        self._fe(fetches)
+        self._at(attention_s)
+        self._ex(experts_s)
+        self._fs(fetch_s)
+
+    def segments(self) -> pd.DataFrame:
+        """The timeline as a frame (columns ``SEGMENT_COLUMNS``; instance as the index of its plan)."""
+        i, f, st = self._ints, self._floats, self._strs
+
+        def ints(a: array) -> np.ndarray:
+            return np.frombuffer(a, dtype=np.int64).copy() if len(a) else np.zeros(0, dtype=np.int64)
+
+        def floats(a: array) -> np.ndarray:
+            return np.frombuffer(a, dtype=np.float64).copy() if len(a) else np.zeros(0)
+
+        return pd.DataFrame({
+            "instance": ints(i[0]), "kind": np.array(st[0], dtype=object), "start_s": floats(f[0]),
+            "end_s": floats(f[1]), "n_seqs": ints(i[1]), "tokens": ints(i[2]),
+            "tenants": np.array(st[1], dtype=object), "expert_fetches": floats(f[2]),
+            "attention_s": floats(f[3]), "experts_s": floats(f[4]), "fetch_s": floats(f[5]),
+        })
 
 
 @dataclass(frozen=True)
@@ -189,7 +225,6 @@ class Board:
         self.outstanding_requests = [0] * n_gpus
         self._global = [{lt: gt for gt, lt in m.items()} for m in local]
         self._route = [insts[0].policy.route if insts else None for insts in gpu_insts]
-        self._local_req: list[dict[int, Request]] = [{} for _ in range(n_gpus)]
 
     @property
     def now(self) -> float:
@@ -217,8 +252,9 @@ class Board:
             g = self.router.choose(r, cands, self)
             if g not in cands:
                 raise RuntimeError(f"router chose GPU {g} for tenant {r.tenant}; replicas: {cands}")
-        lr = self._local_req[g].get(rid)
-        inst = self.gpu_insts[g][self._route[g](lr if lr is not None else r)]
+        lt = self.local[g][r.tenant]
+        lr = r if lt == r.tenant else Request(rid, lt, r.arrival_s, r.prompt_tokens, r.output_tokens)
+        inst = self.gpu_insts[g][self._route[g](lr)]
         d = self.dest[rid] = inst.idx
         self.rec.gpu[rid] = g
         self.outstanding_tokens[g] += r.prompt_tokens + r.output_tokens
@@ -354,8 +390,7 @@ def simulate_fleet(model: ModelSpec, gpus: Sequence[GPUSetup], requests: Sequenc
         for g in board.replicas.get(r.tenant, ()):
             lr = r
             if not identity[g]:
-                lr = board._local_req[g][r.id] = Request(r.id, local[g][r.tenant], r.arrival_s, r.prompt_tokens,
-                                                         r.output_tokens)
+                lr = Request(r.id, local[g][r.tenant], r.arrival_s, r.prompt_tokens, r.output_tokens)
             cand[gpu_insts[g][routes[g](lr)].idx].append(lr)
     procs = []
     for insts in gpu_insts:
@@ -400,7 +435,7 @@ def simulate_fleet(model: ModelSpec, gpus: Sequence[GPUSetup], requests: Sequenc
         "rejected": rejected,
     })
     names = [f"{gpus[g].name}/{p.name}" if prefix else p.name for p, g in zip(all_plans, plan_gpu, strict=True)]
-    seg_df = pd.DataFrame(rec.rows, columns=list(Recorder.SEGMENT_COLUMNS))
+    seg_df = rec.segments()
     if len(seg_df):
         inst_idx = seg_df["instance"].to_numpy()
         if not all(identity):
