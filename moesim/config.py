@@ -314,6 +314,19 @@ def _positive(name: str, value: float, unit: str) -> None:
         raise UserError(f"{name}={value}: must be a finite number > 0 ({unit})")
 
 
+def _check_context(workload: Any, model: ModelSpec) -> None:
+    """Fixed token counts longer than the model's context would have every request rejected: refuse now."""
+    limit = model.max_context_tokens
+    prompt, output = getattr(workload, "prompt_tokens", None), getattr(workload, "output_tokens", None)
+    if not limit or prompt is None or output is None or getattr(workload, "tokens_from", ""):
+        return
+    if prompt + output > limit:
+        raise UserError(
+            f"workload.prompt_tokens={prompt} + workload.output_tokens={output} = {prompt + output} tokens, "
+            f"more than model={model.name}'s context of {limit} tokens; valid: a sum ≤ {limit}"
+        )
+
+
 def job_spec(cfg: DictConfig) -> JobSpec:
     """Validate a composed job config and build its frozen component configs (UserError on bad values)."""
     regs = registries()
@@ -331,6 +344,7 @@ def job_spec(cfg: DictConfig) -> JobSpec:
         raise UserError(f"seed={cfg.seed}: must be ≥ 0")
     _positive("slo_ttft_s", cfg.slo_ttft_s, "seconds")
     _positive("slo_tpot_s", cfg.slo_tpot_s, "seconds")
+    _check_context(built["workload"], model)
     rate = getattr(built["workload"], "rate", None)
     if rate is not None and not (math.isfinite(rate) and rate >= 0):
         raise UserError(f"workload.rate={rate}: must be ≥ 0 requests/s per tenant")

@@ -10,6 +10,7 @@ instead of ``summary.json``.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -37,10 +38,12 @@ def cost_provenance(cost: Any) -> dict[str, Any]:
 
 
 def run(spec: JobSpec, out_dir: str | Path, *, progress: bool = False, overrides: list[str] | None = None,
-        extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        extra: dict[str, Any] | None = None, announce: bool = False) -> dict[str, Any]:
     """Simulate ``spec`` and write its outputs into ``out_dir``; the summary written to summary.json.
 
-    ``extra`` items (e.g. the hydra option the cost came from) are added to the summary.
+    ``extra`` items (e.g. the hydra option the cost came from) are added to the summary. The workload's
+    one-line account of what it serves (e.g. ``replaying 19,366 of 19,366 requests of F (whole trace)``)
+    goes to the job's log and summary.json (``workload_selection``), and to stderr when ``announce``.
     """
     from moesim.fleet import FLEETS, ROUTERS, TenantLoad, plan_placement, run_fleet, save_placement
     from moesim.metrics import summarize
@@ -50,6 +53,10 @@ def run(spec: JobSpec, out_dir: str | Path, *, progress: bool = False, overrides
     t0 = time.perf_counter()
     workload = WORKLOADS.build(spec.workload.name, spec.workload)
     requests = workload.generate(spec.seed)
+    selection = f"moesim: {workload.selection(len(requests))}"
+    log.info("%s", selection)
+    if announce:
+        print(selection, file=sys.stderr, flush=True)
     fleet_cfg = spec.fleet if spec.fleet is not None else FLEETS.config("uniform")
     fleet = FLEETS.build(fleet_cfg.name, fleet_cfg).spec(spec.gpu.name)
     load = TenantLoad.of(requests, workload.tenants, workload.horizon_s)
@@ -66,6 +73,9 @@ def run(spec: JobSpec, out_dir: str | Path, *, progress: bool = False, overrides
     metrics = summarize(result.requests, result.segments, horizon_s=workload.horizon_s,
                         slo_ttft_s=spec.slo_ttft_s, slo_tpot_s=spec.slo_tpot_s, slo_classes=spec.slo_classes)
     wall_s = time.perf_counter() - t0
+    names = workload.tenant_names
+    if names is not None:  # the trace named its tenants: keep the names beside the ids
+        result.requests["tenant_name"] = [names[t] for t in result.requests["tenant"]]
     write_parquet(out / REQUESTS, result.requests)
     write_parquet(out / SEGMENTS, result.segments)
     write_json(out / INSTANCES, result.instances)
@@ -77,6 +87,7 @@ def run(spec: JobSpec, out_dir: str | Path, *, progress: bool = False, overrides
         **cost_provenance(costs.get(spec.gpu.name, next(iter(costs.values())))),
         **(extra or {}),
         **metrics,
+        "workload_selection": selection.removeprefix("moesim: "),
         "horizon_s": result.horizon_s,
         "wall_s": wall_s,
         "overrides": list(overrides or []),

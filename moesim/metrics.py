@@ -3,6 +3,10 @@
 Definitions (seconds): turnaround = finish − arrival; service (the paper's turnaround) = finish − start;
 TTFT = first token − arrival; TPOT = (finish − first token) / (output tokens − 1) for outputs > 1;
 queue wait = start − arrival.
+
+Rejected requests (a non-empty ``rejected`` reason in the per-request table; the engine refuses a request
+it can never hold) have no times: they are left out of every latency statistic, counted in
+``rejected``, left out of throughput, and count as SLO misses (attainment is over all requests).
 """
 
 from __future__ import annotations
@@ -41,17 +45,15 @@ def summarize(requests: pd.DataFrame, segments: pd.DataFrame, *, horizon_s: floa
             measured over ``[0, max(horizon_s, last finish)]``, so a sparse run is not credited with its
             few requests over a few seconds and an overloaded run is charged the time it takes to drain.
             ``None``: first arrival to last finish.
-        slo_ttft_s, slo_tpot_s: a request attains the SLO when its TTFT and its TPOT are within both.
+        slo_ttft_s, slo_tpot_s: a request attains the SLO when its TTFT and its TPOT are within both;
+            a rejected request never does (``slo_attainment`` is over all ``n_requests``).
         slo_classes: tenants with their own targets (moesim.slo); ``slo_attainment_<class>`` per class.
-
-    Refused requests (a non-empty ``rejected`` column) count in ``n_requests`` and ``rejected``, as SLO
-    misses, and nowhere else.
     """
     df = per_request(requests)
     n_all = len(df)
     n_rejected = 0
     if "rejected" in df.columns:
-        refused = (df["rejected"] != "").to_numpy()
+        refused = (df["rejected"].astype(str) != "").to_numpy()
         n_rejected = int(refused.sum())
         if n_rejected:
             df = df[~refused]

@@ -63,8 +63,9 @@ def run_hydra_job(cfg: DictConfig) -> None:
 def _run_single(cfg: DictConfig, out: Path, overrides: list[str], extra: dict[str, Any]) -> None:
     spec = job_spec(cfg)
     progress = True if cfg.progress is None else bool(cfg.progress)
-    s = job.run(spec, out, progress=progress, overrides=overrides, extra=extra)
-    print(f"moesim: {s['n_requests']} requests, mean turnaround {s['mean_turnaround_s']:.3f} s, "
+    s = job.run(spec, out, progress=progress, overrides=overrides, extra=extra, announce=True)
+    rejected = f" ({s['rejected']} rejected)" if s.get("rejected") else ""
+    print(f"moesim: {s['n_requests']} requests{rejected}, mean turnaround {s['mean_turnaround_s']:.3f} s, "
           f"mean TTFT {s['mean_ttft_s']:.3f} s, {s['throughput_rpm']:.2f} req/min; "
           f"outputs in {out}/ ({job.SUMMARY}, {job.REQUESTS})")
 

@@ -190,8 +190,8 @@ def test_job_count_of_command_lines(registered: None, argv: list[str], n_jobs: i
     (["slo_ttft_s=0"], "slo_ttft_s=0.0: must be a finite number > 0"),
     (["workload.rate=[1,"], "no viable alternative"),
     (["hydra.mode=RUN", "policy=mig,reconfig"], "policy=mig,reconfig: a sweep in a single run"),
-    (["-m", "workload=azure_conv,azure_code", "workload.max_requests=30"],
-     "workload.max_requests=30: unknown key 'max_requests'; valid keys of workload: name, rate"),
+    (["-m", "workload=azure_conv,azure_code", "workload.time_scale=2"],
+     "workload.time_scale=2: unknown key 'time_scale'; valid keys of workload: name, rate"),
     (["workload.rate=abc"], "workload.rate=abc: Value 'abc' of type 'str' could not be converted to Float"),
     (["policy=mig", "-m", "seed=1,2"], "unrecognized arguments: seed=1,2; flags such as -m/--multirun go before"),
 ])

@@ -12,6 +12,7 @@ import pandas as pd
 import simpy
 
 from moesim.cost.base import CostModel
+from moesim.engine.admission import refusal
 from moesim.engine.instance import Instance
 from moesim.errors import UserError
 from moesim.policies.base import InstancePlan, Policy
@@ -98,6 +99,10 @@ class Recorder:
         (self._kind, self._ten) = (a.append for a in self._strs)
         self.swaps = 0
         self.finished = 0
+
+    def reject(self, request: Request, reason: str) -> None:
+        """Refuse ``request`` (it is never served): its reason goes to the ``rejected`` column."""
+        self.rejected[request.id] = reason
 
     def segment(self, inst: int, kind: str, start: float, end: float, n_seqs: int, tokens: int,
                 tenants: str, fetches: float, attention_s: float, experts_s: float, fetch_s: float) -> None:
@@ -221,6 +226,7 @@ class Board:
         self.router = router
         self.rec = rec
         self.dest: list[int] = [-1] * len(by_id)
+        self.fits: dict[int, tuple[int, ...]] = {}  # request id → replicas that can hold it, when not all
         self.outstanding_tokens = [0] * n_gpus
         self.outstanding_requests = [0] * n_gpus
         self._global = [{lt: gt for gt, lt in m.items()} for m in local]
@@ -239,7 +245,7 @@ class Board:
     def decide(self, rid: int) -> int:
         """Route request ``rid`` now; the global instance index, or −2 when it is refused."""
         r = self.by_id[rid]
-        cands = self.replicas.get(r.tenant, ())
+        cands = self.fits.get(rid) or self.replicas.get(r.tenant, ())
         if not cands:
             self.rec.rejected[rid] = f"no replica: tenant {r.tenant} is placed on no GPU"
             self.dest[rid] = -2
@@ -287,25 +293,26 @@ class _Urgent(simpy.events.Event):
         env.schedule(self, simpy.events.URGENT, delay)
 
 
-def _check_fits(plans: Sequence[InstancePlan], requests: Sequence[Request], model: ModelSpec) -> None:
+def _check_fits(plans: Sequence[InstancePlan]) -> None:
     for p in plans:
         if not p.ideal and p.weight_bytes > p.memory_bytes:
             raise UserError(
                 f"instance {p.name}: weights need {p.weight_bytes / 1e9:.2f} GB but it has "
                 f"{p.memory_bytes / 1e9:.2f} GB"
             )
-    if not requests:
-        return
-    biggest = max(requests, key=lambda r: r.prompt_tokens + r.output_tokens)
-    need = (biggest.prompt_tokens + biggest.output_tokens) * model.kv_bytes_per_token
-    for p in plans:
-        if need > p.kv_capacity_bytes:
-            raise UserError(
-                f"instance {p.name} ({p.profile}): request {biggest.id} needs {need / 1e9:.3f} GB of KV cache "
-                f"({biggest.prompt_tokens}+{biggest.output_tokens} tokens of {model.name}) but only "
-                f"{p.kv_capacity_bytes / 1e9:.3f} GB are left after {p.weight_bytes / 1e9:.2f} GB of weights; "
-                "lower policy.weight_budget_fraction, shorten the requests or use a larger GPU/profile"
-            )
+
+
+def _all_rejected(rec: Recorder, requests: Sequence[Request], plans: Sequence[InstancePlan],
+                  model: ModelSpec) -> UserError:
+    first = min(requests, key=lambda r: r.id)
+    caps = ", ".join(sorted({f"{p.kv_capacity_bytes / 1e9:.3g} GB" for p in plans}))
+    limit = f"{model.max_context_tokens} tokens" if model.max_context_tokens else "no stated limit"
+    return UserError(
+        f"every one of the {len(requests):,} requests is rejected (request {first.id}: "
+        f"{rec.rejected[first.id]}); {model.name} serves at most {limit} of context and the instances hold "
+        f"{caps} of KV cache: shorten the requests, lower policy.weight_budget_fraction or use a larger "
+        "GPU/profile"
+    )
 
 
 def simulate(model: ModelSpec, gpu: GPUSpec, policy: Policy, cost: CostModel, requests: Sequence[Request],
@@ -370,8 +377,7 @@ def simulate_fleet(model: ModelSpec, gpus: Sequence[GPUSetup], requests: Sequenc
                  else replace(p, residency=interned[p.residency])
                  for p in setup.policy.layout(model, setup.gpu, len(setup.tenants))]
         setup.policy.bind(plans)
-        mine = [r for r in by_id if r.tenant in m]
-        _check_fits(plans, mine, model)
+        _check_fits(plans)
         link = HostLink(nodes.get(setup.node), setup.gpu.h2d_pinned_Bps)
         insts = []
         for p in plans:
@@ -382,16 +388,37 @@ def simulate_fleet(model: ModelSpec, gpus: Sequence[GPUSetup], requests: Sequenc
             plan_gpu.append(g)
         gpu_insts.append(insts)
     board = Board(env, by_id, {t: tuple(v) for t, v in replicas.items()}, local, gpu_insts, router, rec)
-    # candidates: each instance's possible arrivals, tenants in its GPU's numbering
+    # candidates: each instance's possible arrivals, tenants in its GPU's numbering. A request an instance
+    # can never hold (moesim.engine.admission) is no candidate there; one no replica can hold is refused.
     cand: list[list[Request]] = [[] for _ in all_plans]
     identity = [all(t == i for t, i in m.items()) for m in local]
     routes = [s.policy.route for s in gpus]
+    kvb = model.kv_bytes_per_token
+    ctx_limit = model.max_context_tokens or (1 << 62)
+    kv_cap = [p.kv_capacity_bytes for p in all_plans]
     for r in order:
-        for g in board.replicas.get(r.tenant, ()):
+        reps = board.replicas.get(r.tenant, ())
+        tokens = r.prompt_tokens + r.output_tokens
+        cant: list[int] = []
+        why = ""
+        for g in reps:
             lr = r
             if not identity[g]:
                 lr = Request(r.id, local[g][r.tenant], r.arrival_s, r.prompt_tokens, r.output_tokens)
-            cand[gpu_insts[g][routes[g](lr)].idx].append(lr)
+            i = gpu_insts[g][routes[g](lr)].idx
+            if tokens > ctx_limit or tokens * kvb > kv_cap[i]:  # as admission.refusal decides
+                cant.append(g)
+                why = refusal(lr, all_plans[i], model) or why
+                continue
+            cand[i].append(lr)
+        if cant:
+            if len(cant) == len(reps):
+                rec.reject(r, why or "cannot be held")
+                board.dest[r.id] = -2
+            else:
+                board.fits[r.id] = tuple(g for g in reps if g not in cant)
+    if n and len(rec.rejected) == n:
+        raise _all_rejected(rec, requests, all_plans, model)
     procs = []
     for insts in gpu_insts:
         for inst in insts:
