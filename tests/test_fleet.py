@@ -320,3 +320,90 @@ def test_fleet_file_and_a100_group(tmp_path: Path) -> None:
     (tmp_path / "g.yaml").write_text("groups:\n  - {gpu: h200, count: 0}\n")
     with pytest.raises(UserError, match="count=0 is invalid"):
         load_fleet(tmp_path / "g.yaml")
+
+
+# ---- refusals by capacity: only replicas that can hold a request are offered -----------------------------
+def test_a_request_only_some_replicas_can_hold_goes_to_those() -> None:
+    # GPU 0: a 3g MIG instance (less KV room); GPU 1: the whole GPU. A request too long for the MIG
+    # instance's KV must go to GPU 1 even under round robin; one too long for both is refused with the reason.
+    placement = Placement((GPUPlacement(0, (0,), "mig", {"layout": "3g+3g"}), GPUPlacement(1, (0,))))
+    fleet = FleetSpec.uniform("h200", 2)
+    plans = POLICIES.build("mig", {"layout": "3g+3g"}).layout(MODEL, H200, 1)
+    mig_tokens = int(plans[0].kv_capacity_bytes // MODEL.kv_bytes_per_token)
+    big = mig_tokens + 100  # fits the whole GPU, not the MIG instance
+    huge = 10 ** 7
+    reqs = [Request(0, 0, 0.0, 20, 5), Request(1, 0, 0.1, big - 10, 10), Request(2, 0, 0.2, huge, 10),
+            Request(3, 0, 0.3, 20, 5)]
+    df = run_fleet(MODEL, fleet, placement, reqs, policy="multiplex", policy_cfg=None, cost="roofline",
+                   cost_cfg=None, router=ROUTERS.build("round_robin")).requests
+    assert df["gpu"].tolist() == [0, 1, -1, 1]
+    assert df["rejected"].iloc[2] != ""
+    assert (df["rejected"].iloc[[0, 1, 3]] == "").all()
+
+
+# ---- architecture: policies see a declared view, never the engine -----------------------------------------
+def test_policies_do_not_import_the_engine_and_the_instance_implements_the_view() -> None:
+    import subprocess
+
+    code = ("import sys, moesim.policies; "
+            "print(any(m.startswith('moesim.engine') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    import simpy
+
+    from moesim.engine.instance import Instance
+    from moesim.engine.simulation import HostLink, Recorder
+    from moesim.policies.view import InstanceView
+
+    pol = POLICIES.build("reconfig")
+    plan = pol.layout(MODEL, H200, 2)[0]
+    inst = Instance(0, plan, simpy.Environment(), _cost(), pol, HostLink(), Recorder(0))
+    members = set(InstanceView.__annotations__) | {m for m in vars(InstanceView) if not m.startswith("_")}
+    assert members == {"plan", "queue", "resident", "kv_free_bytes", "kv_bytes_per_token", "now", "n_running",
+                       "running_tenants"}
+    for name in members:
+        assert hasattr(inst, name), name
+    assert inst.now == 0.0
+    assert inst.n_running == 0
+    assert inst.running_tenants() == set()
+
+
+# ---- SLO classes ---------------------------------------------------------------------------------------
+def test_slo_classes_give_tenants_their_own_targets() -> None:
+    from moesim.metrics import summarize
+    from moesim.slo import SLO_TPOT_S, SLO_TTFT_S, SLOClass
+
+    # tenant 0: TTFT 1.0 s; tenant 1: TTFT 3.0 s; one output token each (no TPOT)
+    df = pd.DataFrame({"request_id": [0, 1, 2, 3], "tenant": [0, 0, 1, 1], "arrival_s": [0.0] * 4,
+                       "start_s": [0.0] * 4, "first_token_s": [1.0, 3.0, 1.0, 3.0], "finish_s": [1.0, 3.0, 1.0, 3.0],
+                       "prompt_tokens": [5] * 4, "output_tokens": [1] * 4, "rejected": ["", "", "", ""]})
+    seg = pd.DataFrame(columns=["instance", "kind", "start_s", "end_s", "expert_fetches", "tenants"])
+    plain = summarize(df, seg)
+    assert (plain["slo_ttft_s"], plain["slo_tpot_s"]) == (SLO_TTFT_S, SLO_TPOT_S) == (2.0, 0.2)
+    assert plain["slo_attainment"] == 0.5
+    gold = SLOClass("gold", 0.5, 0.1, (0,))
+    s = summarize(df, seg, slo_ttft_s=3.5, slo_classes=(gold,))
+    assert s["slo_attainment_gold"] == 0.0  # 1.0 and 3.0 both miss 0.5
+    assert s["slo_attainment"] == 0.5  # tenant 1 keeps 3.5: both attain
+
+
+# ---- the job: fleet groups from the config, placement.yaml written ----------------------------------------
+def test_job_runs_a_fleet_and_writes_its_placement(tmp_path: Path) -> None:
+    from moesim import job
+    from moesim.config import JobSpec
+    from moesim.fleet import FLEETS, ROUTERS
+    from moesim.workloads import WORKLOADS
+
+    spec = JobSpec(MODEL, H200, POLICIES.config("multiplex"), COST_MODELS.config("roofline"),
+                   WORKLOADS.config("poisson", {"rate": 0.2, "tenants": 3, "duration_s": 60.0}), 0, 2.0, 0.2,
+                   fleet=FLEETS.config("uniform", {"gpus": 4}), placement=PLACEMENTS.config("per_variant"),
+                   router=ROUTERS.config("round_robin"))
+    s = job.run(spec, tmp_path)
+    assert s["gpus"] == 4
+    pl = load_placement(tmp_path / job.PLACEMENT)
+    assert pl.strategy == "per_variant"
+    assert len(pl.gpus) == 4
+    req = pd.read_parquet(tmp_path / job.REQUESTS)
+    assert len(req) == s["n_requests"] > 0
+    holds = {p.gpu: set(p.tenants) for p in pl.gpus}
+    assert all(t in holds[g] for t, g in zip(req["tenant"], req["gpu"], strict=True))
