@@ -194,7 +194,7 @@ def test_job_count_of_command_lines(registered: None, argv: list[str], n_jobs: i
     (["seed=-1"], "seed=-1: the seed must be an integer ≥ 0"),
     (["-m", "policy=reconfig,bogus"], "unknown policy 'bogus'"),
     (["model=gpt"], "unknown model 'gpt'; valid: mixtral-8x7b, switch-base-8, tiny"),
-    (["foo=1"], "foo=1: unknown key 'foo'; valid keys: model, gpu, policy, workload, cost, seed"),
+    (["foo=1"], "foo=1: unknown key 'foo'; valid keys: model, gpu, policy, workload, cost, fleet, placement, router, seed"),
     (["cost=best", "cost.flops_efficiency=0.5"], "cost.flops_efficiency=0.5: unknown key"),
     (["cost=roofline", "cost.flops_efficiency=2"], "cost.flops_efficiency=2.0: must be in (0, 1]"),
     (["slo_ttft_s=0"], "slo_ttft_s=0.0: must be a finite number > 0"),
