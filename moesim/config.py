@@ -429,16 +429,27 @@ def _job_spec(cfg: DictConfig) -> JobSpec:
 
 
 def sweep_jobs(params: dict[str, str] | None, overrides: list[str]) -> list[list[str]]:
-    """The override list of every job of a sweep, as hydra's basic sweeper expands it.
+    """The override list of every job of a sweep, as hydra's basic sweeper expands it (public API only).
 
-    ``params`` are ``hydra.sweeper.params``; command-line ``overrides`` of the same key replace them.
+    ``params`` are ``hydra.sweeper.params``; command-line ``overrides`` of the same key replace them. Each
+    key keeps its first position; discrete sweeps (``a,b``, ``choice``, ``range``) expand, in order, into the
+    cartesian product; other sweep types are refused in one line.
     """
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    import itertools
+
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     args = [f"{k}={v}" for k, v in (params or {}).items()] + list(overrides)
-    parsed = OverridesParser.create().parse_overrides(args)
-    return BasicSweeper.split_arguments(parsed, None)[0]
+    per_key: dict[str, list[str]] = {}
+    for o in OverridesParser.create().parse_overrides(args):
+        key = o.get_key_element()
+        if not o.is_sweep_override():
+            per_key[key] = [f"{key}={o.get_value_element_as_str()}"]
+        elif o.is_discrete_sweep():
+            per_key[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
+        else:
+            raise UserError(f"{o.input_line}: only discrete sweeps (a,b or choice/range) can be expanded")
+    return [list(job) for job in itertools.product(*per_key.values())]
 
 
 def _first_line(text: str) -> str:
