@@ -407,3 +407,19 @@ def test_job_runs_a_fleet_and_writes_its_placement(tmp_path: Path) -> None:
     assert len(req) == s["n_requests"] > 0
     holds = {p.gpu: set(p.tenants) for p in pl.gpus}
     assert all(t in holds[g] for t, g in zip(req["tenant"], req["gpu"], strict=True))
+
+
+# ---- many tenants: per-tenant rates ----------------------------------------------------------------------
+def test_per_tenant_rates_by_weights_reach_the_placement() -> None:
+    from moesim.workloads import WORKLOADS
+
+    w = WORKLOADS.build("poisson", {"tenants": 3, "rate": 1.0, "popularity": "weights", "weights": (4, 1, 1),
+                                    "duration_s": 3000.0})
+    np.testing.assert_allclose(w.tenant_rates_per_s, [2.0, 0.5, 0.5])
+    reqs = w.generate(0)
+    load = TenantLoad.of(reqs, 3, w.horizon_s)
+    # Poisson counts: 6000 ± 77 and 1500 ± 39 expected; 5 standard deviations of slack
+    assert abs(load.rates[0] * 3000 - 6000) < 5 * 77
+    assert all(abs(load.rates[t] * 3000 - 1500) < 5 * 39 for t in (1, 2))
+    with pytest.raises(UserError, match=r"weights=\[4, 1\] is invalid; valid: 3 numbers"):
+        WORKLOADS.build("poisson", {"tenants": 3, "popularity": "weights", "weights": (4, 1)})

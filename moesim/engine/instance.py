@@ -10,7 +10,6 @@ from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-import numpy as np
 import simpy
 
 from moesim.cost.base import CostModel, Residency, SeqWork
@@ -218,7 +217,7 @@ class Instance:
             nxt = self._arrivals[self._next]
             if self.policy.interrupts(self, nxt):
                 # stop at the first step boundary at or after the next arrival: it joins there
-                j = int(np.searchsorted(dr.end_s, nxt.arrival_s - t0, side="left"))
+                j = int(dr.end_s.searchsorted(nxt.arrival_s - t0))  # side="left"
                 steps = min(n, j + 1)
         yield env.timeout(float(dr.end_s[steps - 1]))
         self.link.end(self.fetches)

@@ -120,21 +120,25 @@ class Recorder:
         self._fs(fetch_s)
 
     def segments(self) -> pd.DataFrame:
-        """The timeline as a frame (columns ``SEGMENT_COLUMNS``; instance as the index of its plan)."""
+        """The timeline as a frame (columns ``SEGMENT_COLUMNS``; instance as the index of its plan).
+
+        Each column is converted, then its log freed, so the log and the frame are never both whole.
+        """
         i, f, st = self._ints, self._floats, self._strs
-
-        def ints(a: array) -> np.ndarray:
-            return np.frombuffer(a, dtype=np.int64).copy() if len(a) else np.zeros(0, dtype=np.int64)
-
-        def floats(a: array) -> np.ndarray:
-            return np.frombuffer(a, dtype=np.float64).copy() if len(a) else np.zeros(0)
-
-        return pd.DataFrame({
-            "instance": ints(i[0]), "kind": np.array(st[0], dtype=object), "start_s": floats(f[0]),
-            "end_s": floats(f[1]), "n_seqs": ints(i[1]), "tokens": ints(i[2]),
-            "tenants": np.array(st[1], dtype=object), "expert_fetches": floats(f[2]),
-            "attention_s": floats(f[3]), "experts_s": floats(f[4]), "fetch_s": floats(f[5]),
-        })
+        sources = {"instance": (i, 0), "kind": (st, 0), "start_s": (f, 0), "end_s": (f, 1), "n_seqs": (i, 1),
+                   "tokens": (i, 2), "tenants": (st, 1), "expert_fetches": (f, 2), "attention_s": (f, 3),
+                   "experts_s": (f, 4), "fetch_s": (f, 5)}
+        cols: dict[str, np.ndarray] = {}
+        for name in self.SEGMENT_COLUMNS:
+            group, k = sources[name]
+            a = group[k]
+            if group is st:
+                cols[name] = np.array(a, dtype=object)
+                a.clear()
+            else:
+                cols[name] = np.array(a, dtype=np.int64 if group is i else np.float64)
+                del a[:]
+        return pd.DataFrame(cols)
 
 
 @dataclass(frozen=True)
