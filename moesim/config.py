@@ -93,12 +93,12 @@ class ReportConfig:
 
 @dataclass
 class SimulateConfig:
-    """The job config of ``python -m moesim.simulate``.
+    """The job config of ``python -m moesim.simulate`` (SLO defaults: ``moesim.slo``, defined there once).
 
     Attributes:
         seed: workload seed.
-        slo_ttft_s: TTFT target of the SLO (seconds; default ``moesim.slo.SLO_TTFT_S``).
-        slo_tpot_s: time-per-output-token target of the SLO (seconds; default ``moesim.slo.SLO_TPOT_S``).
+        slo_ttft_s: TTFT target of the SLO (seconds).
+        slo_tpot_s: time-per-output-token target of the SLO (seconds).
         slo_classes: tenants with their own targets: name → {ttft_s, tpot_s, tenants} (moesim.slo).
         progress: show the engine's progress bar; null: in single runs only.
     """

@@ -106,8 +106,8 @@ def report(profile_path: str | Path, **cost_cfg: object) -> pd.DataFrame:
 
     ``cost_cfg`` overrides ``ProfileCostConfig`` fields (e.g. ``step_residual="on"``).
     """
-    from moesim.calibrate.schema import read_profile
     from moesim.cost.profile import ProfileCost, ProfileCostConfig
+    from moesim.formats.profile import read_profile
 
     p = Path(profile_path)
     _, meta = read_profile(p)
