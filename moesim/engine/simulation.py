@@ -215,7 +215,8 @@ class Board:
 
     ``dest[id]``: −1 undecided, −2 refused, else the global index of the instance it goes to. Decisions are
     made at the request's arrival, by the dispatcher process or by the first instance pulling it at that
-    same instant, whichever comes first; the router sees the fleet as it is then.
+    same instant, whichever comes first; the router sees the fleet as it is then. A fleet without replicas
+    has no dispatcher: each decision is fixed by the tenant, made when an instance first pulls the request.
     """
 
     def __init__(self, env: simpy.Environment, by_id: Sequence[Request], replicas: dict[int, tuple[int, ...]],
@@ -258,7 +259,7 @@ class Board:
             g = cands[0]
         else:
             if self.router is None:
-                raise RuntimeError("a variant has several replicas but the fleet has no router")
+                raise UserError("a variant is placed on several GPUs: the fleet needs a router (e.g. least_work)")
             g = self.router.choose(r, cands, self)
             if g not in cands:
                 raise RuntimeError(f"router chose GPU {g} for tenant {r.tenant}; replicas: {cands}")
@@ -402,6 +403,9 @@ def simulate_fleet(model: ModelSpec, gpus: Sequence[GPUSetup], requests: Sequenc
     kv_cap = [p.kv_capacity_bytes for p in all_plans]
     for r in order:
         reps = board.replicas.get(r.tenant, ())
+        if not reps:
+            board.decide(r.id)  # refused: no GPU holds its variant (a decision that needs no clock)
+            continue
         tokens = r.prompt_tokens + r.output_tokens
         cant: list[int] = []
         why = ""
@@ -429,7 +433,12 @@ def simulate_fleet(model: ModelSpec, gpus: Sequence[GPUSetup], requests: Sequenc
             inst.board = board
             inst.feed(cand[inst.idx])
             procs.append(env.process(inst.run()))
-    procs.append(env.process(board.dispatch(order)))
+    if any(len(v) > 1 for v in board.replicas.values()):
+        if router is None:
+            raise UserError("a variant is placed on several GPUs: the fleet needs a router (e.g. least_work)")
+        # routing needs the fleet's state at each arrival; without replicas every decision is fixed by the
+        # tenant (made when an instance first pulls the request) and no router reads the state
+        procs.append(env.process(board.dispatch(order)))
 
     if progress:
         from tqdm.auto import tqdm
