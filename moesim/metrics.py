@@ -4,6 +4,11 @@ Definitions (seconds): turnaround = finish − arrival; service (the paper's tur
 TTFT = first token − arrival; TPOT = (finish − first token) / (output tokens − 1) for outputs > 1;
 queue wait = start − arrival.
 
+With a horizon, the ``paper_*`` metrics follow the paper's QoS code (Imani et al., ICML 2025): it serves
+only requests dequeued within the window (start < horizon; the rest of the queue is dropped) and logs, over
+those, turnaround = finish − start, TTFT = first token − start (the swap and the prefill; queue wait
+excluded), wait = start − arrival, and throughput = served requests per minute of the window.
+
 Rejected requests (a non-empty ``rejected`` reason in the per-request table; the engine refuses a request
 it can never hold) have no times: they are left out of every latency statistic, counted in
 ``rejected``, left out of throughput, and count as SLO misses (attainment is over all requests).
@@ -92,6 +97,8 @@ def summarize(requests: pd.DataFrame, segments: pd.DataFrame, *, horizon_s: floa
         tpot_ok = df["tpot_s"].isna() | (df["tpot_s"] <= slo_tpot_s)
         out["slo_attainment"] = (float(((df["ttft_s"] <= slo_ttft_s) & tpot_ok).sum()) / n_all if n_all
                                  else float("nan"))
+    if horizon_s:
+        out.update(paper_metrics(df, horizon_s))
     swaps = segments[segments["kind"] == "swap"] if len(segments) else segments
     out["swap_count"] = int(sum(len(str(t).split(",")) for t in swaps["tenants"])) if len(swaps) else 0
     out["swap_time_s"] = float((swaps["end_s"] - swaps["start_s"]).sum()) if len(swaps) else 0.0
@@ -102,3 +109,23 @@ def summarize(requests: pd.DataFrame, segments: pd.DataFrame, *, horizon_s: floa
     else:
         out["busy_fraction"] = 0.0
     return out
+
+
+def paper_metrics(df: pd.DataFrame, horizon_s: float) -> dict[str, Any]:
+    """The paper's QoS definitions over the requests started within ``[0, horizon_s)`` (see module doc).
+
+    ``df`` is :func:`per_request`'s frame. Means are NaN when no request was served.
+    """
+    served = df[df["start_s"] < horizon_s]
+    n = len(served)
+
+    def mean(v: pd.Series) -> float:
+        return float(v.mean()) if n else float("nan")
+
+    return {
+        "paper_n_served": n,
+        "paper_mean_turnaround_s": mean(served["service_s"]),
+        "paper_mean_ttft_s": mean(served["first_token_s"] - served["start_s"]),
+        "paper_mean_wait_s": mean(served["queue_wait_s"]),
+        "paper_throughput_rpm": 60.0 * n / horizon_s,
+    }

@@ -17,7 +17,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from moesim.cost import COST_MODELS
-from moesim.cost.base import CostModel, DecodeRun, Residency, SeqWork, StepCost, expected_active_fraction
+from moesim.cost.base import (
+    CostModel,
+    DecodeRun,
+    Residency,
+    SeqWork,
+    StepCost,
+    expected_active_fraction,
+    host_routing_weights,
+)
 from moesim.errors import UserError
 from moesim.specs import GPUSpec, ModelSpec
 
@@ -34,6 +42,8 @@ class RooflineCostConfig:
         attention_overhead_s: extra fixed time per decoder layer's attention per tenant (eager code), s.
         expert_overhead_s: extra fixed time per MoE layer's expert part per step (eager code), s.
         routing_skew: 0 for uniform top-k routing; > 0 for a Zipf law over experts.
+        host_routing_weight: how often a token routes to a host-resident position of a consolidated plan,
+            relative to the average position (1: uniform); see ``moesim.cost.base.host_routing_weights``.
     """
 
     name: str = "roofline"
@@ -44,6 +54,7 @@ class RooflineCostConfig:
     attention_overhead_s: float = 0.0
     expert_overhead_s: float = 0.0
     routing_skew: float = 0.0
+    host_routing_weight: float = 1.0
 
     def __post_init__(self) -> None:
         for f in ("flops_efficiency", "bw_efficiency", "link_efficiency"):
@@ -53,16 +64,22 @@ class RooflineCostConfig:
         for f in ("layer_overhead_s", "attention_overhead_s", "expert_overhead_s", "routing_skew"):
             if getattr(self, f) < 0:
                 raise UserError(f"cost.{f}={getattr(self, f)}: must be ≥ 0")
+        if not self.host_routing_weight > 0:
+            raise UserError(f"cost.host_routing_weight={self.host_routing_weight}: must be > 0 (1: uniform routing)")
 
 
 # The paper's eager HF code on an A100 (facts/paper.md): attention ≈ 0.73–0.99 ms per layer at batch 1,
 # the expert part ≈ 1.0–1.2 ms per layer with both experts resident, ≈ 27 ms per host-resident expert
 # (352 MB at 52% of a 25 GB/s pinned Gen4 link). Overheads are what the roofline terms leave unexplained.
+# ``host_routing_weight``: the paper's prefill (no-swap TTFT ≈ 0.87 s for its ~7-token prompt) copies ≈ 28.6
+# host experts where uniform routing would copy 33.8: its plan's 39 host positions are picked 0.69× as often as
+# the average position (moesim.paper.host_routing_weight_from_ttft); applied to consolidated plans only.
 PAPER_A100 = {
     "attention_overhead_s": 0.80e-3,
     "expert_overhead_s": 0.70e-3,
     "link_efficiency": 0.522,
     "layer_overhead_s": 0.0,
+    "host_routing_weight": 0.69,
 }
 
 
@@ -130,13 +147,14 @@ class RooflineCost(CostModel):
         experts = fetch_s = fetches = 0.0
         E, k = m.n_experts, m.top_k
         link = self._link_Bps(res)
-        for g in res.groups:
+        weights = host_routing_weights(res, cfg.host_routing_weight)
+        for g, w in zip(res.groups, weights, strict=True):
             n_g = sum(tokens.get(t, 0) for t in g.tenants)
             if n_g == 0 or g.positions == 0:
                 continue
             pos = g.positions * self._pos_scale
-            touched = pos * expected_active_fraction(n_g, E, k, cfg.routing_skew)
-            assignments = n_g * k * pos / E
+            touched = pos * expected_active_fraction(n_g, E, k, cfg.routing_skew, w)
+            assignments = n_g * k * pos * w / E
             experts += max(2 * assignments * m.expert_params / F, touched * m.expert_bytes / B)
             if not g.on_gpu:
                 f = touched * (1.0 - res.expert_cache_hit)

@@ -54,6 +54,10 @@ class Instance:
         self.kv_bytes_per_token = cost.model.kv_bytes_per_token
         self.kv_free_bytes = plan.kv_capacity_bytes
         self.fetches = any(not g.on_gpu for g in plan.residency.groups)
+        self.proc: simpy.Process | None = None  # set by simulate()
+        self._in_run = False  # inside an interruptible decode run
+        if self.fetches:
+            link.members.append(self)
         self._arrivals: list[Request] = []
         self._next = 0
         self._res_cache: dict[float, Residency] = {}
@@ -156,9 +160,14 @@ class Instance:
         while True:
             self._pull()
             if not self.running and not self.queue:
+                shared = self.fetches and len(self.link.members) > 1
+                if shared:
+                    self._link_changed()  # idle from now
                 if self._next >= len(self._arrivals):
                     return
                 yield env.timeout(self._arrivals[self._next].arrival_s - env.now)
+                if shared:
+                    self._link_changed()  # busy again
                 continue
             sel = policy.select(self)
             if sel.admit:
@@ -219,7 +228,18 @@ class Instance:
                 # stop at the first step boundary at or after the next arrival: it joins there
                 j = int(dr.end_s.searchsorted(nxt.arrival_s - t0))  # side="left"
                 steps = min(n, j + 1)
-        yield env.timeout(float(dr.end_s[steps - 1]))
+        self._in_run = self.fetches
+        try:
+            yield env.timeout(float(dr.end_s[steps - 1]))
+        except simpy.Interrupt:
+            # another instance on the host link went idle or woke up: end the run with the step under way
+            self._in_run = False
+            done = env.now - t0
+            steps = min(steps, int(dr.end_s.searchsorted(done)) + 1)
+            rest = float(dr.end_s[steps - 1]) - done
+            if rest > 0:
+                yield env.timeout(rest)
+        self._in_run = False
         self.link.end(self.fetches)
         frac = steps / n
         c = dr.cost
@@ -244,6 +264,13 @@ class Instance:
             self._finish_at = [fa[i] for i in keep]
             self._tenants = tuple([self._tenants[i] for i in keep])
             self._tenant_label = _tenant_str(tc)
+
+    def _link_changed(self) -> None:
+        """Tell the other instances on the host link, mid decode run, that this one's activity changed."""
+        for o in self.link.members:
+            if o is not self and o._in_run and o.proc is not None:
+                o._in_run = False
+                o.proc.interrupt()
 
     def _finish_req(self, r: Request) -> None:
         self.rec.finish[r.id] = self.env.now
