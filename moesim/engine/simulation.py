@@ -271,6 +271,11 @@ class Board:
         lr = r if lt == r.tenant else Request(rid, lt, r.arrival_s, r.prompt_tokens, r.output_tokens)
         inst = self.gpu_insts[g][self._route[g](lr)]
         d = self.dest[rid] = inst.idx
+        if inst._routable and len(cands) > 1 and inst.policy.interrupts(inst, lr):
+            # a replica's arrival is no planned stop of the instance's decode run: cut it now, to join at
+            # the step boundary at or after this instant
+            inst._routable = inst._in_run = False
+            inst.proc.interrupt()
         self.rec.gpu[rid] = g
         self.outstanding_tokens[g] += r.prompt_tokens + r.output_tokens
         self.outstanding_requests[g] += 1
@@ -441,6 +446,10 @@ def simulate_fleet(model: ModelSpec, gpus: Sequence[GPUSetup], requests: Sequenc
     if any(len(v) > 1 for v in board.replicas.values()):
         if router is None:
             raise UserError("a variant is placed on several GPUs: the fleet needs a router (e.g. least_work)")
+        for insts in gpu_insts:
+            for inst in insts:
+                inst.pin([len(board.fits.get(r.id) or board.replicas[board.by_id[r.id].tenant]) == 1
+                          for r in inst._arrivals])
         # routing needs the fleet's state at each arrival; without replicas every decision is fixed by the
         # tenant (made when an instance first pulls the request) and no router reads the state
         procs.append(env.process(board.dispatch(order)))
