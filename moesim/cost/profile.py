@@ -11,7 +11,8 @@ A step (the contract in ``moesim.cost.base``), with L decoder layers and T_t new
     decode core);
     prefill core = attn_prefill(b_p, n_eff), n_eff² = mean n·(n + 2·context) (equal causal work);
     decode core = attn_decode(b_d, mean context);
-  * router_s = L_moe·Σ_t router(T_t);
+  * router_s = L_moe·Σ_t router(T_t) (the router op includes the tenant's shared expert(s) where the model
+    has them: Qwen-MoE, DeepSeek);
   * experts_s: per expert group g with n_g tokens, touched = positions·f(n_g) (f = expected active
     fraction), m = n_g·k/(E·f) tokens per touched expert; on-GPU groups cost touched·t_grouped(m), the
     per-expert time inside the measured grouped MoE layer; host groups cost touched·expert_one(m) plus
@@ -333,6 +334,7 @@ class ProfileCost(CostModel):
                             f"gpu × model (available: {', '.join(available_profiles(self.path.parent))})")
         self.meta = meta
         self.derived = bool(meta.get("derived", False))
+        self.provenance = "derived" if self.derived else "measured"
         self.total_sms = int(meta.get("sms", gpu.sms))
         ok = df[df["status"] == "ok"]
         full = ok[ok["sms"] == self.total_sms]

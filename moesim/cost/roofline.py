@@ -44,6 +44,8 @@ class RooflineCostConfig:
         routing_skew: 0 for uniform top-k routing; > 0 for a Zipf law over experts.
         host_routing_weight: how often a token routes to a host-resident position of a consolidated plan,
             relative to the average position (1: uniform); see ``moesim.cost.base.host_routing_weights``.
+        derived_from: a measured profile whose efficiencies these are (``moesim.cost.derive``): the costs
+            are then marked derived; empty for the datasheet roofline.
     """
 
     name: str = "roofline"
@@ -55,6 +57,7 @@ class RooflineCostConfig:
     expert_overhead_s: float = 0.0
     routing_skew: float = 0.0
     host_routing_weight: float = 1.0
+    derived_from: str = ""
 
     def __post_init__(self) -> None:
         for f in ("flops_efficiency", "bw_efficiency", "link_efficiency"):
@@ -92,13 +95,20 @@ class RooflineCost(CostModel):
     def __init__(self, cfg: RooflineCostConfig, model: ModelSpec, gpu: GPUSpec) -> None:
         super().__init__(model, gpu)
         self.cfg = cfg
+        self.derived = bool(cfg.derived_from)
+        self.provenance = "derived" if cfg.derived_from else "roofline"
+        self.source = cfg.derived_from
         m = model
         self._L = m.n_layers
         self._Lmoe = m.n_decoder_moe_layers
         self._attn_params = m.attention_params_per_block * (m.n_layers * (2 if m.cross_attention else 1))
         self._router_params = self._Lmoe * m.d_model * m.n_experts
+        # per-tenant FFN weights every token runs: shared experts (Qwen-MoE, DeepSeek) and the dense FFNs
+        # of DeepSeek's first layers (Switch's interleaved dense layers are left out, as before)
+        self._ffn_params = self._Lmoe * m.shared_expert_params_per_layer + (
+            m.first_dense * m.dense_ffn_params_per_layer)
         self._lm_params = m.vocab * m.d_model
-        self._q_dim = m.n_heads * m.head_dim
+        self._q_dim = m.attn_core_dim
         # positions the cost counts are the decoder's: scale plan positions (which may include encoder
         # layers) by the decoder's share of MoE layers
         self._pos_scale = self._Lmoe / max(1, m.n_moe_layers)
@@ -138,9 +148,12 @@ class RooflineCost(CostModel):
         F, B = self._rates(res)
         dt = m.dtype_bytes
         proj = router = lm = over = 0.0
+        ffn = self._ffn_params
         for t, T in tokens.items():
             proj += max(2 * T * self._attn_params / F, self._attn_params * dt / B)
             router += max(2 * T * self._router_params / F, self._router_params * dt / B)
+            if ffn:
+                router += max(2 * T * ffn / F, ffn * dt / B)
             lm += max(2 * seqs[t] * self._lm_params / F, self._lm_params * dt / B)
             over += self._L * (cfg.layer_overhead_s + cfg.attention_overhead_s)
         over += self._Lmoe * cfg.expert_overhead_s

@@ -537,6 +537,14 @@ def _globalize(label: str, to_global: dict[int, int]) -> str:
 def _instance_info(p: InstancePlan, model: ModelSpec) -> dict[str, Any]:
     res = p.residency
     gpu_copies = res.gpu_expert_copies()
+    host_bytes = p.host_expert_bytes
+    nonexpert = p.nonexpert_slots * model.nonexpert_bytes
+    # a plan whose groups list more GPU copies than its weights hold (``swap``: every tenant's copies,
+    # one tenant's loaded at a time) records what is resident; the rest waits in host memory
+    resident = min(gpu_copies, max(0, round((p.weight_bytes - nonexpert) / model.expert_bytes))) \
+        if model.expert_bytes > 0 else gpu_copies
+    host_bytes += (gpu_copies - resident) * model.expert_bytes
+    gpu_copies = resident
     return {
         "name": p.name,
         "profile": p.profile,
@@ -544,8 +552,9 @@ def _instance_info(p: InstancePlan, model: ModelSpec) -> dict[str, Any]:
         "bw_fraction": res.slice.bw_fraction,
         "memory_bytes": p.memory_bytes,
         "resident_expert_bytes": gpu_copies * model.expert_bytes,
-        "host_expert_bytes": p.host_expert_bytes,
-        "nonexpert_bytes": p.nonexpert_slots * model.nonexpert_bytes,
+        "host_expert_bytes": host_bytes,
+        "nonexpert_bytes": nonexpert,
+        "weight_bytes": p.weight_bytes,
         "kv_capacity_bytes": p.kv_capacity_bytes,
         "tenants": sorted(p.tenants),
         "resident_expert_copies": gpu_copies,

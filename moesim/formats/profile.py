@@ -175,3 +175,12 @@ def check_times(df: pd.DataFrame, path: str | Path) -> None:
             raise UserError(f"profile {path}: row {i} ({key}, status {row['status']}): {col}={t[i]}; "
                             f"times must be finite and ≥ 0 seconds ({int(bad.sum())} such row(s)); "
                             "re-measure or remove the row")
+
+
+def profile_model(meta: dict[str, Any]) -> Any:
+    """The ``ModelSpec`` a profile was measured for: its config.json when calibrated from a file path
+    (``model_config``), else the shipped model of that name."""
+    from moesim.specs import get_model
+
+    src = str(meta.get("model_config") or "")
+    return get_model(src if src.startswith("/") else str(meta["model"]))
