@@ -26,6 +26,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from moesim.errors import UserError
 from moesim.registry import Registry
 from moesim.resources import conf_dir
+from moesim.slo import SLO_TPOT_S, SLO_TTFT_S, slo_classes
 from moesim.specs import GPU_SPECS, MODEL_SPECS, GPUSpec, ModelSpec, get_gpu, get_model
 
 CONF_DIR = conf_dir()
@@ -99,12 +100,13 @@ class ReportConfig:
 
 @dataclass
 class SimulateConfig:
-    """The job config of ``python -m moesim.simulate``.
+    """The job config of ``python -m moesim.simulate`` (SLO defaults: ``moesim.slo``, defined there once).
 
     Attributes:
         seed: workload seed.
         slo_ttft_s: TTFT target of the SLO (seconds).
         slo_tpot_s: time-per-output-token target of the SLO (seconds).
+        slo_classes: tenants with their own targets: name → {ttft_s, tpot_s, tenants} (moesim.slo).
         progress: show the engine's progress bar; null: in single runs only.
     """
 
@@ -113,9 +115,13 @@ class SimulateConfig:
     policy: Any = MISSING
     workload: Any = MISSING
     cost: Any = MISSING
+    fleet: Any = MISSING
+    placement: Any = MISSING
+    router: Any = MISSING
     seed: int = 0
-    slo_ttft_s: float = 10.0
-    slo_tpot_s: float = 0.5
+    slo_ttft_s: float = SLO_TTFT_S
+    slo_tpot_s: float = SLO_TPOT_S
+    slo_classes: dict[str, Any] = field(default_factory=dict)
     progress: Optional[bool] = None  # noqa: UP045
     sweep: SweepConfig = field(default_factory=SweepConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -124,10 +130,12 @@ class SimulateConfig:
 def registries() -> dict[str, Registry[Any]]:
     """Config group → registry for the groups built from registries."""
     from moesim.cost import COST_MODELS
+    from moesim.fleet import FLEETS, PLACEMENTS, ROUTERS
     from moesim.policies import POLICIES
     from moesim.workloads import WORKLOADS
 
-    return {"policy": POLICIES, "workload": WORKLOADS, "cost": COST_MODELS}
+    return {"policy": POLICIES, "workload": WORKLOADS, "cost": COST_MODELS, "fleet": FLEETS,
+            "placement": PLACEMENTS, "router": ROUTERS}
 
 
 # ---- mirrors of the registries' frozen dataclasses ----------------------------------------------------
@@ -273,6 +281,8 @@ class JobSpec:
         policy, cost, workload: the registries' frozen config dataclasses.
         seed: workload seed.
         slo_ttft_s, slo_tpot_s: SLO targets (seconds).
+        fleet, placement, router: the fleet's GPUs, the placement strategy and the live router (frozen
+            configs of moesim.fleet's registries; None: one GPU of ``gpu`` holding every tenant).
     """
 
     model: ModelSpec
@@ -283,6 +293,10 @@ class JobSpec:
     seed: int
     slo_ttft_s: float
     slo_tpot_s: float
+    fleet: Any = None
+    placement: Any = None
+    router: Any = None
+    slo_classes: tuple[Any, ...] = ()
 
     @property
     def rate(self) -> float:
@@ -310,6 +324,8 @@ class JobSpec:
             "policy": dataclasses.asdict(self.policy),
             "cost": dataclasses.asdict(self.cost),
             "workload": dataclasses.asdict(self.workload),
+            **{k: dataclasses.asdict(v) for k, v in (("fleet", self.fleet), ("placement", self.placement),
+                                                       ("router", self.router)) if v is not None},
         }
 
     def config_hash(self) -> str:
@@ -418,6 +434,11 @@ def _job_spec(cfg: DictConfig) -> JobSpec:
         seed=int(cfg.seed),
         slo_ttft_s=float(cfg.slo_ttft_s),
         slo_tpot_s=float(cfg.slo_tpot_s),
+        fleet=built["fleet"],
+        placement=built["placement"],
+        router=built["router"],
+        slo_classes=slo_classes(OmegaConf.to_container(cfg.slo_classes, resolve=True)
+                                if cfg.get("slo_classes") else None),
     )
 
 
@@ -425,16 +446,27 @@ def _job_spec(cfg: DictConfig) -> JobSpec:
 
 
 def sweep_jobs(params: dict[str, str] | None, overrides: list[str]) -> list[list[str]]:
-    """The override list of every job of a sweep, as hydra's basic sweeper expands it.
+    """The override list of every job of a sweep, as hydra's basic sweeper expands it (public API only).
 
-    ``params`` are ``hydra.sweeper.params``; command-line ``overrides`` of the same key replace them.
+    ``params`` are ``hydra.sweeper.params``; command-line ``overrides`` of the same key replace them. Each
+    key keeps its first position; discrete sweeps (``a,b``, ``choice``, ``range``) expand, in order, into the
+    cartesian product; other sweep types are refused in one line.
     """
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    import itertools
+
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     args = [f"{k}={v}" for k, v in (params or {}).items()] + list(overrides)
-    parsed = OverridesParser.create().parse_overrides(args)
-    return BasicSweeper.split_arguments(parsed, None)[0]
+    per_key: dict[str, list[str]] = {}
+    for o in OverridesParser.create().parse_overrides(args):
+        key = o.get_key_element()
+        if not o.is_sweep_override():
+            per_key[key] = [f"{key}={o.get_value_element_as_str()}"]
+        elif o.is_discrete_sweep():
+            per_key[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
+        else:
+            raise UserError(f"{o.input_line}: only discrete sweeps (a,b or choice/range) can be expanded")
+    return [list(job) for job in itertools.product(*per_key.values())]
 
 
 def _first_line(text: str) -> str:

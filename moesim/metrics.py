@@ -16,10 +16,13 @@ it can never hold) have no times: they are left out of every latency statistic, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from moesim.slo import SLO_TPOT_S, SLO_TTFT_S, SLOClass, targets
 
 PERCENTILES = (50, 90, 99)
 
@@ -38,7 +41,8 @@ def per_request(requests: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarize(requests: pd.DataFrame, segments: pd.DataFrame, *, horizon_s: float | None = None,
-              slo_ttft_s: float = 10.0, slo_tpot_s: float = 0.5) -> dict[str, Any]:
+              slo_ttft_s: float = SLO_TTFT_S, slo_tpot_s: float = SLO_TPOT_S,
+              slo_classes: Sequence[SLOClass] = ()) -> dict[str, Any]:
     """Run-level metrics.
 
     Args:
@@ -48,6 +52,8 @@ def summarize(requests: pd.DataFrame, segments: pd.DataFrame, *, horizon_s: floa
             ``None``: first arrival to last finish.
         slo_ttft_s, slo_tpot_s: a request attains the SLO when its TTFT and its TPOT are within both;
             a rejected request never does (``slo_attainment`` is over all ``n_requests``).
+        slo_classes: tenants with their own targets (moesim.slo): ``slo_attainment`` uses each tenant's, and
+            ``slo_attainment_<class>`` is each class's share.
     """
     df = per_request(requests)
     n = len(df)
@@ -72,7 +78,9 @@ def summarize(requests: pd.DataFrame, segments: pd.DataFrame, *, horizon_s: floa
     out["tokens_per_s"] = float(df["output_tokens"][~rejected].sum()) / span if n_served else 0.0
     out["slo_ttft_s"] = slo_ttft_s
     out["slo_tpot_s"] = slo_tpot_s
-    out["slo_attainment"] = slo_attainment(df, slo_ttft_s, slo_tpot_s)
+    out["slo_attainment"] = slo_attainment(df, slo_ttft_s, slo_tpot_s, slo_classes)
+    for c in slo_classes:
+        out[f"slo_attainment_{c.name}"] = slo_attainment(df[df["tenant"].isin(c.tenants)], c.ttft_s, c.tpot_s)
     if horizon_s:
         out.update(paper_metrics(df, horizon_s))
     swaps = segments[segments["kind"] == "swap"] if len(segments) else segments
@@ -107,13 +115,19 @@ def paper_metrics(df: pd.DataFrame, horizon_s: float) -> dict[str, Any]:
     }
 
 
-def slo_attainment(requests: pd.DataFrame, slo_ttft_s: float, slo_tpot_s: float) -> float:
+def slo_attainment(requests: pd.DataFrame, slo_ttft_s: float, slo_tpot_s: float,
+                   slo_classes: Sequence[SLOClass] = ()) -> float:
     """Share of all requests whose TTFT ≤ ``slo_ttft_s`` and TPOT ≤ ``slo_tpot_s`` (seconds); a request
     with one output token has no TPOT and needs the TTFT target only; a request that never produced a
-    token (rejected, unfinished) misses. ``requests`` is a requests table with or without the
-    ``per_request`` columns. NaN for an empty table."""
+    token (rejected, unfinished) misses. Tenants of ``slo_classes`` use their class's targets instead.
+    ``requests`` is a requests table with or without the ``per_request`` columns. NaN for an empty table."""
     df = requests if "ttft_s" in requests and "tpot_s" in requests else per_request(requests)
     if not len(df):
         return float("nan")
+    if slo_classes:
+        ttft_t, tpot_t = targets(df["tenant"].to_numpy(), slo_ttft_s, slo_tpot_s, slo_classes)
+        tpot = df["tpot_s"].to_numpy()
+        ok = (df["ttft_s"].to_numpy() <= ttft_t) & (np.isnan(tpot) | (tpot <= tpot_t))
+        return float(ok.mean())
     tpot_ok = df["tpot_s"].isna() | (df["tpot_s"] <= slo_tpot_s)
     return float(((df["ttft_s"] <= slo_ttft_s) & tpot_ok).mean())

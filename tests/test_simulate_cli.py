@@ -196,7 +196,7 @@ def test_job_count_of_command_lines(registered: None, argv: list[str], n_jobs: i
     (["model=gpt"], "unknown model 'gpt'; valid: deepseek-v2, deepseek-v2-lite, deepseek-v3, gpt-oss-120b, "
                     "gpt-oss-20b, mixtral-8x22b, mixtral-8x7b, olmoe-1b-7b, phi-3.5-moe, qwen1.5-moe-a2.7b, "
                     "qwen3-235b-a22b, qwen3-30b-a3b, switch-base-8, tiny (or a config.json path)"),
-    (["foo=1"], "foo=1: unknown key 'foo'; valid keys: model, gpu, policy, workload, cost, seed"),
+    (["foo=1"], "foo=1: unknown key 'foo'; valid keys: model, gpu, policy, workload, cost, fleet, placement, router, seed"),
     (["cost=best", "cost.flops_efficiency=0.5"], "cost.flops_efficiency=0.5: unknown key"),
     (["cost=roofline", "cost.flops_efficiency=2"], "cost.flops_efficiency=2.0: must be in (0, 1]"),
     (["slo_ttft_s=0"], "slo_ttft_s=0.0: must be a finite number > 0"),

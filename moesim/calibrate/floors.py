@@ -13,9 +13,9 @@ import sys
 import numpy as np
 import pandas as pd
 
-from moesim.calibrate.schema import profile_model, read_profile
 from moesim.calibrate.work import op_work
 from moesim.errors import UserError, exit_on_user_error
+from moesim.formats.profile import profile_model, read_profile
 
 _DEVICE_OPS = ("attn_proj", "router", "attn_prefill", "attn_decode", "moe_grouped", "moe_loop", "expert_one",
                "lm_head", "embed")

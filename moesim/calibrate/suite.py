@@ -24,11 +24,11 @@ from tqdm import tqdm
 from moesim.calibrate.config import CalibrateConfig
 from moesim.calibrate.engine import KVCache, MoEEngine
 from moesim.calibrate.grids import Grids, make_grids
-from moesim.calibrate.schema import Row, profile_stem, read_profile, write_profile
 from moesim.calibrate.system import discover
 from moesim.calibrate.timing import Timer, Timing
 from moesim.calibrate.validate import describe, validation_batches
 from moesim.errors import UserError
+from moesim.formats.profile import Row, profile_stem, read_profile, write_profile
 from moesim.specs import get_model
 
 #: Ops timed as CUDA-graph replays when ``graphs`` is on (copies, overlap and the loop engine stay eager).
@@ -62,7 +62,7 @@ class Recorder:
             else:
                 if old.get("gpu") == meta["gpu"] and old.get("model") == meta["model"]:
                     keep = df[df["status"].isin(["ok", "oom"])]
-                    from moesim.calibrate.schema import frame_to_rows
+                    from moesim.formats.profile import frame_to_rows
 
                     self.rows = frame_to_rows(keep)
                     self.resumed = len(self.rows)

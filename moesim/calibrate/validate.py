@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from moesim.calibrate.schema import profile_model
 from moesim.cost.base import ExpertGroup, Residency, SeqWork
 from moesim.errors import UserError, exit_on_user_error
+from moesim.formats.profile import profile_model
 from moesim.specs import GPU_SPECS, get_model
 from moesim.specs.gpus import H200
 
@@ -107,8 +107,8 @@ def report(profile_path: str | Path, **cost_cfg: object) -> pd.DataFrame:
 
     ``cost_cfg`` overrides ``ProfileCostConfig`` fields (e.g. ``step_residual="on"``).
     """
-    from moesim.calibrate.schema import read_profile
     from moesim.cost.profile import ProfileCost, ProfileCostConfig
+    from moesim.formats.profile import read_profile
 
     p = Path(profile_path)
     _, meta = read_profile(p)

@@ -28,7 +28,7 @@ def attn_proj_params(m: ModelSpec) -> int:
 
 def op_work(m: ModelSpec, op: str, batch: int = 1, tokens: int = 0, context: int = 0,
             nbytes: int = 0) -> Work:
-    """Flops and fewest bytes of ``op`` at a shape (see ``moesim.calibrate.schema.OPS`` for the shapes)."""
+    """Flops and fewest bytes of ``op`` at a shape (see ``moesim.formats.profile.OPS`` for the shapes)."""
     dt = m.dtype_bytes
     d, hd = m.d_model, m.head_dim
     q_dim, kv_dim = m.n_heads * hd, m.n_kv_heads * hd

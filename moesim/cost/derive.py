@@ -26,8 +26,8 @@ from moesim.specs import GPUSpec, ModelSpec
 
 def measured_efficiencies(path: Path, gpu: GPUSpec) -> dict[str, float]:
     """Roofline efficiencies and per-layer overhead measured in one profile (see the module doc)."""
-    from moesim.calibrate.schema import read_profile
     from moesim.calibrate.work import op_work
+    from moesim.formats.profile import read_profile
     from moesim.specs import get_model
 
     df, meta = read_profile(path)

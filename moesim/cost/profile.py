@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from moesim.calibrate.schema import EXECUTIONS, profile_stem, read_profile
 from moesim.calibrate.work import op_work
 from moesim.cost import COST_MODELS
 from moesim.cost.base import (
@@ -50,6 +49,7 @@ from moesim.cost.base import (
     host_routing_weights,
 )
 from moesim.errors import UserError
+from moesim.formats.profile import EXECUTIONS, profile_stem, read_profile
 from moesim.resources import profile_search_path, shipped_profiles_dir
 from moesim.specs import GPUSpec, ModelSpec
 

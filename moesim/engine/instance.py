@@ -10,7 +10,6 @@ from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-import numpy as np
 import simpy
 
 from moesim.cost.base import CostModel, Residency, SeqWork
@@ -18,11 +17,18 @@ from moesim.policies.base import InstancePlan, Policy
 from moesim.workloads.request import Request
 
 if TYPE_CHECKING:
-    from moesim.engine.simulation import HostLink, Recorder
+    from moesim.engine.simulation import Board, HostLink, Recorder
 
 
 class Instance:
-    """Serving state of one instance; ``run`` is its SimPy process."""
+    """Serving state of one instance; ``run`` is its SimPy process.
+
+    It implements ``moesim.policies.view.InstanceView``, the read-only view policies decide from. In a fleet
+    it belongs to GPU ``gpu``; ``board`` is the fleet's shared state (routing decisions, outstanding work).
+    """
+
+    gpu: int = 0
+    board: Board  # set by the engine before the run
 
     def __init__(self, idx: int, plan: InstancePlan, env: simpy.Environment, cost: CostModel,
                  policy: Policy, link: HostLink, rec: Recorder) -> None:
@@ -50,6 +56,9 @@ class Instance:
         self.fetches = any(not g.on_gpu for g in plan.residency.groups)
         self.proc: simpy.Process | None = None  # set by simulate()
         self._in_run = False  # inside an interruptible decode run
+        self._routable = False  # inside a decode run a routed arrival may cut (fleets with replicas)
+        self._pinned: list[bool] | None = None  # per candidate: routed here for sure (None: all are)
+        self._np = 0  # index of the next pinned candidate (≥ _next)
         if self.fetches:
             link.members.append(self)
         self._arrivals: list[Request] = []
@@ -58,6 +67,11 @@ class Instance:
         self._swap_s = cost.swap_s(plan.swap_bytes, plan.residency, plan.swap_bandwidth_fraction)
 
     # ---- views used by policies ---------------------------------------------------------------
+    @property
+    def now(self) -> float:
+        """The simulated clock (seconds)."""
+        return self.env.now
+
     @property
     def n_running(self) -> int:
         """Sequences in the running batch."""
@@ -80,19 +94,34 @@ class Instance:
 
     # ---- arrivals -----------------------------------------------------------------------------
     def feed(self, arrivals: list[Request]) -> None:
-        """The requests routed here, sorted by arrival; the instance pulls them in as time passes.
+        """The requests that may be routed here (candidates), sorted by arrival, tenants in this GPU's
+        local numbering; the instance pulls in those the fleet's router sends here as time passes.
 
-        Knowing the next arrival lets a decode run stop exactly at the step boundary where that request
-        could join, with no interrupt event: the cost of a run is one timeout however many steps it spans.
+        Knowing the next candidate arrival lets a decode run stop exactly at the step boundary where that
+        request could join, with no interrupt event: the cost of a run is one timeout however many steps it
+        spans. A candidate routed elsewhere costs at most one extra stop.
         """
         self._arrivals = arrivals
         self._next = 0
+        self._np = 0
+
+    def pin(self, pinned: list[bool]) -> None:
+        """Which candidates (parallel to ``feed``'s list) can only be routed here. A decode run plans its stop
+        at the next of those; a replica's arrival routed here cuts the run when it comes (``Board.decide``)."""
+        self._pinned = pinned
 
     def _pull(self) -> None:
         arr, i, now = self._arrivals, self._next, self.env.now
         n = len(arr)
+        board = self.board
+        dest, me = board.dest, self.idx
         while i < n and arr[i].arrival_s <= now:
-            self.queue.append(arr[i])
+            r = arr[i]
+            d = dest[r.id]
+            if d == -1:  # the router's decision is due (same instant; the dispatcher has not run yet)
+                d = board.decide(r.id)
+            if d == me:
+                self.queue.append(r)
             i += 1
         self._next = i
 
@@ -202,24 +231,33 @@ class Instance:
         t0 = env.now
         self.link.begin(self.fetches)
         steps = n
-        if self._next < len(self._arrivals):
-            nxt = self._arrivals[self._next]
+        k = self._next
+        pinned = self._pinned
+        if pinned is not None:  # the next candidate surely routed here; replicas' arrivals cut the run instead
+            k = max(k, self._np)
+            while k < len(pinned) and not pinned[k]:
+                k += 1
+            self._np = k
+        if k < len(self._arrivals):
+            nxt = self._arrivals[k]
             if self.policy.interrupts(self, nxt):
                 # stop at the first step boundary at or after the next arrival: it joins there
-                j = int(np.searchsorted(dr.end_s, nxt.arrival_s - t0, side="left"))
+                j = int(dr.end_s.searchsorted(nxt.arrival_s - t0))  # side="left"
                 steps = min(n, j + 1)
         self._in_run = self.fetches
+        self._routable = pinned is not None
         try:
             yield env.timeout(float(dr.end_s[steps - 1]))
         except simpy.Interrupt:
-            # another instance on the host link went idle or woke up: end the run with the step under way
-            self._in_run = False
+            # another instance on the host link went idle or woke up, or a request routed here can join:
+            # end the run with the step under way
+            self._in_run = self._routable = False
             done = env.now - t0
-            steps = min(steps, int(np.searchsorted(dr.end_s, done, side="left")) + 1)
+            steps = min(steps, int(dr.end_s.searchsorted(done)) + 1)
             rest = float(dr.end_s[steps - 1]) - done
             if rest > 0:
                 yield env.timeout(rest)
-        self._in_run = False
+        self._in_run = self._routable = False
         self.link.end(self.fetches)
         frac = steps / n
         c = dr.cost
@@ -249,13 +287,14 @@ class Instance:
         """Tell the other instances on the host link, mid decode run, that this one's activity changed."""
         for o in self.link.members:
             if o is not self and o._in_run and o.proc is not None:
-                o._in_run = False
+                o._in_run = o._routable = False
                 o.proc.interrupt()
 
     def _finish_req(self, r: Request) -> None:
         self.rec.finish[r.id] = self.env.now
         self.rec.finished += 1
         self.kv_free_bytes += (r.prompt_tokens + r.output_tokens) * self.kv_bytes_per_token
+        self.board.done(self.gpu, r)
 
     def _touch(self, reqs: tuple[Request, ...]) -> None:
         """Move the tenants just used to the most-recently-used end."""
