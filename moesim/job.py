@@ -98,7 +98,9 @@ def run(spec: JobSpec, out_dir: str | Path, *, progress: bool = False, overrides
     if announce:
         print(selection, file=sys.stderr, flush=True)
     fleet_cfg = spec.fleet if spec.fleet is not None else FLEETS.config("uniform")
-    fleet = FLEETS.build(fleet_cfg.name, fleet_cfg).spec(spec.gpu.name)
+    # the job's GPUSpec itself, not its name: a user's GPU file may reuse a shipped name (gpu=my-h200.yaml
+    # with name: h200), and its figures, not the shipped ones, must be simulated
+    fleet = FLEETS.build(fleet_cfg.name, fleet_cfg).spec(spec.gpu)
     load = TenantLoad.of(requests, workload.tenants, workload.horizon_s)
     strategy = spec.placement.name if spec.placement is not None else "everywhere"
     placement = plan_placement(strategy, spec.placement, spec.model, fleet, load, policy=spec.policy.name,

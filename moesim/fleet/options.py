@@ -13,17 +13,18 @@ from typing import Any
 from moesim.errors import UserError
 from moesim.fleet.spec import FleetSpec, GPUGroup, load_fleet
 from moesim.registry import Registry
+from moesim.specs import GPUSpec
 
 
 class FleetSource:
-    """Turns its config into a ``FleetSpec`` given the job's GPU name."""
+    """Turns its config into a ``FleetSpec`` given the job's GPU (a name, or the job's ``GPUSpec``)."""
 
     registry_name = ""
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
 
-    def spec(self, job_gpu: str) -> FleetSpec:  # pragma: no cover - abstract
+    def spec(self, job_gpu: str | GPUSpec) -> FleetSpec:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -54,7 +55,7 @@ class UniformFleetConfig:
 class UniformFleet(FleetSource):
     """``gpus`` GPUs of one type."""
 
-    def spec(self, job_gpu: str) -> FleetSpec:
+    def spec(self, job_gpu: str | GPUSpec) -> FleetSpec:
         """The fleet."""
         c = self.cfg
         return FleetSpec((GPUGroup(c.gpu or job_gpu, c.gpus, c.gpus_per_node, c.node_host_GBps),))
@@ -74,7 +75,7 @@ class FileFleetConfig:
 class FileFleet(FleetSource):
     """GPU groups from a file."""
 
-    def spec(self, job_gpu: str) -> FleetSpec:
+    def spec(self, job_gpu: str | GPUSpec) -> FleetSpec:
         """The fleet in the file."""
         if not self.cfg.path:
             raise UserError("fleet=file needs fleet.path=<a fleet YAML/JSON file>")

@@ -29,26 +29,33 @@ class GPUGroup:
     """``count`` GPUs of one type.
 
     Attributes:
-        gpu: GPU spec name.
+        gpu: GPU spec name, a GPU file path, or a ``GPUSpec`` (a user's GPU file already loaded: used as
+            it is, even when its ``name`` is a shipped one).
         count: GPUs in the group (≥ 1).
         gpus_per_node: GPUs per node (≥ 1); the group's GPUs fill nodes in order.
         node_host_GBps: host-memory bandwidth shared by one node's GPUs (GB/s); 0: uncapped.
     """
 
-    gpu: str
+    gpu: str | GPUSpec
     count: int = 1
     gpus_per_node: int = 8
     node_host_GBps: float = 0.0
 
     def __post_init__(self) -> None:
         get_gpu(self.gpu)  # unknown names refused in one line
+        where = self.label
         for name, v in (("count", self.count), ("gpus_per_node", self.gpus_per_node)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise UserError(f"fleet group {self.gpu}: {name}={v!r} is invalid; valid: an integer ≥ 1")
+                raise UserError(f"fleet group {where}: {name}={v!r} is invalid; valid: an integer ≥ 1")
         if not (isinstance(self.node_host_GBps, (int, float)) and math.isfinite(self.node_host_GBps)
                 and self.node_host_GBps >= 0):
-            raise UserError(f"fleet group {self.gpu}: node_host_GBps={self.node_host_GBps!r} is invalid; "
+            raise UserError(f"fleet group {where}: node_host_GBps={self.node_host_GBps!r} is invalid; "
                             "valid: a finite number ≥ 0 (GB/s; 0 = no cap)")
+
+    @property
+    def label(self) -> str:
+        """The GPU's name (for messages and the file form)."""
+        return self.gpu.name if isinstance(self.gpu, GPUSpec) else self.gpu
 
 
 @dataclass(frozen=True)
@@ -102,7 +109,7 @@ class FleetSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The file form."""
-        return {"groups": [{"gpu": g.gpu, "count": g.count, "gpus_per_node": g.gpus_per_node,
+        return {"groups": [{"gpu": g.label, "count": g.count, "gpus_per_node": g.gpus_per_node,
                                 "node_host_GBps": g.node_host_GBps} for g in self.groups]}
 
     @classmethod

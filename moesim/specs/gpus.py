@@ -253,8 +253,13 @@ _ALIASES: dict[str, str] = {a: g.name for g in GPU_SPECS.values() for a in g.ali
 A100_80GB, H100_80GB, H200 = GPU_SPECS["a100-80gb"], GPU_SPECS["h100-80gb"], GPU_SPECS["h200"]
 
 
-def get_gpu(name: str) -> GPUSpec:
-    """A shipped GPU by name (or alias), or a GPU from a YAML path; an unknown name lists the valid ones."""
+def get_gpu(name: str | GPUSpec) -> GPUSpec:
+    """A shipped GPU by name (or alias), or a GPU from a YAML path; an unknown name lists the valid ones.
+
+    A ``GPUSpec`` is returned as it is (a user's GPU file, already loaded, whatever its ``name``).
+    """
+    if isinstance(name, GPUSpec):
+        return name
     if name.endswith((".yaml", ".yml")) or "/" in name:
         return load_gpu_file(name)
     try:

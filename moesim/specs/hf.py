@@ -105,7 +105,20 @@ def _quant_format(cfg: dict[str, Any], where: str) -> str:
 
 
 def spec_from_config(cfg: dict[str, Any], name: str, where: str = "config.json") -> ModelSpec:
-    """Build a spec from a parsed config.json (``where`` names it in errors)."""
+    """Build a spec from a parsed config.json (``where`` names it in errors).
+
+    Fields that are valid one by one but not together are refused too: a token cannot be routed to more
+    experts than a layer has (``num_experts_per_tok`` ≤ the number of routed experts).
+    """
+    spec = _spec_from_config(cfg, name, where)
+    if spec.top_k > spec.n_experts:
+        key = "num_experts_per_tok" if "num_experts_per_tok" in cfg else "experts_per_token"
+        raise UserError(f"{where}: field {key!r}={spec.top_k} exceeds the number of routed experts "
+                        f"({spec.n_experts}); must be an integer in 1..{spec.n_experts}")
+    return spec
+
+
+def _spec_from_config(cfg: dict[str, Any], name: str, where: str) -> ModelSpec:
     if not isinstance(cfg, dict):
         raise UserError(f"{where}: not a JSON object")
     fam = family_of(cfg, where)

@@ -1,0 +1,57 @@
+"""Surprises a new user met on their first day (issue 8 verified as a user), each pinned by a test."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from moesim.errors import UserError
+from moesim.specs import get_gpu
+from moesim.specs.gpus import DATA_DIR
+from moesim.specs.hf import spec_from_config
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS_DIR = ROOT / "moesim" / "specs" / "data" / "models"
+
+
+def _simulate(tmp_path: Path, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    d = tmp_path / name
+    return subprocess.run([sys.executable, "-m", "moesim.simulate", "hydra.mode=RUN", f"hydra.run.dir={d}",
+                           "progress=false", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_user_gpu_file_keeping_a_shipped_name_is_simulated_with_its_own_figures(tmp_path: Path) -> None:
+    # a copy of h200.yaml with 1/10 of the HBM bandwidth and FLOP/s, still called h200: the run must use
+    # the file's figures (it silently simulated the shipped H200 before)
+    text = (DATA_DIR / "h200.yaml").read_text()
+    slow = tmp_path / "slow.yaml"
+    slow.write_text(text.replace("hbm_GBps: 4800", "hbm_GBps: 480").replace("bf16_tflops: 989", "bf16_tflops: 98"))
+    renamed = tmp_path / "mygpu.yaml"
+    renamed.write_text(text.replace("name: h200\n", "name: mygpu\n"))
+    runs = {}
+    for key, gpu in (("shipped", "h200"), ("slow", str(slow)), ("renamed", str(renamed))):
+        p = _simulate(tmp_path, key, f"gpu={gpu}", "cost=roofline", "workload.duration_s=60")
+        assert p.returncode == 0, p.stderr  # mygpu: "unknown gpu 'mygpu'" before
+        runs[key] = json.loads((tmp_path / key / "summary.json").read_text())
+    assert runs["renamed"]["gpu"] == "mygpu"
+    assert runs["renamed"]["mean_turnaround_s"] == pytest.approx(runs["shipped"]["mean_turnaround_s"], rel=1e-12)
+    assert runs["slow"]["mean_turnaround_s"] > 2 * runs["shipped"]["mean_turnaround_s"]
+
+
+def test_get_gpu_returns_a_loaded_spec_as_it_is() -> None:
+    spec = get_gpu(str(DATA_DIR / "h200.yaml"))
+    assert get_gpu(spec) is spec
+
+
+def test_model_config_with_more_experts_per_token_than_experts_is_refused() -> None:
+    cfg = json.loads((MODELS_DIR / "mixtral-8x7b.json").read_text())
+    cfg["num_experts_per_tok"] = 16
+    with pytest.raises(UserError, match=r"x.json: field 'num_experts_per_tok'=16 exceeds the number of routed "
+                                        r"experts \(8\); must be an integer in 1\.\.8"):
+        spec_from_config(cfg, "x", "x.json")
+    cfg["num_experts_per_tok"] = 8
+    assert spec_from_config(cfg, "x", "x.json").top_k == 8
