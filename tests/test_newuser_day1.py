@@ -55,3 +55,28 @@ def test_model_config_with_more_experts_per_token_than_experts_is_refused() -> N
         spec_from_config(cfg, "x", "x.json")
     cfg["num_experts_per_tok"] = 8
     assert spec_from_config(cfg, "x", "x.json").top_k == 8
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--compare-rates", "0.3"], "compare_rates=0.3: not a swept rate of"),
+    (["--compare-rates", "0.1,0.7"], "compare_rates=0.7: not a swept rate of"),
+    (["--cdf-rate", "0.3"], "cdf_rate=0.3: not a swept rate of"),
+])
+def test_report_rates_that_no_job_ran_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  argv: list[str], message: str) -> None:
+    # before: --compare-rates 0.3 silently emptied every "vs" column; --cdf-rate 0.3 plotted another rate
+    from test_report_helpers import make_sweep
+
+    from moesim.report.__main__ import main as report_main
+
+    root = make_sweep(tmp_path / "s", failed=False, incomplete=False)
+    with pytest.raises(SystemExit) as exc:
+        report_main([str(root), *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert message in err
+    assert err.rstrip().endswith("valid: 0.1, 0.2, 0.4 (requests/s per tenant)")
+    assert not (root / "report.html").exists()
+    report_main([str(root), "--compare-rates", "0.2", "--cdf-rate", "0.4"])
+    assert (root / "report.html").exists()

@@ -269,6 +269,21 @@ def _print_line(line: str) -> None:
     print(f"moesim: {line}", file=sys.stderr)
 
 
+def _check_rates_swept(data: SweepData) -> None:
+    """``compare_rates`` and ``cdf_rate`` must be swept rates: a rate no job ran would silently empty every
+    "vs" column (or move the CDF to another rate)."""
+    rates = data.rates
+    if not rates:
+        return
+    valid = ", ".join(f"{r:g}" for r in rates)
+    for name, want in (("compare_rates", data.options.compare_rates),
+                       ("cdf_rate", () if data.options.cdf_rate is None else (data.options.cdf_rate,))):
+        missing = [w for w in want if not any(math.isclose(w, r, rel_tol=1e-6) for r in rates)]
+        if missing:
+            raise UserError(f"{name}={','.join(f'{w:g}' for w in missing)}: not a swept rate of "
+                            f"{data.root}; valid: {valid} (requests/s per tenant)")
+
+
 def build_report(sweep_dir: str | Path, *, summary: pd.DataFrame | None = None,
                  options: ReportOptions | None = None, out: str | Path | None = None,
                  warn: Callable[[str], None] | None = _print_line, notes: list[str] | None = None) -> Path:
@@ -291,6 +306,7 @@ def build_report(sweep_dir: str | Path, *, summary: pd.DataFrame | None = None,
         if note:
             notes.append(note)
     data = SweepData(root, df, check_options(options))
+    _check_rates_swept(data)
     parts = [f"<h1>moesim policy comparison</h1><p class=\"lead\">Sweep <code>{_esc(root)}</code>: "
              f"{len(data.series)} policies × {len(data.rates)} arrival rates × {len(data.seeds)} seed{'s' if len(data.seeds) != 1 else ''}, "
              "simulated (SimPy discrete-event model of the GPU serving several fine-tuned MoE variants).</p>"]

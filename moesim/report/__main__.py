@@ -22,12 +22,13 @@ class ReportCommand:
     Attributes:
         sweep_dir: a hydra sweep dir (one sub-dir per job).
         out: report path; empty: SWEEP_DIR/report.html.
-        cdf_rate: per-tenant rate (requests/s) of the CDF and the timeline; unset: the middle swept rate.
+        cdf_rate: per-tenant rate (requests/s) of the CDF and the timeline, one of the swept rates; unset: the
+            swept rate nearest the geometric middle.
         timeline_window_s: timeline window (seconds; the sweep's default 30).
         slo_target: share of requests within the SLO for a rate to count as sustained, in (0, 1].
         baselines: policies the headline table compares against (comma list; default mig,reconfig).
-        compare_rates: per-tenant rates (requests/s, comma list) the “vs” columns compare at; unset: every
-            common rate (median of the per-rate ratios).
+        compare_rates: per-tenant rates (requests/s, comma list; swept rates) the “vs” columns compare at;
+            unset: every common rate (median of the per-rate ratios).
         slo_ttft_s: TTFT target (seconds): recompute SLO attainment from requests.parquet.
         slo_tpot_s: time-per-output-token target (seconds): recompute SLO attainment.
     """
