@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -26,7 +27,11 @@ def unknown_name(kind: str, name: str, valid: Iterable[str]) -> UserError:
 
 
 def exit_on_user_error(fn: F) -> F:
-    """Decorate a CLI entry point: a UserError prints one line to stderr and exits with status 2."""
+    """Decorate a CLI entry point: a UserError prints one line to stderr and exits with status 2.
+
+    A closed stdout (``python -m moesim.specs --csv | head``) ends the command quietly, as ``cat`` would
+    (exit status 141 = 128 + SIGPIPE), instead of a BrokenPipeError traceback.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -43,5 +48,11 @@ def exit_on_user_error(fn: F) -> F:
                   f"pip install 'moesim[{OPTIONAL_PACKAGES[root]}]' (the simulator and reports need none of it)",
                   file=sys.stderr)
             raise SystemExit(2) from None
+        except BrokenPipeError:
+            # stdout's reader went away: drop what is still buffered so the interpreter's final flush
+            # does not raise again
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise SystemExit(141) from None
 
     return wrapper  # type: ignore[return-value]

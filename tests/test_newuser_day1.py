@@ -80,3 +80,14 @@ def test_report_rates_that_no_job_ran_are_refused(tmp_path: Path, capsys: pytest
     assert not (root / "report.html").exists()
     report_main([str(root), "--compare-rates", "0.2", "--cdf-rate", "0.4"])
     assert (root / "report.html").exists()
+
+
+def test_a_closed_stdout_ends_a_command_quietly() -> None:
+    # `python -m moesim.specs models --csv | head -1` printed a BrokenPipeError traceback
+    code = ("import sys, os\n"
+            "r, w = os.pipe(); os.close(r); os.dup2(w, 1)\n"
+            "from moesim.specs.__main__ import main\n"
+            "main(['models', '--csv'])\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 141, p.stderr
+    assert p.stderr == ""
