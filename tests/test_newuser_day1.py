@@ -91,3 +91,41 @@ def test_a_closed_stdout_ends_a_command_quietly() -> None:
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 141, p.stderr
     assert p.stderr == ""
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--gpus", "0"], "gpus=0: must be an integer ≥ 1"),
+    (["variants=0"], "variants=0: must be an integer ≥ 1"),  # a numpy traceback before
+    (["--requests", "0"], "requests=0: must be an integer ≥ 1"),  # a numpy traceback before
+    (["load=-1"], "load=-1.0: must be a finite number > 0"),  # ran on silently before
+    (["policy=nope"], "policy='nope': valid: dedicated, mig"),  # "no GPU has memory room" before
+    (["--zipf", "nan"], "zipf='nan': expected a finite number"),
+])
+def test_fleet_bench_takes_key_values_and_refuses_bad_ones_in_one_line(
+        capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+    from moesim.fleet.bench import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert message in err
+
+
+def test_fleet_bench_and_specs_answer_help_with_keys_and_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    from moesim.fleet.bench import FleetBenchConfig, parse_args
+    from moesim.specs.__main__ import main as specs_main
+
+    assert parse_args(["gpus=4", "--variants", "8", "requests=100"]) == FleetBenchConfig(variants=8, gpus=4,
+                                                                                        requests=100)
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "gpus=32  (int)" in out
+    assert "load=0.6  (float)" in out
+    assert specs_main(["gpus", "--csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("gpu,status,sms,memory_GiB")
+    with pytest.raises(SystemExit):
+        specs_main(["gpu"])
+    assert "what='gpu': valid: all, models, gpus" in capsys.readouterr().err

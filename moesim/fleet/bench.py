@@ -1,9 +1,9 @@
 """Fleet speed benchmark: ``python -m moesim.fleet.bench``.
 
-``--variants`` variants of Mixtral-8x7B on ``--gpus`` H200s, ``--requests`` requests shaped like the Azure
+``variants=`` variants of Mixtral-8x7B on ``gpus=`` H200s, ``requests=`` requests shaped like the Azure
 LLM 2023 conversation trace: the trace tiled end to end (its burstiness and its joint prompt/output lengths
-kept), time compressed to ``--load`` of the fleet's estimated capacity, tenants drawn by Zipf popularity
-(``--zipf``). Placement by ``--placement`` (estimated from the expected load), live routing by ``--router``.
+kept), time compressed to ``load=`` of the fleet's estimated capacity, tenants drawn by Zipf popularity
+(``zipf=``). Placement by ``placement=`` (estimated from the expected load), live routing by ``router=``.
 Runs on one core and prints the placement time, the simulation's wall and CPU time,
 ``simulated_requests_per_cpu_s`` (requests per CPU second of the simulation: the per-core speed, unaffected
 by other processes sharing the core), ``simulated_requests_per_s`` (per wall-clock second; workload
@@ -12,14 +12,16 @@ generation and placement excluded) and the process's peak resident memory.
 
 from __future__ import annotations
 
-import argparse
+import math
 import os
 import resource
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.errors import exit_on_user_error
+from moesim.cli import parse_key_values
+from moesim.errors import UserError, exit_on_user_error
 from moesim.fleet import ROUTERS, FleetSpec, TenantLoad, plan_placement, run_fleet
 from moesim.specs import get_model
 from moesim.workloads.request import Request
@@ -43,20 +45,62 @@ def azure_shaped(n: int, tenants: int, rate_per_s: float, zipf_s: float, seed: i
     return list(map(Request, range(n), ten.tolist(), arrival.tolist(), prompt.tolist(), output.tolist()))
 
 
+@dataclass(frozen=True)
+class FleetBenchConfig:
+    """What the fleet benchmark simulates (Mixtral-8x7B variants on H200s).
+
+    Attributes:
+        variants: fine-tuned variants (tenants), ≥ 1.
+        gpus: H200s in the fleet, ≥ 1.
+        requests: requests simulated (Azure-conversation-shaped), ≥ 1.
+        policy: sharing policy on each GPU (a policy= option of moesim.simulate).
+        placement: placement strategy (which variants on which GPU).
+        router: live router (which replica serves an arrival).
+        cost: cost model name.
+        load: offered load as a share of the fleet's estimated capacity, a finite number > 0.
+        zipf: Zipf exponent of the variants' popularity, a finite number ≥ 0 (0 = equal).
+    """
+
+    variants: int = 64
+    gpus: int = 32
+    requests: int = 1_000_000
+    policy: str = "multiplex"
+    placement: str = "greedy_slo"
+    router: str = "least_work"
+    cost: str = "roofline"
+    load: float = 0.6
+    zipf: float = 0.8
+
+    def __post_init__(self) -> None:
+        for key in ("variants", "gpus", "requests"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise UserError(f"{key}={v!r}: must be an integer ≥ 1")
+        if not (math.isfinite(self.load) and self.load > 0):
+            raise UserError(f"load={self.load!r}: must be a finite number > 0 (share of the fleet's capacity)")
+        if not (math.isfinite(self.zipf) and self.zipf >= 0):
+            raise UserError(f"zipf={self.zipf!r}: must be a finite number ≥ 0")
+
+
+def parse_args(argv: list[str]) -> FleetBenchConfig:
+    """``key=value`` words (``--gpus 4`` works too) → the config; ``--help`` prints every key."""
+    from moesim.cost import COST_MODELS
+    from moesim.fleet import PLACEMENTS
+    from moesim.policies import POLICIES
+
+    return parse_key_values(argv, FleetBenchConfig, prog="python -m moesim.fleet.bench",
+                            summary=" ".join(__doc__.split("\n\n")[1].replace("``", "").split()),
+                            choices={"policy": sorted(POLICIES.names()), "placement": sorted(PLACEMENTS.names()),
+                                     "router": sorted(ROUTERS.names()), "cost": sorted(COST_MODELS.names())},
+                            examples=("python -m moesim.fleet.bench gpus=4 variants=8 requests=20000",))
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print its figures."""
-    ap = argparse.ArgumentParser(prog="python -m moesim.fleet.bench", description=__doc__.splitlines()[0])
-    ap.add_argument("--variants", type=int, default=64)
-    ap.add_argument("--gpus", type=int, default=32)
-    ap.add_argument("--requests", type=int, default=1_000_000)
-    ap.add_argument("--policy", default="multiplex")
-    ap.add_argument("--placement", default="greedy_slo")
-    ap.add_argument("--router", default="least_work")
-    ap.add_argument("--cost", default="roofline")
-    ap.add_argument("--load", type=float, default=0.6, help="offered load / estimated fleet capacity")
-    ap.add_argument("--zipf", type=float, default=0.8)
-    args = ap.parse_args(argv)
+    import sys
+
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core
     model = get_model("mixtral-8x7b")

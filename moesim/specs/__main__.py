@@ -1,4 +1,4 @@
-"""``python -m moesim.specs [--csv] [models|gpus]``: every shipped model and GPU as a table (or CSV).
+"""``python -m moesim.specs [models|gpus] [--csv]`` (or ``what=models csv=true``): every shipped model and GPU as a table (or CSV).
 
 Model columns: layers (decoder), MoE layers, dense layers, routed experts, top-k, shared experts,
 total and active parameters (billions; active counts every non-expert parameter and top-k experts per MoE
@@ -8,11 +8,12 @@ included), of one non-expert set (GB) and of KV cache per token of context (KB).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
+from dataclasses import dataclass
 from typing import Any
 
+from moesim.cli import parse_key_values
 from moesim.errors import exit_on_user_error
 from moesim.specs.gpus import GPU_SPECS, GPUSpec
 from moesim.specs.models import MODEL_SPECS, ModelSpec
@@ -49,13 +50,26 @@ def _print_table(rows: list[dict[str, Any]], out: Any) -> None:
         out.write("  ".join(v.ljust(w[i]) for i, v in enumerate(x)).rstrip() + "\n")
 
 
+@dataclass(frozen=True)
+class SpecsConfig:
+    """What to print.
+
+    Attributes:
+        what: all, models or gpus (also given as a bare argument).
+        csv: CSV instead of aligned tables.
+    """
+
+    what: str = "all"
+    csv: bool = False
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     """Print the tables."""
-    ap = argparse.ArgumentParser(prog="python -m moesim.specs", description=__doc__.splitlines()[0])
-    ap.add_argument("what", nargs="?", choices=("all", "models", "gpus"), default="all")
-    ap.add_argument("--csv", action="store_true", help="CSV instead of aligned tables")
-    a = ap.parse_args(argv)
+    a = parse_key_values(sys.argv[1:] if argv is None else argv, SpecsConfig, prog="python -m moesim.specs",
+                         summary=" ".join(__doc__.split("\n\n")[0].replace("``", "").split()),
+                         positional="what", choices={"what": ("all", "models", "gpus")},
+                         examples=("python -m moesim.specs models --csv", "python -m moesim.specs gpus"))
     tables = []
     if a.what in ("all", "models"):
         tables.append([model_row(m) for m in MODEL_SPECS.values()])
