@@ -34,12 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     from moesim.search import outputs, report
     from moesim.search.backends import make_backend
     from moesim.search.cli import parse
-    from moesim.search.driver import Search
+    from moesim.search.driver import Search, check_space
     from moesim.search.prices import load_prices
 
     cmd = parse(argv)
     cfg = cmd.search
     prices = load_prices(cfg.prices)
+    check_space(cfg, cmd.base)
+    for gpu in cfg.gpus:
+        prices.per_hour(gpu)
     out = _out_dir(cfg.out)
     command = "python -m moesim.search " + " ".join(shlex.quote(a) for a in argv)
     bar = None

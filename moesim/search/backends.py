@@ -96,6 +96,7 @@ class RayBackend:
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                   "logging_level": logging.WARNING, "configure_logging": True}
         if address:
+            _reachable(address)
             kwargs["address"] = address
         else:
             kwargs["num_cpus"] = max(1, int(workers))
@@ -126,6 +127,22 @@ class RayBackend:
         if self._started:
             self._ray.shutdown()
             self._started = False
+
+
+def _reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A ``HOST:PORT`` (or ``ray://HOST:PORT``) Ray address answers a TCP connection within ``timeout_s``;
+    without this check ``ray.init`` waits minutes on an address nobody listens on."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" and the like: ray resolves them (and fails fast when there is no cluster)
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise UserError(f"search.ray_address={address}: cannot start or join the Ray cluster at {address}: "
+                        f"no answer ({exc.strerror or type(exc).__name__}); start it with `ray start --head` "
+                        "or leave search.ray_address empty for a local Ray") from None
 
 
 def make_backend(name: str, workers: int, address: str = "") -> Backend:
