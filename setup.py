@@ -12,7 +12,7 @@ DATA = {"moesim.conf": "conf", "moesim._profiles": "calibration/profiles", "moes
 setup(
     # hydra_plugins is a namespace package shared with hydra's own plugins (no __init__.py of its own).
     packages=find_packages(include=["moesim", "moesim.*"])
-    + find_namespace_packages(include=["hydra_plugins.*"])
+    + find_namespace_packages(include=["hydra_plugins", "hydra_plugins.*"])
     + list(DATA),
     package_dir=dict(DATA),
     package_data={

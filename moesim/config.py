@@ -60,11 +60,16 @@ class SweepConfig:
         policies: policies compared.
         rates: per-tenant arrival rates (requests/s).
         seeds: workload seeds (repetitions).
+        resume: continue a sweep in a non-empty ``hydra.sweep.dir``: finished jobs whose resolved config
+            (hash) matches the job of the same number are kept and skipped, the others run.
+        overwrite: delete a previous sweep's jobs and files in ``hydra.sweep.dir`` first.
     """
 
     policies: str = "reconfig,mig,naive,swap,dedicated"
     rates: str = "0.05,0.1"
     seeds: str = "0,1,2"
+    resume: bool = False
+    overwrite: bool = False
 
 
 @dataclass
@@ -292,14 +297,69 @@ class JobSpec:
             "workload": dataclasses.asdict(self.workload),
         }
 
+    def config_hash(self) -> str:
+        """A hash of the job's full resolved config (what a resumed sweep matches finished jobs by)."""
+        import hashlib
+        import json
+
+        blob = json.dumps({**self.describe(), "params": self.params()}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
 
 def _positive(name: str, value: float, unit: str) -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
         raise UserError(f"{name}={value}: must be a finite number > 0 ({unit})")
 
 
+def _check_known_keys(cfg: DictConfig) -> None:
+    """Refuse keys the schema does not have (``+polcy=mig`` adds one; hydra would silently keep it)."""
+    import difflib
+
+    valid = [f.name for f in dataclasses.fields(SimulateConfig)]
+    for key in cfg:
+        key = str(key)
+        if key == "hydra" or key in valid:
+            continue
+        near = difflib.get_close_matches(key, valid, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise UserError(f"unknown key {key!r}{hint}; valid keys: {', '.join(valid)}")
+    for group in ("model", "gpu"):
+        node = cfg.get(group)
+        if isinstance(node, DictConfig):
+            extra = [str(k) for k in node if k != "name"]
+            if extra:
+                raise UserError(f"unknown key {group}.{extra[0]!r}; {group} has only a name ({group}=<name>)")
+
+
 def job_spec(cfg: DictConfig) -> JobSpec:
     """Validate a composed job config and build its frozen component configs (UserError on bad values)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return _job_spec(cfg)
+    except OmegaConfBaseException as exc:
+        raise UserError(_value_error_line(exc)) from None
+
+
+def _value_error_line(exc: BaseException) -> str:
+    """A missing value (``~policy``) or an unresolvable ``${...}`` as one line naming the key."""
+    from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
+    key = str(getattr(exc, "full_key", "") or "")
+    if isinstance(exc, MissingMandatoryValue):
+        group = key.split(".")[0]
+        regs = registries()
+        names = (regs[group].names() + (["best"] if group == "cost" else [])) if group in regs else (
+            list(MODEL_SPECS) if group == "model" else list(GPU_SPECS) if group == "gpu" else [])
+        valid = f"; valid: {', '.join(sorted(names))}" if names else ""
+        return f"{key}: no value (was it removed with ~{group}?); choose one, e.g. {group}=<name>{valid}"
+    if isinstance(exc, InterpolationResolutionError):
+        return f"{key}: cannot resolve its ${{...}} reference: {_first_line(getattr(exc, 'msg', '') or exc)}"
+    return f"{key}: {_first_line(getattr(exc, 'msg', '') or exc)}"
+
+
+def _job_spec(cfg: DictConfig) -> JobSpec:
+    _check_known_keys(cfg)
     regs = registries()
     built: dict[str, Any] = {}
     model, gpu = get_model(cfg.model.name), get_gpu(cfg.gpu.name)
@@ -453,11 +513,70 @@ class _JobChecker:
         return cfg
 
 
+@dataclass(frozen=True)
+class CommandLine:
+    """What a validated ``moesim.simulate`` command line will do.
+
+    Attributes:
+        jobs: each job's overrides, in hydra's order (job ``i`` runs in subdir ``i``).
+        hashes: each job's ``JobSpec.config_hash``.
+        multirun: a sweep (else one job).
+        out_dir: the resolved ``hydra.sweep.dir`` (sweep) or ``hydra.run.dir``; empty if not resolvable.
+        resume, overwrite: ``sweep.resume`` / ``sweep.overwrite``.
+        subdir: the unresolved ``hydra.sweep.subdir``.
+    """
+
+    jobs: list[list[str]]
+    hashes: list[str]
+    multirun: bool
+    out_dir: str
+    resume: bool = False
+    overwrite: bool = False
+    subdir: str = "${hydra.job.num}"
+    cost_lines: tuple[str, ...] = ()
+
+
 def check_command_line(argv: list[str]) -> int:
     """Compose and validate every job ``argv`` describes; the number of jobs (UserError on a bad one).
 
     Help, ``--cfg`` and other inspection flags are left to hydra (0 is returned).
     """
+    plan = plan_command_line(argv)
+    return 0 if plan is None else len(plan.jobs)
+
+
+def _check_hydra_settings(primary: DictConfig, multirun: bool) -> str:
+    """Refuse launcher/output settings hydra would take silently; the resolved output dir."""
+    launcher = primary.hydra.get("launcher")
+    if launcher is not None and "joblib" in str(launcher.get("_target_", "")):
+        n = launcher.get("n_jobs")
+        if not isinstance(n, int) or isinstance(n, bool) or n == 0:
+            raise UserError(f"hydra.launcher.n_jobs={n}: must be a number of processes ≥ 1, or negative "
+                            "(-1: all cores, -2: all but one)")
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    raw = OmegaConf.select(primary, key, throw_on_resolution_failure=False)
+    try:
+        value = OmegaConf.select(primary, key)
+    except Exception:  # e.g. a ${hydra.job...} only hydra can resolve
+        value = raw
+    if value is None or not str(value).strip():
+        raise UserError(f"{key}={'' if value is None else value}: empty; give an output directory "
+                        f"(e.g. {key}=outputs/run1)")
+    return str(value)
+
+
+def _parse_error_line(exc: BaseException, task: list[str]) -> str:
+    """An override hydra's grammar refuses; non-ASCII text (a path) is valid only quoted there."""
+    for o in task:
+        key, sep, value = o.partition("=")
+        if sep and not value.startswith(("'", '"')) and any(ord(c) > 127 for c in value):
+            return (f"{o}: hydra's override syntax takes non-ASCII characters only in quotes; write "
+                    f"{key}='{value}' (in a shell: \"{key}='{value}'\")")
+    return _first_line(str(exc))
+
+
+def plan_command_line(argv: list[str]) -> CommandLine | None:
+    """Compose and validate every job ``argv`` describes (UserError on a bad one); None for help flags."""
     from hydra import initialize_config_dir
     from hydra._internal.utils import get_args_parser
     from hydra.errors import HydraException
@@ -472,7 +591,7 @@ def check_command_line(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if (args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
             or args.experimental_rerun or args.config_path or args.config_dir):
-        return 0
+        return None
     task = list(args.overrides)
     with initialize_config_dir(str(CONF_DIR), version_base=None, job_name="simulate"):
         checker = _JobChecker(args.config_name or CONFIG_NAME)
@@ -497,13 +616,108 @@ def check_command_line(argv: list[str]) -> int:
                                     "hydra.mode=RUN or put -m first to run one job per value")
                 jobs = [task]
         except HydraException as exc:  # an override hydra cannot parse
-            raise UserError(_first_line(str(exc))) from None
+            raise UserError(_parse_error_line(exc, task)) from None
+        hashes: list[str] = []
+        costs: dict[tuple[str, ...], str] = {}
         for job in jobs:
             _check_seed(job)
             try:
-                job_spec(checker.job(job))
+                cfg = checker.job(job)
+                spec = job_spec(cfg)
+                hashes.append(spec.config_hash())
+                key = (spec.model.name, spec.gpu.name, repr(spec.cost), str(cfg.cost.get("name")))
+                if key not in costs:
+                    costs[key] = _cost_line(spec, fallback=key[3] == "best")
             except UserError as exc:
                 shown = " ".join(o for o in job if not o.startswith(("hydra.", "hydra/")))
                 where = f" (job: {shown})" if len(jobs) > 1 else ""
                 raise UserError(f"{exc}{where}") from None
-    return len(jobs)
+        out_dir = _check_hydra_settings(primary, multirun)
+        sweep = primary.get("sweep") or {}
+        return CommandLine(jobs=jobs, hashes=hashes, multirun=bool(multirun), out_dir=out_dir,
+                           resume=bool(sweep.get("resume", False)), overwrite=bool(sweep.get("overwrite", False)),
+                           subdir=str(OmegaConf.to_container(primary.hydra.sweep, resolve=False)["subdir"]),
+                           cost_lines=tuple(dict.fromkeys(costs.values())))
+
+
+def _cost_line(spec: JobSpec, *, fallback: bool) -> str:
+    from moesim.cost import COST_MODELS
+    from moesim.job import cost_line
+
+    cost = COST_MODELS.build(spec.cost.name, spec.cost, model=spec.model, gpu=spec.gpu)
+    return cost_line(cost, spec.model.name, spec.gpu.name, fallback=fallback)
+
+
+# ---- --help, generated from the dataclasses ----------------------------------------------------------
+
+
+def _default_options() -> dict[str, str]:
+    """Group → default option, from the primary config's defaults list."""
+    out: dict[str, str] = {}
+    for entry in OmegaConf.load(CONF_DIR / f"{CONFIG_NAME}.yaml").get("defaults", []):
+        if isinstance(entry, DictConfig):
+            for k, v in entry.items():
+                if not str(k).startswith("override") and v is not None:
+                    out[str(k)] = str(v)
+    return out
+
+
+def _composed_for_help(argv: list[str]) -> dict[str, Any]:
+    """The primary config with the command line's plain overrides (values shown as defaults); {} if it
+    does not compose."""
+    from hydra import compose, initialize_config_dir
+
+    overrides = [a for a in argv if "=" in a and not a.startswith("-") and "," not in a]
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base=None, job_name="simulate"):
+            cfg = compose(CONFIG_NAME, overrides=overrides)
+        return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
+    except Exception:
+        return {}
+
+
+def simulate_help(argv: list[str]) -> str:
+    """``python -m moesim.simulate --help``: every key with units, defaults and valid values, generated from
+    ``SimulateConfig`` and the dataclass of each chosen option (``policy=mig --help`` shows mig's keys)."""
+    from moesim.cli import key_lines
+
+    chosen = _default_options()
+    for a in argv:
+        k, sep, v = a.partition("=")
+        if sep and k in ("model", "gpu", "policy", "workload", "cost") and "," not in v:
+            chosen[k] = v
+    composed = _composed_for_help(argv)
+    regs = registries()
+    options = {"model": sorted(MODEL_SPECS), "gpu": sorted(GPU_SPECS),
+               **{g: sorted(r.names()) + (["best"] if g == "cost" else []) for g, r in regs.items()}}
+    out = ["usage: python -m moesim.simulate [-m] [key=value ...]   (hydra overrides)", "",
+           "Simulate serving several fine-tuned MoE LLMs on one GPU under sharing policies. Without arguments:",
+           "the default policy comparison sweep (sweep.*) and its report.html. One job:",
+           "  python -m moesim.simulate hydra.mode=RUN hydra.run.dir=D policy=mig workload.rate=0.05 seed=1",
+           "A sweep:  python -m moesim.simulate -m hydra.sweep.dir=D policy=reconfig,mig workload.rate=0.02,0.05",
+           "", "choices (group=option):"]
+    for g, names in options.items():
+        out.append(f"  {g}={chosen.get(g, '?')}  (one of: {', '.join(names)})")
+    out += ["", "keys:"]
+    out += key_lines(SimulateConfig, skip=("model", "gpu", "policy", "workload", "cost", "sweep", "report"),
+                     values=composed)
+    for g in ("policy", "workload", "cost"):
+        name = chosen.get(g, "")
+        if name == "best":
+            out += ["", f"keys of cost=best: none (it picks {' > '.join(BEST_COST_ORDER)}; choose cost=profile "
+                        "or cost=roofline to set parameters)"]
+            continue
+        if name in regs[g].names():
+            out += ["", f"keys of {g}={name} (another option: {g}=<name> --help):"]
+            out += key_lines(regs[g].get(name)[1], prefix=f"{g}.", skip=("name",), values=composed.get(g))
+    out += ["", "sweep (the default comparison; -m key=a,b replaces a swept key):"]
+    out += key_lines(SweepConfig, prefix="sweep.", values=composed.get("sweep"))
+    out += ["", "report:"]
+    out += key_lines(ReportConfig, prefix="report.", values=composed.get("report"))
+    out += ["", "hydra (output folders and the launcher):",
+            "  hydra.mode=MULTIRUN  (RUN: one job)",
+            "  hydra.run.dir=outputs/<date>/<time>  (one job's output folder)",
+            "  hydra.sweep.dir=multirun/<date>/<time>  (a sweep's folder; job i in subfolder i)",
+            "  hydra.launcher.n_jobs=-1  (parallel jobs; -1: all cores)",
+            "  --hydra-help lists hydra's own flags; docs/cli.md and docs/report.md are the user guide."]
+    return "\n".join(out)

@@ -26,12 +26,43 @@ SEGMENTS = "segments.parquet"
 INSTANCES = "instances.json"
 
 
+PROVENANCES = ("measured", "derived", "roofline", "constant")
+
+
+def provenance_kind(cost: Any) -> str:
+    """``measured`` (a profile calibrated on this GPU × model), ``derived`` (a profile derived from another
+    GPU's), ``roofline`` or ``constant`` (analytic models); another cost model's registry name otherwise."""
+    if hasattr(cost, "path") and hasattr(cost, "derived"):
+        return "derived" if cost.derived else "measured"
+    return str(getattr(cost, "name", type(cost).__name__))
+
+
 def cost_provenance(cost: Any) -> dict[str, Any]:
     """Where a cost model's numbers come from; ``derived`` is True for a profile derived for another GPU."""
     return {
+        "cost_provenance": provenance_kind(cost),
         "cost_derived": bool(getattr(cost, "derived", False)),
         "cost_source": str(getattr(cost, "path", "") or getattr(cost, "source", "") or ""),
     }
+
+
+def cost_line(cost: Any, model: str, gpu: str, *, fallback: bool = False) -> str:
+    """The one console line naming the cost model a run uses and whether it was measured for it.
+
+    ``fallback``: the cost model was picked by ``cost=best`` (no better one shipped for the pair).
+    """
+    kind = provenance_kind(cost)
+    pair = f"{gpu} × {model}"
+    if kind == "measured":
+        return f"cost: profile {cost.path} (measured on {pair})"
+    if kind == "derived":
+        src = getattr(cost, "meta", {}).get("derived_from") or "another GPU's profile"
+        return f"cost: profile {cost.path} (DERIVED from {src}; not measured on {gpu})"
+    if fallback:
+        return f"cost: {kind} (no measured profile for {pair})"
+    if kind == "constant":
+        return f"cost: constant (fixed step times chosen with cost=constant; not measured on {pair})"
+    return f"cost: {kind} (analytic, chosen with cost={kind}; not measured on {pair})"
 
 
 def run(spec: JobSpec, out_dir: str | Path, *, progress: bool = False, overrides: list[str] | None = None,
@@ -65,6 +96,7 @@ def run(spec: JobSpec, out_dir: str | Path, *, progress: bool = False, overrides
     summary = {
         "status": "ok",
         **spec.describe(),
+        "config_hash": spec.config_hash(),
         **cost_provenance(cost),
         **(extra or {}),
         **metrics,

@@ -10,6 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import shutil
+import signal
 import sys
 import threading
 import time
@@ -23,7 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from moesim import job
-from moesim.config import job_spec, sweep_jobs
+from moesim.config import CommandLine, job_spec, sweep_jobs
 from moesim.errors import UserError, exit_on_user_error
 from moesim.io import write_csv
 
@@ -36,6 +39,11 @@ REPORT_HTML = "report.html"
 ID_COLUMNS = ["job", "status", "policy", "model", "gpu", "workload", "rate", "tenants", "seed", "cost",
               "cost_option", "cost_derived"]
 TAIL_COLUMNS = ["cost_source", "wall_s", "error", "overrides"]
+NOT_STARTED = "not_started"
+# files a sweep writes next to its job folders (``sweep.overwrite`` removes these and the job folders only)
+SWEEP_FILES = {SUMMARY_CSV, REPORT_HTML, "multirun.yaml"}
+LAUNCHER_PID_ENV = "MOESIM_LAUNCHER_PID"
+DEFAULT_SUBDIR = "${hydra.job.num}"
 SKIP_KEYS = {"params", "policy_info", "traceback"}
 
 
@@ -49,21 +57,65 @@ def run_hydra_job(cfg: DictConfig) -> None:
     if not multirun:
         _run_single(cfg, out, overrides, extra)
         return
+    _guard_worker()
     ident: dict[str, Any] = {}
     try:
         spec = job_spec(cfg)
         ident = spec.describe()
+        if bool(cfg.sweep.get("resume", False)) and _finished_with(out, spec.config_hash()):
+            log.info("moesim: job %s finished earlier with the same config; kept", out.name)
+            return
         job.run(spec, out, progress=bool(cfg.progress), overrides=overrides, extra=extra)
     except Exception as exc:
-        rec = job.record_failure(out, exc, job=ident, overrides=overrides)
-        log.error("moesim: job %s failed (%s): %s", out.name, " ".join(overrides), rec["error"])
+        try:
+            rec = job.record_failure(out, exc, job=ident, overrides=overrides)
+            error = rec["error"]
+        except OSError as exc2:  # e.g. the disk filled up: the launcher reports the job as incomplete
+            error = f"{exc} (and error.json could not be written: {exc2.strerror or exc2})"
+        log.error("moesim: job %s failed (%s): %s", out.name, " ".join(overrides), error)
+
+
+def _finished_with(out: Path, config_hash: str) -> bool:
+    """Whether ``out`` holds a finished job (summary.json, status ok) of the config with this hash."""
+    try:
+        rec = json.loads((out / job.SUMMARY).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(rec, dict) and rec.get("status") == "ok" and rec.get("config_hash") == config_hash
+
+
+_guarded: list[int] = []
+
+
+def _guard_worker() -> None:
+    """In a launcher's worker process: ignore Ctrl-C (the launcher handles it and stops the workers) and
+    exit at once when the launcher is gone (SIGKILL leaves no chance to stop us), checked every 0.2 s."""
+    launcher = int(os.environ.get(LAUNCHER_PID_ENV, "0") or 0)
+    if not launcher or os.getpid() == launcher or _guarded:
+        return
+    _guarded.append(os.getppid())
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = _guarded[0]
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.2)
+            if os.getppid() != parent:  # reparented: the launcher died
+                os._exit(1)
+
+    threading.Thread(target=watch, name="moesim-parent-watch", daemon=True).start()
 
 
 @exit_on_user_error
 def _run_single(cfg: DictConfig, out: Path, overrides: list[str], extra: dict[str, Any]) -> None:
     spec = job_spec(cfg)
     progress = True if cfg.progress is None else bool(cfg.progress)
-    s = job.run(spec, out, progress=progress, overrides=overrides, extra=extra)
+    try:
+        s = job.run(spec, out, progress=progress, overrides=overrides, extra=extra)
+    except OSError as exc:
+        raise UserError(f"hydra.run.dir={out}: cannot write the outputs ({exc.strerror or exc}); "
+                        "files already written are complete (atomic writes)") from None
     print(f"moesim: {s['n_requests']} requests, mean turnaround {s['mean_turnaround_s']:.3f} s, "
           f"mean TTFT {s['mean_ttft_s']:.3f} s, {s['throughput_rpm']:.2f} req/min; "
           f"outputs in {out}/ ({job.SUMMARY}, {job.REQUESTS})")
@@ -90,14 +142,19 @@ def _read_overrides(d: Path) -> list[str]:
     return [str(x) for x in OmegaConf.load(p)] if p.exists() else []
 
 
-def collect(sweep_dir: str | Path) -> pd.DataFrame:
-    """One row per job of a (possibly unfinished) sweep: ``status`` ok, failed or incomplete.
+def collect(sweep_dir: str | Path, planned: list[list[str]] | None = None) -> pd.DataFrame:
+    """One row per job of a (possibly unfinished) sweep: ``status`` ok, failed, incomplete or not_started.
 
     Metrics come from each job's summary.json; failed jobs carry ``error``; a job dir with neither file
-    (running, or killed) is ``incomplete``.
+    (running, or killed) is ``incomplete``. ``planned``: the overrides of every job of the sweep (job ``i``
+    in subdir ``i``); those without a folder are listed as ``not_started``.
     """
     root = Path(sweep_dir)
     rows = []
+    for i, overrides in enumerate(planned or []):
+        if not (root / str(i)).exists():
+            rows.append({"job": str(i), "status": NOT_STARTED, "overrides": " ".join(overrides),
+                         **_ident_from_overrides(overrides)})
     for d in _job_dirs(root):
         rel = d.relative_to(root).as_posix()
         if (d / job.SUMMARY).exists():
@@ -113,6 +170,8 @@ def collect(sweep_dir: str | Path) -> pd.DataFrame:
             row.update(_ident_from_overrides(rec.get("overrides") or []))
         rows.append(row)
     df = pd.DataFrame(rows)
+    if not df.empty:
+        df = df.iloc[sorted(range(len(df)), key=lambda i: _natural(str(df["job"].iloc[i])))].reset_index(drop=True)
     if df.empty:
         return pd.DataFrame(columns=ID_COLUMNS + TAIL_COLUMNS)
     for c in ID_COLUMNS + TAIL_COLUMNS:
@@ -134,12 +193,14 @@ def _ident_from_overrides(overrides: list[str]) -> dict[str, Any]:
     return out
 
 
-def aggregate(sweep_dir: str | Path, *, quiet: bool = False) -> tuple[Path, Path]:
+def aggregate(sweep_dir: str | Path, *, quiet: bool = False,
+              planned: list[list[str]] | None = None) -> tuple[Path, Path]:
     """Write summary.csv and report.html into ``sweep_dir``; their paths."""
     from moesim.report import build_report
 
     root = Path(sweep_dir)
-    df = collect(root)
+    df = collect(root, planned)
+    _last["counts"] = df["status"].value_counts().to_dict() if len(df) else {}
     csv = write_csv(root / SUMMARY_CSV, df)
     html = build_report(root, summary=df)
     if not quiet:
@@ -147,9 +208,11 @@ def aggregate(sweep_dir: str | Path, *, quiet: bool = False) -> tuple[Path, Path
         for _, r in failed.iterrows():
             print(f"moesim: job {r['job']} failed ({r['overrides']}): {r['error']}", file=sys.stderr)
         n_inc = int((df["status"] == "incomplete").sum())
+        n_new = int((df["status"] == NOT_STARTED).sum())
         print(f"moesim: {int((df['status'] == 'ok').sum())} of {len(df)} jobs finished"
               + (f", {len(failed)} failed" if len(failed) else "")
               + (f", {n_inc} incomplete" if n_inc else "")
+              + (f", {n_new} not started" if n_new else "")
               + f"; table: {csv}", file=sys.stderr)
     return csv, html
 
@@ -192,6 +255,13 @@ class _Progress(threading.Thread):
 # The sweep running in this (the launching) process. Kept out of the callback object, which hydra pickles
 # to the launcher's workers.
 _active: dict[str, Any] = {}
+# status counts of the last sweep aggregated in this process (``moesim.simulate`` sets its exit status)
+_last: dict[str, Any] = {}
+
+
+def last_counts() -> dict[str, int]:
+    """Jobs per status of the sweep ``finish_sweep`` aggregated last in this process ({} if none)."""
+    return dict(_last.get("counts", {}))
 
 
 def finish_sweep() -> None:
@@ -205,10 +275,11 @@ def finish_sweep() -> None:
         return
     progress: _Progress | None = _active.pop("progress", None)
     sweep_dir: Path = _active.pop("dir")
+    planned = _active.pop("jobs", None)
     if progress is not None:
         progress.finish()
     try:
-        _, html = aggregate(sweep_dir)
+        _, html = aggregate(sweep_dir, planned=planned)
     except UserError as exc:
         print(f"moesim: error: {exc}", file=sys.stderr)
         return
@@ -221,12 +292,89 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         params = OmegaConf.to_container(config.hydra.sweeper.params, resolve=True) or {}
-        n = len(sweep_jobs(params, list(config.hydra.overrides.task)))  # type: ignore[arg-type]
-        print(f"moesim: sweep of {n} jobs into {sweep_dir}/", file=sys.stderr)
+        jobs = sweep_jobs(params, list(config.hydra.overrides.task))  # type: ignore[arg-type]
+        n = len(jobs)
+        kept = _active.pop("kept", 0)
+        print(f"moesim: sweep of {n} jobs into {sweep_dir}/"
+              + (f" ({kept} finished earlier, kept)" if kept else ""), file=sys.stderr)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         _active["dir"] = sweep_dir
-        _active["progress"] = _Progress(sweep_dir, n)
+        if str(OmegaConf.to_container(config.hydra.sweep, resolve=False)["subdir"]) == DEFAULT_SUBDIR:
+            _active["jobs"] = jobs
+        _active["progress"] = _Progress(sweep_dir, n - kept)
         _active["progress"].start()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         finish_sweep()
+
+
+# ---- a sweep dir that is not empty ------------------------------------------------------------------------
+
+
+def _is_job_dir(p: Path) -> bool:
+    return p.is_dir() and any((p / n).exists() for n in (".hydra", job.SUMMARY, job.ERROR, job.REQUESTS))
+
+
+def prepare_sweep_dir(plan: CommandLine) -> int:
+    """Make ``plan.out_dir`` ready for the sweep; the number of finished jobs kept (resume).
+
+    An empty or new dir: nothing to do. A non-empty one is refused unless ``sweep.overwrite=true`` (the
+    previous sweep's job folders and files are deleted; other files make it refuse) or ``sweep.resume=true``
+    (a finished job whose config hash equals that of the job of the same number is kept and skipped; a
+    finished job of another config is refused, so stale results never mix into the new report; failed and
+    unfinished jobs, and jobs beyond the new sweep's count, are deleted and run again).
+    """
+    root = Path(plan.out_dir)
+    entries = sorted(root.iterdir()) if root.is_dir() else []
+    if not entries:
+        return 0
+    where = f"hydra.sweep.dir={root}"
+    if plan.resume and plan.overwrite:
+        raise UserError("sweep.resume=true and sweep.overwrite=true: choose one")
+    if not (plan.resume or plan.overwrite):
+        raise UserError(f"{where} is not empty ({len(entries)} entries); add sweep.resume=true to keep its "
+                        "finished jobs and run the rest, sweep.overwrite=true to start over, or choose another "
+                        "hydra.sweep.dir")
+    jobs = [p for p in entries if _is_job_dir(p)]
+    other = [p.name for p in entries if p not in jobs and p.name not in SWEEP_FILES
+             and not p.name.startswith(".")]
+    if plan.overwrite:
+        if other:
+            raise UserError(f"{where}: sweep.overwrite=true deletes only a sweep's outputs, and this folder "
+                            f"also holds {', '.join(other[:5])}; choose another hydra.sweep.dir")
+        for p in jobs:
+            shutil.rmtree(p)
+        for name in SWEEP_FILES:
+            (root / name).unlink(missing_ok=True)
+        return 0
+    if plan.subdir != DEFAULT_SUBDIR:
+        raise UserError(f"sweep.resume=true needs hydra.sweep.subdir={DEFAULT_SUBDIR} (job i in folder i), "
+                        f"not {plan.subdir}")
+    want = {str(i): h for i, h in enumerate(plan.hashes)}
+    keep, stale, rerun = [], [], []
+    for p in jobs:
+        try:
+            rec = json.loads((p / job.SUMMARY).read_text())
+            finished = isinstance(rec, dict) and rec.get("status") == "ok"
+        except (OSError, ValueError):
+            rec, finished = {}, False
+        if not finished:
+            rerun.append(p)
+        elif want.get(p.name) == rec.get("config_hash"):
+            keep.append(p)
+        else:
+            stale.append((p, rec))
+    if stale:
+        p, rec = stale[0]
+        was = " ".join(rec.get("overrides") or []) or "?"
+        now = " ".join(o for o in plan.jobs[int(p.name)] if not o.startswith(("hydra.", "hydra/", "sweep.")))\
+            if p.name in want else "no job (the new sweep is smaller)"
+        raise UserError(f"{where}: sweep.resume=true, but {len(stale)} finished job(s) were run with another "
+                        f"config than this sweep's job of the same number (job {p.name}: was {was}; now {now}); "
+                        "resume with the same command line, or use sweep.overwrite=true or another dir")
+    for p in rerun:
+        shutil.rmtree(p)
+    for name in (SUMMARY_CSV, REPORT_HTML):
+        (root / name).unlink(missing_ok=True)
+    _active["kept"] = len(keep)
+    return len(keep)

@@ -1,4 +1,4 @@
-"""Pytest configuration: GPU-marked tests skip without CUDA."""
+"""Pytest configuration: GPU-marked tests skip without CUDA; the user profile folder is a temporary one."""
 
 from __future__ import annotations
 
@@ -19,3 +19,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_user_profiles(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never read or write the user's own profile folder (``moesim.resources.user_profiles_dir``)."""
+    import os
+
+    os.environ["MOESIM_PROFILES_DIR"] = str(tmp_path_factory.mktemp("user-profiles"))

@@ -254,7 +254,7 @@ def test_missing_file_and_missing_op_are_refused(tmp_path: Path) -> None:
 
 def test_auto_without_a_shipped_profile_lists_what_exists() -> None:
     tiny_gpu = dataclasses.replace(H200, name="no-such-gpu")
-    with pytest.raises(UserError, match=r"no shipped profile for gpu=no-such-gpu × model=mixtral-8x7b \(execution"
+    with pytest.raises(UserError, match=r"no profile for gpu=no-such-gpu × model=mixtral-8x7b \(execution"
                        r"=graphs\).*available"):
         ProfileCost(ProfileCostConfig(), M, tiny_gpu)
 

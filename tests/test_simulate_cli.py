@@ -25,8 +25,18 @@ REQUEST_COLUMNS = ["request_id", "tenant", "arrival_s", "start_s", "first_token_
 ISSUE2 = ["model=mixtral-8x7b", "gpu=a100-80gb", "policy=reconfig", "workload=poisson", "workload.rate=0.05", "workload.tenants=2", "workload.duration_s=3600", "workload.prompt_tokens=20", "workload.output_tokens=25", "seed=1"]
 
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def env_here() -> dict[str, str]:
+    """The environment for a subprocess that runs this checkout's moesim (and its hydra plugin) from any cwd."""
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = env_here()
     return subprocess.run([sys.executable, "-m", "moesim.simulate", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -135,7 +145,7 @@ def test_failed_job_is_reported_and_others_kept(tmp_path: Path) -> None:
     d = tmp_path / "s"
     p = run("-m", f"hydra.sweep.dir={d}", "policy=mig", "gpu=a100-80gb", "workload.tenants=2,8",
             "workload.rate=0.05", "seed=0", "workload.duration_s=60", "hydra.launcher.n_jobs=1", cwd=tmp_path)
-    assert p.returncode == 0, p.stderr
+    assert p.returncode == 1, p.stderr  # a sweep with a failed job exits non-zero, after its summary/report
     csv = pd.read_csv(d / "summary.csv")
     assert list(csv["status"]) == ["ok", "failed"]
     assert "at most 7" in csv["error"].iloc[1]

@@ -5,6 +5,7 @@ A plain parser (the GPU machine has no hydra): ``python -m moesim.calibrate devi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,7 +72,8 @@ class CalibrateConfig:
             raise UserError(f"tenants={self.tenants}: must be ≥ 1")
         if not 1 <= self.min_reps <= self.max_reps:
             raise UserError(f"min_reps={self.min_reps}, max_reps={self.max_reps}: need 1 ≤ min_reps ≤ max_reps")
-        if self.budget_s < 0 or self.target_s <= 0:
+        if not (self.budget_s >= 0 and math.isfinite(self.budget_s) and self.target_s > 0
+                and math.isfinite(self.target_s)):
             raise UserError(f"budget_s={self.budget_s}, target_s={self.target_s}: need budget_s ≥ 0, target_s > 0")
         for part in filter(None, self.sms.split(",")):
             if not part.strip().isdigit() or int(part) < 1:
@@ -86,6 +88,15 @@ class CalibrateConfig:
         return tuple(int(p) for p in self.sms.split(",") if p.strip())
 
 
+SUMMARY = ("Measure a cost profile (per-op step times) of a model on this machine's GPU (or CPU) and write "
+           "<gpu>__<model>.parquet + .json. The output folder and every value are checked before anything "
+           "is measured.")
+EXAMPLES = ("python -m moesim.calibrate device=cpu model=tiny out=/tmp/prof",
+            "python -m moesim.calibrate model=mixtral-8x7b budget_s=900")
+
+
 def parse_args(argv: list[str]) -> CalibrateConfig:
     """``["device=cpu", "model=tiny"]`` → config; an unknown key or a bad value is one clear line."""
-    return parse_key_values(argv, CalibrateConfig)
+    return parse_key_values(argv, CalibrateConfig, prog="python -m moesim.calibrate", summary=SUMMARY,
+                            choices={"device": ("cuda", "cpu"), "model": sorted(MODEL_SPECS), "grid": GRIDS},
+                            examples=EXAMPLES)

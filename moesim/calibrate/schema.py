@@ -149,4 +149,29 @@ def read_profile(path_parquet: str | Path) -> tuple[pd.DataFrame, dict[str, Any]
     bad_ops = sorted(set(df["op"]) - set(OPS))
     if bad_ops:
         raise UserError(f"profile {p}: unknown op(s) {bad_ops}; valid: {', '.join(OPS)}")
+    check_times(df, p)
     return df, meta
+
+
+TIME_COLUMNS = ("time_s_median", "time_s_p10", "time_s_p90")
+
+
+def check_times(df: pd.DataFrame, path: str | Path) -> None:
+    """Refuse (one line naming the file, the row and its key) a time that is negative or infinite, or a
+    median missing (NaN) in an ``ok`` row (the cost model reads it); the percentiles may be missing, and
+    rows of other statuses (oom, error, budget) carry no times."""
+    import numpy as np
+
+    ok = (df["status"] == "ok").to_numpy()
+    for col in TIME_COLUMNS:
+        t = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
+        bad = (t < 0) | np.isinf(t)
+        if col == "time_s_median":
+            bad |= ok & np.isnan(t)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            row = df.iloc[i]
+            key = ", ".join(f"{k}={row[k]}" for k in ("op", "sms", "batch", "tokens", "context"))
+            raise UserError(f"profile {path}: row {i} ({key}, status {row['status']}): {col}={t[i]}; "
+                            f"times must be finite and ≥ 0 seconds ({int(bad.sum())} such row(s)); "
+                            "re-measure or remove the row")

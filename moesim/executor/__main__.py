@@ -17,6 +17,9 @@ def main(argv: list[str] | None = None) -> None:
     """Parse ``key=value`` arguments and run the validation."""
     args = sys.argv[1:] if argv is None else argv
     cfg = parse_args(args)
+    from moesim.outdir import check_writable
+
+    check_writable(cfg.out, "out")
     from moesim.executor.run import run
 
     run(cfg, args)

@@ -95,6 +95,14 @@ class ExecutorConfig:
         return out
 
 
+SUMMARY = ("Simulate and execute the same trace with real (tiny or full-size) MoE weights and write the "
+           "validation (simulated vs measured per request) into out.")
+
+
 def parse_args(argv: list[str]) -> ExecutorConfig:
     """``["device=cpu", "model=tiny"]`` → config; an unknown key or a bad value is one clear line."""
-    return parse_key_values(argv, ExecutorConfig)
+    return parse_key_values(argv, ExecutorConfig, prog="python -m moesim.executor", summary=SUMMARY,
+                            choices={"model": sorted(MODEL_SPECS), "gpu": sorted(GPU_SPECS), "workload": WORKLOADS,
+                                     "device": ("cuda", "cpu"), "execution": ("auto", "graphs", "eager"),
+                                     "sim_cost": SIM_COSTS},
+                            examples=("python -m moesim.executor device=cpu model=tiny max_requests=12 out=/tmp/val",))
