@@ -25,6 +25,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from moesim.errors import UserError
 from moesim.registry import Registry
 from moesim.resources import conf_dir
+from moesim.slo import SLO_TPOT_S, SLO_TTFT_S, slo_classes
 from moesim.specs import GPU_SPECS, MODEL_SPECS, GPUSpec, ModelSpec, get_gpu, get_model
 
 CONF_DIR = conf_dir()
@@ -96,8 +97,9 @@ class SimulateConfig:
 
     Attributes:
         seed: workload seed.
-        slo_ttft_s: TTFT target of the SLO (seconds).
-        slo_tpot_s: time-per-output-token target of the SLO (seconds).
+        slo_ttft_s: TTFT target of the SLO (seconds; default ``moesim.slo.SLO_TTFT_S``).
+        slo_tpot_s: time-per-output-token target of the SLO (seconds; default ``moesim.slo.SLO_TPOT_S``).
+        slo_classes: tenants with their own targets: name → {ttft_s, tpot_s, tenants} (moesim.slo).
         progress: show the engine's progress bar; null: in single runs only.
     """
 
@@ -106,9 +108,13 @@ class SimulateConfig:
     policy: Any = MISSING
     workload: Any = MISSING
     cost: Any = MISSING
+    fleet: Any = MISSING
+    placement: Any = MISSING
+    router: Any = MISSING
     seed: int = 0
-    slo_ttft_s: float = 10.0
-    slo_tpot_s: float = 0.5
+    slo_ttft_s: float = SLO_TTFT_S
+    slo_tpot_s: float = SLO_TPOT_S
+    slo_classes: dict[str, Any] = field(default_factory=dict)
     progress: Optional[bool] = None  # noqa: UP045
     sweep: SweepConfig = field(default_factory=SweepConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -117,10 +123,12 @@ class SimulateConfig:
 def registries() -> dict[str, Registry[Any]]:
     """Config group → registry for the groups built from registries."""
     from moesim.cost import COST_MODELS
+    from moesim.fleet import FLEETS, PLACEMENTS, ROUTERS
     from moesim.policies import POLICIES
     from moesim.workloads import WORKLOADS
 
-    return {"policy": POLICIES, "workload": WORKLOADS, "cost": COST_MODELS}
+    return {"policy": POLICIES, "workload": WORKLOADS, "cost": COST_MODELS, "fleet": FLEETS,
+            "placement": PLACEMENTS, "router": ROUTERS}
 
 
 # ---- mirrors of the registries' frozen dataclasses ----------------------------------------------------
@@ -258,6 +266,8 @@ class JobSpec:
         policy, cost, workload: the registries' frozen config dataclasses.
         seed: workload seed.
         slo_ttft_s, slo_tpot_s: SLO targets (seconds).
+        fleet, placement, router: the fleet's GPUs, the placement strategy and the live router (frozen
+            configs of moesim.fleet's registries; None: one GPU of ``gpu`` holding every tenant).
     """
 
     model: ModelSpec
@@ -268,6 +278,10 @@ class JobSpec:
     seed: int
     slo_ttft_s: float
     slo_tpot_s: float
+    fleet: Any = None
+    placement: Any = None
+    router: Any = None
+    slo_classes: tuple[Any, ...] = ()
 
     @property
     def rate(self) -> float:
@@ -295,6 +309,8 @@ class JobSpec:
             "policy": dataclasses.asdict(self.policy),
             "cost": dataclasses.asdict(self.cost),
             "workload": dataclasses.asdict(self.workload),
+            **{k: dataclasses.asdict(v) for k, v in (("fleet", self.fleet), ("placement", self.placement),
+                                                       ("router", self.router)) if v is not None},
         }
 
     def config_hash(self) -> str:
@@ -329,6 +345,19 @@ def _check_known_keys(cfg: DictConfig) -> None:
             extra = [str(k) for k in node if k != "name"]
             if extra:
                 raise UserError(f"unknown key {group}.{extra[0]!r}; {group} has only a name ({group}=<name>)")
+
+
+def _check_context(workload: Any, model: ModelSpec) -> None:
+    """Fixed token counts longer than the model's context would have every request rejected: refuse now."""
+    limit = model.max_context_tokens
+    prompt, output = getattr(workload, "prompt_tokens", None), getattr(workload, "output_tokens", None)
+    if not limit or prompt is None or output is None or getattr(workload, "tokens_from", ""):
+        return
+    if prompt + output > limit:
+        raise UserError(
+            f"workload.prompt_tokens={prompt} + workload.output_tokens={output} = {prompt + output} tokens, "
+            f"more than model={model.name}'s context of {limit} tokens; valid: a sum ≤ {limit}"
+        )
 
 
 def job_spec(cfg: DictConfig) -> JobSpec:
@@ -375,6 +404,7 @@ def _job_spec(cfg: DictConfig) -> JobSpec:
         raise UserError(f"seed={cfg.seed}: must be ≥ 0")
     _positive("slo_ttft_s", cfg.slo_ttft_s, "seconds")
     _positive("slo_tpot_s", cfg.slo_tpot_s, "seconds")
+    _check_context(built["workload"], model)
     rate = getattr(built["workload"], "rate", None)
     if rate is not None and not (math.isfinite(rate) and rate >= 0):
         raise UserError(f"workload.rate={rate}: must be ≥ 0 requests/s per tenant")
@@ -387,6 +417,11 @@ def _job_spec(cfg: DictConfig) -> JobSpec:
         seed=int(cfg.seed),
         slo_ttft_s=float(cfg.slo_ttft_s),
         slo_tpot_s=float(cfg.slo_tpot_s),
+        fleet=built["fleet"],
+        placement=built["placement"],
+        router=built["router"],
+        slo_classes=slo_classes(OmegaConf.to_container(cfg.slo_classes, resolve=True)
+                                if cfg.get("slo_classes") else None),
     )
 
 

@@ -1,7 +1,8 @@
 """One simulation job: build the components, run the engine, write the job's outputs atomically.
 
 A job dir ends up holding ``requests.parquet`` (one row per request), ``segments.parquet`` (the timeline),
-``instances.json`` (per GPU/MIG instance: shares and memory breakdown, bytes) and, written last,
+``instances.json`` (per GPU/MIG instance: shares and memory breakdown, bytes), ``placement.yaml`` (which
+GPU of the fleet holds which variants: a file ``placement=file`` reads back) and, written last,
 ``summary.json`` (the job's identity, parameters and metrics). A job that fails writes ``error.json``
 instead of ``summary.json``.
 """
@@ -9,6 +10,7 @@ instead of ``summary.json``.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -24,6 +26,7 @@ ERROR = "error.json"
 REQUESTS = "requests.parquet"
 SEGMENTS = "segments.parquet"
 INSTANCES = "instances.json"
+PLACEMENT = "placement.yaml"
 
 
 PROVENANCES = ("measured", "derived", "roofline", "constant")
@@ -66,40 +69,57 @@ def cost_line(cost: Any, model: str, gpu: str, *, fallback: bool = False) -> str
 
 
 def run(spec: JobSpec, out_dir: str | Path, *, progress: bool = False, overrides: list[str] | None = None,
-        extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        extra: dict[str, Any] | None = None, announce: bool = False) -> dict[str, Any]:
     """Simulate ``spec`` and write its outputs into ``out_dir``; the summary written to summary.json.
 
-    ``extra`` items (e.g. the hydra option the cost came from) are added to the summary.
+    ``extra`` items (e.g. the hydra option the cost came from) are added to the summary. The workload's
+    one-line account of what it serves (e.g. ``replaying 19,366 of 19,366 requests of F (whole trace)``)
+    goes to the job's log and summary.json (``workload_selection``), and to stderr when ``announce``.
     """
-    from moesim.cost import COST_MODELS
-    from moesim.engine import simulate
+    from moesim.fleet import FLEETS, ROUTERS, TenantLoad, plan_placement, run_fleet, save_placement
     from moesim.metrics import summarize
-    from moesim.policies import POLICIES
     from moesim.workloads import WORKLOADS
 
     out = Path(out_dir)
     t0 = time.perf_counter()
     workload = WORKLOADS.build(spec.workload.name, spec.workload)
     requests = workload.generate(spec.seed)
-    policy = POLICIES.build(spec.policy.name, spec.policy)
-    cost = COST_MODELS.build(spec.cost.name, spec.cost, model=spec.model, gpu=spec.gpu)
-    result = simulate(spec.model, spec.gpu, policy, cost, requests, n_tenants=workload.tenants,
-                      progress=progress)
+    selection = f"moesim: {workload.selection(len(requests))}"
+    log.info("%s", selection)
+    if announce:
+        print(selection, file=sys.stderr, flush=True)
+    fleet_cfg = spec.fleet if spec.fleet is not None else FLEETS.config("uniform")
+    fleet = FLEETS.build(fleet_cfg.name, fleet_cfg).spec(spec.gpu.name)
+    load = TenantLoad.of(requests, workload.tenants, workload.horizon_s)
+    strategy = spec.placement.name if spec.placement is not None else "everywhere"
+    placement = plan_placement(strategy, spec.placement, spec.model, fleet, load, policy=spec.policy.name,
+                               policy_cfg=spec.policy, cost=spec.cost.name, cost_cfg=spec.cost,
+                               slo_ttft_s=spec.slo_ttft_s)
+    router = ROUTERS.build(spec.router.name, spec.router) if spec.router is not None else None
+    costs: dict[str, Any] = {}
+    result = run_fleet(spec.model, fleet, placement, requests, policy=spec.policy.name, policy_cfg=spec.policy,
+                       cost=spec.cost.name, cost_cfg=spec.cost, router=router, progress=progress, costs=costs)
     # throughput over [0, max(workload duration, last finish)]: a sparse run is not credited with a few
     # requests over a few seconds, and an overloaded policy is charged the time it takes to drain
     metrics = summarize(result.requests, result.segments, horizon_s=workload.horizon_s,
-                        slo_ttft_s=spec.slo_ttft_s, slo_tpot_s=spec.slo_tpot_s)
+                        slo_ttft_s=spec.slo_ttft_s, slo_tpot_s=spec.slo_tpot_s, slo_classes=spec.slo_classes)
     wall_s = time.perf_counter() - t0
+    names = workload.tenant_names
+    if names is not None:  # the trace named its tenants: keep the names beside the ids
+        result.requests["tenant_name"] = [names[t] for t in result.requests["tenant"]]
     write_parquet(out / REQUESTS, result.requests)
     write_parquet(out / SEGMENTS, result.segments)
     write_json(out / INSTANCES, result.instances)
+    save_placement(placement, out / PLACEMENT)
     summary = {
         "status": "ok",
         **spec.describe(),
+        "gpus": fleet.n_gpus,
         "config_hash": spec.config_hash(),
-        **cost_provenance(cost),
+        **cost_provenance(costs.get(spec.gpu.name, next(iter(costs.values())))),
         **(extra or {}),
         **metrics,
+        "workload_selection": selection.removeprefix("moesim: "),
         "horizon_s": result.horizon_s,
         "wall_s": wall_s,
         "overrides": list(overrides or []),

@@ -112,11 +112,12 @@ def _run_single(cfg: DictConfig, out: Path, overrides: list[str], extra: dict[st
     spec = job_spec(cfg)
     progress = True if cfg.progress is None else bool(cfg.progress)
     try:
-        s = job.run(spec, out, progress=progress, overrides=overrides, extra=extra)
+        s = job.run(spec, out, progress=progress, overrides=overrides, extra=extra, announce=True)
     except OSError as exc:
         raise UserError(f"hydra.run.dir={out}: cannot write the outputs ({exc.strerror or exc}); "
                         "files already written are complete (atomic writes)") from None
-    print(f"moesim: {s['n_requests']} requests, mean turnaround {s['mean_turnaround_s']:.3f} s, "
+    rejected = f" ({s['rejected']} rejected)" if s.get("rejected") else ""
+    print(f"moesim: {s['n_requests']} requests{rejected}, mean turnaround {s['mean_turnaround_s']:.3f} s, "
           f"mean TTFT {s['mean_ttft_s']:.3f} s, {s['throughput_rpm']:.2f} req/min; "
           f"outputs in {out}/ ({job.SUMMARY}, {job.REQUESTS})")
 

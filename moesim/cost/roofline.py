@@ -168,13 +168,18 @@ class RooflineCost(CostModel):
         """Closed form: the attention core is linear in the keys read, which grow by B per step."""
         key = (id(residency), decode_tenants)
         per_step = self._decode_memo.get(key)
+        if per_step is None and len(decode_tenants) > 1:  # the same batch in another order
+            per_step = self._decode_memo.get((id(residency), tuple(sorted(decode_tenants))))
+            if per_step is not None:
+                self._decode_memo[key] = per_step
         if per_step is None:
+            key2 = (id(residency), tuple(sorted(decode_tenants)))
             tokens = dict(Counter(decode_tenants))
             parts = self._fixed(tokens, tokens, residency)
             F, Bw = self._rates(residency)
             # seconds per key read, summed over layers: max of the flop time and the KV-byte time
             a = max(4.0 * self._q_dim * self._L / F, self.model.kv_bytes_per_token / Bw)
-            per_step = self._decode_memo[key] = (parts, sum(parts[:6]), a)
+            per_step = self._decode_memo[key] = self._decode_memo[key2] = (parts, sum(parts[:6]), a)
         (proj, router, lm, over, experts, fetch_s, fetches), fixed, a = per_step
         B = len(decode_tenants)
         S0 = float(sum(context0))

@@ -18,11 +18,18 @@ from moesim.policies.base import InstancePlan, Policy
 from moesim.workloads.request import Request
 
 if TYPE_CHECKING:
-    from moesim.engine.simulation import HostLink, Recorder
+    from moesim.engine.simulation import Board, HostLink, Recorder
 
 
 class Instance:
-    """Serving state of one instance; ``run`` is its SimPy process."""
+    """Serving state of one instance; ``run`` is its SimPy process.
+
+    It implements ``moesim.policies.view.InstanceView``, the read-only view policies decide from. In a fleet
+    it belongs to GPU ``gpu``; ``board`` is the fleet's shared state (routing decisions, outstanding work).
+    """
+
+    gpu: int = 0
+    board: Board  # set by the engine before the run
 
     def __init__(self, idx: int, plan: InstancePlan, env: simpy.Environment, cost: CostModel,
                  policy: Policy, link: HostLink, rec: Recorder) -> None:
@@ -55,6 +62,11 @@ class Instance:
 
     # ---- views used by policies ---------------------------------------------------------------
     @property
+    def now(self) -> float:
+        """The simulated clock (seconds)."""
+        return self.env.now
+
+    @property
     def n_running(self) -> int:
         """Sequences in the running batch."""
         return len(self.running)
@@ -76,10 +88,12 @@ class Instance:
 
     # ---- arrivals -----------------------------------------------------------------------------
     def feed(self, arrivals: list[Request]) -> None:
-        """The requests routed here, sorted by arrival; the instance pulls them in as time passes.
+        """The requests that may be routed here (candidates), sorted by arrival, tenants in this GPU's
+        local numbering; the instance pulls in those the fleet's router sends here as time passes.
 
-        Knowing the next arrival lets a decode run stop exactly at the step boundary where that request
-        could join, with no interrupt event: the cost of a run is one timeout however many steps it spans.
+        Knowing the next candidate arrival lets a decode run stop exactly at the step boundary where that
+        request could join, with no interrupt event: the cost of a run is one timeout however many steps it
+        spans. A candidate routed elsewhere costs at most one extra stop.
         """
         self._arrivals = arrivals
         self._next = 0
@@ -87,8 +101,15 @@ class Instance:
     def _pull(self) -> None:
         arr, i, now = self._arrivals, self._next, self.env.now
         n = len(arr)
+        board = self.board
+        dest, me = board.dest, self.idx
         while i < n and arr[i].arrival_s <= now:
-            self.queue.append(arr[i])
+            r = arr[i]
+            d = dest[r.id]
+            if d == -1:  # the router's decision is due (same instant; the dispatcher has not run yet)
+                d = board.decide(r.id)
+            if d == me:
+                self.queue.append(r)
             i += 1
         self._next = i
 
@@ -229,6 +250,7 @@ class Instance:
         self.rec.finish[r.id] = self.env.now
         self.rec.finished += 1
         self.kv_free_bytes += (r.prompt_tokens + r.output_tokens) * self.kv_bytes_per_token
+        self.board.done(self.gpu, r)
 
     def _touch(self, reqs: tuple[Request, ...]) -> None:
         """Move the tenants just used to the most-recently-used end."""

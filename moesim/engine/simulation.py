@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 import simpy
 
 from moesim.cost.base import CostModel
+from moesim.engine.admission import refusal
 from moesim.engine.instance import Instance
 from moesim.errors import UserError
 from moesim.policies.base import InstancePlan, Policy
@@ -18,35 +20,65 @@ from moesim.specs import GPUSpec, ModelSpec
 from moesim.workloads.request import Request
 
 
+class NodeLink:
+    """A node's host-memory bandwidth, shared by the GPUs of that node (``cap_Bps`` bytes/s).
+
+    Approximation: a GPU that starts fetching gets ``min(1, cap_Bps / (k · gpu_link_Bps))`` of its own link,
+    ``k`` being the node's GPUs fetching at that moment (itself included); the factor is fixed for the step.
+    Swaps of non-expert sets are not capped (they use the policy's own bandwidth fraction).
+    """
+
+    __slots__ = ("active_gpus", "cap_Bps")
+
+    def __init__(self, cap_Bps: float) -> None:
+        self.cap_Bps = cap_Bps
+        self.active_gpus = 0
+
+
 class HostLink:
-    """The host→device link shared by all instances of one GPU.
+    """The host→device link of one GPU, shared by that GPU's instances.
 
     Approximation: an instance that starts a step needing expert fetches gets ``1 / k`` of the link,
     ``k`` being the instances fetching at that moment (itself included); the share is fixed for the step.
+    When the GPU's node caps host-memory bandwidth (``node``), the share is scaled by the node's factor.
     """
 
-    __slots__ = ("active",)
+    __slots__ = ("active", "link_Bps", "node")
 
-    def __init__(self) -> None:
+    def __init__(self, node: NodeLink | None = None, link_Bps: float = 0.0) -> None:
         self.active = 0
+        self.node = node
+        self.link_Bps = link_Bps
 
     def begin(self, fetches: bool) -> None:
         """An instance starts a step (counted only when it fetches)."""
         if fetches:
+            if self.node is not None and self.active == 0:
+                self.node.active_gpus += 1
             self.active += 1
 
     def end(self, fetches: bool) -> None:
         """An instance ends a step."""
         if fetches:
             self.active -= 1
+            if self.node is not None and self.active == 0:
+                self.node.active_gpus -= 1
 
     def share(self) -> float:
         """Share of the link a step starting now gets."""
-        return 1.0 / (self.active + 1)
+        node = self.node
+        if node is None:
+            return 1.0 / (self.active + 1)
+        k = node.active_gpus + (0 if self.active else 1)
+        return min(1.0, node.cap_Bps / (k * self.link_Bps)) / (self.active + 1)
 
 
 class Recorder:
-    """The event log: per-request timestamps in arrays, per-instance segments in lists."""
+    """The event log: per-request timestamps in arrays, per-instance segments in typed columns.
+
+    Segments are kept column by column (``array`` of int64/float64, lists for the strings, which are
+    shared objects), about 100 bytes a segment instead of a tuple of boxed numbers (~350).
+    """
 
     SEGMENT_COLUMNS = ("instance", "kind", "start_s", "end_s", "n_seqs", "tokens", "tenants",
                        "expert_fetches", "attention_s", "experts_s", "fetch_s")
@@ -57,15 +89,52 @@ class Recorder:
         self.finish = np.full(n, np.nan)
         self.swap_wait = np.zeros(n)
         self.instance = np.full(n, -1, dtype=np.int64)
-        self.rows: list[tuple] = []
+        self.gpu = np.full(n, -1, dtype=np.int64)
+        self.rejected: dict[int, str] = {}  # request id → reason it was refused
+        self._ints = (array("q"), array("q"), array("q"))  # instance, n_seqs, tokens
+        self._floats = tuple(array("d") for _ in range(6))  # start, end, fetches, attention, experts, fetch
+        self._strs: tuple[list[str], list[str]] = ([], [])  # kind, tenants
+        (self._inst, self._nseq, self._tok) = (a.append for a in self._ints)
+        (self._start, self._end, self._fe, self._at, self._ex, self._fs) = (a.append for a in self._floats)
+        (self._kind, self._ten) = (a.append for a in self._strs)
         self.swaps = 0
         self.finished = 0
+
+    def reject(self, request: Request, reason: str) -> None:
+        """Refuse ``request`` (it is never served): its reason goes to the ``rejected`` column."""
+        self.rejected[request.id] = reason
 
     def segment(self, inst: int, kind: str, start: float, end: float, n_seqs: int, tokens: int,
                 tenants: str, fetches: float, attention_s: float, experts_s: float, fetch_s: float) -> None:
         """Log one timeline segment (a prefill step, a decode run or a swap)."""
-        self.rows.append((inst, kind, start, end, n_seqs, tokens, tenants, fetches, attention_s, experts_s,
-                          fetch_s))
+        self._inst(inst)
+        self._kind(kind)
+        self._start(start)
+        self._end(end)
+        self._nseq(n_seqs)
+        self._tok(tokens)
+        self._ten(tenants)
+        self._fe(fetches)
+        self._at(attention_s)
+        self._ex(experts_s)
+        self._fs(fetch_s)
+
+    def segments(self) -> pd.DataFrame:
+        """The timeline as a frame (columns ``SEGMENT_COLUMNS``; instance as the index of its plan)."""
+        i, f, st = self._ints, self._floats, self._strs
+
+        def ints(a: array) -> np.ndarray:
+            return np.frombuffer(a, dtype=np.int64).copy() if len(a) else np.zeros(0, dtype=np.int64)
+
+        def floats(a: array) -> np.ndarray:
+            return np.frombuffer(a, dtype=np.float64).copy() if len(a) else np.zeros(0)
+
+        return pd.DataFrame({
+            "instance": ints(i[0]), "kind": np.array(st[0], dtype=object), "start_s": floats(f[0]),
+            "end_s": floats(f[1]), "n_seqs": ints(i[1]), "tokens": ints(i[2]),
+            "tenants": np.array(st[1], dtype=object), "expert_fetches": floats(f[2]),
+            "attention_s": floats(f[3]), "experts_s": floats(f[4]), "fetch_s": floats(f[5]),
+        })
 
 
 @dataclass(frozen=True)
@@ -74,11 +143,13 @@ class SimResult:
 
     Attributes:
         requests: one row per request (request_id, tenant, instance, arrival_s, start_s, first_token_s,
-            finish_s, prompt_tokens, output_tokens, swap_wait_s); times in seconds.
+            finish_s, prompt_tokens, output_tokens, swap_wait_s, gpu, rejected); times in seconds;
+            ``instance`` and ``gpu`` are −1 and ``rejected`` holds the reason for a refused request
+            (empty for a served one).
         segments: the timeline (instance, kind, start_s, end_s, n_seqs, tokens, tenants, expert_fetches,
-            attention_s, experts_s, fetch_s).
-        instances: per instance: name, profile, slice shares and memory breakdown (bytes).
-        policy: the policy's name and parameters.
+            attention_s, experts_s, fetch_s); ``tenants`` are global tenant ids.
+        instances: per instance: name, gpu, profile, slice shares and memory breakdown (bytes).
+        policy: the policy's name and parameters (of GPU 0 in a fleet; ``meta["gpus"]`` has each GPU's).
         horizon_s: time of the last event (seconds).
         swap_count: non-expert-set or whole-model loads.
     """
@@ -92,25 +163,156 @@ class SimResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _check_fits(plans: Sequence[InstancePlan], requests: Sequence[Request], model: ModelSpec) -> None:
+@dataclass(frozen=True)
+class GPUSetup:
+    """One GPU of a fleet, ready to simulate.
+
+    Attributes:
+        gpu: its spec (a whole GPU; MIG instances come from the policy's layout).
+        policy: the policy laying out and scheduling this GPU (its own object: policies keep routing state).
+        cost: the cost model timing its steps.
+        tenants: global tenant ids placed here; the policy sees them as local tenants 0..len−1 in this order.
+        node: index of the node it sits in (GPUs of one node may share a host-bandwidth cap).
+        name: label (``"gpu3"``); instance names get it as a prefix in fleets of more than one GPU.
+        index: the GPU's index in its fleet (the ``gpu`` column); −1: its position in the list.
+    """
+
+    gpu: GPUSpec
+    policy: Policy
+    cost: CostModel
+    tenants: tuple[int, ...]
+    node: int = 0
+    name: str = "gpu0"
+    index: int = -1
+
+
+class FleetView(Protocol):
+    """What a router reads of the fleet at an arrival (read-only)."""
+
+    now: float
+    outstanding_tokens: list[int]
+    outstanding_requests: list[int]
+
+    def active_tenants(self, gpu: int) -> set[int]:
+        """Global tenants whose non-expert sets are resident on ``gpu`` now."""
+        ...
+
+
+class Router(Protocol):
+    """Chooses the GPU of an arriving request among the GPUs holding its variant."""
+
+    def choose(self, request: Request, candidates: tuple[int, ...], fleet: FleetView) -> int:
+        """One of ``candidates`` (GPU indices, ascending)."""
+        ...
+
+
+class Board:
+    """The fleet's shared state: where each request goes, and each GPU's outstanding work.
+
+    ``dest[id]``: −1 undecided, −2 refused, else the global index of the instance it goes to. Decisions are
+    made at the request's arrival, by the dispatcher process or by the first instance pulling it at that
+    same instant, whichever comes first; the router sees the fleet as it is then.
+    """
+
+    def __init__(self, env: simpy.Environment, by_id: Sequence[Request], replicas: dict[int, tuple[int, ...]],
+                 local: list[dict[int, int]], gpu_insts: list[list[Instance]], router: Router | None,
+                 rec: Recorder) -> None:
+        n_gpus = len(gpu_insts)
+        self.env = env
+        self.by_id = by_id
+        self.replicas = replicas
+        self.local = local
+        self.gpu_insts = gpu_insts
+        self.router = router
+        self.rec = rec
+        self.dest: list[int] = [-1] * len(by_id)
+        self.fits: dict[int, tuple[int, ...]] = {}  # request id → replicas that can hold it, when not all
+        self.outstanding_tokens = [0] * n_gpus
+        self.outstanding_requests = [0] * n_gpus
+        self._global = [{lt: gt for gt, lt in m.items()} for m in local]
+        self._route = [insts[0].policy.route if insts else None for insts in gpu_insts]
+
+    @property
+    def now(self) -> float:
+        """The simulated clock (seconds)."""
+        return self.env.now
+
+    def active_tenants(self, gpu: int) -> set[int]:
+        """Global tenants whose non-expert sets are resident on ``gpu`` now."""
+        g = self._global[gpu]
+        return {g[t] for inst in self.gpu_insts[gpu] for t in inst.resident}
+
+    def decide(self, rid: int) -> int:
+        """Route request ``rid`` now; the global instance index, or −2 when it is refused."""
+        r = self.by_id[rid]
+        cands = self.fits.get(rid) or self.replicas.get(r.tenant, ())
+        if not cands:
+            self.rec.rejected[rid] = f"no replica: tenant {r.tenant} is placed on no GPU"
+            self.dest[rid] = -2
+            return -2
+        if len(cands) == 1:
+            g = cands[0]
+        else:
+            if self.router is None:
+                raise RuntimeError("a variant has several replicas but the fleet has no router")
+            g = self.router.choose(r, cands, self)
+            if g not in cands:
+                raise RuntimeError(f"router chose GPU {g} for tenant {r.tenant}; replicas: {cands}")
+        lt = self.local[g][r.tenant]
+        lr = r if lt == r.tenant else Request(rid, lt, r.arrival_s, r.prompt_tokens, r.output_tokens)
+        inst = self.gpu_insts[g][self._route[g](lr)]
+        d = self.dest[rid] = inst.idx
+        self.rec.gpu[rid] = g
+        self.outstanding_tokens[g] += r.prompt_tokens + r.output_tokens
+        self.outstanding_requests[g] += 1
+        return d
+
+    def done(self, gpu: int, r: Request) -> None:
+        """A request finished on ``gpu``."""
+        self.outstanding_tokens[gpu] -= r.prompt_tokens + r.output_tokens
+        self.outstanding_requests[gpu] -= 1
+
+    def dispatch(self, order: Sequence[Request]):
+        """SimPy process: at each arrival (before any instance acts at that instant) route the request."""
+        env, dest = self.env, self.dest
+        for r in order:
+            if r.arrival_s > env.now:
+                yield _Urgent(env, r.arrival_s - env.now)
+            if dest[r.id] == -1:
+                self.decide(r.id)
+
+
+class _Urgent(simpy.events.Event):
+    """A timeout processed before the ordinary events of the same instant."""
+
+    def __init__(self, env: simpy.Environment, delay: float) -> None:
+        self.env = env
+        self.callbacks = []
+        self._value = None
+        self._ok = True
+        env.schedule(self, simpy.events.URGENT, delay)
+
+
+def _check_fits(plans: Sequence[InstancePlan]) -> None:
     for p in plans:
         if not p.ideal and p.weight_bytes > p.memory_bytes:
             raise UserError(
                 f"instance {p.name}: weights need {p.weight_bytes / 1e9:.2f} GB but it has "
                 f"{p.memory_bytes / 1e9:.2f} GB"
             )
-    if not requests:
-        return
-    biggest = max(requests, key=lambda r: r.prompt_tokens + r.output_tokens)
-    need = (biggest.prompt_tokens + biggest.output_tokens) * model.kv_bytes_per_token
-    for p in plans:
-        if need > p.kv_capacity_bytes:
-            raise UserError(
-                f"instance {p.name} ({p.profile}): request {biggest.id} needs {need / 1e9:.3f} GB of KV cache "
-                f"({biggest.prompt_tokens}+{biggest.output_tokens} tokens of {model.name}) but only "
-                f"{p.kv_capacity_bytes / 1e9:.3f} GB are left after {p.weight_bytes / 1e9:.2f} GB of weights; "
-                "lower policy.weight_budget_fraction, shorten the requests or use a larger GPU/profile"
-            )
+
+
+def _all_rejected(rec: Recorder, requests: Sequence[Request], plans: Sequence[InstancePlan],
+                  model: ModelSpec) -> UserError:
+    first = min(requests, key=lambda r: r.id)
+    caps = ", ".join(sorted({f"{p.kv_capacity_bytes / 1e9:.3g} GB" for p in plans}))
+    limit = f"{model.max_context_tokens} tokens" if model.max_context_tokens else "no stated limit"
+    return UserError(
+        f"every one of the {len(requests):,} requests is rejected (request {first.id}: "
+        f"{rec.rejected[first.id]}); {model.name} serves at most {limit} of context and the instances hold "
+        f"{caps} of KV cache: shorten the requests, lower policy.weight_budget_fraction or use a larger "
+        "GPU/profile"
+    )
 
 
 def simulate(model: ModelSpec, gpu: GPUSpec, policy: Policy, cost: CostModel, requests: Sequence[Request],
@@ -118,49 +320,133 @@ def simulate(model: ModelSpec, gpu: GPUSpec, policy: Policy, cost: CostModel, re
              instance_cls: type[Instance] = Instance) -> SimResult:
     """Replay ``requests`` through ``policy``'s instances on ``gpu``, timing steps with ``cost``.
 
+    The fleet of one GPU holding tenants 0..n_tenants−1 (``simulate_fleet``); requests of other tenants
+    are refused with a reason.
+
     Args:
         n_tenants: tenants served (default: 1 + the largest tenant index in ``requests``).
         progress: show a progress bar of simulated requests (tqdm).
         instance_cls: the instance process class (a subclass may observe runs, e.g. the GPU executor's).
     """
-    n = len(requests)
     tenants = n_tenants if n_tenants is not None else (1 + max((r.tenant for r in requests), default=0))
-    plans = policy.layout(model, gpu, tenants)
-    policy.bind(plans)
-    _check_fits(plans, requests, model)
+    setup = GPUSetup(gpu, policy, cost, tuple(range(tenants)))
+    return simulate_fleet(model, [setup], requests, progress=progress, instance_cls=instance_cls)
+
+
+def simulate_fleet(model: ModelSpec, gpus: Sequence[GPUSetup], requests: Sequence[Request], *,
+                   router: Router | None = None, node_caps_Bps: dict[int, float] | None = None,
+                   progress: bool = False, instance_cls: type[Instance] = Instance,
+                   progress_label: str | None = None) -> SimResult:
+    """Replay ``requests`` through a fleet of GPUs in one SimPy environment.
+
+    Each GPU runs its policy's layout for the tenants placed on it and has its own host link; GPUs of a node
+    listed in ``node_caps_Bps`` (node → bytes/s) share that host-memory bandwidth. Each request is routed
+    when it arrives: to the one GPU holding its tenant, or, with replicas, to the GPU ``router`` chooses
+    from the fleet's state then; a request whose tenant is on no GPU is refused with a reason.
+
+    Args:
+        router: required when a tenant is placed on several GPUs.
+        progress: show a progress bar of simulated requests (tqdm).
+        instance_cls: the instance process class (a subclass may observe runs, e.g. the GPU executor's).
+    """
+    n = len(requests)
+    by_id = sorted(requests, key=lambda r: r.id)
+    if n and (by_id[0].id != 0 or by_id[-1].id != n - 1 or any(r.id != i for i, r in enumerate(by_id))):
+        raise UserError("request ids must be dense 0..n-1 and unique")
+    order = sorted(requests, key=lambda r: (r.arrival_s, r.id))
     env = simpy.Environment()
     rec = Recorder(n)
-    link = HostLink()
-    insts = [instance_cls(i, p, env, cost, policy, link, rec) for i, p in enumerate(plans)]
-    order = sorted(requests, key=lambda r: (r.arrival_s, r.id))
-    ids = np.array([r.id for r in order], dtype=np.int64)
-    if n and (ids.min() < 0 or ids.max() >= n or len(np.unique(ids)) != n):
-        raise UserError("request ids must be dense 0..n-1 and unique")
-    # routing depends on the request alone, so each instance gets its arrivals up front
-    routed: list[list[Request]] = [[] for _ in insts]
-    route = policy.route
+    caps = node_caps_Bps or {}
+    nodes = {k: NodeLink(v) for k, v in caps.items() if v and v > 0}
+    prefix = len(gpus) > 1
+    replicas: dict[int, list[int]] = {}
+    local: list[dict[int, int]] = []
+    all_plans: list[InstancePlan] = []
+    plan_gpu: list[int] = []
+    gpu_insts: list[list[Instance]] = []
+    interned: dict[Any, Any] = {}
+    for g, setup in enumerate(gpus):
+        m = {t: i for i, t in enumerate(setup.tenants)}
+        if len(m) != len(setup.tenants):
+            raise UserError(f"{setup.name}: a tenant is placed twice on the same GPU: {list(setup.tenants)}")
+        local.append(m)
+        for t in setup.tenants:
+            replicas.setdefault(t, []).append(g)
+        # equal residencies share one object, so cost models' memos (keyed by identity) serve every GPU
+        plans = [p if interned.setdefault(p.residency, p.residency) is p.residency
+                 else replace(p, residency=interned[p.residency])
+                 for p in setup.policy.layout(model, setup.gpu, len(setup.tenants))]
+        setup.policy.bind(plans)
+        _check_fits(plans)
+        link = HostLink(nodes.get(setup.node), setup.gpu.h2d_pinned_Bps)
+        insts = []
+        for p in plans:
+            inst = instance_cls(len(all_plans), p, env, setup.cost, setup.policy, link, rec)
+            inst.gpu = g
+            insts.append(inst)
+            all_plans.append(p)
+            plan_gpu.append(g)
+        gpu_insts.append(insts)
+    board = Board(env, by_id, {t: tuple(v) for t, v in replicas.items()}, local, gpu_insts, router, rec)
+    # candidates: each instance's possible arrivals, tenants in its GPU's numbering. A request an instance
+    # can never hold (moesim.engine.admission) is no candidate there; one no replica can hold is refused.
+    cand: list[list[Request]] = [[] for _ in all_plans]
+    identity = [all(t == i for t, i in m.items()) for m in local]
+    routes = [s.policy.route for s in gpus]
+    kvb = model.kv_bytes_per_token
+    ctx_limit = model.max_context_tokens or (1 << 62)
+    kv_cap = [p.kv_capacity_bytes for p in all_plans]
     for r in order:
-        routed[route(r)].append(r)
+        reps = board.replicas.get(r.tenant, ())
+        tokens = r.prompt_tokens + r.output_tokens
+        cant: list[int] = []
+        why = ""
+        for g in reps:
+            lr = r
+            if not identity[g]:
+                lr = Request(r.id, local[g][r.tenant], r.arrival_s, r.prompt_tokens, r.output_tokens)
+            i = gpu_insts[g][routes[g](lr)].idx
+            if tokens > ctx_limit or tokens * kvb > kv_cap[i]:  # as admission.refusal decides
+                cant.append(g)
+                why = refusal(lr, all_plans[i], model) or why
+                continue
+            cand[i].append(lr)
+        if cant:
+            if len(cant) == len(reps):
+                rec.reject(r, why or "cannot be held")
+                board.dest[r.id] = -2
+            else:
+                board.fits[r.id] = tuple(g for g in reps if g not in cant)
+    if n and len(rec.rejected) == n:
+        raise _all_rejected(rec, requests, all_plans, model)
     procs = []
-    for inst, arr in zip(insts, routed, strict=True):
-        inst.feed(arr)
-        procs.append(env.process(inst.run()))
+    for insts in gpu_insts:
+        for inst in insts:
+            inst.board = board
+            inst.feed(cand[inst.idx])
+            procs.append(env.process(inst.run()))
+    procs.append(env.process(board.dispatch(order)))
 
     if progress:
         from tqdm.auto import tqdm
 
+        label = progress_label or gpus[0].policy.registry_name
         chunk = max(1.0, (order[-1].arrival_s if order else 0.0) / 200)
-        with tqdm(total=n, unit="req", desc=f"simulate {policy.registry_name}", mininterval=0.5) as bar:
+        with tqdm(total=n, unit="req", desc=f"simulate {label}", mininterval=0.5) as bar:
             while any(p.is_alive for p in procs):
                 env.run(until=env.now + chunk)
-                bar.update(rec.finished - bar.n)
+                bar.update(rec.finished + len(rec.rejected) - bar.n)
     else:
         env.run()
-    if n and np.isnan(rec.finish).any():
-        stuck = int(np.isnan(rec.finish).sum())
-        raise RuntimeError(f"{stuck} requests never finished: engine bug")
+    unfinished = np.isnan(rec.finish)
+    if rec.rejected:
+        unfinished[list(rec.rejected)] = False
+    if n and unfinished.any():
+        raise RuntimeError(f"{int(unfinished.sum())} requests never finished: engine bug")
 
-    by_id = sorted(requests, key=lambda r: r.id)
+    rejected = np.full(n, "", dtype=object)
+    for rid, why in rec.rejected.items():
+        rejected[rid] = why
     req_df = pd.DataFrame({
         "request_id": np.arange(n, dtype=np.int64),
         "tenant": np.array([r.tenant for r in by_id], dtype=np.int64),
@@ -172,11 +458,53 @@ def simulate(model: ModelSpec, gpu: GPUSpec, policy: Policy, cost: CostModel, re
         "prompt_tokens": np.array([r.prompt_tokens for r in by_id], dtype=np.int64),
         "output_tokens": np.array([r.output_tokens for r in by_id], dtype=np.int64),
         "swap_wait_s": rec.swap_wait,
+        "gpu": _fleet_index(rec.gpu, gpus),
+        "rejected": rejected,
     })
-    seg_df = pd.DataFrame(rec.rows, columns=list(Recorder.SEGMENT_COLUMNS))
-    seg_df["instance"] = [plans[i].name for i in seg_df["instance"]] if len(seg_df) else seg_df["instance"]
-    instances = [_instance_info(p, model) for p in plans]
-    return SimResult(req_df, seg_df, instances, policy.describe(), float(env.now), rec.swaps)
+    names = [f"{gpus[g].name}/{p.name}" if prefix else p.name for p, g in zip(all_plans, plan_gpu, strict=True)]
+    seg_df = rec.segments()
+    if len(seg_df):
+        inst_idx = seg_df["instance"].to_numpy()
+        if not all(identity):
+            memo: dict[tuple[int, str], str] = {}
+            labels = []
+            for lbl, i in zip(seg_df["tenants"], inst_idx, strict=True):
+                key = (plan_gpu[i], lbl)
+                out = memo.get(key)
+                if out is None:
+                    out = memo[key] = _globalize(lbl, board._global[plan_gpu[i]])
+                labels.append(out)
+            seg_df["tenants"] = labels
+        seg_df["instance"] = [names[i] for i in inst_idx]
+    instances = []
+    for p, g, name in zip(all_plans, plan_gpu, names, strict=True):
+        info = _instance_info(p, model)
+        info["name"] = name
+        info["tenants"] = sorted(board._global[g][t] for t in p.tenants)
+        if prefix:
+            info["gpu"] = gpus[g].index if gpus[g].index >= 0 else g
+        instances.append(info)
+    meta: dict[str, Any] = {}
+    if prefix:
+        meta["gpus"] = [{"index": s.index if s.index >= 0 else g, "name": s.name, "gpu": s.gpu.name,
+                         "node": s.node, "tenants": list(s.tenants), **s.policy.describe()}
+                        for g, s in enumerate(gpus)]
+    return SimResult(req_df, seg_df, instances, gpus[0].policy.describe(), float(env.now), rec.swaps, meta)
+
+
+def _fleet_index(pos: np.ndarray, gpus: Sequence[GPUSetup]) -> np.ndarray:
+    """Positions in ``gpus`` (−1: refused) as fleet GPU indices."""
+    if all(s.index in (-1, g) for g, s in enumerate(gpus)):
+        return pos
+    table = np.array([s.index if s.index >= 0 else g for g, s in enumerate(gpus)] + [-1], dtype=np.int64)
+    return table[pos]
+
+
+def _globalize(label: str, to_global: dict[int, int]) -> str:
+    """A segment's local tenant list ("0,2") in global ids, sorted."""
+    if not label:
+        return label
+    return ",".join(str(t) for t in sorted(to_global[int(x)] for x in label.split(",")))
 
 
 def _instance_info(p: InstancePlan, model: ModelSpec) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from moesim.specs import GPUSpec, ModelSpec
 from moesim.workloads.request import Request
 
 if TYPE_CHECKING:
-    from moesim.engine.instance import Instance
+    from moesim.policies.view import InstanceView
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ class Policy(ABC):
             ) from None
 
     # ---- scheduling ---------------------------------------------------------------------------
-    def select(self, inst: Instance) -> Selection:
+    def select(self, inst: InstanceView) -> Selection:
         """FIFO: admit the longest prefix of the queue that can run with the current batch.
 
         A request can join when the batch has room, the KV cache has room for its whole
@@ -212,7 +212,7 @@ class Policy(ABC):
     def _can_evict(resident: Sequence[int], keep: set[int], plan: InstancePlan) -> bool:
         return any(t not in keep for t in resident)
 
-    def interrupts(self, inst: Instance, request: Request) -> bool:
+    def interrupts(self, inst: InstanceView, request: Request) -> bool:
         """Whether the next arrival should end the running decode run at its step (it could join then).
 
         Called at the start of a run with the next request due at this instance. A request behind a

@@ -30,6 +30,8 @@ class ModelSpec:
         tied_embeddings: lm_head shares the input embedding.
         extra_nonexpert_params: parameters not covered above (e.g. T5 relative-position biases).
         dtype_bytes: bytes per parameter (2 for bf16).
+        max_context_tokens: longest sequence (prompt + output tokens) the model serves; 0 = no stated
+            limit. A longer request is rejected by the engine (``moesim.engine.admission``).
     """
 
     name: str
@@ -49,6 +51,7 @@ class ModelSpec:
     tied_embeddings: bool = False
     extra_nonexpert_params: int = 0
     dtype_bytes: int = 2
+    max_context_tokens: int = 0
 
     # ---- layer counts -------------------------------------------------------------------------
     @property
@@ -188,6 +191,7 @@ MIXTRAL_8X7B = ModelSpec(
     head_dim=128,
     n_experts=8,
     top_k=2,
+    max_context_tokens=32768,  # max_position_embeddings of mistralai/Mixtral-8x7B-v0.1
 )
 
 # The real checkpoints' shape (d_ff 3072, 6 + 6 sparse layers), not the library's default config.

@@ -21,6 +21,12 @@ STREAM_ARRIVALS = 0
 STREAM_TOKENS = 1
 STREAM_TENANTS = 2
 
+# Bounds that keep every number a workload produces meaningful (and inside int64/float64 arithmetic).
+MAX_TOKENS = 2**31 - 1  # tokens per prompt or output: far beyond any model's context, safe in int64 sums
+MAX_HORIZON_S = 1e9  # seconds (~32 years): a longer arrival window is a unit mistake, not a workload
+MAX_TENANTS = 100_000  # tenants of one workload (each gets its own random stream and plan entries)
+DEFAULT_MAX_REQUESTS = 5_000_000  # requests a synthetic workload may generate (workload.max_requests)
+
 
 def stream(seed: int, purpose: int, index: int = 0) -> np.random.Generator:
     """A generator for ``(seed, purpose, index)``, independent of every other key."""
@@ -48,6 +54,16 @@ class Workload(ABC):
     @abstractmethod
     def generate(self, seed: int) -> list[Request]:
         """Requests sorted by arrival_s, ids dense 0..n-1 in arrival order, deterministic for ``seed``."""
+
+    def selection(self, n_requests: int) -> str:
+        """The one line a run prints about what it serves (``n_requests``: what ``generate`` returned)."""
+        return (f"workload={self.cfg.name}: generated {n_requests:,} requests over {self.horizon_s:g} s "
+                f"({self.tenants} tenant{'s' if self.tenants != 1 else ''})")
+
+    @property
+    def tenant_names(self) -> tuple[str, ...] | None:
+        """Names of tenants 0..k-1 when the source named them (a trace's string tenant column), else None."""
+        return None
 
 
 def build_requests(
@@ -83,17 +99,22 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
 
 
-def check_int(workload: str, field: str, value: Any, minimum: int) -> None:
-    """``value`` must be an integer ≥ ``minimum``."""
-    if not _is_int(value) or value < minimum:
-        raise invalid(workload, field, value, f"an integer ≥ {minimum}")
+def check_int(workload: str, field: str, value: Any, minimum: int, maximum: int | None = None,
+              why: str = "") -> None:
+    """``value`` must be an integer ≥ ``minimum`` (and ≤ ``maximum`` when given; ``why`` says why)."""
+    if not _is_int(value) or value < minimum or (maximum is not None and value > maximum):
+        valid = f"an integer ≥ {minimum}" if maximum is None else f"an integer in {minimum}..{maximum:,}"
+        raise invalid(workload, field, value, valid + (f" ({why})" if why else ""))
 
 
-def check_real(workload: str, field: str, value: Any, minimum: float, *, strict: bool, unit: str) -> None:
-    """``value`` must be a finite number > ``minimum`` (``strict``) or ≥ ``minimum``."""
+def check_real(workload: str, field: str, value: Any, minimum: float, *, strict: bool, unit: str,
+               maximum: float | None = None) -> None:
+    """``value`` must be a finite number > ``minimum`` (``strict``) or ≥ ``minimum``, and ≤ ``maximum``."""
     ok = _is_real(value) and math.isfinite(value) and (value > minimum if strict else value >= minimum)
+    ok = ok and (maximum is None or value <= maximum)
     if not ok:
-        raise invalid(workload, field, value, f"a finite number {'>' if strict else '≥'} {minimum} ({unit})")
+        top = f" and ≤ {maximum:g}" if maximum is not None else ""
+        raise invalid(workload, field, value, f"a finite number {'>' if strict else '≥'} {minimum}{top} ({unit})")
 
 
 def check_choice(workload: str, field: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -30,6 +30,9 @@ class Gamma(Poisson):
 
     cfg: GammaConfig
 
+    def _burst_hint(self) -> str:
+        return f"cv={self.cfg.cv:g} makes the arrivals bursty"
+
     def _gaps(self, rng: np.random.Generator, rate: float, n: int) -> np.ndarray:
         if self.cfg.cv == 1.0:  # exactly the Poisson workload for the same seed
             return super()._gaps(rng, rate, n)

@@ -1,13 +1,21 @@
-"""Reading and validating a user's trace file (CSV, JSONL or parquet).
+"""Reading and validating a user's trace file (CSV, JSONL or parquet), in moesim's columns, a named public
+format (``format=``) or the user's own column names (``columns=``).
 
-Columns (names are matched case-insensitively; the Azure trace's own names are accepted as aliases):
+Fields and the columns that supply them (names are matched case-insensitively; the aliases in brackets are
+recognised without a mapping):
 
 - ``arrival_s`` — arrival time in seconds (a number ≥ 0), or else
-- ``timestamp`` — a parsable date-time (ISO 8601 such as ``2023-11-16 18:15:46.680``, or any format
-  pandas recognises); arrival_s is then the time since the earliest timestamp. Alias: ``TIMESTAMP``.
-- ``prompt_tokens`` — integer ≥ 1. Alias: ``ContextTokens``.
-- ``output_tokens`` — integer ≥ 1. Alias: ``GeneratedTokens``.
-- ``tenant`` (optional) — integer in 0..tenants-1.
+- ``timestamp`` [``TIMESTAMP``] — a date-time (ISO 8601 such as ``2023-11-16 18:15:46.680`` or
+  ``2024-05-10 00:00:00.0092750+00:00``, or any format pandas recognises) or a number: epoch or relative
+  time in ``time_unit`` (``auto``: see ``epoch_unit``); arrival_s is the time since the earliest one.
+- ``prompt_tokens`` [``ContextTokens``] — integer ≥ 1.
+- ``output_tokens`` [``GeneratedTokens``] — integer ≥ 1.
+- ``tenant`` [``model``] (optional) — integers in 0..tenants-1, or names (any non-integer text): names become
+  tenant ids 0, 1, … in order of first appearance in the file and are kept (``TraceArrays.tenant_names``).
+
+``columns`` maps a field to the file's column (``{"prompt_tokens": "input_length"}``; ``"-"``: ignore that
+field); a mapped field never falls back to an alias. Two columns that could supply one field (``ContextTokens``
+and ``prompt_tokens``, or a column name that appears twice) are refused, never silently chosen.
 
 Every problem ends in one ``UserError`` line naming the file, the 1-based data row and the problem; rows out
 of time order are sorted (stably) with a warning naming the file.
@@ -15,36 +23,105 @@ of time order are sorted (stably) with a warning naming the file.
 
 from __future__ import annotations
 
+import csv
 import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from moesim.errors import UserError
+from moesim.workloads.base import MAX_TOKENS
 from moesim.workloads.replay import TraceArrays
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+FIELDS = ("arrival_s", "timestamp", "prompt_tokens", "output_tokens", "tenant")
 ALIASES = {
     "arrival_s": ("arrival_s",),
     "timestamp": ("timestamp",),
     "prompt_tokens": ("prompt_tokens", "contexttokens"),
     "output_tokens": ("output_tokens", "generatedtokens"),
-    "tenant": ("tenant",),
+    "tenant": ("tenant", "model"),
 }
 NEEDED = "arrival_s or timestamp, prompt_tokens, output_tokens (tenant optional)"
+TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}  # seconds per unit
+# ``time_unit=auto`` on numbers: the unit that puts the largest value in the range of an epoch time
+# (1973..5138 in seconds): ≥ 1e17 ns, ≥ 1e14 µs, ≥ 1e11 ms, else seconds (relative times included).
+EPOCH_THRESHOLDS = ((1e17, "ns"), (1e14, "us"), (1e11, "ms"))
+
+
+@dataclass(frozen=True)
+class TraceFormat:
+    """A public trace format: which of its columns supply which field, its time unit, and its quirks.
+
+    Attributes:
+        name: the ``workload.format`` value.
+        columns: field → the format's column name.
+        time_unit: unit of a numeric ``timestamp`` (``auto`` or a key of ``TIME_UNITS``).
+        skip_zero_output: leave out rows whose output is 0 tokens (requests that failed) and say so.
+        source: where the schema is documented.
+    """
+
+    name: str
+    columns: Mapping[str, str]
+    time_unit: str = "auto"
+    skip_zero_output: bool = False
+    source: str = ""
+
+
+_AZURE = {"timestamp": "TIMESTAMP", "prompt_tokens": "ContextTokens", "output_tokens": "GeneratedTokens"}
+PRESETS: dict[str, TraceFormat] = {
+    f.name: f
+    for f in (
+        # naive date-times with 7 fractional digits: 2023-11-16 18:15:46.6805900
+        TraceFormat("azure2023", _AZURE, source="github.com/Azure/AzurePublicDataset AzureLLMInferenceDataset2023"),
+        # the same columns; date-times with a UTC offset: 2024-05-10 00:00:00.0092750+00:00
+        TraceFormat("azure2024", _AZURE, source="github.com/Azure/AzurePublicDataset AzureLLMInferenceDataset2024"),
+        # JSONL: {"timestamp": ms since the first request, "input_length", "output_length", "hash_ids": [...]}
+        TraceFormat("mooncake", {"timestamp": "timestamp", "prompt_tokens": "input_length",
+                                 "output_tokens": "output_length"}, time_unit="ms",
+                    source="github.com/kvcache-ai/Mooncake FAST25-release/traces"),
+        # CSV: Timestamp (s, relative), Model, Request tokens, Response tokens, Total tokens, Log Type;
+        # failed requests have Response tokens 0
+        TraceFormat("burstgpt", {"timestamp": "Timestamp", "prompt_tokens": "Request tokens",
+                                 "output_tokens": "Response tokens", "tenant": "Model"}, time_unit="s",
+                    skip_zero_output=True, source="github.com/HPMLL/BurstGPT"),
+    )
+}
 
 
 class UnsortedTraceWarning(UserWarning):
     """A trace file's arrival times were out of order and have been sorted."""
 
 
-def read_trace(path: str | Path, tenants: int | None = None) -> TraceArrays:
-    """Read, validate and time-sort a trace file; ``tenants`` bounds the optional tenant column."""
+def epoch_unit(values: np.ndarray) -> str:
+    """The unit ``time_unit=auto`` gives numeric timestamps (see ``EPOCH_THRESHOLDS``)."""
+    top = float(np.max(np.abs(values))) if len(values) else 0.0
+    return next((unit for bound, unit in EPOCH_THRESHOLDS if top >= bound), "s")
+
+
+def read_trace(path: str | Path, tenants: int | None = None, *, format: str = "",
+               columns: Mapping[str, str] | None = None, time_unit: str = "auto") -> TraceArrays:
+    """Read, validate and time-sort a trace file.
+
+    Args:
+        tenants: bounds the optional tenant column (ids in 0..tenants-1, at most ``tenants`` names).
+        format: a key of ``PRESETS`` or ``""`` (moesim's columns and their aliases).
+        columns: field → column of the file, over the preset's (``""``: not mapped; ``"-"``: ignore the
+            field).
+        time_unit: unit of a numeric ``timestamp`` column; ``auto`` (the preset's, else ``epoch_unit``).
+    """
     path = Path(path)
     where = f"trace file {str(path)!r}"
+    preset = PRESETS.get(format) if format else None
+    if format and preset is None:
+        raise UserError(f"{where}: unknown format {format!r}; valid: {', '.join(PRESETS)} (or none)")
+    given = {k: v for k, v in (columns or {}).items() if v != ""}
+    mapping = {**(preset.columns if preset else {}), **given}
+    unit = time_unit if time_unit != "auto" or preset is None else preset.time_unit
     if not path.is_file():
         raise UserError(f"{where}: no such file")
     fmt = FORMATS.get(path.suffix.lower())
@@ -52,19 +129,35 @@ def read_trace(path: str | Path, tenants: int | None = None) -> TraceArrays:
         raise UserError(f"{where}: unknown format {path.suffix!r}; valid: {', '.join(FORMATS)}")
     if path.stat().st_size == 0:
         raise UserError(f"{where}: the file is empty (need columns {NEEDED})")
-    df = _read_frame(path, fmt, where)
+    if preset is not None:
+        where += f" (format={preset.name})"
+    df, header = _read_frame(path, fmt, where)
     if len(df) == 0:
         raise UserError(f"{where}: no data rows (need columns {NEEDED})")
-    cols = _match_columns(df, where)
+    cols = _match_columns(header, mapping, where)
 
+    skip_zero = preset is not None and preset.skip_zero_output
+    prompt = _int_column(df[cols["prompt_tokens"]], header[cols["prompt_tokens"]], 1, None, where)
+    output = _int_column(df[cols["output_tokens"]], header[cols["output_tokens"]], 0 if skip_zero else 1, None,
+                         where)
+    keep = output > 0 if skip_zero else np.ones(len(df), dtype=bool)
+    if not keep.any():
+        raise UserError(f"{where}: every row has {header[cols['output_tokens']]!r} = 0 (failed requests); "
+                        "nothing to replay")
     if "arrival_s" in cols:
-        arrival_s = _arrival_column(df[cols["arrival_s"]], where)
+        arrival_s = _arrival_column(df[cols["arrival_s"]], where, header[cols["arrival_s"]])
     else:
-        arrival_s = _timestamp_column(df[cols["timestamp"]], where)
-    prompt = _int_column(df[cols["prompt_tokens"]], "prompt_tokens", 1, None, where)
-    output = _int_column(df[cols["output_tokens"]], "output_tokens", 1, None, where)
-    tenant = _int_column(df[cols["tenant"]], "tenant", 0, tenants, where) if "tenant" in cols else None
+        arrival_s = _timestamp_column(df[cols["timestamp"]], where, unit, header[cols["timestamp"]])
+    tenant, names = (None, None)
+    if "tenant" in cols:
+        tenant, names = _tenant_column(df[cols["tenant"]], tenants, where, header[cols["tenant"]], keep)
 
+    skipped = int((~keep).sum())
+    if skipped:
+        arrival_s, prompt, output = arrival_s[keep], prompt[keep], output[keep]
+        tenant = tenant[keep] if tenant is not None else None
+    if "arrival_s" not in cols:
+        arrival_s = arrival_s - arrival_s.min()  # timestamps: the earliest replayed request arrives at 0
     back = np.flatnonzero(np.diff(arrival_s) < 0)
     if back.size:
         i = int(back[0]) + 1  # 0-based index of the first row earlier than its predecessor
@@ -77,25 +170,36 @@ def read_trace(path: str | Path, tenants: int | None = None) -> TraceArrays:
         order = np.argsort(arrival_s, kind="stable")
         arrival_s, prompt, output = arrival_s[order], prompt[order], output[order]
         tenant = tenant[order] if tenant is not None else None
-    return TraceArrays(str(path), arrival_s, prompt, output, tenant)
+    reason = f"failed requests ({header[cols['output_tokens']]} 0)" if skipped else ""
+    return TraceArrays(str(path), arrival_s, prompt, output, tenant, names, skipped, reason)
 
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _read_frame(path: Path, fmt: str, where: str) -> pd.DataFrame:
+def _read_frame(path: Path, fmt: str, where: str) -> tuple[pd.DataFrame, list[str]]:
+    """The file's rows with columns numbered 0..k-1, and its column names (duplicates kept)."""
     try:
         if fmt == "csv":
+            with path.open(newline="", encoding="utf-8-sig") as f:
+                header = next(csv.reader(f), [])
             # Strings throughout, so each cell is validated (and quoted back) exactly as written.
-            return pd.read_csv(path, dtype=str)
+            df = pd.read_csv(path, dtype=str, header=None, skiprows=1, names=list(range(len(header))))
+            return df, [str(h) for h in header]
         if fmt == "parquet":
-            return pd.read_parquet(path)
+            df = pd.read_parquet(path)
+            header = [str(c) for c in df.columns]
+            df.columns = list(range(len(header)))
+            return df, header
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise UserError(f"{where}: cannot read it as {fmt}: {_one_line(exc)}") from None
     except Exception as exc:  # pyarrow's own errors on a corrupt parquet file
         raise UserError(f"{where}: cannot read it as {fmt}: {_one_line(exc)}") from None
-    return _read_jsonl(path, where)
+    df = _read_jsonl(path, where)
+    header = [str(c) for c in df.columns]
+    df.columns = list(range(len(header)))
+    return df, header
 
 
 def _read_jsonl(path: Path, where: str) -> pd.DataFrame:
@@ -108,19 +212,49 @@ def _read_jsonl(path: Path, where: str) -> pd.DataFrame:
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            pairs = json.loads(line, object_pairs_hook=lambda kv: kv)
         except json.JSONDecodeError as exc:
             raise UserError(f"{where}: row {row}: not valid JSON ({exc.msg})") from None
-        if not isinstance(rec, dict):
+        if not isinstance(pairs, list) or (pairs and not isinstance(pairs[0], tuple)):
             raise UserError(f"{where}: row {row}: not a JSON object")
-        records.append(rec)
+        keys = [k for k, _ in pairs]
+        dup = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
+        if dup is not None:
+            raise UserError(f"{where}: row {row}: key {dup!r} appears twice; keep one")
+        records.append(dict(pairs))
     return pd.DataFrame.from_records(records)
 
 
-def _match_columns(df: pd.DataFrame, where: str) -> dict[str, str]:
-    by_key = {str(c).strip().lower(): c for c in df.columns}
-    cols = {want: by_key[a] for want, aliases in ALIASES.items() for a in aliases if a in by_key}
-    have = ", ".join(map(str, df.columns))
+def _match_columns(header: list[str], mapping: Mapping[str, str], where: str) -> dict[str, int]:
+    """Field → column position. A mapped field takes exactly its column; others take their one alias."""
+    norm = [h.strip().lower() for h in header]
+    have = ", ".join(header)
+    cols: dict[str, int] = {}
+    for fld, name in mapping.items():
+        if fld not in FIELDS:
+            raise UserError(f"{where}: columns.{fld}: unknown field; valid: {', '.join(FIELDS)}")
+        if name == "-":
+            continue
+        hits = [i for i, h in enumerate(header) if h == name] or [
+            i for i, h in enumerate(norm) if h == name.strip().lower()]
+        if not hits:
+            raise UserError(f"{where}: no column {name!r} for {fld} (has: {have})")
+        if len(hits) > 1:
+            raise UserError(f"{where}: column {name!r} for {fld} appears {len(hits)} times "
+                            f"(columns {', '.join(str(i + 1) for i in hits)}); keep one")
+        cols[fld] = hits[0]
+    taken = set(cols.values())
+    for fld, aliases in ALIASES.items():
+        if fld in mapping:
+            continue
+        hits = [i for i, h in enumerate(norm) if h in aliases and i not in taken]
+        if len(hits) > 1:
+            a, b = header[hits[0]], header[hits[1]]
+            what = (f"column {a!r} appears twice (columns {hits[0] + 1} and {hits[1] + 1})" if a == b
+                    else f"columns {a!r} and {b!r} both give {fld}")
+            raise UserError(f"{where}: {what}; choose one with workload.columns.{fld}=<column>")
+        if hits:
+            cols[fld] = hits[0]
     if "arrival_s" not in cols and "timestamp" not in cols:
         raise UserError(f"{where}: missing column 'arrival_s' or 'timestamp' (has: {have}); need {NEEDED}")
     for need in ("prompt_tokens", "output_tokens"):
@@ -143,18 +277,23 @@ def _numbers(col: pd.Series) -> np.ndarray:
     return pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def _int_column(col: pd.Series, name: str, minimum: int, below: int | None, where: str) -> np.ndarray:
-    """Integers ≥ minimum (and < below if given); integral floats such as 3.0 are accepted."""
+def _int_column(col: pd.Series, name: str, minimum: int, below: int | None, where: str,
+                maximum: int = MAX_TOKENS) -> np.ndarray:
+    """Integers in minimum..maximum (and < below if given); integral floats such as 3.0 are accepted.
+    ``name`` is the column's name in the file."""
     x = _numbers(col)
     missing = pd.isna(col).to_numpy()
     with np.errstate(invalid="ignore"):
-        bad = ~np.isfinite(x) | (x != np.floor(x)) | (x < minimum)
+        bad = ~np.isfinite(x) | (x != np.floor(x)) | (x < minimum) | (x > maximum)
         if below is not None:
             bad |= x >= below
     if not bad.any():
         return x.astype(np.int64)
     raw = col.to_numpy(dtype=object)
-    valid = f"an integer ≥ {minimum}" if below is None else f"an integer in 0..{below - 1} (tenants={below})"
+    if below is not None:
+        valid = f"an integer in 0..{below - 1} (tenants={below})"
+    else:
+        valid = f"an integer in {minimum}..{maximum:,}"
 
     def problem(i: int) -> str:
         v = x[i]
@@ -168,6 +307,8 @@ def _int_column(col: pd.Series, name: str, minimum: int, below: int | None, wher
             what = "is not an integer"
         elif v < minimum:
             what = f"is below {minimum}"
+        elif v > maximum:
+            what = "is too large"
         else:
             what = "is out of range"
         return f"{name}={raw[i]!r} {what}; must be {valid}"
@@ -175,17 +316,27 @@ def _int_column(col: pd.Series, name: str, minimum: int, below: int | None, wher
     raise _bad_row(where, bad, problem)
 
 
-def _arrival_column(col: pd.Series, where: str) -> np.ndarray:
+def _arrival_column(col: pd.Series, where: str, name: str) -> np.ndarray:
     x = _numbers(col)
     with np.errstate(invalid="ignore"):
         bad = ~np.isfinite(x) | (x < 0)
     if bad.any():
         raw = col.to_numpy(dtype=object)
-        raise _bad_row(where, bad, lambda i: f"arrival_s={raw[i]!r} is not a number ≥ 0 (seconds)")
+        raise _bad_row(where, bad, lambda i: f"{name}={raw[i]!r} is not a number ≥ 0 (seconds)")
     return x
 
 
-def _timestamp_column(col: pd.Series, where: str) -> np.ndarray:
+def _timestamp_column(col: pd.Series, where: str, unit: str, name: str) -> np.ndarray:
+    """Seconds since the column's earliest time: numbers in ``unit`` (``auto``: ``epoch_unit``), else
+    date-times."""
+    x = _numbers(col)
+    if np.isfinite(x).all():
+        u = epoch_unit(x) if unit == "auto" else unit
+        return (x - x.min()) * TIME_UNITS[u]
+    if unit != "auto" and np.isfinite(x).any():
+        bad = ~np.isfinite(x)
+        raw = col.to_numpy(dtype=object)
+        raise _bad_row(where, bad, lambda i: f"{name}={raw[i]!r} is not a number (time_unit={unit})")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pandas' format-inference chatter
         ts = pd.to_datetime(col, format="ISO8601", errors="coerce", utc=True)
@@ -198,6 +349,29 @@ def _timestamp_column(col: pd.Series, where: str) -> np.ndarray:
         raise _bad_row(
             where,
             bad,
-            lambda i: f"timestamp={raw[i]!r} is not a parsable date-time (e.g. 2023-11-16 18:15:46.680)",
+            lambda i: f"{name}={raw[i]!r} is not a parsable date-time (e.g. 2023-11-16 18:15:46.680) "
+            "nor a number",
         )
     return (ts - ts.min()).dt.total_seconds().to_numpy(dtype=np.float64)
+
+
+def _tenant_column(col: pd.Series, tenants: int | None, where: str, name: str,
+                   keep: np.ndarray) -> tuple[np.ndarray, tuple[str, ...] | None]:
+    """Tenant ids: integers in 0..tenants-1, or names numbered in order of first appearance among the
+    ``keep`` rows (the names returned too)."""
+    x = _numbers(col)
+    missing = pd.isna(col).to_numpy() | (col.astype(str).str.strip() == "").to_numpy()
+    if np.isfinite(x[~missing]).all() and (x[~missing] == np.floor(x[~missing])).all():
+        return _int_column(col, name, 0, tenants, where, maximum=np.iinfo(np.int64).max), None
+    if missing.any():
+        raise _bad_row(where, missing, lambda i: f"{name} is missing (empty); must be a tenant name or id")
+    text = col.astype(str).str.strip()
+    codes, uniques = pd.factorize(text[keep], sort=False)
+    ids = np.full(len(col), -1, dtype=np.int64)
+    ids[keep] = codes
+    names = tuple(str(u) for u in uniques)
+    if tenants is not None and len(names) > tenants:
+        shown = ", ".join(names[:5]) + (", …" if len(names) > 5 else "")
+        raise UserError(f"{where}: {name} names {len(names)} tenants ({shown}) but workload.tenants={tenants}; "
+                        f"set workload.tenants={len(names)}")
+    return ids, names

@@ -9,8 +9,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from moesim.errors import UserError
 from moesim.workloads import WORKLOADS
 from moesim.workloads.base import (
+    DEFAULT_MAX_REQUESTS,
+    MAX_HORIZON_S,
+    MAX_TENANTS,
+    MAX_TOKENS,
     STREAM_ARRIVALS,
     STREAM_TOKENS,
     Workload,
@@ -41,43 +46,71 @@ class PoissonConfig:
         zipf_s: Zipf exponent (≥ 0) for ``popularity="zipf"``.
         tokens_from: ``""`` (fixed counts) or a shipped trace (``azure_conv`` | ``azure_code``) whose
             (prompt, output) pairs are drawn jointly, uniformly with replacement, instead.
+        max_requests: the most requests the workload may generate. A config whose expected count
+            ``rate × tenants × duration_s`` exceeds it is refused before anything is drawn, and so is a
+            draw that exceeds it (a bursty ``gamma`` stream); raise it to run bigger workloads.
     """
 
     name: str = "poisson"
     rate: float = 0.05
     tenants: int = 2
-    duration_s: float = 3600.0
+    duration_s: float = 300.0
     prompt_tokens: int = 20
     output_tokens: int = 25
     popularity: str = "equal"
     zipf_s: float = 1.0
     tokens_from: str = ""
+    max_requests: int = DEFAULT_MAX_REQUESTS
 
     def __post_init__(self) -> None:
         n = self.name
         check_real(n, "rate", self.rate, 0.0, strict=True, unit="requests/s per tenant")
-        check_int(n, "tenants", self.tenants, 1)
-        check_real(n, "duration_s", self.duration_s, 0.0, strict=True, unit="seconds")
-        check_int(n, "prompt_tokens", self.prompt_tokens, 1)
-        check_int(n, "output_tokens", self.output_tokens, 1)
+        check_int(n, "tenants", self.tenants, 1, MAX_TENANTS)
+        check_real(n, "duration_s", self.duration_s, 0.0, strict=True, unit="seconds", maximum=MAX_HORIZON_S)
+        check_int(n, "prompt_tokens", self.prompt_tokens, 1, MAX_TOKENS)
+        check_int(n, "output_tokens", self.output_tokens, 1, MAX_TOKENS)
         check_choice(n, "popularity", self.popularity, POPULARITIES)
         check_real(n, "zipf_s", self.zipf_s, 0.0, strict=False, unit="Zipf exponent")
         check_choice(n, "tokens_from", self.tokens_from, TOKEN_SOURCES)
+        check_int(n, "max_requests", self.max_requests, 1)
+        expected = self.rate * self.tenants * self.duration_s
+        if expected > self.max_requests:
+            raise UserError(
+                f"workload={n}: rate={self.rate:g} × tenants={self.tenants} × duration_s={self.duration_s:g} "
+                f"is {expected:,.0f} requests expected, more than max_requests={self.max_requests:,}; "
+                "lower rate/duration_s or raise workload.max_requests"
+            )
 
 
-def renewal_arrivals(draw_gaps: Callable[[int], np.ndarray], rate: float, duration_s: float) -> np.ndarray:
+class TooManyRequestsError(Exception):
+    """A stream drew more arrivals than it was allowed (``renewal_arrivals``' ``limit``)."""
+
+
+def renewal_arrivals(draw_gaps: Callable[[int], np.ndarray], rate: float, duration_s: float,
+                     limit: int | None = None) -> np.ndarray:
     """Arrival times in [0, duration_s) of a renewal process whose inter-arrival gaps ``draw_gaps(n)`` gives
-    (mean 1/rate); the first arrival is one gap after 0. Gaps are drawn in chunks sized to the mean count."""
+    (mean 1/rate); the first arrival is one gap after 0. Gaps are drawn in chunks sized to the mean count.
+
+    Raises ``TooManyRequestsError`` as soon as more than ``limit`` arrivals fall in the window, so a bursty
+    stream's work and memory stay bounded by ``limit``."""
     expected = rate * duration_s
     chunk = int(expected + 5.0 * math.sqrt(expected) + 16)
+    if limit is not None:
+        chunk = min(chunk, limit + 1)
     parts: list[np.ndarray] = []
+    kept = 0
     t0 = 0.0
     while True:
         times = t0 + np.cumsum(draw_gaps(chunk))
-        if times[-1] >= duration_s:
-            parts.append(times[times < duration_s])
-            return np.concatenate(parts)
+        done = times[-1] >= duration_s
+        if done:
+            times = times[times < duration_s]
+        kept += len(times)
+        if limit is not None and kept > limit:
+            raise TooManyRequestsError
         parts.append(times)
+        if done:
+            return np.concatenate(parts)
         t0 = float(times[-1])
 
 
@@ -100,6 +133,10 @@ class Poisson(Workload):
             return c.rate * c.tenants * zipf_weights(c.tenants, c.zipf_s)
         return np.full(c.tenants, float(c.rate))
 
+    def _burst_hint(self) -> str:
+        """Why a draw may exceed its expected count (for the max_requests message)."""
+        return "Poisson counts rarely exceed it by much"
+
     def _gaps(self, rng: np.random.Generator, rate: float, n: int) -> np.ndarray:
         """``n`` inter-arrival gaps (seconds) of a stream at ``rate``."""
         return rng.exponential(1.0 / rate, n)
@@ -108,11 +145,20 @@ class Poisson(Workload):
         """Each tenant's stream from its own seeded generator, merged in time order."""
         c = self.cfg
         arrival_parts, tenant_parts = [], []
+        left = c.max_requests
         for i, rate in enumerate(self.tenant_rates_per_s.tolist()):
             rng = stream(seed, STREAM_ARRIVALS, i)
-            times = renewal_arrivals(
-                lambda n, rng=rng, rate=rate: self._gaps(rng, rate, n), rate, c.duration_s
-            )
+            try:
+                times = renewal_arrivals(
+                    lambda n, rng=rng, rate=rate: self._gaps(rng, rate, n), rate, c.duration_s, left
+                )
+            except TooManyRequestsError:
+                raise UserError(
+                    f"workload={c.name}: seed {seed} draws more than max_requests={c.max_requests:,} requests "
+                    f"(expected {c.rate * c.tenants * c.duration_s:,.0f}; {self._burst_hint()}); "
+                    "raise workload.max_requests or shorten duration_s"
+                ) from None
+            left -= len(times)
             arrival_parts.append(times)
             tenant_parts.append(np.full(len(times), i, dtype=np.int64))
         arrival_s = np.concatenate(arrival_parts)

@@ -8,7 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from moesim.errors import UserError
 from moesim.workloads.base import (
+    MAX_HORIZON_S,
+    MAX_TENANTS,
     STREAM_TENANTS,
     Workload,
     build_requests,
@@ -21,6 +24,9 @@ from moesim.workloads.base import (
 from moesim.workloads.request import Request
 from moesim.workloads.tenants import ASSIGNMENTS, assign_tenants
 
+MIN_TIME_SCALE = 1e-9  # a smaller factor squeezes an hour of trace into microseconds
+MAX_RATE_PER_S = 1e6  # requests/s per tenant, beyond any server
+
 
 @dataclass(frozen=True, eq=False)
 class TraceArrays:
@@ -31,6 +37,9 @@ class TraceArrays:
         arrival_s: arrival times, seconds, non-decreasing (float64).
         prompt_tokens, output_tokens: token counts ≥ 1 (int64).
         tenant: tenant ids (int64) when the file has a tenant column, else None.
+        tenant_names: the names of tenants 0..k-1 when the file's tenant column holds names (ids are given
+            in order of first appearance), else None.
+        skipped: rows of the file left out (e.g. BurstGPT's failed requests), with ``skip_reason``.
     """
 
     source: str
@@ -38,6 +47,9 @@ class TraceArrays:
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
     tenant: np.ndarray | None = None
+    tenant_names: tuple[str, ...] | None = None
+    skipped: int = 0
+    skip_reason: str = ""
 
     def __post_init__(self) -> None:
         for arr in (self.arrival_s, self.prompt_tokens, self.output_tokens, self.tenant):
@@ -69,8 +81,11 @@ class ReplayConfig:
         time_scale: multiplies every timestamp (> 1 stretches the trace, lowering the rate).
         rate: mean arrival rate PER TENANT; when > 0 it overrides ``time_scale`` so that the whole trace's
             mean total rate (requests / span) becomes ``rate × tenants``. 0 = use ``time_scale``.
-        duration_s: keep arrivals before this time (after scaling); 0 = the whole trace.
-        max_requests: keep at most this many (the earliest); 0 = all.
+        duration_s: keep arrivals before this time (after scaling); 0 = the whole trace (the default).
+        max_requests: keep at most this many (the earliest); 0 = all (the default).
+
+    Scaling must keep the replay meaningful: the scaled trace may span at most ``MAX_HORIZON_S`` seconds,
+    ``time_scale`` is at least ``MIN_TIME_SCALE`` and ``rate`` at most ``MAX_RATE_PER_S``.
     """
 
     name: str = "replay"
@@ -84,12 +99,14 @@ class ReplayConfig:
 
     def __post_init__(self) -> None:
         n = self.name
-        check_int(n, "tenants", self.tenants, 1)
+        check_int(n, "tenants", self.tenants, 1, MAX_TENANTS)
         check_choice(n, "assignment", self.assignment, ASSIGNMENTS)
         check_real(n, "zipf_s", self.zipf_s, 0.0, strict=False, unit="Zipf exponent")
-        check_real(n, "time_scale", self.time_scale, 0.0, strict=True, unit="factor on timestamps")
-        check_real(n, "rate", self.rate, 0.0, strict=False, unit="requests/s per tenant; 0 = use time_scale")
-        check_real(n, "duration_s", self.duration_s, 0.0, strict=False, unit="seconds; 0 = whole trace")
+        check_real(n, "time_scale", self.time_scale, MIN_TIME_SCALE, strict=False, unit="factor on timestamps")
+        check_real(n, "rate", self.rate, 0.0, strict=False, maximum=MAX_RATE_PER_S,
+                   unit="requests/s per tenant; 0 = use time_scale")
+        check_real(n, "duration_s", self.duration_s, 0.0, strict=False, maximum=MAX_HORIZON_S,
+                   unit="seconds; 0 = whole trace")
         check_int(n, "max_requests", self.max_requests, 0)
 
 
@@ -114,15 +131,34 @@ class Replay(Workload):
             self.time_scale = self.trace.mean_rate_per_s / (cfg.rate * cfg.tenants)
         else:
             self.time_scale = float(cfg.time_scale)
-        arrival_s = self.trace.arrival_s * self.time_scale
+        with np.errstate(over="ignore"):
+            arrival_s = self.trace.arrival_s * self.time_scale
         end_s = float(arrival_s[-1])
+        if not end_s <= MAX_HORIZON_S:  # also catches inf/nan
+            knob = f"rate={cfg.rate:g}" if cfg.rate > 0 else f"time_scale={cfg.time_scale:g}"
+            raise UserError(
+                f"workload={cfg.name}: {knob} stretches {self.trace.source}'s {self.trace.span_s:,.0f} s to "
+                f"{end_s:.3g} s, more than {MAX_HORIZON_S:g} s; valid: time_scale ≤ "
+                f"{MAX_HORIZON_S / max(self.trace.span_s, 1e-300):.3g} (or rate ≥ "
+                f"{self.trace.mean_rate_per_s * self.trace.span_s / MAX_HORIZON_S / cfg.tenants:.3g})"
+            )
         n = len(arrival_s)
+        self.cut = "whole trace"
         if cfg.duration_s > 0:
             n = int(np.searchsorted(arrival_s, cfg.duration_s, side="left"))
             end_s = min(end_s, float(cfg.duration_s))
+            if n < len(arrival_s):
+                self.cut = f"cut at workload.duration_s={cfg.duration_s:g}"
         if 0 < cfg.max_requests < n:
             n = cfg.max_requests
             end_s = float(arrival_s[n - 1])
+            self.cut = f"cut at workload.max_requests={cfg.max_requests:,}"
+        if n == 0:
+            raise UserError(
+                f"workload={cfg.name}: duration_s={cfg.duration_s:g} keeps no request of {self.trace.source} "
+                f"(its first arrives at {float(arrival_s[0]):g} s after scaling); valid: duration_s > "
+                f"{float(arrival_s[0]):g} or 0 (whole trace)"
+            )
         self._arrival_s = arrival_s[:n]
         self._horizon_s = end_s
 
@@ -135,6 +171,22 @@ class Replay(Workload):
         """End of the replayed window (seconds): ``duration_s`` when it cuts the trace, the last kept
         arrival when ``max_requests`` cuts it, else the scaled time of the trace's last request."""
         return self._horizon_s
+
+    @property
+    def tenant_names(self) -> tuple[str, ...] | None:
+        """The trace's tenant names (ids in order of first appearance), if its tenant column holds names."""
+        return self.trace.tenant_names
+
+    def selection(self, n_requests: int) -> str:
+        """E.g. ``replaying 1,445 of 19,366 requests of F (cut at workload.duration_s=300)``."""
+        t = self.trace
+        in_file = len(t) + t.skipped
+        why = self.cut
+        if t.skipped:
+            why += f"; skipped {t.skipped:,} {t.skip_reason}"
+        scale = f", time_scale {self.time_scale:.4g}" if self.time_scale != 1.0 else ""
+        return (f"replaying {n_requests:,} of {in_file:,} requests of {t.source} ({why}{scale}; "
+                f"{self._horizon_s:,.1f} s)")
 
     def generate(self, seed: int) -> list[Request]:
         """The trace's requests in order, times scaled; tenants from the file or assigned by the config."""

@@ -1,27 +1,55 @@
-"""``trace``: replay of a user's trace file (CSV, JSONL or parquet; columns in ``moesim.workloads.loader``)."""
+"""``trace``: replay of a user's trace file (CSV, JSONL or parquet; columns, presets and column mappings in
+``moesim.workloads.loader``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from moesim.workloads import WORKLOADS
-from moesim.workloads.base import invalid
-from moesim.workloads.loader import read_trace
+from moesim.workloads.base import check_choice, invalid
+from moesim.workloads.loader import FIELDS, PRESETS, TIME_UNITS, read_trace
 from moesim.workloads.replay import Replay, ReplayConfig, TraceArrays
 
 
 @dataclass(frozen=True)
 class TraceConfig(ReplayConfig):
-    """A user trace file at ``path``; the other fields as in ``ReplayConfig``. A ``tenant`` column in the
-    file takes precedence over ``assignment`` and must lie in 0..tenants-1."""
+    """A user trace file; the other fields as in ``ReplayConfig``.
+
+    Attributes:
+        path: the .csv, .jsonl or .parquet file.
+        format: a public trace format (``azure2023``, ``azure2024``, ``mooncake``, ``burstgpt``) or ``""``
+            (moesim's column names and their aliases).
+        columns: field → the file's column, e.g. ``{"prompt_tokens": "input_length"}``; fields are
+            ``arrival_s``, ``timestamp``, ``prompt_tokens``, ``output_tokens``, ``tenant``. A mapped field
+            overrides the format's column; ``""`` (the default) leaves the field to the format or the
+            aliases; ``"-"`` ignores that field (e.g. ``tenant`` of ``burstgpt``, to assign tenants instead).
+        time_unit: unit of a numeric ``timestamp`` column: ``auto`` (the format's, else by magnitude:
+            ≥ 1e17 ns, ≥ 1e14 µs, ≥ 1e11 ms, else seconds), ``s``, ``ms``, ``us`` or ``ns``.
+
+    A tenant column takes precedence over ``assignment``: integer ids must lie in 0..tenants-1; names
+    become ids in order of first appearance (at most ``tenants`` of them) and are kept in the outputs.
+    """
 
     name: str = "trace"
     path: str = ""
+    format: str = ""
+    columns: dict[str, str] = field(default_factory=lambda: dict.fromkeys(FIELDS, ""))
+    time_unit: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not isinstance(self.path, str) or not self.path.strip():
             raise invalid(self.name, "path", self.path, "the path of a .csv, .jsonl or .parquet trace file")
+        check_choice(self.name, "format", self.format, ("", *PRESETS))
+        check_choice(self.name, "time_unit", self.time_unit, ("auto", *TIME_UNITS))
+        if not isinstance(self.columns, Mapping):
+            raise invalid(self.name, "columns", self.columns, "a mapping of field to column name")
+        for fld, col in self.columns.items():
+            if fld not in FIELDS:
+                raise invalid(self.name, f"columns.{fld}", col, f"fields {', '.join(FIELDS)}")
+            if not isinstance(col, str):
+                raise invalid(self.name, f"columns.{fld}", col, "a column name ('-' ignores the field)")
 
 
 @WORKLOADS.register("trace", TraceConfig)
@@ -31,4 +59,5 @@ class Trace(Replay):
     cfg: TraceConfig
 
     def _load(self) -> TraceArrays:
-        return read_trace(self.cfg.path, tenants=self.cfg.tenants)
+        c = self.cfg
+        return read_trace(c.path, tenants=c.tenants, format=c.format, columns=c.columns, time_unit=c.time_unit)

@@ -1,0 +1,162 @@
+"""Which variants run on which GPU, under which policy: a plain file a user can write by hand.
+
+Placement file (YAML or JSON)::
+
+    strategy: pack                 # provenance only
+    gpus:
+      - gpu: 0                     # index into the fleet's GPUs
+        tenants: [0, 3, 5]         # global tenant (variant) ids; local ids 0,1,2 for the policy, in this order
+      - gpu: 1
+        tenants: [1, 2]
+        policy: mig                # optional: this GPU's policy instead of the job's
+        policy_params: {layout: "3g+3g"}
+      - gpu: 2
+        tenants: [0]               # a replica of tenant 0: the router shares its load with GPU 0
+
+MIG instances and consolidation groups are the policy's layout of the GPU's tenants: ``policy: mig`` puts
+the i-th listed tenant on MIG instance i; ``policy_params: {plan: my_plan.json}`` consolidates with a plan
+whose variant i is the i-th listed tenant. A GPU not listed holds nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from moesim.errors import UserError
+
+
+@dataclass(frozen=True)
+class GPUPlacement:
+    """The variants on one GPU.
+
+    Attributes:
+        gpu: the GPU's index in the fleet.
+        tenants: global tenant ids, in the order the policy numbers them (local 0..n−1).
+        policy: policy name for this GPU; empty: the job's policy.
+        policy_params: parameters of that policy (empty: the job's policy parameters, or defaults).
+    """
+
+    gpu: int
+    tenants: tuple[int, ...]
+    policy: str = ""
+    policy_params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A placement: which GPU holds which variants.
+
+    Attributes:
+        gpus: one entry per GPU that holds something, ascending GPU index.
+        strategy: the strategy that produced it (provenance; ``"file"`` for a hand-written one).
+    """
+
+    gpus: tuple[GPUPlacement, ...]
+    strategy: str = ""
+
+    def __post_init__(self) -> None:
+        seen = set()
+        for p in self.gpus:
+            if p.gpu in seen:
+                raise UserError(f"placement: GPU {p.gpu} listed twice")
+            seen.add(p.gpu)
+            if len(set(p.tenants)) != len(p.tenants):
+                raise UserError(f"placement: GPU {p.gpu} lists a tenant twice: {list(p.tenants)}")
+            if any((not isinstance(t, int)) or t < 0 for t in p.tenants):
+                raise UserError(f"placement: GPU {p.gpu}: tenants must be integers ≥ 0, got {list(p.tenants)}")
+
+    def replicas(self) -> dict[int, tuple[int, ...]]:
+        """Tenant → GPUs holding it (ascending)."""
+        out: dict[int, list[int]] = {}
+        for p in sorted(self.gpus, key=lambda p: p.gpu):
+            for t in p.tenants:
+                out.setdefault(t, []).append(p.gpu)
+        return {t: tuple(g) for t, g in sorted(out.items())}
+
+    def check(self, n_gpus: int, n_tenants: int | None = None) -> None:
+        """Refuse GPU indices outside the fleet (and, given ``n_tenants``, tenants outside 0..n−1)."""
+        for p in self.gpus:
+            if not 0 <= p.gpu < n_gpus:
+                raise UserError(f"placement: GPU {p.gpu} is not in the fleet (GPUs 0..{n_gpus - 1})")
+            if n_tenants is not None:
+                bad = [t for t in p.tenants if t >= n_tenants]
+                if bad:
+                    raise UserError(f"placement: GPU {p.gpu} lists tenants {bad}; the workload has tenants "
+                                    f"0..{n_tenants - 1}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The file form."""
+        gpus = []
+        for p in self.gpus:
+            d: dict[str, Any] = {"gpu": p.gpu, "tenants": list(p.tenants)}
+            if p.policy:
+                d["policy"] = p.policy
+            if p.policy_params:
+                d["policy_params"] = dict(p.policy_params)
+            gpus.append(d)
+        return {"strategy": self.strategy, "gpus": gpus}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "placement") -> Placement:
+        """Parse the file form (UserError naming ``where`` and the field on bad input)."""
+        if not isinstance(data, dict) or not isinstance(data.get("gpus"), list):
+            raise UserError(f"{where}: expected a mapping with a list 'gpus' of {{gpu, tenants}} entries")
+        bad = sorted(set(data) - {"strategy", "gpus"})
+        if bad:
+            raise UserError(f"{where}: unknown field(s) {bad}; valid: strategy, gpus")
+        out = []
+        for i, e in enumerate(data["gpus"]):
+            if not isinstance(e, dict) or "gpu" not in e or "tenants" not in e:
+                raise UserError(f"{where}: gpus[{i}] needs 'gpu' (an index) and 'tenants' (a list)")
+            bad = sorted(set(e) - {"gpu", "tenants", "policy", "policy_params"})
+            if bad:
+                raise UserError(f"{where}: gpus[{i}]: unknown field(s) {bad}; valid: gpu, tenants, policy, "
+                                "policy_params")
+            if not isinstance(e["gpu"], int) or not isinstance(e["tenants"], list):
+                raise UserError(f"{where}: gpus[{i}]: gpu must be an integer and tenants a list of integers")
+            params = e.get("policy_params") or {}
+            if not isinstance(params, dict):
+                raise UserError(f"{where}: gpus[{i}].policy_params must be a mapping")
+            out.append(GPUPlacement(e["gpu"], tuple(e["tenants"]), str(e.get("policy") or ""), params))
+        return cls(tuple(sorted(out, key=lambda p: p.gpu)), str(data.get("strategy") or ""))
+
+
+def read_mapping(path: str | Path) -> Any:
+    """A YAML or JSON file's content (UserError when missing or unreadable)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such file")
+    text = p.read_text()
+    try:
+        if p.suffix == ".json":
+            return json.loads(text)
+        import yaml
+
+        return yaml.safe_load(text)
+    except Exception as exc:  # a parse error, in one line
+        raise UserError(f"{p}: cannot parse ({str(exc).splitlines()[0]})") from None
+
+
+def load_placement(path: str | Path) -> Placement:
+    """A placement file (YAML, or JSON by its .json suffix)."""
+    return Placement.from_dict(read_mapping(path), str(path))
+
+
+def save_placement(placement: Placement, path: str | Path) -> Path:
+    """Write ``placement`` as YAML (or JSON for a .json path), atomically."""
+    from moesim.io import atomic_path
+
+    p = Path(path)
+    data = placement.to_dict()
+    with atomic_path(p) as tmp:
+        if p.suffix == ".json":
+            tmp.write_text(json.dumps(data, indent=1) + "\n")
+        else:
+            import yaml
+
+            tmp.write_text(yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
+    return p

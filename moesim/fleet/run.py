@@ -1,0 +1,70 @@
+"""Run a workload on a fleet: build each GPU's policy and cost model, then one SimPy simulation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from moesim.engine.instance import Instance
+from moesim.engine.simulation import GPUSetup, Router, SimResult, simulate_fleet
+from moesim.fleet.load import PlacementProblem, TenantLoad
+from moesim.fleet.placement import Placement
+from moesim.fleet.spec import FleetSpec
+from moesim.specs import ModelSpec
+from moesim.workloads.request import Request
+
+
+def plan_placement(strategy: str, strategy_cfg: Any, model: ModelSpec, fleet: FleetSpec, load: TenantLoad, *,
+                   policy: str, policy_cfg: Any, cost: str, cost_cfg: Any, slo_ttft_s: float = 2.0) -> Placement:
+    """The placement strategy ``strategy`` (a PLACEMENTS name) chooses for ``load`` on ``fleet``."""
+    from moesim.fleet.strategies import PLACEMENTS
+
+    problem = PlacementProblem(model, fleet.gpus(), load, policy, policy_cfg, cost, cost_cfg, slo_ttft_s)
+    placement = PLACEMENTS.build(strategy, strategy_cfg).place(problem)
+    placement.check(fleet.n_gpus, load.n_tenants)
+    return placement
+
+
+def run_fleet(model: ModelSpec, fleet: FleetSpec, placement: Placement, requests: Sequence[Request], *,
+              policy: str, policy_cfg: Any, cost: str, cost_cfg: Any, router: Router | None = None,
+              progress: bool = False, instance_cls: type[Instance] = Instance,
+              costs: dict[str, Any] | None = None) -> SimResult:
+    """Simulate ``requests`` on ``fleet`` laid out as ``placement``.
+
+    Each placed GPU runs ``policy`` (or the policy its placement entry names) over its tenants, timed by a
+    cost model ``cost`` built for its GPU type; ``router`` shares replicated variants' load. Requests of a
+    tenant placed nowhere are refused with a reason. Returns the single-GPU tables plus ``gpu`` and
+    ``rejected`` columns. ``costs`` (GPU type name → cost model) is filled with the cost models built.
+    """
+    from moesim.cost import COST_MODELS
+    from moesim.policies import POLICIES
+
+    placement.check(fleet.n_gpus)
+    gpus = fleet.gpus()
+    costs = {} if costs is None else costs
+    setups = []
+    for p in placement.gpus:
+        if not p.tenants:
+            continue
+        fg = gpus[p.gpu]
+        if p.policy:
+            pol = POLICIES.build(p.policy, p.policy_params or None)
+        elif p.policy_params:
+            base = {k: v for k, v in vars(policy_cfg).items() if k != "name"} if policy_cfg is not None else {}
+            pol = POLICIES.build(policy, {**base, **dict(p.policy_params)})
+        else:
+            pol = POLICIES.build(policy, policy_cfg)
+        c = costs.get(fg.spec.name)
+        if c is None:
+            c = costs[fg.spec.name] = COST_MODELS.build(cost, cost_cfg, model=model, gpu=fg.spec)
+        setups.append(GPUSetup(fg.spec, pol, c, tuple(p.tenants), fg.node, fg.name, fg.index))
+    if not setups:
+        from moesim.errors import UserError
+
+        raise UserError("placement: no GPU holds any variant")
+    if router is None and any(len(g) > 1 for g in placement.replicas().values()):
+        from moesim.fleet.routers import ROUTERS
+
+        router = ROUTERS.build("least_work")
+    return simulate_fleet(model, setups, requests, router=router, node_caps_Bps=fleet.node_caps_Bps(),
+                          progress=progress, instance_cls=instance_cls)
