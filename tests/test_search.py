@@ -11,7 +11,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -21,7 +20,6 @@ from hypothesis import strategies as st
 from moesim.errors import UserError
 from moesim.search.config import SearchConfig
 from moesim.search.driver import Arm, Search, _Bracket, scale_workload
-from moesim.search.fleet_eval import spread
 from moesim.search.prices import DEFAULT_PRICES, load_prices
 from moesim.search.trial import NONDETERMINISTIC, run_trial
 
@@ -52,7 +50,7 @@ class OracleBackend:
             out.append({"attainment": a, "attainment_min": min(a), "attainment_mean": min(a), "n_requests": 10,
                         "n_refused": 0, "tokens_per_s": 1000.0, "output_tokens_per_s": 500.0,
                         "mean_ttft_s": 0.1, "p90_ttft_s": 0.2, "horizon_s": 10.0,
-                        "placement": [{"gpu": g, "variants": [0]} for g in range(c["count"])], "error": "",
+                        "placement": [{"gpu": g, "tenants": [0]} for g in range(c["count"])], "error": "",
                         "wall_s": 0.0})
         return out
 
@@ -94,13 +92,13 @@ def test_search_picks_the_cheapest_verified_fleet_on_an_oracle() -> None:
     thr = {("h200", "multiplex"): 3, ("a100-80gb", "multiplex"): 8, ("h200", "swap"): 5,
            ("a100-80gb", "swap"): 20}
     be = OracleBackend(thr)
-    cfg = SearchConfig(gpus=("h200", "a100-80gb"), policies=("multiplex", "swap"), max_batch=(8,),
-                       max_gpus=32, loads=(1.0,))
+    cfg = SearchConfig(gpus=("h200", "a100-80gb"), strategies=("greedy_slo",), policies=("multiplex", "swap"),
+                       max_batch=(8,), max_gpus=32, loads=(1.0,))
     res = Search(cfg, BASE, prices, be).run()
     needed = {(r.gpu, r.policy): int(r.needed) for r in res.needed.itertuples()}
     assert needed == thr
     assert res.answer is not None
-    assert (res.answer.arm, res.answer.count) == (Arm("a100-80gb", "spread", "multiplex", 8), 8)
+    assert (res.answer.arm, res.answer.count) == (Arm("a100-80gb", "greedy_slo", "multiplex", 8), 8)
     assert res.answer.usd_per_hour == pytest.approx(8 * 1.30)
     # $/Mtok = $/h / (tokens/s * 3600) * 1e6 with the oracle's 1000 tokens/s
     assert res.answer.usd_per_mtok == pytest.approx(10.4 / 3.6)
@@ -125,7 +123,8 @@ def test_margin_rule_raises_the_count_until_the_fresh_seeds_hold() -> None:
             return out
 
     be = Flaky({("h200", "multiplex"): 2})
-    cfg = SearchConfig(gpus=("h200",), policies=("multiplex",), max_batch=(8,), max_gpus=8)
+    cfg = SearchConfig(gpus=("h200",), strategies=("greedy_slo",), policies=("multiplex",), max_batch=(8,),
+                       max_gpus=8)
     res = Search(cfg, BASE, load_prices(), be).run()
     assert res.answer is not None
     assert res.answer.count == 4
@@ -136,7 +135,8 @@ def test_margin_rule_raises_the_count_until_the_fresh_seeds_hold() -> None:
 
 def test_nothing_feasible_gives_no_answer() -> None:
     be = OracleBackend({("h200", "multiplex"): 99})
-    cfg = SearchConfig(gpus=("h200",), policies=("multiplex",), max_batch=(8,), max_gpus=6)
+    cfg = SearchConfig(gpus=("h200",), strategies=("greedy_slo",), policies=("multiplex",), max_batch=(8,),
+                       max_gpus=6)
     res = Search(cfg, BASE, load_prices(), be).run()
     assert res.answer is None
     assert res.needed["needed"].isna().all()
@@ -182,24 +182,8 @@ def test_a_gpu_without_a_price_is_refused_before_any_trial(tmp_path: Path) -> No
 # ---- placement and trials -------------------------------------------------------------------------------
 
 
-def test_spread_replicates_the_heaviest_variant_per_replica() -> None:
-    loads = np.array([6.0, 3.0, 1.0])
-    assert spread(loads, 3) == [[0], [1], [2]]
-    # 4th GPU: variant 0 (6 > 3 > 1); 5th: 0 has 3 per replica, ties with 1 → the lower id (0) first
-    assert spread(loads, 4) == [[0], [0], [1], [2]]
-    assert spread(loads, 5) == [[0], [0], [0], [1], [2]]
-    assert spread(loads, 6) == [[0], [0], [0], [1], [1], [2]]
-
-
-def test_spread_with_fewer_gpus_deals_longest_first() -> None:
-    loads = np.array([5.0, 4.0, 3.0, 3.0, 1.0])
-    # LPT, heaviest first to the least-loaded GPU: v0→g0 (5), v1→g1 (4), v2→g1 (7), v3→g0 (8), v4→g1 (8)
-    assert spread(loads, 2) == [[0, 3], [1, 2, 4]]
-    assert spread(loads, 1) == [[0, 1, 2, 3, 4]]
-
-
 def _trial(count: int, policy: str = "multiplex", seeds: tuple[int, ...] = (0, 1), **wl: Any) -> dict[str, Any]:
-    return {"model": BASE["model"], "gpu": "h200", "count": count, "strategy": "spread", "policy": policy,
+    return {"model": BASE["model"], "gpu": "h200", "count": count, "strategy": "greedy_slo", "policy": policy,
             "policy_params": {"max_batch": 8}, "workload": {**BASE["workload"], **wl}, "cost": {"name": "best"},
             "seeds": list(seeds), "slo_ttft_s": 2.0, "slo_tpot_s": 0.2}
 
@@ -216,15 +200,15 @@ def test_trial_is_deterministic_and_counts_every_request() -> None:
     assert a["n_requests"] == len(wl.generate(0)) + len(wl.generate(1))
     assert a["n_refused"] == 0
     assert [p["gpu"] for p in a["placement"]] == [0, 1]
-    assert sorted(v for p in a["placement"] for v in p["variants"]) == [0, 1, 2, 3]
+    assert sorted(v for p in a["placement"] for v in p["tenants"]) == [0, 1, 2, 3]
     assert len(a["attainment"]) == 2
     assert all(0 <= x <= 1 for x in a["attainment"])
 
 
 def test_trial_that_cannot_fit_is_infeasible_not_an_exception() -> None:
     s = run_trial(_trial(1, policy="mig", tenants=8))  # 8 MIG instances: an H200 holds at most 7
-    assert s["error"]
-    assert "MIG" in s["error"]
+    assert s["error"] == ("placement=greedy_slo: no GPU has memory room for variant 5; 1 GPUs hold at most 7 "
+                          "variant copies")
     assert s["attainment"] == [0.0, 0.0]
 
 
@@ -247,7 +231,8 @@ def _search(rate: float, policies: tuple[str, ...] = ("multiplex", "swap"), **kw
     from moesim.search.backends import LocalBackend
 
     base = {**BASE, "workload": {**BASE["workload"], "rate": rate}}
-    cfg = SearchConfig(gpus=("h200",), policies=policies, max_batch=(8,), max_gpus=16, **kw)
+    cfg = SearchConfig(gpus=("h200",), strategies=("greedy_slo",), policies=policies, max_batch=(8,), max_gpus=16,
+                       **kw)
     return Search(cfg, base, load_prices(), LocalBackend(1)).run()
 
 
@@ -294,7 +279,7 @@ def test_cli_writes_every_output_and_they_agree(tmp_path: Path, capsys: pytest.C
 
     out = tmp_path / "s"
     rc = main(["workload.tenants=4", "workload.rate=2.0", "workload.duration_s=30", "search.gpus=h200",
-               "search.policies=multiplex,swap", "search.max_batch=8", "search.max_gpus=8", "search.loads=0.5,2",
+               "search.strategies=greedy_slo", "search.policies=multiplex,swap", "search.max_batch=8", "search.max_gpus=8", "search.loads=0.5,2",
                "search.backend=local", "search.workers=1", "search.progress=false", f"search.out={out}"])
     assert rc == 0
     line = capsys.readouterr().out
@@ -304,11 +289,16 @@ def test_cli_writes_every_output_and_they_agree(tmp_path: Path, capsys: pytest.C
     summary = json.loads((out / "search.json").read_text())
     assert summary["trials"] == len(trials)
     ans = summary["answer"]
-    placement = yaml.safe_load((out / "best_placement.yaml").read_text())
-    assert (placement["gpu"], placement["count"], placement["policy"]) == (ans["arm"]["gpu"], ans["count"],
-                                                                            ans["arm"]["policy"])
-    assert len(placement["gpus"]) == ans["count"]
-    assert {v for g in placement["gpus"] for v in g["variants"]} == {0, 1, 2, 3}
+    # the placement file is moesim.fleet's: it loads back, every variant placed, on GPUs of the fleet
+    from moesim.fleet import load_placement
+
+    placement = load_placement(out / "best_placement.yaml")
+    placement.check(ans["count"], 4)
+    assert set(placement.replicas()) == {0, 1, 2, 3}
+    assert {(g.policy, g.policy_params["max_batch"]) for g in placement.gpus} == {(ans["arm"]["policy"], 8)}
+    assert placement.strategy == ans["arm"]["strategy"]
+    raw = yaml.safe_load((out / "best_placement.yaml").read_text())
+    assert [g["tenants"] for g in raw["gpus"]] == [list(p["tenants"]) for p in ans["placement"]]
     # the verify row of the answer is in the table, feasible, priced as count x price
     v = trials[(trials["phase"] == "verify") & (trials["feasible"])]
     assert len(v) == 1

@@ -20,7 +20,7 @@ BASE = {"model": "mixtral-8x7b",
         "workload": {"name": "poisson", "rate": 2.0, "tenants": 4, "duration_s": 20.0, "prompt_tokens": 20,
                      "output_tokens": 25, "popularity": "zipf", "zipf_s": 1.0, "tokens_from": ""},
         "cost": {"name": "best"}, "slo_ttft_s": 2.0, "slo_tpot_s": 0.2}
-CFG = SearchConfig(gpus=("h200", "a100-80gb"), policies=("multiplex", "swap"), max_batch=(8,), max_gpus=8,
+CFG = SearchConfig(gpus=("h200", "a100-80gb"), strategies=("greedy_slo", "per_variant"), policies=("multiplex", "swap"), max_batch=(8,), max_gpus=8,
                    seeds=(0,), verify_seeds=(1000,), loads=(1.0, 2.0))
 
 

@@ -14,9 +14,11 @@ class SearchConfig:
 
     Attributes:
         gpus: GPU types tried (each needs a price in the price table).
-        strategies: placement strategies tried.
+        strategies: placement strategies tried (moesim.fleet.PLACEMENTS; ``optimal`` stops its MILP at a time
+            limit, so its placement, and the search's answer, may then depend on the machine's speed).
         policies: sharing policies tried on every GPU of a fleet.
         max_batch: batch limits (sequences per batch) tried.
+        router: the live router of every fleet (moesim.fleet.ROUTERS).
         target: SLO attainment a fleet must reach: the share of requests whose TTFT and TPOT are both within
             slo_ttft_s and slo_tpot_s (refused requests count as missed).
         margin: the search needs target + margin on EVERY search seed; the answer is then re-simulated on
@@ -34,9 +36,10 @@ class SearchConfig:
     """
 
     gpus: tuple[str, ...] = ("a100-80gb", "h100-80gb", "h200")
-    strategies: tuple[str, ...] = ("spread",)
+    strategies: tuple[str, ...] = ("greedy_slo", "pack", "per_variant")
     policies: tuple[str, ...] = ("multiplex", "reconfig", "swap")
     max_batch: tuple[int, ...] = (8, 32)
+    router: str = "least_work"
     target: float = 0.9
     margin: float = 0.01
     seeds: tuple[int, ...] = (0, 1)

@@ -43,7 +43,7 @@ class Arm:
     max_batch: int
 
     def label(self) -> str:
-        """``h200 spread multiplex b8``."""
+        """``h200 greedy_slo multiplex b8``."""
         return f"{self.gpu} {self.strategy} {self.policy} b{self.max_batch}"
 
 
@@ -134,7 +134,7 @@ def check_space(cfg: SearchConfig, base: dict[str, Any]) -> None:
 
     from moesim.errors import unknown_name
     from moesim.policies import POLICIES
-    from moesim.search.fleet_eval import STRATEGIES, _cost
+    from moesim.search.fleet_eval import _cost, routers, strategies
     from moesim.specs import GPU_SPECS
 
     for gpu in cfg.gpus:
@@ -144,15 +144,17 @@ def check_space(cfg: SearchConfig, base: dict[str, Any]) -> None:
         if pol not in POLICIES.names():
             raise unknown_name("policy in search.policies", pol, POLICIES.names())
     for st in cfg.strategies:
-        if st not in STRATEGIES:
-            raise unknown_name("strategy in search.strategies", st, STRATEGIES)
+        if st not in strategies():
+            raise unknown_name("strategy in search.strategies", st, strategies())
+    if cfg.router not in routers():
+        raise unknown_name("router in search.router", cfg.router, routers())
     for gpu in cfg.gpus:
         _cost(base["model"], gpu, json.dumps(base.get("cost") or {"name": "best"}, sort_keys=True))
 
 
 class Search:
     """One capacity search (see the module doc). ``base`` holds the trial keys the search does not vary:
-    model, workload, cost, slo_ttft_s, slo_tpot_s, and optionally policy_params and router."""
+    model, workload, cost, slo_ttft_s, slo_tpot_s, and optionally policy_params."""
 
     def __init__(self, cfg: SearchConfig, base: dict[str, Any], prices: PriceTable, backend: Backend, *,
                  on_round: Callable[[pd.DataFrame], None] | None = None,
@@ -179,8 +181,7 @@ class Search:
             "cost": self.base.get("cost") or {"name": "best"}, "seeds": [int(s) for s in seeds],
             "slo_ttft_s": float(self.base["slo_ttft_s"]), "slo_tpot_s": float(self.base["slo_tpot_s"]),
         }
-        if self.base.get("router"):
-            cfg["router"] = self.base["router"]
+        cfg["router"] = self.cfg.router
         return cfg
 
     def _run(self, batch: list[tuple[Arm, int, float, str]]) -> list[dict[str, Any]]:

@@ -1,20 +1,15 @@
-"""Simulate one fleet of a trial config for one seed.
+"""Simulate one fleet of a trial config for one seed, through moesim.fleet (one SimPy env, live routing).
 
-Interim fleet model (until moesim.fleet lands): the fleet is ``count`` GPUs of one type, each running the
-trial's policy over the variants placed on it, with requests pinned to their variant's GPU (a variant with
-several replicas has its requests dealt to them round-robin in arrival order). GPUs share nothing, so the
-fleet is that many independent single-GPU simulations.
-
-Placement ``spread``: with at least as many GPUs as variants, every variant gets one GPU and the remaining
-GPUs go, one at a time, to the variant with the highest expected load per replica; with fewer GPUs, variants
-are dealt to the least-loaded GPU in decreasing order of expected load (longest-processing-time first).
-Expected load is each variant's tokens (prompt + output) in the first seed's requests.
+The fleet is ``count`` GPUs of one type (``FleetSpec.uniform``), every GPU running the trial's policy over the
+variants the placement strategy (a ``moesim.fleet.PLACEMENTS`` name) puts on it; the strategy plans from the
+expected load measured on the FIRST search seed's requests (``TenantLoad.of``), so every seed of a trial runs
+the same placement. Requests are routed live by the trial's router (default ``least_work``); a request no
+GPU can take is refused with a reason and counts as missing the SLO.
 """
 
 from __future__ import annotations
 
 import functools
-import heapq
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +20,7 @@ import pandas as pd
 from moesim.errors import UserError
 from moesim.workloads.request import Request
 
-STRATEGIES = ("spread",)
+DEFAULT_ROUTER = "least_work"
 
 
 @dataclass(frozen=True)
@@ -33,10 +28,10 @@ class FleetRun:
     """One seed of one fleet.
 
     Attributes:
-        requests: one row per request: tenant, gpu (index, -1 when refused), arrival_s, first_token_s,
+        requests: one row per request: tenant, gpu (fleet index, -1 when refused), arrival_s, first_token_s,
             finish_s, prompt_tokens, output_tokens, refused (bool); times in seconds.
-        refused: requests no GPU could take.
-        placement: ``[{"gpu": i, "variants": [...]}, ...]``.
+        refused: requests no GPU took.
+        placement: ``[{"gpu": i, "tenants": [...]}, ...]`` (the placement file's ``gpus`` list).
         horizon_s: the workload's duration (seconds).
         span_s: ``max(horizon_s, last finish)`` (seconds), the window throughput is measured over.
     """
@@ -48,6 +43,20 @@ class FleetRun:
     span_s: float
 
 
+def strategies() -> list[str]:
+    """Placement strategies the search may try: every registered one but ``file`` (a fixed placement)."""
+    from moesim.fleet import PLACEMENTS
+
+    return [s for s in PLACEMENTS.names() if s != "file"]
+
+
+def routers() -> list[str]:
+    """Registered routers."""
+    from moesim.fleet import ROUTERS
+
+    return ROUTERS.names()
+
+
 @functools.lru_cache(maxsize=8)
 def _requests(workload_json: str, seed: int) -> tuple[tuple[Request, ...], int, float]:
     from moesim.workloads import WORKLOADS
@@ -57,97 +66,84 @@ def _requests(workload_json: str, seed: int) -> tuple[tuple[Request, ...], int, 
     return tuple(wl.generate(seed)), wl.tenants, float(wl.horizon_s)
 
 
-@functools.lru_cache(maxsize=16)
-def _cost(model: str, gpu: str, cost_json: str) -> Any:
+def _cost_cfg(model: str, gpu: str, cost_json: str) -> Any:
+    """The cost model's config dataclass (``best``: the most faithful one shipped for the pair)."""
     from moesim.config import best_cost
     from moesim.cost import COST_MODELS
     from moesim.specs import get_gpu, get_model
 
-    m, g = get_model(model), get_gpu(gpu)
     params = json.loads(cost_json)
     name = params.get("name", "best")
-    cfg = best_cost(m, g) if name == "best" else COST_MODELS.config(name, params)
-    return COST_MODELS.build(cfg.name, cfg, model=m, gpu=g)
+    if name == "best":
+        return best_cost(get_model(model), get_gpu(gpu))
+    return COST_MODELS.config(name, params)
 
 
-def spread(loads: np.ndarray, count: int) -> list[list[int]]:
-    """Variants per GPU (see the module doc); every variant is placed at least once."""
-    k = len(loads)
-    if count < 1:
-        raise UserError(f"count={count}: a fleet needs at least one GPU")
-    if count >= k:
-        replicas = np.ones(k, dtype=np.int64)
-        heap = [(-float(loads[v]), v) for v in range(k)]
-        heapq.heapify(heap)
-        for _ in range(count - k):
-            _, v = heapq.heappop(heap)
-            replicas[v] += 1
-            heapq.heappush(heap, (-float(loads[v]) / replicas[v], v))
-        return [[v] for v in range(k) for _ in range(int(replicas[v]))]
-    gpus: list[list[int]] = [[] for _ in range(count)]
-    heap2 = [(0.0, g) for g in range(count)]
-    for v in sorted(range(k), key=lambda v: (-float(loads[v]), v)):
-        total, g = heapq.heappop(heap2)
-        gpus[g].append(v)
-        heapq.heappush(heap2, (total + float(loads[v]), g))
-    return [sorted(vs) for vs in gpus]
+@functools.lru_cache(maxsize=16)
+def _cost(model: str, gpu: str, cost_json: str) -> Any:
+    """The cost model built for ``gpu`` (memoised per process: its step-time memos are shared by trials)."""
+    from moesim.cost import COST_MODELS
+    from moesim.specs import get_gpu, get_model
+
+    cfg = _cost_cfg(model, gpu, cost_json)
+    return COST_MODELS.build(cfg.name, cfg, model=get_model(model), gpu=get_gpu(gpu))
+
+
+def _policy_cfg(config: dict[str, Any]) -> Any:
+    from moesim.policies import POLICIES
+
+    return POLICIES.config(config["policy"], {"max_batch": 1, **(config.get("policy_params") or {})})
+
+
+@functools.lru_cache(maxsize=256)
+def _placement(key: str) -> Any:
+    """The strategy's placement for a trial config (``key``: its JSON without seeds but the first)."""
+    from moesim.fleet import FleetSpec, TenantLoad, plan_placement
+    from moesim.specs import get_model
+
+    config = json.loads(key)
+    first, n_tenants, horizon = _requests(json.dumps(config["workload"], sort_keys=True), config["seed0"])
+    load = TenantLoad.of(first, n_tenants=n_tenants, horizon_s=horizon)
+    cost_cfg = _cost_cfg(config["model"], config["gpu"], json.dumps(config.get("cost") or {"name": "best"},
+                                                                    sort_keys=True))
+    return plan_placement(config["strategy"], None, get_model(config["model"]),
+                          FleetSpec.uniform(config["gpu"], count=int(config["count"])), load,
+                          policy=config["policy"], policy_cfg=_policy_cfg(config), cost=cost_cfg.name,
+                          cost_cfg=cost_cfg, slo_ttft_s=float(config["slo_ttft_s"]))
+
+
+def placement_of(config: dict[str, Any]) -> Any:
+    """The ``moesim.fleet.Placement`` a trial config runs (planned once, on its first seed's load)."""
+    if config["strategy"] not in strategies():
+        raise UserError(f"unknown placement strategy {config['strategy']!r}; valid: {', '.join(strategies())}")
+    key = {k: v for k, v in config.items() if k != "seeds"}
+    key["seed0"] = int(config["seeds"][0])
+    return _placement(json.dumps(key, sort_keys=True))
 
 
 def evaluate(config: dict[str, Any], seed: int) -> FleetRun:
     """Run ``config``'s fleet on the workload drawn with ``seed`` (UserError when it cannot be built)."""
-    from moesim.engine import simulate
-    from moesim.policies import POLICIES
-    from moesim.specs import get_gpu, get_model
+    from moesim.fleet import ROUTERS, FleetSpec, run_fleet
+    from moesim.specs import get_model
 
-    if config["strategy"] not in STRATEGIES:
-        raise UserError(f"unknown placement strategy {config['strategy']!r}; valid: {', '.join(STRATEGIES)}")
-    model, gpu = get_model(config["model"]), get_gpu(config["gpu"])
-    wl_json = json.dumps(config["workload"], sort_keys=True)
-    requests, n_tenants, horizon = _requests(wl_json, seed)
-    first, _, _ = _requests(wl_json, int(config["seeds"][0]))
-    loads = np.zeros(n_tenants)
-    for r in first:
-        loads[r.tenant] += r.prompt_tokens + r.output_tokens
-    groups = spread(loads, int(config["count"]))
-    cost = _cost(config["model"], config["gpu"], json.dumps(config.get("cost") or {"name": "best"},
-                                                            sort_keys=True))
-    # requests → GPU: a variant's replicas take its requests in turn
-    replicas: dict[int, list[int]] = {}
-    for g, vs in enumerate(groups):
-        for v in vs:
-            replicas.setdefault(v, []).append(g)
-    turn = dict.fromkeys(replicas, 0)
-    per_gpu: list[list[Request]] = [[] for _ in groups]
-    for r in requests:
-        gs = replicas[r.tenant]
-        per_gpu[gs[turn[r.tenant] % len(gs)]].append(r)
-        turn[r.tenant] += 1
-    n = len(requests)
-    first_s, finish_s = np.full(n, np.nan), np.full(n, np.nan)
-    where = np.full(n, -1, dtype=np.int64)
-    params = {"max_batch": 1, **(config.get("policy_params") or {})}
-    for g, (vs, reqs) in enumerate(zip(groups, per_gpu, strict=True)):
-        if not reqs:
-            continue
-        local = {v: i for i, v in enumerate(vs)}
-        sub = [Request(i, local[r.tenant], r.arrival_s, r.prompt_tokens, r.output_tokens)
-               for i, r in enumerate(reqs)]
-        policy = POLICIES.build(config["policy"], params)
-        res = simulate(model, gpu, policy, cost, sub, n_tenants=len(vs))
-        ids = np.fromiter((r.id for r in reqs), dtype=np.int64, count=len(reqs))
-        first_s[ids] = res.requests["first_token_s"].to_numpy()
-        finish_s[ids] = res.requests["finish_s"].to_numpy()
-        where[ids] = g
+    cost_json = json.dumps(config.get("cost") or {"name": "best"}, sort_keys=True)
+    requests, _, horizon = _requests(json.dumps(config["workload"], sort_keys=True), seed)
+    placement = placement_of(config)
+    cost_cfg = _cost_cfg(config["model"], config["gpu"], cost_json)
+    router = ROUTERS.build(config.get("router") or DEFAULT_ROUTER)
+    result = run_fleet(get_model(config["model"]), FleetSpec.uniform(config["gpu"], count=int(config["count"])),
+                       placement, requests, policy=config["policy"], policy_cfg=_policy_cfg(config),
+                       cost=cost_cfg.name, cost_cfg=cost_cfg, router=router,
+                       costs={config["gpu"]: _cost(config["model"], config["gpu"], cost_json)})
+    r = result.requests
+    refused = (r["rejected"].astype(str) != "").to_numpy()
     df = pd.DataFrame({
-        "tenant": np.fromiter((r.tenant for r in requests), dtype=np.int64, count=n),
-        "gpu": where,
-        "arrival_s": np.fromiter((r.arrival_s for r in requests), dtype=float, count=n),
-        "first_token_s": first_s,
-        "finish_s": finish_s,
-        "prompt_tokens": np.fromiter((r.prompt_tokens for r in requests), dtype=np.int64, count=n),
-        "output_tokens": np.fromiter((r.output_tokens for r in requests), dtype=np.int64, count=n),
-        "refused": where < 0,
+        "tenant": r["tenant"].to_numpy(), "gpu": r["gpu"].to_numpy(), "arrival_s": r["arrival_s"].to_numpy(),
+        "first_token_s": r["first_token_s"].to_numpy(), "finish_s": r["finish_s"].to_numpy(),
+        "prompt_tokens": r["prompt_tokens"].to_numpy(), "output_tokens": r["output_tokens"].to_numpy(),
+        "refused": refused,
     })
-    last = float(np.nanmax(finish_s)) if n and not np.isnan(finish_s).all() else 0.0
-    placement = [{"gpu": g, "variants": vs} for g, vs in enumerate(groups)]
-    return FleetRun(df, int((where < 0).sum()), placement, horizon, max(horizon, last))
+    fin = df["finish_s"].to_numpy(float)
+    last = float(np.nanmax(fin)) if len(fin) and not np.isnan(fin).all() else 0.0
+    gpus = placement.to_dict()["gpus"]
+    return FleetRun(df, int(refused.sum()), gpus, horizon, max(horizon, last))

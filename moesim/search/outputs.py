@@ -33,20 +33,20 @@ def write_trials(out: Path, trials: pd.DataFrame) -> Path:
 
 
 def placement_yaml(answer: Answer, model: str, command: str) -> str:
-    """The chosen fleet as a placement file: GPU type, policy and batch limit, then each GPU's variants."""
+    """The chosen fleet as a moesim.fleet placement file (``placement=file placement.path=...`` reads it):
+    each GPU's variants (tenant ids) with the policy and batch limit it runs; the header says how to re-run it."""
     import yaml
 
-    doc = {
-        "model": model,
-        "gpu": answer.arm.gpu,
-        "count": answer.count,
-        "strategy": answer.arm.strategy,
-        "policy": answer.arm.policy,
-        "max_batch": answer.arm.max_batch,
-        "gpus": [{"gpu": int(p["gpu"]), "variants": [int(v) for v in p["variants"]]} for p in answer.placement],
-    }
+    gpus = [{"gpu": int(p["gpu"]), "tenants": [int(t) for t in p["tenants"]], "policy": answer.arm.policy,
+             "policy_params": {"max_batch": answer.arm.max_batch}} for p in answer.placement]
+    doc = {"strategy": answer.arm.strategy, "gpus": gpus}
+    a = answer.arm
     head = (f"# The cheapest fleet found by: {command}\n"
-            f"# {answer.count} x {answer.arm.gpu}, {answer.usd_per_hour:.2f}/hour; variants are tenant ids.\n")
+            f"# {answer.count} x {a.gpu} ({model}), placement {a.strategy}, policy {a.policy}, max_batch "
+            f"{a.max_batch}: {answer.usd_per_hour:.2f}/hour. Re-run it:\n"
+            f"#   python -m moesim.simulate hydra.mode=RUN hydra.run.dir=D model={model} gpu={a.gpu} "
+            f"fleet.gpus={answer.count} placement=file placement.path=THIS_FILE policy={a.policy} "
+            f"policy.max_batch={a.max_batch} (plus the workload keys of the search)\n")
     return head + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=110)
 
 

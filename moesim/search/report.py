@@ -117,7 +117,7 @@ def placement_figure(placement: list[dict[str, Any]], loads: np.ndarray) -> go.F
     (a variant with r replicas puts 1/r of its load on each)."""
     replicas: dict[int, int] = {}
     for p in placement:
-        for v in p["variants"]:
+        for v in p["tenants"]:
             replicas[v] = replicas.get(v, 0) + 1
     total = float(loads.sum()) or 1.0
     fig = go.Figure()
@@ -126,7 +126,7 @@ def placement_figure(placement: list[dict[str, Any]], loads: np.ndarray) -> go.F
     for v in variants:
         xs, ys, text = [], [], []
         for p, label in zip(placement, gpu_labels, strict=True):
-            if v in p["variants"]:
+            if v in p["tenants"]:
                 xs.append(float(loads[v]) / replicas[v] / total * 100)
                 ys.append(label)
                 text.append(f"v{v}" + (f" (1/{replicas[v]})" if replicas[v] > 1 else ""))
