@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     from moesim.search import outputs, report
     from moesim.search.backends import make_backend
     from moesim.search.cli import parse
-    from moesim.search.driver import Search, check_space
+    from moesim.search.driver import Search, check_space, cost_lines
     from moesim.search.prices import load_prices
 
     cmd = parse(argv)
@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     for gpu in cfg.gpus:
         prices.per_hour(gpu)
     out = _out_dir(cfg.out)
+    for gpu, line in cost_lines(cfg, cmd.base).items():
+        print(f"moesim: cost on {gpu}: {line}", file=sys.stderr)
     command = "python -m moesim.search " + " ".join(shlex.quote(a) for a in argv)
     bar = None
     if cfg.progress:

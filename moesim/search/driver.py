@@ -152,6 +152,19 @@ def check_space(cfg: SearchConfig, base: dict[str, Any]) -> None:
         _cost(base["model"], gpu, json.dumps(base.get("cost") or {"name": "best"}, sort_keys=True))
 
 
+def cost_lines(cfg: SearchConfig, base: dict[str, Any]) -> dict[str, str]:
+    """GPU → the line naming the cost model its trials use (measured profile, DERIVED profile or analytic)."""
+    import json
+
+    from moesim.job import cost_line
+    from moesim.search.fleet_eval import _cost
+
+    cost_json = json.dumps(base.get("cost") or {"name": "best"}, sort_keys=True)
+    best = (base.get("cost") or {}).get("name", "best") == "best"
+    return {g: cost_line(_cost(base["model"], g, cost_json), base["model"], g, fallback=best).removeprefix("cost: ")
+            for g in cfg.gpus}
+
+
 class Search:
     """One capacity search (see the module doc). ``base`` holds the trial keys the search does not vary:
     model, workload, cost, slo_ttft_s, slo_tpot_s, and optionally policy_params."""
@@ -258,7 +271,8 @@ class Search:
         needed["usd_per_hour"] = [self.prices.per_hour(g, int(n)) if pd.notna(n) else math.nan
                                   for g, n in zip(needed["gpu"], needed["needed"], strict=True)]
         answer = self._verify({a: br.hi for (a, x), br in brackets.items() if x == 1.0 and br.hi is not None})
-        return SearchResult(self.trials(), needed, answer, self.rounds, {"search": asdict(self.cfg), **self.base})
+        return SearchResult(self.trials(), needed, answer, self.rounds,
+                            {"search": asdict(self.cfg), **self.base, "cost_models": cost_lines(self.cfg, self.base)})
 
     def _verify(self, counts: dict[Arm, int]) -> Answer | None:
         """The cheapest candidate that holds on the verify seeds (module doc)."""

@@ -187,6 +187,11 @@ def build(out: Path, result: SearchResult, prices: PriceTable, *, command: str, 
                  f"margin = {s['target'] + s['margin']:g} on every search seed; the cheapest is then re-simulated on "
                  f"the fresh verify seeds and must reach {s['target']:g} on each, else its GPU count is raised. "
                  f"{len(trials)} trials in {result.rounds} rounds, {wall_s:.0f} s.</p>")
+    unmeasured = {g: ln for g, ln in cfg.get("cost_models", {}).items() if "(measured on" not in ln}
+    if unmeasured:
+        parts.append("<p class=\"derived\">Not every GPU's step times were measured: "
+                     + "; ".join(f"<b>{_esc(g)}</b>: {_esc(ln)}" for g, ln in unmeasured.items())
+                     + ". Comparisons across GPU types are only as good as these estimates.</p>")
     price_rows = [(g, fmt(p, 4)) for g, p in sorted(prices.prices.items())]
     label = ("APPROXIMATE list prices (shipped default; edit a copy and pass search.prices=FILE)" if approx
              else f"from {prices.path}")
@@ -215,6 +220,7 @@ def build(out: Path, result: SearchResult, prices: PriceTable, *, command: str, 
     parts.append("<h2>Workload and SLO</h2>" + kv_table(
         [("model", _esc(cfg["model"])), ("workload", _esc(json.dumps(cfg["workload"]))),
          ("cost model", _esc(json.dumps(cfg["cost"]))),
+         *[(f"cost model on {g}", _esc(line)) for g, line in cfg.get("cost_models", {}).items()],
          ("SLO", _esc(f"TTFT ≤ {cfg['slo_ttft_s']} s and TPOT ≤ {cfg['slo_tpot_s']} s")),
          ("total arrival rate at load 1", fmt(rates.get(1.0, math.nan), 4) + " requests/s")]))
     parts.append(data_block("answer", None if ans is None else {
