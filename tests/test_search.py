@@ -361,3 +361,32 @@ def test_cli_help_lists_every_search_key(capsys: pytest.CaptureFixture[str]) -> 
     for f in dataclasses.fields(SearchConfig):
         assert f"search.{f.name}=" in text
     assert "usage: python -m moesim.search" in text
+
+
+def test_a_trial_is_the_plain_simulation_job_of_its_placement(tmp_path: Path) -> None:
+    """The search's trial and ``python -m moesim.simulate placement=file`` of the placement it saved give the
+    same per-request times (the trial is a plain fleet simulation job)."""
+    from hydra import compose, initialize_config_dir
+
+    from moesim import job
+    from moesim.config import CONF_DIR, job_spec, register_configs
+    from moesim.fleet import save_placement
+    from moesim.search.fleet_eval import evaluate, placement_of
+
+    cfg = {**_trial(2, "multiplex", seeds=(3,)), "router": "least_work"}
+    run = evaluate(cfg, 3)
+    path = save_placement(placement_of(cfg), tmp_path / "p.yaml")
+    wl = BASE["workload"]
+    register_configs()
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        composed = compose("config", overrides=[
+            "model=mixtral-8x7b", "gpu=h200", "policy=multiplex", "policy.max_batch=8", "fleet.gpus=2",
+            "placement=file", f"placement.path={path}", "router=least_work", "seed=3",
+            f"workload.tenants={wl['tenants']}", f"workload.rate={wl['rate']}",
+            f"workload.duration_s={wl['duration_s']}"])
+    job.run(job_spec(composed), tmp_path / "job")
+    req = pd.read_parquet(tmp_path / "job" / "requests.parquet").sort_values("request_id")
+    assert len(req) == len(run.requests)
+    assert req["gpu"].tolist() == run.requests["gpu"].tolist()
+    assert req["first_token_s"].tolist() == run.requests["first_token_s"].tolist()
+    assert req["finish_s"].tolist() == run.requests["finish_s"].tolist()

@@ -4,7 +4,8 @@ One search over 32 Mixtral-8x7B variants (Poisson arrivals with Azure-conversati
 popularity, ``--duration`` seconds, two search seeds) across 3 GPU types × 3 placement strategies × 3 policies
 × 2 batch limits at two loads, run once per ``--workers`` value on a local Ray. Prints, per run: the distinct
 fleet configurations simulated, the wall time, the summed CPU time of the trials, the load average of the
-machine (other processes share its cores), and whether every run gave the same answer; writes the figures
+machine (other processes share its cores), the trials' summed CPU time per wall second (the cores the search
+actually got), and whether every run gave the same answer; writes the figures
 as JSON to ``--out`` when given.
 """
 
@@ -53,6 +54,9 @@ def run_once(workers: int, backend: str = "ray", duration_s: float = 60.0) -> di
         "backend": backend, "workers": workers, "variants": 32,
         "fleet_configurations": len(distinct), "trials": len(t), "rounds": res.rounds,
         "wall_s": round(wall, 1), "trial_wall_s_sum": round(float(t["wall_s"].sum()), 1),
+        "trial_cpu_s_sum": round(float(t["cpu_s"].sum()), 1),
+        # CPU seconds of trials per wall second: how many cores the search kept busy
+        "busy_cores": round(float(t["cpu_s"].sum()) / wall, 2),
         "requests_per_trial": int(t["n_requests"].median()),
         "loadavg_1min_start": round(load0, 2), "loadavg_1min_end": round(os.getloadavg()[0], 2),
         "answer": None if a is None else f"{a.count} x {a.arm.label()} at {a.usd_per_hour:.2f}/hour",

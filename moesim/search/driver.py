@@ -240,7 +240,7 @@ class Search:
             "usd_per_mtok_output": usd_h / (out_tok * 3600) * 1e6 if out_tok > 0 else math.nan,
             "tokens_per_s": tok, "output_tokens_per_s": out_tok, "n_requests": s["n_requests"],
             "n_refused": s["n_refused"], "mean_ttft_s": s["mean_ttft_s"], "p90_ttft_s": s["p90_ttft_s"],
-            "error": s["error"], "wall_s": s["wall_s"],
+            "error": s["error"], "wall_s": s["wall_s"], "cpu_s": s.get("cpu_s", math.nan),
         }
 
     def trials(self) -> pd.DataFrame:

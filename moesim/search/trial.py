@@ -27,7 +27,7 @@ from moesim.errors import UserError
 KEYS = ("model", "gpu", "count", "strategy", "policy", "policy_params", "router", "workload", "cost", "seeds",
         "slo_ttft_s", "slo_tpot_s")
 # summary keys that vary between runs of the same config (left out when comparing answers)
-NONDETERMINISTIC = ("wall_s",)
+NONDETERMINISTIC = ("wall_s", "cpu_s")
 
 
 def trial_key(config: dict[str, Any]) -> str:
@@ -44,7 +44,7 @@ def run_trial(config: dict[str, Any]) -> dict[str, Any]:
     bad = sorted(set(config) - set(KEYS))
     if bad:
         raise UserError(f"trial config: unknown key(s) {bad}; valid: {', '.join(KEYS)}")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     from moesim.search.fleet_eval import evaluate
 
     seeds = [int(s) for s in config["seeds"]]
@@ -89,6 +89,7 @@ def run_trial(config: dict[str, Any]) -> dict[str, Any]:
         "placement": placement,
         "error": error,
         "wall_s": time.perf_counter() - t0,
+        "cpu_s": time.process_time() - c0,
     }
 
 
