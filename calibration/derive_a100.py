@@ -26,10 +26,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from moesim.calibrate.floors import floor_table
-from moesim.calibrate.schema import Row, frame_to_rows, profile_stem, read_profile, write_profile
 from moesim.calibrate.work import op_work
 from moesim.cost.base import ExpertGroup, Residency, SeqWork
 from moesim.cost.profile import ProfileCost, ProfileCostConfig
+from moesim.formats.profile import Row, frame_to_rows, profile_stem, read_profile, write_profile
 from moesim.specs import get_gpu, get_model
 
 H200_PEAK_FLOPS, H200_PEAK_BPS = 989e12, 4800e9

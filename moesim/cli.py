@@ -22,6 +22,7 @@ import math
 import re
 import sys
 import textwrap
+import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -59,6 +60,11 @@ def convert(name: str, text: str, kind: Any) -> Any:
             raise UserError(f"{name}={text!r}: expected a finite number")
         return value
     origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):  # X | None: "none"/"null" is None, else an X
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if text.strip().lower() in ("none", "null", ""):
+            return None
+        return convert(name, text, args[0]) if len(args) == 1 else text
     if origin in (tuple, list):
         args = [a for a in typing.get_args(kind) if a is not Ellipsis] or [str]
         items = [t for t in (p.strip() for p in text.split(",")) if t]

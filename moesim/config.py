@@ -18,6 +18,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional, Union
 
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -38,14 +39,20 @@ BEST_COST_ORDER = ("profile", "roofline", "constant")
 
 @dataclass
 class ModelConfig:
-    """``model=<name>``: one of ``moesim.specs.MODEL_SPECS``."""
+    """``model=<name>``: one of ``moesim.specs.MODEL_SPECS``, or ``model=path/to/config.json``.
+
+    Attributes:
+        name: shipped model name or config.json path.
+        dtype: routed experts' weight format (``auto``: as the config says; bf16, fp8, mxfp4, int4).
+    """
 
     name: str = MISSING
+    dtype: str = "auto"
 
 
 @dataclass
 class GPUConfig:
-    """``gpu=<name>``: one of ``moesim.specs.GPU_SPECS``."""
+    """``gpu=<name>``: one of ``moesim.specs.GPU_SPECS``, or ``gpu=path/to/gpu.yaml``."""
 
     name: str = MISSING
 
@@ -93,12 +100,12 @@ class ReportConfig:
 
 @dataclass
 class SimulateConfig:
-    """The job config of ``python -m moesim.simulate``.
+    """The job config of ``python -m moesim.simulate`` (SLO defaults: ``moesim.slo``, defined there once).
 
     Attributes:
         seed: workload seed.
-        slo_ttft_s: TTFT target of the SLO (seconds; default ``moesim.slo.SLO_TTFT_S``).
-        slo_tpot_s: time-per-output-token target of the SLO (seconds; default ``moesim.slo.SLO_TPOT_S``).
+        slo_ttft_s: TTFT target of the SLO (seconds).
+        slo_tpot_s: time-per-output-token target of the SLO (seconds).
         slo_classes: tenants with their own targets: name → {ttft_s, tpot_s, tenants} (moesim.slo).
         progress: show the engine's progress bar; null: in single runs only.
     """
@@ -204,7 +211,8 @@ class BestCostConfig:
     """``cost=best``: the most faithful cost model shipped for the job's GPU × model.
 
     A calibrated ``profile`` when one ships for that pair (``calibration/profiles/<gpu>__<model>.parquet``),
-    else ``roofline``, each with its defaults. To set parameters choose the model: ``cost=roofline``.
+    else ``roofline`` with the measured efficiencies of another model's profile on that GPU (marked
+    derived; ``moesim.cost.derive``), else the datasheet ``roofline``. To set parameters choose the model: ``cost=roofline``.
     """
 
     name: str = "best"
@@ -223,6 +231,10 @@ def best_cost(model: ModelSpec, gpu: GPUSpec) -> Any:
             if name not in COST_MODELS.names():
                 continue
             cfg = COST_MODELS.config(name)
+            if name == "roofline":  # a measured profile of another model on this GPU lends its efficiencies
+                from moesim.cost.derive import derived_roofline_config
+
+                cfg = derived_roofline_config(model, gpu) or cfg
             try:
                 COST_MODELS.build(name, cfg, model=model, gpu=gpu)
             except UserError:
@@ -248,6 +260,9 @@ def register_configs() -> None:
         cs.store(group="model", name=name, node=ModelConfig(name=name))
     for name in GPU_SPECS:
         cs.store(group="gpu", name=name, node=GPUConfig(name=name))
+    # model=path / gpu=path become model=file model.name=<absolute path> (see rewrite_file_overrides)
+    cs.store(group="model", name="file", node=ModelConfig())
+    cs.store(group="gpu", name="file", node=GPUConfig())
     for group, reg in registries().items():
         for name in reg.names():
             cs.store(group=group, name=name, node=mirror(reg.get(name)[1]))
@@ -327,6 +342,19 @@ def _positive(name: str, value: float, unit: str) -> None:
         raise UserError(f"{name}={value}: must be a finite number > 0 ({unit})")
 
 
+def _check_context(workload: Any, model: ModelSpec) -> None:
+    """Fixed token counts longer than the model's context would have every request rejected: refuse now."""
+    limit = model.max_context_tokens
+    prompt, output = getattr(workload, "prompt_tokens", None), getattr(workload, "output_tokens", None)
+    if not limit or prompt is None or output is None or getattr(workload, "tokens_from", ""):
+        return
+    if prompt + output > limit:
+        raise UserError(
+            f"workload.prompt_tokens={prompt} + workload.output_tokens={output} = {prompt + output} tokens, "
+            f"more than model={model.name}'s context of {limit} tokens; valid: a sum ≤ {limit}"
+        )
+
+
 def _check_known_keys(cfg: DictConfig) -> None:
     """Refuse keys the schema does not have (``+polcy=mig`` adds one; hydra would silently keep it)."""
     import difflib
@@ -339,25 +367,13 @@ def _check_known_keys(cfg: DictConfig) -> None:
         near = difflib.get_close_matches(key, valid, n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
         raise UserError(f"unknown key {key!r}{hint}; valid keys: {', '.join(valid)}")
-    for group in ("model", "gpu"):
+    for group, keys in (("model", ("name", "dtype")), ("gpu", ("name",))):
         node = cfg.get(group)
         if isinstance(node, DictConfig):
-            extra = [str(k) for k in node if k != "name"]
+            extra = [str(k) for k in node if k not in keys]
             if extra:
-                raise UserError(f"unknown key {group}.{extra[0]!r}; {group} has only a name ({group}=<name>)")
-
-
-def _check_context(workload: Any, model: ModelSpec) -> None:
-    """Fixed token counts longer than the model's context would have every request rejected: refuse now."""
-    limit = model.max_context_tokens
-    prompt, output = getattr(workload, "prompt_tokens", None), getattr(workload, "output_tokens", None)
-    if not limit or prompt is None or output is None or getattr(workload, "tokens_from", ""):
-        return
-    if prompt + output > limit:
-        raise UserError(
-            f"workload.prompt_tokens={prompt} + workload.output_tokens={output} = {prompt + output} tokens, "
-            f"more than model={model.name}'s context of {limit} tokens; valid: a sum ≤ {limit}"
-        )
+                raise UserError(f"unknown key {group}.{extra[0]!r}; {group} has only "
+                                f"{' and '.join(keys)} ({group}=<name or file>)")
 
 
 def job_spec(cfg: DictConfig) -> JobSpec:
@@ -391,7 +407,8 @@ def _job_spec(cfg: DictConfig) -> JobSpec:
     _check_known_keys(cfg)
     regs = registries()
     built: dict[str, Any] = {}
-    model, gpu = get_model(cfg.model.name), get_gpu(cfg.gpu.name)
+    model = get_model(cfg.model.name, str(cfg.model.get("dtype", "auto")))
+    gpu = get_gpu(cfg.gpu.name)
     for group, reg in regs.items():
         node = cfg[group]
         name = node.get("name")
@@ -429,16 +446,27 @@ def _job_spec(cfg: DictConfig) -> JobSpec:
 
 
 def sweep_jobs(params: dict[str, str] | None, overrides: list[str]) -> list[list[str]]:
-    """The override list of every job of a sweep, as hydra's basic sweeper expands it.
+    """The override list of every job of a sweep, as hydra's basic sweeper expands it (public API only).
 
-    ``params`` are ``hydra.sweeper.params``; command-line ``overrides`` of the same key replace them.
+    ``params`` are ``hydra.sweeper.params``; command-line ``overrides`` of the same key replace them. Each
+    key keeps its first position; discrete sweeps (``a,b``, ``choice``, ``range``) expand, in order, into the
+    cartesian product; other sweep types are refused in one line.
     """
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    import itertools
+
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     args = [f"{k}={v}" for k, v in (params or {}).items()] + list(overrides)
-    parsed = OverridesParser.create().parse_overrides(args)
-    return BasicSweeper.split_arguments(parsed, None)[0]
+    per_key: dict[str, list[str]] = {}
+    for o in OverridesParser.create().parse_overrides(args):
+        key = o.get_key_element()
+        if not o.is_sweep_override():
+            per_key[key] = [f"{key}={o.get_value_element_as_str()}"]
+        elif o.is_discrete_sweep():
+            per_key[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
+        else:
+            raise UserError(f"{o.input_line}: only discrete sweeps (a,b or choice/range) can be expanded")
+    return [list(job) for job in itertools.product(*per_key.values())]
 
 
 def _first_line(text: str) -> str:
@@ -471,7 +499,9 @@ def _compose_error_line(exc: BaseException, overrides: list[str], compose: Any) 
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file:
         group, _, option = str(exc.missing_cfg_file).rpartition("/")
         if group and exc.options:
-            return f"unknown {group} {option!r}; valid: {', '.join(sorted(exc.options))}"
+            files = {"model": " (or a config.json path)", "gpu": " (or a GPU .yaml path)"}.get(group, "")
+            names = sorted(o for o in exc.options if not (files and o == "file"))
+            return f"unknown {group} {option!r}; valid: {', '.join(names)}{files}"
         if group == "hydra/sweeper" and option == "moesim":
             return ("hydra/sweeper=moesim not found: it is the plugin in hydra_plugins/moesim_sweeper; "
                     "reinstall with pip install -e .")
@@ -546,6 +576,24 @@ class _JobChecker:
             except OmegaConfBaseException as exc:
                 raise UserError(_omegaconf_line(exc, o.input_line, cfg)) from None
         return cfg
+
+
+def rewrite_file_overrides(argv: list[str]) -> list[str]:
+    """``model=path/to/config.json`` → ``model=file model.name=/abs/path`` (likewise ``gpu=x.yaml``).
+
+    Hydra reads ``model=X`` as a config-group option; a file is not one, so the option ``file`` carries its
+    path. A value is a file when it ends in .json/.yaml/.yml or contains a path separator.
+    """
+    from moesim.specs.models import is_path
+
+    out: list[str] = []
+    for a in argv:
+        key, sep, val = a.partition("=")
+        if sep and key in ("model", "gpu", "+model", "+gpu") and is_path(val) and "," not in val:
+            out += [f"{key.lstrip('+')}=file", f"{key.lstrip('+')}.name={Path(val).expanduser().resolve()}"]
+        else:
+            out.append(a)
+    return out
 
 
 @dataclass(frozen=True)
@@ -641,6 +689,9 @@ def plan_command_line(argv: list[str]) -> CommandLine | None:
                     raise
                 raise UserError(f"{exc} (in a sweep, the config without the swept values must take every "
                                 "other override; sweep that key as well, e.g. key=choice(value))") from None
+            from moesim.report.options import options_from_node
+
+            options_from_node(primary.get("report"))  # the report's options, before any job runs
             multirun = args.multirun or str(primary.hydra.mode) == "RunMode.MULTIRUN"
             if multirun:
                 params = OmegaConf.to_container(primary.hydra.sweeper.params, resolve=True)

@@ -35,13 +35,19 @@ PROVENANCES = ("measured", "derived", "roofline", "constant")
 def provenance_kind(cost: Any) -> str:
     """``measured`` (a profile calibrated on this GPU × model), ``derived`` (a profile derived from another
     GPU's), ``roofline`` or ``constant`` (analytic models); another cost model's registry name otherwise."""
+    kind = getattr(cost, "provenance", "")  # set by profile, roofline (derived when it carries a profile's
+    if kind:  # measured efficiencies: moesim.cost.derive) and constant
+        return str(kind)
     if hasattr(cost, "path") and hasattr(cost, "derived"):
         return "derived" if cost.derived else "measured"
     return str(getattr(cost, "name", type(cost).__name__))
 
 
 def cost_provenance(cost: Any) -> dict[str, Any]:
-    """Where a cost model's numbers come from; ``derived`` is True for a profile derived for another GPU."""
+    """Where a cost model's numbers come from: ``cost_provenance`` is measured (a profile measured on this
+    GPU for this model), derived (a profile derived for another GPU, or the roofline with the measured
+    efficiencies of another model's profile on this GPU), roofline (datasheet ceilings) or constant;
+    ``cost_derived`` is True for derived."""
     return {
         "cost_provenance": provenance_kind(cost),
         "cost_derived": bool(getattr(cost, "derived", False)),
@@ -58,6 +64,9 @@ def cost_line(cost: Any, model: str, gpu: str, *, fallback: bool = False) -> str
     pair = f"{gpu} × {model}"
     if kind == "measured":
         return f"cost: profile {cost.path} (measured on {pair})"
+    if kind == "derived" and not hasattr(cost, "path"):  # roofline with another model's measured efficiencies
+        return (f"cost: roofline with the measured efficiencies of {Path(str(cost.source)).name} "
+                f"(DERIVED; no profile measured on {pair})")
     if kind == "derived":
         src = getattr(cost, "meta", {}).get("derived_from") or "another GPU's profile"
         return f"cost: profile {cost.path} (DERIVED from {src}; not measured on {gpu})"

@@ -4,6 +4,11 @@ Definitions (seconds): turnaround = finish − arrival; service (the paper's tur
 TTFT = first token − arrival; TPOT = (finish − first token) / (output tokens − 1) for outputs > 1;
 queue wait = start − arrival.
 
+With a horizon, the ``paper_*`` metrics follow the paper's QoS code (Imani et al., ICML 2025): it serves
+only requests dequeued within the window (start < horizon; the rest of the queue is dropped) and logs, over
+those, turnaround = finish − start, TTFT = first token − start (the swap and the prefill; queue wait
+excluded), wait = start − arrival, and throughput = served requests per minute of the window.
+
 Rejected requests (a non-empty ``rejected`` reason in the per-request table; the engine refuses a request
 it can never hold) have no times: they are left out of every latency statistic, counted in
 ``rejected``, left out of throughput, and count as SLO misses (attainment is over all requests).
@@ -47,18 +52,14 @@ def summarize(requests: pd.DataFrame, segments: pd.DataFrame, *, horizon_s: floa
             ``None``: first arrival to last finish.
         slo_ttft_s, slo_tpot_s: a request attains the SLO when its TTFT and its TPOT are within both;
             a rejected request never does (``slo_attainment`` is over all ``n_requests``).
-        slo_classes: tenants with their own targets (moesim.slo); ``slo_attainment_<class>`` per class.
+        slo_classes: tenants with their own targets (moesim.slo): ``slo_attainment`` uses each tenant's, and
+            ``slo_attainment_<class>`` is each class's share.
     """
     df = per_request(requests)
-    n_all = len(df)
-    n_rejected = 0
-    if "rejected" in df.columns:
-        refused = (df["rejected"].astype(str) != "").to_numpy()
-        n_rejected = int(refused.sum())
-        if n_rejected:
-            df = df[~refused]
     n = len(df)
-    out: dict[str, Any] = {"n_requests": n_all, "rejected": n_rejected}
+    rejected = (df["rejected"].astype(str) != "").to_numpy() if "rejected" in df.columns else np.zeros(n, bool)
+    n_served = n - int(rejected.sum())
+    out: dict[str, Any] = {"n_requests": n, "rejected": int(rejected.sum())}
     for col in ("turnaround_s", "ttft_s", "service_s", "tpot_s", "queue_wait_s"):
         v = df[col].to_numpy(dtype=float)
         v = v[~np.isnan(v)]
@@ -66,32 +67,22 @@ def summarize(requests: pd.DataFrame, segments: pd.DataFrame, *, horizon_s: floa
         out[f"mean_{base}_s"] = float(v.mean()) if v.size else float("nan")
         for p in PERCENTILES:
             out[f"p{p}_{base}_s"] = float(np.percentile(v, p)) if v.size else float("nan")
-    if n:
+    if n_served:
         t0 = float(df["arrival_s"].min())
         t1 = float(df["finish_s"].max())
     else:
         t0 = t1 = 0.0
     span = max(horizon_s, t1) if horizon_s else max(t1 - t0, 1e-12)
     out["span_s"] = span
-    out["throughput_rpm"] = 60.0 * n / span if n else 0.0
-    out["tokens_per_s"] = float(df["output_tokens"].sum()) / span if n else 0.0
+    out["throughput_rpm"] = 60.0 * n_served / span if n_served else 0.0
+    out["tokens_per_s"] = float(df["output_tokens"][~rejected].sum()) / span if n_served else 0.0
     out["slo_ttft_s"] = slo_ttft_s
     out["slo_tpot_s"] = slo_tpot_s
-    if slo_classes:
-        ten = df["tenant"].to_numpy()
-        ttft_t, tpot_t = targets(ten, slo_ttft_s, slo_tpot_s, slo_classes)
-        ok = ((df["ttft_s"].to_numpy() <= ttft_t) & (df["tpot_s"].isna().to_numpy()
-                                                      | (df["tpot_s"].to_numpy() <= tpot_t)))
-        all_ten = requests["tenant"].to_numpy()
-        for c in slo_classes:
-            n_c = int(np.isin(all_ten, c.tenants).sum())
-            out[f"slo_attainment_{c.name}"] = (float(ok[np.isin(ten, c.tenants)].sum()) / n_c if n_c
-                                               else float("nan"))
-        out["slo_attainment"] = float(ok.sum()) / n_all if n_all else float("nan")
-    else:
-        tpot_ok = df["tpot_s"].isna() | (df["tpot_s"] <= slo_tpot_s)
-        out["slo_attainment"] = (float(((df["ttft_s"] <= slo_ttft_s) & tpot_ok).sum()) / n_all if n_all
-                                 else float("nan"))
+    out["slo_attainment"] = slo_attainment(df, slo_ttft_s, slo_tpot_s, slo_classes)
+    for c in slo_classes:
+        out[f"slo_attainment_{c.name}"] = slo_attainment(df[df["tenant"].isin(c.tenants)], c.ttft_s, c.tpot_s)
+    if horizon_s:
+        out.update(paper_metrics(df, horizon_s))
     swaps = segments[segments["kind"] == "swap"] if len(segments) else segments
     out["swap_count"] = int(sum(len(str(t).split(",")) for t in swaps["tenants"])) if len(swaps) else 0
     out["swap_time_s"] = float((swaps["end_s"] - swaps["start_s"]).sum()) if len(swaps) else 0.0
@@ -102,3 +93,41 @@ def summarize(requests: pd.DataFrame, segments: pd.DataFrame, *, horizon_s: floa
     else:
         out["busy_fraction"] = 0.0
     return out
+
+
+def paper_metrics(df: pd.DataFrame, horizon_s: float) -> dict[str, Any]:
+    """The paper's QoS definitions over the requests started within ``[0, horizon_s)`` (see module doc).
+
+    ``df`` is :func:`per_request`'s frame. Means are NaN when no request was served.
+    """
+    served = df[df["start_s"] < horizon_s]
+    n = len(served)
+
+    def mean(v: pd.Series) -> float:
+        return float(v.mean()) if n else float("nan")
+
+    return {
+        "paper_n_served": n,
+        "paper_mean_turnaround_s": mean(served["service_s"]),
+        "paper_mean_ttft_s": mean(served["first_token_s"] - served["start_s"]),
+        "paper_mean_wait_s": mean(served["queue_wait_s"]),
+        "paper_throughput_rpm": 60.0 * n / horizon_s,
+    }
+
+
+def slo_attainment(requests: pd.DataFrame, slo_ttft_s: float, slo_tpot_s: float,
+                   slo_classes: Sequence[SLOClass] = ()) -> float:
+    """Share of all requests whose TTFT ≤ ``slo_ttft_s`` and TPOT ≤ ``slo_tpot_s`` (seconds); a request
+    with one output token has no TPOT and needs the TTFT target only; a request that never produced a
+    token (rejected, unfinished) misses. Tenants of ``slo_classes`` use their class's targets instead.
+    ``requests`` is a requests table with or without the ``per_request`` columns. NaN for an empty table."""
+    df = requests if "ttft_s" in requests and "tpot_s" in requests else per_request(requests)
+    if not len(df):
+        return float("nan")
+    if slo_classes:
+        ttft_t, tpot_t = targets(df["tenant"].to_numpy(), slo_ttft_s, slo_tpot_s, slo_classes)
+        tpot = df["tpot_s"].to_numpy()
+        ok = (df["ttft_s"].to_numpy() <= ttft_t) & (np.isnan(tpot) | (tpot <= tpot_t))
+        return float(ok.mean())
+    tpot_ok = df["tpot_s"].isna() | (df["tpot_s"] <= slo_tpot_s)
+    return float(((df["ttft_s"] <= slo_ttft_s) & tpot_ok).mean())

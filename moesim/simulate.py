@@ -20,7 +20,14 @@ import hydra
 from omegaconf import DictConfig
 
 from moesim.cli import print_help
-from moesim.config import CONF_DIR, CONFIG_NAME, plan_command_line, register_configs, simulate_help
+from moesim.config import (
+    CONF_DIR,
+    CONFIG_NAME,
+    plan_command_line,
+    register_configs,
+    rewrite_file_overrides,
+    simulate_help,
+)
 from moesim.errors import exit_on_user_error
 from moesim.outdir import check_writable
 from moesim.sweep import (
@@ -50,6 +57,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def main() -> None:
     """Validate every job of the command line (one-line errors), then hand over to hydra."""
     register_configs()
+    sys.argv[1:] = rewrite_file_overrides(sys.argv[1:])
     if any(a in ("-h", "--help") for a in sys.argv[1:]):
         print_help(simulate_help(sys.argv[1:]))
     plan = plan_command_line(sys.argv[1:])

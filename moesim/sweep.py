@@ -140,7 +140,10 @@ def _natural(s: str) -> tuple[Any, ...]:
 
 def _read_overrides(d: Path) -> list[str]:
     p = d / ".hydra" / "overrides.yaml"
-    return [str(x) for x in OmegaConf.load(p)] if p.exists() else []
+    try:
+        return [str(x) for x in OmegaConf.load(p)] if p.exists() else []
+    except Exception:  # a corrupt file of a job that never finished: identify it by its dir alone
+        return []
 
 
 def collect(sweep_dir: str | Path, planned: list[list[str]] | None = None) -> pd.DataFrame:
@@ -159,14 +162,16 @@ def collect(sweep_dir: str | Path, planned: list[list[str]] | None = None) -> pd
     for d in _job_dirs(root):
         rel = d.relative_to(root).as_posix()
         if (d / job.SUMMARY).exists():
-            rec = json.loads((d / job.SUMMARY).read_text())
+            rec = read_record(d / job.SUMMARY, "ok")
         elif (d / job.ERROR).exists():
-            rec = json.loads((d / job.ERROR).read_text())
+            rec = read_record(d / job.ERROR, "failed")
         else:
-            rec = {"status": "incomplete", "overrides": _read_overrides(d)}
+            rec = {"status": "incomplete"}
+        if rec["status"] != "ok" and not rec.get("overrides"):
+            rec["overrides"] = _read_overrides(d)
         row = {k: v for k, v in rec.items() if k not in SKIP_KEYS}
         row["job"] = rel
-        row["overrides"] = " ".join(rec.get("overrides") or [])
+        row["overrides"] = " ".join(str(o) for o in rec.get("overrides") or [])
         if rec["status"] != "ok" and "policy" not in rec:
             row.update(_ident_from_overrides(rec.get("overrides") or []))
         rows.append(row)
@@ -180,6 +185,37 @@ def collect(sweep_dir: str | Path, planned: list[list[str]] | None = None) -> pd
             df[c] = pd.NA
     metric_cols = [c for c in df.columns if c not in ID_COLUMNS and c not in TAIL_COLUMNS]
     return df[ID_COLUMNS + metric_cols + TAIL_COLUMNS]
+
+
+# keys an ok job's summary.json must hold for the report to use it
+REQUIRED_OK_KEYS = ("policy", "rate", "seed", "tenants")
+
+
+def read_record(path: Path, status: str) -> dict[str, Any]:
+    """A job's summary.json (``status`` "ok") or error.json ("failed"); a file that cannot be used
+    (empty, truncated, not a JSON object, a wrong status or missing keys) gives a record with status
+    ``unreadable`` and the reason in ``error``, never an exception."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        if not text.strip():
+            raise ValueError("empty file")
+        rec = json.loads(text)
+        if not isinstance(rec, dict):
+            raise ValueError(f"not a JSON object but {type(rec).__name__}")
+        if rec.get("status") != status:
+            raise ValueError(f"status is {rec.get('status')!r}, expected {status!r}")
+        if status == "ok":
+            missing = [k for k in REQUIRED_OK_KEYS if rec.get(k) is None]
+            if missing:
+                raise ValueError(f"missing {', '.join(missing)}")
+            float(rec["rate"])
+            int(rec["seed"])
+    except (OSError, UnicodeDecodeError, ValueError, TypeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, json.JSONDecodeError):
+            reason = f"malformed or truncated JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        return {"status": "unreadable", "error": f"{path.name}: {reason}"}
+    return rec
 
 
 def _ident_from_overrides(overrides: list[str]) -> dict[str, Any]:

@@ -29,6 +29,9 @@ class TinyMoEConfig:
         vocab: tokens (256 bytes); d_model: hidden size; d_ff: expert inner size.
         n_layers: decoder layers, each with a MoE FFN; n_heads / n_kv_heads / head_dim: attention shape.
         n_experts / top_k: experts per layer and experts chosen per token.
+        shared_d_ff: inner size of one shared SwiGLU expert every token passes through (added to the routed
+            output, as DeepSeek's; 0 = none). Its keys (``…block_sparse_moe.shared_expert.w{1,2,3}.weight``)
+            do not match the routed-expert pattern, so consolidation treats it as non-expert (kept per variant).
         max_seq: longest sequence RoPE tables are built for (tokens).
         rope_theta: RoPE base; norm_eps: RMSNorm epsilon.
     """
@@ -45,9 +48,12 @@ class TinyMoEConfig:
     max_seq: int = 256
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    shared_d_ff: int = 0
 
     def spec(self, name: str = "tinymoe", dtype_bytes: int = 2) -> ModelSpec:
         """The ``ModelSpec`` of this architecture (for byte counts)."""
+        if self.shared_d_ff:
+            raise ValueError("ModelSpec has no shared expert; use count_params for this config")
         return ModelSpec(
             name=name,
             vocab=self.vocab,
@@ -65,8 +71,14 @@ class TinyMoEConfig:
 
 #: The CPU config: the ``tiny`` ModelSpec's shape (vocab 256, d 64, d_ff 128, 2 layers, 4/2 heads of 16).
 CPU_CONFIG = TinyMoEConfig()
-#: The GPU config of the quality study: d_ff = 3 × d_model as in Mixtral (3.5×), ~4 % non-expert weights.
+#: The GPU config of the first quality study: d_ff = 3 × d_model as in Mixtral (3.5×), ~4 % non-expert weights.
 GPU_CONFIG = replace(CPU_CONFIG, d_model=256, d_ff=768, n_layers=4, n_heads=8, n_kv_heads=2, head_dim=32, max_seq=256)
+#: The ≥ 100M-parameter base of the 8-domain study: 8 layers of 8 experts top-2 (Mixtral's routing).
+LARGE_CONFIG = replace(CPU_CONFIG, d_model=512, d_ff=1536, n_layers=8, n_heads=8, n_kv_heads=2, head_dim=64,
+                       max_seq=512)
+#: The fine-grained member: 32 small experts top-4 plus one shared expert (DeepSeek/Qwen-MoE style).
+FINE_CONFIG = replace(CPU_CONFIG, d_model=384, d_ff=256, n_layers=6, n_heads=6, n_kv_heads=2, head_dim=64,
+                      n_experts=32, top_k=4, shared_d_ff=512, max_seq=512)
 
 
 class RMSNorm(nn.Module):
@@ -120,11 +132,12 @@ class Attention(nn.Module):
 class Expert(nn.Module):
     """SwiGLU: w2(silu(w1 x) * w3 x)."""
 
-    def __init__(self, cfg: TinyMoEConfig) -> None:
+    def __init__(self, cfg: TinyMoEConfig, d_ff: int | None = None) -> None:
         super().__init__()
-        self.w1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)  # gate projection (F, C)
-        self.w2 = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)  # down projection (C, F)
-        self.w3 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)  # up projection (F, C)
+        f = cfg.d_ff if d_ff is None else d_ff
+        self.w1 = nn.Linear(cfg.d_model, f, bias=False)  # gate projection (F, C)
+        self.w2 = nn.Linear(f, cfg.d_model, bias=False)  # down projection (C, F)
+        self.w3 = nn.Linear(cfg.d_model, f, bias=False)  # up projection (F, C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
@@ -138,6 +151,8 @@ class SparseMoE(nn.Module):
         self.cfg = cfg
         self.gate = nn.Linear(cfg.d_model, cfg.n_experts, bias=False)  # router (E, C)
         self.experts = nn.ModuleList(Expert(cfg) for _ in range(cfg.n_experts))
+        if cfg.shared_d_ff:
+            self.shared_expert = Expert(cfg, cfg.shared_d_ff)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns the output (B, T, C) and the load-balancing loss (Switch Transformer's, scalar)."""
@@ -151,6 +166,8 @@ class SparseMoE(nn.Module):
             tok, slot = (top_i == e).nonzero(as_tuple=True)  # tokens routed to e, and at which rank
             if tok.numel():
                 out.index_add_(0, tok, expert(flat[tok]) * top_w[tok, slot, None])
+        if self.cfg.shared_d_ff:
+            out = out + self.shared_expert(flat)
         probs = logits.softmax(dim=-1)  # (N, E)
         frac = F.one_hot(top_i, self.cfg.n_experts).float().sum(1).mean(0) / self.cfg.top_k  # (E,)
         aux = self.cfg.n_experts * (frac * probs.mean(0)).sum()

@@ -1,8 +1,10 @@
 """Golden single-GPU runs: the reference a fleet of one GPU must reproduce byte for byte.
 
 ``python tests/fleet_golden.py`` rewrites ``tests/data/fleet_golden/*.parquet``. The files were captured
-from the single-GPU engine before the fleet existed (commit f86a7c8); rerun only after a deliberate change
-of a policy's or cost model's mechanics, and say so in the commit.
+from the single-GPU engine before the fleet existed (commit f86a7c8); the two ``mig`` files again from main's
+single-GPU engine at be65d23, after the paper branch's deliberate change (MIG instances re-take their share of
+the host link when another goes idle or wakes). Rerun only after such a deliberate change of a policy's or
+cost model's mechanics, from the engine before your change, and say so in the commit.
 """
 
 from __future__ import annotations

@@ -156,6 +156,48 @@ Array.from(document.querySelectorAll('div.figure')).map(function (d) {
 """
 
 
+# Everything that could collide, per figure: the toolbar (made visible, as on hover), the title, the subplot
+# titles and other annotations, the legend, the axis titles and the tick labels; and the page's own width.
+# Returns the pairs of elements whose boxes overlap by more than 1 px each way, and the page's overflow.
+OVERLAPS = """
+(function () {
+  if (!document.getElementById('show-modebar')) {
+    var st = document.createElement('style'); st.id = 'show-modebar';
+    st.textContent = '.js-plotly-plot .plotly .modebar { opacity: 1 !important; }';
+    document.head.appendChild(st);
+  }
+  function box(el, kind) { var r = el.getBoundingClientRect();
+    return {kind: kind, text: (el.textContent || '').slice(0, 40), l: r.left, r: r.right, t: r.top, b: r.bottom}; }
+  var out = {overlaps: [], page: {scroll: document.documentElement.scrollWidth, width: window.innerWidth}, figures: 0};
+  document.querySelectorAll('div.figure').forEach(function (div) {
+    out.figures += 1;
+    var items = [];
+    div.querySelectorAll('.modebar').forEach(function (e) { items.push(box(e, 'toolbar')); });
+    div.querySelectorAll('.gtitle').forEach(function (e) { items.push(box(e, 'title')); });
+    div.querySelectorAll('.annotation-text').forEach(function (e) { items.push(box(e, 'annotation')); });
+    div.querySelectorAll('g.legend .bg').forEach(function (e) { items.push(box(e, 'legend')); });
+    div.querySelectorAll('.g-xtitle text, .g-x2title text, .g-ytitle text, .g-y2title text').forEach(
+      function (e) { items.push(box(e, 'axis title')); });
+    div.querySelectorAll('.xtick text, .ytick text').forEach(function (e) { items.push(box(e, 'tick')); });
+    items = items.filter(function (a) { return a.r - a.l > 0 && a.b - a.t > 0; });
+    var fig = div.getBoundingClientRect();
+    items.forEach(function (a) {
+      if (a.l < fig.left - 1 || a.r > fig.right + 1) {
+        out.overlaps.push({figure: div.id, a: a, b: {kind: 'figure edge'}});
+      }
+    });
+    for (var i = 0; i < items.length; i++) for (var j = i + 1; j < items.length; j++) {
+      var a = items[i], b = items[j];
+      if (a.kind === 'tick' && b.kind === 'tick' && a.t !== b.t && a.l !== b.l) { continue; }
+      var w = Math.min(a.r, b.r) - Math.max(a.l, b.l), h = Math.min(a.b, b.b) - Math.max(a.t, b.t);
+      if (w > 1 && h > 1) { out.overlaps.push({figure: div.id, a: a, b: b}); }
+    }
+  });
+  return out;
+})()
+"""
+
+
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Any:
     b = Browser(tmp_path_factory.mktemp("chromium-profile"))
@@ -205,3 +247,38 @@ def test_harness_catches_errors(browser: Browser, tmp_path: Path) -> None:
     assert "plot failed" in problems
     assert "network: https://cdn.example.invalid/x.png" in problems
     assert browser.evaluate("document.getElementById('js-errors').hidden") is False
+
+
+@pytest.mark.parametrize("width", [900, 1400])
+def test_nothing_overlaps_at_width(browser: Browser, tmp_path: Path, width: int) -> None:
+    """At 900 and 1400 px: no title, subplot title, legend, axis title or tick label under plotly's toolbar
+    or over another, none past its figure's edge, and no horizontal scrolling of the page. Series
+    names are long here (the seed-1 jobs claim another GPU, so every series is “policy · gpu=…”)."""
+    import json as _json
+
+    from moesim.io import write_json
+
+    root = make_sweep(tmp_path / "sweep")
+    for d in root.iterdir():
+        if (d / "summary.json").exists():
+            s = _json.loads((d / "summary.json").read_text())
+            if s["seed"] == 1:
+                s["gpu"] = "h200"
+                write_json(d / "summary.json", s)
+    html = build_report(root)
+    browser.call("Emulation.setDeviceMetricsOverride", session=True, width=width, height=1000,
+                 deviceScaleFactor=1, mobile=False)
+    try:
+        browser.open(html.as_uri())
+        assert browser.problems() == []
+        state = browser.evaluate(OVERLAPS)
+        out = Path(os.environ.get("MOESIM_ARTIFACTS") or tmp_path)
+        out.mkdir(parents=True, exist_ok=True)
+        browser.screenshot(out / f"report_{width}px.png")
+    finally:
+        browser.call("Emulation.setDeviceMetricsOverride", session=True, width=1400, height=1000,
+                     deviceScaleFactor=1, mobile=False)
+    assert state["figures"] == 7
+    assert state["page"]["scroll"] <= width, state["page"]
+    assert [(o["figure"], o["a"]["kind"], o["a"].get("text"), o["b"]["kind"], o["b"].get("text"))
+            for o in state["overlaps"]] == []

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from moesim.calibrate.schema import read_profile
+from moesim.formats.profile import read_profile
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,10 +15,10 @@ import torch
 from moesim.calibrate.config import CalibrateConfig, parse_args
 from moesim.calibrate.engine import KVCache, MoEEngine
 from moesim.calibrate.grids import log_grid, make_grids
-from moesim.calibrate.schema import COLUMNS, OPS, SCHEMA_VERSION, read_profile
 from moesim.calibrate.validate import validation_batches
 from moesim.calibrate.work import op_work
 from moesim.errors import UserError
+from moesim.formats.profile import COLUMNS, OPS, SCHEMA_VERSION, read_profile
 from moesim.specs import get_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from moesim.calibrate.schema import Row, read_profile, write_profile
 from moesim.cost.base import SeqWork
 from moesim.cost.profile import ProfileCost, ProfileCostConfig
+from moesim.formats.profile import Row, read_profile, write_profile
 from moesim.specs import get_gpu, get_model
 from tests.test_profile_cost import LINK, shared, synthetic_rows
 

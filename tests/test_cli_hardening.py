@@ -300,7 +300,9 @@ def test_disk_full_during_a_single_run_is_one_line_and_no_summary(
     with pytest.raises(SystemExit) as exc:
         sweep._run_single(cfg, out, [], {})
     assert exc.value.code == 2
-    err = capsys.readouterr().err.splitlines()[-1]  # after the workload's selection line
-    assert err == (f"moesim: error: hydra.run.dir={out}: cannot write the outputs (No space left on device); "
-                   "files already written are complete (atomic writes)")
+    before, err = capsys.readouterr().err.split("moesim: error: ")  # before: the workload's own line
+    assert before.startswith("moesim: workload=poisson: generated ")
+    assert before.count("\n") == 1
+    assert err == (f"hydra.run.dir={out}: cannot write the outputs (No space left on device); "
+                   "files already written are complete (atomic writes)\n")
     assert not (out / "summary.json").exists()

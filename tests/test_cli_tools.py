@@ -108,7 +108,7 @@ def test_simulate_help_is_generated_with_composed_defaults() -> None:
     out = p.stdout
     assert "  policy=mig  (one of: dedicated, mig, multiplex, naive, reconfig, reconfig_fast, swap)" in out
     assert "  policy.layout=''  (str)" in out  # mig's own key
-    assert "  slo_ttft_s=2.0  (float)\n      TTFT target of the SLO (seconds)." in out  # conf/config.yaml's value
+    assert "  slo_ttft_s=2.0  (float)\n      TTFT target of the SLO (seconds)." in out  # moesim/slo.py's value
     assert "  workload.duration_s=" in out
     assert "  sweep.resume=false  (bool)" in out
     assert "  report.slo_target=0.9  (float)" in out
@@ -131,8 +131,8 @@ def _bad_profile(tmp_path: Path, row: int, value: float) -> Path:
 
 @pytest.mark.parametrize("value", [-0.001, float("nan"), float("inf")])
 def test_profile_with_bad_time_refused_naming_file_and_row(tmp_path: Path, value: float) -> None:
-    from moesim.calibrate.schema import read_profile
     from moesim.cost import COST_MODELS
+    from moesim.formats.profile import read_profile
     from moesim.specs import get_gpu, get_model
 
     path = _bad_profile(tmp_path, 7, value)
@@ -147,7 +147,7 @@ def test_profile_with_bad_time_refused_naming_file_and_row(tmp_path: Path, value
 
 
 def test_shipped_profiles_pass_the_time_check() -> None:
-    from moesim.calibrate.schema import read_profile
+    from moesim.formats.profile import read_profile
     from moesim.resources import shipped_profiles_dir
 
     paths = [p for p in shipped_profiles_dir().glob("*.parquet") if "validation" not in p.name]

@@ -16,7 +16,7 @@ from moesim.consolidation.report import load_quality, summarize
 from moesim.consolidation.weights import check_same_architecture
 from moesim.tinymoe import GPU_CONFIG, TinyMoE
 
-REPORT = Path(__file__).resolve().parents[1] / "reports" / "consolidation"
+REPORT = Path(__file__).resolve().parents[1] / "reports" / "consolidation" / "study4"
 CORPORA = Path(__file__).resolve().parents[1] / "corpora" / "data"
 
 

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moesim.calibrate.schema import SCHEMA_VERSION, Row, write_profile
 from moesim.cost import COST_MODELS
 from moesim.cost.base import ExpertGroup, Residency, SeqWork, Slice, expected_active_fraction
 from moesim.cost.profile import Curve, ProfileCost, ProfileCostConfig, SliceRatio, Surface
 from moesim.errors import UserError
+from moesim.formats.profile import SCHEMA_VERSION, Row, write_profile
 from moesim.specs import get_gpu, get_model
 
 M = get_model("mixtral-8x7b")

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moesim.calibrate.schema import read_profile
 from moesim.calibrate.validate import report, shared_residency
 from moesim.cost.base import SeqWork, Slice
 from moesim.cost.profile import PROFILES_DIR, ProfileCost, ProfileCostConfig, available_profiles
+from moesim.formats.profile import read_profile
 from moesim.specs import get_gpu, get_model
 
 MIXTRAL = get_model("mixtral-8x7b")

@@ -100,9 +100,9 @@ def test_memory_breakdown_sums_instances_in_gb(sweep: tuple[Path, str]) -> None:
     for col, key in enumerate(["resident_expert_bytes", "host_expert_bytes", "nonexpert_bytes",
                                "kv_capacity_bytes", "memory_bytes"]):
         (t,) = traces(fig, key=key)
-        assert t["x"] == list(POLICIES)
+        assert t["y"] == ["mig", "reconfig", "multiplex"]
         want = [sum(inst[col] for inst in MEMORY[p]) for p in POLICIES]
-        np.testing.assert_allclose(t["y"], want, rtol=1e-12)
+        np.testing.assert_allclose(t["x"], want, rtol=1e-12)
 
 
 def test_timeline_shows_the_window_segments(sweep: tuple[Path, str]) -> None:
@@ -149,6 +149,9 @@ def test_report_is_self_contained_and_lists_missing_jobs(sweep: tuple[Path, str]
     assert "<script src" not in html
     assert "<link" not in html
     assert "Plotly" in html
+    from plotly.offline import get_plotlyjs
+
+    assert html.count(get_plotlyjs()[:2000]) == 1  # plotly.js once, whatever the number of figures
     assert len(html) > 1_000_000
     assert "instance mig0 cannot fit" in html
     assert "incomplete" in html
@@ -163,7 +166,7 @@ def test_derived_profile_is_marked(tmp_path: Path) -> None:
     root = make_sweep(tmp_path / "s", derived=True, failed=False, incomplete=False)
     html = build_report(root).read_text()
     assert 'class="derived"' in html
-    assert all(f["layout"]["title"]["text"].endswith("derived profile") for f in read_figures(html).values())
+    assert all(f["layout"]["title"]["text"].endswith("derived cost, not measured") for f in read_figures(html).values())
 
 
 def test_chosen_rate_and_window_options(tmp_path: Path) -> None:
@@ -236,7 +239,7 @@ def test_series_split_by_varying_gpu(tmp_path: Path) -> None:
     assert "mig · gpu=h200" in names
     (t,) = traces(figs["turnaround"], metric="mean_turnaround_s", series="mig · gpu=h200")
     np.testing.assert_allclose(t["y"], [turnaround("mig", r, 1) for r in RATES])
-    head = re.findall(r"multiplex · gpu=h200</td><td>[^<]*</td><td>(.*?)</td>", html)
+    head = re.findall(r"multiplex · gpu=h200</td><td>[^<]*</td><td>[^<]*</td><td>(.*?)</td>", html)
     assert head
     assert "−90.0%" in head[0]
 

@@ -68,7 +68,9 @@ def make_sweep(root: Path, *, derived: bool = False, failed: bool = True, incomp
                     "expert_fetches": [0.0, 3.0, 0.0, 1.0], "attention_s": [0.0, 0.5, 1.0, 0.5],
                     "experts_s": [0.0, 0.4, 2.0, 0.5], "fetch_s": [0.0, 0.1, 0.0, 0.0],
                 })
-                inst = [{"name": f"i{k}", "profile": "full", "sm_fraction": 1.0, "bw_fraction": 1.0,
+                share = 1.0 / len(MEMORY[policy])  # mig: two halves of one GPU
+                inst = [{"name": f"i{k}", "profile": "full" if share == 1 else "3g", "sm_fraction": share,
+                         "bw_fraction": share,
                          "resident_expert_bytes": r * GB, "host_expert_bytes": h * GB, "nonexpert_bytes": n * GB,
                          "kv_capacity_bytes": kv * GB, "memory_bytes": m * GB, "tenants": [k]}
                         for k, (r, h, n, kv, m) in enumerate(MEMORY[policy])]

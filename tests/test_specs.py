@@ -32,9 +32,9 @@ def test_switch_base_8_exact_counts() -> None:
 
 
 def test_unknown_names_list_valid_ones() -> None:
-    with pytest.raises(UserError, match="valid: mixtral-8x7b, switch-base-8, tiny"):
+    with pytest.raises(UserError, match=r"valid: deepseek-v2, .*mixtral-8x7b, .*switch-base-8, tiny"):
         get_model("llama")
-    with pytest.raises(UserError, match="a100-80gb, h100-80gb, h200"):
+    with pytest.raises(UserError, match="a100-40gb, a100-80gb, b200, h100-80gb, h100-pcie, h200, l40s"):
         get_gpu("v100")
 
 

@@ -13,6 +13,7 @@ from moesim.cli import parse_key_values
 from moesim.errors import UserError
 from moesim.resources import user_profiles_dir
 from moesim.specs import MODEL_SPECS
+from moesim.specs.models import is_path
 
 GRIDS = ("auto", "full", "quick")
 
@@ -23,7 +24,7 @@ class CalibrateConfig:
 
     Attributes:
         device: ``cuda`` (timings with CUDA events) or ``cpu`` (wall clock; for CI and the tiny model).
-        model: a model registry name (``mixtral-8x7b``, ``switch-base-8``, ``tiny``).
+        model: a model registry name (``mixtral-8x7b``, ``qwen3-30b-a3b``, ``tiny``...) or a config.json path.
         out: folder for ``<gpu>__<model>.parquet`` and ``.json``; empty: the user profile folder
             (``$MOESIM_PROFILES_DIR`` or ``~/.local/share/moesim/profiles``), where ``cost=profile`` finds it.
         plan: a consolidation plan JSON (``moesim.plan/1``); empty: one variant's whole model.
@@ -41,6 +42,9 @@ class CalibrateConfig:
         min_reps, max_reps: repeats per point (adaptive between them: about ``target_s`` of timing each).
         target_s: timing seconds aimed at per point.
         seed: random seed for weights, routing inputs and validation batches.
+        balanced_routing: route whole steps near-uniformly at random (``MoEEngine``'s balanced_routing):
+            random-weight models otherwise send every token to a few experts, which matters with many
+            fine-grained experts. Used for Qwen3-MoE, Qwen1.5-MoE and OLMoE (calibration/NOTES.md).
     """
 
     device: str = "cuda"
@@ -60,11 +64,12 @@ class CalibrateConfig:
     max_reps: int = 25
     target_s: float = 0.12
     seed: int = 0
+    balanced_routing: bool = False
 
     def __post_init__(self) -> None:
         if self.device not in ("cuda", "cpu"):
             raise UserError(f"device={self.device!r}: valid: cuda, cpu")
-        if self.model not in MODEL_SPECS:
+        if not is_path(self.model) and self.model not in MODEL_SPECS:
             raise UserError(f"model={self.model!r}: valid: {', '.join(sorted(MODEL_SPECS))}")
         if self.grid not in GRIDS:
             raise UserError(f"grid={self.grid!r}: valid: {', '.join(GRIDS)}")

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 INIT_STD = 0.02
 ALIGN_ROWS = 16  # rows per expert group are padded to this for the grouped GEMM
+ROUTE_NOISE_STD = 8.0  # balanced routing: random logits dominate the router's (std ≈ 0.02·√d ≈ 1)
+ROUTE_NOISE_ROWS = 16384  # token slots of the routing-noise table (longer calls wrap around)
 
 
 def _normal(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype, gen: torch.Generator,
@@ -59,6 +61,9 @@ class NonExpert:
     router: list[torch.Tensor | None]  # L × (E, d) on MoE layers, None on dense ones
     dense_in: list[torch.Tensor | None]  # L × (g·F, d) on dense layers
     dense_out: list[torch.Tensor | None]  # L × (d, F) on dense layers
+    shared_in: list[torch.Tensor | None] = field(default_factory=list)  # L × (2·Fs, d) on MoE layers
+    shared_out: list[torch.Tensor | None] = field(default_factory=list)  # L × (d, Fs) on MoE layers
+    shared_gate: list[torch.Tensor | None] = field(default_factory=list)  # L × (1, d) (Qwen-MoE)
 
     def tensors(self) -> list[torch.Tensor]:
         """Every tensor once (the tied lm_head is not repeated)."""
@@ -66,7 +71,7 @@ class NonExpert:
         if self.lm_head is not self.embed:
             out.append(self.lm_head)
         for group in (self.attn_norm, self.wqkv, self.wo, self.ffn_norm, self.router, self.dense_in,
-                      self.dense_out):
+                      self.dense_out, self.shared_in, self.shared_out, self.shared_gate):
             out += [t for t in group if t is not None]
         return out
 
@@ -123,10 +128,17 @@ class MoEEngine:
         n_tenants: non-expert sets to build (tenant 0 … n_tenants-1); experts are shared by all.
         seed: seed of the weights.
         moe_engine: ``grouped`` (grouped GEMM, no host sync) or ``loop`` (one GEMM per active expert).
+        balanced_routing: add a fixed random logit table (std ``ROUTE_NOISE_STD``, one row per token slot)
+            to the router's logits, so that tokens pick experts near-uniformly at random whatever the hidden
+            states. With random weights the residual stream of a whole step collapses after a few layers and
+            every token routes to the same few experts (about 25 of Qwen3's 128 per layer at 77 tokens),
+            which a trained, load-balanced model does not do; the profile's uniform-routing composition
+            assumes the balanced case.
     """
 
     def __init__(self, spec: ModelSpec, device: torch.device, n_tenants: int = 1, seed: int = 0,
-                 moe_engine: str = "grouped", dtype: torch.dtype = torch.bfloat16) -> None:
+                 moe_engine: str = "grouped", dtype: torch.dtype = torch.bfloat16,
+                 balanced_routing: bool = False) -> None:
         self.spec = spec
         self.device = device
         self.dtype = dtype
@@ -134,6 +146,10 @@ class MoEEngine:
         self.gen.manual_seed(seed)
         self.swiglu = spec.expert_matrices == 3
         self.moe_engine = moe_engine
+        self.route_noise: torch.Tensor | None = None
+        if balanced_routing:
+            self.route_noise = _normal((ROUTE_NOISE_ROWS, spec.n_experts), device, torch.float32, self.gen,
+                                       ROUTE_NOISE_STD)
         self.attn_backend = "flash" if device.type == "cuda" else "sdpa"
         s = spec
         self.q_dim, self.kv_dim = s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim
@@ -157,6 +173,11 @@ class MoEEngine:
         self.host_out: list[list[torch.Tensor]] = [[] for _ in range(s.n_layers)]
         self.remap: list[list[torch.Tensor | None]] | None = None
         self.plan_groups: list[dict] | None = None
+        # runtime hooks (moesim.serve): ``fetcher`` takes over host-expert fetches (issue before the resident
+        # GEMM, run after it); ``layer_hook(i)`` runs before layer i (−1: before the embedding, n_layers:
+        # before the lm_head), e.g. to wait for a non-expert set streamed layer by layer. None: unchanged.
+        self.fetcher = None
+        self.layer_hook = None
         half = s.head_dim // 2
         max_pos = 65536
         inv = 1.0 / (10000.0 ** (torch.arange(half, device=device, dtype=torch.float32) / half))
@@ -165,8 +186,8 @@ class MoEEngine:
 
     # ---- construction ---------------------------------------------------------------------------
     def is_moe(self, layer: int) -> bool:
-        """Layer ``layer`` of the decoder has experts (Switch: every other layer)."""
-        return layer % self.spec.moe_every == self.spec.moe_every - 1
+        """Layer ``layer`` of the decoder has experts (Switch: every other layer; DeepSeek: not the first)."""
+        return self.spec.is_moe_layer(layer)
 
     def _nonexpert(self) -> NonExpert:
         s, dev, dt, gen = self.spec, self.device, self.dtype, self.gen
@@ -175,6 +196,8 @@ class MoEEngine:
         lm = embed if s.tied_embeddings else _normal((s.vocab, s.d_model), dev, dt, gen)
         ones = lambda: 1.0 + _normal((s.d_model,), dev, dt, gen, 0.01)  # noqa: E731
         L = s.n_layers
+        Fd, Fs = s.dense_d_ff or s.d_ff, s.shared_d_ff
+        moe = [self.is_moe(i) for i in range(L)]
         return NonExpert(
             embed=embed, lm_head=lm, final_norm=ones(),
             attn_norm=[ones() for _ in range(L)],
@@ -183,10 +206,12 @@ class MoEEngine:
             ffn_norm=[ones() for _ in range(L)],
             router=[_normal((s.n_experts, s.d_model), dev, dt, gen) if self.is_moe(i) else None
                     for i in range(L)],
-            dense_in=[None if self.is_moe(i) else _normal((g * s.d_ff, s.d_model), dev, dt, gen)
-                      for i in range(L)],
-            dense_out=[None if self.is_moe(i) else _normal((s.d_model, s.d_ff), dev, dt, gen)
-                       for i in range(L)],
+            dense_in=[None if moe[i] else _normal((g * Fd, s.d_model), dev, dt, gen) for i in range(L)],
+            dense_out=[None if moe[i] else _normal((s.d_model, Fd), dev, dt, gen) for i in range(L)],
+            shared_in=[_normal((2 * Fs, s.d_model), dev, dt, gen) if moe[i] and Fs else None for i in range(L)],
+            shared_out=[_normal((s.d_model, Fs), dev, dt, gen) if moe[i] and Fs else None for i in range(L)],
+            shared_gate=[_normal((1, s.d_model), dev, dt, gen) if moe[i] and s.shared_gate else None
+                         for i in range(L)],
         )
 
     def random_hidden(self, n_tokens: int) -> torch.Tensor:
@@ -221,13 +246,31 @@ class MoEEngine:
         """RMSNorm and top-k routing: x (T, d) → normed h (T, d), expert ids (T, k), weights (T, k)."""
         w, s = self.tenants[tenant], self.spec
         h = F.rms_norm(x, (s.d_model,), w.ffn_norm[layer], eps=1e-5)
-        probs = torch.softmax((h @ w.router[layer].T).float(), dim=-1)  # (T, E)
+        logits = (h @ w.router[layer].T).float()  # (T, E)
+        if self.route_noise is not None:
+            T = logits.shape[0]
+            R = self.route_noise.shape[0]
+            logits = logits + (self.route_noise[:T] if T <= R else self.route_noise.repeat(-(-T // R), 1)[:T])
+        probs = torch.softmax(logits, dim=-1)  # (T, E)
         top_w, top_i = torch.topk(probs, s.top_k, dim=-1)
         if s.top_k > 1:
             top_w = top_w / top_w.sum(dim=-1, keepdim=True)
         if self.remap is not None:  # consolidated: expert index → slot of the copy this tenant uses
             top_i = self.remap[tenant][layer][top_i]
         return h, top_i, top_w.to(self.dtype)
+
+    def shared(self, h: torch.Tensor, tenant: int, layer: int) -> torch.Tensor | None:
+        """The tenant's shared expert(s) of MoE layer ``layer`` on the normed h (T, d), with the sigmoid gate
+        where the model has one; None for models without shared experts."""
+        w = self.tenants[tenant]
+        if not w.shared_in or w.shared_in[layer] is None:
+            return None
+        a = h @ w.shared_in[layer].T
+        gate, up = a.chunk(2, dim=-1)
+        y = (F.silu(gate) * up) @ w.shared_out[layer].T
+        if w.shared_gate[layer] is not None:
+            y = y * torch.sigmoid(h @ w.shared_gate[layer].T)
+        return y
 
     def _act(self, a: torch.Tensor) -> torch.Tensor:
         if self.swiglu:
@@ -271,13 +314,17 @@ class MoEEngine:
         buf = h.new_zeros((rows, d))
         src_tok = order // k
         buf[dest] = h[src_tok]
+        fetcher = self.fetcher if n_host else None
+        pending = fetcher.issue(self, layer, bounds[n_gpu:]) if fetcher is not None else None
         if n_gpu:
             offs = ends_p[:n_gpu].to(torch.int32)  # host slots' rows lie past the last offset: not computed
             a = torch._grouped_mm(buf, self.w_in[layer].transpose(-2, -1), offs=offs)  # (rows, g·F)
             y = torch._grouped_mm(self._act(a), self.w_out[layer].transpose(-2, -1), offs=offs)  # (rows, d)
         else:
             y = buf.new_zeros((rows, d))
-        if n_host:
+        if fetcher is not None:
+            fetcher.run(self, layer, buf, y, dest, pending)
+        elif n_host:
             self._host_experts(layer, buf, y, dest, bounds[n_gpu:])
         contrib = y[dest] * top_w.reshape(-1)[order][:, None]
         return torch.zeros_like(h).index_add_(0, src_tok, contrib)
@@ -472,11 +519,16 @@ class MoEEngine:
         """One forward step of the packed batch through every layer; returns the next token ids."""
         s = self.spec
         N = si.ids.shape[0]
+        hook = self.layer_hook
+        if hook is not None:
+            hook(-1)
         x = torch.empty((N, s.d_model), device=self.device, dtype=self.dtype)  # (N, d)
         for t, a, b in si.segments:
             x[a:b] = self.embed(si.ids[a:b], t)
         multi = len(si.segments) > 1
         for layer in range(s.n_layers):
+            if hook is not None:
+                hook(layer)
             parts = [self.attn_pre(x[a:b], t, layer, si.pos[a:b]) for t, a, b in si.segments]
             q, k, v = (torch.cat(p) for p in zip(*parts, strict=True)) if multi else parts[0]
             o = self.attention(q, k, v, si.meta, cache.k[layer], cache.v[layer])  # (N, H·hd)
@@ -485,9 +537,15 @@ class MoEEngine:
             if self.is_moe(layer):
                 routed = [self.router(x[a:b], t, layer) for t, a, b in si.segments]
                 h, top_i, top_w = (torch.cat(p) for p in zip(*routed, strict=True)) if multi else routed[0]
+                for t, a, b in si.segments:  # shared experts: the tenant's own, every token
+                    y = self.shared(h[a:b], t, layer)
+                    if y is not None:
+                        x[a:b] += y
                 x += self.moe(h, top_i, top_w, layer)
             else:
                 for t, a, b in si.segments:
                     x[a:b] += self.dense(x[a:b], t, layer)
+        if hook is not None:
+            hook(s.n_layers)
         nxt = [self.lm_head(x[r], t) for t, r in si.rows]
         return torch.cat(nxt) if len(nxt) > 1 else nxt[0]

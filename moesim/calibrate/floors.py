@@ -13,10 +13,9 @@ import sys
 import numpy as np
 import pandas as pd
 
-from moesim.calibrate.schema import read_profile
 from moesim.calibrate.work import op_work
 from moesim.errors import UserError, exit_on_user_error
-from moesim.specs import get_model
+from moesim.formats.profile import profile_model, read_profile
 
 _DEVICE_OPS = ("attn_proj", "router", "attn_prefill", "attn_decode", "moe_grouped", "moe_loop", "expert_one",
                "lm_head", "embed")
@@ -24,7 +23,7 @@ _DEVICE_OPS = ("attn_proj", "router", "attn_prefill", "attn_decode", "moe_groupe
 
 def floor_table(df: pd.DataFrame, meta: dict) -> pd.DataFrame:
     """Whole-GPU device ops with their two floors (seconds) and measured/floor."""
-    m = get_model(meta["model"])
+    m = profile_model(meta)
     P = float(meta.get("ceiling_gemm_flops") or np.nan)
     B = float(meta.get("ceiling_copy_Bps") or np.nan)
     d = df[(df["status"] == "ok") & df["op"].isin(_DEVICE_OPS) & (df["sms"] == int(meta.get("sms", 0)))].copy()

@@ -24,11 +24,11 @@ from tqdm import tqdm
 from moesim.calibrate.config import CalibrateConfig
 from moesim.calibrate.engine import KVCache, MoEEngine
 from moesim.calibrate.grids import Grids, make_grids
-from moesim.calibrate.schema import Row, profile_stem, read_profile, write_profile
 from moesim.calibrate.system import discover
 from moesim.calibrate.timing import Timer, Timing
 from moesim.calibrate.validate import describe, validation_batches
 from moesim.errors import UserError
+from moesim.formats.profile import Row, profile_stem, read_profile, write_profile
 from moesim.specs import get_model
 
 #: Ops timed as CUDA-graph replays when ``graphs`` is on (copies, overlap and the loop engine stay eager).
@@ -62,7 +62,7 @@ class Recorder:
             else:
                 if old.get("gpu") == meta["gpu"] and old.get("model") == meta["model"]:
                     keep = df[df["status"].isin(["ok", "oom"])]
-                    from moesim.calibrate.schema import frame_to_rows
+                    from moesim.formats.profile import frame_to_rows
 
                     self.rows = frame_to_rows(keep)
                     self.resumed = len(self.rows)
@@ -120,7 +120,8 @@ class Calibration:
         self.out = cfg.out_dir()
         self.path = self.out / f"{stem}.parquet"
         self.meta: dict[str, Any] = {
-            "gpu": self.gpu, "model": self.spec.name, "derived": False, "sms": self.sms,
+            "gpu": self.gpu, "model": self.spec.name, "model_config": self.spec.source, "derived": False,
+            "sms": self.sms,
             "system": self.system, "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
             "command": "python -m moesim.calibrate " + " ".join(sys.argv[1:]),
             "time_unit": "seconds; per decoder layer where per_layer == 1",
@@ -202,7 +203,9 @@ class Calibration:
         self.ceilings()
         t0 = time.monotonic()
         n_tenants = max(cfg.tenants, self.plan.n_variants if self.plan else 0)
-        self.eng = MoEEngine(self.spec, self.device, n_tenants=n_tenants, seed=cfg.seed, dtype=self.dtype)
+        self.eng = MoEEngine(self.spec, self.device, n_tenants=n_tenants, seed=cfg.seed, dtype=self.dtype,
+                             balanced_routing=cfg.balanced_routing)
+        self.meta["balanced_routing"] = cfg.balanced_routing
         if self.cuda:
             torch.cuda.synchronize()
         self.meta["build_s"] = round(time.monotonic() - t0, 2)
@@ -358,8 +361,9 @@ class Calibration:
                         eng.attn_post(x, q.reshape(T, -1), 0, layer)
 
                 return fn, len(layers)
-            if op == "router":
-                return (lambda: [eng.router(x, 0, layer) for layer in layers]), len(layers)
+            if op == "router":  # with the tenant's shared expert(s), where the model has them
+                return (lambda: [(eng.router(x, 0, layer), eng.shared(x, 0, layer)) for layer in layers]
+                        ), len(layers)
             if op in ("moe_grouped", "moe_loop"):
                 routed = [eng.router(x, 0, layer) for layer in layers]
                 # moe_grouped is the layer as the engine runs it (meta: moe_engine; loop if grouped GEMM failed)

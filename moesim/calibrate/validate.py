@@ -20,6 +20,7 @@ import pandas as pd
 
 from moesim.cost.base import ExpertGroup, Residency, SeqWork
 from moesim.errors import UserError, exit_on_user_error
+from moesim.formats.profile import profile_model
 from moesim.specs import GPU_SPECS, get_model
 from moesim.specs.gpus import H200
 
@@ -106,8 +107,8 @@ def report(profile_path: str | Path, **cost_cfg: object) -> pd.DataFrame:
 
     ``cost_cfg`` overrides ``ProfileCostConfig`` fields (e.g. ``step_residual="on"``).
     """
-    from moesim.calibrate.schema import read_profile
     from moesim.cost.profile import ProfileCost, ProfileCostConfig
+    from moesim.formats.profile import read_profile
 
     p = Path(profile_path)
     _, meta = read_profile(p)
@@ -115,7 +116,7 @@ def report(profile_path: str | Path, **cost_cfg: object) -> pd.DataFrame:
     if not vpath.is_file():
         raise UserError(f"{vpath}: no validation file (run the calibrator with validate=true)")
     v = pd.read_parquet(vpath)
-    model = get_model(meta["model"])
+    model = profile_model(meta)
     cost = ProfileCost(ProfileCostConfig(path=str(p), **cost_cfg), model, gpu_spec_for(meta))  # type: ignore[arg-type]
     batches = [[tuple(s) for s in json.loads(x)] for x in v["seqs"]]
     groups = meta.get("validation_residency")

@@ -28,7 +28,7 @@ def attn_proj_params(m: ModelSpec) -> int:
 
 def op_work(m: ModelSpec, op: str, batch: int = 1, tokens: int = 0, context: int = 0,
             nbytes: int = 0) -> Work:
-    """Flops and fewest bytes of ``op`` at a shape (see ``moesim.calibrate.schema.OPS`` for the shapes)."""
+    """Flops and fewest bytes of ``op`` at a shape (see ``moesim.formats.profile.OPS`` for the shapes)."""
     dt = m.dtype_bytes
     d, hd = m.d_model, m.head_dim
     q_dim, kv_dim = m.n_heads * hd, m.n_kv_heads * hd
@@ -37,9 +37,11 @@ def op_work(m: ModelSpec, op: str, batch: int = 1, tokens: int = 0, context: int
         p = attn_proj_params(m)
         act = T * (d + q_dim + 2 * kv_dim) + T * (q_dim + 2 * d)  # x in, qkv out; attn in, x read+write
         return Work(2.0 * T * m.attention_params_per_block, (p + act) * dt)
-    if op == "router":
-        p = m.d_model * m.n_experts + d
-        return Work(2.0 * T * d * m.n_experts, (p + T * (2 * d + m.n_experts)) * dt)
+    if op == "router":  # with the shared expert(s) and their gate, where the model has them
+        sh = m.shared_expert_params_per_layer
+        p = m.d_model * m.n_experts + d + sh
+        act = T * (2 * d + m.n_experts) + (T * (2 * d + 4 * m.shared_d_ff) if sh else 0)
+        return Work(2.0 * T * (d * m.n_experts + sh), (p + act) * dt)
     if op == "attn_prefill":
         n, c = T, context
         flops = 4.0 * batch * n * (c + (n + 1) / 2) * q_dim

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from moesim.consolidation.plan import ExpertCopy, Plan
 from moesim.consolidation.weights import MATRICES, MoELayout, State
 
+#: Combines the members' tensors of a shared copy: (key of the copy's slot, members' tensors) → one tensor.
+Combine = Callable[[str, list[torch.Tensor]], torch.Tensor]
 
-def copy_tensors(plan: Plan, states: Sequence[State], layout: MoELayout, copy: ExpertCopy) -> dict[str, torch.Tensor]:
-    """The w1/w2/w3 of one copy: the source expert's tensors, or the mean of ``mean_of``'s experts."""
+
+def copy_tensors(plan: Plan, states: Sequence[State], layout: MoELayout, copy: ExpertCopy,
+                 combine: Combine | None = None) -> dict[str, torch.Tensor]:
+    """The w1/w2/w3 of one copy: the source expert's tensors, or the mean of ``mean_of``'s experts
+    (or ``combine(key, members' tensors)`` when given, e.g. a TIES merge against the base)."""
     if not copy.mean_of:
         st = states[copy.source_variant]
         return {m: st[layout.key(copy.layer, copy.source_expert, m)] for m in MATRICES}
@@ -20,6 +25,12 @@ def copy_tensors(plan: Plan, states: Sequence[State], layout: MoELayout, copy: E
         e_u = plan.assign[u][copy.layer].index(copy.id)
         members.append((u, e_u))
     out = {}
+    if combine is not None:
+        for m in MATRICES:
+            ref = states[members[0][0]][layout.key(copy.layer, members[0][1], m)]
+            ts = [states[u][layout.key(copy.layer, e_u, m)] for u, e_u in members]
+            out[m] = combine(layout.key(copy.layer, copy.expert, m), ts).to(ref.dtype)
+        return out
     for m in MATRICES:
         ref = states[members[0][0]][layout.key(copy.layer, members[0][1], m)]
         acc = torch.zeros_like(ref, dtype=torch.float32)
@@ -30,7 +41,7 @@ def copy_tensors(plan: Plan, states: Sequence[State], layout: MoELayout, copy: E
 
 
 def materialize(plan: Plan, states: Sequence[State], layout: MoELayout, variant: int,
-                nonexpert_from: int | None = None) -> dict[str, torch.Tensor]:
+                nonexpert_from: int | None = None, combine: Combine | None = None) -> dict[str, torch.Tensor]:
     """The state dict ``variant`` runs under ``plan``.
 
     Non-expert tensors come from ``nonexpert_from`` (default: the variant itself — partial reconfiguration;
@@ -44,7 +55,7 @@ def materialize(plan: Plan, states: Sequence[State], layout: MoELayout, variant:
         for e in range(plan.n_experts):
             cid = plan.assign[variant][layer][e]
             if cid not in cache:
-                cache[cid] = copy_tensors(plan, states, layout, plan.copies[cid])
+                cache[cid] = copy_tensors(plan, states, layout, plan.copies[cid], combine)
             for m in MATRICES:
                 out[layout.key(layer, e, m)] = cache[cid][m]
     return out

@@ -1,6 +1,6 @@
 """The consolidation quality report: numbers against the targets and a plotly HTML page (CPU; no torch).
 
-    python -m moesim.consolidation.report reports/consolidation
+    python -m moesim.consolidation.report reports/consolidation/study4
 
 Reads ``quality.csv``, ``distances.json`` and ``metadata.json`` of the study in that folder and writes
 ``summary.json`` (targets, margins) and ``index.html`` (quality vs memory per method and number of variants,
@@ -270,7 +270,7 @@ plan without reconfiguration at every budget.</p>
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m moesim.consolidation.report", description=__doc__.splitlines()[0])
-    ap.add_argument("folder", type=Path, nargs="?", default=Path("reports/consolidation"))
+    ap.add_argument("folder", type=Path, nargs="?", default=Path("reports/consolidation/study4"))
     args = ap.parse_args(argv)
     s = build(args.folder)
     for n, rec in s["by_n"].items():

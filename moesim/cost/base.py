@@ -185,19 +185,49 @@ class CostModel(ABC):
 
 
 def expected_active_fraction(n_tokens: int | np.ndarray, n_experts: int, top_k: int,
-                             skew: float = 0.0) -> float | np.ndarray:
+                             skew: float = 0.0, weight: float = 1.0) -> float | np.ndarray:
     """Expected fraction of a layer's experts that ``n_tokens`` tokens activate.
 
     Each token picks ``top_k`` distinct experts. With ``skew == 0`` routing is uniform: an expert is missed
     by one token with probability ``1 - k/E``, so the expected active fraction is ``1 - (1 - k/E)^n``.
     With ``skew > 0``, expert i's pick probability follows a Zipf law ``∝ (i+1)^-skew`` scaled to sum to
     ``k`` (capped at 1); the fraction is the mean over experts of ``1 - (1 - q_i)^n``.
+
+    ``weight`` scales the per-token pick probability of the experts counted (a set of positions routed to
+    ``weight`` times as often as the average position; capped at 1), e.g. the host-resident positions of
+    a consolidation plan (:func:`host_routing_weights`).
     """
     n = np.asarray(n_tokens, dtype=float)
     if skew <= 0.0:
-        out = 1.0 - (1.0 - top_k / n_experts) ** n
+        q = min(1.0, weight * top_k / n_experts)
+        out = 1.0 - (1.0 - q) ** n
     else:
         w = (np.arange(1, n_experts + 1, dtype=float)) ** (-skew)
-        q = np.minimum(w / w.sum() * top_k, 1.0)
+        q = np.minimum(w / w.sum() * top_k * weight, 1.0)
         out = (1.0 - (1.0 - q[:, None]) ** n.reshape(1, -1)).mean(axis=0).reshape(n.shape)
     return float(out) if np.ndim(out) == 0 else out
+
+
+def host_routing_weights(res: Residency, host_weight: float) -> tuple[float, ...]:
+    """Relative routing probability of each group of ``res`` (1.0: the average position).
+
+    ``host_weight`` applies to the host-resident groups of a *consolidated* residency (one in which some
+    GPU copies are shared by several tenants: the positions a similarity ranking left on the host); the
+    GPU groups of the same tenants take the rest, so a token's expected picks stay ``top_k`` per layer
+    (for every tenant, ``Σ positions × weight`` over its groups equals its positions). A residency without
+    shared copies (``mig``, ``naive``: whole layers or an arbitrary set on the host) keeps uniform weights.
+    """
+    groups = res.groups
+    if host_weight == 1.0 or not any(g.on_gpu and len(g.tenants) > 1 for g in groups):
+        return (1.0,) * len(groups)
+    out = []
+    for g in groups:
+        if not g.on_gpu:
+            out.append(host_weight)
+            continue
+        # tenants of this GPU group: their host positions give up (1 - w) of the mean share each
+        t = next(iter(g.tenants))
+        host = res.host_positions(t)
+        gpu = res.resident_positions(t)
+        out.append(max(0.0, (gpu + host * (1.0 - host_weight)) / gpu) if gpu else 1.0)
+    return tuple(out)

@@ -41,6 +41,8 @@ class ConstantCostConfig:
 class ConstantCost(CostModel):
     """Fixed prefill and decode-step times."""
 
+    provenance = "constant"
+
     name = "constant"
 
     def __init__(self, cfg: ConstantCostConfig, model: ModelSpec, gpu: GPUSpec) -> None:

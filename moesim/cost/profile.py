@@ -11,7 +11,8 @@ A step (the contract in ``moesim.cost.base``), with L decoder layers and T_t new
     decode core);
     prefill core = attn_prefill(b_p, n_eff), n_eff² = mean n·(n + 2·context) (equal causal work);
     decode core = attn_decode(b_d, mean context);
-  * router_s = L_moe·Σ_t router(T_t);
+  * router_s = L_moe·Σ_t router(T_t) (the router op includes the tenant's shared expert(s) where the model
+    has them: Qwen-MoE, DeepSeek);
   * experts_s: per expert group g with n_g tokens, touched = positions·f(n_g) (f = expected active
     fraction), m = n_g·k/(E·f) tokens per touched expert; on-GPU groups cost touched·t_grouped(m), the
     per-expert time inside the measured grouped MoE layer; host groups cost touched·expert_one(m) plus
@@ -36,11 +37,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from moesim.calibrate.schema import EXECUTIONS, profile_stem, read_profile
 from moesim.calibrate.work import op_work
 from moesim.cost import COST_MODELS
-from moesim.cost.base import CostModel, DecodeRun, Residency, SeqWork, StepCost, expected_active_fraction
+from moesim.cost.base import (
+    CostModel,
+    DecodeRun,
+    Residency,
+    SeqWork,
+    StepCost,
+    expected_active_fraction,
+    host_routing_weights,
+)
 from moesim.errors import UserError
+from moesim.formats.profile import EXECUTIONS, profile_stem, read_profile
 from moesim.resources import profile_search_path, shipped_profiles_dir
 from moesim.specs import GPUSpec, ModelSpec
 
@@ -61,6 +70,8 @@ class ProfileCostConfig:
         execution: ``graphs`` (ops and steps timed as CUDA-graph replays: an engine without host launch
             gaps, the default) or ``eager`` (plain PyTorch, launch-bound at small batches); used by ``auto``.
         routing_skew: 0 for uniform top-k routing; > 0 for a Zipf law over experts (as ``roofline``).
+        host_routing_weight: relative routing probability of a consolidated plan's host-resident positions
+            (as ``roofline``; 1: uniform).
         step_residual: ``auto`` (on for eager profiles, off for CUDA-graph ones), ``on`` or ``off``: add the
             residual the profile's whole-model ``step`` rows show over the composed ops, interpolated in
             log(tokens in the step). Eager steps have host launch gaps the per-op tables cannot see; graph
@@ -71,6 +82,7 @@ class ProfileCostConfig:
     path: str = "auto"
     execution: str = "graphs"
     routing_skew: float = 0.0
+    host_routing_weight: float = 1.0
     step_residual: str = "auto"
 
     def __post_init__(self) -> None:
@@ -80,6 +92,8 @@ class ProfileCostConfig:
             raise UserError(f"cost.execution={self.execution!r}: valid: {', '.join(EXECUTIONS)}")
         if self.routing_skew < 0:
             raise UserError(f"cost.routing_skew={self.routing_skew}: must be ≥ 0")
+        if not self.host_routing_weight > 0:
+            raise UserError(f"cost.host_routing_weight={self.host_routing_weight}: must be > 0 (1: uniform routing)")
 
 
 def available_profiles(folder: Path | None = None) -> list[str]:
@@ -320,6 +334,7 @@ class ProfileCost(CostModel):
                             f"gpu × model (available: {', '.join(available_profiles(self.path.parent))})")
         self.meta = meta
         self.derived = bool(meta.get("derived", False))
+        self.provenance = "derived" if self.derived else "measured"
         self.total_sms = int(meta.get("sms", gpu.sms))
         ok = df[df["status"] == "ok"]
         full = ok[ok["sms"] == self.total_sms]
@@ -445,12 +460,12 @@ class ProfileCost(CostModel):
             return max(base * r, float(mem))
         return np.maximum(base * r, mem)
 
-    def _active(self, n: int) -> float:
+    def _active(self, n: int, weight: float = 1.0) -> float:
         """Expected active fraction of a layer's experts for ``n`` tokens (plain Python when uniform)."""
         m = self.model
         if self.cfg.routing_skew <= 0:
-            return 1.0 - (1.0 - m.top_k / m.n_experts) ** n
-        return float(expected_active_fraction(n, m.n_experts, m.top_k, self.cfg.routing_skew))
+            return 1.0 - (1.0 - min(1.0, weight * m.top_k / m.n_experts)) ** n
+        return float(expected_active_fraction(n, m.n_experts, m.top_k, self.cfg.routing_skew, weight))
 
     def _tenant_parts(self, tokens: dict[int, int], seqs: dict[int, int], res: Residency
                       ) -> tuple[float, float, float, float, float, float, float]:
@@ -481,13 +496,14 @@ class ProfileCost(CostModel):
             emb += self._t("embed", res, t=T)
         experts, fetch_s, fetches = dense, 0.0, 0.0
         E, k = m.n_experts, m.top_k
-        for g in res.groups:
+        weights = host_routing_weights(res, self.cfg.host_routing_weight)
+        for g, w in zip(res.groups, weights, strict=True):
             n_g = sum(T for t, T in tokens.items() if t in g.tenants)
             if n_g == 0 or g.positions == 0:
                 continue
-            f = self._active(n_g)
+            f = self._active(n_g, w)
             touched = g.positions * self._pos_scale * f
-            per = n_g * k / (E * f)  # tokens per touched expert
+            per = n_g * k * w / (E * f)  # tokens per touched expert
             if g.on_gpu:
                 experts += touched * self._grouped_on_slice(per, n_g, res)
             else:

@@ -17,7 +17,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from moesim.cost import COST_MODELS
-from moesim.cost.base import CostModel, DecodeRun, Residency, SeqWork, StepCost, expected_active_fraction
+from moesim.cost.base import (
+    CostModel,
+    DecodeRun,
+    Residency,
+    SeqWork,
+    StepCost,
+    expected_active_fraction,
+    host_routing_weights,
+)
 from moesim.errors import UserError
 from moesim.specs import GPUSpec, ModelSpec
 
@@ -34,6 +42,10 @@ class RooflineCostConfig:
         attention_overhead_s: extra fixed time per decoder layer's attention per tenant (eager code), s.
         expert_overhead_s: extra fixed time per MoE layer's expert part per step (eager code), s.
         routing_skew: 0 for uniform top-k routing; > 0 for a Zipf law over experts.
+        host_routing_weight: how often a token routes to a host-resident position of a consolidated plan,
+            relative to the average position (1: uniform); see ``moesim.cost.base.host_routing_weights``.
+        derived_from: a measured profile whose efficiencies these are (``moesim.cost.derive``): the costs
+            are then marked derived; empty for the datasheet roofline.
     """
 
     name: str = "roofline"
@@ -44,6 +56,8 @@ class RooflineCostConfig:
     attention_overhead_s: float = 0.0
     expert_overhead_s: float = 0.0
     routing_skew: float = 0.0
+    host_routing_weight: float = 1.0
+    derived_from: str = ""
 
     def __post_init__(self) -> None:
         for f in ("flops_efficiency", "bw_efficiency", "link_efficiency"):
@@ -53,16 +67,22 @@ class RooflineCostConfig:
         for f in ("layer_overhead_s", "attention_overhead_s", "expert_overhead_s", "routing_skew"):
             if getattr(self, f) < 0:
                 raise UserError(f"cost.{f}={getattr(self, f)}: must be ≥ 0")
+        if not self.host_routing_weight > 0:
+            raise UserError(f"cost.host_routing_weight={self.host_routing_weight}: must be > 0 (1: uniform routing)")
 
 
 # The paper's eager HF code on an A100 (facts/paper.md): attention ≈ 0.73–0.99 ms per layer at batch 1,
 # the expert part ≈ 1.0–1.2 ms per layer with both experts resident, ≈ 27 ms per host-resident expert
 # (352 MB at 52% of a 25 GB/s pinned Gen4 link). Overheads are what the roofline terms leave unexplained.
+# ``host_routing_weight``: the paper's prefill (no-swap TTFT ≈ 0.87 s for its ~7-token prompt) copies ≈ 28.6
+# host experts where uniform routing would copy 33.8: its plan's 39 host positions are picked 0.69× as often as
+# the average position (moesim.paper.host_routing_weight_from_ttft); applied to consolidated plans only.
 PAPER_A100 = {
     "attention_overhead_s": 0.80e-3,
     "expert_overhead_s": 0.70e-3,
     "link_efficiency": 0.522,
     "layer_overhead_s": 0.0,
+    "host_routing_weight": 0.69,
 }
 
 
@@ -75,13 +95,20 @@ class RooflineCost(CostModel):
     def __init__(self, cfg: RooflineCostConfig, model: ModelSpec, gpu: GPUSpec) -> None:
         super().__init__(model, gpu)
         self.cfg = cfg
+        self.derived = bool(cfg.derived_from)
+        self.provenance = "derived" if cfg.derived_from else "roofline"
+        self.source = cfg.derived_from
         m = model
         self._L = m.n_layers
         self._Lmoe = m.n_decoder_moe_layers
         self._attn_params = m.attention_params_per_block * (m.n_layers * (2 if m.cross_attention else 1))
         self._router_params = self._Lmoe * m.d_model * m.n_experts
+        # per-tenant FFN weights every token runs: shared experts (Qwen-MoE, DeepSeek) and the dense FFNs
+        # of DeepSeek's first layers (Switch's interleaved dense layers are left out, as before)
+        self._ffn_params = self._Lmoe * m.shared_expert_params_per_layer + (
+            m.first_dense * m.dense_ffn_params_per_layer)
         self._lm_params = m.vocab * m.d_model
-        self._q_dim = m.n_heads * m.head_dim
+        self._q_dim = m.attn_core_dim
         # positions the cost counts are the decoder's: scale plan positions (which may include encoder
         # layers) by the decoder's share of MoE layers
         self._pos_scale = self._Lmoe / max(1, m.n_moe_layers)
@@ -121,22 +148,26 @@ class RooflineCost(CostModel):
         F, B = self._rates(res)
         dt = m.dtype_bytes
         proj = router = lm = over = 0.0
+        ffn = self._ffn_params
         for t, T in tokens.items():
             proj += max(2 * T * self._attn_params / F, self._attn_params * dt / B)
             router += max(2 * T * self._router_params / F, self._router_params * dt / B)
+            if ffn:
+                router += max(2 * T * ffn / F, ffn * dt / B)
             lm += max(2 * seqs[t] * self._lm_params / F, self._lm_params * dt / B)
             over += self._L * (cfg.layer_overhead_s + cfg.attention_overhead_s)
         over += self._Lmoe * cfg.expert_overhead_s
         experts = fetch_s = fetches = 0.0
         E, k = m.n_experts, m.top_k
         link = self._link_Bps(res)
-        for g in res.groups:
+        weights = host_routing_weights(res, cfg.host_routing_weight)
+        for g, w in zip(res.groups, weights, strict=True):
             n_g = sum(tokens.get(t, 0) for t in g.tenants)
             if n_g == 0 or g.positions == 0:
                 continue
             pos = g.positions * self._pos_scale
-            touched = pos * expected_active_fraction(n_g, E, k, cfg.routing_skew)
-            assignments = n_g * k * pos / E
+            touched = pos * expected_active_fraction(n_g, E, k, cfg.routing_skew, w)
+            assignments = n_g * k * pos * w / E
             experts += max(2 * assignments * m.expert_params / F, touched * m.expert_bytes / B)
             if not g.on_gpu:
                 f = touched * (1.0 - res.expert_cache_hit)

@@ -10,7 +10,6 @@ from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-import numpy as np
 import simpy
 
 from moesim.cost.base import CostModel, Residency, SeqWork
@@ -55,6 +54,13 @@ class Instance:
         self.kv_bytes_per_token = cost.model.kv_bytes_per_token
         self.kv_free_bytes = plan.kv_capacity_bytes
         self.fetches = any(not g.on_gpu for g in plan.residency.groups)
+        self.proc: simpy.Process | None = None  # set by simulate()
+        self._in_run = False  # inside an interruptible decode run
+        self._routable = False  # inside a decode run a routed arrival may cut (fleets with replicas)
+        self._pinned: list[bool] | None = None  # per candidate: routed here for sure (None: all are)
+        self._np = 0  # index of the next pinned candidate (≥ _next)
+        if self.fetches:
+            link.members.append(self)
         self._arrivals: list[Request] = []
         self._next = 0
         self._res_cache: dict[float, Residency] = {}
@@ -97,6 +103,12 @@ class Instance:
         """
         self._arrivals = arrivals
         self._next = 0
+        self._np = 0
+
+    def pin(self, pinned: list[bool]) -> None:
+        """Which candidates (parallel to ``feed``'s list) can only be routed here. A decode run plans its stop
+        at the next of those; a replica's arrival routed here cuts the run when it comes (``Board.decide``)."""
+        self._pinned = pinned
 
     def _pull(self) -> None:
         arr, i, now = self._arrivals, self._next, self.env.now
@@ -157,9 +169,14 @@ class Instance:
         while True:
             self._pull()
             if not self.running and not self.queue:
+                shared = self.fetches and len(self.link.members) > 1
+                if shared:
+                    self._link_changed()  # idle from now
                 if self._next >= len(self._arrivals):
                     return
                 yield env.timeout(self._arrivals[self._next].arrival_s - env.now)
+                if shared:
+                    self._link_changed()  # busy again
                 continue
             sel = policy.select(self)
             if sel.admit:
@@ -214,13 +231,33 @@ class Instance:
         t0 = env.now
         self.link.begin(self.fetches)
         steps = n
-        if self._next < len(self._arrivals):
-            nxt = self._arrivals[self._next]
+        k = self._next
+        pinned = self._pinned
+        if pinned is not None:  # the next candidate surely routed here; replicas' arrivals cut the run instead
+            k = max(k, self._np)
+            while k < len(pinned) and not pinned[k]:
+                k += 1
+            self._np = k
+        if k < len(self._arrivals):
+            nxt = self._arrivals[k]
             if self.policy.interrupts(self, nxt):
                 # stop at the first step boundary at or after the next arrival: it joins there
-                j = int(np.searchsorted(dr.end_s, nxt.arrival_s - t0, side="left"))
+                j = int(dr.end_s.searchsorted(nxt.arrival_s - t0))  # side="left"
                 steps = min(n, j + 1)
-        yield env.timeout(float(dr.end_s[steps - 1]))
+        self._in_run = self.fetches
+        self._routable = pinned is not None
+        try:
+            yield env.timeout(float(dr.end_s[steps - 1]))
+        except simpy.Interrupt:
+            # another instance on the host link went idle or woke up, or a request routed here can join:
+            # end the run with the step under way
+            self._in_run = self._routable = False
+            done = env.now - t0
+            steps = min(steps, int(dr.end_s.searchsorted(done)) + 1)
+            rest = float(dr.end_s[steps - 1]) - done
+            if rest > 0:
+                yield env.timeout(rest)
+        self._in_run = self._routable = False
         self.link.end(self.fetches)
         frac = steps / n
         c = dr.cost
@@ -245,6 +282,13 @@ class Instance:
             self._finish_at = [fa[i] for i in keep]
             self._tenants = tuple([self._tenants[i] for i in keep])
             self._tenant_label = _tenant_str(tc)
+
+    def _link_changed(self) -> None:
+        """Tell the other instances on the host link, mid decode run, that this one's activity changed."""
+        for o in self.link.members:
+            if o is not self and o._in_run and o.proc is not None:
+                o._in_run = o._routable = False
+                o.proc.interrupt()
 
     def _finish_req(self, r: Request) -> None:
         self.rec.finish[r.id] = self.env.now

@@ -40,13 +40,17 @@ class HostLink:
 
     Approximation: an instance that starts a step needing expert fetches gets ``1 / k`` of the link,
     ``k`` being the instances fetching at that moment (itself included); the share is fixed for the step.
-    When the GPU's node caps host-memory bandwidth (``node``), the share is scaled by the node's factor.
+    When several instances fetch over the link (e.g. MIG instances with host-resident experts), one that
+    goes idle or wakes up ends the others' decode runs at the step under way, so each re-takes its share
+    from the next step on (the paper's MIG logs show a host expert taking 52 ms while the other instance
+    fetches and 27 ms once it stops, within one request). When the GPU's node caps host-memory bandwidth (``node``), the share is scaled by the node's factor.
     """
 
-    __slots__ = ("active", "link_Bps", "node")
+    __slots__ = ("active", "link_Bps", "members", "node")
 
     def __init__(self, node: NodeLink | None = None, link_Bps: float = 0.0) -> None:
         self.active = 0
+        self.members: list = []  # the instances that fetch experts over this link
         self.node = node
         self.link_Bps = link_Bps
 
@@ -120,21 +124,25 @@ class Recorder:
         self._fs(fetch_s)
 
     def segments(self) -> pd.DataFrame:
-        """The timeline as a frame (columns ``SEGMENT_COLUMNS``; instance as the index of its plan)."""
+        """The timeline as a frame (columns ``SEGMENT_COLUMNS``; instance as the index of its plan).
+
+        Each column is converted, then its log freed, so the log and the frame are never both whole.
+        """
         i, f, st = self._ints, self._floats, self._strs
-
-        def ints(a: array) -> np.ndarray:
-            return np.frombuffer(a, dtype=np.int64).copy() if len(a) else np.zeros(0, dtype=np.int64)
-
-        def floats(a: array) -> np.ndarray:
-            return np.frombuffer(a, dtype=np.float64).copy() if len(a) else np.zeros(0)
-
-        return pd.DataFrame({
-            "instance": ints(i[0]), "kind": np.array(st[0], dtype=object), "start_s": floats(f[0]),
-            "end_s": floats(f[1]), "n_seqs": ints(i[1]), "tokens": ints(i[2]),
-            "tenants": np.array(st[1], dtype=object), "expert_fetches": floats(f[2]),
-            "attention_s": floats(f[3]), "experts_s": floats(f[4]), "fetch_s": floats(f[5]),
-        })
+        sources = {"instance": (i, 0), "kind": (st, 0), "start_s": (f, 0), "end_s": (f, 1), "n_seqs": (i, 1),
+                   "tokens": (i, 2), "tenants": (st, 1), "expert_fetches": (f, 2), "attention_s": (f, 3),
+                   "experts_s": (f, 4), "fetch_s": (f, 5)}
+        cols: dict[str, np.ndarray] = {}
+        for name in self.SEGMENT_COLUMNS:
+            group, k = sources[name]
+            a = group[k]
+            if group is st:
+                cols[name] = np.array(a, dtype=object)
+                a.clear()
+            else:
+                cols[name] = np.array(a, dtype=np.int64 if group is i else np.float64)
+                del a[:]
+        return pd.DataFrame(cols)
 
 
 @dataclass(frozen=True)
@@ -211,7 +219,8 @@ class Board:
 
     ``dest[id]``: −1 undecided, −2 refused, else the global index of the instance it goes to. Decisions are
     made at the request's arrival, by the dispatcher process or by the first instance pulling it at that
-    same instant, whichever comes first; the router sees the fleet as it is then.
+    same instant, whichever comes first; the router sees the fleet as it is then. A fleet without replicas
+    has no dispatcher: each decision is fixed by the tenant, made when an instance first pulls the request.
     """
 
     def __init__(self, env: simpy.Environment, by_id: Sequence[Request], replicas: dict[int, tuple[int, ...]],
@@ -254,7 +263,7 @@ class Board:
             g = cands[0]
         else:
             if self.router is None:
-                raise RuntimeError("a variant has several replicas but the fleet has no router")
+                raise UserError("a variant is placed on several GPUs: the fleet needs a router (e.g. least_work)")
             g = self.router.choose(r, cands, self)
             if g not in cands:
                 raise RuntimeError(f"router chose GPU {g} for tenant {r.tenant}; replicas: {cands}")
@@ -262,6 +271,11 @@ class Board:
         lr = r if lt == r.tenant else Request(rid, lt, r.arrival_s, r.prompt_tokens, r.output_tokens)
         inst = self.gpu_insts[g][self._route[g](lr)]
         d = self.dest[rid] = inst.idx
+        if inst._routable and len(cands) > 1 and inst.policy.interrupts(inst, lr):
+            # a replica's arrival is no planned stop of the instance's decode run: cut it now, to join at
+            # the step boundary at or after this instant
+            inst._routable = inst._in_run = False
+            inst.proc.interrupt()
         self.rec.gpu[rid] = g
         self.outstanding_tokens[g] += r.prompt_tokens + r.output_tokens
         self.outstanding_requests[g] += 1
@@ -398,6 +412,9 @@ def simulate_fleet(model: ModelSpec, gpus: Sequence[GPUSetup], requests: Sequenc
     kv_cap = [p.kv_capacity_bytes for p in all_plans]
     for r in order:
         reps = board.replicas.get(r.tenant, ())
+        if not reps:
+            board.decide(r.id)  # refused: no GPU holds its variant (a decision that needs no clock)
+            continue
         tokens = r.prompt_tokens + r.output_tokens
         cant: list[int] = []
         why = ""
@@ -424,8 +441,18 @@ def simulate_fleet(model: ModelSpec, gpus: Sequence[GPUSetup], requests: Sequenc
         for inst in insts:
             inst.board = board
             inst.feed(cand[inst.idx])
-            procs.append(env.process(inst.run()))
-    procs.append(env.process(board.dispatch(order)))
+            inst.proc = env.process(inst.run())
+            procs.append(inst.proc)
+    if any(len(v) > 1 for v in board.replicas.values()):
+        if router is None:
+            raise UserError("a variant is placed on several GPUs: the fleet needs a router (e.g. least_work)")
+        for insts in gpu_insts:
+            for inst in insts:
+                inst.pin([len(board.fits.get(r.id) or board.replicas[board.by_id[r.id].tenant]) == 1
+                          for r in inst._arrivals])
+        # routing needs the fleet's state at each arrival; without replicas every decision is fixed by the
+        # tenant (made when an instance first pulls the request) and no router reads the state
+        procs.append(env.process(board.dispatch(order)))
 
     if progress:
         from tqdm.auto import tqdm
@@ -510,6 +537,14 @@ def _globalize(label: str, to_global: dict[int, int]) -> str:
 def _instance_info(p: InstancePlan, model: ModelSpec) -> dict[str, Any]:
     res = p.residency
     gpu_copies = res.gpu_expert_copies()
+    host_bytes = p.host_expert_bytes
+    nonexpert = p.nonexpert_slots * model.nonexpert_bytes
+    # a plan whose groups list more GPU copies than its weights hold (``swap``: every tenant's copies,
+    # one tenant's loaded at a time) records what is resident; the rest waits in host memory
+    resident = min(gpu_copies, max(0, round((p.weight_bytes - nonexpert) / model.expert_bytes))) \
+        if model.expert_bytes > 0 else gpu_copies
+    host_bytes += (gpu_copies - resident) * model.expert_bytes
+    gpu_copies = resident
     return {
         "name": p.name,
         "profile": p.profile,
@@ -517,8 +552,9 @@ def _instance_info(p: InstancePlan, model: ModelSpec) -> dict[str, Any]:
         "bw_fraction": res.slice.bw_fraction,
         "memory_bytes": p.memory_bytes,
         "resident_expert_bytes": gpu_copies * model.expert_bytes,
-        "host_expert_bytes": p.host_expert_bytes,
-        "nonexpert_bytes": p.nonexpert_slots * model.nonexpert_bytes,
+        "host_expert_bytes": host_bytes,
+        "nonexpert_bytes": nonexpert,
+        "weight_bytes": p.weight_bytes,
         "kv_capacity_bytes": p.kv_capacity_bytes,
         "tenants": sorted(p.tenants),
         "resident_expert_copies": gpu_copies,

@@ -4,8 +4,8 @@ Estimates, not simulations: a GPU's capacity (requests/s) under a policy is
 ``Σ_instances max_batch / (max_batch · prefill_s + mean_output · decode_step_s)``, the steps timed by the
 cost model at the instance's layout for ``k`` tenants (so consolidation, host-resident experts and MIG slices
 count), and a GPU whose policy cannot lay out ``k`` tenants (memory) carries none. Attainment of a GPU at
-load λ and capacity μ is estimated as an M/M/1 queue's P(wait ≤ slack), ``slack`` the TTFT target minus a
-prefill: ``1 − ρ·exp(−μ(1 − ρ)·slack)`` for ρ = λ/μ < 1, else 0.
+load λ and capacity μ is estimated as an M/M/1 queue's P(wait ≤ slack), ``slack`` the TTFT target:
+``1 − ρ·exp(−μ(1 − ρ)·slack)`` for ρ = λ/μ < 1, else 0.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,8 @@ import pandas as pd
 from moesim.errors import UserError
 from moesim.io import write_text
 from moesim.report import figures as F
-from moesim.report.data import ReportOptions, SweepData, headline
+from moesim.report.data import SweepData, headline, verdict
+from moesim.report.options import ReportOptions, check_options, options_from_sweep
 from moesim.report.page import _esc, data_block, figure_block, fmt, fmt_pct, kv_table, page, table
 
 __all__ = ["ReportOptions", "build_report", "options_from_sweep"]
@@ -42,11 +45,14 @@ SECTIONS = [
      "The share of requests (of all seeds) finished within a given turnaround, at one arrival rate. A curve "
      "further left is faster; a long tail to the right is the queueing behind swaps or slow steps."),
     ("memory", "Memory breakdown",
-     "What each policy's instances hold, summed over instances (for MIG: the slices; for dedicated: one GPU "
-     "per tenant, so it may exceed one GPU). Resident experts are expert weights on the GPU (shared copies "
+     "What each policy's instances hold, summed over instances (for MIG: the slices of one GPU; for dedicated: "
+     "one GPU per tenant, so its bar is longer). Resident experts are expert weights on the GPU (shared copies "
      "count once); non-expert sets are attention, norms, router, embeddings and lm_head of the tenants kept "
-     "resident; KV cache capacity is what is left for the cache; experts on host stay in host memory and "
-     "are copied over the host link when a token routes to them. Hover for the per-instance numbers."),
+     "resident; KV cache capacity is what is left for the cache; reserved or unused is the rest of the "
+     "instances' memory (e.g. reconfig's staging slot for the next tenant's non-expert set), so the GPU parts "
+     "add up to the black mark. Experts in host memory are copied over the host link when a token routes to "
+     "them (for swap: the models not loaded at the moment, copied in whole on a swap). All from the job's "
+     "instances.json; hover for the per-instance numbers."),
     ("timeline", "Timeline",
      "A short window of the run at the CDF's rate: each bar is a prefill batch, a run of decode steps or a "
      "swap (loading a tenant's non-expert set or a whole model), per instance; diamonds mark steps that "
@@ -55,32 +61,33 @@ SECTIONS = [
 ]
 
 
-def options_from_sweep(root: Path) -> ReportOptions:
-    """The report options the sweep ran with (``report`` in its multirun.yaml), else the defaults."""
-    p = root / "multirun.yaml"
-    if not p.exists():
-        return ReportOptions()
-    from omegaconf import OmegaConf
-
-    node = OmegaConf.load(p).get("report")
-    if node is None:
-        return ReportOptions()
-    d = OmegaConf.to_container(node, resolve=False)
-    return ReportOptions(
-        cdf_rate=d.get("cdf_rate"),
-        timeline_window_s=float(d.get("timeline_window_s", 30.0)),
-        slo_target=float(d.get("slo_target", 0.9)),
-        baselines=tuple(d.get("baselines", ("mig", "reconfig"))),
-    )
-
-
 def _job_params(root: Path, job: str) -> dict[str, Any]:
-    p = root / job / "summary.json"
-    return json.loads(p.read_text()).get("params", {}) if p.exists() else {}
+    """The ``params`` of a job's summary.json ({} when absent or unreadable)."""
+    try:
+        params = json.loads((root / job / "summary.json").read_text()).get("params", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return params if isinstance(params, dict) else {}
 
 
-def _params_text(params: dict[str, Any], skip: tuple[str, ...] = ("name",)) -> str:
-    return ", ".join(f"{k}={v}" for k, v in params.items() if k not in skip) or "defaults"
+# what an empty policy parameter means (the value resolved at run time is shown when the job recorded it)
+EMPTY_MEANS = {"plan": "none (the budget rule)", "layout": "one instance per tenant",
+               "tokens_from": "none (fixed counts)"}
+
+
+def _params_text(params: dict[str, Any], skip: tuple[str, ...] = ("name",),
+                 resolved: dict[str, Any] | None = None) -> str:
+    """``k=v, …``; an empty value shows what it resolved to (``resolved``) or what empty means."""
+    items = []
+    for k, v in params.items():
+        if k in skip:
+            continue
+        if v in ("", None):
+            r = (resolved or {}).get(k)
+            v = f"{r} (default: {EMPTY_MEANS.get(k, 'none')})" if r not in ("", None) else \
+                EMPTY_MEANS.get(k, "none")
+        items.append(f"{k}={v}")
+    return ", ".join(items) or "defaults"
 
 
 def _gpu_notes(ok: pd.DataFrame) -> str:
@@ -96,22 +103,44 @@ def _gpu_notes(ok: pd.DataFrame) -> str:
     return f" <span class=\"note\">({'; '.join(notes)})</span>" if notes else ""
 
 
+def _cost_provenance(ok: pd.DataFrame) -> dict[str, str]:
+    """``model × GPU`` → where its step costs came from, for each pair whose cost was not measured
+    (``cost_provenance`` of summary.json other than ``measured``, or ``cost_derived``)."""
+    out: dict[str, str] = {}
+    if ok.empty:
+        return out
+    for _, r in ok.iterrows():
+        prov = r.get("cost_provenance")
+        prov = str(prov) if isinstance(prov, str) and prov else None
+        if prov is None and bool(r.get("cost_derived", False) is True):
+            prov = "derived"
+        if prov is not None and prov != "measured":
+            out.setdefault(f"{r.get('model')} × {r.get('gpu')}", prov)
+    return out
+
+
 def _config_section(data: SweepData) -> str:
     ok, s = data.ok, data.summary
     counts = s["status"].value_counts()
 
     def vals(col: str) -> str:
-        return ", ".join(_esc(v) for v in dict.fromkeys(ok[col].tolist())) if col in ok and len(ok) else "—"
+        if col not in ok or not len(ok):
+            return "—"
+        values = [int(v) if isinstance(v, float) and v.is_integer() else v for v in ok[col].tolist()]
+        return ", ".join(_esc(v) for v in dict.fromkeys(values))
 
     cost = vals("cost")
     options = [o for o in dict.fromkeys(ok.get("cost_option", pd.Series(dtype=object)).dropna().tolist())
                if o not in ("best", *ok["cost"].tolist())]
     if options:
         cost += f" (preset {', '.join(_esc(o) for o in options)})"
-    if len(ok) and ok["cost_derived"].astype(bool).any():
-        cost += ' <b>(derived profile: not measured on this GPU)</b>'
+    prov = _cost_provenance(ok)
+    if prov:
+        cost += " <b>(" + "; ".join(f"{_esc(k)}: {_esc(v)}, not measured" for k, v in prov.items()) + ")</b>"
     first = str(ok["job"].iloc[0]) if len(ok) else None
     params = _job_params(data.root, first) if first else {}
+    slo = data.options
+    slo_note = " (recomputed from requests.parquet for this report)" if slo.slo_override else ""
     rows = [
         ("model", vals("model")),
         ("GPU", vals("gpu") + _gpu_notes(ok)),
@@ -122,60 +151,132 @@ def _config_section(data: SweepData) -> str:
         ("arrival rates per tenant (req/s)", ", ".join(f"{r:g}" for r in data.rates) or "—"),
         ("seeds", ", ".join(map(str, data.seeds)) or "—"),
         ("SLO", f"TTFT ≤ {fmt(ok['slo_ttft_s'].iloc[0])} s and time per output token ≤ "
-                f"{fmt(ok['slo_tpot_s'].iloc[0])} s; a rate is sustained when ≥ "
-                f"{100 * data.options.slo_target:g}% of requests meet it" if len(ok) else "—"),
+                f"{fmt(ok['slo_tpot_s'].iloc[0])} s{slo_note}; a rate is sustained when ≥ "
+                f"{100 * slo.slo_target:g}% of requests meet it" if len(ok) else "—"),
         ("jobs", f"{int(counts.get('ok', 0))} finished, {int(counts.get('failed', 0))} failed, "
-                 f"{int(counts.get('incomplete', 0))} incomplete, of {len(s)}"),
+                 f"{int(counts.get('incomplete', 0))} incomplete, {int(counts.get('unreadable', 0))} unreadable, "
+                 f"of {len(s)}"),
     ]
     pol_rows = []
     for ser in data.series:
         job = data.representative_job(ser, None)
-        pol_rows.append([_esc(ser), _esc(_params_text(_job_params(data.root, job).get("policy", {})))])
+        resolved: dict[str, Any] = {}
+        if job is not None and data.readable(job, "instances"):
+            for inst in data.instances(job):
+                for k, v in inst.items():
+                    resolved.setdefault(k, v)
+        n_gpus = data.gpus(ser)
+        pol_rows.append([_esc(ser), str(n_gpus),
+                         _esc(_params_text(_job_params(data.root, job).get("policy", {}) if job else {},
+                                           resolved=resolved))])
     return ("<h2>Configuration</h2>" + kv_table(rows)
-            + "<p class=\"note\">Policy settings:</p>" + table(pd.DataFrame(), ["policy", "parameters"], pol_rows))
+            + "<p class=\"note\">Policy settings:</p>"
+            + "<div class=\"wide\">" + table(pd.DataFrame(), ["policy", "GPUs", "parameters"], pol_rows, "params")
+            + "</div>")
+
+
+def _ratio_title(ratios: dict[float, float]) -> str:
+    """The per-rate changes behind a “vs” cell (its tooltip)."""
+    return "per rate: " + ", ".join(f"{r:g} req/s: {100 * (v - 1):+.1f}%" for r, v in ratios.items()) \
+        if ratios else ""
 
 
 def _headline_section(data: SweepData, head: pd.DataFrame) -> str:
     rate = data.chosen_rate
     bases = list(data.options.baselines)
-    header = ["policy", f"mean turnaround at {fmt(rate)} req/s (s)"]
-    header += [f"turnaround vs {_esc(b)}" for b in bases]
-    header += [f"mean TTFT at {fmt(rate)} req/s (s)"] + [f"TTFT vs {_esc(b)}" for b in bases]
-    header += ["highest rate within the SLO (req/s per tenant)", "throughput at the highest rate (req/min)"]
+    at = ("the rates " + ", ".join(f"{r:g}" for r in data.options.compare_rates) + " req/s"
+          if data.options.compare_rates else "the swept rates")
+    header = ["policy", "GPUs", f"mean turn&shy;around (s) at {fmt(rate)} req/s"]
+    header += [f"turn&shy;around vs {_esc(b)}" for b in bases]
+    header += [f"mean TTFT (s) at {fmt(rate)} req/s"] + [f"TTFT vs {_esc(b)}" for b in bases]
+    header += ["highest rate within the SLO (req/s per tenant)", "the same per GPU (req/s)",
+               "through&shy;put at the top rate (req/min)"]
+    show_rejected = "rejected" in head and bool((pd.to_numeric(head["rejected"], errors="coerce") > 0).any())
+    if show_rejected:
+        header += ["rejected requests (all jobs)"]
+    lowest = data.rates[0] if data.rates else None
     cells = []
     for _, r in head.iterrows():
-        row = [_esc(r["series"]), fmt(r["mean_turnaround_s_at_rate"])]
-        row += [fmt_pct(r.get(f"turnaround_pct_vs_{b}", float("nan"))) for b in bases]
-        row += [fmt(r["mean_ttft_s_at_rate"])] + [fmt_pct(r.get(f"ttft_pct_vs_{b}", float("nan"))) for b in bases]
+        row = [_esc(r["series"]), str(int(r["gpus"])), fmt(r["mean_turnaround_s_at_rate"])]
+        for short in ("turnaround", "ttft"):
+            if short == "ttft":
+                row += [fmt(r["mean_ttft_s_at_rate"])]
+            for b in bases:
+                title = _esc(_ratio_title(r.get(f"{short}_ratios_vs_{b}") or {}))
+                row += [f'<span title="{title}">{fmt_pct(r.get(f"{short}_pct_vs_{b}", float("nan")))}</span>']
         sr = r["sustained_rate"]
-        sr_text = fmt(sr) if sr is not None and not (isinstance(sr, float) and math.isnan(sr)) else \
-            (f"&lt; {fmt(data.rates[0])}" if data.rates else "—")
-        row += [sr_text, fmt(r["throughput_rpm_at_max_rate"])]
+        if sr is None or (isinstance(sr, float) and math.isnan(sr)):
+            sr_text = f"&lt; {fmt(lowest)}" if lowest is not None else "—"
+            per_text = "—"
+        else:
+            ge = "≥ " if r["sustained_at_top"] else ""
+            sr_text = ge + fmt(float(sr))
+            per_text = ge + fmt(float(r["sustained_rps_per_gpu"]))
+        row += [sr_text, per_text, fmt(r["throughput_rpm_at_max_rate"])]
+        if show_rejected:
+            row += [fmt(int(r["rejected"])) if pd.notna(r["rejected"]) else "—"]
         cells.append(row)
-    note = ("<p class=\"note\">“vs X” is the mean over the swept rates of the relative change of the mean "
-            "(over seeds) against policy X at the same rate: −85% means 85% lower (better) on average. "
-            "The highest rate within the SLO is the largest swept rate at which this and every lower rate "
-            f"keep ≥ {100 * data.options.slo_target:g}% of requests within the SLO.</p>")
-    records = json.loads(head.to_json(orient="records"))
-    return ("<h2>Headline numbers</h2>" + table(head, header, cells) + note
+    note = (f"<p class=\"note\">“vs X” is the median over {at} of the per-rate ratio of the means (over seeds) "
+            "against policy X at the same rate, as a change: −85% means 85% lower (better) at a typical rate. "
+            "A median of per-rate ratios, so the few rates where a policy saturates do not dominate it; hover a "
+            "cell for the change at each rate. The highest rate within the SLO is the largest swept rate at "
+            f"which this and every lower rate keep ≥ {100 * data.options.slo_target:g}% of requests within the "
+            "SLO; “≥” marks a policy that still meets it at the sweep's top rate (its limit lies higher), “&lt;” "
+            "one that misses it at the lowest rate. Per GPU: that rate × tenants ÷ the GPUs the policy "
+            "occupies.</p>")
+    records = [{k: _plain(v) for k, v in r.items()} for r in head.to_dict("records")]
+    return ("<h2>Headline numbers</h2><div class=\"wide\">" + table(head, header, cells) + "</div>" + note
             + data_block("headline", records))
+
+
+def _plain(v: Any) -> Any:
+    """A JSON-ready value at full precision (NaN → None; dict keys as text)."""
+    if isinstance(v, dict):
+        return {f"{k:g}" if isinstance(k, float) else str(k): _plain(x) for k, x in v.items()}
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _verdict_section(data: SweepData, head: pd.DataFrame) -> str:
+    lines = verdict(data, head)
+    if not lines:
+        return ""
+    return ("<div class=\"verdict\" id=\"verdict\"><b>Verdict.</b> " + " ".join(_esc(x) for x in lines)
+            + "</div>" + data_block("verdict", lines))
 
 
 def _failures_section(data: SweepData) -> str:
     bad = data.summary[data.summary["status"] != "ok"]
     if bad.empty:
         return ""
-    cells = [[_esc(r["job"]), _esc(r["status"]), _esc(r.get("overrides", "")),
-              _esc(r.get("error", "") if isinstance(r.get("error", ""), str) else "")]
+
+    def text(v: Any) -> str:
+        return _esc(v) if isinstance(v, str) else ""
+
+    cells = [[_esc(r["job"]), _esc(r["status"]), text(r.get("overrides", "")), text(r.get("error", ""))]
              for _, r in bad.iterrows()]
     return ("<h2>Jobs without results</h2><div class=\"failed\">These jobs are missing from every figure: "
             "failed ones wrote error.json (with the traceback) in their dir; incomplete ones were still "
-            "running or were killed.</div>" + table(bad, ["job", "status", "overrides", "error"], cells))
+            "running or were killed; unreadable ones have a file that is empty, truncated, corrupt or missing "
+            "(the reason is listed).</div><div class=\"wide\">"
+            + table(bad, ["job", "status", "overrides", "error"], cells) + "</div>")
+
+
+def _print_line(line: str) -> None:
+    print(f"moesim: {line}", file=sys.stderr)
 
 
 def build_report(sweep_dir: str | Path, *, summary: pd.DataFrame | None = None,
-                 options: ReportOptions | None = None, out: str | Path | None = None) -> Path:
-    """Write the report of ``sweep_dir`` (default: ``<sweep_dir>/report.html``); its path."""
+                 options: ReportOptions | None = None, out: str | Path | None = None,
+                 warn: Callable[[str], None] | None = _print_line, notes: list[str] | None = None) -> Path:
+    """Write the report of ``sweep_dir`` (default: ``<sweep_dir>/report.html``); its path.
+
+    A job whose files cannot be read is listed as unreadable (in the report, and one ``warn`` line each)
+    and the report is built from the others.
+    """
     from moesim.sweep import collect
 
     root = Path(sweep_dir)
@@ -184,14 +285,27 @@ def build_report(sweep_dir: str | Path, *, summary: pd.DataFrame | None = None,
     df = collect(root) if summary is None else summary
     if df.empty:
         raise UserError(f"{root}: no jobs found (no */summary.json, */error.json or */.hydra/); is it a sweep dir?")
-    data = SweepData(root, df, options or options_from_sweep(root))
-    derived = bool(len(data.ok)) and bool(data.ok["cost_derived"].astype(bool).any())
+    notes = list(notes or [])
+    if options is None:
+        options, note = options_from_sweep(root)
+        if note:
+            notes.append(note)
+    data = SweepData(root, df, check_options(options))
     parts = [f"<h1>moesim policy comparison</h1><p class=\"lead\">Sweep <code>{_esc(root)}</code>: "
-             f"{len(data.series)} policies × {len(data.rates)} arrival rates × {len(data.seeds)} seeds, "
+             f"{len(data.series)} policies × {len(data.rates)} arrival rates × {len(data.seeds)} seed{'s' if len(data.seeds) != 1 else ''}, "
              "simulated (SimPy discrete-event model of the GPU serving several fine-tuned MoE variants).</p>"]
-    if derived:
-        parts.append("<p class=\"derived\">Step costs come from a <b>derived</b> profile (scaled from another GPU, "
-                     "not measured on this one): treat absolute times as estimates.</p>")
+    marker = len(parts)
+    prov = _cost_provenance(data.ok)
+    if prov:
+        parts.append("<p class=\"derived\">Step costs were <b>not measured</b> for "
+                     + "; ".join(f"{_esc(k)} (<b>{_esc(v)}</b>)" for k, v in prov.items())
+                     + ": treat absolute times as estimates.</p>")
+    if len(data.ok) and "rejected" in data.ok:
+        n_rej = pd.to_numeric(data.ok["rejected"], errors="coerce").fillna(0)
+        if n_rej.sum() > 0:
+            parts.append(f"<p class=\"warn\">{int(n_rej.sum())} requests were <b>rejected</b> (they could not "
+                         f"fit an instance) in {int((n_rej > 0).sum())} jobs: they count as missing the SLO and "
+                         "are absent from the turnaround and TTFT figures; see the headline table.</p>")
     if data.ok.empty:
         parts.append("<p class=\"failed\">No job finished: nothing to plot.</p>")
     else:
@@ -200,10 +314,21 @@ def build_report(sweep_dir: str | Path, *, summary: pd.DataFrame | None = None,
         parts.append(_config_section(data))
         for name, title, text in SECTIONS:
             fig = F.FIGURES[name](data)
-            if derived:
-                fig.update_layout(title_text=fig.layout.title.text + " — derived profile")
+            if prov:
+                kinds = ", ".join(dict.fromkeys(prov.values()))
+                fig.update_layout(title_text=fig.layout.title.text + f" — {kinds} cost, not measured")
             parts.append(f"<h2>{_esc(title)}</h2><p class=\"note\">{_esc(text)}</p>" + figure_block(name, fig))
+        parts.insert(marker, _verdict_section(data, head))
     parts.append(_failures_section(data))
+    notes += data.notes
+    bad = data.summary[data.summary["status"] == "unreadable"]
+    if notes:
+        parts.insert(marker, "<div class=\"failed\">" + "<br>".join(_esc(n) for n in notes) + "</div>")
     target = Path(out) if out is not None else root / REPORT_HTML
     write_text(target, page(f"moesim report: {root.name}", "\n".join(parts)))
+    if warn is not None:
+        for _, r in bad.iterrows():
+            warn(f"job {r['job']} unreadable, left out of the report: {r['error']}")
+        for n in notes:
+            warn(n)
     return target

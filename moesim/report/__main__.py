@@ -1,46 +1,91 @@
-"""``python -m moesim.report D``: (re)build D/summary.csv and D/report.html from a sweep dir.
+"""``python -m moesim.report D [key=value ...]``: (re)build D/summary.csv and D/report.html from a sweep dir.
 
 Works on a finished sweep and on one still running or interrupted (finished jobs only; the others are
-listed). Options default to those the sweep ran with (its multirun.yaml).
+listed). A job whose files cannot be read is listed as unreadable (one line each) and the report is built
+from the rest. Options default to those the sweep ran with (its multirun.yaml); ``slo_ttft_s=`` and
+``slo_tpot_s=`` recompute SLO attainment from the jobs' requests.parquet without re-running them.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 from moesim.errors import UserError, exit_on_user_error
 
 
+@dataclass(frozen=True)
+class ReportCommand:
+    """The command line of ``python -m moesim.report`` (report options unset: the sweep's own).
+
+    Attributes:
+        sweep_dir: a hydra sweep dir (one sub-dir per job).
+        out: report path; empty: SWEEP_DIR/report.html.
+        cdf_rate: per-tenant rate (requests/s) of the CDF and the timeline; unset: the middle swept rate.
+        timeline_window_s: timeline window (seconds; the sweep's default 30).
+        slo_target: share of requests within the SLO for a rate to count as sustained, in (0, 1].
+        baselines: policies the headline table compares against (comma list; default mig,reconfig).
+        compare_rates: per-tenant rates (requests/s, comma list) the “vs” columns compare at; unset: every
+            common rate (median of the per-rate ratios).
+        slo_ttft_s: TTFT target (seconds): recompute SLO attainment from requests.parquet.
+        slo_tpot_s: time-per-output-token target (seconds): recompute SLO attainment.
+    """
+
+    sweep_dir: str = ""
+    out: str = ""
+    cdf_rate: float | None = None
+    timeline_window_s: float | None = None
+    slo_target: float | None = None
+    baselines: tuple[str, ...] | None = None
+    compare_rates: tuple[float, ...] | None = None
+    slo_ttft_s: float | None = None
+    slo_tpot_s: float | None = None
+
+
+def parse_args(argv: list[str] | None) -> ReportCommand:
+    """The command line: the sweep dir, then ``key=value`` options (``--key value`` works too)."""
+    import sys
+
+    from moesim.cli import parse_key_values
+
+    cmd = parse_key_values(sys.argv[1:] if argv is None else argv, ReportCommand, prog="python -m moesim.report",
+                           summary=__doc__.split("\n\n")[0], positional="sweep_dir",
+                           examples=("python -m moesim.report multirun/2026-11-30/10-00-00",
+                                     "python -m moesim.report D slo_ttft_s=1 slo_tpot_s=0.1 out=strict.html"))
+    if not cmd.sweep_dir:
+        raise UserError("give a sweep dir: python -m moesim.report SWEEP_DIR [key=value ...] (see --help)")
+    if "," in cmd.sweep_dir:
+        raise UserError(f"{cmd.sweep_dir!r}: one sweep dir at a time")
+    return cmd
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and write the report."""
-    ap = argparse.ArgumentParser(prog="python -m moesim.report", description=__doc__.splitlines()[0])
-    ap.add_argument("sweep_dir", type=Path, help="a hydra sweep dir (holds one sub-dir per job)")
-    ap.add_argument("--cdf-rate", type=float, help="per-tenant rate (req/s) of the CDF and the timeline")
-    ap.add_argument("--timeline-window-s", type=float, help="timeline window (seconds)")
-    ap.add_argument("--slo-target", type=float, help="share of requests within the SLO to sustain a rate")
-    ap.add_argument("--out", type=Path, help="report path (default: SWEEP_DIR/report.html)")
-    args = ap.parse_args(argv)
+    args = parse_args(argv)
 
     from moesim.io import write_csv
-    from moesim.report import build_report, options_from_sweep
+    from moesim.report import build_report
+    from moesim.report.data import mark_unreadable_files
+    from moesim.report.options import options_from_args, options_from_sweep
     from moesim.sweep import SUMMARY_CSV, collect
 
-    if not args.sweep_dir.is_dir():
-        raise UserError(f"{args.sweep_dir}: not a directory; give a sweep dir (the hydra.sweep.dir of a multirun)")
-    opts = options_from_sweep(args.sweep_dir)
-    changes = {k: v for k, v in (("cdf_rate", args.cdf_rate), ("timeline_window_s", args.timeline_window_s),
-                                 ("slo_target", args.slo_target)) if v is not None}
-    if "slo_target" in changes and not 0 <= changes["slo_target"] <= 1:
-        raise UserError(f"--slo-target={args.slo_target}: must be in [0, 1]")
-    opts = dataclasses.replace(opts, **changes)
-    df = collect(args.sweep_dir)
-    csv = write_csv(args.sweep_dir / SUMMARY_CSV, df) if not df.empty else None
-    html = build_report(args.sweep_dir, summary=df, options=opts, out=args.out)
+    sweep_dir = Path(args.sweep_dir)
+    if not sweep_dir.is_dir():
+        raise UserError(f"{sweep_dir}: not a directory; give a sweep dir (the hydra.sweep.dir of a multirun)")
+    base, note = options_from_sweep(sweep_dir)
+    opts = options_from_args(base, dataclasses.asdict(args))
+    df = collect(sweep_dir)
+    if not df.empty:
+        df = mark_unreadable_files(sweep_dir, df)
+    csv = write_csv(sweep_dir / SUMMARY_CSV, df) if not df.empty else None
+    html = build_report(sweep_dir, summary=df, options=opts, out=Path(args.out) if args.out else None,
+                        notes=[note] if note else None)
     n_ok = int((df["status"] == "ok").sum())
-    print(f"moesim: {n_ok} of {len(df)} jobs finished; table: {csv}")
+    n_bad = int((df["status"] == "unreadable").sum())
+    print(f"moesim: {n_ok} of {len(df)} jobs finished" + (f", {n_bad} unreadable" if n_bad else "")
+          + f"; table: {csv}")
     print(f"moesim: report: {html}")
 
 

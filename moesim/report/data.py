@@ -19,6 +19,7 @@ import pandas as pd
 
 from moesim import job as job_files
 from moesim.metrics import per_request
+from moesim.report.options import ReportOptions
 
 CONTEXT_COLUMNS = ("model", "gpu", "workload", "tenants", "cost", "cost_option")
 # override keys that are the sweep's axes or already covered by a context column
@@ -33,30 +34,72 @@ def override_values(overrides: str) -> dict[str, str]:
         if sep and not key.startswith(("hydra.", "hydra/")):
             out[key.lstrip("+~")] = value
     return out
+
+
 CDF_MAX_POINTS = 1000
+# columns a job's parquet files must have for the report to draw from them
+REQUEST_COLUMNS = ("arrival_s", "first_token_s", "finish_s", "output_tokens")
+SEGMENT_COLUMNS = ("instance", "kind", "start_s", "end_s", "n_seqs", "tokens", "tenants", "expert_fetches",
+                   "fetch_s")
 
 
-@dataclass(frozen=True)
-class ReportOptions:
-    """What the report shows (see ``moesim.config.ReportConfig``).
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
-    Attributes:
-        cdf_rate: per-tenant rate (requests/s) of the CDF and the timeline; None: the swept rate nearest the
-            middle of the range (geometric middle).
-        timeline_window_s: length of the timeline window (seconds).
-        slo_target: share of requests that must meet the SLO for a rate to count as sustained.
-        baselines: policies compared against in the headline table.
-    """
 
-    cdf_rate: float | None = None
-    timeline_window_s: float = 30.0
-    slo_target: float = 0.9
-    baselines: tuple[str, ...] = ("mig", "reconfig")
+def check_job_files(job_dir: Path) -> str | None:
+    """Why a finished job's files cannot be drawn from (missing, empty, corrupt, columns missing), or
+    None. Cheap: reads the parquet footers and instances.json only."""
+    import pyarrow.parquet as pq
+
+    for name, cols in ((job_files.REQUESTS, REQUEST_COLUMNS), (job_files.SEGMENTS, SEGMENT_COLUMNS)):
+        path = job_dir / name
+        if not path.exists():
+            return f"{name}: missing"
+        try:
+            schema = pq.read_schema(path)
+        except Exception as exc:  # pyarrow raises several kinds for a corrupt file
+            return f"{name}: corrupt ({_reason(exc)})"
+        missing = [c for c in cols if c not in schema.names]
+        if missing:
+            return f"{name}: no column {', '.join(missing)}"
+    path = job_dir / job_files.INSTANCES
+    if not path.exists():
+        return f"{job_files.INSTANCES}: missing"
+    try:
+        inst = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(inst, list) or not inst or not all(isinstance(i, dict) for i in inst):
+            raise ValueError("not a non-empty list of instance records")
+    except (OSError, ValueError) as exc:
+        return f"{job_files.INSTANCES}: unreadable ({_reason(exc)})"
+    return None
+
+
+def mark_unreadable_files(root: Path, summary: pd.DataFrame) -> pd.DataFrame:
+    """``summary`` (one row per job, see ``moesim.sweep.collect``) with every finished job whose files
+    cannot be drawn from (``check_job_files``) turned into status ``unreadable`` with the reason in
+    ``error``."""
+    out = summary.copy()
+    if "error" not in out:
+        out["error"] = pd.NA
+    out["error"] = out["error"].astype(object)
+    for i in out.index[out["status"] == "ok"]:
+        why = check_job_files(Path(root) / str(out.at[i, "job"]))
+        if why is not None:
+            out.at[i, "status"] = "unreadable"
+            out.at[i, "error"] = why
+    return out
 
 
 @dataclass
 class SweepData:
-    """A sweep's tables. ``summary`` has one row per job (status ok, failed or incomplete)."""
+    """A sweep's tables. ``summary`` has one row per job (status ok, failed, incomplete or unreadable).
+
+    Finished jobs whose files cannot be read are turned into ``unreadable`` rows (with the reason in
+    ``error``) before anything is aggregated, so the figures and tables are drawn from the rest. When the
+    options set another SLO, every finished job's ``slo_attainment`` is recomputed from its requests.parquet.
+    """
 
     root: Path
     summary: pd.DataFrame
@@ -64,8 +107,13 @@ class SweepData:
     ok: pd.DataFrame = field(init=False)
     series: list[str] = field(init=False)
     context_columns: list[str] = field(init=False)
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.summary = mark_unreadable_files(self.root, self.summary)
+        self._cache: dict[tuple[str, str], Any] = {}
+        if self.options.slo_override:
+            self._recompute_slo()
         ok = self.summary[self.summary["status"] == "ok"].copy()
         ok["rate"] = ok["rate"].astype(float)
         ok["seed"] = ok["seed"].astype(int)
@@ -79,6 +127,27 @@ class SweepData:
         ok["series"] = [series_label(r, self.context_columns) for _, r in ok.iterrows()]
         self.ok = ok
         self.series = list(dict.fromkeys(ok["series"]))  # order of first appearance (the sweep's order)
+
+    def _mark_unreadable(self, index: Any, reason: str) -> None:
+        self.summary.at[index, "status"] = "unreadable"
+        self.summary.at[index, "error"] = reason
+
+    def _recompute_slo(self) -> None:
+        """slo_attainment (and the targets) of every finished job at the options' SLO."""
+        from moesim.metrics import slo_attainment
+
+        s = self.summary
+        for i in s.index[s["status"] == "ok"]:
+            ttft = self.options.slo_ttft_s if self.options.slo_ttft_s is not None else float(s.at[i, "slo_ttft_s"])
+            tpot = self.options.slo_tpot_s if self.options.slo_tpot_s is not None else float(s.at[i, "slo_tpot_s"])
+            try:
+                req = self.requests(str(s.at[i, "job"]))
+            except Exception as exc:
+                self._mark_unreadable(i, f"{job_files.REQUESTS}: unreadable ({_reason(exc)})")
+                continue
+            s.at[i, "slo_attainment"] = slo_attainment(req, ttft, tpot)
+            s.at[i, "slo_ttft_s"] = ttft
+            s.at[i, "slo_tpot_s"] = tpot
 
     # ---- aggregates -------------------------------------------------------------------------------
     @property
@@ -117,27 +186,65 @@ class SweepData:
         return self.ok[np.isclose(self.ok["rate"], rate)]
 
     # ---- per-job files ------------------------------------------------------------------------------
+    def _read(self, job: str, what: str) -> Any:
+        key = (job, what)
+        if key not in self._cache:
+            d = self.root / job
+            if what == "requests":
+                self._cache[key] = per_request(pd.read_parquet(d / job_files.REQUESTS))
+            elif what == "segments":
+                self._cache[key] = pd.read_parquet(d / job_files.SEGMENTS)
+            else:
+                self._cache[key] = json.loads((d / job_files.INSTANCES).read_text())
+        return self._cache[key]
+
     def requests(self, job: str) -> pd.DataFrame:
         """A job's per-request table with turnaround_s, ttft_s, … added (``moesim.metrics.per_request``)."""
-        return per_request(pd.read_parquet(self.root / job / job_files.REQUESTS))
+        return self._read(job, "requests")
 
     def segments(self, job: str) -> pd.DataFrame:
         """A job's timeline."""
-        return pd.read_parquet(self.root / job / job_files.SEGMENTS)
+        return self._read(job, "segments")
 
     def instances(self, job: str) -> list[dict[str, Any]]:
         """A job's instances (memory in bytes)."""
-        return json.loads((self.root / job / job_files.INSTANCES).read_text())
+        return self._read(job, "instances")
 
-    def representative_job(self, series: str, rate: float | None) -> str | None:
-        """The job of ``series`` at ``rate`` (nearest rate if absent) with the lowest seed."""
+    def readable(self, job: str, *whats: str) -> bool:
+        """Whether the job's files read (a failure is noted for the report and the job skipped)."""
+        try:
+            for w in whats:
+                self._read(job, w)
+        except Exception as exc:
+            note = f"job {job}: {w} unreadable ({_reason(exc)}); left out of the figures that need it"
+            if note not in self.notes:
+                self.notes.append(note)
+            return False
+        return True
+
+    def representative_job(self, series: str, rate: float | None, *needs: str) -> str | None:
+        """The job of ``series`` at ``rate`` (nearest rate if absent) with the lowest seed whose files
+        ``needs`` (requests, segments, instances) read."""
         rows = self.ok[self.ok["series"] == series]
         if rows.empty:
             return None
         if rate is not None:
-            nearest = rows.iloc[(rows["rate"] - rate).abs().argsort()]["rate"].iloc[0]
-            rows = rows[rows["rate"] == nearest]
-        return str(rows.sort_values("seed")["job"].iloc[0])
+            rows = rows.iloc[np.lexsort((rows["seed"].to_numpy(), (rows["rate"] - rate).abs().to_numpy()))]
+        else:
+            rows = rows.sort_values("seed")
+        for job in rows["job"].astype(str):
+            if self.readable(job, *needs):
+                return job
+        return None
+
+    def gpus(self, series: str) -> int:
+        """GPUs a series' instances occupy: the sum of their SM shares, rounded up (MIG slices of one
+        GPU count once; ``dedicated`` counts one per tenant)."""
+        job = self.representative_job(series, self.chosen_rate, "instances")
+        if job is None:
+            return 1
+        total = sum(float(i.get("sm_fraction", 1.0)) for i in self.instances(job))
+        return max(1, math.ceil(total - 1e-6))
 
 
 def series_label(row: pd.Series, context_columns: list[str]) -> str:
@@ -147,27 +254,43 @@ def series_label(row: pd.Series, context_columns: list[str]) -> str:
 
 
 def ecdf(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Empirical CDF points (x ascending, y = share ≤ x); exact up to ``CDF_MAX_POINTS`` values, else
-    the ``inverted_cdf`` quantiles at ``CDF_MAX_POINTS`` evenly spaced probabilities."""
+    """Empirical CDF points (x ascending, y = share of *all* values ≤ x; NaN values, e.g. requests that
+    were rejected or never finished, count in the total, so the curve then tops out below 1); exact up
+    to ``CDF_MAX_POINTS`` values, else the ``inverted_cdf`` quantiles at ``CDF_MAX_POINTS`` evenly
+    spaced probabilities."""
+    total = len(values)
     v = np.sort(values[~np.isnan(values)])
     n = len(v)
+    if n == 0:
+        return v, v.astype(float)
     if n <= CDF_MAX_POINTS:
-        return v, np.arange(1, n + 1) / n
+        return v, np.arange(1, n + 1) / total
     q = np.arange(1, CDF_MAX_POINTS + 1) / CDF_MAX_POINTS
-    return np.quantile(v, q, method="inverted_cdf"), q
+    return np.quantile(v, q, method="inverted_cdf"), q * n / total
 
 
-def pct_change(data: SweepData, metric: str, series: str, baseline_series: str) -> float:
-    """Mean over the rates both series have of 100·(m_series − m_baseline)/m_baseline, with m the mean
-    over seeds of ``metric``. NaN when they share no rate."""
+def rate_ratios(data: SweepData, metric: str, series: str, baseline_series: str) -> dict[float, float]:
+    """Per rate both series ran (only ``options.compare_rates`` when set): m_series / m_baseline, with m
+    the mean over seeds of ``metric``. Rates where either mean is not finite or the baseline's is 0 are left out."""
     a = data.by_rate(metric)
     s = a[a["series"] == series].set_index("rate")["mean"]
     b = a[a["series"] == baseline_series].set_index("rate")["mean"]
-    common = s.index.intersection(b.index)
-    common = [r for r in common if b[r] > 0 and np.isfinite(b[r]) and np.isfinite(s[r])]
-    if not common:
+    common = [r for r in s.index.intersection(b.index) if b[r] > 0 and np.isfinite(b[r]) and np.isfinite(s[r])]
+    want = data.options.compare_rates
+    if want:
+        common = [r for r in common if any(math.isclose(r, w, rel_tol=1e-9) for w in want)]
+    return {float(r): float(s[r] / b[r]) for r in sorted(common)}
+
+
+def pct_change(data: SweepData, metric: str, series: str, baseline_series: str) -> float:
+    """100 · (median over rates of the per-rate ratio − 1) (see ``rate_ratios``): −85 means the series'
+    ``metric`` is 85% lower than the baseline's at a typical swept rate. A median of per-rate ratios,
+    not a mean of differences, so a few saturated rates (where a baseline's queue grows without bound)
+    do not dominate it. NaN when they share no rate."""
+    ratios = rate_ratios(data, metric, series, baseline_series)
+    if not ratios:
         return float("nan")
-    return float(np.mean([100.0 * (s[r] - b[r]) / b[r] for r in common]))
+    return float(100.0 * (np.median(list(ratios.values())) - 1.0))
 
 
 def sustained_rate(data: SweepData, series: str) -> float | None:
@@ -195,25 +318,168 @@ def baseline_series(data: SweepData, series: str, baseline_policy: str) -> str |
     return label if label in data.series else None
 
 
+def _sum_col(sub: pd.DataFrame, col: str) -> float | None:
+    if col not in sub:
+        return None
+    v = pd.to_numeric(sub[col], errors="coerce")
+    return float(v.sum()) if v.notna().any() else None
+
+
 def headline(data: SweepData) -> pd.DataFrame:
-    """One row per series: headline numbers (see ``pct_change`` and ``sustained_rate``)."""
+    """One row per series: headline numbers (see ``pct_change`` and ``sustained_rate``).
+
+    ``sustained_at_top`` is True when the series still meets the SLO at its highest swept rate (its limit
+    lies above the sweep); ``gpus`` the GPUs its instances occupy; ``sustained_rps_per_gpu`` the sustained
+    rate × tenants / GPUs (requests/s per GPU); ``rejected`` the requests refused over all its jobs (when
+    the jobs record it).
+    """
     rate = data.chosen_rate
     rows = []
     for s in data.series:
         sub = data.ok[data.ok["series"] == s]
         at = sub[np.isclose(sub["rate"], rate)] if rate is not None else sub.iloc[0:0]
+        sr = sustained_rate(data, s)
+        gpus = data.gpus(s)
+        tenants = float(pd.to_numeric(sub["tenants"], errors="coerce").max())
         row: dict[str, Any] = {
             "series": s,
             "policy": str(sub["policy"].iloc[0]),
             "mean_turnaround_s_at_rate": float(at["mean_turnaround_s"].mean()) if len(at) else float("nan"),
             "mean_ttft_s_at_rate": float(at["mean_ttft_s"].mean()) if len(at) else float("nan"),
             "throughput_rpm_at_max_rate": float(sub[sub["rate"] == sub["rate"].max()]["throughput_rpm"].mean()),
-            "sustained_rate": sustained_rate(data, s),
+            "sustained_rate": sr,
+            "sustained_at_top": sr is not None and math.isclose(sr, float(sub["rate"].max())),
+            "gpus": gpus,
+            "tenants": tenants,
+            "sustained_rps_per_gpu": (sr * tenants / gpus) if sr is not None else None,
+            "rejected": _sum_col(sub, "rejected"),
         }
         for base in data.options.baselines:
             b = baseline_series(data, s, base)
             for metric, short in (("mean_turnaround_s", "turnaround"), ("mean_ttft_s", "ttft")):
                 row[f"{short}_pct_vs_{base}"] = (pct_change(data, metric, s, b) if b is not None
                                                  else float("nan"))
+                row[f"{short}_ratios_vs_{base}"] = (rate_ratios(data, metric, s, b) if b is not None else {})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _rate_text(rate: float | None, at_top: bool, lowest: float | None) -> str:
+    if rate is None:
+        return f"< {lowest:g}" if lowest is not None else "—"
+    return f"≥ {rate:g}" if at_top else f"{rate:g}"
+
+
+def verdict(data: SweepData, head: pd.DataFrame) -> list[str]:
+    """The report's opening sentences (plain text), one list item per context group (GPU, model, … when
+    the sweep spans several): which policy sustains the highest per-tenant rate within the SLO, by how
+    much over the next best, and at what cost in GPUs."""
+    if head.empty:
+        return []
+    o = data.options
+    ok = data.ok
+    ttft = ok["slo_ttft_s"].astype(float).unique()
+    tpot = ok["slo_tpot_s"].astype(float).unique()
+    slo = (f"TTFT ≤ {'/'.join(f'{x:g}' for x in ttft)} s and time per output token ≤ "
+           f"{'/'.join(f'{x:g}' for x in tpot)} s for ≥ {100 * o.slo_target:g}% of requests")
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in head.to_dict("records"):
+        for k in ("sustained_rate", "sustained_rps_per_gpu"):  # NaN in the frame: None here
+            if r[k] is not None and not np.isfinite(r[k]):
+                r[k] = None
+        ctx = r["series"][len(r["policy"]):].lstrip(" ·")
+        groups.setdefault(ctx, []).append(r)
+    out = []
+    several = len(groups) > 1
+    if several:
+        out.append(f"For the SLO ({slo}):")
+    for ctx, rows in groups.items():
+        sub = ok[ok["series"].isin([r["series"] for r in rows])]
+        lowest = float(sub["rate"].min())
+        lead = f"On {ctx}, " if several else f"For the SLO ({slo}), "
+
+        def name(r: dict[str, Any]) -> str:
+            return str(r["policy"])
+
+        def rate_of(r: dict[str, Any], lowest: float = lowest) -> str:
+            return _rate_text(r["sustained_rate"], bool(r["sustained_at_top"]), lowest)
+
+        def cost(r: dict[str, Any]) -> str:
+            g = int(r["gpus"])
+            per = r["sustained_rps_per_gpu"]
+            gp = f"{g} GPU{'s' if g != 1 else ''}"
+            if per is None:
+                return f"on {gp}"
+            return f"on {gp}, {'≥ ' if r['sustained_at_top'] else ''}{per:g} requests/s per GPU"
+
+        live = [r for r in rows if r["sustained_rate"] is not None]
+        if not live:
+            text = (f"{lead}no policy meets it even at the lowest swept rate ({lowest:g} requests/s per "
+                    "tenant)")
+            low = sub[np.isclose(sub["rate"], lowest)]
+            tight = []
+            for col, target, label, flag in (("p50_ttft_s", "slo_ttft_s", "TTFT", "--slo-ttft-s"),
+                                             ("p50_tpot_s", "slo_tpot_s", "time per output token",
+                                              "--slo-tpot-s")):
+                p50 = low.groupby("series")[col].mean().dropna() if col in low else pd.Series(dtype=float)
+                limit = float(low[target].astype(float).max())
+                if len(p50) and float(p50.min()) > limit:
+                    tight.append((f"the best median {label} is {float(p50.min()):.3g} s ({p50.idxmin()}), above "
+                                  f"the {limit:g} s target", flag))
+            if tight:
+                text += (": even there " + " and ".join(t for t, _ in tight) + ", so the SLO is tighter than "
+                         "an unloaded request's service; " + " / ".join(f for _, f in tight)
+                         + (" recompute" if len(tight) > 1 else " recomputes") + " the report for another target")
+            else:
+                text += "; sweep lower rates to find where each policy holds"
+            quickest = min(rows, key=lambda r: r["mean_turnaround_s_at_rate"]
+                           if np.isfinite(r["mean_turnaround_s_at_rate"]) else math.inf)
+            out.append(text + "." + _vs_text(data, quickest, rows))
+            continue
+        top = max(r["sustained_rate"] for r in live)
+        best_rows = sorted([r for r in live if math.isclose(r["sustained_rate"], top)],
+                           key=lambda r: (r["gpus"], r["mean_turnaround_s_at_rate"]))
+        best = best_rows[0]
+        text = (f"{lead}{name(best)} sustains the highest per-tenant rate: "
+                f"{rate_of(best)} requests/s per tenant {cost(best)}")
+        if best["sustained_at_top"]:
+            text += " (the sweep's top rate: its limit lies higher)"
+        others = [r for r in live if r["sustained_rate"] < top - 1e-12]
+        if others:
+            runner = max(others, key=lambda r: r["sustained_rate"])
+            k = top / runner["sustained_rate"]
+            text += (f", {'at least ' if best['sustained_at_top'] else ''}{k:.3g}× the next best, "
+                     f"{name(runner)} ({rate_of(runner)} requests/s per tenant {cost(runner)})")
+        text += "."
+        tied = best_rows[1:]
+        if tied:
+            text += " " + "; ".join(f"{name(r)} reaches the same rate {cost(r)}" for r in tied) + "."
+        if best["gpus"] > 1:
+            fewer = [r for r in live if r["gpus"] < best["gpus"]]
+            if fewer:
+                alt = max(fewer, key=lambda r: (r["sustained_rate"], -r["gpus"]))
+                text += (f" {name(best)} needs {int(best['gpus'])} GPUs; on fewer, the best is {name(alt)}: "
+                         f"{rate_of(alt)} requests/s per tenant {cost(alt)}.")
+        dead = [name(r) for r in rows if r["sustained_rate"] is None]
+        if dead:
+            text += (f" Missing the SLO even at the lowest rate ({lowest:g} requests/s per tenant): "
+                     f"{', '.join(dead)}.")
+        out.append(text + _vs_text(data, best, rows))
+    return out
+
+
+def _vs_text(data: SweepData, r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """`` X's mean turnaround is 85% lower than mig's …`` for each baseline in ``rows`` other than ``r``
+    (the headline's median per-rate change); empty when there is none."""
+    parts = []
+    present = {row["policy"] for row in rows}
+    for base in data.options.baselines:
+        pct = r.get(f"turnaround_pct_vs_{base}")
+        if base == r["policy"] or base not in present or pct is None or not np.isfinite(pct):
+            continue
+        word = "lower" if pct < 0 else "higher"
+        parts.append(f"{abs(pct):.3g}% {word} than {base}'s")
+    if not parts:
+        return ""
+    return (f" At a typical swept rate {r['policy']}'s mean turnaround is " + " and ".join(parts)
+            + " (median over rates of the per-rate ratio).")

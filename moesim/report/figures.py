@@ -21,29 +21,48 @@ KIND_COLORS = {"prefill": "#1f77b4", "decode": "#2ca02c", "swap": "#d62728"}
 FONT = {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 13}
 
 
+DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "cross", "triangle-down", "star", "pentagon",
+           "hexagon")
+
+
 def colors(data: SweepData) -> dict[str, str]:
     """A stable colour per series."""
     return {s: PALETTE[i % len(PALETTE)] for i, s in enumerate(data.series)}
 
 
-def _layout(fig: go.Figure, title: str, height: int = 440) -> go.Figure:
+def styles(data: SweepData) -> dict[str, tuple[str, str]]:
+    """A distinct (dash, marker symbol) per series, so lines that coincide stay visible (up to 60 series)."""
+    out = {}
+    for i, s in enumerate(data.series):
+        out[s] = (DASHES[i % len(DASHES)], SYMBOLS[(i + i // len(DASHES)) % len(SYMBOLS)])
+    return out
+
+
+def _layout(fig: go.Figure, title: str, height: int = 440, subtitle: str = "") -> go.Figure:
+    """Common layout. The title is short (it must clear plotly's toolbar, top right, at 900 px width); the
+    details go in a smaller second line."""
+    text = title + (f"<br><span style=\"font-size:12px;color:#555\">{subtitle}</span>" if subtitle else "")
     fig.update_layout(
-        title={"text": title, "x": 0.01, "xanchor": "left"},
+        title={"text": text, "x": 0, "xref": "paper", "xanchor": "left", "y": 1 - (30 if subtitle else 12) / height,
+               "yref": "container", "yanchor": "top"},
         height=height,
         font=FONT,
         template="plotly_white",
         legend={"title": {"text": "policy"}, "itemclick": "toggle", "itemdoubleclick": "toggleothers"},
-        margin={"l": 70, "r": 20, "t": 60, "b": 60},
+        margin={"l": 70, "r": 20, "t": 100 if subtitle else 80, "b": 60},
         hovermode="closest",
     )
     return fig
 
 
 def _lines(fig: go.Figure, data: SweepData, metric: str, *, row: int | None = None, col: int | None = None,
-           scale: float = 1.0, show_legend: bool = True, dash: str = "solid", suffix: str = "") -> None:
-    """One line per series: the mean over seeds, error bars from the min to the max over seeds."""
+           scale: float = 1.0, show_legend: bool = True, suffix: str = "") -> None:
+    """One line per series: the mean over seeds, error bars from the min to the max over seeds; each
+    series its own colour, dash and marker."""
     agg = data.by_rate(metric)
     cmap = colors(data)
+    style = styles(data)
     for s in data.series:
         a = agg[agg["series"] == s]
         y = (a["mean"] * scale).tolist()
@@ -54,7 +73,8 @@ def _lines(fig: go.Figure, data: SweepData, metric: str, *, row: int | None = No
             name=s + suffix,
             legendgroup=s,
             showlegend=show_legend,
-            line={"color": cmap[s], "dash": dash},
+            line={"color": cmap[s], "dash": style[s][0], "width": 2},
+            marker={"symbol": style[s][1], "size": 8, "color": cmap[s], "line": {"width": 1, "color": "white"}},
             error_y={"type": "data", "symmetric": False,
                      "array": (a["max"] * scale - a["mean"] * scale).tolist(),
                      "arrayminus": (a["mean"] * scale - a["min"] * scale).tolist(),
@@ -85,7 +105,8 @@ def _log_y(fig: go.Figure, data: SweepData, metrics: tuple[str, ...], title: str
     v = data.ok[list(metrics)].to_numpy(float)
     v = v[np.isfinite(v) & (v > 0)]
     wide = v.size > 0 and v.max() / v.min() > 100
-    fig.update_yaxes(title_text=title, type="log", **({"dtick": 1} if wide else {}))
+    fig.update_yaxes(type="log", **({"dtick": 1} if wide else {}))
+    fig.update_yaxes(title_text=title, row=1, col=1)  # the right panel shares the left one's y title
 
 
 def turnaround(data: SweepData) -> go.Figure:
@@ -96,7 +117,7 @@ def turnaround(data: SweepData) -> go.Figure:
     _lines(fig, data, "p90_turnaround_s", row=1, col=2, show_legend=False)
     _rate_axis(fig, data)
     _log_y(fig, data, ("mean_turnaround_s", "p90_turnaround_s"), "turnaround (s, log scale)")
-    return _layout(fig, "Turnaround time vs arrival rate (mean over seeds; bars: min–max over seeds)")
+    return _layout(fig, "Turnaround time vs arrival rate", subtitle="mean over seeds; bars: min–max over seeds")
 
 
 def ttft(data: SweepData) -> go.Figure:
@@ -106,7 +127,7 @@ def ttft(data: SweepData) -> go.Figure:
     _lines(fig, data, "p90_ttft_s", row=1, col=2, show_legend=False)
     _rate_axis(fig, data)
     _log_y(fig, data, ("mean_ttft_s", "p90_ttft_s"), "time to first token (s, log scale)")
-    return _layout(fig, "Time to first token vs arrival rate (mean over seeds; bars: min–max)")
+    return _layout(fig, "Time to first token vs arrival rate", subtitle="mean over seeds; bars: min–max over seeds")
 
 
 def throughput(data: SweepData) -> go.Figure:
@@ -121,7 +142,7 @@ def throughput(data: SweepData) -> go.Figure:
                              meta={"metric": "offered_rpm"}))
     _rate_axis(fig, data)
     fig.update_yaxes(title_text="throughput (completed requests/min)")
-    return _layout(fig, "Throughput vs arrival rate (requests finished per minute of the run)")
+    return _layout(fig, "Throughput vs arrival rate", subtitle="requests finished per minute of the run")
 
 
 def slo(data: SweepData) -> go.Figure:
@@ -135,8 +156,8 @@ def slo(data: SweepData) -> go.Figure:
     fig.update_yaxes(title_text="requests within the SLO (%)", range=[-2, 102])
     ttft_s = data.ok["slo_ttft_s"].iloc[0] if len(data.ok) else float("nan")
     tpot_s = data.ok["slo_tpot_s"].iloc[0] if len(data.ok) else float("nan")
-    return _layout(fig, f"SLO attainment vs arrival rate (TTFT ≤ {ttft_s:g} s and time per output token ≤ "
-                        f"{tpot_s:g} s)")
+    return _layout(fig, "SLO attainment vs arrival rate",
+                   subtitle=f"TTFT ≤ {ttft_s:g} s and time per output token ≤ {tpot_s:g} s")
 
 
 def cdf(data: SweepData) -> go.Figure:
@@ -144,69 +165,93 @@ def cdf(data: SweepData) -> go.Figure:
     rate = data.chosen_rate
     fig = go.Figure()
     cmap = colors(data)
+    style = styles(data)
     for s in data.series:
         jobs = data.jobs_at(rate) if rate is not None else data.ok.iloc[0:0]
         jobs = jobs[jobs["series"] == s]
         if jobs.empty:
             continue
-        values = np.concatenate([data.requests(j)["turnaround_s"].to_numpy(float) for j in jobs["job"]])
+        readable = [j for j in jobs["job"].astype(str) if data.readable(j, "requests")]
+        if not readable:
+            continue
+        jobs = jobs[jobs["job"].astype(str).isin(readable)]
+        values = np.concatenate([data.requests(j)["turnaround_s"].to_numpy(float) for j in readable])
         x, y = ecdf(values)
         fig.add_trace(go.Scatter(
-            x=x.tolist(), y=y.tolist(), mode="lines", name=s, line={"color": cmap[s], "shape": "hv"},
+            x=x.tolist(), y=y.tolist(), mode="lines", name=s, line={"color": cmap[s], "shape": "hv", "dash": style[s][0], "width": 2},
             hovertemplate=f"<b>{s}</b><br>%{{y:.1%}} of requests within %{{x:.4g}} s<extra></extra>",
             meta={"series": s, "rate": rate, "jobs": jobs["job"].tolist(), "n_requests": len(values)},
         ))
     fig.update_xaxes(title_text="turnaround (s, log scale)", type="log")
     fig.update_yaxes(title_text="share of requests finished within x", range=[0, 1.02], tickformat=".0%")
-    return _layout(fig, f"Turnaround distribution at {rate:g} requests/s per tenant (all seeds pooled)"
-                   if rate is not None else "Turnaround distribution")
+    return _layout(fig, "Turnaround distribution",
+                   subtitle=f"at {rate:g} requests/s per tenant, all seeds pooled; share of all requests"
+                   if rate is not None else "")
 
 
 MEMORY_PARTS = (
     ("resident_expert_bytes", "resident experts (GPU)", "#1f77b4"),
     ("nonexpert_bytes", "non-expert sets (GPU)", "#ff7f0e"),
     ("kv_capacity_bytes", "KV cache capacity (GPU)", "#2ca02c"),
+    ("other_bytes", "reserved or unused (GPU)", "#c7c7c7"),
 )
 
 
+def memory_parts(inst: dict[str, Any]) -> dict[str, float]:
+    """One instance's device memory by use (bytes); ``other_bytes`` is what the three uses leave of the
+    instance's memory (a staging slot reserved for swaps, headroom), so the parts add up to
+    ``memory_bytes`` when nothing is over-committed."""
+    parts = {k: float(inst.get(k, 0) or 0) for k, _, _ in MEMORY_PARTS[:3]}
+    parts["other_bytes"] = max(0.0, float(inst.get("memory_bytes", 0) or 0) - sum(parts.values()))
+    return parts
+
+
 def memory(data: SweepData) -> go.Figure:
-    """Per series: GPU memory by use (summed over its instances) and expert bytes kept on the host."""
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.7, 0.3], horizontal_spacing=0.1,
-                        subplot_titles=("GPU memory by use (all instances)", "experts kept in host memory"))
-    names, inst = [], []
+    """Per series (a horizontal bar each): GPU memory by use, summed over its instances, and expert bytes
+    kept in host memory. Every bar's ``x`` is in GB (10⁹ bytes), ``y`` the series (with its GPU count
+    when more than one)."""
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.72, 0.28], horizontal_spacing=0.04, shared_yaxes=True,
+                        subplot_titles=("GPU memory by use", "experts in host memory"))
+    names, inst, jobs = [], [], []
     for s in data.series:
-        job = data.representative_job(s, data.chosen_rate)
+        job = data.representative_job(s, data.chosen_rate, "instances")
         if job is not None:
-            names.append(s)
+            g = data.gpus(s)
+            names.append(s if g == 1 else f"{s} ({g} GPUs)")
             inst.append(data.instances(job))
+            jobs.append(job)
 
     def detail(rows: list[dict[str, Any]], key: str) -> str:
-        return "<br>".join(f"{r['name']} ({r['profile']}): {r.get(key, 0) / GB:.2f} GB" for r in rows)
+        return "<br>".join(f"{r['name']} ({r['profile']}): {memory_parts(r).get(key, r.get(key, 0)) / GB:.2f} GB"
+                           for r in rows)
 
     for key, label, color in MEMORY_PARTS:
         fig.add_trace(go.Bar(
-            x=names, y=[sum(r.get(key, 0) for r in rows) / GB for rows in inst], name=label,
-            marker_color=color, legendgroup=key, text=[detail(rows, key) for rows in inst],
-            textposition="none", hovertemplate=f"<b>%{{x}}</b><br>{label}: %{{y:.2f}} GB<br>%{{text}}<extra></extra>",
-            meta={"key": key},
+            y=names, x=[sum(memory_parts(r)[key] for r in rows) / GB for rows in inst], name=label,
+            orientation="h", marker_color=color, legendgroup=key, text=[detail(rows, key) for rows in inst],
+            textposition="none", hovertemplate=f"<b>%{{y}}</b><br>{label}: %{{x:.2f}} GB<br>%{{text}}<extra></extra>",
+            meta={"key": key, "jobs": jobs},
         ), row=1, col=1)
     fig.add_trace(go.Bar(
-        x=names, y=[sum(r.get("host_expert_bytes", 0) for r in rows) / GB for rows in inst],
-        name="experts on host (host memory)", marker_color="#9467bd", legendgroup="host",
+        y=names, x=[sum(r.get("host_expert_bytes", 0) for r in rows) / GB for rows in inst], orientation="h",
+        name="experts in host memory", marker_color="#9467bd", legendgroup="host",
         text=[detail(rows, "host_expert_bytes") for rows in inst], textposition="none",
-        hovertemplate="<b>%{x}</b><br>experts on host: %{y:.2f} GB<br>%{text}<extra></extra>",
-        meta={"key": "host_expert_bytes"},
+        hovertemplate="<b>%{y}</b><br>experts in host memory: %{x:.2f} GB<br>%{text}<extra></extra>",
+        meta={"key": "host_expert_bytes", "jobs": jobs},
     ), row=1, col=2)
     caps = [sum(r.get("memory_bytes", 0) for r in rows) / GB for rows in inst]
     fig.add_trace(go.Scatter(
-        x=names, y=caps, mode="markers", name="device memory of the instances",
-        marker={"symbol": "line-ew-open", "size": 40, "color": "#333", "line": {"width": 2}},
-        hovertemplate="<b>%{x}</b><br>device memory: %{y:.2f} GB<extra></extra>", meta={"key": "memory_bytes"},
+        y=names, x=caps, mode="markers", name="device memory of the instances",
+        marker={"symbol": "line-ns-open", "size": 26, "color": "#333", "line": {"width": 2}},
+        hovertemplate="<b>%{y}</b><br>device memory: %{x:.2f} GB<extra></extra>",
+        meta={"key": "memory_bytes", "jobs": jobs},
     ), row=1, col=1)
-    fig.update_layout(barmode="stack")
-    fig.update_yaxes(title_text="GB (10⁹ bytes)")
-    fig = _layout(fig, "Memory: what each policy keeps on the GPU and on the host", height=460)
-    fig.update_layout(legend={"title": {"text": "memory use"}})
+    fig.update_layout(barmode="stack", bargap=0.3)
+    fig.update_xaxes(title_text="GB (10⁹ bytes)")
+    fig.update_yaxes(autorange="reversed", automargin=True)
+    fig = _layout(fig, "Memory by use", height=200 + 34 * max(1, len(names)),
+                  subtitle="what each policy keeps on its GPU(s) and in host memory")
+    fig.update_layout(legend={"title": {"text": "memory use"}}, margin={"l": 20})
     return fig
 
 
@@ -215,7 +260,7 @@ def timeline(data: SweepData, max_segments: int = 3000) -> go.Figure:
     the expert fetches of each segment as markers (size ~ fetches)."""
     rate = data.chosen_rate
     window = data.options.timeline_window_s
-    rows = [(s, data.representative_job(s, rate)) for s in data.series]
+    rows = [(s, data.representative_job(s, rate, "requests", "segments")) for s in data.series]
     rows = [(s, j) for s, j in rows if j is not None]
     n = max(1, len(rows))
     fig = make_subplots(rows=n, cols=1, shared_xaxes=True, vertical_spacing=min(0.04, 0.3 / n),
@@ -225,7 +270,10 @@ def timeline(data: SweepData, max_segments: int = 3000) -> go.Figure:
     shown: set[str] = set()
     for i, (s, j) in enumerate(rows, start=1):
         seg = data.segments(j)
-        seg = seg[(seg["end_s"] > t0) & (seg["start_s"] < t1)].head(max_segments)
+        seg = seg[(seg["end_s"] > t0) & (seg["start_s"] < t1)]
+        if len(seg) > max_segments:  # say so in the row's title: the window holds more than is drawn
+            fig.layout.annotations[i - 1].text += f" — first {max_segments} of {len(seg)} segments"
+            seg = seg.head(max_segments)
         for kind, color in KIND_COLORS.items():
             k = seg[seg["kind"] == kind]
             fig.add_trace(go.Bar(
@@ -259,9 +307,8 @@ def timeline(data: SweepData, max_segments: int = 3000) -> go.Figure:
     fig.update_xaxes(range=[t0, t1])
     fig.update_xaxes(title_text="simulated time (s)", row=n, col=1)
     fig.update_yaxes(title_text="instance", autorange="reversed")
-    title = (f"Timeline of the first {window:g} s at {rate:g} requests/s per tenant (lowest seed)"
-             if rate is not None else "Timeline")
-    fig = _layout(fig, title, height=140 + 150 * n)
+    sub = (f"the first {window:g} s at {rate:g} requests/s per tenant (lowest seed)" if rate is not None else "")
+    fig = _layout(fig, "Timeline", height=200 + 150 * n, subtitle=sub)
     fig.update_layout(legend={"title": {"text": "segment"}}, margin={"l": 130})
     return fig
 

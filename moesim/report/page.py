@@ -20,7 +20,7 @@ from plotly.offline import get_plotlyjs
 CSS = """
 *, *::before, *::after { box-sizing: border-box; }
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto;
-       max-width: 1280px; padding: 1.5rem 2rem 4rem; color: #1d2330; line-height: 1.45; }
+       max-width: 1280px; padding: 1.5rem clamp(.8rem, 3vw, 2rem) 4rem; color: #1d2330; line-height: 1.45; }
 h1 { font-size: 1.7rem; margin-bottom: .2rem; } h2 { font-size: 1.25rem; margin-top: 2.4rem;
      border-bottom: 1px solid #dde1e8; padding-bottom: .3rem; }
 p.lead { color: #4a5263; margin-top: 0; } .note { color: #4a5263; font-size: .93rem; max-width: 960px; }
@@ -29,10 +29,15 @@ th, td { border-bottom: 1px solid #e4e7ec; padding: .35rem .7rem; text-align: ri
 th { background: #f4f6f9; font-weight: 600; } td:first-child, th:first-child { text-align: left; }
 table.kv td:first-child { font-weight: 600; } table.kv td { text-align: left; }
 .better { color: #12733a; font-weight: 600; } .worse { color: #b42318; }
-.derived { background: #fff4e5; border: 1px solid #f5b55a; padding: .6rem .9rem; border-radius: 6px; }
+.derived, .warn { background: #fff4e5; border: 1px solid #f5b55a; padding: .6rem .9rem; border-radius: 6px; }
 .failed { background: #fdecec; border: 1px solid #e9a1a1; padding: .6rem .9rem; border-radius: 6px; }
 .figure { min-height: 200px; } #js-errors { color: #b42318; white-space: pre-wrap; }
 code { background: #f4f6f9; padding: 0 .25rem; border-radius: 3px; }
+div.wide { max-width: 100%; overflow-x: auto; } table.params td:last-child { text-align: left; }
+.verdict { background: #eef6ee; border: 1px solid #9ccf9c; padding: .7rem 1rem; border-radius: 6px;
+           max-width: 960px; font-size: 1.02rem; }
+th { hyphens: auto; }
+@media (max-width: 1100px) { table { font-size: .8rem; } th, td { padding: .3rem .4rem; } }
 """
 
 ERROR_HOOK = """

@@ -9,7 +9,6 @@ key or value fails in one line before any trial runs.
 from __future__ import annotations
 
 import dataclasses
-import re
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -93,31 +92,21 @@ def compose_base(overrides: list[str]) -> dict[str, Any]:
 
 
 def help_text() -> str:
-    """``--help``: usage, then every ``search.*`` key with its default and meaning (from the docstring)."""
-    doc = SearchConfig.__doc__ or ""
-    meanings: dict[str, str] = {}
-    current = ""
-    for line in doc.split("Attributes:", 1)[-1].splitlines():
-        m = re.match(r"\s{8}(\w+): (.*)", line)
-        if m:
-            current = m.group(1)
-            meanings[current] = m.group(2).strip()
-        elif current and line.strip():
-            meanings[current] += " " + line.strip()
-    defaults = SearchConfig()
-    rows = []
-    for f in dataclasses.fields(SearchConfig):
-        v = getattr(defaults, f.name)
-        shown = ",".join(map(str, v)) if isinstance(v, tuple) else str(v).lower() if isinstance(v, bool) else v
-        rows.append(f"  search.{f.name}={shown}\n      {meanings.get(f.name, '')}")
+    """``--help``: usage, then every ``search.*`` key with its type, default, valid values and meaning
+    (generated from ``SearchConfig`` by moesim.cli, as for the other tools)."""
+    from moesim.cli import key_lines
+    from moesim.search.backends import BACKENDS
+    from moesim.search.fleet_eval import routers
+
+    lines = key_lines(SearchConfig, prefix="search.", choices={"backend": BACKENDS, "router": routers()})
     return (
-        f"{PROG}: the cheapest fleet (GPU type x count x placement x policy x batch limit) whose simulated SLO "
-        "attainment meets a target on your workload, priced from a $/GPU-hour table.\n\n"
         f"usage: {PROG} [search.KEY=VALUE ...] [model=M] [workload=W] [workload.FIELD=V ...] [cost=C]\n"
         "                             [slo_ttft_s=S] [slo_tpot_s=S]\n\n"
-        f"example: {PROG} workload=poisson workload.tenants=32 workload.rate=0.5 search.gpus=h200,a100-80gb\n"
-        "         search.backend=local search.out=out/s1\n\n"
-        "Workload, model, cost and SLO keys are those of python -m moesim.simulate (python -m moesim.simulate "
-        "--help).\nOutputs in search.out: search.csv (every trial), needed.csv, best_placement.yaml, search.json, "
-        "report.html.\nUser guide: docs/search.md\n\nsearch keys (default, meaning):\n" + "\n".join(rows) + "\n"
+        "The cheapest fleet (GPU type x count x placement strategy x policy x batch limit) whose simulated SLO "
+        "attainment\nmeets a target on your workload, priced from a $/GPU-hour table (user guide: docs/search.md)."
+        "\n\nWorkload, model, cost and SLO keys are those of python -m moesim.simulate (see its --help).\n"
+        "Outputs in search.out: search.csv (every trial), needed.csv, best_placement.yaml, search.json, "
+        "report.html.\n\nsearch keys:\n" + "\n".join(lines) + "\n\nexample:\n"
+        f"  {PROG} workload.tenants=32 workload.rate=0.5 workload.popularity=zipf search.gpus=h200,a100-80gb "
+        "search.out=out/s1\n"
     )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from moesim.errors import UserError
-from moesim.specs.gpus import GPUSpec, MIGProfile, get_gpu
+from moesim.specs.gpus import GPU_SPECS, GPUSpec, MIGProfile, get_gpu
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +54,12 @@ def _sort_key(name: str) -> tuple[int, int]:
     return (-int(g[:-1]), -int(mem[:-2]))
 
 
+def _spec(gpu: GPUSpec | str) -> GPUSpec:
+    return gpu if isinstance(gpu, GPUSpec) else get_gpu(gpu)
+
+
 @cache
-def _enumerate(gpu_name: str) -> dict[tuple[str, ...], MIGLayout]:
-    gpu = get_gpu(gpu_name)
+def _enumerate(gpu: GPUSpec) -> dict[tuple[str, ...], MIGLayout]:
     found: dict[tuple[str, ...], MIGLayout] = {}
     placements = [(p, s) for p in gpu.mig_profiles for s in p.starts]
 
@@ -87,17 +90,18 @@ def _enumerate(gpu_name: str) -> dict[tuple[str, ...], MIGLayout]:
 
 def mig_layouts(gpu: GPUSpec | str) -> list[MIGLayout]:
     """Every valid MIG layout of a GPU (distinct profile multisets), largest instances first."""
-    name = gpu if isinstance(gpu, str) else gpu.name
-    layouts = list(_enumerate(name).values())
+    layouts = list(_enumerate(_spec(gpu)).values())
     return sorted(layouts, key=lambda lay: (-len(lay.instances), lay.name))
 
 
 def parse_layout(gpu: GPUSpec | str, text: str) -> MIGLayout:
     """Parse ``"4g+3g"`` or ``"4g.40gb+3g.40gb"``; refuse an invalid layout naming the valid ones."""
-    spec = gpu if isinstance(gpu, GPUSpec) else get_gpu(gpu)
+    spec = _spec(gpu)
+    if not spec.mig_profiles:
+        raise UserError(f"{spec.name} has no MIG profiles: MIG layouts need a GPU with MIG")
     parts = [t.strip() for t in text.replace(",", "+").split("+") if t.strip()]
     profiles = [spec.profile(p) for p in parts]
-    table = _enumerate(spec.name)
+    table = _enumerate(spec)
     key = _key(profiles)
     if key not in table:
         valid = sorted({lay.name for lay in table.values() if _is_maximal(lay, table)})
@@ -118,6 +122,9 @@ def _is_maximal(layout: MIGLayout, table: dict[tuple[str, ...], MIGLayout]) -> b
 
 def equal_layout(gpu: GPUSpec, n: int) -> MIGLayout:
     """The layout with exactly ``n`` instances whose smallest instance is largest (memory, then SMs)."""
+    if not gpu.mig_profiles:
+        raise UserError(f"{gpu.name} has no MIG: MIG policies need a GPU with MIG profiles "
+                        f"(shipped: {', '.join(g for g, s in GPU_SPECS.items() if s.mig_profiles)})")
     cands = [lay for lay in mig_layouts(gpu) if len(lay.instances) == n]
     if not cands:
         raise UserError(f"{gpu.name} has no MIG layout with {n} instances (at most 7)")

@@ -28,7 +28,7 @@ from moesim.workloads.base import (
 from moesim.workloads.request import Request
 from moesim.workloads.tenants import zipf_weights
 
-POPULARITIES = ("equal", "zipf")
+POPULARITIES = ("equal", "zipf", "weights")
 TOKEN_SOURCES = ("", "azure_conv", "azure_code")
 
 
@@ -44,6 +44,8 @@ class PoissonConfig:
         popularity: ``equal`` (every tenant at ``rate``) or ``zipf`` (tenant i at
             ``rate × tenants × w_i``, w_i ∝ 1/(i+1)^zipf_s, so the mean per tenant stays ``rate``).
         zipf_s: Zipf exponent (≥ 0) for ``popularity="zipf"``.
+        weights: per-tenant popularity for ``popularity="weights"`` (one number ≥ 0 per tenant, not all 0):
+            tenant i at ``rate × tenants × weights[i] / Σ weights``, e.g. ``[4, 1, 1]``.
         tokens_from: ``""`` (fixed counts) or a shipped trace (``azure_conv`` | ``azure_code``) whose
             (prompt, output) pairs are drawn jointly, uniformly with replacement, instead.
         max_requests: the most requests the workload may generate. A config whose expected count
@@ -59,6 +61,7 @@ class PoissonConfig:
     output_tokens: int = 25
     popularity: str = "equal"
     zipf_s: float = 1.0
+    weights: tuple[float, ...] = ()
     tokens_from: str = ""
     max_requests: int = DEFAULT_MAX_REQUESTS
 
@@ -71,6 +74,12 @@ class PoissonConfig:
         check_int(n, "output_tokens", self.output_tokens, 1, MAX_TOKENS)
         check_choice(n, "popularity", self.popularity, POPULARITIES)
         check_real(n, "zipf_s", self.zipf_s, 0.0, strict=False, unit="Zipf exponent")
+        if self.popularity == "weights" or self.weights:
+            w = list(self.weights)
+            if (len(w) != self.tenants or any(not (isinstance(x, (int, float)) and math.isfinite(x) and x >= 0)
+                                               for x in w) or not sum(w) > 0):
+                raise UserError(f"workload={n}: weights={w} is invalid; valid: {self.tenants} numbers ≥ 0 (one per "
+                                "tenant), not all 0, with popularity=weights")
         check_choice(n, "tokens_from", self.tokens_from, TOKEN_SOURCES)
         check_int(n, "max_requests", self.max_requests, 1)
         expected = self.rate * self.tenants * self.duration_s
@@ -131,6 +140,9 @@ class Poisson(Workload):
         c = self.cfg
         if c.popularity == "zipf":
             return c.rate * c.tenants * zipf_weights(c.tenants, c.zipf_s)
+        if c.popularity == "weights":
+            w = np.asarray(c.weights, dtype=np.float64)
+            return c.rate * c.tenants * w / w.sum()
         return np.full(c.tenants, float(c.rate))
 
     def _burst_hint(self) -> str:

@@ -1,9 +1,11 @@
 """``greedy_slo``: add variants and replicas one at a time where the estimated SLO attainment gains most.
 
 In the spirit of AlpaServe's and MuxServe's greedy placement: variants, heaviest first, each go to the GPU
-where the fleet's estimated attainment (``moesim.fleet.load.fleet_attainment``: an M/M/1 estimate per GPU,
-each variant's load split evenly over its replicas) is highest after adding it; then replicas are added,
-best marginal gain first, while a gain exceeds ``min_gain`` and memory allows.
+where the fleet's estimated goodput is highest after adding it; then replicas are added, best marginal gain
+first, while a gain exceeds ``min_gain`` (a share of all requests) and memory allows. A GPU's goodput is the
+rate it serves within the TTFT target (an M/M/1 estimate, ``moesim.fleet.load.attainment``, each variant's
+load split evenly over its replicas) minus the rate it receives beyond its capacity, so a saturated GPU is
+never a free place to put more load.
 """
 
 from __future__ import annotations
@@ -46,7 +48,11 @@ class GreedySLO(Strategy):
         where: list[list[int]] = [[] for _ in range(n)]
 
         def value(g: int, load: float, k: int) -> float:
-            return load * attainment(load, problem.capacity(gpus[g], k), slack) if k else 0.0
+            # requests/s within the SLO, minus the rate beyond capacity (a saturated GPU is not free to fill)
+            if not k:
+                return 0.0
+            mu = problem.capacity(gpus[g], k)
+            return load * attainment(load, mu, slack) - max(0.0, load - mu)
 
         def gain(t: int, g: int) -> float:
             r = reps[t]

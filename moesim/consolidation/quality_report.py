@@ -1,0 +1,273 @@
+"""summary.json and a plotly page (index.html) from the 8-domain quality study's files (torch-free).
+
+    python -m moesim.consolidation.quality_report reports/consolidation
+
+Reads ``quality.csv``, ``metadata.json`` and ``distances.json`` written by
+``moesim.consolidation.quality_study``. Quality of a row = its perplexity over the variant alone's on the same
+domain (same family and seed) minus 1 ("change"); accuracy change = next-byte accuracy minus the variant
+alone's. ``summary.json`` holds, per family, N, budget and method: memory fraction, mean and worst-domain
+change per seed and their spread over seeds, accuracy change; the half-memory targets; case-by-case wins
+against the merging baselines; each variant's gain over the base; per-layer expert drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from moesim.errors import UserError, exit_on_user_error
+
+OURS = "act-cluster-mean"
+PLANS = ("paper", "cluster-mean", "act-cluster-mean", "act-cluster-ties")
+MERGES = ("uniform-average", "task-arithmetic", "ties", "dare")
+TARGET = 0.03
+REQUIRED = ("family", "seed", "method", "n_variants", "subset", "domain", "budget", "memory_fraction",
+            "perplexity", "accuracy")
+
+
+def load(folder: str | Path) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any]]:
+    """quality.csv with ``change`` and ``acc_change`` columns, metadata.json and distances.json."""
+    folder = Path(folder)
+    paths = [folder / n for n in ("quality.csv", "metadata.json", "distances.json")]
+    for p in paths:
+        if not p.is_file():
+            raise UserError(f"{str(p)!r} not found (python -m moesim.consolidation.quality_study writes it)")
+    q = pd.read_csv(paths[0], dtype={"budget": str})
+    missing = [c for c in REQUIRED if c not in q.columns]
+    if missing:
+        raise UserError(f"{str(paths[0])!r} lacks column(s) {', '.join(missing)}")
+    alone = (q[q.method == "alone"].drop_duplicates(["family", "seed", "domain"])
+             .set_index(["family", "seed", "domain"])[["perplexity", "accuracy"]])
+    key = pd.MultiIndex.from_frame(q[["family", "seed", "domain"]])
+    q["change"] = q.perplexity.to_numpy() / alone.perplexity.reindex(key).to_numpy() - 1
+    q["acc_change"] = q.accuracy.to_numpy() - alone.accuracy.reindex(key).to_numpy()
+    return q, json.loads(paths[1].read_text()), json.loads(paths[2].read_text())
+
+
+def half_budget(q: pd.DataFrame, family: str, n: int) -> str:
+    """The budget label standing for half memory: ``0.5`` where reachable, else ``all-shared``."""
+    b = q[(q.family == family) & (q.n_variants == n) & (q.method == OURS)].budget
+    return "0.5" if (b == "0.5").any() else "all-shared"
+
+
+def table(q: pd.DataFrame) -> list[dict[str, Any]]:
+    """One record per family, N, budget, method: per-seed mean / worst change, their spread, accuracy."""
+    out = []
+    sub = q[q.method != "alone"]
+    for (fam, n, budget, method), g in sub.groupby(["family", "n_variants", "budget", "method"], sort=True):
+        per_seed = g.groupby("seed").agg(mean=("change", "mean"), worst=("change", "max"),
+                                         acc=("acc_change", "mean"), cases=("change", "size"))
+        worst_row = g.loc[g.change.idxmax()]
+        out.append({
+            "family": fam, "n_variants": int(n), "budget": budget, "method": method,
+            "memory_fraction": round(float(g.memory_fraction.mean()), 4),
+            "seeds": [int(s) for s in per_seed.index], "cases": len(g),
+            "mean_change": round(float(per_seed["mean"].mean()), 5),
+            "mean_change_seed_min": round(float(per_seed["mean"].min()), 5),
+            "mean_change_seed_max": round(float(per_seed["mean"].max()), 5),
+            "worst_change": round(float(g.change.max()), 5),
+            "worst_change_seed_min": round(float(per_seed["worst"].min()), 5),
+            "worst_domain": f"{worst_row.domain} (seed {int(worst_row.seed)}, {worst_row.subset})",
+            "acc_change": round(float(per_seed["acc"].mean()), 5),
+        })
+    return out
+
+
+def wins(q: pd.DataFrame, method: str, against: str) -> dict[str, Any]:
+    """Case by case (family, seed, subset, domain, every budget of ``method``): ``method``'s change against the
+    ``against`` merge of the same subset; a win is strictly lower perplexity."""
+    a = q[q.method == method]
+    b = q[q.method == against][["family", "seed", "subset", "domain", "change"]].rename(columns={"change": "other"})
+    m = a.merge(b, on=["family", "seed", "subset", "domain"])
+    if m.empty:
+        return {"cases": 0}
+    margin = m.other - m.change
+    return {"cases": len(m), "wins": int((margin > 0).sum()), "min_margin": round(float(margin.min()), 5),
+            "median_margin": round(float(margin.median()), 5)}
+
+
+def summarize(q: pd.DataFrame, meta: dict[str, Any]) -> dict[str, Any]:
+    """Everything the page and README quote (see the module docstring)."""
+    s: dict[str, Any] = {"table": table(q), "targets": [], "wins": {}, "variant_gain": {}, "layer_drift": {}}
+    for fam in sorted(q.family.unique()):
+        fq = q[q.family == fam]
+        for n in sorted(fq.n_variants.unique()):
+            hb = half_budget(q, fam, int(n))
+            g = fq[(fq.n_variants == n) & (fq.budget == hb)]
+            rec: dict[str, Any] = {"family": fam, "n_variants": int(n), "budget": hb}
+            for method in PLANS:
+                gm = g[g.method == method]
+                if gm.empty:
+                    continue
+                rec[method] = {"memory_fraction": round(float(gm.memory_fraction.mean()), 4),
+                               "mean_change": round(float(gm.change.mean()), 5),
+                               "worst_change": round(float(gm.change.max()), 5),
+                               "every_domain_within_target": bool((gm.change <= TARGET).all())}
+            s["targets"].append(rec)
+        s["wins"][fam] = {f"{m} vs {b}": wins(fq, m, b) for m in PLANS for b in MERGES}
+    for fam, f in meta.get("families", {}).items():
+        base = f.get("base", {})
+        for seed, sm in f.get("seeds", {}).items():
+            if not isinstance(sm, dict):
+                continue
+            s["variant_gain"][f"{fam}/{seed}"] = {
+                d: round(math.exp(ce - base[d][0]) - 1, 5) for d, (ce, _acc) in sm["alone"].items()}
+            s["layer_drift"][f"{fam}/{seed}"] = sm["layer_drift"]
+    return s
+
+
+def _figures(q: pd.DataFrame, summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    figs = []
+    t = pd.DataFrame(summary["table"])
+    for fam in sorted(t.family.unique()):
+        ns = sorted(t[t.family == fam].n_variants.unique())
+        for metric, label in (("mean_change", "mean"), ("worst_change", "worst domain")):
+            fig = make_subplots(rows=1, cols=len(ns), subplot_titles=[f"N = {n}" for n in ns], shared_yaxes=True)
+            for k, n in enumerate(ns, 1):
+                for j, method in enumerate((*PLANS, *MERGES)):
+                    g = t[(t.family == fam) & (t.n_variants == n) & (t.method == method)].sort_values(
+                        "memory_fraction")
+                    if g.empty:
+                        continue
+                    fig.add_trace(go.Scatter(
+                        x=g.memory_fraction, y=100 * g[metric], name=method, legendgroup=method,
+                        showlegend=k == 1, mode="lines+markers" if method in PLANS else "markers",
+                        marker={"size": 9 if method in MERGES else 6, "symbol": "x" if method in MERGES else "circle"},
+                        line={"color": f"hsl({j * 45},60%,45%)"},
+                        error_y=None if metric != "mean_change" else {
+                            "type": "data", "symmetric": False,
+                            "array": 100 * (g.mean_change_seed_max - g.mean_change),
+                            "arrayminus": 100 * (g.mean_change - g.mean_change_seed_min)}), row=1, col=k)
+                fig.add_hline(y=100 * TARGET, line_dash="dot", row=1, col=k)
+            fig.update_xaxes(title_text="memory / N separate models")
+            fig.update_yaxes(title_text=f"{label} perplexity change vs alone (%)", row=1, col=1)
+            fig.update_layout(height=420, margin={"t": 40})
+            figs.append((f"{fam}-{metric}", f"{fam}: {label} change vs memory (bars: spread over seeds)", fig))
+    fig = go.Figure()
+    for key, d in summary["layer_drift"].items():
+        fig.add_trace(go.Scatter(y=d["between_variants"], name=f"{key} between variants", mode="lines+markers"))
+        fig.add_trace(go.Scatter(y=d["to_base"], name=f"{key} to base", mode="lines", line={"dash": "dot"}))
+    fig.update_layout(height=380, xaxis_title="MoE layer", yaxis_title="‖Δ expert‖ / ‖base expert‖ (mean)")
+    figs.append(("drift", "Expert drift per layer (the paper: Mixtral's layers 18–31 of 32 least similar)", fig))
+    fig = go.Figure()
+    for key, g in summary["variant_gain"].items():
+        fig.add_trace(go.Bar(x=list(g), y=[100 * v for v in g.values()], name=key))
+    fig.update_layout(height=380, yaxis_title="variant alone vs base, perplexity change (%)", barmode="group")
+    figs.append(("gain", "What each fine-tune gained over the base on its own domain", fig))
+    return figs
+
+
+def _table_html(summary: dict[str, Any]) -> str:
+    rows = []
+    for r in summary["table"]:
+        if r["method"] not in (OURS, "paper", *MERGES):
+            continue
+        rows.append(
+            f"<tr><td>{r['family']}</td><td>{r['n_variants']}</td><td>{r['budget']}</td><td>{r['method']}</td>"
+            f"<td>{r['memory_fraction']:.3f}</td><td>{100 * r['mean_change']:+.2f} % "
+            f"[{100 * r['mean_change_seed_min']:+.2f}, {100 * r['mean_change_seed_max']:+.2f}]</td>"
+            f"<td>{100 * r['worst_change']:+.2f} %</td><td>{100 * r['acc_change']:+.2f} pt</td>"
+            f"<td>{len(r['seeds'])}</td><td>{r['cases']}</td></tr>")
+    return ("<table><tr><th>family</th><th>N</th><th>budget</th><th>method</th><th>memory</th>"
+            "<th>mean change [seed min, max]</th><th>worst domain</th><th>accuracy</th><th>seeds</th>"
+            "<th>cases</th></tr>" + "".join(rows) + "</table>")
+
+
+def build(folder: str | Path) -> dict[str, Any]:
+    """Write summary.json and index.html into ``folder``; returns the summary."""
+    import plotly.io as pio
+
+    folder = Path(folder)
+    q, meta, _dist = load(folder)
+    summary = summarize(q, meta)
+    (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    blocks = []
+    for k, (key, title, fig) in enumerate(_figures(q, summary)):
+        blocks.append(f"<h2>{title}</h2>" + pio.to_html(fig, include_plotlyjs=(k == 0), full_html=False,
+                                                         div_id=key))
+    fams = "; ".join(
+        f"{name}: {f['params']:,d} parameters, {f['config']['n_layers']} layers × {f['config']['n_experts']} "
+        f"experts top-{f['config']['top_k']}" + (f" + a shared expert (d_ff {f['config']['shared_d_ff']})"
+                                                 if f['config'].get('shared_d_ff') else "")
+        + f", pretrained {f['pretrain']['tokens']:,d} tokens at {f['pretrain']['tokens_per_s']:,d} tokens/s"
+        for name, f in meta["families"].items())
+    gains = "; ".join(
+        f"{key}: {100 * min(g.values()):+.1f} to {100 * max(g.values()):+.1f} % "
+        f"({sum(v < 0 for v in g.values())} of {len(g)} variants better than the base)"
+        for key, g in summary["variant_gain"].items())
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>moesim consolidation quality (8 domains)</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1300px;margin:auto;padding:1em}}
+table{{border-collapse:collapse;font-size:90%}}td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}</style>
+</head><body><h1>Expert consolidation on 8 domains: what it costs in output quality</h1>
+<p>Measured on {meta['gpu']} ({meta['date_utc']} UTC, torch {meta['torch']}). {fams}.</p>
+<p><b>Read first — what each fine-tune gained over the base on its own domain</b> (perplexity change; a
+consolidation can only show a cost where the variants are better than their base): {gains}. See
+docs/consolidation.md.</p>
+<p>Change = held-out perplexity over the variant alone's on its own domain, minus 1; accuracy = next-byte
+accuracy change (points). Memory = every weight held (all non-expert sets plus every expert copy) over N
+separate models. Ours = {OURS}.</p>
+{_table_html(summary)}
+{''.join(blocks)}
+<p>Data: quality.csv, metadata.json, distances.json, train_log.csv, study_log.txt; numbers in summary.json.</p>
+</body></html>"""
+    (folder / "index.html").write_text(page)
+    return summary
+
+
+def merge(folder: str | Path, parts: list[Path]) -> None:
+    """Combine the outputs of runs of single families (``--families``, e.g. one per GPU) into ``folder``:
+    quality.csv and train_log.csv concatenated, metadata.json's ``families`` and distances.json joined."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    frames, logs, meta, dist = [], [], None, {}
+    for p in parts:
+        for name in ("quality.csv", "metadata.json", "distances.json"):
+            if not (p / name).is_file():
+                raise UserError(f"{str(p / name)!r} not found (a part to merge must be a study's output folder)")
+        frames.append(pd.read_csv(p / "quality.csv", dtype={"budget": str}))
+        if (p / "train_log.csv").is_file():
+            logs.append(pd.read_csv(p / "train_log.csv"))
+        m = json.loads((p / "metadata.json").read_text())
+        if meta is None:
+            meta = m
+        else:
+            dup = set(meta["families"]) & set(m["families"])
+            if dup:
+                raise UserError(f"{str(p)!r}: family {sorted(dup)[0]!r} is in more than one part")
+            meta["families"].update(m["families"])
+        dist.update(json.loads((p / "distances.json").read_text()))
+    pd.concat(frames).to_csv(folder / "quality.csv", index=False)
+    if logs:
+        pd.concat(logs).to_csv(folder / "train_log.csv", index=False)
+    (folder / "metadata.json").write_text(json.dumps(meta, indent=1))
+    (folder / "distances.json").write_text(json.dumps(dist))
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m moesim.consolidation.quality_report",
+                                 description=__doc__.splitlines()[0])
+    ap.add_argument("folder", type=Path, nargs="?", default=Path("reports/consolidation"))
+    ap.add_argument("--merge", type=Path, nargs="+", default=None,
+                    help="first combine these single-family output folders into FOLDER")
+    args = ap.parse_args(argv)
+    if args.merge:
+        merge(args.folder, args.merge)
+    s = build(args.folder)
+    for r in s["targets"]:
+        o = r.get(OURS, {})
+        print(f"{r['family']} N={r['n_variants']} budget {r['budget']}: ours mean {100 * o.get('mean_change', 0):+.2f} %"
+              f", worst {100 * o.get('worst_change', 0):+.2f} %")
+    print(f"wrote {args.folder / 'index.html'} and summary.json")
+
+
+if __name__ == "__main__":
+    main()

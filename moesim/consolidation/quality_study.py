@@ -1,0 +1,558 @@
+"""The 8-domain quality study: a ≥ 100M-parameter TinyMoE family and a fine-grained one (imports torch).
+
+    PYTHONPATH=. python3 -m moesim.consolidation.quality_study --preset h200 --device cuda --out OUT --deadline-s 540
+    python -m moesim.consolidation.quality_study --preset smoke --device cpu --out /tmp/q   # whole pipeline, CPU
+
+Per family (``FAMILIES``): pretrain a base on the 8 domains of ``moesim.consolidation.domains`` (windows drawn
+in proportion to each domain's train bytes; cosine schedule over the phase's wall-clock budget; validation
+every ``val_every`` steps, the best state kept), then per seed: fine-tune one variant per domain (all
+weights, higher peak learning rate, early stopping on the domain's validation split), measure expert
+distances (weights, and on activations), and for subsets of N = 2, 3, 4, 8 variants and memory budgets
+from 25 % to 100 % evaluate every method on each member's held-out test text: perplexity and next-byte
+accuracy. Every result row is appended to OUT/quality.csv as soon as it exists, so a deadline keeps what was
+done; metadata.json, train_log.csv and distances.json are rewritten after every phase.
+
+Methods (``PLAN_METHODS`` and ``MERGE_METHODS``):
+  * ``paper`` — the paper's loader (weight L2, all-or-none sharing, round-robin copies);
+  * ``cluster-mean`` — complete-linkage sharing on weight L2 (with permutation matching where E ≤ 16),
+    the cluster's mean as its copy (the first study's "ours");
+  * ``act-cluster-mean`` — the same clustering on *activation* distances: for each position, the RMS per
+    calibration token of the difference between two variants' expert outputs on the tokens the base routes
+    there (so a rarely used expert counts less, and distances are comparable across layers, which is what
+    lets the global greedy merge allocate the budget per layer);
+  * ``act-cluster-ties`` — as ``act-cluster-mean`` but a shared copy is the TIES merge of the members'
+    deltas from the base: elect each entry's sign, average only the deltas that agree with it (trimming at
+    ``ties_copy_density``, 1.0 = none: close experts' small deltas are signal, and trimming would change a
+    copy even when its members are identical);
+  * merges of whole models (1/N of the memory): ``uniform-average``, ``task-arithmetic``, ``ties``, ``dare``
+    (DARE + task arithmetic); the scale of the last three is chosen per subset on the validation split
+    from ``MERGE_SCALES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from moesim.consolidation.apply import materialize
+from moesim.consolidation.builders import build_plan
+from moesim.consolidation.corpus import eval_windows, sample_windows
+from moesim.consolidation.domains import DOMAINS8, build_domains
+from moesim.consolidation.merging import dare, disjoint_mean, elect_sign, ties_tensor, trim
+from moesim.consolidation.weights import MoELayout, check_same_architecture, expert_distances, layout_of
+from moesim.tinymoe import CPU_CONFIG, FINE_CONFIG, LARGE_CONFIG, TinyMoE, TinyMoEConfig, count_params
+
+COLUMNS = ("family", "seed", "method", "n_variants", "subset", "domain", "budget", "memory_bytes",
+           "memory_fraction", "perplexity", "accuracy", "shared_positions", "gpu_copies")
+PLAN_METHODS = ("paper", "cluster-mean", "act-cluster-mean", "act-cluster-ties")
+MERGE_METHODS = ("uniform-average", "task-arithmetic", "ties", "dare")
+MERGE_SCALES = (0.2, 0.35, 0.5, 0.75, 1.0)
+BUDGETS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
+VAL_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family's sizes and budgets (times in seconds of wall clock).
+
+    Attributes:
+        name / model: label and architecture.
+        seq / batch: tokens per window, windows per training step.
+        pretrain_lr / pretrain_s: peak AdamW learning rate and wall budget of pretraining.
+        finetune_lr / finetune_steps / finetune_s: the same for each fine-tune (stops at whichever comes first).
+        warmup: warmup steps; eval_windows / val_windows / calib_windows: held-out test windows per domain,
+            validation windows per domain, calibration windows per domain for activation distances.
+        val_every / ft_val_every: validation period of pretraining / fine-tuning (steps).
+        seeds: fine-tuning and study seeds; subsets: how many subsets per N (covering the domains in a
+            seed-specific random order); study_s: wall budget of one seed's study.
+        ties_density / dare_drop: of the whole-model TIES / DARE baselines; ties_copy_density: of
+            ``act-cluster-ties``'s copies. reserve_s: wall time left for the families after this one.
+        budgets: memory fractions studied (None: ``BUDGETS``); one_per_n_first: study one subset of every N
+            before any second subset (so a deadline still leaves every N measured).
+    """
+
+    name: str
+    model: TinyMoEConfig
+    seq: int
+    batch: int
+    pretrain_lr: float
+    pretrain_s: float
+    finetune_lr: float
+    finetune_steps: int
+    finetune_s: float
+    warmup: int
+    eval_windows: int
+    val_windows: int
+    calib_windows: int
+    val_every: int
+    ft_val_every: int
+    seeds: tuple[int, ...]
+    subsets: dict[int, int] = field(default_factory=lambda: {8: 1, 2: 4, 4: 2, 3: 2})
+    study_s: float = 60.0
+    weight_decay: float = 0.1
+    aux_weight: float = 0.01
+    ties_density: float = 0.2
+    ties_copy_density: float = 1.0
+    dare_drop: float = 0.9
+    reserve_s: float = 0.0
+    budgets: tuple[float, ...] | None = None
+    one_per_n_first: bool = False
+
+
+_SMOKE = replace(CPU_CONFIG, max_seq=64)
+PRESETS: dict[str, tuple[Family, ...]] = {
+    "h200": (
+        Family("large", LARGE_CONFIG, seq=512, batch=64, pretrain_lr=1.5e-3, pretrain_s=135.0, finetune_lr=1e-3,
+               finetune_steps=400, finetune_s=5.0, warmup=30, eval_windows=40, val_windows=12, calib_windows=4,
+               val_every=50, ft_val_every=10, seeds=(0, 1, 2), study_s=38.0, reserve_s=105.0),
+        Family("fine", FINE_CONFIG, seq=512, batch=64, pretrain_lr=1.5e-3, pretrain_s=50.0, finetune_lr=1e-3,
+               finetune_steps=300, finetune_s=2.5, warmup=30, eval_windows=40, val_windows=12, calib_windows=4,
+               val_every=50, ft_val_every=10, seeds=(0,), subsets={8: 1, 2: 4, 4: 2}, study_s=25.0),
+    ),
+    # Prepared from what the h200 run taught, NOT run yet (docs/consolidation.md, "Fixes for the next call"):
+    # fine-tunes at the first study's peak lr (3e-4, which beat its base by 4.6-15 %) for longer; one subset of
+    # every N before any second; 3 budgets + all-shared instead of 6 + all-shared. Meant for two GPUs at once:
+    #   CUDA_VISIBLE_DEVICES=0 ... --families large --out OUT/large & CUDA_VISIBLE_DEVICES=1 ... --families fine --out OUT/fine
+    "h200-next": (
+        Family("large", LARGE_CONFIG, seq=512, batch=64, pretrain_lr=1.5e-3, pretrain_s=170.0, finetune_lr=3e-4,
+               finetune_steps=400, finetune_s=9.0, warmup=10, eval_windows=40, val_windows=12, calib_windows=4,
+               val_every=50, ft_val_every=10, seeds=(0, 1, 2), subsets={2: 4, 3: 2, 4: 2, 8: 1}, study_s=45.0,
+               budgets=(0.25, 0.5, 0.75), one_per_n_first=True),
+        Family("fine", FINE_CONFIG, seq=512, batch=64, pretrain_lr=1.5e-3, pretrain_s=200.0, finetune_lr=3e-4,
+               finetune_steps=300, finetune_s=6.0, warmup=10, eval_windows=40, val_windows=12, calib_windows=4,
+               val_every=50, ft_val_every=10, seeds=(0, 1, 2), subsets={2: 4, 3: 2, 4: 2, 8: 1}, study_s=50.0,
+               budgets=(0.25, 0.5, 0.75), one_per_n_first=True),
+    ),
+    "smoke": (
+        Family("large", _SMOKE, seq=64, batch=8, pretrain_lr=3e-3, pretrain_s=6.0, finetune_lr=2e-3,
+               finetune_steps=6, finetune_s=2.0, warmup=2, eval_windows=3, val_windows=2, calib_windows=1,
+               val_every=5, ft_val_every=2, seeds=(0, 1), subsets={8: 1, 2: 2, 3: 1, 4: 1}, study_s=60.0,
+               one_per_n_first=True),
+        Family("fine", replace(_SMOKE, n_experts=8, top_k=4, d_ff=32, shared_d_ff=64), seq=64, batch=8,
+               pretrain_lr=3e-3, pretrain_s=4.0, finetune_lr=2e-3, finetune_steps=4, finetune_s=2.0, warmup=2,
+               eval_windows=3, val_windows=2, calib_windows=1, val_every=5, ft_val_every=2, seeds=(0,),
+               subsets={8: 1, 2: 1}, study_s=30.0, budgets=(0.5,)),
+    ),
+}
+# (Reading order of the h200 preset's time: startup ~15 s, large: 135 + 3 × (8 × 5 + ~5 + 38) ≈ 385 s,
+#  fine: 50 + 8 × 2.5 + ~3 + 25 ≈ 100 s; the whole call ≈ 500 s of a 540 s deadline.)
+
+
+def lr_at(progress: float, step: int, peak: float, warmup: int) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine from ``peak`` to 10 % of it as ``progress`` goes 0 → 1."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    p = min(1.0, max(0.0, progress))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def subsets_for(seed: int, n_domains: int, sizes: dict[int, int], one_per_n_first: bool = False
+                ) -> list[tuple[int, ...]]:
+    """Subsets per N in the order of ``sizes``: consecutive blocks of one seeded random order of the domains
+    (wrapping around), so ``n_domains / N`` subsets cover every domain once; each subset sorted. With
+    ``one_per_n_first``, the first subset of every N comes before any second one."""
+    order = np.random.default_rng(1000 + seed).permutation(n_domains).tolist()
+    by_n = [[tuple(sorted(order[(k * n + j) % n_domains] for j in range(n))) for k in range(count)]
+            for n, count in sizes.items()]
+    if one_per_n_first:
+        return [subs[0] for subs in by_n if subs] + [s for subs in by_n for s in subs[1:]]
+    return [s for subs in by_n for s in subs]
+
+
+def budget_copies(frac: float, n: int, n_pos: int, ne_bytes: int, e_bytes: int) -> int | None:
+    """Expert copies of a cluster plan holding ``frac`` of N separate models' weights (None: unreachable,
+    i.e. fewer copies than positions)."""
+    model = ne_bytes + n_pos * e_bytes
+    c = int((frac * n * model - n * ne_bytes) // e_bytes)
+    if c < n_pos:
+        return None
+    return min(c, n * n_pos)
+
+
+def paper_shared(copies: int, n: int, n_pos: int) -> int:
+    """Fully shared positions of an all-or-none plan within the memory of ``copies`` expert copies."""
+    return min(n_pos, max(0, math.ceil((n * n_pos - copies) / (n - 1))))
+
+
+class Data:
+    """Train arrays, validation / test / calibration windows (on the device) of the 8 domains."""
+
+    def __init__(self, corpora: Path, fam: Family, device: torch.device) -> None:
+        raw = build_domains(corpora)
+        self.domains = DOMAINS8
+        self.train, self.val, self.test, self.calib = {}, {}, {}, {}
+        for d in DOMAINS8:
+            full = raw[d]["train"]
+            cut = int(len(full) * (1 - VAL_FRACTION))
+            self.train[d] = full[:cut]
+            val = eval_windows(full[cut:], fam.seq, fam.val_windows + fam.calib_windows)
+            self.val[d] = torch.as_tensor(val[: fam.val_windows], device=device)
+            self.calib[d] = torch.as_tensor(val[fam.val_windows:] if len(val) > fam.val_windows else val[:1],
+                                            device=device)
+            self.test[d] = torch.as_tensor(eval_windows(raw[d]["test"], fam.seq, fam.eval_windows), device=device)
+        self.sizes = {d: len(self.train[d]) for d in DOMAINS8}
+
+
+def clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+class Runner:
+    """Training and evaluation of one family on one device; appends to a log."""
+
+    def __init__(self, fam: Family, data: Data, device: torch.device, log: list[dict[str, object]]) -> None:
+        self.fam, self.data, self.device, self.log = fam, data, device, log
+        self.autocast = device.type == "cuda"
+        self.eval_model = TinyMoE(fam.model).to(device).eval()
+
+    def train(self, model: TinyMoE, phase: str, domains: tuple[str, ...], lr: float, max_s: float,
+              max_steps: int | None, seed: int, val_every: int) -> dict[str, object]:
+        """Train in place; the state with the best mean validation loss over ``domains`` is kept."""
+        f = self.fam
+        rng = np.random.default_rng(seed)
+        sizes = np.array([self.data.sizes[d] for d in domains], dtype=float)
+        probs = sizes / sizes.sum()
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=f.weight_decay,
+                                fused=self.device.type == "cuda")
+        best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+        model.train()
+        t0 = time.perf_counter()
+        step = tokens = 0
+        while True:
+            elapsed = time.perf_counter() - t0
+            progress = max(elapsed / max_s, step / max_steps if max_steps else 0.0)
+            done = progress >= 1.0
+            if step > 0 and (done or step % val_every == 0):
+                vl = float(np.mean([self.evaluate(model.state_dict(), d, "val")[0] for d in domains]))
+                model.train()
+                self.log.append({"phase": phase, "split": "val", "step": step, "loss": vl, "lr": float("nan"),
+                                 "elapsed_s": round(time.perf_counter() - t0, 3)})
+                if best is None or vl < best[0]:
+                    best = (vl, step, clone(model.state_dict()))
+            if done:
+                break
+            for g in opt.param_groups:
+                g["lr"] = lr_at(progress, step, lr, f.warmup)
+            which = rng.choice(len(domains), size=f.batch, p=probs)
+            parts = [sample_windows(self.data.train[domains[k]], f.seq, int((which == k).sum()), rng)
+                     for k in range(len(domains)) if (which == k).any()]
+            x = torch.as_tensor(np.concatenate(parts), device=self.device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+                ce, aux = model.loss(x)
+                loss = ce + f.aux_weight * aux
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            tokens += x.shape[0] * (x.shape[1] - 1)
+            if step % 25 == 0:
+                self.log.append({"phase": phase, "split": "train", "step": step, "loss": float(ce.detach()),
+                                 "lr": opt.param_groups[0]["lr"], "elapsed_s": round(time.perf_counter() - t0, 3)})
+            step += 1
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+        assert best is not None
+        model.load_state_dict(best[2])
+        print(f"[{phase}] {step} steps, {tokens:,d} tokens, {wall:.1f} s ({tokens / wall:,.0f} tok/s), "
+              f"best val loss {best[0]:.4f} at step {best[1]}", flush=True)
+        return {"steps": step, "tokens": tokens, "wall_s": round(wall, 2), "tokens_per_s": round(tokens / wall),
+                "peak_lr": lr, "kept_step": best[1], "kept_val_loss": round(best[0], 5)}
+
+    @torch.no_grad()
+    def evaluate(self, state: dict[str, torch.Tensor], domain: str, split: str = "test") -> tuple[float, float]:
+        """(mean next-byte cross-entropy in nats, next-byte accuracy) over the domain's windows of ``split``."""
+        self.eval_model.load_state_dict(state)
+        x = {"test": self.data.test, "val": self.data.val}[split][domain]
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        hits = torch.zeros((), dtype=torch.int64, device=self.device)
+        for i in range(0, x.shape[0], 32):
+            xb = x[i : i + 32]
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+                logits, _ = self.eval_model(xb[:, :-1])
+            logits = logits.float().reshape(-1, logits.shape[-1])
+            y = xb[:, 1:].reshape(-1)
+            total += torch.nn.functional.cross_entropy(logits, y, reduction="sum").double()
+            hits += (logits.argmax(-1) == y).sum()
+        n = x.shape[0] * (x.shape[1] - 1)
+        return float(total / n), float(hits) / n
+
+
+@torch.no_grad()
+def activation_distances(runner: Runner, base: dict[str, torch.Tensor], states: list[dict[str, torch.Tensor]],
+                         layout: MoELayout, perm: np.ndarray) -> np.ndarray:
+    """``act[u, v, l, i]``: ‖E_u(X) − E_v(X)‖_F / √T for slot i of MoE layer l, where X are the calibration
+    tokens (all domains, T of them per layer) that the base's router sends to slot i (top-k) at the input
+    of that layer's experts in the base; E_v is variant v's expert in slot i (``perm``). float64, (N, N, L, E)."""
+    cfg = runner.fam.model
+    model = runner.eval_model
+    model.load_state_dict(base)
+    x = torch.cat([runner.data.calib[d] for d in runner.data.domains])[:, :-1]
+    inputs: dict[int, torch.Tensor] = {}
+    hooks = [layer.block_sparse_moe.register_forward_hook(
+        lambda mod, args, out, i=i: inputs.__setitem__(i, args[0].reshape(-1, cfg.d_model).float()))
+        for i, layer in enumerate(model.model.layers)]
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    n = len(states)
+    act = np.zeros((n, n, layout.n_layers, layout.n_experts))
+    for li, lid in enumerate(layout.layer_ids):
+        h = inputs[lid]  # (T, C)
+        top = (h @ base[f"model.layers.{lid}.block_sparse_moe.gate.weight"].float().T).topk(cfg.top_k, -1).indices
+        for i in range(layout.n_experts):
+            tok = (top == i).any(-1)
+            xi = h[tok]
+            if xi.shape[0] == 0:
+                continue
+            outs = []
+            for v, st in enumerate(states):
+                e = int(perm[v, li, i])
+                w1, w2, w3 = (st[layout.key(li, e, m)].float() for m in ("w1", "w2", "w3"))
+                outs.append((torch.nn.functional.silu(xi @ w1.T) * (xi @ w3.T)) @ w2.T)
+            ys = torch.stack(outs)  # (N, t, C)
+            d = torch.cdist(ys.reshape(n, -1)[None], ys.reshape(n, -1)[None])[0] / math.sqrt(h.shape[0])
+            act[:, :, li, i] = d.double().cpu().numpy()
+    return act
+
+
+def merged_deltas(base: dict[str, torch.Tensor], states: list[dict[str, torch.Tensor]], fam: Family,
+                  seed: int) -> dict[str, Callable[[float], dict[str, torch.Tensor]]]:
+    """Per merge method, a function scale → merged state dict (deltas computed once)."""
+    keys = list(base)
+    deltas = {k: torch.stack([s[k].float() - base[k].float() for s in states]) for k in keys}
+    ta = {k: deltas[k].sum(0) for k in keys}
+    ties = {}
+    for k in keys:
+        tr = torch.stack([trim(d, fam.ties_density) for d in deltas[k]])
+        ties[k] = disjoint_mean(tr, elect_sign(tr))
+    g = torch.Generator(device=base[keys[0]].device).manual_seed(seed)
+    dr = {k: sum(dare(d, fam.dare_drop, g) for d in deltas[k]) for k in sorted(keys)}
+    n = len(states)
+
+    def make(delta: dict[str, torch.Tensor]) -> Callable[[float], dict[str, torch.Tensor]]:
+        return lambda s: {k: (base[k].float() + s * delta[k]).to(base[k].dtype) for k in keys}
+
+    return {"uniform-average": lambda _s: make(ta)(1.0 / n), "task-arithmetic": make(ta), "ties": make(ties),
+            "dare": make(dr)}
+
+
+def study_subset(runner: Runner, fam: Family, seed: int, base: dict[str, torch.Tensor],
+                 states: list[dict[str, torch.Tensor]], layout: MoELayout, wdist, act: np.ndarray,
+                 subset: tuple[int, ...], alone: dict[str, tuple[float, float]], emit: Callable[[dict], None],
+                 checks: dict[str, object]) -> None:
+    """All methods and budgets for one subset; each row goes to ``emit`` as soon as it is measured."""
+    doms = runner.data.domains
+    n = len(subset)
+    n_pos = layout.n_layers * layout.n_experts
+    e_bytes, ne_bytes = layout.expert_params * 2, layout.nonexpert_params * 2  # bf16
+    sep = n * (ne_bytes + n_pos * e_bytes)
+    sub = [states[i] for i in subset]
+    name = "+".join(doms[i] for i in subset)
+    ix = np.ix_(subset, subset)
+    pair_w, pair_a = wdist.l2[ix], act[ix]
+    perm = wdist.perm[list(subset)]
+
+    def row(method: str, budget: str, mem: int, local: int, ce: float, acc: float, shared: int, gpu: int) -> None:
+        emit({"family": fam.name, "seed": seed, "method": method, "n_variants": n, "subset": name,
+              "domain": doms[subset[local]], "budget": budget, "memory_bytes": mem,
+              "memory_fraction": round(mem / sep, 6), "perplexity": round(math.exp(ce), 6),
+              "accuracy": round(acc, 6), "shared_positions": shared, "gpu_copies": gpu})
+
+    for local, i in enumerate(subset):
+        row("alone", "1", sep, local, *alone[doms[i]], 0, n * n_pos)
+    levels: list[tuple[str, int]] = [("all-shared", n_pos)]
+    for frac in fam.budgets or BUDGETS:
+        c = budget_copies(frac, n, n_pos, ne_bytes, e_bytes)
+        if c is not None and c not in {lv[1] for lv in levels}:
+            levels.append((f"{frac:g}", c))
+    common = {"expert_bytes": e_bytes, "nonexpert_bytes": ne_bytes, "nonexpert_sets_reserved": n}
+
+    ties_cache: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
+
+    def ties_combine(key: str, ts: list[torch.Tensor]) -> torch.Tensor:
+        ck = (key, tuple(id(t) for t in ts))  # one merge per copy, not per variant using it
+        if ck not in ties_cache:
+            ties_cache[ck] = ties_tensor(base[key], ts, fam.ties_copy_density, 1.0)
+        return ties_cache[ck]
+
+    for label, c in levels:
+        budget = n * ne_bytes + c * e_bytes
+        plans = {
+            "paper": (build_plan(pair_w, method="paper", budget_bytes=n * ne_bytes
+                                 + paper_shared(c, n, n_pos) * e_bytes, **common), None),
+            "cluster-mean": (build_plan(pair_w, method="cluster-mean", perm=perm, budget_bytes=budget, **common),
+                             None),
+            "act-cluster-mean": (build_plan(pair_a, method="cluster-mean", perm=perm, budget_bytes=budget,
+                                            **common), None),
+            "act-cluster-ties": (build_plan(pair_a, method="cluster-mean", perm=perm, budget_bytes=budget,
+                                            **common), ties_combine),
+        }
+        for method, (plan, comb) in plans.items():
+            gpu = sum(cp.on_gpu for cp in plan.copies)
+            for local in range(n):
+                st = materialize(plan, sub, layout, local, combine=comb)
+                ce, acc = runner.evaluate(st, doms[subset[local]])
+                row(method, label, plan.all_weights_bytes, local, ce, acc, plan.shared_positions(), gpu)
+    model_bytes = ne_bytes + n_pos * e_bytes
+    for method, make in merged_deltas(base, sub, fam, seed).items():
+        scale = 1.0 / n
+        if method != "uniform-average":
+            val = {s: float(np.mean([runner.evaluate(make(s), doms[i], "val")[0] for i in subset]))
+                   for s in MERGE_SCALES}
+            scale = min(val, key=lambda s: (val[s], s))
+            checks.setdefault("merge_scales", []).append({"subset": name, "seed": seed, "method": method,
+                                                          "scale": scale})
+        st = make(scale)
+        for local in range(n):
+            ce, acc = runner.evaluate(st, doms[subset[local]])
+            row(method, f"1/{n}", model_bytes, local, ce, acc, n_pos, n_pos)
+
+
+def layer_drift(wdist, to_base: np.ndarray, base_norm: np.ndarray) -> dict[str, list[float]]:
+    """Per MoE layer: mean relative L2 between variants and to the base (over pairs and experts)."""
+    n = wdist.l2.shape[0]
+    iu = np.triu_indices(n, 1)
+    between = wdist.l2[iu[0], iu[1]] / base_norm[None]  # (pairs, L, E)
+    return {"between_variants": between.mean((0, 2)).round(5).tolist(),
+            "between_variants_min": between.min((0, 2)).round(5).tolist(),
+            "between_variants_max": between.max((0, 2)).round(5).tolist(),
+            "to_base": (to_base / base_norm[None]).mean((0, 2)).round(5).tolist()}
+
+
+def run_family(fam: Family, args: argparse.Namespace, t_start: float, out: Path, meta: dict[str, object],
+               log: list[dict[str, object]], emit: Callable[[dict], None], dist_out: dict[str, object],
+               flush: Callable[[], None]) -> None:
+    dev = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    data = Data(args.corpora, fam, dev)
+    runner = Runner(fam, data, dev, log)
+    doms = data.domains
+    m: dict[str, object] = {"config": asdict(fam.model), "params": count_params(TinyMoE(fam.model)),
+                            "family": {k: v for k, v in asdict(fam).items() if k != "model"},
+                            "train_bytes": data.sizes, "seeds": {}}
+    meta.setdefault("families", {})[fam.name] = m  # type: ignore[index]
+    base_model = TinyMoE(fam.model).to(dev)
+    m["pretrain"] = runner.train(base_model, f"{fam.name}-pretrain", doms, fam.pretrain_lr, fam.pretrain_s, None,
+                                 args.seed, fam.val_every)
+    base = clone(base_model.state_dict())
+    del base_model
+    layout = layout_of(base, "base")
+    m["layout"] = {"expert_bytes": layout.expert_params * 2, "nonexpert_bytes": layout.nonexpert_params * 2,
+                   "positions": layout.n_layers * layout.n_experts}
+    m["base"] = {d: runner.evaluate(base, d) for d in doms}
+    flush()
+    base_norm = np.array([[float(torch.cat([base[layout.key(li, e, w)].float().reshape(-1)
+                                            for w in ("w1", "w2", "w3")]).norm())
+                           for e in range(layout.n_experts)] for li in range(layout.n_layers)])
+    for seed in fam.seeds:
+        if time.perf_counter() - t_start > args.deadline_s - fam.reserve_s - 60:
+            m["seeds"][str(seed)] = "skipped: deadline"  # type: ignore[index]
+            continue
+        sm: dict[str, object] = {"finetune": {}}
+        m["seeds"][str(seed)] = sm  # type: ignore[index]
+        states = []
+        for i, d in enumerate(doms):
+            model = TinyMoE(fam.model).to(dev)
+            model.load_state_dict(base)
+            sm["finetune"][d] = runner.train(model, f"{fam.name}-s{seed}-{d}", (d,), fam.finetune_lr,  # type: ignore[index]
+                                             fam.finetune_s, fam.finetune_steps, 100 * seed + i + 1, fam.ft_val_every)
+            states.append(clone(model.state_dict()))
+            del model
+        check_same_architecture(states, list(doms))
+        t0 = time.perf_counter()
+        wdist = expert_distances(states, layout, permute=layout.n_experts <= 16, device=dev)
+        to_base = expert_distances([base, *states], layout, device=dev).l2[0, 1:]
+        act = activation_distances(runner, base, states, layout, wdist.perm)
+        sm["distances_s"] = round(time.perf_counter() - t0, 2)
+        alone = {d: runner.evaluate(states[i], d) for i, d in enumerate(doms)}
+        sm["alone"] = alone
+        sm["cross"] = {v: {d: runner.evaluate(states[i], d)[0] for d in doms} for i, v in enumerate(doms)}
+        sm["layer_drift"] = layer_drift(wdist, to_base, base_norm)
+        sm["non_identity_matches"] = int((wdist.perm != np.arange(layout.n_experts)).any(-1).sum())
+        dist_out[f"{fam.name}/{seed}"] = {
+            "variants": list(doms), "l2": wdist.l2.round(5).tolist(), "act": act.round(6).tolist(),
+            "l2_to_base": to_base.round(5).tolist(), "base_expert_l2_norm": base_norm.round(5).tolist(),
+            "layer_drift": sm["layer_drift"]}
+        flush()
+        checks: dict[str, object] = {"skipped_subsets": []}
+        sm["checks"] = checks
+        t_study = time.perf_counter()
+        for subset in subsets_for(seed, len(doms), fam.subsets, fam.one_per_n_first):
+            now = time.perf_counter()
+            if now - t_study > fam.study_s or now - t_start > args.deadline_s - fam.reserve_s - 5:
+                checks["skipped_subsets"].append("+".join(doms[i] for i in subset))  # type: ignore[union-attr]
+                continue
+            study_subset(runner, fam, seed, base, states, layout, wdist, act, subset, alone, emit, checks)
+            print(f"[{fam.name} s{seed}] {'+'.join(doms[i] for i in subset)} done "
+                  f"({time.perf_counter() - t_start:.0f} s)", flush=True)
+        sm["study_s"] = round(time.perf_counter() - t_study, 2)
+        flush()
+        del states
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="The 8-domain consolidation quality study (TinyMoE families).")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="smoke")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--corpora", type=Path, default=Path("corpora/data"))
+    ap.add_argument("--seed", type=int, default=0, help="pretraining seed")
+    ap.add_argument("--families", default=None, help="comma-separated subset of the preset's families")
+    ap.add_argument("--deadline-s", type=float, default=1e9, help="wall budget of the whole run (seconds)")
+    args = ap.parse_args(argv)
+    t_start = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    meta: dict[str, object] = {
+        "preset": args.preset, "device": args.device, "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "domains": list(DOMAINS8),
+        "corpora": "corpora/data split by moesim.consolidation.domains", "bytes_per_param": 2,
+    }
+    log: list[dict[str, object]] = []
+    dist_out: dict[str, object] = {}
+    qf = (args.out / "quality.csv").open("w", newline="")
+    writer = csv.DictWriter(qf, fieldnames=COLUMNS)
+    writer.writeheader()
+
+    def emit(r: dict) -> None:
+        writer.writerow(r)
+
+    def flush() -> None:
+        if not qf.closed:
+            qf.flush()
+        meta["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+        (args.out / "metadata.json").write_text(json.dumps(meta, indent=1, default=str))
+        (args.out / "distances.json").write_text(json.dumps(dist_out))
+        with (args.out / "train_log.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=("phase", "split", "step", "loss", "lr", "elapsed_s"))
+            w.writeheader()
+            w.writerows(log)
+
+    wanted = None if args.families is None else set(args.families.split(","))
+    for fam in PRESETS[args.preset]:
+        if wanted is not None and fam.name not in wanted:
+            continue
+        run_family(fam, args, t_start, args.out, meta, log, emit, dist_out, flush)
+        flush()
+    qf.close()
+    flush()
+    print(f"[done] {meta['elapsed_s']} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""``python -m moesim.serve key=value ...``: serve a trace in real time with a policy deciding live.
+
+Example (CPU, seconds): ``python -m moesim.serve device=cpu model=tiny rate=4 max_requests=16 out=/tmp/s``.
+Keys and defaults: ``moesim.serve.config.ServeConfig`` (``--help``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from moesim.errors import exit_on_user_error
+from moesim.serve.config import parse_args
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    """Parse ``key=value`` arguments and serve."""
+    args = sys.argv[1:] if argv is None else argv
+    cfg = parse_args(args)
+    from moesim.outdir import check_writable
+
+    check_writable(cfg.out, "out")
+    from moesim.serve.run import run
+
+    run(cfg, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""The runtime's configuration, its ``key=value`` command line and its trace. Torch-free."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from moesim.cli import parse_key_values
+from moesim.errors import UserError
+from moesim.specs import GPU_SPECS, MODEL_SPECS
+from moesim.workloads.request import Request
+
+WORKLOADS = ("azure_conv", "poisson")
+SIM_COSTS = ("auto", "profile", "profile_mixed", "roofline", "constant")
+CLOCKS = ("wall", "virtual")
+BACKENDS = ("torch", "cost")
+SERVED_POLICIES = ("reconfig", "reconfig_fast", "multiplex", "naive", "swap")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """One served run: a trace, a policy deciding live, a backend executing, a clock.
+
+    Attributes:
+        model, gpu: registry names (the GPU's spec sizes the policy's layout and the simulated cost).
+        policy: the policy deciding (single-instance layouts: reconfig, reconfig_fast, multiplex, naive, swap).
+        max_batch: the policy's batch limit (sequences; 0: the policy's default).
+        budget_bytes: weight budget of the instance (bytes; 0: the policy's default). A smaller budget leaves
+            experts on the host (fetched per use).
+        plan: a consolidation plan JSON (``python -m moesim.consolidate``) for the policy's layout; empty: the
+            policy's own budget rule.
+        workload: ``azure_conv`` (the shipped conversation trace rescaled to ``rate``) or ``poisson`` (Poisson
+            arrivals at ``rate``, token pairs drawn from the conversation trace).
+        tenants: tenants (requests spread uniformly at random over them).
+        rate: mean arrival rate per tenant (requests/s).
+        max_requests: the trace's first this many requests.
+        max_prompt, max_output: token counts are capped at these (tokens).
+        seed: workload and weight seed.
+        backend: ``torch`` (execute every step on ``device``) or ``cost`` (answer each step with ``sim_cost``'s
+            time; with ``clock=wall`` the runtime sleeps it, with ``clock=virtual`` it is the simulator).
+        clock: ``wall`` (real time: arrivals released by a host thread at their times, time measured) or
+            ``virtual`` (time advanced by each step's cost or measured time; no idle waits).
+        device: ``cuda`` or ``cpu`` (torch backend).
+        execution: ``auto`` (CUDA graphs on CUDA, eager on CPU), ``graphs`` or ``eager`` (torch backend).
+        warmup: before the timed run, replay the trace once on the virtual clock with the torch backend
+            (captures the CUDA graphs the run will meet; written as ``replay_requests.parquet``: measured step
+            times on a virtual clock, the old executor's method).
+        compare: also simulate the trace with ``sim_cost`` (needs simpy) and write the validation.
+        sim_cost: cost model of the simulated side (and of ``backend=cost``): ``profile`` (the shipped profile of
+            gpu × model), ``profile_mixed`` (graph profile, eager profile for steps fetching host experts),
+            ``roofline``, ``constant``, or ``auto`` (profile when shipped, else roofline).
+        kv_bucket: CUDA-graph shapes round the longest context up to this (tokens).
+        out: output folder (requests.parquet, segments.parquet, summary.json, ...).
+    """
+
+    model: str = "mixtral-8x7b"
+    gpu: str = "h200"
+    policy: str = "multiplex"
+    max_batch: int = 0
+    budget_bytes: float = 0.0
+    plan: str = ""
+    workload: str = "azure_conv"
+    tenants: int = 4
+    rate: float = 0.25
+    max_requests: int = 32
+    max_prompt: int = 1024
+    max_output: int = 64
+    seed: int = 0
+    backend: str = "torch"
+    clock: str = "wall"
+    device: str = "cuda"
+    execution: str = "auto"
+    warmup: bool = True
+    compare: bool = True
+    sim_cost: str = "auto"
+    kv_bucket: int = 256
+    out: str = "serve_out"
+
+    def __post_init__(self) -> None:
+        if self.model not in MODEL_SPECS:
+            raise UserError(f"model={self.model!r}: valid: {', '.join(sorted(MODEL_SPECS))}")
+        if self.gpu not in GPU_SPECS:
+            raise UserError(f"gpu={self.gpu!r}: valid: {', '.join(sorted(GPU_SPECS))}")
+        if self.policy not in SERVED_POLICIES:
+            raise UserError(f"policy={self.policy!r}: the runtime serves {', '.join(SERVED_POLICIES)} "
+                            "(mig and dedicated run several instances at once: not yet)")
+        for name, value, valid in (("workload", self.workload, WORKLOADS), ("sim_cost", self.sim_cost, SIM_COSTS),
+                                   ("clock", self.clock, CLOCKS), ("backend", self.backend, BACKENDS),
+                                   ("device", self.device, ("cuda", "cpu")),
+                                   ("execution", self.execution, ("auto", "graphs", "eager"))):
+            if value not in valid:
+                raise UserError(f"{name}={value!r}: valid: {', '.join(valid)}")
+        for name in ("tenants", "max_requests", "max_prompt", "max_output", "kv_bucket"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name}={getattr(self, name)}: must be ≥ 1")
+        if self.max_batch < 0 or self.budget_bytes < 0:
+            raise UserError(f"max_batch={self.max_batch}, budget_bytes={self.budget_bytes}: must be ≥ 0")
+        if self.rate <= 0:
+            raise UserError(f"rate={self.rate}: must be > 0 (requests/s per tenant)")
+
+    def policy_params(self) -> dict[str, object]:
+        """Overrides of the policy's config."""
+        p: dict[str, object] = {}
+        if self.max_batch:
+            p["max_batch"] = self.max_batch
+        if self.budget_bytes:
+            p["budget_bytes"] = self.budget_bytes
+        if self.plan:
+            p["plan"] = self.plan
+        return p
+
+
+SUMMARY = ("Serve a trace in real time (wall clock, arrivals released at their times) with a policy deciding live, "
+           "every step executed (torch) or answered by a cost model; writes requests.parquet, segments.parquet, "
+           "summary.json and, with compare=true, the simulated side and the errors.")
+
+
+def parse_args(argv: list[str]) -> ServeConfig:
+    """``["device=cpu", "model=tiny"]`` → config; an unknown key or a bad value is one clear line."""
+    return parse_key_values(
+        argv, ServeConfig, prog="python -m moesim.serve", summary=SUMMARY,
+        choices={"model": sorted(MODEL_SPECS), "gpu": sorted(GPU_SPECS), "policy": SERVED_POLICIES,
+                 "workload": WORKLOADS, "sim_cost": SIM_COSTS, "clock": CLOCKS, "backend": BACKENDS,
+                 "device": ("cuda", "cpu"), "execution": ("auto", "graphs", "eager")},
+        examples=("python -m moesim.serve device=cpu model=tiny policy=multiplex rate=4 max_requests=16 out=/tmp/s",
+                  "python -m moesim.serve backend=cost clock=virtual model=tiny out=/tmp/s   # = the simulator"))
+
+
+def make_requests(cfg: ServeConfig) -> list[Request]:
+    """The trace: ``max_requests`` requests, uniform over tenants, token counts capped (as the executor's)."""
+    from moesim.workloads import WORKLOADS as REG
+
+    if cfg.workload == "azure_conv":
+        w = REG.build("azure_conv", {"tenants": cfg.tenants, "assignment": "uniform", "rate": cfg.rate,
+                                     "max_requests": cfg.max_requests})
+    else:
+        duration_s = 2.0 * cfg.max_requests / (cfg.rate * cfg.tenants) + 1.0
+        w = REG.build("poisson", {"tenants": cfg.tenants, "rate": cfg.rate, "duration_s": duration_s,
+                                  "tokens_from": "azure_conv"})
+    reqs = w.generate(cfg.seed)[: cfg.max_requests]
+    return [dataclasses.replace(r, prompt_tokens=min(r.prompt_tokens, cfg.max_prompt),
+                                output_tokens=min(r.output_tokens, cfg.max_output)) for r in reqs]

@@ -1,0 +1,172 @@
+"""One served run end to end: build the trace and the backend, (replay to warm up), serve, write the tables.
+
+Writes under ``out``: ``requests.parquet`` (the simulator's columns), ``segments.parquet`` (the runtime's
+timeline), ``summary.json`` (``moesim.metrics.summarize`` of the run, plus the command, the config and the
+backend's counters); with ``warmup``, ``replay_requests.parquet`` (the same trace on the virtual clock with
+measured step times); with ``compare``, ``simulated_requests.parquet``, ``per_request_errors.parquet`` and the
+errors in ``summary.json`` under ``validation``. Torch and simpy are imported only when needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from moesim.errors import UserError
+from moesim.io import write_json, write_parquet
+from moesim.policies import POLICIES
+from moesim.serve.config import ServeConfig, make_requests
+from moesim.serve.runtime import CostBackend, ServeResult, SleepingCostBackend, serve
+from moesim.specs import get_gpu, get_model
+
+
+def build_cost(cfg: ServeConfig, model: Any, gpu: Any, execution: str = "graphs") -> tuple[Any, str]:
+    """The cost model named by ``sim_cost`` and a description of it."""
+    from moesim.cost import COST_MODELS
+
+    kind = cfg.sim_cost
+    if kind in ("auto", "profile"):
+        try:
+            c = COST_MODELS.build("profile", {"execution": execution}, model=model, gpu=gpu)
+            return c, f"profile {_rel(getattr(c, 'path', ''))} (execution={execution})"
+        except UserError:
+            if kind == "profile":
+                raise
+        kind = "roofline"
+    c = COST_MODELS.build(kind, None, model=model, gpu=gpu)
+    return c, (f"{kind} {_rel(c.path)}" if getattr(c, "path", None) else kind)
+
+
+def _rel(path: Any) -> str:
+    """``path`` relative to the working directory when it lies below it (reports stay machine-independent)."""
+    import os
+
+    p = str(path)
+    try:
+        rel = os.path.relpath(p)
+    except ValueError:
+        return p
+    return p if rel.startswith("..") else rel
+
+
+def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any = None) -> dict[str, Any]:
+    """Serve ``cfg``'s trace and write the outputs; returns the summary written to summary.json.
+
+    ``backend``: a ``TorchBackend`` built earlier (several runs in one process share its weights); None builds one.
+    """
+    t_start = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, gpu = get_model(cfg.model), get_gpu(cfg.gpu)
+    requests = make_requests(cfg)
+    command = "python -m moesim.serve " + " ".join(argv if argv is not None else sys.argv[1:])
+    params = cfg.policy_params()
+    POLICIES.build(cfg.policy, params)  # a bad policy parameter is one line before anything is built
+    doc: dict[str, Any] = {"command": command, "config": dataclasses.asdict(cfg),
+                           "trace": {"n_requests": len(requests),
+                                     "prompt_tokens_mean": sum(r.prompt_tokens for r in requests) / len(requests),
+                                     "output_tokens_mean": sum(r.output_tokens for r in requests) / len(requests),
+                                     "last_arrival_s": max(r.arrival_s for r in requests)}}
+    execution = "graphs"
+    threads = None
+    if cfg.backend == "torch":
+        import torch
+
+        from moesim.serve.backend import TorchBackend
+
+        if cfg.device == "cpu":  # tiny steps are far faster on one thread
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+        if backend is None:
+            backend = TorchBackend(model, gpu, device=cfg.device, n_tenants=cfg.tenants, execution=cfg.execution,
+                                   kv_bucket=cfg.kv_bucket, seed=cfg.seed)
+        backend.reset_stats()
+        execution = backend.x.execution
+        batch = POLICIES.build(cfg.policy, params).cfg.max_batch
+        backend.reserve_kv(batch * max(r.prompt_tokens + r.output_tokens for r in requests))
+        log(f"serve: {model.name} on {backend.describe().get('gpu_name', cfg.device)} ({execution}), built in "
+            f"{backend.x.build_s:.1f} s; {len(requests)} requests, policy {cfg.policy}", flush=True)
+    try:
+        if cfg.backend == "torch" and cfg.warmup:
+            t0 = time.perf_counter()
+            backend.capture = True  # a shared backend's previous run left it off
+            rep = serve(model, gpu, POLICIES.build(cfg.policy, params), backend, requests, n_tenants=cfg.tenants,
+                        clock="virtual")
+            write_parquet(out / "replay_requests.parquet", rep.requests)
+            doc["replay"] = {"wall_s": time.perf_counter() - t0, "backend": rep.meta["backend"]}
+            backend.reset_stats()
+            backend.capture = False  # the timed run replays what the warm-up captured, else runs eagerly
+            log(f"warm-up replay (virtual clock, measured steps): {time.perf_counter() - t0:.1f} s", flush=True)
+        elif cfg.backend == "torch":
+            backend.capture = True
+            backend.warm_up()  # lazy initialisation (library handles, streams) outside the timed run
+        if cfg.backend == "cost":
+            cost, desc = build_cost(cfg, model, gpu)
+            backend = CostBackend(cost) if cfg.clock == "virtual" else SleepingCostBackend(cost)
+            doc["backend_cost"] = desc
+        t0 = time.perf_counter()
+        res = serve(model, gpu, POLICIES.build(cfg.policy, params), backend, requests, n_tenants=cfg.tenants,
+                    clock=cfg.clock)
+        wall = time.perf_counter() - t0
+    finally:
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+    _check(res)
+    write_parquet(out / "requests.parquet", res.requests)
+    write_parquet(out / "segments.parquet", res.segments)
+    from moesim.metrics import summarize
+
+    doc.update(summarize(res.requests, res.segments))
+    doc.update({"status": "ok", "serve_wall_s": wall, "horizon_s": res.horizon_s, "swap_count": res.swap_count,
+                "instances": res.instances, "policy_info": res.policy, **res.meta})
+    doc["hidden"] = hidden_summary(res)
+    log(f"served {len(requests)} requests in {wall:.1f} s ({cfg.clock} clock): mean turnaround "
+        f"{doc['mean_turnaround_s']:.3f} s, mean TTFT {doc['mean_ttft_s']:.3f} s, {res.swap_count} swaps", flush=True)
+    if cfg.compare:
+        doc["validation"] = compare(cfg, model, gpu, requests, res, out, execution)
+        v = doc["validation"]
+        log(f"simulated ({v['sim_cost']}): mean turnaround {v['mean_turnaround_s_error_pct']:+.1f}%, mean TTFT "
+            f"{v['mean_ttft_s_error_pct']:+.1f}%, per-request median |err| turnaround "
+            f"{v['turnaround_ape_median_pct']:.1f}%", flush=True)
+    doc["wall_s"] = time.perf_counter() - t_start
+    write_json(out / "summary.json", doc)
+    return doc
+
+
+def _check(res: ServeResult) -> None:
+    from moesim.executor.compare import check_tables
+
+    check_tables(res.requests)
+
+
+def hidden_summary(res: ServeResult) -> dict[str, float]:
+    """What the timeline shows was hidden: swap copy time vs the host's wait for it; fetch copy time (s)."""
+    seg = res.segments
+    sw = seg[seg["kind"] == "swap"]
+    steps = seg[seg["kind"] != "swap"]
+    copy = float(sw["copy_s"].sum()) if len(sw) else 0.0
+    exposed = float((sw["exposed_s"]).sum()) if len(sw) else 0.0
+    return {"swap_copy_s": copy, "swap_exposed_s": exposed,
+            "swap_hidden_s": max(0.0, copy - exposed) if len(sw) else 0.0,
+            "expert_fetches": float(steps["expert_fetches"].sum()) if len(steps) else 0.0,
+            "fetch_copy_s": float(steps["fetch_s"].sum()) if len(steps) else 0.0,
+            "sched_s": float(seg["sched_s"].sum()) if len(seg) else 0.0}
+
+
+def compare(cfg: ServeConfig, model: Any, gpu: Any, requests: list, res: ServeResult, out: Path,
+            execution: str) -> dict[str, Any]:
+    """Simulate the same trace and policy with ``sim_cost``; write it and the per-request errors."""
+    from moesim.engine import simulate  # simpy
+    from moesim.executor.compare import per_request_errors, summary
+
+    cost, desc = build_cost(cfg, model, gpu, execution)
+    sim = simulate(model, gpu, POLICIES.build(cfg.policy, cfg.policy_params()), cost, requests,
+                   n_tenants=cfg.tenants)
+    write_parquet(out / "simulated_requests.parquet", sim.requests)
+    write_parquet(out / "per_request_errors.parquet", per_request_errors(sim.requests, res.requests))
+    return {"sim_cost": desc, "sim_swap_count": sim.swap_count, **summary(sim.requests, res.requests)}

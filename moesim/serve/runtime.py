@@ -1,0 +1,499 @@
+"""The runtime's serving loop: one instance, a clock, a feed of arrivals, the policy deciding live. Torch-free.
+
+``ServeInstance`` implements ``moesim.policies.view.InstanceView`` (plan, queue, resident sets, free KV
+memory, clock): the policy object the simulator uses decides here too, from the runtime's live state. The
+loop is the serving loop a real server runs:
+
+1. pull the requests released so far into the queue;
+2. ask the policy (``select``): which queued requests to admit now, which tenants' non-expert sets to load;
+   load them (evicting least-recently-used idle sets), then prefill the admitted requests;
+3. otherwise decode the running batch one step at a time until a sequence finishes or a request released
+   during the run can join (``policy.interrupts``, asked once for the first request released during the run,
+   with the state of the run's start, as the simulator asks it for the next arrival).
+
+Every step goes through a *backend*: ``TorchBackend`` (``moesim.serve.backend``) executes it on a device;
+``CostBackend`` returns a cost model's times, and with ``VirtualClock`` the loop is the simulator's,
+decision for decision (tested: same requests table, same segments).
+
+Host-side time (the policy, bookkeeping, building inputs) is part of what the wall clock measures; each
+segment's ``sched_s`` is the host time spent between the previous step's end and this step's start.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from moesim.cost.base import CostModel, DecodeRun, Residency, SeqWork, StepCost
+from moesim.errors import UserError
+from moesim.policies.base import InstancePlan, Policy
+from moesim.specs import GPUSpec, ModelSpec
+from moesim.workloads.request import Request
+
+#: The simulator's segment columns, then the runtime's own.
+SEGMENT_COLUMNS = ("instance", "kind", "start_s", "end_s", "n_seqs", "tokens", "tenants", "expert_fetches",
+                   "attention_s", "experts_s", "fetch_s", "sched_s", "copy_s", "exposed_s", "steps")
+
+
+@dataclass
+class SwapTicket:
+    """A swap the backend started: its exposed wait (virtual) and, once known, its copy time (seconds)."""
+
+    exposed_s: float = 0.0
+    copy_s: float = float("nan")
+    handle: Any = None
+
+
+class Backend(Protocol):
+    """What the loop needs of an executor. Times in seconds."""
+
+    def setup(self, plan: InstancePlan, n_tenants: int) -> None:
+        """Lay weights out for ``plan`` (expert copies, non-expert sets, host copies)."""
+
+    def estimate(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost | None:
+        """A prefill's cost before it runs (virtual backends; None when the backend only measures)."""
+
+    def swap(self, tenants: tuple[int, ...], plan: InstancePlan, prefill: StepCost | None) -> SwapTicket:
+        """Start making ``tenants``' non-expert sets resident (returns once the swap's exposed part is over)."""
+
+    def prefill(self, batch: tuple[SeqWork, ...], residency: Residency, cost: StepCost | None) -> StepCost:
+        """Run a prefill step (waiting on a streamed swap layer by layer); its cost or measured breakdown."""
+
+    def begin_decode(self, tenants: tuple[int, ...], context0: tuple[int, ...], n_steps: int,
+                     residency: Residency) -> None:
+        """A decode run of at most ``n_steps`` steps starts (contexts ``context0 + k`` at step k)."""
+
+    def decode_step(self, k: int) -> float:
+        """Run the run's step ``k``; the run's elapsed time at its end (seconds from the run's start)."""
+
+    def end_decode(self, steps: int) -> StepCost:
+        """The run stopped after ``steps`` steps; its cost breakdown (virtual) or zeros."""
+
+    def finish_swap(self, ticket: SwapTicket) -> None:
+        """Fill the ticket's copy time once the copy is surely over."""
+
+    def describe(self) -> dict[str, Any]:
+        """What ran and its counters."""
+
+
+class CostBackend:
+    """Steps answered by a cost model (no execution): with ``VirtualClock`` the runtime is the simulator."""
+
+    def __init__(self, cost: CostModel) -> None:
+        self.cost = cost
+        self._swap_s = 0.0
+        self._dr: DecodeRun | None = None
+        self._n = 0
+        self.stats = {"prefills": 0, "decode_steps": 0, "swaps": 0}
+
+    def setup(self, plan: InstancePlan, n_tenants: int) -> None:
+        """Compute the swap time once, as the simulator's instance does."""
+        self._swap_s = self.cost.swap_s(plan.swap_bytes, plan.residency, plan.swap_bandwidth_fraction)
+
+    def estimate(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
+        """The prefill's cost."""
+        return self.cost.step(batch, residency)
+
+    def swap(self, tenants: tuple[int, ...], plan: InstancePlan, prefill: StepCost | None) -> SwapTicket:
+        """Exposed time of loading ``tenants`` (layer by layer under the prefill when the plan streams)."""
+        total = 0.0
+        for _ in tenants:
+            total += self._swap_s
+        exposed = total
+        if plan.swap_overlap:
+            layers = max(1, self.cost.model.n_layers)
+            exposed = max(total / layers, total - (prefill.total_s if prefill is not None else 0.0))
+        self.stats["swaps"] += len(tenants)
+        return SwapTicket(exposed_s=exposed, copy_s=total)
+
+    def prefill(self, batch: tuple[SeqWork, ...], residency: Residency, cost: StepCost | None) -> StepCost:
+        """The estimate made before the swap (the simulator's order of calls)."""
+        self.stats["prefills"] += 1
+        return cost if cost is not None else self.cost.step(batch, residency)
+
+    def begin_decode(self, tenants: tuple[int, ...], context0: tuple[int, ...], n_steps: int,
+                     residency: Residency) -> None:
+        """One ``decode_run`` call for the whole run (as the simulator makes it)."""
+        self._dr = self.cost.decode_run(tenants, context0, n_steps, residency)
+        self._n = n_steps
+
+    def decode_step(self, k: int) -> float:
+        """Cumulative end of step ``k``."""
+        self.stats["decode_steps"] += 1
+        return float(self._dr.end_s[k])
+
+    def end_decode(self, steps: int) -> StepCost:
+        """The run's cost scaled to the steps taken (the simulator's proration)."""
+        c = self._dr.cost
+        frac = steps / self._n
+        return StepCost(attention_s=c.attention_s * frac, experts_s=c.experts_s * frac, fetch_s=c.fetch_s * frac,
+                        expert_fetches=c.expert_fetches * frac)
+
+    def finish_swap(self, ticket: SwapTicket) -> None:
+        """Nothing to wait for."""
+
+    def describe(self) -> dict[str, Any]:
+        """The cost model and counters."""
+        return {"backend": "cost", "cost": self.cost.name, **self.stats}
+
+
+class SleepingCostBackend(CostBackend):
+    """``CostBackend`` on the wall clock: each step sleeps its cost (a real-time run without a device)."""
+
+    def swap(self, tenants: tuple[int, ...], plan: InstancePlan, prefill: StepCost | None) -> SwapTicket:
+        """Sleep the exposed part."""
+        t = super().swap(tenants, plan, prefill)
+        sleep_s(t.exposed_s)
+        return t
+
+    def prefill(self, batch: tuple[SeqWork, ...], residency: Residency, cost: StepCost | None) -> StepCost:
+        """Sleep the step's cost."""
+        c = super().prefill(batch, residency, cost)
+        sleep_s(c.total_s)
+        return c
+
+    def decode_step(self, k: int) -> float:
+        """Sleep the step's cost."""
+        end = super().decode_step(k)
+        sleep_s(end - (float(self._dr.end_s[k - 1]) if k else 0.0))
+        return end
+
+
+def sleep_s(s: float) -> None:
+    """Wait ``s`` seconds (sleep, then spin the last half millisecond)."""
+    import time
+
+    end = time.perf_counter() + s
+    while True:
+        left = end - time.perf_counter()
+        if left <= 0:
+            return
+        if left > 1e-3:
+            time.sleep(left - 5e-4)
+
+
+class Recorder:
+    """Per-request timestamps and the timeline (rows of ``SEGMENT_COLUMNS``)."""
+
+    def __init__(self, n: int) -> None:
+        self.start = np.full(n, np.nan)
+        self.first = np.full(n, np.nan)
+        self.finish = np.full(n, np.nan)
+        self.swap_wait = np.zeros(n)
+        self.rows: list[list[Any]] = []
+        self.swaps = 0
+        self.finished = 0
+
+    def segment(self, kind: str, start: float, end: float, n_seqs: int, tokens: int, tenants: str,
+                cost: StepCost, sched_s: float, copy_s: float = float("nan"), exposed_s: float = float("nan"),
+                steps: int = 1) -> list[Any]:
+        """Log one segment (a prefill step, a decode run or a swap); returns the row (mutable until written)."""
+        row = [0, kind, start, end, n_seqs, tokens, tenants, cost.expert_fetches, cost.attention_s,
+               cost.experts_s, cost.fetch_s, sched_s, copy_s, exposed_s, steps]
+        self.rows.append(row)
+        return row
+
+
+class ServeInstance:
+    """One served instance: live state the policy reads (``InstanceView``) and the serving loop."""
+
+    def __init__(self, plan: InstancePlan, policy: Policy, model: ModelSpec, backend: Backend, clock: Any,
+                 feed: Any, rec: Recorder) -> None:
+        self.plan = plan
+        self.policy = policy
+        self.backend = backend
+        self.clock = clock
+        self.feed = feed
+        self.rec = rec
+        self.queue: deque[Request] = deque()
+        self.running: list[Request] = []
+        self._steps_done = 0  # decode steps done by this instance: context = base + steps_done
+        self._ctx_base: list[int] = []
+        self._finish_at: list[int] = []
+        self._tenant_count: dict[int, int] = {}
+        self.resident: list[int] = list(plan.initial_resident)  # LRU order: last used at the end
+        self.kv_bytes_per_token = model.kv_bytes_per_token
+        self.kv_free_bytes = plan.kv_capacity_bytes
+        self.n_layers = model.n_layers
+        self._last_end = 0.0  # end of the previous step (for sched_s)
+
+    # ---- InstanceView ---------------------------------------------------------------------------
+    @property
+    def now(self) -> float:
+        """The runtime's clock (seconds since the start)."""
+        return self.clock.now()
+
+    @property
+    def n_running(self) -> int:
+        """Sequences in the running batch."""
+        return len(self.running)
+
+    def running_tenants(self) -> set[int]:
+        """Tenants with a sequence in the running batch."""
+        return set(self._tenant_count)
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def serve(self) -> None:
+        """Serve until every request of the feed has finished."""
+        clock, rec, policy, feed = self.clock, self.rec, self.policy, self.feed
+        res = self.plan.residency
+        while True:
+            self.queue.extend(feed.pull())
+            if not self.running and not self.queue:
+                if feed.exhausted():
+                    return
+                feed.wait()
+                self._last_end = clock.now()
+                continue
+            sel = policy.select(self)
+            if sel.admit:
+                now = clock.now()
+                for r in sel.admit:
+                    self.queue.remove(r) if self.queue[0] is not r else self.queue.popleft()
+                    rec.start[r.id] = now
+                    self.kv_free_bytes -= (r.prompt_tokens + r.output_tokens) * self.kv_bytes_per_token
+                batch = tuple([SeqWork(r.tenant, r.prompt_tokens, 0) for r in sel.admit])
+                prompt_tokens = sum([r.prompt_tokens for r in sel.admit])
+                est = self.backend.estimate(batch, res)
+                ticket, swap_row = None, None
+                if sel.load:
+                    loading = self._load(sel.load)
+                    if loading:
+                        ticket = self.backend.swap(loading, self.plan, est)
+                        clock.advance(now, ticket.exposed_s)
+                        swap_row = rec.segment("swap", now, clock.now(), 0, 0, ",".join(map(str, loading)),
+                                               StepCost(), now - self._last_end, ticket.copy_s, ticket.exposed_s, 0)
+                        rec.swaps += len(loading)
+                        waited = clock.now() - now
+                        for r in sel.admit:
+                            rec.swap_wait[r.id] = waited
+                t0 = clock.now()
+                sched = t0 - self._last_end if swap_row is None else 0.0
+                cost = self.backend.prefill(batch, res, est)
+                clock.advance(t0, cost.total_s)
+                end = clock.now()
+                rec.segment("prefill", t0, end, len(batch), prompt_tokens, _tenants(sel.admit), cost, sched)
+                if ticket is not None:
+                    self.backend.finish_swap(ticket)
+                    swap_row[12] = ticket.copy_s
+                    if not clock.virtual:  # what the prefill hid of the copy
+                        swap_row[3] = swap_row[2] + max(ticket.copy_s, swap_row[3] - swap_row[2])
+                joining = []
+                for r in sel.admit:
+                    rec.first[r.id] = end
+                    if r.output_tokens <= 1:
+                        self._finish_req(r, end)
+                    else:
+                        joining.append(r)
+                if joining:
+                    self._join(joining)
+                self._touch(sel.admit)
+                self._last_end = clock.now()
+                continue
+            if not self.running:
+                raise RuntimeError(f"instance {self.plan.name}: policy admitted nothing with an idle GPU")
+            self._decode_run()
+
+    def _decode_run(self) -> None:
+        clock, rec, backend, feed = self.clock, self.rec, self.backend, self.feed
+        B = len(self.running)
+        done = self._steps_done
+        n = min(self._finish_at) - done
+        tenants = tuple(r.tenant for r in self.running)
+        ctx0 = tuple(b + done for b in self._ctx_base)
+        t0 = clock.now()
+        sched = t0 - self._last_end
+        backend.begin_decode(tenants, ctx0, n, self.plan.residency)
+        asked = False
+        steps = n
+        for k in range(n):
+            elapsed = backend.decode_step(k)
+            clock.advance(t0, elapsed)
+            if not asked and k + 1 < n:
+                r = feed.peek_arrived(t0, elapsed)
+                if r is not None:
+                    asked = True
+                    # the state is the run's start state: nothing joins or leaves during a run
+                    if self.policy.interrupts(self, r):
+                        steps = k + 1
+                        break
+        cost = backend.end_decode(steps)
+        end = clock.now()
+        rec.segment("decode", t0, end, B, steps * B, _tenant_str(self._tenant_count), cost, sched, steps=steps)
+        done = self._steps_done = done + steps
+        if steps == n:
+            fa = self._finish_at
+            keep = [i for i in range(B) if fa[i] > done]
+            tc = self._tenant_count
+            for i in range(B):
+                if fa[i] <= done:
+                    r = self.running[i]
+                    self._finish_req(r, end)
+                    c_t = tc[r.tenant] - 1
+                    if c_t:
+                        tc[r.tenant] = c_t
+                    else:
+                        del tc[r.tenant]
+            self.running = [self.running[i] for i in keep]
+            self._ctx_base = [self._ctx_base[i] for i in keep]
+            self._finish_at = [fa[i] for i in keep]
+        self._last_end = clock.now()
+
+    # ---- state changes (the engine applies; the policy only decided) ------------------------------
+    def _join(self, reqs: list[Request]) -> None:
+        done = self._steps_done
+        self.running.extend(reqs)
+        self._ctx_base.extend(r.prompt_tokens - done for r in reqs)
+        self._finish_at.extend(r.output_tokens - 1 + done for r in reqs)
+        tc = self._tenant_count
+        for r in reqs:
+            tc[r.tenant] = tc.get(r.tenant, 0) + 1
+
+    def _load(self, tenants: tuple[int, ...]) -> tuple[int, ...]:
+        """Make ``tenants`` resident (evicting least-recently-used idle sets); the ones to copy."""
+        keep = self.running_tenants() | set(tenants)
+        out = []
+        for t in tenants:
+            if t in self.resident:
+                continue
+            while len(self.resident) >= self.plan.nonexpert_slots:
+                victim = next(v for v in self.resident if v not in keep)
+                self.resident.remove(victim)
+            self.resident.append(t)
+            out.append(t)
+        return tuple(out)
+
+    def _finish_req(self, r: Request, t: float) -> None:
+        self.rec.finish[r.id] = t
+        self.rec.finished += 1
+        self.kv_free_bytes += (r.prompt_tokens + r.output_tokens) * self.kv_bytes_per_token
+
+    def _touch(self, reqs: tuple[Request, ...]) -> None:
+        for t in dict.fromkeys(r.tenant for r in reqs):
+            if t in self.resident and self.resident[-1] != t:
+                self.resident.remove(t)
+                self.resident.append(t)
+
+
+def _tenants(reqs: Sequence[Request]) -> str:
+    return ",".join(str(t) for t in sorted({r.tenant for r in reqs}))
+
+
+def _tenant_str(counts: dict[int, int]) -> str:
+    return ",".join(str(t) for t in sorted(counts))
+
+
+@dataclass(frozen=True)
+class ServeResult:
+    """What a served run produced (the simulator's ``SimResult`` columns, plus the runtime's).
+
+    Attributes:
+        requests: one row per request, the simulator's columns (times in seconds since the run's start).
+        segments: the timeline (``SEGMENT_COLUMNS``): prefill steps, decode runs, swaps with their copy time
+            (``copy_s``) and exposed wait (``exposed_s``), host scheduling time before each (``sched_s``).
+        instances: the instance's plan summary.
+        policy: the policy's name and parameters.
+        horizon_s: the clock at the end (seconds).
+        swap_count: non-expert-set loads.
+        meta: backend counters, clock kind, arrival release lateness.
+    """
+
+    requests: pd.DataFrame
+    segments: pd.DataFrame
+    instances: list[dict[str, Any]]
+    policy: dict[str, Any]
+    horizon_s: float
+    swap_count: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def serve(model: ModelSpec, gpu: GPUSpec, policy: Policy, backend: Backend, requests: Sequence[Request], *,
+          n_tenants: int | None = None, clock: str = "wall") -> ServeResult:
+    """Serve ``requests`` with ``policy`` deciding live and ``backend`` executing; ``clock`` ``wall`` or ``virtual``.
+
+    Single-instance layouts only (``reconfig``, ``reconfig_fast``, ``multiplex``, ``naive``, ``swap``):
+    several concurrent instances (``mig``, ``dedicated``) are refused in one line.
+    """
+    from moesim.serve.clock import VirtualClock, VirtualFeed, WallClock, WallFeed
+
+    n = len(requests)
+    by_id = sorted(requests, key=lambda r: r.id)
+    if n and any(r.id != i for i, r in enumerate(by_id)):
+        raise UserError("request ids must be dense 0..n-1 and unique")
+    tenants = n_tenants if n_tenants is not None else (1 + max((r.tenant for r in requests), default=0))
+    plans = policy.layout(model, gpu, tenants)
+    if len(plans) != 1:
+        raise UserError(f"policy {policy.registry_name!r} lays out {len(plans)} concurrent instances; the runtime "
+                        "serves single-instance layouts (reconfig, reconfig_fast, multiplex, naive, swap)")
+    plan = plans[0]
+    policy.bind(plans)
+    for r in by_id:
+        policy.route(r)  # an unserved tenant is one line here, not a stuck run
+    _check_fits(plan, by_id, model)
+    order = sorted(requests, key=lambda r: (r.arrival_s, r.id))
+    backend.setup(plan, tenants)
+    clk = VirtualClock() if clock == "virtual" else WallClock()
+    feed = VirtualFeed(order, clk) if clock == "virtual" else WallFeed(order, clk)
+    rec = Recorder(n)
+    inst = ServeInstance(plan, policy, model, backend, clk, feed, rec)
+    clk.start()
+    feed.start()
+    try:
+        inst.serve()
+    finally:
+        feed.stop()
+    horizon = clk.now()
+    if n and np.isnan(rec.finish).any():
+        raise RuntimeError(f"{int(np.isnan(rec.finish).sum())} requests never finished: runtime bug")
+    req_df = pd.DataFrame({
+        "request_id": np.arange(n, dtype=np.int64),
+        "tenant": np.array([r.tenant for r in by_id], dtype=np.int64),
+        "instance": np.zeros(n, dtype=np.int64),
+        "arrival_s": np.array([r.arrival_s for r in by_id], dtype=float),
+        "start_s": rec.start,
+        "first_token_s": rec.first,
+        "finish_s": rec.finish,
+        "prompt_tokens": np.array([r.prompt_tokens for r in by_id], dtype=np.int64),
+        "output_tokens": np.array([r.output_tokens for r in by_id], dtype=np.int64),
+        "swap_wait_s": rec.swap_wait,
+        "gpu": np.zeros(n, dtype=np.int64),
+        "rejected": np.full(n, "", dtype=object),
+    })
+    seg = pd.DataFrame(rec.rows, columns=list(SEGMENT_COLUMNS))
+    seg["instance"] = plan.name
+    for c in ("n_seqs", "tokens", "steps"):
+        seg[c] = seg[c].astype(np.int64)
+    late = np.asarray(feed.release_late_s)
+    meta = {"clock": clock, "backend": backend.describe(),
+            "release_late_s_max": float(late.max()) if n else 0.0,
+            "release_late_s_mean": float(late.mean()) if n else 0.0}
+    return ServeResult(req_df, seg, [_instance_info(plan, model)], policy.describe(), float(horizon), rec.swaps,
+                       meta)
+
+
+def _check_fits(p: InstancePlan, requests: Sequence[Request], model: ModelSpec) -> None:
+    """The simulator's checks (weights fit; the largest request's KV fits), without importing the engine."""
+    if not p.ideal and p.weight_bytes > p.memory_bytes:
+        raise UserError(f"instance {p.name}: weights need {p.weight_bytes / 1e9:.2f} GB but it has "
+                        f"{p.memory_bytes / 1e9:.2f} GB")
+    if requests:
+        big = max(requests, key=lambda r: r.prompt_tokens + r.output_tokens)
+        need = (big.prompt_tokens + big.output_tokens) * model.kv_bytes_per_token
+        if need > p.kv_capacity_bytes:
+            raise UserError(f"instance {p.name}: request {big.id} needs {need / 1e9:.3f} GB of KV cache but only "
+                            f"{p.kv_capacity_bytes / 1e9:.3f} GB are left after the weights; lower the budget "
+                            "or shorten the requests")
+
+
+def _instance_info(p: InstancePlan, model: ModelSpec) -> dict[str, Any]:
+    res = p.residency
+    return {"name": p.name, "profile": p.profile, "memory_bytes": p.memory_bytes,
+            "resident_expert_copies": res.gpu_expert_copies(),
+            "resident_expert_bytes": res.gpu_expert_copies() * model.expert_bytes,
+            "host_expert_bytes": p.host_expert_bytes, "nonexpert_slots": p.nonexpert_slots,
+            "kv_capacity_bytes": p.kv_capacity_bytes, "tenants": sorted(p.tenants), **p.meta}

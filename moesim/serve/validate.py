@@ -1,0 +1,98 @@
+"""``python -m moesim.serve.validate DIR [sim_cost=auto]``: the simulated side of served runs, and the errors.
+
+For every run folder under ``DIR`` (one with ``requests.parquet`` and ``summary.json`` written by
+``python -m moesim.serve``), rebuild the trace from the recorded config, simulate it with the same policy and
+``sim_cost`` (``auto``: the shipped profile for gpu × model in the runtime's execution mode), and write
+``simulated_requests.parquet``, ``per_request_errors.parquet`` into the run folder and one row per run into
+``DIR/validation.csv`` (``validation_eager.csv`` with ``execution=eager``: the eager-launch profile;
+``validation_profile_mixed.csv`` with ``sim_cost=profile_mixed``; the per-run files get the same suffix) (run-level figures simulated vs measured, signed errors, per-request median/mean
+absolute errors; ``replay_*`` columns: the same errors of the warm-up replay, measured step times on a
+virtual clock, i.e. without host time or real arrivals). Torch-free; needs simpy.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from moesim.errors import UserError, exit_on_user_error
+
+
+def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", suffix: str = "") -> dict[str, Any]:
+    """Simulate one served run's trace and score it; writes the simulated table and the per-request errors.
+
+    ``execution``: which shipped profile ``sim_cost=auto|profile`` uses (``graphs`` or ``eager``); ``auto``: the
+    runtime's execution mode. ``suffix`` is added to the written files' names.
+    """
+    from moesim.engine import simulate
+    from moesim.executor.compare import per_request_errors, summary
+    from moesim.io import write_parquet
+    from moesim.policies import POLICIES
+    from moesim.serve.config import ServeConfig, make_requests
+    from moesim.serve.run import build_cost
+    from moesim.specs import get_gpu, get_model
+
+    doc = json.loads((folder / "summary.json").read_text())
+    cfg = ServeConfig(**{**doc["config"], "sim_cost": sim_cost})
+    model, gpu = get_model(cfg.model), get_gpu(cfg.gpu)
+    requests = make_requests(cfg)
+    measured = pd.read_parquet(folder / "requests.parquet")
+    if execution == "auto":
+        execution = "eager" if doc.get("backend", {}).get("execution") == "eager" else "graphs"
+    cost, desc = build_cost(cfg, model, gpu, execution)
+    sim = simulate(model, gpu, POLICIES.build(cfg.policy, cfg.policy_params()), cost, requests,
+                   n_tenants=cfg.tenants)
+    write_parquet(folder / f"simulated_requests{suffix}.parquet", sim.requests)
+    write_parquet(folder / f"per_request_errors{suffix}.parquet", per_request_errors(sim.requests, measured))
+    row: dict[str, Any] = {"run": folder.name, "policy": cfg.policy, "sim_cost": desc,
+                           "sim_swap_count": sim.swap_count, "measured_swap_count": doc.get("swap_count"),
+                           **summary(sim.requests, measured)}
+    replay = folder / "replay_requests.parquet"
+    if replay.exists():
+        rs = summary(sim.requests, pd.read_parquet(replay))
+        for k in ("mean_turnaround_s_error_pct", "mean_ttft_s_error_pct", "turnaround_ape_median_pct",
+                  "ttft_ape_median_pct"):
+            row[f"replay_{k}"] = rs[k]
+    hidden = doc.get("hidden", {})
+    row.update({f"measured_{k}": v for k, v in hidden.items()})
+    return row
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    """Validate every run folder under the given directory."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    root = Path(args[0])
+    opts = {"sim_cost": "auto", "execution": "auto"}
+    for a in args[1:]:
+        key, _, value = a.partition("=")
+        if key not in opts:
+            raise UserError(f"argument {a!r}: keys: sim_cost=auto|profile|roofline|constant, "
+                            "execution=auto|graphs|eager")
+        opts[key] = value
+    if opts["execution"] not in ("auto", "graphs", "eager"):
+        raise UserError(f"execution={opts['execution']!r}: valid: auto, graphs, eager")
+    suffix = "".join(f"_{opts[k]}" for k in ("sim_cost", "execution") if opts[k] != "auto")
+    folders = sorted(p.parent for p in root.glob("*/summary.json")) or (
+        [root] if (root / "summary.json").exists() else [])
+    if not folders:
+        raise UserError(f"{root}: no run folder (with summary.json) found")
+    rows = [validate_run(f, opts["sim_cost"], opts["execution"], suffix) for f in folders]
+    table = pd.DataFrame(rows)
+    table.to_csv(root / f"validation{suffix}.csv", index=False)
+    cols = ["run", "mean_turnaround_s_simulated", "mean_turnaround_s_measured", "mean_turnaround_s_error_pct",
+            "mean_ttft_s_simulated", "mean_ttft_s_measured", "mean_ttft_s_error_pct", "turnaround_ape_median_pct",
+            "ttft_ape_median_pct"]
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table[cols].round(3).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
