@@ -98,7 +98,8 @@ class RayBackend:
         if address:
             _reachable(address)
             kwargs["address"] = address
-        else:
+        else:  # "local": always a new instance, never a cluster found on this machine
+            kwargs["address"] = "local"
             kwargs["num_cpus"] = max(1, int(workers))
             kwargs["object_store_memory"] = 100 * 1024**2  # trial configs and summaries are small
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
