@@ -43,7 +43,7 @@ class PriceTable:
         """Price of ``count`` GPUs of type ``gpu`` for one hour."""
         if gpu not in self.prices:
             raise UserError(f"{self.path}: no price for gpu {gpu!r}; priced: {', '.join(sorted(self.prices))} "
-                            "(add it under prices:)")
+                            "(add it under prices:, or leave it out of search.gpus)")
         return self.prices[gpu] * count
 
 
