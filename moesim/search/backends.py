@@ -94,7 +94,7 @@ class RayBackend:
             raise UserError("search.backend=ray needs ray: pip install ray (or use search.backend=local)") from None
         self._ray = ray
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                                  "logging_level": logging.WARNING, "configure_logging": True}
+                                  "logging_level": logging.ERROR, "configure_logging": True}
         if address:
             _reachable(address)
             kwargs["address"] = address
