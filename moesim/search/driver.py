@@ -161,8 +161,11 @@ def cost_lines(cfg: SearchConfig, base: dict[str, Any]) -> dict[str, str]:
 
     cost_json = json.dumps(base.get("cost") or {"name": "best"}, sort_keys=True)
     best = (base.get("cost") or {}).get("name", "best") == "best"
-    return {g: cost_line(_cost(base["model"], g, cost_json), base["model"], g, fallback=best).removeprefix("cost: ")
-            for g in cfg.gpus}
+    from pathlib import Path
+
+    here = f"{Path.cwd()}/"  # profile paths relative to where the search runs, as the user typed them
+    return {g: cost_line(_cost(base["model"], g, cost_json), base["model"], g, fallback=best)
+            .removeprefix("cost: ").replace(here, "") for g in cfg.gpus}
 
 
 class Search:
