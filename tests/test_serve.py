@@ -94,10 +94,13 @@ def test_runtime_implements_the_instance_view() -> None:
     assert len(run.requests) == 5
 
 
-def test_concurrent_instances_and_unserved_tenants_are_refused() -> None:
+def test_bad_instance_layouts_and_unserved_tenants_are_refused() -> None:
     cost = CostBackend(COST_MODELS.build("roofline", None, model=MIXTRAL, gpu=H200))
-    with pytest.raises(UserError, match="concurrent instances"):
+    with pytest.raises(UserError, match="one per instance"):
         serve(MIXTRAL, H200, POLICIES.build("mig"), cost, _poisson(4, 1.0, 0), n_tenants=3, clock="virtual")
+    with pytest.raises(UserError, match="whole-GPU instances"):
+        serve(MIXTRAL, H200, POLICIES.build("dedicated"), [cost] * 3, _poisson(4, 1.0, 0), n_tenants=3,
+              clock="virtual")
     with pytest.raises(UserError, match="tenant 5"):
         serve(MIXTRAL, H200, POLICIES.build("multiplex"), cost,
               [Request(0, 5, 0.0, 10, 3)], n_tenants=3, clock="virtual")
@@ -178,9 +181,9 @@ def test_cli_help_and_bad_input() -> None:
     assert p.stdout.startswith("usage: python -m moesim.serve")
     for key in ("policy=", "clock=", "backend=", "warmup=", "budget_bytes="):
         assert f"\n  {key}" in p.stdout
-    p = subprocess.run([sys.executable, "-m", "moesim.serve", "policy=mig"], **env_args)
+    p = subprocess.run([sys.executable, "-m", "moesim.serve", "policy=dedicated"], **env_args)
     assert p.returncode != 0
-    assert "policy='mig'" in p.stderr
+    assert "policy='dedicated'" in p.stderr
     assert "Traceback" not in p.stderr
     with pytest.raises(UserError, match="clock"):
         parse_args(["clock=fast"])
@@ -246,3 +249,31 @@ def test_host_scheduling_time_is_measured_on_the_wall_clock() -> None:
     virtual = serve(MIXTRAL, H200, SlowMultiplex(MultiplexConfig(max_batch=4)), CostBackend(cost), reqs,
                     n_tenants=2, clock="virtual")
     np.testing.assert_allclose((virtual.requests["first_token_s"] - virtual.requests["arrival_s"]), 0.01)
+
+
+def test_profile_mixed_bounds_hidden_fetch_time_by_expert_compute() -> None:
+    """With overlapped fetches, the hidden part is min(overlap × fetch, experts' compute), not overlap × fetch."""
+    import dataclasses
+
+    from moesim.cost.base import Residency, SeqWork
+    from moesim.policies.base import consolidated_groups
+
+    eager = COST_MODELS.build("profile", {"execution": "eager"}, model=MIXTRAL, gpu=H200)
+    bound = COST_MODELS.build("profile_mixed", None, model=MIXTRAL, gpu=H200)
+    free = COST_MODELS.build("profile_mixed", {"overlap_bound": False}, model=MIXTRAL, gpu=H200)
+    sync = Residency(consolidated_groups(MIXTRAL, (0, 1), 223))
+    over = dataclasses.replace(sync, fetch_overlap=0.5)
+    for batch in ((SeqWork(0, 256, 0),), (SeqWork(0, 1, 300), SeqWork(1, 1, 200))):
+        raw = eager.step(batch, sync)
+        got = bound.step(batch, over)
+        hidden = min(0.5 * raw.fetch_s, raw.experts_s)
+        assert got.fetch_s == pytest.approx(raw.fetch_s - hidden, rel=1e-12)
+        assert got.experts_s == raw.experts_s
+        assert free.step(batch, over) == eager.step(batch, over)  # unbounded: the profile's overlap × fetch
+        assert got.total_s >= free.step(batch, over).total_s
+    run, raw = bound.decode_run((0, 1), (300, 200), 6, over), eager.decode_run((0, 1), (300, 200), 6, sync)
+    hidden = min(0.5 * raw.cost.fetch_s, raw.cost.experts_s)
+    assert run.end_s[-1] == pytest.approx(raw.end_s[-1] - hidden, rel=1e-12)
+    assert (np.diff(run.end_s) > 0).all()
+    # no overlap: unchanged
+    assert bound.step((SeqWork(0, 256, 0),), sync) == eager.step((SeqWork(0, 256, 0),), sync)

@@ -134,11 +134,14 @@ class MoEEngine:
             every token routes to the same few experts (about 25 of Qwen3's 128 per layer at 77 tokens),
             which a trained, load-balanced model does not do; the profile's uniform-routing composition
             assumes the balanced case.
+        draw_experts: False leaves the experts undrawn (no expert slots) until a layout is applied
+            (``moesim.executor.layout.apply_residency``): several engines on one device (MIG slices) never
+            hold a full expert set each.
     """
 
     def __init__(self, spec: ModelSpec, device: torch.device, n_tenants: int = 1, seed: int = 0,
                  moe_engine: str = "grouped", dtype: torch.dtype = torch.bfloat16,
-                 balanced_routing: bool = False) -> None:
+                 balanced_routing: bool = False, draw_experts: bool = True) -> None:
         self.spec = spec
         self.device = device
         self.dtype = dtype
@@ -159,7 +162,7 @@ class MoEEngine:
         self.w_in: list[torch.Tensor | None] = []
         self.w_out: list[torch.Tensor | None] = []
         for layer in range(s.n_layers):
-            if self.is_moe(layer):
+            if self.is_moe(layer) and draw_experts:
                 self.w_in.append(_normal((s.n_experts, g * s.d_ff, s.d_model), device, dtype, self.gen))
                 self.w_out.append(_normal((s.n_experts, s.d_model, s.d_ff), device, dtype, self.gen))
             else:
@@ -168,7 +171,8 @@ class MoEEngine:
         self.tenants = [self._nonexpert() for _ in range(n_tenants)]
         # consolidated layout (``apply_plan``): per MoE layer, GPU slots then host slots; per tenant a map
         # from its expert index to the slot of the copy it resolves to
-        self.n_gpu_slots: list[int] = [s.n_experts if self.is_moe(i) else 0 for i in range(s.n_layers)]
+        self.n_gpu_slots: list[int] = [s.n_experts if self.is_moe(i) and draw_experts else 0
+                                       for i in range(s.n_layers)]
         self.host_in: list[list[torch.Tensor]] = [[] for _ in range(s.n_layers)]
         self.host_out: list[list[torch.Tensor]] = [[] for _ in range(s.n_layers)]
         self.remap: list[list[torch.Tensor | None]] | None = None

@@ -6,10 +6,19 @@ eagerly, with the host launch gaps the graph profile does not have. This cost mo
 with the eager profile (``<gpu>__<model>.eager.parquet``) when a tenant of its batch has expert positions on the
 host, and with the CUDA-graph profile otherwise. Measured on the H200 with the real-time runtime
 (``reports/validation/realtime/``), that closes most of the simulator's optimism with host-resident experts.
+
+Overlapped fetches (``Residency.fetch_overlap`` > 0, e.g. ``reconfig_fast``) can only hide a copy under compute
+that runs meanwhile: the runtime issues a layer's host copies after its routing and runs the layer's resident
+experts while they fly. With ``overlap_bound`` (default) the hidden time is therefore
+``min(fetch_overlap × fetch, experts_s)`` of the step (all copies exposed, less the experts' compute), not
+``fetch_overlap × fetch``: on the H200 a host expert takes ~6.4 ms to copy against well under a millisecond of
+resident-expert compute per layer at small batches, and the measured fetch time per expert was the same with
+and without overlap (``reports/validation/realtime/h200b``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -26,10 +35,12 @@ class ProfileMixedConfig:
 
     Attributes:
         routing_skew: 0 for uniform top-k routing; > 0 for a Zipf law over experts (as ``profile``).
+        overlap_bound: hidden fetch time at most the step's expert compute (see the module docstring).
     """
 
     name: str = "profile_mixed"
     routing_skew: float = 0.0
+    overlap_bound: bool = True
 
     def __post_init__(self) -> None:
         if self.routing_skew < 0:
@@ -51,6 +62,7 @@ class ProfileMixedCost(CostModel):
         self.meta = self.graphs.meta
         self.derived = self.graphs.derived or self.eager.derived
         self._host: dict[int, tuple[Residency, frozenset[int]]] = {}
+        self._zero: dict[int, tuple[Residency, Residency]] = {}
 
     def _pick(self, tenants: Iterable[int], residency: Residency) -> ProfileCost:
         hit = self._host.get(id(residency))
@@ -60,14 +72,39 @@ class ProfileMixedCost(CostModel):
         host = hit[1]
         return self.eager if host and any(t in host for t in tenants) else self.graphs
 
+    def _unhidden(self, residency: Residency) -> Residency:
+        """``residency`` with nothing of the fetches hidden (cached per residency object)."""
+        hit = self._zero.get(id(residency))
+        if hit is None or hit[0] is not residency:
+            hit = (residency, dataclasses.replace(residency, fetch_overlap=0.0))
+            self._zero[id(residency)] = hit
+        return hit[1]
+
+    def _bounded(self, residency: Residency) -> bool:
+        return self.cfg.overlap_bound and residency.fetch_overlap > 0
+
     def step(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
         """The eager profile's step when a sequence's tenant has host experts, else the graph profile's."""
-        return self._pick((s.tenant for s in batch), residency).step(batch, residency)
+        prof = self._pick((s.tenant for s in batch), residency)
+        if not self._bounded(residency):
+            return prof.step(batch, residency)
+        c = prof.step(batch, self._unhidden(residency))
+        hidden = min(residency.fetch_overlap * c.fetch_s, c.experts_s)
+        return dataclasses.replace(c, fetch_s=c.fetch_s - hidden)
 
     def decode_run(self, decode_tenants: tuple[int, ...], context0: tuple[int, ...], n_steps: int,
                    residency: Residency) -> DecodeRun:
         """As ``step``, for a whole decode run (its batch does not change)."""
-        return self._pick(decode_tenants, residency).decode_run(decode_tenants, context0, n_steps, residency)
+        prof = self._pick(decode_tenants, residency)
+        if not self._bounded(residency):
+            return prof.decode_run(decode_tenants, context0, n_steps, residency)
+        run = prof.decode_run(decode_tenants, context0, n_steps, self._unhidden(residency))
+        c = run.cost
+        hidden = min(residency.fetch_overlap * c.fetch_s, c.experts_s)
+        if hidden <= 0 or run.end_s[-1] <= 0:
+            return run
+        end = run.end_s - hidden * run.end_s / run.end_s[-1]  # spread in proportion to each step's time
+        return DecodeRun(end, dataclasses.replace(c, fetch_s=c.fetch_s - hidden))
 
     def swap_s(self, nbytes: float, residency: Residency, bandwidth_fraction: float = 1.0) -> float:
         """The graph profile's measured non-expert-set copy rate."""

@@ -60,6 +60,7 @@ class ExecutedCostConfig:
         max_graphs: captured graphs kept (least recently used dropped).
         budget_s: wall seconds after which a step raises ``BudgetExceededError`` (0: none).
         seed: seed of the random weights.
+        draw_experts: False: no expert weights until a layout is applied (several engines on one device).
     """
 
     name: str = "executed"
@@ -71,6 +72,7 @@ class ExecutedCostConfig:
     max_graphs: int = 48
     budget_s: float = 0.0
     seed: int = 0
+    draw_experts: bool = True
 
     def __post_init__(self) -> None:
         if self.device not in ("cuda", "cpu"):
@@ -116,7 +118,8 @@ class GPUExecutedCost(CostModel):
         self.execution = execution
         t0 = time.perf_counter()
         moe = cfg.moe_engine if cfg.moe_engine != "auto" else ("grouped" if self.cuda else "loop")
-        self.eng = MoEEngine(model, self.device, n_tenants=cfg.tenants, seed=cfg.seed, moe_engine=moe)
+        self.eng = MoEEngine(model, self.device, n_tenants=cfg.tenants, seed=cfg.seed, moe_engine=moe,
+                             draw_experts=cfg.draw_experts)
         self.cache = KVCache(model, 1, self.device, self.eng.dtype, self.eng.gen)
         self.cache_rows = 1
         self._sync()

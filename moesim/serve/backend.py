@@ -16,13 +16,21 @@ plan's residency says, KV cache, CUDA graphs keyed by shape) and adds what the e
   (fetch pipelined with compute) when the policy overlaps fetches (``fetch_overlap`` > 0); with
   ``fetch_overlap`` = 0 (the paper's orchestrator) each copy runs on the compute stream before its expert.
   Steps that fetch sync with the host to learn the routing, so they run eagerly (not graph-captured).
+* **Decode steps run in CUDA graphs per batch-size bucket** (``moesim.serve.graphs.DecodeGraphs``: tenant
+  mix as data, batch padded to its bucket, every bucket captured ahead by ``prepare``), so no decode step
+  runs eagerly because the warm-up never met its tenant mix. Prefill steps keep the executor's graphs per
+  exact shape (captured in the warm-up replay; an unseen prefill shape runs eagerly). ``bucketed=False``
+  restores the executor's exact-shape decode graphs. On CPU the bucketed step runs eagerly (same code).
 
 On CPU there are no streams: copies are plain copies, in order.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -127,9 +135,11 @@ class TorchBackend:
     """Executes the runtime's steps (see the module docstring). ``describe()`` has its counters."""
 
     def __init__(self, model: ModelSpec, gpu: GPUSpec, *, device: str = "cuda", n_tenants: int = 1,
-                 execution: str = "auto", kv_bucket: int = 256, seed: int = 0, max_graphs: int = 256) -> None:
+                 execution: str = "auto", kv_bucket: int = 256, seed: int = 0, max_graphs: int = 256,
+                 bucketed: bool = True, max_batch: int = 16, sms: int = 0, concurrent: bool = False,
+                 draw_experts: bool = True) -> None:
         cfg = ExecutedCostConfig(device=device, tenants=n_tenants, execution=execution, moe_engine="grouped",
-                                 kv_bucket=kv_bucket, max_graphs=max_graphs, seed=seed)
+                                 kv_bucket=kv_bucket, max_graphs=max_graphs, seed=seed, draw_experts=draw_experts)
         self.x = GPUExecutedCost(cfg, model, gpu)
         self.model = model
         self.eng = self.x.eng
@@ -146,8 +156,23 @@ class TorchBackend:
         # capture a CUDA graph for a shape met for the first time (else run it eagerly: a timed run after a
         # warm-up replay captures nothing, as a server that captured its graphs ahead)
         self.capture = True
+        # a MIG slice: its steps run in a CUDA green context of ``sms`` SMs (``instance_context``), and waits
+        # are on this instance's own stream (a device-wide sync would wait for the other slices too)
+        self.sms = sms if self.cuda else 0
+        self.concurrent = (concurrent or bool(sms)) and self.cuda
+        self._green: Any = None
+        if self.concurrent:
+            self.x._sync = lambda: torch.cuda.current_stream().synchronize()
+        self._local: dict[int, int] | None = None  # served tenant → this engine's non-expert set
+        self.dg = None
+        if bucketed:
+            from moesim.serve.graphs import DecodeGraphs
+
+            # before any host copy of the non-expert sets is made: tenants' tensors become views of stacks
+            self.dg = DecodeGraphs(self.eng, max_batch, kv_bucket, pool=self.x._pool, seed=seed)
         self._elapsed = 0.0
         self.stats = {"steps": 0, "eager_steps": 0, "graph_steps": 0, "graph_captures": 0, "swaps": 0,
+                      "bucket_graph_steps": 0, "bucket_captures": 0, "pad_rows": 0,
                       "swap_bytes": 0, "swap_copy_s": 0.0, "swap_paced_s": 0.0, "expert_fetches": 0,
                       "fetch_bytes": 0, "fetch_copy_s": 0.0, "step_s": 0.0}
 
@@ -164,10 +189,21 @@ class TorchBackend:
 
     def setup(self, plan: InstancePlan, n_tenants: int) -> None:
         """Lay out the experts, pin a host copy of every swappable non-expert set, build the fetcher."""
-        if n_tenants > self.n_tenants:
-            raise UserError(f"the workload has {n_tenants} tenants but the backend built {self.n_tenants} sets")
+        self._local = None
+        if n_tenants > self.n_tenants:  # a slice's engine holds only the sets of the tenants it serves
+            served = sorted(plan.tenants)
+            if len(served) > self.n_tenants:
+                raise UserError(f"instance {plan.name} serves {len(served)} tenants but the backend built "
+                                f"{self.n_tenants} non-expert sets")
+            self._local = {t: i for i, t in enumerate(served)}
+            plan = _localise(plan, self._local)
+            n_tenants = len(served)
         self.plan = plan
+        self.set_max_batch(plan.max_batch)
+        layouts = self.x.stats["layouts"]
         self.x._ensure_layout(plan.residency)
+        if self.dg is not None and self.x.stats["layouts"] != layouts:
+            self.dg.reset()  # the graphs read the old expert tensors
         self.host_sets = []
         if plan.swap_bytes > 0 and plan.nonexpert_slots < len(plan.tenants):
             for t in range(n_tenants):
@@ -200,8 +236,61 @@ class TorchBackend:
         self.reset_stats()
 
     def reserve_kv(self, rows: int) -> None:
-        """Allocate the KV cache for ``rows`` tokens up front."""
-        self.x.reserve_kv(rows)
+        """Allocate the KV cache for ``rows`` tokens up front (plus a bucketed step's pad rows)."""
+        self.x.reserve_kv(rows + (self.dg.sizes[-1] if self.dg is not None else 0))
+
+    def prepare(self, max_batch: int, max_context: int) -> int:
+        """Before a timed run: capture every decode bucket up to ``max_batch`` sequences and ``max_context``
+        tokens (CUDA, bucketed, no host experts); the graphs captured."""
+        if self.dg is None or not self.cuda or self.fetcher is not None or self.x.execution != "graphs":
+            return 0
+        try:
+            n = self.dg.capture_all(max_batch, max_context, self.x.cache)
+        except Exception:  # recorded in dg.broken; steps take the executor's exact-shape graphs
+            n = 0
+        self.x._sync()
+        return n
+
+    def set_max_batch(self, max_batch: int) -> None:
+        """Buckets for a policy's batch limit (graphs of other buckets dropped when the sizes change)."""
+        if self.dg is not None:
+            from moesim.serve.graphs import bucket_sizes
+
+            sizes = bucket_sizes(max_batch)
+            if sizes != self.dg.sizes:
+                self.dg.sizes = sizes
+                self.dg.reset()
+
+    @contextlib.contextmanager
+    def instance_context(self) -> Iterator[None]:
+        """Run the calling thread's steps in this slice's green context, on a stream of its own (CUDA with
+        ``sms``); nothing on CPU. Entered by the runtime in the instance's host thread."""
+        if not self.concurrent:
+            yield
+            return
+        if not self.sms:  # concurrent without an SM partition: a stream of its own only
+            stream = torch.cuda.Stream(self.device)
+            with torch.cuda.stream(stream):
+                yield
+            stream.synchronize()
+            return
+        from torch.cuda.green_contexts import GreenContext
+
+        if self._green is None:
+            idx = self.device.index or 0
+            try:
+                self._green = GreenContext.create(num_sms=self.sms, device_id=idx)
+            except TypeError:
+                self._green = GreenContext.create(self.sms, idx)
+        g = self._green
+        g.set_context()
+        try:
+            stream = g.Stream() if hasattr(g, "Stream") else torch.cuda.Stream(self.device)
+            with torch.cuda.stream(stream):
+                yield
+            stream.synchronize()
+        finally:
+            g.pop_context()
 
     # ---- swaps ------------------------------------------------------------------------------------
     def estimate(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost | None:
@@ -210,6 +299,8 @@ class TorchBackend:
 
     def swap(self, tenants: tuple[int, ...], plan: InstancePlan, prefill: StepCost | None) -> SwapTicket:
         """Copy ``tenants``' non-expert sets from pinned memory (streamed or waited for; see the module doc)."""
+        if self._local is not None:
+            tenants = tuple(self._local[t] for t in tenants)
         if not self.host_sets:
             raise RuntimeError("swap asked for but no host copies were built")
         stream = plan.swap_overlap and self.cuda
@@ -290,10 +381,33 @@ class TorchBackend:
     # ---- steps ------------------------------------------------------------------------------------
     def _execute(self, batch: tuple[SeqWork, ...]) -> StepCost:
         x, eng = self.x, self.eng
-        si = x._inputs(batch)
-        x._ensure_cache(si.meta.kv_tokens)
         f = self.fetcher
         streamed = self._swap_events is not None
+        dg = self.dg
+        if dg is not None and not dg.broken and f is None and not streamed and all(
+                w.new_tokens == 1 for w in batch):
+            t0 = time.perf_counter()
+            x._ensure_cache(sum(w.context + 1 for w in batch) + dg.sizes[-1])
+            graphs = x.execution == "graphs"
+            dg.capture = self.capture and graphs
+            before = dict(dg.stats)
+            try:
+                graph = dg.run(tuple(w.tenant for w in batch), tuple(w.context for w in batch), x.cache, graphs)
+            except Exception:
+                if not dg.broken:
+                    raise
+                return self._execute(batch)  # capture failed (dg.broken): the executor's path from now on
+            x._sync()
+            self.stats["pad_rows"] += dg.stats["pad_rows"] - before["pad_rows"]
+            self.stats["bucket_captures"] += dg.stats["captures"] - before["captures"]
+            if graph:
+                self.stats["graph_steps"] += 1
+                self.stats["bucket_graph_steps"] += 1
+            else:
+                self.stats["eager_steps"] += 1
+            return self._done(t0, 0, 0.0)
+        si = x._inputs(batch)
+        x._ensure_cache(si.meta.kv_tokens)
         t0 = time.perf_counter()
         if x.execution == "graphs" and f is None and not streamed and (
                 self.capture or x._graph_key(si) in x._graphs):
@@ -327,11 +441,15 @@ class TorchBackend:
 
     def prefill(self, batch: tuple[SeqWork, ...], residency: Residency, cost: StepCost | None) -> StepCost:
         """Execute the prefill; its measured time (``fetch_s``: the step's fetch copy time, hidden or not)."""
+        if self._local is not None:
+            batch = tuple(SeqWork(self._local[w.tenant], w.new_tokens, w.context) for w in batch)
         return self._execute(batch)
 
     def begin_decode(self, tenants: tuple[int, ...], context0: tuple[int, ...], n_steps: int,
                      residency: Residency) -> None:
         """Remember the run's batch."""
+        if self._local is not None:
+            tenants = tuple(self._local[t] for t in tenants)
         self._run = (tenants, context0)
         self._elapsed = 0.0
         self._acc = StepCost()
@@ -351,11 +469,27 @@ class TorchBackend:
     def describe(self) -> dict[str, Any]:
         """Engine, execution mode and counters."""
         info = {"backend": "torch", "execution": self.x.execution, "device": str(self.device),
+                "green_context_sms": self.sms,
                 "build_s": self.x.build_s, **self.stats}
         if self.cuda:
             info["gpu_name"] = torch.cuda.get_device_name(self.device)
             info["max_memory_allocated_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
         if self.x.capture_errors:
             info["capture_errors"] = list(self.x.capture_errors)
+        if self.dg is not None:
+            info["decode_buckets"] = list(self.dg.sizes)
+            info["bucket_graphs"] = len(self.dg.graphs)
+            if self.dg.broken:
+                info["bucket_capture_error"] = self.dg.broken
         return info
 
+
+
+def _localise(plan: InstancePlan, local: dict[int, int]) -> InstancePlan:
+    """``plan`` with its tenants renumbered by ``local`` (a slice's engine holds only its tenants' sets)."""
+    res = plan.residency
+    groups = tuple(dataclasses.replace(g, tenants=frozenset(local[t] for t in g.tenants if t in local))
+                   for g in res.groups if any(t in local for t in g.tenants))
+    return dataclasses.replace(plan, residency=dataclasses.replace(res, groups=groups),
+                               tenants=frozenset(local[t] for t in plan.tenants),
+                               initial_resident=tuple(local[t] for t in plan.initial_resident if t in local))

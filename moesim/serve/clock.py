@@ -179,4 +179,6 @@ class WallFeed:
         """Block until a request is released."""
         with self._cv:
             while not self.released and self.pulled < len(self.order):
+                if self._stop.is_set():
+                    raise RuntimeError("arrival feed stopped (another instance failed)")
                 self._cv.wait(timeout=0.5)

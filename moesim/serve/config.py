@@ -14,7 +14,7 @@ WORKLOADS = ("azure_conv", "poisson")
 SIM_COSTS = ("auto", "profile", "profile_mixed", "roofline", "constant")
 CLOCKS = ("wall", "virtual")
 BACKENDS = ("torch", "cost")
-SERVED_POLICIES = ("reconfig", "reconfig_fast", "multiplex", "naive", "swap")
+SERVED_POLICIES = ("reconfig", "reconfig_fast", "multiplex", "naive", "swap", "mig")
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,8 @@ class ServeConfig:
 
     Attributes:
         model, gpu: registry names (the GPU's spec sizes the policy's layout and the simulated cost).
-        policy: the policy deciding (single-instance layouts: reconfig, reconfig_fast, multiplex, naive, swap).
+        policy: the policy deciding: reconfig, reconfig_fast, multiplex, naive, swap (one instance) or mig
+            (one instance per slice, run concurrently: a host thread and, on CUDA, a green context each).
         max_batch: the policy's batch limit (sequences; 0: the policy's default).
         budget_bytes: weight budget of the instance (bytes; 0: the policy's default). A smaller budget leaves
             experts on the host (fetched per use).
@@ -83,7 +84,7 @@ class ServeConfig:
             raise UserError(f"gpu={self.gpu!r}: valid: {', '.join(sorted(GPU_SPECS))}")
         if self.policy not in SERVED_POLICIES:
             raise UserError(f"policy={self.policy!r}: the runtime serves {', '.join(SERVED_POLICIES)} "
-                            "(mig and dedicated run several instances at once: not yet)")
+                            "(dedicated assumes a whole GPU per instance: not on one GPU)")
         for name, value, valid in (("workload", self.workload, WORKLOADS), ("sim_cost", self.sim_cost, SIM_COSTS),
                                    ("clock", self.clock, CLOCKS), ("backend", self.backend, BACKENDS),
                                    ("device", self.device, ("cuda", "cpu")),

@@ -75,37 +75,45 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
     if cfg.backend == "torch":
         import torch
 
-        from moesim.serve.backend import TorchBackend
 
         if cfg.device == "cpu":  # tiny steps are far faster on one thread
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
+        plans = POLICIES.build(cfg.policy, params).layout(model, gpu, cfg.tenants)
         if backend is None:
-            backend = TorchBackend(model, gpu, device=cfg.device, n_tenants=cfg.tenants, execution=cfg.execution,
-                                   kv_bucket=cfg.kv_bucket, seed=cfg.seed)
-        backend.reset_stats()
-        execution = backend.x.execution
+            backend = build_backends(cfg, model, gpu, plans)
+        backends = backend if isinstance(backend, list) else [backend]
         batch = POLICIES.build(cfg.policy, params).cfg.max_batch
-        backend.reserve_kv(batch * max(r.prompt_tokens + r.output_tokens for r in requests))
-        log(f"serve: {model.name} on {backend.describe().get('gpu_name', cfg.device)} ({execution}), built in "
-            f"{backend.x.build_s:.1f} s; {len(requests)} requests, policy {cfg.policy}", flush=True)
+        for b in backends:
+            b.reset_stats()
+            b.reserve_kv(batch * max(r.prompt_tokens + r.output_tokens for r in requests))
+        execution = backends[0].x.execution
+        log(f"serve: {model.name} on {backends[0].describe().get('gpu_name', cfg.device)} ({execution}), "
+            f"{len(backends)} instance(s), built in {sum(b.x.build_s for b in backends):.1f} s; "
+            f"{len(requests)} requests, policy {cfg.policy}", flush=True)
     try:
         if cfg.backend == "torch" and cfg.warmup:
             t0 = time.perf_counter()
-            backend.capture = True  # a shared backend's previous run left it off
+            for b in backends:
+                b.capture = True  # a shared backend's previous run left it off
             rep = serve(model, gpu, POLICIES.build(cfg.policy, params), backend, requests, n_tenants=cfg.tenants,
                         clock="virtual")
             write_parquet(out / "replay_requests.parquet", rep.requests)
             doc["replay"] = {"wall_s": time.perf_counter() - t0, "backend": rep.meta["backend"]}
-            backend.reset_stats()
-            backend.capture = False  # the timed run replays what the warm-up captured, else runs eagerly
+            for b in backends:
+                b.reset_stats()
+                b.capture = False  # the timed run replays what the warm-up captured, else runs eagerly
             log(f"warm-up replay (virtual clock, measured steps): {time.perf_counter() - t0:.1f} s", flush=True)
         elif cfg.backend == "torch":
-            backend.capture = True
-            backend.warm_up()  # lazy initialisation (library handles, streams) outside the timed run
+            for b in backends:
+                b.capture = True
+                b.warm_up()  # lazy initialisation (library handles, streams) outside the timed run
         if cfg.backend == "cost":
             cost, desc = build_cost(cfg, model, gpu)
-            backend = CostBackend(cost) if cfg.clock == "virtual" else SleepingCostBackend(cost)
+            n_inst = len(POLICIES.build(cfg.policy, params).layout(model, gpu, cfg.tenants))
+            backend = [CostBackend(cost) if cfg.clock == "virtual" else SleepingCostBackend(cost)
+                       for _ in range(n_inst)]
+            backend = backend[0] if n_inst == 1 else backend
             doc["backend_cost"] = desc
         t0 = time.perf_counter()
         res = serve(model, gpu, POLICIES.build(cfg.policy, params), backend, requests, n_tenants=cfg.tenants,
@@ -136,6 +144,35 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
     doc["wall_s"] = time.perf_counter() - t_start
     write_json(out / "summary.json", doc)
     return doc
+
+
+def build_backends(cfg: ServeConfig, model: Any, gpu: Any, plans: list, green: bool = True) -> Any:
+    """One ``TorchBackend`` for a single instance; for several (mig) one per slice, each holding only its
+    tenants' non-expert sets and, on CUDA, running on a stream of its own in a green context of its slice's
+    SMs (``green=False``: no SM partition, streams only)."""
+    from moesim.serve.backend import TorchBackend
+
+    kw = {"device": cfg.device, "execution": cfg.execution, "kv_bucket": cfg.kv_bucket, "seed": cfg.seed}
+    if len(plans) == 1:
+        return TorchBackend(model, gpu, n_tenants=cfg.tenants, max_batch=plans[0].max_batch, **kw)
+    sms_total = 0
+    if cfg.device == "cuda" and green:
+        import torch
+
+        from moesim.calibrate.slices import effective_sms
+
+        prop = torch.cuda.get_device_properties(0)
+        sms_total = prop.multi_processor_count
+    out = []
+    for p in plans:
+        sms = 0
+        if sms_total:
+            sms = effective_sms(max(1, round(p.residency.slice.sm_fraction * sms_total)), sms_total, prop.major)
+        b = TorchBackend(model, gpu, n_tenants=len(p.tenants), max_batch=p.max_batch, sms=sms, concurrent=True,
+                         draw_experts=False, **kw)
+        b.setup(p, cfg.tenants)  # lay the slice's experts out now: the next engine needs the room
+        out.append(b)
+    return out
 
 
 def _check(res: ServeResult) -> None:

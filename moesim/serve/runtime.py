@@ -37,7 +37,8 @@ from moesim.workloads.request import Request
 
 #: The simulator's segment columns, then the runtime's own.
 SEGMENT_COLUMNS = ("instance", "kind", "start_s", "end_s", "n_seqs", "tokens", "tenants", "expert_fetches",
-                   "attention_s", "experts_s", "fetch_s", "sched_s", "copy_s", "exposed_s", "steps")
+                   "attention_s", "experts_s", "fetch_s", "sched_s", "copy_s", "exposed_s", "steps",
+                   "eager_steps")
 
 
 @dataclass
@@ -180,7 +181,8 @@ def sleep_s(s: float) -> None:
 class Recorder:
     """Per-request timestamps and the timeline (rows of ``SEGMENT_COLUMNS``)."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, name: str = "") -> None:
+        self.name = name  # the instance's name, written into its segments
         self.start = np.full(n, np.nan)
         self.first = np.full(n, np.nan)
         self.finish = np.full(n, np.nan)
@@ -191,10 +193,13 @@ class Recorder:
 
     def segment(self, kind: str, start: float, end: float, n_seqs: int, tokens: int, tenants: str,
                 cost: StepCost, sched_s: float, copy_s: float = float("nan"), exposed_s: float = float("nan"),
-                steps: int = 1) -> list[Any]:
-        """Log one segment (a prefill step, a decode run or a swap); returns the row (mutable until written)."""
-        row = [0, kind, start, end, n_seqs, tokens, tenants, cost.expert_fetches, cost.attention_s,
-               cost.experts_s, cost.fetch_s, sched_s, copy_s, exposed_s, steps]
+                steps: int = 1, eager_steps: int = 0) -> list[Any]:
+        """Log one segment (a prefill step, a decode run or a swap); returns the row (mutable until written).
+
+        ``eager_steps``: of the segment's steps, those the backend ran eagerly (not a CUDA-graph replay).
+        """
+        row = [self.name, kind, start, end, n_seqs, tokens, tenants, cost.expert_fetches, cost.attention_s,
+               cost.experts_s, cost.fetch_s, sched_s, copy_s, exposed_s, steps, eager_steps]
         self.rows.append(row)
         return row
 
@@ -210,6 +215,7 @@ class ServeInstance:
         self.clock = clock
         self.feed = feed
         self.rec = rec
+        rec.name = plan.name
         self.queue: deque[Request] = deque()
         self.running: list[Request] = []
         self._steps_done = 0  # decode steps done by this instance: context = base + steps_done
@@ -274,10 +280,12 @@ class ServeInstance:
                             rec.swap_wait[r.id] = waited
                 t0 = clock.now()
                 sched = t0 - self._last_end if swap_row is None else 0.0
+                e0 = _eager(self.backend)
                 cost = self.backend.prefill(batch, res, est)
                 clock.advance(t0, cost.total_s)
                 end = clock.now()
-                rec.segment("prefill", t0, end, len(batch), prompt_tokens, _tenants(sel.admit), cost, sched)
+                rec.segment("prefill", t0, end, len(batch), prompt_tokens, _tenants(sel.admit), cost, sched,
+                            eager_steps=_eager(self.backend) - e0)
                 if ticket is not None:
                     self.backend.finish_swap(ticket)
                     swap_row[12] = ticket.copy_s
@@ -308,6 +316,7 @@ class ServeInstance:
         ctx0 = tuple(b + done for b in self._ctx_base)
         t0 = clock.now()
         sched = t0 - self._last_end
+        e0 = _eager(backend)
         backend.begin_decode(tenants, ctx0, n, self.plan.residency)
         asked = False
         steps = n
@@ -324,7 +333,8 @@ class ServeInstance:
                         break
         cost = backend.end_decode(steps)
         end = clock.now()
-        rec.segment("decode", t0, end, B, steps * B, _tenant_str(self._tenant_count), cost, sched, steps=steps)
+        rec.segment("decode", t0, end, B, steps * B, _tenant_str(self._tenant_count), cost, sched, steps=steps,
+                    eager_steps=_eager(backend) - e0)
         done = self._steps_done = done + steps
         if steps == n:
             fa = self._finish_at
@@ -380,6 +390,11 @@ class ServeInstance:
                 self.resident.append(t)
 
 
+def _eager(backend: Any) -> int:
+    """Steps the backend has run eagerly so far (0 for backends that do not execute)."""
+    return int(getattr(backend, "stats", {}).get("eager_steps", 0))
+
+
 def _tenants(reqs: Sequence[Request]) -> str:
     return ",".join(str(t) for t in sorted({r.tenant for r in reqs}))
 
@@ -412,12 +427,18 @@ class ServeResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def serve(model: ModelSpec, gpu: GPUSpec, policy: Policy, backend: Backend, requests: Sequence[Request], *,
-          n_tenants: int | None = None, clock: str = "wall") -> ServeResult:
+def serve(model: ModelSpec, gpu: GPUSpec, policy: Policy, backend: Backend | Sequence[Backend],
+          requests: Sequence[Request], *, n_tenants: int | None = None, clock: str = "wall") -> ServeResult:
     """Serve ``requests`` with ``policy`` deciding live and ``backend`` executing; ``clock`` ``wall`` or ``virtual``.
 
-    Single-instance layouts only (``reconfig``, ``reconfig_fast``, ``multiplex``, ``naive``, ``swap``):
-    several concurrent instances (``mig``, ``dedicated``) are refused in one line.
+    ``backend``: one backend, or one per instance of the policy's layout (``mig``: one per slice). Several
+    instances run concurrently on the wall clock: one host thread each (with its backend's
+    ``instance_context()``, e.g. a CUDA green context and stream), one shared clock, one arrival feed per
+    instance (requests routed by the policy up front, as the simulator does); they share whatever the
+    hardware shares (the host link, HBM). On the virtual clock the instances run one after the other, each on
+    its own clock from 0: equal to the simulator when they do not share the host link (no host-resident
+    experts); the simulator's link sharing between fetching instances is not reproduced there.
+    Layouts that assume a whole GPU per instance (``dedicated``) are refused in one line.
     """
     from moesim.serve.clock import VirtualClock, VirtualFeed, WallClock, WallFeed
 
@@ -427,33 +448,62 @@ def serve(model: ModelSpec, gpu: GPUSpec, policy: Policy, backend: Backend, requ
         raise UserError("request ids must be dense 0..n-1 and unique")
     tenants = n_tenants if n_tenants is not None else (1 + max((r.tenant for r in requests), default=0))
     plans = policy.layout(model, gpu, tenants)
-    if len(plans) != 1:
-        raise UserError(f"policy {policy.registry_name!r} lays out {len(plans)} concurrent instances; the runtime "
-                        "serves single-instance layouts (reconfig, reconfig_fast, multiplex, naive, swap)")
-    plan = plans[0]
+    if len(plans) > 1 and any(p.ideal or p.profile == "full" for p in plans):
+        raise UserError(f"policy {policy.registry_name!r} lays out {len(plans)} whole-GPU instances; the runtime "
+                        "runs several instances only as slices of one GPU (mig)")
+    backends = list(backend) if isinstance(backend, (list, tuple)) else [backend]
+    if len(backends) != len(plans):
+        raise UserError(f"policy {policy.registry_name!r} lays out {len(plans)} instances but "
+                        f"{len(backends)} backend(s) were given (one per instance)")
     policy.bind(plans)
-    for r in by_id:
-        policy.route(r)  # an unserved tenant is one line here, not a stuck run
-    _check_fits(plan, by_id, model)
-    order = sorted(requests, key=lambda r: (r.arrival_s, r.id))
-    backend.setup(plan, tenants)
-    clk = VirtualClock() if clock == "virtual" else WallClock()
-    feed = VirtualFeed(order, clk) if clock == "virtual" else WallFeed(order, clk)
-    rec = Recorder(n)
-    inst = ServeInstance(plan, policy, model, backend, clk, feed, rec)
-    clk.start()
-    feed.start()
-    try:
-        inst.serve()
-    finally:
-        feed.stop()
-    horizon = clk.now()
+    routed: list[list[Request]] = [[] for _ in plans]
+    for r in sorted(requests, key=lambda r: (r.arrival_s, r.id)):
+        routed[policy.route(r)].append(r)  # an unserved tenant is one line here, not a stuck run
+    for p, reqs in zip(plans, routed, strict=True):
+        _check_fits(p, reqs, model)
+    for p, b, reqs in zip(plans, backends, routed, strict=True):
+        b.setup(p, tenants)
+        prepare = getattr(b, "prepare", None)
+        if prepare is not None and reqs:  # ahead of the run: capture every decode bucket it can meet
+            prepare(p.max_batch, max(r.prompt_tokens + r.output_tokens for r in reqs))
+    recs = [Recorder(n) for _ in plans]
+    feeds: list[Any] = []
+    if clock == "virtual":
+        horizon = 0.0
+        for p, b, reqs, rec in zip(plans, backends, routed, recs, strict=True):
+            clk = VirtualClock()
+            feed = VirtualFeed(reqs, clk)
+            feeds.append(feed)
+            clk.start()
+            ServeInstance(p, policy, model, b, clk, feed, rec).serve()
+            horizon = max(horizon, clk.now())
+    else:
+        wclk = WallClock()
+        feeds = [WallFeed(reqs, wclk) for reqs in routed]
+        insts = [ServeInstance(p, policy, model, b, wclk, f, rec)
+                 for p, b, f, rec in zip(plans, backends, feeds, recs, strict=True)]
+        wclk.start()
+        for f in feeds:
+            f.start()
+        try:
+            if len(insts) == 1:
+                insts[0].serve()
+            else:
+                _serve_concurrently(insts)
+        finally:
+            for f in feeds:
+                f.stop()
+        horizon = wclk.now()
+    rec = _merge(recs, n)
     if n and np.isnan(rec.finish).any():
         raise RuntimeError(f"{int(np.isnan(rec.finish).sum())} requests never finished: runtime bug")
+    instance = np.zeros(n, dtype=np.int64)
+    for i, reqs in enumerate(routed):
+        instance[[r.id for r in reqs]] = i
     req_df = pd.DataFrame({
         "request_id": np.arange(n, dtype=np.int64),
         "tenant": np.array([r.tenant for r in by_id], dtype=np.int64),
-        "instance": np.zeros(n, dtype=np.int64),
+        "instance": instance,
         "arrival_s": np.array([r.arrival_s for r in by_id], dtype=float),
         "start_s": rec.start,
         "first_token_s": rec.first,
@@ -465,15 +515,59 @@ def serve(model: ModelSpec, gpu: GPUSpec, policy: Policy, backend: Backend, requ
         "rejected": np.full(n, "", dtype=object),
     })
     seg = pd.DataFrame(rec.rows, columns=list(SEGMENT_COLUMNS))
-    seg["instance"] = plan.name
-    for c in ("n_seqs", "tokens", "steps"):
+    for c in ("n_seqs", "tokens", "steps", "eager_steps"):
         seg[c] = seg[c].astype(np.int64)
-    late = np.asarray(feed.release_late_s)
-    meta = {"clock": clock, "backend": backend.describe(),
+    late = np.concatenate([np.asarray(f.release_late_s) for f in feeds]) if feeds else np.zeros(0)
+    desc = [b.describe() for b in backends]
+    meta = {"clock": clock, "backend": desc[0] if len(desc) == 1 else desc,
             "release_late_s_max": float(late.max()) if n else 0.0,
             "release_late_s_mean": float(late.mean()) if n else 0.0}
-    return ServeResult(req_df, seg, [_instance_info(plan, model)], policy.describe(), float(horizon), rec.swaps,
-                       meta)
+    return ServeResult(req_df, seg, [_instance_info(p, model) for p in plans], policy.describe(), float(horizon),
+                       rec.swaps, meta)
+
+
+def _serve_concurrently(insts: list[ServeInstance]) -> None:
+    """Each instance's loop in a host thread of its own (inside its backend's ``instance_context``)."""
+    import contextlib
+    import threading
+
+    errors: list[BaseException] = []
+
+    def body(inst: ServeInstance) -> None:
+        ctx = getattr(inst.backend, "instance_context", None)
+        try:
+            with ctx() if ctx is not None else contextlib.nullcontext():
+                inst.serve()
+        except BaseException as exc:  # re-raised in the caller
+            errors.append(exc)
+            for o in insts:  # the others stop at their next pull
+                o.feed.stop()
+
+    threads = [threading.Thread(target=body, args=(inst,), name=f"moesim-{inst.plan.name}") for inst in insts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def _merge(recs: list[Recorder], n: int) -> Recorder:
+    """One recorder of several instances' (each request recorded by exactly one)."""
+    if len(recs) == 1:
+        return recs[0]
+    out = Recorder(n)
+    for r in recs:
+        for name in ("start", "first", "finish"):
+            a, b = getattr(out, name), getattr(r, name)
+            mask = ~np.isnan(b)
+            a[mask] = b[mask]
+        out.swap_wait += r.swap_wait
+        out.rows += r.rows
+        out.swaps += r.swaps
+        out.finished += r.finished
+    out.rows.sort(key=lambda row: (row[2], row[0]))
+    return out
 
 
 def _check_fits(p: InstancePlan, requests: Sequence[Request], model: ModelSpec) -> None:

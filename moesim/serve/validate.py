@@ -42,7 +42,9 @@ def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", 
     requests = make_requests(cfg)
     measured = pd.read_parquet(folder / "requests.parquet")
     if execution == "auto":
-        execution = "eager" if doc.get("backend", {}).get("execution") == "eager" else "graphs"
+        be = doc.get("backend", {})
+        be = be[0] if isinstance(be, list) and be else be  # several instances: one description each
+        execution = "eager" if be.get("execution") == "eager" else "graphs"
     cost, desc = build_cost(cfg, model, gpu, execution)
     sim = simulate(model, gpu, POLICIES.build(cfg.policy, cfg.policy_params()), cost, requests,
                    n_tenants=cfg.tenants)

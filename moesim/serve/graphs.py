@@ -1,0 +1,400 @@
+"""Decode steps as CUDA graphs per batch-size bucket, the tenant mix as data. Imports torch.
+
+The executor's graphs are keyed by a step's exact shape, tenant composition included (each tenant's
+projections run on its own static slice of the packed batch), so a decode batch whose tenant mix the warm-up
+never met runs eagerly (3–6× slower on the H200). A serving engine captures per batch-size bucket instead.
+``DecodeGraphs`` does that:
+
+* **Tenants as data.** Every per-tenant weight (norms, QKV and output projections, router, dense/shared FFN,
+  embedding, lm_head) is restacked once into one tensor per weight with a leading tenant axis
+  (``stack_tenants``; each tenant's tensors become views into it, so swaps that copy into them still work).
+  A projection of the packed batch is then one grouped GEMM over tenants (``torch._grouped_mm``, rows grouped
+  by the row's tenant with device-side offsets, each group padded to 16 rows, as the experts' GEMM); a tenant
+  absent from the batch is an empty group whose weights are not read. Norm weights are gathered per row;
+  the embedding is one lookup in the stacked table. No host sync: capturable.
+* **Padding to a bucket.** A decode batch of ``B`` sequences runs in the graph of the smallest bucket
+  ``≥ B`` (``bucket_sizes``: powers of two below ``max_batch``, then ``max_batch``) and of its longest
+  context rounded up to ``kv_bucket``. Pad rows are 1-token sequences with context 0 whose keys go to
+  scratch rows past the batch's KV rows; they take the last real row's tenant (no extra weights read) and
+  the first real row's expert choice (no extra expert touched), and their outputs are dropped.
+* **Captured ahead.** ``capture_all`` captures every (bucket, context bucket) pair up to the run's largest
+  batch and context before the timed run: no decode step runs eagerly because its mix was unseen.
+
+``plan_decode`` (pure Python, tested on CPU) builds a step's padded inputs; ``mixed_step`` is the forward pass
+(also run eagerly on CPU, where the tests check it against ``MoEEngine.step``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from moesim.calibrate.engine import ALIGN_ROWS, AttnMeta, MoEEngine
+
+_LAYER_LISTS = ("attn_norm", "wqkv", "wo", "ffn_norm", "router", "dense_in", "dense_out", "shared_in",
+                "shared_out", "shared_gate")
+
+
+def bucket_sizes(max_batch: int) -> tuple[int, ...]:
+    """Batch-size buckets: 1, 2, 4, … below ``max_batch``, then ``max_batch`` (sequences)."""
+    if max_batch < 1:
+        raise ValueError(f"max_batch={max_batch}: must be ≥ 1")
+    out, b = [], 1
+    while b < max_batch:
+        out.append(b)
+        b *= 2
+    out.append(max_batch)
+    return tuple(out)
+
+
+def bucket_for(n: int, sizes: tuple[int, ...]) -> int:
+    """The smallest bucket holding ``n`` sequences (ValueError past the largest)."""
+    for b in sizes:
+        if b >= n:
+            return b
+    raise ValueError(f"batch of {n} sequences exceeds the largest bucket {sizes[-1]}")
+
+
+def kv_round(max_k: int, kv_bucket: int) -> int:
+    """The longest key length rounded up to a multiple of ``kv_bucket`` (tokens)."""
+    return -(-max_k // kv_bucket) * kv_bucket
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """A decode step's padded inputs (host lists, ``bucket`` rows; sequences sorted by tenant, stable).
+
+    Attributes:
+        bucket: rows of the graph (sequences, pads included).
+        n_real: real sequences (the first ``n_real`` rows).
+        order: ``order[i]``: the caller's index of row i (real rows only).
+        tenant, pos: per row: tenant, position of its new token (= its context).
+        cu_k: cumulative keys per row (``bucket + 1``); each row has ``context + 1`` keys.
+        slots: KV-cache row of each row's new token (pads: scratch rows after the real rows').
+        pad: per row, True for a pad row.
+        max_k: the graph's key bound (longest real key length rounded up to the context bucket).
+        kv_rows: cache rows the step touches (real and pad).
+    """
+
+    bucket: int
+    n_real: int
+    order: tuple[int, ...]
+    tenant: tuple[int, ...]
+    pos: tuple[int, ...]
+    cu_k: tuple[int, ...]
+    slots: tuple[int, ...]
+    pad: tuple[bool, ...]
+    max_k: int
+    kv_rows: int
+
+
+def plan_decode(tenants: tuple[int, ...], contexts: tuple[int, ...], sizes: tuple[int, ...],
+                kv_bucket: int) -> DecodePlan:
+    """Pad a decode batch (one new token per sequence at context ``contexts[i]``) to its bucket."""
+    if not tenants or len(tenants) != len(contexts):
+        raise ValueError("a decode step needs ≥ 1 sequence and one context per tenant entry")
+    n = len(tenants)
+    b = bucket_for(n, sizes)
+    order = tuple(sorted(range(n), key=lambda i: tenants[i]))
+    tn = [tenants[i] for i in order]
+    pos = [contexts[i] for i in order]
+    cu, slots = [0], []
+    for c in pos:
+        slots.append(cu[-1] + c)
+        cu.append(cu[-1] + c + 1)
+    for _ in range(b - n):  # pad: one key each, in scratch rows after the real ones
+        slots.append(cu[-1])
+        cu.append(cu[-1] + 1)
+    return DecodePlan(bucket=b, n_real=n, order=order, tenant=tuple(tn + [tn[-1]] * (b - n)),
+                      pos=tuple(pos + [0] * (b - n)), cu_k=tuple(cu), slots=tuple(slots),
+                      pad=(False,) * n + (True,) * (b - n), max_k=kv_round(max(pos) + 1, kv_bucket),
+                      kv_rows=cu[-1])
+
+
+# ---- tenant-stacked weights -----------------------------------------------------------------------
+@dataclass
+class Stacked:
+    """Per weight a (T, ...) stack; per MoE layer the remap as a (T, E) table (None: identity)."""
+
+    embed: torch.Tensor
+    lm_head: torch.Tensor
+    final_norm: torch.Tensor
+    layers: dict[str, list[torch.Tensor | None]]
+    remap: list[torch.Tensor | None] | None = None
+    remap_of: Any = None  # the engine's remap object the table was built from
+
+
+@torch.no_grad()
+def stack_tenants(eng: MoEEngine) -> Stacked:
+    """Restack every tenant's non-expert tensors (one (T, ...) tensor per weight; tenants keep views)."""
+    ts = eng.tenants
+
+    def stack(get, put) -> torch.Tensor:
+        st = torch.stack([get(w) for w in ts])
+        for t, w in enumerate(ts):
+            put(w, st[t])
+        return st
+
+    tied = all(w.lm_head is w.embed for w in ts)
+    embed = stack(lambda w: w.embed, lambda w, v: setattr(w, "embed", v))
+    if tied:
+        for w in ts:
+            w.lm_head = w.embed
+        lm = embed
+    else:
+        lm = stack(lambda w: w.lm_head, lambda w, v: setattr(w, "lm_head", v))
+    final = stack(lambda w: w.final_norm, lambda w, v: setattr(w, "final_norm", v))
+    layers: dict[str, list[torch.Tensor | None]] = {}
+    for name in _LAYER_LISTS:
+        lists = [getattr(w, name) for w in ts]
+        out: list[torch.Tensor | None] = []
+        for i in range(eng.spec.n_layers):
+            if not lists[0] or i >= len(lists[0]) or lists[0][i] is None:
+                out.append(None)
+                continue
+            st = torch.stack([lst[i] for lst in lists])
+            for t, lst in enumerate(lists):
+                lst[i] = st[t]
+            out.append(st)
+        layers[name] = out
+    if eng.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return Stacked(embed=embed, lm_head=lm, final_norm=final, layers=layers)
+
+
+def _remap_table(eng: MoEEngine, st: Stacked) -> list[torch.Tensor | None] | None:
+    if eng.remap is None:
+        return None
+    if st.remap_of is not eng.remap:
+        st.remap = [torch.stack([eng.remap[t][i] for t in range(len(eng.tenants))])
+                    if eng.remap[0][i] is not None else None for i in range(eng.spec.n_layers)]
+        st.remap_of = eng.remap
+    return st.remap
+
+
+# ---- the forward pass -----------------------------------------------------------------------------
+@dataclass
+class DecodeBuffers:
+    """Device inputs of a decode step (a captured graph's static buffers)."""
+
+    ids: torch.Tensor  # (N,) int64
+    pos: torch.Tensor  # (N,) int64
+    tid: torch.Tensor  # (N,) int64 tenant of each row
+    pad: torch.Tensor  # (N,) bool
+    cu_q: torch.Tensor  # (N+1,) int32
+    cu_k: torch.Tensor  # (N+1,) int32
+    slots: torch.Tensor  # (N,) int64
+    max_k: int
+    seqs: list[tuple[int, int]]  # (new, context) per row (the CPU attention fallback)
+
+
+def make_buffers(p: DecodePlan, device: torch.device, vocab: int, seed: int = 0) -> DecodeBuffers:
+    """Device buffers holding plan ``p`` (random token ids, as the executor's inputs)."""
+    gen = torch.Generator().manual_seed(seed + p.n_real)
+    ids = torch.randint(0, vocab, (p.bucket,), generator=gen)
+    n = p.bucket
+    return DecodeBuffers(
+        ids=ids.to(device), pos=torch.tensor(p.pos, device=device), tid=torch.tensor(p.tenant, device=device),
+        pad=torch.tensor(p.pad, device=device), cu_q=torch.arange(n + 1, dtype=torch.int32, device=device),
+        cu_k=torch.tensor(p.cu_k, dtype=torch.int32, device=device),
+        slots=torch.tensor(p.slots, device=device), max_k=p.max_k,
+        seqs=[(1, c) for c in (list(p.pos[: p.n_real]) + [0] * (n - p.n_real))])
+
+
+def fill_buffers(dst: DecodeBuffers, p: DecodePlan, ids: torch.Tensor) -> None:
+    """Copy plan ``p``'s data into captured buffers of the same bucket (same ``max_k`` bound)."""
+    dst.ids.copy_(ids, non_blocking=True)
+    host = torch.tensor([p.pos, p.tenant, p.slots], dtype=torch.int64)
+    dst.pos.copy_(host[0], non_blocking=True)
+    dst.tid.copy_(host[1], non_blocking=True)
+    dst.slots.copy_(host[2], non_blocking=True)
+    dst.pad.copy_(torch.tensor(p.pad), non_blocking=True)
+    dst.cu_k.copy_(torch.tensor(p.cu_k, dtype=torch.int32), non_blocking=True)
+
+
+class _Groups:
+    """Rows grouped by tenant for grouped GEMMs: destination rows in a padded buffer, group offsets."""
+
+    def __init__(self, tid: torch.Tensor, n_tenants: int) -> None:
+        N = tid.shape[0]
+        order = torch.argsort(tid, stable=True)
+        t_sorted = tid[order]
+        bounds = torch.searchsorted(t_sorted, torch.arange(n_tenants + 1, device=tid.device, dtype=tid.dtype))
+        start, counts = bounds[:-1], bounds[1:] - bounds[:-1]
+        padded = (counts + ALIGN_ROWS - 1) // ALIGN_ROWS * ALIGN_ROWS
+        ends_p = torch.cumsum(padded, 0)
+        rank = torch.arange(N, device=tid.device) - start[t_sorted]
+        dest = torch.empty_like(order)
+        dest[order] = (ends_p - padded)[t_sorted] + rank
+        self.dest = dest
+        self.offs = ends_p.to(torch.int32)
+        self.rows = N + n_tenants * (ALIGN_ROWS - 1)
+
+    def linear(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """x (N, in) @ w[tenant of row]ᵀ with w (T, out, in) → (N, out)."""
+        buf = x.new_zeros((self.rows, x.shape[1]))
+        buf[self.dest] = x
+        return torch._grouped_mm(buf, w.transpose(-2, -1), offs=self.offs)[self.dest]
+
+
+def _norm(x: torch.Tensor, w: torch.Tensor, tid: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.shape[1],), None, eps=1e-5) * w[tid]
+
+
+def mixed_step(eng: MoEEngine, st: Stacked, b: DecodeBuffers, cache: Any) -> torch.Tensor:
+    """One decode step of every row (tenant per row as data); next token ids (N,), pads included."""
+    s = eng.spec
+    T = len(eng.tenants)
+    tid = b.tid
+    g = _Groups(tid, T)
+    V = st.embed.shape[1]
+    x = F.embedding(tid * V + b.ids, st.embed.view(T * V, -1))  # (N, d)
+    N = x.shape[0]
+    meta = AttnMeta(cu_q=b.cu_q, cu_k=b.cu_k, max_q=1, max_k=b.max_k, slots=b.slots, seqs=b.seqs)
+    L = st.layers
+    remap = _remap_table(eng, st)
+    pad_col = b.pad[:, None]
+    for layer in range(s.n_layers):
+        h = _norm(x, L["attn_norm"][layer], tid)
+        qkv = g.linear(h, L["wqkv"][layer])
+        q = qkv[:, : eng.q_dim].view(N, s.n_heads, s.head_dim)
+        k = qkv[:, eng.q_dim : eng.q_dim + eng.kv_dim].view(N, s.n_kv_heads, s.head_dim)
+        v = qkv[:, eng.q_dim + eng.kv_dim :].view(N, s.n_kv_heads, s.head_dim)
+        o = eng.attention(eng._rope(q, b.pos), eng._rope(k, b.pos), v, meta, cache.k[layer], cache.v[layer])
+        x = x + g.linear(o, L["wo"][layer])
+        h = _norm(x, L["ffn_norm"][layer], tid)
+        if eng.is_moe(layer):
+            logits = g.linear(h, L["router"][layer]).float()
+            if eng.route_noise is not None:
+                logits = logits + eng.route_noise[:N]
+            probs = torch.softmax(logits, dim=-1)
+            top_w, top_i = torch.topk(probs, s.top_k, dim=-1)
+            if s.top_k > 1:
+                top_w = top_w / top_w.sum(dim=-1, keepdim=True)
+            if remap is not None and remap[layer] is not None:
+                top_i = remap[layer][tid[:, None], top_i]
+            top_i = torch.where(pad_col, top_i[:1], top_i)  # pads touch no extra expert
+            top_w = torch.where(pad_col, top_w[:1], top_w).to(eng.dtype)
+            if L["shared_in"][layer] is not None:
+                a = g.linear(h, L["shared_in"][layer])
+                gate, up = a.chunk(2, dim=-1)
+                y = g.linear(F.silu(gate) * up, L["shared_out"][layer])
+                if L["shared_gate"][layer] is not None:
+                    y = y * torch.sigmoid(g.linear(h, L["shared_gate"][layer]))
+                x = x + y
+            x = x + eng.moe(h, top_i, top_w, layer)
+        else:
+            x = x + g.linear(eng._act(g.linear(h, L["dense_in"][layer])), L["dense_out"][layer])
+    h = _norm(x, st.final_norm, tid)
+    return torch.argmax(g.linear(h, st.lm_head), dim=-1)
+
+
+# ---- graphs per bucket ----------------------------------------------------------------------------
+@dataclass
+class _BucketGraph:
+    graph: Any
+    buf: DecodeBuffers
+    out: torch.Tensor
+
+
+class DecodeGraphs:
+    """Decode steps of an engine in CUDA graphs per (batch bucket, context bucket); eager on CPU.
+
+    ``run(tenants, contexts, cache)`` executes one step and returns True when it replayed a graph. With
+    ``capture`` off, a step whose bucket has no graph runs eagerly (``mixed_step``) and counts as eager.
+    Graphs are dropped when the engine's expert layout or the KV cache object changes (``reset``).
+    """
+
+    def __init__(self, eng: MoEEngine, max_batch: int, kv_bucket: int, pool: Any = None, seed: int = 0) -> None:
+        self.eng = eng
+        self.sizes = bucket_sizes(max_batch)
+        self.kv_bucket = kv_bucket
+        self.cuda = eng.device.type == "cuda"
+        self.pool = pool if pool is not None or not self.cuda else torch.cuda.graph_pool_handle()
+        self.stacked = stack_tenants(eng)
+        self.graphs: dict[tuple[int, int], _BucketGraph] = {}
+        self.capture = True
+        self.seed = seed
+        self._cache_id: int | None = None
+        self.broken = ""  # why capturing failed (the backend then stops using the bucketed path)
+        self.stats = {"captures": 0, "replays": 0, "eager": 0, "pad_rows": 0}
+
+    def reset(self) -> None:
+        """Drop the graphs (their weights or cache changed)."""
+        self.graphs.clear()
+
+    def rows_needed(self, max_batch_tokens: int) -> int:
+        """KV rows a step may touch: its real rows plus one scratch row per pad (tokens)."""
+        return max_batch_tokens + self.sizes[-1]
+
+    def _ids(self, p: DecodePlan) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed + p.n_real)
+        return torch.randint(0, self.eng.spec.vocab, (p.bucket,), generator=gen)
+
+    def capture_one(self, bucket: int, max_k: int, cache: Any) -> None:
+        """Capture the graph of ``bucket`` rows and key bound ``max_k`` (CUDA only)."""
+        self._check_cache(cache)
+        p = plan_decode((0,) * bucket, (0,) * bucket, self.sizes, self.kv_bucket)
+        p = DecodePlan(**{**p.__dict__, "max_k": max_k})  # the bound, not the contents, shapes the kernels
+        buf = make_buffers(p, self.eng.device, self.eng.spec.vocab, self.seed)
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                mixed_step(self.eng, self.stacked, buf, cache)  # warm-up outside capture
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool, stream=stream):
+                out = mixed_step(self.eng, self.stacked, buf, cache)
+        except Exception as exc:  # the backend falls back to the executor's exact-shape graphs
+            torch.cuda.synchronize()
+            self.broken = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            raise
+        graph.replay()
+        torch.cuda.synchronize()
+        self.graphs[(bucket, max_k)] = _BucketGraph(graph, buf, out)
+        self.stats["captures"] += 1
+
+    def capture_all(self, max_batch: int, max_context: int, cache: Any) -> int:
+        """Capture every bucket up to ``max_batch`` sequences × every key bound up to ``max_context`` + 1."""
+        if not self.cuda:
+            return 0
+        n = 0
+        top = kv_round(max_context + 1, self.kv_bucket)
+        for b in self.sizes:
+            if b > bucket_for(min(max_batch, self.sizes[-1]), self.sizes):
+                break
+            for k in range(self.kv_bucket, top + 1, self.kv_bucket):
+                if (b, k) not in self.graphs:
+                    self.capture_one(b, k, cache)
+                    n += 1
+        return n
+
+    def _check_cache(self, cache: Any) -> None:
+        if self._cache_id != id(cache):
+            self.graphs.clear()
+            self._cache_id = id(cache)
+
+    def run(self, tenants: tuple[int, ...], contexts: tuple[int, ...], cache: Any, graphs: bool = True) -> bool:
+        """Execute one decode step (``graphs``: through the bucket's graph on CUDA); True when one was replayed."""
+        p = plan_decode(tenants, contexts, self.sizes, self.kv_bucket)
+        self.stats["pad_rows"] += p.bucket - p.n_real
+        if self.cuda and graphs:
+            self._check_cache(cache)
+            key = (p.bucket, p.max_k)
+            g = self.graphs.get(key)
+            if g is None and self.capture:
+                self.capture_one(p.bucket, p.max_k, cache)
+                g = self.graphs[key]
+            if g is not None:
+                fill_buffers(g.buf, p, self._ids(p))
+                g.graph.replay()
+                self.stats["replays"] += 1
+                return True
+        buf = make_buffers(p, self.eng.device, self.eng.spec.vocab, self.seed)
+        self.last_out = mixed_step(self.eng, self.stacked, buf, cache)
+        self.stats["eager"] += 1
+        return False
