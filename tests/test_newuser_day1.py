@@ -129,3 +129,18 @@ def test_fleet_bench_and_specs_answer_help_with_keys_and_defaults(capsys: pytest
     with pytest.raises(SystemExit):
         specs_main(["gpu"])
     assert "what='gpu': valid: all, models, gpus" in capsys.readouterr().err
+
+
+def test_report_out_that_is_a_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # `python -m moesim.report D --out D` was an IsADirectoryError traceback
+    from test_report_helpers import make_sweep
+
+    from moesim.report.__main__ import main as report_main
+
+    root = make_sweep(tmp_path / "s", failed=False, incomplete=False)
+    with pytest.raises(SystemExit) as exc:
+        report_main([str(root), "--out", str(root)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"moesim: error: out={root}: is a folder; give a file path\n"
+    assert not (root / "summary.csv").exists()

@@ -77,6 +77,10 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"{sweep_dir}: not a directory; give a sweep dir (the hydra.sweep.dir of a multirun)")
     base, note = options_from_sweep(sweep_dir)
     opts = options_from_args(base, dataclasses.asdict(args))
+    if args.out:  # before anything is written: --out DIR was an IsADirectoryError traceback
+        from moesim.outdir import check_writable
+
+        check_writable(args.out, "out", is_file=True)
     df = collect(sweep_dir)
     if not df.empty:
         df = mark_unreadable_files(sweep_dir, df)
