@@ -144,3 +144,27 @@ def test_report_out_that_is_a_folder_is_one_line(tmp_path: Path, capsys: pytest.
     err = capsys.readouterr().err
     assert err == f"moesim: error: out={root}: is a folder; give a file path\n"
     assert not (root / "summary.csv").exists()
+
+
+def test_search_report_keeps_gpu_order_and_coinciding_lines_visible() -> None:
+    # the placement chart listed GPU 0, GPU 4, GPU 1, ... (plotly's first-appearance order over variants),
+    # and reconfig's GPUs-needed line was hidden exactly under swap's (both 32, 33, 34 GPUs)
+    import numpy as np
+    import pandas as pd
+
+    from moesim.search.report import needed_vs_rate, placement_figure
+
+    placement = [{"gpu": 0, "tenants": [0]}, {"gpu": 1, "tenants": [1]}, {"gpu": 2, "tenants": [0, 2]}]
+    fig = placement_figure(placement, np.array([2.0, 1.0, 1.0]))
+    assert fig.data[0].y == ("GPU 0", "GPU 2")  # variant 0 first: GPU 2 before GPU 1 by appearance
+    assert tuple(fig.layout.yaxis.categoryarray) == ("GPU 0", "GPU 1", "GPU 2")
+    assert fig.layout.yaxis.categoryorder == "array"
+    needed = pd.DataFrame({"policy": ["reconfig"] * 2 + ["swap"] * 2, "gpu": ["h200"] * 4,
+                           "load": [0.5, 1.0] * 2, "needed": [32, 33, 32, 33]})
+    fig = needed_vs_rate(needed, {0.5: 8.0, 1.0: 16.0})
+    under, over = fig.data
+    assert (under.name, over.name) == ("reconfig · h200", "swap · h200")
+    assert list(under.y) == list(over.y)  # they coincide ...
+    assert under.line.width > over.line.width  # ... and the one drawn first shows around the other
+    assert under.marker.size > over.marker.size
+    assert under.marker.symbol != over.marker.symbol

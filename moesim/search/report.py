@@ -89,7 +89,11 @@ def needed_vs_rate(needed: pd.DataFrame, rates: dict[float, float]) -> go.Figure
     policies = sorted(needed["policy"].unique())
     col = _colors(policies)
     gpus = sorted(needed["gpu"].unique())
-    for pol in policies:
+    # lines that coincide (two policies needing the same GPUs at every rate) stay visible: a policy drawn
+    # earlier is wider with larger markers of its own symbol, so it shows around the ones drawn over it
+    symbols = ("circle", "square", "diamond", "triangle-up", "x", "cross", "star")
+    for pi, pol in enumerate(policies):
+        under = len(policies) - 1 - pi
         for gi, gpu in enumerate(gpus):
             d = needed[(needed["policy"] == pol) & (needed["gpu"] == gpu)]
             if d.empty:
@@ -102,7 +106,8 @@ def needed_vs_rate(needed: pd.DataFrame, rates: dict[float, float]) -> go.Figure
                 continue
             fig.add_trace(go.Scatter(
                 x=xs, y=ys, mode="lines+markers", name=f"{pol} · {gpu}", legendgroup=pol,
-                line={"color": col[pol], "dash": DASHES[gi % len(DASHES)]},
+                line={"color": col[pol], "dash": DASHES[gi % len(DASHES)], "width": 2 + 1.5 * under},
+                marker={"symbol": symbols[pi % len(symbols)], "size": 7 + 3 * under},
                 hovertemplate=f"{pol} on {gpu}<br>%{{x:.3g}} req/s: %{{y}} GPUs<extra></extra>"))
     if not fig.data:  # nothing feasible anywhere: an empty axis says so rather than a blank div
         fig.add_trace(go.Scatter(x=[], y=[], name="no fleet meets the target"))
@@ -136,7 +141,9 @@ def placement_figure(placement: list[dict[str, Any]], loads: np.ndarray) -> go.F
                              showlegend=False))
     fig.update_layout(barmode="stack")
     fig.update_xaxes(title="share of the fleet's expected load (tokens, %)")
-    fig.update_yaxes(autorange="reversed", type="category")
+    # GPUs in placement order (plotly would order categories by first appearance over the traces: the
+    # GPUs of variant 0 first, e.g. GPU 0, GPU 4, GPU 1, ...)
+    fig.update_yaxes(autorange="reversed", type="category", categoryorder="array", categoryarray=gpu_labels)
     return _layout(fig, "The chosen placement: variants on each GPU", height=max(260, 60 + 34 * len(placement)))
 
 
