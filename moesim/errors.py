@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -26,8 +27,26 @@ def unknown_name(kind: str, name: str, valid: Iterable[str]) -> UserError:
     return UserError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(valid))}")
 
 
+def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                    line: str | None = None) -> str:
+    """moesim's own warnings (a category defined in moesim, e.g. an unsorted trace) as one line; others as
+    Python prints them."""
+    if category.__module__.startswith("moesim"):
+        return f"moesim: warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+_python_format_warning = warnings.formatwarning
+
+
+def one_line_warnings() -> None:
+    """Show moesim's warnings as one ``moesim: warning: ...`` line from now on (command lines, sweep jobs)."""
+    warnings.formatwarning = _format_warning
+
+
 def exit_on_user_error(fn: F) -> F:
-    """Decorate a CLI entry point: a UserError prints one line to stderr and exits with status 2.
+    """Decorate a CLI entry point: a UserError prints one line to stderr and exits with status 2; moesim's
+    warnings print as one ``moesim: warning: ...`` line.
 
     A closed stdout (``python -m moesim.specs --csv | head``) ends the command quietly, as ``cat`` would
     (exit status 141 = 128 + SIGPIPE), instead of a BrokenPipeError traceback.
@@ -35,6 +54,8 @@ def exit_on_user_error(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        # a command line shows moesim's warnings as one line, not with the source line that raised them
+        one_line_warnings()
         try:
             return fn(*args, **kwargs)
         except UserError as exc:

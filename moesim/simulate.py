@@ -28,7 +28,7 @@ from moesim.config import (
     rewrite_file_overrides,
     simulate_help,
 )
-from moesim.errors import exit_on_user_error
+from moesim.errors import exit_on_user_error, one_line_warnings
 from moesim.outdir import check_writable
 from moesim.sweep import (
     LAUNCHER_PID_ENV,
@@ -42,6 +42,7 @@ from moesim.sweep import (
 
 @hydra.main(config_path=str(CONF_DIR), config_name=CONFIG_NAME, version_base=None)
 def _hydra_main(cfg: DictConfig) -> None:
+    one_line_warnings()  # also in a sweep's worker processes
     run_hydra_job(cfg)
 
 

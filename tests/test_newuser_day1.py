@@ -168,3 +168,15 @@ def test_search_report_keeps_gpu_order_and_coinciding_lines_visible() -> None:
     assert under.line.width > over.line.width  # ... and the one drawn first shows around the other
     assert under.marker.size > over.marker.size
     assert under.marker.symbol != over.marker.symbol
+
+
+def test_an_unsorted_trace_warns_in_one_line(tmp_path: Path) -> None:
+    # the warning came with Python's "file.py:63: UnsortedTraceWarning:" prefix and the source line below it
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens\n0,10,2\n2,10,2\n1,10,2\n")
+    p = _simulate(tmp_path, "u", "workload=trace", f"workload.path={trace}")
+    assert p.returncode == 0, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if "not sorted" in ln]
+    assert lines == [f"moesim: warning: trace file '{trace}': arrival times are not sorted (row 3 is earlier "
+                     "than row 2, 1 such rows); sorted them by time"]
+    assert "read_trace(" not in p.stderr
