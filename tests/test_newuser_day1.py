@@ -180,3 +180,31 @@ def test_an_unsorted_trace_warns_in_one_line(tmp_path: Path) -> None:
     assert lines == [f"moesim: warning: trace file '{trace}': arrival times are not sorted (row 3 is earlier "
                      "than row 2, 1 such rows); sorted them by time"]
     assert "read_trace(" not in p.stderr
+
+
+def test_memory_figure_is_tall_enough_for_its_legend_and_host_axis_starts_at_zero(tmp_path: Path) -> None:
+    # with few series the legend (6 entries) was cut behind a scroll bar; a sweep with nothing on the host
+    # drew the host panel's axis from -1 to 1 GB
+    import json as _json
+
+    from test_report_helpers import make_sweep
+
+    from moesim.report import figures as F
+    from moesim.report.data import SweepData
+    from moesim.report.options import ReportOptions
+    from moesim.sweep import collect
+
+    root = make_sweep(tmp_path / "s", failed=False, incomplete=False)
+    for inst in root.glob("*/instances.json"):  # nothing on the host
+        rows = _json.loads(inst.read_text())
+        for r in rows if isinstance(rows, list) else rows.get("instances", []):
+            r["host_expert_bytes"] = 0
+        inst.write_text(_json.dumps(rows))
+    data = SweepData(root, collect(root), ReportOptions())
+    fig = F.FIGURES["memory"](data)
+    n_legend = sum(1 for t in fig.data if t.showlegend is not False)
+    assert n_legend == 6
+    assert fig.layout.height >= 230 + 26 * n_legend
+    host = next(t for t in fig.data if t.meta and t.meta.get("key") == "host_expert_bytes")
+    assert max(host.x) == 0
+    assert tuple(fig.layout.xaxis2.range) == (0, 1)

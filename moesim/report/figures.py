@@ -249,7 +249,12 @@ def memory(data: SweepData) -> go.Figure:
     fig.update_layout(barmode="stack", bargap=0.3)
     fig.update_xaxes(title_text="GB (10⁹ bytes)")
     fig.update_yaxes(autorange="reversed", automargin=True)
-    fig = _layout(fig, "Memory by use", height=200 + 34 * max(1, len(names)),
+    host = [t for t in fig.data if (t.meta or {}).get("key") == "host_expert_bytes"]
+    if host and not any(x > 0 for x in host[0].x):  # nothing on the host: 0 … 1 GB, not plotly's −1 … 1
+        fig.update_xaxes(range=[0, 1], row=1, col=2)
+    # tall enough for the legend too (with two series it was cut, behind a scroll bar)
+    n_legend = sum(1 for t in fig.data if t.showlegend is not False)
+    fig = _layout(fig, "Memory by use", height=max(200 + 34 * max(1, len(names)), 230 + 26 * n_legend),
                   subtitle="what each policy keeps on its GPU(s) and in host memory")
     fig.update_layout(legend={"title": {"text": "memory use"}}, margin={"l": 20})
     return fig
