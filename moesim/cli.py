@@ -91,8 +91,11 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def _own_field_docs(cls: type) -> dict[str, str]:
-    doc = textwrap.dedent("\n".join((cls.__doc__ or "").splitlines()[1:]))
+    raw = (cls.__doc__ or "").splitlines()
+    doc = textwrap.dedent("\n".join(raw[1:]))
     lines = doc.splitlines()
+    if raw and raw[0].strip() == "Attributes:":  # a docstring that opens with the section (fleet configs)
+        lines = ["Attributes:", *lines]
     try:
         start = next(i for i, ln in enumerate(lines) if ln.strip() == "Attributes:")
     except StopIteration:

@@ -770,7 +770,8 @@ def simulate_help(argv: list[str]) -> str:
     chosen = _default_options()
     for a in argv:
         k, sep, v = a.partition("=")
-        if sep and k in ("model", "gpu", "policy", "workload", "cost") and "," not in v:
+        if sep and k in ("model", "gpu", "policy", "workload", "cost", "fleet", "placement", "router") \
+                and "," not in v:
             chosen[k] = v
     composed = _composed_for_help(argv)
     regs = registries()
@@ -785,9 +786,9 @@ def simulate_help(argv: list[str]) -> str:
     for g, names in options.items():
         out.append(f"  {g}={chosen.get(g, '?')}  (one of: {', '.join(names)})")
     out += ["", "keys:"]
-    out += key_lines(SimulateConfig, skip=("model", "gpu", "policy", "workload", "cost", "sweep", "report"),
-                     values=composed)
-    for g in ("policy", "workload", "cost"):
+    out += key_lines(SimulateConfig, skip=("model", "gpu", "policy", "workload", "cost", "sweep", "report",
+                                           "fleet", "placement", "router"), values=composed)
+    for g in ("policy", "workload", "cost", "fleet", "placement", "router"):
         name = chosen.get(g, "")
         if name == "best":
             out += ["", f"keys of cost=best: none (it picks {' > '.join(BEST_COST_ORDER)}; choose cost=profile "

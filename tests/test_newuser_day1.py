@@ -208,3 +208,19 @@ def test_memory_figure_is_tall_enough_for_its_legend_and_host_axis_starts_at_zer
     host = next(t for t in fig.data if t.meta and t.meta.get("key") == "host_expert_bytes")
     assert max(host.x) == 0
     assert tuple(fig.layout.xaxis2.range) == (0, 1)
+
+
+def test_simulate_help_lists_fleet_placement_and_router_keys_with_their_meaning() -> None:
+    # they were one line each, "fleet={'name': 'uniform', 'gpus': 1, ...}  (Any)", with no meaning; and a
+    # docstring opening with "Attributes:" (the fleet configs) gave no descriptions
+    from moesim.cli import field_docs
+    from moesim.config import simulate_help
+    from moesim.fleet.options import UniformFleetConfig
+
+    assert field_docs(UniformFleetConfig)["gpus"] == "number of GPUs (≥ 1)."
+    text = simulate_help(["placement=greedy_slo", "router=affinity"])
+    assert "fleet={'name'" not in text
+    assert "keys of fleet=uniform (another option: fleet=<name> --help):\n  fleet.gpus=1  (int)\n" \
+           "      number of GPUs (≥ 1)." in text
+    assert "  placement.max_replicas=0  (int)\n      most copies of one variant (0: no limit)." in text
+    assert "keys of router=affinity" in text
