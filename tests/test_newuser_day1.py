@@ -224,3 +224,18 @@ def test_simulate_help_lists_fleet_placement_and_router_keys_with_their_meaning(
            "      number of GPUs (≥ 1)." in text
     assert "  placement.max_replicas=0  (int)\n      most copies of one variant (0: no limit)." in text
     assert "keys of router=affinity" in text
+
+
+def test_fleet_sweep_report_says_which_fleet_placement_and_router_ran(tmp_path: Path) -> None:
+    # the configuration table of a fleet sweep named no placement strategy nor router
+    d = tmp_path / "fsw"
+    p = subprocess.run([sys.executable, "-m", "moesim.simulate", "-m", f"hydra.sweep.dir={d}", "fleet.gpus=1,2",
+                        "placement=pack", "router=affinity", "policy=multiplex", "workload.tenants=4",
+                        "workload.rate=0.2", "workload.duration_s=30", "seed=0", "hydra.launcher.n_jobs=1"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    html = (d / "report.html").read_text()
+    assert "<td>placement</td><td>pack (utilization=0.7, similarity=none)</td>" in html
+    assert "<td>router</td><td>affinity (seed=0, max_extra_tokens=4096)</td>" in html
+    assert "<td>fleet</td><td>uniform (gpus=1, gpu=the job&#x27;s gpu" in html
+    assert "uniform (gpus=2, gpu=the job&#x27;s gpu" in html

@@ -71,7 +71,7 @@ def _job_params(root: Path, job: str) -> dict[str, Any]:
 
 
 # what an empty policy parameter means (the value resolved at run time is shown when the job recorded it)
-EMPTY_MEANS = {"plan": "none (the budget rule)", "layout": "one instance per tenant",
+EMPTY_MEANS = {"plan": "none (the budget rule)", "layout": "one instance per tenant", "gpu": "the job's gpu",
                "tokens_from": "none (fixed counts)"}
 
 
@@ -119,6 +119,23 @@ def _cost_provenance(ok: pd.DataFrame) -> dict[str, str]:
     return out
 
 
+def _fleet_rows(data: SweepData) -> list[tuple[str, str]]:
+    """Rows for the fleet, placement and router of the jobs (from each series' summary.json ``params``):
+    a fleet sweep did not say which placement or router it ran."""
+    gpus = pd.to_numeric(data.ok.get("gpus", pd.Series(dtype=float)), errors="coerce")
+    if not (gpus > 1).any():  # single-GPU jobs: the fleet, placement and router are the trivial ones
+        return []
+    seen: dict[str, dict[str, None]] = {"fleet": {}, "placement": {}, "router": {}}
+    for ser in data.series:
+        job = data.representative_job(ser, None)
+        params = _job_params(data.root, str(job)) if job is not None else {}
+        for g, texts in seen.items():
+            p = params.get(g)
+            if isinstance(p, dict) and p:
+                texts[f"{p.get('name', '?')} ({_params_text(p)})"] = None
+    return [(g, "; ".join(_esc(t) for t in texts)) for g, texts in seen.items() if texts]
+
+
 def _config_section(data: SweepData) -> str:
     ok, s = data.ok, data.summary
     counts = s["status"].value_counts()
@@ -148,6 +165,7 @@ def _config_section(data: SweepData) -> str:
                                          if params else "")),
         ("tenants", vals("tenants")),
         ("cost model", cost + (f" ({_esc(_params_text(params.get('cost', {})))})" if params else "")),
+        *_fleet_rows(data),
         ("arrival rates per tenant (req/s)", ", ".join(f"{r:g}" for r in data.rates) or "—"),
         ("seeds", ", ".join(map(str, data.seeds)) or "—"),
         ("SLO", f"TTFT ≤ {fmt(ok['slo_ttft_s'].iloc[0])} s and time per output token ≤ "
