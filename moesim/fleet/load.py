@@ -20,6 +20,7 @@ import numpy as np
 from moesim.cost.base import SeqWork
 from moesim.errors import UserError
 from moesim.fleet.spec import FleetGPU
+from moesim.slo import SLO_TTFT_S
 from moesim.specs import ModelSpec
 from moesim.workloads.request import Request
 
@@ -77,7 +78,7 @@ class PlacementProblem:
     policy_cfg: Any
     cost_name: str
     cost_cfg: Any
-    slo_ttft_s: float = 2.0
+    slo_ttft_s: float = SLO_TTFT_S
     _cap: dict[tuple[str, int], float] = field(default_factory=dict, repr=False)
     _costs: dict[str, Any] = field(default_factory=dict, repr=False)
 
