@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from moesim.cli import parse_key_values
 from moesim.errors import UserError
 from moesim.specs import GPU_SPECS, MODEL_SPECS
+from moesim.workloads.capped import capped_requests
 from moesim.workloads.request import Request
 
 WORKLOADS = ("azure_conv", "poisson")
@@ -128,16 +128,5 @@ def parse_args(argv: list[str]) -> ServeConfig:
 
 
 def make_requests(cfg: ServeConfig) -> list[Request]:
-    """The trace: ``max_requests`` requests, uniform over tenants, token counts capped (as the executor's)."""
-    from moesim.workloads import WORKLOADS as REG
-
-    if cfg.workload == "azure_conv":
-        w = REG.build("azure_conv", {"tenants": cfg.tenants, "assignment": "uniform", "rate": cfg.rate,
-                                     "max_requests": cfg.max_requests})
-    else:
-        duration_s = 2.0 * cfg.max_requests / (cfg.rate * cfg.tenants) + 1.0
-        w = REG.build("poisson", {"tenants": cfg.tenants, "rate": cfg.rate, "duration_s": duration_s,
-                                  "tokens_from": "azure_conv"})
-    reqs = w.generate(cfg.seed)[: cfg.max_requests]
-    return [dataclasses.replace(r, prompt_tokens=min(r.prompt_tokens, cfg.max_prompt),
-                                output_tokens=min(r.output_tokens, cfg.max_output)) for r in reqs]
+    """The trace: ``max_requests`` requests, uniform over tenants, token counts capped (the executor's)."""
+    return capped_requests(cfg)
