@@ -18,10 +18,9 @@ from typing import Any
 
 import pandas as pd
 
-from moesim.cost import COST_MODELS
+from moesim.cost import COST_MODELS, build_or_auto
 from moesim.cost.base import CostModel, ExpertGroup, Residency, SeqWork
 from moesim.engine import simulate
-from moesim.errors import UserError
 from moesim.executor.compare import check_tables, per_request_errors, same_requests, summary
 from moesim.executor.config import ExecutorConfig
 from moesim.executor.drive import drive
@@ -33,16 +32,8 @@ from moesim.workloads.capped import capped_requests
 
 def build_sim_cost(cfg: ExecutorConfig, model: ModelSpec, gpu: Any, execution: str) -> tuple[CostModel, str]:
     """The simulated run's cost model and a description of it."""
-    kind = cfg.sim_cost
-    if kind in ("auto", "profile"):
-        try:
-            c = COST_MODELS.build("profile", {"execution": execution}, model=model, gpu=gpu)
-            return c, f"profile {getattr(c, 'path', '')} (execution={execution})"
-        except UserError:
-            if kind == "profile":
-                raise
-        kind = "roofline"
-    return COST_MODELS.build(kind, None, model=model, gpu=gpu), kind
+    c, kind = build_or_auto(cfg.sim_cost, model, gpu, execution)
+    return c, (f"profile {getattr(c, 'path', '')} (execution={execution})" if kind == "profile" else kind)
 
 
 def _warm_up(cost: Any, model: ModelSpec, tenants: int) -> None:
