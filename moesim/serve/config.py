@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from moesim.cli import parse_key_values
 from moesim.errors import UserError
+from moesim.formats.profile import EXECUTION_CHOICES
 from moesim.specs import GPU_SPECS, MODEL_SPECS
 from moesim.workloads.capped import capped_requests
 from moesim.workloads.request import Request
@@ -88,7 +89,7 @@ class ServeConfig:
         for name, value, valid in (("workload", self.workload, WORKLOADS), ("sim_cost", self.sim_cost, SIM_COSTS),
                                    ("clock", self.clock, CLOCKS), ("backend", self.backend, BACKENDS),
                                    ("device", self.device, ("cuda", "cpu")),
-                                   ("execution", self.execution, ("auto", "graphs", "eager"))):
+                                   ("execution", self.execution, EXECUTION_CHOICES)):
             if value not in valid:
                 raise UserError(f"{name}={value!r}: valid: {', '.join(valid)}")
         for name in ("tenants", "max_requests", "max_prompt", "max_output", "kv_bucket"):
@@ -122,7 +123,7 @@ def parse_args(argv: list[str]) -> ServeConfig:
         argv, ServeConfig, prog="python -m moesim.serve", summary=SUMMARY,
         choices={"model": sorted(MODEL_SPECS), "gpu": sorted(GPU_SPECS), "policy": SERVED_POLICIES,
                  "workload": WORKLOADS, "sim_cost": SIM_COSTS, "clock": CLOCKS, "backend": BACKENDS,
-                 "device": ("cuda", "cpu"), "execution": ("auto", "graphs", "eager")},
+                 "device": ("cuda", "cpu"), "execution": EXECUTION_CHOICES},
         examples=("python -m moesim.serve device=cpu model=tiny policy=multiplex rate=4 max_requests=16 out=/tmp/s",
                   "python -m moesim.serve backend=cost clock=virtual model=tiny out=/tmp/s   # = the simulator"))
 
