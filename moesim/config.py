@@ -505,8 +505,6 @@ def _compose_error_line(exc: BaseException, overrides: list[str], compose: Any) 
         if group == "hydra/sweeper" and option == "moesim":
             return ("hydra/sweeper=moesim not found: it is the plugin in hydra_plugins/moesim_sweeper; "
                     "reinstall with pip install -e .")
-        if group == "hydra/launcher" and option == "ray":
-            return "hydra/launcher=ray_cluster needs hydra's Ray launcher: pip install -e \".[ray]\""
         return f"unknown {group or 'config'} {option!r}; there are no {group or 'such'} configs"
     msg = _first_line(str(exc))
     cause = exc.__cause__
