@@ -240,7 +240,7 @@ def parse_key_values(argv: Sequence[str], config_cls: type[C], *, prog: str | No
     ``-h``/``--help`` prints :func:`help_text` and exits 0. An unknown key, a value of the wrong type or a
     value outside ``choices`` is one ``UserError`` line naming the key, the value and what would be valid.
     """
-    if any(a in HELP_FLAGS for a in argv):
+    if help_requested(argv):
         print_help(help_text(config_cls, prog=prog or config_cls.__name__, summary=summary,
                              positional=positional, choices=choices, examples=examples))
     hints = _hints(config_cls)

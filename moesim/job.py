@@ -29,9 +29,6 @@ INSTANCES = "instances.json"
 PLACEMENT = "placement.yaml"
 
 
-PROVENANCES = ("measured", "derived", "roofline", "constant")
-
-
 def provenance_kind(cost: Any) -> str:
     """``measured`` (a profile calibrated on this GPU × model), ``derived`` (a profile derived from another
     GPU's), ``roofline`` or ``constant`` (analytic models); another cost model's registry name otherwise."""

@@ -19,7 +19,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from moesim.cli import print_help
+from moesim.cli import help_requested, print_help
 from moesim.config import (
     CONF_DIR,
     CONFIG_NAME,
@@ -59,7 +59,7 @@ def main() -> None:
     """Validate every job of the command line (one-line errors), then hand over to hydra."""
     register_configs()
     sys.argv[1:] = rewrite_file_overrides(sys.argv[1:])
-    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+    if help_requested():
         print_help(simulate_help(sys.argv[1:]))
     plan = plan_command_line(sys.argv[1:])
     if plan is not None:

@@ -197,20 +197,21 @@ class RooflineCost(CostModel):
     def decode_run(self, decode_tenants: tuple[int, ...], context0: tuple[int, ...], n_steps: int,
                    residency: Residency) -> DecodeRun:
         """Closed form: the attention core is linear in the keys read, which grow by B per step."""
+        memo = self._decode_memo
         key = (id(residency), decode_tenants)
-        per_step = self._decode_memo.get(key)
-        if per_step is None and len(decode_tenants) > 1:  # the same batch in another order
-            per_step = self._decode_memo.get((id(residency), tuple(sorted(decode_tenants))))
-            if per_step is not None:
-                self._decode_memo[key] = per_step
+        per_step = memo.get(key)
         if per_step is None:
-            key2 = (id(residency), tuple(sorted(decode_tenants)))
-            tokens = dict(Counter(decode_tenants))
-            parts = self._fixed(tokens, tokens, residency)
-            F, Bw = self._rates(residency)
-            # seconds per key read, summed over layers: max of the flop time and the KV-byte time
-            a = max(4.0 * self._q_dim * self._L / F, self.model.kv_bytes_per_token / Bw)
-            per_step = self._decode_memo[key] = self._decode_memo[key2] = (parts, sum(parts[:6]), a)
+            # the same batch in another order shares the entry under its sorted key
+            key2 = (id(residency), tuple(sorted(decode_tenants))) if len(decode_tenants) > 1 else key
+            per_step = memo.get(key2)
+            if per_step is None:
+                tokens = dict(Counter(decode_tenants))
+                parts = self._fixed(tokens, tokens, residency)
+                F, Bw = self._rates(residency)
+                # seconds per key read, summed over layers: max of the flop time and the KV-byte time
+                a = max(4.0 * self._q_dim * self._L / F, self.model.kv_bytes_per_token / Bw)
+                per_step = memo[key2] = (parts, sum(parts[:6]), a)
+            memo[key] = per_step
         (proj, router, lm, over, experts, fetch_s, fetches), fixed, a = per_step
         B = len(decode_tenants)
         S0 = float(sum(context0))

@@ -14,6 +14,7 @@ import simpy
 
 from moesim.cost.base import CostModel, Residency, SeqWork
 from moesim.policies.base import InstancePlan, Policy
+from moesim.resident_sets import make_resident, touch
 from moesim.workloads.request import Request
 
 if TYPE_CHECKING:
@@ -141,15 +142,8 @@ class Instance:
     def _load(self, tenants: tuple[int, ...], prefill_s: float) -> simpy.Timeout | None:
         """Make ``tenants`` resident, evicting least-recently-used idle sets; returns the swap wait."""
         plan, now = self.plan, self.env.now
-        keep = self.running_tenants() | set(tenants)
         total = 0.0
-        for t in tenants:
-            if t in self.resident:
-                continue
-            while len(self.resident) >= plan.nonexpert_slots:
-                victim = next(v for v in self.resident if v not in keep)
-                self.resident.remove(victim)
-            self.resident.append(t)
+        for _ in make_resident(self.resident, tenants, plan.nonexpert_slots, self.running_tenants() | set(tenants)):
             total += self._swap_s
         if total <= 0.0:
             return None
@@ -213,7 +207,7 @@ class Instance:
                         joining.append(r)
                 if joining:
                     self._join(joining)
-                self._touch(sel.admit)
+                touch(self.resident, sel.admit)
                 continue
             if not self.running:
                 # queue is non-empty but nothing can start (e.g. KV full is impossible when idle):
@@ -295,13 +289,6 @@ class Instance:
         self.rec.finished += 1
         self.kv_free_bytes += (r.prompt_tokens + r.output_tokens) * self.kv_bytes_per_token
         self.board.done(self.gpu, r)
-
-    def _touch(self, reqs: tuple[Request, ...]) -> None:
-        """Move the tenants just used to the most-recently-used end."""
-        for t in dict.fromkeys(r.tenant for r in reqs):
-            if t in self.resident and self.resident[-1] != t:
-                self.resident.remove(t)
-                self.resident.append(t)
 
 
 def _tenants(reqs: tuple[Request, ...]) -> str:

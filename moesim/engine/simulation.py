@@ -16,6 +16,7 @@ from moesim.engine.admission import refusal
 from moesim.engine.instance import Instance
 from moesim.errors import UserError
 from moesim.policies.base import InstancePlan, Policy
+from moesim.policies.view import FleetView
 from moesim.specs import GPUSpec, ModelSpec
 from moesim.workloads.request import Request
 
@@ -192,18 +193,6 @@ class GPUSetup:
     node: int = 0
     name: str = "gpu0"
     index: int = -1
-
-
-class FleetView(Protocol):
-    """What a router reads of the fleet at an arrival (read-only)."""
-
-    now: float
-    outstanding_tokens: list[int]
-    outstanding_requests: list[int]
-
-    def active_tenants(self, gpu: int) -> set[int]:
-        """Global tenants whose non-expert sets are resident on ``gpu`` now."""
-        ...
 
 
 class Router(Protocol):

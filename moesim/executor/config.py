@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from moesim.cli import parse_key_values
 from moesim.errors import UserError
+from moesim.formats.profile import EXECUTION_CHOICES
 from moesim.specs import GPU_SPECS, MODEL_SPECS
 
 WORKLOADS = ("azure_conv", "poisson")
@@ -66,8 +67,8 @@ class ExecutorConfig:
             raise UserError(f"sim_cost={self.sim_cost!r}: valid: {', '.join(SIM_COSTS)}")
         if self.device not in ("cuda", "cpu"):
             raise UserError(f"device={self.device!r}: valid: cuda, cpu")
-        if self.execution not in ("auto", "graphs", "eager"):
-            raise UserError(f"execution={self.execution!r}: valid: auto, graphs, eager")
+        if self.execution not in EXECUTION_CHOICES:
+            raise UserError(f"execution={self.execution!r}: valid: {', '.join(EXECUTION_CHOICES)}")
         for name in ("tenants", "max_requests", "max_prompt", "max_output", "kv_bucket"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name}={getattr(self, name)}: must be ≥ 1")
@@ -103,6 +104,6 @@ def parse_args(argv: list[str]) -> ExecutorConfig:
     """``["device=cpu", "model=tiny"]`` → config; an unknown key or a bad value is one clear line."""
     return parse_key_values(argv, ExecutorConfig, prog="python -m moesim.executor", summary=SUMMARY,
                             choices={"model": sorted(MODEL_SPECS), "gpu": sorted(GPU_SPECS), "workload": WORKLOADS,
-                                     "device": ("cuda", "cpu"), "execution": ("auto", "graphs", "eager"),
+                                     "device": ("cuda", "cpu"), "execution": EXECUTION_CHOICES,
                                      "sim_cost": SIM_COSTS},
                             examples=("python -m moesim.executor device=cpu model=tiny max_requests=12 out=/tmp/val",))

@@ -37,9 +37,8 @@ from moesim.cost import COST_MODELS
 from moesim.cost.base import CostModel, DecodeRun, Residency, SeqWork, StepCost
 from moesim.errors import UserError
 from moesim.executor.layout import apply_residency, layout_key
+from moesim.formats.profile import EXECUTION_CHOICES
 from moesim.specs import GPUSpec, ModelSpec
-
-EXECUTIONS = ("auto", "graphs", "eager")
 
 
 class BudgetExceededError(RuntimeError):
@@ -77,8 +76,8 @@ class ExecutedCostConfig:
     def __post_init__(self) -> None:
         if self.device not in ("cuda", "cpu"):
             raise UserError(f"device={self.device!r}: valid: cuda, cpu")
-        if self.execution not in EXECUTIONS:
-            raise UserError(f"execution={self.execution!r}: valid: {', '.join(EXECUTIONS)}")
+        if self.execution not in EXECUTION_CHOICES:
+            raise UserError(f"execution={self.execution!r}: valid: {', '.join(EXECUTION_CHOICES)}")
         if self.moe_engine not in ("auto", "grouped", "loop"):
             raise UserError(f"moe_engine={self.moe_engine!r}: valid: auto, grouped, loop")
         if self.tenants < 1 or self.kv_bucket < 1 or self.max_graphs < 1:

@@ -18,46 +18,22 @@ from typing import Any
 
 import pandas as pd
 
-from moesim.cost import COST_MODELS
+from moesim.cost import COST_MODELS, build_or_auto
 from moesim.cost.base import CostModel, ExpertGroup, Residency, SeqWork
 from moesim.engine import simulate
-from moesim.errors import UserError
 from moesim.executor.compare import check_tables, per_request_errors, same_requests, summary
 from moesim.executor.config import ExecutorConfig
 from moesim.executor.drive import drive
 from moesim.io import write_json, write_parquet
 from moesim.policies import POLICIES
 from moesim.specs import ModelSpec, get_gpu, get_model
-from moesim.workloads import WORKLOADS
-from moesim.workloads.request import Request
-
-
-def make_requests(cfg: ExecutorConfig) -> list[Request]:
-    """The trace: ``max_requests`` requests, uniform over tenants, token counts capped."""
-    if cfg.workload == "azure_conv":
-        w = WORKLOADS.build("azure_conv", {"tenants": cfg.tenants, "assignment": "uniform", "rate": cfg.rate,
-                                           "max_requests": cfg.max_requests})
-    else:
-        duration_s = 2.0 * cfg.max_requests / (cfg.rate * cfg.tenants) + 1.0
-        w = WORKLOADS.build("poisson", {"tenants": cfg.tenants, "rate": cfg.rate, "duration_s": duration_s,
-                                        "tokens_from": "azure_conv"})
-    reqs = w.generate(cfg.seed)[: cfg.max_requests]
-    return [dataclasses.replace(r, prompt_tokens=min(r.prompt_tokens, cfg.max_prompt),
-                                output_tokens=min(r.output_tokens, cfg.max_output)) for r in reqs]
+from moesim.workloads.capped import capped_requests
 
 
 def build_sim_cost(cfg: ExecutorConfig, model: ModelSpec, gpu: Any, execution: str) -> tuple[CostModel, str]:
     """The simulated run's cost model and a description of it."""
-    kind = cfg.sim_cost
-    if kind in ("auto", "profile"):
-        try:
-            c = COST_MODELS.build("profile", {"execution": execution}, model=model, gpu=gpu)
-            return c, f"profile {getattr(c, 'path', '')} (execution={execution})"
-        except UserError:
-            if kind == "profile":
-                raise
-        kind = "roofline"
-    return COST_MODELS.build(kind, None, model=model, gpu=gpu), kind
+    c, kind = build_or_auto(cfg.sim_cost, model, gpu, execution)
+    return c, (f"profile {getattr(c, 'path', '')} (execution={execution})" if kind == "profile" else kind)
 
 
 def _warm_up(cost: Any, model: ModelSpec, tenants: int) -> None:
@@ -90,7 +66,7 @@ def _run(cfg: ExecutorConfig, argv: list[str] | None, log) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     model, gpu = get_model(cfg.model), get_gpu(cfg.gpu)
-    requests = make_requests(cfg)
+    requests = capped_requests(cfg)
     command = "python -m moesim.executor " + " ".join(argv if argv is not None else sys.argv[1:])
     ecfg = ExecutedCostConfig(device=cfg.device, tenants=cfg.tenants, execution=cfg.execution,
                               kv_bucket=cfg.kv_bucket, seed=cfg.seed)

@@ -29,7 +29,7 @@ A fleet of one GPU with ``placement=everywhere`` (the defaults) is today's singl
 engine (``moesim.engine.simulate`` is ``simulate_fleet`` with one GPU).
 """
 
-from moesim.engine.simulation import FleetView, GPUSetup, SimResult, simulate_fleet
+from moesim.engine.simulation import GPUSetup, SimResult, simulate_fleet
 from moesim.fleet.load import PlacementProblem, TenantLoad
 from moesim.fleet.options import FLEETS
 from moesim.fleet.placement import GPUPlacement, Placement, load_placement, save_placement
@@ -37,6 +37,7 @@ from moesim.fleet.routers import ROUTERS, Router
 from moesim.fleet.run import plan_placement, run_fleet
 from moesim.fleet.spec import FleetGPU, FleetSpec, GPUGroup, load_fleet
 from moesim.fleet.strategies import PLACEMENTS
+from moesim.policies.view import FleetView
 
 __all__ = [
     "FLEETS", "PLACEMENTS", "ROUTERS", "FleetGPU", "FleetSpec", "FleetView", "GPUGroup", "GPUPlacement",

@@ -20,6 +20,7 @@ import numpy as np
 from moesim.cost.base import SeqWork
 from moesim.errors import UserError
 from moesim.fleet.spec import FleetGPU
+from moesim.slo import SLO_TTFT_S
 from moesim.specs import ModelSpec
 from moesim.workloads.request import Request
 
@@ -77,7 +78,7 @@ class PlacementProblem:
     policy_cfg: Any
     cost_name: str
     cost_cfg: Any
-    slo_ttft_s: float = 2.0
+    slo_ttft_s: float = SLO_TTFT_S
     _cap: dict[tuple[str, int], float] = field(default_factory=dict, repr=False)
     _costs: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -145,21 +146,3 @@ def attainment(rate: float, capacity: float, slack_s: float) -> float:
         return 0.0
     rho = rate / capacity
     return 1.0 - rho * math.exp(-capacity * (1.0 - rho) * max(0.0, slack_s))
-
-
-def fleet_attainment(problem: PlacementProblem, assign: dict[int, list[int]]) -> float:
-    """Estimated fleet attainment of ``assign`` (GPU → tenants), each tenant's load split evenly over its
-    replicas; rate-weighted over GPUs, tenants on no GPU count as missed."""
-    reps: dict[int, int] = {}
-    for ts in assign.values():
-        for t in ts:
-            reps[t] = reps.get(t, 0) + 1
-    rates = problem.load.rates
-    total = sum(rates) or 1.0
-    got = 0.0
-    for g, ts in assign.items():
-        if not ts:
-            continue
-        lam = sum(rates[t] / reps[t] for t in ts)
-        got += lam * attainment(lam, problem.capacity(problem.gpus[g], len(ts)), problem.slo_ttft_s)
-    return got / total

@@ -10,12 +10,13 @@ from moesim.engine.simulation import GPUSetup, Router, SimResult, simulate_fleet
 from moesim.fleet.load import PlacementProblem, TenantLoad
 from moesim.fleet.placement import Placement
 from moesim.fleet.spec import FleetSpec
+from moesim.slo import SLO_TTFT_S
 from moesim.specs import ModelSpec
 from moesim.workloads.request import Request
 
 
 def plan_placement(strategy: str, strategy_cfg: Any, model: ModelSpec, fleet: FleetSpec, load: TenantLoad, *,
-                   policy: str, policy_cfg: Any, cost: str, cost_cfg: Any, slo_ttft_s: float = 2.0) -> Placement:
+                   policy: str, policy_cfg: Any, cost: str, cost_cfg: Any, slo_ttft_s: float = SLO_TTFT_S) -> Placement:
     """The placement strategy ``strategy`` (a PLACEMENTS name) chooses for ``load`` on ``fleet``."""
     from moesim.fleet.strategies import PLACEMENTS
 

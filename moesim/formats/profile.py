@@ -91,6 +91,8 @@ class Row:
 
 #: How a profile's device ops were timed: CUDA-graph replays (an efficient engine) or eager PyTorch.
 EXECUTIONS = ("graphs", "eager")
+#: What a user may ask for: one of ``EXECUTIONS``, or ``auto`` (graphs on CUDA, eager on CPU).
+EXECUTION_CHOICES = ("auto", *EXECUTIONS)
 
 
 def profile_stem(gpu: str, model: str, execution: str = "graphs") -> str:

@@ -1,7 +1,8 @@
-"""What a policy sees of an instance: a read-only interface the engine implements.
+"""What a policy sees of an instance, and a router of a fleet: read-only interfaces the engine implements.
 
-``moesim.engine.instance.Instance`` (the SimPy instance) implements it, and so can a real-time runtime; a
-policy imports this module, never the engine.
+``moesim.engine.instance.Instance`` (the SimPy instance) implements ``InstanceView``, and so can a real-time
+runtime; the engine's fleet board implements ``FleetView``. Policies and routers import this module, never the
+engine.
 """
 
 from __future__ import annotations
@@ -45,4 +46,22 @@ class InstanceView(Protocol):
 
     def running_tenants(self) -> set[int]:
         """Tenants with a sequence in the running batch."""
+        ...
+
+
+class FleetView(Protocol):
+    """What a router reads of the fleet at an arrival (read-only).
+
+    Attributes:
+        now: the clock (seconds).
+        outstanding_tokens: per GPU, prompt + output tokens of the requests routed there and not finished.
+        outstanding_requests: per GPU, requests routed there and not finished.
+    """
+
+    now: float
+    outstanding_tokens: list[int]
+    outstanding_requests: list[int]
+
+    def active_tenants(self, gpu: int) -> set[int]:
+        """Global tenants whose non-expert sets are resident on ``gpu`` now."""
         ...

@@ -237,7 +237,7 @@ class TorchBackend:
 
     def reserve_kv(self, rows: int) -> None:
         """Allocate the KV cache for ``rows`` tokens up front (plus a bucketed step's pad rows)."""
-        self.x.reserve_kv(rows + (self.dg.sizes[-1] if self.dg is not None else 0))
+        self.x.reserve_kv(self.dg.rows_needed(rows) if self.dg is not None else rows)
 
     def prepare(self, max_batch: int, max_context: int) -> int:
         """Before a timed run: capture every decode bucket up to ``max_batch`` sequences and ``max_context``
@@ -387,7 +387,7 @@ class TorchBackend:
         if dg is not None and not dg.broken and f is None and not streamed and all(
                 w.new_tokens == 1 for w in batch):
             t0 = time.perf_counter()
-            x._ensure_cache(sum(w.context + 1 for w in batch) + dg.sizes[-1])
+            x._ensure_cache(dg.rows_needed(sum(w.context + 1 for w in batch)))
             graphs = x.execution == "graphs"
             dg.capture = self.capture and graphs
             before = dict(dg.stats)

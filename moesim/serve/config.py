@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from moesim.cli import parse_key_values
 from moesim.errors import UserError
+from moesim.formats.profile import EXECUTION_CHOICES
 from moesim.specs import GPU_SPECS, MODEL_SPECS
+from moesim.workloads.capped import capped_requests
 from moesim.workloads.request import Request
 
 WORKLOADS = ("azure_conv", "poisson")
@@ -88,7 +89,7 @@ class ServeConfig:
         for name, value, valid in (("workload", self.workload, WORKLOADS), ("sim_cost", self.sim_cost, SIM_COSTS),
                                    ("clock", self.clock, CLOCKS), ("backend", self.backend, BACKENDS),
                                    ("device", self.device, ("cuda", "cpu")),
-                                   ("execution", self.execution, ("auto", "graphs", "eager"))):
+                                   ("execution", self.execution, EXECUTION_CHOICES)):
             if value not in valid:
                 raise UserError(f"{name}={value!r}: valid: {', '.join(valid)}")
         for name in ("tenants", "max_requests", "max_prompt", "max_output", "kv_bucket"):
@@ -122,22 +123,11 @@ def parse_args(argv: list[str]) -> ServeConfig:
         argv, ServeConfig, prog="python -m moesim.serve", summary=SUMMARY,
         choices={"model": sorted(MODEL_SPECS), "gpu": sorted(GPU_SPECS), "policy": SERVED_POLICIES,
                  "workload": WORKLOADS, "sim_cost": SIM_COSTS, "clock": CLOCKS, "backend": BACKENDS,
-                 "device": ("cuda", "cpu"), "execution": ("auto", "graphs", "eager")},
+                 "device": ("cuda", "cpu"), "execution": EXECUTION_CHOICES},
         examples=("python -m moesim.serve device=cpu model=tiny policy=multiplex rate=4 max_requests=16 out=/tmp/s",
                   "python -m moesim.serve backend=cost clock=virtual model=tiny out=/tmp/s   # = the simulator"))
 
 
 def make_requests(cfg: ServeConfig) -> list[Request]:
-    """The trace: ``max_requests`` requests, uniform over tenants, token counts capped (as the executor's)."""
-    from moesim.workloads import WORKLOADS as REG
-
-    if cfg.workload == "azure_conv":
-        w = REG.build("azure_conv", {"tenants": cfg.tenants, "assignment": "uniform", "rate": cfg.rate,
-                                     "max_requests": cfg.max_requests})
-    else:
-        duration_s = 2.0 * cfg.max_requests / (cfg.rate * cfg.tenants) + 1.0
-        w = REG.build("poisson", {"tenants": cfg.tenants, "rate": cfg.rate, "duration_s": duration_s,
-                                  "tokens_from": "azure_conv"})
-    reqs = w.generate(cfg.seed)[: cfg.max_requests]
-    return [dataclasses.replace(r, prompt_tokens=min(r.prompt_tokens, cfg.max_prompt),
-                                output_tokens=min(r.output_tokens, cfg.max_output)) for r in reqs]
+    """The trace: ``max_requests`` requests, uniform over tenants, token counts capped (the executor's)."""
+    return capped_requests(cfg)

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from moesim.errors import UserError
 from moesim.io import write_json, write_parquet
 from moesim.policies import POLICIES
 from moesim.serve.config import ServeConfig, make_requests
@@ -25,18 +24,11 @@ from moesim.specs import get_gpu, get_model
 
 def build_cost(cfg: ServeConfig, model: Any, gpu: Any, execution: str = "graphs") -> tuple[Any, str]:
     """The cost model named by ``sim_cost`` and a description of it."""
-    from moesim.cost import COST_MODELS
+    from moesim.cost import build_or_auto
 
-    kind = cfg.sim_cost
-    if kind in ("auto", "profile"):
-        try:
-            c = COST_MODELS.build("profile", {"execution": execution}, model=model, gpu=gpu)
-            return c, f"profile {_rel(getattr(c, 'path', ''))} (execution={execution})"
-        except UserError:
-            if kind == "profile":
-                raise
-        kind = "roofline"
-    c = COST_MODELS.build(kind, None, model=model, gpu=gpu)
+    c, kind = build_or_auto(cfg.sim_cost, model, gpu, execution)
+    if kind == "profile":
+        return c, f"profile {_rel(getattr(c, 'path', ''))} (execution={execution})"
     return c, (f"{kind} {_rel(c.path)}" if getattr(c, "path", None) else kind)
 
 

@@ -32,6 +32,7 @@ import pandas as pd
 from moesim.cost.base import CostModel, DecodeRun, Residency, SeqWork, StepCost
 from moesim.errors import UserError
 from moesim.policies.base import InstancePlan, Policy
+from moesim.resident_sets import make_resident, touch
 from moesim.specs import GPUSpec, ModelSpec
 from moesim.workloads.request import Request
 
@@ -300,7 +301,7 @@ class ServeInstance:
                         joining.append(r)
                 if joining:
                     self._join(joining)
-                self._touch(sel.admit)
+                touch(self.resident, sel.admit)
                 self._last_end = clock.now()
                 continue
             if not self.running:
@@ -366,28 +367,13 @@ class ServeInstance:
 
     def _load(self, tenants: tuple[int, ...]) -> tuple[int, ...]:
         """Make ``tenants`` resident (evicting least-recently-used idle sets); the ones to copy."""
-        keep = self.running_tenants() | set(tenants)
-        out = []
-        for t in tenants:
-            if t in self.resident:
-                continue
-            while len(self.resident) >= self.plan.nonexpert_slots:
-                victim = next(v for v in self.resident if v not in keep)
-                self.resident.remove(victim)
-            self.resident.append(t)
-            out.append(t)
-        return tuple(out)
+        return tuple(make_resident(self.resident, tenants, self.plan.nonexpert_slots,
+                                   self.running_tenants() | set(tenants)))
 
     def _finish_req(self, r: Request, t: float) -> None:
         self.rec.finish[r.id] = t
         self.rec.finished += 1
         self.kv_free_bytes += (r.prompt_tokens + r.output_tokens) * self.kv_bytes_per_token
-
-    def _touch(self, reqs: tuple[Request, ...]) -> None:
-        for t in dict.fromkeys(r.tenant for r in reqs):
-            if t in self.resident and self.resident[-1] != t:
-                self.resident.remove(t)
-                self.resident.append(t)
 
 
 def _eager(backend: Any) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from moesim.errors import UserError, exit_on_user_error
+from moesim.formats.profile import EXECUTION_CHOICES
 
 
 def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", suffix: str = "") -> dict[str, Any]:
@@ -79,8 +80,8 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"argument {a!r}: keys: sim_cost=auto|profile|roofline|constant, "
                             "execution=auto|graphs|eager")
         opts[key] = value
-    if opts["execution"] not in ("auto", "graphs", "eager"):
-        raise UserError(f"execution={opts['execution']!r}: valid: auto, graphs, eager")
+    if opts["execution"] not in EXECUTION_CHOICES:
+        raise UserError(f"execution={opts['execution']!r}: valid: {', '.join(EXECUTION_CHOICES)}")
     suffix = "".join(f"_{opts[k]}" for k in ("sim_cost", "execution") if opts[k] != "auto")
     folders = sorted(p.parent for p in root.glob("*/summary.json")) or (
         [root] if (root / "summary.json").exists() else [])

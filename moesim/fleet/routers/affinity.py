@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from moesim.engine.simulation import FleetView
 from moesim.errors import UserError
 from moesim.fleet.routers import ROUTERS
 from moesim.fleet.routers.base import Router, RouterConfig, least_tokens
+from moesim.policies.view import FleetView
 from moesim.workloads.request import Request
 
 

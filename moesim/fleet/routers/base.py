@@ -1,6 +1,6 @@
 """The router interface: at each arrival, choose one of the GPUs holding the request's variant.
 
-A router reads the fleet through ``moesim.engine.simulation.FleetView`` (clock, outstanding tokens and
+A router reads the fleet through ``moesim.policies.view.FleetView`` (clock, outstanding tokens and
 requests per GPU, tenants whose non-expert sets are resident on a GPU) and never changes it. It is called
 only when a variant has several replicas; candidates are GPU indices in ascending order.
 """
@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from moesim.engine.simulation import FleetView
+from moesim.policies.view import FleetView
 from moesim.workloads.request import Request
 
 

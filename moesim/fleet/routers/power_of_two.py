@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.engine.simulation import FleetView
 from moesim.fleet.routers import ROUTERS
 from moesim.fleet.routers.base import Router, RouterConfig
+from moesim.policies.view import FleetView
 from moesim.workloads.request import Request
 
 

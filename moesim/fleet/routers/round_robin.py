@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from moesim.engine.simulation import FleetView
 from moesim.fleet.routers import ROUTERS
 from moesim.fleet.routers.base import Router, RouterConfig
+from moesim.policies.view import FleetView
 from moesim.workloads.request import Request
 
 
