@@ -239,3 +239,12 @@ def test_fleet_sweep_report_says_which_fleet_placement_and_router_ran(tmp_path: 
     assert "<td>router</td><td>affinity (seed=0, max_extra_tokens=4096)</td>" in html
     assert "<td>fleet</td><td>uniform (gpus=1, gpu=the job&#x27;s gpu" in html
     assert "uniform (gpus=2, gpu=the job&#x27;s gpu" in html
+
+
+def test_too_many_mig_tenants_says_which_key_to_change() -> None:
+    from moesim.specs.mig import equal_layout
+
+    with pytest.raises(UserError, match=r"^h200 has no MIG layout with 9 instances \(one per tenant; at most 7\): "
+                                        r"use workload.tenants ≤ 7, or name a layout with policy.layout=$"):
+        equal_layout(get_gpu("h200"), 9)
+    assert len(equal_layout(get_gpu("h200"), 7).instances) == 7

@@ -125,9 +125,12 @@ def equal_layout(gpu: GPUSpec, n: int) -> MIGLayout:
     if not gpu.mig_profiles:
         raise UserError(f"{gpu.name} has no MIG: MIG policies need a GPU with MIG profiles "
                         f"(shipped: {', '.join(g for g, s in GPU_SPECS.items() if s.mig_profiles)})")
-    cands = [lay for lay in mig_layouts(gpu) if len(lay.instances) == n]
+    layouts = mig_layouts(gpu)
+    cands = [lay for lay in layouts if len(lay.instances) == n]
     if not cands:
-        raise UserError(f"{gpu.name} has no MIG layout with {n} instances (at most 7)")
+        most = max((len(lay.instances) for lay in layouts), default=0)
+        raise UserError(f"{gpu.name} has no MIG layout with {n} instances (one per tenant; at most {most}): "
+                        f"use workload.tenants ≤ {most}, or name a layout with policy.layout=")
 
     def score(lay: MIGLayout) -> tuple[int, int, int]:
         smallest = min(lay.instances, key=lambda i: (i.profile.memory_bytes, i.profile.sms)).profile
