@@ -119,6 +119,15 @@ def _cost_provenance(ok: pd.DataFrame) -> dict[str, str]:
     return out
 
 
+def _series_count(data: SweepData) -> str:
+    """``7 policies``, or ``4 series (2 policies × other swept settings)`` when a series is more than a policy
+    (a sweep over fleet.gpus or gpu: "4 policies" counted 2 policies on 2 fleets)."""
+    n_pol = int(data.ok["policy"].nunique()) if len(data.ok) else len(data.series)
+    if n_pol == len(data.series):
+        return f"{n_pol} policies"
+    return f"{len(data.series)} series ({n_pol} polic{'ies' if n_pol != 1 else 'y'} × other swept settings)"
+
+
 def _fleet_rows(data: SweepData) -> list[tuple[str, str]]:
     """Rows for the fleet, placement and router of the jobs (from each series' summary.json ``params``):
     a fleet sweep did not say which placement or router it ran."""
@@ -326,7 +335,7 @@ def build_report(sweep_dir: str | Path, *, summary: pd.DataFrame | None = None,
     data = SweepData(root, df, check_options(options))
     _check_rates_swept(data)
     parts = [f"<h1>moesim policy comparison</h1><p class=\"lead\">Sweep <code>{_esc(root)}</code>: "
-             f"{len(data.series)} policies × {len(data.rates)} arrival rates × {len(data.seeds)} seed{'s' if len(data.seeds) != 1 else ''}, "
+             f"{_series_count(data)} × {len(data.rates)} arrival rates × {len(data.seeds)} seed{'s' if len(data.seeds) != 1 else ''}, "
              "simulated (SimPy discrete-event model of the GPU serving several fine-tuned MoE variants).</p>"]
     marker = len(parts)
     prov = _cost_provenance(data.ok)
