@@ -215,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     from moesim.cli import parse_key_values
 
     try:
-        cfg = parse_key_values(sys.argv[1:] if argv is None else argv, CompareConfig)
+        cfg = parse_key_values(sys.argv[1:] if argv is None else argv, CompareConfig,
+                               prog="python -m moesim.paper_compare")
         if not cfg.summary:
             raise UserError("summary=PATH: the summary.csv of `python -m moesim.simulate experiment=paper_a100`")
         path = Path(cfg.summary)

@@ -250,3 +250,28 @@ def test_too_many_mig_tenants_says_which_key_to_change() -> None:
                                         r"use workload.tenants ≤ 7, or name a layout with policy.layout=$"):
         equal_layout(get_gpu("h200"), 9)
     assert len(equal_layout(get_gpu("h200"), 7).instances) == 7
+
+
+@pytest.mark.parametrize("module", ["moesim.calibrate.floors", "moesim.calibrate.validate"])
+def test_profile_tools_answer_help_and_refuse_unknown_keys(module: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # --help was "moesim: error: usage: ..." (exit 2), and a typo (per_ops=3) was silently ignored
+    import importlib
+
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: python -m {module} [key=value ...]")
+    assert "  profile=''  (str)" in out
+    with pytest.raises(SystemExit) as exc:
+        main(["profile=x.parquet", "per_ops=3"])
+    assert exc.value.code == 2
+    assert "unknown key 'per_ops'" in capsys.readouterr().err
+
+
+def test_calibrate_validate_reads_the_shipped_profile(capsys: pytest.CaptureFixture[str]) -> None:
+    from moesim.calibrate.validate import main
+
+    main([f"profile={ROOT / 'calibration' / 'profiles' / 'h200__mixtral-8x7b.parquet'}"])
+    assert capsys.readouterr().out.splitlines()[-1].startswith("median |error| 4.0")

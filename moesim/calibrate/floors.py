@@ -9,6 +9,7 @@ memory floor (fewest bytes / measured device-copy bandwidth), and measured over 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -77,19 +78,43 @@ def slice_table(df: pd.DataFrame, meta: dict) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class FloorsConfig:
+    """Command line of ``python -m moesim.calibrate.floors``.
+
+    Attributes:
+        profile: a calibrated profile (.parquet, with its .json beside it).
+        per_op: rows shown per op (≥ 1).
+        slices: also print the slowdown on green-context slices.
+    """
+
+    profile: str = ""
+    per_op: int = 4
+    slices: bool = False
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     """``profile=PATH [per_op=N] [slices=true]``: print the floors table (and the slice slowdowns)."""
-    args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv) if "=" in a)
-    if "profile" not in args:
-        raise UserError("usage: python -m moesim.calibrate.floors profile=<profile.parquet> [per_op=4] [slices=true]")
+    from moesim.cli import parse_key_values
+
+    cfg = parse_key_values(sys.argv[1:] if argv is None else argv, FloorsConfig,
+                           prog="python -m moesim.calibrate.floors",
+                           summary="The floors of a profile: each op's measured time against its roofline.",
+                           examples=("python -m moesim.calibrate.floors "
+                                     "profile=calibration/profiles/h200__mixtral-8x7b.parquet slices=true",))
+    if not cfg.profile:
+        raise UserError("profile=: give a profile, e.g. profile=calibration/profiles/h200__mixtral-8x7b.parquet")
+    if cfg.per_op < 1:
+        raise UserError(f"per_op={cfg.per_op}: must be an integer ≥ 1")
+    args = {"profile": cfg.profile}
     df, meta = read_profile(args["profile"])
     d = floor_table(df, meta)
     print(f"ceilings measured in the same run: bf16 GEMM {meta.get('ceiling_gemm_flops', float('nan')) / 1e12:.0f} "
           f"TFLOP/s, device copy {meta.get('ceiling_copy_Bps', float('nan')) / 1e12:.2f} TB/s (read + write)"
           + ("  [DERIVED profile]" if meta.get("derived") else ""))
-    print(markdown(d, int(args.get("per_op", 4))))
-    if args.get("slices", "false").lower() in ("1", "true", "yes"):
+    print(markdown(d, cfg.per_op))
+    if cfg.slices:
         print(f"\nslowdown on green-context slices (whole GPU = {meta.get('sms')} SMs):")
         print(slice_table(df, meta))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -126,16 +127,36 @@ def report(profile_path: str | Path, **cost_cfg: object) -> pd.DataFrame:
     return v
 
 
+@dataclass(frozen=True)
+class ValidateConfig:
+    """Command line of ``python -m moesim.calibrate.validate``.
+
+    Attributes:
+        profile: a calibrated profile (.parquet) with its held-out validation steps.
+        step_residual: the profile cost model's step_residual (auto, on or off).
+        routing_skew: the profile cost model's routing_skew (Zipf exponent; 0 = uniform routing).
+    """
+
+    profile: str = ""
+    step_residual: str = "auto"
+    routing_skew: float = 0.0
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     """``profile=PATH [step_residual=auto|on|off]``: print measured vs predicted and the median |error|."""
-    args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv) if "=" in a)
-    if "profile" not in args:
-        raise UserError("usage: python -m moesim.calibrate.validate profile=calibration/profiles/<gpu>__<model>"
-                        ".parquet")
-    extra = {k: v for k, v in args.items() if k in ("step_residual", "routing_skew")}
-    if "routing_skew" in extra:
-        extra["routing_skew"] = float(extra["routing_skew"])
+    from moesim.cli import parse_key_values
+
+    cfg = parse_key_values(sys.argv[1:] if argv is None else argv, ValidateConfig,
+                           prog="python -m moesim.calibrate.validate",
+                           summary="A profile's held-out whole-model steps: measured against predicted.",
+                           choices={"step_residual": ("auto", "on", "off")},
+                           examples=("python -m moesim.calibrate.validate "
+                                     "profile=calibration/profiles/h200__mixtral-8x7b.parquet",))
+    if not cfg.profile:
+        raise UserError("profile=: give a profile, e.g. profile=calibration/profiles/h200__mixtral-8x7b.parquet")
+    args = {"profile": cfg.profile}
+    extra = {"step_residual": cfg.step_residual, "routing_skew": cfg.routing_skew}
     v = report(args["profile"], **extra)
     ok = v[v["status"] == "ok"]
     print(f"{'batch':60s} {'measured ms':>12s} {'predicted ms':>12s} {'error':>8s}")
