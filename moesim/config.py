@@ -510,7 +510,10 @@ def _compose_error_line(exc: BaseException, overrides: list[str], compose: Any) 
     cause = exc.__cause__
     if isinstance(cause, OmegaConfBaseException):
         key = str(getattr(cause, "full_key", "") or "")
-        bad = next((o for o in overrides if o.lstrip("+~").split("=", 1)[0] == key), None)
+        # the override of that key, or of a key below it (workload.columns.x=... when workload has no columns)
+        bad = next((o for o in overrides if key and (o.lstrip("+~").split("=", 1)[0] == key
+                                                     or o.lstrip("+~").split("=", 1)[0].startswith(key + "."))),
+                   None)
         cfg = None
         if bad is not None:  # compose without the bad override to list the keys that exist there
             try:

@@ -275,3 +275,12 @@ def test_calibrate_validate_reads_the_shipped_profile(capsys: pytest.CaptureFixt
 
     main([f"profile={ROOT / 'calibration' / 'profiles' / 'h200__mixtral-8x7b.parquet'}"])
     assert capsys.readouterr().out.splitlines()[-1].startswith("median |error| 4.0")
+
+
+def test_a_nested_key_under_a_missing_one_is_named_with_the_valid_keys(tmp_path: Path) -> None:
+    # "Could not override 'workload.columns.prompt_tokens'.: unknown key 'columns'" named no valid keys
+    p = _simulate(tmp_path, "c", "workload=poisson", "workload.columns.prompt_tokens=x")
+    assert p.returncode == 2
+    assert p.stderr.strip() == ("moesim: error: workload.columns.prompt_tokens=x: unknown key 'columns'; valid keys "
+                                "of workload: name, rate, tenants, duration_s, prompt_tokens, output_tokens, "
+                                "popularity, zipf_s, weights, tokens_from, max_requests")
