@@ -284,3 +284,12 @@ def test_a_nested_key_under_a_missing_one_is_named_with_the_valid_keys(tmp_path:
     assert p.stderr.strip() == ("moesim: error: workload.columns.prompt_tokens=x: unknown key 'columns'; valid keys "
                                 "of workload: name, rate, tenants, duration_s, prompt_tokens, output_tokens, "
                                 "popularity, zipf_s, weights, tokens_from, max_requests")
+
+
+def test_executor_default_output_is_not_a_committed_reports_folder() -> None:
+    # it defaulted to reports/validation/run: from the repository root, into the source tree's reports/
+    from moesim.executor.config import ExecutorConfig
+
+    out = ExecutorConfig().out
+    assert out == "executor_out"
+    assert not out.startswith("reports")

@@ -35,7 +35,7 @@ class ExecutorConfig:
         budget_s: wall seconds for all executed runs; a policy still running then is recorded as ``budget``.
         budget_bytes: weight budget per instance passed to every policy (bytes; 0: the policy's default).
         kv_bucket: CUDA-graph shapes round the longest context up to this (tokens).
-        out: output folder.
+        out: output folder (relative paths: under the current directory; never the committed reports/).
     """
 
     model: str = "mixtral-8x7b"
@@ -54,7 +54,7 @@ class ExecutorConfig:
     budget_s: float = 0.0
     budget_bytes: float = 0.0
     kv_bucket: int = 256
-    out: str = "reports/validation/run"
+    out: str = "executor_out"
 
     def __post_init__(self) -> None:
         if self.model not in MODEL_SPECS:
