@@ -293,3 +293,21 @@ def test_executor_default_output_is_not_a_committed_reports_folder() -> None:
     out = ExecutorConfig().out
     assert out == "executor_out"
     assert not out.startswith("reports")
+
+
+def test_a_sweeps_own_cdf_rate_that_it_did_not_run_still_gets_a_report(tmp_path: Path) -> None:
+    # the report's refusal of an unswept --cdf-rate must not leave a sweep (report.cdf_rate=0.3 in its
+    # config) without its report: that one falls back to the default and says so
+    d = tmp_path / "rc"
+    p = subprocess.run([sys.executable, "-m", "moesim.simulate", "-m", f"hydra.sweep.dir={d}", "policy=mig",
+                        "workload.rate=0.1,0.2", "workload.duration_s=30", "seed=0", "report.cdf_rate=0.3",
+                        "hydra.launcher.n_jobs=1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    html = (d / "report.html").read_text()
+    assert (f"report.cdf_rate=0.3: not a swept rate of {d}; valid: 0.1, 0.2 (requests/s per tenant); this report "
+            "uses the default instead") in html
+    from moesim.report.__main__ import main as report_main
+
+    report_main([str(d)])  # the sweep's own setting again: a report, not an error
+    with pytest.raises(SystemExit):
+        report_main([str(d), "--cdf-rate", "0.3"])  # given by the user: refused

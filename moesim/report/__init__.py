@@ -313,11 +313,14 @@ def _check_rates_swept(data: SweepData) -> None:
 
 def build_report(sweep_dir: str | Path, *, summary: pd.DataFrame | None = None,
                  options: ReportOptions | None = None, out: str | Path | None = None,
-                 warn: Callable[[str], None] | None = _print_line, notes: list[str] | None = None) -> Path:
+                 warn: Callable[[str], None] | None = _print_line, notes: list[str] | None = None,
+                 given: frozenset[str] | None = None) -> Path:
     """Write the report of ``sweep_dir`` (default: ``<sweep_dir>/report.html``); its path.
 
     A job whose files cannot be read is listed as unreadable (in the report, and one ``warn`` line each)
-    and the report is built from the others.
+    and the report is built from the others. ``given``: the option keys the user gave (a ``cdf_rate`` or
+    ``compare_rates`` among them that names no swept rate is refused; one from the sweep's config falls back
+    to the default, with a note); default: all when ``options`` is passed, none when read from the sweep.
     """
     from moesim.sweep import collect
 
@@ -328,12 +331,28 @@ def build_report(sweep_dir: str | Path, *, summary: pd.DataFrame | None = None,
     if df.empty:
         raise UserError(f"{root}: no jobs found (no */summary.json, */error.json or */.hydra/); is it a sweep dir?")
     notes = list(notes or [])
+    if given is None:  # options passed in: all of them are the caller's; read from the sweep: none
+        given = frozenset() if options is None else frozenset({"cdf_rate", "compare_rates"})
     if options is None:
         options, note = options_from_sweep(root)
         if note:
             notes.append(note)
     data = SweepData(root, df, check_options(options))
-    _check_rates_swept(data)
+    for _ in range(2):
+        try:
+            _check_rates_swept(data)
+            break
+        except UserError as exc:
+            key = str(exc).split("=", 1)[0]
+            if key in given:  # given on the report's command line: refuse
+                raise
+            # the sweep's own report.cdf_rate names a rate it did not run: the report is still written (a
+            # sweep's results are never left without one), with the default and a note saying so
+            import dataclasses
+
+            notes.append(f"report.{exc}; this report uses the default instead")
+            data = SweepData(root, df, check_options(dataclasses.replace(
+                data.options, **({"cdf_rate": None} if key == "cdf_rate" else {"compare_rates": ()}))))
     parts = [f"<h1>moesim policy comparison</h1><p class=\"lead\">Sweep <code>{_esc(root)}</code>: "
              f"{_series_count(data)} × {len(data.rates)} arrival rates × {len(data.seeds)} seed{'s' if len(data.seeds) != 1 else ''}, "
              "simulated (SimPy discrete-event model of the GPU serving several fine-tuned MoE variants).</p>"]

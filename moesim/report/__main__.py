@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
         df = mark_unreadable_files(sweep_dir, df)
     csv = write_csv(sweep_dir / SUMMARY_CSV, df) if not df.empty else None
     html = build_report(sweep_dir, summary=df, options=opts, out=Path(args.out) if args.out else None,
-                        notes=[note] if note else None)
+                        notes=[note] if note else None,
+                        given=frozenset(k for k in ("cdf_rate", "compare_rates") if getattr(args, k) is not None))
     n_ok = int((df["status"] == "ok").sum())
     n_bad = int((df["status"] == "unreadable").sum())
     print(f"moesim: {n_ok} of {len(df)} jobs finished" + (f", {n_bad} unreadable" if n_bad else "")
