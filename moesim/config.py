@@ -487,7 +487,14 @@ def _omegaconf_line(exc: BaseException, override: str, cfg: DictConfig | None) -
     if isinstance(exc, (ConfigAttributeError, ConfigKeyError)):
         key = str(getattr(exc, "full_key", "") or override.split("=", 1)[0].lstrip("+~"))
         parent, _, leaf = key.rpartition(".")
-        return f"{override}: unknown key {leaf!r}{_keys_of(cfg, parent) if cfg is not None else ''}"
+        hint = ""
+        node = OmegaConf.select(cfg, parent) if cfg is not None and parent else cfg
+        if isinstance(node, DictConfig):  # a typo (polcy=mig) gets the nearest key, as +polcy=mig does
+            import difflib
+
+            near = difflib.get_close_matches(leaf, [str(k) for k in node], n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+        return f"{override}: unknown key {leaf!r}{hint}{_keys_of(cfg, parent) if cfg is not None else ''}"
     return f"{override}: {_first_line(getattr(exc, 'msg', '') or exc)}"
 
 

@@ -311,3 +311,10 @@ def test_a_sweeps_own_cdf_rate_that_it_did_not_run_still_gets_a_report(tmp_path:
     report_main([str(d)])  # the sweep's own setting again: a report, not an error
     with pytest.raises(SystemExit):
         report_main([str(d), "--cdf-rate", "0.3"])  # given by the user: refused
+
+
+def test_a_misspelt_top_level_key_gets_the_nearest_one(tmp_path: Path) -> None:
+    # polcy=mig named the valid keys but, unlike +polcy=mig, not the nearest one
+    p = _simulate(tmp_path, "t", "polcy=mig")
+    assert p.returncode == 2
+    assert p.stderr.startswith("moesim: error: polcy=mig: unknown key 'polcy' (did you mean 'policy'?); valid keys: ")
