@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The library install, as a user gets it: `pip install .` (not editable) into a fresh venv with no torch,
-# run from another directory: a sweep, its report and a single run must work from the wheel's own data.
+# run from another directory: a sweep, its report, a single run and a small capacity search must work from
+# the wheel's own data.
 set -euo pipefail
 src="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d)"
@@ -18,6 +19,11 @@ test -s sweep/report.html && test -s sweep/summary.csv
 "$py" -m moesim.report sweep
 "$py" -m moesim.simulate hydra.mode=RUN hydra.run.dir=one policy=mig workload=azure_code workload.duration_s=60
 test -s one/summary.json
+# the capacity search without ray (an extra): trials in a local pool, same outputs
+"$py" -m moesim.search workload=poisson workload.tenants=2 workload.rate=0.2 workload.duration_s=30 \
+  search.gpus=h200 search.strategies=per_variant search.policies=multiplex search.max_batch=32 \
+  search.max_gpus=2 search.seeds=0 search.verify_seeds=1000 search.progress=false search.out=search
+test -s search/best_placement.yaml && test -s search/report.html
 "$py" -c "import sys, moesim.simulate, moesim.report, moesim.sweep; assert 'torch' not in sys.modules"
 if find "$work/venv" -path '*site-packages/moesim*' -newer "$work/venv/bin/python" \( -name 'summary.json' -o -name '*.html' \) | grep -q .; then
   echo "wheel check: a run wrote into the installed package" >&2; exit 1

