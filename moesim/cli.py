@@ -207,8 +207,9 @@ def help_text(cls: type, *, prog: str, summary: str = "", positional: str | None
 # ---- parsing ------------------------------------------------------------------------------------------
 
 
-def _normalize(argv: Sequence[str], bools: set[str]) -> list[str]:
-    """GNU spellings → ``key=value``: ``--a-b v``, ``--a-b=v``, ``--flag`` (bool fields only)."""
+def _normalize(argv: Sequence[str], bools: set[str], fields: Sequence[str] = ()) -> list[str]:
+    """GNU spellings → ``key=value``: ``--a-b v``, ``--a-b=v``, ``--flag`` (bool fields only); an unknown
+    ``--key`` is passed on as ``key=`` so that it is reported as an unknown key, not as a missing value."""
     out: list[str] = []
     i = 0
     while i < len(argv):
@@ -223,6 +224,8 @@ def _normalize(argv: Sequence[str], bools: set[str]) -> list[str]:
                 elif nxt is not None and not nxt.startswith("--"):
                     value = nxt
                     i += 1
+                elif fields and key not in fields:
+                    value = ""
                 else:
                     raise UserError(f"{arg}: expected a value ({key}=VALUE or {arg} VALUE)")
             out.append(f"{key}={value}")
@@ -248,7 +251,7 @@ def parse_key_values(argv: Sequence[str], config_cls: type[C], *, prog: str | No
     bools = {k for k in fields if hints.get(k) in (bool, "bool")}
     values: dict[str, Any] = {}
     bare: list[str] = []
-    for arg in _normalize(argv, bools):
+    for arg in _normalize(argv, bools, fields):
         key, sep, text = arg.partition("=")
         key = key.lstrip("+").strip()
         if not sep and positional and not arg.startswith("-"):

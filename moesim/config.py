@@ -495,7 +495,12 @@ def _omegaconf_line(exc: BaseException, override: str, cfg: DictConfig | None) -
             near = difflib.get_close_matches(leaf, [str(k) for k in node], n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
         return f"{override}: unknown key {leaf!r}{hint}{_keys_of(cfg, parent) if cfg is not None else ''}"
-    return f"{override}: {_first_line(getattr(exc, 'msg', '') or exc)}"
+    line = _first_line(getattr(exc, "msg", "") or exc)
+    for kind, valid in (("Integer", "a whole number, e.g. 512"), ("Float", "a number, e.g. 0.5"),
+                        ("Boolean", "true or false")):
+        if f"could not be converted to {kind}" in line:  # OmegaConf names the type; say what is valid
+            line = f"{line}; valid: {valid}"
+    return f"{override}: {line}"
 
 
 def _compose_error_line(exc: BaseException, overrides: list[str], compose: Any) -> str:

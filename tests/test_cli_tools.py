@@ -64,7 +64,8 @@ def test_gnu_spellings_positional_and_finite_numbers() -> None:
                         (["rate=inf"], "expected a finite number"),
                         (["rte=1"], "unknown key 'rte' (did you mean 'rate'?)"),
                         (["lo=3"], "lo=3: valid: 1, 2"),
-                        (["--hi"], "--hi: expected a value")):
+                        (["--hi"], "--hi: expected a value"),
+                        (["--rte"], "unknown key 'rte' (did you mean 'rate'?)")):  # not "expected a value"
         with pytest.raises(UserError) as exc:
             parse_key_values(bad, _Demo, choices={"lo": (1, 2)} if bad == ["lo=3"] else None)
         assert needle in str(exc.value)

@@ -163,6 +163,7 @@ def test_failed_job_is_reported_and_others_kept(tmp_path: Path) -> None:
     (["-m", "workload.rate=0.1,-0.5", "policy.nope=1"], "policy.nope=1: unknown key 'nope'; valid keys of policy: "),
     (["-m", "workload.rate=0.1,-0.5"], "rate=-0.5 is invalid"),
     (["hydra.mode=RUN", "workload.tenants=two"], "workload.tenants=two: Value 'two'"),
+    (["hydra.mode=RUN", "workload.prompt_tokens=1e23"], "could not be converted to Integer; valid: a whole number"),
 ])
 def test_bad_override_fails_in_one_line_before_any_job(tmp_path: Path, args: list[str], message: str) -> None:
     p = run(*args, f"hydra.sweep.dir={tmp_path / 's'}", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
