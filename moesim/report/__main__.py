@@ -61,6 +61,20 @@ def parse_args(argv: list[str] | None) -> ReportCommand:
     return cmd
 
 
+def _check_one_sweep(sweep_dir: Path) -> None:
+    """Refuse a folder that holds the jobs of several sweeps or runs (e.g. ``multirun/`` or a scratch folder):
+    their jobs would be mixed into one report. A sweep dir has multirun.yaml (hydra writes it first)."""
+    from moesim.sweep import _job_dirs
+
+    if (sweep_dir / "multirun.yaml").exists():
+        return
+    parents = sorted({d.parent.relative_to(sweep_dir).as_posix() for d in _job_dirs(sweep_dir)})
+    if len(parents) > 1:
+        shown = ", ".join(f"{p}/" for p in parents[:3]) + (", …" if len(parents) > 3 else "")
+        raise UserError(f"{sweep_dir}: holds the jobs of {len(parents)} different sweeps or runs ({shown}) and no "
+                        "multirun.yaml; give one sweep dir (the folder hydra.sweep.dir named, with multirun.yaml)")
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and write the report."""
@@ -75,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     sweep_dir = Path(args.sweep_dir)
     if not sweep_dir.is_dir():
         raise UserError(f"{sweep_dir}: not a directory; give a sweep dir (the hydra.sweep.dir of a multirun)")
+    _check_one_sweep(sweep_dir)
     base, note = options_from_sweep(sweep_dir)
     opts = options_from_args(base, dataclasses.asdict(args))
     if args.out:  # before anything is written: --out DIR was an IsADirectoryError traceback
