@@ -204,3 +204,89 @@ def test_bench_repeat_zero_is_one_line(capsys: pytest.CaptureFixture[str]) -> No
     _one_line_exit_2(capsys, main, ["--repeat", "0"], "repeat=0: must be ≥ 1")
     _one_line_exit_2(capsys, main, ["repeat=-1"], "repeat=-1: must be ≥ 1")
     _one_line_exit_2(capsys, main, ["policy=nope"], "policy='nope': valid: ")
+
+
+# ---- the study tools (search bench, consolidation study / report) on the same parser --------------------
+
+_STUDY_TOOLS = [  # (module, config class, needs torch)
+    ("search.bench", "SearchBenchConfig", False),
+    ("consolidation.report", "ReportConfig", False),
+    ("consolidation.quality_report", "QualityReportConfig", False),
+    ("consolidation.study", "StudyConfig", True),
+    ("consolidation.quality_study", "QualityStudyConfig", True),
+]
+
+
+def _study_tool(index: int) -> tuple[str, type, object]:
+    import importlib
+
+    name, cls_name, needs_torch = _STUDY_TOOLS[index]
+    if needs_torch:
+        pytest.importorskip("torch")
+    mod = importlib.import_module(f"moesim.{name}")
+    return name, getattr(mod, cls_name), mod.main
+
+
+@pytest.mark.parametrize("index", range(len(_STUDY_TOOLS)))
+def test_study_tools_answer_help_and_refuse_unknown_keys(capsys: pytest.CaptureFixture[str], index: int) -> None:
+    name, cls, main = _study_tool(index)
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])  # type: ignore[operator]
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: python -m moesim.{name}")
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        assert f"\n  {f.name}=" in out, f.name
+        assert f.name in docs, f"{cls.__name__}.{f.name} has no Attributes entry"
+        assert docs[f.name][:40] in out.replace("\n      ", " ")
+    keys = ", ".join(f.name for f in dataclasses.fields(cls))
+    _one_line_exit_2(capsys, main, ["bogus=1"], f"moesim: error: unknown key 'bogus'; valid: {keys}")
+
+
+def test_search_bench_keys_and_old_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    from moesim.search.bench import SearchBenchConfig, main, parse_args
+
+    assert parse_args(["--workers", "1,4", "--backend", "local", "--duration", "30", "--out", "b.json"]) == \
+        SearchBenchConfig(workers=(1, 4), backend="local", duration=30.0, out="b.json")
+    assert parse_args([]) == SearchBenchConfig(workers=(1, 2), backend="ray", duration=60.0, out="")
+    _one_line_exit_2(capsys, main, ["backend=slurm"], "backend='slurm': valid: ray, local")
+    _one_line_exit_2(capsys, main, ["workers=0,2"], "workers=0,2: give worker counts ≥ 1")
+    _one_line_exit_2(capsys, main, ["duration=0"], "duration=0.0: must be > 0")
+
+
+def test_consolidation_studies_keys_and_old_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torch")
+    from moesim.consolidation import quality_study as Q
+    from moesim.consolidation import study as S
+
+    s = S.parse_args(["--preset", "unit", "--device", "cpu", "--out", "/o", "--ckpt-dir", "/ck", "--deadline-s", "240"])
+    assert s == S.StudyConfig(preset="unit", device="cpu", out="/o", ckpt_dir="/ck", deadline_s=240.0)
+    assert S.parse_args(["out=/o", "device=cpu"]).deadline_s is None
+    q = Q.parse_args(["--preset", "h200-next", "--families", "large", "--device", "cpu", "--out", "/o",
+                      "--deadline-s", "540"])
+    assert q == Q.QualityStudyConfig(preset="h200-next", device="cpu", out="/o", families=("large",), deadline_s=540.0)
+    assert Q.parse_args(["out=/o", "device=cpu"]) == Q.QualityStudyConfig(out="/o", device="cpu", deadline_s=1e9)
+    _one_line_exit_2(capsys, S.main, ["preset=huge", "out=/o"], "preset='huge': valid: gpu, smoke, unit")
+    _one_line_exit_2(capsys, S.main, ["preset=smoke"], "out is required")
+    _one_line_exit_2(capsys, Q.main, ["device=cpu"], "out is required")
+    _one_line_exit_2(capsys, Q.main, ["preset=h200-next", "families=large,tiny", "out=/o"],
+                     "families=large,tiny: tiny not in preset 'h200-next'")
+
+
+def test_quality_report_positional_folder_and_old_merge_spelling(monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from moesim.consolidation import quality_report as R
+
+    calls: list[tuple[str, object]] = []
+    monkeypatch.setattr(R, "merge", lambda folder, parts: calls.append(("merge", (folder, parts))))
+    monkeypatch.setattr(R, "build", lambda folder: calls.append(("build", folder)) or {"targets": []})
+    R.main(["OUT", "--merge", "OUT/large", "OUT/fine"])  # the old spelling: several folders after one flag
+    R.main(["OUT", "merge=OUT/large,OUT/fine"])
+    want = [("merge", (Path("OUT"), [Path("OUT/large"), Path("OUT/fine")])), ("build", Path("OUT"))]
+    assert calls == want * 2
+    calls.clear()
+    R.main([])
+    assert calls == [("build", Path("reports/consolidation"))]
+    assert "wrote reports/consolidation/index.html" in capsys.readouterr().out
+    _one_line_exit_2(capsys, R.main, ["A", "B"], "'A,B': one study folder at a time")

@@ -12,9 +12,9 @@ against the merging baselines; each variant's gain over the base; per-layer expe
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -223,7 +223,7 @@ separate models. Ours = {OURS}.</p>
 
 
 def merge(folder: str | Path, parts: list[Path]) -> None:
-    """Combine the outputs of runs of single families (``--families``, e.g. one per GPU) into ``folder``:
+    """Combine the outputs of runs of single families (``families=``, e.g. one per GPU) into ``folder``:
     quality.csv and train_log.csv concatenated, metadata.json's ``families`` and distances.json joined."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -251,22 +251,60 @@ def merge(folder: str | Path, parts: list[Path]) -> None:
     (folder / "distances.json").write_text(json.dumps(dist))
 
 
+@dataclass(frozen=True)
+class QualityReportConfig:
+    """The command line of ``python -m moesim.consolidation.quality_report``.
+
+    Attributes:
+        folder: the study's folder (quality.csv, metadata.json, distances.json); summary.json and index.html
+            are written there.
+        merge: single-family output folders (comma list) to combine into FOLDER first; empty: none.
+    """
+
+    folder: str = "reports/consolidation"
+    merge: tuple[str, ...] = ()
+
+
+def _old_merge_spelling(argv: list[str]) -> list[str]:
+    """The old ``--merge A B ...`` (several folders after one flag) → ``merge=A,B``."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--merge":
+            j = i + 1
+            while j < len(argv) and not argv[j].startswith("-") and "=" not in argv[j]:
+                j += 1
+            out.append("merge=" + ",".join(argv[i + 1:j]))
+            i = j
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m moesim.consolidation.quality_report",
-                                 description=__doc__.splitlines()[0])
-    ap.add_argument("folder", type=Path, nargs="?", default=Path("reports/consolidation"))
-    ap.add_argument("--merge", type=Path, nargs="+", default=None,
-                    help="first combine these single-family output folders into FOLDER")
-    args = ap.parse_args(argv)
-    if args.merge:
-        merge(args.folder, args.merge)
-    s = build(args.folder)
+    """Merge single-family folders if asked, then build summary.json and index.html and print the targets."""
+    import sys
+
+    from moesim.cli import parse_key_values
+
+    cfg = parse_key_values(_old_merge_spelling(sys.argv[1:] if argv is None else list(argv)), QualityReportConfig,
+                           prog="python -m moesim.consolidation.quality_report", summary=__doc__.splitlines()[0],
+                           positional="folder",
+                           examples=("python -m moesim.consolidation.quality_report reports/consolidation",
+                                     "python -m moesim.consolidation.quality_report OUT merge=OUT/large,OUT/fine"))
+    if "," in cfg.folder:
+        raise UserError(f"{cfg.folder!r}: one study folder at a time (folders to combine go in merge=A,B)")
+    folder = Path(cfg.folder)
+    if cfg.merge:
+        merge(folder, [Path(m) for m in cfg.merge])
+    s = build(folder)
     for r in s["targets"]:
         o = r.get(OURS, {})
         print(f"{r['family']} N={r['n_variants']} budget {r['budget']}: ours mean {100 * o.get('mean_change', 0):+.2f} %"
               f", worst {100 * o.get('worst_change', 0):+.2f} %")
-    print(f"wrote {args.folder / 'index.html'} and summary.json")
+    print(f"wrote {folder / 'index.html'} and summary.json")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The 8-domain quality study: a ≥ 100M-parameter TinyMoE family and a fine-grained one (imports torch).
 
-    PYTHONPATH=. python3 -m moesim.consolidation.quality_study --preset h200 --device cuda --out OUT --deadline-s 540
-    python -m moesim.consolidation.quality_study --preset smoke --device cpu --out /tmp/q   # whole pipeline, CPU
+    PYTHONPATH=. python3 -m moesim.consolidation.quality_study preset=h200 device=cuda out=OUT deadline_s=540
+    python -m moesim.consolidation.quality_study preset=smoke device=cpu out=/tmp/q   # whole pipeline, CPU
 
 Per family (``FAMILIES``): pretrain a base on the 8 domains of ``moesim.consolidation.domains`` (windows drawn
 in proportion to each domain's train bytes; cosine schedule over the phase's wall-clock budget; validation
@@ -31,7 +31,6 @@ Methods (``PLAN_METHODS`` and ``MERGE_METHODS``):
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -49,6 +48,7 @@ from moesim.consolidation.corpus import eval_windows, sample_windows
 from moesim.consolidation.domains import DOMAINS8, build_domains
 from moesim.consolidation.merging import dare, disjoint_mean, elect_sign, ties_tensor, trim
 from moesim.consolidation.weights import MoELayout, check_same_architecture, expert_distances, layout_of
+from moesim.errors import UserError, exit_on_user_error
 from moesim.tinymoe import CPU_CONFIG, FINE_CONFIG, LARGE_CONFIG, TinyMoE, TinyMoEConfig, count_params
 
 COLUMNS = ("family", "seed", "method", "n_variants", "subset", "domain", "budget", "memory_bytes",
@@ -121,7 +121,7 @@ PRESETS: dict[str, tuple[Family, ...]] = {
     # Prepared from what the h200 run taught, NOT run yet (docs/consolidation.md, "Fixes for the next call"):
     # fine-tunes at the first study's peak lr (3e-4, which beat its base by 4.6-15 %) for longer; one subset of
     # every N before any second; 3 budgets + all-shared instead of 6 + all-shared. Meant for two GPUs at once:
-    #   CUDA_VISIBLE_DEVICES=0 ... --families large --out OUT/large & CUDA_VISIBLE_DEVICES=1 ... --families fine --out OUT/fine
+    #   CUDA_VISIBLE_DEVICES=0 ... families=large out=OUT/large & CUDA_VISIBLE_DEVICES=1 ... families=fine out=OUT/fine
     "h200-next": (
         Family("large", LARGE_CONFIG, seq=512, batch=64, pretrain_lr=1.5e-3, pretrain_s=170.0, finetune_lr=3e-4,
                finetune_steps=400, finetune_s=9.0, warmup=10, eval_windows=40, val_windows=12, calib_windows=4,
@@ -431,12 +431,59 @@ def layer_drift(wdist, to_base: np.ndarray, base_norm: np.ndarray) -> dict[str, 
             "to_base": (to_base / base_norm[None]).mean((0, 2)).round(5).tolist()}
 
 
-def run_family(fam: Family, args: argparse.Namespace, t_start: float, out: Path, meta: dict[str, object],
+@dataclass(frozen=True)
+class QualityStudyConfig:
+    """The command line of ``python -m moesim.consolidation.quality_study``.
+
+    Attributes:
+        preset: the study's size (steps, widths, budgets); smoke is a CPU check of the whole pipeline.
+        device: torch device (cpu, cuda, cuda:1); empty: cuda when available, else cpu.
+        out: output folder (required); quality.csv, distances.json, train_log.csv, metadata.json go there.
+        corpora: folder of the byte corpora (corpora/data in this repository).
+        seed: pretraining seed.
+        families: the preset's families to run (comma list of names); empty: all of them.
+        deadline_s: wall-clock budget of the whole run (seconds); phases are shortened to end within it.
+    """
+
+    preset: str = "smoke"
+    device: str = ""
+    out: str = ""
+    corpora: str = "corpora/data"
+    seed: int = 0
+    families: tuple[str, ...] = ()
+    deadline_s: float = 1e9
+
+
+def parse_args(argv: list[str] | None) -> QualityStudyConfig:
+    """The command line as a :class:`QualityStudyConfig` (``key=value``; ``--key value`` works too), device
+    resolved."""
+    import sys
+
+    from moesim.cli import parse_key_values
+
+    cfg = parse_key_values(sys.argv[1:] if argv is None else argv, QualityStudyConfig,
+                           prog="python -m moesim.consolidation.quality_study",
+                           summary="The 8-domain consolidation quality study (TinyMoE families).",
+                           choices={"preset": sorted(PRESETS)},
+                           examples=("python -m moesim.consolidation.quality_study preset=smoke device=cpu out=/tmp/q",
+                                     "python -m moesim.consolidation.quality_study preset=h200-next device=cuda "
+                                     "out=OUT/large families=large deadline_s=540"))
+    if not cfg.out:
+        raise UserError("out is required: the output folder, e.g. out=/tmp/q (see --help)")
+    names = {f.name for f in PRESETS[cfg.preset]}
+    unknown = [f for f in cfg.families if f not in names]
+    if unknown:
+        raise UserError(f"families={','.join(cfg.families)}: {', '.join(unknown)} not in preset {cfg.preset!r}; "
+                        f"valid: {', '.join(sorted(names))}")
+    return replace(cfg, device=cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def run_family(fam: Family, args: QualityStudyConfig, t_start: float, out: Path, meta: dict[str, object],
                log: list[dict[str, object]], emit: Callable[[dict], None], dist_out: dict[str, object],
                flush: Callable[[], None]) -> None:
     dev = torch.device(args.device)
     torch.manual_seed(args.seed)
-    data = Data(args.corpora, fam, dev)
+    data = Data(Path(args.corpora), fam, dev)
     runner = Runner(fam, data, dev, log)
     doms = data.domains
     m: dict[str, object] = {"config": asdict(fam.model), "params": count_params(TinyMoE(fam.model)),
@@ -502,18 +549,13 @@ def run_family(fam: Family, args: argparse.Namespace, t_start: float, out: Path,
         del states
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="The 8-domain consolidation quality study (TinyMoE families).")
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="smoke")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--corpora", type=Path, default=Path("corpora/data"))
-    ap.add_argument("--seed", type=int, default=0, help="pretraining seed")
-    ap.add_argument("--families", default=None, help="comma-separated subset of the preset's families")
-    ap.add_argument("--deadline-s", type=float, default=1e9, help="wall budget of the whole run (seconds)")
-    args = ap.parse_args(argv)
+    """Run the study of each family of the preset; rows are appended to ``out``/quality.csv as they exist."""
+    args = parse_args(argv)
+    out = Path(args.out)
     t_start = time.perf_counter()
-    args.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -525,7 +567,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     log: list[dict[str, object]] = []
     dist_out: dict[str, object] = {}
-    qf = (args.out / "quality.csv").open("w", newline="")
+    qf = (out / "quality.csv").open("w", newline="")
     writer = csv.DictWriter(qf, fieldnames=COLUMNS)
     writer.writeheader()
 
@@ -536,18 +578,18 @@ def main(argv: list[str] | None = None) -> None:
         if not qf.closed:
             qf.flush()
         meta["elapsed_s"] = round(time.perf_counter() - t_start, 1)
-        (args.out / "metadata.json").write_text(json.dumps(meta, indent=1, default=str))
-        (args.out / "distances.json").write_text(json.dumps(dist_out))
-        with (args.out / "train_log.csv").open("w", newline="") as f:
+        (out / "metadata.json").write_text(json.dumps(meta, indent=1, default=str))
+        (out / "distances.json").write_text(json.dumps(dist_out))
+        with (out / "train_log.csv").open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=("phase", "split", "step", "loss", "lr", "elapsed_s"))
             w.writeheader()
             w.writerows(log)
 
-    wanted = None if args.families is None else set(args.families.split(","))
+    wanted = set(args.families) or None
     for fam in PRESETS[args.preset]:
         if wanted is not None and fam.name not in wanted:
             continue
-        run_family(fam, args, t_start, args.out, meta, log, emit, dist_out, flush)
+        run_family(fam, args, t_start, out, meta, log, emit, dist_out, flush)
         flush()
     qf.close()
     flush()

@@ -11,8 +11,8 @@ member's domain, "worst" their maximum.
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -267,17 +267,38 @@ plan without reconfiguration at every budget.</p>
     return summary
 
 
+@dataclass(frozen=True)
+class ReportConfig:
+    """The command line of ``python -m moesim.consolidation.report``.
+
+    Attributes:
+        folder: the study's folder (quality.csv, distances.json, metadata.json); summary.json and index.html
+            are written there.
+    """
+
+    folder: str = "reports/consolidation/study4"
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m moesim.consolidation.report", description=__doc__.splitlines()[0])
-    ap.add_argument("folder", type=Path, nargs="?", default=Path("reports/consolidation/study4"))
-    args = ap.parse_args(argv)
-    s = build(args.folder)
+    """Build summary.json and index.html in the study folder and print the targets."""
+    import sys
+
+    from moesim.cli import parse_key_values
+
+    cfg = parse_key_values(sys.argv[1:] if argv is None else argv, ReportConfig,
+                           prog="python -m moesim.consolidation.report", summary=__doc__.splitlines()[0],
+                           positional="folder", examples=("python -m moesim.consolidation.report "
+                                                          "reports/consolidation/study4",))
+    if "," in cfg.folder:
+        raise UserError(f"{cfg.folder!r}: one study folder at a time")
+    folder = Path(cfg.folder)
+    s = build(folder)
     for n, rec in s["by_n"].items():
         r = rec[OURS]
         print(f"N={n}: ours at memory {r['half_memory_fraction']:.3f}: mean {r['mean_ratio_at_half']:.4f}, "
               f"worst {r['worst_ratio_at_half']:.4f}")
-    print(f"wrote {args.folder / 'index.html'} and summary.json")
+    print(f"wrote {folder / 'index.html'} and summary.json")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """The quality study: train a tiny MoE family, consolidate it, measure held-out perplexity (imports torch).
 
-    PYTHONPATH=. python3 -m moesim.consolidation.study --preset gpu --device cuda --out OUT
-    python -m moesim.consolidation.study --preset smoke --device cpu --out /tmp/smoke   # CPU check, ~1 min
+    PYTHONPATH=. python3 -m moesim.consolidation.study preset=gpu device=cuda out=OUT
+    python -m moesim.consolidation.study preset=smoke device=cpu out=/tmp/smoke   # CPU check, ~1 min
 
-Pipeline (one process, deterministic under ``--seed`` up to GPU kernel non-determinism):
+Pipeline (one process, deterministic under ``seed`` up to GPU kernel non-determinism):
   1. pretrain a base TinyMoE on an equal mixture of the four domains' train bytes;
   2. fine-tune one variant per domain from the base (all weights), same steps and learning rate each;
   3. expert distances between every pair of variants (L2 of concatenated w1/w2/w3, cosine; with exact
@@ -18,7 +18,6 @@ Never imports plotly/simpy/hydra: the GPU machine has none of them.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import itertools
 import json
@@ -36,6 +35,7 @@ from moesim.consolidation.corpus import DOMAINS, eval_windows, load_split, sampl
 from moesim.consolidation.merging import task_arithmetic, ties_merge, uniform_average
 from moesim.consolidation.plan import Plan
 from moesim.consolidation.weights import MoELayout, check_same_architecture, expert_distances
+from moesim.errors import UserError, exit_on_user_error
 from moesim.tinymoe import CPU_CONFIG, GPU_CONFIG, TinyMoE, TinyMoEConfig, count_params
 
 QUALITY_COLUMNS = (
@@ -319,25 +319,60 @@ def _study_subset(trainer: Trainer, states: list[dict[str, torch.Tensor]], base:
             row(name, model_bytes, local, trainer.perplexity(st, DOMAINS[subset[local]]), n_pos, n_pos, "", 0)
 
 
+@dataclass(frozen=True)
+class StudyConfig:
+    """The command line of ``python -m moesim.consolidation.study``.
+
+    Attributes:
+        preset: the study's size (steps, widths, budgets); smoke is a CPU check of the whole pipeline.
+        device: torch device (cpu, cuda, cuda:1); empty: cuda when available, else cpu.
+        out: output folder (required); quality.csv, distances.json, train_log.csv, metadata.json go there.
+        corpora: folder of the byte corpora (corpora/data in this repository).
+        ckpt_dir: save the base's and the variants' state dicts here (.pt files); empty: not saved.
+        seed: seed of pretraining (fine-tune i uses seed + 1 + i).
+        deadline_s: skip study subsets not started this many seconds (wall clock) after launch, so the results
+            stay partial; null: no deadline.
+    """
+
+    preset: str = "smoke"
+    device: str = ""
+    out: str = ""
+    corpora: str = "corpora/data"
+    ckpt_dir: str = ""
+    seed: int = 0
+    deadline_s: float | None = None
+
+
+def parse_args(argv: list[str] | None) -> StudyConfig:
+    """The command line as a :class:`StudyConfig` (``key=value``; ``--key value`` works too), device resolved."""
+    import sys
+
+    from moesim.cli import parse_key_values
+
+    cfg = parse_key_values(sys.argv[1:] if argv is None else argv, StudyConfig,
+                           prog="python -m moesim.consolidation.study",
+                           summary="Train the TinyMoE family and run the consolidation quality study.",
+                           choices={"preset": sorted(PRESETS)},
+                           examples=("python -m moesim.consolidation.study preset=smoke device=cpu out=/tmp/smoke",))
+    if not cfg.out:
+        raise UserError("out is required: the output folder, e.g. out=/tmp/smoke (see --help)")
+    return replace(cfg, device=cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Train the TinyMoE family and run the consolidation quality study.")
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="smoke")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--corpora", type=Path, default=Path("corpora/data"))
-    ap.add_argument("--ckpt-dir", type=Path, default=None, help="save base and variant state dicts here (.pt)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--deadline-s", type=float, default=None,
-                    help="skip study subsets not started this many seconds after launch (results stay partial)")
-    args = ap.parse_args(argv)
+    """Train, consolidate and measure; write the study's files under ``out``."""
+    args = parse_args(argv)
+    out, corpora = Path(args.out), Path(args.corpora)
+    ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else None
     t_start = time.perf_counter()
     p = PRESETS[args.preset]
     torch.manual_seed(args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    trainer = Trainer(p, args.device, args.seed, args.corpora)
+    trainer = Trainer(p, args.device, args.seed, corpora)
     base = TinyMoE(p.model).to(trainer.device)
     meta: dict[str, object] = {
         "preset": args.preset, "seed": args.seed, "device": args.device, "torch": torch.__version__,
@@ -357,11 +392,11 @@ def main(argv: list[str] | None = None) -> None:
         meta["finetune"][d] = trainer.run(model, f"finetune-{d}", (d,), p.finetune_steps, p.finetune_lr,
                                           p.finetune_max_s, seed=args.seed + 1 + i, early_stop=True)
         states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-    if args.ckpt_dir is not None:
-        args.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.cpu() for k, v in base_state.items()}, args.ckpt_dir / "base.pt")
+    if ckpt_dir is not None:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.cpu() for k, v in base_state.items()}, ckpt_dir / "base.pt")
         for d, st in zip(DOMAINS, states, strict=True):
-            torch.save({k: v.cpu() for k, v in st.items()}, args.ckpt_dir / f"{d}.pt")
+            torch.save({k: v.cpu() for k, v in st.items()}, ckpt_dir / f"{d}.pt")
     layout = check_same_architecture(states, list(DOMAINS))
     meta["base_perplexity"] = {d: trainer.perplexity(base_state, d) for d in DOMAINS}
     meta["cross_perplexity"] = {
@@ -377,7 +412,7 @@ def main(argv: list[str] | None = None) -> None:
         for u in range(4) for v in range(u + 1, 4)}
     expert_norm = [[float(torch.cat([base_state[layout.key(lay, e, m)].float().reshape(-1) for m in ("w1", "w2", "w3")]
                                    ).norm()) for e in range(layout.n_experts)] for lay in range(layout.n_layers)]
-    (args.out / "distances.json").write_text(json.dumps({
+    (out / "distances.json").write_text(json.dumps({
         "variants": list(DOMAINS), "l2": full.l2.tolist(), "cosine": full.cosine.tolist(),
         "l2_matched": matched.l2.tolist(), "perm_matched": matched.perm.tolist(),
         "non_identity_matches": int((matched.perm != np.arange(layout.n_experts)).any(-1).sum()),
@@ -393,16 +428,16 @@ def main(argv: list[str] | None = None) -> None:
     meta["study_s"] = round(time.perf_counter() - t0, 2)
     meta["bytes"] = {"expert": layout.expert_params * 2, "nonexpert": layout.nonexpert_params * 2,
                      "positions": layout.n_layers * layout.n_experts}
-    with (args.out / "quality.csv").open("w", newline="") as f:
+    with (out / "quality.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=QUALITY_COLUMNS)
         w.writeheader()
         w.writerows(rows)
-    with (args.out / "train_log.csv").open("w", newline="") as f:
+    with (out / "train_log.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=("phase", "split", "step", "loss", "aux", "lr", "elapsed_s"))
         w.writeheader()
         w.writerows(trainer.log)
     meta["total_s"] = round(time.perf_counter() - t_start, 2)
-    (args.out / "metadata.json").write_text(json.dumps(meta, indent=1, default=str))
+    (out / "metadata.json").write_text(json.dumps(meta, indent=1, default=str))
     print(f"[done] {len(rows)} rows, {meta['total_s']} s", flush=True)
 
 

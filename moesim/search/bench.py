@@ -1,24 +1,23 @@
 """Capacity-search benchmark: ``python -m moesim.search.bench``.
 
 One search over 32 Mixtral-8x7B variants (Poisson arrivals with Azure-conversation token lengths, Zipf
-popularity, ``--duration`` seconds, two search seeds) across 3 GPU types × 3 placement strategies × 3 policies
-× 2 batch limits at two loads, run once per ``--workers`` value on a local Ray. Prints, per run: the distinct
+popularity, ``duration`` seconds, two search seeds) across 3 GPU types × 3 placement strategies × 3 policies
+× 2 batch limits at two loads, run once per ``workers`` value on a local Ray. Prints, per run: the distinct
 fleet configurations simulated, the wall time, the summed CPU time of the trials, the load average of the
 machine (other processes share its cores), the trials' summed CPU time per wall second (the cores the search
 actually got), and whether every run gave the same answer; writes the figures
-as JSON to ``--out`` when given.
+as JSON to ``out`` when given.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from moesim.errors import exit_on_user_error
+from moesim.errors import UserError, exit_on_user_error
 
 BASE: dict[str, Any] = {
     "model": "mixtral-8x7b",
@@ -63,17 +62,50 @@ def run_once(workers: int, backend: str = "ray", duration_s: float = 60.0) -> di
     }
 
 
+BACKENDS = ("ray", "local")
+
+
+@dataclass(frozen=True)
+class SearchBenchConfig:
+    """The command line of ``python -m moesim.search.bench``.
+
+    Attributes:
+        workers: worker counts (comma list; one search each), each ≥ 1.
+        backend: where the trials run: a local Ray, or processes of this machine.
+        duration: workload duration (seconds of simulated time), > 0.
+        out: write the figures as JSON to this file; empty: print only.
+    """
+
+    workers: tuple[int, ...] = (1, 2)
+    backend: str = "ray"
+    duration: float = 60.0
+    out: str = ""
+
+
+def parse_args(argv: list[str] | None) -> SearchBenchConfig:
+    """The command line as a :class:`SearchBenchConfig` (``key=value``; ``--key value`` works too)."""
+    import sys
+
+    from moesim.cli import parse_key_values
+
+    cfg = parse_key_values(sys.argv[1:] if argv is None else argv, SearchBenchConfig,
+                           prog="python -m moesim.search.bench", summary=__doc__.split("\n\n")[1],
+                           choices={"backend": BACKENDS},
+                           examples=("python -m moesim.search.bench workers=1,2 out=/tmp/search_bench.json",
+                                     "python -m moesim.search.bench backend=local workers=1 duration=30"))
+    if not cfg.workers or min(cfg.workers) < 1:
+        raise UserError(f"workers={','.join(map(str, cfg.workers))}: give worker counts ≥ 1, e.g. workers=1,2")
+    if cfg.duration <= 0:
+        raise UserError(f"duration={cfg.duration}: must be > 0 (seconds)")
+    return cfg
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark once per worker count and print the figures."""
-    ap = argparse.ArgumentParser(prog="python -m moesim.search.bench", description=__doc__.splitlines()[0])
-    ap.add_argument("--workers", default="1,2", help="comma-separated worker counts (one search each)")
-    ap.add_argument("--backend", default="ray", choices=("ray", "local"))
-    ap.add_argument("--duration", type=float, default=60.0, help="workload duration (seconds)")
-    ap.add_argument("--out", type=Path, help="write the figures as JSON here")
-    args = ap.parse_args(argv)
+    args = parse_args(argv)
     rows = []
-    for w in [int(x) for x in args.workers.split(",")]:
+    for w in args.workers:
         r = run_once(w, args.backend, args.duration)
         rows.append(r)
         print(json.dumps(r), flush=True)
