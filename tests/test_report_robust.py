@@ -185,3 +185,11 @@ def test_a_folder_of_several_sweeps_is_refused(tmp_path: Path, capsys: pytest.Ca
     assert not (tmp_path / "report.html").exists()
     report_main([str(tmp_path / "2026-11-30/10-00-00")])  # one of them is fine
     assert (tmp_path / "2026-11-30/10-00-00" / "report.html").exists()
+
+
+def test_a_single_runs_own_dir_is_reported(tmp_path: Path) -> None:
+    """`python -m moesim.report D` on a single run's dir (summary.json at its top) reports that one job."""
+    root = make_sweep(tmp_path / "s", failed=False, incomplete=False)
+    job = next(d for d in sorted(root.iterdir()) if (d / "summary.json").exists())
+    report_main([str(job)])
+    assert (job / "report.html").exists()

@@ -68,7 +68,9 @@ def _check_one_sweep(sweep_dir: Path) -> None:
 
     if (sweep_dir / "multirun.yaml").exists():
         return
-    parents = sorted({d.parent.relative_to(sweep_dir).as_posix() for d in _job_dirs(sweep_dir)})
+    # a single run's own dir (its summary.json at the top) is one job, not a second sweep
+    parents = sorted({d.parent.relative_to(sweep_dir).as_posix() if d != sweep_dir else "."
+                      for d in _job_dirs(sweep_dir)})
     if len(parents) > 1:
         shown = ", ".join(f"{p}/" for p in parents[:3]) + (", …" if len(parents) > 3 else "")
         raise UserError(f"{sweep_dir}: holds the jobs of {len(parents)} different sweeps or runs ({shown}) and no "
