@@ -240,7 +240,7 @@ def test_fleet_sweep_report_says_which_fleet_placement_and_router_ran(tmp_path: 
     assert "<td>fleet</td><td>uniform (gpus=1, gpu=the job&#x27;s gpu" in html
     assert "uniform (gpus=2, gpu=the job&#x27;s gpu" in html
     # one policy on two fleets was announced as "2 policies"
-    assert "</code>: 2 series (1 policy × other swept settings) × 1 arrival rates × 1 seed," in html
+    assert "</code>: 2 series (1 policy × other swept settings) × 1 arrival rate × 1 seed," in html
 
 
 def test_too_many_mig_tenants_says_which_key_to_change() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from test_report_helpers import RATES, make_sweep, read_data, read_figures, traces
 
@@ -90,7 +91,7 @@ def test_no_policy_meets_the_slo(tmp_path: Path) -> None:
     _edit(root, lambda s, d: s.update(p50_ttft_s=1.0, p50_tpot_s={"mig": 0.5, "reconfig": 0.3}.get(s["policy"], 0.4)))
     v = _verdict(build_report(root).read_text())
     assert ("even there the best median time per output token is 0.3 s (reconfig), above the 0.2 s target, so "
-            "the SLO is tighter than an unloaded request's service; --slo-tpot-s recomputes the report") in v
+            "the SLO is tighter than an unloaded request's service; slo_tpot_s= recomputes the report") in v
 
 
 def test_vs_columns_are_the_median_per_rate_ratio(tmp_path: Path) -> None:
@@ -206,3 +207,15 @@ def test_verdict_per_gpu_when_the_sweep_spans_two(tmp_path: Path) -> None:
     assert v[2].startswith("On gpu=h200, multiplex sustains the highest per-tenant rate: ≥ 0.4 requests/s "
                            "per tenant on 1 GPU, ≥ 0.8 requests/s per GPU (the sweep's top rate: its limit lies "
                            "higher), at least 2× the next best, reconfig (0.2 requests/s")
+
+
+def test_counts_in_the_lead_line_agree_in_number() -> None:
+    """'1 policies × 1 arrival rates' read wrong in a one-job report."""
+    from types import SimpleNamespace
+
+    from moesim.report import _series_count
+
+    one = SimpleNamespace(ok=pd.DataFrame({"policy": ["reconfig"]}), series=["reconfig"])
+    two = SimpleNamespace(ok=pd.DataFrame({"policy": ["reconfig", "mig"]}), series=["reconfig", "mig"])
+    assert _series_count(one) == "1 policy"
+    assert _series_count(two) == "2 policies"

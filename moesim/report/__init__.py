@@ -124,7 +124,7 @@ def _series_count(data: SweepData) -> str:
     (a sweep over fleet.gpus or gpu: "4 policies" counted 2 policies on 2 fleets)."""
     n_pol = int(data.ok["policy"].nunique()) if len(data.ok) else len(data.series)
     if n_pol == len(data.series):
-        return f"{n_pol} policies"
+        return f"{n_pol} polic{'ies' if n_pol != 1 else 'y'}"
     return f"{len(data.series)} series ({n_pol} polic{'ies' if n_pol != 1 else 'y'} × other swept settings)"
 
 
@@ -354,7 +354,7 @@ def build_report(sweep_dir: str | Path, *, summary: pd.DataFrame | None = None,
             data = SweepData(root, df, check_options(dataclasses.replace(
                 data.options, **({"cdf_rate": None} if key == "cdf_rate" else {"compare_rates": ()}))))
     parts = [f"<h1>moesim policy comparison</h1><p class=\"lead\">Sweep <code>{_esc(root)}</code>: "
-             f"{_series_count(data)} × {len(data.rates)} arrival rates × {len(data.seeds)} seed{'s' if len(data.seeds) != 1 else ''}, "
+             f"{_series_count(data)} × {len(data.rates)} arrival rate{'s' if len(data.rates) != 1 else ''} × {len(data.seeds)} seed{'s' if len(data.seeds) != 1 else ''}, "
              "simulated (SimPy discrete-event model of the GPU serving several fine-tuned MoE variants).</p>"]
     marker = len(parts)
     prov = _cost_provenance(data.ok)

@@ -418,9 +418,9 @@ def verdict(data: SweepData, head: pd.DataFrame) -> list[str]:
                     "tenant)")
             low = sub[np.isclose(sub["rate"], lowest)]
             tight = []
-            for col, target, label, flag in (("p50_ttft_s", "slo_ttft_s", "TTFT", "--slo-ttft-s"),
+            for col, target, label, flag in (("p50_ttft_s", "slo_ttft_s", "TTFT", "slo_ttft_s="),
                                              ("p50_tpot_s", "slo_tpot_s", "time per output token",
-                                              "--slo-tpot-s")):
+                                              "slo_tpot_s=")):
                 p50 = low.groupby("series")[col].mean().dropna() if col in low else pd.Series(dtype=float)
                 limit = float(low[target].astype(float).max())
                 if len(p50) and float(p50.min()) > limit:
