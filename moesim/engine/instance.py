@@ -15,6 +15,7 @@ import simpy
 from moesim.cost.base import CostModel, Residency, SeqWork
 from moesim.policies.base import InstancePlan, Policy
 from moesim.resident_sets import make_resident, touch
+from moesim.running_batch import retire_finished
 from moesim.workloads.request import Request
 
 if TYPE_CHECKING:
@@ -259,23 +260,10 @@ class Instance:
                     c.expert_fetches * frac, c.attention_s * frac, c.experts_s * frac, c.fetch_s * frac)
         clock = self._clock = clock + steps
         if steps == n:
-            fa = self._finish_at
-            keep = [i for i in range(B) if fa[i] > clock]
-            tc = self._tenant_count
-            for i in range(B):
-                if fa[i] <= clock:
-                    r = self.running[i]
-                    self._finish_req(r)
-                    c_t = tc[r.tenant] - 1
-                    if c_t:
-                        tc[r.tenant] = c_t
-                    else:
-                        del tc[r.tenant]
-            self.running = [self.running[i] for i in keep]
-            self._ctx_base = [self._ctx_base[i] for i in keep]
-            self._finish_at = [fa[i] for i in keep]
+            self.running, self._ctx_base, self._finish_at, keep = retire_finished(
+                self.running, self._ctx_base, self._finish_at, self._tenant_count, clock, self._finish_req)
             self._tenants = tuple([self._tenants[i] for i in keep])
-            self._tenant_label = _tenant_str(tc)
+            self._tenant_label = _tenant_str(self._tenant_count)
 
     def _link_changed(self) -> None:
         """Tell the other instances on the host link, mid decode run, that this one's activity changed."""

@@ -33,6 +33,7 @@ from moesim.cost.base import CostModel, DecodeRun, Residency, SeqWork, StepCost
 from moesim.errors import UserError
 from moesim.policies.base import InstancePlan, Policy
 from moesim.resident_sets import make_resident, touch
+from moesim.running_batch import retire_finished
 from moesim.specs import GPUSpec, ModelSpec
 from moesim.workloads.request import Request
 
@@ -338,21 +339,9 @@ class ServeInstance:
                     eager_steps=_eager(backend) - e0)
         done = self._steps_done = done + steps
         if steps == n:
-            fa = self._finish_at
-            keep = [i for i in range(B) if fa[i] > done]
-            tc = self._tenant_count
-            for i in range(B):
-                if fa[i] <= done:
-                    r = self.running[i]
-                    self._finish_req(r, end)
-                    c_t = tc[r.tenant] - 1
-                    if c_t:
-                        tc[r.tenant] = c_t
-                    else:
-                        del tc[r.tenant]
-            self.running = [self.running[i] for i in keep]
-            self._ctx_base = [self._ctx_base[i] for i in keep]
-            self._finish_at = [fa[i] for i in keep]
+            self.running, self._ctx_base, self._finish_at, _ = retire_finished(
+                self.running, self._ctx_base, self._finish_at, self._tenant_count, done,
+                lambda r: self._finish_req(r, end))
         self._last_end = clock.now()
 
     # ---- state changes (the engine applies; the policy only decided) ------------------------------
