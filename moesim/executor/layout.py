@@ -97,16 +97,29 @@ def apply_residency(eng: MoEEngine, residency: Residency, n_tenants: int) -> Non
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     pin = dev.type == "cuda"
+    # ``eng.host_pool`` > 0: at most that many distinct host copies, reused in turn (random weights: a fetch
+    # moves the same bytes over the same link whichever copy it reads; keeps pinned host memory bounded)
+    pool_n = int(getattr(eng, "host_pool", 0) or 0)
+    pool: list[tuple[torch.Tensor, torch.Tensor]] = []
     for lm, layer in enumerate(moe_layers):
         if n_gpu[lm]:
             eng.w_in[layer] = _normal((n_gpu[lm], g * s.d_ff, s.d_model), dev, dt, gen)
             eng.w_out[layer] = _normal((n_gpu[lm], s.d_model, s.d_ff), dev, dt, gen)
         eng.n_gpu_slots[layer] = n_gpu[lm]
         for _ in range(n_host[lm]):  # drawn on the device (fast), kept in (pinned) host memory
+            if pool_n and len(pool) >= pool_n:
+                w_in, w_out = pool[sum(len(h) for h in eng.host_in) % pool_n]
+                eng.host_in[layer].append(w_in)
+                eng.host_out[layer].append(w_out)
+                continue
+            pair = []
             for dst, shape in ((eng.host_in[layer], (g * s.d_ff, s.d_model)),
                                (eng.host_out[layer], (s.d_model, s.d_ff))):
                 w = _normal(shape, dev, dt, gen).cpu()
-                dst.append(w.pin_memory() if pin else w)
+                w = w.pin_memory() if pin else w
+                dst.append(w)
+                pair.append(w)
+            pool.append((pair[0], pair[1]))
     remap: list[list[torch.Tensor | None]] = [[None] * s.n_layers for _ in range(n_tenants)]
     for t in range(n_tenants):
         for lm, layer in enumerate(moe_layers):

@@ -137,12 +137,29 @@ class TorchBackend:
     def __init__(self, model: ModelSpec, gpu: GPUSpec, *, device: str = "cuda", n_tenants: int = 1,
                  execution: str = "auto", kv_bucket: int = 256, seed: int = 0, max_graphs: int = 256,
                  bucketed: bool = True, max_batch: int = 16, sms: int = 0, concurrent: bool = False,
-                 draw_experts: bool = True) -> None:
+                 draw_experts: bool = True, host_pool: int = 0, gpu_index: int | None = None) -> None:
+        # a fleet GPU: every call runs with CUDA device ``gpu_index`` current (build, setup, steps, counters)
+        self.gpu_index = gpu_index if device == "cuda" else None
+        with self.on_device():
+            self._build(model, gpu, device, n_tenants, execution, kv_bucket, seed, max_graphs, bucketed, max_batch,
+                        sms, concurrent, draw_experts, host_pool)
+        if self.gpu_index is not None:
+            for name in _ON_DEVICE:
+                setattr(self, name, _on_device(self, getattr(self, name)))
+
+    def on_device(self) -> contextlib.AbstractContextManager:
+        """``torch.cuda.device(gpu_index)`` for a fleet GPU's backend; else nothing."""
+        return torch.cuda.device(self.gpu_index) if self.gpu_index is not None else contextlib.nullcontext()
+
+    def _build(self, model: ModelSpec, gpu: GPUSpec, device: str, n_tenants: int, execution: str, kv_bucket: int,
+               seed: int, max_graphs: int, bucketed: bool, max_batch: int, sms: int, concurrent: bool,
+               draw_experts: bool, host_pool: int) -> None:
         cfg = ExecutedCostConfig(device=device, tenants=n_tenants, execution=execution, moe_engine="grouped",
                                  kv_bucket=kv_bucket, max_graphs=max_graphs, seed=seed, draw_experts=draw_experts)
         self.x = GPUExecutedCost(cfg, model, gpu)
         self.model = model
         self.eng = self.x.eng
+        self.eng.host_pool = host_pool  # distinct pinned host expert copies at most (0: one per host copy)
         self.device = self.x.device
         self.cuda = self.x.cuda
         self.n_tenants = n_tenants
@@ -201,7 +218,7 @@ class TorchBackend:
         self.plan = plan
         self.set_max_batch(plan.max_batch)
         layouts = self.x.stats["layouts"]
-        self.x._ensure_layout(plan.residency)
+        self.x._ensure_layout(physical_residency(plan, self.model))
         if self.dg is not None and self.x.stats["layouts"] != layouts:
             self.dg.reset()  # the graphs read the old expert tensors
         self.host_sets = []
@@ -264,7 +281,10 @@ class TorchBackend:
     @contextlib.contextmanager
     def instance_context(self) -> Iterator[None]:
         """Run the calling thread's steps in this slice's green context, on a stream of its own (CUDA with
-        ``sms``); nothing on CPU. Entered by the runtime in the instance's host thread."""
+        ``sms``); a fleet GPU's thread makes its device current; nothing on CPU. Entered by the runtime in the
+        instance's host thread."""
+        if self.gpu_index is not None:
+            torch.cuda.set_device(self.gpu_index)
         if not self.concurrent:
             yield
             return
@@ -472,8 +492,9 @@ class TorchBackend:
                 "green_context_sms": self.sms,
                 "build_s": self.x.build_s, **self.stats}
         if self.cuda:
-            info["gpu_name"] = torch.cuda.get_device_name(self.device)
-            info["max_memory_allocated_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
+            info["gpu_name"] = torch.cuda.get_device_name()
+            info["max_memory_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+            info["cuda_device"] = torch.cuda.current_device()
         if self.x.capture_errors:
             info["capture_errors"] = list(self.x.capture_errors)
         if self.dg is not None:
@@ -483,6 +504,42 @@ class TorchBackend:
                 info["bucket_capture_error"] = self.dg.broken
         return info
 
+
+
+#: The backend's calls that touch the device (run with a fleet GPU's device current).
+_ON_DEVICE = ("setup", "reset_stats", "warm_up", "reserve_kv", "prepare", "swap", "finish_swap", "prefill",
+              "begin_decode", "decode_step", "end_decode", "describe")
+
+
+def _on_device(backend: TorchBackend, fn: Any) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with backend.on_device():
+            return fn(*args, **kwargs)
+
+    call.__doc__ = fn.__doc__
+    return call
+
+
+def whole_model_swap(plan: InstancePlan, model: ModelSpec) -> bool:
+    """A plan whose swap moves more than a non-expert set with one set resident (``swap``: the whole model)."""
+    return plan.nonexpert_slots == 1 and plan.swap_bytes > model.nonexpert_bytes * 1.001
+
+
+def physical_residency(plan: InstancePlan, model: ModelSpec) -> Residency:
+    """The expert layout the device holds for ``plan``.
+
+    For a whole-model swap (``swap``) only the loaded tenant's experts are in memory: every tenant's groups are
+    laid out as one set of slots shared by all tenants (the first tenant's group sizes), which the swap
+    overwrites (its bytes beyond the non-expert set are copied through a scratch buffer). Otherwise the plan's
+    residency itself.
+    """
+    res = plan.residency
+    if not whole_model_swap(plan, model):
+        return res
+    everyone = frozenset(t for g in res.groups for t in g.tenants)
+    first = min(everyone)
+    groups = tuple(dataclasses.replace(g, tenants=everyone) for g in res.groups if g.tenants == frozenset({first}))
+    return dataclasses.replace(res, groups=groups)
 
 
 def _localise(plan: InstancePlan, local: dict[int, int]) -> InstancePlan:

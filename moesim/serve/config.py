@@ -52,6 +52,12 @@ class ServeConfig:
             gpu × model), ``profile_mixed`` (graph profile, eager profile for steps fetching host experts),
             ``roofline``, ``constant``, or ``auto`` (profile when shipped, else roofline).
         kv_bucket: CUDA-graph shapes round the longest context up to this (tokens).
+        gpus: GPUs of the fleet (> 1: ``placement`` says which variants each holds, ``router`` routes live; on
+            CUDA GPU g is device g; the policy must lay out one instance per GPU).
+        placement: per GPU its variants, ``;`` between GPUs (``0,1,2;1,2,3``); empty with ``gpus=1``.
+        router: the fleet router for variants with replicas (``moesim.fleet.routers``).
+        host_pool: distinct pinned host copies of host-resident experts at most, reused in turn (0: one per copy;
+            random weights: the link moves the same bytes; bounds host memory).
         out: output folder (requests.parquet, segments.parquet, summary.json, ...).
     """
 
@@ -76,6 +82,10 @@ class ServeConfig:
     compare: bool = True
     sim_cost: str = "auto"
     kv_bucket: int = 256
+    gpus: int = 1
+    placement: str = ""
+    router: str = "least_work"
+    host_pool: int = 0
     out: str = "serve_out"
 
     def __post_init__(self) -> None:
@@ -99,6 +109,25 @@ class ServeConfig:
             raise UserError(f"max_batch={self.max_batch}, budget_bytes={self.budget_bytes}: must be ≥ 0")
         if self.rate <= 0:
             raise UserError(f"rate={self.rate}: must be > 0 (requests/s per tenant)")
+        if self.gpus < 1 or self.host_pool < 0:
+            raise UserError(f"gpus={self.gpus}, host_pool={self.host_pool}: gpus ≥ 1, host_pool ≥ 0")
+        if self.gpus > 1:
+            from moesim.fleet.routers import ROUTERS
+            from moesim.serve.fleet import parse_placement
+
+            if self.policy == "mig":
+                raise UserError("policy=mig with gpus > 1: a fleet GPU runs a single-instance policy")
+            if self.router not in ROUTERS.names():
+                raise UserError(f"router={self.router!r}: valid: {', '.join(sorted(ROUTERS.names()))}")
+            parse_placement(self.placement, self.gpus, self.tenants)
+        elif self.placement:
+            raise UserError(f"placement={self.placement!r} needs gpus > 1")
+
+    def fleet_placement(self) -> list[tuple[int, ...]]:
+        """Per GPU its variants (``gpus`` > 1)."""
+        from moesim.serve.fleet import parse_placement
+
+        return parse_placement(self.placement, self.gpus, self.tenants)
 
     def policy_params(self) -> dict[str, object]:
         """Overrides of the policy's config."""

@@ -71,9 +71,12 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
         if cfg.device == "cpu":  # tiny steps are far faster on one thread
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
-        plans = POLICIES.build(cfg.policy, params).layout(model, gpu, cfg.tenants)
         if backend is None:
-            backend = build_backends(cfg, model, gpu, plans)
+            if cfg.gpus > 1:
+                backend = build_fleet_backends(cfg, model, gpu)
+            else:
+                plans = POLICIES.build(cfg.policy, params).layout(model, gpu, cfg.tenants)
+                backend = build_backends(cfg, model, gpu, plans)
         backends = backend if isinstance(backend, list) else [backend]
         batch = POLICIES.build(cfg.policy, params).cfg.max_batch
         for b in backends:
@@ -88,8 +91,7 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
             t0 = time.perf_counter()
             for b in backends:
                 b.capture = True  # a shared backend's previous run left it off
-            rep = serve(model, gpu, POLICIES.build(cfg.policy, params), backend, requests, n_tenants=cfg.tenants,
-                        clock="virtual")
+            rep = _serve(cfg, model, gpu, backend, requests, "virtual")
             write_parquet(out / "replay_requests.parquet", rep.requests)
             doc["replay"] = {"wall_s": time.perf_counter() - t0, "backend": rep.meta["backend"]}
             for b in backends:
@@ -102,14 +104,14 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
                 b.warm_up()  # lazy initialisation (library handles, streams) outside the timed run
         if cfg.backend == "cost":
             cost, desc = build_cost(cfg, model, gpu)
-            n_inst = len(POLICIES.build(cfg.policy, params).layout(model, gpu, cfg.tenants))
+            n_inst = cfg.gpus if cfg.gpus > 1 else len(POLICIES.build(cfg.policy, params).layout(model, gpu,
+                                                                                                   cfg.tenants))
             backend = [CostBackend(cost) if cfg.clock == "virtual" else SleepingCostBackend(cost)
                        for _ in range(n_inst)]
-            backend = backend[0] if n_inst == 1 else backend
+            backend = backend[0] if n_inst == 1 and cfg.gpus == 1 else backend
             doc["backend_cost"] = desc
         t0 = time.perf_counter()
-        res = serve(model, gpu, POLICIES.build(cfg.policy, params), backend, requests, n_tenants=cfg.tenants,
-                    clock=cfg.clock)
+        res = _serve(cfg, model, gpu, backend, requests, cfg.clock)
         wall = time.perf_counter() - t0
     finally:
         if threads is not None:
@@ -138,13 +140,40 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
     return doc
 
 
-def build_backends(cfg: ServeConfig, model: Any, gpu: Any, plans: list, green: bool = True) -> Any:
+def _serve(cfg: ServeConfig, model: Any, gpu: Any, backend: Any, requests: list, clock: str) -> ServeResult:
+    """One pass of the trace: ``serve`` on one GPU, ``serve_fleet`` (a fresh router) on several."""
+    params = cfg.policy_params()
+    if cfg.gpus > 1:
+        from moesim.fleet.routers import ROUTERS
+        from moesim.serve.fleet import serve_fleet
+
+        placement = cfg.fleet_placement()
+        return serve_fleet(model, gpu, [POLICIES.build(cfg.policy, params) for _ in placement], backend, requests,
+                           placement, ROUTERS.build(cfg.router, {"seed": cfg.seed}), clock=clock)
+    return serve(model, gpu, POLICIES.build(cfg.policy, params), backend, requests, n_tenants=cfg.tenants,
+                 clock=clock)
+
+
+def build_fleet_backends(cfg: ServeConfig, model: Any, gpu: Any) -> list:
+    """One ``TorchBackend`` per fleet GPU (CUDA: on device g), each holding its variants' non-expert sets."""
+    from moesim.serve.backend import TorchBackend
+
+    batch = POLICIES.build(cfg.policy, cfg.policy_params()).cfg.max_batch
+    return [TorchBackend(model, gpu, device=cfg.device, execution=cfg.execution, kv_bucket=cfg.kv_bucket,
+                         seed=cfg.seed, n_tenants=len(ts), max_batch=batch, host_pool=cfg.host_pool,
+                         gpu_index=g if cfg.device == "cuda" else None)
+            for g, ts in enumerate(cfg.fleet_placement())]
+
+
+def build_backends(cfg: ServeConfig, model: Any, gpu: Any, plans: list, green: bool = True,
+                   host_pool: int | None = None) -> Any:
     """One ``TorchBackend`` for a single instance; for several (mig) one per slice, each holding only its
     tenants' non-expert sets and, on CUDA, running on a stream of its own in a green context of its slice's
     SMs (``green=False``: no SM partition, streams only)."""
     from moesim.serve.backend import TorchBackend
 
-    kw = {"device": cfg.device, "execution": cfg.execution, "kv_bucket": cfg.kv_bucket, "seed": cfg.seed}
+    kw = {"device": cfg.device, "execution": cfg.execution, "kv_bucket": cfg.kv_bucket, "seed": cfg.seed,
+          "host_pool": cfg.host_pool if host_pool is None else host_pool}
     if len(plans) == 1:
         return TorchBackend(model, gpu, n_tenants=cfg.tenants, max_batch=plans[0].max_batch, **kw)
     sms_total = 0
@@ -190,12 +219,27 @@ def hidden_summary(res: ServeResult) -> dict[str, float]:
 def compare(cfg: ServeConfig, model: Any, gpu: Any, requests: list, res: ServeResult, out: Path,
             execution: str) -> dict[str, Any]:
     """Simulate the same trace and policy with ``sim_cost``; write it and the per-request errors."""
-    from moesim.engine import simulate  # simpy
     from moesim.executor.compare import per_request_errors, summary
 
     cost, desc = build_cost(cfg, model, gpu, execution)
-    sim = simulate(model, gpu, POLICIES.build(cfg.policy, cfg.policy_params()), cost, requests,
-                   n_tenants=cfg.tenants)
+    sim = simulate_config(cfg, model, gpu, cost, requests)
     write_parquet(out / "simulated_requests.parquet", sim.requests)
     write_parquet(out / "per_request_errors.parquet", per_request_errors(sim.requests, res.requests))
     return {"sim_cost": desc, "sim_swap_count": sim.swap_count, **summary(sim.requests, res.requests)}
+
+
+def simulate_config(cfg: ServeConfig, model: Any, gpu: Any, cost: Any, requests: list) -> Any:
+    """The simulator on ``cfg``'s policy (one GPU) or fleet (``gpus`` > 1: its placement and router). Needs simpy."""
+    if cfg.gpus > 1:
+        from moesim.fleet import FleetSpec, GPUPlacement, Placement, run_fleet
+        from moesim.fleet.routers import ROUTERS
+
+        placement = Placement(tuple(GPUPlacement(g, ts) for g, ts in enumerate(cfg.fleet_placement())), "file")
+        pol = POLICIES.build(cfg.policy, cfg.policy_params())
+        return run_fleet(model, FleetSpec.uniform(cfg.gpu, cfg.gpus), placement, requests, policy=cfg.policy,
+                         policy_cfg=pol.cfg, cost="", cost_cfg=None, router=ROUTERS.build(cfg.router, {"seed": cfg.seed}),
+                         costs={gpu.name: cost})
+    from moesim.engine import simulate  # simpy
+
+    return simulate(model, gpu, POLICIES.build(cfg.policy, cfg.policy_params()), cost, requests,
+                    n_tenants=cfg.tenants)

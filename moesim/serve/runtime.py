@@ -363,6 +363,9 @@ class ServeInstance:
         self.rec.finish[r.id] = t
         self.rec.finished += 1
         self.kv_free_bytes += (r.prompt_tokens + r.output_tokens) * self.kv_bytes_per_token
+        finished = getattr(self.feed, "finished", None)  # a fleet's feed: the router's outstanding work drops
+        if finished is not None:
+            finished(r)
 
 
 def _eager(backend: Any) -> int:

@@ -29,12 +29,10 @@ def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", 
     ``execution``: which shipped profile ``sim_cost=auto|profile`` uses (``graphs`` or ``eager``); ``auto``: the
     runtime's execution mode. ``suffix`` is added to the written files' names.
     """
-    from moesim.engine import simulate
     from moesim.executor.compare import per_request_errors, summary
     from moesim.io import write_parquet
-    from moesim.policies import POLICIES
     from moesim.serve.config import ServeConfig, make_requests
-    from moesim.serve.run import build_cost
+    from moesim.serve.run import build_cost, simulate_config
     from moesim.specs import get_gpu, get_model
 
     doc = json.loads((folder / "summary.json").read_text())
@@ -47,8 +45,7 @@ def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", 
         be = be[0] if isinstance(be, list) and be else be  # several instances: one description each
         execution = "eager" if be.get("execution") == "eager" else "graphs"
     cost, desc = build_cost(cfg, model, gpu, execution)
-    sim = simulate(model, gpu, POLICIES.build(cfg.policy, cfg.policy_params()), cost, requests,
-                   n_tenants=cfg.tenants)
+    sim = simulate_config(cfg, model, gpu, cost, requests)
     write_parquet(folder / f"simulated_requests{suffix}.parquet", sim.requests)
     write_parquet(folder / f"per_request_errors{suffix}.parquet", per_request_errors(sim.requests, measured))
     row: dict[str, Any] = {"run": folder.name, "policy": cfg.policy, "sim_cost": desc,

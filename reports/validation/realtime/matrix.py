@@ -1,0 +1,251 @@
+"""The runtime validation matrix: every policy × three workloads, one device call (``python -m moesim.serve`` runs).
+
+Run from the repository root on the GPU machine::
+
+    PACK=$OUT python3 reports/validation/realtime/matrix.py OUTDIR [run,run,...]
+
+``PACK``: a folder that gets ``matrix.tar.gz`` (every finished run so far, rewritten after each run) and
+``calibrate.tar.gz``. ``SERVE_SMOKE=1`` runs everything on CPU with the tiny model (the CI path of this
+script). ``MATRIX_DEADLINE_S``: the script's own deadline (seconds from its start, default 375); a run whose
+estimate does not fit before it is skipped and logged.
+
+What it does (Mixtral-8x7B real shapes, random bf16 weights, 2 tenants per single-GPU run; token pairs of the
+conversation trace, prompts ≤ 256, outputs ≤ 8; Poisson arrivals):
+
+* builds ONE engine (3 non-expert sets, host expert copies pooled: ``host_pool``) and serves on it, for each of
+  ``naive``, ``swap``, ``reconfig``, ``reconfig_fast``, ``multiplex``, three workloads: ``light`` (arrivals
+  well below capacity), ``saturated`` (all arrive within about a second), ``host`` (a tight weight budget:
+  experts on the host, fetched per use). The keys of each run are in ``RUNS``;
+* ``fleet``: with 2 GPUs, 4 variants over 2 H200s (GPU 0: variants 0,1,2; GPU 1: 1,2,3; multiplex on each),
+  routed live by ``least_work`` (one host thread per GPU), on engine 0 (the shared one) and a second engine;
+* ``mig``: frees the engine, builds one slice engine per MIG slice (green contexts), three workloads;
+* the calibrator with a consolidation plan (``plan_mixtral.json``: ``python -m moesim.consolidate
+  synthetic=mixtral-8x7b``), on GPU 1 concurrently with the matrix when there are 2 GPUs (``CUDA_VISIBLE_DEVICES=1``),
+  else after the matrix if time is left; time-boxed with ``budget_s``.
+
+Nothing here needs simpy: the simulated side is computed afterwards with ``python -m moesim.serve.validate``.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+COMMON = ["device=cuda", "model=mixtral-8x7b", "gpu=h200", "workload=poisson", "compare=false", "seed=0",
+          "max_prompt=256", "max_output=8", "tenants=2"]
+# name → (keys, estimated seconds on the H200 including warm-up); order = the order they run in
+RUNS: dict[str, tuple[list[str], float]] = {
+    "naive_light": (["policy=naive", "budget_bytes=120e9", "rate=0.12", "max_requests=6", "warmup=false"], 24),
+    "naive_saturated": (["policy=naive", "budget_bytes=120e9", "rate=4", "max_requests=6", "warmup=false"], 16),
+    "naive_host": (["policy=naive", "budget_bytes=85e9", "rate=0.12", "max_requests=5", "warmup=false"], 26),
+    "swap_light": (["policy=swap", "rate=0.15", "max_requests=8", "warmup=false"], 30),
+    "swap_saturated": (["policy=swap", "rate=4", "max_requests=8", "warmup=false"], 12),
+    "swap_host": (["policy=swap", "budget_bytes=70e9", "rate=0.15", "max_requests=6", "warmup=false"], 26),
+    "reconfig_light": (["policy=reconfig", "rate=0.35", "max_requests=10"], 20),
+    "reconfig_saturated": (["policy=reconfig", "rate=4", "max_requests=10"], 14),
+    "reconfig_host": (["policy=reconfig", "budget_bytes=85e9", "rate=0.3", "max_requests=8", "warmup=false"], 22),
+    "reconfig_fast_light": (["policy=reconfig_fast", "max_batch=8", "rate=0.4", "max_requests=10"], 20),
+    "reconfig_fast_saturated": (["policy=reconfig_fast", "max_batch=8", "rate=4", "max_requests=10"], 10),
+    "reconfig_fast_host": (["policy=reconfig_fast", "max_batch=8", "budget_bytes=85e9", "rate=0.3",
+                            "max_requests=8", "warmup=false"], 22),
+    "multiplex_light": (["policy=multiplex", "max_batch=16", "rate=0.5", "max_requests=12"], 20),
+    "multiplex_saturated": (["policy=multiplex", "max_batch=16", "rate=6", "max_requests=16"], 10),
+    "multiplex_host": (["policy=multiplex", "max_batch=16", "budget_bytes=85e9", "rate=0.4", "max_requests=10",
+                        "warmup=false"], 20),
+    "fleet": (["policy=multiplex", "max_batch=16", "tenants=4", "gpus=2", "placement=0,1,2;1,2,3",
+               "router=least_work", "rate=0.6", "max_requests=24"], 35),
+    "mig_light": (["policy=mig", "rate=0.25", "max_requests=8", "warmup=false"], 22),
+    "mig_saturated": (["policy=mig", "rate=4", "max_requests=8", "warmup=false"], 14),
+    "mig_host": (["policy=mig", "budget_bytes=50e9", "rate=0.2", "max_requests=6", "warmup=false"], 24),
+}
+SMOKE_KEYS = {"naive": ["budget_bytes=0"], "swap": ["budget_bytes=0"]}
+DEADLINE_S = float(os.environ.get("MATRIX_DEADLINE_S", "375"))
+CAL_BUDGET_S = 170.0
+
+
+def _smoke() -> bool:
+    return bool(os.environ.get("SERVE_SMOKE"))
+
+
+def run_keys(name: str) -> list[str]:
+    """The ``python -m moesim.serve`` keys of run ``name`` (CPU/tiny variants with ``SERVE_SMOKE``)."""
+    keys = list(RUNS[name][0])
+    common = list(COMMON)
+    if _smoke():
+        common[:2] = ["device=cpu", "model=tiny"]
+        keys = [k for k in keys if not k.startswith(("budget_bytes", "max_requests", "rate"))]
+        tiny_budget = {"naive_host": "budget_bytes=4e5", "swap_host": "budget_bytes=2.5e5",
+                       "reconfig_host": "budget_bytes=6e5", "reconfig_fast_host": "budget_bytes=6e5",
+                       "multiplex_host": "budget_bytes=6e5", "mig_host": "budget_bytes=2.5e5"}
+        keys += ["max_requests=6", "rate=3" if "saturated" in name else "rate=1"]
+        if name in tiny_budget:
+            keys.append(tiny_budget[name])
+    merged: dict[str, str] = {}
+    for k in common + keys:
+        merged[k.split("=", 1)[0]] = k
+    return list(merged.values())
+
+
+def calibrate_command(out: Path) -> list[str]:
+    """The calibrator with a consolidation plan (CUDA: Mixtral's synthetic plan; smoke: the tiny one)."""
+    plan = HERE / ("plan_tiny.json" if _smoke() else "plan_mixtral.json")
+    dev, model = ("cpu", "tiny") if _smoke() else ("cuda", "mixtral-8x7b")
+    return [sys.executable, "-m", "moesim.calibrate", f"device={dev}", f"model={model}", f"plan={plan}",
+            "grid=quick", "slices=false", "tenants=2", f"budget_s={CAL_BUDGET_S:.0f}", f"out={out}"]
+
+
+def start_calibrator(out: Path, gpu: int | None) -> subprocess.Popen:
+    """Start the calibrator in the background (on CUDA device ``gpu`` only); its log in ``out/calibrate.log``."""
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    log = open(out / "calibrate.log", "w")  # noqa: SIM115 (closed by the OS at exit)
+    cmd = calibrate_command(out)
+    log.write(" ".join(cmd) + "\n")
+    log.flush()
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def pack(out: Path, what: str, names: list[str]) -> None:
+    """``$PACK/<what>.tar.gz`` of the folders ``names`` under ``out`` (rewritten: the latest state)."""
+    dest = os.environ.get("PACK")
+    if not dest:
+        return
+    tmp = Path(dest, f".{what}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for n in names:
+        if Path(out, n).exists():
+            shutil.copytree(Path(out, n), tmp / n)
+    shutil.make_archive(str(Path(dest, what)), "gztar", tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(out_s: str, only: list[str] | None = None) -> int:
+    from moesim.policies import POLICIES
+    from moesim.serve.backend import TorchBackend
+    from moesim.serve.config import parse_args
+    from moesim.serve.run import build_backends, run
+    from moesim.specs import get_gpu, get_model
+
+    out = Path(out_s)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    smoke = _smoke()
+    names = [n for n in RUNS if only is None or n in only]
+    device = "cpu" if smoke else "cuda"
+    n_gpus = 1
+    if not smoke:
+        import torch
+
+        n_gpus = torch.cuda.device_count()
+    print(f"matrix: {len(names)} runs, {n_gpus} GPU(s), deadline {DEADLINE_S:.0f} s", flush=True)
+    cal = None
+    want_cal = only is None or "calibrate" in only
+    if want_cal and n_gpus >= 2:
+        cal = start_calibrator(out / "calibrate", 1)
+        print(f"calibrator started on GPU 1 (pid {cal.pid})", flush=True)
+    model = get_model("tiny" if smoke else "mixtral-8x7b")
+    gpu = get_gpu("h200")
+    shared = TorchBackend(model, gpu, device=device, n_tenants=3, max_batch=16, host_pool=8)
+    print(f"engine built in {time.perf_counter() - t0:.1f} s", flush=True)
+    done: list[str] = []
+    failed = 0
+
+    def one(name: str, backend) -> bool:
+        t = time.perf_counter()
+        args = [*run_keys(name), f"out={out}/{name}"]
+        ok = True
+        try:
+            run(parse_args(args), args, backend=backend)
+        except Exception:  # keep the other runs
+            ok = False
+            traceback.print_exc()
+        print(f"{name}: {'ok' if ok else 'FAILED'} {time.perf_counter() - t:.1f} s "
+              f"(total {time.perf_counter() - t0:.1f} s)", flush=True)
+        done.append(name)
+        pack(out, "matrix", done)
+        return ok
+
+    def fits(name: str) -> bool:
+        if smoke or time.perf_counter() - t0 + RUNS[name][1] <= DEADLINE_S:
+            return True
+        print(f"{name}: skipped (time: {time.perf_counter() - t0:.0f} s + estimate {RUNS[name][1]:.0f} s > "
+              f"{DEADLINE_S:.0f} s)", flush=True)
+        return False
+
+    for name in [n for n in names if not n.startswith(("fleet", "mig"))]:
+        if fits(name):
+            failed += not one(name, shared)
+    if "fleet" in names and fits("fleet"):
+        if n_gpus >= 2 or smoke:
+            if cal is not None and cal.poll() is None:
+                left = max(0.0, CAL_BUDGET_S + 30 - (time.perf_counter() - t0))
+                print(f"fleet: waiting up to {left:.0f} s for the calibrator on GPU 1", flush=True)
+                try:
+                    cal.wait(timeout=left)
+                except subprocess.TimeoutExpired:
+                    cal.terminate()
+                    cal.wait()
+                    print("calibrator: terminated (time)", flush=True)
+            second = TorchBackend(model, gpu, device=device, n_tenants=3, max_batch=16, host_pool=8,
+                                  gpu_index=None if smoke else 1)
+            failed += not one("fleet", [shared, second])
+            del second
+        else:
+            print("fleet: skipped (one GPU)", flush=True)
+    print(shared.describe(), flush=True)
+    del shared
+    gc.collect()
+    if not smoke:
+        import torch
+
+        torch.cuda.empty_cache()
+    for name in [n for n in names if n.startswith("mig")]:
+        if not fits(name):
+            continue
+        cfg = parse_args([*run_keys(name), f"out={out}/{name}"])
+        try:
+            plans = POLICIES.build(cfg.policy, cfg.policy_params()).layout(model, gpu, cfg.tenants)
+            backends = build_backends(cfg, model, gpu, plans, host_pool=8)
+        except Exception:
+            traceback.print_exc()
+            failed += 1
+            continue
+        print(f"{name}: {len(backends)} slice engines built, SMs {[b.sms for b in backends]}", flush=True)
+        failed += not one(name, backends)
+        del backends
+        gc.collect()
+        if not smoke:
+            torch.cuda.empty_cache()
+    if want_cal:
+        left = DEADLINE_S - (time.perf_counter() - t0)
+        if cal is None and (smoke or left > 60):
+            cal = start_calibrator(out / "calibrate", None)
+            print(f"calibrator started after the matrix (pid {cal.pid})", flush=True)
+        if cal is not None:
+            try:
+                cal.wait(timeout=max(1.0, DEADLINE_S + 20 - (time.perf_counter() - t0)))
+            except subprocess.TimeoutExpired:
+                cal.terminate()
+                cal.wait()
+            print(f"calibrator: exit {cal.returncode}", flush=True)
+            failed += cal.returncode != 0
+            pack(out, "calibrate", ["calibrate"])
+    print(f"matrix done in {time.perf_counter() - t0:.1f} s, {failed} failed", flush=True)
+    return failed
+
+
+if __name__ == "__main__":
+    code = main(sys.argv[1], sys.argv[2].split(",") if len(sys.argv) > 2 else None)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # skip teardown: green contexts destroyed before their streams' tensors abort the process
