@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -267,6 +268,66 @@ class TorchBackend:
             n = 0
         self.x._sync()
         return n
+
+    def decode_table(self, contexts: tuple[int, ...] = (200, 456), reps: int = 5,
+                     sizes: tuple[int, ...] | None = None) -> list[dict[str, Any]]:
+        """Time decode steps exactly as the runtime runs them (``_execute``: buckets, pads, host input building,
+        synchronisation) for batches of ``sizes`` sequences (default: each bucket and the midpoints between),
+        1 … 3 distinct tenants, every sequence at each context of ``contexts`` (tokens); one untimed step first
+        (captures the bucket's graph). Rows: ``n_seqs``, ``bucket``, ``n_tenants``, ``context``, ``step_s``
+        (median of ``reps``), ``step_s_min``, ``graph`` (replayed a CUDA graph). Call with the layout of the
+        runs it describes set up (``setup``) and no host experts."""
+        from statistics import median
+
+        from moesim.serve.graphs import bucket_for
+
+        top = self.dg.sizes[-1] if self.dg is not None else 16
+        if sizes is None:
+            bs = self.dg.sizes if self.dg is not None else (1, 2, 4, 8, 16)
+            sizes = tuple(sorted(set(bs) | {(a + b) // 2 for a, b in itertools.pairwise(bs) if b - a > 1}))
+        capture, self.capture = self.capture, True
+        rows = []
+        try:
+            self.reserve_kv(top * (max(contexts) + 2))
+            for n in sizes:
+                for k in range(1, min(n, self.n_tenants, 3) + 1):
+                    tenants = tuple(i % k for i in range(n))
+                    for ctx in contexts:
+                        batch = tuple(SeqWork(t, 1, ctx) for t in tenants)
+                        g0 = self.stats["graph_steps"]
+                        self._execute(batch)
+                        times = [self._execute(batch).total_s for _ in range(reps)]
+                        rows.append({"n_seqs": n, "bucket": bucket_for(n, self.dg.sizes) if self.dg else n,
+                                     "n_tenants": k, "context": ctx, "step_s": median(times),
+                                     "step_s_min": min(times), "graph": self.stats["graph_steps"] > g0})
+        finally:
+            self.capture = capture
+        return rows
+
+    def prefill_table(self, tokens: tuple[int, ...] = (32, 64, 128, 256), n_seqs: tuple[int, ...] = (1, 2),
+                      reps: int = 3) -> list[dict[str, Any]]:
+        """Time prefill steps as the runtime runs them, eagerly (a shape no warm-up met) and replayed from its
+        exact-shape CUDA graph: ``n_seqs`` sequences of tenants 0, 1, … with ``tokens`` prompt tokens each.
+        Rows: ``n_seqs``, ``tokens`` (per sequence), ``eager_s``, ``graph_s`` (medians of ``reps``)."""
+        from statistics import median
+
+        capture = self.capture
+        rows = []
+        try:
+            self.reserve_kv(max(n_seqs) * max(tokens) + 1)
+            for n in n_seqs:
+                for t in tokens:
+                    batch = tuple(SeqWork(i % self.n_tenants, t, 0) for i in range(n))
+                    self.capture = False
+                    self._execute(batch)
+                    eager = [self._execute(batch).total_s for _ in range(reps)]
+                    self.capture = True
+                    self._execute(batch)
+                    graph = [self._execute(batch).total_s for _ in range(reps)]
+                    rows.append({"n_seqs": n, "tokens": t, "eager_s": median(eager), "graph_s": median(graph)})
+        finally:
+            self.capture = capture
+        return rows
 
     def set_max_batch(self, max_batch: int) -> None:
         """Buckets for a policy's batch limit (graphs of other buckets dropped when the sizes change)."""
@@ -508,7 +569,8 @@ class TorchBackend:
 
 #: The backend's calls that touch the device (run with a fleet GPU's device current).
 _ON_DEVICE = ("setup", "reset_stats", "warm_up", "reserve_kv", "prepare", "swap", "finish_swap", "prefill",
-              "begin_decode", "decode_step", "end_decode", "describe")
+              "begin_decode", "decode_step", "end_decode", "describe", "decode_table",
+              "prefill_table")
 
 
 def _on_device(backend: TorchBackend, fn: Any) -> Any:

@@ -42,26 +42,27 @@ COMMON = ["device=cuda", "model=mixtral-8x7b", "gpu=h200", "workload=poisson", "
           "max_prompt=256", "max_output=8", "tenants=2"]
 # name → (keys, estimated seconds on the H200 including warm-up); order = the order they run in
 RUNS: dict[str, tuple[list[str], float]] = {
-    "naive_light": (["policy=naive", "budget_bytes=120e9", "rate=0.12", "max_requests=6", "warmup=false"], 24),
-    "naive_saturated": (["policy=naive", "budget_bytes=120e9", "rate=4", "max_requests=6", "warmup=false"], 16),
-    "naive_host": (["policy=naive", "budget_bytes=85e9", "rate=0.12", "max_requests=5", "warmup=false"], 26),
-    "swap_light": (["policy=swap", "rate=0.15", "max_requests=8", "warmup=false"], 30),
+    "naive_light": (["policy=naive", "budget_bytes=120e9", "rate=0.12", "max_requests=5", "warmup=false"], 26),
+    "naive_saturated": (["policy=naive", "budget_bytes=120e9", "rate=4", "max_requests=5", "warmup=false"], 16),
+    "naive_host": (["policy=naive", "budget_bytes=85e9", "rate=0.12", "max_requests=4", "warmup=false"], 24),
+    "swap_light": (["policy=swap", "rate=0.15", "max_requests=6", "warmup=false"], 26),
     "swap_saturated": (["policy=swap", "rate=4", "max_requests=8", "warmup=false"], 12),
-    "swap_host": (["policy=swap", "budget_bytes=70e9", "rate=0.15", "max_requests=6", "warmup=false"], 26),
-    "reconfig_light": (["policy=reconfig", "rate=0.35", "max_requests=10"], 20),
+    "swap_host": (["policy=swap", "budget_bytes=70e9", "rate=0.15", "max_requests=6", "warmup=false"], 25),
+    "reconfig_light": (["policy=reconfig", "rate=0.35", "max_requests=10"], 22),
     "reconfig_saturated": (["policy=reconfig", "rate=4", "max_requests=10"], 14),
     "reconfig_host": (["policy=reconfig", "budget_bytes=85e9", "rate=0.3", "max_requests=8", "warmup=false"], 22),
     "reconfig_fast_light": (["policy=reconfig_fast", "max_batch=8", "rate=0.4", "max_requests=10"], 20),
-    "reconfig_fast_saturated": (["policy=reconfig_fast", "max_batch=8", "rate=4", "max_requests=10"], 10),
+    "reconfig_fast_saturated": (["policy=reconfig_fast", "max_batch=8", "rate=20", "max_requests=16"], 12),
     "reconfig_fast_host": (["policy=reconfig_fast", "max_batch=8", "budget_bytes=85e9", "rate=0.3",
                             "max_requests=8", "warmup=false"], 22),
     "multiplex_light": (["policy=multiplex", "max_batch=16", "rate=0.5", "max_requests=12"], 20),
-    "multiplex_saturated": (["policy=multiplex", "max_batch=16", "rate=6", "max_requests=16"], 10),
+    "multiplex_saturated": (["policy=multiplex", "max_batch=16", "rate=40", "max_requests=24"], 12),
     "multiplex_host": (["policy=multiplex", "max_batch=16", "budget_bytes=85e9", "rate=0.4", "max_requests=10",
                         "warmup=false"], 20),
+    "tables": ([], 20),  # decode and prefill steps timed on the runtime's engine (all experts resident)
     "fleet": (["policy=multiplex", "max_batch=16", "tenants=4", "gpus=2", "placement=0,1,2;1,2,3",
-               "router=least_work", "rate=0.6", "max_requests=24"], 35),
-    "mig_light": (["policy=mig", "rate=0.25", "max_requests=8", "warmup=false"], 22),
+               "router=least_work", "rate=0.6", "max_requests=24"], 30),
+    "mig_light": (["policy=mig", "rate=0.15", "max_requests=6", "warmup=false"], 26),
     "mig_saturated": (["policy=mig", "rate=4", "max_requests=8", "warmup=false"], 14),
     "mig_host": (["policy=mig", "budget_bytes=50e9", "rate=0.2", "max_requests=6", "warmup=false"], 24),
 }
@@ -129,6 +130,37 @@ def pack(out: Path, what: str, names: list[str]) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def tables(backend, out: Path, model, gpu) -> bool:
+    """``decode_table.csv`` and ``prefill_table.csv``: steps timed on ``backend`` laid out as multiplex over 3
+    tenants (every expert resident), as the runtime runs them (``TorchBackend.decode_table``/``prefill_table``)."""
+    import json
+
+    import pandas as pd
+
+    from moesim.policies import POLICIES
+
+    t = time.perf_counter()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        plan = POLICIES.build("multiplex", {"max_batch": 16}).layout(model, gpu, 3)[0]
+        backend.setup(plan, 3)
+        backend.prepare(16, 460)
+        dec = pd.DataFrame(backend.decode_table())
+        dec.to_csv(out / "decode_table.csv", index=False)
+        pre = pd.DataFrame(backend.prefill_table())
+        pre.to_csv(out / "prefill_table.csv", index=False)
+        (out / "tables.json").write_text(json.dumps({"model": model.name, "gpu": gpu.name,
+                                                     "backend": backend.describe()}, indent=1, default=str))
+        print(dec.to_string(index=False), flush=True)
+        print(pre.to_string(index=False), flush=True)
+        ok = True
+    except Exception:
+        traceback.print_exc()
+        ok = False
+    print(f"tables: {'ok' if ok else 'FAILED'} {time.perf_counter() - t:.1f} s", flush=True)
+    return ok
+
+
 def main(out_s: str, only: list[str] | None = None) -> int:
     from moesim.policies import POLICIES
     from moesim.serve.backend import TorchBackend
@@ -182,9 +214,13 @@ def main(out_s: str, only: list[str] | None = None) -> int:
               f"{DEADLINE_S:.0f} s)", flush=True)
         return False
 
-    for name in [n for n in names if not n.startswith(("fleet", "mig"))]:
+    for name in [n for n in names if not n.startswith(("fleet", "mig", "tables"))]:
         if fits(name):
             failed += not one(name, shared)
+    if "tables" in names and fits("tables"):
+        failed += not tables(shared, out / "tables", model, gpu)
+        done.append("tables")
+        pack(out, "matrix", done)
     if "fleet" in names and fits("fleet"):
         if n_gpus >= 2 or smoke:
             if cal is not None and cal.poll() is None:
