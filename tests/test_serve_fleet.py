@@ -1,0 +1,174 @@
+"""The runtime over several GPUs (``moesim.serve.fleet``), and the layouts that let naive and swap run. CPU.
+
+* Without replicas (routing fixed by the variant) on the virtual clock with a cost backend, the fleet runtime
+  makes the simulator's fleet decisions (same per-request table, same GPU per request).
+* With replicas on the wall clock, requests are routed live by the router (least_work spreads a burst over both
+  replicas), conserved, and the router's outstanding work returns to zero.
+* ``swap`` is laid out as one physical expert set shared by every tenant; ``host_pool`` bounds distinct host
+  copies; the decode/prefill step tables time the runtime's own steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from moesim.cost import COST_MODELS
+from moesim.errors import UserError
+from moesim.executor.compare import check_tables
+from moesim.fleet import FleetSpec, GPUPlacement, Placement, run_fleet
+from moesim.fleet.routers import ROUTERS
+from moesim.policies import POLICIES
+from moesim.serve.fleet import parse_placement, serve_fleet
+from moesim.serve.runtime import CostBackend, SleepingCostBackend
+from moesim.specs import get_gpu, get_model
+from moesim.workloads.request import Request
+
+MIXTRAL = get_model("mixtral-8x7b")
+TINY = get_model("tiny")
+H200 = get_gpu("h200")
+
+
+def _trace(n: int, rate: float, seed: int, tenants: int) -> list[Request]:
+    rng = np.random.default_rng(seed)
+    t = np.cumsum(rng.exponential(1 / rate, n))
+    return [Request(i, int(rng.integers(0, tenants)), float(t[i]), int(rng.integers(5, 400)),
+                    int(rng.integers(1, 40))) for i in range(n)]
+
+
+def _roofline():
+    return COST_MODELS.build("roofline", None, model=MIXTRAL, gpu=H200)
+
+
+def test_placement_is_parsed_and_bad_ones_refused_in_one_line() -> None:
+    assert parse_placement("0,1,2;1,2,3", 2, 4) == [(0, 1, 2), (1, 2, 3)]
+    assert parse_placement(" 2,0 ; 1,3", 2, 4) == [(0, 2), (1, 3)]
+    for text, match in (("0,1", "one ';'-separated"), ("0,1;x", "not comma-separated"), ("0,1;1,7", "GPU 1"),
+                        ("0;1", r"tenants \[2, 3\]")):
+        with pytest.raises(UserError, match=match):
+            parse_placement(text, 2, 4)
+    from moesim.serve.config import ServeConfig
+
+    with pytest.raises(UserError, match="needs gpus > 1"):
+        ServeConfig(placement="0;1")
+    with pytest.raises(UserError, match="router='nope'"):
+        ServeConfig(gpus=2, tenants=2, placement="0;1", router="nope")
+    with pytest.raises(UserError, match="single-instance"):
+        ServeConfig(gpus=2, tenants=2, placement="0;1", policy="mig")
+
+
+@pytest.mark.parametrize("policy", ["multiplex", "reconfig"])
+def test_fleet_without_replicas_makes_the_simulators_decisions(policy: str) -> None:
+    reqs = _trace(60, 6.0, 3, 4)
+    placement = [(0, 2), (1, 3)]
+    params = {"max_batch": 8} if policy == "multiplex" else {}
+    run = serve_fleet(MIXTRAL, H200, [POLICIES.build(policy, params) for _ in placement],
+                      [CostBackend(_roofline()) for _ in placement], reqs, placement, None, clock="virtual")
+    sim = run_fleet(MIXTRAL, FleetSpec.uniform("h200", 2),
+                    Placement(tuple(GPUPlacement(g, ts) for g, ts in enumerate(placement)), "file"), reqs,
+                    policy=policy, policy_cfg=POLICIES.build(policy, params).cfg, cost="roofline", cost_cfg=None)
+    cols = ["request_id", "tenant", "arrival_s", "start_s", "first_token_s", "finish_s", "gpu", "swap_wait_s"]
+    pd.testing.assert_frame_equal(sim.requests[cols], run.requests[cols])
+    assert set(run.requests["gpu"]) == {0, 1}
+    # each request served on the GPU holding its variant
+    assert (run.requests["gpu"] == run.requests["tenant"] % 2).all()
+    assert run.swap_count == sim.swap_count
+    check_tables(run.requests)
+
+
+def test_fleet_routes_live_on_the_wall_clock() -> None:
+    from moesim.cost.constant import ConstantCost, ConstantCostConfig
+
+    # a burst of variant 1 (on both GPUs) while GPU 0 is busy with variant 0: least_work sends it to GPU 1
+    reqs = [Request(0, 0, 0.0, 50, 20)] + [Request(i, 1, 0.01 + 0.002 * i, 50, 6) for i in range(1, 7)]
+    placement = [(0, 1), (1, 2)]
+
+    def cost():
+        return SleepingCostBackend(ConstantCost(ConstantCostConfig(prefill_s=0.01, decode_step_s=0.004),
+                                                MIXTRAL, H200))
+
+    router = ROUTERS.build("least_work")
+    run = serve_fleet(MIXTRAL, H200, [POLICIES.build("multiplex", {"max_batch": 4}) for _ in placement],
+                      [cost(), cost()], reqs, placement, router, clock="wall")
+    r = run.requests
+    check_tables(r)
+    assert r.loc[0, "gpu"] == 0  # variant 0 only on GPU 0
+    assert set(r.loc[1:, "gpu"]) == {0, 1}  # the replicated variant went to both
+    assert int((r.loc[1:, "gpu"] == 1).sum()) >= 3  # mostly to the GPU without the long request
+    assert (r["first_token_s"] >= r["arrival_s"] + 0.01 - 1e-3).all()  # a prefill really took 10 ms
+    seg = run.segments
+    assert int(seg.loc[seg["kind"] == "prefill", "n_seqs"].sum()) == len(reqs)
+    assert set(seg["instance"]) == {"gpu0", "gpu1"}
+    assert run.meta["fleet"]["requests_per_gpu"] == [int((r["gpu"] == 0).sum()), int((r["gpu"] == 1).sum())]
+    with pytest.raises(UserError, match="needs a router"):
+        serve_fleet(MIXTRAL, H200, [POLICIES.build("multiplex") for _ in placement], [cost(), cost()], reqs,
+                    placement, None, clock="wall")
+
+
+def test_fleet_served_with_torch_on_cpu_and_validated(tmp_path) -> None:
+    pytest.importorskip("torch")
+    from moesim.serve.config import ServeConfig, make_requests
+    from moesim.serve.run import run
+    from moesim.serve.validate import validate_run
+
+    cfg = ServeConfig(model="tiny", device="cpu", policy="multiplex", max_batch=4, tenants=3, gpus=2,
+                      placement="0,1;1,2", rate=8.0, max_requests=12, max_prompt=64, max_output=6,
+                      out=str(tmp_path), compare=False, warmup=True)
+    doc = run(cfg, [], log=lambda *a, **k: None)
+    req = pd.read_parquet(tmp_path / "requests.parquet")
+    reqs = make_requests(cfg)
+    assert len(req) == 12 and doc["fleet"]["placement"] == [[0, 1], [1, 2]]
+    assert (req.loc[req["tenant"] == 0, "gpu"] == 0).all() and (req.loc[req["tenant"] == 2, "gpu"] == 1).all()
+    assert int(req["output_tokens"].sum()) == sum(r.output_tokens for r in reqs)
+    assert len(doc["backend"]) == 2 and all(b["steps"] > 0 for b in doc["backend"])  # both GPUs executed
+    row = validate_run(tmp_path, "roofline")
+    assert row["n_requests"] == 12
+
+
+def test_swap_is_laid_out_as_one_physical_expert_set() -> None:
+    from moesim.serve.backend import physical_residency, whole_model_swap
+
+    plan = POLICIES.build("swap", {"budget_bytes": 50e9}).layout(MIXTRAL, H200, 3)[0]
+    assert whole_model_swap(plan, MIXTRAL)
+    phys = physical_residency(plan, MIXTRAL)
+    assert [(sorted(g.tenants), g.positions, g.on_gpu) for g in phys.groups] == [
+        ([0, 1, 2], 132, True), ([0, 1, 2], 124, False)]
+    assert phys.gpu_expert_copies() == 132  # one tenant's worth on the device, not three
+    for name in ("reconfig", "multiplex", "naive"):
+        p = POLICIES.build(name).layout(MIXTRAL, H200, 3)[0]
+        assert not whole_model_swap(p, MIXTRAL)
+        assert physical_residency(p, MIXTRAL) is p.residency
+
+
+def test_host_pool_bounds_distinct_host_copies() -> None:
+    torch = pytest.importorskip("torch")
+    from moesim.calibrate.engine import MoEEngine
+    from moesim.executor.layout import apply_residency
+
+    res = POLICIES.build("naive", {"budget_bytes": 4e5}).layout(TINY, H200, 2)[0].residency
+    counts = []
+    for pool in (0, 3):
+        eng = MoEEngine(TINY, torch.device("cpu"), n_tenants=2, seed=1, dtype=torch.float32)
+        eng.host_pool = pool
+        apply_residency(eng, res, 2)
+        tensors = [t for layer in eng.host_in for t in layer]
+        counts.append((len(tensors), len({id(t) for t in tensors})))
+    n_host = sum(g.positions for g in res.groups if not g.on_gpu)
+    assert counts[0] == (n_host, n_host)  # one copy per host position
+    assert counts[1] == (n_host, 3)  # the same positions, 3 distinct copies
+
+
+def test_step_tables_time_the_runtimes_steps_on_cpu() -> None:
+    pytest.importorskip("torch")
+    from moesim.serve.backend import TorchBackend
+
+    b = TorchBackend(TINY, H200, device="cpu", n_tenants=3, max_batch=8)
+    b.setup(POLICIES.build("multiplex", {"max_batch": 8}).layout(TINY, H200, 3)[0], 3)
+    dec = pd.DataFrame(b.decode_table(contexts=(20,), reps=2))
+    assert list(dec["n_seqs"]) == [1, 2, 2, 3, 3, 3, 4, 4, 4, 6, 6, 6, 8, 8, 8]
+    assert list(dec["bucket"]) == [1, 2, 2, 4, 4, 4, 4, 4, 4, 8, 8, 8, 8, 8, 8]
+    assert (dec["step_s"] > 0).all() and (dec["step_s_min"] <= dec["step_s"]).all()
+    pre = pd.DataFrame(b.prefill_table(tokens=(8, 16), n_seqs=(1,), reps=2))
+    assert list(pre["tokens"]) == [8, 16] and (pre[["eager_s", "graph_s"]] > 0).all().all()
+    assert b.stats["steps"] == len(dec) * 3 + 2 * 6
