@@ -118,10 +118,13 @@ def test_fleet_served_with_torch_on_cpu_and_validated(tmp_path) -> None:
     doc = run(cfg, [], log=lambda *a, **k: None)
     req = pd.read_parquet(tmp_path / "requests.parquet")
     reqs = make_requests(cfg)
-    assert len(req) == 12 and doc["fleet"]["placement"] == [[0, 1], [1, 2]]
-    assert (req.loc[req["tenant"] == 0, "gpu"] == 0).all() and (req.loc[req["tenant"] == 2, "gpu"] == 1).all()
+    assert len(req) == 12
+    assert doc["fleet"]["placement"] == [[0, 1], [1, 2]]
+    assert (req.loc[req["tenant"] == 0, "gpu"] == 0).all()
+    assert (req.loc[req["tenant"] == 2, "gpu"] == 1).all()
     assert int(req["output_tokens"].sum()) == sum(r.output_tokens for r in reqs)
-    assert len(doc["backend"]) == 2 and all(b["steps"] > 0 for b in doc["backend"])  # both GPUs executed
+    assert len(doc["backend"]) == 2
+    assert all(b["steps"] > 0 for b in doc["backend"])
     row = validate_run(tmp_path, "roofline")
     assert row["n_requests"] == 12
 
@@ -168,7 +171,9 @@ def test_step_tables_time_the_runtimes_steps_on_cpu() -> None:
     dec = pd.DataFrame(b.decode_table(contexts=(20,), reps=2))
     assert list(dec["n_seqs"]) == [1, 2, 2, 3, 3, 3, 4, 4, 4, 6, 6, 6, 8, 8, 8]
     assert list(dec["bucket"]) == [1, 2, 2, 4, 4, 4, 4, 4, 4, 8, 8, 8, 8, 8, 8]
-    assert (dec["step_s"] > 0).all() and (dec["step_s_min"] <= dec["step_s"]).all()
+    assert (dec["step_s"] > 0).all()
+    assert (dec["step_s_min"] <= dec["step_s"]).all()
     pre = pd.DataFrame(b.prefill_table(tokens=(8, 16), n_seqs=(1,), reps=2))
-    assert list(pre["tokens"]) == [8, 16] and (pre[["eager_s", "graph_s"]] > 0).all().all()
+    assert list(pre["tokens"]) == [8, 16]
+    assert (pre[["eager_s", "graph_s"]] > 0).all().all()
     assert b.stats["steps"] == len(dec) * 3 + 2 * 6
