@@ -43,7 +43,9 @@ def _poisson(n: int, rate: float, seed: int, tenants: int = 3, max_prompt: int =
 PARAMS = {"multiplex": {"max_batch": 8}, "reconfig": {}, "reconfig_fast": {"max_batch": 8},
           "naive": {"max_batch": 4}, "swap": {},
           # budgets that leave experts on the host (fetched per use)
-          "multiplex@host": {"max_batch": 8, "budget_bytes": 80e9}, "reconfig@host": {"budget_bytes": 80e9}}
+          "multiplex@host": {"max_batch": 8, "budget_bytes": 80e9}, "reconfig@host": {"budget_bytes": 80e9},
+          "reconfig_fast@host": {"max_batch": 8, "budget_bytes": 80e9},  # streamed swaps share the link
+          "naive@host": {"max_batch": 4, "budget_bytes": 80e9}, "swap@host": {"budget_bytes": 60e9}}
 
 
 def _conserved(reqs: list[Request], requests: pd.DataFrame, segments: pd.DataFrame) -> None:

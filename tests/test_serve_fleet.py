@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from moesim.cost import COST_MODELS
+from moesim.cost.base import SeqWork
 from moesim.errors import UserError
 from moesim.executor.compare import check_tables
 from moesim.fleet import FleetSpec, GPUPlacement, Placement, run_fleet
@@ -177,3 +178,31 @@ def test_step_tables_time_the_runtimes_steps_on_cpu() -> None:
     assert list(pre["tokens"]) == [8, 16]
     assert (pre[["eager_s", "graph_s"]] > 0).all().all()
     assert b.stats["steps"] == len(dec) * 3 + 2 * 6
+
+
+def test_streamed_swap_delays_the_prefills_fetches_by_the_shared_link() -> None:
+    """Closed form of ``swap_link_delay``, and the simulator applies it to a prefill right after a streamed swap."""
+    from moesim.cost.base import StepCost, swap_link_delay
+    from moesim.engine import simulate
+
+    c = StepCost(attention_s=0.1, fetch_s=0.2, experts_s=0.05)
+    assert swap_link_delay(c, 0.06).fetch_s == pytest.approx(0.26)  # the swap is shorter: all of it
+    assert swap_link_delay(c, 0.5).fetch_s == pytest.approx(0.4)  # the fetches at half the link throughout
+    assert swap_link_delay(StepCost(attention_s=0.1), 0.5) == StepCost(attention_s=0.1)  # nothing fetched
+    assert swap_link_delay(c, 0.0) is c
+    # two tenants alternating under reconfig_fast (one non-expert slot, streamed swaps) with host experts
+    reqs = [Request(i, i % 2, 2.0 * i, 200, 2) for i in range(4)]
+    pol = POLICIES.build("reconfig_fast", {"budget_bytes": 80e9})
+    cost = _roofline()
+    sim = simulate(MIXTRAL, H200, pol, cost, reqs, n_tenants=2)
+    seg = sim.segments
+    pre = seg[seg["kind"] == "prefill"].reset_index(drop=True)
+    plan = pol.layout(MIXTRAL, H200, 2)[0]
+    swap_s = cost.swap_s(plan.swap_bytes, plan.residency, plan.swap_bandwidth_fraction)
+    base = cost.step((SeqWork(1, 200, 0),), plan.residency)
+    assert base.fetch_s > 0
+    # request 0 (tenant 0) is resident at the start: no swap; request 1 swaps tenant 1 in under its prefill
+    assert pre.loc[0, "fetch_s"] == pytest.approx(cost.step((SeqWork(0, 200, 0),), plan.residency).fetch_s)
+    assert pre.loc[1, "fetch_s"] == pytest.approx(base.fetch_s + min(swap_s, base.fetch_s))
+    assert sim.swap_count == 3
+

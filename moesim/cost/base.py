@@ -129,6 +129,21 @@ class StepCost:
         )
 
 
+def swap_link_delay(prefill: StepCost, swap_s: float) -> StepCost:
+    """A prefill's cost when a streamed swap of ``swap_s`` seconds of copying runs on the host link under it.
+
+    The swap (layer by layer, ahead of the prefill's layers) and the prefill's expert fetches share the one
+    link: with the link split evenly while both copy, the fetches finish ``min(swap_s, fetch_s)`` later (the
+    link moves both; when the swap is the shorter, its whole copy delays them; else the fetches get half the
+    link for their whole length). Added to ``fetch_s``; a prefill that fetches nothing is unchanged.
+    """
+    if prefill.fetch_s <= 0.0 or swap_s <= 0.0:
+        return prefill
+    from dataclasses import replace
+
+    return replace(prefill, fetch_s=prefill.fetch_s + min(swap_s, prefill.fetch_s))
+
+
 @dataclass(frozen=True, slots=True)
 class DecodeRun:
     """``n`` consecutive decode steps of a fixed batch.

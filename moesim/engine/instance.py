@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import simpy
 
-from moesim.cost.base import CostModel, Residency, SeqWork
+from moesim.cost.base import CostModel, Residency, SeqWork, swap_link_delay
 from moesim.policies.base import InstancePlan, Policy
 from moesim.resident_sets import make_resident, touch
 from moesim.running_batch import retire_finished
@@ -67,6 +67,7 @@ class Instance:
         self._next = 0
         self._res_cache: dict[float, Residency] = {}
         self._swap_s = cost.swap_s(plan.swap_bytes, plan.residency, plan.swap_bandwidth_fraction)
+        self._streamed_swap_s = 0.0  # copy time of the streamed swap under the prefill being started
 
     # ---- views used by policies ---------------------------------------------------------------
     @property
@@ -153,6 +154,7 @@ class Instance:
             # layer-by-layer: only the first layer's copy, or what the prefill cannot cover, is exposed
             layers = max(1, self.cost.model.n_layers)
             exposed = max(total / layers, total - prefill_s)
+            self._streamed_swap_s = total  # on the link while the prefill runs (``swap_link_delay``)
         self.rec.segment(self.idx, "swap", now, now + exposed, 0, 0, ",".join(map(str, tenants)), 0.0,
                          0.0, 0.0, 0.0)
         self.rec.swaps += len(tenants)
@@ -187,12 +189,15 @@ class Instance:
                 self.link.begin(self.fetches)
                 step = cost.step(batch, res)
                 if sel.load:
+                    self._streamed_swap_s = 0.0
                     wait = self._load(sel.load, step.total_s)
                     if wait is not None:
                         yield wait
                         waited = env.now - now
                         for r in sel.admit:
                             rec.swap_wait[r.id] = waited
+                    if self._streamed_swap_s:
+                        step = swap_link_delay(step, self._streamed_swap_s)
                 t0 = env.now
                 yield env.timeout(step.total_s)
                 self.link.end(self.fetches)

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from moesim.cost.base import CostModel, DecodeRun, Residency, SeqWork, StepCost
+from moesim.cost.base import CostModel, DecodeRun, Residency, SeqWork, StepCost, swap_link_delay
 from moesim.errors import UserError
 from moesim.policies.base import InstancePlan, Policy
 from moesim.resident_sets import make_resident, touch
@@ -92,6 +92,7 @@ class CostBackend:
         self._swap_s = 0.0
         self._dr: DecodeRun | None = None
         self._n = 0
+        self._streamed_swap_s = 0.0
         self.stats = {"prefills": 0, "decode_steps": 0, "swaps": 0}
 
     def setup(self, plan: InstancePlan, n_tenants: int) -> None:
@@ -111,13 +112,19 @@ class CostBackend:
         if plan.swap_overlap:
             layers = max(1, self.cost.model.n_layers)
             exposed = max(total / layers, total - (prefill.total_s if prefill is not None else 0.0))
+            self._streamed_swap_s = total  # shares the link with the prefill's fetches (``swap_link_delay``)
         self.stats["swaps"] += len(tenants)
         return SwapTicket(exposed_s=exposed, copy_s=total)
 
     def prefill(self, batch: tuple[SeqWork, ...], residency: Residency, cost: StepCost | None) -> StepCost:
-        """The estimate made before the swap (the simulator's order of calls)."""
+        """The estimate made before the swap (the simulator's order of calls), delayed by a streamed swap
+        sharing the host link with its fetches (``swap_link_delay``, as the simulator's instance)."""
         self.stats["prefills"] += 1
-        return cost if cost is not None else self.cost.step(batch, residency)
+        c = cost if cost is not None else self.cost.step(batch, residency)
+        if self._streamed_swap_s:
+            c = swap_link_delay(c, self._streamed_swap_s)
+            self._streamed_swap_s = 0.0
+        return c
 
     def begin_decode(self, tenants: tuple[int, ...], context0: tuple[int, ...], n_steps: int,
                      residency: Residency) -> None:
