@@ -23,6 +23,7 @@ COST_MODELS: Registry[CostModel] = Registry("cost model")
 from moesim.cost import (  # noqa: E402, F401
     constant,
     profile,
+    profile_bucketed,
     profile_mixed,
     roofline,
 )

@@ -12,7 +12,7 @@ from moesim.workloads.capped import capped_requests
 from moesim.workloads.request import Request
 
 WORKLOADS = ("azure_conv", "poisson")
-SIM_COSTS = ("auto", "profile", "profile_mixed", "roofline", "constant")
+SIM_COSTS = ("auto", "profile", "profile_mixed", "profile_bucketed", "roofline", "constant")
 CLOCKS = ("wall", "virtual")
 BACKENDS = ("torch", "cost")
 SERVED_POLICIES = ("reconfig", "reconfig_fast", "multiplex", "naive", "swap", "mig")
@@ -50,7 +50,9 @@ class ServeConfig:
         compare: also simulate the trace with ``sim_cost`` (needs simpy) and write the validation.
         sim_cost: cost model of the simulated side (and of ``backend=cost``): ``profile`` (the shipped profile of
             gpu × model), ``profile_mixed`` (graph profile, eager profile for steps fetching host experts),
-            ``roofline``, ``constant``, or ``auto`` (profile when shipped, else roofline).
+            ``profile_bucketed`` (``profile_mixed`` with decode steps from ``sim_table``, measured on the runtime's
+            engine), ``roofline``, ``constant``, or ``auto`` (profile when shipped, else roofline).
+        sim_table: ``decode_table.csv`` for ``sim_cost=profile_bucketed``.
         kv_bucket: CUDA-graph shapes round the longest context up to this (tokens).
         gpus: GPUs of the fleet (> 1: ``placement`` says which variants each holds, ``router`` routes live; on
             CUDA GPU g is device g; the policy must lay out one instance per GPU).
@@ -81,6 +83,7 @@ class ServeConfig:
     warmup: bool = True
     compare: bool = True
     sim_cost: str = "auto"
+    sim_table: str = ""
     kv_bucket: int = 256
     gpus: int = 1
     placement: str = ""

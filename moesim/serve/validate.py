@@ -5,7 +5,8 @@ For every run folder under ``DIR`` (one with ``requests.parquet`` and ``summary.
 ``sim_cost`` (``auto``: the shipped profile for gpu × model in the runtime's execution mode), and write
 ``simulated_requests.parquet``, ``per_request_errors.parquet`` into the run folder and one row per run into
 ``DIR/validation.csv`` (``validation_eager.csv`` with ``execution=eager``: the eager-launch profile;
-``validation_profile_mixed.csv`` with ``sim_cost=profile_mixed``; the per-run files get the same suffix) (run-level figures simulated vs measured, signed errors, per-request median/mean
+``validation_profile_mixed.csv`` with ``sim_cost=profile_mixed``; ``sim_cost=profile_bucketed table=CSV``: decode
+steps from the runtime's measured bucket table; the per-run files get the same suffix) (run-level figures simulated vs measured, signed errors, per-request median/mean
 absolute errors; ``replay_*`` columns: the same errors of the warm-up replay, measured step times on a
 virtual clock, i.e. without host time or real arrivals). Torch-free; needs simpy.
 """
@@ -23,7 +24,8 @@ from moesim.errors import UserError, exit_on_user_error
 from moesim.formats.profile import EXECUTION_CHOICES
 
 
-def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", suffix: str = "") -> dict[str, Any]:
+def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", suffix: str = "",
+                 table: str = "") -> dict[str, Any]:
     """Simulate one served run's trace and score it; writes the simulated table and the per-request errors.
 
     ``execution``: which shipped profile ``sim_cost=auto|profile`` uses (``graphs`` or ``eager``); ``auto``: the
@@ -36,7 +38,7 @@ def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", 
     from moesim.specs import get_gpu, get_model
 
     doc = json.loads((folder / "summary.json").read_text())
-    cfg = ServeConfig(**{**doc["config"], "sim_cost": sim_cost})
+    cfg = ServeConfig(**{**doc["config"], "sim_cost": sim_cost, "sim_table": table})
     model, gpu = get_model(cfg.model), get_gpu(cfg.gpu)
     requests = make_requests(cfg)
     measured = pd.read_parquet(folder / "requests.parquet")
@@ -70,12 +72,12 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__)
         return
     root = Path(args[0])
-    opts = {"sim_cost": "auto", "execution": "auto"}
+    opts = {"sim_cost": "auto", "execution": "auto", "table": ""}
     for a in args[1:]:
         key, _, value = a.partition("=")
         if key not in opts:
-            raise UserError(f"argument {a!r}: keys: sim_cost=auto|profile|roofline|constant, "
-                            "execution=auto|graphs|eager")
+            raise UserError(f"argument {a!r}: keys: sim_cost=auto|profile|profile_mixed|profile_bucketed|roofline|"
+                            "constant, execution=auto|graphs|eager, table=<decode_table.csv> (profile_bucketed)")
         opts[key] = value
     if opts["execution"] not in EXECUTION_CHOICES:
         raise UserError(f"execution={opts['execution']!r}: valid: {', '.join(EXECUTION_CHOICES)}")
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         [root] if (root / "summary.json").exists() else [])
     if not folders:
         raise UserError(f"{root}: no run folder (with summary.json) found")
-    rows = [validate_run(f, opts["sim_cost"], opts["execution"], suffix) for f in folders]
+    rows = [validate_run(f, opts["sim_cost"], opts["execution"], suffix, opts["table"]) for f in folders]
     table = pd.DataFrame(rows)
     table.to_csv(root / f"validation{suffix}.csv", index=False)
     cols = ["run", "mean_turnaround_s_simulated", "mean_turnaround_s_measured", "mean_turnaround_s_error_pct",

@@ -1,0 +1,159 @@
+"""``profile_bucketed``: ``profile_mixed``, with decode steps timed as the runtime runs them (bucket CUDA graphs).
+
+The real-time runtime (``moesim.serve``) runs a decode step whose experts are all resident as the replay of a CUDA
+graph captured per batch-size bucket (1, 2, 4, … sequences; the batch padded to its bucket, the tenant mix as
+data) and key-length bucket (the longest context rounded up to ``kv_bucket``), after building the step's inputs
+on the host. Its time is therefore a function of the bucket, the number of distinct tenants (their non-expert
+weights are read once each) and the key bucket, measured on that engine (``TorchBackend.decode_table``, written
+as ``decode_table.csv`` by the device script) rather than composed from the executor's per-op profile. The
+table's rows: ``n_seqs``, ``bucket``, ``n_tenants``, ``context``, ``step_s``.
+
+Lookup of a decode step of ``B`` sequences of ``k`` distinct tenants, longest context ``c``: the rows measured at
+``B`` sequences, else those of the nearest measured size in ``B``'s bucket, else the nearest size; of them the
+largest measured tenant count ≤ ``k``; then the key bucket of ``c`` (``kv_round(c + 1)``): the row of the measured
+context with the same key bucket, linear in the key bucket between and beyond the measured ones. Every other step
+(prefills; steps fetching host experts, which run eagerly) is ``profile_mixed``'s.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from moesim.cost import COST_MODELS
+from moesim.cost.base import CostModel, DecodeRun, Residency, SeqWork, StepCost
+from moesim.cost.profile_mixed import ProfileMixedConfig, ProfileMixedCost
+from moesim.errors import UserError
+from moesim.specs import GPUSpec, ModelSpec
+
+
+@dataclass(frozen=True)
+class ProfileBucketedConfig:
+    """Attributes:
+    table: ``decode_table.csv`` measured on the runtime's engine (required).
+    kv_bucket: the runtime's key-length bucket (tokens).
+    routing_skew, overlap_bound: as ``profile_mixed``.
+    """
+
+    name: str = "profile_bucketed"
+    table: str = ""
+    kv_bucket: int = 256
+    routing_skew: float = 0.0
+    overlap_bound: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.table:
+            raise UserError("cost=profile_bucketed needs table=<decode_table.csv> (measured by the runtime's "
+                            "device script: TorchBackend.decode_table)")
+        if self.kv_bucket < 1:
+            raise UserError(f"kv_bucket={self.kv_bucket}: must be ≥ 1")
+
+
+def _bucket(n: int) -> int:
+    b = 1
+    while b < n:
+        b *= 2
+    return b
+
+
+class DecodeTable:
+    """The measured decode-step times, looked up as the module docstring says."""
+
+    def __init__(self, path: str | Path, kv_bucket: int) -> None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"table={path}: no such file (a decode_table.csv from the runtime's device script)")
+        need = {"n_seqs", "bucket", "n_tenants", "context", "step_s"}
+        with p.open() as f:
+            rows = list(csv.DictReader(f))
+        if not rows or not need <= set(rows[0]):
+            raise UserError(f"table={path}: needs columns {sorted(need)}")
+        self.kv_bucket = kv_bucket
+        self.rows: dict[tuple[int, int], list[tuple[int, float]]] = {}  # (n_seqs, n_tenants) → (kv, s) sorted
+        self.buckets: dict[int, int] = {}
+        for r in rows:
+            n, k, ctx, s = int(r["n_seqs"]), int(r["n_tenants"]), int(r["context"]), float(r["step_s"])
+            self.rows.setdefault((n, k), []).append((self.kv(ctx), s))
+            self.buckets[n] = int(r["bucket"])
+        for v in self.rows.values():
+            v.sort()
+        self.sizes = sorted(self.buckets)
+        self._memo: dict[tuple[int, int, int], float] = {}
+
+    def kv(self, context: int) -> int:
+        """The key bucket of a step whose longest context is ``context`` (tokens)."""
+        return -(-(context + 1) // self.kv_bucket) * self.kv_bucket
+
+    def _size(self, n: int) -> int:
+        if n in self.buckets:
+            return n
+        same = [m for m in self.sizes if self.buckets[m] == _bucket(n)]
+        pool = same or self.sizes
+        return min(pool, key=lambda m: (abs(m - n), m))
+
+    def step_s(self, n: int, k: int, context: int) -> float:
+        """Seconds of a decode step of ``n`` sequences, ``k`` distinct tenants, longest context ``context``."""
+        kv = self.kv(context)
+        key = (n, k, kv)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        m = self._size(n)
+        ks = sorted(kk for (nn, kk) in self.rows if nn == m)
+        kk = max([x for x in ks if x <= k] or ks[:1])
+        pts = self.rows[(m, kk)]
+        xs = np.array([p[0] for p in pts], dtype=float)
+        ys = np.array([p[1] for p in pts], dtype=float)
+        if len(xs) == 1 or kv in xs:
+            s = float(ys[np.searchsorted(xs, kv)]) if kv in xs else float(ys[0])
+        else:
+            i = int(np.clip(np.searchsorted(xs, kv) - 1, 0, len(xs) - 2))
+            s = float(ys[i] + (ys[i + 1] - ys[i]) * (kv - xs[i]) / (xs[i + 1] - xs[i]))
+        s = max(s, float(ys.min()) * 0.5)
+        self._memo[key] = s
+        return s
+
+
+@COST_MODELS.register("profile_bucketed", ProfileBucketedConfig)
+class ProfileBucketedCost(CostModel):
+    """``profile_mixed``; decode steps without host experts from the runtime's measured bucket table."""
+
+    name = "profile_bucketed"
+
+    def __init__(self, cfg: ProfileBucketedConfig, model: ModelSpec, gpu: GPUSpec) -> None:
+        super().__init__(model, gpu)
+        self.cfg = cfg
+        self.mixed = ProfileMixedCost(ProfileMixedConfig(routing_skew=cfg.routing_skew,
+                                                         overlap_bound=cfg.overlap_bound), model, gpu)
+        self.table = DecodeTable(cfg.table, cfg.kv_bucket)
+        self.path = self.mixed.path
+        self.meta = self.mixed.meta
+        self.derived = self.mixed.derived
+
+    def _graphs(self, tenants: tuple[int, ...], residency: Residency) -> bool:
+        return self.mixed._pick(tenants, residency) is self.mixed.graphs
+
+    def step(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
+        """A pure decode step without host experts: the table; anything else: ``profile_mixed``."""
+        if batch and all(w.new_tokens == 1 for w in batch) and self._graphs(tuple(w.tenant for w in batch),
+                                                                              residency):
+            s = self.table.step_s(len(batch), len({w.tenant for w in batch}), max(w.context for w in batch))
+            return StepCost(overhead_s=s)
+        return self.mixed.step(batch, residency)
+
+    def decode_run(self, decode_tenants: tuple[int, ...], context0: tuple[int, ...], n_steps: int,
+                   residency: Residency) -> DecodeRun:
+        """Each step from the table (context growing by one per step), or ``profile_mixed``'s run."""
+        if not self._graphs(decode_tenants, residency):
+            return self.mixed.decode_run(decode_tenants, context0, n_steps, residency)
+        n, k, c0 = len(decode_tenants), len(set(decode_tenants)), max(context0)
+        steps = np.array([self.table.step_s(n, k, c0 + i) for i in range(n_steps)])
+        ends = np.cumsum(steps)
+        return DecodeRun(ends, StepCost(overhead_s=float(ends[-1]) if n_steps else 0.0))
+
+    def swap_s(self, nbytes: float, residency: Residency, bandwidth_fraction: float = 1.0) -> float:
+        """``profile_mixed``'s (the graph profile's measured copy rate)."""
+        return self.mixed.swap_s(nbytes, residency, bandwidth_fraction)

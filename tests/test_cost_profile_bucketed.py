@@ -1,0 +1,68 @@
+"""``profile_bucketed``: decode steps from the runtime's measured bucket table, the rest ``profile_mixed``."""
+
+from __future__ import annotations
+
+import pytest
+
+from moesim.cost import COST_MODELS
+from moesim.cost.base import SeqWork
+from moesim.errors import UserError
+from moesim.policies import POLICIES
+from moesim.specs import get_gpu, get_model
+
+MIXTRAL = get_model("mixtral-8x7b")
+H200 = get_gpu("h200")
+
+ROWS = [  # n_seqs, bucket, n_tenants, context, step_s
+    (1, 1, 1, 200, 0.016), (1, 1, 1, 456, 0.018),
+    (2, 2, 1, 200, 0.020), (2, 2, 2, 200, 0.024), (2, 2, 2, 456, 0.028),
+    (3, 4, 1, 200, 0.026), (3, 4, 2, 200, 0.030), (3, 4, 3, 200, 0.034),
+    (4, 4, 1, 200, 0.027), (4, 4, 2, 200, 0.031),
+]
+
+
+@pytest.fixture
+def cost(tmp_path):
+    p = tmp_path / "decode_table.csv"
+    p.write_text("n_seqs,bucket,n_tenants,context,step_s,step_s_min,graph\n"
+                 + "".join(f"{a},{b},{c},{d},{e},{e},True\n" for a, b, c, d, e in ROWS))
+    return COST_MODELS.build("profile_bucketed", {"table": str(p)}, model=MIXTRAL, gpu=H200)
+
+
+def test_decode_steps_are_looked_up_in_the_table(cost) -> None:
+    t = cost.table
+    assert t.step_s(1, 1, 100) == 0.016  # key bucket 256 = that of context 200
+    assert t.step_s(1, 1, 300) == 0.018  # key bucket 512 = that of context 456
+    assert t.step_s(1, 1, 600) == pytest.approx(0.020)  # key bucket 768: linear beyond
+    assert t.step_s(2, 3, 200) == 0.024  # 3 tenants in 2 sequences: the largest measured tenant count
+    assert t.step_s(2, 2, 300) == 0.028
+    assert t.step_s(4, 3, 10) == 0.031  # 4 sequences measured with ≤ 2 tenants
+    assert t.step_s(16, 1, 10) == 0.027  # past the measured sizes: the nearest
+    res = POLICIES.build("multiplex").layout(MIXTRAL, H200, 3)[0].residency
+    c = cost.step((SeqWork(0, 1, 200), SeqWork(1, 1, 40), SeqWork(1, 1, 7)), res)
+    assert c.total_s == 0.030
+    run = cost.decode_run((0, 1, 1), (254, 40, 7), 3, res)  # key buckets 256, 512, 512
+    assert list(run.end_s) == pytest.approx([0.030, 0.030 + 0.030, 0.090])
+    assert run.cost.total_s == pytest.approx(0.090)
+
+
+def test_prefills_and_host_fetching_steps_are_profile_mixeds(cost) -> None:
+    mixed = COST_MODELS.build("profile_mixed", None, model=MIXTRAL, gpu=H200)
+    res = POLICIES.build("multiplex").layout(MIXTRAL, H200, 3)[0].residency
+    assert cost.step((SeqWork(0, 200, 0),), res) == mixed.step((SeqWork(0, 200, 0),), res)
+    host = POLICIES.build("reconfig", {"budget_bytes": 80e9}).layout(MIXTRAL, H200, 2)[0].residency
+    b = (SeqWork(0, 1, 200),)
+    assert cost.step(b, host) == mixed.step(b, host)
+    assert cost.decode_run((0,), (200,), 4, host).cost == mixed.decode_run((0,), (200,), 4, host).cost
+    assert cost.swap_s(3e9, res) == mixed.swap_s(3e9, res)
+
+
+def test_bad_tables_are_one_line(tmp_path) -> None:
+    with pytest.raises(UserError, match="needs table="):
+        COST_MODELS.build("profile_bucketed", None, model=MIXTRAL, gpu=H200)
+    with pytest.raises(UserError, match="no such file"):
+        COST_MODELS.build("profile_bucketed", {"table": str(tmp_path / "x.csv")}, model=MIXTRAL, gpu=H200)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(UserError, match="needs columns"):
+        COST_MODELS.build("profile_bucketed", {"table": str(bad)}, model=MIXTRAL, gpu=H200)
