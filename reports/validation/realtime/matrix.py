@@ -42,33 +42,33 @@ COMMON = ["device=cuda", "model=mixtral-8x7b", "gpu=h200", "workload=poisson", "
           "max_prompt=256", "max_output=8", "tenants=2"]
 # name → (keys, estimated seconds on the H200 including warm-up); order = the order they run in
 RUNS: dict[str, tuple[list[str], float]] = {
-    "naive_light": (["policy=naive", "budget_bytes=120e9", "rate=0.12", "max_requests=5", "warmup=false"], 26),
+    "naive_light": (["policy=naive", "budget_bytes=120e9", "rate=0.12", "max_requests=4", "warmup=false"], 22),
     "naive_saturated": (["policy=naive", "budget_bytes=120e9", "rate=4", "max_requests=5", "warmup=false"], 16),
     "naive_host": (["policy=naive", "budget_bytes=85e9", "rate=0.12", "max_requests=4", "warmup=false"], 24),
-    "swap_light": (["policy=swap", "rate=0.15", "max_requests=6", "warmup=false"], 26),
-    "swap_saturated": (["policy=swap", "rate=4", "max_requests=8", "warmup=false"], 12),
+    "swap_light": (["policy=swap", "rate=0.2", "max_requests=6"], 22),
+    "swap_saturated": (["policy=swap", "rate=4", "max_requests=6"], 16),
     "swap_host": (["policy=swap", "budget_bytes=70e9", "rate=0.15", "max_requests=6", "warmup=false"], 25),
-    "reconfig_light": (["policy=reconfig", "rate=0.35", "max_requests=10"], 22),
+    "reconfig_light": (["policy=reconfig", "rate=0.35", "max_requests=8"], 18),
     "reconfig_saturated": (["policy=reconfig", "rate=4", "max_requests=10"], 14),
     "reconfig_host": (["policy=reconfig", "budget_bytes=85e9", "rate=0.3", "max_requests=8", "warmup=false"], 22),
-    "reconfig_fast_light": (["policy=reconfig_fast", "max_batch=8", "rate=0.4", "max_requests=10"], 20),
+    "reconfig_fast_light": (["policy=reconfig_fast", "max_batch=8", "rate=0.5", "max_requests=8"], 14),
     "reconfig_fast_saturated": (["policy=reconfig_fast", "max_batch=8", "rate=20", "max_requests=16"], 12),
     "reconfig_fast_host": (["policy=reconfig_fast", "max_batch=8", "budget_bytes=85e9", "rate=0.3",
                             "max_requests=8", "warmup=false"], 22),
-    "multiplex_light": (["policy=multiplex", "max_batch=16", "rate=0.5", "max_requests=12"], 20),
+    "multiplex_light": (["policy=multiplex", "max_batch=16", "rate=0.6", "max_requests=10"], 14),
     "multiplex_saturated": (["policy=multiplex", "max_batch=16", "rate=40", "max_requests=24"], 12),
     "multiplex_host": (["policy=multiplex", "max_batch=16", "budget_bytes=85e9", "rate=0.4", "max_requests=10",
                         "warmup=false"], 20),
     "tables": ([], 20),  # decode and prefill steps timed on the runtime's engine (all experts resident)
     "fleet": (["policy=multiplex", "max_batch=16", "tenants=4", "gpus=2", "placement=0,1,2;1,2,3",
                "router=least_work", "rate=0.6", "max_requests=24"], 30),
-    "mig_light": (["policy=mig", "rate=0.15", "max_requests=6", "warmup=false"], 26),
+    "mig_light": (["policy=mig", "rate=0.15", "max_requests=5", "warmup=false"], 22),
     "mig_saturated": (["policy=mig", "rate=4", "max_requests=8", "warmup=false"], 14),
     "mig_host": (["policy=mig", "budget_bytes=50e9", "rate=0.2", "max_requests=6", "warmup=false"], 24),
 }
 SMOKE_KEYS = {"naive": ["budget_bytes=0"], "swap": ["budget_bytes=0"]}
 DEADLINE_S = float(os.environ.get("MATRIX_DEADLINE_S", "375"))
-CAL_BUDGET_S = 170.0
+CAL_BUDGET_S = 150.0
 
 
 def _smoke() -> bool:
@@ -232,6 +232,9 @@ def main(out_s: str, only: list[str] | None = None) -> int:
                     cal.terminate()
                     cal.wait()
                     print("calibrator: terminated (time)", flush=True)
+            if cal is not None:
+                print(f"calibrator: exit {cal.returncode}", flush=True)
+                pack(out, "calibrate", ["calibrate"])
             second = TorchBackend(model, gpu, device=device, n_tenants=3, max_batch=16, host_pool=8,
                                   gpu_index=None if smoke else 1)
             failed += not one("fleet", [shared, second])
@@ -245,23 +248,22 @@ def main(out_s: str, only: list[str] | None = None) -> int:
         import torch
 
         torch.cuda.empty_cache()
-    for name in [n for n in names if n.startswith("mig")]:
-        if not fits(name):
+    migs = [n for n in names if n.startswith("mig") and fits(n)]
+    backends = None
+    for name in migs:  # one slice engine per slice, built once and reused (a later budget re-lays it out):
+        if not fits(name):  # green contexts are never destroyed before the process exits
             continue
         cfg = parse_args([*run_keys(name), f"out={out}/{name}"])
-        try:
-            plans = POLICIES.build(cfg.policy, cfg.policy_params()).layout(model, gpu, cfg.tenants)
-            backends = build_backends(cfg, model, gpu, plans, host_pool=8)
-        except Exception:
-            traceback.print_exc()
-            failed += 1
-            continue
-        print(f"{name}: {len(backends)} slice engines built, SMs {[b.sms for b in backends]}", flush=True)
+        if backends is None:
+            try:
+                plans = POLICIES.build(cfg.policy, cfg.policy_params()).layout(model, gpu, cfg.tenants)
+                backends = build_backends(cfg, model, gpu, plans, host_pool=8)
+            except Exception:
+                traceback.print_exc()
+                failed += 1
+                break
+            print(f"mig: {len(backends)} slice engines built, SMs {[b.sms for b in backends]}", flush=True)
         failed += not one(name, backends)
-        del backends
-        gc.collect()
-        if not smoke:
-            torch.cuda.empty_cache()
     if want_cal:
         left = DEADLINE_S - (time.perf_counter() - t0)
         if cal is None and (smoke or left > 60):
