@@ -254,7 +254,8 @@ def test_host_scheduling_time_is_measured_on_the_wall_clock() -> None:
 
 
 def test_profile_mixed_bounds_hidden_fetch_time_by_expert_compute() -> None:
-    """With overlapped fetches, the hidden part is min(overlap × fetch, experts' compute), not overlap × fetch."""
+    """With overlapped fetches, the hidden part is min(overlap × fetch, the expert compute of the layers that
+    fetch), not overlap × fetch."""
     import dataclasses
 
     from moesim.cost.base import Residency, SeqWork
@@ -268,13 +269,15 @@ def test_profile_mixed_bounds_hidden_fetch_time_by_expert_compute() -> None:
     for batch in ((SeqWork(0, 256, 0),), (SeqWork(0, 1, 300), SeqWork(1, 1, 200))):
         raw = eager.step(batch, sync)
         got = bound.step(batch, over)
-        hidden = min(0.5 * raw.fetch_s, raw.experts_s)
+        layers = 32 * (1 - (31 / 32) ** raw.expert_fetches)  # distinct MoE layers hit by the fetches
+        hidden = min(0.5 * raw.fetch_s, raw.experts_s * layers / 32)
+        assert 0 < hidden < raw.experts_s
         assert got.fetch_s == pytest.approx(raw.fetch_s - hidden, rel=1e-12)
         assert got.experts_s == raw.experts_s
         assert free.step(batch, over) == eager.step(batch, over)  # unbounded: the profile's overlap × fetch
         assert got.total_s >= free.step(batch, over).total_s
     run, raw = bound.decode_run((0, 1), (300, 200), 6, over), eager.decode_run((0, 1), (300, 200), 6, sync)
-    hidden = min(0.5 * raw.cost.fetch_s, raw.cost.experts_s)
+    hidden = min(0.5 * raw.cost.fetch_s, raw.cost.experts_s * (1 - (31 / 32) ** (raw.cost.expert_fetches / 6)))
     assert run.end_s[-1] == pytest.approx(raw.end_s[-1] - hidden, rel=1e-12)
     assert (np.diff(run.end_s) > 0).all()
     # no overlap: unchanged

@@ -10,10 +10,11 @@ host, and with the CUDA-graph profile otherwise. Measured on the H200 with the r
 Overlapped fetches (``Residency.fetch_overlap`` > 0, e.g. ``reconfig_fast``) can only hide a copy under compute
 that runs meanwhile: the runtime issues a layer's host copies after its routing and runs the layer's resident
 experts while they fly. With ``overlap_bound`` (default) the hidden time is therefore
-``min(fetch_overlap × fetch, experts_s)`` of the step (all copies exposed, less the experts' compute), not
-``fetch_overlap × fetch``: on the H200 a host expert takes ~6.4 ms to copy against well under a millisecond of
-resident-expert compute per layer at small batches, and the measured fetch time per expert was the same with
-and without overlap (``reports/validation/realtime/h200b``).
+``min(fetch_overlap × fetch, experts_s × layers_fetching / L)`` of the step, not ``fetch_overlap × fetch``: only
+the expert compute of the layers that fetch can cover a copy. With ``f`` expected fetches per step spread over
+the ``L`` MoE layers, ``layers_fetching = L (1 − (1 − 1/L)^f)`` (distinct layers hit). On the H200 a host expert
+takes ~6.4 ms to copy against well under a millisecond of resident-expert compute per layer at small batches,
+and the measured fetch time per expert was the same with and without overlap (``reports/validation/realtime/h200b``).
 """
 
 from __future__ import annotations
@@ -83,13 +84,20 @@ class ProfileMixedCost(CostModel):
     def _bounded(self, residency: Residency) -> bool:
         return self.cfg.overlap_bound and residency.fetch_overlap > 0
 
+    def _hidden(self, c: StepCost, overlap: float, steps: int = 1) -> float:
+        """Fetch time hidden under the expert compute of the layers that fetch (``steps`` steps summed in ``c``)."""
+        L = max(1, self.model.n_moe_layers)
+        f = c.expert_fetches / max(1, steps)
+        share = 1.0 - (1.0 - 1.0 / L) ** f if L > 1 else float(f > 0)
+        return min(overlap * c.fetch_s, c.experts_s * share)
+
     def step(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
         """The eager profile's step when a sequence's tenant has host experts, else the graph profile's."""
         prof = self._pick((s.tenant for s in batch), residency)
         if not self._bounded(residency):
             return prof.step(batch, residency)
         c = prof.step(batch, self._unhidden(residency))
-        hidden = min(residency.fetch_overlap * c.fetch_s, c.experts_s)
+        hidden = self._hidden(c, residency.fetch_overlap)
         return dataclasses.replace(c, fetch_s=c.fetch_s - hidden)
 
     def decode_run(self, decode_tenants: tuple[int, ...], context0: tuple[int, ...], n_steps: int,
@@ -100,7 +108,7 @@ class ProfileMixedCost(CostModel):
             return prof.decode_run(decode_tenants, context0, n_steps, residency)
         run = prof.decode_run(decode_tenants, context0, n_steps, self._unhidden(residency))
         c = run.cost
-        hidden = min(residency.fetch_overlap * c.fetch_s, c.experts_s)
+        hidden = self._hidden(c, residency.fetch_overlap, n_steps)
         if hidden <= 0 or run.end_s[-1] <= 0:
             return run
         end = run.end_s - hidden * run.end_s / run.end_s[-1]  # spread in proportion to each step's time
