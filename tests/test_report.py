@@ -282,4 +282,5 @@ def test_configuration_lists_every_distinct_cost_setting(tmp_path: Path) -> None
         s["params"]["cost"] = {"name": "profile", "execution": "graphs"}
         write_json(d / "summary.json", s)
     row2 = re.search(r"<td>cost model</td><td>(.*?)</td>", build_report(root2).read_text())
-    assert row2 and row2.group(1).endswith("(execution=graphs)")
+    assert row2
+    assert row2.group(1).endswith("(execution=graphs)")
