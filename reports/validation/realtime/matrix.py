@@ -144,6 +144,7 @@ def tables(backend, out: Path, model, gpu) -> bool:
         out.mkdir(parents=True, exist_ok=True)
         plan = POLICIES.build("multiplex", {"max_batch": 16}).layout(model, gpu, 3)[0]
         backend.setup(plan, 3)
+        backend.reserve_kv(16 * 460)  # before capturing: a larger cache later would drop the graphs
         backend.prepare(16, 460)
         dec = pd.DataFrame(backend.decode_table())
         dec.to_csv(out / "decode_table.csv", index=False)
