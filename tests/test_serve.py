@@ -185,7 +185,7 @@ def test_cli_help_and_bad_input() -> None:
         assert f"\n  {key}" in p.stdout
     p = subprocess.run([sys.executable, "-m", "moesim.serve", "policy=dedicated"], **env_args)
     assert p.returncode != 0
-    assert "policy='dedicated'" in p.stderr
+    assert "policy=dedicated with tenants=4, gpus=1" in p.stderr  # a whole GPU per tenant
     assert "Traceback" not in p.stderr
     with pytest.raises(UserError, match="clock"):
         parse_args(["clock=fast"])

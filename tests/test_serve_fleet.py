@@ -206,3 +206,37 @@ def test_streamed_swap_delays_the_prefills_fetches_by_the_shared_link() -> None:
     assert pre.loc[1, "fetch_s"] == pytest.approx(base.fetch_s + min(swap_s, base.fetch_s))
     assert sim.swap_count == 3
 
+
+
+def test_dedicated_one_gpu_per_tenant_makes_the_simulators_decisions() -> None:
+    from moesim.engine import simulate
+    from moesim.serve.runtime import serve
+
+    reqs = _trace(40, 5.0, 2, 2)
+    sim = simulate(MIXTRAL, H200, POLICIES.build("dedicated"), _roofline(), reqs, n_tenants=2)
+    with pytest.raises(UserError, match="gpus=2"):
+        serve(MIXTRAL, H200, POLICIES.build("dedicated"), [CostBackend(_roofline()) for _ in range(2)], reqs,
+              n_tenants=2, clock="virtual")
+    run = serve(MIXTRAL, H200, POLICIES.build("dedicated"), [CostBackend(_roofline()) for _ in range(2)], reqs,
+                n_tenants=2, clock="virtual", whole_gpus=True)
+    pd.testing.assert_frame_equal(sim.requests, run.requests[list(sim.requests.columns)])
+    assert run.instances[0]["resident_expert_copies"] == MIXTRAL.n_expert_positions  # the whole model
+    assert (run.requests["instance"] == run.requests["tenant"]).all()
+
+
+def test_dedicated_served_with_torch_on_cpu(tmp_path) -> None:
+    pytest.importorskip("torch")
+    from moesim.serve.config import ServeConfig
+    from moesim.serve.run import run
+
+    with pytest.raises(UserError, match="gpus=<tenants>"):
+        ServeConfig(policy="dedicated", tenants=2)
+    cfg = ServeConfig(model="tiny", device="cpu", policy="dedicated", tenants=2, gpus=2, rate=6.0, max_requests=10,
+                      max_prompt=64, max_output=6, out=str(tmp_path), compare=True, sim_cost="roofline")
+    doc = run(cfg, [], log=lambda *a, **k: None)
+    req = pd.read_parquet(tmp_path / "requests.parquet")
+    assert len(req) == 10
+    assert (req["instance"] == req["tenant"]).all()
+    assert len(doc["backend"]) == 2
+    assert all(b["steps"] > 0 for b in doc["backend"])
+    assert doc["validation"]["n_requests"] == 10

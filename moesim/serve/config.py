@@ -15,7 +15,7 @@ WORKLOADS = ("azure_conv", "poisson")
 SIM_COSTS = ("auto", "profile", "profile_mixed", "profile_bucketed", "roofline", "constant")
 CLOCKS = ("wall", "virtual")
 BACKENDS = ("torch", "cost")
-SERVED_POLICIES = ("reconfig", "reconfig_fast", "multiplex", "naive", "swap", "mig")
+SERVED_POLICIES = ("reconfig", "reconfig_fast", "multiplex", "naive", "swap", "mig", "dedicated")
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,9 @@ class ServeConfig:
 
     Attributes:
         model, gpu: registry names (the GPU's spec sizes the policy's layout and the simulated cost).
-        policy: the policy deciding: reconfig, reconfig_fast, multiplex, naive, swap (one instance) or mig
-            (one instance per slice, run concurrently: a host thread and, on CUDA, a green context each).
+        policy: the policy deciding: reconfig, reconfig_fast, multiplex, naive, swap (one instance), mig
+            (one instance per slice, run concurrently: a host thread and, on CUDA, a green context each) or
+            dedicated (one whole GPU per tenant: ``gpus`` = ``tenants``, GPU g serving tenant g).
         max_batch: the policy's batch limit (sequences; 0: the policy's default).
         budget_bytes: weight budget of the instance (bytes; 0: the policy's default). A smaller budget leaves
             experts on the host (fetched per use).
@@ -97,8 +98,10 @@ class ServeConfig:
         if self.gpu not in GPU_SPECS:
             raise UserError(f"gpu={self.gpu!r}: valid: {', '.join(sorted(GPU_SPECS))}")
         if self.policy not in SERVED_POLICIES:
-            raise UserError(f"policy={self.policy!r}: the runtime serves {', '.join(SERVED_POLICIES)} "
-                            "(dedicated assumes a whole GPU per instance: not on one GPU)")
+            raise UserError(f"policy={self.policy!r}: the runtime serves {', '.join(SERVED_POLICIES)}")
+        if self.policy == "dedicated" and self.gpus != self.tenants:
+            raise UserError(f"policy=dedicated with tenants={self.tenants}, gpus={self.gpus}: dedicated gives each "
+                            "tenant a whole GPU of its own; set gpus=<tenants> (GPU g serves tenant g)")
         for name, value, valid in (("workload", self.workload, WORKLOADS), ("sim_cost", self.sim_cost, SIM_COSTS),
                                    ("clock", self.clock, CLOCKS), ("backend", self.backend, BACKENDS),
                                    ("device", self.device, ("cuda", "cpu")),
@@ -114,7 +117,7 @@ class ServeConfig:
             raise UserError(f"rate={self.rate}: must be > 0 (requests/s per tenant)")
         if self.gpus < 1 or self.host_pool < 0:
             raise UserError(f"gpus={self.gpus}, host_pool={self.host_pool}: gpus ≥ 1, host_pool ≥ 0")
-        if self.gpus > 1:
+        if self.is_fleet:
             from moesim.fleet.routers import ROUTERS
             from moesim.serve.fleet import parse_placement
 
@@ -124,8 +127,12 @@ class ServeConfig:
                 raise UserError(f"router={self.router!r}: valid: {', '.join(sorted(ROUTERS.names()))}")
             parse_placement(self.placement, self.gpus, self.tenants)
         elif self.placement:
-            raise UserError(f"placement={self.placement!r} needs gpus > 1")
+            raise UserError(f"placement={self.placement!r} needs gpus > 1 (and a policy other than dedicated)")
 
+    @property
+    def is_fleet(self) -> bool:
+        """Several GPUs with a placement and live routing (``dedicated``'s GPUs are its own layout)."""
+        return self.gpus > 1 and self.policy != "dedicated"
     def fleet_placement(self) -> list[tuple[int, ...]]:
         """Per GPU its variants (``gpus`` > 1)."""
         from moesim.serve.fleet import parse_placement

@@ -76,8 +76,10 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
         if backend is None:
-            if cfg.gpus > 1:
+            if cfg.is_fleet:
                 backend = build_fleet_backends(cfg, model, gpu)
+            elif cfg.policy == "dedicated" and cfg.gpus > 1:
+                backend = build_dedicated_backends(cfg, model, gpu)
             else:
                 plans = POLICIES.build(cfg.policy, params).layout(model, gpu, cfg.tenants)
                 backend = build_backends(cfg, model, gpu, plans)
@@ -108,11 +110,11 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
                 b.warm_up()  # lazy initialisation (library handles, streams) outside the timed run
         if cfg.backend == "cost":
             cost, desc = build_cost(cfg, model, gpu)
-            n_inst = cfg.gpus if cfg.gpus > 1 else len(POLICIES.build(cfg.policy, params).layout(model, gpu,
-                                                                                                   cfg.tenants))
+            n_inst = cfg.gpus if cfg.is_fleet else len(POLICIES.build(cfg.policy, params).layout(model, gpu,
+                                                                                                    cfg.tenants))
             backend = [CostBackend(cost) if cfg.clock == "virtual" else SleepingCostBackend(cost)
                        for _ in range(n_inst)]
-            backend = backend[0] if n_inst == 1 and cfg.gpus == 1 else backend
+            backend = backend[0] if n_inst == 1 and not cfg.is_fleet else backend
             doc["backend_cost"] = desc
         t0 = time.perf_counter()
         res = _serve(cfg, model, gpu, backend, requests, cfg.clock)
@@ -147,7 +149,7 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
 def _serve(cfg: ServeConfig, model: Any, gpu: Any, backend: Any, requests: list, clock: str) -> ServeResult:
     """One pass of the trace: ``serve`` on one GPU, ``serve_fleet`` (a fresh router) on several."""
     params = cfg.policy_params()
-    if cfg.gpus > 1:
+    if cfg.is_fleet:
         from moesim.fleet.routers import ROUTERS
         from moesim.serve.fleet import serve_fleet
 
@@ -155,7 +157,18 @@ def _serve(cfg: ServeConfig, model: Any, gpu: Any, backend: Any, requests: list,
         return serve_fleet(model, gpu, [POLICIES.build(cfg.policy, params) for _ in placement], backend, requests,
                            placement, ROUTERS.build(cfg.router, {"seed": cfg.seed}), clock=clock)
     return serve(model, gpu, POLICIES.build(cfg.policy, params), backend, requests, n_tenants=cfg.tenants,
-                 clock=clock)
+                 clock=clock, whole_gpus=cfg.gpus > 1)
+
+
+def build_dedicated_backends(cfg: ServeConfig, model: Any, gpu: Any) -> list:
+    """``dedicated``: one ``TorchBackend`` per tenant, GPU g (CUDA device g) holding tenant g's whole model."""
+    from moesim.serve.backend import TorchBackend
+
+    batch = POLICIES.build(cfg.policy, cfg.policy_params()).cfg.max_batch
+    return [TorchBackend(model, gpu, device=cfg.device, execution=cfg.execution, kv_bucket=cfg.kv_bucket,
+                         seed=cfg.seed, n_tenants=1, max_batch=batch, host_pool=cfg.host_pool,
+                         gpu_index=g if cfg.device == "cuda" else None)
+            for g in range(cfg.gpus)]
 
 
 def build_fleet_backends(cfg: ServeConfig, model: Any, gpu: Any) -> list:
@@ -234,7 +247,7 @@ def compare(cfg: ServeConfig, model: Any, gpu: Any, requests: list, res: ServeRe
 
 def simulate_config(cfg: ServeConfig, model: Any, gpu: Any, cost: Any, requests: list) -> Any:
     """The simulator on ``cfg``'s policy (one GPU) or fleet (``gpus`` > 1: its placement and router). Needs simpy."""
-    if cfg.gpus > 1:
+    if cfg.is_fleet:
         from moesim.fleet import FleetSpec, GPUPlacement, Placement, run_fleet
         from moesim.fleet.routers import ROUTERS
 

@@ -413,7 +413,8 @@ class ServeResult:
 
 
 def serve(model: ModelSpec, gpu: GPUSpec, policy: Policy, backend: Backend | Sequence[Backend],
-          requests: Sequence[Request], *, n_tenants: int | None = None, clock: str = "wall") -> ServeResult:
+          requests: Sequence[Request], *, n_tenants: int | None = None, clock: str = "wall",
+          whole_gpus: bool = False) -> ServeResult:
     """Serve ``requests`` with ``policy`` deciding live and ``backend`` executing; ``clock`` ``wall`` or ``virtual``.
 
     ``backend``: one backend, or one per instance of the policy's layout (``mig``: one per slice). Several
@@ -423,7 +424,8 @@ def serve(model: ModelSpec, gpu: GPUSpec, policy: Policy, backend: Backend | Seq
     hardware shares (the host link, HBM). On the virtual clock the instances run one after the other, each on
     its own clock from 0: equal to the simulator when they do not share the host link (no host-resident
     experts); the simulator's link sharing between fetching instances is not reproduced there.
-    Layouts that assume a whole GPU per instance (``dedicated``) are refused in one line.
+    Layouts that assume a whole GPU per instance (``dedicated``) are refused in one line unless ``whole_gpus``
+    (each backend on a GPU of its own).
     """
     from moesim.serve.clock import VirtualClock, VirtualFeed, WallClock, WallFeed
 
@@ -433,9 +435,10 @@ def serve(model: ModelSpec, gpu: GPUSpec, policy: Policy, backend: Backend | Seq
         raise UserError("request ids must be dense 0..n-1 and unique")
     tenants = n_tenants if n_tenants is not None else (1 + max((r.tenant for r in requests), default=0))
     plans = policy.layout(model, gpu, tenants)
-    if len(plans) > 1 and any(p.ideal or p.profile == "full" for p in plans):
-        raise UserError(f"policy {policy.registry_name!r} lays out {len(plans)} whole-GPU instances; the runtime "
-                        "runs several instances only as slices of one GPU (mig)")
+    if len(plans) > 1 and any(p.ideal or p.profile == "full" for p in plans) and not whole_gpus:
+        raise UserError(f"policy {policy.registry_name!r} lays out {len(plans)} whole-GPU instances; on one GPU "
+                        "the runtime runs several instances only as slices (mig); give one GPU per instance "
+                        f"(gpus={len(plans)})")
     backends = list(backend) if isinstance(backend, (list, tuple)) else [backend]
     if len(backends) != len(plans):
         raise UserError(f"policy {policy.registry_name!r} lays out {len(plans)} instances but "

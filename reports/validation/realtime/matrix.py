@@ -6,7 +6,7 @@ Run from the repository root on the GPU machine::
 
 ``PACK``: a folder that gets ``matrix.tar.gz`` (every finished run so far, rewritten after each run) and
 ``calibrate.tar.gz``. ``SERVE_SMOKE=1`` runs everything on CPU with the tiny model (the CI path of this
-script). ``MATRIX_DEADLINE_S``: the script's own deadline (seconds from its start, default 375); a run whose
+script). ``MATRIX_DEADLINE_S``: the script's own deadline (seconds from its start, default 385); a run whose
 estimate does not fit before it is skipped and logged.
 
 What it does (Mixtral-8x7B real shapes, random bf16 weights, 2 tenants per single-GPU run; token pairs of the
@@ -16,8 +16,11 @@ conversation trace, prompts ≤ 256, outputs ≤ 8; Poisson arrivals):
   ``naive``, ``swap``, ``reconfig``, ``reconfig_fast``, ``multiplex``, three workloads: ``light`` (arrivals
   well below capacity), ``saturated`` (all arrive within about a second), ``host`` (a tight weight budget:
   experts on the host, fetched per use). The keys of each run are in ``RUNS``;
+* ``tables``: decode and prefill steps timed on the runtime's engine (``decode_table.csv`` for
+  ``sim_cost=profile_bucketed``);
 * ``fleet``: with 2 GPUs, 4 variants over 2 H200s (GPU 0: variants 0,1,2; GPU 1: 1,2,3; multiplex on each),
   routed live by ``least_work`` (one host thread per GPU), on engine 0 (the shared one) and a second engine;
+  then ``dedicated`` (light, saturated) on the same two engines: GPU g serves tenant g's whole model;
 * ``mig``: frees the engine, builds one slice engine per MIG slice (green contexts), three workloads;
 * the calibrator with a consolidation plan (``plan_mixtral.json``: ``python -m moesim.consolidate
   synthetic=mixtral-8x7b``), on GPU 1 concurrently with the matrix when there are 2 GPUs (``CUDA_VISIBLE_DEVICES=1``),
@@ -43,13 +46,13 @@ COMMON = ["device=cuda", "model=mixtral-8x7b", "gpu=h200", "workload=poisson", "
 # name → (keys, estimated seconds on the H200 including warm-up); order = the order they run in
 RUNS: dict[str, tuple[list[str], float]] = {
     "naive_light": (["policy=naive", "budget_bytes=120e9", "rate=0.12", "max_requests=4", "warmup=false"], 22),
-    "naive_saturated": (["policy=naive", "budget_bytes=120e9", "rate=4", "max_requests=5", "warmup=false"], 16),
+    "naive_saturated": (["policy=naive", "budget_bytes=120e9", "rate=4", "max_requests=4", "warmup=false"], 13),
     "naive_host": (["policy=naive", "budget_bytes=85e9", "rate=0.12", "max_requests=4", "warmup=false"], 24),
     "swap_light": (["policy=swap", "rate=0.2", "max_requests=6"], 22),
     "swap_saturated": (["policy=swap", "rate=4", "max_requests=6"], 16),
-    "swap_host": (["policy=swap", "budget_bytes=70e9", "rate=0.15", "max_requests=6", "warmup=false"], 25),
+    "swap_host": (["policy=swap", "budget_bytes=70e9", "rate=0.15", "max_requests=5", "warmup=false"], 22),
     "reconfig_light": (["policy=reconfig", "rate=0.35", "max_requests=8"], 18),
-    "reconfig_saturated": (["policy=reconfig", "rate=4", "max_requests=10"], 14),
+    "reconfig_saturated": (["policy=reconfig", "rate=4", "max_requests=8"], 13),
     "reconfig_host": (["policy=reconfig", "budget_bytes=85e9", "rate=0.3", "max_requests=8", "warmup=false"], 22),
     "reconfig_fast_light": (["policy=reconfig_fast", "max_batch=8", "rate=0.5", "max_requests=8"], 14),
     "reconfig_fast_saturated": (["policy=reconfig_fast", "max_batch=8", "rate=20", "max_requests=16"], 12),
@@ -62,12 +65,14 @@ RUNS: dict[str, tuple[list[str], float]] = {
     "tables": ([], 20),  # decode and prefill steps timed on the runtime's engine (all experts resident)
     "fleet": (["policy=multiplex", "max_batch=16", "tenants=4", "gpus=2", "placement=0,1,2;1,2,3",
                "router=least_work", "rate=0.6", "max_requests=24"], 30),
+    "dedicated_light": (["policy=dedicated", "gpus=2", "max_batch=16", "rate=0.6", "max_requests=10"], 14),
+    "dedicated_saturated": (["policy=dedicated", "gpus=2", "max_batch=16", "rate=40", "max_requests=24"], 10),
     "mig_light": (["policy=mig", "rate=0.15", "max_requests=5", "warmup=false"], 22),
-    "mig_saturated": (["policy=mig", "rate=4", "max_requests=8", "warmup=false"], 14),
-    "mig_host": (["policy=mig", "budget_bytes=50e9", "rate=0.2", "max_requests=6", "warmup=false"], 24),
+    "mig_saturated": (["policy=mig", "rate=4", "max_requests=6", "warmup=false"], 14),
+    "mig_host": (["policy=mig", "budget_bytes=50e9", "rate=0.2", "max_requests=5", "warmup=false"], 22),
 }
 SMOKE_KEYS = {"naive": ["budget_bytes=0"], "swap": ["budget_bytes=0"]}
-DEADLINE_S = float(os.environ.get("MATRIX_DEADLINE_S", "375"))
+DEADLINE_S = float(os.environ.get("MATRIX_DEADLINE_S", "385"))
 CAL_BUDGET_S = 150.0
 
 
@@ -215,7 +220,7 @@ def main(out_s: str, only: list[str] | None = None) -> int:
               f"{DEADLINE_S:.0f} s)", flush=True)
         return False
 
-    for name in [n for n in names if not n.startswith(("fleet", "mig", "tables"))]:
+    for name in [n for n in names if not n.startswith(("fleet", "dedicated", "mig", "tables"))]:
         if fits(name):
             failed += not one(name, shared)
     if "tables" in names and fits("tables"):
@@ -239,9 +244,12 @@ def main(out_s: str, only: list[str] | None = None) -> int:
             second = TorchBackend(model, gpu, device=device, n_tenants=3, max_batch=16, host_pool=8,
                                   gpu_index=None if smoke else 1)
             failed += not one("fleet", [shared, second])
+            for name in [n for n in names if n.startswith("dedicated")]:  # GPU g serves tenant g's whole model
+                if fits(name):
+                    failed += not one(name, [shared, second])
             del second
         else:
-            print("fleet: skipped (one GPU)", flush=True)
+            print("fleet, dedicated: skipped (one GPU)", flush=True)
     print(shared.describe(), flush=True)
     del shared
     gc.collect()
