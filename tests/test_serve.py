@@ -58,10 +58,12 @@ def _conserved(reqs: list[Request], requests: pd.DataFrame, segments: pd.DataFra
 
 
 @pytest.mark.parametrize("policy", sorted(PARAMS))
-@pytest.mark.parametrize("cost", ["roofline", "constant"])
+@pytest.mark.parametrize("cost", ["roofline", "constant", "profile_mixed"])
 def test_virtual_clock_makes_the_simulators_decisions(policy: str, cost: str) -> None:
     reqs = _poisson(80, 4.0, 1)
-    if cost == "constant":
+    if cost == "profile_mixed":
+        make = lambda: COST_MODELS.build("profile_mixed", None, model=MIXTRAL, gpu=H200)  # noqa: E731
+    elif cost == "constant":
         make = lambda: ConstantCost(ConstantCostConfig(prefill_s=0.05, decode_step_s=0.01), MIXTRAL, H200)  # noqa: E731
     else:
         make = lambda: COST_MODELS.build("roofline", None, model=MIXTRAL, gpu=H200)  # noqa: E731

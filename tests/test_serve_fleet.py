@@ -205,6 +205,21 @@ def test_streamed_swap_delays_the_prefills_fetches_by_the_shared_link() -> None:
     assert pre.loc[0, "fetch_s"] == pytest.approx(cost.step((SeqWork(0, 200, 0),), plan.residency).fetch_s)
     assert pre.loc[1, "fetch_s"] == pytest.approx(base.fetch_s + min(swap_s, base.fetch_s))
     assert sim.swap_count == 3
+    # with profile_mixed the prefill under the streamed swap is timed eagerly (it waits on the swap's events)
+    mixed = COST_MODELS.build("profile_mixed", None, model=MIXTRAL, gpu=H200)
+    sim = simulate(MIXTRAL, H200, pol, mixed, reqs, n_tenants=2)
+    pre = sim.segments[sim.segments["kind"] == "prefill"].reset_index(drop=True)
+    eager = mixed.eager.step((SeqWork(1, 200, 0),), plan.residency)
+    under = mixed.step_streamed((SeqWork(1, 200, 0),), plan.residency)
+    assert under == mixed.step((SeqWork(1, 200, 0),), plan.residency)  # fetching host experts: eager anyway
+    assert under.attention_s == eager.attention_s
+    resident = POLICIES.build("reconfig_fast").layout(MIXTRAL, H200, 2)[0].residency  # no host experts
+    b = (SeqWork(1, 200, 0),)
+    assert mixed.step_streamed(b, resident) == mixed.eager.step(b, resident)
+    assert mixed.step_streamed(b, resident).total_s > mixed.step(b, resident).total_s  # eager, not the graph
+    swap_s = mixed.swap_s(plan.swap_bytes, plan.residency, plan.swap_bandwidth_fraction)
+    assert pre.loc[1, "end_s"] - pre.loc[1, "start_s"] == pytest.approx(
+        under.total_s + min(swap_s, under.fetch_s), rel=1e-9)
 
 
 

@@ -190,6 +190,14 @@ class CostModel(ABC):
             total = total + c
         return DecodeRun(ends, total)
 
+    def step_streamed(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
+        """Cost of a prefill that runs under a streamed swap, waiting for each layer's copy before the layer.
+
+        A serving engine cannot replay such a step from a CUDA graph (it waits on the swap's per-layer events):
+        cost models that tell graph from eager execution answer the eager time. The default: ``step``.
+        """
+        return self.step(batch, residency)
+
     def swap_s(self, nbytes: float, residency: Residency, bandwidth_fraction: float = 1.0) -> float:
         """Seconds to copy ``nbytes`` host→device (a non-expert set or a whole model).
 

@@ -144,6 +144,10 @@ class ProfileBucketedCost(CostModel):
             return StepCost(overhead_s=s)
         return self.mixed.step(batch, residency)
 
+    def step_streamed(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
+        """``profile_mixed``'s (a prefill under a streamed swap runs eagerly)."""
+        return self.mixed.step_streamed(batch, residency)
+
     def decode_run(self, decode_tenants: tuple[int, ...], context0: tuple[int, ...], n_steps: int,
                    residency: Residency) -> DecodeRun:
         """Each step from the table (context growing by one per step), or ``profile_mixed``'s run."""

@@ -1,5 +1,8 @@
 """``profile_mixed``: CUDA-graph step times, except for steps that fetch host-resident experts (eager).
 
+A prefill that runs under a streamed swap (``reconfig_fast``) waits on the swap's per-layer copy events and runs
+eagerly too (``step_streamed``: the eager profile).
+
 A real engine replays CUDA graphs for its steps, but a step that fetches experts from the host cannot be
 captured: it must sync with the host to learn which experts the router picked, then copy them. Such steps run
 eagerly, with the host launch gaps the graph profile does not have. This cost model times a step or a decode run
@@ -99,6 +102,14 @@ class ProfileMixedCost(CostModel):
         c = prof.step(batch, self._unhidden(residency))
         hidden = self._hidden(c, residency.fetch_overlap)
         return dataclasses.replace(c, fetch_s=c.fetch_s - hidden)
+
+    def step_streamed(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
+        """A prefill under a streamed swap runs eagerly (it waits on the swap's per-layer events): the eager
+        profile's step (overlapped fetches bounded as in ``step``)."""
+        if not self._bounded(residency):
+            return self.eager.step(batch, residency)
+        c = self.eager.step(batch, self._unhidden(residency))
+        return dataclasses.replace(c, fetch_s=c.fetch_s - self._hidden(c, residency.fetch_overlap))
 
     def decode_run(self, decode_tenants: tuple[int, ...], context0: tuple[int, ...], n_steps: int,
                    residency: Residency) -> DecodeRun:

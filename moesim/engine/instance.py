@@ -196,8 +196,8 @@ class Instance:
                         waited = env.now - now
                         for r in sel.admit:
                             rec.swap_wait[r.id] = waited
-                    if self._streamed_swap_s:
-                        step = swap_link_delay(step, self._streamed_swap_s)
+                    if self._streamed_swap_s:  # eager under the swap's events, sharing the link with it
+                        step = swap_link_delay(cost.step_streamed(batch, res), self._streamed_swap_s)
                 t0 = env.now
                 yield env.timeout(step.total_s)
                 self.link.end(self.fetches)

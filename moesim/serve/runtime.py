@@ -121,8 +121,8 @@ class CostBackend:
         sharing the host link with its fetches (``swap_link_delay``, as the simulator's instance)."""
         self.stats["prefills"] += 1
         c = cost if cost is not None else self.cost.step(batch, residency)
-        if self._streamed_swap_s:
-            c = swap_link_delay(c, self._streamed_swap_s)
+        if self._streamed_swap_s:  # eager under the swap's per-layer events, sharing the link with it
+            c = swap_link_delay(self.cost.step_streamed(batch, residency), self._streamed_swap_s)
             self._streamed_swap_s = 0.0
         return c
 
