@@ -32,6 +32,7 @@ Nothing here needs simpy: the simulated side is computed afterwards with ``pytho
 from __future__ import annotations
 
 import gc
+import json
 import os
 import shutil
 import subprocess
@@ -120,6 +121,40 @@ def start_calibrator(out: Path, gpu: int | None) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
+def link_probe(n_gpus: int, nbytes: int = 1 << 30, reps: int = 5) -> dict[str, float]:
+    """Pinned host→device copy rate of GPU 0 alone and of GPUs 0 and 1 copying at once (GB/s per GPU, medians):
+    whether the two GPUs' host links share an uplink (then the calibrator must not run beside host-link runs)."""
+    import statistics
+
+    import torch
+
+    host = [torch.empty(nbytes, dtype=torch.uint8).pin_memory() for _ in range(min(n_gpus, 2))]
+    dev = [torch.empty(nbytes, dtype=torch.uint8, device=f"cuda:{g}") for g in range(len(host))]
+    streams = [torch.cuda.Stream(device=f"cuda:{g}") for g in range(len(host))]
+
+    def copy(gs: list[int]) -> float:
+        for g in gs:
+            torch.cuda.synchronize(g)
+        t = time.perf_counter()
+        for g in gs:
+            with torch.cuda.stream(streams[g]):
+                dev[g].copy_(host[g], non_blocking=True)
+        for g in gs:
+            streams[g].synchronize()
+        return nbytes / (time.perf_counter() - t) / 1e9
+
+    copy([0])
+    out = {"solo_GBps": statistics.median(copy([0]) for _ in range(reps))}
+    if len(host) > 1:
+        copy([0, 1])
+        out["both_GBps_per_gpu"] = statistics.median(copy([0, 1]) for _ in range(reps))
+        out["ratio"] = out["both_GBps_per_gpu"] / out["solo_GBps"]
+    host.clear()
+    dev.clear()
+    torch.cuda.empty_cache()
+    return out
+
+
 def pack(out: Path, what: str, names: list[str]) -> None:
     """``$PACK/<what>.tar.gz`` of the folders ``names`` under ``out`` (rewritten: the latest state)."""
     dest = os.environ.get("PACK")
@@ -129,8 +164,10 @@ def pack(out: Path, what: str, names: list[str]) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for n in names:
-        if Path(out, n).exists():
+        if Path(out, n).is_dir():
             shutil.copytree(Path(out, n), tmp / n)
+        elif Path(out, n).is_file():
+            shutil.copy2(Path(out, n), tmp / n)
     shutil.make_archive(str(Path(dest, what)), "gztar", tmp)
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -138,8 +175,6 @@ def pack(out: Path, what: str, names: list[str]) -> None:
 def tables(backend, out: Path, model, gpu) -> bool:
     """``decode_table.csv`` and ``prefill_table.csv``: steps timed on ``backend`` laid out as multiplex over 3
     tenants (every expert resident), as the runtime runs them (``TorchBackend.decode_table``/``prefill_table``)."""
-    import json
-
     import pandas as pd
 
     from moesim.policies import POLICIES
@@ -188,14 +223,24 @@ def main(out_s: str, only: list[str] | None = None) -> int:
     print(f"matrix: {len(names)} runs, {n_gpus} GPU(s), deadline {DEADLINE_S:.0f} s", flush=True)
     cal = None
     want_cal = only is None or "calibrate" in only
-    if want_cal and n_gpus >= 2:
+    probe: dict[str, float] = {}
+    if not smoke:
+        try:
+            probe = link_probe(n_gpus)
+        except Exception:
+            traceback.print_exc()
+        print(f"host link probe: {probe}", flush=True)
+        (out / "link_probe.json").write_text(json.dumps(probe, indent=1))
+    # the calibrator beside the matrix only when the GPUs' host links do not slow each other (its held-out
+    # steps fetch the plan's host experts): else after the matrix, if time is left
+    if want_cal and n_gpus >= 2 and probe.get("ratio", 0.0) >= 0.9:
         cal = start_calibrator(out / "calibrate", 1)
         print(f"calibrator started on GPU 1 (pid {cal.pid})", flush=True)
     model = get_model("tiny" if smoke else "mixtral-8x7b")
     gpu = get_gpu("h200")
     shared = TorchBackend(model, gpu, device=device, n_tenants=3, max_batch=16, host_pool=8)
     print(f"engine built in {time.perf_counter() - t0:.1f} s", flush=True)
-    done: list[str] = []
+    done: list[str] = ["link_probe.json"]
     failed = 0
 
     def one(name: str, backend) -> bool:
@@ -276,7 +321,7 @@ def main(out_s: str, only: list[str] | None = None) -> int:
     if want_cal:
         left = DEADLINE_S - (time.perf_counter() - t0)
         if cal is None and (smoke or left > 60):
-            cal = start_calibrator(out / "calibrate", None)
+            cal = start_calibrator(out / "calibrate", 1 if n_gpus >= 2 else None)
             print(f"calibrator started after the matrix (pid {cal.pid})", flush=True)
         if cal is not None:
             try:
