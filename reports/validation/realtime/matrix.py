@@ -6,7 +6,7 @@ Run from the repository root on the GPU machine::
 
 ``PACK``: a folder that gets ``matrix.tar.gz`` (every finished run so far, rewritten after each run) and
 ``calibrate.tar.gz``. ``SERVE_SMOKE=1`` runs everything on CPU with the tiny model (the CI path of this
-script). ``MATRIX_DEADLINE_S``: the script's own deadline (seconds from its start, default 385); a run whose
+script). ``MATRIX_DEADLINE_S``: the script's own deadline (seconds from its start, default 375); a run whose
 estimate does not fit before it is skipped and logged.
 
 What it does (Mixtral-8x7B real shapes, random bf16 weights, 2 tenants per single-GPU run; token pairs of the
@@ -73,7 +73,7 @@ RUNS: dict[str, tuple[list[str], float]] = {
     "mig_host": (["policy=mig", "budget_bytes=50e9", "rate=0.2", "max_requests=5", "warmup=false"], 22),
 }
 SMOKE_KEYS = {"naive": ["budget_bytes=0"], "swap": ["budget_bytes=0"]}
-DEADLINE_S = float(os.environ.get("MATRIX_DEADLINE_S", "385"))
+DEADLINE_S = float(os.environ.get("MATRIX_DEADLINE_S", "375"))
 CAL_BUDGET_S = 150.0
 
 
