@@ -66,3 +66,28 @@ def test_bad_tables_are_one_line(tmp_path) -> None:
     bad.write_text("a,b\n1,2\n")
     with pytest.raises(UserError, match="needs columns"):
         COST_MODELS.build("profile_bucketed", {"table": str(bad)}, model=MIXTRAL, gpu=H200)
+
+
+def test_host_sync_per_layer_is_added_to_fetching_steps_only(tmp_path) -> None:
+    import numpy as np
+
+    plain = COST_MODELS.build("profile_mixed", None, model=MIXTRAL, gpu=H200)
+    synced = COST_MODELS.build("profile_mixed", {"host_sync_s": 2e-4}, model=MIXTRAL, gpu=H200)
+    host = POLICIES.build("reconfig", {"budget_bytes": 80e9}).layout(MIXTRAL, H200, 2)[0].residency
+    res = POLICIES.build("multiplex").layout(MIXTRAL, H200, 3)[0].residency
+    b = (SeqWork(0, 1, 200),)
+    assert synced.step(b, host).total_s == pytest.approx(plain.step(b, host).total_s + 32 * 2e-4, rel=1e-12)
+    assert synced.step(b, res) == plain.step(b, res)  # no host experts: a graph, no host sync
+    run, ref = synced.decode_run((0,), (200,), 5, host), plain.decode_run((0,), (200,), 5, host)
+    assert run.end_s == pytest.approx(ref.end_s + 32 * 2e-4 * np.arange(1, 6), rel=1e-12)
+    assert run.cost.total_s == pytest.approx(ref.cost.total_s + 5 * 32 * 2e-4, rel=1e-12)
+    with pytest.raises(UserError, match="host_sync_s"):
+        COST_MODELS.build("profile_mixed", {"host_sync_s": -1.0}, model=MIXTRAL, gpu=H200)
+    # profile_bucketed reads the median decode per_layer_s of sync_table.csv beside its table
+    (tmp_path / "decode_table.csv").write_text("n_seqs,bucket,n_tenants,context,step_s\n1,1,1,200,0.016\n")
+    (tmp_path / "sync_table.csv").write_text(
+        "batch,n_seqs,tokens,eager_s,eager_sync_s,per_layer_s\ndecode_1,1,1,0.05,0.056,0.0002\n"
+        "decode_4,4,4,0.06,0.0665,0.0003\ndecode_16,16,16,0.07,0.0732,0.0001\nprefill_256,1,256,0.1,0.2,0.01\n")
+    c = COST_MODELS.build("profile_bucketed", {"table": str(tmp_path / "decode_table.csv")}, model=MIXTRAL, gpu=H200)
+    assert c.host_sync_s == pytest.approx(2e-4)
+    assert c.step(b, host).total_s == pytest.approx(synced.step(b, host).total_s, rel=1e-12)

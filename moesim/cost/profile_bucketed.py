@@ -12,7 +12,8 @@ Lookup of a decode step of ``B`` sequences of ``k`` distinct tenants, longest co
 ``B`` sequences, else those of the nearest measured size in ``B``'s bucket, else the nearest size; of them the
 largest measured tenant count ≤ ``k``; then the key bucket of ``c`` (``kv_round(c + 1)``): the row of the measured
 context with the same key bucket, linear in the key bucket between and beyond the measured ones. Every other step
-(prefills; steps fetching host experts, which run eagerly) is ``profile_mixed``'s.
+(prefills; steps fetching host experts, which run eagerly) is ``profile_mixed``'s, with the per-layer host
+synchronisation of fetching steps measured beside the table (``sync_table.csv``, ``host_sync_s``).
 """
 
 from __future__ import annotations
@@ -35,12 +36,15 @@ class ProfileBucketedConfig:
     """Attributes:
     table: ``decode_table.csv`` measured on the runtime's engine (required).
     kv_bucket: the runtime's key-length bucket (tokens).
+    host_sync_s: as ``profile_mixed`` (seconds per MoE layer of a fetching step); −1: the median
+        ``per_layer_s`` of the decode rows of ``sync_table.csv`` beside ``table`` (0 when there is none).
     routing_skew, overlap_bound: as ``profile_mixed``.
     """
 
     name: str = "profile_bucketed"
     table: str = ""
     kv_bucket: int = 256
+    host_sync_s: float = -1.0
     routing_skew: float = 0.0
     overlap_bound: bool = True
 
@@ -117,6 +121,16 @@ class DecodeTable:
         return s
 
 
+def sync_per_layer(folder: Path) -> float:
+    """Median ``per_layer_s`` of the decode rows of ``folder/sync_table.csv`` (≥ 0; 0 without the file)."""
+    p = folder / "sync_table.csv"
+    if not p.is_file():
+        return 0.0
+    with p.open() as f:
+        vals = [float(r["per_layer_s"]) for r in csv.DictReader(f) if r.get("batch", "").startswith("decode")]
+    return max(0.0, float(np.median(vals))) if vals else 0.0
+
+
 @COST_MODELS.register("profile_bucketed", ProfileBucketedConfig)
 class ProfileBucketedCost(CostModel):
     """``profile_mixed``; decode steps without host experts from the runtime's measured bucket table."""
@@ -126,9 +140,10 @@ class ProfileBucketedCost(CostModel):
     def __init__(self, cfg: ProfileBucketedConfig, model: ModelSpec, gpu: GPUSpec) -> None:
         super().__init__(model, gpu)
         self.cfg = cfg
-        self.mixed = ProfileMixedCost(ProfileMixedConfig(routing_skew=cfg.routing_skew,
-                                                         overlap_bound=cfg.overlap_bound), model, gpu)
         self.table = DecodeTable(cfg.table, cfg.kv_bucket)
+        self.host_sync_s = cfg.host_sync_s if cfg.host_sync_s >= 0 else sync_per_layer(Path(cfg.table).parent)
+        self.mixed = ProfileMixedCost(ProfileMixedConfig(routing_skew=cfg.routing_skew, overlap_bound=cfg.overlap_bound,
+                                                         host_sync_s=self.host_sync_s), model, gpu)
         self.path = self.mixed.path
         self.meta = self.mixed.meta
         self.derived = self.mixed.derived

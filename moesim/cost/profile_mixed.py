@@ -26,6 +26,8 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
+
 from moesim.cost import COST_MODELS
 from moesim.cost.base import CostModel, DecodeRun, Residency, SeqWork, StepCost
 from moesim.cost.profile import ProfileCost, ProfileCostConfig
@@ -40,15 +42,22 @@ class ProfileMixedConfig:
     Attributes:
         routing_skew: 0 for uniform top-k routing; > 0 for a Zipf law over experts (as ``profile``).
         overlap_bound: hidden fetch time at most the step's expert compute (see the module docstring).
+        host_sync_s: seconds per MoE layer added to a step that fetches host experts: such a step reads each
+            layer's routing on the host, which drains the GPU's queue and exposes the launches after it (the
+            eager profile was measured without it). 0: not added. Measured by the runtime's
+            ``TorchBackend.sync_table`` (``sync_table.csv``; ``profile_bucketed`` reads it from there).
     """
 
     name: str = "profile_mixed"
     routing_skew: float = 0.0
     overlap_bound: bool = True
+    host_sync_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.routing_skew < 0:
             raise UserError(f"cost.routing_skew={self.routing_skew}: must be ≥ 0")
+        if self.host_sync_s < 0:
+            raise UserError(f"cost.host_sync_s={self.host_sync_s}: must be ≥ 0 (seconds per MoE layer)")
 
 
 @COST_MODELS.register("profile_mixed", ProfileMixedConfig)
@@ -94,36 +103,50 @@ class ProfileMixedCost(CostModel):
         share = 1.0 - (1.0 - 1.0 / L) ** f if L > 1 else float(f > 0)
         return min(overlap * c.fetch_s, c.experts_s * share)
 
+    def _sync(self, c: StepCost, prof: ProfileCost, steps: int = 1) -> StepCost:
+        """``c`` plus the per-layer host synchronisations of fetching steps (``host_sync_s``)."""
+        if prof is self.graphs or self.cfg.host_sync_s <= 0:
+            return c
+        return dataclasses.replace(c, overhead_s=c.overhead_s + self.cfg.host_sync_s * self.model.n_moe_layers * steps)
+
     def step(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
         """The eager profile's step when a sequence's tenant has host experts, else the graph profile's."""
         prof = self._pick((s.tenant for s in batch), residency)
         if not self._bounded(residency):
-            return prof.step(batch, residency)
+            return self._sync(prof.step(batch, residency), prof)
         c = prof.step(batch, self._unhidden(residency))
         hidden = self._hidden(c, residency.fetch_overlap)
-        return dataclasses.replace(c, fetch_s=c.fetch_s - hidden)
+        return self._sync(dataclasses.replace(c, fetch_s=c.fetch_s - hidden), prof)
 
     def step_streamed(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
         """A prefill under a streamed swap runs eagerly (it waits on the swap's per-layer events): the eager
         profile's step (overlapped fetches bounded as in ``step``)."""
+        prof = self._pick((s.tenant for s in batch), residency)  # the host syncs only where it fetches
         if not self._bounded(residency):
-            return self.eager.step(batch, residency)
+            return self._sync(self.eager.step(batch, residency), prof)
         c = self.eager.step(batch, self._unhidden(residency))
-        return dataclasses.replace(c, fetch_s=c.fetch_s - self._hidden(c, residency.fetch_overlap))
+        return self._sync(dataclasses.replace(c, fetch_s=c.fetch_s - self._hidden(c, residency.fetch_overlap)), prof)
 
     def decode_run(self, decode_tenants: tuple[int, ...], context0: tuple[int, ...], n_steps: int,
                    residency: Residency) -> DecodeRun:
         """As ``step``, for a whole decode run (its batch does not change)."""
         prof = self._pick(decode_tenants, residency)
         if not self._bounded(residency):
-            return prof.decode_run(decode_tenants, context0, n_steps, residency)
+            return self._sync_run(prof.decode_run(decode_tenants, context0, n_steps, residency), prof)
         run = prof.decode_run(decode_tenants, context0, n_steps, self._unhidden(residency))
         c = run.cost
         hidden = self._hidden(c, residency.fetch_overlap, n_steps)
         if hidden <= 0 or run.end_s[-1] <= 0:
-            return run
+            return self._sync_run(run, prof)
         end = run.end_s - hidden * run.end_s / run.end_s[-1]  # spread in proportion to each step's time
-        return DecodeRun(end, dataclasses.replace(c, fetch_s=c.fetch_s - hidden))
+        return self._sync_run(DecodeRun(end, dataclasses.replace(c, fetch_s=c.fetch_s - hidden)), prof)
+
+    def _sync_run(self, run: DecodeRun, prof: ProfileCost) -> DecodeRun:
+        if prof is self.graphs or self.cfg.host_sync_s <= 0:
+            return run
+        per = self.cfg.host_sync_s * self.model.n_moe_layers
+        n = len(run.end_s)
+        return DecodeRun(run.end_s + per * np.arange(1, n + 1), self._sync(run.cost, prof, n))
 
     def swap_s(self, nbytes: float, residency: Residency, bandwidth_fraction: float = 1.0) -> float:
         """The graph profile's measured non-expert-set copy rate."""

@@ -329,6 +329,44 @@ class TorchBackend:
             self.capture = capture
         return rows
 
+    def sync_table(self, reps: int = 5) -> list[dict[str, Any]]:
+        """Eager steps timed without and with a host synchronisation at every layer: a step that fetches host
+        experts reads each layer's routing on the host, which drains the GPU's queue and exposes the launches
+        after it. Rows: ``batch``, ``n_seqs``, ``tokens``, ``eager_s``, ``eager_sync_s`` (medians of ``reps``),
+        ``per_layer_s`` (their difference over the layers). Call with no host experts laid out."""
+        from statistics import median
+
+        x, eng = self.x, self.eng
+        batches = {"decode_1": (SeqWork(0, 1, 200),),
+                   "decode_4": tuple(SeqWork(i % min(2, self.n_tenants), 1, 200) for i in range(4)),
+                   "decode_16": tuple(SeqWork(i % min(2, self.n_tenants), 1, 200) for i in range(16)),
+                   "prefill_256": (SeqWork(0, 256, 0),)}
+        rows = []
+        for name, batch in batches.items():
+            si = x._inputs(batch)
+            x._ensure_cache(si.meta.kv_tokens)
+            cache = x.cache
+
+            def once(sync: bool, si=si, cache=cache) -> float:
+                eng.layer_hook = (lambda i: torch.cuda.current_stream().synchronize()) if sync and self.cuda \
+                    else None
+                try:
+                    t0 = time.perf_counter()
+                    eng.step(si, cache)
+                    x._sync()
+                    return time.perf_counter() - t0
+                finally:
+                    eng.layer_hook = None
+
+            once(False)
+            once(True)
+            plain = median(once(False) for _ in range(reps))
+            synced = median(once(True) for _ in range(reps))
+            rows.append({"batch": name, "n_seqs": len(batch), "tokens": sum(w.new_tokens for w in batch),
+                         "eager_s": plain, "eager_sync_s": synced,
+                         "per_layer_s": (synced - plain) / self.model.n_layers})
+        return rows
+
     def set_max_batch(self, max_batch: int) -> None:
         """Buckets for a policy's batch limit (graphs of other buckets dropped when the sizes change)."""
         if self.dg is not None:
@@ -570,7 +608,7 @@ class TorchBackend:
 #: The backend's calls that touch the device (run with a fleet GPU's device current).
 _ON_DEVICE = ("setup", "reset_stats", "warm_up", "reserve_kv", "prepare", "swap", "finish_swap", "prefill",
               "begin_decode", "decode_step", "end_decode", "describe", "decode_table",
-              "prefill_table")
+              "prefill_table", "sync_table")
 
 
 def _on_device(backend: TorchBackend, fn: Any) -> Any:

@@ -17,7 +17,7 @@ conversation trace, prompts ≤ 256, outputs ≤ 8; Poisson arrivals):
   well below capacity), ``saturated`` (all arrive within about a second), ``host`` (a tight weight budget:
   experts on the host, fetched per use). The keys of each run are in ``RUNS``;
 * ``tables``: decode and prefill steps timed on the runtime's engine (``decode_table.csv`` for
-  ``sim_cost=profile_bucketed``);
+  ``sim_cost=profile_bucketed``), and eager steps with a host sync at every layer (``sync_table.csv``);
 * ``fleet``: with 2 GPUs, 4 variants over 2 H200s (GPU 0: variants 0,1,2; GPU 1: 1,2,3; multiplex on each),
   routed live by ``least_work`` (one host thread per GPU), on engine 0 (the shared one) and a second engine;
   then ``dedicated`` (light, saturated) on the same two engines: GPU g serves tenant g's whole model;
@@ -190,6 +190,9 @@ def tables(backend, out: Path, model, gpu) -> bool:
         dec.to_csv(out / "decode_table.csv", index=False)
         pre = pd.DataFrame(backend.prefill_table())
         pre.to_csv(out / "prefill_table.csv", index=False)
+        syn = pd.DataFrame(backend.sync_table())
+        syn.to_csv(out / "sync_table.csv", index=False)
+        print(syn.to_string(index=False), flush=True)
         (out / "tables.json").write_text(json.dumps({"model": model.name, "gpu": gpu.name,
                                                      "backend": backend.describe()}, indent=1, default=str))
         print(dec.to_string(index=False), flush=True)
