@@ -363,3 +363,12 @@ def study(times: MigTimes, reps: int = 400, runs: int = RUNS, offsets_s: Sequenc
         df["reference"] = ref
         df["below_reference"] = np.mean(tt < ref, axis=0)
     return df
+
+
+def joint_share_at_least(times: MigTimes, reference: Sequence[float], reps: int = 400, runs: int = RUNS,
+                         offset_s: float | None = 0.0, first: int = 3) -> float:
+    """Share of ``runs``-run estimates at or above ``reference`` at each of the ``first`` lowest rates at once
+    (``offset_s`` None: moesim's aligned protocol): how often one experiment lands where the paper's did."""
+    est = _estimates(times, reps, runs, offset_s)[:, :first, 0]
+    ref = np.asarray(reference, dtype=float)[:first]
+    return float(np.mean(np.all(est >= ref, axis=1)))

@@ -210,3 +210,9 @@ def test_reconfig_ttft_and_low_load_throughput_against_the_closed_forms() -> Non
         thr.append(m["paper_throughput_rpm"])
     assert np.mean(ttft) == pytest.approx(paper.reconfig_ttft_s(), rel=0.10)
     assert np.mean(thr) == pytest.approx(paper.low_load_throughput_rpm(0.005), abs=3 * math.sqrt(1.2 / 60))
+
+
+def test_joint_share_counts_estimates_at_or_above_the_reference() -> None:
+    n = len(pp.RATES)
+    assert pp.joint_share_at_least(T, [T.alone_s - 1e-6] * n, reps=4) == 1.0  # never faster than alone
+    assert pp.joint_share_at_least(T, [T.service_s(2) + 1e-6] * n, reps=4) == 0.0  # never slower than contended
