@@ -254,7 +254,7 @@ class CompareConfig:
 
     Attributes:
         summary: a paper_a100 sweep's summary.csv.
-        out: folder for per_rate.csv and expected.csv.
+        out: folder for per_rate.csv, headline.csv, expected.csv and protocol.csv.
         seeds: repetitions of the expectation run (0: skip it).
         window: the expectation run serves only requests dequeued within the 120 s window, as the paper's
             code (false: drains the queue, as the sweep).
