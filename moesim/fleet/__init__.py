@@ -29,15 +29,37 @@ A fleet of one GPU with ``placement=everywhere`` (the defaults) is today's singl
 engine (``moesim.engine.simulate`` is ``simulate_fleet`` with one GPU).
 """
 
-from moesim.engine.simulation import GPUSetup, SimResult, simulate_fleet
-from moesim.fleet.load import PlacementProblem, TenantLoad
-from moesim.fleet.options import FLEETS
-from moesim.fleet.placement import GPUPlacement, Placement, load_placement, save_placement
-from moesim.fleet.routers import ROUTERS, Router
-from moesim.fleet.run import plan_placement, run_fleet
-from moesim.fleet.spec import FleetGPU, FleetSpec, GPUGroup, load_fleet
-from moesim.fleet.strategies import PLACEMENTS
-from moesim.policies.view import FleetView
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# names → the module holding them, imported on first use: the routers, placements and specs stay importable
+# without simpy (the real-time runtime's fleet runs on machines that have none); the simulation does not
+_LAZY = {
+    "GPUSetup": "moesim.engine.simulation", "SimResult": "moesim.engine.simulation",
+    "simulate_fleet": "moesim.engine.simulation",
+    "PlacementProblem": "moesim.fleet.load", "TenantLoad": "moesim.fleet.load",
+    "FLEETS": "moesim.fleet.options",
+    "GPUPlacement": "moesim.fleet.placement", "Placement": "moesim.fleet.placement",
+    "load_placement": "moesim.fleet.placement", "save_placement": "moesim.fleet.placement",
+    "ROUTERS": "moesim.fleet.routers", "Router": "moesim.fleet.routers",
+    "plan_placement": "moesim.fleet.run", "run_fleet": "moesim.fleet.run",
+    "FleetGPU": "moesim.fleet.spec", "FleetSpec": "moesim.fleet.spec", "GPUGroup": "moesim.fleet.spec",
+    "load_fleet": "moesim.fleet.spec",
+    "PLACEMENTS": "moesim.fleet.strategies",
+    "FleetView": "moesim.policies.view",
+}
+
+
+def __getattr__(name: str) -> Any:
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'moesim.fleet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(mod), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "FLEETS", "PLACEMENTS", "ROUTERS", "FleetGPU", "FleetSpec", "FleetView", "GPUGroup", "GPUPlacement",
