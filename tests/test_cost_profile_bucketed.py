@@ -88,6 +88,27 @@ def test_host_sync_per_layer_is_added_to_fetching_steps_only(tmp_path) -> None:
     (tmp_path / "sync_table.csv").write_text(
         "batch,n_seqs,tokens,eager_s,eager_sync_s,per_layer_s\ndecode_1,1,1,0.05,0.056,0.0002\n"
         "decode_4,4,4,0.06,0.0665,0.0003\ndecode_16,16,16,0.07,0.0732,0.0001\nprefill_256,1,256,0.1,0.2,0.01\n")
-    c = COST_MODELS.build("profile_bucketed", {"table": str(tmp_path / "decode_table.csv")}, model=MIXTRAL, gpu=H200)
+    table = str(tmp_path / "decode_table.csv")
+    c = COST_MODELS.build("profile_bucketed", {"table": table, "host_sync_s": -1, "sync_scale": False},
+                          model=MIXTRAL, gpu=H200)
     assert c.host_sync_s == pytest.approx(2e-4)
     assert c.step(b, host).total_s == pytest.approx(synced.step(b, host).total_s, rel=1e-12)
+    # the default: fetching steps' non-fetch part × measured (eager + host sync per layer) / eager profile
+    from moesim.cost.base import ExpertGroup, Residency
+
+    c = COST_MODELS.build("profile_bucketed", {"table": table}, model=MIXTRAL, gpu=H200)
+    assert c.host_sync_s == 0.0
+    whole = Residency((ExpertGroup(frozenset({0, 1, 2}), 256, True),))
+    r1 = 0.056 / plain.eager.step((SeqWork(0, 1, 200),), whole).total_s
+    r4 = 0.0665 / plain.eager.step(tuple(SeqWork(i % 2, 1, 200) for i in range(4)), whole).total_s
+    assert c.sync.ratio(True, 1) == pytest.approx(r1, rel=1e-12)
+    assert c.sync.ratio(True, 2) == pytest.approx(r1 + (r4 - r1) / 3, rel=1e-12)  # linear between sizes
+    assert c.sync.prefill == pytest.approx(0.2 / plain.eager.step((SeqWork(0, 256, 0),), whole).total_s)
+    ref = plain.step(b, host)
+    got = c.step(b, host)
+    assert got.fetch_s == ref.fetch_s
+    assert got.total_s - got.fetch_s == pytest.approx(r1 * (ref.total_s - ref.fetch_s), rel=1e-12)
+    assert c.step(b, res).total_s == 0.016  # resident decode: the bucket table, unscaled
+    run, ref_run = c.decode_run((0,), (200,), 4, host), plain.decode_run((0,), (200,), 4, host)
+    extra = (r1 - 1) * (ref_run.cost.total_s - ref_run.cost.fetch_s)
+    assert run.end_s[-1] == pytest.approx(ref_run.end_s[-1] + extra, rel=1e-12)

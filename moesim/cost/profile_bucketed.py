@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from moesim.cost import COST_MODELS
-from moesim.cost.base import CostModel, DecodeRun, Residency, SeqWork, StepCost
+from moesim.cost.base import CostModel, DecodeRun, ExpertGroup, Residency, SeqWork, StepCost
 from moesim.cost.profile_mixed import ProfileMixedConfig, ProfileMixedCost
 from moesim.errors import UserError
 from moesim.specs import GPUSpec, ModelSpec
@@ -36,15 +36,21 @@ class ProfileBucketedConfig:
     """Attributes:
     table: ``decode_table.csv`` measured on the runtime's engine (required).
     kv_bucket: the runtime's key-length bucket (tokens).
-    host_sync_s: as ``profile_mixed`` (seconds per MoE layer of a fetching step); −1: the median
-        ``per_layer_s`` of the decode rows of ``sync_table.csv`` beside ``table`` (0 when there is none).
+    host_sync_s: as ``profile_mixed`` (seconds per MoE layer added to a fetching step; default 0: the
+        synchronisations are in ``sync_scale``); −1: the median ``per_layer_s`` of the decode rows of
+        ``sync_table.csv`` beside ``table``.
+    sync_scale: time the non-fetch part of steps that fetch host experts as the eager profile's × the measured
+        ratio (eager step with a host sync at every layer, ``sync_table.csv`` beside ``table``) / (the eager
+        profile's step of the same shape), interpolated in the number of sequences (decode) or one ratio
+        (prefill); without the file, 1.
     routing_skew, overlap_bound: as ``profile_mixed``.
     """
 
     name: str = "profile_bucketed"
     table: str = ""
     kv_bucket: int = 256
-    host_sync_s: float = -1.0
+    host_sync_s: float = 0.0
+    sync_scale: bool = True
     routing_skew: float = 0.0
     overlap_bound: bool = True
 
@@ -121,6 +127,42 @@ class DecodeTable:
         return s
 
 
+class SyncScale:
+    """Measured (eager step with a host sync per layer) / (eager profile's step), from ``sync_table.csv``."""
+
+    def __init__(self, path: Path, eager: CostModel) -> None:
+        self.decode: list[tuple[int, float]] = []
+        self.prefill = 1.0
+        if not path.is_file():
+            return
+        with path.open() as f:
+            rows = list(csv.DictReader(f))
+        # every expert resident and shared by the tenants, as the table was measured (multiplex's layout)
+        resident = Residency((ExpertGroup(frozenset({0, 1, 2}), eager.model.n_expert_positions, True),))
+        pre = []
+        for r in rows:
+            n, tokens = int(r["n_seqs"]), int(r["tokens"])
+            if r["batch"].startswith("decode"):
+                batch = tuple(SeqWork(i % min(2, n), 1, 200) for i in range(n))
+            else:
+                batch = (SeqWork(0, tokens, 0),)
+            ref = eager.step(batch, resident).total_s
+            ratio = float(r["eager_sync_s"]) / ref if ref > 0 else 1.0
+            (self.decode.append((n, ratio)) if r["batch"].startswith("decode") else pre.append(ratio))
+        self.decode.sort()
+        if pre:
+            self.prefill = float(np.median(pre))
+
+    def ratio(self, decode: bool, n_seqs: int) -> float:
+        """The ratio for a decode step of ``n_seqs`` sequences (linear between measured sizes, clamped), or a
+        prefill."""
+        if not decode or not self.decode:
+            return self.prefill if not decode else 1.0
+        xs = [n for n, _ in self.decode]
+        ys = [r for _, r in self.decode]
+        return float(np.interp(n_seqs, xs, ys))
+
+
 def sync_per_layer(folder: Path) -> float:
     """Median ``per_layer_s`` of the decode rows of ``folder/sync_table.csv`` (≥ 0; 0 without the file)."""
     p = folder / "sync_table.csv"
@@ -147,27 +189,49 @@ class ProfileBucketedCost(CostModel):
         self.path = self.mixed.path
         self.meta = self.mixed.meta
         self.derived = self.mixed.derived
+        self.sync = SyncScale(Path(cfg.table).parent / "sync_table.csv", self.mixed.eager) if cfg.sync_scale \
+            else None
 
     def _graphs(self, tenants: tuple[int, ...], residency: Residency) -> bool:
         return self.mixed._pick(tenants, residency) is self.mixed.graphs
 
+    def _scaled(self, c: StepCost, decode: bool, n_seqs: int, tenants: tuple[int, ...], residency: Residency,
+                steps: int = 1) -> StepCost:
+        """A fetching step's non-fetch part × the measured host-sync ratio (``sync_scale``)."""
+        if self.sync is None or self._graphs(tenants, residency):
+            return c
+        r = self.sync.ratio(decode, n_seqs)
+        return StepCost(attention_s=c.attention_s * r, router_s=c.router_s * r, experts_s=c.experts_s * r,
+                        fetch_s=c.fetch_s, lm_head_s=c.lm_head_s * r, overhead_s=c.overhead_s * r,
+                        expert_fetches=c.expert_fetches)
+
     def step(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
-        """A pure decode step without host experts: the table; anything else: ``profile_mixed``."""
-        if batch and all(w.new_tokens == 1 for w in batch) and self._graphs(tuple(w.tenant for w in batch),
-                                                                              residency):
-            s = self.table.step_s(len(batch), len({w.tenant for w in batch}), max(w.context for w in batch))
+        """A pure decode step without host experts: the table; a fetching step: ``profile_mixed``'s, its non-fetch
+        part scaled by the host-sync ratio; anything else: ``profile_mixed``."""
+        tenants = tuple(w.tenant for w in batch)
+        decode = bool(batch) and all(w.new_tokens == 1 for w in batch)
+        if decode and self._graphs(tenants, residency):
+            s = self.table.step_s(len(batch), len(set(tenants)), max(w.context for w in batch))
             return StepCost(overhead_s=s)
-        return self.mixed.step(batch, residency)
+        return self._scaled(self.mixed.step(batch, residency), decode, len(batch), tenants, residency)
 
     def step_streamed(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
-        """``profile_mixed``'s (a prefill under a streamed swap runs eagerly)."""
-        return self.mixed.step_streamed(batch, residency)
+        """``profile_mixed``'s (a prefill under a streamed swap runs eagerly), scaled as ``step`` when it fetches."""
+        tenants = tuple(w.tenant for w in batch)
+        return self._scaled(self.mixed.step_streamed(batch, residency), False, len(batch), tenants, residency)
 
     def decode_run(self, decode_tenants: tuple[int, ...], context0: tuple[int, ...], n_steps: int,
                    residency: Residency) -> DecodeRun:
         """Each step from the table (context growing by one per step), or ``profile_mixed``'s run."""
         if not self._graphs(decode_tenants, residency):
-            return self.mixed.decode_run(decode_tenants, context0, n_steps, residency)
+            run = self.mixed.decode_run(decode_tenants, context0, n_steps, residency)
+            if self.sync is None or not n_steps:
+                return run
+            r = self.sync.ratio(True, len(decode_tenants))
+            c = run.cost
+            extra = (r - 1.0) * (c.total_s - c.fetch_s)  # spread in proportion to each step's time
+            return DecodeRun(run.end_s + extra * run.end_s / run.end_s[-1],
+                             self._scaled(c, True, len(decode_tenants), decode_tenants, residency))
         n, k, c0 = len(decode_tenants), len(set(decode_tenants)), max(context0)
         steps = np.array([self.table.step_s(n, k, c0 + i) for i in range(n_steps)])
         ends = np.cumsum(steps)
