@@ -93,22 +93,21 @@ def test_host_sync_per_layer_is_added_to_fetching_steps_only(tmp_path) -> None:
                           model=MIXTRAL, gpu=H200)
     assert c.host_sync_s == pytest.approx(2e-4)
     assert c.step(b, host).total_s == pytest.approx(synced.step(b, host).total_s, rel=1e-12)
-    # the default: fetching steps' non-fetch part × measured (eager + host sync per layer) / eager profile
+    # the default: fetching steps + measured (eager + host sync per layer) − eager profile, same shape
     from moesim.cost.base import ExpertGroup, Residency
 
     c = COST_MODELS.build("profile_bucketed", {"table": table}, model=MIXTRAL, gpu=H200)
     assert c.host_sync_s == 0.0
     whole = Residency((ExpertGroup(frozenset({0, 1, 2}), 256, True),))
-    r1 = 0.056 / plain.eager.step((SeqWork(0, 1, 200),), whole).total_s
-    r4 = 0.0665 / plain.eager.step(tuple(SeqWork(i % 2, 1, 200) for i in range(4)), whole).total_s
-    assert c.sync.ratio(True, 1) == pytest.approx(r1, rel=1e-12)
-    assert c.sync.ratio(True, 2) == pytest.approx(r1 + (r4 - r1) / 3, rel=1e-12)  # linear between sizes
-    assert c.sync.prefill == pytest.approx(0.2 / plain.eager.step((SeqWork(0, 256, 0),), whole).total_s)
+    d1 = 0.056 - plain.eager.step((SeqWork(0, 1, 200),), whole).total_s
+    d4 = 0.0665 - plain.eager.step(tuple(SeqWork(i % 2, 1, 200) for i in range(4)), whole).total_s
+    assert c.sync.extra_s(True, 1) == pytest.approx(d1, rel=1e-12)
+    assert c.sync.extra_s(True, 2) == pytest.approx(d1 + (d4 - d1) / 3, rel=1e-12)  # linear between sizes
+    assert c.sync.prefill == pytest.approx(0.2 - plain.eager.step((SeqWork(0, 256, 0),), whole).total_s)
     ref = plain.step(b, host)
     got = c.step(b, host)
     assert got.fetch_s == ref.fetch_s
-    assert got.total_s - got.fetch_s == pytest.approx(r1 * (ref.total_s - ref.fetch_s), rel=1e-12)
-    assert c.step(b, res).total_s == 0.016  # resident decode: the bucket table, unscaled
+    assert got.total_s == pytest.approx(ref.total_s + d1, rel=1e-12)
+    assert c.step(b, res).total_s == 0.016  # resident decode: the bucket table, unchanged
     run, ref_run = c.decode_run((0,), (200,), 4, host), plain.decode_run((0,), (200,), 4, host)
-    extra = (r1 - 1) * (ref_run.cost.total_s - ref_run.cost.fetch_s)
-    assert run.end_s[-1] == pytest.approx(ref_run.end_s[-1] + extra, rel=1e-12)
+    assert run.end_s == pytest.approx(ref_run.end_s + d1 * np.arange(1, 5), rel=1e-12)

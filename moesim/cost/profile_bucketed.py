@@ -19,6 +19,7 @@ synchronisation of fetching steps measured beside the table (``sync_table.csv``,
 from __future__ import annotations
 
 import csv
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +40,10 @@ class ProfileBucketedConfig:
     host_sync_s: as ``profile_mixed`` (seconds per MoE layer added to a fetching step; default 0: the
         synchronisations are in ``sync_scale``); −1: the median ``per_layer_s`` of the decode rows of
         ``sync_table.csv`` beside ``table``.
-    sync_scale: time the non-fetch part of steps that fetch host experts as the eager profile's × the measured
-        ratio (eager step with a host sync at every layer, ``sync_table.csv`` beside ``table``) / (the eager
-        profile's step of the same shape), interpolated in the number of sequences (decode) or one ratio
-        (prefill); without the file, 1.
+    sync_scale: add to a step that fetches host experts the measured difference (eager step with a host sync
+        at every layer, ``sync_table.csv`` beside ``table``) − (the eager profile's step of the same shape),
+        interpolated in the number of sequences (decode) or one value (prefill); without the file, 0. Additive:
+        the synchronisations cost host time, which does not shrink or grow with a slice's SMs.
     routing_skew, overlap_bound: as ``profile_mixed``.
     """
 
@@ -128,11 +129,11 @@ class DecodeTable:
 
 
 class SyncScale:
-    """Measured (eager step with a host sync per layer) / (eager profile's step), from ``sync_table.csv``."""
+    """Measured (eager step with a host sync per layer) − (eager profile's step), from ``sync_table.csv``."""
 
     def __init__(self, path: Path, eager: CostModel) -> None:
         self.decode: list[tuple[int, float]] = []
-        self.prefill = 1.0
+        self.prefill = 0.0
         if not path.is_file():
             return
         with path.open() as f:
@@ -147,17 +148,17 @@ class SyncScale:
             else:
                 batch = (SeqWork(0, tokens, 0),)
             ref = eager.step(batch, resident).total_s
-            ratio = float(r["eager_sync_s"]) / ref if ref > 0 else 1.0
-            (self.decode.append((n, ratio)) if r["batch"].startswith("decode") else pre.append(ratio))
+            diff = float(r["eager_sync_s"]) - ref
+            (self.decode.append((n, diff)) if r["batch"].startswith("decode") else pre.append(diff))
         self.decode.sort()
         if pre:
             self.prefill = float(np.median(pre))
 
-    def ratio(self, decode: bool, n_seqs: int) -> float:
-        """The ratio for a decode step of ``n_seqs`` sequences (linear between measured sizes, clamped), or a
+    def extra_s(self, decode: bool, n_seqs: int) -> float:
+        """Seconds for a decode step of ``n_seqs`` sequences (linear between measured sizes, clamped), or a
         prefill."""
         if not decode or not self.decode:
-            return self.prefill if not decode else 1.0
+            return self.prefill if not decode else 0.0
         xs = [n for n, _ in self.decode]
         ys = [r for _, r in self.decode]
         return float(np.interp(n_seqs, xs, ys))
@@ -197,13 +198,11 @@ class ProfileBucketedCost(CostModel):
 
     def _scaled(self, c: StepCost, decode: bool, n_seqs: int, tenants: tuple[int, ...], residency: Residency,
                 steps: int = 1) -> StepCost:
-        """A fetching step's non-fetch part × the measured host-sync ratio (``sync_scale``)."""
+        """A fetching step plus the measured host-sync difference (``sync_scale``), never below its fetch time."""
         if self.sync is None or self._graphs(tenants, residency):
             return c
-        r = self.sync.ratio(decode, n_seqs)
-        return StepCost(attention_s=c.attention_s * r, router_s=c.router_s * r, experts_s=c.experts_s * r,
-                        fetch_s=c.fetch_s, lm_head_s=c.lm_head_s * r, overhead_s=c.overhead_s * r,
-                        expert_fetches=c.expert_fetches)
+        extra = max(self.sync.extra_s(decode, n_seqs) * steps, -(c.total_s - c.fetch_s))
+        return dataclasses.replace(c, overhead_s=c.overhead_s + extra)
 
     def step(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
         """A pure decode step without host experts: the table; a fetching step: ``profile_mixed``'s, its non-fetch
@@ -227,11 +226,10 @@ class ProfileBucketedCost(CostModel):
             run = self.mixed.decode_run(decode_tenants, context0, n_steps, residency)
             if self.sync is None or not n_steps:
                 return run
-            r = self.sync.ratio(True, len(decode_tenants))
             c = run.cost
-            extra = (r - 1.0) * (c.total_s - c.fetch_s)  # spread in proportion to each step's time
-            return DecodeRun(run.end_s + extra * run.end_s / run.end_s[-1],
-                             self._scaled(c, True, len(decode_tenants), decode_tenants, residency))
+            scaled = self._scaled(c, True, len(decode_tenants), decode_tenants, residency, n_steps)
+            per = (scaled.total_s - c.total_s) / n_steps
+            return DecodeRun(run.end_s + per * np.arange(1, n_steps + 1), scaled)
         n, k, c0 = len(decode_tenants), len(set(decode_tenants)), max(context0)
         steps = np.array([self.table.step_s(n, k, c0 + i) for i in range(n_steps)])
         ends = np.cumsum(steps)
