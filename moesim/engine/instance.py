@@ -190,14 +190,17 @@ class Instance:
                 step = cost.step(batch, res)
                 if sel.load:
                     self._streamed_swap_s = 0.0
-                    wait = self._load(sel.load, step.total_s)
+                    # a prefill under a streamed swap runs eagerly (it waits on the swap's per-layer events):
+                    # the copy hides under that prefill, and shares the link with its fetches
+                    under = cost.step_streamed(batch, res) if self.plan.swap_overlap else step
+                    wait = self._load(sel.load, under.total_s)
                     if wait is not None:
                         yield wait
                         waited = env.now - now
                         for r in sel.admit:
                             rec.swap_wait[r.id] = waited
-                    if self._streamed_swap_s:  # eager under the swap's events, sharing the link with it
-                        step = swap_link_delay(cost.step_streamed(batch, res), self._streamed_swap_s)
+                    if self._streamed_swap_s:
+                        step = swap_link_delay(under, self._streamed_swap_s)
                 t0 = env.now
                 yield env.timeout(step.total_s)
                 self.link.end(self.fetches)

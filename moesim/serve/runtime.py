@@ -93,6 +93,7 @@ class CostBackend:
         self._dr: DecodeRun | None = None
         self._n = 0
         self._streamed_swap_s = 0.0
+        self._est: tuple[tuple[SeqWork, ...], Residency] | None = None  # the last estimated prefill
         self.stats = {"prefills": 0, "decode_steps": 0, "swaps": 0}
 
     def setup(self, plan: InstancePlan, n_tenants: int) -> None:
@@ -101,6 +102,7 @@ class CostBackend:
 
     def estimate(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
         """The prefill's cost."""
+        self._est = (batch, residency)
         return self.cost.step(batch, residency)
 
     def swap(self, tenants: tuple[int, ...], plan: InstancePlan, prefill: StepCost | None) -> SwapTicket:
@@ -110,8 +112,10 @@ class CostBackend:
             total += self._swap_s
         exposed = total
         if plan.swap_overlap:
+            # hidden under the prefill, which runs eagerly under the swap (``step_streamed``), as the simulator
+            under = self.cost.step_streamed(*self._est) if self._est is not None else prefill
             layers = max(1, self.cost.model.n_layers)
-            exposed = max(total / layers, total - (prefill.total_s if prefill is not None else 0.0))
+            exposed = max(total / layers, total - (under.total_s if under is not None else 0.0))
             self._streamed_swap_s = total  # shares the link with the prefill's fetches (``swap_link_delay``)
         self.stats["swaps"] += len(tenants)
         return SwapTicket(exposed_s=exposed, copy_s=total)
