@@ -18,7 +18,8 @@ from moesim.serve.config import ServeConfig, make_requests
 from moesim.serve.run import build_cost, simulate_config
 from moesim.specs import get_gpu, get_model
 
-root = Path(sys.argv[1]); table = str(root / "tables" / "decode_table.csv")
+root = Path(sys.argv[1])
+table = str(root / "tables" / "decode_table.csv")
 print("| run | prefills meas. / sim. (mean) | decode steps meas. / sim. (mean per step) | eager steps (measured) |")
 print("|---|---|---|---|")
 order = ("naive", "swap", "reconfig_fast", "reconfig", "multiplex", "mig", "dedicated")
@@ -35,10 +36,12 @@ for f in sorted(root.glob("*/summary.json"), key=key):
     vals = {}
     for seg, tag in ((pd.read_parquet(f.parent / "segments.parquet"), "m"), (sim.segments, "s")):
         d = seg.assign(dur=seg.end_s - seg.start_s)
-        pre = d[d.kind == "prefill"]; dec = d[d.kind == "decode"]
+        pre = d[d.kind == "prefill"]
+        dec = d[d.kind == "decode"]
         steps = (dec["tokens"] / dec["n_seqs"]).sum()
         vals[tag] = (len(pre), 1e3 * pre.dur.mean(), 1e3 * dec.dur.sum() / max(steps, 1), int(steps))
-    be = doc["backend"]; be = be if isinstance(be, list) else [be]
+    be = doc["backend"]
+    be = be if isinstance(be, list) else [be]
     m_, s_ = vals["m"], vals["s"]
     print(f"| {f.parent.name} | {m_[0]} × {m_[1]:.0f} / {s_[0]} × {s_[1]:.0f} ms | {m_[3]} × {m_[2]:.1f} / {s_[3]} × {s_[2]:.1f} ms "
           f"| {sum(b['eager_steps'] for b in be)} of {sum(b['steps'] for b in be)} |")
