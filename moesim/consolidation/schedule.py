@@ -60,7 +60,7 @@ def size_plan(avail_s: float, step_s: float, val_s: float, *, n_domains: int, ft
             n_seeds = n
             break
     pre_s = max(0.0, avail_s - n_seeds * (per_seed + study_s_per_seed))
-    steps = int((pre_s - n_vals * val_s) / step_s)
+    steps = int((pre_s - n_vals * val_s) / step_s + 1e-9)  # (the epsilon: 119.4 / 0.1 is 1193.999…)
     steps = max(1, min(max_pretrain_steps, steps))
     return SchedulePlan(pretrain_steps=steps, pretrain_s=round(steps * step_s + n_vals * val_s, 2),
                         n_seeds=n_seeds, per_seed_s=round(per_seed, 2),
