@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from moesim.consolidation import quality_study as Q
-from moesim.consolidation.drift import PAPER_DEEP_FROM, PAPER_LEAST_SIMILAR, depth_profile, spearman, summed_l2
+from moesim.consolidation.domains import DOMAINS8
+from moesim.consolidation.drift import (
+    PAPER_DEEP_FROM,
+    PAPER_LEAST_SIMILAR,
+    depth_profile,
+    spearman,
+    summed_l2,
+)
 from moesim.consolidation.schedule import convergence, finetune_seconds, size_plan
 
 CORPORA = Path(__file__).resolve().parents[1] / "corpora" / "data"
@@ -20,8 +27,8 @@ CORPORA = Path(__file__).resolve().parents[1] / "corpora" / "data"
 def test_size_plan_closed_form() -> None:
     # one fine-tune: 48 steps × 0.1 s + (48 // 4 + 1) validations × 0.4/8 s + 0.6 s set-up = 6.05 s
     assert finetune_seconds(0.1, 48, 4, 0.05, 0.6) == pytest.approx(6.05)
-    kw = dict(n_domains=8, ft_steps=48, ft_val_every=4, seeds_wanted=3, study_s_per_seed=45.0,
-              extra_per_seed_s=8.0, min_pretrain_s=120.0, max_pretrain_steps=10**6)
+    kw = {"n_domains": 8, "ft_steps": 48, "ft_val_every": 4, "seeds_wanted": 3, "study_s_per_seed": 45.0,
+              "extra_per_seed_s": 8.0, "min_pretrain_s": 120.0, "max_pretrain_steps": 10**6}
     p = size_plan(430.0, 0.1, 0.4, **kw)
     # per seed 8 × 6.05 + 8 = 56.4 s; 3 seeds need 3 × (56.4 + 45) = 304.2 s, leaving 125.8 s ≥ 120
     assert (p.n_seeds, p.per_seed_s, p.study_s) == (3, 56.4, 135.0)
@@ -32,25 +39,28 @@ def test_size_plan_closed_form() -> None:
     # a slower step: 3 seeds would leave < 120 s, so 2
     slow = size_plan(430.0, 0.17, 0.4, **kw)
     per_seed = 8 * (48 * 0.17 + 13 * 0.05 + 0.6) + 8
-    assert slow.n_seeds == 2 and slow.per_seed_s == pytest.approx(per_seed)
+    assert slow.n_seeds == 2
+    assert slow.per_seed_s == pytest.approx(per_seed)
     assert slow.pretrain_steps == int((430 - 2 * (per_seed + 45) - 6.4) / 0.17)
     # the step cap, and never fewer than one seed or one step
     assert size_plan(430.0, 0.1, 0.4, **{**kw, "max_pretrain_steps": 500}).pretrain_steps == 500
     tiny = size_plan(50.0, 0.1, 0.4, **kw)
     assert (tiny.n_seeds, tiny.pretrain_steps) == (1, 1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be positive"):
         size_plan(0.0, 0.1, 0.4, **kw)
 
 
 def test_convergence_of_a_validation_curve() -> None:
     steps = [100, 200, 300, 400]
     flat = convergence(steps, [2.0, 1.5, 1.499, 1.495])  # tail = steps > 300: best before 1.499, overall 1.495
-    assert flat["tail_gain"] == pytest.approx(math.exp(0.004) - 1, abs=1e-5) and flat["converged"] is True
+    assert flat["tail_gain"] == pytest.approx(math.exp(0.004) - 1, abs=1e-5)
+    assert flat["converged"] is True
     falling = convergence(steps, [2.0, 1.5, 1.4, 1.3])
-    assert falling["tail_gain"] == pytest.approx(math.exp(0.1) - 1, abs=1e-5) and falling["converged"] is False
+    assert falling["tail_gain"] == pytest.approx(math.exp(0.1) - 1, abs=1e-5)
+    assert falling["converged"] is False
     over = convergence(steps, [2.0, 1.4, 1.45, 1.5])  # overfitting: best at step 200, before the tail
     assert (over["best_step"], over["tail_gain"], over["converged"]) == (200, 0.0, True)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="non-empty"):
         convergence([], [])
 
 
@@ -60,13 +70,16 @@ def test_depth_profile_against_the_paper() -> None:
     l2[:, :, 6:] = 5.0  # layers 6, 7 far apart
     for v in range(n):
         l2[v, v] = 0.0
-    assert summed_l2(l2)[0, 0] == 3.0 and summed_l2(l2)[7, 0] == 15.0  # 3 pairs
+    assert summed_l2(l2)[0, 0] == 3.0
+    assert summed_l2(l2)[7, 0] == 15.0
     p = depth_profile(l2, base_norm=np.full((n_layers, n_exp), 3.0))
     assert p["least_similar"] == round(PAPER_LEAST_SIMILAR * 64) == 10
     assert p["deep_layers"] == [5, 6, 7]  # ⌈18/32 · 8⌉ = 5
-    assert p["deep_share"] == 1.0 and p["deep_share_if_uniform"] == 0.375
+    assert p["deep_share"] == 1.0
+    assert p["deep_share_if_uniform"] == 0.375
     assert p["least_similar_per_layer"] == [0, 0, 0, 0, 0, 0, 8, 2]
-    assert p["relative_by_layer"][0] == 1.0 and p["relative_by_layer"][7] == 5.0
+    assert p["relative_by_layer"][0] == 1.0
+    assert p["relative_by_layer"][7] == 5.0
     assert p["spearman_depth"] == pytest.approx(spearman(np.arange(8), np.array(p["by_layer"])), abs=1e-4)
     assert p["spearman_depth"] == pytest.approx(0.7559, abs=1e-4)  # six tied layers, then two higher
     assert spearman(np.arange(5), np.arange(5) ** 2) == pytest.approx(1.0)
@@ -91,21 +104,29 @@ def test_study_queue_round_robin_over_seeds_and_merge_scales() -> None:
     assert Q.fastest_correct({"error": "probe timed out"}) == "loop"
 
 
-def test_device_batches_lie_inside_one_domain_and_are_seeded() -> None:
+def test_device_batches_lie_inside_one_domain_and_part_and_are_seeded() -> None:
     fam = Q.PRESETS["smoke-v3"][0]
+    assert fam.pretrain_share == 0.5
     data = Q.Data(CORPORA, fam, torch.device("cpu"))
     doms = ("milton", "shakespeare-poems")
     idx = torch.as_tensor([data.domains.index(d) for d in doms])
-    sizes = torch.as_tensor([float(data.sizes[d]) for d in doms])
-    cdf = torch.cumsum(sizes / sizes.sum(), 0)
-    a = data.batch(idx, cdf, 400, fam.seq, torch.Generator().manual_seed(3))
-    b = data.batch(idx, cdf, 400, fam.seq, torch.Generator().manual_seed(3))
-    assert a.shape == (400, fam.seq + 1) and a.dtype == torch.int64 and torch.equal(a, b)
-    texts = {d: data.train[d].tobytes() for d in doms}
-    found = {d: 0 for d in doms}
-    for w in a.numpy().astype(np.uint8):
-        hits = [d for d in doms if w.tobytes() in texts[d]]
-        assert hits, "a window crosses a domain boundary"
-        found[hits[0]] += 1
-    share = found["milton"] / 400  # milton has ~5× poems' bytes: p = 859,367 / (859,367 + 172,893) ≈ 0.83
-    assert 0.77 < share < 0.89
+    for part, half in (("pretrain", 0), ("finetune", 1)):
+        src = data.parts[part]
+        for d in DOMAINS8:  # the two parts split each domain's training bytes in half, nothing lost
+            assert src.sizes[d] == (len(data.train[d]) // 2 if half == 0 else len(data.train[d]) - len(data.train[d]) // 2)
+        sizes = torch.as_tensor([float(src.sizes[d]) for d in doms])
+        cdf = torch.cumsum(sizes / sizes.sum(), 0)
+        a = src.batch(idx, cdf, 300, fam.seq, torch.Generator().manual_seed(3))
+        b = src.batch(idx, cdf, 300, fam.seq, torch.Generator().manual_seed(3))
+        assert a.shape == (300, fam.seq + 1)
+        assert a.dtype == torch.int64
+        assert torch.equal(a, b)
+        texts = {d: (data.train[d][: len(data.train[d]) // 2] if half == 0 else
+                     data.train[d][len(data.train[d]) // 2:]).tobytes() for d in doms}
+        found = dict.fromkeys(doms, 0)
+        for w in a.numpy().astype(np.uint8):
+            hits = [d for d in doms if w.tobytes() in texts[d]]
+            assert hits, f"a {part} window is not inside one domain's {part} bytes"
+            found[hits[0]] += 1
+        share = found["milton"] / 300  # milton has ~5× poems' bytes: p = 859,367 / (859,367 + 172,893) ≈ 0.83
+        assert 0.76 < share < 0.90

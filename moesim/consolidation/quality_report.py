@@ -91,9 +91,58 @@ def wins(q: pd.DataFrame, method: str, against: str) -> dict[str, Any]:
             "median_margin": round(float(margin.median()), 5)}
 
 
+def by_budget(q: pd.DataFrame, method: str = OURS) -> list[dict[str, Any]]:
+    """Per family, N and budget of ``method``: its mean / worst change (per-seed means' range, seeds), the
+    accuracy change, whether every domain is within ``TARGET``, and case-by-case wins against each merge
+    (same seed, subset and domain; merges hold 1/N of the memory)."""
+    out = []
+    for (fam, n, budget), g in q[q.method == method].groupby(["family", "n_variants", "budget"], sort=True):
+        per_seed = g.groupby("seed").change.agg(["mean", "max"])
+        rec: dict[str, Any] = {
+            "family": fam, "n_variants": int(n), "budget": budget,
+            "memory_fraction": round(float(g.memory_fraction.mean()), 4), "seeds": len(per_seed), "cases": len(g),
+            "mean_change": round(float(per_seed["mean"].mean()), 5),
+            "mean_change_seed_range": [round(float(per_seed["mean"].min()), 5),
+                                       round(float(per_seed["mean"].max()), 5)],
+            "worst_change": round(float(g.change.max()), 5),
+            "worst_change_seed_range": [round(float(per_seed["max"].min()), 5), round(float(per_seed["max"].max()), 5)],
+            "acc_change": round(float(g.acc_change.mean()), 5),
+            "every_domain_within_target": bool((g.change <= TARGET).all()),
+        }
+        fq = q[(q.family == fam) & (q.n_variants == n)]
+        for merge_name in MERGES:
+            w = wins(pd.concat([g, fq[fq.method == merge_name]]), method, merge_name)
+            mg = fq[fq.method == merge_name]
+            rec[merge_name] = {**w, "mean_change": round(float(mg.change.mean()), 5) if len(mg) else None,
+                               "worst_change": round(float(mg.change.max()), 5) if len(mg) else None}
+        out.append(rec)
+    return out
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The docs' table: per family, N and budget, ours (mean [seed range], worst domain, accuracy) and each
+    merge's mean / worst and ours' wins against it."""
+    head = ("| family | N | budget (memory) | seeds | ours: mean change [seed range] | ours: worst domain | "
+            "ours: accuracy | " + " | ".join(f"{m}: mean / worst (ours wins)" for m in MERGES) + " |")
+    lines = [head, "|" + "---|" * (7 + len(MERGES))]
+    for r in summary["by_budget"]:
+        lo, hi = r["mean_change_seed_range"]
+        cells = [r["family"], str(r["n_variants"]), f"{r['budget']} ({100 * r['memory_fraction']:.1f} %)",
+                 str(r["seeds"]), f"{100 * r['mean_change']:+.2f} % [{100 * lo:+.2f}, {100 * hi:+.2f}]",
+                 f"{100 * r['worst_change']:+.2f} %", f"{100 * r['acc_change']:+.2f} pt"]
+        for m in MERGES:
+            x = r[m]
+            cells.append("—" if x["mean_change"] is None else
+                         f"{100 * x['mean_change']:+.2f} / {100 * x['worst_change']:+.2f} % "
+                         f"({x.get('wins', 0)}/{x['cases']})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def summarize(q: pd.DataFrame, meta: dict[str, Any]) -> dict[str, Any]:
     """Everything the page and README quote (see the module docstring)."""
-    s: dict[str, Any] = {"table": table(q), "targets": [], "wins": {}, "variant_gain": {}, "layer_drift": {}}
+    s: dict[str, Any] = {"table": table(q), "targets": [], "wins": {}, "variant_gain": {}, "layer_drift": {},
+                         "by_budget": by_budget(q), "depth_profile": {}, "training": {}}
     for fam in sorted(q.family.unique()):
         fq = q[q.family == fam]
         for n in sorted(fq.n_variants.unique()):
@@ -111,6 +160,11 @@ def summarize(q: pd.DataFrame, meta: dict[str, Any]) -> dict[str, Any]:
             s["targets"].append(rec)
         s["wins"][fam] = {f"{m} vs {b}": wins(fq, m, b) for m in PLANS for b in MERGES}
     for fam, f in meta.get("families", {}).items():
+        s["training"][fam] = {k: f[k] for k in ("params", "dispatch", "schedule") if k in f}
+        s["training"][fam]["pretrain"] = f.get("pretrain")
+        kept = [ft["kept_step"] for sm in f.get("seeds", {}).values() if isinstance(sm, dict)
+                for ft in sm.get("finetune", {}).values()]
+        s["training"][fam]["finetune_kept_steps"] = sorted(kept)
         base = f.get("base", {})
         for seed, sm in f.get("seeds", {}).items():
             if not isinstance(sm, dict):
@@ -118,6 +172,8 @@ def summarize(q: pd.DataFrame, meta: dict[str, Any]) -> dict[str, Any]:
             s["variant_gain"][f"{fam}/{seed}"] = {
                 d: round(math.exp(ce - base[d][0]) - 1, 5) for d, (ce, _acc) in sm["alone"].items()}
             s["layer_drift"][f"{fam}/{seed}"] = sm["layer_drift"]
+            if "depth_profile" in sm:
+                s["depth_profile"][f"{fam}/{seed}"] = sm["depth_profile"]
     return s
 
 

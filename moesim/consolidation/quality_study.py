@@ -100,6 +100,9 @@ class Family:
         dispatch: expert dispatch (``moesim.tinymoe.DISPATCH_MODES``) or ``auto``: on CUDA, check and time each
             mode in a subprocess (so a failing kernel cannot poison this process) and take the fastest correct one.
         eval_batch: windows per forward pass in evaluation.
+        pretrain_share: None: pretraining and fine-tuning draw from all of a domain's training bytes; a
+            share s: pretraining from the first s of each domain's training bytes, fine-tunes from the rest
+            only, so each fine-tune learns text its base never saw (as real fine-tunes do).
     """
 
     name: str
@@ -138,6 +141,7 @@ class Family:
     cross_seeds: int = 1_000
     dispatch: str = "loop"
     eval_batch: int = 32
+    pretrain_share: float | None = None
 
 
 _SMOKE = replace(CPU_CONFIG, max_seq=64)
@@ -167,14 +171,15 @@ PRESETS: dict[str, tuple[Family, ...]] = {
     # Issue 12's third call (one H200, ≤ 480 s): the ≥ 100M family alone, sized from its measured speed
     # (moesim.consolidation.schedule.size_plan): 3 seeds if they leave ≥ 120 s of pretraining, else fewer;
     # fine-tunes at peak lr 3e-4 (the last call's 1e-3 spoiled them), 48 steps, validated every 4 from step 0;
-    # N = 8, 4, 3, 2 round-robin over seeds; budgets 25/50/75 % + all-shared (100 % = the variant alone).
+    # N = 8, 4, 3, 2 round-robin over seeds; budgets 25/50/75 % + all-shared (100 % = the variant alone);
+    # pretraining on the first half of each domain's training bytes, fine-tunes on the other half only.
     "h200-v3": (
         Family("large", LARGE_CONFIG, seq=512, batch=64, pretrain_lr=1.5e-3, pretrain_s=1e9, finetune_lr=3e-4,
                finetune_steps=48, finetune_s=40.0, warmup=30, ft_warmup=4, eval_windows=40, val_windows=12,
                calib_windows=4, val_every=50, ft_val_every=4, seeds=(0, 1, 2), subsets={8: 1, 4: 2, 3: 2, 2: 4},
                study_s=45.0, budgets=(0.25, 0.5, 0.75), auto_schedule=True, size_at=20, min_pretrain_s=120.0,
                extra_per_seed_s=8.0, methods=("paper", "cluster-mean", "act-cluster-mean"), cross_seeds=1,
-               dispatch="auto", eval_batch=64),
+               dispatch="auto", eval_batch=64, pretrain_share=0.5),
     ),
     # h200-v3's code paths at toy size on CPU (auto schedule, sorted dispatch, round-robin study).
     "smoke-v3": (
@@ -183,7 +188,7 @@ PRESETS: dict[str, tuple[Family, ...]] = {
                calib_windows=1, val_every=5, ft_val_every=2, seeds=(0, 1, 2), subsets={8: 1, 4: 2, 3: 1, 2: 2},
                study_s=4.0, budgets=(0.25, 0.5, 0.75), auto_schedule=True, size_at=8, min_pretrain_s=3.0,
                max_pretrain_steps=60, extra_per_seed_s=1.0, methods=("paper", "cluster-mean", "act-cluster-mean"),
-               cross_seeds=1, dispatch="auto", eval_batch=64),
+               cross_seeds=1, dispatch="auto", eval_batch=64, pretrain_share=0.5),
     ),
     "smoke": (
         Family("large", _SMOKE, seq=64, batch=8, pretrain_lr=3e-3, pretrain_s=6.0, finetune_lr=2e-3,
@@ -259,8 +264,24 @@ class Data:
                                             device=device)
             self.test[d] = torch.as_tensor(eval_windows(raw[d]["test"], fam.seq, fam.eval_windows), device=device)
         self.sizes = {d: len(self.train[d]) for d in DOMAINS8}
-        self.flat = torch.as_tensor(np.concatenate([self.train[d] for d in DOMAINS8]), device=device)  # uint8
-        lens = np.array([len(self.train[d]) for d in DOMAINS8])
+        share = fam.pretrain_share
+        self.parts = {
+            "pretrain": TrainPart({d: a[: int(len(a) * share)] if share else a for d, a in self.train.items()},
+                                  device),
+            "finetune": TrainPart({d: a[int(len(a) * share):] if share else a for d, a in self.train.items()},
+                                  device),
+        }
+
+
+class TrainPart:
+    """The training bytes of the 8 domains that one phase draws from (all of them, or with
+    ``Family.pretrain_share`` the first share for pretraining and the rest for fine-tuning), held on the device
+    as one flat uint8 tensor."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], device: torch.device) -> None:
+        self.sizes = {d: len(arrays[d]) for d in DOMAINS8}
+        self.flat = torch.as_tensor(np.concatenate([arrays[d] for d in DOMAINS8]), device=device)  # uint8
+        lens = np.array([len(arrays[d]) for d in DOMAINS8])
         self.starts = torch.as_tensor(np.concatenate([[0], np.cumsum(lens)[:-1]]), device=device)
         self.lens = torch.as_tensor(lens, device=device)
 
@@ -291,7 +312,7 @@ class Runner:
     def train(self, model: TinyMoE, phase: str, domains: tuple[str, ...], lr: float, max_s: float,
               max_steps: int | None, seed: int, val_every: int, warmup: int | None = None,
               sizer: Callable[[float], tuple[int, float, int]] | None = None,
-              val_at_start: bool = False) -> dict[str, object]:
+              val_at_start: bool = False, part: str = "pretrain") -> dict[str, object]:
         """Train in place; the state with the best mean validation loss over ``domains`` is kept.
 
         Windows are drawn on the device (``Data.batch``: no host sync per step). With ``sizer``, the step time
@@ -303,7 +324,8 @@ class Runner:
         warm = f.warmup if warmup is None else warmup
         gen = torch.Generator(device=self.device).manual_seed(seed)
         idx = torch.as_tensor([self.data.domains.index(d) for d in domains], device=self.device)
-        sizes = torch.as_tensor([float(self.data.sizes[d]) for d in domains], device=self.device)
+        src = self.data.parts[part]
+        sizes = torch.as_tensor([float(src.sizes[d]) for d in domains], device=self.device)
         cdf = torch.cumsum(sizes / sizes.sum(), 0)
         opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=f.weight_decay,
                                 fused=self.device.type == "cuda")
@@ -338,7 +360,7 @@ class Runner:
                 break
             for g in opt.param_groups:
                 g["lr"] = lr_at(progress, step, lr, warm)
-            x = self.data.batch(idx, cdf, f.batch, f.seq, gen)
+            x = src.batch(idx, cdf, f.batch, f.seq, gen)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
                 ce, aux = model.loss(x)
                 loss = ce + f.aux_weight * aux
@@ -677,7 +699,8 @@ def run_family(fam: Family, args: QualityStudyConfig, t_start: float, out: Path,
     doms = data.domains
     m: dict[str, object] = {"config": asdict(fam.model), "params": count_params(TinyMoE(fam.model)),
                             "family": {k: v for k, v in asdict(fam).items() if k != "model"},
-                            "train_bytes": data.sizes, "seeds": {}, "dispatch": mode, "dispatch_probe": probe}
+                            "train_bytes": data.sizes, "pretrain_bytes": data.parts["pretrain"].sizes,
+                            "finetune_bytes": data.parts["finetune"].sizes, "seeds": {}, "dispatch": mode, "dispatch_probe": probe}
     meta.setdefault("families", {})[fam.name] = m  # type: ignore[index]
     deadline = args.deadline_s - fam.reserve_s
     n_seeds = len(fam.seeds)
@@ -733,7 +756,7 @@ def run_family(fam: Family, args: QualityStudyConfig, t_start: float, out: Path,
             model.load_state_dict(base)
             sm["finetune"][d] = runner.train(model, f"{fam.name}-s{seed}-{d}", (d,), fam.finetune_lr,  # type: ignore[index]
                                              fam.finetune_s, fam.finetune_steps, 100 * seed + i + 1, fam.ft_val_every,
-                                             warmup=fam.ft_warmup, val_at_start=fam.auto_schedule)
+                                             warmup=fam.ft_warmup, val_at_start=fam.auto_schedule, part="finetune")
             states.append(clone(model.state_dict()))
             del model
         check_same_architecture(states, list(doms))
