@@ -130,3 +130,30 @@ def test_device_batches_lie_inside_one_domain_and_part_and_are_seeded() -> None:
             found[hits[0]] += 1
         share = found["milton"] / 300  # milton has ~5× poems' bytes: p = 859,367 / (859,367 + 172,893) ≈ 0.83
         assert 0.76 < share < 0.90
+
+
+def test_train_sizes_itself_and_stops_at_the_validation_minimum(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    from moesim.tinymoe import CPU_CONFIG, TinyMoE
+
+    fam = replace(Q.PRESETS["smoke-v3"][0], model=replace(CPU_CONFIG, max_seq=16), seq=16, batch=2, size_at=5,
+                  warmup=1)
+    runner = Q.Runner(fam, Q.Data(CORPORA, fam, torch.device("cpu")), torch.device("cpu"), [])
+    calls: list[float] = []
+
+    def sizer(step_s: float) -> tuple[int, float, int]:
+        calls.append(step_s)
+        return 9, 1e9, 3  # 9 steps, validation every 3
+
+    r = runner.train(TinyMoE(fam.model), "p", DOMAINS8, 1e-3, 1e9, None, 0, 100, sizer=sizer)
+    assert len(calls) == 1
+    assert calls[0] > 0
+    assert (r["steps"], r["max_steps"], r["sized_at"], r["val_every"], r["early_stop"]) == (9, 9, 5, 3, None)
+    assert [row["step"] for row in runner.log if row["split"] == "val"] == [6, 9]  # every 100 before sizing at 5
+    # scripted validation losses: best at the 2nd validation, then 3 worse in a row -> stop at the 5th
+    losses = iter([3.0, 2.0, 2.5, 2.6, 2.7, 1.0, 1.0])
+    monkeypatch.setattr(runner, "evaluate", lambda state, d, split="test": (next(losses), 0.5))
+    r = runner.train(TinyMoE(fam.model), "q", ("milton",), 1e-3, 1e9, 50, 0, 1, patience=3, val_at_start=True,
+                     part="finetune")
+    assert (r["kept_step"], r["early_stop"], r["steps"]) == (1, 4, 4)  # validations at steps 0, 1, 2, 3, 4

@@ -103,6 +103,8 @@ class Family:
         pretrain_share: None: pretraining and fine-tuning draw from all of a domain's training bytes; a
             share s: pretraining from the first s of each domain's training bytes, fine-tunes from the rest
             only, so each fine-tune learns text its base never saw (as real fine-tunes do).
+        pretrain_patience: stop pretraining once this many validations in a row have not beaten the best
+            (None: never); the time saved goes to the study.
     """
 
     name: str
@@ -142,6 +144,7 @@ class Family:
     dispatch: str = "loop"
     eval_batch: int = 32
     pretrain_share: float | None = None
+    pretrain_patience: int | None = None
 
 
 _SMOKE = replace(CPU_CONFIG, max_seq=64)
@@ -172,14 +175,15 @@ PRESETS: dict[str, tuple[Family, ...]] = {
     # (moesim.consolidation.schedule.size_plan): 3 seeds if they leave ≥ 120 s of pretraining, else fewer;
     # fine-tunes at peak lr 3e-4 (the last call's 1e-3 spoiled them), 48 steps, validated every 4 from step 0;
     # N = 8, 4, 3, 2 round-robin over seeds; budgets 25/50/75 % + all-shared (100 % = the variant alone);
-    # pretraining on the first half of each domain's training bytes, fine-tunes on the other half only.
+    # pretraining on the first half of each domain's training bytes (≤ 1100 steps ≈ 7.7 passes over its 4.7 MB,
+    # stopped after 3 validations without a new best), fine-tunes on the other half only.
     "h200-v3": (
         Family("large", LARGE_CONFIG, seq=512, batch=64, pretrain_lr=1.5e-3, pretrain_s=1e9, finetune_lr=3e-4,
                finetune_steps=48, finetune_s=40.0, warmup=30, ft_warmup=4, eval_windows=40, val_windows=12,
                calib_windows=4, val_every=50, ft_val_every=4, seeds=(0, 1, 2), subsets={8: 1, 4: 2, 3: 2, 2: 4},
                study_s=45.0, budgets=(0.25, 0.5, 0.75), auto_schedule=True, size_at=20, min_pretrain_s=120.0,
                extra_per_seed_s=8.0, methods=("paper", "cluster-mean", "act-cluster-mean"), cross_seeds=1,
-               dispatch="auto", eval_batch=64, pretrain_share=0.5),
+               dispatch="auto", eval_batch=64, pretrain_share=0.5, max_pretrain_steps=1100, pretrain_patience=3),
     ),
     # h200-v3's code paths at toy size on CPU (auto schedule, sorted dispatch, round-robin study).
     "smoke-v3": (
@@ -188,7 +192,7 @@ PRESETS: dict[str, tuple[Family, ...]] = {
                calib_windows=1, val_every=5, ft_val_every=2, seeds=(0, 1, 2), subsets={8: 1, 4: 2, 3: 1, 2: 2},
                study_s=4.0, budgets=(0.25, 0.5, 0.75), auto_schedule=True, size_at=8, min_pretrain_s=3.0,
                max_pretrain_steps=60, extra_per_seed_s=1.0, methods=("paper", "cluster-mean", "act-cluster-mean"),
-               cross_seeds=1, dispatch="auto", eval_batch=64, pretrain_share=0.5),
+               cross_seeds=1, dispatch="auto", eval_batch=64, pretrain_share=0.5, pretrain_patience=3),
     ),
     "smoke": (
         Family("large", _SMOKE, seq=64, batch=8, pretrain_lr=3e-3, pretrain_s=6.0, finetune_lr=2e-3,
@@ -307,19 +311,21 @@ class Runner:
     def __init__(self, fam: Family, data: Data, device: torch.device, log: list[dict[str, object]]) -> None:
         self.fam, self.data, self.device, self.log = fam, data, device, log
         self.autocast = device.type == "cuda"
-        self.eval_model = TinyMoE(fam.model).to(device).eval()
+        with torch.device(device):  # initialised where it runs (a 157M-parameter CPU init takes seconds)
+            self.eval_model = TinyMoE(fam.model).eval()
 
     def train(self, model: TinyMoE, phase: str, domains: tuple[str, ...], lr: float, max_s: float,
               max_steps: int | None, seed: int, val_every: int, warmup: int | None = None,
               sizer: Callable[[float], tuple[int, float, int]] | None = None,
-              val_at_start: bool = False, part: str = "pretrain") -> dict[str, object]:
+              val_at_start: bool = False, part: str = "pretrain", patience: int | None = None) -> dict[str, object]:
         """Train in place; the state with the best mean validation loss over ``domains`` is kept.
 
         Windows are drawn on the device (``Data.batch``: no host sync per step). With ``sizer``, the step time
         is measured over steps 3 … ``size_at`` (after warmup has begun) and ``sizer(step_s)`` returns
         (max_steps, max_s, val_every) for the rest: the cosine then runs over exactly max_steps.
         ``val_at_start``: validate before the first step too (step 0 = the starting weights, so a run that
-        never beats its start keeps them, and says so)."""
+        never beats its start keeps them, and says so). ``patience``: stop early once that many validations in
+        a row have not beaten the best (early stopping at the validation minimum)."""
         f = self.fam
         warm = f.warmup if warmup is None else warmup
         gen = torch.Generator(device=self.device).manual_seed(seed)
@@ -335,6 +341,8 @@ class Runner:
         step = tokens = 0
         t_mark = t0
         sized: dict[str, object] = {}
+        worse = 0
+        stopped: int | None = None
         while True:
             if sizer is not None and step in (3, f.size_at):
                 self.sync()
@@ -356,6 +364,12 @@ class Runner:
                                  "elapsed_s": round(time.perf_counter() - t0, 3)})
                 if best is None or vl < best[0]:
                     best = (vl, step, clone(model.state_dict()))
+                    worse = 0
+                else:
+                    worse += 1
+                    if patience is not None and worse >= patience:
+                        stopped = step
+                        done = True
             if done:
                 break
             for g in opt.param_groups:
@@ -380,7 +394,8 @@ class Runner:
         print(f"[{phase}] {step} steps, {tokens:,d} tokens, {wall:.1f} s ({tokens / wall:,.0f} tok/s), "
               f"best val loss {best[0]:.4f} at step {best[1]}", flush=True)
         return {"steps": step, "tokens": tokens, "wall_s": round(wall, 2), "tokens_per_s": round(tokens / wall),
-                "peak_lr": lr, "kept_step": best[1], "kept_val_loss": round(best[0], 5), **sized}
+                "peak_lr": lr, "kept_step": best[1], "kept_val_loss": round(best[0], 5), "early_stop": stopped,
+                **sized}
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -606,7 +621,8 @@ def dispatch_probe(cfg_json: str, device: str, batch: int, seq: int) -> None:
     cfg = TinyMoEConfig(**json.loads(cfg_json))
     dev = torch.device(device)
     torch.manual_seed(0)
-    model = TinyMoE(cfg).to(dev)
+    with torch.device(dev):
+        model = TinyMoE(cfg)
     x = torch.randint(0, cfg.vocab, (batch, seq + 1), device=dev)
     probe = [model.model.layers[0].block_sparse_moe.gate.weight,
              model.model.layers[-1].block_sparse_moe.experts[0].w1.weight, model.model.embed_tokens.weight]
@@ -697,7 +713,7 @@ def run_family(fam: Family, args: QualityStudyConfig, t_start: float, out: Path,
     runner = Runner(fam, data, dev, log)
     set_dispatch(runner.eval_model, mode)
     doms = data.domains
-    m: dict[str, object] = {"config": asdict(fam.model), "params": count_params(TinyMoE(fam.model)),
+    m: dict[str, object] = {"config": asdict(fam.model), "params": count_params(runner.eval_model),
                             "family": {k: v for k, v in asdict(fam).items() if k != "model"},
                             "train_bytes": data.sizes, "pretrain_bytes": data.parts["pretrain"].sizes,
                             "finetune_bytes": data.parts["finetune"].sizes, "seeds": {}, "dispatch": mode, "dispatch_probe": probe}
@@ -706,7 +722,8 @@ def run_family(fam: Family, args: QualityStudyConfig, t_start: float, out: Path,
     n_seeds = len(fam.seeds)
     sized: dict[str, object] = {}
 
-    base_model = TinyMoE(fam.model).to(dev)
+    with torch.device(dev):
+        base_model = TinyMoE(fam.model)
     set_dispatch(base_model, mode)
 
     def sizer(step_s: float) -> tuple[int, float, int]:
@@ -727,12 +744,11 @@ def run_family(fam: Family, args: QualityStudyConfig, t_start: float, out: Path,
 
     m["pretrain"] = runner.train(base_model, f"{fam.name}-pretrain", doms, fam.pretrain_lr,
                                  1e9 if fam.auto_schedule else fam.pretrain_s, None, args.seed, fam.val_every,
-                                 sizer=sizer if fam.auto_schedule else None)
+                                 sizer=sizer if fam.auto_schedule else None, patience=fam.pretrain_patience)
     m["schedule"] = sized
     pv = [r for r in log if r["phase"] == f"{fam.name}-pretrain" and r["split"] == "val"]
     m["pretrain"]["convergence"] = convergence([int(r["step"]) for r in pv], [float(r["loss"]) for r in pv])
     base = clone(base_model.state_dict())
-    base_model.to("cpu")  # frees its device memory; the clone above is the base from here on
     layout = layout_of(base, "base")
     m["layout"] = {"expert_bytes": layout.expert_params * 2, "nonexpert_bytes": layout.nonexpert_params * 2,
                    "positions": layout.n_layers * layout.n_experts}
@@ -751,14 +767,12 @@ def run_family(fam: Family, args: QualityStudyConfig, t_start: float, out: Path,
         m["seeds"][str(seed)] = sm  # type: ignore[index]
         states = []
         for i, d in enumerate(doms):
-            model = TinyMoE(fam.model).to(dev)
-            set_dispatch(model, mode)
+            model = base_model  # reused: every fine-tune starts from the base's weights and a fresh optimizer
             model.load_state_dict(base)
             sm["finetune"][d] = runner.train(model, f"{fam.name}-s{seed}-{d}", (d,), fam.finetune_lr,  # type: ignore[index]
                                              fam.finetune_s, fam.finetune_steps, 100 * seed + i + 1, fam.ft_val_every,
                                              warmup=fam.ft_warmup, val_at_start=fam.auto_schedule, part="finetune")
             states.append(clone(model.state_dict()))
-            del model
         check_same_architecture(states, list(doms))
         t0 = time.perf_counter()
         wdist = expert_distances(states, layout, permute=layout.n_experts <= 16, device=dev)
