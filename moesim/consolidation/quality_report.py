@@ -213,6 +213,18 @@ def _figures(q: pd.DataFrame, summary: dict[str, Any]) -> list[tuple[str, str, A
         fig.add_trace(go.Scatter(y=d["to_base"], name=f"{key} to base", mode="lines", line={"dash": "dot"}))
     fig.update_layout(height=380, xaxis_title="MoE layer", yaxis_title="‖Δ expert‖ / ‖base expert‖ (mean)")
     figs.append(("drift", "Expert drift per layer (the paper: Mixtral's layers 18–31 of 32 least similar)", fig))
+    if summary.get("depth_profile"):
+        fig = make_subplots(rows=1, cols=2, subplot_titles=[
+            "summed L2 between variants / base expert norm, per layer (mean)",
+            "where the 15 % least similar positions are (the paper: mostly layers 18–31 of 32)"])
+        for key, d in summary["depth_profile"].items():
+            fig.add_trace(go.Scatter(y=d.get("relative_by_layer", d["by_layer"]), name=key, mode="lines+markers",
+                                     legendgroup=key), row=1, col=1)
+            fig.add_trace(go.Bar(y=d["least_similar_per_layer"], name=key, legendgroup=key, showlegend=False),
+                          row=1, col=2)
+        fig.update_xaxes(title_text="MoE layer")
+        fig.update_layout(height=380, barmode="group")
+        figs.append(("depth", "Drift by depth against the paper's Mixtral finding", fig))
     fig = go.Figure()
     for key, g in summary["variant_gain"].items():
         fig.add_trace(go.Bar(x=list(g), y=[100 * v for v in g.values()], name=key))
@@ -235,6 +247,42 @@ def _table_html(summary: dict[str, Any]) -> str:
     return ("<table><tr><th>family</th><th>N</th><th>budget</th><th>method</th><th>memory</th>"
             "<th>mean change [seed min, max]</th><th>worst domain</th><th>accuracy</th><th>seeds</th>"
             "<th>cases</th></tr>" + "".join(rows) + "</table>")
+
+
+def _by_budget_html(summary: dict[str, Any]) -> str:
+    rows = []
+    for r in summary.get("by_budget", []):
+        lo, hi = r["mean_change_seed_range"]
+        cells = [r["family"], r["n_variants"], r["budget"], f"{100 * r['memory_fraction']:.1f} %", r["seeds"],
+                 f"{100 * r['mean_change']:+.2f} % [{100 * lo:+.2f}, {100 * hi:+.2f}]",
+                 f"{100 * r['worst_change']:+.2f} %", f"{100 * r['acc_change']:+.2f} pt",
+                 "yes" if r["every_domain_within_target"] else "<b>no</b>"]
+        for m in MERGES:
+            x = r[m]
+            cells.append("—" if x["mean_change"] is None else
+                         f"{100 * x['mean_change']:+.2f} / {100 * x['worst_change']:+.2f} % "
+                         f"(ours wins {x.get('wins', 0)}/{x['cases']})")
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    if not rows:
+        return ""
+    head = ["family", "N", "budget", "memory", "seeds", "ours: mean change [seed range]", "ours: worst domain",
+            "ours: accuracy", f"every domain ≤ {100 * TARGET:.0f} %", *(f"{m} (1/N): mean / worst" for m in MERGES)]
+    return ("<h2>Ours (" + OURS + ") per N and budget, against the whole-model merges, case by case</h2><table><tr>"
+            + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>")
+
+
+def _training_html(summary: dict[str, Any]) -> str:
+    out = []
+    for fam, t in summary.get("training", {}).items():
+        pre = t.get("pretrain") or {}
+        conv = pre.get("convergence") or {}
+        out.append(
+            f"<li>{fam}: dispatch <code>{t.get('dispatch', 'loop')}</code>; pretraining {pre.get('steps')} steps, "
+            f"{pre.get('tokens', 0):,d} tokens at {pre.get('tokens_per_s', 0):,d} tokens/s, kept step "
+            f"{pre.get('kept_step')} (val loss {pre.get('kept_val_loss')}), early stop: {pre.get('early_stop')}; "
+            f"last quarter bought {100 * (conv.get('tail_gain') or 0):.2f} % of perplexity "
+            f"(converged: {conv.get('converged')}); fine-tunes kept steps {t.get('finetune_kept_steps')}</li>")
+    return "<ul>" + "".join(out) + "</ul>" if out else ""
 
 
 def build(folder: str | Path) -> dict[str, Any]:
@@ -270,6 +318,9 @@ docs/consolidation.md.</p>
 <p>Change = held-out perplexity over the variant alone's on its own domain, minus 1; accuracy = next-byte
 accuracy change (points). Memory = every weight held (all non-expert sets plus every expert copy) over N
 separate models. Ours = {OURS}.</p>
+{_training_html(summary)}
+{_by_budget_html(summary)}
+<h2>Every method, budget and N</h2>
 {_table_html(summary)}
 {''.join(blocks)}
 <p>Data: quality.csv, metadata.json, distances.json, train_log.csv, study_log.txt; numbers in summary.json.</p>
