@@ -170,8 +170,8 @@ class SparseMoE(nn.Module):
         """The routed experts' output (N, C) with the N·k (token, expert) pairs sorted by expert (stable).
 
         ``sorted``: one host sync per layer (the E group sizes), then one SwiGLU per expert on a contiguous
-        slice. ``grouped``: no host sync; each expert's group padded to ``GROUP_ALIGN`` rows inside a buffer of
-        fixed size N·k + E·GROUP_ALIGN (zero rows), three ``torch._grouped_mm`` calls over all experts (bf16
+        slice. ``grouped``: no host sync; each expert's group padded to a multiple of ``GROUP_ALIGN`` rows (at
+        least one multiple, so no group is empty) inside a buffer of fixed size N·k + E·GROUP_ALIGN (zero rows), three ``torch._grouped_mm`` calls over all experts (bf16
         operands: the autocast dtype, or bf16). Same function as ``loop`` up to rounding."""
         n, c = flat.shape
         k, n_exp = self.cfg.top_k, self.cfg.n_experts
@@ -188,7 +188,7 @@ class SparseMoE(nn.Module):
         else:
             a = GROUP_ALIGN
             e_sorted = e_flat[order]
-            padded = (counts + a - 1) // a * a
+            padded = ((counts + a - 1) // a * a).clamp(min=a)  # no empty group: ≤ count + a rows each
             ends = torch.cumsum(padded, 0)
             rank = torch.arange(e_flat.numel(), device=flat.device) - (torch.cumsum(counts, 0) - counts)[e_sorted]
             pos = (ends - padded)[e_sorted] + rank  # row of each sorted pair in the padded buffer

@@ -113,3 +113,20 @@ def test_sorted_and_grouped_dispatch_compute_the_loop_function() -> None:
     assert GROUP_ALIGN == 16
     with pytest.raises(ValueError, match="dispatch 'fast'"):
         set_dispatch(TinyMoE(CPU_CONFIG), "fast")
+
+
+def test_grouped_dispatch_with_idle_experts() -> None:
+    """Experts that receive no token (an empty group) leave the others' output unchanged."""
+    from moesim.tinymoe import SparseMoE
+
+    torch.manual_seed(2)
+    moe = SparseMoE(CPU_CONFIG)
+    flat = torch.randn(10, CPU_CONFIG.d_model)
+    top_i = torch.stack([torch.tensor([0, 3]), torch.tensor([3, 7])] * 5)  # experts 1, 2, 4, 5, 6 idle
+    top_w = torch.rand(10, 2).softmax(-1)
+    ref = torch.stack([sum(top_w[t, j] * moe.experts[int(top_i[t, j])](flat[t]) for j in range(2))
+                       for t in range(10)])
+    for mode, tol in (("sorted", 1e-5), ("grouped", 2e-2)):
+        moe.dispatch = mode
+        out = moe._sorted_dispatch(flat, top_w, top_i)
+        assert float((out - ref).norm() / ref.norm()) < tol, mode
