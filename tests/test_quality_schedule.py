@@ -91,7 +91,7 @@ def test_depth_profile_against_the_paper() -> None:
 def test_study_queue_round_robin_over_seeds_and_merge_scales() -> None:
     fam = Q.PRESETS["h200-v3"][0]
     q = Q.study_queue(fam, [0, 1, 2], 8)
-    assert len(q) == 3 * sum(fam.subsets.values()) == 27
+    assert len(q) == 3 * sum(fam.subsets.values()) == 30
     assert [(s, len(sub)) for s, sub in q[:12]] == [(s, n) for n in (8, 4, 3, 2) for s in (0, 1, 2)]
     for seed in (0, 1, 2):  # each seed's subsets are subsets_for's, N by N
         mine = [sub for s, sub in q if s == seed]

@@ -174,13 +174,13 @@ PRESETS: dict[str, tuple[Family, ...]] = {
     # Issue 12's third call (one H200, ≤ 480 s): the ≥ 100M family alone, sized from its measured speed
     # (moesim.consolidation.schedule.size_plan): 3 seeds if they leave ≥ 120 s of pretraining, else fewer;
     # fine-tunes at peak lr 3e-4 (the last call's 1e-3 spoiled them), 48 steps, validated every 4 from step 0;
-    # N = 8, 4, 3, 2 round-robin over seeds; budgets 25/50/75 % + all-shared (100 % = the variant alone);
+    # N = 8, 4, 3, 2 round-robin over seeds (per seed 1, 2, 3, 4 subsets: each covers every domain); budgets 25/50/75 % + all-shared (100 % = the variant alone);
     # pretraining on the first half of each domain's training bytes (≤ 1100 steps ≈ 7.7 passes over its 4.7 MB,
     # stopped after 3 validations without a new best), fine-tunes on the other half only.
     "h200-v3": (
         Family("large", LARGE_CONFIG, seq=512, batch=64, pretrain_lr=1.5e-3, pretrain_s=1e9, finetune_lr=3e-4,
                finetune_steps=48, finetune_s=40.0, warmup=30, ft_warmup=4, eval_windows=40, val_windows=12,
-               calib_windows=4, val_every=50, ft_val_every=4, seeds=(0, 1, 2), subsets={8: 1, 4: 2, 3: 2, 2: 4},
+               calib_windows=4, val_every=50, ft_val_every=4, seeds=(0, 1, 2), subsets={8: 1, 4: 2, 3: 3, 2: 4},
                study_s=45.0, budgets=(0.25, 0.5, 0.75), auto_schedule=True, size_at=20, min_pretrain_s=120.0,
                extra_per_seed_s=8.0, methods=("paper", "cluster-mean", "act-cluster-mean"), cross_seeds=1,
                dispatch="auto", eval_batch=64, pretrain_share=0.5, max_pretrain_steps=1100, pretrain_patience=3),
