@@ -200,8 +200,8 @@ class SparseMoE(nn.Module):
             h = F.silu(torch._grouped_mm(xp, w1.transpose(1, 2), offs=offs)) * torch._grouped_mm(
                 xp, w3.transpose(1, 2), offs=offs)  # (M, F)
             ys = torch._grouped_mm(h, w2.transpose(1, 2), offs=offs).index_select(0, pos)  # (N·k, C)
-        out = torch.zeros(n, c, dtype=ys.dtype, device=flat.device)
-        return out.index_add(0, tok, ys * w_sorted[:, None].to(ys.dtype)).to(flat.dtype)
+        out = torch.zeros(n, c, dtype=flat.dtype, device=flat.device)  # accumulated as ``loop`` does (fp32)
+        return out.index_add(0, tok, (ys * w_sorted[:, None]).to(flat.dtype))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns the output (B, T, C) and the load-balancing loss (Switch Transformer's, scalar)."""

@@ -102,6 +102,10 @@ def test_study_queue_round_robin_over_seeds_and_merge_scales() -> None:
     assert Q.fastest_correct({"loop": {"ok": True, "step_s": 0.2}, "grouped": {"ok": True, "step_s": 0.05},
                               "sorted": {"ok": False, "error": "x"}}) == "grouped"
     assert Q.fastest_correct({"error": "probe timed out"}) == "loop"
+    # the third call's probe on the H200 (loop 5.64974): sorted / grouped are correct, a wrong loss is not
+    assert Q.probe_ok(5.64971, 5.64974, 0.0521)
+    assert not Q.probe_ok(5.70, 5.64974, 0.0)
+    assert not Q.probe_ok(5.64971, 5.64974, 0.5)
 
 
 def test_device_batches_lie_inside_one_domain_and_part_and_are_seeded() -> None:

