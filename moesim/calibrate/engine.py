@@ -38,6 +38,7 @@ INIT_STD = 0.02
 ALIGN_ROWS = 16  # rows per expert group are padded to this for the grouped GEMM
 ROUTE_NOISE_STD = 8.0  # balanced routing: random logits dominate the router's (std ≈ 0.02·√d ≈ 1)
 ROUTE_NOISE_ROWS = 16384  # token slots of the routing-noise table (longer calls wrap around)
+MOE_ENGINES = ("grouped", "loop", "triton")
 
 
 def _normal(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype, gen: torch.Generator,
@@ -127,7 +128,12 @@ class MoEEngine:
         device: where weights live and ops run.
         n_tenants: non-expert sets to build (tenant 0 … n_tenants-1); experts are shared by all.
         seed: seed of the weights.
-        moe_engine: ``grouped`` (grouped GEMM, no host sync) or ``loop`` (one GEMM per active expert).
+        moe_engine: ``grouped`` (grouped GEMM, no host sync), ``loop`` (one GEMM per active expert) or
+            ``triton`` (the fused MoE kernel of ``moesim.kernels.fused_moe``: align, gate+up+SiLU·mul, down with
+            the routing weight; no host sync; layers with host-resident slots run ``grouped``).
+        fused_ops: route through one fused kernel per layer and do RoPE + the KV-cache write in one kernel
+            (``moesim.kernels.fused_ops``), the output projection's residual add inside its GEMM; None: on
+            with ``moe_engine="triton"``. On CPU the same calls run the torch reference ops.
         balanced_routing: add a fixed random logit table (std ``ROUTE_NOISE_STD``, one row per token slot)
             to the router's logits, so that tokens pick experts near-uniformly at random whatever the hidden
             states. With random weights the residual stream of a whole step collapses after a few layers and
@@ -141,7 +147,16 @@ class MoEEngine:
 
     def __init__(self, spec: ModelSpec, device: torch.device, n_tenants: int = 1, seed: int = 0,
                  moe_engine: str = "grouped", dtype: torch.dtype = torch.bfloat16,
-                 balanced_routing: bool = False, draw_experts: bool = True) -> None:
+                 balanced_routing: bool = False, draw_experts: bool = True,
+                 fused_ops: bool | None = None) -> None:
+        if moe_engine not in MOE_ENGINES:
+            raise UserError(f"moe_engine={moe_engine!r}: valid: {', '.join(MOE_ENGINES)}")
+        if moe_engine == "triton" and device.type == "cuda":
+            from moesim.kernels.fused_moe import HAVE_TRITON
+
+            if not HAVE_TRITON:
+                raise UserError("moe_kernel=triton needs the triton package on the GPU machine; use grouped")
+        self.fused_ops = (moe_engine == "triton") if fused_ops is None else fused_ops
         self.spec = spec
         self.device = device
         self.dtype = dtype
@@ -249,6 +264,13 @@ class MoEEngine:
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """RMSNorm and top-k routing: x (T, d) → normed h (T, d), expert ids (T, k), weights (T, k)."""
         w, s = self.tenants[tenant], self.spec
+        if self.fused_ops:
+            from moesim.kernels.fused_ops import router
+
+            h, top_i, top_w = router(x, w.ffn_norm[layer], w.router[layer], s.top_k, self.route_noise)
+            if self.remap is not None:
+                top_i = self.remap[tenant][layer][top_i]
+            return h, top_i, top_w
         h = F.rms_norm(x, (s.d_model,), w.ffn_norm[layer], eps=1e-5)
         logits = (h @ w.router[layer].T).float()  # (T, E)
         if self.route_noise is not None:
@@ -294,8 +316,13 @@ class MoEEngine:
     def moe(self, h: torch.Tensor, top_i: torch.Tensor, top_w: torch.Tensor, layer: int,
             engine: str | None = None) -> torch.Tensor:
         """Experts of one MoE layer for h (N, d) routed by top_i/top_w (N, k) → (N, d)."""
-        if (engine or self.moe_engine) == "loop":
+        eng = engine or self.moe_engine
+        if eng == "loop":
             return self._moe_loop(h, top_i, top_w, layer)
+        if eng == "triton" and not self.host_in[layer] and self.n_gpu_slots[layer]:
+            from moesim.kernels.fused_moe import fused_moe
+
+            return fused_moe(h, self.w_in[layer], self.w_out[layer], top_i, top_w, self.swiglu)
         return self._moe_grouped(h, top_i, top_w, layer)
 
     def _moe_grouped(self, h: torch.Tensor, top_i: torch.Tensor, top_w: torch.Tensor, layer: int
@@ -456,6 +483,27 @@ class MoEEngine:
             return out.reshape(N, self.q_dim)
         return self._attention_sdpa(q, meta, cache_k, cache_v).reshape(N, self.q_dim)
 
+    def _attention_fused(self, x: torch.Tensor, si: StepInputs, cache: KVCache, layer: int,
+                         multi: bool) -> torch.Tensor:
+        """RMSNorm + QKV GEMM per tenant, then one kernel for RoPE and the cache write, then attention."""
+        from moesim.kernels.fused_ops import rope_kv
+
+        s = self.spec
+        parts = []
+        for t, a, b in si.segments:
+            w = self.tenants[t]
+            parts.append(F.rms_norm(x[a:b], (s.d_model,), w.attn_norm[layer], eps=1e-5) @ w.wqkv[layer].T)
+        qkv = torch.cat(parts) if multi else parts[0]  # (N, q + 2kv)
+        ck, cv = cache.k[layer], cache.v[layer]
+        q = rope_kv(qkv, si.pos, self.cos, self.sin, si.meta.slots, ck, cv, s.n_heads, s.n_kv_heads, s.head_dim)
+        N = q.shape[0]
+        if self.attn_backend == "flash":
+            m = si.meta
+            out = torch.ops.aten._flash_attention_forward(
+                q, ck, cv, m.cu_q, m.cu_k, m.max_q, m.max_k, 0.0, True, False, scale=self.scale)[0]
+            return out.reshape(N, self.q_dim)
+        return self._attention_sdpa(q, si.meta, ck, cv).reshape(N, self.q_dim)
+
     def _attention_sdpa(self, q: torch.Tensor, meta: AttnMeta, cache_k: torch.Tensor,
                         cache_v: torch.Tensor) -> torch.Tensor:
         outs = []
@@ -533,11 +581,16 @@ class MoEEngine:
         for layer in range(s.n_layers):
             if hook is not None:
                 hook(layer)
-            parts = [self.attn_pre(x[a:b], t, layer, si.pos[a:b]) for t, a, b in si.segments]
-            q, k, v = (torch.cat(p) for p in zip(*parts, strict=True)) if multi else parts[0]
-            o = self.attention(q, k, v, si.meta, cache.k[layer], cache.v[layer])  # (N, H·hd)
-            for t, a, b in si.segments:
-                self.attn_post(x[a:b], o[a:b], t, layer)
+            if self.fused_ops:
+                o = self._attention_fused(x, si, cache, layer, multi)
+                for t, a, b in si.segments:  # x += o Woᵀ inside the GEMM
+                    x[a:b].addmm_(o[a:b], self.tenants[t].wo[layer].T)
+            else:
+                parts = [self.attn_pre(x[a:b], t, layer, si.pos[a:b]) for t, a, b in si.segments]
+                q, k, v = (torch.cat(p) for p in zip(*parts, strict=True)) if multi else parts[0]
+                o = self.attention(q, k, v, si.meta, cache.k[layer], cache.v[layer])  # (N, H·hd)
+                for t, a, b in si.segments:
+                    self.attn_post(x[a:b], o[a:b], t, layer)
             if self.is_moe(layer):
                 routed = [self.router(x[a:b], t, layer) for t, a, b in si.segments]
                 h, top_i, top_w = (torch.cat(p) for p in zip(*routed, strict=True)) if multi else routed[0]
