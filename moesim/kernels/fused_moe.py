@@ -60,26 +60,40 @@ class MoEConfig:
     dn_stages: int = 4
 
 
-#: Per regime (upper bound of N·k assignments, config), first match wins. Chosen for the H200 (Mixtral shapes);
-#: ``moesim.kernels.bench`` re-picks each regime's best among ``CANDIDATES`` in the same run it times.
+#: Per regime (upper bound of N·k assignments, config), first match wins. Defaults for the H200 at Mixtral
+#: shapes; ``moesim.kernels.bench`` re-picks each regime's best among ``CANDIDATES`` in the run it times.
 CONFIGS: list[tuple[int, MoEConfig]] = [
-    (64, MoEConfig(bm=16, gu_bn=64, gu_bk=128, dn_bn=64, dn_bk=128)),
-    (1024, MoEConfig(bm=32, gu_bn=64, gu_bk=128, dn_bn=64, dn_bk=128)),
+    (64, MoEConfig(bm=16, gu_bn=64, gu_bk=128, dn_bn=32, dn_bk=256, dn_stages=3)),  # decode ≤ 32 tokens
+    (256, MoEConfig(bm=16, gu_bn=64, gu_bk=128, dn_bn=64, dn_bk=128)),  # decode ≤ 128 tokens
+    (2048, MoEConfig(bm=64, gu_bn=64, gu_bk=64, dn_bn=128, dn_bk=64)),  # short prefills
     (1 << 62, MoEConfig(bm=128, gu_bn=64, gu_bk=64, gu_warps=8, gu_stages=3, dn_bn=128, dn_bk=64, dn_warps=8,
                         dn_stages=3)),
 ]
 
-#: Candidates per regime (same order as ``CONFIGS``) tried by the benchmark.
-CANDIDATES: list[list[MoEConfig]] = [
-    [CONFIGS[0][1], MoEConfig(bm=16, gu_bn=32, gu_bk=256, gu_stages=3, dn_bn=32, dn_bk=256, dn_stages=3),
-     MoEConfig(bm=16, gu_bn=64, gu_bk=64, gu_stages=5, dn_bn=32, dn_bk=128, dn_stages=5)],
-    [CONFIGS[1][1], MoEConfig(bm=16, gu_bn=64, gu_bk=128, dn_bn=64, dn_bk=128),
-     MoEConfig(bm=64, gu_bn=64, gu_bk=64, gu_stages=4, dn_bn=64, dn_bk=64, dn_stages=4)],
-    [CONFIGS[2][1], MoEConfig(bm=64, gu_bn=64, gu_bk=64, gu_warps=4, gu_stages=4, dn_bn=128, dn_bk=64,
-                              dn_warps=4, dn_stages=4),
-     MoEConfig(bm=128, gu_bn=128, gu_bk=64, gu_warps=8, gu_stages=3, dn_bn=128, dn_bk=64, dn_warps=8,
-               dn_stages=4)],
+
+@dataclass(frozen=True)
+class Candidates:
+    """What the benchmark tries for one regime: ``bm`` values; gate+up and down tiles (bn, bk, warps, stages)."""
+
+    tokens: int  # the token count it is timed at (top-k assignments each)
+    bms: tuple[int, ...]
+    gu: tuple[tuple[int, int, int, int], ...]
+    dn: tuple[tuple[int, int, int, int], ...]
+
+
+CANDIDATES: list[Candidates] = [
+    Candidates(1, (16,), ((64, 128, 4, 4), (32, 256, 4, 3), (32, 128, 4, 4)),
+               ((32, 256, 4, 3), (64, 128, 4, 4), (16, 256, 4, 4))),
+    Candidates(128, (16, 32), ((64, 128, 4, 4), (32, 128, 4, 4)), ((64, 128, 4, 4), (32, 256, 4, 3))),
+    Candidates(512, (64,), ((64, 64, 4, 4), (128, 64, 8, 3), (64, 128, 4, 3)), ((128, 64, 4, 4), (64, 128, 4, 4))),
+    Candidates(2048, (64, 128), ((64, 64, 4, 4), (128, 64, 8, 3)), ((128, 64, 8, 3), (128, 64, 4, 4))),
 ]
+
+
+def make_config(bm: int, gu: tuple[int, int, int, int], dn: tuple[int, int, int, int]) -> MoEConfig:
+    """A config from a block height and the two kernels' (bn, bk, warps, stages)."""
+    return MoEConfig(bm=bm, gu_bn=gu[0], gu_bk=gu[1], gu_warps=gu[2], gu_stages=gu[3],
+                     dn_bn=dn[0], dn_bk=dn[1], dn_warps=dn[2], dn_stages=dn[3])
 
 
 def pick_config(n_assign: int) -> MoEConfig:
@@ -148,7 +162,7 @@ def _next_pow2(n: int) -> int:
 
 if HAVE_TRITON:
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["NK", "NB"])
     def _align_kernel(ids_ptr, sorted_ptr, expert_ptr, total_ptr, NK, E, NB,
                       EP: tl.constexpr, BM: tl.constexpr, CHUNK: tl.constexpr):
         """One program: counts per expert, padded starts, each assignment's row, pads, block experts."""
@@ -184,7 +198,7 @@ if HAVE_TRITON:
             e = tl.sum((ends[None, :] <= (b * BM)[:, None]).to(tl.int32), axis=1)
             tl.store(expert_ptr + b, tl.minimum(e, E - 1), mask=b < NB)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["NK", "NUM_M"])
     def _gate_up_kernel(a_ptr, w_ptr, out_ptr, sorted_ptr, expert_ptr, total_ptr,
                         NK, K, FF, NUM_M,
                         stride_am, stride_we, stride_wn, stride_om,
@@ -208,9 +222,8 @@ if HAVE_TRITON:
         a_ptrs = a_ptr + row[:, None] * stride_am + offs_k[None, :]
         wg_ptrs = w_ptr + e * stride_we + offs_n[None, :].to(tl.int64) * stride_wn + offs_k[:, None]
         acc_g = tl.zeros([BM, BN], dtype=tl.float32)
-        if SWIGLU:
-            wu_ptrs = wg_ptrs + FF * stride_wn
-            acc_u = tl.zeros([BM, BN], dtype=tl.float32)
+        wu_ptrs = wg_ptrs + FF * stride_wn  # unused (and not loaded) without SWIGLU
+        acc_u = tl.zeros([BM, BN], dtype=tl.float32)
         for k0 in range(0, K, BK):
             kmask = offs_k < K - k0
             a = tl.load(a_ptrs, mask=valid[:, None] & kmask[None, :], other=0.0)
@@ -234,7 +247,7 @@ if HAVE_TRITON:
         o_ptrs = out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :]
         tl.store(o_ptrs, act.to(out_ptr.dtype.element_ty), mask=(offs_m < total)[:, None] & nmask[None, :])
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["NK", "NUM_M"])
     def _down_kernel(a_ptr, w_ptr, out_ptr, sorted_ptr, expert_ptr, total_ptr, tw_ptr,
                      NK, K, D, NUM_M,
                      stride_am, stride_we, stride_wn, stride_om,
@@ -362,18 +375,21 @@ def fused_moe_torch(h: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor, to
 def moe_reference(h: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor, topk_ids: torch.Tensor,
                   topk_w: torch.Tensor, swiglu: bool = True) -> torch.Tensor:
     """One expert at a time in float64 (host sync; the check's reference): (N, d) float64."""
-    h64, wi, wo = h.double(), w_in.double(), w_out.double()
+    h64 = h.double()
     out = torch.zeros(h.shape, dtype=torch.float64, device=h.device)
-    for j in range(topk_ids.shape[1]):
-        for e in topk_ids[:, j].unique().tolist():
+    for e in topk_ids.unique().tolist():  # one expert's weights upcast at a time
+        wi, wo = w_in[e].double(), w_out[e].double()
+        for j in range(topk_ids.shape[1]):
             rows = (topk_ids[:, j] == e).nonzero().squeeze(1)
-            a = h64[rows] @ wi[e].T
+            if rows.numel() == 0:
+                continue
+            a = h64[rows] @ wi.T
             if swiglu:
                 gate, up = a.chunk(2, dim=-1)
                 act = F.silu(gate) * up
             else:
                 act = F.relu(a)
-            out[rows] += (act @ wo[e].T) * topk_w[rows, j].double()[:, None]
+            out[rows] += (act @ wo.T) * topk_w[rows, j].double()[:, None]
     return out
 
 

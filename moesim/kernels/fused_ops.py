@@ -77,36 +77,35 @@ if HAVE_TRITON:
     @triton.jit
     def _rope_kv_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, slot_ptr, q_ptr, ck_ptr, cv_ptr,
                         stride_qkv, H, HKV,
-                        HD: tl.constexpr, HP: tl.constexpr, HKP: tl.constexpr):
+                        HD: tl.constexpr, HALF: tl.constexpr, HP: tl.constexpr, HKP: tl.constexpr):
         t = tl.program_id(0).to(tl.int64)
-        half: tl.constexpr = HD // 2
-        c_ar = tl.arange(0, half)
+        c_ar = tl.arange(0, HALF)
         pos = tl.load(pos_ptr + t).to(tl.int64)
-        cos = tl.load(cos_ptr + pos * half + c_ar).to(tl.float32)[None, :]
-        sin = tl.load(sin_ptr + pos * half + c_ar).to(tl.float32)[None, :]
+        cos = tl.load(cos_ptr + pos * HALF + c_ar).to(tl.float32)[None, :]
+        sin = tl.load(sin_ptr + pos * HALF + c_ar).to(tl.float32)[None, :]
         slot = tl.load(slot_ptr + t).to(tl.int64)
         base = qkv_ptr + t * stride_qkv
         # q: heads × hd at columns [0, H·hd)
         hq = tl.arange(0, HP)
         qm = (hq < H)[:, None]
         x1 = tl.load(base + hq[:, None] * HD + c_ar[None, :], mask=qm, other=0.0).to(tl.float32)
-        x2 = tl.load(base + hq[:, None] * HD + half + c_ar[None, :], mask=qm, other=0.0).to(tl.float32)
+        x2 = tl.load(base + hq[:, None] * HD + HALF + c_ar[None, :], mask=qm, other=0.0).to(tl.float32)
         qo = q_ptr + t * H * HD + hq[:, None] * HD + c_ar[None, :]
         tl.store(qo, (x1 * cos - x2 * sin).to(q_ptr.dtype.element_ty), mask=qm)
-        tl.store(qo + half, (x2 * cos + x1 * sin).to(q_ptr.dtype.element_ty), mask=qm)
+        tl.store(qo + HALF, (x2 * cos + x1 * sin).to(q_ptr.dtype.element_ty), mask=qm)
         # k at [H·hd, (H+Hkv)·hd), v after it
         hk = tl.arange(0, HKP)
         km = (hk < HKV)[:, None]
         kb = base + H * HD + hk[:, None] * HD + c_ar[None, :]
         k1 = tl.load(kb, mask=km, other=0.0).to(tl.float32)
-        k2 = tl.load(kb + half, mask=km, other=0.0).to(tl.float32)
+        k2 = tl.load(kb + HALF, mask=km, other=0.0).to(tl.float32)
         ko = ck_ptr + slot * HKV * HD + hk[:, None] * HD + c_ar[None, :]
         tl.store(ko, (k1 * cos - k2 * sin).to(ck_ptr.dtype.element_ty), mask=km)
-        tl.store(ko + half, (k2 * cos + k1 * sin).to(ck_ptr.dtype.element_ty), mask=km)
+        tl.store(ko + HALF, (k2 * cos + k1 * sin).to(ck_ptr.dtype.element_ty), mask=km)
         vb = base + (H + HKV) * HD + hk[:, None] * HD + c_ar[None, :]
         vo = cv_ptr + slot * HKV * HD + hk[:, None] * HD + c_ar[None, :]
         tl.store(vo, tl.load(vb, mask=km, other=0.0), mask=km)
-        tl.store(vo + half, tl.load(vb + half, mask=km, other=0.0), mask=km)
+        tl.store(vo + HALF, tl.load(vb + HALF, mask=km, other=0.0), mask=km)
 
 
 # ---- router -------------------------------------------------------------------------------------------
@@ -181,5 +180,5 @@ def rope_kv(qkv: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.
     if qkv.stride(1) != 1 or not (cache_k.is_contiguous() and cache_v.is_contiguous()):
         raise ValueError("rope_kv: qkv rows and the KV cache must be contiguous")
     _rope_kv_kernel[(T,)](qkv, pos, cos.contiguous(), sin.contiguous(), slots, q, cache_k, cache_v,
-                          qkv.stride(0), H, Hkv, HD=hd, HP=_next_pow2(H), HKP=_next_pow2(Hkv), num_warps=4)
+                          qkv.stride(0), H, Hkv, HD=hd, HALF=hd // 2, HP=_next_pow2(H), HKP=_next_pow2(Hkv), num_warps=4)
     return q
