@@ -158,6 +158,10 @@ _INTERP = textwrap.dedent("""
     q0 = fo.rope_kv_torch(qkv, pos, cos, sin, slots, ck0, cv0, H, Hkv, hd)
     r["rope"] = [float((q.float() - q0.float()).norm() / q0.float().norm()),
                  float((ck.float() - ck0.float()).norm() / ck0.float().norm()), torch.equal(cv, cv0)]
+    x = torch.randn(7, 96, generator=g).bfloat16()
+    w = (1 + 0.1 * torch.randn(96, generator=g)).bfloat16()
+    y0 = torch.nn.functional.rms_norm(x.float(), (96,), w.float(), eps=1e-5)
+    r["rms"] = float((fo.rms_norm(x, w).float() - y0).norm() / y0.norm())
     spec = get_model("tiny")
     toks = {}
     for me in ("grouped", "triton"):
@@ -188,4 +192,24 @@ def test_triton_kernels_under_the_cpu_interpreter() -> None:
     assert q_err < 1e-2
     assert k_err < 1e-2
     assert v_equal
+    assert 0 < r["rms"] < 4e-3  # bf16 output of fp32 statistics
     assert r["step"]  # a whole step through the fused kernels gives the grouped step's tokens
+
+
+def test_serve_backend_runs_the_triton_option_on_cpu() -> None:
+    from moesim.cost.base import SeqWork
+    from moesim.serve.backend import TorchBackend
+    from moesim.specs import get_gpu
+
+    outs = {}
+    for mk in ("grouped", "triton"):
+        b = TorchBackend(get_model("tiny"), get_gpu("h200"), device="cpu", n_tenants=3, max_batch=8, moe_kernel=mk)
+        assert b.eng.moe_engine == mk
+        assert b.eng.fused_ops is (mk == "triton")
+        b.reserve_kv(64)
+        b.begin_decode((0, 2, 1), (4, 6, 8), 1, None)
+        b.decode_step(0)
+        outs[mk] = b.dg.last_out
+        b._execute((SeqWork(1, 5, 0),))  # a prefill through MoEEngine.step (fused ops)
+        assert b.stats["steps"] == 2
+    assert torch.equal(outs["grouped"], outs["triton"])

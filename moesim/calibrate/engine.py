@@ -486,13 +486,13 @@ class MoEEngine:
     def _attention_fused(self, x: torch.Tensor, si: StepInputs, cache: KVCache, layer: int,
                          multi: bool) -> torch.Tensor:
         """RMSNorm + QKV GEMM per tenant, then one kernel for RoPE and the cache write, then attention."""
-        from moesim.kernels.fused_ops import rope_kv
+        from moesim.kernels.fused_ops import rms_norm, rope_kv
 
         s = self.spec
         parts = []
         for t, a, b in si.segments:
             w = self.tenants[t]
-            parts.append(F.rms_norm(x[a:b], (s.d_model,), w.attn_norm[layer], eps=1e-5) @ w.wqkv[layer].T)
+            parts.append(rms_norm(x[a:b], w.attn_norm[layer], 1e-5) @ w.wqkv[layer].T)
         qkv = torch.cat(parts) if multi else parts[0]  # (N, q + 2kv)
         ck, cv = cache.k[layer], cache.v[layer]
         q = rope_kv(qkv, si.pos, self.cos, self.sin, si.meta.slots, ck, cv, s.n_heads, s.n_kv_heads, s.head_dim)

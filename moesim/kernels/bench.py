@@ -280,6 +280,8 @@ class Bench:
         out["rope_q_rel_err"] = float((q1.float() - q0.float()).norm() / q0.float().norm())
         out["rope_k_rel_err"] = float((ck.float() - ck0.float()).norm() / ck0.float().norm())
         out["rope_v_equal"] = bool(torch.equal(cv, cv0))
+        y0 = torch.nn.functional.rms_norm(x.float(), (s.d_model,), w.attn_norm[0].float(), eps=1e-5)
+        out["rms_norm_rel_err"] = float((fo.rms_norm(x, w.attn_norm[0]).float() - y0).norm() / y0.norm())
         return out
 
     # ---- 3. tiles -------------------------------------------------------------------------------------
@@ -397,7 +399,7 @@ class Bench:
         shapes += [("prefill", T, [(0, T, 0)]) for T in cfg.ints("prefills")]
         rows = []
         for kind, n, batch in shapes:
-            if self.left() < 25:
+            if self.left() < 25 + (40 if kind == "prefill" and n > 2048 else 0):
                 self.res["skipped"].append(f"steps {kind} {n}: deadline")
                 continue
             si = eng.make_inputs(batch)
@@ -554,6 +556,7 @@ class Bench:
         out: dict[str, Any] = {"transformers": transformers.__version__, "layers_built": layers, "scale": scale,
                                "build_s": round(time.monotonic() - t, 1),
                                "attn_implementation": getattr(conf, "_attn_implementation", None),
+                               "experts_implementation": getattr(conf, "_experts_implementation", None),
                                "params": sum(p.numel() for p in model.parameters())}
         V = conf.vocab_size
         rows = []
@@ -608,11 +611,12 @@ class Bench:
         self.section("checks", self.checks, 20)
         if self.cfg.tune:
             self.section("tiles", self.tiles, 40)
-        self.section("moe_op", self.moe_op, 30)
+        hf_reserve = 80 if self.cfg.hf and self.cuda else 0  # HF's build and steps come last
         self.section("steps", self.steps, 40)
         self.section("switch", self.switch, 15)
+        self.section("moe_op", self.moe_op, 25 + hf_reserve)
         if self.cfg.serve:
-            self.section("serve_decode", self.serve_decode, 30)
+            self.section("serve_decode", self.serve_decode, 25 + hf_reserve)
         if self.cfg.hf:
             self.section("hf", self.hf, 45)
         self.write()

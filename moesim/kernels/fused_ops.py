@@ -8,6 +8,7 @@ two ``index_copy_``). Each becomes one kernel here:
   row written as bf16 (the experts' input), E logits in fp32, the balanced-routing noise row ``t mod R``
   added where given, softmax, top-k by repeated arg-max (lowest index on ties, as ``torch.topk`` in practice),
   renormalised over the k picks when k > 1. Returns (h (T, d), ids (T, k) int64, weights (T, k) in h's dtype).
+* ``rms_norm(x, w)``: per token one program (fp32 statistics), as ``F.rms_norm``.
 * ``rope_kv(qkv, pos, cos, sin, slots, cache_k, cache_v, H, Hkv, hd)``: per token one program: rotate-half
   RoPE of q and k at ``pos`` (cos/sin tables (P, hd/2)), q written to a new (T, H, hd) tensor, k and v written
   into the cache rows ``slots``. Returns q.
@@ -73,6 +74,21 @@ if HAVE_TRITON:
                 wj = m
             tl.store(tw_ptr + t * TOPK + j, wj.to(tw_ptr.dtype.element_ty))
             p = tl.where(e_ar == i, -1.0, p)
+
+    @triton.jit
+    def _rms_norm_kernel(x_ptr, w_ptr, y_ptr, D, eps, stride_x, stride_y, BD: tl.constexpr):
+        t = tl.program_id(0).to(tl.int64)
+        d_ar = tl.arange(0, BD)
+        ss = tl.zeros([BD], dtype=tl.float32)
+        for d0 in range(0, D, BD):
+            x = tl.load(x_ptr + t * stride_x + d0 + d_ar, mask=d0 + d_ar < D, other=0.0).to(tl.float32)
+            ss += x * x
+        rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / D + eps)
+        for d0 in range(0, D, BD):
+            dm = d0 + d_ar < D
+            x = tl.load(x_ptr + t * stride_x + d0 + d_ar, mask=dm, other=0.0).to(tl.float32)
+            w = tl.load(w_ptr + d0 + d_ar, mask=dm, other=0.0).to(tl.float32)
+            tl.store(y_ptr + t * stride_y + d0 + d_ar, (x * rstd * w).to(y_ptr.dtype.element_ty), mask=dm)
 
     @triton.jit
     def _rope_kv_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, slot_ptr, q_ptr, ck_ptr, cv_ptr,
@@ -145,6 +161,18 @@ def router(x: torch.Tensor, norm_w: torch.Tensor, w_router: torch.Tensor, top_k:
     _router_kernel[(T,)](x, norm_w, w_router.contiguous(), nz, h, ids, tw, D, E, R, eps, x.stride(0),
                          h.stride(0), BD=bd, EP=ep, TOPK=top_k, HAS_NOISE=noise is not None, num_warps=4)
     return h, ids, tw
+
+
+# ---- RMSNorm -------------------------------------------------------------------------------------------
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """RMSNorm of x (T, d) with weight w (d,) in one kernel (fp32 statistics); ``F.rms_norm`` off CUDA."""
+    if not use_triton(x.device) or x.stride(1) != 1:
+        return F.rms_norm(x, (x.shape[1],), w, eps=eps)
+    T, D = x.shape
+    y = torch.empty((T, D), dtype=x.dtype, device=x.device)
+    if T:
+        _rms_norm_kernel[(T,)](x, w, y, D, eps, x.stride(0), y.stride(0), BD=min(1024, _next_pow2(D)), num_warps=4)
+    return y
 
 
 # ---- RoPE + KV write ----------------------------------------------------------------------------------
