@@ -306,7 +306,7 @@ def align(topk_ids: torch.Tensor, n_experts: int, bm: int
     sorted_ids = torch.empty((nb * bm,), dtype=torch.int32, device=dev)
     expert_ids = torch.empty((nb,), dtype=torch.int32, device=dev)
     total = torch.empty((1,), dtype=torch.int32, device=dev)
-    chunk = max(16, min(1024, _next_pow2(max(1, 16384 // ep))))
+    chunk = max(16, min(1024, _next_pow2(max(1, 4096 // ep))))  # one-hot tile ≤ 4k cells: no spills
     _align_kernel[(1,)](topk_ids.reshape(-1), sorted_ids, expert_ids, total, nk, n_experts, nb,
                         EP=ep, BM=bm, CHUNK=chunk, num_warps=4)
     return sorted_ids, expert_ids, total
