@@ -598,7 +598,13 @@ class MoEEngine:
                     y = self.shared(h[a:b], t, layer)
                     if y is not None:
                         x[a:b] += y
-                x += self.moe(h, top_i, top_w, layer)
+                if self.fused_ops and self.moe_engine == "triton" and not self.host_in[layer] \
+                        and self.n_gpu_slots[layer]:
+                    from moesim.kernels.fused_moe import fused_moe
+
+                    fused_moe(h, self.w_in[layer], self.w_out[layer], top_i, top_w, self.swiglu, residual=x)
+                else:
+                    x += self.moe(h, top_i, top_w, layer)
             else:
                 for t, a, b in si.segments:
                     x[a:b] += self.dense(x[a:b], t, layer)

@@ -260,6 +260,11 @@ class Bench:
                 err = float((got - ref).norm() / ref.norm())
                 out[f"moe_{name}_T{T}_rel_err"] = err if math.isfinite(err) else str(err)
             del ref
+        x0 = eng.random_hidden(64)
+        layer, hh, ti, tw = self._routed(64)
+        y = fm.fused_moe(hh, eng.w_in[layer], eng.w_out[layer], ti, tw, eng.swiglu).float() + x0.float()
+        x1 = fm.fused_moe(hh, eng.w_in[layer], eng.w_out[layer], ti, tw, eng.swiglu, residual=x0.clone())
+        out["moe_residual_combine_rel_err"] = float((x1.float() - y).norm() / y.norm())
         x = eng.random_hidden(257)
         w = eng.tenants[0]
         layer = next(i for i in range(s.n_layers) if eng.is_moe(i))

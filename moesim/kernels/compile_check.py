@@ -92,6 +92,8 @@ def main() -> int:
           "q_ptr": "*bf16", "ck_ptr": "*bf16", "cv_ptr": "*bf16", "stride_qkv": "i32", "H": "i32", "HKV": "i32",
           "HD": "constexpr", "HALF": "constexpr", "HP": "constexpr", "HKP": "constexpr"}
     comp(fo._rope_kv_kernel, rp, {"HD": 128, "HALF": 64, "HP": 32, "HKP": 8}, 4, 3, "rope_kv H32 Hkv8")
+    cb = {"out_ptr": "*bf16", "x_ptr": "*bf16", "D": "i32", "stride_x": "i32", "TOPK": "constexpr", "BD": "constexpr"}
+    comp(fm._combine_kernel, cb, {"TOPK": 2, "BD": 1024}, 4, 3, "combine k2 d4096")
     rn = {"x_ptr": "*bf16", "w_ptr": "*bf16", "y_ptr": "*bf16", "D": "i32", "eps": "fp32", "stride_x": "i32",
           "stride_y": "i32", "BD": "constexpr"}
     comp(fo._rms_norm_kernel, rn, {"BD": 1024}, 4, 3, "rms_norm d4096")

@@ -285,6 +285,19 @@ if HAVE_TRITON:
         tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=valid[:, None] & nmask[None, :])
 
 
+    @triton.jit
+    def _combine_kernel(out_ptr, x_ptr, D, stride_x, TOPK: tl.constexpr, BD: tl.constexpr):
+        """x[n] += Σ_j out[n·k + j] (fp32 sum, one rounding)."""
+        n = tl.program_id(0).to(tl.int64)
+        d_ar = tl.arange(0, BD)
+        for d0 in range(0, D, BD):
+            dm = d0 + d_ar < D
+            acc = tl.load(x_ptr + n * stride_x + d0 + d_ar, mask=dm, other=0.0).to(tl.float32)
+            for j in tl.static_range(TOPK):
+                acc += tl.load(out_ptr + (n * TOPK + j) * D + d0 + d_ar, mask=dm, other=0.0).to(tl.float32)
+            tl.store(x_ptr + n * stride_x + d0 + d_ar, acc.to(x_ptr.dtype.element_ty), mask=dm)
+
+
 def use_triton(device: torch.device) -> bool:
     """The Triton kernels run here (CUDA, or CPU tensors under ``TRITON_INTERPRET=1``)."""
     return HAVE_TRITON and (device.type == "cuda" or INTERPRET)
@@ -314,13 +327,17 @@ def align(topk_ids: torch.Tensor, n_experts: int, bm: int
 
 # ---- the layer ----------------------------------------------------------------------------------------
 def fused_moe(h: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor, topk_ids: torch.Tensor,
-              topk_w: torch.Tensor, swiglu: bool = True, config: MoEConfig | None = None) -> torch.Tensor:
+              topk_w: torch.Tensor, swiglu: bool = True, config: MoEConfig | None = None,
+              residual: torch.Tensor | None = None) -> torch.Tensor:
     """Experts of one layer: h (N, d), w_in (E, g·F, d), w_out (E, d, F), topk_ids/topk_w (N, k) → (N, d).
 
     ``topk_ids`` index the first axis of the weights (slots 0 … E−1). Graph-capturable (no host sync).
+    ``residual`` (N, d): add the layer's output into it in place (the top-k combine and the residual add in one
+    kernel) and return it.
     """
     if not use_triton(h.device):
-        return fused_moe_torch(h, w_in, w_out, topk_ids, topk_w, swiglu)
+        y = fused_moe_torch(h, w_in, w_out, topk_ids, topk_w, swiglu)
+        return y if residual is None else residual.add_(y)
     N, d = h.shape
     k = topk_ids.shape[1]
     E, _, FF = w_out.shape
@@ -343,6 +360,12 @@ def fused_moe(h: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor, topk_ids
     _down_kernel[grid](inter, w_out, out, sorted_ids, expert_ids, total, tw, nk, FF, d, nb,
                        inter.stride(0), w_out.stride(0), w_out.stride(1), out.stride(0),
                        BM=cfg.bm, BN=cfg.dn_bn, BK=cfg.dn_bk, DOT_F32=INTERPRET, num_warps=cfg.dn_warps, num_stages=cfg.dn_stages)
+    if residual is not None:
+        if residual.stride(1) != 1:
+            raise ValueError("fused_moe: residual rows must be contiguous")
+        _combine_kernel[(N,)](out, residual, d, residual.stride(0), TOPK=k, BD=min(1024, _next_pow2(d)),
+                              num_warps=4)
+        return residual
     return out.view(N, k, d).sum(dim=1) if k > 1 else out
 
 
