@@ -592,6 +592,8 @@ class Bench:
 
                 t = timed(step, 5)
                 rows.append({"kind": "decode", "n": B, "ms": t * 1e3 * scale})
+                self.res["sections"]["hf"] = {**out, "rows": rows}
+                self.write()
                 print(f"  hf decode B={B}: {t * 1e3 * scale:.1f} ms", flush=True)
                 del o, cache
             for T in self.cfg.ints("prefills"):
@@ -601,6 +603,8 @@ class Bench:
                 ids = torch.randint(0, V, (1, T), device="cuda")
                 t = timed(lambda ids=ids: model(input_ids=ids, use_cache=False, logits_to_keep=1), 3)
                 rows.append({"kind": "prefill", "n": T, "ms": t * 1e3 * scale})
+                self.res["sections"]["hf"] = {**out, "rows": rows}
+                self.write()
                 print(f"  hf prefill T={T}: {t * 1e3 * scale:.1f} ms", flush=True)
         out["rows"] = rows
         model = None
