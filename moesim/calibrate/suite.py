@@ -217,6 +217,7 @@ class Calibration:
         self.checks()
         self.meta["attention_backend"] = self.eng.attn_backend
         self.meta["moe_engine"] = self.eng.moe_engine
+        self.meta["fused_ops"] = bool(self.eng.fused_ops)
         self._section(self.dense_ops)
         self._section(self.attention_grids)
         self._section(self.steps)
