@@ -82,6 +82,16 @@ def test_engine_triton_option_gives_the_grouped_step_on_cpu() -> None:
     assert float((caches["grouped"] - caches["triton"]).abs().max()) < 1e-5  # RoPE + KV write fused
 
 
+def test_triton_cap_sends_large_calls_to_the_grouped_gemm() -> None:
+    eng = MoEEngine(get_model("tiny"), torch.device("cpu"), moe_engine="triton", dtype=torch.float32)
+    ids = torch.zeros((3, 2), dtype=torch.long)
+    assert eng._triton_ok(0, ids)
+    eng.triton_max_assign = 5
+    assert not eng._triton_ok(0, ids)  # 6 assignments > 5
+    eng.triton_max_assign = 6
+    assert eng._triton_ok(0, ids)
+
+
 def test_moe_kernel_options_are_checked() -> None:
     from moesim.calibrate.config import CalibrateConfig
     from moesim.serve.config import ServeConfig
@@ -108,6 +118,7 @@ def test_bench_cpu_smoke_writes_every_section(tmp_path: Path) -> None:
     rows = res["sections"]["steps"]["rows"]
     assert [(r["kind"], r["n"]) for r in rows] == [("decode", 1), ("decode", 3), ("prefill", 16)]
     assert all(r["triton+fused_tokens_agree"] == 1.0 for r in rows)
+    assert all("hybrid_ms" in r for r in rows)  # timed, or the triton+fused figure where it is the same path
     assert "| decode | 3 |" in (tmp_path / "kernels.md").read_text()
     assert main([f"out={tmp_path}", "batches=0"]) == 2
 

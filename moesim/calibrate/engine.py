@@ -39,6 +39,7 @@ ALIGN_ROWS = 16  # rows per expert group are padded to this for the grouped GEMM
 ROUTE_NOISE_STD = 8.0  # balanced routing: random logits dominate the router's (std ≈ 0.02·√d ≈ 1)
 ROUTE_NOISE_ROWS = 16384  # token slots of the routing-noise table (longer calls wrap around)
 MOE_ENGINES = ("grouped", "loop", "triton")
+TRITON_MAX_ASSIGN: int | None = None  # see MoEEngine._triton_ok; set from the H200 benchmark (docs/kernels.md)
 
 
 def _normal(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype, gen: torch.Generator,
@@ -157,6 +158,8 @@ class MoEEngine:
             if not HAVE_TRITON:
                 raise UserError("moe_kernel=triton needs the triton package on the GPU machine; use grouped")
         self.fused_ops = (moe_engine == "triton") if fused_ops is None else fused_ops
+        # triton engine: calls with more token × top-k assignments than this run the grouped GEMM (None: never)
+        self.triton_max_assign: int | None = TRITON_MAX_ASSIGN
         self.spec = spec
         self.device = device
         self.dtype = dtype
@@ -319,11 +322,18 @@ class MoEEngine:
         eng = engine or self.moe_engine
         if eng == "loop":
             return self._moe_loop(h, top_i, top_w, layer)
-        if eng == "triton" and not self.host_in[layer] and self.n_gpu_slots[layer]:
+        if eng == "triton" and self._triton_ok(layer, top_i):
             from moesim.kernels.fused_moe import fused_moe
 
             return fused_moe(h, self.w_in[layer], self.w_out[layer], top_i, top_w, self.swiglu)
         return self._moe_grouped(h, top_i, top_w, layer)
+
+    def _triton_ok(self, layer: int, top_i: torch.Tensor) -> bool:
+        """The fused kernel serves this layer call: experts all on the GPU, and at most ``triton_max_assign``
+        token × top-k assignments (above it the grouped GEMM, where the benchmark measured it faster)."""
+        cap = self.triton_max_assign
+        return (not self.host_in[layer] and bool(self.n_gpu_slots[layer])
+                and (cap is None or top_i.numel() <= cap))
 
     def _moe_grouped(self, h: torch.Tensor, top_i: torch.Tensor, top_w: torch.Tensor, layer: int
                      ) -> torch.Tensor:
@@ -598,8 +608,7 @@ class MoEEngine:
                     y = self.shared(h[a:b], t, layer)
                     if y is not None:
                         x[a:b] += y
-                if self.fused_ops and self.moe_engine == "triton" and not self.host_in[layer] \
-                        and self.n_gpu_slots[layer]:
+                if self.fused_ops and self.moe_engine == "triton" and self._triton_ok(layer, top_i):
                     from moesim.kernels.fused_moe import fused_moe
 
                     fused_moe(h, self.w_in[layer], self.w_out[layer], top_i, top_w, self.swiglu, residual=x)

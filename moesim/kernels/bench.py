@@ -109,6 +109,7 @@ class Bench:
         self.res: dict[str, Any] = {"config": asdict(cfg), "model": self.spec.name, "sections": {},
                                     "skipped": [], "errors": []}
         self.eng = None
+        self.hybrid_cap: int | None = None  # set by moe_op
 
     # ---- plumbing -----------------------------------------------------------------------------------
     def left(self) -> float:
@@ -350,7 +351,10 @@ class Bench:
             rows.append(row)
             print(f"  moe T={T}: grouped {row['grouped_us']:.1f} µs, triton {row['triton_us']:.1f} µs, "
                   f"floor {row['floor_us']:.1f} µs", flush=True)
-        return {"rows": rows}
+        # hybrid: the fused kernel up to the first token count where the grouped GEMM was faster
+        slower = [r["tokens"] for r in rows if r["triton_us"] > r["grouped_us"]]
+        self.hybrid_cap = min(slower) * self.spec.top_k - 1 if slower else None
+        return {"rows": rows, "hybrid_max_assign": self.hybrid_cap}
 
     # ---- 5. whole steps -----------------------------------------------------------------------------
     def _work(self, si: Any, touched: list[int], decode: bool) -> tuple[float, float]:
@@ -399,7 +403,8 @@ class Bench:
     def steps(self) -> dict:
         eng = self.eng
         cfg = self.cfg
-        variants = (("grouped", "grouped", False), ("triton", "triton", False), ("triton+fused", "triton", True))
+        variants = (("grouped", "grouped", False), ("triton", "triton", False), ("triton+fused", "triton", True),
+                    ("hybrid", "triton", True))
         shapes = [("decode", B, [(0, 1, cfg.context)] * B) for B in cfg.ints("batches")]
         shapes += [("prefill", T, [(0, T, 0)]) for T in cfg.ints("prefills")]
         rows = []
@@ -418,6 +423,12 @@ class Bench:
             outs = {}
             for name, moe, fused in variants:
                 eng.moe_engine, eng.fused_ops = moe, fused
+                eng.triton_max_assign = self.hybrid_cap if name == "hybrid" else None
+                if name == "hybrid" and (self.hybrid_cap is None or row["tokens"] * self.spec.top_k <= self.hybrid_cap):
+                    for key in ("ms", "over_floor", "tflops", "of_peak"):  # the same path as triton+fused
+                        if f"triton+fused_{key}" in row:
+                            row[f"hybrid_{key}"] = row[f"triton+fused_{key}"]
+                    continue
                 holder: list[Any] = []
                 try:
                     t = self.time_fn(lambda holder=holder, si=si: holder.append(eng.step(si, self.cache)))
@@ -439,8 +450,8 @@ class Bench:
                                    if k.endswith(("_ms", "over_floor")) or k in ("kind", "n")), flush=True)
             self.res["sections"]["steps"] = {"rows": rows}
             self.write()
-        eng.moe_engine, eng.fused_ops = "grouped", False
-        return {"rows": rows}
+        eng.moe_engine, eng.fused_ops, eng.triton_max_assign = "grouped", False, None
+        return {"rows": rows, "hybrid_max_assign": self.hybrid_cap}
 
     # ---- 6. the runtime's bucketed decode graphs ------------------------------------------------------
     def serve_decode(self) -> dict:
@@ -621,9 +632,9 @@ class Bench:
         if self.cfg.tune:
             self.section("tiles", self.tiles, 40)
         hf_reserve = 80 if self.cfg.hf and self.cuda else 0  # HF's build and steps come last
+        self.section("moe_op", self.moe_op, 60)
         self.section("steps", self.steps, 40)
         self.section("switch", self.switch, 15)
-        self.section("moe_op", self.moe_op, 25 + hf_reserve)
         if self.cfg.serve:
             self.section("serve_decode", self.serve_decode, 25 + hf_reserve)
         if self.cfg.hf:
@@ -668,16 +679,19 @@ def markdown(res: dict) -> str:
     hf = {(r["kind"], r["n"]): r["ms"] for r in (S.get("hf") or {}).get("rows", [])}
     if st:
         lines += ["## Whole steps (CUDA-graph replay; decode at the given context)", "",
+                  f"hybrid: the fused kernels, with the grouped GEMM for MoE calls of more than "
+                  f"{st.get('hybrid_max_assign')} token × top-k assignments (None: never).", "",
                   "| step | n | floor ms | bound | grouped ms | ×floor | triton ms | ×floor | triton+fused ms | ×floor "
-                  "| of matmul peak (best) | HF ms |",
-                  "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| hybrid ms | ×floor | of matmul peak (best) | HF ms |",
+                  "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in st["rows"]:
             bound = "memory" if r["bytes_floor_ms"] >= r["flops_floor_ms"] else "compute"
-            best = max((r.get(f"{v}_of_peak", 0) for v in ("grouped", "triton", "triton+fused")), default=0)
+            best = max((r.get(f"{v}_of_peak", 0) for v in ("grouped", "triton", "triton+fused", "hybrid")), default=0)
             lines.append(
                 f"| {r['kind']} | {r['n']} | {_f(r['floor_ms'])} | {bound} | {_f(r.get('grouped_ms'))} | "
                 f"{_f(r.get('grouped_over_floor'))} | {_f(r.get('triton_ms'))} | {_f(r.get('triton_over_floor'))} | "
-                f"{_f(r.get('triton+fused_ms'))} | {_f(r.get('triton+fused_over_floor'))} | {best:.0%} | "
+                f"{_f(r.get('triton+fused_ms'))} | {_f(r.get('triton+fused_over_floor'))} | "
+                f"{_f(r.get('hybrid_ms'))} | {_f(r.get('hybrid_over_floor'))} | {best:.0%} | "
                 f"{_f(hf.get((r['kind'], r['n'])), 1)} |")
         lines.append("")
     sd = S.get("serve_decode")
