@@ -448,7 +448,7 @@ class Bench:
             rows.append(row)
             print("  " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                                    if k.endswith(("_ms", "over_floor")) or k in ("kind", "n")), flush=True)
-            self.res["sections"]["steps"] = {"rows": rows}
+            self.res["sections"]["steps"] = {"rows": rows, "hybrid_max_assign": self.hybrid_cap}
             self.write()
         eng.moe_engine, eng.fused_ops, eng.triton_max_assign = "grouped", False, None
         return {"rows": rows, "hybrid_max_assign": self.hybrid_cap}
