@@ -303,8 +303,9 @@ def use_triton(device: torch.device) -> bool:
     return HAVE_TRITON and (device.type == "cuda" or INTERPRET)
 
 
-#: Above this many one-hot cells (assignments × padded experts) the align runs as torch ops.
-ALIGN_TRITON_MAX_CELLS = 1 << 21
+#: Above this many one-hot cells (assignments × padded experts) the align runs as torch ops: one program walks
+#: the assignments in tiles of ≤ 4k cells, serially, which beats ~10 torch kernels only for small calls.
+ALIGN_TRITON_MAX_CELLS = 1 << 15
 
 
 def align(topk_ids: torch.Tensor, n_experts: int, bm: int
