@@ -39,7 +39,10 @@ ALIGN_ROWS = 16  # rows per expert group are padded to this for the grouped GEMM
 ROUTE_NOISE_STD = 8.0  # balanced routing: random logits dominate the router's (std ≈ 0.02·√d ≈ 1)
 ROUTE_NOISE_ROWS = 16384  # token slots of the routing-noise table (longer calls wrap around)
 MOE_ENGINES = ("grouped", "loop", "triton")
-TRITON_MAX_ASSIGN: int | None = None  # see MoEEngine._triton_ok; set from the H200 benchmark (docs/kernels.md)
+# MoEEngine._triton_ok: above this many token × top-k assignments the triton engine runs the grouped GEMM. The
+# H200 benchmark (reports/kernels) measured the fused kernel faster up to 2,048 tokens (3.04 vs 3.26 ms per
+# Mixtral layer) and slower at 4,096 (6.16 vs 5.60 ms): its "hybrid_max_assign" 8,191.
+TRITON_MAX_ASSIGN: int | None = 8191
 
 
 def _normal(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype, gen: torch.Generator,

@@ -230,6 +230,7 @@ class Bench:
         t = time.monotonic()
         self.eng = MoEEngine(self.spec, self.dev, n_tenants=1, seed=0, moe_engine="triton", dtype=self.dtype,
                              balanced_routing=True, fused_ops=False)
+        self.eng.triton_max_assign = None  # the fused kernel at every size; the hybrid variant sets its own cap
         rows = max(max(self.cfg.ints("batches")) * (self.cfg.context + 1), max(self.cfg.ints("prefills")))
         self.cache = KVCache(self.spec, rows, self.dev, self.dtype, self.eng.gen)
         self.sync()

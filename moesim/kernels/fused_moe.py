@@ -60,13 +60,14 @@ class MoEConfig:
     dn_stages: int = 4
 
 
-#: Per regime (upper bound of N·k assignments, config), first match wins. Defaults for the H200 at Mixtral
-#: shapes; ``moesim.kernels.bench`` re-picks each regime's best among ``CANDIDATES`` in the run it times.
+#: Per regime (upper bound of N·k assignments, config), first match wins. The tiles the H200 benchmark picked
+#: at Mixtral shapes (reports/kernels/kernels.json, section tiles: 192, 785, 1,176 and 2,992 µs per layer at 1,
+#: 128, 512 and 2,048 tokens); ``moesim.kernels.bench`` re-picks each regime's best in the run it times.
 CONFIGS: list[tuple[int, MoEConfig]] = [
     (64, MoEConfig(bm=16, gu_bn=64, gu_bk=128, dn_bn=32, dn_bk=256, dn_stages=3)),  # decode ≤ 32 tokens
-    (256, MoEConfig(bm=16, gu_bn=64, gu_bk=128, dn_bn=64, dn_bk=128)),  # decode ≤ 128 tokens
+    (256, MoEConfig(bm=32, gu_bn=64, gu_bk=128, dn_bn=64, dn_bk=128)),  # decode ≤ 128 tokens
     (2048, MoEConfig(bm=64, gu_bn=64, gu_bk=64, dn_bn=128, dn_bk=64)),  # short prefills
-    (1 << 62, MoEConfig(bm=128, gu_bn=64, gu_bk=64, gu_warps=8, gu_stages=3, dn_bn=128, dn_bk=64, dn_warps=8,
+    (1 << 62, MoEConfig(bm=128, gu_bn=128, gu_bk=64, gu_warps=8, gu_stages=3, dn_bn=128, dn_bk=64, dn_warps=8,
                         dn_stages=3)),
 ]
 
