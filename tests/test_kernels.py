@@ -224,3 +224,17 @@ def test_serve_backend_runs_the_triton_option_on_cpu() -> None:
         b._execute((SeqWork(1, 5, 0),))  # a prefill through MoEEngine.step (fused ops)
         assert b.stats["steps"] == 2
     assert torch.equal(outs["grouped"], outs["triton"])
+
+
+def test_calibrator_runs_the_fused_engine_on_cpu(tmp_path: Path) -> None:
+    from moesim.calibrate.config import CalibrateConfig
+    from moesim.calibrate.suite import Calibration
+
+    cfg = CalibrateConfig(device="cpu", model="tiny", out=str(tmp_path), moe_kernel="triton", host=False,
+                          slices=False, validate=False, max_reps=1, min_reps=1)
+    path = Calibration(cfg).run()
+    assert path.name == "cpu__tiny.eager.triton.parquet"
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["moe_engine"] == "triton"
+    assert meta["fused_ops"] is True
+    assert meta["checks"]["moe_triton_vs_loop_rel_err"] < 1e-5

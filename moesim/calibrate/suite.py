@@ -368,6 +368,23 @@ class Calibration:
             x = eng.random_hidden(T)
             if op == "attn_proj":
                 pos = torch.arange(T, device=self.device) % 32768
+                if eng.fused_ops:  # as MoEEngine.step runs it: the RoPE/KV-write kernel, the residual in the GEMM
+                    from moesim.kernels.fused_ops import rms_norm, rope_kv
+
+                    kv = (T, s.n_kv_heads, s.head_dim)
+                    ck = torch.empty(kv, device=self.device, dtype=eng.dtype)
+                    cv = torch.empty(kv, device=self.device, dtype=eng.dtype)
+                    slots = torch.arange(T, device=self.device)
+                    w = eng.tenants[0]
+
+                    def fused() -> None:
+                        for layer in layers:
+                            qkv = rms_norm(x, w.attn_norm[layer]) @ w.wqkv[layer].T
+                            q = rope_kv(qkv, pos, eng.cos, eng.sin, slots, ck, cv, s.n_heads, s.n_kv_heads,
+                                        s.head_dim)
+                            x.addmm_(q.reshape(T, -1), w.wo[layer].T)
+
+                    return fused, len(layers)
 
                 def fn() -> None:
                     for layer in layers:
