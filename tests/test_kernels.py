@@ -182,6 +182,17 @@ _INTERP = textwrap.dedent("""
         cache = KVCache(spec, si.meta.kv_tokens, eng.device, eng.dtype, torch.Generator().manual_seed(1))
         toks[me] = eng.step(si, cache).tolist()
     r["step"] = toks["grouped"] == toks["triton"]
+    from moesim.serve.graphs import DecodeGraphs
+    dec = {}
+    for me in ("grouped", "triton"):
+        eng = MoEEngine(spec, torch.device("cpu"), n_tenants=2, seed=5, dtype=torch.float32, moe_engine=me,
+                        balanced_routing=True)
+        dg = DecodeGraphs(eng, 4, 16)
+        cache = KVCache(spec, 64, eng.device, eng.dtype, torch.Generator().manual_seed(1))
+        dg.run((0, 1, 1), (4, 6, 8), cache, graphs=False)
+        dec[me] = (dg.last_out.tolist(), torch.stack(cache.k))
+    r["serve"] = dec["grouped"][0] == dec["triton"][0]
+    r["serve_cache"] = float((dec["grouped"][1] - dec["triton"][1]).abs().max())
     print("RESULT " + json.dumps(r))
 """)
 
@@ -205,6 +216,8 @@ def test_triton_kernels_under_the_cpu_interpreter() -> None:
     assert v_equal
     assert 0 < r["rms"] < 4e-3  # bf16 output of fp32 statistics
     assert r["step"]  # a whole step through the fused kernels gives the grouped step's tokens
+    assert r["serve"]  # and so does the runtime's bucketed decode step (RoPE/KV write, MoE + residual fused)
+    assert r["serve_cache"] < 1e-5
 
 
 def test_serve_backend_runs_the_triton_option_on_cpu() -> None:

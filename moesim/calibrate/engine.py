@@ -509,13 +509,17 @@ class MoEEngine:
         qkv = torch.cat(parts) if multi else parts[0]  # (N, q + 2kv)
         ck, cv = cache.k[layer], cache.v[layer]
         q = rope_kv(qkv, si.pos, self.cos, self.sin, si.meta.slots, ck, cv, s.n_heads, s.n_kv_heads, s.head_dim)
+        return self.attend(q, si.meta, ck, cv)
+
+    def attend(self, q: torch.Tensor, meta: AttnMeta, cache_k: torch.Tensor, cache_v: torch.Tensor) -> torch.Tensor:
+        """Attention over a cache that already holds the step's keys/values: q (N, H, hd) → (N, H·hd)."""
         N = q.shape[0]
         if self.attn_backend == "flash":
-            m = si.meta
             out = torch.ops.aten._flash_attention_forward(
-                q, ck, cv, m.cu_q, m.cu_k, m.max_q, m.max_k, 0.0, True, False, scale=self.scale)[0]
+                q, cache_k, cache_v, meta.cu_q, meta.cu_k, meta.max_q, meta.max_k, 0.0, True, False,
+                scale=self.scale)[0]
             return out.reshape(N, self.q_dim)
-        return self._attention_sdpa(q, si.meta, ck, cv).reshape(N, self.q_dim)
+        return self._attention_sdpa(q, meta, cache_k, cache_v).reshape(N, self.q_dim)
 
     def _attention_sdpa(self, q: torch.Tensor, meta: AttnMeta, cache_k: torch.Tensor,
                         cache_v: torch.Tensor) -> torch.Tensor:
