@@ -45,6 +45,9 @@ class CalibrateConfig:
         balanced_routing: route whole steps near-uniformly at random (``MoEEngine``'s balanced_routing):
             random-weight models otherwise send every token to a few experts, which matters with many
             fine-grained experts. Used for Qwen3-MoE, Qwen1.5-MoE and OLMoE (calibration/NOTES.md).
+        heldout_seed: ≥ 0 also times a second held-out set drawn afresh from this seed (sizes, tenants and
+            contexts; the same kinds of batches as the first), written to ``<stem>.validation.seed<N>.parquet``;
+            -1: none.
     """
 
     device: str = "cuda"
@@ -65,6 +68,7 @@ class CalibrateConfig:
     target_s: float = 0.12
     seed: int = 0
     balanced_routing: bool = False
+    heldout_seed: int = -1
 
     def __post_init__(self) -> None:
         if self.device not in ("cuda", "cpu"):
