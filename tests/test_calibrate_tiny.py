@@ -92,7 +92,8 @@ def test_tiny_run_times_what_multi_tenant_and_mixed_steps_add(tiny_run: Path) ->
     assert meta["grids"]["mixed_ctx"] == list(g.mixed_ctx)
     # the spread contexts of a grid point: a factor e^3 end to end, mean as asked
     cs = spread_contexts(64, 2048)
-    assert abs(sum(cs) / 64 - 2048) < 1 and max(cs) / min(cs) == pytest.approx(np.exp(3.0), rel=0.01)
+    assert abs(sum(cs) / 64 - 2048) < 1
+    assert max(cs) / min(cs) == pytest.approx(np.exp(3.0), rel=0.01)
 
 
 def test_tiny_second_held_out_set_is_drawn_from_its_seed(tiny_run: Path) -> None:
@@ -105,7 +106,8 @@ def test_tiny_second_held_out_set_is_drawn_from_its_seed(tiny_run: Path) -> None
     batches = draw_heldout_batches(3, "quick", 3)
     assert [json.loads(s) for s in v["seqs"]] == [[list(x) for x in b] for b in batches]
     assert batches != validation_batches(3, "quick", 0)
-    assert (v["status"] == "ok").all() and (v["time_s_median"] > 0).all()
+    assert (v["status"] == "ok").all()
+    assert (v["time_s_median"] > 0).all()
 
 
 def test_resume_keeps_points_and_adds_none(tiny_run: Path, tmp_path: Path) -> None:

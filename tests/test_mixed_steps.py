@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_profile_cost import DECODE, F, M, PREFILL, shared, synthetic_rows
+from test_profile_cost import DECODE, PREFILL, F, M, shared, synthetic_rows
 
 from moesim.calibrate.grids import make_grids, spread_contexts
 from moesim.calibrate.validate import (
@@ -33,15 +33,15 @@ NEW_OPS = ("concat_qkv", "concat_route", "attn_mixed", "attn_mixed_parts", "step
 TAU, MU = 5e-6, 3e-6  # the fixed per-extra-tenant and per-mixed-step costs the synthetic step rows carry
 
 
-def CQKV(n: float, T: float) -> float:  # noqa: N802  power laws: exact under log-log interpolation
+def CQKV(n: float, T: float) -> float:
     return 1e-6 * n**0.5 * T**0.25
 
 
-def CROUTE(n: float, T: float) -> float:  # noqa: N802
+def CROUTE(n: float, T: float) -> float:
     return 5e-7 * n**0.5 * T**0.5
 
 
-def EXCESS(b: float, n: float, c: float) -> float:  # noqa: N802  bilinear in (b, n), linear in c: exact
+def EXCESS(b: float, n: float, c: float) -> float:
     return 1e-9 * b * n + 2e-6 + 1e-10 * c
 
 
@@ -196,7 +196,8 @@ def test_balanced_routing_gives_each_packed_token_its_own_noise_row() -> None:
     X = eng.random_hidden(12)
     _, i_all, w_all = eng.router(X, 1, layer)
     _, i_sl, w_sl = eng.router(X[5:9], 1, layer, row0=5)  # a tenant's slice starting at packed row 5
-    assert torch.equal(i_sl, i_all[5:9]) and torch.allclose(w_sl, w_all[5:9])
+    assert torch.equal(i_sl, i_all[5:9])
+    assert torch.allclose(w_sl, w_all[5:9])
     _, i_0, _ = eng.router(X[5:9], 1, layer)  # from row 0 (the old behaviour): other noise rows
     assert not torch.equal(i_0, i_all[5:9])
     # wrapping past the table's end
@@ -210,7 +211,8 @@ def test_balanced_routing_gives_each_packed_token_its_own_noise_row() -> None:
 
 def test_drawn_held_out_set_has_the_same_kinds_and_is_seeded() -> None:
     a, b = draw_heldout_batches(3, "full", 1), draw_heldout_batches(3, "full", 1)
-    assert a == b and a != draw_heldout_batches(3, "full", 2)
+    assert a == b
+    assert a != draw_heldout_batches(3, "full", 2)
     base = validation_batches(3, "full", 0)
     assert [batch_kind(x) for x in a] == [batch_kind(x) for x in base] == ["decode"] * 6 + ["prefill"] * 6 + [
         "mixed"] * 6
