@@ -39,7 +39,7 @@ def test_shipped_profiles_load_and_say_how_they_were_made(gpu: str, derived: boo
 def test_available_profiles_lists_the_shipped_ones() -> None:
     have = available_profiles()
     assert {"h200__mixtral-8x7b", "h200__mixtral-8x7b.eager", "a100-80gb__mixtral-8x7b"} <= set(have)
-    assert not any(s.endswith(".validation") for s in have)
+    assert not any(".validation" in s for s in have)
 
 
 def test_held_out_median_error_within_five_percent() -> None:

@@ -113,7 +113,7 @@ def available_profiles(folder: Path | None = None) -> list[str]:
     validation files left out)."""
     folders = [folder] if folder is not None else profile_search_path()
     return sorted({p.stem for f in folders for p in f.glob("*.parquet")
-                   if "__" in p.stem and not p.stem.endswith(".validation")})
+                   if "__" in p.stem and ".validation" not in p.stem})
 
 
 def resolve_profile(path: str, model: ModelSpec, gpu: GPUSpec, execution: str = "graphs") -> Path:
