@@ -241,3 +241,14 @@ def test_budget_stops_cleanly(tmp_path):
     assert pd.read_csv(tmp_path / "validation.csv")["status"].tolist() == ["budget"]
     assert (tmp_path / "multiplex" / "simulated_requests.parquet").is_file()
     assert not (tmp_path / "multiplex" / "executed_requests.parquet").exists()
+
+
+def test_device_mismatch_note_names_both_machines() -> None:
+    from moesim.executor.run import device_mismatch
+
+    assert device_mismatch("h200", "cuda", "NVIDIA H200") == ""
+    assert device_mismatch("h100-80gb", "cuda", "NVIDIA H100 80GB HBM3") == ""
+    note = device_mismatch("h200", "cpu", "cpu")
+    assert "h200" in note
+    assert "cpu" in note
+    assert "NVIDIA H100" in device_mismatch("h200", "cuda", "NVIDIA H100 80GB HBM3")

@@ -257,3 +257,30 @@ def test_series_split_by_swept_parameter(tmp_path: Path) -> None:
     np.testing.assert_allclose(t["y"], [turnaround("mig", r, 1) for r in RATES])
     head = {r["series"]: r for r in read_data(html)["headline"]}
     assert head["multiplex · policy.max_batch=1"]["turnaround_pct_vs_mig"] == pytest.approx(-90.0)
+
+
+def test_configuration_lists_every_distinct_cost_setting(tmp_path: Path) -> None:
+    """Jobs on two GPUs with different cost models: the configuration table names both, not the first job's."""
+    root = make_sweep(tmp_path / "s", failed=False, incomplete=False)
+    for d in root.iterdir():
+        s = json.loads((d / "summary.json").read_text())
+        if s["seed"] == 1:
+            s["gpu"], s["cost"] = "h100-80gb", "roofline"
+            s["params"]["cost"] = {"name": "roofline", "bw_efficiency": 0.85}
+        else:
+            s["params"]["cost"] = {"name": "profile", "execution": "graphs"}
+        write_json(d / "summary.json", s)
+    html = build_report(root).read_text()
+    row = re.search(r"<td>cost model</td><td>(.*?)</td>", html)
+    assert row, "no cost model row"
+    assert "profile: execution=graphs" in row.group(1)
+    assert "roofline: bw_efficiency=0.85" in row.group(1)
+    # one setting shared by all jobs is shown once, unnamed
+    root2 = make_sweep(tmp_path / "t", failed=False, incomplete=False)
+    for d in root2.iterdir():
+        s = json.loads((d / "summary.json").read_text())
+        s["params"]["cost"] = {"name": "profile", "execution": "graphs"}
+        write_json(d / "summary.json", s)
+    row2 = re.search(r"<td>cost model</td><td>(.*?)</td>", build_report(root2).read_text())
+    assert row2
+    assert row2.group(1).endswith("(execution=graphs)")

@@ -59,6 +59,20 @@ def run(cfg: ExecutorConfig, argv: list[str] | None = None, log=print) -> dict[s
         torch.set_num_threads(threads)
 
 
+def device_mismatch(gpu: str, device: str, device_name: str) -> str:
+    """A note when the simulated side's GPU (``gpu=``) is not the device that executes; '' when it is.
+
+    The simulated side is costed for ``gpu``; executed on another device (the CPU, or another GPU model), the
+    per-request errors measure that difference, not the simulator.
+    """
+    family = gpu.split("-")[0].lower()  # h200, h100, a100, l40s, b200
+    here = "".join(ch for ch in device_name.lower() if ch.isalnum())
+    if device == "cpu" or family not in here:
+        return (f"simulated with {gpu}'s costs but executed on {device_name or device}: the errors below compare "
+                f"two different machines, not the simulator with its GPU")
+    return ""
+
+
 def _run(cfg: ExecutorConfig, argv: list[str] | None, log) -> dict[str, Any]:
     from moesim.executor.gpu_cost import BudgetExceededError, ExecutedCostConfig  # imports torch
 
@@ -74,6 +88,9 @@ def _run(cfg: ExecutorConfig, argv: list[str] | None, log) -> dict[str, Any]:
     log(f"executor: {model.name} on {cost.describe().get('gpu_name', cfg.device)}, {cost.execution}, "
         f"built in {cost.build_s:.1f} s; {len(requests)} requests", flush=True)
     sim_cost, sim_desc = build_sim_cost(cfg, model, gpu, cost.execution)
+    mismatch = device_mismatch(gpu.name, cfg.device, str(cost.describe().get("gpu_name", "")))
+    if mismatch:
+        log(f"executor: note: {mismatch}", flush=True)
     batches = [b or POLICIES.build(n).cfg.max_batch for n, b in cfg.policy_list()]
     cost.reserve_kv(max(batches) * max(r.prompt_tokens + r.output_tokens for r in requests))
     _warm_up(cost, model, cfg.tenants)
@@ -90,7 +107,8 @@ def _run(cfg: ExecutorConfig, argv: list[str] | None, log) -> dict[str, Any]:
                                      "prompt_tokens_mean": sum(r.prompt_tokens for r in requests) / len(requests),
                                      "output_tokens_mean": sum(r.output_tokens for r in requests) / len(requests),
                                      "last_arrival_s": max(r.arrival_s for r in requests)},
-                           "checks": {"graph_replay_equals_eager": graph_ok}, "policies": rows}
+                           "checks": {"graph_replay_equals_eager": graph_ok}, "policies": rows,
+                           "note": mismatch}
     for name, batch in cfg.policy_list():
         params: dict[str, Any] = {}
         if batch is not None:

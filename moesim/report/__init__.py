@@ -163,17 +163,24 @@ def _config_section(data: SweepData) -> str:
     prov = _cost_provenance(ok)
     if prov:
         cost += " <b>(" + "; ".join(f"{_esc(k)}: {_esc(v)}, not measured" for k, v in prov.items()) + ")</b>"
-    first = str(ok["job"].iloc[0]) if len(ok) else None
-    params = _job_params(data.root, first) if first else {}
+    all_params = [_job_params(data.root, str(j)) for j in ok["job"]] if len(ok) else []
+
+    def distinct(group: str, skip: tuple[str, ...] = ("name",)) -> str:
+        """The group's parameters as `` (k=v, …)``; every distinct setting when jobs differ (e.g. one per GPU)."""
+        texts = {f"{p[group].get('name', '?')}: {_params_text(p[group], skip)}": _params_text(p[group], skip)
+                 for p in all_params if isinstance(p.get(group), dict) and _params_text(p[group], skip)}
+        if len(texts) > 1:  # settings differ between jobs: name each
+            return f" ({' | '.join(_esc(t) for t in texts)})"
+        return f" ({_esc(next(iter(texts.values())))})" if texts else ""
+
     slo = data.options
     slo_note = " (recomputed from requests.parquet for this report)" if slo.slo_override else ""
     rows = [
         ("model", vals("model")),
         ("GPU", vals("gpu") + _gpu_notes(ok)),
-        ("workload", vals("workload") + (f" ({_esc(_params_text(params.get('workload', {}), ('name', 'rate')))})"
-                                         if params else "")),
+        ("workload", vals("workload") + distinct("workload", ("name", "rate"))),
         ("tenants", vals("tenants")),
-        ("cost model", cost + (f" ({_esc(_params_text(params.get('cost', {})))})" if params else "")),
+        ("cost model", cost + distinct("cost")),
         *_fleet_rows(data),
         ("arrival rates per tenant (req/s)", ", ".join(f"{r:g}" for r in data.rates) or "—"),
         ("seeds", ", ".join(map(str, data.seeds)) or "—"),

@@ -100,12 +100,28 @@ def _rate_axis(fig: go.Figure, data: SweepData, **kw: Any) -> None:
                      **ticks, **kw)
 
 
-def _log_y(fig: go.Figure, data: SweepData, metrics: tuple[str, ...], title: str) -> None:
-    """Log y axis; one tick per decade when the values span more than two decades."""
-    v = data.ok[list(metrics)].to_numpy(float)
+def log_ticks(values: np.ndarray) -> dict[str, Any]:
+    """Tick settings of a log axis over ``values``: labels on 1-2-5 or on decades, never on every digit.
+
+    Plotly's automatic log ticks label each minor digit once a range spans about one decade ("4 5 6 7 8 9 1 2"),
+    which crowds the axis. Over more than two decades only the powers of ten are labelled; over more than a
+    third of a decade, 1, 2 and 5 of each; narrower ranges keep plotly's own (linear-looking) ticks.
+    """
+    v = np.asarray(values, float)
     v = v[np.isfinite(v) & (v > 0)]
-    wide = v.size > 0 and v.max() / v.min() > 100
-    fig.update_yaxes(type="log", **({"dtick": 1} if wide else {}))
+    if v.size == 0:
+        return {}
+    decades = float(np.log10(v.max() / v.min()))
+    if decades > 2:
+        return {"dtick": 1}
+    if decades > 0.5:
+        return {"dtick": "D2"}
+    return {}
+
+
+def _log_y(fig: go.Figure, data: SweepData, metrics: tuple[str, ...], title: str) -> None:
+    """Log y axis with uncrowded ticks (:func:`log_ticks`)."""
+    fig.update_yaxes(type="log", **log_ticks(data.ok[list(metrics)].to_numpy(float).ravel()))
     fig.update_yaxes(title_text=title, row=1, col=1)  # the right panel shares the left one's y title
 
 
@@ -166,6 +182,7 @@ def cdf(data: SweepData) -> go.Figure:
     fig = go.Figure()
     cmap = colors(data)
     style = styles(data)
+    pooled: list[np.ndarray] = []
     for s in data.series:
         jobs = data.jobs_at(rate) if rate is not None else data.ok.iloc[0:0]
         jobs = jobs[jobs["series"] == s]
@@ -177,12 +194,14 @@ def cdf(data: SweepData) -> go.Figure:
         jobs = jobs[jobs["job"].astype(str).isin(readable)]
         values = np.concatenate([data.requests(j)["turnaround_s"].to_numpy(float) for j in readable])
         x, y = ecdf(values)
+        pooled.append(values)
         fig.add_trace(go.Scatter(
             x=x.tolist(), y=y.tolist(), mode="lines", name=s, line={"color": cmap[s], "shape": "hv", "dash": style[s][0], "width": 2},
             hovertemplate=f"<b>{s}</b><br>%{{y:.1%}} of requests within %{{x:.4g}} s<extra></extra>",
             meta={"series": s, "rate": rate, "jobs": jobs["job"].tolist(), "n_requests": len(values)},
         ))
-    fig.update_xaxes(title_text="turnaround (s, log scale)", type="log")
+    fig.update_xaxes(title_text="turnaround (s, log scale)", type="log",
+                     **(log_ticks(np.concatenate(pooled)) if pooled else {}))
     fig.update_yaxes(title_text="share of requests finished within x", range=[0, 1.02], tickformat=".0%")
     return _layout(fig, "Turnaround distribution",
                    subtitle=f"at {rate:g} requests/s per tenant, all seeds pooled; share of all requests"
