@@ -535,12 +535,14 @@ class Calibration:
         eng = self.eng
         assert eng is not None
         n_tenants = self.plan.n_variants if self.plan is not None else len(eng.tenants)
-        vpath = self.path.with_name(self.path.stem + ".validation.parquet")
-        self._heldout(validation_batches(n_tenants, self.grid, self.cfg.seed), vpath)
-        self.meta["validation_file"] = vpath.name
         # the expert groups the held-out steps ran with (the report predicts them with this residency)
         self.meta["validation_residency"] = eng.plan_groups or [
             {"tenants": list(range(len(eng.tenants))), "positions": self.spec.n_expert_positions, "on_gpu": True}]
+        if not self.cfg.validate_base and self.cfg.heldout_seed >= 0:
+            return
+        vpath = self.path.with_name(self.path.stem + ".validation.parquet")
+        self._heldout(validation_batches(n_tenants, self.grid, self.cfg.seed), vpath)
+        self.meta["validation_file"] = vpath.name
 
     def validation_drawn(self) -> None:
         """A second held-out set, drawn afresh (sizes and contexts) from ``heldout_seed``: same kinds of batches."""
