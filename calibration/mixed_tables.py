@@ -26,7 +26,7 @@ from moesim.formats.profile import profile_model, read_profile
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
 SETS = (("call3", "first set, measured 2026-11-30 call 3 (routing aliased across tenants)"),
-        ("", "first set, re-timed (routing per packed token)"),
+        ("", "first set (`.validation.parquet`)"),
         ("seed1", "new set drawn with heldout_seed=1"))
 
 
