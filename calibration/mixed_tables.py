@@ -101,7 +101,7 @@ def per_batch(m: str, tag: str) -> None:
     if not heldout_path(p, tag).is_file():
         return
     old, new = (report(p, tag, tenant_terms=t) for t in ("off", "auto"))
-    print(f"\n{m}, held-out {tag or 'first set re-timed'}:\n\n| batch | measured ms | old | new |\n|---|---:|---:|---:|")
+    print(f"\n{m}, held-out {tag or 'first set'}:\n\n| batch | measured ms | old | new |\n|---|---:|---:|---:|")
     for o, n in zip(old.itertuples(), new.itertuples(), strict=True):
         print(f"| {o.description} | {1e3 * o.time_s_median:.2f} | {o.error_pct:+.1f} % | {n.error_pct:+.1f} % |")
 
