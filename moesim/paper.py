@@ -95,3 +95,35 @@ def lone_service_s(swap_s: float, prefill_s: float, decode_step_s: float, swap_p
     half the time.
     """
     return swap_probability * swap_s + prefill_s + decode_passes * decode_step_s
+
+
+def reconfig_ttft_s(swap_probability: float = 0.5, ttft_swap_s: float = sum(TTFT_SWAP_S) / 2,
+                    ttft_no_swap_s: float = TTFT_NO_SWAP_S) -> float:
+    """Mean TTFT in the code's definition (swap + prefill; queue wait excluded) of the reconfig system (s).
+
+    FIFO over two equal, independent Poisson streams: the request served before this one belongs to the
+    other variant with probability 1/2 at any load (and across windows: the code keeps the last variant
+    loaded), so the mean is the same at every rate: ``½ · 2.0 + ½ · 0.87 ≈ 1.44 s`` from the paper's timings.
+    """
+    return swap_probability * ttft_swap_s + (1.0 - swap_probability) * ttft_no_swap_s
+
+
+def low_load_throughput_rpm(rate: float, tenants: int = 2) -> float:
+    """The code's throughput (served per minute of the window) when every arrival is served (req/min).
+
+    ``tenants`` Poisson streams at ``rate`` req/s each bring ``tenants · rate · 120`` requests in a 120 s
+    window, served per 2 minutes: ``60 · tenants · rate`` (0.6 req/min at λ = 0.005; for MIG the code sums
+    its two processes, the same). Holds while the GPU keeps up (λ ≲ 0.01 for MIG, ≲ 0.03 for reconfig).
+    """
+    return 60.0 * tenants * rate
+
+
+def nonempty_window_throughput_rpm(rate: float, tenants: int = 2, window_s: float = 120.0) -> float:
+    """The same averaged over windows that served at least one request (req/min).
+
+    Per process ``E[n | n ≥ 1] = m / (1 − e^{−m})`` with ``m = rate · window_s``, so
+    ``60 · tenants · rate / (1 − e^{−m})``: what the code's throughput plot (qos_plotter.py averages the
+    files that exist) shows if windows that served nothing have no file.
+    """
+    m = rate * window_s
+    return low_load_throughput_rpm(rate, tenants) / (1.0 - math.exp(-m))

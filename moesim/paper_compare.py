@@ -3,9 +3,12 @@
     python -m moesim.paper_compare summary=/tmp/paper_a100/summary.csv out=reports/paper_a100 seeds=100
 
 writes ``per_rate.csv`` (the sweep's 5 repetitions per rate, reconfig and mig, both definitions),
+``headline.csv`` (the reduction against MIG as the mean over λ of the per-rate reductions and as the paper's
+own plot pools it: every served request of every rate, ``moesim.paper_protocol.pooled_reduction``),
 ``expected.csv`` (the same metrics averaged over ``seeds`` repetitions, run here without hydra and, as the
 paper's code, serving only the requests dequeued within the 120 s window: the expectation the 5-repetition
-means scatter around) and prints both as markdown.
+means scatter around), ``protocol.csv`` (MIG as the code's two unsynchronised processes run it, with the
+spread of a 5-run estimate: ``moesim.paper_protocol.study``) and prints them as markdown.
 
 Definitions (moesim.metrics): the paper's code logs, over the requests dequeued within the 120 s window,
 turnaround = finish − dequeue (``paper_mean_turnaround_s``), TTFT = swap + prefill (``paper_mean_ttft_s``),
@@ -154,6 +157,58 @@ def served_in_window(model, gpu, policy: str, cost, requests: list, horizon_s: f
     return res
 
 
+def headline(summary: pd.DataFrame) -> pd.DataFrame:
+    """The reduction of the paper's turnaround against MIG, two ways (a one-row frame, fractions).
+
+    ``mean_over_rates``: the mean over λ of ``1 − reconfig / mig`` (per-rate means over repetitions);
+    ``pooled``: as the paper's TTFT_plotter.py pools it, ``1 − Σ n·t / Σ n`` of reconfig over that of mig,
+    over every job (rate × repetition) that served a request (``n`` = ``paper_n_served``).
+    """
+    from moesim.paper_protocol import pooled_reduction
+
+    if "paper_n_served" not in summary.columns:
+        raise UserError("summary table lacks ['paper_n_served']: not a paper_a100 sweep of this moesim")
+
+    def pairs(pol: str) -> list[tuple[float, int]]:
+        d = summary[summary["policy"] == pol]
+        return [(float(t), int(n)) for t, n in zip(d["paper_mean_turnaround_s"], d["paper_n_served"], strict=True)
+                if n > 0]
+
+    rc, mig = pairs("reconfig"), pairs("mig")
+    if not rc or not mig:
+        raise UserError("summary table has no served reconfig or mig request: not a paper_a100 sweep")
+    table = per_rate(summary)
+
+    def pool(v: list[tuple[float, int]]) -> float:
+        return sum(t * n for t, n in v) / sum(n for _, n in v)
+
+    return pd.DataFrame([{
+        "mean_over_rates": float(table["reduction:paper_mean_turnaround_s"].mean()),
+        "pooled": pooled_reduction(rc, mig),
+        "reconfig_pooled_s": pool(rc), "mig_pooled_s": pool(mig),
+        "reconfig_served": sum(n for _, n in rc), "mig_served": sum(n for _, n in mig),
+    }])
+
+
+def protocol_markdown(df: pd.DataFrame) -> str:
+    """``moesim.paper_protocol.study``'s table as markdown (seconds, req/min, shares in %)."""
+    cols = [("rate", "λ", "{:.3f}"), ("aligned", "mig, moesim's protocol", "{:.2f}"),
+            ("protocol", "mig, the code's protocol", "{:.2f}"), ("p5", "p5", "{:.1f}"), ("p50", "p50", "{:.1f}"),
+            ("p95", "p95", "{:.1f}"), ("within10", "within ±10 %", "{:.0%}"),
+            ("all_alone", "no overlap at all", "{:.0%}"), ("served", "requests in 5 runs", "{:.1f}")]
+    cols += [(c, c.replace("protocol_", "launched ") + " s apart", "{:.2f}") for c in df.columns
+             if c.startswith("protocol_")]
+    if "reference" in df.columns:
+        cols += [("reference", "≈ paper (issue #12)", "{:.2f}"), ("below_reference", "share of estimates below",
+                                                                 "{:.0%}")]
+    cols += [("ttft", "mig TTFT", "{:.2f}"), ("wait", "mig wait", "{:.2f}"), ("throughput_rpm", "mig req/min",
+                                                                              "{:.2f}")]
+    lines = ["| " + " | ".join(h for _, h, _ in cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(f.format(r[c]) for c, _, f in cols) + " |")
+    return "\n".join(lines)
+
+
 def markdown(table: pd.DataFrame) -> str:
     """The per-rate table as markdown (seconds, req/min, reduction in %)."""
     cols = [("rate", "λ"),
@@ -199,16 +254,19 @@ class CompareConfig:
 
     Attributes:
         summary: a paper_a100 sweep's summary.csv.
-        out: folder for per_rate.csv and expected.csv.
+        out: folder for per_rate.csv, headline.csv, expected.csv and protocol.csv.
         seeds: repetitions of the expectation run (0: skip it).
         window: the expectation run serves only requests dequeued within the 120 s window, as the paper's
             code (false: drains the queue, as the sweep).
+        protocol_reps: repetitions of the 5-run MIG estimate under the code's two-process protocol
+            (moesim.paper_protocol.study; 0: skip it).
     """
 
     summary: str = ""
     out: str = "."
     seeds: int = 100
     window: bool = True
+    protocol_reps: int = 400
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,14 +282,31 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"summary={cfg.summary}: no such file")
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
-        table = per_rate(pd.read_csv(path))
+        summary = pd.read_csv(path)
+        table = per_rate(summary)
         table.to_csv(out / "per_rate.csv", index=False)
+        head = headline(summary)
+        head.to_csv(out / "headline.csv", index=False)
+        h = head.iloc[0]
         print(f"## {path}: 5 repetitions per rate\n\n{markdown(table)}\n")
+        print(f"Pooled as the paper's plot pools it (every served request of every rate): "
+              f"{100 * h['pooled']:.1f} % (reconfig {h['reconfig_pooled_s']:.2f} s over {int(h['reconfig_served'])} "
+              f"requests, mig {h['mig_pooled_s']:.2f} s over {int(h['mig_served'])}).\n")
         if cfg.seeds > 0:
             exp = expected(cfg.seeds, window=cfg.window)
             exp.to_csv(out / "expected.csv", index=False)
             how = "served within the 120 s window" if cfg.window else "queue drained"
-            print(f"## expectation: {cfg.seeds} repetitions per rate, {how}\n\n{markdown(exp)}")
+            print(f"## expectation: {cfg.seeds} repetitions per rate, {how}\n\n{markdown(exp)}\n")
+        if cfg.protocol_reps > 0:
+            from moesim.paper_protocol import mig_times, study
+
+            proto = study(mig_times(), reps=cfg.protocol_reps, reference=implied_paper_service_s("mig"))
+            proto.to_csv(out / "protocol.csv", index=False)
+            mig_pooled = float((proto["served"] * proto["protocol"]).sum() / proto["served"].sum())
+            print(f"## mig as the code's two processes run it: {cfg.protocol_reps} × 5 runs\n\n"
+                  f"{protocol_markdown(proto)}\n\nPooled mig under the code's protocol (expectation): "
+                  f"{mig_pooled:.2f} s; against the sweep's pooled reconfig: "
+                  f"{100 * (1 - h['reconfig_pooled_s'] / mig_pooled):.1f} %.")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

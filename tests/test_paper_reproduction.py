@@ -235,7 +235,7 @@ def test_paper_compare_tables_both_definitions(tmp_path, capsys) -> None:
     for pol, svc in (("reconfig", 8.0), ("mig", 40.0)):
         for seed in range(2):
             rows.append({"policy": pol, "rate": 0.005, "seed": seed, "paper_mean_turnaround_s": svc + seed,
-                         "paper_mean_ttft_s": 1.0, "paper_mean_wait_s": 0.5, "paper_throughput_rpm": 1.0,
+                         "paper_n_served": 1, "paper_mean_ttft_s": 1.0, "paper_mean_wait_s": 0.5, "paper_throughput_rpm": 1.0,
                          "mean_turnaround_s": 2 * svc, "mean_ttft_s": 3.0})
     t = pc.per_rate(pd.DataFrame(rows))
     assert t["reconfig:paper_mean_turnaround_s"].iloc[0] == pytest.approx(8.5)
@@ -246,12 +246,12 @@ def test_paper_compare_tables_both_definitions(tmp_path, capsys) -> None:
     assert "79.0 %" in pc.markdown(t)
     path = tmp_path / "summary.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
-    assert pc.main([f"summary={path}", f"out={tmp_path}", "seeds=0"]) == 0
+    assert pc.main([f"summary={path}", f"out={tmp_path}", "seeds=0", "protocol_reps=0"]) == 0
     assert (tmp_path / "per_rate.csv").is_file()
     assert pc.main([f"summary={tmp_path / 'nope.csv'}"]) == 2
     assert "summary=" in capsys.readouterr().err
     pd.DataFrame(rows).drop(columns=["paper_mean_ttft_s"]).to_csv(path, index=False)
-    assert pc.main([f"summary={path}", "seeds=0"]) == 2
+    assert pc.main([f"summary={path}", "seeds=0", "protocol_reps=0"]) == 2
     assert "paper_mean_ttft_s" in capsys.readouterr().err
 
 
