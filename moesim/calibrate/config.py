@@ -49,6 +49,11 @@ class CalibrateConfig:
         moe_kernel: the engine's experts: ``grouped`` (``torch._grouped_mm``) or ``triton`` (the fused MoE
             kernel with the fused router and RoPE/KV-write ops of ``moesim.kernels``; the profile is written as
             ``<gpu>__<model>.triton`` and its metadata says ``moe_engine: triton``).
+        heldout_seed: ≥ 0 also times a second held-out set drawn afresh from this seed (sizes, tenants and
+            contexts; the same kinds of batches as the first), written to ``<stem>.validation.seed<N>.parquet``;
+            -1: none.
+        validate_base: with ``validate``, time the first held-out set (``<stem>.validation.parquet``); false
+            times only the drawn one (``heldout_seed``), e.g. where the first set's earlier measurement stands.
     """
 
     device: str = "cuda"
@@ -70,6 +75,8 @@ class CalibrateConfig:
     seed: int = 0
     balanced_routing: bool = False
     moe_kernel: str = "grouped"
+    heldout_seed: int = -1
+    validate_base: bool = True
 
     def __post_init__(self) -> None:
         if self.device not in ("cuda", "cpu"):

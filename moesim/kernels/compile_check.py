@@ -30,7 +30,7 @@ def main() -> int:
 
     target = GPUTarget("cuda", 90, 32)
     cuobj = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    no_div = {"NK", "NUM_M", "NB", "eps", "E", "R", "H", "HKV"}
+    no_div = {"NK", "NUM_M", "NB", "eps", "E", "R", "ROW0", "H", "HKV"}
     bad = 0
 
     def comp(fn, sig: dict, const: dict, warps: int, stages: int, name: str) -> None:
@@ -85,7 +85,7 @@ def main() -> int:
     for ep, chunk in ((16, 256), (128, 32)):
         comp(fm._align_kernel, al, {"EP": ep, "BM": 16, "CHUNK": chunk}, 4, 3, f"align E{ep} chunk{chunk}")
     rt = {"x_ptr": "*bf16", "nw_ptr": "*bf16", "wr_ptr": "*bf16", "noise_ptr": "*fp32", "h_ptr": "*bf16",
-          "ids_ptr": "*i64", "tw_ptr": "*bf16", "D": "i32", "E": "i32", "R": "i32", "eps": "fp32", "stride_x": "i32",
+          "ids_ptr": "*i64", "tw_ptr": "*bf16", "D": "i32", "E": "i32", "R": "i32", "ROW0": "i32", "eps": "fp32", "stride_x": "i32",
           "stride_h": "i32", "BD": "constexpr", "EP": "constexpr", "TOPK": "constexpr", "HAS_NOISE": "constexpr"}
     comp(fo._router_kernel, rt, {"BD": 1024, "EP": 8, "TOPK": 2, "HAS_NOISE": True}, 4, 3, "router E8 k2")
     rp = {"qkv_ptr": "*bf16", "pos_ptr": "*i64", "cos_ptr": "*bf16", "sin_ptr": "*bf16", "slot_ptr": "*i64",

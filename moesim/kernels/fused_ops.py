@@ -4,8 +4,8 @@ At decode sizes these ops are launch-bound: the router (RMSNorm, a (T, E) GEMM, 
 cast) is about 8 kernels and RoPE + the cache writes about 16 (gathers of cos/sin, halves, products, concat,
 two ``index_copy_``). Each becomes one kernel here:
 
-* ``router(x, norm_w, w_router, top_k, noise)``: per token one program: RMSNorm (fp32 statistics), the normed
-  row written as bf16 (the experts' input), E logits in fp32, the balanced-routing noise row ``t mod R``
+* ``router(x, norm_w, w_router, top_k, noise, row0=0)``: per token one program: RMSNorm (fp32 statistics), the
+  normed row written as bf16 (the experts' input), E logits in fp32, the balanced-routing noise row ``(row0 + t) mod R``
   added where given, softmax, top-k by repeated arg-max (lowest index on ties, as ``torch.topk`` in practice),
   renormalised over the k picks when k > 1. Returns (h (T, d), ids (T, k) int64, weights (T, k) in h's dtype).
 * ``rms_norm(x, w)``: per token one program (fp32 statistics), as ``F.rms_norm``.
@@ -28,9 +28,9 @@ if HAVE_TRITON:
     import triton
     import triton.language as tl
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["ROW0"])
     def _router_kernel(x_ptr, nw_ptr, wr_ptr, noise_ptr, h_ptr, ids_ptr, tw_ptr,
-                       D, E, R, eps, stride_x, stride_h,
+                       D, E, R, ROW0, eps, stride_x, stride_h,
                        BD: tl.constexpr, EP: tl.constexpr, TOPK: tl.constexpr, HAS_NOISE: tl.constexpr):
         t = tl.program_id(0).to(tl.int64)
         d_ar = tl.arange(0, BD)
@@ -52,7 +52,7 @@ if HAVE_TRITON:
                          other=0.0).to(tl.float32)
             logits += tl.sum(wr * h.to(tl.float32)[None, :], axis=1)
         if HAS_NOISE:
-            logits += tl.load(noise_ptr + (t % R) * E + e_ar, mask=emask, other=0.0)
+            logits += tl.load(noise_ptr + ((t + ROW0) % R) * E + e_ar, mask=emask, other=0.0)
         logits = tl.where(emask, logits, float("-inf"))
         p = tl.exp(logits - tl.max(logits, axis=0))
         p = p / tl.sum(p, axis=0)
@@ -126,14 +126,15 @@ if HAVE_TRITON:
 
 # ---- router -------------------------------------------------------------------------------------------
 def router_torch(x: torch.Tensor, norm_w: torch.Tensor, w_router: torch.Tensor, top_k: int,
-                 noise: torch.Tensor | None = None, eps: float = 1e-5
+                 noise: torch.Tensor | None = None, eps: float = 1e-5, row0: int = 0
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The engine's router in torch ops (reference)."""
+    """The engine's router in torch ops (reference); token i adds noise row (row0 + i) mod R."""
     h = F.rms_norm(x, (x.shape[1],), norm_w, eps=eps)
     logits = (h @ w_router.T).float()
     if noise is not None:
         T, R = logits.shape[0], noise.shape[0]
-        logits = logits + (noise[:T] if T <= R else noise.repeat(-(-T // R), 1)[:T])
+        rows = (torch.arange(T, device=noise.device) + row0) % R
+        logits = logits + noise[rows]
     probs = torch.softmax(logits, dim=-1)
     top_w, top_i = torch.topk(probs, top_k, dim=-1)
     if top_k > 1:
@@ -142,11 +143,14 @@ def router_torch(x: torch.Tensor, norm_w: torch.Tensor, w_router: torch.Tensor, 
 
 
 def router(x: torch.Tensor, norm_w: torch.Tensor, w_router: torch.Tensor, top_k: int,
-           noise: torch.Tensor | None = None, eps: float = 1e-5
+           noise: torch.Tensor | None = None, eps: float = 1e-5, row0: int = 0
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """RMSNorm + router + softmax + top-k (+ renorm) in one kernel: x (T, d) → h (T, d), ids (T, k), w (T, k)."""
+    """RMSNorm + router + softmax + top-k (+ renorm) in one kernel: x (T, d) → h (T, d), ids (T, k), w (T, k).
+
+    With ``noise`` (R, E), token i adds row (row0 + i) mod R (balanced routing; ``row0``: x's first packed row).
+    """
     if not use_triton(x.device):
-        return router_torch(x, norm_w, w_router, top_k, noise, eps)
+        return router_torch(x, norm_w, w_router, top_k, noise, eps, row0)
     T, D = x.shape
     E = w_router.shape[0]
     ep = max(2, _next_pow2(E))
@@ -158,7 +162,7 @@ def router(x: torch.Tensor, norm_w: torch.Tensor, w_router: torch.Tensor, top_k:
         return h, ids, tw
     nz = noise if noise is not None else tw  # a placeholder pointer when unused
     R = noise.shape[0] if noise is not None else 1
-    _router_kernel[(T,)](x, norm_w, w_router.contiguous(), nz, h, ids, tw, D, E, R, eps, x.stride(0),
+    _router_kernel[(T,)](x, norm_w, w_router.contiguous(), nz, h, ids, tw, D, E, R, row0 % R, eps, x.stride(0),
                          h.stride(0), BD=bd, EP=ep, TOPK=top_k, HAS_NOISE=noise is not None, num_warps=4)
     return h, ids, tw
 
