@@ -161,3 +161,48 @@ def test_train_sizes_itself_and_stops_at_the_validation_minimum(monkeypatch: pyt
     r = runner.train(TinyMoE(fam.model), "q", ("milton",), 1e-3, 1e9, 50, 0, 1, patience=3, val_at_start=True,
                      part="finetune")
     assert (r["kept_step"], r["early_stop"], r["steps"]) == (1, 4, 4)  # validations at steps 0, 1, 2, 3, 4
+
+
+def test_third_call_results_read_back() -> None:
+    """reports/consolidation (preset h200-v3): rows consistent with metadata, summary = what the CSV gives, and
+    the figures docs/consolidation.md quotes."""
+    import json
+
+    from moesim.consolidation.quality_report import OURS, load, summarize
+
+    report = CORPORA.parents[1] / "reports" / "consolidation"
+    q, meta, dist = load(report)
+    fam = meta["families"]["large"]
+    assert (len(q), meta["gpu"], fam["params"], fam["dispatch"]) == (462, "NVIDIA H200", 156_541_440, "loop")
+    assert fam["seeds"]["1"] == fam["seeds"]["2"] == "skipped: deadline"  # the schedule fitted one seed
+    assert set(dist) == {"large/0"}
+    for _, r in q[q.method == "alone"].iterrows():
+        ce, acc = fam["seeds"]["0"]["alone"][r.domain]
+        assert r.perplexity == pytest.approx(math.exp(ce), rel=1e-5)
+        assert r.accuracy == pytest.approx(acc, abs=1e-6)
+    # each N's subsets cover every domain: 1 × 8, 2 × 4, 3 × 3, 4 × 2 members
+    subsets = q[q.method == OURS].drop_duplicates("subset").subset.str.split("+")
+    for n, c in ((8, 1), (4, 2), (3, 3), (2, 4)):
+        mine = [s for s in subsets if len(s) == n]
+        assert len(mine) == c
+        assert {d for s in mine for d in s} == set(DOMAINS8)
+    s = json.loads((report / "summary.json").read_text())
+    assert s == json.loads(json.dumps(summarize(q, meta)))
+    pre = s["training"]["large"]["pretrain"]
+    assert (pre["tokens"], pre["kept_step"], pre["early_stop"]) == (1024 * 64 * 512, 832, 1024)
+    assert pre["convergence"]["converged"] is True
+    assert pre["convergence"]["tail_gain"] == pytest.approx(0.00374, abs=1e-5)
+    gain = s["variant_gain"]["large/0"]
+    assert sum(v < 0 for v in gain.values()) == 7
+    assert gain["milton"] == pytest.approx(0.3518, abs=1e-4)
+    dp = s["depth_profile"]["large/0"]
+    assert (dp["least_similar"], dp["deep_layers"], dp["deep_share"]) == (10, [5, 6, 7], 0.7)
+    half = {(r["n_variants"], r["budget"]): r for r in s["by_budget"]}
+    for key, worst in (((8, "0.5"), 0.0012), ((4, "0.5"), -0.0004), ((3, "0.5"), 0.0051), ((2, "all-shared"), -0.0012)):
+        assert half[key]["worst_change"] == pytest.approx(worst, abs=1e-4)
+        assert half[key]["every_domain_within_target"] is True
+    assert half[(8, "0.5")]["uniform-average"]["wins"] == 7
+    assert half[(8, "all-shared")]["worst_change"] == pytest.approx(0.0244, abs=1e-4)
+    assert s["wins"]["large"][f"{OURS} vs uniform-average"] == {
+        "cases": 99, "wins": 76, "min_margin": pytest.approx(-0.25934, abs=1e-5),
+        "median_margin": pytest.approx(0.01108, abs=1e-5)}
