@@ -206,3 +206,25 @@ def test_third_call_results_read_back() -> None:
     assert s["wins"]["large"][f"{OURS} vs uniform-average"] == {
         "cases": 99, "wins": 76, "min_margin": pytest.approx(-0.25934, abs=1e-5),
         "median_margin": pytest.approx(0.01108, abs=1e-5)}
+
+
+def test_split_train_by_position_and_by_blocks() -> None:
+    a = np.arange(25, dtype=np.uint8)
+    pre, ft = Q.split_train(a, None)
+    assert pre is a
+    assert ft is a
+    pre, ft = Q.split_train(a, 0.5)
+    assert pre.tolist() == list(range(12))
+    assert ft.tolist() == list(range(12, 25))
+    pre, ft = Q.split_train(a, 0.5, block=10)  # blocks [0, 10), [10, 20), [20, 25): first 5 of each to pretraining
+    assert pre.tolist() == [*range(5), *range(10, 15), *range(20, 25)]
+    assert ft.tolist() == [*range(5, 10), *range(15, 20)]
+    # milton with 64 KiB blocks: both halves hold text from its first and its last work, nothing lost
+    m = Q.build_domains(CORPORA)["milton"]["train"]
+    pre, ft = Q.split_train(m, 0.5, 65536)
+    assert len(pre) + len(ft) == len(m)
+    assert abs(len(pre) - len(ft)) <= 65536 // 2
+    assert pre[:100].tobytes() == m[:100].tobytes()
+    assert ft[-100:].tobytes() == m[-100:].tobytes()
+    assert Q.PRESETS["h200-v4"][0].split_block == 65536
+    assert Q.PRESETS["h200-v3"][0].split_block is None

@@ -105,6 +105,8 @@ class Family:
             only, so each fine-tune learns text its base never saw (as real fine-tunes do).
         pretrain_patience: stop pretraining once this many validations in a row have not beaten the best
             (None: never); the time saved goes to the study.
+        split_block: with ``pretrain_share``, split every block of this many bytes instead of the whole text
+            (:func:`split_train`), so both halves cover every work of a domain.
     """
 
     name: str
@@ -145,9 +147,25 @@ class Family:
     eval_batch: int = 32
     pretrain_share: float | None = None
     pretrain_patience: int | None = None
+    split_block: int | None = None
 
 
 _SMOKE = replace(CPU_CONFIG, max_seq=64)
+# Issue 12's third call (one H200, ≤ 480 s, run 2026-11-30): the ≥ 100M family alone, sized from its measured
+# speed (moesim.consolidation.schedule.size_plan): 3 seeds if they leave ≥ 120 s of pretraining, else fewer;
+# fine-tunes at peak lr 3e-4 (the second call's 1e-3 spoiled them), 48 steps, validated every 4 from step 0;
+# N = 8, 4, 3, 2 round-robin over seeds (per seed 1, 2, 3, 4 subsets: each covers every domain); budgets
+# 25/50/75 % + all-shared (100 % = the variant alone); pretraining on the first half of each domain's training
+# bytes (≤ 1100 steps ≈ 7.5 passes over its 4.68 MB, stopped after 3 validations without a new best),
+# fine-tunes on the other half only.
+_V3_LARGE = Family("large", LARGE_CONFIG, seq=512, batch=64, pretrain_lr=1.5e-3, pretrain_s=1e9,
+                   finetune_lr=3e-4, finetune_steps=48, finetune_s=40.0, warmup=30, ft_warmup=4, eval_windows=40,
+                   val_windows=12, calib_windows=4, val_every=50, ft_val_every=4, seeds=(0, 1, 2),
+                   subsets={8: 1, 4: 2, 3: 3, 2: 4}, study_s=45.0, budgets=(0.25, 0.5, 0.75), auto_schedule=True,
+                   size_at=20, min_pretrain_s=120.0, extra_per_seed_s=8.0,
+                   methods=("paper", "cluster-mean", "act-cluster-mean"), cross_seeds=1, dispatch="auto",
+                   eval_batch=64, pretrain_share=0.5, max_pretrain_steps=1100, pretrain_patience=3)
+
 PRESETS: dict[str, tuple[Family, ...]] = {
     "h200": (
         Family("large", LARGE_CONFIG, seq=512, batch=64, pretrain_lr=1.5e-3, pretrain_s=135.0, finetune_lr=1e-3,
@@ -171,20 +189,10 @@ PRESETS: dict[str, tuple[Family, ...]] = {
                val_every=50, ft_val_every=10, seeds=(0, 1, 2), subsets={2: 4, 3: 2, 4: 2, 8: 1}, study_s=50.0,
                budgets=(0.25, 0.5, 0.75), one_per_n_first=True),
     ),
-    # Issue 12's third call (one H200, ≤ 480 s): the ≥ 100M family alone, sized from its measured speed
-    # (moesim.consolidation.schedule.size_plan): 3 seeds if they leave ≥ 120 s of pretraining, else fewer;
-    # fine-tunes at peak lr 3e-4 (the last call's 1e-3 spoiled them), 48 steps, validated every 4 from step 0;
-    # N = 8, 4, 3, 2 round-robin over seeds (per seed 1, 2, 3, 4 subsets: each covers every domain); budgets 25/50/75 % + all-shared (100 % = the variant alone);
-    # pretraining on the first half of each domain's training bytes (≤ 1100 steps ≈ 7.7 passes over its 4.7 MB,
-    # stopped after 3 validations without a new best), fine-tunes on the other half only.
-    "h200-v3": (
-        Family("large", LARGE_CONFIG, seq=512, batch=64, pretrain_lr=1.5e-3, pretrain_s=1e9, finetune_lr=3e-4,
-               finetune_steps=48, finetune_s=40.0, warmup=30, ft_warmup=4, eval_windows=40, val_windows=12,
-               calib_windows=4, val_every=50, ft_val_every=4, seeds=(0, 1, 2), subsets={8: 1, 4: 2, 3: 3, 2: 4},
-               study_s=45.0, budgets=(0.25, 0.5, 0.75), auto_schedule=True, size_at=20, min_pretrain_s=120.0,
-               extra_per_seed_s=8.0, methods=("paper", "cluster-mean", "act-cluster-mean"), cross_seeds=1,
-               dispatch="auto", eval_batch=64, pretrain_share=0.5, max_pretrain_steps=1100, pretrain_patience=3),
-    ),
+    "h200-v3": (_V3_LARGE,),
+    # Prepared after the third call, NOT run: h200-v3 with the probe fixed (probe_ok) and the pretraining /
+    # fine-tuning halves interleaved in 64 KiB blocks (the byte-position cut left milton's fine-tune only verse).
+    "h200-v4": (replace(_V3_LARGE, split_block=65536),),
     # h200-v3's code paths at toy size on CPU (auto schedule, sorted dispatch, round-robin study).
     "smoke-v3": (
         Family("large", _SMOKE, seq=64, batch=8, pretrain_lr=3e-3, pretrain_s=1e9, finetune_lr=1e-3,
@@ -268,13 +276,25 @@ class Data:
                                             device=device)
             self.test[d] = torch.as_tensor(eval_windows(raw[d]["test"], fam.seq, fam.eval_windows), device=device)
         self.sizes = {d: len(self.train[d]) for d in DOMAINS8}
-        share = fam.pretrain_share
-        self.parts = {
-            "pretrain": TrainPart({d: a[: int(len(a) * share)] if share else a for d, a in self.train.items()},
-                                  device),
-            "finetune": TrainPart({d: a[int(len(a) * share):] if share else a for d, a in self.train.items()},
-                                  device),
-        }
+        halves = {d: split_train(a, fam.pretrain_share, fam.split_block) for d, a in self.train.items()}
+        self.parts = {"pretrain": TrainPart({d: h[0] for d, h in halves.items()}, device),
+                      "finetune": TrainPart({d: h[1] for d, h in halves.items()}, device)}
+
+
+def split_train(a: np.ndarray, share: float | None, block: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(pretraining bytes, fine-tuning bytes) of one domain's training bytes ``a``. ``share`` None: both are
+    all of ``a``. Else with ``block`` None: the first ``share`` of ``a`` and the rest (a cut by position, so
+    a domain made of several works can give its halves different works); with ``block`` = B: the first
+    ``int(share · B)`` bytes of every block of B bytes and the rest of it, concatenated (both halves cover the
+    whole text; a training window can straddle a seam between blocks)."""
+    if not share:
+        return a, a
+    if block is None:
+        cut = int(len(a) * share)
+        return a[:cut], a[cut:]
+    k = int(share * block)
+    starts = range(0, len(a), block)
+    return (np.concatenate([a[i : i + k] for i in starts]), np.concatenate([a[i + k : i + block] for i in starts]))
 
 
 class TrainPart:
