@@ -202,6 +202,8 @@ PRESETS: dict[str, tuple[Family, ...]] = {
                max_pretrain_steps=60, extra_per_seed_s=1.0, methods=("paper", "cluster-mean", "act-cluster-mean"),
                cross_seeds=1, dispatch="auto", eval_batch=64, pretrain_share=0.5, pretrain_patience=3),
     ),
+    # h200-v4's interleaved split at toy size (blocks of 4 KiB).
+    "smoke-v4": (),
     "smoke": (
         Family("large", _SMOKE, seq=64, batch=8, pretrain_lr=3e-3, pretrain_s=6.0, finetune_lr=2e-3,
                finetune_steps=6, finetune_s=2.0, warmup=2, eval_windows=3, val_windows=2, calib_windows=1,
@@ -213,6 +215,7 @@ PRESETS: dict[str, tuple[Family, ...]] = {
                subsets={8: 1, 2: 1}, study_s=30.0, budgets=(0.5,)),
     ),
 }
+PRESETS["smoke-v4"] = (replace(PRESETS["smoke-v3"][0], split_block=4096),)
 # (Reading order of the h200 preset's time: startup ~15 s, large: 135 + 3 × (8 × 5 + ~5 + 38) ≈ 385 s,
 #  fine: 50 + 8 × 2.5 + ~3 + 25 ≈ 100 s; the whole call ≈ 500 s of a 540 s deadline.)
 
