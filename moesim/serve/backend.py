@@ -138,12 +138,15 @@ class TorchBackend:
     def __init__(self, model: ModelSpec, gpu: GPUSpec, *, device: str = "cuda", n_tenants: int = 1,
                  execution: str = "auto", kv_bucket: int = 256, seed: int = 0, max_graphs: int = 256,
                  bucketed: bool = True, max_batch: int = 16, sms: int = 0, concurrent: bool = False,
-                 draw_experts: bool = True, host_pool: int = 0, gpu_index: int | None = None) -> None:
+                 draw_experts: bool = True, moe_kernel: str = "grouped", host_pool: int = 0,
+                 gpu_index: int | None = None) -> None:
+        # moe_kernel: ``grouped`` (torch._grouped_mm) or ``triton`` (moesim.kernels: fused MoE, and in steps run
+        # through MoEEngine.step the fused router and RoPE/KV-write kernels)
         # a fleet GPU: every call runs with CUDA device ``gpu_index`` current (build, setup, steps, counters)
         self.gpu_index = gpu_index if device == "cuda" else None
         with self.on_device():
             self._build(model, gpu, device, n_tenants, execution, kv_bucket, seed, max_graphs, bucketed, max_batch,
-                        sms, concurrent, draw_experts, host_pool)
+                        sms, concurrent, draw_experts, host_pool, moe_kernel)
         if self.gpu_index is not None:
             for name in _ON_DEVICE:
                 setattr(self, name, _on_device(self, getattr(self, name)))
@@ -154,8 +157,8 @@ class TorchBackend:
 
     def _build(self, model: ModelSpec, gpu: GPUSpec, device: str, n_tenants: int, execution: str, kv_bucket: int,
                seed: int, max_graphs: int, bucketed: bool, max_batch: int, sms: int, concurrent: bool,
-               draw_experts: bool, host_pool: int) -> None:
-        cfg = ExecutedCostConfig(device=device, tenants=n_tenants, execution=execution, moe_engine="grouped",
+               draw_experts: bool, host_pool: int, moe_kernel: str = "grouped") -> None:
+        cfg = ExecutedCostConfig(device=device, tenants=n_tenants, execution=execution, moe_engine=moe_kernel,
                                  kv_bucket=kv_bucket, max_graphs=max_graphs, seed=seed, draw_experts=draw_experts)
         self.x = GPUExecutedCost(cfg, model, gpu)
         self.model = model
