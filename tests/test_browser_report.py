@@ -48,8 +48,12 @@ class Browser:
         self._r, from_child_w = os.pipe()
 
         def fds() -> None:  # the child reads commands on fd 3 and writes replies on fd 4
+            # dup2 onto itself is a no-op that keeps close-on-exec (a script whose pipes are fds 3 and 4
+            # handed chromium none): clear the flag explicitly
             os.dup2(to_child_r, 3)
             os.dup2(from_child_w, 4)
+            os.set_inheritable(3, True)
+            os.set_inheritable(4, True)
 
         self.proc = subprocess.Popen(
             [CHROMIUM, *FLAGS, f"--user-data-dir={user_data_dir}", "about:blank"],
@@ -226,6 +230,12 @@ def test_report_renders_without_errors(browser: Browser, tmp_path: Path) -> None
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > 50_000
     print(f"screenshot: {shot}")
+    # the policy-settings table: its text column's header sits over its (left-aligned) text, not at the
+    # far right of a wide column
+    align = browser.evaluate("Array.from(document.querySelectorAll('table.params tr')).map(function (tr) {"
+                             " return getComputedStyle(tr.lastElementChild).textAlign; })")
+    assert align, "no policy-settings table"
+    assert set(align) == {"left"}, align
 
 
 def test_harness_catches_errors(browser: Browser, tmp_path: Path) -> None:

@@ -61,6 +61,16 @@ SECTIONS = [
 ]
 
 
+def _with_cost_note(title: str, kinds: str) -> str:
+    """A figure title with ``— <kinds> cost, not measured`` in its subtitle line (the small second line
+    under the title), not after it at the title's size: appended after the subtitle's span it came out
+    in the big font on the subtitle's line, and a long first line runs under plotly's toolbar at 900 px."""
+    note = f" — <b>{kinds} cost, not measured</b>"
+    if title.endswith("</span>"):
+        return title[: -len("</span>")] + note + "</span>"
+    return title + f"<br><span style=\"font-size:12px;color:#555\">{note[3:]}</span>"
+
+
 def _job_params(root: Path, job: str) -> dict[str, Any]:
     """The ``params`` of a job's summary.json ({} when absent or unreadable)."""
     try:
@@ -385,7 +395,7 @@ def build_report(sweep_dir: str | Path, *, summary: pd.DataFrame | None = None,
             fig = F.FIGURES[name](data)
             if prov:
                 kinds = ", ".join(dict.fromkeys(prov.values()))
-                fig.update_layout(title_text=fig.layout.title.text + f" — {kinds} cost, not measured")
+                fig.update_layout(title_text=_with_cost_note(fig.layout.title.text, kinds))
             parts.append(f"<h2>{_esc(title)}</h2><p class=\"note\">{_esc(text)}</p>" + figure_block(name, fig))
         parts.insert(marker, _verdict_section(data, head))
     parts.append(_failures_section(data))

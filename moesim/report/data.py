@@ -445,15 +445,24 @@ def verdict(data: SweepData, head: pd.DataFrame) -> list[str]:
         if best["sustained_at_top"]:
             text += " (the sweep's top rate: its limit lies higher)"
         others = [r for r in live if r["sustained_rate"] < top - 1e-12]
+        tied = best_rows[1:]
+        runner_text = ""
         if others:
             runner = max(others, key=lambda r: r["sustained_rate"])
             k = top / runner["sustained_rate"]
-            text += (f", {'at least ' if best['sustained_at_top'] else ''}{k:.3g}× the next best, "
-                     f"{name(runner)} ({rate_of(runner)} requests/s per tenant {cost(runner)})")
-        text += "."
-        tied = best_rows[1:]
-        if tied:
-            text += " " + "; ".join(f"{name(r)} reaches the same rate {cost(r)}" for r in tied) + "."
+            runner_text = (f"{'at least ' if best['sustained_at_top'] else ''}{k:.3g}× the next best, "
+                           f"{name(runner)} ({rate_of(runner)} requests/s per tenant {cost(runner)})")
+        if not tied:
+            text += (f", {runner_text}" if runner_text else "") + "."
+        else:
+            # several policies hold the same top rate: say so first, so the "next best" below them reads as
+            # below all of them (not as the second place after a single winner)
+            why = "fewest GPUs, then " if best["gpus"] < max(r["gpus"] for r in tied) else ""
+            at = f" at {data.chosen_rate:g} requests/s per tenant" if data.chosen_rate is not None else ""
+            text += ("; " + "; ".join(f"{name(r)} reaches the same rate {cost(r)}" for r in tied)
+                     + f" ({name(best)} is named first: {why}the lowest mean turnaround{at}).")
+            if runner_text:
+                text += f" These {len(best_rows)} policies are {runner_text}."
         if best["gpus"] > 1:
             fewer = [r for r in live if r["gpus"] < best["gpus"]]
             if fewer:
