@@ -513,7 +513,9 @@ def _compose_error_line(exc: BaseException, overrides: list[str], compose: Any) 
         if group and exc.options:
             files = {"model": " (or a config.json path)", "gpu": " (or a GPU .yaml path)"}.get(group, "")
             names = sorted(o for o in exc.options if not (files and o == "file"))
-            return f"unknown {group} {option!r}; valid: {', '.join(names)}{files}"
+            from moesim.errors import did_you_mean
+
+            return f"unknown {group} {option!r}{did_you_mean(option, names)}; valid: {', '.join(names)}{files}"
         if group == "hydra/sweeper" and option == "moesim":
             return ("hydra/sweeper=moesim not found: it is the plugin in hydra_plugins/moesim_sweeper; "
                     "reinstall with pip install -e .")

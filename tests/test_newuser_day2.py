@@ -1,0 +1,45 @@
+"""Surprises a new user met (fresh venv, the README's commands, the docs' examples, their own odd input),
+each pinned by a test that failed before its fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from moesim.errors import UserError, did_you_mean
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _simulate(tmp_path: Path, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    d = tmp_path / name
+    return subprocess.run([sys.executable, "-m", "moesim.simulate", "hydra.mode=RUN", f"hydra.run.dir={d}",
+                           "progress=false", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(("name", "valid", "hint"), [
+    ("h2000", ["a100-80gb", "h100-80gb", "h200"], " (did you mean 'h200'?)"),
+    ("multiplx", ["mig", "multiplex", "reconfig"], " (did you mean 'multiplex'?)"),
+    ("greedy", ["everywhere", "greedy_slo", "pack"], " (did you mean 'greedy_slo'?)"),
+    ("nope", ["mig", "multiplex"], ""),
+    ("", ["mig"], ""),
+])
+def test_did_you_mean(name: str, valid: list[str], hint: str) -> None:
+    assert did_you_mean(name, valid) == hint
+
+
+def test_a_misspelt_value_gets_the_nearest_valid_one(tmp_path: Path) -> None:
+    # a misspelt key got "did you mean"; a misspelt value (gpu=h2000, policy=multiplx) only the list
+    p = _simulate(tmp_path, "g", "gpu=h2000")
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [
+        "moesim: error: unknown gpu 'h2000' (did you mean 'h200'?); valid: a100-40gb, a100-80gb, b200, h100-80gb, "
+        "h100-pcie, h200, l40s (or a GPU .yaml path)"]
+    assert not (tmp_path / "g").exists()
+    from moesim.policies import POLICIES
+
+    with pytest.raises(UserError, match=r"^unknown policy 'multiplx' \(did you mean 'multiplex'\?\); valid: "):
+        POLICIES.get("multiplx")
