@@ -43,3 +43,33 @@ def test_a_misspelt_value_gets_the_nearest_valid_one(tmp_path: Path) -> None:
 
     with pytest.raises(UserError, match=r"^unknown policy 'multiplx' \(did you mean 'multiplex'\?\); valid: "):
         POLICIES.get("multiplx")
+
+
+def test_serve_says_where_its_outputs_are(tmp_path: Path) -> None:
+    # python -m moesim.serve printed its figures but not where requests.parquet & co. went (default: serve_out/)
+    from moesim.serve.config import ServeConfig
+    from moesim.serve.run import run
+
+    lines: list[str] = []
+    cfg = ServeConfig(model="tiny", device="cpu", backend="cost", clock="virtual", sim_cost="roofline",
+                      policy="multiplex", tenants=2, rate=4.0, max_requests=6, out=str(tmp_path / "s"))
+    run(cfg, [], log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert lines[-1] == (f"outputs in {tmp_path / 's'}/ (per_request_errors.parquet, "
+                         "requests.parquet, segments.parquet, simulated_requests.parquet, summary.json)")
+    for name in lines[-1].split("(")[1].rstrip(")").split(", "):
+        assert (tmp_path / "s" / name).is_file()
+
+
+def test_serve_on_cpu_says_its_comparison_is_not_one(tmp_path: Path) -> None:
+    # on the CPU, "simulated (roofline): mean turnaround -95.6%" compared this CPU with a simulated H200 and
+    # read as a broken simulator
+    pytest.importorskip("torch")
+    from moesim.serve.config import ServeConfig
+    from moesim.serve.run import run
+
+    lines: list[str] = []
+    cfg = ServeConfig(model="tiny", device="cpu", policy="multiplex", tenants=2, rate=8.0, max_requests=4,
+                      max_prompt=32, max_output=4, sim_cost="roofline", out=str(tmp_path / "s"))
+    run(cfg, [], log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    (line,) = [ln for ln in lines if ln.startswith("simulated (roofline)")]
+    assert line.endswith("(measured on this CPU, simulated on a h200: not comparable)")
