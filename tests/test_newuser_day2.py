@@ -3,6 +3,7 @@ each pinned by a test that failed before its fix."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,31 @@ def test_serve_on_cpu_says_its_comparison_is_not_one(tmp_path: Path) -> None:
     run(cfg, [], log=lambda *a, **k: lines.append(" ".join(map(str, a))))
     (line,) = [ln for ln in lines if ln.startswith("simulated (roofline)")]
     assert line.endswith("(measured on this CPU, simulated on a h200: not comparable)")
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    ([], "moesim: error: summary= is missing; valid: the summary.csv of a `python -m moesim.simulate -m "
+         "experiment=paper_a100` sweep"),
+    (["summary=SWEEP", "out=/proc/moesim_out"], "moesim: error: out=/proc/moesim_out: "),
+    (["summary=EMPTY"], "not a CSV table"),
+    (["summary=OTHER"], "not a paper_a100 sweep (policies mig, multiplex; reconfig/mig rates 0.5, 1); valid: "
+                        "reconfig and mig jobs at the paper's rates 0.005, 0.01,"),
+])
+def test_paper_compare_bad_input_is_one_moesim_error_line(args: list[str], needle: str, tmp_path: Path) -> None:
+    # no summary= said "error: summary=PATH: ..." (not moesim's prefix); an unwritable out= was a PermissionError
+    # traceback; another sweep's summary.csv gave a table of NaN and a "pooled" reduction of -38.8 %
+    import pandas as pd
+
+    (tmp_path / "empty.csv").write_text("")
+    pd.DataFrame({"policy": ["mig", "multiplex", "mig"], "rate": [0.5, 0.5, 1.0]}).to_csv(tmp_path / "o.csv")
+    subs = {"SWEEP": str(ROOT / "reports" / "paper_a100" / "summary.csv"), "EMPTY": str(tmp_path / "empty.csv"),
+            "OTHER": str(tmp_path / "o.csv")}
+    args = [a.split("=")[0] + "=" + subs.get(a.split("=")[1], a.split("=")[1]) for a in args]
+    p = subprocess.run([sys.executable, "-m", "moesim.paper_compare", "seeds=0", "protocol_reps=0", *args],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})  # this checkout's moesim, from tmp_path
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    assert needle in lines[0]
+    assert not list(tmp_path.glob("*.csv")) or {f.name for f in tmp_path.glob("*.csv")} <= {"empty.csv", "o.csv"}
