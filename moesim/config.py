@@ -722,12 +722,16 @@ def plan_command_line(argv: list[str]) -> CommandLine | None:
             raise UserError(_parse_error_line(exc, task)) from None
         hashes: list[str] = []
         costs: dict[tuple[str, ...], str] = {}
+        workloads: set[str] = set()
         for job in jobs:
             _check_seed(job)
             try:
                 cfg = checker.job(job)
                 spec = job_spec(cfg)
                 hashes.append(spec.config_hash())
+                if repr(spec.workload) not in workloads:  # a bad trace file: one line, not a failed job each
+                    workloads.add(repr(spec.workload))
+                    _check_workload(spec)
                 key = (spec.model.name, spec.gpu.name, repr(spec.cost), str(cfg.cost.get("name")))
                 if key not in costs:
                     costs[key] = _cost_line(spec, fallback=key[3] == "best")
@@ -741,6 +745,15 @@ def plan_command_line(argv: list[str]) -> CommandLine | None:
                            resume=bool(sweep.get("resume", False)), overwrite=bool(sweep.get("overwrite", False)),
                            subdir=str(OmegaConf.to_container(primary.hydra.sweep, resolve=False)["subdir"]),
                            cost_lines=tuple(dict.fromkeys(costs.values())))
+
+
+def _check_workload(spec: JobSpec) -> None:
+    """Build the job's workload (reads and validates a trace file, checks its scaling and cut), so a bad
+    file or a cut that keeps nothing stops the command before hydra creates any folder; a sweep's jobs
+    would otherwise each fail with the same message (126 failed jobs and an empty report)."""
+    from moesim.workloads import WORKLOADS
+
+    WORKLOADS.build(spec.workload.name, spec.workload)
 
 
 def _cost_line(spec: JobSpec, *, fallback: bool) -> str:

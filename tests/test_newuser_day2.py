@@ -102,3 +102,47 @@ def test_paper_compare_bad_input_is_one_moesim_error_line(args: list[str], needl
     assert len(lines) == 1, p.stderr
     assert needle in lines[0]
     assert not list(tmp_path.glob("*.csv")) or {f.name for f in tmp_path.glob("*.csv")} <= {"empty.csv", "o.csv"}
+
+
+@pytest.mark.parametrize("mode", ["run", "sweep"])
+def test_a_bad_trace_file_is_one_line_before_any_folder_or_job(tmp_path: Path, mode: str) -> None:
+    # a single run left D/.hydra and an empty simulate.log behind; the default sweep on a bad trace ran 126
+    # jobs that each failed with the same message, wrote an empty report and exited 1
+    trace = tmp_path / "neg.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens\n0,10,5\n1,-3,6\n")
+    d = tmp_path / "out"
+    where = ["hydra.mode=RUN", f"hydra.run.dir={d}"] if mode == "run" else [f"hydra.sweep.dir={d}"]
+    p = subprocess.run([sys.executable, "-m", "moesim.simulate", *where, "progress=false", "workload=trace",
+                        f"workload.path={trace}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("moesim: error:")]
+    assert len(lines) == 1, p.stderr
+    assert f"trace file '{trace}': row 2: prompt_tokens='-3' is negative; must be an integer in 1.." in lines[0]
+    assert "Traceback" not in p.stderr
+    assert "job " not in p.stderr.replace("(job: ", "")  # no "job 5 failed" lines
+    assert not d.exists()
+
+
+def test_a_trace_is_read_once_in_a_single_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command line's check and the job share one read (same file version and options)."""
+    from moesim.workloads import WORKLOADS, loader, trace
+
+    f = tmp_path / "t.csv"
+    f.write_text("arrival_s,prompt_tokens,output_tokens\n0,10,5\n1,20,6\n")
+    calls: list[str] = []
+    real = loader.read_trace
+
+    def counting(*a, **k):  # type: ignore[no-untyped-def]
+        calls.append(str(a[0]))
+        return real(*a, **k)
+
+    monkeypatch.setattr(trace, "read_trace", counting)
+    trace._read_cached.cache_clear()
+    a = WORKLOADS.build("trace", {"path": str(f)})
+    b = WORKLOADS.build("trace", {"path": str(f), "rate": 0.5})
+    assert len(calls) == 1
+    assert [r.arrival_s for r in a.generate(0)] == [0.0, 1.0]
+    assert len(b.generate(0)) == 2
+    f.write_text("arrival_s,prompt_tokens,output_tokens\n0,10,5\n1,20,6\n2,30,7\n")  # a new version: read again
+    assert len(WORKLOADS.build("trace", {"path": str(f)}).generate(0)) == 3
+    assert len(calls) == 2

@@ -25,6 +25,14 @@ from moesim.search.prices import DEFAULT_PRICES, PriceTable
 PALETTE = qualitative.D3 + qualitative.Set2
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
 SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "cross")
+FILLS = ("", "-open", "-dot", "-open-dot")  # one per GPU type: filled, hollow, dotted, hollow dotted
+
+
+def symbol(pi: int, gi: int) -> str:
+    """The marker of policy ``pi`` on GPU type ``gi`` (indices in sorted order), the same in every figure:
+    the shape is the policy's (so coinciding policies stay apart), the fill the GPU type's (so one policy on
+    two GPU types stays apart, also where a single load draws lone markers and no dash shows)."""
+    return SYMBOLS[pi % len(SYMBOLS)] + FILLS[gi % len(FILLS)]
 FONT = {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 13}
 
 
@@ -78,7 +86,7 @@ def frontier(trials: pd.DataFrame, target: float, answer: Any, currency: str) ->
             fig.add_trace(go.Scatter(
                 x=[float(v) for v in d["usd_per_hour"]], y=[float(v) for v in d["attainment_min"]],
                 mode="markers", name=f"{pol} · {gpu}", legendgroup=pol, text=text,
-                marker={"color": col[pol], "symbol": SYMBOLS[gi % len(SYMBOLS)], "size": 8, "opacity": 0.75},
+                marker={"color": col[pol], "symbol": symbol(policies.index(pol), gi), "size": 8, "opacity": 0.75},
                 hovertemplate="%{text}<br>%{x:.2f}/hour<br>attainment %{y:.3f}<extra></extra>"))
     if len(df):
         d = df.sort_values(["usd_per_hour", "attainment_min"], ascending=[True, False])
@@ -113,8 +121,8 @@ def needed_vs_rate(needed: pd.DataFrame, rates: dict[float, float]) -> go.Figure
     policies = sorted(needed["policy"].unique())
     col = _colors(policies)
     gpus = sorted(needed["gpu"].unique())
-    # a policy is a colour, a GPU type a marker symbol (as in the frontier figure) and a dash: with a single
-    # load there are no lines, so the marker alone must tell two GPU types of one policy apart. Lines that
+    # a policy is a colour and a marker shape, a GPU type a marker fill and a dash (as in the frontier
+    # figure): with a single load there are no lines, so the marker alone must tell them apart. Lines that
     # coincide (two policies needing the same GPUs at every rate) stay visible: a policy drawn earlier is
     # wider with larger markers, so it shows around the ones drawn over it
     for pi, pol in enumerate(policies):
@@ -132,7 +140,7 @@ def needed_vs_rate(needed: pd.DataFrame, rates: dict[float, float]) -> go.Figure
             fig.add_trace(go.Scatter(
                 x=xs, y=ys, mode="lines+markers", name=f"{pol} · {gpu}", legendgroup=pol,
                 line={"color": col[pol], "dash": DASHES[gi % len(DASHES)], "width": 2 + 1.5 * under},
-                marker={"symbol": SYMBOLS[gi % len(SYMBOLS)], "size": 7 + 3 * under},
+                marker={"symbol": symbol(pi, gi), "size": 7 + 3 * under},
                 hovertemplate=f"{pol} on {gpu}<br>%{{x:.3g}} req/s: %{{y}} GPUs<extra></extra>"))
     if not fig.data:  # nothing feasible anywhere: an empty axis says so rather than a blank div
         fig.add_trace(go.Scatter(x=[], y=[], name="no fleet meets the target"))
