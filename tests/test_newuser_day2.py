@@ -146,3 +146,20 @@ def test_a_trace_is_read_once_in_a_single_run(tmp_path: Path, monkeypatch: pytes
     f.write_text("arrival_s,prompt_tokens,output_tokens\n0,10,5\n1,20,6\n2,30,7\n")  # a new version: read again
     assert len(WORKLOADS.build("trace", {"path": str(f)}).generate(0)) == 3
     assert len(calls) == 2
+
+
+def test_a_docs_profile_path_outside_a_checkout_names_the_shipped_file(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # docs/calibration.md's profile=calibration/profiles/h200__mixtral-8x7b.parquet, run from any other folder,
+    # said only "no such file"; the shipped profile of that name is one copy-paste away
+    from moesim.formats.profile import read_profile
+    from moesim.resources import shipped_profiles_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MOESIM_PROFILES_DIR", str(tmp_path / "none"))
+    with pytest.raises(UserError) as e:
+        read_profile("calibration/profiles/h200__mixtral-8x7b.parquet")
+    assert str(e.value) == (f"profile calibration/profiles/h200__mixtral-8x7b.parquet: no such file (in {tmp_path}); "
+                            f"a profile of that name is at {shipped_profiles_dir() / 'h200__mixtral-8x7b.parquet'}")
+    with pytest.raises(UserError, match=r"^profile nope\.parquet: no such file$"):
+        read_profile("nope.parquet")
