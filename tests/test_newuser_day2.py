@@ -163,3 +163,27 @@ def test_a_docs_profile_path_outside_a_checkout_names_the_shipped_file(tmp_path:
                             f"a profile of that name is at {shipped_profiles_dir() / 'h200__mixtral-8x7b.parquet'}")
     with pytest.raises(UserError, match=r"^profile nope\.parquet: no such file$"):
         read_profile("nope.parquet")
+
+
+def test_timeline_lists_instances_in_name_order(tmp_path: Path) -> None:
+    # the default report's timeline showed mig1 above mig0 and gpu1 above gpu0 (the order of the first
+    # segment in the window), and would put gpu10 before gpu2
+    import pandas as pd
+    from test_report_helpers import make_sweep, read_figures
+
+    from moesim.report import build_report
+
+    root = make_sweep(tmp_path / "s", failed=False, incomplete=False)
+    for d in root.iterdir():
+        f = d / "segments.parquet"
+        if f.exists():
+            seg = pd.read_parquet(f)
+            seg["instance"] = ["gpu1", "gpu10", "gpu0", "gpu2"]
+            seg.to_parquet(f)
+    fig = read_figures(build_report(root).read_text())["timeline"]
+    axes = [k for k in fig["layout"] if k.startswith("yaxis")]
+    assert len(axes) == 3  # one row per policy
+    for k in axes:
+        assert fig["layout"][k]["categoryarray"] == ["gpu0", "gpu1", "gpu2", "gpu10"], k
+        assert fig["layout"][k]["categoryorder"] == "array"
+        assert fig["layout"][k]["autorange"] == "reversed"  # the first on top

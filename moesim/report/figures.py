@@ -279,6 +279,13 @@ def memory(data: SweepData) -> go.Figure:
     return fig
 
 
+def _natural(name: str) -> tuple[Any, ...]:
+    """Sort key reading digit runs as numbers: gpu2 < gpu10, gpu1/mig0 < gpu1/mig1 < gpu2/mig0."""
+    import re
+
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
+
+
 def timeline(data: SweepData, max_segments: int = 3000) -> go.Figure:
     """Per series (a row each) and instance: prefill/decode batches and swaps over a short window, with
     the expert fetches of each segment as markers (size ~ fetches)."""
@@ -294,6 +301,10 @@ def timeline(data: SweepData, max_segments: int = 3000) -> go.Figure:
     shown: set[str] = set()
     for i, (s, j) in enumerate(rows, start=1):
         seg = data.segments(j)
+        # instances in name order (gpu0 above gpu1, mig0 above mig1, gpu2 above gpu10), every one of the
+        # run's, also one idle in the window; plotly's order was the first segment's in the window
+        order = sorted(seg["instance"].astype(str).unique(), key=_natural)
+        fig.update_yaxes(categoryorder="array", categoryarray=order, type="category", row=i, col=1)
         seg = seg[(seg["end_s"] > t0) & (seg["start_s"] < t1)]
         if len(seg) > max_segments:  # say so in the row's title: the window holds more than is drawn
             fig.layout.annotations[i - 1].text += f" — first {max_segments} of {len(seg)} segments"
