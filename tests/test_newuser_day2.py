@@ -187,3 +187,20 @@ def test_timeline_lists_instances_in_name_order(tmp_path: Path) -> None:
         assert fig["layout"][k]["categoryarray"] == ["gpu0", "gpu1", "gpu2", "gpu10"], k
         assert fig["layout"][k]["categoryorder"] == "array"
         assert fig["layout"][k]["autorange"] == "reversed"  # the first on top
+
+
+def test_specs_table_shows_what_auto_is_and_no_zero_sizes() -> None:
+    # python -m moesim.specs listed switch-base-8 and tiny with expert_format "auto" (the others bf16, fp8, …)
+    # and tiny with 0.0 B parameters and a 0.0 GB non-expert set
+    from moesim.specs import get_model
+    from moesim.specs.__main__ import model_row
+
+    tiny = model_row(get_model("tiny"))
+    m = get_model("tiny")
+    assert tiny["expert_format"] == "bf16"
+    assert m.dtype_bytes == 2
+    assert tiny["total_params_B"] == float(f"{m.total_params / 1e9:.3g}") > 0
+    assert tiny["nonexpert_GB"] == float(f"{m.nonexpert_bytes / 1e9:.3g}") > 0
+    assert model_row(get_model("switch-base-8"))["expert_format"] == "bf16"
+    big = model_row(get_model("mixtral-8x7b"))
+    assert (big["total_params_B"], big["expert_format"]) == (46.703, "bf16")
