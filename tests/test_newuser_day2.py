@@ -204,3 +204,27 @@ def test_specs_table_shows_what_auto_is_and_no_zero_sizes() -> None:
     assert model_row(get_model("switch-base-8"))["expert_format"] == "bf16"
     big = model_row(get_model("mixtral-8x7b"))
     assert (big["total_params_B"], big["expert_format"]) == (46.703, "bf16")
+
+
+def test_headline_changes_near_minus_100_and_against_itself(tmp_path: Path) -> None:
+    # a −99.97% change printed as −100.0% (zero time), and each baseline's own "vs" cell read "+0.0%", as if
+    # measured
+    import re
+
+    from test_report_helpers import make_sweep
+
+    from moesim.report import build_report
+    from moesim.report.page import fmt_pct
+
+    assert fmt_pct(-99.97) == '<span class="better">−99.97%</span>'
+    assert fmt_pct(-99.994) == '<span class="better">−99.99%</span>'
+    assert fmt_pct(-85.04) == '<span class="better">−85.0%</span>'
+    assert fmt_pct(-100.0) == '<span class="better">−100.0%</span>'
+    html = build_report(make_sweep(tmp_path / "s", failed=False, incomplete=False)).read_text()
+    mig = re.search(r"<tr><td>mig</td>(.*?)</tr>", html).group(1)
+    reconfig = re.search(r"<tr><td>reconfig</td>(.*?)</tr>", html).group(1)
+    multiplex = re.search(r"<tr><td>multiplex</td>(.*?)</tr>", html).group(1)
+    assert mig.count("baseline") == 2  # turnaround and TTFT vs mig
+    assert reconfig.count("baseline") == 2
+    assert "baseline" not in multiplex
+    assert "+0.0%" not in mig + reconfig

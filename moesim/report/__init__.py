@@ -20,7 +20,7 @@ import pandas as pd
 from moesim.errors import UserError
 from moesim.io import write_text
 from moesim.report import figures as F
-from moesim.report.data import SweepData, headline, verdict
+from moesim.report.data import SweepData, baseline_series, headline, verdict
 from moesim.report.options import ReportOptions, check_options, options_from_sweep
 from moesim.report.page import _esc, data_block, figure_block, fmt, fmt_pct, kv_table, page, table
 
@@ -246,6 +246,9 @@ def _headline_section(data: SweepData, head: pd.DataFrame) -> str:
             if short == "ttft":
                 row += [fmt(r["mean_ttft_s_at_rate"])]
             for b in bases:
+                if r["policy"] == b and baseline_series(data, r["series"], b) == r["series"]:
+                    row += ['<span class="note">baseline</span>']  # itself: "+0.0%" read as a measured tie
+                    continue
                 title = _esc(_ratio_title(r.get(f"{short}_ratios_vs_{b}") or {}))
                 row += [f'<span title="{title}">{fmt_pct(r.get(f"{short}_pct_vs_{b}", float("nan")))}</span>']
         sr = r["sustained_rate"]

@@ -95,7 +95,12 @@ def fmt_pct(x: float) -> str:
         return "—"
     cls = "better" if x < -0.05 else "worse" if x > 0.05 else ""
     sign = "−" if x < 0 else "+"
-    return f'<span class="{cls}">{sign}{abs(x):.1f}%</span>'
+    text = f"{abs(x):.1f}"
+    for digits in (2, 3, 4):  # −99.97% is not −100% (that would take no time at all): more digits
+        if not (text.startswith("100.") and -100.0 < x < 0):
+            break
+        text = f"{abs(x):.{digits}f}"
+    return f'<span class="{cls}">{sign}{text}%</span>'
 
 
 def table(df: pd.DataFrame, header: list[str], cells: list[list[str]], cls: str = "") -> str:
