@@ -117,7 +117,8 @@ def _run_single(cfg: DictConfig, out: Path, overrides: list[str], extra: dict[st
         raise UserError(f"hydra.run.dir={out}: cannot write the outputs ({exc.strerror or exc}); "
                         "files already written are complete (atomic writes)") from None
     rejected = f" ({s['rejected']} rejected)" if s.get("rejected") else ""
-    print(f"moesim: {s['n_requests']} requests{rejected}, mean turnaround {s['mean_turnaround_s']:.3f} s, "
+    n = int(s["n_requests"])
+    print(f"moesim: {n:,} request{'s' if n != 1 else ''}{rejected}, mean turnaround {s['mean_turnaround_s']:.3f} s, "
           f"mean TTFT {s['mean_ttft_s']:.3f} s, {s['throughput_rpm']:.2f} req/min; "
           f"outputs in {out}/ ({job.SUMMARY}, {job.REQUESTS})")
 

@@ -228,3 +228,22 @@ def test_headline_changes_near_minus_100_and_against_itself(tmp_path: Path) -> N
     assert reconfig.count("baseline") == 2
     assert "baseline" not in multiplex
     assert "+0.0%" not in mig + reconfig
+
+
+def test_counts_in_one_line_summaries_agree_in_number(tmp_path: Path) -> None:
+    # a one-row trace said "replaying 1 of 1 requests" and "moesim: 1 requests, ..."; a fleet's 2789 requests
+    # had no thousands separator while the workload line said 2,789
+    from moesim.workloads import WORKLOADS
+
+    f = tmp_path / "one.csv"
+    f.write_text("arrival_s,prompt_tokens,output_tokens\n0,10,5\n")
+    wl = WORKLOADS.build("trace", {"path": str(f)})
+    assert wl.selection(1) == f"replaying 1 of 1 request of {f} (whole trace; 0.0 s)"
+    p = _simulate(tmp_path, "one", "workload=trace", f"workload.path={f}")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[-1].startswith("moesim: 1 request, mean turnaround ")
+    p = _simulate(tmp_path, "many", "workload.tenants=8", "workload.rate=0.5", "workload.duration_s=300")
+    assert p.returncode == 0, p.stderr
+    n = int(p.stderr.split("generated ")[1].split(" ")[0].replace(",", ""))
+    assert n > 1000
+    assert p.stdout.splitlines()[-1].startswith(f"moesim: {n:,} requests, mean turnaround ")
