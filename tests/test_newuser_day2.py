@@ -247,3 +247,22 @@ def test_counts_in_one_line_summaries_agree_in_number(tmp_path: Path) -> None:
     n = int(p.stderr.split("generated ")[1].split(" ")[0].replace(",", ""))
     assert n > 1000
     assert p.stdout.splitlines()[-1].startswith(f"moesim: {n:,} requests, mean turnaround ")
+
+
+def test_timeline_names_a_fleets_whole_gpus_plainly(tmp_path: Path) -> None:
+    # a fleet sweep's timeline labelled its rows "gpu0/gpu0" and "gpu1/gpu0" (GPU k's instance gpu0)
+    import pandas as pd
+    from test_report_helpers import make_sweep, read_figures
+
+    from moesim.report import build_report
+
+    root = make_sweep(tmp_path / "s", failed=False, incomplete=False)
+    for d in root.iterdir():
+        f = d / "segments.parquet"
+        if f.exists():
+            seg = pd.read_parquet(f)
+            seg["instance"] = ["gpu1/gpu0", "gpu0/gpu0", "gpu1/mig0:3g.71gb", "gpu0/gpu0"]
+            seg.to_parquet(f)
+    fig = read_figures(build_report(root).read_text())["timeline"]
+    assert fig["layout"]["yaxis"]["categoryarray"] == ["gpu0", "gpu1", "gpu1/mig0:3g.71gb"]
+    assert {y for t in fig["data"] for y in (t.get("y") or [])} <= {"gpu0", "gpu1", "gpu1/mig0:3g.71gb"}

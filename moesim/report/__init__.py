@@ -396,6 +396,8 @@ def build_report(sweep_dir: str | Path, *, summary: pd.DataFrame | None = None,
         parts.append(_config_section(data))
         for name, title, text in SECTIONS:
             fig = F.FIGURES[name](data)
+            if name in ("turnaround", "ttft", "throughput", "slo", "cdf"):  # the figures with a policy legend
+                F.legend_below(fig, list(data.series))
             if prov:
                 kinds = ", ".join(dict.fromkeys(prov.values()))
                 fig.update_layout(title_text=_with_cost_note(fig.layout.title.text, kinds))
