@@ -236,6 +236,11 @@ def test_report_renders_without_errors(browser: Browser, tmp_path: Path) -> None
                              " return getComputedStyle(tr.lastElementChild).textAlign; })")
     assert align, "no policy-settings table"
     assert set(align) == {"left"}, align
+    # the failed jobs' overrides and messages are words: left-aligned, as are their headers
+    align = browser.evaluate("Array.from(document.querySelectorAll('table.text td, table.text th')).map("
+                             "function (c) { return getComputedStyle(c).textAlign; })")
+    assert align, "no table of jobs without results"
+    assert set(align) == {"left"}, align
 
 
 def test_harness_catches_errors(browser: Browser, tmp_path: Path) -> None:

@@ -309,7 +309,7 @@ def _failures_section(data: SweepData) -> str:
             "failed ones wrote error.json (with the traceback) in their dir; incomplete ones were still "
             "running or were killed; unreadable ones have a file that is empty, truncated, corrupt or missing "
             "(the reason is listed).</div><div class=\"wide\">"
-            + table(bad, ["job", "status", "overrides", "error"], cells) + "</div>")
+            + table(bad, ["job", "status", "overrides", "error"], cells, "text") + "</div>")
 
 
 def _print_line(line: str) -> None:

@@ -34,6 +34,7 @@ table.kv td:first-child { font-weight: 600; } table.kv td { text-align: left; }
 .figure { min-height: 200px; } #js-errors { color: #b42318; white-space: pre-wrap; }
 code { background: #f4f6f9; padding: 0 .25rem; border-radius: 3px; }
 div.wide { max-width: 100%; overflow-x: auto; } table.params td:last-child, table.params th:last-child { text-align: left; }
+table.text td, table.text th { text-align: left; }  /* rows of words (failed jobs): read from the left */
 .verdict { background: #eef6ee; border: 1px solid #9ccf9c; padding: .7rem 1rem; border-radius: 6px;
            max-width: 960px; font-size: 1.02rem; }
 th { hyphens: auto; }
