@@ -266,3 +266,19 @@ def test_timeline_names_a_fleets_whole_gpus_plainly(tmp_path: Path) -> None:
     fig = read_figures(build_report(root).read_text())["timeline"]
     assert fig["layout"]["yaxis"]["categoryarray"] == ["gpu0", "gpu1", "gpu1/mig0:3g.71gb"]
     assert {y for t in fig["data"] for y in (t.get("y") or [])} <= {"gpu0", "gpu1", "gpu1/mig0:3g.71gb"}
+
+
+@pytest.mark.parametrize(("sep", "shown"), [(";", "';'"), ("\t", "'\\t'")])
+def test_a_semicolon_or_tab_separated_csv_says_so(tmp_path: Path, sep: str, shown: str) -> None:
+    # "missing column 'arrival_s' or 'timestamp' (has: arrival_s;prompt_tokens;output_tokens)" named the
+    # column it said was missing
+    from moesim.workloads import read_trace
+
+    f = tmp_path / "t.csv"
+    f.write_text(sep.join(["arrival_s", "prompt_tokens", "output_tokens"]) + "\n" + sep.join(["0", "10", "5"]) + "\n")
+    with pytest.raises(UserError) as e:
+        read_trace(f)
+    msg = str(e.value)
+    assert msg.startswith(f"trace file '{f}': missing column 'arrival_s' or 'timestamp' (has: ")
+    assert msg.endswith(f"; the file seems separated by {shown}, moesim reads comma-separated CSV: save it with commas")
+    assert "\n" not in msg

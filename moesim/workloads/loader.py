@@ -255,11 +255,15 @@ def _match_columns(header: list[str], mapping: Mapping[str, str], where: str) ->
             raise UserError(f"{where}: {what}; choose one with workload.columns.{fld}=<column>")
         if hits:
             cols[fld] = hits[0]
+    # one column whose name holds ';' or a tab: the file is not comma-separated (a European spreadsheet's CSV)
+    sep = next((c for c in (";", "\t", "|") if len(header) == 1 and c in header[0]), None)
+    hint = (f"; the file seems separated by {sep!r}, moesim reads comma-separated CSV: save it with commas"
+            if sep else "")
     if "arrival_s" not in cols and "timestamp" not in cols:
-        raise UserError(f"{where}: missing column 'arrival_s' or 'timestamp' (has: {have}); need {NEEDED}")
+        raise UserError(f"{where}: missing column 'arrival_s' or 'timestamp' (has: {have}); need {NEEDED}{hint}")
     for need in ("prompt_tokens", "output_tokens"):
         if need not in cols:
-            raise UserError(f"{where}: missing column {need!r} (has: {have}); need {NEEDED}")
+            raise UserError(f"{where}: missing column {need!r} (has: {have}); need {NEEDED}{hint}")
     return cols
 
 
