@@ -353,6 +353,26 @@ def _is_job_dir(p: Path) -> bool:
     return p.is_dir() and any((p / n).exists() for n in (".hydra", job.SUMMARY, job.ERROR, job.REQUESTS))
 
 
+def check_run_dir(plan: CommandLine) -> None:
+    """Refuse a single run into a ``hydra.run.dir`` that holds another run's results (a summary.json of
+    another config): they would be overwritten file by file, and lost. The same config again (a re-run,
+    deterministic) or ``sweep.overwrite=true`` writes over them."""
+    root = Path(plan.out_dir)
+    f = root / job.SUMMARY
+    if plan.overwrite or not plan.hashes or not f.is_file():
+        return
+    try:
+        rec = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return  # a damaged summary: nothing complete to lose
+    if not isinstance(rec, dict) or rec.get("config_hash") in (None, plan.hashes[0]):
+        return
+    what = ", ".join(f"{k}={rec[k]}" for k in ("policy", "model", "gpu", "workload", "rate", "tenants", "seed")
+                     if k in rec)
+    raise UserError(f"hydra.run.dir={root} holds another run's results ({what}); add sweep.overwrite=true to "
+                    "replace them, or choose another hydra.run.dir")
+
+
 def prepare_sweep_dir(plan: CommandLine) -> int:
     """Make ``plan.out_dir`` ready for the sweep; the number of finished jobs kept (resume).
 

@@ -282,3 +282,27 @@ def test_a_semicolon_or_tab_separated_csv_says_so(tmp_path: Path, sep: str, show
     assert msg.startswith(f"trace file '{f}': missing column 'arrival_s' or 'timestamp' (has: ")
     assert msg.endswith(f"; the file seems separated by {shown}, moesim reads comma-separated CSV: save it with commas")
     assert "\n" not in msg
+
+
+def test_a_single_run_does_not_overwrite_another_runs_results(tmp_path: Path) -> None:
+    # hydra.run.dir=D of a finished run, then policy=mig into the same D: its files were silently replaced
+    # (a sweep dir was already protected); the same command again, or sweep.overwrite=true, still writes
+    import json
+
+    first = _simulate(tmp_path, "D", "workload.duration_s=30")
+    assert first.returncode == 0, first.stderr
+    before = (tmp_path / "D" / "requests.parquet").read_bytes()
+    again = _simulate(tmp_path, "D", "workload.duration_s=30")  # the same run: allowed, same results
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "D" / "requests.parquet").read_bytes() == before
+    other = _simulate(tmp_path, "D", "workload.duration_s=30", "policy=mig")
+    assert other.returncode == 2
+    assert other.stderr.strip().splitlines()[-1] == (
+        f"moesim: error: hydra.run.dir={tmp_path / 'D'} holds another run's results (policy=reconfig, "
+        "model=mixtral-8x7b, gpu=h200, workload=poisson, rate=0.05, tenants=2, seed=0); add sweep.overwrite=true "
+        "to replace them, or choose another hydra.run.dir")
+    assert (tmp_path / "D" / "requests.parquet").read_bytes() == before
+    assert json.loads((tmp_path / "D" / "summary.json").read_text())["policy"] == "reconfig"
+    forced = _simulate(tmp_path, "D", "workload.duration_s=30", "policy=mig", "sweep.overwrite=true")
+    assert forced.returncode == 0, forced.stderr
+    assert json.loads((tmp_path / "D" / "summary.json").read_text())["policy"] == "mig"
