@@ -805,11 +805,19 @@ def simulate_help(argv: list[str]) -> str:
             chosen[k] = v
     composed = _composed_for_help(argv)
     regs = registries()
+    def presets(group: str) -> list[str]:  # option files under conf/ (cost=paper_a100, experiment=paper_a100)
+        d = Path(CONF_DIR) / group
+        return sorted(f.stem for f in d.glob("*.yaml")) if d.is_dir() else []
+
     options = {"model": sorted(MODEL_SPECS), "gpu": sorted(GPU_SPECS),
-               **{g: sorted(r.names()) + (["best"] if g == "cost" else []) for g, r in regs.items()}}
+               **{g: sorted({*r.names(), *presets(g)}) + (["best"] if g == "cost" else [])
+                  for g, r in regs.items()}}
+    if presets("experiment"):
+        options["experiment"] = presets("experiment")
+        chosen.setdefault("experiment", "none")
     out = ["usage: python -m moesim.simulate [-m] [key=value ...]   (hydra overrides)", "",
-           "Simulate serving several fine-tuned MoE LLMs on one GPU under sharing policies. Without arguments:",
-           "the default policy comparison sweep (sweep.*) and its report.html. One job:",
+           "Simulate serving several fine-tuned MoE LLMs on one GPU or a fleet under sharing policies.",
+           "Without arguments: the default policy comparison sweep (sweep.*) and its report.html. One job:",
            "  python -m moesim.simulate hydra.mode=RUN hydra.run.dir=D policy=mig workload.rate=0.05 seed=1",
            "A sweep:  python -m moesim.simulate -m hydra.sweep.dir=D policy=reconfig,mig workload.rate=0.02,0.05",
            "", "choices (group=option):"]

@@ -306,3 +306,13 @@ def test_a_single_run_does_not_overwrite_another_runs_results(tmp_path: Path) ->
     forced = _simulate(tmp_path, "D", "workload.duration_s=30", "policy=mig", "sweep.overwrite=true")
     assert forced.returncode == 0, forced.stderr
     assert json.loads((tmp_path / "D" / "summary.json").read_text())["policy"] == "mig"
+
+
+def test_simulate_help_lists_the_preset_options_errors_accept() -> None:
+    # --help listed cost= without paper_a100 and no experiment= at all, while both are valid (the docs use them)
+    from moesim.config import simulate_help
+
+    text = simulate_help([])
+    assert "  cost=best  (one of: constant, paper_a100, profile, profile_mixed, roofline, best)" in text
+    assert "  experiment=none  (one of: paper_a100)" in text
+    assert "on one GPU or a fleet" in text
