@@ -316,3 +316,20 @@ def test_simulate_help_lists_the_preset_options_errors_accept() -> None:
     assert "  cost=best  (one of: constant, paper_a100, profile, profile_mixed, roofline, best)" in text
     assert "  experiment=none  (one of: paper_a100)" in text
     assert "on one GPU or a fleet" in text
+
+
+def test_the_quality_study_finds_the_corpora_from_another_folder(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # docs/consolidation.md's `python -m moesim.consolidation.quality_study preset=smoke device=cpu out=/tmp/q`,
+    # run from any folder but the repository's root: "corpus file '<cwd>/corpora/data/wikitext2/train.txt'
+    # not found" (the default corpora=corpora/data was read relative to the current folder)
+    from moesim.consolidation.corpus import corpora_root, load_split
+
+    monkeypatch.chdir(tmp_path)
+    assert corpora_root("corpora/data") == ROOT / "corpora" / "data"
+    assert len(load_split("corpora/data", "milton", "test")) == (ROOT / "corpora/data/milton/test.txt").stat().st_size
+    (tmp_path / "corpora" / "data").mkdir(parents=True)  # a folder of that name here wins
+    assert corpora_root("corpora/data") == Path("corpora/data")
+    with pytest.raises(UserError, match=r"corpus file 'corpora/data/milton/test.txt' not found; the corpora come "
+                                        r"with a source checkout"):
+        load_split("corpora/data", "milton", "test")
