@@ -333,3 +333,19 @@ def test_the_quality_study_finds_the_corpora_from_another_folder(tmp_path: Path,
     with pytest.raises(UserError, match=r"corpus file 'corpora/data/milton/test.txt' not found; the corpora come "
                                         r"with a source checkout"):
         load_split("corpora/data", "milton", "test")
+
+
+def test_quality_report_panels_share_one_x_title() -> None:
+    # the committed quality report's 4-panel figures repeated "memory / N separate models" under each panel,
+    # and at 900 px the four titles ran into each other
+    from moesim.consolidation.quality_report import _figures, load, summarize
+
+    q, meta, _ = load(ROOT / "reports" / "consolidation")
+    figs = {key: fig for key, _, fig in _figures(q, summarize(q, meta))}
+    multi = [f for k, f in figs.items() if k.endswith("_change") and len(f.layout.annotations) > 2]
+    assert multi, sorted(figs)
+    for f in multi:
+        axes = [a for a in f.layout if a.startswith("xaxis")]
+        assert len(axes) >= 2
+        assert all(not (f.layout[a].title.text or "") for a in axes)
+        assert [a.text for a in f.layout.annotations].count("memory / N separate models") == 1
