@@ -264,8 +264,9 @@ def test_harness_catches_errors(browser: Browser, tmp_path: Path) -> None:
     assert browser.evaluate("document.getElementById('js-errors').hidden") is False
 
 
-@pytest.mark.parametrize(("width", "gpu"), [(900, "h200"), (1400, "h200"), (900, "h200-nvl-custom-node-a")])
-def test_nothing_overlaps_at_width(browser: Browser, tmp_path: Path, width: int, gpu: str) -> None:
+@pytest.mark.parametrize(("width", "gpu", "derived"), [(900, "h200", False), (1400, "h200", False),
+                                                       (900, "h200-nvl-custom-node-a", False), (900, "h200", True)])
+def test_nothing_overlaps_at_width(browser: Browser, tmp_path: Path, width: int, gpu: str, derived: bool) -> None:
     """At 900 and 1400 px: no title, subplot title, legend, axis title or tick label under plotly's toolbar
     or over another, none past its figure's edge, and no horizontal scrolling of the page. Series
     names are long here (the seed-1 jobs claim another GPU, so every series is “policy · gpu=…”)."""
@@ -273,7 +274,7 @@ def test_nothing_overlaps_at_width(browser: Browser, tmp_path: Path, width: int,
 
     from moesim.io import write_json
 
-    root = make_sweep(tmp_path / "sweep")
+    root = make_sweep(tmp_path / "sweep", derived=derived)  # derived: each title gets a "not measured" line
     for d in root.iterdir():
         if (d / "summary.json").exists():
             s = _json.loads((d / "summary.json").read_text())
@@ -289,7 +290,7 @@ def test_nothing_overlaps_at_width(browser: Browser, tmp_path: Path, width: int,
         state = browser.evaluate(OVERLAPS)
         out = Path(os.environ.get("MOESIM_ARTIFACTS") or tmp_path)
         out.mkdir(parents=True, exist_ok=True)
-        browser.screenshot(out / f"report_{width}px_{gpu}.png")
+        browser.screenshot(out / f"report_{width}px_{gpu}{'_derived' if derived else ''}.png")
     finally:
         browser.call("Emulation.setDeviceMetricsOverride", session=True, width=1400, height=1000,
                      deviceScaleFactor=1, mobile=False)

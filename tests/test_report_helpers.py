@@ -148,6 +148,8 @@ def test_log_ticks_label_decades_or_1_2_5_never_every_digit():
     assert log_ticks(np.array([0.4, 2.0, 9.0])) == {"tickvals": [0.5, 1.0, 2.0, 5.0, 10.0],
                                                     "ticktext": ["0.5", "1", "2", "5", "10"]}
     assert log_ticks(np.array([0.35, 6.0]))["ticktext"] == ["0.5", "1", "2", "5"]
-    assert log_ticks(np.array([1.0, 2.5])) == {}                          # 0.4 decade: plotly's own
+    assert log_ticks(np.array([1.0, 2.5]))["ticktext"] == ["0.1", "0.2", "0.5", "1", "2", "5", "10", "20"]
+    # one value (a one-job report): plotly's axis spans about two decades around it, labelling every digit
+    assert log_ticks(np.array([7.9, 7.9]))["ticktext"] == ["1", "2", "5", "10", "20", "50"]
     assert log_ticks(np.array([0.0, -1.0, np.nan])) == {}                 # nothing positive: untouched
     assert log_ticks(np.array([0.0, 0.1, 1e3])) == {"dtick": 1}           # zeros ignored

@@ -61,14 +61,14 @@ SECTIONS = [
 ]
 
 
-def _with_cost_note(title: str, kinds: str) -> str:
-    """A figure title with ``— <kinds> cost, not measured`` in its subtitle line (the small second line
-    under the title), not after it at the title's size: appended after the subtitle's span it came out
-    in the big font on the subtitle's line, and a long first line runs under plotly's toolbar at 900 px."""
-    note = f" — <b>{kinds} cost, not measured</b>"
-    if title.endswith("</span>"):
-        return title[: -len("</span>")] + note + "</span>"
-    return title + f"<br><span style=\"font-size:12px;color:#555\">{note[3:]}</span>"
+def _with_cost_note(fig: Any, kinds: str) -> None:
+    """Add ``<kinds> cost, not measured`` to a figure's title as a line of its own under the subtitle, in
+    the subtitle's small type, and make room for it. Appended to the title it came out in the title's big
+    type; appended to the subtitle it made that line long enough to run under plotly's toolbar at 900 px."""
+    note = f"<br><span style=\"font-size:12px;color:#8a4b00\"><b>{kinds} cost, not measured</b></span>"
+    top = fig.layout.margin.t if fig.layout.margin.t is not None else 80
+    height = fig.layout.height or 440
+    fig.update_layout(title_text=(fig.layout.title.text or "") + note, margin={"t": top + 16}, height=height + 16)
 
 
 def _job_params(root: Path, job: str) -> dict[str, Any]:
@@ -400,7 +400,7 @@ def build_report(sweep_dir: str | Path, *, summary: pd.DataFrame | None = None,
                 F.legend_below(fig, list(data.series))
             if prov:
                 kinds = ", ".join(dict.fromkeys(prov.values()))
-                fig.update_layout(title_text=_with_cost_note(fig.layout.title.text, kinds))
+                _with_cost_note(fig, kinds)
             parts.append(f"<h2>{_esc(title)}</h2><p class=\"note\">{_esc(text)}</p>" + figure_block(name, fig))
         parts.insert(marker, _verdict_section(data, head))
     parts.append(_failures_section(data))

@@ -124,7 +124,8 @@ def log_ticks(values: np.ndarray) -> dict[str, Any]:
     Plotly's automatic log ticks label each minor digit once a range spans about one decade ("4 5 6 7 8 9 1 2"),
     which crowds the axis. Over more than two decades only the powers of ten are labelled; over more than half
     a decade, 1, 2 and 5 of each, written out (plotly's ``dtick="D2"`` wrote 0.5 as a small "5" left of "1",
-    and 20 as "2" right of "10"); narrower ranges keep plotly's own (linear-looking) ticks.
+    and 20 as "2" right of "10"); narrower ranges too, over a decade either side (plotly pads a log axis of a
+    few close points to about two decades and labelled each digit).
     """
     v = np.asarray(values, float)
     v = v[np.isfinite(v) & (v > 0)]
@@ -134,6 +135,8 @@ def log_ticks(values: np.ndarray) -> dict[str, Any]:
     decades = float(np.log10(hi / lo))
     if decades > 2:
         return {"dtick": 1}
+    if decades <= 0.5:  # a few close values (a one-job report): plotly pads the axis to about two decades
+        lo, hi, decades = lo / 10, hi * 10, 2.0  # and labelled every digit of them, one over the other
     if decades > 0.5:
         ticks = [float(f"{m * 10.0 ** e:.12g}") for e in range(int(np.floor(np.log10(lo))) - 1,
                                                               int(np.ceil(np.log10(hi))) + 1)
