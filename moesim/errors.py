@@ -27,7 +27,7 @@ def did_you_mean(name: str, valid: Iterable[str]) -> str:
     import difflib
 
     names = [str(v) for v in valid]
-    near = difflib.get_close_matches(str(name), names, n=1, cutoff=0.6)
+    near = difflib.get_close_matches(str(name), names, n=1, cutoff=0.7)  # not gpu → cpu (0.67)
     if not near:  # a prefix of exactly one name ("mixtral" of mixtral-8x7b and -8x22b is two: no guess)
         near = [v for v in names if v.startswith(str(name))] if name else []
         near = near if len(near) == 1 else []

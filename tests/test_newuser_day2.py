@@ -349,3 +349,14 @@ def test_quality_report_panels_share_one_x_title() -> None:
         assert len(axes) >= 2
         assert all(not (f.layout[a].title.text or "") for a in axes)
         assert [a.text for a in f.layout.annotations].count("memory / N separate models") == 1
+
+
+def test_tools_without_hydra_name_the_nearest_choice_too(capsys: pytest.CaptureFixture[str]) -> None:
+    # python -m moesim.calibrate model=mixtral listed the models without the nearest one; device=gpu must not
+    # suggest cpu (a GPU user means cuda)
+    from moesim.cli import parse_key_values
+    from moesim.serve.config import ServeConfig
+
+    with pytest.raises(UserError, match=r"^model='mixtral' \(did you mean 'mixtral-8x7b'\?\): valid: "):
+        parse_key_values(["model=mixtral"], ServeConfig, prog="x", choices={"model": ["mixtral-8x7b", "tiny"]})
+    assert did_you_mean("gpu", ["cuda", "cpu"]) == ""
