@@ -363,3 +363,36 @@ def test_tools_without_hydra_name_the_nearest_choice_too(capsys: pytest.CaptureF
     with pytest.raises(UserError, match=r"^model='mixtral' \(did you mean 'mixtral-8x7b'\?\): valid: "):
         parse_key_values(["model=mixtral"], ServeConfig, prog="x", choices={"model": ["mixtral-8x7b", "tiny"]})
     assert did_you_mean("gpu", ["cuda", "cpu"]) == ""
+
+
+def test_big_numbers_and_near_total_reductions_read_plainly(tmp_path: Path) -> None:
+    # the Azure-trace sweep's report: mean turnaround "3.03e+04" s, a TTFT change "−100.0000%", and a verdict
+    # saying dedicated's turnaround is "100% lower than mig's" (it is 99.998 % lower, not zero)
+    from moesim.report.page import fmt, fmt_pct, pct_text
+
+    assert fmt(30300.0) == "30,300"
+    assert fmt(607123.0) == "607,000"
+    assert fmt(1.38) == "1.38"
+    assert fmt(232.0) == "232"
+    assert fmt_pct(-99.99996) == '<span class="better">&lt; −99.99%</span>'
+    assert pct_text(-99.998) == "> 99.99"
+    assert pct_text(-99.96) == "99.96"
+    assert pct_text(-85.04) == "85.0"
+
+    import json
+
+    from test_report_helpers import make_sweep
+
+    from moesim.io import write_json
+    from moesim.report import build_report
+
+    root = make_sweep(tmp_path / "s", failed=False, incomplete=False)
+    for d in root.iterdir():
+        if (d / "summary.json").exists():
+            s = json.loads((d / "summary.json").read_text())
+            if s["policy"] == "mig":
+                s["mean_turnaround_s"] *= 1e5  # multiplex is then 99.999 % lower than mig at every rate
+            write_json(d / "summary.json", s)
+    html = build_report(root).read_text()
+    assert "100% lower than mig's" not in html
+    assert "more than 99.99% lower than mig's" in html

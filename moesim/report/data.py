@@ -20,6 +20,7 @@ import pandas as pd
 from moesim import job as job_files
 from moesim.metrics import per_request
 from moesim.report.options import ReportOptions
+from moesim.report.page import pct_text
 
 CONTEXT_COLUMNS = ("model", "gpu", "workload", "tenants", "cost", "cost_option")
 # override keys that are the sweep's axes or already covered by a context column
@@ -487,7 +488,9 @@ def _vs_text(data: SweepData, r: dict[str, Any], rows: list[dict[str, Any]]) -> 
         if base == r["policy"] or base not in present or pct is None or not np.isfinite(pct):
             continue
         word = "lower" if pct < 0 else "higher"
-        parts.append(f"{abs(pct):.3g}% {word} than {base}'s")
+        amount = pct_text(pct) if abs(pct) >= 99.95 else f"{abs(pct):.3g}"  # not "100% lower" for 99.998 %
+        amount = amount.replace("> ", "more than ")
+        parts.append(f"{amount}% {word} than {base}'s")
     if not parts:
         return ""
     return (f" At a typical swept rate {r['policy']}'s mean turnaround is " + " and ".join(parts)

@@ -86,8 +86,21 @@ def fmt(x: Any, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "—"
     if isinstance(x, float):
+        if 1e4 <= abs(x) < 1e15:  # 30,300 s, not 3.03e+04 s: significant digits, written out
+            return f"{float(f'{x:.{digits}g}'):,.0f}"
         return f"{x:.{digits}g}"
     return _esc(x)
+
+
+def pct_text(x: float) -> str:
+    """``|x|`` as a percentage with one decimal, more where that would read 100.0 without being it (a change
+    of −99.97% is not −100%, which would take no time at all): ``99.97``, or ``> 99.99`` beyond."""
+    text = f"{abs(x):.1f}"
+    if text.startswith("100.") and abs(x) < 100.0:
+        text = f"{abs(x):.2f}"
+        if text.startswith("100."):
+            text = "> 99.99"
+    return text
 
 
 def fmt_pct(x: float) -> str:
@@ -96,11 +109,9 @@ def fmt_pct(x: float) -> str:
         return "—"
     cls = "better" if x < -0.05 else "worse" if x > 0.05 else ""
     sign = "−" if x < 0 else "+"
-    text = f"{abs(x):.1f}"
-    for digits in (2, 3, 4):  # −99.97% is not −100% (that would take no time at all): more digits
-        if not (text.startswith("100.") and -100.0 < x < 0):
-            break
-        text = f"{abs(x):.{digits}f}"
+    text = pct_text(x)
+    if text.startswith(">"):  # beyond −99.99 %: "< −99.99%"
+        return f'<span class="{cls}">&lt; {sign}99.99%</span>' if x < 0 else f'<span class="{cls}">+{text}%</span>'
     return f'<span class="{cls}">{sign}{text}%</span>'
 
 
