@@ -438,7 +438,8 @@ def _job_spec(cfg: DictConfig) -> JobSpec:
         placement=built["placement"],
         router=built["router"],
         slo_classes=slo_classes(OmegaConf.to_container(cfg.slo_classes, resolve=True)
-                                if cfg.get("slo_classes") else None),
+                                if cfg.get("slo_classes") else None,
+                                getattr(built["workload"], "tenants", None)),
     )
 
 

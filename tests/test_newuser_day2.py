@@ -396,3 +396,18 @@ def test_big_numbers_and_near_total_reductions_read_plainly(tmp_path: Path) -> N
     html = build_report(root).read_text()
     assert "100% lower than mig's" not in html
     assert "more than 99.99% lower than mig's" in html
+
+
+def test_an_slo_class_for_nobody_is_refused() -> None:
+    # '+slo_classes.gold={ttft_s: 0.5}' (no tenants) or tenants beyond the workload's ran, and summary.json said
+    # slo_attainment_gold: null without a word
+    from moesim.slo import slo_classes
+
+    with pytest.raises(UserError, match=r"^slo_classes\.gold: no tenants; valid: a list of tenant ids, e.g. "
+                                        r"'\+slo_classes\.gold=\{ttft_s: 0\.5, tpot_s: 0\.2, tenants: \[0, 1\]\}'$"):
+        slo_classes({"gold": {"ttft_s": 0.5}})
+    with pytest.raises(UserError, match=r"^slo_classes\.gold\.tenants=\[0, 5\]: tenant 5 does not exist; valid: ids "
+                                        r"in 0\.\.1 \(workload\.tenants=2\)$"):
+        slo_classes({"gold": {"ttft_s": 0.5, "tenants": [0, 5]}}, n_tenants=2)
+    (gold,) = slo_classes({"gold": {"ttft_s": 0.5, "tenants": [1]}}, n_tenants=2)
+    assert (gold.ttft_s, gold.tpot_s, gold.tenants) == (0.5, 0.2, (1,))
