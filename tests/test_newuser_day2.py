@@ -224,8 +224,8 @@ def test_headline_changes_near_minus_100_and_against_itself(tmp_path: Path) -> N
     mig = re.search(r"<tr><td>mig</td>(.*?)</tr>", html).group(1)
     reconfig = re.search(r"<tr><td>reconfig</td>(.*?)</tr>", html).group(1)
     multiplex = re.search(r"<tr><td>multiplex</td>(.*?)</tr>", html).group(1)
-    assert mig.count("baseline") == 2  # turnaround and TTFT vs mig
-    assert reconfig.count("baseline") == 2
+    assert mig.count(">baseline<") == 2  # turnaround and TTFT vs mig
+    assert reconfig.count(">baseline<") == 2
     assert "baseline" not in multiplex
     assert "+0.0%" not in mig + reconfig
 

@@ -226,8 +226,13 @@ def test_verdict_per_gpu_when_the_sweep_spans_two(tmp_path: Path) -> None:
             s["slo_attainment"] = 1.0
 
     _edit(root, h200)
-    v = read_data(build_report(root).read_text())["verdict"]
+    html = build_report(root).read_text()
+    v = read_data(html)["verdict"]
     assert v[0] == "For the SLO (TTFT ≤ 2 s and time per output token ≤ 0.2 s for ≥ 90% of requests):"
+    # one list item per GPU (run together in one paragraph they were a wall of text)
+    box = html[html.index('id="verdict"'):html.index("</div>", html.index('id="verdict"'))]
+    assert box.count("<li>") == 2
+    assert "<li>On gpu=a100-80gb, reconfig sustains" in box
     assert v[1].startswith("On gpu=a100-80gb, reconfig sustains the highest per-tenant rate: 0.2 requests/s")
     assert v[2].startswith("On gpu=h200, multiplex sustains the highest per-tenant rate: ≥ 0.4 requests/s "
                            "per tenant on 1 GPU, ≥ 0.8 requests/s per GPU (the sweep's top rate: its limit lies "

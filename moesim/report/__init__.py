@@ -247,7 +247,7 @@ def _headline_section(data: SweepData, head: pd.DataFrame) -> str:
                 row += [fmt(r["mean_ttft_s_at_rate"])]
             for b in bases:
                 if r["policy"] == b and baseline_series(data, r["series"], b) == r["series"]:
-                    row += ['<span class="note">baseline</span>']  # itself: "+0.0%" read as a measured tie
+                    row += ['<span class="baseline">baseline</span>']  # itself: "+0.0%" read as a measured tie
                     continue
                 title = _esc(_ratio_title(r.get(f"{short}_ratios_vs_{b}") or {}))
                 row += [f'<span title="{title}">{fmt_pct(r.get(f"{short}_pct_vs_{b}", float("nan")))}</span>']
@@ -291,7 +291,11 @@ def _verdict_section(data: SweepData, head: pd.DataFrame) -> str:
     lines = verdict(data, head)
     if not lines:
         return ""
-    return ("<div class=\"verdict\" id=\"verdict\"><b>Verdict.</b> " + " ".join(_esc(x) for x in lines)
+    if len(lines) > 1:  # one paragraph per GPU/model/workload: run together they were a wall of text
+        body = (_esc(lines[0]) + "<ul>" + "".join(f"<li>{_esc(x)}</li>" for x in lines[1:]) + "</ul>")
+    else:
+        body = _esc(lines[0])
+    return ("<div class=\"verdict\" id=\"verdict\"><b>Verdict.</b> " + body
             + "</div>" + data_block("verdict", lines))
 
 

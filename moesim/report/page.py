@@ -28,7 +28,7 @@ table { border-collapse: collapse; font-size: .92rem; margin: .6rem 0 1rem; }
 th, td { border-bottom: 1px solid #e4e7ec; padding: .35rem .7rem; text-align: right; vertical-align: top; }
 th { background: #f4f6f9; font-weight: 600; } td:first-child, th:first-child { text-align: left; }
 table.kv td:first-child { font-weight: 600; } table.kv td { text-align: left; }
-.better { color: #12733a; font-weight: 600; } .worse { color: #b42318; }
+.better { color: #12733a; font-weight: 600; } .worse { color: #b42318; } .baseline { color: #6b7280; }
 .derived, .warn { background: #fff4e5; border: 1px solid #f5b55a; padding: .6rem .9rem; border-radius: 6px; }
 .failed { background: #fdecec; border: 1px solid #e9a1a1; padding: .6rem .9rem; border-radius: 6px; }
 .figure { min-height: 200px; } #js-errors { color: #b42318; white-space: pre-wrap; }
@@ -36,7 +36,8 @@ code { background: #f4f6f9; padding: 0 .25rem; border-radius: 3px; }
 div.wide { max-width: 100%; overflow-x: auto; } table.params td:last-child, table.params th:last-child { text-align: left; }
 table.text td, table.text th { text-align: left; }  /* rows of words (failed jobs): read from the left */
 .verdict { background: #eef6ee; border: 1px solid #9ccf9c; padding: .7rem 1rem; border-radius: 6px;
-           max-width: 960px; font-size: 1.02rem; }
+           max-width: 960px; font-size: 1.02rem; } .verdict ul { margin: .4rem 0 0; padding-left: 1.2rem; }
+.verdict li { margin-top: .3rem; }
 th { hyphens: auto; }
 @media (max-width: 1100px) { table { font-size: .8rem; } th, td { padding: .3rem .4rem; } }
 """
