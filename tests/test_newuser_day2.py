@@ -73,7 +73,7 @@ def test_serve_on_cpu_says_its_comparison_is_not_one(tmp_path: Path) -> None:
                       max_prompt=32, max_output=4, sim_cost="roofline", out=str(tmp_path / "s"))
     run(cfg, [], log=lambda *a, **k: lines.append(" ".join(map(str, a))))
     (line,) = [ln for ln in lines if ln.startswith("simulated (roofline)")]
-    assert line.endswith("(measured on this CPU, simulated on a h200: not comparable)")
+    assert line.endswith("(measured on this CPU, simulated on gpu=h200: not comparable)")
 
 
 @pytest.mark.parametrize(("args", "needle"), [

@@ -132,7 +132,7 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
         v = doc["validation"]
         # on the CPU the measured side is this CPU, the simulated side the GPU named by gpu=: say so, or the
         # large "errors" read as a broken simulator
-        cpu = (f" (measured on this CPU, simulated on a {cfg.gpu}: not comparable)"
+        cpu = (f" (measured on this CPU, simulated on gpu={cfg.gpu}: not comparable)"
                if cfg.device == "cpu" and cfg.backend == "torch" else "")
         log(f"simulated ({v['sim_cost']}): mean turnaround {v['mean_turnaround_s_error_pct']:+.1f}%, mean TTFT "
             f"{v['mean_ttft_s_error_pct']:+.1f}%, per-request median |err| turnaround "
