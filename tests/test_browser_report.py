@@ -236,6 +236,11 @@ def test_report_renders_without_errors(browser: Browser, tmp_path: Path) -> None
                              " return getComputedStyle(tr.lastElementChild).textAlign; })")
     assert align, "no policy-settings table"
     assert set(align) == {"left"}, align
+    # a note inside a table cell (a derived GPU figure) is in the cell's type, not larger than it
+    sizes = browser.evaluate("Array.from(document.querySelectorAll('td .note')).map(function (n) {"
+                             " return [getComputedStyle(n).fontSize, getComputedStyle(n.closest('td')).fontSize]; })")
+    assert sizes, "no note in a table cell"
+    assert all(a == b for a, b in sizes), sizes
     # the failed jobs' overrides and messages are words: left-aligned, as are their headers
     align = browser.evaluate("Array.from(document.querySelectorAll('table.text td, table.text th')).map("
                              "function (c) { return getComputedStyle(c).textAlign; })")

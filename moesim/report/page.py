@@ -24,6 +24,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; ma
 h1 { font-size: 1.7rem; margin-bottom: .2rem; } h2 { font-size: 1.25rem; margin-top: 2.4rem;
      border-bottom: 1px solid #dde1e8; padding-bottom: .3rem; }
 p.lead { color: #4a5263; margin-top: 0; } .note { color: #4a5263; font-size: .93rem; max-width: 960px; }
+td .note { font-size: inherit; }  /* a note inside a table cell: the cell's type, not larger */
 table { border-collapse: collapse; font-size: .92rem; margin: .6rem 0 1rem; }
 th, td { border-bottom: 1px solid #e4e7ec; padding: .35rem .7rem; text-align: right; vertical-align: top; }
 th { background: #f4f6f9; font-weight: 600; } td:first-child, th:first-child { text-align: left; }
