@@ -449,10 +449,14 @@ def verdict(data: SweepData, head: pd.DataFrame) -> list[str]:
         tied = best_rows[1:]
         runner_text = ""
         if others:
-            runner = max(others, key=lambda r: r["sustained_rate"])
+            second = max(r["sustained_rate"] for r in others)
+            runners = sorted([r for r in others if math.isclose(r["sustained_rate"], second)],
+                             key=lambda r: (r["gpus"], r["mean_turnaround_s_at_rate"]))
+            runner = runners[0]
             k = top / runner["sustained_rate"]
+            also = "".join(f" and {name(r)} ({cost(r)})" for r in runners[1:])  # a tie for second: all of them
             runner_text = (f"{'at least ' if best['sustained_at_top'] else ''}{k:.3g}× the next best, "
-                           f"{name(runner)} ({rate_of(runner)} requests/s per tenant {cost(runner)})")
+                           f"{name(runner)} ({rate_of(runner)} requests/s per tenant {cost(runner)}){also}")
         if not tied:
             text += (f", {runner_text}" if runner_text else "") + "."
         else:
