@@ -40,7 +40,8 @@ def test_verdict_names_the_best_policy_and_by_how_much(tmp_path: Path) -> None:
     v = _verdict(html)
     assert v.startswith("For the SLO (TTFT ≤ 2 s and time per output token ≤ 0.2 s for ≥ 90% of requests), "
                         "reconfig sustains the highest per-tenant rate: 0.2 requests/s per tenant on 1 GPU, "
-                        "0.4 requests/s per GPU, 2× the next best, mig (0.1 requests/s per tenant on 1 GPU")
+                        "0.4 requests/s per GPU, 2× the next best, multiplex (0.1 requests/s per tenant on 1 GPU, "
+                        "0.2 requests/s per GPU) and mig (on 1 GPU, 0.2 requests/s per GPU).")  # a tie for second
     assert "≥ 0." not in v
     assert v.endswith("At a typical swept rate reconfig's mean turnaround is 80% lower than mig's (median over "
                       "rates of the per-rate ratio).")
