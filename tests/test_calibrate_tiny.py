@@ -29,7 +29,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One CPU calibration of the tiny model, run as a user would (a subprocess of the CLI)."""
     out = tmp_path_factory.mktemp("profiles")
     proc = subprocess.run(
-        [sys.executable, "-m", "moesim.calibrate", "device=cpu", "model=tiny", f"out={out}"],
+        [sys.executable, "-m", "moesim.calibrate", "device=cpu", "model=tiny", f"out={out}", "heldout_seed=3"],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -56,7 +56,8 @@ def test_tiny_profile_has_every_op_measured(tiny_run: Path) -> None:
     assert (ok["time_s_median"] <= ok["time_s_p90"]).all()
     assert (ok["time_s_median"] > 0).all()
     assert (ok["n"] >= 3).all()
-    per_layer_ops = {"attn_proj", "router", "moe_grouped", "moe_loop", "expert_one", "attn_prefill", "attn_decode"}
+    per_layer_ops = {"attn_proj", "router", "moe_grouped", "moe_loop", "expert_one", "attn_prefill", "attn_decode",
+                     "concat_qkv", "concat_route", "attn_mixed", "attn_mixed_parts"}
     assert (ok["per_layer"] == ok["op"].isin(per_layer_ops).astype(int)).all()
     assert meta["checks"]["moe_grouped_vs_loop_rel_err"] < 1e-4
     assert meta["rows"] == len(df)
@@ -67,6 +68,44 @@ def test_tiny_validation_file_times_every_held_out_batch(tiny_run: Path) -> None
     batches = validation_batches(3, "quick", 0)
     assert len(v) == len(batches)
     assert [json.loads(s) for s in v["seqs"]] == [[list(x) for x in b] for b in batches]
+    assert (v["status"] == "ok").all()
+    assert (v["time_s_median"] > 0).all()
+
+
+def test_tiny_run_times_what_multi_tenant_and_mixed_steps_add(tiny_run: Path) -> None:
+    from moesim.calibrate.grids import spread_contexts
+
+    df, meta = read_profile(tiny_run)
+    g = make_grids("quick")
+    ok = df[df["status"] == "ok"]
+    for op in ("concat_qkv", "concat_route"):  # tenants × tokens, each once
+        assert sorted(map(tuple, ok[ok["op"] == op][["batch", "tokens"]].to_numpy().tolist())) == sorted(
+            g.concat_points()), op
+    for op in ("attn_mixed", "attn_mixed_parts"):  # (decodes, prompt, context), each once
+        got = ok[ok["op"] == op][["batch", "tokens", "context"]].to_numpy().tolist()
+        assert sorted(map(tuple, got)) == sorted(g.mixed_points()), op
+    mixed = ok[ok["op"] == "step_mixed"]
+    assert sorted(map(tuple, mixed[["tokens", "batch", "context"]].to_numpy().tolist())) == sorted(
+        g.mixed_step_points)
+    assert (mixed["per_layer"] == 0).all()
+    assert meta["mixed_step_tenants"] == 3
+    assert meta["grids"]["mixed_ctx"] == list(g.mixed_ctx)
+    # the spread contexts of a grid point: a factor e^3 end to end, mean as asked
+    cs = spread_contexts(64, 2048)
+    assert abs(sum(cs) / 64 - 2048) < 1
+    assert max(cs) / min(cs) == pytest.approx(np.exp(3.0), rel=0.01)
+
+
+def test_tiny_second_held_out_set_is_drawn_from_its_seed(tiny_run: Path) -> None:
+    from moesim.calibrate.validate import draw_heldout_batches
+
+    _, meta = read_profile(tiny_run)
+    name = meta["validation_files_extra"]["seed3"]
+    assert name == "cpu__tiny.eager.validation.seed3.parquet"
+    v = pd.read_parquet(tiny_run.with_name(name))
+    batches = draw_heldout_batches(3, "quick", 3)
+    assert [json.loads(s) for s in v["seqs"]] == [[list(x) for x in b] for b in batches]
+    assert batches != validation_batches(3, "quick", 0)
     assert (v["status"] == "ok").all()
     assert (v["time_s_median"] > 0).all()
 

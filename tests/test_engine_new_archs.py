@@ -49,8 +49,8 @@ def test_balanced_routing_spreads_tokens_over_experts() -> None:
         counts: list[int] = []
         router = eng.router
 
-        def spy(x, t, layer, router=router, counts=counts):
-            h, i, w = router(x, t, layer)
+        def spy(x, t, layer, row0=0, router=router, counts=counts):
+            h, i, w = router(x, t, layer, row0)
             counts.append(len(torch.unique(i)))
             return h, i, w
 

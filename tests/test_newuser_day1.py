@@ -274,7 +274,7 @@ def test_calibrate_validate_reads_the_shipped_profile(capsys: pytest.CaptureFixt
     from moesim.calibrate.validate import main
 
     main([f"profile={ROOT / 'calibration' / 'profiles' / 'h200__mixtral-8x7b.parquet'}"])
-    assert capsys.readouterr().out.splitlines()[-1].startswith("median |error| 4.0")
+    assert capsys.readouterr().out.splitlines()[-1].startswith("median |error| 2.54%")
 
 
 def test_a_nested_key_under_a_missing_one_is_named_with_the_valid_keys(tmp_path: Path) -> None:

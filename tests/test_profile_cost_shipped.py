@@ -39,7 +39,7 @@ def test_shipped_profiles_load_and_say_how_they_were_made(gpu: str, derived: boo
 def test_available_profiles_lists_the_shipped_ones() -> None:
     have = available_profiles()
     assert {"h200__mixtral-8x7b", "h200__mixtral-8x7b.eager", "a100-80gb__mixtral-8x7b"} <= set(have)
-    assert not any(s.endswith(".validation") for s in have)
+    assert not any(".validation" in s for s in have)
 
 
 def test_held_out_median_error_within_five_percent() -> None:
@@ -48,6 +48,24 @@ def test_held_out_median_error_within_five_percent() -> None:
     assert len(ok) == 18
     assert ok["n_tenants"].max() == 3
     assert float(np.median(ok["error_pct"].abs())) <= 5.0
+
+
+@pytest.mark.parametrize("model", ["qwen3-30b-a3b", "olmoe-1b-7b", "qwen1.5-moe-a2.7b", "mixtral-8x7b"])
+@pytest.mark.parametrize("heldout", ["", "seed1"])
+def test_issue10_held_out_target_on_both_held_out_sets(model: str, heldout: str) -> None:
+    """Median |error| ≤ 5 % and max ≤ 10 % (calibration/NOTES.md, mixed steps, 2026-11-30): the first set as
+    re-timed with routing per packed token (Mixtral: as measured 2026-11-29) and the set drawn with seed 1."""
+    v = report(PROFILES_DIR / f"h200__{model}.parquet", heldout)
+    ok = v[v["status"] == "ok"]
+    assert len(ok) == 18
+    assert sorted(ok["kind"].value_counts().items()) == [("decode", 6), ("mixed", 6), ("prefill", 6)]
+    err = ok["error_pct"].abs()
+    assert float(err.median()) <= 5.0
+    assert float(err.max()) <= 10.0
+    # the earlier composition (tenant_terms=off) misses the max on every fine-grained model's mixed steps
+    if model == "qwen3-30b-a3b":
+        off = report(PROFILES_DIR / f"h200__{model}.parquet", heldout, tenant_terms="off")
+        assert float(off.loc[off["kind"] == "mixed", "error_pct"].min()) < -10.0
 
 
 def test_nonexpert_set_moves_at_least_90_percent_of_plain_pinned() -> None:

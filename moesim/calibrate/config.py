@@ -45,6 +45,11 @@ class CalibrateConfig:
         balanced_routing: route whole steps near-uniformly at random (``MoEEngine``'s balanced_routing):
             random-weight models otherwise send every token to a few experts, which matters with many
             fine-grained experts. Used for Qwen3-MoE, Qwen1.5-MoE and OLMoE (calibration/NOTES.md).
+        heldout_seed: ≥ 0 also times a second held-out set drawn afresh from this seed (sizes, tenants and
+            contexts; the same kinds of batches as the first), written to ``<stem>.validation.seed<N>.parquet``;
+            -1: none.
+        validate_base: with ``validate``, time the first held-out set (``<stem>.validation.parquet``); false
+            times only the drawn one (``heldout_seed``), e.g. where the first set's earlier measurement stands.
     """
 
     device: str = "cuda"
@@ -65,6 +70,8 @@ class CalibrateConfig:
     target_s: float = 0.12
     seed: int = 0
     balanced_routing: bool = False
+    heldout_seed: int = -1
+    validate_base: bool = True
 
     def __post_init__(self) -> None:
         if self.device not in ("cuda", "cpu"):

@@ -245,16 +245,27 @@ class MoEEngine:
         """Output projection and residual, in place: x (T, d) += o (T, H·hd) @ Woᵀ."""
         x += o @ self.tenants[tenant].wo[layer].T
 
-    def router(self, x: torch.Tensor, tenant: int, layer: int
+    def router(self, x: torch.Tensor, tenant: int, layer: int, row0: int = 0
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """RMSNorm and top-k routing: x (T, d) → normed h (T, d), expert ids (T, k), weights (T, k)."""
+        """RMSNorm and top-k routing: x (T, d) → normed h (T, d), expert ids (T, k), weights (T, k).
+
+        ``row0``: packed position of x's first token in the step; with balanced routing, token i takes row
+        ``row0 + i`` of the noise table, so tokens of different tenants route independently (before
+        2026-11-30 every tenant's slice started at row 0: tenants' tokens at the same slot picked the same
+        experts, and multi-tenant held-out steps touched fewer experts than a load-balanced model would).
+        """
         w, s = self.tenants[tenant], self.spec
         h = F.rms_norm(x, (s.d_model,), w.ffn_norm[layer], eps=1e-5)
         logits = (h @ w.router[layer].T).float()  # (T, E)
         if self.route_noise is not None:
             T = logits.shape[0]
             R = self.route_noise.shape[0]
-            logits = logits + (self.route_noise[:T] if T <= R else self.route_noise.repeat(-(-T // R), 1)[:T])
+            a = row0 % R
+            if a + T <= R:
+                noise = self.route_noise[a : a + T]
+            else:  # wrap around the table
+                noise = self.route_noise.roll(-a, 0).repeat(-(-T // R), 1)[:T]
+            logits = logits + noise
         probs = torch.softmax(logits, dim=-1)  # (T, E)
         top_w, top_i = torch.topk(probs, s.top_k, dim=-1)
         if s.top_k > 1:
@@ -479,6 +490,12 @@ class MoEEngine:
             sk += c + n
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
+    @staticmethod
+    def concat_tenants(parts: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+        """The multi-tenant glue of a step: each tenant's (q, k, v) or (h, top_i, top_w) joined along tokens,
+        one ``torch.cat`` per tensor (timed as the profile's ``concat_qkv`` and ``concat_route`` ops)."""
+        return tuple(torch.cat(p) for p in zip(*parts, strict=True))
+
     # ---- whole steps ------------------------------------------------------------------------------
     def make_meta(self, seqs: list[tuple[int, int]]) -> AttnMeta:
         """Attention metadata for sequences given as (new tokens, context) in packed order."""
@@ -534,13 +551,13 @@ class MoEEngine:
             if hook is not None:
                 hook(layer)
             parts = [self.attn_pre(x[a:b], t, layer, si.pos[a:b]) for t, a, b in si.segments]
-            q, k, v = (torch.cat(p) for p in zip(*parts, strict=True)) if multi else parts[0]
+            q, k, v = self.concat_tenants(parts) if multi else parts[0]
             o = self.attention(q, k, v, si.meta, cache.k[layer], cache.v[layer])  # (N, H·hd)
             for t, a, b in si.segments:
                 self.attn_post(x[a:b], o[a:b], t, layer)
             if self.is_moe(layer):
-                routed = [self.router(x[a:b], t, layer) for t, a, b in si.segments]
-                h, top_i, top_w = (torch.cat(p) for p in zip(*routed, strict=True)) if multi else routed[0]
+                routed = [self.router(x[a:b], t, layer, row0=a) for t, a, b in si.segments]
+                h, top_i, top_w = self.concat_tenants(routed) if multi else routed[0]
                 for t, a, b in si.segments:  # shared experts: the tenant's own, every token
                     y = self.shared(h[a:b], t, layer)
                     if y is not None:

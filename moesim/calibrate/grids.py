@@ -5,6 +5,7 @@ Torch-free, so tests and the cost model can read them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -37,6 +38,13 @@ class Grids:
         step_points: (batch, tokens, context) of whole-model steps of one tenant on the grid.
         slice_points: (op, batch, tokens, context) measured on each green-context slice.
         slice_layers: decoder layers per timed repeat on slices (fewer than the model's, for time).
+        concat_tenants, concat_tokens: the multi-tenant glue ops (``concat_qkv``, ``concat_route``): tenants
+            in the step × tokens in the step (split evenly over the tenants).
+        mixed_prefill, mixed_decode, mixed_ctx: mixed attention calls (``attn_mixed`` and
+            ``attn_mixed_parts``): one prompt of ``mixed_prefill`` tokens packed with ``mixed_decode``
+            decoding sequences whose contexts spread around a mean of ``mixed_ctx`` (``spread_contexts``).
+        mixed_step_points: (prefill tokens, decode sequences, mean context) of whole-model steps over
+            ``mixed_step_tenants`` tenants (``step_mixed``: the prompt on tenant 0, decodes round robin).
     """
 
     tokens: tuple[int, ...]
@@ -57,6 +65,21 @@ class Grids:
     step_points: tuple[tuple[int, int, int], ...]
     slice_points: tuple[tuple[str, int, int, int], ...]
     slice_layers: int
+    concat_tenants: tuple[int, ...] = ()
+    concat_tokens: tuple[int, ...] = ()
+    mixed_prefill: tuple[int, ...] = ()
+    mixed_decode: tuple[int, ...] = ()
+    mixed_ctx: tuple[int, ...] = ()
+    mixed_step_points: tuple[tuple[int, int, int], ...] = ()
+    mixed_step_tenants: int = 3
+
+    def concat_points(self) -> list[tuple[int, int]]:
+        """(tenants, tokens) pairs with at least one token per tenant."""
+        return [(n, T) for n in self.concat_tenants for T in self.concat_tokens if n <= T]
+
+    def mixed_points(self) -> list[tuple[int, int, int]]:
+        """(decode sequences, prefill tokens, mean decode context) of the mixed attention grid."""
+        return [(b, n, c) for c in self.mixed_ctx for n in self.mixed_prefill for b in self.mixed_decode]
 
     def prefill_points(self) -> list[tuple[int, int]]:
         """(batch, len) pairs within the cap."""
@@ -68,6 +91,20 @@ class Grids:
 
 
 GIB = 1024**3
+
+#: Half-width in log(context) of the decode contexts packed in a mixed grid point: contexts span e^±1.5
+#: around their geometric middle (a factor 20 from shortest to longest, as the held-out batches' 100–3,000).
+SPREAD_LOG = 1.5
+
+
+def spread_contexts(n: int, mean: int) -> list[int]:
+    """``n`` decode contexts log-uniformly spread (a factor e^(2·SPREAD_LOG) end to end), scaled so their mean
+    is ``mean`` (to rounding), each ≥ 1."""
+    if n <= 1:
+        return [max(1, mean)] * n
+    w = [math.exp(SPREAD_LOG * (2 * i / (n - 1) - 1)) for i in range(n)]
+    scale = mean * n / sum(w)
+    return [max(1, round(x * scale)) for x in w]
 
 
 def make_grids(kind: str) -> Grids:
@@ -104,6 +141,13 @@ def make_grids(kind: str) -> Grids:
                 ("attn_decode", 1, 1, 1024), ("attn_decode", 32, 1, 1024), ("attn_decode", 128, 1, 4096),
             ),
             slice_layers=4,
+            concat_tenants=(2, 3, 8),
+            concat_tokens=(8, 64, 512, 4096),
+            mixed_prefill=(16, 128, 1024, 4096),
+            mixed_decode=(1, 4, 16, 64, 256),
+            mixed_ctx=(256, 2048),
+            mixed_step_points=((0, 3, 512), (0, 12, 512), (0, 48, 512), (0, 192, 256),
+                               (64, 6, 512), (512, 24, 1024), (2048, 96, 256)),
         )
     return Grids(
         tokens=log_grid(1, 64, 1),
@@ -124,4 +168,10 @@ def make_grids(kind: str) -> Grids:
         step_points=((1, 1, 16), (4, 1, 16), (1, 16, 0), (1, 64, 0)),
         slice_points=(("attn_proj", 1, 16, 0), ("moe_grouped", 1, 16, 0), ("attn_decode", 2, 1, 16)),
         slice_layers=2,
+        concat_tenants=(2, 3),
+        concat_tokens=(4, 32),
+        mixed_prefill=(4, 32),
+        mixed_decode=(1, 4),
+        mixed_ctx=(16,),
+        mixed_step_points=((0, 3, 16), (8, 3, 16)),
     )

@@ -23,17 +23,18 @@ from tqdm import tqdm
 
 from moesim.calibrate.config import CalibrateConfig
 from moesim.calibrate.engine import KVCache, MoEEngine
-from moesim.calibrate.grids import Grids, make_grids
+from moesim.calibrate.grids import Grids, make_grids, spread_contexts
 from moesim.calibrate.system import discover
 from moesim.calibrate.timing import Timer, Timing
-from moesim.calibrate.validate import describe, validation_batches
+from moesim.calibrate.validate import describe, draw_heldout_batches, validation_batches
 from moesim.errors import UserError
 from moesim.formats.profile import Row, profile_stem, read_profile, write_profile
 from moesim.specs import get_model
 
 #: Ops timed as CUDA-graph replays when ``graphs`` is on (copies, overlap and the loop engine stay eager).
 GRAPH_OPS = frozenset({"attn_proj", "router", "attn_prefill", "attn_decode", "moe_grouped", "expert_one", "lm_head",
-                       "embed", "step"})
+                       "embed", "step", "concat_qkv", "concat_route", "attn_mixed", "attn_mixed_parts",
+                       "step_mixed"})
 L2_ROTATE_BYTES = 512 * 1024**2  # rotate inputs until a repeat touches this much: far beyond the 50 MB L2
 
 Setup = Callable[[], tuple[Callable[[], object], int]]  # builds (fn, inner calls per fn) for one point
@@ -218,7 +219,9 @@ class Calibration:
         self.meta["moe_engine"] = self.eng.moe_engine
         self._section(self.dense_ops)
         self._section(self.attention_grids)
+        self._section(self.tenant_ops)
         self._section(self.steps)
+        self._section(self.mixed_steps)
         if cfg.host:
             self._section(self.host_link)
         if self.plan is not None:  # the tables are the shared layout's; the plan's layout is validated last
@@ -230,6 +233,8 @@ class Calibration:
         else:
             if cfg.validate:  # always runs, whatever the budget: it is the check of everything above
                 self._section(self.validation)
+                if cfg.heldout_seed >= 0:
+                    self._section(self.validation_drawn)
             if cfg.slices:
                 self._section(self.slices)
         self.meta["grids"] = {k: v for k, v in g.__dict__.items() if k != "slice_points"}
@@ -405,26 +410,35 @@ class Calibration:
         for T in g.embed_tokens:
             self.point("embed", emb(T), tokens=T)
 
-    def _attn_setup(self, seqs: list[tuple[int, int]], n_bufs_max: int = 8) -> Setup:
+    def _attn_setup(self, seqs: list[tuple[int, int]], n_bufs_max: int = 8,
+                    calls: list[list[tuple[int, int]]] | None = None) -> Setup:
+        """One attention call over ``seqs`` (new tokens, context) per inner repeat, KV caches rotated so a
+        repeat does not find the last one's in L2; ``calls``: several calls per repeat instead (each its own
+        sequences, q/k/v and caches), e.g. a mixed batch's prefill and decode parts run separately."""
         eng = self.eng
         assert eng is not None
         s = self.spec
+        groups = calls if calls is not None else [seqs]
 
         def setup() -> tuple[Callable[[], object], int]:
-            meta = eng.make_meta(seqs)
-            N = sum(n for n, _ in seqs)
-            rows = meta.kv_tokens
-            per_buf = rows * s.n_kv_heads * s.head_dim * 2 * eng.dtype.itemsize
+            metas = [eng.make_meta(g) for g in groups]
+            rows = [m.kv_tokens for m in metas]
+            per_buf = sum(rows) * s.n_kv_heads * s.head_dim * 2 * eng.dtype.itemsize
             n_bufs = max(1, min(n_bufs_max, math.ceil(L2_ROTATE_BYTES / per_buf)))
-            caches = KVCache(s, rows, self.device, eng.dtype, eng.gen, n_layers=n_bufs)
-            q = torch.empty((N, s.n_heads, s.head_dim), device=self.device, dtype=eng.dtype).normal_()
-            k = torch.empty((N, s.n_kv_heads, s.head_dim), device=self.device, dtype=eng.dtype).normal_()
-            v = torch.empty_like(k).normal_()
+            work = []
+            for g, meta, r in zip(groups, metas, rows, strict=True):
+                N = sum(n for n, _ in g)
+                caches = KVCache(s, r, self.device, eng.dtype, eng.gen, n_layers=n_bufs)
+                q = torch.empty((N, s.n_heads, s.head_dim), device=self.device, dtype=eng.dtype).normal_()
+                k = torch.empty((N, s.n_kv_heads, s.head_dim), device=self.device, dtype=eng.dtype).normal_()
+                v = torch.empty_like(k).normal_()
+                work.append((q, k, v, meta, caches))
             inner = max(n_bufs, 4)
 
             def fn() -> None:
                 for i in range(inner):
-                    eng.attention(q, k, v, meta, caches.k[i % n_bufs], caches.v[i % n_bufs])
+                    for q, k, v, meta, caches in work:
+                        eng.attention(q, k, v, meta, caches.k[i % n_bufs], caches.v[i % n_bufs])
 
             return fn, inner
 
@@ -437,6 +451,59 @@ class Calibration:
         pts += [("attn_decode", b, 1, c) for b, c in g.decode_points()]
         for op, b, n, c in tqdm(pts, desc="attention", mininterval=10, file=sys.stdout):
             self.point(op, self._attn_setup([(n, c)] * b), batch=b, tokens=n, context=c, per_layer=1)
+
+    def tenant_ops(self) -> None:
+        """What a multi-tenant or mixed step adds to the per-tenant ops, per layer: the tenants' concatenations
+        (``concat_qkv``, ``concat_route``: tenants × tokens) and one varlen attention call over a prompt packed
+        with decoding sequences at spread contexts (``attn_mixed``), against the same sequences run as a
+        prefill call plus a decode call (``attn_mixed_parts``: what the composition costs today)."""
+        eng, g, s = self.eng, self.grids, self.spec
+        assert eng is not None
+        first_moe = next(i for i in range(s.n_layers) if eng.is_moe(i))
+        nt_built = len(eng.tenants)
+
+        def concat(op: str, n_t: int, T: int) -> Setup:
+            def setup() -> tuple[Callable[[], object], int]:
+                sizes = [T // n_t + (1 if i < T % n_t else 0) for i in range(n_t)]
+                parts, a = [], 0
+                for i, Ti in enumerate(sizes):  # the parts as the step makes them: projections, routing
+                    x = eng.random_hidden(Ti)
+                    if op == "concat_qkv":
+                        parts.append(eng.attn_pre(x, i % nt_built, 0, torch.arange(a, a + Ti, device=self.device)))
+                    else:
+                        parts.append(eng.router(x, i % nt_built, first_moe, row0=a))
+                    a += Ti
+                inner = 16
+                return (lambda: [eng.concat_tenants(parts) for _ in range(inner)]), inner
+            return setup
+
+        pts = [(op, n, T) for op in ("concat_qkv", "concat_route") for n, T in g.concat_points()]
+        for op, n, T in tqdm(pts, desc="concat", mininterval=10, file=sys.stdout):
+            self.point(op, concat(op, n, T), batch=n, tokens=T, per_layer=1)
+        for b, n, c in tqdm(g.mixed_points(), desc="mixed attention", mininterval=10, file=sys.stdout):
+            dec = [(1, ci) for ci in spread_contexts(b, c)]
+            self.point("attn_mixed", self._attn_setup([(n, 0), *dec]), batch=b, tokens=n, context=c, per_layer=1)
+            self.point("attn_mixed_parts", self._attn_setup([], calls=[[(n, 0)], dec]), batch=b, tokens=n,
+                       context=c, per_layer=1)
+
+    def mixed_steps(self) -> None:
+        """Whole-model steps over several tenants on a grid (training rows, not held out): decodes round robin
+        over the tenants at spread contexts, with or without a prompt on tenant 0."""
+        eng = self.eng
+        assert eng is not None
+        nt = min(self.grids.mixed_step_tenants, len(eng.tenants))
+        self.meta["mixed_step_tenants"] = nt
+
+        def setup(n: int, b: int, c: int) -> Setup:
+            def make() -> tuple[Callable[[], object], int]:
+                batch = ([(0, n, 0)] if n else []) + [(i % nt, 1, ci) for i, ci in enumerate(spread_contexts(b, c))]
+                si = eng.make_inputs(batch)
+                cache = KVCache(self.spec, si.meta.kv_tokens, self.device, eng.dtype, eng.gen)
+                return (lambda: eng.step(si, cache)), 1
+            return make
+
+        for n, b, c in tqdm(self.grids.mixed_step_points, desc="mixed steps", mininterval=10, file=sys.stdout):
+            self.point("step_mixed", setup(n, b, c), batch=b, tokens=n, context=c, reps=(5, 15))
 
     def steps(self) -> None:
         """Whole-model steps of one tenant at grid shapes (the composition's calibration, not held out)."""
@@ -468,7 +535,29 @@ class Calibration:
         eng = self.eng
         assert eng is not None
         n_tenants = self.plan.n_variants if self.plan is not None else len(eng.tenants)
-        batches = validation_batches(n_tenants, self.grid, self.cfg.seed)
+        # the expert groups the held-out steps ran with (the report predicts them with this residency)
+        self.meta["validation_residency"] = eng.plan_groups or [
+            {"tenants": list(range(len(eng.tenants))), "positions": self.spec.n_expert_positions, "on_gpu": True}]
+        if not self.cfg.validate_base and self.cfg.heldout_seed >= 0:
+            return
+        vpath = self.path.with_name(self.path.stem + ".validation.parquet")
+        self._heldout(validation_batches(n_tenants, self.grid, self.cfg.seed), vpath)
+        self.meta["validation_file"] = vpath.name
+
+    def validation_drawn(self) -> None:
+        """A second held-out set, drawn afresh (sizes and contexts) from ``heldout_seed``: same kinds of batches."""
+        eng = self.eng
+        assert eng is not None
+        n_tenants = self.plan.n_variants if self.plan is not None else len(eng.tenants)
+        seed = self.cfg.heldout_seed
+        vpath = self.path.with_name(f"{self.path.stem}.validation.seed{seed}.parquet")
+        self._heldout(draw_heldout_batches(n_tenants, self.grid, seed), vpath)
+        self.meta.setdefault("validation_files_extra", {})[f"seed{seed}"] = vpath.name
+
+    def _heldout(self, batches: list[list[tuple[int, int, int]]], vpath: Path) -> None:
+        """Time each batch as a whole step; the file is rewritten after every batch (partial results survive)."""
+        eng = self.eng
+        assert eng is not None
         out = []
         for i, batch in enumerate(tqdm(batches, desc="validation", mininterval=10, file=sys.stdout)):
             rec: dict[str, Any] = {"batch_id": i, "seqs": json.dumps([list(x) for x in batch]),
@@ -493,12 +582,7 @@ class Calibration:
             out.append(rec)
             print(f"  held-out step {i:2d} {rec['description']:55s} {1e3 * rec['time_s_median']:9.2f} ms",
                   flush=True)
-        vpath = self.path.with_name(self.path.stem + ".validation.parquet")
-        pd.DataFrame(out).to_parquet(vpath, index=False)
-        self.meta["validation_file"] = vpath.name
-        # the expert groups the held-out steps ran with (the report predicts them with this residency)
-        self.meta["validation_residency"] = eng.plan_groups or [
-            {"tenants": list(range(len(eng.tenants))), "positions": self.spec.n_expert_positions, "on_gpu": True}]
+            pd.DataFrame(out).to_parquet(vpath, index=False)
 
     def host_link(self) -> None:
         """Host→device: plain copies, one tenant's non-expert set (whole, per layer), one expert, overlap."""

@@ -64,7 +64,7 @@ def source_profile(model: ModelSpec, gpu: GPUSpec) -> Path | None:
     for folder in profile_search_path():
         for p in sorted(Path(folder).glob(f"{gpu.name}__*.parquet")):
             stem = p.stem
-            if stem.endswith((".eager", ".validation")):
+            if stem.endswith(".eager") or ".validation" in stem:
                 continue
             other = stem.split("__", 1)[1]
             if other == model.name or other not in MODEL_SPECS:

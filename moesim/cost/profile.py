@@ -20,7 +20,11 @@ A step (the contract in ``moesim.cost.base``), with L decoder layers and T_t new
   * fetch_s = touched·(1 − cache hit)·expert_bytes / (measured expert link rate · link_fraction), of which
     (1 − fetch_overlap) is exposed;
   * lm_head_s = Σ_t lm_head(sequences of t); overhead_s = Σ_t embed(T_t) (+ the step residual of eager
-    profiles: see ``step_residual``).
+    profiles: see ``step_residual``);
+  * with several tenants, or prompts packed with decodes, what such a step adds where the profile measured it
+    (``tenant_terms``, ``moesim.cost.profile_tenants``): the tenants' concatenations (attention_s, router_s),
+    the mixed attention call's excess over a prefill call plus a decode call (attention_s), fixed per extra
+    tenant and per mixed step (overhead_s).
 Slices: compute time scales by the green-context ratio measured at the slice's SM count (interpolated in
 SMs and size); green contexts share the whole HBM, so each op's time is also bounded below by its bytes
 over (measured copy ceiling × the op's best measured bandwidth efficiency × bw_fraction).
@@ -37,6 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from moesim.calibrate.grids import spread_contexts
 from moesim.calibrate.work import op_work
 from moesim.cost import COST_MODELS
 from moesim.cost.base import (
@@ -48,6 +53,7 @@ from moesim.cost.base import (
     expected_active_fraction,
     host_routing_weights,
 )
+from moesim.cost.profile_tenants import MixedExcess, median_or_zero, mixed_excess_from
 from moesim.errors import UserError
 from moesim.formats.profile import EXECUTIONS, profile_stem, read_profile
 from moesim.resources import profile_search_path, shipped_profiles_dir
@@ -76,6 +82,9 @@ class ProfileCostConfig:
             residual the profile's whole-model ``step`` rows show over the composed ops, interpolated in
             log(tokens in the step). Eager steps have host launch gaps the per-op tables cannot see; graph
             replays have none, and their grid residuals are within a few percent either way.
+        tenant_terms: ``auto`` (cost what a multi-tenant or mixed step adds where the profile measured it:
+            ``concat_*``, ``attn_mixed*``, ``step_mixed`` rows; a profile without them composes as before) or
+            ``off`` (ignore those rows).
     """
 
     name: str = "profile"
@@ -84,10 +93,13 @@ class ProfileCostConfig:
     routing_skew: float = 0.0
     host_routing_weight: float = 1.0
     step_residual: str = "auto"
+    tenant_terms: str = "auto"
 
     def __post_init__(self) -> None:
         if self.step_residual not in ("auto", "on", "off"):
             raise UserError(f"cost.step_residual={self.step_residual!r}: valid: auto, on, off")
+        if self.tenant_terms not in ("auto", "off"):
+            raise UserError(f"cost.tenant_terms={self.tenant_terms!r}: valid: auto, off")
         if self.execution not in EXECUTIONS:
             raise UserError(f"cost.execution={self.execution!r}: valid: {', '.join(EXECUTIONS)}")
         if self.routing_skew < 0:
@@ -101,7 +113,7 @@ def available_profiles(folder: Path | None = None) -> list[str]:
     validation files left out)."""
     folders = [folder] if folder is not None else profile_search_path()
     return sorted({p.stem for f in folders for p in f.glob("*.parquet")
-                   if "__" in p.stem and not p.stem.endswith(".validation")})
+                   if "__" in p.stem and ".validation" not in p.stem})
 
 
 def resolve_profile(path: str, model: ModelSpec, gpu: GPUSpec, execution: str = "graphs") -> Path:
@@ -350,6 +362,11 @@ class ProfileCost(CostModel):
         self._proj_mult = 1.0 + (qo / m.attention_params_per_block if m.cross_attention else 0.0)
         self._pos_scale = self._Lmoe / max(1, m.n_moe_layers)
         self._residual_x = self._residual_y = np.zeros(0)
+        self.concat: dict[str, Surface] = {}
+        self.mixed_excess: MixedExcess | None = None
+        self.tenant_fixed_s = self.mixed_fixed_s = 0.0
+        if cfg.tenant_terms == "auto":
+            self._build_tenant_terms(full)
         self.execution = str(meta.get("execution", "eager"))
         if cfg.step_residual == "on" or (cfg.step_residual == "auto" and self.execution == "eager"):
             self._build_residual(full[full["op"] == "step"])
@@ -409,6 +426,35 @@ class ProfileCost(CostModel):
             if rows:
                 a = np.array(rows)
                 self.slice_ratio[str(op)] = SliceRatio(a[:, 0], a[:, 1], a[:, 2], self.total_sms)
+
+    def _build_tenant_terms(self, full: pd.DataFrame) -> None:
+        """Concatenation surfaces, the mixed-attention excess, and the fixed per-tenant / per-mixed-step costs
+        from the grid's multi-tenant whole steps (``moesim.cost.profile_tenants``); nothing without the rows."""
+        from moesim.cost.base import ExpertGroup
+
+        for op in ("concat_qkv", "concat_route"):
+            d = full[full["op"] == op].groupby(["batch", "tokens"], as_index=False)["time_s_median"].median()
+            if not d.empty:
+                self.concat[op] = Surface(d["batch"].to_numpy(), d["tokens"].to_numpy(),
+                                          d["time_s_median"].to_numpy(), slope_a=1.0, slope_b=1.0)
+        self.mixed_excess = mixed_excess_from(full)
+        steps = full[full["op"] == "step_mixed"]
+        if steps.empty:
+            return
+        nt = int(self.meta.get("mixed_step_tenants", 3))
+        res = Residency(groups=(ExpertGroup(frozenset(range(nt)), self.model.n_expert_positions, True),))
+        dec, mix = [], []  # (measured, composed, tenants in the step)
+        for b, n, c, t in steps[["batch", "tokens", "context", "time_s_median"]].itertuples(index=False, name=None):
+            batch = ([SeqWork(0, int(n), 0)] if n else []) + [
+                SeqWork(i % nt, 1, ci) for i, ci in enumerate(spread_contexts(int(b), int(c)))]
+            k = len({s.tenant for s in batch})
+            (mix if n else dec).append((float(t), self.step(tuple(batch), res).total_s, k))
+        L = self._L
+        self.tenant_fixed_s = median_or_zero([(t - comp) / (L * (k - 1)) for t, comp, k in dec if k > 1])
+        self.mixed_fixed_s = median_or_zero([(t - comp - L * (k - 1) * self.tenant_fixed_s) / L
+                                             for t, comp, k in mix])
+        self._parts_memo.clear()
+        self._memo_keep.clear()
 
     def _build_residual(self, steps: pd.DataFrame) -> None:
         """Measured whole-model step minus the composed ops, by log(tokens in the step) (seconds)."""
@@ -494,6 +540,14 @@ class ProfileCost(CostModel):
                 dense += (self._L - self._Lmoe) * self._t("expert_one", res, t=T)
             lm += self._t("lm_head", res, t=seqs[t])
             emb += self._t("embed", res, t=T)
+        n_t = sum(1 for T in tokens.values() if T > 0)
+        if n_t > 1:  # multi-tenant glue (whole-GPU times: launch-scale kernels) and fixed per-tenant cost
+            N = sum(tokens.values())
+            if "concat_qkv" in self.concat:
+                proj += self._L * self.concat["concat_qkv"].scalar(n_t, N)
+            if "concat_route" in self.concat and self._Lmoe:
+                router += self._Lmoe * self.concat["concat_route"].scalar(n_t, N)
+            emb += self._L * (n_t - 1) * self.tenant_fixed_s
         experts, fetch_s, fetches = dense, 0.0, 0.0
         E, k = m.n_experts, m.top_k
         weights = host_routing_weights(res, self.cfg.host_routing_weight)
@@ -546,10 +600,30 @@ class ProfileCost(CostModel):
         proj, router, lm, emb, experts, fetch_s, fetches = self._tenant_parts(tokens, seqs, residency)
         core = self._prefill_core(pre, residency)
         if dec:
-            core += self._L * float(self._t("attn_decode", residency, b=len(dec), c=sum(dec) / len(dec)))
+            dcore = self._L * float(self._t("attn_decode", residency, b=len(dec), c=sum(dec) / len(dec)))
+            if pre:
+                core, mixed_s = self._mixed(pre, dec, core, dcore, residency)
+                emb += mixed_s
+            else:
+                core = dcore
         composed = proj + core + router + experts + fetch_s + lm + emb
         over = emb + self._residual(sum(tokens.values()), composed)
         return StepCost(proj + core, router, experts, fetch_s, lm, over, fetches)
+
+    def _mixed(self, pre: list[tuple[int, int]], dec: list[int], pcore: float, dcore: float, res: Residency
+               ) -> tuple[float, float]:
+        """Attention core of a step packing prompts with decodes (the prefill and decode cores plus the mixed
+        call's measured excess), and its fixed per-mixed-step cost; both as composed before without the rows."""
+        core = pcore + dcore
+        if self.mixed_excess is not None:
+            n_max = max(n for n, _ in pre)
+            ex = self._L * self.mixed_excess(len(pre) + len(dec) - 1, n_max, sum(dec) / len(dec))
+            sl = res.slice
+            if sl.sm_fraction < 1.0 or sl.bw_fraction < 1.0:  # as the prompt's attention slows on the slice
+                full = float(self._full_time("attn_prefill", 1, n_max, 0))
+                ex *= float(self._t("attn_prefill", res, b=1, t=n_max)) / full if full > 0 else 1.0
+            core = max(core + ex, pcore, dcore)
+        return core, self._L * self.mixed_fixed_s
 
     def decode_run(self, decode_tenants: tuple[int, ...], context0: tuple[int, ...], n_steps: int,
                    residency: Residency) -> DecodeRun:

@@ -45,6 +45,16 @@ OPS: dict[str, str] = {
     "embed": "embedding lookup of `tokens` tokens",
     "step": "whole-model step of tenant 0: `batch` sequences of `tokens` new tokens over `context` cached "
     "(calibrates what composing the per-op tables misses: launches between ops, concatenations)",
+    "step_mixed": "whole-model step over several tenants (meta `mixed_step_tenants`): `batch` decoding sequences "
+    "round robin over the tenants at contexts spread around a mean of `context`, plus a prompt of `tokens` "
+    "new tokens on tenant 0 (0: none)",
+    "concat_qkv": "multi-tenant glue of one layer: the `batch` tenants' q, k, v joined (one cat each), `tokens` "
+    "tokens in all",
+    "concat_route": "multi-tenant glue of one MoE layer: the `batch` tenants' normed h, expert ids and weights "
+    "joined, `tokens` tokens in all",
+    "attn_mixed": "one varlen attention call of one layer over a prompt of `tokens` new tokens packed with `batch` "
+    "decoding sequences at contexts spread around a mean of `context` (KV-cache write included)",
+    "attn_mixed_parts": "the same sequences as `attn_mixed` run as two calls: the prompt alone, then the decodes",
     "h2d_plain": "one large plain host→device copy (`pinned`)",
     "h2d_nonexpert_set": "one tenant's whole non-expert set host→device in one copy (`pinned`)",
     "h2d_nonexpert_layers": "the same set copied layer by layer (one copy per decoder layer plus the rest)",
