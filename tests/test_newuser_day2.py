@@ -447,3 +447,29 @@ def test_a_tie_for_second_place_names_every_policy_in_it(tmp_path: Path) -> None
     html = build_report(root).read_text()
     assert ("2× the next best, multiplex (0.1 requests/s per tenant on 1 GPU, 0.2 requests/s per GPU) and mig "
             "(on 1 GPU, 0.2 requests/s per GPU).") in html
+
+
+def test_a_tie_on_fewer_gpus_says_why_in_few_words(tmp_path: Path) -> None:
+    # the default report: "(multiplex is named first: fewest GPUs, then the lowest mean turnaround at 0.5
+    # requests/s per tenant)" although the GPUs alone decided it (dedicated needs 2)
+    import json
+
+    from test_report_helpers import make_sweep
+
+    from moesim.io import write_json
+    from moesim.report import build_report
+
+    root = make_sweep(tmp_path / "s", failed=False, incomplete=False)
+    for d in root.iterdir():
+        if (d / "summary.json").exists():
+            s = json.loads((d / "summary.json").read_text())
+            if s["policy"] == "reconfig":  # as dedicated on two GPUs: holds 0.2 like multiplex below
+                s["policy"] = "dedicated"
+                s["overrides"] = [o.replace("reconfig", "dedicated") for o in s["overrides"]]
+                inst = json.loads((d / "instances.json").read_text())
+                write_json(d / "instances.json", [dict(inst[0], name=f"gpu{k}", tenants=[k]) for k in range(2)])
+            if s["policy"] == "multiplex":
+                s["slo_attainment"] = {0.1: 0.95, 0.2: 0.95, 0.4: 0.5}[s["rate"]]
+            write_json(d / "summary.json", s)
+    html = build_report(root).read_text()
+    assert "(multiplex is named first: the fewest GPUs)." in html

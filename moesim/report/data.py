@@ -462,10 +462,15 @@ def verdict(data: SweepData, head: pd.DataFrame) -> list[str]:
         else:
             # several policies hold the same top rate: say so first, so the "next best" below them reads as
             # below all of them (not as the second place after a single winner)
-            why = "fewest GPUs, then " if best["gpus"] < max(r["gpus"] for r in tied) else ""
             at = f" at {data.chosen_rate:g} requests/s per tenant" if data.chosen_rate is not None else ""
+            if best["gpus"] < min(r["gpus"] for r in tied):
+                why = "the fewest GPUs"
+            elif best["gpus"] < max(r["gpus"] for r in tied):
+                why = f"the fewest GPUs, then the lowest mean turnaround{at}"
+            else:
+                why = f"the lowest mean turnaround{at}"
             text += ("; " + "; ".join(f"{name(r)} reaches the same rate {cost(r)}" for r in tied)
-                     + f" ({name(best)} is named first: {why}the lowest mean turnaround{at}).")
+                     + f" ({name(best)} is named first: {why}).")
             if runner_text:
                 text += f" These {len(best_rows)} policies are {runner_text}."
         if best["gpus"] > 1:
