@@ -63,6 +63,8 @@ def test_price_axis_labels_are_whole_numbers(search_out: Path) -> None:
     prices = [x for t in figs["frontier"]["data"] if " · " in t["name"] for x in t["x"]]
     assert min(ticks) <= min(prices) * 1.5
     assert max(ticks) >= max(prices) / 1.5
+    if len(set(prices)) <= 6:  # a few prices (4 and 8 USD/hour): exactly those are labelled
+        assert ticks == sorted(set(prices))
     assert log_ticks(3.0, 48.0) == [2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 50.0]
     assert log_ticks(1.3, 620.0) == [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0]
     assert log_ticks(0.0, 5.0) == []
@@ -102,3 +104,17 @@ def test_search_report_has_nothing_under_the_toolbar(search_out: Path, tmp_path:
     assert state["page"]["scroll"] <= width, state["page"]
     assert [(o["figure"], o["a"]["kind"], o["a"].get("text"), o["b"]["kind"], o["b"].get("text"))
             for o in state["overlaps"]] == []
+
+
+def test_a_few_prices_are_labelled_exactly() -> None:
+    # a search of 1 and 2 H200s (4 and 8 USD/hour) labelled its price axis "5" only
+    import pandas as pd
+
+    from moesim.search.report import frontier
+
+    trials = pd.DataFrame({"phase": ["search"] * 2, "load": [1.0, 1.0], "policy": ["reconfig"] * 2,
+                           "gpu": ["h200"] * 2, "usd_per_hour": [4.0, 8.0], "attainment_min": [0.0, 0.01],
+                           "count": [1, 2], "strategy": ["greedy_slo"] * 2, "max_batch": [1, 1], "error": ["", ""]})
+    axis = frontier(trials, 0.9, None, "USD").layout.xaxis
+    assert list(axis.tickvals) == [4.0, 8.0]
+    assert list(axis.ticktext) == ["4", "8"]

@@ -106,8 +106,9 @@ def frontier(trials: pd.DataFrame, target: float, answer: Any, currency: str) ->
             mode="markers", name="chosen", marker={"symbol": "star", "size": 18, "color": "#f5b800",
                                                    "line": {"color": "#000", "width": 1}},
             hovertemplate=f"chosen: {answer.count} x {answer.arm.label()}<extra></extra>"))
-    prices = [float(v) for v in df["usd_per_hour"] if pd.notna(v) and float(v) > 0]
-    ticks = log_ticks(min(prices), max(prices)) if prices else []
+    prices = sorted({round(float(v), 6) for v in df["usd_per_hour"] if pd.notna(v) and float(v) > 0})
+    # a few distinct prices (a small search: 4 and 8 USD/hour): label exactly those; else 1-2-5 steps
+    ticks = prices if len(prices) <= 6 else log_ticks(prices[0], prices[-1]) if prices else []
     fig.update_xaxes(title=f"fleet price ({currency}/hour)", type="log",
                      **({"tickvals": ticks, "ticktext": [f"{t:g}" for t in ticks]} if ticks else {}))
     fig.update_yaxes(title="SLO attainment (worst search seed)", range=[-0.02, 1.02])
