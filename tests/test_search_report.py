@@ -118,3 +118,15 @@ def test_a_few_prices_are_labelled_exactly() -> None:
     axis = frontier(trials, 0.9, None, "USD").layout.xaxis
     assert list(axis.tickvals) == [4.0, 8.0]
     assert list(axis.ticktext) == ["4", "8"]
+
+
+def test_gpus_needed_says_so_when_no_fleet_meets_the_target() -> None:
+    # a search where nothing was feasible drew an empty axis from -1 to 6 without a word
+    import pandas as pd
+
+    from moesim.search.report import needed_vs_rate
+
+    needed = pd.DataFrame({"policy": ["reconfig"], "gpu": ["h200"], "load": [1.0], "needed": [float("nan")]})
+    fig = needed_vs_rate(needed, {1.0: 37.75})
+    assert [a.text for a in fig.layout.annotations] == ["no fleet within search.max_gpus meets the target at any load"]
+    assert list(fig.layout.xaxis.range) == [0.0, pytest.approx(45.3)]

@@ -143,8 +143,14 @@ def needed_vs_rate(needed: pd.DataFrame, rates: dict[float, float]) -> go.Figure
                 line={"color": col[pol], "dash": DASHES[gi % len(DASHES)], "width": 2 + 1.5 * under},
                 marker={"symbol": symbol(pi, gi), "size": 7 + 3 * under},
                 hovertemplate=f"{pol} on {gpu}<br>%{{x:.3g}} req/s: %{{y}} GPUs<extra></extra>"))
-    if not fig.data:  # nothing feasible anywhere: an empty axis says so rather than a blank div
+    if not fig.data:  # nothing feasible anywhere: the empty axis says so in words (a legend of an empty
+        # trace showed nothing), over the loads' rates rather than plotly's −1 … 6
         fig.add_trace(go.Scatter(x=[], y=[], name="no fleet meets the target"))
+        fig.add_annotation(text="no fleet within search.max_gpus meets the target at any load", x=0.5, y=0.5,
+                           xref="paper", yref="paper", showarrow=False, font={"size": 15, "color": "#b42318"})
+        if rates:
+            lo, hi = min(rates.values()), max(rates.values())
+            fig.update_xaxes(range=[0.0, hi * 1.2 if hi > 0 else 1.0] if lo == hi else [lo * 0.9, hi * 1.1])
     fig.update_xaxes(title="total arrival rate (requests/s, all variants)")
     fig.update_yaxes(title="GPUs needed", rangemode="tozero")
     return _layout(fig, "GPUs needed vs total rate", legend="policy · GPU",
