@@ -473,3 +473,35 @@ def test_a_tie_on_fewer_gpus_says_why_in_few_words(tmp_path: Path) -> None:
             write_json(d / "summary.json", s)
     html = build_report(root).read_text()
     assert "(multiplex is named first: the fewest GPUs)." in html
+
+
+def test_cpu_engines_that_cannot_fit_memory_are_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `python -m moesim.serve` without a GPU said "use device=cpu"; `device=cpu` then built the default
+    # Mixtral-8x7B's 100 GB of weights until a traceback (under a memory limit) or the OOM killer
+    pytest.importorskip("torch")
+    from moesim.calibrate.engine import check_host_memory
+    from moesim.specs import get_model
+
+    mix = get_model("mixtral-8x7b")
+    with pytest.raises(UserError, match=r"^model=mixtral-8x7b on device=cpu needs about 103\.0 GB for its weights "
+                                        r"\(4 tenant\(s\)\), more than the 24\.0 GB of memory available; valid on the "
+                                        r"CPU: a small model \(model=tiny, or switch-base-8\), else device=cuda$"):
+        check_host_memory(mix, 4, 2, available=24_000_000_000)
+    check_host_memory(get_model("tiny"), 4, 4, available=24_000_000_000)  # fits: no error
+    from moesim.calibrate import engine
+
+    monkeypatch.setattr(engine, "available_memory_bytes", lambda: None)
+    check_host_memory(mix, 4, 2)  # unknown memory (no /proc/meminfo): not refused
+
+
+def test_serve_and_executor_refuse_an_encoder_decoder_model() -> None:
+    # python -m moesim.serve device=cpu model=switch-base-8 ended in "residency group 0: tenants [0, 1] get
+    # more than 48 positions"
+    from moesim.executor.config import parse_args as executor_args
+    from moesim.serve.config import parse_args as serve_args
+
+    for parse in (serve_args, executor_args):
+        with pytest.raises(UserError, match=r"^model=switch-base-8: an encoder-decoder model \(6 encoder MoE layers\), "
+                                            r"which the executor and the runtime do not run"):
+            parse(["device=cpu", "model=switch-base-8"])
+        parse(["device=cpu", "model=tiny"])
