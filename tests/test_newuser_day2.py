@@ -485,7 +485,7 @@ def test_cpu_engines_that_cannot_fit_memory_are_refused_in_one_line(monkeypatch:
     mix = get_model("mixtral-8x7b")
     with pytest.raises(UserError, match=r"^model=mixtral-8x7b on device=cpu needs about 103\.0 GB for its weights "
                                         r"\(4 tenant\(s\)\), more than the 24\.0 GB of memory available; valid on the "
-                                        r"CPU: a small model \(model=tiny, or switch-base-8\), else device=cuda$"):
+                                        r"CPU: model=tiny \(the CPU path\), else device=cuda$"):
         check_host_memory(mix, 4, 2, available=24_000_000_000)
     check_host_memory(get_model("tiny"), 4, 4, available=24_000_000_000)  # fits: no error
     from moesim.calibrate import engine

@@ -61,7 +61,7 @@ def check_host_memory(spec: ModelSpec, n_tenants: int, bytes_per_weight: int, ex
     if avail is not None and need > 0.8 * avail:
         raise UserError(f"model={spec.name} on device=cpu needs about {need / 1e9:.1f} GB for its weights "
                         f"({n_tenants} tenant(s)), more than the {avail / 1e9:.1f} GB of memory available; valid "
-                        "on the CPU: a small model (model=tiny, or switch-base-8), else device=cuda")
+                        "on the CPU: model=tiny (the CPU path), else device=cuda")
 
 
 def _normal(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype, gen: torch.Generator,
