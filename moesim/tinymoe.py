@@ -81,6 +81,11 @@ FINE_CONFIG = replace(CPU_CONFIG, d_model=384, d_ff=256, n_layers=6, n_heads=6, 
                       n_experts=32, top_k=4, shared_d_ff=512, max_seq=512)
 
 
+#: Ways tokens reach their experts (``SparseMoE.dispatch``); rows each expert's group is padded to in ``grouped``.
+DISPATCH_MODES = ("loop", "sorted", "grouped")
+GROUP_ALIGN = 16
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -144,7 +149,14 @@ class Expert(nn.Module):
 
 
 class SparseMoE(nn.Module):
-    """Router + experts; each token goes to its top-k experts, weighted by the softmax of their logits."""
+    """Router + experts; each token goes to its top-k experts, weighted by the softmax of their logits.
+
+    ``dispatch`` (``DISPATCH_MODES``; set with :func:`set_dispatch`) picks how tokens reach their experts:
+    ``loop`` (one ``nonzero`` per expert: E host syncs per layer; the reference), ``sorted`` (one sort, one
+    sync per layer) or ``grouped`` (``torch._grouped_mm``, no sync; bf16). All compute the same function.
+    """
+
+    dispatch = "loop"
 
     def __init__(self, cfg: TinyMoEConfig) -> None:
         super().__init__()
@@ -154,6 +166,43 @@ class SparseMoE(nn.Module):
         if cfg.shared_d_ff:
             self.shared_expert = Expert(cfg, cfg.shared_d_ff)
 
+    def _sorted_dispatch(self, flat: torch.Tensor, top_w: torch.Tensor, top_i: torch.Tensor) -> torch.Tensor:
+        """The routed experts' output (N, C) with the N·k (token, expert) pairs sorted by expert (stable).
+
+        ``sorted``: one host sync per layer (the E group sizes), then one SwiGLU per expert on a contiguous
+        slice. ``grouped``: no host sync; each expert's group padded to a multiple of ``GROUP_ALIGN`` rows (at
+        least one multiple, so no group is empty) inside a buffer of fixed size N·k + E·GROUP_ALIGN (zero rows), three ``torch._grouped_mm`` calls over all experts (bf16
+        operands: the autocast dtype, or bf16). Same function as ``loop`` up to rounding."""
+        n, c = flat.shape
+        k, n_exp = self.cfg.top_k, self.cfg.n_experts
+        e_flat = top_i.reshape(-1)  # (N·k,): pair j = token j // k, rank j % k
+        order = torch.sort(e_flat, stable=True).indices  # pairs grouped by expert, token order kept inside
+        tok = order // k
+        w_sorted = top_w.reshape(-1)[order]
+        xs = flat.index_select(0, tok)  # (N·k, C)
+        counts = torch.zeros(n_exp, dtype=torch.long, device=flat.device).scatter_add_(
+            0, e_flat, torch.ones_like(e_flat))
+        if self.dispatch == "sorted":
+            parts = xs.split(counts.tolist())
+            ys = torch.cat([expert(p) for expert, p in zip(self.experts, parts, strict=True)])
+        else:
+            a = GROUP_ALIGN
+            e_sorted = e_flat[order]
+            padded = ((counts + a - 1) // a * a).clamp(min=a)  # no empty group: ≤ count + a rows each
+            ends = torch.cumsum(padded, 0)
+            rank = torch.arange(e_flat.numel(), device=flat.device) - (torch.cumsum(counts, 0) - counts)[e_sorted]
+            pos = (ends - padded)[e_sorted] + rank  # row of each sorted pair in the padded buffer
+            m = -(-(e_flat.numel() + n_exp * a) // a) * a
+            offs = torch.cat([ends[:-1], ends.new_full((1,), m)]).to(torch.int32)  # last group absorbs the tail
+            dt = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.bfloat16
+            xp = xs.new_zeros(m, c, dtype=dt).index_copy(0, pos, xs.to(dt))
+            w1, w2, w3 = (torch.stack([getattr(e, w).weight for e in self.experts]).to(dt) for w in ("w1", "w2", "w3"))
+            h = F.silu(torch._grouped_mm(xp, w1.transpose(1, 2), offs=offs)) * torch._grouped_mm(
+                xp, w3.transpose(1, 2), offs=offs)  # (M, F)
+            ys = torch._grouped_mm(h, w2.transpose(1, 2), offs=offs).index_select(0, pos)  # (N·k, C)
+        out = torch.zeros(n, c, dtype=flat.dtype, device=flat.device)  # accumulated as ``loop`` does (fp32)
+        return out.index_add(0, tok, (ys * w_sorted[:, None]).to(flat.dtype))
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns the output (B, T, C) and the load-balancing loss (Switch Transformer's, scalar)."""
         b, t, c = x.shape
@@ -161,17 +210,29 @@ class SparseMoE(nn.Module):
         logits = self.gate(flat).float()  # (N, E)
         top_w, top_i = logits.topk(self.cfg.top_k, dim=-1)  # (N, k)
         top_w = top_w.softmax(dim=-1).to(x.dtype)
-        out = torch.zeros_like(flat)
-        for e, expert in enumerate(self.experts):
-            tok, slot = (top_i == e).nonzero(as_tuple=True)  # tokens routed to e, and at which rank
-            if tok.numel():
-                out.index_add_(0, tok, expert(flat[tok]) * top_w[tok, slot, None])
+        if self.dispatch == "loop":
+            out = torch.zeros_like(flat)
+            for e, expert in enumerate(self.experts):
+                tok, slot = (top_i == e).nonzero(as_tuple=True)  # tokens routed to e, and at which rank
+                if tok.numel():
+                    out.index_add_(0, tok, expert(flat[tok]) * top_w[tok, slot, None])
+        else:
+            out = self._sorted_dispatch(flat, top_w, top_i)
         if self.cfg.shared_d_ff:
             out = out + self.shared_expert(flat)
         probs = logits.softmax(dim=-1)  # (N, E)
         frac = F.one_hot(top_i, self.cfg.n_experts).float().sum(1).mean(0) / self.cfg.top_k  # (E,)
         aux = self.cfg.n_experts * (frac * probs.mean(0)).sum()
         return out.view(b, t, c), aux
+
+
+def set_dispatch(model: nn.Module, mode: str) -> None:
+    """Set the expert dispatch of every :class:`SparseMoE` in ``model`` (one of ``DISPATCH_MODES``)."""
+    if mode not in DISPATCH_MODES:
+        raise ValueError(f"dispatch {mode!r}: valid are {', '.join(DISPATCH_MODES)}")
+    for m in model.modules():
+        if isinstance(m, SparseMoE):
+            m.dispatch = mode
 
 
 class DecoderLayer(nn.Module):

@@ -148,7 +148,7 @@ def test_activation_distances_and_one_subset_on_untrained_models(monkeypatch: py
     assert all(0 <= r["accuracy"] <= 1 and math.isfinite(r["perplexity"]) for r in rows)
 
 
-REPORT = ROOT / "reports" / "consolidation"
+REPORT = ROOT / "reports" / "consolidation" / "h200-v2"  # the second call (h200 preset)
 
 
 def test_committed_results_read_back() -> None:

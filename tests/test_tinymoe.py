@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
 import torch
 
 from moesim.consolidation.weights import layout_of
@@ -79,3 +82,51 @@ def test_training_reduces_loss() -> None:
         (ce + 0.01 * aux).backward()
         opt.step()
     assert float(ce.detach()) < 0.5 * first
+
+
+def test_sorted_and_grouped_dispatch_compute_the_loop_function() -> None:
+    """sorted is the loop's function exactly (same per-expert matmuls, fp32); grouped runs in bf16, so its loss
+    and gradients agree to bf16 rounding; the fine-grained shape (32 experts top-4, shared expert) too."""
+    import copy
+
+    from moesim.tinymoe import FINE_CONFIG, GROUP_ALIGN, SparseMoE, set_dispatch
+
+    for cfg in (replace(CPU_CONFIG, max_seq=32), replace(FINE_CONFIG, d_model=32, d_ff=16, shared_d_ff=32,
+                                                         n_layers=2, n_heads=2, head_dim=16, max_seq=32)):
+        torch.manual_seed(0)
+        ref_model = TinyMoE(cfg)
+        x = torch.randint(0, 256, (3, 33))
+        out = {}
+        for mode in ("loop", "sorted", "grouped"):
+            m = copy.deepcopy(ref_model)
+            set_dispatch(m, mode)
+            assert all(s.dispatch == mode for s in m.modules() if isinstance(s, SparseMoE))
+            ce, aux = m.loss(x)
+            (ce + 0.01 * aux).backward()
+            g = torch.cat([p.grad.reshape(-1) for p in m.parameters() if p.grad is not None])
+            out[mode] = (float(ce.detach()), float(aux.detach()), g)
+        assert out["sorted"][0] == pytest.approx(out["loop"][0], abs=1e-6)
+        assert out["sorted"][1] == pytest.approx(out["loop"][1], abs=1e-6)
+        assert float((out["sorted"][2] - out["loop"][2]).norm() / out["loop"][2].norm()) < 1e-5
+        assert out["grouped"][0] == pytest.approx(out["loop"][0], rel=2e-3)
+        assert float((out["grouped"][2] - out["loop"][2]).norm() / out["loop"][2].norm()) < 3e-2
+    assert GROUP_ALIGN == 16
+    with pytest.raises(ValueError, match="dispatch 'fast'"):
+        set_dispatch(TinyMoE(CPU_CONFIG), "fast")
+
+
+def test_grouped_dispatch_with_idle_experts() -> None:
+    """Experts that receive no token (an empty group) leave the others' output unchanged."""
+    from moesim.tinymoe import SparseMoE
+
+    torch.manual_seed(2)
+    moe = SparseMoE(CPU_CONFIG)
+    flat = torch.randn(10, CPU_CONFIG.d_model)
+    top_i = torch.stack([torch.tensor([0, 3]), torch.tensor([3, 7])] * 5)  # experts 1, 2, 4, 5, 6 idle
+    top_w = torch.rand(10, 2).softmax(-1)
+    ref = torch.stack([sum(top_w[t, j] * moe.experts[int(top_i[t, j])](flat[t]) for j in range(2))
+                       for t in range(10)])
+    for mode, tol in (("sorted", 1e-5), ("grouped", 2e-2)):
+        moe.dispatch = mode
+        out = moe._sorted_dispatch(flat, top_w, top_i)
+        assert float(((out - ref).norm() / ref.norm()).detach()) < tol, mode

@@ -16,6 +16,7 @@ from moesim.specs import MODEL_SPECS
 from moesim.specs.models import is_path
 
 GRIDS = ("auto", "full", "quick")
+MOE_KERNELS = ("grouped", "triton")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class CalibrateConfig:
         balanced_routing: route whole steps near-uniformly at random (``MoEEngine``'s balanced_routing):
             random-weight models otherwise send every token to a few experts, which matters with many
             fine-grained experts. Used for Qwen3-MoE, Qwen1.5-MoE and OLMoE (calibration/NOTES.md).
+        moe_kernel: the engine's experts: ``grouped`` (``torch._grouped_mm``) or ``triton`` (the fused MoE
+            kernel with the fused router and RoPE/KV-write ops of ``moesim.kernels``; the profile is written as
+            ``<gpu>__<model>.triton`` and its metadata says ``moe_engine: triton``).
         heldout_seed: ≥ 0 also times a second held-out set drawn afresh from this seed (sizes, tenants and
             contexts; the same kinds of batches as the first), written to ``<stem>.validation.seed<N>.parquet``;
             -1: none.
@@ -70,6 +74,7 @@ class CalibrateConfig:
     target_s: float = 0.12
     seed: int = 0
     balanced_routing: bool = False
+    moe_kernel: str = "grouped"
     heldout_seed: int = -1
     validate_base: bool = True
 
@@ -78,6 +83,8 @@ class CalibrateConfig:
             raise UserError(f"device={self.device!r}: valid: cuda, cpu")
         if not is_path(self.model) and self.model not in MODEL_SPECS:
             raise UserError(f"model={self.model!r}: valid: {', '.join(sorted(MODEL_SPECS))}")
+        if self.moe_kernel not in MOE_KERNELS:
+            raise UserError(f"moe_kernel={self.moe_kernel!r}: valid: {', '.join(MOE_KERNELS)}")
         if self.grid not in GRIDS:
             raise UserError(f"grid={self.grid!r}: valid: {', '.join(GRIDS)}")
         if self.tenants < 1:
@@ -110,5 +117,6 @@ EXAMPLES = ("python -m moesim.calibrate device=cpu model=tiny out=/tmp/prof",
 def parse_args(argv: list[str]) -> CalibrateConfig:
     """``["device=cpu", "model=tiny"]`` → config; an unknown key or a bad value is one clear line."""
     return parse_key_values(argv, CalibrateConfig, prog="python -m moesim.calibrate", summary=SUMMARY,
-                            choices={"device": ("cuda", "cpu"), "model": sorted(MODEL_SPECS), "grid": GRIDS},
+                            choices={"device": ("cuda", "cpu"), "model": sorted(MODEL_SPECS), "grid": GRIDS,
+                                     "moe_kernel": MOE_KERNELS},
                             examples=EXAMPLES)

@@ -38,6 +38,11 @@ INIT_STD = 0.02
 ALIGN_ROWS = 16  # rows per expert group are padded to this for the grouped GEMM
 ROUTE_NOISE_STD = 8.0  # balanced routing: random logits dominate the router's (std ≈ 0.02·√d ≈ 1)
 ROUTE_NOISE_ROWS = 16384  # token slots of the routing-noise table (longer calls wrap around)
+MOE_ENGINES = ("grouped", "loop", "triton")
+# MoEEngine._triton_ok: above this many token × top-k assignments the triton engine runs the grouped GEMM. The
+# H200 benchmark (reports/kernels) measured the fused kernel faster up to 2,048 tokens (3.04 vs 3.26 ms per
+# Mixtral layer) and slower at 4,096 (6.16 vs 5.60 ms): its "hybrid_max_assign" 8,191.
+TRITON_MAX_ASSIGN: int | None = 8191
 
 
 def available_memory_bytes() -> int | None:
@@ -151,7 +156,12 @@ class MoEEngine:
         device: where weights live and ops run.
         n_tenants: non-expert sets to build (tenant 0 … n_tenants-1); experts are shared by all.
         seed: seed of the weights.
-        moe_engine: ``grouped`` (grouped GEMM, no host sync) or ``loop`` (one GEMM per active expert).
+        moe_engine: ``grouped`` (grouped GEMM, no host sync), ``loop`` (one GEMM per active expert) or
+            ``triton`` (the fused MoE kernel of ``moesim.kernels.fused_moe``: align, gate+up+SiLU·mul, down with
+            the routing weight; no host sync; layers with host-resident slots run ``grouped``).
+        fused_ops: route through one fused kernel per layer and do RoPE + the KV-cache write in one kernel
+            (``moesim.kernels.fused_ops``), the output projection's residual add inside its GEMM; None: on
+            with ``moe_engine="triton"``. On CPU the same calls run the torch reference ops.
         balanced_routing: add a fixed random logit table (std ``ROUTE_NOISE_STD``, one row per token slot)
             to the router's logits, so that tokens pick experts near-uniformly at random whatever the hidden
             states. With random weights the residual stream of a whole step collapses after a few layers and
@@ -165,9 +175,20 @@ class MoEEngine:
 
     def __init__(self, spec: ModelSpec, device: torch.device, n_tenants: int = 1, seed: int = 0,
                  moe_engine: str = "grouped", dtype: torch.dtype = torch.bfloat16,
-                 balanced_routing: bool = False, draw_experts: bool = True) -> None:
+                 balanced_routing: bool = False, draw_experts: bool = True,
+                 fused_ops: bool | None = None) -> None:
         if device.type == "cpu":
             check_host_memory(spec, n_tenants, torch.finfo(dtype).bits // 8, draw_experts)
+        if moe_engine not in MOE_ENGINES:
+            raise UserError(f"moe_engine={moe_engine!r}: valid: {', '.join(MOE_ENGINES)}")
+        if moe_engine == "triton" and device.type == "cuda":
+            from moesim.kernels.fused_moe import HAVE_TRITON
+
+            if not HAVE_TRITON:
+                raise UserError("moe_kernel=triton needs the triton package on the GPU machine; use grouped")
+        self.fused_ops = (moe_engine == "triton") if fused_ops is None else fused_ops
+        # triton engine: calls with more token × top-k assignments than this run the grouped GEMM (None: never)
+        self.triton_max_assign: int | None = TRITON_MAX_ASSIGN
         self.spec = spec
         self.device = device
         self.dtype = dtype
@@ -281,6 +302,13 @@ class MoEEngine:
         experts, and multi-tenant held-out steps touched fewer experts than a load-balanced model would).
         """
         w, s = self.tenants[tenant], self.spec
+        if self.fused_ops:
+            from moesim.kernels.fused_ops import router
+
+            h, top_i, top_w = router(x, w.ffn_norm[layer], w.router[layer], s.top_k, self.route_noise, row0=row0)
+            if self.remap is not None:
+                top_i = self.remap[tenant][layer][top_i]
+            return h, top_i, top_w
         h = F.rms_norm(x, (s.d_model,), w.ffn_norm[layer], eps=1e-5)
         logits = (h @ w.router[layer].T).float()  # (T, E)
         if self.route_noise is not None:
@@ -331,9 +359,21 @@ class MoEEngine:
     def moe(self, h: torch.Tensor, top_i: torch.Tensor, top_w: torch.Tensor, layer: int,
             engine: str | None = None) -> torch.Tensor:
         """Experts of one MoE layer for h (N, d) routed by top_i/top_w (N, k) → (N, d)."""
-        if (engine or self.moe_engine) == "loop":
+        eng = engine or self.moe_engine
+        if eng == "loop":
             return self._moe_loop(h, top_i, top_w, layer)
+        if eng == "triton" and self._triton_ok(layer, top_i):
+            from moesim.kernels.fused_moe import fused_moe
+
+            return fused_moe(h, self.w_in[layer], self.w_out[layer], top_i, top_w, self.swiglu)
         return self._moe_grouped(h, top_i, top_w, layer)
+
+    def _triton_ok(self, layer: int, top_i: torch.Tensor) -> bool:
+        """The fused kernel serves this layer call: experts all on the GPU, and at most ``triton_max_assign``
+        token × top-k assignments (above it the grouped GEMM, where the benchmark measured it faster)."""
+        cap = self.triton_max_assign
+        return (not self.host_in[layer] and bool(self.n_gpu_slots[layer])
+                and (cap is None or top_i.numel() <= cap))
 
     def _moe_grouped(self, h: torch.Tensor, top_i: torch.Tensor, top_w: torch.Tensor, layer: int
                      ) -> torch.Tensor:
@@ -493,6 +533,31 @@ class MoEEngine:
             return out.reshape(N, self.q_dim)
         return self._attention_sdpa(q, meta, cache_k, cache_v).reshape(N, self.q_dim)
 
+    def _attention_fused(self, x: torch.Tensor, si: StepInputs, cache: KVCache, layer: int,
+                         multi: bool) -> torch.Tensor:
+        """RMSNorm + QKV GEMM per tenant, then one kernel for RoPE and the cache write, then attention."""
+        from moesim.kernels.fused_ops import rms_norm, rope_kv
+
+        s = self.spec
+        parts = []
+        for t, a, b in si.segments:
+            w = self.tenants[t]
+            parts.append(rms_norm(x[a:b], w.attn_norm[layer], 1e-5) @ w.wqkv[layer].T)
+        qkv = torch.cat(parts) if multi else parts[0]  # (N, q + 2kv)
+        ck, cv = cache.k[layer], cache.v[layer]
+        q = rope_kv(qkv, si.pos, self.cos, self.sin, si.meta.slots, ck, cv, s.n_heads, s.n_kv_heads, s.head_dim)
+        return self.attend(q, si.meta, ck, cv)
+
+    def attend(self, q: torch.Tensor, meta: AttnMeta, cache_k: torch.Tensor, cache_v: torch.Tensor) -> torch.Tensor:
+        """Attention over a cache that already holds the step's keys/values: q (N, H, hd) → (N, H·hd)."""
+        N = q.shape[0]
+        if self.attn_backend == "flash":
+            out = torch.ops.aten._flash_attention_forward(
+                q, cache_k, cache_v, meta.cu_q, meta.cu_k, meta.max_q, meta.max_k, 0.0, True, False,
+                scale=self.scale)[0]
+            return out.reshape(N, self.q_dim)
+        return self._attention_sdpa(q, meta, cache_k, cache_v).reshape(N, self.q_dim)
+
     def _attention_sdpa(self, q: torch.Tensor, meta: AttnMeta, cache_k: torch.Tensor,
                         cache_v: torch.Tensor) -> torch.Tensor:
         outs = []
@@ -576,11 +641,16 @@ class MoEEngine:
         for layer in range(s.n_layers):
             if hook is not None:
                 hook(layer)
-            parts = [self.attn_pre(x[a:b], t, layer, si.pos[a:b]) for t, a, b in si.segments]
-            q, k, v = self.concat_tenants(parts) if multi else parts[0]
-            o = self.attention(q, k, v, si.meta, cache.k[layer], cache.v[layer])  # (N, H·hd)
-            for t, a, b in si.segments:
-                self.attn_post(x[a:b], o[a:b], t, layer)
+            if self.fused_ops:
+                o = self._attention_fused(x, si, cache, layer, multi)
+                for t, a, b in si.segments:  # x += o Woᵀ inside the GEMM
+                    x[a:b].addmm_(o[a:b], self.tenants[t].wo[layer].T)
+            else:
+                parts = [self.attn_pre(x[a:b], t, layer, si.pos[a:b]) for t, a, b in si.segments]
+                q, k, v = self.concat_tenants(parts) if multi else parts[0]
+                o = self.attention(q, k, v, si.meta, cache.k[layer], cache.v[layer])  # (N, H·hd)
+                for t, a, b in si.segments:
+                    self.attn_post(x[a:b], o[a:b], t, layer)
             if self.is_moe(layer):
                 routed = [self.router(x[a:b], t, layer, row0=a) for t, a, b in si.segments]
                 h, top_i, top_w = self.concat_tenants(routed) if multi else routed[0]
@@ -588,7 +658,12 @@ class MoEEngine:
                     y = self.shared(h[a:b], t, layer)
                     if y is not None:
                         x[a:b] += y
-                x += self.moe(h, top_i, top_w, layer)
+                if self.fused_ops and self.moe_engine == "triton" and self._triton_ok(layer, top_i):
+                    from moesim.kernels.fused_moe import fused_moe
+
+                    fused_moe(h, self.w_in[layer], self.w_out[layer], top_i, top_w, self.swiglu, residual=x)
+                else:
+                    x += self.moe(h, top_i, top_w, layer)
             else:
                 for t, a, b in si.segments:
                     x[a:b] += self.dense(x[a:b], t, layer)

@@ -117,7 +117,8 @@ class Calibration:
         self.timer = Timer(self.device, cfg.min_reps, max_reps, target)
         self.graphs = cfg.graphs and self.cuda
         self.in_slice = False  # inside a green context: capture on its current stream
-        stem = profile_stem(self.gpu, self.spec.name, "graphs" if self.graphs else "eager")
+        self.kernel_tag = ".triton" if cfg.moe_kernel == "triton" else ""  # the faster engine's own profile
+        stem = profile_stem(self.gpu, self.spec.name, "graphs" if self.graphs else "eager") + self.kernel_tag
         self.out = cfg.out_dir()
         self.path = self.out / f"{stem}.parquet"
         self.meta: dict[str, Any] = {
@@ -205,7 +206,7 @@ class Calibration:
         t0 = time.monotonic()
         n_tenants = max(cfg.tenants, self.plan.n_variants if self.plan else 0)
         self.eng = MoEEngine(self.spec, self.device, n_tenants=n_tenants, seed=cfg.seed, dtype=self.dtype,
-                             balanced_routing=cfg.balanced_routing)
+                             balanced_routing=cfg.balanced_routing, moe_engine=cfg.moe_kernel)
         self.meta["balanced_routing"] = cfg.balanced_routing
         if self.cuda:
             torch.cuda.synchronize()
@@ -217,6 +218,7 @@ class Calibration:
         self.checks()
         self.meta["attention_backend"] = self.eng.attn_backend
         self.meta["moe_engine"] = self.eng.moe_engine
+        self.meta["fused_ops"] = bool(self.eng.fused_ops)
         self._section(self.dense_ops)
         self._section(self.attention_grids)
         self._section(self.tenant_ops)
@@ -318,9 +320,21 @@ class Calibration:
             err = float("inf")
             self.rec.errors.append(f"grouped GEMM failed: {str(exc).splitlines()[0][:200]}")
         self.meta["checks"]["moe_grouped_vs_loop_rel_err"] = err
-        if not err < 2e-2:
+        if not err < 2e-2 and eng.moe_engine == "grouped":
             print(f"grouped GEMM unusable (rel err {err}); using one GEMM per expert", flush=True)
             eng.moe_engine = "loop"
+        if eng.moe_engine == "triton":
+            try:
+                got = eng.moe(hh, ti, tw, first_moe, engine="triton").float()
+                err = float((got - ref_moe).norm() / ref_moe.norm())
+            except Exception as exc:  # a kernel that fails to compile: the grouped GEMM, and say so
+                err = float("inf")
+                self.rec.errors.append(f"triton MoE failed: {str(exc).splitlines()[0][:200]}")
+            self.meta["checks"]["moe_triton_vs_loop_rel_err"] = err
+            if not err < 2e-2:
+                print(f"triton MoE unusable (rel err {err}); using the grouped GEMM", flush=True)
+                eng.moe_engine = "grouped"
+                eng.fused_ops = False
         # a whole step must produce finite logits (random weights, never zeros)
         cache = KVCache(s, si.meta.kv_tokens, self.device, eng.dtype, gen)
         out = eng.step(si, cache)
@@ -341,7 +355,7 @@ class Calibration:
     def _switch_to_eager(self) -> None:
         self.graphs = False
         self.meta["execution"] = "eager"
-        self.path = self.out / f"{profile_stem(self.gpu, self.spec.name, 'eager')}.parquet"
+        self.path = self.out / f"{profile_stem(self.gpu, self.spec.name, 'eager')}{self.kernel_tag}.parquet"
         self.rec.path = self.path
 
     def _layers(self, n: int | None = None) -> list[int]:
@@ -359,6 +373,23 @@ class Calibration:
             x = eng.random_hidden(T)
             if op == "attn_proj":
                 pos = torch.arange(T, device=self.device) % 32768
+                if eng.fused_ops:  # as MoEEngine.step runs it: the RoPE/KV-write kernel, the residual in the GEMM
+                    from moesim.kernels.fused_ops import rms_norm, rope_kv
+
+                    kv = (T, s.n_kv_heads, s.head_dim)
+                    ck = torch.empty(kv, device=self.device, dtype=eng.dtype)
+                    cv = torch.empty(kv, device=self.device, dtype=eng.dtype)
+                    slots = torch.arange(T, device=self.device)
+                    w = eng.tenants[0]
+
+                    def fused() -> None:
+                        for layer in layers:
+                            qkv = rms_norm(x, w.attn_norm[layer]) @ w.wqkv[layer].T
+                            q = rope_kv(qkv, pos, eng.cos, eng.sin, slots, ck, cv, s.n_heads, s.n_kv_heads,
+                                        s.head_dim)
+                            x.addmm_(q.reshape(T, -1), w.wo[layer].T)
+
+                    return fused, len(layers)
 
                 def fn() -> None:
                     for layer in layers:

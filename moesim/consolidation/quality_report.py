@@ -91,9 +91,58 @@ def wins(q: pd.DataFrame, method: str, against: str) -> dict[str, Any]:
             "median_margin": round(float(margin.median()), 5)}
 
 
+def by_budget(q: pd.DataFrame, method: str = OURS) -> list[dict[str, Any]]:
+    """Per family, N and budget of ``method``: its mean / worst change (per-seed means' range, seeds), the
+    accuracy change, whether every domain is within ``TARGET``, and case-by-case wins against each merge
+    (same seed, subset and domain; merges hold 1/N of the memory)."""
+    out = []
+    for (fam, n, budget), g in q[q.method == method].groupby(["family", "n_variants", "budget"], sort=True):
+        per_seed = g.groupby("seed").change.agg(["mean", "max"])
+        rec: dict[str, Any] = {
+            "family": fam, "n_variants": int(n), "budget": budget,
+            "memory_fraction": round(float(g.memory_fraction.mean()), 4), "seeds": len(per_seed), "cases": len(g),
+            "mean_change": round(float(per_seed["mean"].mean()), 5),
+            "mean_change_seed_range": [round(float(per_seed["mean"].min()), 5),
+                                       round(float(per_seed["mean"].max()), 5)],
+            "worst_change": round(float(g.change.max()), 5),
+            "worst_change_seed_range": [round(float(per_seed["max"].min()), 5), round(float(per_seed["max"].max()), 5)],
+            "acc_change": round(float(g.acc_change.mean()), 5),
+            "every_domain_within_target": bool((g.change <= TARGET).all()),
+        }
+        fq = q[(q.family == fam) & (q.n_variants == n)]
+        for merge_name in MERGES:
+            w = wins(pd.concat([g, fq[fq.method == merge_name]]), method, merge_name)
+            mg = fq[fq.method == merge_name]
+            rec[merge_name] = {**w, "mean_change": round(float(mg.change.mean()), 5) if len(mg) else None,
+                               "worst_change": round(float(mg.change.max()), 5) if len(mg) else None}
+        out.append(rec)
+    return out
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The docs' table: per family, N and budget, ours (mean [seed range], worst domain, accuracy) and each
+    merge's mean / worst and ours' wins against it."""
+    head = ("| family | N | budget (memory) | seeds | ours: mean change [seed range] | ours: worst domain | "
+            "ours: accuracy | " + " | ".join(f"{m}: mean / worst (ours wins)" for m in MERGES) + " |")
+    lines = [head, "|" + "---|" * (7 + len(MERGES))]
+    for r in summary["by_budget"]:
+        lo, hi = r["mean_change_seed_range"]
+        cells = [r["family"], str(r["n_variants"]), f"{r['budget']} ({100 * r['memory_fraction']:.1f} %)",
+                 str(r["seeds"]), f"{100 * r['mean_change']:+.2f} % [{100 * lo:+.2f}, {100 * hi:+.2f}]",
+                 f"{100 * r['worst_change']:+.2f} %", f"{100 * r['acc_change']:+.2f} pt"]
+        for m in MERGES:
+            x = r[m]
+            cells.append("—" if x["mean_change"] is None else
+                         f"{100 * x['mean_change']:+.2f} / {100 * x['worst_change']:+.2f} % "
+                         f"({x.get('wins', 0)}/{x['cases']})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def summarize(q: pd.DataFrame, meta: dict[str, Any]) -> dict[str, Any]:
     """Everything the page and README quote (see the module docstring)."""
-    s: dict[str, Any] = {"table": table(q), "targets": [], "wins": {}, "variant_gain": {}, "layer_drift": {}}
+    s: dict[str, Any] = {"table": table(q), "targets": [], "wins": {}, "variant_gain": {}, "layer_drift": {},
+                         "by_budget": by_budget(q), "depth_profile": {}, "training": {}}
     for fam in sorted(q.family.unique()):
         fq = q[q.family == fam]
         for n in sorted(fq.n_variants.unique()):
@@ -111,6 +160,11 @@ def summarize(q: pd.DataFrame, meta: dict[str, Any]) -> dict[str, Any]:
             s["targets"].append(rec)
         s["wins"][fam] = {f"{m} vs {b}": wins(fq, m, b) for m in PLANS for b in MERGES}
     for fam, f in meta.get("families", {}).items():
+        s["training"][fam] = {k: f[k] for k in ("params", "dispatch", "schedule") if k in f}
+        s["training"][fam]["pretrain"] = f.get("pretrain")
+        kept = [ft["kept_step"] for sm in f.get("seeds", {}).values() if isinstance(sm, dict)
+                for ft in sm.get("finetune", {}).values()]
+        s["training"][fam]["finetune_kept_steps"] = sorted(kept)
         base = f.get("base", {})
         for seed, sm in f.get("seeds", {}).items():
             if not isinstance(sm, dict):
@@ -118,6 +172,8 @@ def summarize(q: pd.DataFrame, meta: dict[str, Any]) -> dict[str, Any]:
             s["variant_gain"][f"{fam}/{seed}"] = {
                 d: round(math.exp(ce - base[d][0]) - 1, 5) for d, (ce, _acc) in sm["alone"].items()}
             s["layer_drift"][f"{fam}/{seed}"] = sm["layer_drift"]
+            if "depth_profile" in sm:
+                s["depth_profile"][f"{fam}/{seed}"] = sm["depth_profile"]
     return s
 
 
@@ -159,6 +215,18 @@ def _figures(q: pd.DataFrame, summary: dict[str, Any]) -> list[tuple[str, str, A
         fig.add_trace(go.Scatter(y=d["to_base"], name=f"{key} to base", mode="lines", line={"dash": "dot"}))
     fig.update_layout(height=380, xaxis_title="MoE layer", yaxis_title="‖Δ expert‖ / ‖base expert‖ (mean)")
     figs.append(("drift", "Expert drift per layer (the paper: Mixtral's layers 18–31 of 32 least similar)", fig))
+    if summary.get("depth_profile"):
+        fig = make_subplots(rows=1, cols=2, subplot_titles=[
+            "summed L2 between variants / base expert norm, per layer (mean)",
+            "where the 15 % least similar positions are (the paper: mostly layers 18–31 of 32)"])
+        for key, d in summary["depth_profile"].items():
+            fig.add_trace(go.Scatter(y=d.get("relative_by_layer", d["by_layer"]), name=key, mode="lines+markers",
+                                     legendgroup=key), row=1, col=1)
+            fig.add_trace(go.Bar(y=d["least_similar_per_layer"], name=key, legendgroup=key, showlegend=False),
+                          row=1, col=2)
+        fig.update_xaxes(title_text="MoE layer")
+        fig.update_layout(height=380, barmode="group")
+        figs.append(("depth", "Drift by depth against the paper's Mixtral finding", fig))
     fig = go.Figure()
     for key, g in summary["variant_gain"].items():
         fig.add_trace(go.Bar(x=list(g), y=[100 * v for v in g.values()], name=key))
@@ -181,6 +249,42 @@ def _table_html(summary: dict[str, Any]) -> str:
     return ("<table><tr><th>family</th><th>N</th><th>budget</th><th>method</th><th>memory</th>"
             "<th>mean change [seed min, max]</th><th>worst domain</th><th>accuracy</th><th>seeds</th>"
             "<th>cases</th></tr>" + "".join(rows) + "</table>")
+
+
+def _by_budget_html(summary: dict[str, Any]) -> str:
+    rows = []
+    for r in summary.get("by_budget", []):
+        lo, hi = r["mean_change_seed_range"]
+        cells = [r["family"], r["n_variants"], r["budget"], f"{100 * r['memory_fraction']:.1f} %", r["seeds"],
+                 f"{100 * r['mean_change']:+.2f} % [{100 * lo:+.2f}, {100 * hi:+.2f}]",
+                 f"{100 * r['worst_change']:+.2f} %", f"{100 * r['acc_change']:+.2f} pt",
+                 "yes" if r["every_domain_within_target"] else "<b>no</b>"]
+        for m in MERGES:
+            x = r[m]
+            cells.append("—" if x["mean_change"] is None else
+                         f"{100 * x['mean_change']:+.2f} / {100 * x['worst_change']:+.2f} % "
+                         f"(ours wins {x.get('wins', 0)}/{x['cases']})")
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    if not rows:
+        return ""
+    head = ["family", "N", "budget", "memory", "seeds", "ours: mean change [seed range]", "ours: worst domain",
+            "ours: accuracy", f"every domain ≤ {100 * TARGET:.0f} %", *(f"{m} (1/N): mean / worst" for m in MERGES)]
+    return ("<h2>Ours (" + OURS + ") per N and budget, against the whole-model merges, case by case</h2><table><tr>"
+            + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>")
+
+
+def _training_html(summary: dict[str, Any]) -> str:
+    out = []
+    for fam, t in summary.get("training", {}).items():
+        pre = t.get("pretrain") or {}
+        conv = pre.get("convergence") or {}
+        out.append(
+            f"<li>{fam}: dispatch <code>{t.get('dispatch', 'loop')}</code>; pretraining {pre.get('steps')} steps, "
+            f"{pre.get('tokens', 0):,d} tokens at {pre.get('tokens_per_s', 0):,d} tokens/s, kept step "
+            f"{pre.get('kept_step')} (val loss {pre.get('kept_val_loss')}), early stop: {pre.get('early_stop')}; "
+            f"last quarter bought {100 * (conv.get('tail_gain') or 0):.2f} % of perplexity "
+            f"(converged: {conv.get('converged')}); fine-tunes kept steps {t.get('finetune_kept_steps')}</li>")
+    return "<ul>" + "".join(out) + "</ul>" if out else ""
 
 
 def build(folder: str | Path) -> dict[str, Any]:
@@ -216,6 +320,9 @@ docs/consolidation.md.</p>
 <p>Change = held-out perplexity over the variant alone's on its own domain, minus 1; accuracy = next-byte
 accuracy change (points). Memory = every weight held (all non-expert sets plus every expert copy) over N
 separate models. Ours = {OURS}.</p>
+{_training_html(summary)}
+{_by_budget_html(summary)}
+<h2>Every method, budget and N</h2>
 {_table_html(summary)}
 {''.join(blocks)}
 <p>Data: quality.csv, metadata.json, distances.json, train_log.csv, study_log.txt; numbers in summary.json.</p>

@@ -54,7 +54,8 @@ class ExecutedCostConfig:
         tenants: non-expert sets to build (tenants 0 … tenants-1).
         execution: ``graphs`` (CUDA-graph replays), ``eager`` or ``auto`` (graphs on CUDA, eager on CPU).
         moe_engine: ``grouped`` (one grouped GEMM per layer, no host sync), ``loop`` (one GEMM per active
-            expert) or ``auto``: grouped on CUDA, loop on CPU (where the grouped GEMM has no fast kernel).
+            expert), ``triton`` (the fused MoE kernel and fused router/RoPE ops, ``moesim.kernels``) or
+            ``auto``: grouped on CUDA, loop on CPU (where the grouped GEMM has no fast kernel).
         kv_bucket: graph shapes round the longest context up to a multiple of this (tokens).
         max_graphs: captured graphs kept (least recently used dropped).
         budget_s: wall seconds after which a step raises ``BudgetExceededError`` (0: none).
@@ -78,8 +79,8 @@ class ExecutedCostConfig:
             raise UserError(f"device={self.device!r}: valid: cuda, cpu")
         if self.execution not in EXECUTION_CHOICES:
             raise UserError(f"execution={self.execution!r}: valid: {', '.join(EXECUTION_CHOICES)}")
-        if self.moe_engine not in ("auto", "grouped", "loop"):
-            raise UserError(f"moe_engine={self.moe_engine!r}: valid: auto, grouped, loop")
+        if self.moe_engine not in ("auto", "grouped", "loop", "triton"):
+            raise UserError(f"moe_engine={self.moe_engine!r}: valid: auto, grouped, loop, triton")
         if self.tenants < 1 or self.kv_bucket < 1 or self.max_graphs < 1:
             raise UserError(f"tenants={self.tenants}, kv_bucket={self.kv_bucket}, max_graphs={self.max_graphs}: "
                             "each must be ≥ 1")

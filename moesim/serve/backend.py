@@ -137,8 +137,10 @@ class TorchBackend:
     def __init__(self, model: ModelSpec, gpu: GPUSpec, *, device: str = "cuda", n_tenants: int = 1,
                  execution: str = "auto", kv_bucket: int = 256, seed: int = 0, max_graphs: int = 256,
                  bucketed: bool = True, max_batch: int = 16, sms: int = 0, concurrent: bool = False,
-                 draw_experts: bool = True) -> None:
-        cfg = ExecutedCostConfig(device=device, tenants=n_tenants, execution=execution, moe_engine="grouped",
+                 draw_experts: bool = True, moe_kernel: str = "grouped") -> None:
+        # moe_kernel: ``grouped`` (torch._grouped_mm) or ``triton`` (moesim.kernels: fused MoE, and in steps run
+        # through MoEEngine.step the fused router and RoPE/KV-write kernels)
+        cfg = ExecutedCostConfig(device=device, tenants=n_tenants, execution=execution, moe_engine=moe_kernel,
                                  kv_bucket=kv_bucket, max_graphs=max_graphs, seed=seed, draw_experts=draw_experts)
         self.x = GPUExecutedCost(cfg, model, gpu)
         self.model = model

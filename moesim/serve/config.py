@@ -16,6 +16,7 @@ SIM_COSTS = ("auto", "profile", "profile_mixed", "roofline", "constant")
 CLOCKS = ("wall", "virtual")
 BACKENDS = ("torch", "cost")
 SERVED_POLICIES = ("reconfig", "reconfig_fast", "multiplex", "naive", "swap", "mig")
+MOE_KERNELS = ("grouped", "triton")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class ServeConfig:
             gpu × model), ``profile_mixed`` (graph profile, eager profile for steps fetching host experts),
             ``roofline``, ``constant``, or ``auto`` (profile when shipped, else roofline).
         kv_bucket: CUDA-graph shapes round the longest context up to this (tokens).
+        moe_kernel: the experts' kernel of the torch backend: ``grouped`` (``torch._grouped_mm``) or ``triton``
+            (``moesim.kernels``: the fused MoE kernel, plus the fused router and RoPE/KV-write kernels in
+            prefill steps; docs/kernels.md has the H200 figures).
         out: output folder (requests.parquet, segments.parquet, summary.json, ...).
     """
 
@@ -76,6 +80,7 @@ class ServeConfig:
     compare: bool = True
     sim_cost: str = "auto"
     kv_bucket: int = 256
+    moe_kernel: str = "grouped"
     out: str = "serve_out"
 
     def __post_init__(self) -> None:
@@ -93,7 +98,8 @@ class ServeConfig:
         for name, value, valid in (("workload", self.workload, WORKLOADS), ("sim_cost", self.sim_cost, SIM_COSTS),
                                    ("clock", self.clock, CLOCKS), ("backend", self.backend, BACKENDS),
                                    ("device", self.device, ("cuda", "cpu")),
-                                   ("execution", self.execution, EXECUTION_CHOICES)):
+                                   ("execution", self.execution, EXECUTION_CHOICES),
+                                   ("moe_kernel", self.moe_kernel, MOE_KERNELS)):
             if value not in valid:
                 raise UserError(f"{name}={value!r}: valid: {', '.join(valid)}")
         for name in ("tenants", "max_requests", "max_prompt", "max_output", "kv_bucket"):
@@ -127,7 +133,7 @@ def parse_args(argv: list[str]) -> ServeConfig:
         argv, ServeConfig, prog="python -m moesim.serve", summary=SUMMARY,
         choices={"model": sorted(MODEL_SPECS), "gpu": sorted(GPU_SPECS), "policy": SERVED_POLICIES,
                  "workload": WORKLOADS, "sim_cost": SIM_COSTS, "clock": CLOCKS, "backend": BACKENDS,
-                 "device": ("cuda", "cpu"), "execution": EXECUTION_CHOICES},
+                 "device": ("cuda", "cpu"), "execution": EXECUTION_CHOICES, "moe_kernel": MOE_KERNELS},
         examples=("python -m moesim.serve device=cpu model=tiny policy=multiplex rate=4 max_requests=16 out=/tmp/s",
                   "python -m moesim.serve backend=cost clock=virtual model=tiny out=/tmp/s   # = the simulator"))
 

@@ -260,10 +260,17 @@ def mixed_step(eng: MoEEngine, st: Stacked, b: DecodeBuffers, cache: Any) -> tor
     for layer in range(s.n_layers):
         h = _norm(x, L["attn_norm"][layer], tid)
         qkv = g.linear(h, L["wqkv"][layer])
-        q = qkv[:, : eng.q_dim].view(N, s.n_heads, s.head_dim)
-        k = qkv[:, eng.q_dim : eng.q_dim + eng.kv_dim].view(N, s.n_kv_heads, s.head_dim)
-        v = qkv[:, eng.q_dim + eng.kv_dim :].view(N, s.n_kv_heads, s.head_dim)
-        o = eng.attention(eng._rope(q, b.pos), eng._rope(k, b.pos), v, meta, cache.k[layer], cache.v[layer])
+        if eng.fused_ops:  # one kernel for RoPE and the KV-cache write (moesim.kernels.fused_ops)
+            from moesim.kernels.fused_ops import rope_kv
+
+            q = rope_kv(qkv.contiguous(), b.pos, eng.cos, eng.sin, b.slots, cache.k[layer], cache.v[layer],
+                        s.n_heads, s.n_kv_heads, s.head_dim)
+            o = eng.attend(q, meta, cache.k[layer], cache.v[layer])
+        else:
+            q = qkv[:, : eng.q_dim].view(N, s.n_heads, s.head_dim)
+            k = qkv[:, eng.q_dim : eng.q_dim + eng.kv_dim].view(N, s.n_kv_heads, s.head_dim)
+            v = qkv[:, eng.q_dim + eng.kv_dim :].view(N, s.n_kv_heads, s.head_dim)
+            o = eng.attention(eng._rope(q, b.pos), eng._rope(k, b.pos), v, meta, cache.k[layer], cache.v[layer])
         x = x + g.linear(o, L["wo"][layer])
         h = _norm(x, L["ffn_norm"][layer], tid)
         if eng.is_moe(layer):
@@ -285,7 +292,12 @@ def mixed_step(eng: MoEEngine, st: Stacked, b: DecodeBuffers, cache: Any) -> tor
                 if L["shared_gate"][layer] is not None:
                     y = y * torch.sigmoid(g.linear(h, L["shared_gate"][layer]))
                 x = x + y
-            x = x + eng.moe(h, top_i, top_w, layer)
+            if eng.fused_ops and eng.moe_engine == "triton" and eng._triton_ok(layer, top_i):
+                from moesim.kernels.fused_moe import fused_moe
+
+                x = fused_moe(h, eng.w_in[layer], eng.w_out[layer], top_i, top_w, eng.swiglu, residual=x)
+            else:
+                x = x + eng.moe(h, top_i, top_w, layer)
         else:
             x = x + g.linear(eng._act(g.linear(h, L["dense_in"][layer])), L["dense_out"][layer])
     h = _norm(x, st.final_norm, tid)

@@ -150,7 +150,8 @@ def build_backends(cfg: ServeConfig, model: Any, gpu: Any, plans: list, green: b
     SMs (``green=False``: no SM partition, streams only)."""
     from moesim.serve.backend import TorchBackend
 
-    kw = {"device": cfg.device, "execution": cfg.execution, "kv_bucket": cfg.kv_bucket, "seed": cfg.seed}
+    kw = {"device": cfg.device, "execution": cfg.execution, "kv_bucket": cfg.kv_bucket, "seed": cfg.seed,
+          "moe_kernel": cfg.moe_kernel}
     if len(plans) == 1:
         return TorchBackend(model, gpu, n_tenants=cfg.tenants, max_batch=plans[0].max_batch, **kw)
     sms_total = 0
