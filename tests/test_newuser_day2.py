@@ -505,3 +505,23 @@ def test_serve_and_executor_refuse_an_encoder_decoder_model() -> None:
                                             r"which the executor and the runtime do not run"):
             parse(["device=cpu", "model=switch-base-8"])
         parse(["device=cpu", "model=tiny"])
+
+
+@pytest.mark.parametrize(("header", "hint"), [
+    ("timestamp_ms,input_tokens,output_tokens", "; map yours with workload.columns.timestamp=timestamp_ms "
+                                                "workload.time_unit=ms"),
+    ("ts,input_length,output_len", "; map yours with workload.columns.timestamp=ts"),
+    ("arrival_s,input_length,output_tokens", "; map yours with workload.columns.prompt_tokens=input_length"),
+    ("arrival_s,prompt_tokens,completion_len", "; map yours with workload.columns.output_tokens=completion_len"),
+    ("arrival_s,prompt_tokens,x", "; map yours with workload.columns.output_tokens=<column>"),
+])
+def test_a_missing_column_says_how_to_map_the_files_own(tmp_path: Path, header: str, hint: str) -> None:
+    # a trace with "timestamp_ms,input_tokens,output_tokens" said what was missing, not how to map its columns
+    # (nor that a _ms column needs workload.time_unit=ms)
+    from moesim.workloads import read_trace
+
+    f = tmp_path / "t.csv"
+    f.write_text(header + "\n0,10,5\n")
+    with pytest.raises(UserError) as e:
+        read_trace(f)
+    assert str(e.value).endswith(hint), str(e.value)
