@@ -72,7 +72,9 @@ def convert(name: str, text: str, kind: Any) -> Any:
     if typing.get_origin(kind) is typing.Literal:
         valid = [str(a) for a in typing.get_args(kind)]
         if text not in valid:
-            raise UserError(f"{name}={text!r}: valid: {', '.join(valid)}")
+            from moesim.errors import did_you_mean
+
+            raise UserError(f"{name}={text!r}{did_you_mean(text, valid)}: valid: {', '.join(valid)}")
     return text
 
 
@@ -275,7 +277,9 @@ def parse_key_values(argv: Sequence[str], config_cls: type[C], *, prog: str | No
         if key in values:
             ok = [str(a) for a in allowed]
             if str(values[key]) not in ok:
-                raise UserError(f"{key}={values[key]!r}: valid: {', '.join(ok)}")
+                from moesim.errors import did_you_mean
+
+                raise UserError(f"{key}={values[key]!r}{did_you_mean(str(values[key]), ok)}: valid: {', '.join(ok)}")
     return config_cls(**values)
 
 

@@ -438,7 +438,8 @@ def _job_spec(cfg: DictConfig) -> JobSpec:
         placement=built["placement"],
         router=built["router"],
         slo_classes=slo_classes(OmegaConf.to_container(cfg.slo_classes, resolve=True)
-                                if cfg.get("slo_classes") else None),
+                                if cfg.get("slo_classes") else None,
+                                getattr(built["workload"], "tenants", None)),
     )
 
 
@@ -513,7 +514,9 @@ def _compose_error_line(exc: BaseException, overrides: list[str], compose: Any) 
         if group and exc.options:
             files = {"model": " (or a config.json path)", "gpu": " (or a GPU .yaml path)"}.get(group, "")
             names = sorted(o for o in exc.options if not (files and o == "file"))
-            return f"unknown {group} {option!r}; valid: {', '.join(names)}{files}"
+            from moesim.errors import did_you_mean
+
+            return f"unknown {group} {option!r}{did_you_mean(option, names)}; valid: {', '.join(names)}{files}"
         if group == "hydra/sweeper" and option == "moesim":
             return ("hydra/sweeper=moesim not found: it is the plugin in hydra_plugins/moesim_sweeper; "
                     "reinstall with pip install -e .")
@@ -720,12 +723,16 @@ def plan_command_line(argv: list[str]) -> CommandLine | None:
             raise UserError(_parse_error_line(exc, task)) from None
         hashes: list[str] = []
         costs: dict[tuple[str, ...], str] = {}
+        workloads: set[str] = set()
         for job in jobs:
             _check_seed(job)
             try:
                 cfg = checker.job(job)
                 spec = job_spec(cfg)
                 hashes.append(spec.config_hash())
+                if repr(spec.workload) not in workloads:  # a bad trace file: one line, not a failed job each
+                    workloads.add(repr(spec.workload))
+                    _check_workload(spec)
                 key = (spec.model.name, spec.gpu.name, repr(spec.cost), str(cfg.cost.get("name")))
                 if key not in costs:
                     costs[key] = _cost_line(spec, fallback=key[3] == "best")
@@ -739,6 +746,15 @@ def plan_command_line(argv: list[str]) -> CommandLine | None:
                            resume=bool(sweep.get("resume", False)), overwrite=bool(sweep.get("overwrite", False)),
                            subdir=str(OmegaConf.to_container(primary.hydra.sweep, resolve=False)["subdir"]),
                            cost_lines=tuple(dict.fromkeys(costs.values())))
+
+
+def _check_workload(spec: JobSpec) -> None:
+    """Build the job's workload (reads and validates a trace file, checks its scaling and cut), so a bad
+    file or a cut that keeps nothing stops the command before hydra creates any folder; a sweep's jobs
+    would otherwise each fail with the same message (126 failed jobs and an empty report)."""
+    from moesim.workloads import WORKLOADS
+
+    WORKLOADS.build(spec.workload.name, spec.workload)
 
 
 def _cost_line(spec: JobSpec, *, fallback: bool) -> str:
@@ -790,11 +806,19 @@ def simulate_help(argv: list[str]) -> str:
             chosen[k] = v
     composed = _composed_for_help(argv)
     regs = registries()
+    def presets(group: str) -> list[str]:  # option files under conf/ (cost=paper_a100, experiment=paper_a100)
+        d = Path(CONF_DIR) / group
+        return sorted(f.stem for f in d.glob("*.yaml")) if d.is_dir() else []
+
     options = {"model": sorted(MODEL_SPECS), "gpu": sorted(GPU_SPECS),
-               **{g: sorted(r.names()) + (["best"] if g == "cost" else []) for g, r in regs.items()}}
+               **{g: sorted({*r.names(), *presets(g)}) + (["best"] if g == "cost" else [])
+                  for g, r in regs.items()}}
+    if presets("experiment"):
+        options["experiment"] = presets("experiment")
+        chosen.setdefault("experiment", "none")
     out = ["usage: python -m moesim.simulate [-m] [key=value ...]   (hydra overrides)", "",
-           "Simulate serving several fine-tuned MoE LLMs on one GPU under sharing policies. Without arguments:",
-           "the default policy comparison sweep (sweep.*) and its report.html. One job:",
+           "Simulate serving several fine-tuned MoE LLMs on one GPU or a fleet under sharing policies.",
+           "Without arguments: the default policy comparison sweep (sweep.*) and its report.html. One job:",
            "  python -m moesim.simulate hydra.mode=RUN hydra.run.dir=D policy=mig workload.rate=0.05 seed=1",
            "A sweep:  python -m moesim.simulate -m hydra.sweep.dir=D policy=reconfig,mig workload.rate=0.02,0.05",
            "", "choices (group=option):"]

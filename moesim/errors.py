@@ -22,9 +22,22 @@ class UserError(ValueError):
     """
 
 
+def did_you_mean(name: str, valid: Iterable[str]) -> str:
+    """`` (did you mean 'h200'?)`` for a misspelt name (``h2000``, ``mixtral``, ``multiplx``), else ``""``."""
+    import difflib
+
+    names = [str(v) for v in valid]
+    near = difflib.get_close_matches(str(name), names, n=1, cutoff=0.7)  # not gpu → cpu (0.67)
+    if not near:  # a prefix of exactly one name ("mixtral" of mixtral-8x7b and -8x22b is two: no guess)
+        near = [v for v in names if v.startswith(str(name))] if name else []
+        near = near if len(near) == 1 else []
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
 def unknown_name(kind: str, name: str, valid: Iterable[str]) -> UserError:
-    """Build the error for an unknown registry name, listing the valid ones."""
-    return UserError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(valid))}")
+    """Build the error for an unknown registry name, listing the valid ones (and the nearest one)."""
+    valid = sorted(valid)
+    return UserError(f"unknown {kind} {name!r}{did_you_mean(name, valid)}; valid: {', '.join(valid)}")
 
 
 def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,

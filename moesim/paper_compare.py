@@ -269,6 +269,20 @@ class CompareConfig:
     protocol_reps: int = 400
 
 
+def _check_paper_sweep(summary: pd.DataFrame, name: str) -> None:
+    """Refuse a summary.csv that is not of the paper's experiment (another sweep gave a table of NaN and
+    a meaningless "pooled" reduction): reconfig and mig jobs at the paper's rates."""
+    if "policy" not in summary or "rate" not in summary:
+        return  # per_rate names the missing columns
+    pols = set(summary["policy"].astype(str))
+    rates = {round(float(r), 3) for r in summary.loc[summary["policy"].isin(["reconfig", "mig"]), "rate"]}
+    if not {"reconfig", "mig"} <= pols or not rates or not rates <= {round(r, 3) for r in RATES}:
+        raise UserError(
+            f"summary={name}: not a paper_a100 sweep (policies {', '.join(sorted(pols)) or 'none'}; reconfig/mig "
+            f"rates {', '.join(f'{r:g}' for r in sorted(rates)) or 'none'}); valid: reconfig and mig jobs at the "
+            f"paper's rates {', '.join(f'{r:g}' for r in RATES)} (python -m moesim.simulate -m experiment=paper_a100)")
+
+
 def main(argv: list[str] | None = None) -> int:
     from moesim.cli import parse_key_values
 
@@ -276,13 +290,21 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_key_values(sys.argv[1:] if argv is None else argv, CompareConfig,
                                prog="python -m moesim.paper_compare")
         if not cfg.summary:
-            raise UserError("summary=PATH: the summary.csv of `python -m moesim.simulate experiment=paper_a100`")
+            raise UserError("summary= is missing; valid: the summary.csv of a `python -m moesim.simulate -m "
+                            "experiment=paper_a100` sweep (a checkout ships reports/paper_a100/summary.csv)")
         path = Path(cfg.summary)
         if not path.is_file():
             raise UserError(f"summary={cfg.summary}: no such file")
+        from moesim.outdir import check_writable
+
+        check_writable(cfg.out, "out")  # before any work: an unwritable out= was a PermissionError traceback
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
-        summary = pd.read_csv(path)
+        try:
+            summary = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise UserError(f"summary={cfg.summary}: not a CSV table ({str(e).splitlines()[0]})") from None
+        _check_paper_sweep(summary, cfg.summary)
         table = per_rate(summary)
         table.to_csv(out / "per_rate.csv", index=False)
         head = headline(summary)
@@ -308,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{mig_pooled:.2f} s; against the sweep's pooled reconfig: "
                   f"{100 * (1 - h['reconfig_pooled_s'] / mig_pooled):.1f} %.")
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"moesim: error: {e}", file=sys.stderr)
         return 2
     return 0
 

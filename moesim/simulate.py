@@ -33,6 +33,7 @@ from moesim.outdir import check_writable
 from moesim.sweep import (
     LAUNCHER_PID_ENV,
     NOT_STARTED,
+    check_run_dir,
     finish_sweep,
     last_counts,
     prepare_sweep_dir,
@@ -67,6 +68,8 @@ def main() -> None:
         check_writable(plan.out_dir, what)
         if plan.multirun:
             prepare_sweep_dir(plan)
+        else:
+            check_run_dir(plan)
         for line in plan.cost_lines:
             print(f"moesim: {line}", file=sys.stderr)
     os.environ[LAUNCHER_PID_ENV] = str(os.getpid())  # workers exit when this process is gone

@@ -47,8 +47,10 @@ class SLOClass:
             raise UserError(f"slo_classes.{self.name}.tenants={list(self.tenants)}: must be integers ≥ 0")
 
 
-def slo_classes(spec: Mapping[str, Any] | None) -> tuple[SLOClass, ...]:
-    """Classes from the config mapping ``name → {ttft_s, tpot_s, tenants}``; a tenant in two is refused."""
+def slo_classes(spec: Mapping[str, Any] | None, n_tenants: int | None = None) -> tuple[SLOClass, ...]:
+    """Classes from the config mapping ``name → {ttft_s, tpot_s, tenants}``; a tenant in two is refused, and
+    so are a class without tenants and (given ``n_tenants``) a tenant the workload does not have: either
+    applied to nobody, and ``slo_attainment_<name>`` came out null without a word."""
     out: list[SLOClass] = []
     seen: dict[int, str] = {}
     for name, c in (spec or {}).items():
@@ -56,6 +58,12 @@ def slo_classes(spec: Mapping[str, Any] | None) -> tuple[SLOClass, ...]:
             raise UserError(f"slo_classes.{name}: expected {{ttft_s, tpot_s, tenants}}, got {dict(c) if isinstance(c, Mapping) else c!r}")
         cls = SLOClass(str(name), c.get("ttft_s", SLO_TTFT_S), c.get("tpot_s", SLO_TPOT_S),
                        tuple(c.get("tenants") or ()))
+        if not cls.tenants:
+            raise UserError(f"slo_classes.{name}: no tenants; valid: a list of tenant ids, e.g. "
+                            f"'+slo_classes.{name}={{ttft_s: {cls.ttft_s:g}, tpot_s: {cls.tpot_s:g}, tenants: [0, 1]}}'")
+        if n_tenants is not None and max(cls.tenants) >= n_tenants:
+            raise UserError(f"slo_classes.{name}.tenants={list(cls.tenants)}: tenant {max(cls.tenants)} does not "
+                            f"exist; valid: ids in 0..{n_tenants - 1} (workload.tenants={n_tenants})")
         for t in cls.tenants:
             if t in seen:
                 raise UserError(f"slo_classes: tenant {t} is in both {seen[t]!r} and {name!r}")

@@ -117,7 +117,8 @@ def _run_single(cfg: DictConfig, out: Path, overrides: list[str], extra: dict[st
         raise UserError(f"hydra.run.dir={out}: cannot write the outputs ({exc.strerror or exc}); "
                         "files already written are complete (atomic writes)") from None
     rejected = f" ({s['rejected']} rejected)" if s.get("rejected") else ""
-    print(f"moesim: {s['n_requests']} requests{rejected}, mean turnaround {s['mean_turnaround_s']:.3f} s, "
+    n = int(s["n_requests"])
+    print(f"moesim: {n:,} request{'s' if n != 1 else ''}{rejected}, mean turnaround {s['mean_turnaround_s']:.3f} s, "
           f"mean TTFT {s['mean_ttft_s']:.3f} s, {s['throughput_rpm']:.2f} req/min; "
           f"outputs in {out}/ ({job.SUMMARY}, {job.REQUESTS})")
 
@@ -350,6 +351,26 @@ class SweepCallback(Callback):
 
 def _is_job_dir(p: Path) -> bool:
     return p.is_dir() and any((p / n).exists() for n in (".hydra", job.SUMMARY, job.ERROR, job.REQUESTS))
+
+
+def check_run_dir(plan: CommandLine) -> None:
+    """Refuse a single run into a ``hydra.run.dir`` that holds another run's results (a summary.json of
+    another config): they would be overwritten file by file, and lost. The same config again (a re-run,
+    deterministic) or ``sweep.overwrite=true`` writes over them."""
+    root = Path(plan.out_dir)
+    f = root / job.SUMMARY
+    if plan.overwrite or not plan.hashes or not f.is_file():
+        return
+    try:
+        rec = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return  # a damaged summary: nothing complete to lose
+    if not isinstance(rec, dict) or rec.get("config_hash") in (None, plan.hashes[0]):
+        return
+    what = ", ".join(f"{k}={rec[k]}" for k in ("policy", "model", "gpu", "workload", "rate", "tenants", "seed")
+                     if k in rec)
+    raise UserError(f"hydra.run.dir={root} holds another run's results ({what}); add sweep.overwrite=true to "
+                    "replace them, or choose another hydra.run.dir")
 
 
 def prepare_sweep_dir(plan: CommandLine) -> int:

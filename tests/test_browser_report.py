@@ -48,8 +48,12 @@ class Browser:
         self._r, from_child_w = os.pipe()
 
         def fds() -> None:  # the child reads commands on fd 3 and writes replies on fd 4
+            # dup2 onto itself is a no-op that keeps close-on-exec (a script whose pipes are fds 3 and 4
+            # handed chromium none): clear the flag explicitly
             os.dup2(to_child_r, 3)
             os.dup2(from_child_w, 4)
+            os.set_inheritable(3, True)
+            os.set_inheritable(4, True)
 
         self.proc = subprocess.Popen(
             [CHROMIUM, *FLAGS, f"--user-data-dir={user_data_dir}", "about:blank"],
@@ -226,6 +230,22 @@ def test_report_renders_without_errors(browser: Browser, tmp_path: Path) -> None
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > 50_000
     print(f"screenshot: {shot}")
+    # the policy-settings table: its text column's header sits over its (left-aligned) text, not at the
+    # far right of a wide column
+    align = browser.evaluate("Array.from(document.querySelectorAll('table.params tr')).map(function (tr) {"
+                             " return getComputedStyle(tr.lastElementChild).textAlign; })")
+    assert align, "no policy-settings table"
+    assert set(align) == {"left"}, align
+    # a note inside a table cell (a derived GPU figure) is in the cell's type, not larger than it
+    sizes = browser.evaluate("Array.from(document.querySelectorAll('td .note')).map(function (n) {"
+                             " return [getComputedStyle(n).fontSize, getComputedStyle(n.closest('td')).fontSize]; })")
+    assert sizes, "no note in a table cell"
+    assert all(a == b for a, b in sizes), sizes
+    # the failed jobs' overrides and messages are words: left-aligned, as are their headers
+    align = browser.evaluate("Array.from(document.querySelectorAll('table.text td, table.text th')).map("
+                             "function (c) { return getComputedStyle(c).textAlign; })")
+    assert align, "no table of jobs without results"
+    assert set(align) == {"left"}, align
 
 
 def test_harness_catches_errors(browser: Browser, tmp_path: Path) -> None:
@@ -249,8 +269,9 @@ def test_harness_catches_errors(browser: Browser, tmp_path: Path) -> None:
     assert browser.evaluate("document.getElementById('js-errors').hidden") is False
 
 
-@pytest.mark.parametrize("width", [900, 1400])
-def test_nothing_overlaps_at_width(browser: Browser, tmp_path: Path, width: int) -> None:
+@pytest.mark.parametrize(("width", "gpu", "derived"), [(900, "h200", False), (1400, "h200", False),
+                                                       (900, "h200-nvl-custom-node-a", False), (900, "h200", True)])
+def test_nothing_overlaps_at_width(browser: Browser, tmp_path: Path, width: int, gpu: str, derived: bool) -> None:
     """At 900 and 1400 px: no title, subplot title, legend, axis title or tick label under plotly's toolbar
     or over another, none past its figure's edge, and no horizontal scrolling of the page. Series
     names are long here (the seed-1 jobs claim another GPU, so every series is “policy · gpu=…”)."""
@@ -258,12 +279,12 @@ def test_nothing_overlaps_at_width(browser: Browser, tmp_path: Path, width: int)
 
     from moesim.io import write_json
 
-    root = make_sweep(tmp_path / "sweep")
+    root = make_sweep(tmp_path / "sweep", derived=derived)  # derived: each title gets a "not measured" line
     for d in root.iterdir():
         if (d / "summary.json").exists():
             s = _json.loads((d / "summary.json").read_text())
             if s["seed"] == 1:
-                s["gpu"] = "h200"
+                s["gpu"] = gpu  # a long name (a user's GPU file) pushes the memory figure's plot right
                 write_json(d / "summary.json", s)
     html = build_report(root)
     browser.call("Emulation.setDeviceMetricsOverride", session=True, width=width, height=1000,
@@ -274,7 +295,7 @@ def test_nothing_overlaps_at_width(browser: Browser, tmp_path: Path, width: int)
         state = browser.evaluate(OVERLAPS)
         out = Path(os.environ.get("MOESIM_ARTIFACTS") or tmp_path)
         out.mkdir(parents=True, exist_ok=True)
-        browser.screenshot(out / f"report_{width}px.png")
+        browser.screenshot(out / f"report_{width}px_{gpu}{'_derived' if derived else ''}.png")
     finally:
         browser.call("Emulation.setDeviceMetricsOverride", session=True, width=1400, height=1000,
                      deviceScaleFactor=1, mobile=False)

@@ -128,7 +128,7 @@ def test_fleet_bench_and_specs_answer_help_with_keys_and_defaults(capsys: pytest
     assert capsys.readouterr().out.splitlines()[0].startswith("gpu,status,sms,memory_GiB")
     with pytest.raises(SystemExit):
         specs_main(["gpu"])
-    assert "what='gpu': valid: all, models, gpus" in capsys.readouterr().err
+    assert "what='gpu' (did you mean 'gpus'?): valid: all, models, gpus" in capsys.readouterr().err
 
 
 def test_report_out_that_is_a_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

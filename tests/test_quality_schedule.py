@@ -164,13 +164,13 @@ def test_train_sizes_itself_and_stops_at_the_validation_minimum(monkeypatch: pyt
 
 
 def test_third_call_results_read_back() -> None:
-    """reports/consolidation (preset h200-v3): rows consistent with metadata, summary = what the CSV gives, and
-    the figures docs/consolidation.md quotes."""
+    """reports/consolidation/h200-v3 (preset h200-v3): rows consistent with metadata, summary = what the CSV
+    gives, and the figures docs/consolidation.md quotes."""
     import json
 
     from moesim.consolidation.quality_report import OURS, load, summarize
 
-    report = CORPORA.parents[1] / "reports" / "consolidation"
+    report = CORPORA.parents[1] / "reports" / "consolidation" / "h200-v3"
     q, meta, dist = load(report)
     fam = meta["families"]["large"]
     assert (len(q), meta["gpu"], fam["params"], fam["dispatch"]) == (462, "NVIDIA H200", 156_541_440, "loop")
@@ -206,6 +206,51 @@ def test_third_call_results_read_back() -> None:
     assert s["wins"]["large"][f"{OURS} vs uniform-average"] == {
         "cases": 99, "wins": 76, "min_margin": pytest.approx(-0.25934, abs=1e-5),
         "median_margin": pytest.approx(0.01108, abs=1e-5)}
+
+
+def test_fourth_call_results_read_back() -> None:
+    """reports/consolidation (preset h200-v4, two seeds): rows consistent with metadata, summary = what the CSV
+    gives, and the figures docs/consolidation.md quotes."""
+    import json
+
+    from moesim.consolidation.quality_report import OURS, load, summarize
+
+    report = CORPORA.parents[1] / "reports" / "consolidation"
+    q, meta, dist = load(report)
+    fam = meta["families"]["large"]
+    assert (len(q), meta["gpu"], fam["params"], fam["dispatch"]) == (924, "NVIDIA H200", 156_541_440, "grouped")
+    assert fam["seeds"]["2"] == "skipped: deadline"  # the sizer fitted two seeds
+    assert set(dist) == {"large/0", "large/1"}
+    for seed in ("0", "1"):
+        for _, r in q[(q.method == "alone") & (q.seed == int(seed))].iterrows():
+            ce, acc = fam["seeds"][seed]["alone"][r.domain]
+            assert r.perplexity == pytest.approx(math.exp(ce), rel=1e-5)
+            assert r.accuracy == pytest.approx(acc, abs=1e-6)
+    s = json.loads((report / "summary.json").read_text())
+    assert s == json.loads(json.dumps(summarize(q, meta)))
+    pre = s["training"]["large"]["pretrain"]
+    assert (pre["tokens"], pre["kept_step"], pre["early_stop"]) == (1088 * 64 * 512, 884, 1088)
+    assert pre["convergence"]["converged"] is True
+    for seed in ("large/0", "large/1"):  # every fine-tune beats its base on its own text (milton too)
+        assert all(v < -0.02 for v in s["variant_gain"][seed].values())
+        dp = s["depth_profile"][seed]
+        assert (dp["least_similar"], dp["deep_layers"], dp["deep_share"]) == (10, [5, 6, 7], 0.7)
+    half = {(r["n_variants"], r["budget"]): r for r in s["by_budget"]}
+    for key, worst in (((8, "0.5"), 0.0125), ((4, "0.5"), 0.0114), ((3, "0.5"), 0.0128), ((2, "all-shared"), 0.0194)):
+        assert half[key]["worst_change"] == pytest.approx(worst, abs=1e-4)
+        assert half[key]["every_domain_within_target"] is True
+        assert half[key]["seeds"] == 2
+    assert half[(8, "0.5")]["uniform-average"]["wins"] == 13
+    assert half[(8, "all-shared")]["worst_change"] == pytest.approx(0.0473, abs=1e-4)
+    assert s["wins"]["large"][f"{OURS} vs uniform-average"]["wins"] == 162
+    assert s["wins"]["large"][f"{OURS} vs ties"]["wins"] == 181
+    # every case a whole-model merge wins is a Shakespeare domain
+    k = ["seed", "n_variants", "subset", "domain"]
+    ours = q[(q.method == OURS) & (q.budget != "1")]
+    for merge in ("uniform-average", "task-arithmetic", "ties"):
+        j = ours.merge(q[q.method == merge][[*k, "perplexity"]], on=k, suffixes=("", "_m"))
+        assert len(j) == 198
+        assert j[j.perplexity > j.perplexity_m].domain.str.startswith("shakespeare").all()
 
 
 def test_split_train_by_position_and_by_blocks() -> None:

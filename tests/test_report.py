@@ -166,7 +166,7 @@ def test_derived_profile_is_marked(tmp_path: Path) -> None:
     root = make_sweep(tmp_path / "s", derived=True, failed=False, incomplete=False)
     html = build_report(root).read_text()
     assert 'class="derived"' in html
-    assert all(f["layout"]["title"]["text"].endswith("derived cost, not measured") for f in read_figures(html).values())
+    assert all(f["layout"]["title"]["text"].endswith("<b>derived cost, not measured</b></span>") for f in read_figures(html).values())
 
 
 def test_chosen_rate_and_window_options(tmp_path: Path) -> None:

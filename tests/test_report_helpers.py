@@ -144,7 +144,12 @@ def test_log_ticks_label_decades_or_1_2_5_never_every_digit():
     from moesim.report.figures import log_ticks
 
     assert log_ticks(np.array([0.05, 1.0, 300.0])) == {"dtick": 1}        # 3.8 decades: powers of ten
-    assert log_ticks(np.array([0.4, 2.0, 9.0])) == {"dtick": "D2"}        # 1.35 decades: 1, 2, 5
-    assert log_ticks(np.array([1.0, 2.5])) == {}                          # 0.4 decade: plotly's own
+    # 1.35 decades: 1, 2, 5 written out (plotly's "D2" labelled 0.5 as a small "5" left of the "1")
+    assert log_ticks(np.array([0.4, 2.0, 9.0])) == {"tickvals": [0.5, 1.0, 2.0, 5.0, 10.0],
+                                                    "ticktext": ["0.5", "1", "2", "5", "10"]}
+    assert log_ticks(np.array([0.35, 6.0]))["ticktext"] == ["0.5", "1", "2", "5"]
+    assert log_ticks(np.array([1.0, 2.5]))["ticktext"] == ["0.1", "0.2", "0.5", "1", "2", "5", "10", "20"]
+    # one value (a one-job report): plotly's axis spans about two decades around it, labelling every digit
+    assert log_ticks(np.array([7.9, 7.9]))["ticktext"] == ["1", "2", "5", "10", "20", "50"]
     assert log_ticks(np.array([0.0, -1.0, np.nan])) == {}                 # nothing positive: untouched
     assert log_ticks(np.array([0.0, 0.1, 1e3])) == {"dtick": 1}           # zeros ignored

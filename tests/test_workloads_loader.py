@@ -207,7 +207,8 @@ def test_bad_config_value_is_one_line_naming_field_value_and_valid(
 
 def test_unknown_workload_and_field_list_the_valid_ones() -> None:
     with pytest.raises(
-        UserError, match="unknown workload 'possion'; valid: azure_code, azure_conv, gamma, poisson, trace"
+        UserError, match=r"unknown workload 'possion' \(did you mean 'poisson'\?\); valid: azure_code, azure_conv, "
+                         "gamma, poisson, trace"
     ):
         WORKLOADS.get("possion")
     with pytest.raises(UserError, match=r"unknown field\(s\) \['lambda'\]"):

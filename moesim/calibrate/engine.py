@@ -45,6 +45,30 @@ MOE_ENGINES = ("grouped", "loop", "triton")
 TRITON_MAX_ASSIGN: int | None = 8191
 
 
+def available_memory_bytes() -> int | None:
+    """Memory the kernel can give this process now (``MemAvailable`` of /proc/meminfo), None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_host_memory(spec: ModelSpec, n_tenants: int, bytes_per_weight: int, experts: bool = True,
+                      available: int | None = None) -> None:
+    """Refuse, in one line, an engine on the CPU whose weights cannot fit the memory available (``python -m
+    moesim.serve device=cpu`` with the default Mixtral-8x7B allocated until a traceback, or the OOM killer)."""
+    avail = available_memory_bytes() if available is None else available
+    need = (spec.all_expert_params * bool(experts) + n_tenants * spec.nonexpert_params) * bytes_per_weight
+    if avail is not None and need > 0.8 * avail:
+        raise UserError(f"model={spec.name} on device=cpu needs about {need / 1e9:.1f} GB for its weights "
+                        f"({n_tenants} tenant(s)), more than the {avail / 1e9:.1f} GB of memory available; valid "
+                        "on the CPU: model=tiny (the CPU path), else device=cuda")
+
+
 def _normal(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype, gen: torch.Generator,
             std: float = INIT_STD) -> torch.Tensor:
     t = torch.empty(shape, device=device, dtype=dtype)
@@ -153,6 +177,8 @@ class MoEEngine:
                  moe_engine: str = "grouped", dtype: torch.dtype = torch.bfloat16,
                  balanced_routing: bool = False, draw_experts: bool = True,
                  fused_ops: bool | None = None) -> None:
+        if device.type == "cpu":
+            check_host_memory(spec, n_tenants, torch.finfo(dtype).bits // 8, draw_experts)
         if moe_engine not in MOE_ENGINES:
             raise UserError(f"moe_engine={moe_engine!r}: valid: {', '.join(MOE_ENGINES)}")
         if moe_engine == "triton" and device.type == "cuda":

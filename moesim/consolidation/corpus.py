@@ -11,11 +11,25 @@ from moesim.errors import UserError
 DOMAINS = ("wikitext2", "shakespeare", "python", "milton")
 
 
+def corpora_root(root: str | Path) -> Path:
+    """The corpora folder: ``root`` as given, or, when it is relative (the default ``corpora/data``) and not
+    in the current folder, the same path in the source checkout moesim runs from (so the study's commands
+    work from any folder of an editable install, not only from the repository's root)."""
+    from moesim.resources import _REPO
+
+    p = Path(root)
+    if p.exists() or p.is_absolute() or not (_REPO / p).is_dir():
+        return p
+    return _REPO / p
+
+
 def load_split(root: str | Path, domain: str, split: str) -> np.ndarray:
-    """Bytes of ``root/domain/split.txt`` as uint8, shape (n,)."""
-    p = Path(root) / domain / f"{split}.txt"
+    """Bytes of ``root/domain/split.txt`` as uint8, shape (n,) (``root`` found by :func:`corpora_root`)."""
+    p = corpora_root(root) / domain / f"{split}.txt"
     if not p.is_file():
-        raise UserError(f"corpus file {str(p)!r} not found; build it with `python corpora/build.py`")
+        raise UserError(f"corpus file {str(p)!r} not found; the corpora come with a source checkout: build them "
+                        "there with `python corpora/build.py`, and pass corpora=<checkout>/corpora/data from "
+                        "another folder")
     return np.frombuffer(p.read_bytes(), dtype=np.uint8)
 
 

@@ -113,7 +113,9 @@ def _bytes(text: str) -> np.ndarray:
 def build_domains(root: str | Path) -> dict[str, dict[str, np.ndarray]]:
     """``{domain: {"train": uint8 array, "test": uint8 array}}`` for ``DOMAINS8`` from ``root`` (corpora/data);
     built once per folder and process (the arrays are read-only views)."""
-    return _build_domains(str(Path(root).resolve()))
+    from moesim.consolidation.corpus import corpora_root
+
+    return _build_domains(str(corpora_root(root).resolve()))
 
 
 @functools.lru_cache(maxsize=2)

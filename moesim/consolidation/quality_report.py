@@ -203,9 +203,11 @@ def _figures(q: pd.DataFrame, summary: dict[str, Any]) -> list[tuple[str, str, A
                             "array": 100 * (g.mean_change_seed_max - g.mean_change),
                             "arrayminus": 100 * (g.mean_change - g.mean_change_seed_min)}), row=1, col=k)
                 fig.add_hline(y=100 * TARGET, line_dash="dot", row=1, col=k)
-            fig.update_xaxes(title_text="memory / N separate models")
+            # one x title under all panels: one per panel ran into each other at 900 px with four panels
+            fig.add_annotation(text="memory / N separate models", xref="paper", yref="paper", x=0.5, y=0,
+                               yshift=-48, showarrow=False, xanchor="center", yanchor="top")
             fig.update_yaxes(title_text=f"{label} perplexity change vs alone (%)", row=1, col=1)
-            fig.update_layout(height=420, margin={"t": 40})
+            fig.update_layout(height=460, margin={"t": 70, "b": 80})  # panel titles clear the toolbar
             figs.append((f"{fam}-{metric}", f"{fam}: {label} change vs memory (bars: spread over seeds)", fig))
     fig = go.Figure()
     for key, d in summary["layer_drift"].items():

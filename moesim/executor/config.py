@@ -13,6 +13,18 @@ WORKLOADS = ("azure_conv", "poisson")
 SIM_COSTS = ("auto", "profile", "roofline", "constant")
 
 
+
+def check_decoder_only(name: str) -> None:
+    """Refuse an encoder-decoder model (switch-base-8): the executor and the runtime execute a decoder stack
+    only, while the layout covers every MoE layer's positions, encoder's included, so a run ended in
+    "residency group 0: tenants [0, 1] get more than 48 positions"."""
+    spec = MODEL_SPECS[name]
+    if spec.n_decoder_moe_layers != spec.n_moe_layers:
+        valid = sorted(n for n, m in MODEL_SPECS.items() if m.n_decoder_moe_layers == m.n_moe_layers)
+        raise UserError(f"model={name}: an encoder-decoder model ({spec.n_moe_layers - spec.n_decoder_moe_layers} "
+                        "encoder MoE layers), which the executor and the runtime do not run (they execute a decoder "
+                        f"stack); valid: {', '.join(valid)}")
+
 @dataclass(frozen=True)
 class ExecutorConfig:
     """One validation run: a trace, policies, a simulated and an executed run of each.
@@ -59,6 +71,7 @@ class ExecutorConfig:
     def __post_init__(self) -> None:
         if self.model not in MODEL_SPECS:
             raise UserError(f"model={self.model!r}: valid: {', '.join(sorted(MODEL_SPECS))}")
+        check_decoder_only(self.model)
         if self.gpu not in GPU_SPECS:
             raise UserError(f"gpu={self.gpu!r}: valid: {', '.join(sorted(GPU_SPECS))}")
         if self.workload not in WORKLOADS:

@@ -108,7 +108,7 @@ class GPUExecutedCost(CostModel):
         super().__init__(model, gpu)
         self.cfg = cfg
         if cfg.device == "cuda" and not torch.cuda.is_available():
-            raise UserError("device=cuda but torch sees no CUDA device; use device=cpu")
+            raise UserError("device=cuda but torch sees no CUDA device; use device=cpu model=tiny (the CPU path)")
         self.device = torch.device(cfg.device)
         self.cuda = self.device.type == "cuda"
         self._timer = Timer(self.device)

@@ -146,7 +146,9 @@ def _run(cfg: ExecutorConfig, argv: list[str] | None, log) -> dict[str, Any]:
             f"{delta['graph_captures']} captures, {delta['eager_steps']} eager); mean turnaround "
             f"sim {row['mean_turnaround_s_simulated']:.3f} s vs meas {row['mean_turnaround_s_measured']:.3f} s "
             f"({row['mean_turnaround_s_error_pct']:+.1f}%); per-request median |err| turnaround "
-            f"{row['turnaround_ape_median_pct']:.1f}%, TTFT {row['ttft_ape_median_pct']:.1f}%", flush=True)
+            f"{row['turnaround_ape_median_pct']:.1f}%, TTFT {row['ttft_ape_median_pct']:.1f}%"
+            + (f" (measured on this CPU, simulated on gpu={cfg.gpu}: not comparable)" if cfg.device == "cpu" else ""),
+            flush=True)
         _write(out, doc, rows, cost)
     doc["wall_s"] = time.perf_counter() - t_start
     _write(out, doc, rows, cost)

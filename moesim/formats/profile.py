@@ -136,12 +136,25 @@ def write_profile(path_parquet: Path, rows: list[Row], meta: dict[str, Any]) -> 
     path_parquet.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
+def _shipped_hint(p: Path) -> str:
+    """`` (here: /cwd); a profile of that name is at X`` when the user's or the shipped profiles hold one
+    of that file name (the docs' ``profile=calibration/profiles/…`` is relative to a checkout)."""
+    from moesim.resources import profile_search_path
+
+    name = p.name if p.suffix == ".parquet" else p.name + ".parquet"
+    for d in profile_search_path():
+        if (d / name).is_file():
+            where = f" (in {Path.cwd()})" if not p.is_absolute() else ""
+            return f"{where}; a profile of that name is at {d / name}"
+    return ""
+
+
 def read_profile(path_parquet: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Read a profile and its metadata; refuse a missing file or a wrong schema in one line."""
     p = Path(path_parquet)
     meta_path = p.with_suffix(".json")
     if not p.is_file():
-        raise UserError(f"profile {p}: no such file")
+        raise UserError(f"profile {p}: no such file{_shipped_hint(p)}")
     if not meta_path.is_file():
         raise UserError(f"profile {p}: its metadata {meta_path.name} is missing")
     try:

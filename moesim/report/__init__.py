@@ -20,7 +20,7 @@ import pandas as pd
 from moesim.errors import UserError
 from moesim.io import write_text
 from moesim.report import figures as F
-from moesim.report.data import SweepData, headline, verdict
+from moesim.report.data import SweepData, baseline_series, headline, verdict
 from moesim.report.options import ReportOptions, check_options, options_from_sweep
 from moesim.report.page import _esc, data_block, figure_block, fmt, fmt_pct, kv_table, page, table
 
@@ -59,6 +59,16 @@ SECTIONS = [
      "fetched experts from the host (size grows with the number fetched). Zoom with the mouse; double-click "
      "resets."),
 ]
+
+
+def _with_cost_note(fig: Any, kinds: str) -> None:
+    """Add ``<kinds> cost, not measured`` to a figure's title as a line of its own under the subtitle, in
+    the subtitle's small type, and make room for it. Appended to the title it came out in the title's big
+    type; appended to the subtitle it made that line long enough to run under plotly's toolbar at 900 px."""
+    note = f"<br><span style=\"font-size:12px;color:#8a4b00\"><b>{kinds} cost, not measured</b></span>"
+    top = fig.layout.margin.t if fig.layout.margin.t is not None else 80
+    height = fig.layout.height or 440
+    fig.update_layout(title_text=(fig.layout.title.text or "") + note, margin={"t": top + 16}, height=height + 16)
 
 
 def _job_params(root: Path, job: str) -> dict[str, Any]:
@@ -236,6 +246,9 @@ def _headline_section(data: SweepData, head: pd.DataFrame) -> str:
             if short == "ttft":
                 row += [fmt(r["mean_ttft_s_at_rate"])]
             for b in bases:
+                if r["policy"] == b and baseline_series(data, r["series"], b) == r["series"]:
+                    row += ['<span class="baseline">baseline</span>']  # itself: "+0.0%" read as a measured tie
+                    continue
                 title = _esc(_ratio_title(r.get(f"{short}_ratios_vs_{b}") or {}))
                 row += [f'<span title="{title}">{fmt_pct(r.get(f"{short}_pct_vs_{b}", float("nan")))}</span>']
         sr = r["sustained_rate"]
@@ -278,7 +291,11 @@ def _verdict_section(data: SweepData, head: pd.DataFrame) -> str:
     lines = verdict(data, head)
     if not lines:
         return ""
-    return ("<div class=\"verdict\" id=\"verdict\"><b>Verdict.</b> " + " ".join(_esc(x) for x in lines)
+    if len(lines) > 1:  # one paragraph per GPU/model/workload: run together they were a wall of text
+        body = (_esc(lines[0]) + "<ul>" + "".join(f"<li>{_esc(x)}</li>" for x in lines[1:]) + "</ul>")
+    else:
+        body = _esc(lines[0])
+    return ("<div class=\"verdict\" id=\"verdict\"><b>Verdict.</b> " + body
             + "</div>" + data_block("verdict", lines))
 
 
@@ -296,7 +313,7 @@ def _failures_section(data: SweepData) -> str:
             "failed ones wrote error.json (with the traceback) in their dir; incomplete ones were still "
             "running or were killed; unreadable ones have a file that is empty, truncated, corrupt or missing "
             "(the reason is listed).</div><div class=\"wide\">"
-            + table(bad, ["job", "status", "overrides", "error"], cells) + "</div>")
+            + table(bad, ["job", "status", "overrides", "error"], cells, "text") + "</div>")
 
 
 def _print_line(line: str) -> None:
@@ -383,9 +400,11 @@ def build_report(sweep_dir: str | Path, *, summary: pd.DataFrame | None = None,
         parts.append(_config_section(data))
         for name, title, text in SECTIONS:
             fig = F.FIGURES[name](data)
+            if name in ("turnaround", "ttft", "throughput", "slo", "cdf"):  # the figures with a policy legend
+                F.legend_below(fig, list(data.series))
             if prov:
                 kinds = ", ".join(dict.fromkeys(prov.values()))
-                fig.update_layout(title_text=fig.layout.title.text + f" — {kinds} cost, not measured")
+                _with_cost_note(fig, kinds)
             parts.append(f"<h2>{_esc(title)}</h2><p class=\"note\">{_esc(text)}</p>" + figure_block(name, fig))
         parts.insert(marker, _verdict_section(data, head))
     parts.append(_failures_section(data))

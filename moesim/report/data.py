@@ -20,6 +20,7 @@ import pandas as pd
 from moesim import job as job_files
 from moesim.metrics import per_request
 from moesim.report.options import ReportOptions
+from moesim.report.page import pct_text
 
 CONTEXT_COLUMNS = ("model", "gpu", "workload", "tenants", "cost", "cost_option")
 # override keys that are the sweep's axes or already covered by a context column
@@ -445,15 +446,33 @@ def verdict(data: SweepData, head: pd.DataFrame) -> list[str]:
         if best["sustained_at_top"]:
             text += " (the sweep's top rate: its limit lies higher)"
         others = [r for r in live if r["sustained_rate"] < top - 1e-12]
-        if others:
-            runner = max(others, key=lambda r: r["sustained_rate"])
-            k = top / runner["sustained_rate"]
-            text += (f", {'at least ' if best['sustained_at_top'] else ''}{k:.3g}× the next best, "
-                     f"{name(runner)} ({rate_of(runner)} requests/s per tenant {cost(runner)})")
-        text += "."
         tied = best_rows[1:]
-        if tied:
-            text += " " + "; ".join(f"{name(r)} reaches the same rate {cost(r)}" for r in tied) + "."
+        runner_text = ""
+        if others:
+            second = max(r["sustained_rate"] for r in others)
+            runners = sorted([r for r in others if math.isclose(r["sustained_rate"], second)],
+                             key=lambda r: (r["gpus"], r["mean_turnaround_s_at_rate"]))
+            runner = runners[0]
+            k = top / runner["sustained_rate"]
+            also = "".join(f" and {name(r)} ({cost(r)})" for r in runners[1:])  # a tie for second: all of them
+            runner_text = (f"{'at least ' if best['sustained_at_top'] else ''}{k:.3g}× the next best, "
+                           f"{name(runner)} ({rate_of(runner)} requests/s per tenant {cost(runner)}){also}")
+        if not tied:
+            text += (f", {runner_text}" if runner_text else "") + "."
+        else:
+            # several policies hold the same top rate: say so first, so the "next best" below them reads as
+            # below all of them (not as the second place after a single winner)
+            at = f" at {data.chosen_rate:g} requests/s per tenant" if data.chosen_rate is not None else ""
+            if best["gpus"] < min(r["gpus"] for r in tied):
+                why = "the fewest GPUs"
+            elif best["gpus"] < max(r["gpus"] for r in tied):
+                why = f"the fewest GPUs, then the lowest mean turnaround{at}"
+            else:
+                why = f"the lowest mean turnaround{at}"
+            text += ("; " + "; ".join(f"{name(r)} reaches the same rate {cost(r)}" for r in tied)
+                     + f" ({name(best)} is named first: {why}).")
+            if runner_text:
+                text += f" These {len(best_rows)} policies are {runner_text}."
         if best["gpus"] > 1:
             fewer = [r for r in live if r["gpus"] < best["gpus"]]
             if fewer:
@@ -478,7 +497,9 @@ def _vs_text(data: SweepData, r: dict[str, Any], rows: list[dict[str, Any]]) -> 
         if base == r["policy"] or base not in present or pct is None or not np.isfinite(pct):
             continue
         word = "lower" if pct < 0 else "higher"
-        parts.append(f"{abs(pct):.3g}% {word} than {base}'s")
+        amount = pct_text(pct) if abs(pct) >= 99.95 else f"{abs(pct):.3g}"  # not "100% lower" for 99.998 %
+        amount = amount.replace("> ", "more than ")
+        parts.append(f"{amount}% {word} than {base}'s")
     if not parts:
         return ""
     return (f" At a typical swept rate {r['policy']}'s mean turnaround is " + " and ".join(parts)

@@ -56,6 +56,24 @@ def _layout(fig: go.Figure, title: str, height: int = 440, subtitle: str = "") -
     return fig
 
 
+#: series names longer than this (characters) put the policy legend under the plot: beside it, a legend of
+#: "multiplex · gpu=h200-nvl-custom-node-a" left the two panels of a figure a third of a 900 px page each,
+#: and their axis titles ran into each other
+LONG_SERIES_NAME = 26
+
+
+def legend_below(fig: go.Figure, names: list[str]) -> go.Figure:
+    """Put the legend in rows under the plot (plotly wraps them to the width) when a name is long."""
+    if not names or max(len(n) for n in names) <= LONG_SERIES_NAME:
+        return fig
+    rows = 1 + len(names) // 2  # about two long items a row at 900 px
+    fig.update_layout(legend={"orientation": "h", "x": 0, "xanchor": "left", "y": -0.22, "yanchor": "top",
+                              "yref": "paper"},
+                      height=int(fig.layout.height or 440) + 24 * rows,
+                      margin={"b": 80 + 24 * rows})
+    return fig
+
+
 def _lines(fig: go.Figure, data: SweepData, metric: str, *, row: int | None = None, col: int | None = None,
            scale: float = 1.0, show_legend: bool = True, suffix: str = "") -> None:
     """One line per series: the mean over seeds, error bars from the min to the max over seeds; each
@@ -104,18 +122,26 @@ def log_ticks(values: np.ndarray) -> dict[str, Any]:
     """Tick settings of a log axis over ``values``: labels on 1-2-5 or on decades, never on every digit.
 
     Plotly's automatic log ticks label each minor digit once a range spans about one decade ("4 5 6 7 8 9 1 2"),
-    which crowds the axis. Over more than two decades only the powers of ten are labelled; over more than a
-    third of a decade, 1, 2 and 5 of each; narrower ranges keep plotly's own (linear-looking) ticks.
+    which crowds the axis. Over more than two decades only the powers of ten are labelled; over more than half
+    a decade, 1, 2 and 5 of each, written out (plotly's ``dtick="D2"`` wrote 0.5 as a small "5" left of "1",
+    and 20 as "2" right of "10"); narrower ranges too, over a decade either side (plotly pads a log axis of a
+    few close points to about two decades and labelled each digit).
     """
     v = np.asarray(values, float)
     v = v[np.isfinite(v) & (v > 0)]
     if v.size == 0:
         return {}
-    decades = float(np.log10(v.max() / v.min()))
+    lo, hi = float(v.min()), float(v.max())
+    decades = float(np.log10(hi / lo))
     if decades > 2:
         return {"dtick": 1}
+    if decades <= 0.5:  # a few close values (a one-job report): plotly pads the axis to about two decades
+        lo, hi, decades = lo / 10, hi * 10, 2.0  # and labelled every digit of them, one over the other
     if decades > 0.5:
-        return {"dtick": "D2"}
+        ticks = [float(f"{m * 10.0 ** e:.12g}") for e in range(int(np.floor(np.log10(lo))) - 1,
+                                                              int(np.ceil(np.log10(hi))) + 1)
+                 for m in (1, 2, 5) if lo / 1.2 <= m * 10.0 ** e <= hi * 1.2]
+        return {"tickvals": ticks, "ticktext": [f"{t:g}" for t in ticks]}
     return {}
 
 
@@ -230,7 +256,7 @@ def memory(data: SweepData) -> go.Figure:
     kept in host memory. Every bar's ``x`` is in GB (10⁹ bytes), ``y`` the series (with its GPU count
     when more than one)."""
     fig = make_subplots(rows=1, cols=2, column_widths=[0.72, 0.28], horizontal_spacing=0.04, shared_yaxes=True,
-                        subplot_titles=("GPU memory by use", "experts in host memory"))
+                        subplot_titles=("GPU memory by use", "experts in<br>host memory"))  # the narrow panel
     names, inst, jobs = [], [], []
     for s in data.series:
         job = data.representative_job(s, data.chosen_rate, "instances")
@@ -276,7 +302,17 @@ def memory(data: SweepData) -> go.Figure:
     fig = _layout(fig, "Memory by use", height=max(200 + 34 * max(1, len(names)), 230 + 26 * n_legend),
                   subtitle="what each policy keeps on its GPU(s) and in host memory")
     fig.update_layout(legend={"title": {"text": "memory use"}}, margin={"l": 20})
+    # long series names (the y labels) push the plot, and a title anchored to it, right under the toolbar:
+    # anchor the title to the figure's left edge instead
+    fig.update_layout(title={"xref": "container", "x": 0.01})
     return fig
+
+
+def _natural(name: str) -> tuple[Any, ...]:
+    """Sort key reading digit runs as numbers: gpu2 < gpu10, gpu1/mig0 < gpu1/mig1 < gpu2/mig0."""
+    import re
+
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
 
 
 def timeline(data: SweepData, max_segments: int = 3000) -> go.Figure:
@@ -293,7 +329,13 @@ def timeline(data: SweepData, max_segments: int = 3000) -> go.Figure:
     t1 = t0 + window
     shown: set[str] = set()
     for i, (s, j) in enumerate(rows, start=1):
-        seg = data.segments(j)
+        seg = data.segments(j).copy()
+        # a fleet's whole-GPU instance is "gpu1/gpu0" (GPU 1's instance gpu0): show it as gpu1
+        seg["instance"] = seg["instance"].astype(str).str.replace(r"^(gpu\d+)/gpu0$", r"\1", regex=True)
+        # instances in name order (gpu0 above gpu1, mig0 above mig1, gpu2 above gpu10), every one of the
+        # run's, also one idle in the window; plotly's order was the first segment's in the window
+        order = sorted(seg["instance"].astype(str).unique(), key=_natural)
+        fig.update_yaxes(categoryorder="array", categoryarray=order, type="category", row=i, col=1)
         seg = seg[(seg["end_s"] > t0) & (seg["start_s"] < t1)]
         if len(seg) > max_segments:  # say so in the row's title: the window holds more than is drawn
             fig.layout.annotations[i - 1].text += f" — first {max_segments} of {len(seg)} segments"

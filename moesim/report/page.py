@@ -24,18 +24,21 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; ma
 h1 { font-size: 1.7rem; margin-bottom: .2rem; } h2 { font-size: 1.25rem; margin-top: 2.4rem;
      border-bottom: 1px solid #dde1e8; padding-bottom: .3rem; }
 p.lead { color: #4a5263; margin-top: 0; } .note { color: #4a5263; font-size: .93rem; max-width: 960px; }
+td .note { font-size: inherit; }  /* a note inside a table cell: the cell's type, not larger */
 table { border-collapse: collapse; font-size: .92rem; margin: .6rem 0 1rem; }
 th, td { border-bottom: 1px solid #e4e7ec; padding: .35rem .7rem; text-align: right; vertical-align: top; }
 th { background: #f4f6f9; font-weight: 600; } td:first-child, th:first-child { text-align: left; }
 table.kv td:first-child { font-weight: 600; } table.kv td { text-align: left; }
-.better { color: #12733a; font-weight: 600; } .worse { color: #b42318; }
+.better { color: #12733a; font-weight: 600; } .worse { color: #b42318; } .baseline { color: #6b7280; }
 .derived, .warn { background: #fff4e5; border: 1px solid #f5b55a; padding: .6rem .9rem; border-radius: 6px; }
 .failed { background: #fdecec; border: 1px solid #e9a1a1; padding: .6rem .9rem; border-radius: 6px; }
 .figure { min-height: 200px; } #js-errors { color: #b42318; white-space: pre-wrap; }
 code { background: #f4f6f9; padding: 0 .25rem; border-radius: 3px; }
-div.wide { max-width: 100%; overflow-x: auto; } table.params td:last-child { text-align: left; }
+div.wide { max-width: 100%; overflow-x: auto; } table.params td:last-child, table.params th:last-child { text-align: left; }
+table.text td, table.text th { text-align: left; }  /* rows of words (failed jobs): read from the left */
 .verdict { background: #eef6ee; border: 1px solid #9ccf9c; padding: .7rem 1rem; border-radius: 6px;
-           max-width: 960px; font-size: 1.02rem; }
+           max-width: 960px; font-size: 1.02rem; } .verdict ul { margin: .4rem 0 0; padding-left: 1.2rem; }
+.verdict li { margin-top: .3rem; }
 th { hyphens: auto; }
 @media (max-width: 1100px) { table { font-size: .8rem; } th, td { padding: .3rem .4rem; } }
 """
@@ -85,8 +88,21 @@ def fmt(x: Any, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "—"
     if isinstance(x, float):
+        if 1e4 <= abs(x) < 1e15:  # 30,300 s, not 3.03e+04 s: significant digits, written out
+            return f"{float(f'{x:.{digits}g}'):,.0f}"
         return f"{x:.{digits}g}"
     return _esc(x)
+
+
+def pct_text(x: float) -> str:
+    """``|x|`` as a percentage with one decimal, more where that would read 100.0 without being it (a change
+    of −99.97% is not −100%, which would take no time at all): ``99.97``, or ``> 99.99`` beyond."""
+    text = f"{abs(x):.1f}"
+    if text.startswith("100.") and abs(x) < 100.0:
+        text = f"{abs(x):.2f}"
+        if text.startswith("100."):
+            text = "> 99.99"
+    return text
 
 
 def fmt_pct(x: float) -> str:
@@ -95,7 +111,10 @@ def fmt_pct(x: float) -> str:
         return "—"
     cls = "better" if x < -0.05 else "worse" if x > 0.05 else ""
     sign = "−" if x < 0 else "+"
-    return f'<span class="{cls}">{sign}{abs(x):.1f}%</span>'
+    text = pct_text(x)
+    if text.startswith(">"):  # beyond −99.99 %: "< −99.99%"
+        return f'<span class="{cls}">&lt; {sign}99.99%</span>' if x < 0 else f'<span class="{cls}">+{text}%</span>'
+    return f'<span class="{cls}">{sign}{text}%</span>'
 
 
 def table(df: pd.DataFrame, header: list[str], cells: list[list[str]], cls: str = "") -> str:

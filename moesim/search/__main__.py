@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{ans.usd_per_hour:.2f} {prices.currency}/hour, {ans.usd_per_mtok:.3f} {prices.currency} per million "
           f"tokens{approx}; verified on fresh seeds ({', '.join(f'{a:.3f}' for a in ans.attainment_verify)})")
     print(f"moesim: {len(result.trials)} trials in {result.rounds} rounds, {wall:.1f} s on {backend.name} "
-          f"({backend.workers} workers); outputs in {out}/ (search.csv, {outputs.PLACEMENT}, report.html)")
+          f"({backend.workers} worker{'s' if backend.workers != 1 else ''}); outputs in {out}/ (search.csv, {outputs.PLACEMENT}, report.html)")
     return 0
 
 

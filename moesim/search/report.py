@@ -25,14 +25,42 @@ from moesim.search.prices import DEFAULT_PRICES, PriceTable
 PALETTE = qualitative.D3 + qualitative.Set2
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
 SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "cross")
+FILLS = ("", "-open", "-dot", "-open-dot")  # one per GPU type: filled, hollow, dotted, hollow dotted
+
+
+def symbol(pi: int, gi: int) -> str:
+    """The marker of policy ``pi`` on GPU type ``gi`` (indices in sorted order), the same in every figure:
+    the shape is the policy's (so coinciding policies stay apart), the fill the GPU type's (so one policy on
+    two GPU types stays apart, also where a single load draws lone markers and no dash shows)."""
+    return SYMBOLS[pi % len(SYMBOLS)] + FILLS[gi % len(FILLS)]
 FONT = {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 13}
 
 
-def _layout(fig: go.Figure, title: str, height: int = 460, legend: str = "") -> go.Figure:
-    fig.update_layout(title={"text": title, "x": 0.01, "xanchor": "left"}, height=height, font=FONT,
+def _layout(fig: go.Figure, title: str, height: int = 460, legend: str = "", subtitle: str = "") -> go.Figure:
+    """Common layout: a short title (it must clear plotly's toolbar, top right, at 900 px width) and the
+    details in a smaller second line, as in the sweep report."""
+    text = title + (f"<br><span style=\"font-size:12px;color:#555\">{subtitle}</span>" if subtitle else "")
+    fig.update_layout(title={"text": text, "x": 0.01, "xanchor": "left"}, height=height, font=FONT,
                       template="plotly_white", legend={"title": {"text": legend}},
-                      margin={"l": 70, "r": 20, "t": 60, "b": 60}, hovermode="closest")
+                      margin={"l": 70, "r": 20, "t": 90 if subtitle else 60, "b": 60}, hovermode="closest")
     return fig
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Tick values for a log axis over [lo, hi]: 1-2-5 per decade (1-2-3-5 when the range spans under two
+    decades), so every label is a whole number. plotly's own labels on a short log axis read
+    '3 4 5 … 10 2 3 4 5' (the 2 meaning 20)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0 or hi <= 0:
+        return []
+    lo, hi = min(lo, hi), max(lo, hi)
+    steps = (1, 2, 3, 5) if hi / lo < 100 else (1, 2, 5)
+    out = []
+    for e in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1):
+        for m in steps:
+            v = m * 10.0 ** e
+            if lo / 1.5 <= v <= hi * 1.5:
+                out.append(float(f"{v:.12g}"))
+    return out
 
 
 def _colors(policies: list[str]) -> dict[str, str]:
@@ -58,7 +86,7 @@ def frontier(trials: pd.DataFrame, target: float, answer: Any, currency: str) ->
             fig.add_trace(go.Scatter(
                 x=[float(v) for v in d["usd_per_hour"]], y=[float(v) for v in d["attainment_min"]],
                 mode="markers", name=f"{pol} · {gpu}", legendgroup=pol, text=text,
-                marker={"color": col[pol], "symbol": SYMBOLS[gi % len(SYMBOLS)], "size": 8, "opacity": 0.75},
+                marker={"color": col[pol], "symbol": symbol(policies.index(pol), gi), "size": 8, "opacity": 0.75},
                 hovertemplate="%{text}<br>%{x:.2f}/hour<br>attainment %{y:.3f}<extra></extra>"))
     if len(df):
         d = df.sort_values(["usd_per_hour", "attainment_min"], ascending=[True, False])
@@ -78,9 +106,14 @@ def frontier(trials: pd.DataFrame, target: float, answer: Any, currency: str) ->
             mode="markers", name="chosen", marker={"symbol": "star", "size": 18, "color": "#f5b800",
                                                    "line": {"color": "#000", "width": 1}},
             hovertemplate=f"chosen: {answer.count} x {answer.arm.label()}<extra></extra>"))
-    fig.update_xaxes(title=f"fleet price ({currency}/hour)", type="log")
+    prices = sorted({round(float(v), 6) for v in df["usd_per_hour"] if pd.notna(v) and float(v) > 0})
+    # a few distinct prices (a small search: 4 and 8 USD/hour): label exactly those; else 1-2-5 steps
+    ticks = prices if len(prices) <= 6 else log_ticks(prices[0], prices[-1]) if prices else []
+    fig.update_xaxes(title=f"fleet price ({currency}/hour)", type="log",
+                     **({"tickvals": ticks, "ticktext": [f"{t:g}" for t in ticks]} if ticks else {}))
     fig.update_yaxes(title="SLO attainment (worst search seed)", range=[-0.02, 1.02])
-    return _layout(fig, "Cost vs SLO attainment (every trial at the workload's load)", legend="policy · GPU")
+    return _layout(fig, "Cost vs SLO attainment", legend="policy · GPU",
+                   subtitle="every trial at the workload's load; worst search seed")
 
 
 def needed_vs_rate(needed: pd.DataFrame, rates: dict[float, float]) -> go.Figure:
@@ -89,9 +122,10 @@ def needed_vs_rate(needed: pd.DataFrame, rates: dict[float, float]) -> go.Figure
     policies = sorted(needed["policy"].unique())
     col = _colors(policies)
     gpus = sorted(needed["gpu"].unique())
-    # lines that coincide (two policies needing the same GPUs at every rate) stay visible: a policy drawn
-    # earlier is wider with larger markers of its own symbol, so it shows around the ones drawn over it
-    symbols = ("circle", "square", "diamond", "triangle-up", "x", "cross", "star")
+    # a policy is a colour and a marker shape, a GPU type a marker fill and a dash (as in the frontier
+    # figure): with a single load there are no lines, so the marker alone must tell them apart. Lines that
+    # coincide (two policies needing the same GPUs at every rate) stay visible: a policy drawn earlier is
+    # wider with larger markers, so it shows around the ones drawn over it
     for pi, pol in enumerate(policies):
         under = len(policies) - 1 - pi
         for gi, gpu in enumerate(gpus):
@@ -107,14 +141,20 @@ def needed_vs_rate(needed: pd.DataFrame, rates: dict[float, float]) -> go.Figure
             fig.add_trace(go.Scatter(
                 x=xs, y=ys, mode="lines+markers", name=f"{pol} · {gpu}", legendgroup=pol,
                 line={"color": col[pol], "dash": DASHES[gi % len(DASHES)], "width": 2 + 1.5 * under},
-                marker={"symbol": symbols[pi % len(symbols)], "size": 7 + 3 * under},
+                marker={"symbol": symbol(pi, gi), "size": 7 + 3 * under},
                 hovertemplate=f"{pol} on {gpu}<br>%{{x:.3g}} req/s: %{{y}} GPUs<extra></extra>"))
-    if not fig.data:  # nothing feasible anywhere: an empty axis says so rather than a blank div
+    if not fig.data:  # nothing feasible anywhere: the empty axis says so in words (a legend of an empty
+        # trace showed nothing), over the loads' rates rather than plotly's −1 … 6
         fig.add_trace(go.Scatter(x=[], y=[], name="no fleet meets the target"))
+        fig.add_annotation(text="no fleet within search.max_gpus meets the target at any load", x=0.5, y=0.5,
+                           xref="paper", yref="paper", showarrow=False, font={"size": 15, "color": "#b42318"})
+        if rates:
+            lo, hi = min(rates.values()), max(rates.values())
+            fig.update_xaxes(range=[0.0, hi * 1.2 if hi > 0 else 1.0] if lo == hi else [lo * 0.9, hi * 1.1])
     fig.update_xaxes(title="total arrival rate (requests/s, all variants)")
     fig.update_yaxes(title="GPUs needed", rangemode="tozero")
-    return _layout(fig, "GPUs needed vs total rate (fewest over strategies and batch limits)",
-                   legend="policy · GPU")
+    return _layout(fig, "GPUs needed vs total rate", legend="policy · GPU",
+                   subtitle="the fewest over placement strategies and batch limits")
 
 
 def placement_figure(placement: list[dict[str, Any]], loads: np.ndarray) -> go.Figure:
@@ -144,7 +184,8 @@ def placement_figure(placement: list[dict[str, Any]], loads: np.ndarray) -> go.F
     # GPUs in placement order (plotly would order categories by first appearance over the traces: the
     # GPUs of variant 0 first, e.g. GPU 0, GPU 4, GPU 1, ...)
     fig.update_yaxes(autorange="reversed", type="category", categoryorder="array", categoryarray=gpu_labels)
-    return _layout(fig, "The chosen placement: variants on each GPU", height=max(260, 60 + 34 * len(placement)))
+    return _layout(fig, "The chosen placement", height=max(290, 90 + 34 * len(placement)),
+                   subtitle="variants on each GPU, sized by their share of the expected load")
 
 
 def variant_loads(workload: dict[str, Any], seed: int) -> np.ndarray:
@@ -156,6 +197,14 @@ def variant_loads(workload: dict[str, Any], seed: int) -> np.ndarray:
     for r in reqs:
         loads[r.tenant] += r.prompt_tokens + r.output_tokens
     return loads
+
+
+def _params_line(params: dict[str, Any]) -> str:
+    """``poisson (rate=0.5, tenants=8, …)`` from a config dict with a ``name`` (empty values shown as
+    ``none``)."""
+    rest = ", ".join(f"{k}={'none' if v in ('', None) else v}" for k, v in params.items() if k != "name")
+    name = str(params.get("name", "?"))
+    return f"{name} ({rest})" if rest else name
 
 
 def build(out: Path, result: SearchResult, prices: PriceTable, *, command: str, wall_s: float) -> Path:
@@ -225,8 +274,8 @@ def build(out: Path, result: SearchResult, prices: PriceTable, *, command: str, 
         parts.append("<h2>Cheapest fleet per policy</h2>" + table(best, ["policy", "GPU", "strategy", "max_batch",
                                                                           "GPUs", f"{cur}/hour"], cells))
     parts.append("<h2>Workload and SLO</h2>" + kv_table(
-        [("model", _esc(cfg["model"])), ("workload", _esc(json.dumps(cfg["workload"]))),
-         ("cost model", _esc(json.dumps(cfg["cost"]))),
+        [("model", _esc(cfg["model"])), ("workload", _esc(_params_line(cfg["workload"]))),
+         ("cost model", _esc(_params_line(cfg["cost"]))),
          *[(f"cost model on {g}", _esc(line)) for g, line in cfg.get("cost_models", {}).items()],
          ("SLO", _esc(f"TTFT ≤ {cfg['slo_ttft_s']} s and TPOT ≤ {cfg['slo_tpot_s']} s")),
          ("total arrival rate at load 1", fmt(rates.get(1.0, math.nan), 4) + " requests/s")]))

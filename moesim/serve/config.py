@@ -102,6 +102,10 @@ class ServeConfig:
             raise UserError(f"model={self.model!r}: valid: {', '.join(sorted(MODEL_SPECS))}")
         if self.gpu not in GPU_SPECS:
             raise UserError(f"gpu={self.gpu!r}: valid: {', '.join(sorted(GPU_SPECS))}")
+        if self.model in MODEL_SPECS:
+            from moesim.executor.config import check_decoder_only
+
+            check_decoder_only(self.model)
         if self.policy not in SERVED_POLICIES:
             raise UserError(f"policy={self.policy!r}: the runtime serves {', '.join(SERVED_POLICIES)}")
         if self.policy == "dedicated" and self.gpus != self.tenants:

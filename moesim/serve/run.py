@@ -138,11 +138,17 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
     if cfg.compare:
         doc["validation"] = compare(cfg, model, gpu, requests, res, out, execution)
         v = doc["validation"]
+        # on the CPU the measured side is this CPU, the simulated side the GPU named by gpu=: say so, or the
+        # large "errors" read as a broken simulator
+        cpu = (f" (measured on this CPU, simulated on gpu={cfg.gpu}: not comparable)"
+               if cfg.device == "cpu" and cfg.backend == "torch" else "")
         log(f"simulated ({v['sim_cost']}): mean turnaround {v['mean_turnaround_s_error_pct']:+.1f}%, mean TTFT "
             f"{v['mean_ttft_s_error_pct']:+.1f}%, per-request median |err| turnaround "
-            f"{v['turnaround_ape_median_pct']:.1f}%", flush=True)
+            f"{v['turnaround_ape_median_pct']:.1f}%{cpu}", flush=True)
     doc["wall_s"] = time.perf_counter() - t_start
     write_json(out / "summary.json", doc)
+    files = sorted(f.name for f in out.iterdir() if f.is_file() and f.suffix in (".parquet", ".json"))
+    log(f"outputs in {out}/ ({', '.join(files)})", flush=True)
     return doc
 
 

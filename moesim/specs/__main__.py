@@ -19,14 +19,24 @@ from moesim.specs.gpus import GPU_SPECS, GPUSpec
 from moesim.specs.models import MODEL_SPECS, ModelSpec
 
 
+def _amount(x: float, digits: int) -> float:
+    """``round(x, digits)``, or 3 significant figures where that would print 0.0 (the tiny test model:
+    0.000452 B parameters, not 0.0)."""
+    r = round(x, digits)
+    return r if r != 0 or x == 0 else float(f"{x:.3g}")
+
+
 def model_row(m: ModelSpec) -> dict[str, Any]:
     """One model's table row (units in the column names)."""
+    # "auto" is the model's own dtype_bytes per weight: show what that is, as the other rows do (bf16, fp8, …)
+    fmt = m.expert_format if m.expert_format != "auto" else {2: "bf16", 4: "fp32", 1: "8-bit"}.get(
+        m.dtype_bytes, f"{m.dtype_bytes} B/weight")
     return {
         "model": m.name, "arch": m.arch, "layers": m.n_layers, "moe_layers": m.n_decoder_moe_layers,
         "dense_layers": m.n_layers - m.n_decoder_moe_layers, "experts": m.n_experts, "top_k": m.top_k,
-        "shared_experts": m.n_shared_experts, "total_params_B": round(m.total_params / 1e9, 3),
-        "active_params_B": round(m.active_params_per_token / 1e9, 3), "expert_format": m.expert_format,
-        "expert_MB": round(m.expert_bytes / 1e6, 2), "nonexpert_GB": round(m.nonexpert_bytes / 1e9, 3),
+        "shared_experts": m.n_shared_experts, "total_params_B": _amount(m.total_params / 1e9, 3),
+        "active_params_B": _amount(m.active_params_per_token / 1e9, 3), "expert_format": fmt,
+        "expert_MB": _amount(m.expert_bytes / 1e6, 2), "nonexpert_GB": _amount(m.nonexpert_bytes / 1e9, 3),
         "kv_KB_per_token": round(m.kv_bytes_per_token / 1e3, 2), "attention": m.attention,
     }
 

@@ -255,12 +255,37 @@ def _match_columns(header: list[str], mapping: Mapping[str, str], where: str) ->
             raise UserError(f"{where}: {what}; choose one with workload.columns.{fld}=<column>")
         if hits:
             cols[fld] = hits[0]
+    # one column whose name holds ';' or a tab: the file is not comma-separated (a European spreadsheet's CSV)
+    sep = next((c for c in (";", "\t", "|") if len(header) == 1 and c in header[0]), None)
+    hint = (f"; the file seems separated by {sep!r}, moesim reads comma-separated CSV: save it with commas"
+            if sep else "")
     if "arrival_s" not in cols and "timestamp" not in cols:
-        raise UserError(f"{where}: missing column 'arrival_s' or 'timestamp' (has: {have}); need {NEEDED}")
+        raise UserError(f"{where}: missing column 'arrival_s' or 'timestamp' (has: {have}); need {NEEDED}"
+                        f"{hint or _mapping_hint('timestamp', header, cols)}")
     for need in ("prompt_tokens", "output_tokens"):
         if need not in cols:
-            raise UserError(f"{where}: missing column {need!r} (has: {have}); need {NEEDED}")
+            raise UserError(f"{where}: missing column {need!r} (has: {have}); need {NEEDED}"
+                            f"{hint or _mapping_hint(need, header, cols)}")
     return cols
+
+
+#: words in a column name that suggest a field (for the hint of a missing column)
+_FIELD_WORDS = {"timestamp": ("time", "ts", "arrival", "date"),
+                "prompt_tokens": ("input", "prompt", "context", "request"),
+                "output_tokens": ("output", "generated", "response", "completion")}
+
+
+def _mapping_hint(field: str, header: list[str], taken: Mapping[str, int]) -> str:
+    """``; map a column with workload.columns.timestamp=time_ms workload.time_unit=ms`` when one of the
+    file's (unmapped) columns looks like ``field``; else how to map one in general."""
+    used = set(taken.values())
+    for i, h in enumerate(header):
+        words = h.strip().lower().replace("-", "_").replace(" ", "_").split("_")
+        if i not in used and any(w.startswith(k) for w in words for k in _FIELD_WORDS[field]):
+            unit = next((f" workload.time_unit={u}" for u in ("ms", "us", "ns")
+                         if field == "timestamp" and u in words), "")
+            return f"; map yours with workload.columns.{field}={h}{unit}"
+    return f"; map yours with workload.columns.{field}=<column>"
 
 
 def _bad_row(where: str, bad: np.ndarray, problem: Callable[[int], str]) -> UserError:

@@ -185,7 +185,7 @@ class Replay(Workload):
         if t.skipped:
             why += f"; skipped {t.skipped:,} {t.skip_reason}"
         scale = f", time_scale {self.time_scale:.4g}" if self.time_scale != 1.0 else ""
-        return (f"replaying {n_requests:,} of {in_file:,} requests of {t.source} ({why}{scale}; "
+        return (f"replaying {n_requests:,} of {in_file:,} request{'s' if in_file != 1 else ''} of {t.source} ({why}{scale}; "
                 f"{self._horizon_s:,.1f} s)")
 
     def generate(self, seed: int) -> list[Request]:

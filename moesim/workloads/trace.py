@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from moesim.workloads import WORKLOADS
 from moesim.workloads.base import check_choice, invalid
@@ -60,4 +62,18 @@ class Trace(Replay):
 
     def _load(self) -> TraceArrays:
         c = self.cfg
-        return read_trace(c.path, tenants=c.tenants, format=c.format, columns=c.columns, time_unit=c.time_unit)
+        try:
+            st = Path(c.path).stat()
+        except OSError:  # read_trace says what is wrong with the path
+            return read_trace(c.path, tenants=c.tenants, format=c.format, columns=c.columns,
+                              time_unit=c.time_unit)
+        return _read_cached(str(c.path), st.st_mtime_ns, st.st_size, c.tenants, c.format,
+                            tuple(sorted(c.columns.items())), c.time_unit)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_cached(path: str, mtime_ns: int, size: int, tenants: int, format: str,
+                 columns: tuple[tuple[str, str], ...], time_unit: str) -> TraceArrays:
+    """``read_trace`` once per file version and reading options in a process (its arrays are read-only):
+    the command line's check before any job and a single run's job then read the file once."""
+    return read_trace(path, tenants=tenants, format=format, columns=dict(columns), time_unit=time_unit)
