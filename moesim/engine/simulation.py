@@ -17,6 +17,7 @@ from moesim.engine.instance import Instance
 from moesim.errors import UserError
 from moesim.policies.base import InstancePlan, Policy
 from moesim.policies.view import FleetView
+from moesim.request_table import request_table
 from moesim.specs import GPUSpec, ModelSpec
 from moesim.workloads.request import Request
 
@@ -460,23 +461,8 @@ def simulate_fleet(model: ModelSpec, gpus: Sequence[GPUSetup], requests: Sequenc
     if n and unfinished.any():
         raise RuntimeError(f"{int(unfinished.sum())} requests never finished: engine bug")
 
-    rejected = np.full(n, "", dtype=object)
-    for rid, why in rec.rejected.items():
-        rejected[rid] = why
-    req_df = pd.DataFrame({
-        "request_id": np.arange(n, dtype=np.int64),
-        "tenant": np.array([r.tenant for r in by_id], dtype=np.int64),
-        "instance": rec.instance,
-        "arrival_s": np.array([r.arrival_s for r in by_id], dtype=float),
-        "start_s": rec.start,
-        "first_token_s": rec.first,
-        "finish_s": rec.finish,
-        "prompt_tokens": np.array([r.prompt_tokens for r in by_id], dtype=np.int64),
-        "output_tokens": np.array([r.output_tokens for r in by_id], dtype=np.int64),
-        "swap_wait_s": rec.swap_wait,
-        "gpu": _fleet_index(rec.gpu, gpus),
-        "rejected": rejected,
-    })
+    req_df = request_table(by_id, instance=rec.instance, gpu=_fleet_index(rec.gpu, gpus), start=rec.start,
+                           first=rec.first, finish=rec.finish, swap_wait=rec.swap_wait, rejected=rec.rejected)
     names = [f"{gpus[g].name}/{p.name}" if prefix else p.name for p, g in zip(all_plans, plan_gpu, strict=True)]
     seg_df = rec.segments()
     if len(seg_df):

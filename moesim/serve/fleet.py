@@ -27,6 +27,7 @@ import pandas as pd
 
 from moesim.errors import UserError
 from moesim.policies.base import Policy
+from moesim.request_table import request_table
 from moesim.serve.runtime import (
     SEGMENT_COLUMNS,
     Backend,
@@ -285,20 +286,8 @@ def serve_fleet(model: ModelSpec, gpu: GPUSpec, policies: Sequence[Policy], back
     rec = _merge(recs, n)
     if n and np.isnan(rec.finish).any():
         raise RuntimeError(f"{int(np.isnan(rec.finish).sum())} requests never finished: runtime bug")
-    req_df = pd.DataFrame({
-        "request_id": np.arange(n, dtype=np.int64),
-        "tenant": np.array([r.tenant for r in by_id], dtype=np.int64),
-        "instance": gpu_of.copy(),
-        "arrival_s": np.array([r.arrival_s for r in by_id], dtype=float),
-        "start_s": rec.start,
-        "first_token_s": rec.first,
-        "finish_s": rec.finish,
-        "prompt_tokens": np.array([r.prompt_tokens for r in by_id], dtype=np.int64),
-        "output_tokens": np.array([r.output_tokens for r in by_id], dtype=np.int64),
-        "swap_wait_s": rec.swap_wait,
-        "gpu": gpu_of,
-        "rejected": np.full(n, "", dtype=object),
-    })
+    req_df = request_table(by_id, instance=gpu_of.copy(), gpu=gpu_of, start=rec.start, first=rec.first,
+                           finish=rec.finish, swap_wait=rec.swap_wait)
     seg = pd.DataFrame(rec.rows, columns=list(SEGMENT_COLUMNS))
     for c in ("n_seqs", "tokens", "steps", "eager_steps"):
         seg[c] = seg[c].astype(np.int64)

@@ -32,6 +32,7 @@ import pandas as pd
 from moesim.cost.base import CostModel, DecodeRun, Residency, SeqWork, StepCost, swap_link_delay
 from moesim.errors import UserError
 from moesim.policies.base import InstancePlan, Policy
+from moesim.request_table import request_table
 from moesim.resident_sets import make_resident, touch
 from moesim.running_batch import retire_finished
 from moesim.specs import GPUSpec, ModelSpec
@@ -492,20 +493,8 @@ def serve(model: ModelSpec, gpu: GPUSpec, policy: Policy, backend: Backend | Seq
     instance = np.zeros(n, dtype=np.int64)
     for i, reqs in enumerate(routed):
         instance[[r.id for r in reqs]] = i
-    req_df = pd.DataFrame({
-        "request_id": np.arange(n, dtype=np.int64),
-        "tenant": np.array([r.tenant for r in by_id], dtype=np.int64),
-        "instance": instance,
-        "arrival_s": np.array([r.arrival_s for r in by_id], dtype=float),
-        "start_s": rec.start,
-        "first_token_s": rec.first,
-        "finish_s": rec.finish,
-        "prompt_tokens": np.array([r.prompt_tokens for r in by_id], dtype=np.int64),
-        "output_tokens": np.array([r.output_tokens for r in by_id], dtype=np.int64),
-        "swap_wait_s": rec.swap_wait,
-        "gpu": np.zeros(n, dtype=np.int64),
-        "rejected": np.full(n, "", dtype=object),
-    })
+    req_df = request_table(by_id, instance=instance, gpu=np.zeros(n, dtype=np.int64), start=rec.start,
+                           first=rec.first, finish=rec.finish, swap_wait=rec.swap_wait)
     seg = pd.DataFrame(rec.rows, columns=list(SEGMENT_COLUMNS))
     for c in ("n_seqs", "tokens", "steps", "eager_steps"):
         seg[c] = seg[c].astype(np.int64)
