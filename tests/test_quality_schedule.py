@@ -48,6 +48,28 @@ def test_size_plan_closed_form() -> None:
     assert (tiny.n_seeds, tiny.pretrain_steps) == (1, 1)
     with pytest.raises(ValueError, match="must be positive"):
         size_plan(0.0, 0.1, 0.4, **kw)
+    # the floor is never more than the capped steps need: 500 steps × 0.1 s + 6.4 s = 56.4 s < 120 s, so 420 s
+    # (which left 115.8 s for pretraining, < 120) now fits 3 seeds
+    assert size_plan(420.0, 0.1, 0.4, **{**kw, "max_pretrain_steps": 500}).n_seeds == 3
+
+
+def test_size_plan_with_the_fourth_calls_measurements_fits_three_seeds() -> None:
+    """reports/consolidation/metadata.json (preset h200-v4): step 0.0723 s, validation 0.91 s, 391.4 s left.
+    The 120 s floor made the sizer take 2 seeds, yet 1,100 capped steps need only 1,100 × 0.0723 + 16 × 0.91
+    = 94.1 s, and 3 seeds leave 98.8 s: 3 seeds now, with the step cap reached."""
+    import json
+
+    meta = json.loads((CORPORA.parents[1] / "reports" / "consolidation" / "metadata.json").read_text())
+    sched = meta["families"]["large"]["schedule"]
+    kw = {"n_domains": 8, "ft_steps": 48, "ft_val_every": 4, "seeds_wanted": 3, "study_s_per_seed": 45.0,
+          "extra_per_seed_s": 8.0, "min_pretrain_s": 120.0, "max_pretrain_steps": 1100}
+    step_s = meta["families"]["large"]["pretrain"]["step_s"]
+    assert step_s == pytest.approx(0.0723, abs=1e-4)
+    assert size_plan(sched["avail_s"], step_s, sched["val_s"], **{**kw, "max_pretrain_steps": 10**6}).n_seeds == 2
+    p = size_plan(sched["avail_s"], step_s, sched["val_s"], **kw)
+    assert p.n_seeds == 3
+    assert p.pretrain_steps == 1100
+    assert p.per_seed_s == pytest.approx(sched["per_seed_s"], abs=0.05)
 
 
 def test_convergence_of_a_validation_curve() -> None:

@@ -47,16 +47,19 @@ def size_plan(avail_s: float, step_s: float, val_s: float, *, n_domains: int, ft
     ``step_s``: measured seconds per training step (fine-tunes use the same batch); ``val_s``: seconds of one
     validation pass over all ``n_domains`` domains (a fine-tune validates on its one domain: val_s / n_domains);
     pretraining validates ``n_vals`` times. The most seeds (≤ ``seeds_wanted``, ≥ 1) that still leave
-    ``min_pretrain_s`` of pretraining are taken; pretraining gets everything else, at most
-    ``max_pretrain_steps``.
+    ``min_pretrain_s`` of pretraining (or the time ``max_pretrain_steps`` take, if less) are taken; pretraining
+    gets everything else, at most ``max_pretrain_steps``.
     """
     if step_s <= 0 or avail_s <= 0:
         raise ValueError(f"step_s and avail_s must be positive, got {step_s}, {avail_s}")
     ft = finetune_seconds(step_s, ft_steps, ft_val_every, val_s / n_domains, init_s)
     per_seed = n_domains * ft + extra_per_seed_s
+    # never reserve more pretraining than the step cap can use (the fourth H200 call: 1,100 capped steps took
+    # 94 s, yet a 120 s floor cost it its third seed)
+    floor_s = min(min_pretrain_s, max_pretrain_steps * step_s + n_vals * val_s)
     n_seeds = 1
     for n in range(seeds_wanted, 0, -1):
-        if avail_s - n * (per_seed + study_s_per_seed) >= min_pretrain_s:
+        if avail_s - n * (per_seed + study_s_per_seed) >= floor_s:
             n_seeds = n
             break
     pre_s = max(0.0, avail_s - n_seeds * (per_seed + study_s_per_seed))
