@@ -119,16 +119,40 @@ class VirtualFeed:
             self.clock.set(max(self.clock.now(), self.order[self.next].arrival_s))
 
 
-class WallFeed:
+class ReleasedQueue:
+    """Requests released to an instance by another thread, pulled by the instance in arrival order.
+
+    The half that :class:`WallFeed` (released at arrival times) and ``moesim.serve.fleet.RoutedFeed`` (released
+    once routed) share: a deque guarded by a condition variable, and the count pulled so far.
+    """
+
+    def __init__(self) -> None:
+        self.released: deque[Request] = deque()
+        self.pulled = 0
+        self._cv = threading.Condition()
+
+    def pull(self) -> list[Request]:
+        """Released requests not pulled yet, in arrival order."""
+        with self._cv:
+            out = list(self.released)
+            self.released.clear()
+        self.pulled += len(out)
+        return out
+
+    def peek_arrived(self, t0: float, elapsed_s: float) -> Request | None:
+        """The first released, unpulled request (released means arrived: the wall clock is the truth)."""
+        with self._cv:
+            return self.released[0] if self.released else None
+
+
+class WallFeed(ReleasedQueue):
     """A host thread releases each request at its arrival's wall time."""
 
     def __init__(self, order: Sequence[Request], clock: WallClock) -> None:
+        super().__init__()
         self.order = list(order)
         self.clock = clock
-        self.released: deque[Request] = deque()
-        self.pulled = 0
         self.release_late_s = np.zeros(len(order))
-        self._cv = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._release, name="moesim-arrivals", daemon=True)
 
@@ -161,19 +185,6 @@ class WallFeed:
     def exhausted(self) -> bool:
         """Every request has been pulled."""
         return self.pulled >= len(self.order)
-
-    def pull(self) -> list[Request]:
-        """Released requests not pulled yet, in arrival order."""
-        with self._cv:
-            out = list(self.released)
-            self.released.clear()
-        self.pulled += len(out)
-        return out
-
-    def peek_arrived(self, t0: float, elapsed_s: float) -> Request | None:
-        """The first released, unpulled request (released means arrived: the wall clock is the truth)."""
-        with self._cv:
-            return self.released[0] if self.released else None
 
     def wait(self) -> None:
         """Block until a request is released."""

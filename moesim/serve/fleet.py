@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +27,7 @@ import pandas as pd
 from moesim.errors import UserError
 from moesim.policies.base import Policy
 from moesim.request_table import request_table
+from moesim.serve.clock import ReleasedQueue
 from moesim.serve.runtime import (
     SEGMENT_COLUMNS,
     Backend,
@@ -98,16 +98,14 @@ class LiveBoard:
             self.outstanding_requests[gpu] -= 1
 
 
-class RoutedFeed:
+class RoutedFeed(ReleasedQueue):
     """One GPU's arrivals, pushed by the dispatcher once routed (the ``WallFeed`` interface)."""
 
     def __init__(self, gpu: int, board: LiveBoard) -> None:
+        super().__init__()
         self.gpu = gpu
         self.board = board
-        self.released: deque[Request] = deque()
-        self.pulled = 0
         self.closed = False  # the dispatcher has routed every request
-        self._cv = threading.Condition()
         self._stop = False
 
     def push(self, r: Request) -> None:
@@ -132,19 +130,6 @@ class RoutedFeed:
         """Every request routed here has been pulled and none will come."""
         with self._cv:
             return self.closed and not self.released
-
-    def pull(self) -> list[Request]:
-        """Routed requests not pulled yet, in arrival order."""
-        with self._cv:
-            out = list(self.released)
-            self.released.clear()
-        self.pulled += len(out)
-        return out
-
-    def peek_arrived(self, t0: float, elapsed_s: float) -> Request | None:
-        """The first routed, unpulled request."""
-        with self._cv:
-            return self.released[0] if self.released else None
 
     def wait(self) -> None:
         """Block until a request is routed here or the dispatch is over."""
