@@ -122,6 +122,7 @@ def run(spec: JobSpec, out_dir: str | Path, *, progress: bool = False, overrides
     summary = {
         "status": "ok",
         **spec.describe(),
+        "rate": workload.rate_per_tenant,  # a replay at its own times: the rate it replays, not the 0 it was given
         "gpus": fleet.n_gpus,
         "config_hash": spec.config_hash(),
         **cost_provenance(costs.get(spec.gpu.name, next(iter(costs.values())))),

@@ -318,3 +318,22 @@ def test_a_misspelt_top_level_key_gets_the_nearest_one(tmp_path: Path) -> None:
     p = _simulate(tmp_path, "t", "polcy=mig")
     assert p.returncode == 2
     assert p.stderr.startswith("moesim: error: polcy=mig: unknown key 'polcy' (did you mean 'policy'?); valid keys: ")
+
+
+def test_a_replay_at_its_own_times_records_the_rate_it_replays(tmp_path: Path) -> None:
+    # a trace replayed as recorded (rate=0) was reported at "0 requests/s per tenant": the verdict read
+    # "sustains ≥ 0 requests/s" and the rate axis ran from -1 to 1
+    import json as _json
+
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens,tenant\n0,10,2,a\n1.5,10,2,b\n2.2,10,2,a\n"
+                     "4.1,10,2,b\n6,10,2,c\n")
+    p = _simulate(tmp_path, "u", "workload=trace", f"workload.path={trace}", "workload.tenants=3")
+    assert p.returncode == 0, p.stderr
+    summary = _json.loads((tmp_path / "u" / "summary.json").read_text())
+    assert summary["rate"] == pytest.approx(5 / 6.0 / 3)  # 5 requests over 6 s, 3 tenants
+    # a rate given is the rate recorded
+    p = _simulate(tmp_path, "v", "workload=trace", f"workload.path={trace}", "workload.tenants=3",
+                  "workload.rate=0.5")
+    assert p.returncode == 0, p.stderr
+    assert _json.loads((tmp_path / "v" / "summary.json").read_text())["rate"] == 0.5

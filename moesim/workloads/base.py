@@ -47,6 +47,11 @@ class Workload(ABC):
         return int(self.cfg.tenants)
 
     @property
+    def rate_per_tenant(self) -> float:
+        """Mean arrival rate per tenant that the workload offers (requests/s): the configured ``rate``."""
+        return float(getattr(self.cfg, "rate", float("nan")))
+
+    @property
     @abstractmethod
     def horizon_s(self) -> float:
         """Duration the workload spans (seconds from 0): every arrival_s lies in [0, horizon_s]."""

@@ -177,6 +177,15 @@ class Replay(Workload):
         """The trace's tenant names (ids in order of first appearance), if its tenant column holds names."""
         return self.trace.tenant_names
 
+    @property
+    def rate_per_tenant(self) -> float:
+        """The configured ``rate``, or with ``rate=0`` (the trace's own times) the rate it replays: requests kept
+        over the replayed span, per tenant (requests/s; 0 when the span is 0)."""
+        if self.cfg.rate > 0:
+            return float(self.cfg.rate)
+        n = len(self._arrival_s)
+        return n / self._horizon_s / self.tenants if self._horizon_s > 0 and self.tenants > 0 else 0.0
+
     def selection(self, n_requests: int) -> str:
         """E.g. ``replaying 1,445 of 19,366 requests of F (cut at workload.duration_s=300)``."""
         t = self.trace
