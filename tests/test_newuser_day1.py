@@ -332,6 +332,10 @@ def test_a_replay_at_its_own_times_records_the_rate_it_replays(tmp_path: Path) -
     assert p.returncode == 0, p.stderr
     summary = _json.loads((tmp_path / "u" / "summary.json").read_text())
     assert summary["rate"] == pytest.approx(5 / 6.0 / 3)  # 5 requests over 6 s, 3 tenants
+    from moesim.report import build_report
+
+    html = build_report(tmp_path / "u").read_text()
+    assert "≥ 0.2778 requests/s per tenant on 1 GPU" in html  # four significant figures, not 0.277778
     # a rate given is the rate recorded
     p = _simulate(tmp_path, "v", "workload=trace", f"workload.path={trace}", "workload.tenants=3",
                   "workload.rate=0.5")

@@ -192,7 +192,7 @@ def _config_section(data: SweepData) -> str:
         ("tenants", vals("tenants")),
         ("cost model", cost + distinct("cost")),
         *_fleet_rows(data),
-        ("arrival rates per tenant (req/s)", ", ".join(f"{r:g}" for r in data.rates) or "—"),
+        ("arrival rates per tenant (req/s)", ", ".join(f"{r:.4g}" for r in data.rates) or "—"),
         ("seeds", ", ".join(map(str, data.seeds)) or "—"),
         ("SLO", f"TTFT ≤ {fmt(ok['slo_ttft_s'].iloc[0])} s and time per output token ≤ "
                 f"{fmt(ok['slo_tpot_s'].iloc[0])} s{slo_note}; a rate is sustained when ≥ "
@@ -221,14 +221,14 @@ def _config_section(data: SweepData) -> str:
 
 def _ratio_title(ratios: dict[float, float]) -> str:
     """The per-rate changes behind a “vs” cell (its tooltip)."""
-    return "per rate: " + ", ".join(f"{r:g} req/s: {100 * (v - 1):+.1f}%" for r, v in ratios.items()) \
+    return "per rate: " + ", ".join(f"{r:.4g} req/s: {100 * (v - 1):+.1f}%" for r, v in ratios.items()) \
         if ratios else ""
 
 
 def _headline_section(data: SweepData, head: pd.DataFrame) -> str:
     rate = data.chosen_rate
     bases = list(data.options.baselines)
-    at = ("the rates " + ", ".join(f"{r:g}" for r in data.options.compare_rates) + " req/s"
+    at = ("the rates " + ", ".join(f"{r:.4g}" for r in data.options.compare_rates) + " req/s"
           if data.options.compare_rates else "the swept rates")
     header = ["policy", "GPUs", f"mean turn&shy;around (s) at {fmt(rate)} req/s"]
     header += [f"turn&shy;around vs {_esc(b)}" for b in bases]

@@ -368,7 +368,7 @@ def headline(data: SweepData) -> pd.DataFrame:
 def _rate_text(rate: float | None, at_top: bool, lowest: float | None) -> str:
     if rate is None:
         return f"< {lowest:g}" if lowest is not None else "—"
-    return f"≥ {rate:g}" if at_top else f"{rate:g}"
+    return f"≥ {rate:.4g}" if at_top else f"{rate:.4g}"
 
 
 def verdict(data: SweepData, head: pd.DataFrame) -> list[str]:
@@ -411,11 +411,11 @@ def verdict(data: SweepData, head: pd.DataFrame) -> list[str]:
             gp = f"{g} GPU{'s' if g != 1 else ''}"
             if per is None:
                 return f"on {gp}"
-            return f"on {gp}, {'≥ ' if r['sustained_at_top'] else ''}{per:g} requests/s per GPU"
+            return f"on {gp}, {'≥ ' if r['sustained_at_top'] else ''}{per:.4g} requests/s per GPU"
 
         live = [r for r in rows if r["sustained_rate"] is not None]
         if not live:
-            text = (f"{lead}no policy meets it even at the lowest swept rate ({lowest:g} requests/s per "
+            text = (f"{lead}no policy meets it even at the lowest swept rate ({lowest:.4g} requests/s per "
                     "tenant)")
             low = sub[np.isclose(sub["rate"], lowest)]
             tight = []
@@ -462,7 +462,7 @@ def verdict(data: SweepData, head: pd.DataFrame) -> list[str]:
         else:
             # several policies hold the same top rate: say so first, so the "next best" below them reads as
             # below all of them (not as the second place after a single winner)
-            at = f" at {data.chosen_rate:g} requests/s per tenant" if data.chosen_rate is not None else ""
+            at = f" at {data.chosen_rate:.4g} requests/s per tenant" if data.chosen_rate is not None else ""
             if best["gpus"] < min(r["gpus"] for r in tied):
                 why = "the fewest GPUs"
             elif best["gpus"] < max(r["gpus"] for r in tied):
@@ -481,7 +481,7 @@ def verdict(data: SweepData, head: pd.DataFrame) -> list[str]:
                          f"{rate_of(alt)} requests/s per tenant {cost(alt)}.")
         dead = [name(r) for r in rows if r["sustained_rate"] is None]
         if dead:
-            text += (f" Missing the SLO even at the lowest rate ({lowest:g} requests/s per tenant): "
+            text += (f" Missing the SLO even at the lowest rate ({lowest:.4g} requests/s per tenant): "
                      f"{', '.join(dead)}.")
         out.append(text + _vs_text(data, best, rows))
     return out

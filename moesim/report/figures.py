@@ -113,7 +113,7 @@ def _rate_axis(fig: go.Figure, data: SweepData, **kw: Any) -> None:
     """Arrival-rate x axis: log scale for wide ranges, ticks at the swept rates (up to 12 of them)."""
     rates = [r for r in data.rates if r > 0]
     log = len(rates) >= 3 and rates[-1] / rates[0] >= 8
-    ticks = {"tickvals": rates, "ticktext": [f"{r:g}" for r in rates]} if 0 < len(rates) <= 12 else {}
+    ticks = {"tickvals": rates, "ticktext": [f"{r:.4g}" for r in rates]} if 0 < len(rates) <= 12 else {}
     fig.update_xaxes(title_text="arrival rate per tenant (requests/s)", type="log" if log else "linear",
                      **ticks, **kw)
 
@@ -230,7 +230,7 @@ def cdf(data: SweepData) -> go.Figure:
                      **(log_ticks(np.concatenate(pooled)) if pooled else {}))
     fig.update_yaxes(title_text="share of requests finished within x", range=[0, 1.02], tickformat=".0%")
     return _layout(fig, "Turnaround distribution",
-                   subtitle=f"at {rate:g} requests/s per tenant, all seeds pooled; share of all requests"
+                   subtitle=f"at {rate:.4g} requests/s per tenant, all seeds pooled; share of all requests"
                    if rate is not None else "")
 
 
@@ -373,7 +373,7 @@ def timeline(data: SweepData, max_segments: int = 3000) -> go.Figure:
     fig.update_xaxes(range=[t0, t1])
     fig.update_xaxes(title_text="simulated time (s)", row=n, col=1)
     fig.update_yaxes(title_text="instance", autorange="reversed")
-    sub = (f"the first {window:g} s at {rate:g} requests/s per tenant (lowest seed)" if rate is not None else "")
+    sub = (f"the first {window:g} s at {rate:.4g} requests/s per tenant (lowest seed)" if rate is not None else "")
     fig = _layout(fig, "Timeline", height=200 + 150 * n, subtitle=sub)
     fig.update_layout(legend={"title": {"text": "segment"}}, margin={"l": 130})
     return fig
