@@ -45,17 +45,31 @@ def test_every_run_is_a_valid_serve_command(monkeypatch) -> None:
 
 def test_cpu_path_writes_every_run_and_the_packs(tmp_path) -> None:
     pytest.importorskip("torch")
-    env = {**os.environ, "SERVE_SMOKE": "1", "PACK": str(tmp_path / "pack"), "PYTHONPATH": str(REPO)}
+    # as on the GPU machine: no simpy there, so nothing of the runtime may import the simulator; a package that
+    # refuses to import, first on the path of this process and of the mig process it starts
+    block = tmp_path / "block" / "simpy"
+    block.mkdir(parents=True)
+    (block / "__init__.py").write_text("raise ImportError('simpy is not on the GPU machine')\n")
+    env = {**os.environ, "SERVE_SMOKE": "1", "PACK": str(tmp_path / "pack"),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "block"), str(REPO)])}
     (tmp_path / "pack").mkdir()
-    # as on the GPU machine: no simpy there (blocked here), so nothing of the runtime may import the simulator
-    code = ("import runpy, sys; sys.modules['simpy'] = None; sys.argv = sys.argv[1:]; "
-            "runpy.run_path(sys.argv[0], run_name='__main__')")
-    p = subprocess.run([sys.executable, "-c", code, str(SCRIPT), str(tmp_path / "out"),
-                        "fleet,mig_host"],
+    p = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "out"), "fleet_host,mig_host"],
                        env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
-    for name in ("fleet", "mig_host"):
+    for name in ("fleet_host", "mig_host"):
         doc = json.loads((tmp_path / "out" / name / "summary.json").read_text())
         assert doc["status"] == "ok"
+    assert doc["backend"][0]["expert_fetches"] + doc["backend"][1]["expert_fetches"] > 0  # mig_host fetched
     assert (tmp_path / "pack" / "matrix.tar.gz").stat().st_size > 0
+    assert (tmp_path / "pack" / "mig.tar.gz").stat().st_size > 0  # the mig runs went in a process of their own
+    assert "mig: started" in p.stdout
     assert "0 failed" in p.stdout
+    assert "0 failed" in (tmp_path / "out" / "mig.log").read_text()
+
+
+def test_call_order_covers_every_run_once() -> None:
+    m = _matrix()
+    order = m.FIRST + m.TWO_GPU + m.MIG + m.REST
+    assert sorted(order) == sorted(m.RUNS)
+    assert len(order) == len(set(order))
+    assert m.FIRST[:2] == ["multiplex_saturated", "tables"]  # the misses of the last call first, then the tables

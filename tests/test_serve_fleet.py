@@ -174,10 +174,11 @@ def test_step_tables_time_the_runtimes_steps_on_cpu() -> None:
     assert list(dec["bucket"]) == [1, 2, 2, 4, 4, 4, 4, 4, 4, 8, 8, 8, 8, 8, 8]
     assert (dec["step_s"] > 0).all()
     assert (dec["step_s_min"] <= dec["step_s"]).all()
-    pre = pd.DataFrame(b.prefill_table(tokens=(8, 16), n_seqs=(1,), reps=2))
-    assert list(pre["tokens"]) == [8, 16]
-    assert (pre[["eager_s", "graph_s"]] > 0).all().all()
-    assert b.stats["steps"] == len(dec) * 3 + 2 * 6
+    pre = pd.DataFrame(b.prefill_table(tokens=(8, 16), n_seqs=(1,), reps=2, fills=((2, 16),)))
+    assert list(pre["tokens"]) == [8, 16, 16]
+    assert list(pre["bucket"]) == [16, 16, 32]  # the token bucket each prefill runs in (CPU buckets 16, 24, 32)
+    assert (pre[["eager_s", "graph_s", "bucket_s"]] > 0).all().all()
+    assert b.stats["steps"] == len(dec) * 3 + 3 * 9  # per row: eager, exact shape, bucket; 1 untimed + 2 each
 
 
 def test_streamed_swap_delays_the_prefills_fetches_by_the_shared_link() -> None:

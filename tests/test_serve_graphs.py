@@ -125,3 +125,82 @@ def test_served_run_records_eager_steps_per_segment():
     assert int(steps["eager_steps"].sum()) == b.stats["eager_steps"] == b.stats["steps"]
     dec = steps[steps["kind"] == "decode"]
     assert int(dec["steps"].sum()) > 0
+
+
+# ---- prefill per token bucket ---------------------------------------------------------------------
+def test_prefill_buckets():
+    from moesim.serve.buckets import prefill_bound, prefill_bucket_for, prefill_bucket_sizes
+
+    assert prefill_bucket_sizes(4096) == (256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
+    assert prefill_bucket_sizes(1, 16) == (16,)
+    assert [prefill_bucket_for(t) for t in (1, 26, 256, 257, 459, 927, 1183, 2048, 2049)] == \
+        [256, 256, 256, 384, 512, 1024, 1536, 2048, 3072]
+    assert prefill_bound([10, 256, 30, 200], 2) == 456
+    assert prefill_bound([10, 20], 16) == 30
+
+
+def test_plan_prefill_pads_into_a_sink_and_empty_slots():
+    from moesim.serve.graphs import plan_prefill
+
+    p = plan_prefill((2, 0, 1), (3, 2, 4), 16, 6)
+    assert p.order == (1, 2, 0)  # by tenant, stable
+    assert (p.n_real, p.tokens, p.bucket, p.n_slots) == (3, 9, 16, 6)
+    assert p.tenant == (0, 0, 1, 1, 1, 1, 2, 2, 2) + (2,) * 7  # pads: the last real row's tenant
+    assert p.pos == (0, 1, 0, 1, 2, 3, 0, 1, 2, 0, 1, 2, 3, 4, 5, 6)
+    assert p.pad == (False,) * 9 + (True,) * 7
+    # real sequences, the sink (7 pad tokens), then two empty slots
+    assert p.cu_q == (0, 2, 6, 9, 16, 16, 16)
+    assert p.last == (1, 5, 8, 15, 15, 15)
+    assert p.seqs == ((2, 0), (4, 0), (3, 0), (7, 0))
+    full = plan_prefill((0,), (16,), 16, 2)  # no pad: an empty sink
+    assert full.cu_q == (0, 16, 16)
+    assert full.seqs == ((16, 0),)
+    with pytest.raises(ValueError, match="does not fit"):
+        plan_prefill((0, 1), (10, 7), 16, 6)
+    with pytest.raises(ValueError, match="does not fit"):
+        plan_prefill((0, 1, 2), (1, 1, 1), 16, 3)  # 3 sequences need 4 slots (the sink)
+
+
+@pytest.mark.parametrize(("tenants", "toks", "bucket", "slots"),
+                         [((2, 0, 1, 0), (5, 9, 3, 7), 32, 9), ((1,), (30,), 32, 5), ((0, 0), (8, 8), 16, 3),
+                          ((1, 2), (7, 4), 64, 17)])
+def test_bucketed_prefill_equals_engine_step(tenants, toks, bucket, slots):
+    """A prefill padded to its token bucket and slot count gives the eager engine's next tokens per sequence."""
+    from moesim.serve.graphs import make_prefill_buffers, plan_prefill
+
+    m, eng = _engine()
+    st = stack_tenants(eng)
+    cache = KVCache(m, 512, eng.device, eng.dtype, eng.gen)
+    p = plan_prefill(tenants, toks, bucket, slots)
+    si = eng.make_inputs([(t, n, 0) for t, n in zip(tenants, toks, strict=True)])
+    pad_ids = torch.randint(0, m.vocab, (bucket - sum(toks),), generator=torch.Generator().manual_seed(5))
+    got = mixed_step(eng, st, make_prefill_buffers(p, eng.device, torch.cat([si.ids, pad_ids])), cache)
+    assert got.shape == (slots,)
+    ref = eng.step(si, cache)
+    assert torch.equal(got[: p.n_real], ref)
+    # the check can fail: the same rows with other tenants' weights give other next tokens
+    buf = make_prefill_buffers(p, eng.device, torch.cat([si.ids, pad_ids]))
+    buf.tid.copy_((buf.tid + 1) % 3)
+    assert not torch.equal(mixed_step(eng, st, buf, cache)[: p.n_real], ref)
+
+
+def test_backend_prefill_runs_in_its_token_bucket_on_cpu():
+    """The backend's prefills from context 0 take the bucketed path (16, 24, 32, … tokens on the CPU)."""
+    from moesim.cost.base import SeqWork
+    from moesim.serve.backend import TorchBackend
+    from moesim.specs import get_gpu
+
+    b = TorchBackend(get_model("tiny"), get_gpu("h200"), device="cpu", n_tenants=3, max_batch=4)
+    b.reserve_kv(64)
+    b._execute((SeqWork(1, 5, 0), SeqWork(0, 14, 0)))  # 19 tokens → bucket 24
+    b._execute((SeqWork(2, 16, 0),))  # exactly a bucket
+    assert b.stats["prefill_pad_tokens"] == 5
+    assert b.stats["steps"] == b.stats["eager_steps"] == 2
+    assert b.pg.stats["eager"] == 2
+    b._execute(tuple(SeqWork(i % 3, 4, 0) for i in range(5)))  # 5 sequences > max_batch 4: the engine's path
+    assert b.pg.stats["eager"] == 2
+    assert b.stats["steps"] == 3
+    rows = b.prefill_table(tokens=(8,), n_seqs=(1, 2), fills=((3, 8),), reps=1)
+    assert [(r["n_seqs"], r["tokens"], r["bucket"], r["n_tenants"]) for r in rows] == \
+        [(1, 8, 16, 1), (2, 8, 16, 2), (3, 8, 24, 3)]
+    assert all(r["eager_s"] > 0 and r["bucket_s"] > 0 for r in rows)

@@ -43,6 +43,10 @@ from moesim.policies.base import InstancePlan
 from moesim.serve.runtime import SwapTicket, sleep_s
 from moesim.specs import GPUSpec, ModelSpec
 
+#: ``prefill_table``'s extra (sequences, tokens each) rows: prefills filling the token buckets 384 … 4096.
+PREFILL_FILLS: tuple[tuple[int, int], ...] = ((3, 128), (3, 256), (4, 256), (6, 256), (8, 256), (12, 256),
+                                              (16, 256))
+
 
 class Fetcher:
     """Host-expert fetches of one step into staging buffers (see the module docstring)."""
@@ -186,14 +190,25 @@ class TorchBackend:
             self.x._sync = lambda: torch.cuda.current_stream().synchronize()
         self._local: dict[int, int] | None = None  # served tenant → this engine's non-expert set
         self.dg = None
+        self.pg = None
         if bucketed:
             from moesim.serve.graphs import DecodeGraphs
 
             # before any host copy of the non-expert sets is made: tenants' tensors become views of stacks
             self.dg = DecodeGraphs(self.eng, max_batch, kv_bucket, pool=self.x._pool, seed=seed)
+            from moesim.serve.buckets import PREFILL_MIN_BUCKET_CPU, PREFILL_MIN_BUCKET_CUDA
+            from moesim.serve.graphs import PrefillGraphs
+
+            self.pg = PrefillGraphs(self.eng, self.dg.stacked, max_batch,
+                                    PREFILL_MIN_BUCKET_CUDA if self.cuda else PREFILL_MIN_BUCKET_CPU,
+                                    pool=self.x._pool, seed=seed)
+        # prefills from context 0 run in their token bucket's graph (``PrefillGraphs``); False: the executor's
+        # exact-shape graph (``prefill_table`` times both)
+        self.bucket_prefill = bucketed
         self._elapsed = 0.0
         self.stats = {"steps": 0, "eager_steps": 0, "graph_steps": 0, "graph_captures": 0, "swaps": 0,
                       "bucket_graph_steps": 0, "bucket_captures": 0, "pad_rows": 0,
+                      "prefill_bucket_steps": 0, "prefill_captures": 0, "prefill_pad_tokens": 0,
                       "swap_bytes": 0, "swap_copy_s": 0.0, "swap_paced_s": 0.0, "expert_fetches": 0,
                       "fetch_bytes": 0, "fetch_copy_s": 0.0, "step_s": 0.0}
 
@@ -225,6 +240,7 @@ class TorchBackend:
         self.x._ensure_layout(physical_residency(plan, self.model))
         if self.dg is not None and self.x.stats["layouts"] != layouts:
             self.dg.reset()  # the graphs read the old expert tensors
+            self.pg.reset()
         self.host_sets = []
         if plan.swap_bytes > 0 and plan.nonexpert_slots < len(plan.tenants):
             for t in range(n_tenants):
@@ -260,15 +276,22 @@ class TorchBackend:
         """Allocate the KV cache for ``rows`` tokens up front (plus a bucketed step's pad rows)."""
         self.x.reserve_kv(self.dg.rows_needed(rows) if self.dg is not None else rows)
 
-    def prepare(self, max_batch: int, max_context: int) -> int:
+    def prepare(self, max_batch: int, max_context: int, prefill_tokens: int = 0) -> int:
         """Before a timed run: capture every decode bucket up to ``max_batch`` sequences and ``max_context``
-        tokens (CUDA, bucketed, no host experts); the graphs captured."""
+        tokens, and every prefill token bucket up to ``prefill_tokens`` tokens (CUDA, bucketed, no host
+        experts); the graphs captured."""
         if self.dg is None or not self.cuda or self.fetcher is not None or self.x.execution != "graphs":
             return 0
+        top = self.pg.bucket(prefill_tokens) if prefill_tokens > 0 and self.bucket_prefill else 0
+        self.x._ensure_cache(top)  # before any capture: a larger cache later would drop the graphs
         try:
             n = self.dg.capture_all(max_batch, max_context, self.x.cache)
         except Exception:  # recorded in dg.broken; steps take the executor's exact-shape graphs
             n = 0
+        if top:
+            # a failure is recorded in pg.broken; prefills then take the executor's exact-shape graphs
+            with contextlib.suppress(Exception):
+                n += self.pg.capture_all(prefill_tokens, self.x.cache)
         self.x._sync()
         return n
 
@@ -308,42 +331,61 @@ class TorchBackend:
         return rows
 
     def prefill_table(self, tokens: tuple[int, ...] = (32, 64, 128, 256), n_seqs: tuple[int, ...] = (1, 2),
-                      reps: int = 3) -> list[dict[str, Any]]:
-        """Time prefill steps as the runtime runs them, eagerly (a shape no warm-up met) and replayed from its
-        exact-shape CUDA graph: ``n_seqs`` sequences of tenants 0, 1, … with ``tokens`` prompt tokens each.
-        Rows: ``n_seqs``, ``tokens`` (per sequence), ``eager_s``, ``graph_s`` (medians of ``reps``)."""
+                      reps: int = 3, fills: tuple[tuple[int, int], ...] = PREFILL_FILLS,
+                      modes: tuple[str, ...] = ("eager", "graph", "bucket")) -> list[dict[str, Any]]:
+        """Time prefill steps as the runtime runs them: ``n_seqs`` × ``tokens`` (sequences of tenants 0, 1, …
+        with ``tokens`` prompt tokens each), then the ``fills`` (n_seqs, tokens) rows, each ``modes``:
+
+        * ``eager_s``: eagerly (the executor's path, no graph);
+        * ``graph_s``: replayed from its exact-shape CUDA graph (the executor's graphs);
+        * ``bucket_s``: as the runtime runs it now, in its token bucket's graph (``bucket`` tokens: padded,
+          host input building included; ``PrefillGraphs``).
+
+        Rows: ``n_seqs``, ``tokens`` (per sequence), ``eager_s``, ``graph_s`` (medians of ``reps``), ``bucket``,
+        ``bucket_s``, ``n_tenants`` (NaN where a mode was not timed). Call with no host experts laid out."""
         from statistics import median
 
-        capture = self.capture
+        capture, bucketed = self.capture, self.bucket_prefill
         rows = []
+        shapes = [(n, t) for n in n_seqs for t in tokens] + [f for f in fills if f not in
+                                                               [(n, t) for n in n_seqs for t in tokens]]
+        nan = float("nan")
         try:
-            self.reserve_kv(max(n_seqs) * max(tokens) + 1)
-            for n in n_seqs:
-                for t in tokens:
-                    batch = tuple(SeqWork(i % self.n_tenants, t, 0) for i in range(n))
-                    self.capture = False
-                    self._execute(batch)
-                    eager = [self._execute(batch).total_s for _ in range(reps)]
-                    self.capture = True
-                    self._execute(batch)
-                    graph = [self._execute(batch).total_s for _ in range(reps)]
-                    rows.append({"n_seqs": n, "tokens": t, "eager_s": median(eager), "graph_s": median(graph)})
+            top = max(n * t for n, t in shapes)
+            self.reserve_kv(max(top, self.pg.bucket(top) if self.pg is not None else 0) + 1)
+
+            def timed(batch: tuple[SeqWork, ...], cap: bool, bucket: bool) -> float:
+                self.capture, self.bucket_prefill = cap, bucket
+                self._execute(batch)  # untimed (captures the graph when ``cap``)
+                return median(self._execute(batch).total_s for _ in range(reps))
+
+            for n, t in shapes:
+                batch = tuple(SeqWork(i % self.n_tenants, t, 0) for i in range(n))
+                row = {"n_seqs": n, "tokens": t,
+                       "eager_s": timed(batch, False, False) if "eager" in modes else nan,
+                       "graph_s": timed(batch, True, False) if "graph" in modes else nan,
+                       "bucket": self.pg.bucket(n * t) if self.pg is not None else n * t,
+                       "bucket_s": timed(batch, True, True) if "bucket" in modes and self.pg is not None else nan,
+                       "n_tenants": len({w.tenant for w in batch})}
+                rows.append(row)
         finally:
-            self.capture = capture
+            self.capture, self.bucket_prefill = capture, bucketed
         return rows
 
-    def sync_table(self, reps: int = 5) -> list[dict[str, Any]]:
+    def sync_table(self, reps: int = 5, decode_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)
+                   ) -> list[dict[str, Any]]:
         """Eager steps timed without and with a host synchronisation at every layer: a step that fetches host
         experts reads each layer's routing on the host, which drains the GPU's queue and exposes the launches
         after it. Rows: ``batch``, ``n_seqs``, ``tokens``, ``eager_s``, ``eager_sync_s`` (medians of ``reps``),
-        ``per_layer_s`` (their difference over the layers). Call with no host experts laid out."""
+        ``per_layer_s`` (their difference over the layers); decode rows ``decode_<n>`` for each of
+        ``decode_sizes`` (sequences of 2 tenants at context 200), a ``prefill_256`` row. Call with no host
+        experts laid out."""
         from statistics import median
 
         x, eng = self.x, self.eng
-        batches = {"decode_1": (SeqWork(0, 1, 200),),
-                   "decode_4": tuple(SeqWork(i % min(2, self.n_tenants), 1, 200) for i in range(4)),
-                   "decode_16": tuple(SeqWork(i % min(2, self.n_tenants), 1, 200) for i in range(16)),
-                   "prefill_256": (SeqWork(0, 256, 0),)}
+        batches = {f"decode_{n}": tuple(SeqWork(i % min(2, self.n_tenants), 1, 200) for i in range(n))
+                   for n in decode_sizes}
+        batches["prefill_256"] = (SeqWork(0, 256, 0),)
         rows = []
         for name, batch in batches.items():
             si = x._inputs(batch)
@@ -370,6 +412,94 @@ class TorchBackend:
                          "per_layer_s": (synced - plain) / self.model.n_layers})
         return rows
 
+    def link_share(self, swap_bytes: int = 0, fetch_bytes: int = 0, n_fetch: int = 8, reps: int = 3,
+                   delays: tuple[float, ...] = (0.0, 0.5)) -> dict[str, Any]:
+        """A streamed swap and host-expert fetches over the one host link, alone and together, as the runtime
+        issues them: the swap (``swap_bytes``, default one non-expert set) on the swap stream, then ``n_fetch``
+        expert copies (``fetch_bytes`` each, default one expert) one after the other on a copy stream, issued
+        ``delay`` × (the swap's time alone) after the swap (host wait; ``delays``). Pinned memory, CUDA events.
+
+        Returns seconds (medians of ``reps``): ``swap_alone_s``, ``fetch_alone_s`` (all ``n_fetch`` copies), and
+        per delay ``together[i]``: ``delay_s``, ``swap_s`` (the swap's end from its start), ``fetch_s`` (the
+        fetches' end from their issue), ``fetch_ends_s`` (each copy's end from their issue), ``swap_delay_s`` /
+        ``fetch_delay_s`` (how much later each ended than alone); ``*_GBps`` the rates alone. CPU: {}."""
+        from statistics import median
+
+        if not self.cuda:
+            return {}
+        swap_bytes = int(swap_bytes or self.model.nonexpert_bytes)
+        fetch_bytes = int(fetch_bytes or self.model.expert_bytes)
+        dev = self.device
+        buf: dict[str, Any] = {"h_swap": torch.empty(swap_bytes, dtype=torch.uint8, pin_memory=True),
+                               "d_swap": torch.empty(swap_bytes, dtype=torch.uint8, device=dev),
+                               "h_f": [torch.empty(fetch_bytes, dtype=torch.uint8, pin_memory=True)
+                                       for _ in range(2)],
+                               "d_f": torch.empty(fetch_bytes, dtype=torch.uint8, device=dev)}
+        buf["h_swap"].fill_(1)
+        for h in buf["h_f"]:
+            h.fill_(1)
+        ss, fs = torch.cuda.Stream(dev), torch.cuda.Stream(dev)
+
+        def ev() -> Any:
+            return torch.cuda.Event(enable_timing=True)
+
+        def issue_swap() -> tuple[Any, Any]:
+            a, b = ev(), ev()
+            a.record(ss)
+            with torch.cuda.stream(ss):
+                buf["d_swap"].copy_(buf["h_swap"], non_blocking=True)
+            b.record(ss)
+            return a, b
+
+        def issue_fetch() -> tuple[Any, list[Any]]:
+            a, ends = ev(), []
+            a.record(fs)
+            with torch.cuda.stream(fs):
+                for i in range(n_fetch):
+                    buf["d_f"].copy_(buf["h_f"][i % 2], non_blocking=True)
+                    e = ev()
+                    e.record(fs)
+                    ends.append(e)
+            return a, ends
+
+        def alone_swap() -> float:
+            torch.cuda.synchronize(dev)
+            a, b = issue_swap()
+            torch.cuda.synchronize(dev)
+            return a.elapsed_time(b) / 1e3
+
+        def alone_fetch() -> float:
+            torch.cuda.synchronize(dev)
+            a, ends = issue_fetch()
+            torch.cuda.synchronize(dev)
+            return a.elapsed_time(ends[-1]) / 1e3
+
+        alone_swap(), alone_fetch()
+        t_swap = median(alone_swap() for _ in range(reps))
+        t_fetch = median(alone_fetch() for _ in range(reps))
+        together = []
+        for d in delays:
+            runs = []
+            for _ in range(reps):
+                torch.cuda.synchronize(dev)
+                a, b = issue_swap()
+                if d > 0:
+                    sleep_s(d * t_swap)
+                fa, ends = issue_fetch()
+                torch.cuda.synchronize(dev)
+                runs.append((a.elapsed_time(b) / 1e3, fa.elapsed_time(ends[-1]) / 1e3,
+                             [fa.elapsed_time(e) / 1e3 for e in ends], a.elapsed_time(fa) / 1e3))
+            sw = median(r[0] for r in runs)
+            fe = median(r[1] for r in runs)
+            together.append({"delay": d, "delay_s": median(r[3] for r in runs), "swap_s": sw, "fetch_s": fe,
+                             "fetch_ends_s": [median(r[2][i] for r in runs) for i in range(n_fetch)],
+                             "swap_delay_s": sw - t_swap, "fetch_delay_s": fe - t_fetch})
+        buf.clear()
+        torch.cuda.empty_cache()
+        return {"swap_bytes": swap_bytes, "fetch_bytes": fetch_bytes, "n_fetch": n_fetch,
+                "swap_alone_s": t_swap, "fetch_alone_s": t_fetch, "swap_GBps": swap_bytes / t_swap / 1e9,
+                "fetch_GBps": n_fetch * fetch_bytes / t_fetch / 1e9, "together": together}
+
     def set_max_batch(self, max_batch: int) -> None:
         """Buckets for a policy's batch limit (graphs of other buckets dropped when the sizes change)."""
         if self.dg is not None:
@@ -379,6 +509,7 @@ class TorchBackend:
             if sizes != self.dg.sizes:
                 self.dg.sizes = sizes
                 self.dg.reset()
+            self.pg.set_max_seqs(max_batch)
 
     @contextlib.contextmanager
     def instance_context(self) -> Iterator[None]:
@@ -396,23 +527,33 @@ class TorchBackend:
                 yield
             stream.synchronize()
             return
-        from torch.cuda.green_contexts import GreenContext
-
         if self._green is None:
-            idx = self.device.index or 0
-            try:
-                self._green = GreenContext.create(num_sms=self.sms, device_id=idx)
-            except TypeError:
-                self._green = GreenContext.create(self.sms, idx)
-        g = self._green
-        g.set_context()
+            self._green = _green_context(self.sms, self._device_index())
+        with _in_green(self._green, self.device):
+            yield
+
+    def _device_index(self) -> int:
+        return self.gpu_index if self.gpu_index is not None else (self.device.index or 0)
+
+    @contextlib.contextmanager
+    def slice_context(self, sms: int) -> Iterator[None]:
+        """Run the calling thread's steps on ``sms`` SMs (a CUDA green context of its own, kept until the process
+        exits, and a stream of it; waits synchronise that stream): the tables of a MIG slice measured on this
+        engine. Nothing on CPU."""
+        if not self.cuda:
+            yield
+            return
+        if not hasattr(self, "_slice_greens"):
+            self._slice_greens: dict[int, Any] = {}
+        if sms not in self._slice_greens:
+            self._slice_greens[sms] = _green_context(sms, self._device_index())
+        sync = self.x._sync
+        self.x._sync = lambda: torch.cuda.current_stream().synchronize()
         try:
-            stream = g.Stream() if hasattr(g, "Stream") else torch.cuda.Stream(self.device)
-            with torch.cuda.stream(stream):
+            with _in_green(self._slice_greens[sms], self.device):
                 yield
-            stream.synchronize()
         finally:
-            g.pop_context()
+            self.x._sync = sync
 
     # ---- swaps ------------------------------------------------------------------------------------
     def estimate(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost | None:
@@ -528,6 +669,31 @@ class TorchBackend:
             else:
                 self.stats["eager_steps"] += 1
             return self._done(t0, 0, 0.0)
+        pg = self.pg
+        if pg is not None and self.bucket_prefill and not pg.broken and f is None and not streamed and all(
+                w.context == 0 for w in batch):
+            t0 = time.perf_counter()
+            p = pg.plan(tuple(w.tenant for w in batch), tuple(w.new_tokens for w in batch))
+            if p is not None:
+                x._ensure_cache(p.bucket)
+                graphs = x.execution == "graphs"
+                pg.capture = self.capture and graphs
+                before = dict(pg.stats)
+                try:
+                    graph = pg.run(p, x.cache, graphs)
+                except Exception:
+                    if not pg.broken:
+                        raise
+                    return self._execute(batch)  # capture failed (pg.broken): the executor's path from now on
+                x._sync()
+                self.stats["prefill_pad_tokens"] += pg.stats["pad_tokens"] - before["pad_tokens"]
+                self.stats["prefill_captures"] += pg.stats["captures"] - before["captures"]
+                if graph:
+                    self.stats["graph_steps"] += 1
+                    self.stats["prefill_bucket_steps"] += 1
+                else:
+                    self.stats["eager_steps"] += 1
+                return self._done(t0, 0, 0.0)
         si = x._inputs(batch)
         x._ensure_cache(si.meta.kv_tokens)
         t0 = time.perf_counter()
@@ -599,6 +765,11 @@ class TorchBackend:
             info["cuda_device"] = torch.cuda.current_device()
         if self.x.capture_errors:
             info["capture_errors"] = list(self.x.capture_errors)
+        if self.pg is not None:
+            info["prefill_buckets"] = sorted(self.pg.graphs)
+            info["prefill_slots"] = self.pg.n_slots
+            if self.pg.broken:
+                info["prefill_capture_error"] = self.pg.broken
         if self.dg is not None:
             info["decode_buckets"] = list(self.dg.sizes)
             info["bucket_graphs"] = len(self.dg.graphs)
@@ -608,10 +779,33 @@ class TorchBackend:
 
 
 
+def _green_context(sms: int, device_index: int) -> Any:
+    """A CUDA green context of ``sms`` SMs on device ``device_index``."""
+    from torch.cuda.green_contexts import GreenContext
+
+    try:
+        return GreenContext.create(num_sms=sms, device_id=device_index)
+    except TypeError:
+        return GreenContext.create(sms, device_index)
+
+
+@contextlib.contextmanager
+def _in_green(g: Any, device: torch.device) -> Iterator[None]:
+    """Make green context ``g`` current and run on a stream of it; synchronise that stream on exit."""
+    g.set_context()
+    try:
+        stream = g.Stream() if hasattr(g, "Stream") else torch.cuda.Stream(device)
+        with torch.cuda.stream(stream):
+            yield
+        stream.synchronize()
+    finally:
+        g.pop_context()
+
+
 #: The backend's calls that touch the device (run with a fleet GPU's device current).
 _ON_DEVICE = ("setup", "reset_stats", "warm_up", "reserve_kv", "prepare", "swap", "finish_swap", "prefill",
               "begin_decode", "decode_step", "end_decode", "describe", "decode_table",
-              "prefill_table", "sync_table")
+              "prefill_table", "sync_table", "link_share")
 
 
 def _on_device(backend: TorchBackend, fn: Any) -> Any:

@@ -37,6 +37,7 @@ from moesim.serve.runtime import (
     _check_fits,
     _instance_info,
     _merge,
+    prepare_backend,
 )
 from moesim.specs import GPUSpec, ModelSpec
 from moesim.workloads.request import Request
@@ -197,9 +198,7 @@ def serve_fleet(model: ModelSpec, gpu: GPUSpec, policies: Sequence[Policy], back
         mine = [_local(r, placement[g]) for r in order if g in replicas[r.tenant]]
         _check_fits(p, mine, model)
         b.setup(p, len(placement[g]))
-        prepare = getattr(b, "prepare", None)
-        if prepare is not None and mine:
-            prepare(p.max_batch, max(r.prompt_tokens + r.output_tokens for r in mine))
+        prepare_backend(b, p, mine)
     recs = [Recorder(n) for _ in plans]
     gpu_of = np.full(n, -1, dtype=np.int64)
     late = np.zeros(n)

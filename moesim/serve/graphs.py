@@ -33,34 +33,16 @@ import torch
 import torch.nn.functional as F
 
 from moesim.calibrate.engine import ALIGN_ROWS, AttnMeta, MoEEngine
+from moesim.serve.buckets import (
+    bucket_for,
+    bucket_sizes,
+    kv_round,
+    prefill_bucket_for,
+    prefill_bucket_sizes,
+)
 
 _LAYER_LISTS = ("attn_norm", "wqkv", "wo", "ffn_norm", "router", "dense_in", "dense_out", "shared_in",
                 "shared_out", "shared_gate")
-
-
-def bucket_sizes(max_batch: int) -> tuple[int, ...]:
-    """Batch-size buckets: 1, 2, 4, … below ``max_batch``, then ``max_batch`` (sequences)."""
-    if max_batch < 1:
-        raise ValueError(f"max_batch={max_batch}: must be ≥ 1")
-    out, b = [], 1
-    while b < max_batch:
-        out.append(b)
-        b *= 2
-    out.append(max_batch)
-    return tuple(out)
-
-
-def bucket_for(n: int, sizes: tuple[int, ...]) -> int:
-    """The smallest bucket holding ``n`` sequences (ValueError past the largest)."""
-    for b in sizes:
-        if b >= n:
-            return b
-    raise ValueError(f"batch of {n} sequences exceeds the largest bucket {sizes[-1]}")
-
-
-def kv_round(max_k: int, kv_bucket: int) -> int:
-    """The longest key length rounded up to a multiple of ``kv_bucket`` (tokens)."""
-    return -(-max_k // kv_bucket) * kv_bucket
 
 
 @dataclass(frozen=True)
@@ -188,7 +170,9 @@ class DecodeBuffers:
     cu_k: torch.Tensor  # (N+1,) int32
     slots: torch.Tensor  # (N,) int64
     max_k: int
-    seqs: list[tuple[int, int]]  # (new, context) per row (the CPU attention fallback)
+    seqs: list[tuple[int, int]]  # (new, context) per non-empty sequence (the CPU attention fallback)
+    max_q: int = 1  # new tokens per sequence, bound (decode: 1)
+    last: torch.Tensor | None = None  # (S,) int64 row of each sequence's last token (None: every row, decode)
 
 
 def make_buffers(p: DecodePlan, device: torch.device, vocab: int, seed: int = 0) -> DecodeBuffers:
@@ -245,7 +229,8 @@ def _norm(x: torch.Tensor, w: torch.Tensor, tid: torch.Tensor) -> torch.Tensor:
 
 
 def mixed_step(eng: MoEEngine, st: Stacked, b: DecodeBuffers, cache: Any) -> torch.Tensor:
-    """One decode step of every row (tenant per row as data); next token ids (N,), pads included."""
+    """One step of every row (tenant per row as data); next token ids: per row (decode, pads included) or per
+    sequence slot (prefill, ``b.last``: real sequences first)."""
     s = eng.spec
     T = len(eng.tenants)
     tid = b.tid
@@ -253,7 +238,7 @@ def mixed_step(eng: MoEEngine, st: Stacked, b: DecodeBuffers, cache: Any) -> tor
     V = st.embed.shape[1]
     x = F.embedding(tid * V + b.ids, st.embed.view(T * V, -1))  # (N, d)
     N = x.shape[0]
-    meta = AttnMeta(cu_q=b.cu_q, cu_k=b.cu_k, max_q=1, max_k=b.max_k, slots=b.slots, seqs=b.seqs)
+    meta = AttnMeta(cu_q=b.cu_q, cu_k=b.cu_k, max_q=b.max_q, max_k=b.max_k, slots=b.slots, seqs=b.seqs)
     L = st.layers
     remap = _remap_table(eng, st)
     pad_col = b.pad[:, None]
@@ -300,6 +285,9 @@ def mixed_step(eng: MoEEngine, st: Stacked, b: DecodeBuffers, cache: Any) -> tor
                 x = x + eng.moe(h, top_i, top_w, layer)
         else:
             x = x + g.linear(eng._act(g.linear(h, L["dense_in"][layer])), L["dense_out"][layer])
+    if b.last is not None:  # prefill: the lm_head on each sequence's last row only
+        x, tid = x[b.last], tid[b.last]
+        g = _Groups(tid, T)
     h = _norm(x, st.final_norm, tid)
     return torch.argmax(g.linear(h, st.lm_head), dim=-1)
 
@@ -407,6 +395,201 @@ class DecodeGraphs:
                 self.stats["replays"] += 1
                 return True
         buf = make_buffers(p, self.eng.device, self.eng.spec.vocab, self.seed)
+        self.last_out = mixed_step(self.eng, self.stacked, buf, cache)
+        self.stats["eager"] += 1
+        return False
+
+
+# ---- prefill graphs per token bucket --------------------------------------------------------------
+@dataclass(frozen=True)
+class PrefillPlan:
+    """A prefill's padded inputs (host lists; sequences sorted by tenant, stable, every one from context 0).
+
+    The graph has ``bucket`` token rows and ``n_slots`` sequence slots: the real sequences first, then one
+    *sink* sequence holding the ``bucket − tokens`` pad rows (keys in the KV rows after the real ones, causal
+    among themselves only), then empty slots (0 tokens: attention skips them). Pad rows take the last real
+    row's tenant (no extra weights read) and the first real row's experts (no extra expert touched).
+
+    Attributes:
+        bucket: token rows of the graph.
+        n_real: real sequences (slots 0 … n_real − 1).
+        n_slots: sequence slots of the graph (the policy's batch limit + 1: the sink).
+        tokens: real tokens (rows 0 … tokens − 1).
+        order: ``order[i]``: the caller's index of sequence slot i (real slots only).
+        tenant, pos, pad: per row.
+        cu_q: cumulative tokens per slot (``n_slots + 1``); also the keys (context 0).
+        last: per slot, the row of its last token (empty slots: the row before, unused).
+        seqs: (new tokens, context) of each non-empty slot in order (the CPU attention path).
+    """
+
+    bucket: int
+    n_real: int
+    n_slots: int
+    tokens: int
+    order: tuple[int, ...]
+    tenant: tuple[int, ...]
+    pos: tuple[int, ...]
+    pad: tuple[bool, ...]
+    cu_q: tuple[int, ...]
+    last: tuple[int, ...]
+    seqs: tuple[tuple[int, int], ...]
+
+
+def plan_prefill(tenants: tuple[int, ...], new_tokens: tuple[int, ...], bucket: int, n_slots: int) -> PrefillPlan:
+    """Pad a prefill (sequence i: ``new_tokens[i]`` tokens of tenant ``tenants[i]`` from context 0) to ``bucket``
+    token rows and ``n_slots`` sequence slots (ValueError when it does not fit)."""
+    n = len(tenants)
+    if not n or len(new_tokens) != n or min(new_tokens) < 1:
+        raise ValueError("a prefill needs ≥ 1 sequence, each with ≥ 1 new token")
+    total = sum(new_tokens)
+    if total > bucket or n > n_slots - 1:
+        raise ValueError(f"prefill of {n} sequences, {total} tokens does not fit {n_slots - 1} slots, {bucket} rows")
+    order = tuple(sorted(range(n), key=lambda i: tenants[i]))
+    tenant: list[int] = []
+    pos: list[int] = []
+    cu = [0]
+    for i in order:
+        tenant += [tenants[i]] * new_tokens[i]
+        pos += range(new_tokens[i])
+        cu.append(cu[-1] + new_tokens[i])
+    n_pad = bucket - total
+    tenant += [tenant[-1]] * n_pad
+    pos += range(n_pad)
+    cu.append(bucket)  # the sink
+    cu += [bucket] * (n_slots - n - 1)  # empty slots
+    last = tuple(max(c - 1, 0) for c in cu[1:])
+    seqs = tuple((new_tokens[i], 0) for i in order) + (((n_pad, 0),) if n_pad else ())
+    return PrefillPlan(bucket=bucket, n_real=n, n_slots=n_slots, tokens=total, order=order, tenant=tuple(tenant),
+                       pos=tuple(pos), pad=(False,) * total + (True,) * n_pad, cu_q=tuple(cu), last=last, seqs=seqs)
+
+
+def make_prefill_buffers(p: PrefillPlan, device: torch.device, ids: torch.Tensor) -> DecodeBuffers:
+    """Device buffers holding plan ``p`` with token ids ``ids`` (``p.bucket`` of them)."""
+    cu = torch.tensor(p.cu_q, dtype=torch.int32, device=device)
+    return DecodeBuffers(
+        ids=ids.to(device), pos=torch.tensor(p.pos, device=device), tid=torch.tensor(p.tenant, device=device),
+        pad=torch.tensor(p.pad, device=device), cu_q=cu, cu_k=cu,
+        slots=torch.arange(p.bucket, device=device), max_k=p.bucket, seqs=list(p.seqs), max_q=p.bucket,
+        last=torch.tensor(p.last, device=device))
+
+
+def fill_prefill_buffers(dst: DecodeBuffers, p: PrefillPlan, ids: torch.Tensor) -> None:
+    """Copy plan ``p``'s data into captured buffers of the same bucket and slot count (one host tensor per
+    dtype, two copies)."""
+    rows = torch.tensor([p.pos, p.tenant, p.pad], dtype=torch.int64)
+    dst.ids.copy_(ids, non_blocking=True)
+    dst.pos.copy_(rows[0], non_blocking=True)
+    dst.tid.copy_(rows[1], non_blocking=True)
+    dst.pad.copy_(rows[2].bool(), non_blocking=True)
+    dst.cu_q.copy_(torch.tensor(p.cu_q, dtype=torch.int32), non_blocking=True)
+    dst.last.copy_(torch.tensor(p.last, dtype=torch.int64), non_blocking=True)
+
+
+class PrefillGraphs:
+    """Prefill steps of an engine in CUDA graphs per token bucket (``PrefillPlan``); eager on CPU.
+
+    Shares the tenant-stacked weights of the engine's ``DecodeGraphs``. ``capture_all`` captures every bucket up
+    to a run's largest possible prefill before the timed run; ``run`` replays the bucket's graph (capturing it
+    first when ``capture`` is on), else runs ``mixed_step`` eagerly. ``last_out`` (eager) / the graph's output:
+    next token ids per slot, real sequences first.
+    """
+
+    def __init__(self, eng: MoEEngine, stacked: Stacked, max_seqs: int, smallest: int, pool: Any = None,
+                 seed: int = 0) -> None:
+        self.eng = eng
+        self.stacked = stacked
+        self.n_slots = max_seqs + 1
+        self.smallest = smallest
+        self.cuda = eng.device.type == "cuda"
+        self.pool = pool if pool is not None or not self.cuda else torch.cuda.graph_pool_handle()
+        self.graphs: dict[int, _BucketGraph] = {}
+        self.capture = True
+        self.seed = seed
+        self._cache_id: int | None = None
+        self.broken = ""
+        self.stats = {"captures": 0, "replays": 0, "eager": 0, "pad_tokens": 0}
+        self.last_out: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        """Drop the graphs (their weights or cache changed)."""
+        self.graphs.clear()
+
+    def set_max_seqs(self, max_seqs: int) -> None:
+        """Sequence slots for a policy's batch limit (the graphs dropped when it changes)."""
+        if max_seqs + 1 != self.n_slots:
+            self.n_slots = max_seqs + 1
+            self.graphs.clear()
+
+    def bucket(self, tokens: int) -> int:
+        """The token bucket of a prefill of ``tokens`` tokens."""
+        return prefill_bucket_for(tokens, self.smallest)
+
+    def plan(self, tenants: tuple[int, ...], new_tokens: tuple[int, ...]) -> PrefillPlan | None:
+        """The padded plan, or None when the prefill has more sequences than slots."""
+        if len(tenants) > self.n_slots - 1:
+            return None
+        return plan_prefill(tenants, new_tokens, self.bucket(sum(new_tokens)), self.n_slots)
+
+    def ids(self, p: PrefillPlan) -> torch.Tensor:
+        """Random token ids of the plan (host; seeded by its shape)."""
+        gen = torch.Generator().manual_seed(self.seed + p.tokens)
+        return torch.randint(0, self.eng.spec.vocab, (p.bucket,), generator=gen)
+
+    def _check_cache(self, cache: Any) -> None:
+        if self._cache_id != id(cache):
+            self.graphs.clear()
+            self._cache_id = id(cache)
+
+    def capture_one(self, bucket: int, cache: Any) -> None:
+        """Capture the graph of ``bucket`` token rows (CUDA only; the KV cache must hold ``bucket`` rows)."""
+        self._check_cache(cache)
+        p = plan_prefill((0,), (bucket,), bucket, self.n_slots)
+        buf = make_prefill_buffers(p, self.eng.device, self.ids(p))
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                mixed_step(self.eng, self.stacked, buf, cache)  # warm-up outside capture
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool, stream=stream):
+                out = mixed_step(self.eng, self.stacked, buf, cache)
+        except Exception as exc:  # the backend falls back to the executor's exact-shape graphs
+            torch.cuda.synchronize()
+            self.broken = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            raise
+        graph.replay()
+        torch.cuda.synchronize()
+        self.graphs[bucket] = _BucketGraph(graph, buf, out)
+        self.stats["captures"] += 1
+
+    def capture_all(self, max_tokens: int, cache: Any) -> int:
+        """Capture every bucket up to the one of ``max_tokens`` tokens (CUDA); the number captured."""
+        if not self.cuda or max_tokens < 1:
+            return 0
+        n = 0
+        for b in prefill_bucket_sizes(max_tokens, self.smallest):
+            if b not in self.graphs:
+                self.capture_one(b, cache)
+                n += 1
+        return n
+
+    def run(self, p: PrefillPlan, cache: Any, graphs: bool = True, ids: torch.Tensor | None = None) -> bool:
+        """Execute plan ``p`` (``graphs``: through its bucket's graph on CUDA); True when one was replayed."""
+        ids = self.ids(p) if ids is None else ids
+        self.stats["pad_tokens"] += p.bucket - p.tokens
+        if self.cuda and graphs:
+            self._check_cache(cache)
+            g = self.graphs.get(p.bucket)
+            if g is None and self.capture:
+                self.capture_one(p.bucket, cache)
+                g = self.graphs[p.bucket]
+            if g is not None:
+                fill_prefill_buffers(g.buf, p, ids)
+                g.graph.replay()
+                self.stats["replays"] += 1
+                return True
+        buf = make_prefill_buffers(p, self.eng.device, ids)
         self.last_out = mixed_step(self.eng, self.stacked, buf, cache)
         self.stats["eager"] += 1
         return False

@@ -35,6 +35,7 @@ from moesim.policies.base import InstancePlan, Policy
 from moesim.request_table import request_table
 from moesim.resident_sets import make_resident, touch
 from moesim.running_batch import retire_finished
+from moesim.serve.buckets import prefill_bound
 from moesim.specs import GPUSpec, ModelSpec
 from moesim.workloads.request import Request
 
@@ -417,6 +418,15 @@ class ServeResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+
+def prepare_backend(backend: Any, plan: InstancePlan, reqs: Sequence[Request]) -> None:
+    """Ahead of a run (backends that capture graphs: ``prepare``): every decode bucket and every prefill token
+    bucket the instance's requests can meet (its longest sequence; its ``max_batch`` longest prompts at once)."""
+    prepare = getattr(backend, "prepare", None)
+    if prepare is not None and reqs:
+        prepare(plan.max_batch, max(r.prompt_tokens + r.output_tokens for r in reqs),
+                prefill_tokens=prefill_bound([r.prompt_tokens for r in reqs], plan.max_batch))
+
 def serve(model: ModelSpec, gpu: GPUSpec, policy: Policy, backend: Backend | Sequence[Backend],
           requests: Sequence[Request], *, n_tenants: int | None = None, clock: str = "wall",
           whole_gpus: bool = False) -> ServeResult:
@@ -456,9 +466,7 @@ def serve(model: ModelSpec, gpu: GPUSpec, policy: Policy, backend: Backend | Seq
         _check_fits(p, reqs, model)
     for p, b, reqs in zip(plans, backends, routed, strict=True):
         b.setup(p, tenants)
-        prepare = getattr(b, "prepare", None)
-        if prepare is not None and reqs:  # ahead of the run: capture every decode bucket it can meet
-            prepare(p.max_batch, max(r.prompt_tokens + r.output_tokens for r in reqs))
+        prepare_backend(b, p, reqs)
     recs = [Recorder(n) for _ in plans]
     feeds: list[Any] = []
     if clock == "virtual":

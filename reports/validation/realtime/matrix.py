@@ -66,6 +66,10 @@ RUNS: dict[str, tuple[list[str], float]] = {
     "tables": ([], 20),  # decode and prefill steps timed on the runtime's engine (all experts resident)
     "fleet": (["policy=multiplex", "max_batch=16", "tenants=4", "gpus=2", "placement=0,1,2;1,2,3",
                "router=least_work", "rate=0.6", "max_requests=24"], 30),
+    "fleet_saturated": (["policy=multiplex", "max_batch=16", "tenants=4", "gpus=2", "placement=0,1,2;1,2,3",
+                         "router=least_work", "rate=10", "max_requests=32"], 20),
+    "fleet_host": (["policy=multiplex", "max_batch=16", "tenants=4", "gpus=2", "placement=0,1,2;1,2,3",
+                    "router=least_work", "budget_bytes=85e9", "rate=0.4", "max_requests=16", "warmup=false"], 25),
     "dedicated_light": (["policy=dedicated", "gpus=2", "max_batch=16", "rate=0.6", "max_requests=10"], 14),
     "dedicated_saturated": (["policy=dedicated", "gpus=2", "max_batch=16", "rate=40", "max_requests=24"], 10),
     "mig_light": (["policy=mig", "rate=0.15", "max_requests=5", "warmup=false"], 22),
@@ -73,7 +77,14 @@ RUNS: dict[str, tuple[list[str], float]] = {
     "mig_host": (["policy=mig", "budget_bytes=50e9", "rate=0.2", "max_requests=5", "warmup=false"], 22),
 }
 SMOKE_KEYS = {"naive": ["budget_bytes=0"], "swap": ["budget_bytes=0"]}
-DEADLINE_S = float(os.environ.get("MATRIX_DEADLINE_S", "375"))
+DEADLINE_S = float(os.environ.get("MATRIX_DEADLINE_S", "490"))
+# the order of the call, most valuable first (the runs that missed 5% or never ran): FIRST on GPU 0 while the mig
+# runs go on GPU 1 in a process of their own (MIG), then TWO_GPU (both GPUs), then the rest on GPU 0
+FIRST = ["multiplex_saturated", "tables", "multiplex_host", "reconfig_fast_host", "naive_saturated"]
+TWO_GPU = ["dedicated_saturated", "fleet_saturated", "fleet_host", "dedicated_light", "fleet"]
+MIG = ["mig_light", "mig_saturated", "mig_host"]
+REST = ["reconfig_fast_light", "reconfig_fast_saturated", "multiplex_light", "reconfig_light", "reconfig_saturated",
+        "reconfig_host", "swap_saturated", "swap_host", "swap_light", "naive_light", "naive_host"]
 CAL_BUDGET_S = 150.0
 
 
@@ -88,7 +99,7 @@ def run_keys(name: str) -> list[str]:
     if _smoke():
         common[:2] = ["device=cpu", "model=tiny"]
         keys = [k for k in keys if not k.startswith(("budget_bytes", "max_requests", "rate"))]
-        tiny_budget = {"naive_host": "budget_bytes=4e5", "swap_host": "budget_bytes=2.5e5",
+        tiny_budget = {"naive_host": "budget_bytes=4e5", "swap_host": "budget_bytes=2.5e5", "fleet_host": "budget_bytes=6e5",
                        "reconfig_host": "budget_bytes=6e5", "reconfig_fast_host": "budget_bytes=6e5",
                        "multiplex_host": "budget_bytes=6e5", "mig_host": "budget_bytes=2.5e5"}
         keys += ["max_requests=6", "rate=3" if "saturated" in name else "rate=1"]
@@ -173,36 +184,103 @@ def pack(out: Path, what: str, names: list[str]) -> None:
 
 
 def tables(backend, out: Path, model, gpu) -> bool:
-    """``decode_table.csv`` and ``prefill_table.csv``: steps timed on ``backend`` laid out as multiplex over 3
-    tenants (every expert resident), as the runtime runs them (``TorchBackend.decode_table``/``prefill_table``)."""
+    """Steps timed on ``backend`` laid out as multiplex over 3 tenants (every expert resident), as the runtime
+    runs them (``TorchBackend``): ``decode_table.csv``, ``prefill_table.csv`` (eager, exact-shape graph, token
+    bucket graph), ``sync_table.csv`` (eager steps without/with a host sync per layer, decode at 1, 2, 4, 8, 16
+    sequences), the same sync and eager prefill timings on a 64-SM green context (``sm64/``), a streamed swap
+    beside host-expert fetches (``link_share.json``), and the bucket graphs' next tokens against the eager
+    engine's (``tables.json``). Each file is written as soon as it is measured."""
     import pandas as pd
 
     from moesim.policies import POLICIES
 
     t = time.perf_counter()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        plan = POLICIES.build("multiplex", {"max_batch": 16}).layout(model, gpu, 3)[0]
-        backend.setup(plan, 3)
-        backend.reserve_kv(16 * 460)  # before capturing: a larger cache later would drop the graphs
-        backend.prepare(16, 460)
-        dec = pd.DataFrame(backend.decode_table())
-        dec.to_csv(out / "decode_table.csv", index=False)
-        pre = pd.DataFrame(backend.prefill_table())
-        pre.to_csv(out / "prefill_table.csv", index=False)
-        syn = pd.DataFrame(backend.sync_table())
-        syn.to_csv(out / "sync_table.csv", index=False)
-        print(syn.to_string(index=False), flush=True)
-        (out / "tables.json").write_text(json.dumps({"model": model.name, "gpu": gpu.name,
-                                                     "backend": backend.describe()}, indent=1, default=str))
-        print(dec.to_string(index=False), flush=True)
-        print(pre.to_string(index=False), flush=True)
-        ok = True
-    except Exception:
-        traceback.print_exc()
-        ok = False
+    out.mkdir(parents=True, exist_ok=True)
+    info: dict = {"model": model.name, "gpu": gpu.name}
+    ok = True
+
+    def step(name: str, fn) -> None:
+        nonlocal ok
+        t1 = time.perf_counter()
+        try:
+            fn()
+            print(f"tables/{name}: {time.perf_counter() - t1:.1f} s", flush=True)
+        except Exception:
+            traceback.print_exc()
+            ok = False
+        (out / "tables.json").write_text(json.dumps(info, indent=1, default=str))
+
+    def csv(rows, name: str, sub: str = "") -> None:
+        d = out / sub if sub else out
+        d.mkdir(parents=True, exist_ok=True)
+        df = pd.DataFrame(rows)
+        df.to_csv(d / name, index=False)
+        print(df.to_string(index=False), flush=True)
+
+    plan = POLICIES.build("multiplex", {"max_batch": 16}).layout(model, gpu, 3)[0]
+    backend.setup(plan, 3)
+    backend.reserve_kv(16 * 460)  # before capturing: a larger cache later would drop the graphs
+    backend.prepare(16, 460, prefill_tokens=16 * 256)
+    step("decode", lambda: csv(backend.decode_table(), "decode_table.csv"))
+    step("prefill", lambda: csv(backend.prefill_table(), "prefill_table.csv"))
+    step("prefill_check", lambda: info.update(prefill_bucket_check=prefill_check(backend)))
+    step("sync", lambda: csv(backend.sync_table(), "sync_table.csv"))
+
+    def sm64() -> None:
+        with backend.slice_context(64):
+            csv(backend.sync_table(reps=3), "sync_table.csv", "sm64")
+            csv(backend.prefill_table(tokens=(256,), n_seqs=(1, 2), fills=((4, 256),), modes=("eager",)),
+                "prefill_table.csv", "sm64")
+        info["sm64"] = {"sms": 64}
+
+    step("sm64", sm64)
+
+    def link() -> None:
+        d = backend.link_share()
+        info["link_share"] = d
+        (out / "link_share.json").write_text(json.dumps(d, indent=1))
+        print(json.dumps(d), flush=True)
+
+    step("link_share", link)
+    info["backend"] = backend.describe()
+    (out / "tables.json").write_text(json.dumps(info, indent=1, default=str))
     print(f"tables: {'ok' if ok else 'FAILED'} {time.perf_counter() - t:.1f} s", flush=True)
     return ok
+
+
+def prefill_check(backend) -> list[dict]:
+    """Next tokens of prefills run in their token bucket's graph (padded) against the engine's eager step of
+    the same batch and token ids: per batch, how many sequences agree."""
+    import torch
+
+    from moesim.cost.base import SeqWork
+
+    rows = []
+    pg, x = backend.pg, backend.x
+    for batch in [(SeqWork(0, 256, 0),), (SeqWork(0, 100, 0), SeqWork(2, 200, 0)),
+                  (SeqWork(1, 256, 0), SeqWork(0, 256, 0), SeqWork(1, 131, 0))]:
+        si = x._inputs(batch)
+        p = pg.plan(tuple(w.tenant for w in batch), tuple(w.new_tokens for w in batch))
+        ids = torch.cat([si.ids.cpu(), torch.zeros(p.bucket - p.tokens, dtype=si.ids.dtype)])
+        x._ensure_cache(max(p.bucket, si.meta.kv_tokens))
+        pg.capture = True
+        graph = pg.run(p, x.cache, x.execution == "graphs", ids=ids)
+        got = (pg.graphs[p.bucket].out if graph else pg.last_out)[: p.n_real].clone()
+        ref = backend.eng.step(si, x.cache)
+        x._sync()
+        rows.append({"n_seqs": len(batch), "tokens": p.tokens, "bucket": p.bucket, "graph": graph,
+                     "agree": int((got == ref).sum()), "of": len(batch)})
+    return rows
+
+
+def spawn_mig(out: Path, names: list[str], deadline_s: float, gpu: int | None) -> subprocess.Popen:
+    """The mig runs in a process of their own (on CUDA device ``gpu`` only), packing ``$PACK/mig.tar.gz``."""
+    env = dict(os.environ, MATRIX_CHILD="mig", MATRIX_DEADLINE_S=f"{deadline_s:.0f}")
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    log = open(out / "mig.log", "w")  # noqa: SIM115 (closed by the OS at exit)
+    return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(out), ",".join(names)],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def main(out_s: str, only: list[str] | None = None) -> int:
@@ -216,6 +294,7 @@ def main(out_s: str, only: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     smoke = _smoke()
+    child = os.environ.get("MATRIX_CHILD", "")
     names = [n for n in RUNS if only is None or n in only]
     device = "cpu" if smoke else "cuda"
     n_gpus = 1
@@ -223,28 +302,48 @@ def main(out_s: str, only: list[str] | None = None) -> int:
         import torch
 
         n_gpus = torch.cuda.device_count()
-    print(f"matrix: {len(names)} runs, {n_gpus} GPU(s), deadline {DEADLINE_S:.0f} s", flush=True)
+    print(f"matrix{' (' + child + ')' if child else ''}: {len(names)} runs, {n_gpus} GPU(s), deadline "
+          f"{DEADLINE_S:.0f} s", flush=True)
+    pack_name = "mig" if child else "matrix"
+    done: list[str] = [] if child else ["link_probe.json"]
+    failed = 0
     cal = None
-    want_cal = only is None or "calibrate" in only
+    want_cal = only is not None and "calibrate" in only
     probe: dict[str, float] = {}
-    if not smoke:
+    if not smoke and not child:
         try:
             probe = link_probe(n_gpus)
         except Exception:
             traceback.print_exc()
         print(f"host link probe: {probe}", flush=True)
         (out / "link_probe.json").write_text(json.dumps(probe, indent=1))
-    # the calibrator beside the matrix only when the GPUs' host links do not slow each other (its held-out
-    # steps fetch the plan's host experts): else after the matrix, if time is left
-    if want_cal and n_gpus >= 2 and probe.get("ratio", 0.0) >= 0.9:
-        cal = start_calibrator(out / "calibrate", 1)
-        print(f"calibrator started on GPU 1 (pid {cal.pid})", flush=True)
+    two_links = n_gpus >= 2 and probe.get("ratio", 0.0) >= 0.9
+    mig_names = [n for n in MIG if n in names]
+    mig_proc = None
+    if mig_names and not child and (two_links or smoke):
+        # the mig slices on the last GPU, beside the single-GPU runs (the GPUs' host links do not slow each
+        # other: ``link_probe``); GPU 1 is then free for the two-GPU runs
+        mig_proc = spawn_mig(out, mig_names, DEADLINE_S - 20 - (time.perf_counter() - t0),
+                             None if smoke else n_gpus - 1)
+        print(f"mig: started on GPU {n_gpus - 1} in process {mig_proc.pid}", flush=True)
+        mig_names = []
+
+    def wait_mig(limit_s: float) -> None:
+        nonlocal mig_proc, failed
+        if mig_proc is None:
+            return
+        try:
+            mig_proc.wait(timeout=max(1.0, limit_s))
+        except subprocess.TimeoutExpired:
+            mig_proc.kill()
+            mig_proc.wait()
+            print("mig process: killed (time)", flush=True)
+        print(f"mig process: exit {mig_proc.returncode} (total {time.perf_counter() - t0:.1f} s)", flush=True)
+        failed += mig_proc.returncode != 0
+        mig_proc = None
+
     model = get_model("tiny" if smoke else "mixtral-8x7b")
     gpu = get_gpu("h200")
-    shared = TorchBackend(model, gpu, device=device, n_tenants=3, max_batch=16, host_pool=8)
-    print(f"engine built in {time.perf_counter() - t0:.1f} s", flush=True)
-    done: list[str] = ["link_probe.json"]
-    failed = 0
 
     def one(name: str, backend) -> bool:
         t = time.perf_counter()
@@ -258,7 +357,7 @@ def main(out_s: str, only: list[str] | None = None) -> int:
         print(f"{name}: {'ok' if ok else 'FAILED'} {time.perf_counter() - t:.1f} s "
               f"(total {time.perf_counter() - t0:.1f} s)", flush=True)
         done.append(name)
-        pack(out, "matrix", done)
+        pack(out, pack_name, done + (["mig.log"] if child else []))
         return ok
 
     def fits(name: str) -> bool:
@@ -268,46 +367,49 @@ def main(out_s: str, only: list[str] | None = None) -> int:
               f"{DEADLINE_S:.0f} s)", flush=True)
         return False
 
-    for name in [n for n in names if not n.startswith(("fleet", "dedicated", "mig", "tables"))]:
+    single = [n for n in FIRST + REST if n in names]
+    two = [n for n in TWO_GPU if n in names]
+    shared = None
+    if single or two:
+        shared = TorchBackend(model, gpu, device=device, n_tenants=3, max_batch=16, host_pool=8)
+        print(f"engine built in {time.perf_counter() - t0:.1f} s", flush=True)
+    for name in [n for n in FIRST if n in names]:
+        if not fits(name):
+            continue
+        if name == "tables":
+            failed += not tables(shared, out / "tables", model, gpu)
+            done.append("tables")
+            pack(out, pack_name, done)
+        else:
+            failed += not one(name, shared)
+    if two and (n_gpus >= 2 or smoke):
+        wait_mig(DEADLINE_S - 60 - (time.perf_counter() - t0))  # GPU 1 must be free
+        second = TorchBackend(model, gpu, device=device, n_tenants=3, max_batch=16, host_pool=8,
+                              gpu_index=None if smoke else 1)
+        for name in two:  # fleet: GPU 0 holds variants 0-2, GPU 1 variants 1-3; dedicated: GPU g serves tenant g
+            if fits(name):
+                failed += not one(name, [shared, second])
+        del second
+        gc.collect()
+        if not smoke:
+            import torch
+
+            torch.cuda.empty_cache()
+    elif two:
+        print("fleet, dedicated: skipped (one GPU)", flush=True)
+    for name in [n for n in REST if n in names]:
         if fits(name):
             failed += not one(name, shared)
-    if "tables" in names and fits("tables"):
-        failed += not tables(shared, out / "tables", model, gpu)
-        done.append("tables")
-        pack(out, "matrix", done)
-    if "fleet" in names and fits("fleet"):
-        if n_gpus >= 2 or smoke:
-            if cal is not None and cal.poll() is None:
-                left = max(0.0, CAL_BUDGET_S + 30 - (time.perf_counter() - t0))
-                print(f"fleet: waiting up to {left:.0f} s for the calibrator on GPU 1", flush=True)
-                try:
-                    cal.wait(timeout=left)
-                except subprocess.TimeoutExpired:
-                    cal.terminate()
-                    cal.wait()
-                    print("calibrator: terminated (time)", flush=True)
-            if cal is not None:
-                print(f"calibrator: exit {cal.returncode}", flush=True)
-                pack(out, "calibrate", ["calibrate"])
-            second = TorchBackend(model, gpu, device=device, n_tenants=3, max_batch=16, host_pool=8,
-                                  gpu_index=None if smoke else 1)
-            failed += not one("fleet", [shared, second])
-            for name in [n for n in names if n.startswith("dedicated")]:  # GPU g serves tenant g's whole model
-                if fits(name):
-                    failed += not one(name, [shared, second])
-            del second
-        else:
-            print("fleet, dedicated: skipped (one GPU)", flush=True)
-    print(shared.describe(), flush=True)
-    del shared
-    gc.collect()
-    if not smoke:
-        import torch
+    if shared is not None:
+        print(shared.describe(), flush=True)
+        del shared
+        gc.collect()
+        if not smoke:
+            import torch
 
-        torch.cuda.empty_cache()
-    migs = [n for n in names if n.startswith("mig") and fits(n)]
+            torch.cuda.empty_cache()
     backends = None
-    for name in migs:  # one slice engine per slice, built once and reused (a later budget re-lays it out):
+    for name in mig_names:  # one slice engine per slice, built once and reused (a later budget re-lays it out):
         if not fits(name):  # green contexts are never destroyed before the process exits
             continue
         cfg = parse_args([*run_keys(name), f"out={out}/{name}"])
@@ -321,12 +423,12 @@ def main(out_s: str, only: list[str] | None = None) -> int:
                 break
             print(f"mig: {len(backends)} slice engines built, SMs {[b.sms for b in backends]}", flush=True)
         failed += not one(name, backends)
+    wait_mig(DEADLINE_S + 10 - (time.perf_counter() - t0))
     if want_cal:
         left = DEADLINE_S - (time.perf_counter() - t0)
-        if cal is None and (smoke or left > 60):
+        if smoke or left > 60:
             cal = start_calibrator(out / "calibrate", 1 if n_gpus >= 2 else None)
             print(f"calibrator started after the matrix (pid {cal.pid})", flush=True)
-        if cal is not None:
             try:
                 cal.wait(timeout=max(1.0, DEADLINE_S + 20 - (time.perf_counter() - t0)))
             except subprocess.TimeoutExpired:
@@ -335,7 +437,10 @@ def main(out_s: str, only: list[str] | None = None) -> int:
             print(f"calibrator: exit {cal.returncode}", flush=True)
             failed += cal.returncode != 0
             pack(out, "calibrate", ["calibrate"])
-    print(f"matrix done in {time.perf_counter() - t0:.1f} s, {failed} failed", flush=True)
+    if not child and (out / "mig.log").is_file():
+        shutil.copy2(out / "mig.log", Path(os.environ["PACK"], "mig.log")) if os.environ.get("PACK") else None
+    print(f"matrix{' (' + child + ')' if child else ''} done in {time.perf_counter() - t0:.1f} s, {failed} failed",
+          flush=True)
     return failed
 
 
