@@ -4,27 +4,27 @@ Run from the repository root on the GPU machine::
 
     PACK=$OUT python3 reports/validation/realtime/matrix.py OUTDIR [run,run,...]
 
-``PACK``: a folder that gets ``matrix.tar.gz`` (every finished run so far, rewritten after each run) and
-``calibrate.tar.gz``. ``SERVE_SMOKE=1`` runs everything on CPU with the tiny model (the CI path of this
-script). ``MATRIX_DEADLINE_S``: the script's own deadline (seconds from its start, default 375); a run whose
-estimate does not fit before it is skipped and logged.
+``PACK``: a folder that gets ``matrix.tar.gz`` (every finished run of the main process so far, rewritten after
+each run), ``mig.tar.gz`` and ``rest.tar.gz`` (the same for the runs in processes of their own) and their logs.
+``SERVE_SMOKE=1`` runs everything on CPU with the tiny model (the CI path of this script). ``MATRIX_DEADLINE_S``:
+the script's own deadline (seconds from its start, default 490); a run whose estimate does not fit before it
+is skipped and logged.
 
 What it does (Mixtral-8x7B real shapes, random bf16 weights, 2 tenants per single-GPU run; token pairs of the
-conversation trace, prompts ≤ 256, outputs ≤ 8; Poisson arrivals):
+conversation trace, prompts ≤ 256, outputs ≤ 8; Poisson arrivals), most valuable first:
 
-* builds ONE engine (3 non-expert sets, host expert copies pooled: ``host_pool``) and serves on it, for each of
-  ``naive``, ``swap``, ``reconfig``, ``reconfig_fast``, ``multiplex``, three workloads: ``light`` (arrivals
-  well below capacity), ``saturated`` (all arrive within about a second), ``host`` (a tight weight budget:
-  experts on the host, fetched per use). The keys of each run are in ``RUNS``;
-* ``tables``: decode and prefill steps timed on the runtime's engine (``decode_table.csv`` for
-  ``sim_cost=profile_bucketed``), and eager steps with a host sync at every layer (``sync_table.csv``);
-* ``fleet``: with 2 GPUs, 4 variants over 2 H200s (GPU 0: variants 0,1,2; GPU 1: 1,2,3; multiplex on each),
-  routed live by ``least_work`` (one host thread per GPU), on engine 0 (the shared one) and a second engine;
-  then ``dedicated`` (light, saturated) on the same two engines: GPU g serves tenant g's whole model;
-* ``mig``: frees the engine, builds one slice engine per MIG slice (green contexts), three workloads;
-* the calibrator with a consolidation plan (``plan_mixtral.json``: ``python -m moesim.consolidate
-  synthetic=mixtral-8x7b``), on GPU 1 concurrently with the matrix when there are 2 GPUs (``CUDA_VISIBLE_DEVICES=1``),
-  else after the matrix if time is left; time-boxed with ``budget_s``.
+* ``link_probe``: whether the two GPUs' host links slow each other (if not, the GPUs work at once below);
+* the ``mig`` runs (two slice engines in green contexts of 64 SMs; light, saturated, host) start at once in a
+  process of their own on GPU 1, while GPU 0 builds ONE engine (3 non-expert sets, host expert copies pooled:
+  ``host_pool``) and serves ``FIRST``: the runs that missed 5% in the last call and ``tables`` (decode steps in
+  bucket graphs, prefills eager / exact-shape graph / token-bucket graph, eager steps with a host sync at every
+  layer at 1–16 sequences, the same on a 64-SM green context, a streamed swap beside host-expert fetches);
+* ``TWO_GPU`` once GPU 1 is free: ``dedicated`` (GPU g serves tenant g's whole model) and the ``fleet`` (4
+  variants over 2 H200s, GPU 0: variants 0,1,2; GPU 1: 1,2,3; multiplex on each; routed live by
+  ``least_work``) at light and saturated load and with host experts;
+* ``REST`` (the other single-GPU runs: ``naive``, ``swap``, ``reconfig``, ``reconfig_fast``, ``multiplex`` ×
+  light / saturated / host), split over both GPUs (every other run in a process of its own on GPU 1);
+* the calibrator with a consolidation plan only when asked (``calibrate`` in the run list).
 
 Nothing here needs simpy: the simulated side is computed afterwards with ``python -m moesim.serve.validate``.
 """
@@ -273,12 +273,13 @@ def prefill_check(backend) -> list[dict]:
     return rows
 
 
-def spawn_mig(out: Path, names: list[str], deadline_s: float, gpu: int | None) -> subprocess.Popen:
-    """The mig runs in a process of their own (on CUDA device ``gpu`` only), packing ``$PACK/mig.tar.gz``."""
-    env = dict(os.environ, MATRIX_CHILD="mig", MATRIX_DEADLINE_S=f"{deadline_s:.0f}")
+def spawn(kind: str, out: Path, names: list[str], deadline_s: float, gpu: int | None) -> subprocess.Popen:
+    """Runs ``names`` in a process of their own (on CUDA device ``gpu`` only), packing ``$PACK/<kind>.tar.gz``
+    with its log ``<kind>.log``."""
+    env = dict(os.environ, MATRIX_CHILD=kind, MATRIX_DEADLINE_S=f"{deadline_s:.0f}")
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    log = open(out / "mig.log", "w")  # noqa: SIM115 (closed by the OS at exit)
+    log = open(out / f"{kind}.log", "w")  # noqa: SIM115 (closed by the OS at exit)
     return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(out), ",".join(names)],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
 
@@ -304,7 +305,7 @@ def main(out_s: str, only: list[str] | None = None) -> int:
         n_gpus = torch.cuda.device_count()
     print(f"matrix{' (' + child + ')' if child else ''}: {len(names)} runs, {n_gpus} GPU(s), deadline "
           f"{DEADLINE_S:.0f} s", flush=True)
-    pack_name = "mig" if child else "matrix"
+    pack_name = child or "matrix"
     done: list[str] = [] if child else ["link_probe.json"]
     failed = 0
     cal = None
@@ -323,23 +324,27 @@ def main(out_s: str, only: list[str] | None = None) -> int:
     if mig_names and not child and (two_links or smoke):
         # the mig slices on the last GPU, beside the single-GPU runs (the GPUs' host links do not slow each
         # other: ``link_probe``); GPU 1 is then free for the two-GPU runs
-        mig_proc = spawn_mig(out, mig_names, DEADLINE_S - 20 - (time.perf_counter() - t0),
+        mig_proc = spawn("mig", out, mig_names, DEADLINE_S - 20 - (time.perf_counter() - t0),
                              None if smoke else n_gpus - 1)
         print(f"mig: started on GPU {n_gpus - 1} in process {mig_proc.pid}", flush=True)
         mig_names = []
 
-    def wait_mig(limit_s: float) -> None:
-        nonlocal mig_proc, failed
-        if mig_proc is None:
+    def wait_child(proc: subprocess.Popen | None, kind: str, limit_s: float) -> None:
+        nonlocal failed
+        if proc is None:
             return
         try:
-            mig_proc.wait(timeout=max(1.0, limit_s))
+            proc.wait(timeout=max(1.0, limit_s))
         except subprocess.TimeoutExpired:
-            mig_proc.kill()
-            mig_proc.wait()
-            print("mig process: killed (time)", flush=True)
-        print(f"mig process: exit {mig_proc.returncode} (total {time.perf_counter() - t0:.1f} s)", flush=True)
-        failed += mig_proc.returncode != 0
+            proc.kill()
+            proc.wait()
+            print(f"{kind} process: killed (time)", flush=True)
+        print(f"{kind} process: exit {proc.returncode} (total {time.perf_counter() - t0:.1f} s)", flush=True)
+        failed += proc.returncode != 0
+
+    def wait_mig(limit_s: float) -> None:
+        nonlocal mig_proc
+        wait_child(mig_proc, "mig", limit_s)
         mig_proc = None
 
     model = get_model("tiny" if smoke else "mixtral-8x7b")
@@ -357,7 +362,7 @@ def main(out_s: str, only: list[str] | None = None) -> int:
         print(f"{name}: {'ok' if ok else 'FAILED'} {time.perf_counter() - t:.1f} s "
               f"(total {time.perf_counter() - t0:.1f} s)", flush=True)
         done.append(name)
-        pack(out, pack_name, done + (["mig.log"] if child else []))
+        pack(out, pack_name, done + ([f"{child}.log"] if child else []))
         return ok
 
     def fits(name: str) -> bool:
@@ -397,7 +402,22 @@ def main(out_s: str, only: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
     elif two:
         print("fleet, dedicated: skipped (one GPU)", flush=True)
-    for name in [n for n in REST if n in names]:
+    rest = [n for n in REST if n in names]
+    rest_proc = None
+    if rest and not child and (two_links or smoke) and len(rest) > 1:
+        # the rest split over both GPUs: every other run (by estimate) in a process of its own on GPU 1
+        wait_mig(DEADLINE_S - 60 - (time.perf_counter() - t0))
+        mine, theirs, load = [], [], [0.0, 0.0]
+        for n in sorted(rest, key=lambda n: -RUNS[n][1]):
+            (mine if load[0] <= load[1] else theirs).append(n)
+            load[0 if load[0] <= load[1] else 1] += RUNS[n][1]
+        mine = [n for n in rest if n in mine]  # each in the call's order
+        theirs = [n for n in rest if n in theirs]
+        rest_proc = spawn("rest", out, theirs, DEADLINE_S - 5 - (time.perf_counter() - t0),
+                          None if smoke else n_gpus - 1)
+        print(f"rest: {', '.join(theirs)} on GPU {n_gpus - 1} in process {rest_proc.pid}", flush=True)
+        rest = mine
+    for name in rest:
         if fits(name):
             failed += not one(name, shared)
     if shared is not None:
@@ -424,6 +444,7 @@ def main(out_s: str, only: list[str] | None = None) -> int:
             print(f"mig: {len(backends)} slice engines built, SMs {[b.sms for b in backends]}", flush=True)
         failed += not one(name, backends)
     wait_mig(DEADLINE_S + 10 - (time.perf_counter() - t0))
+    wait_child(rest_proc, "rest", DEADLINE_S + 10 - (time.perf_counter() - t0))
     if want_cal:
         left = DEADLINE_S - (time.perf_counter() - t0)
         if smoke or left > 60:
@@ -437,8 +458,9 @@ def main(out_s: str, only: list[str] | None = None) -> int:
             print(f"calibrator: exit {cal.returncode}", flush=True)
             failed += cal.returncode != 0
             pack(out, "calibrate", ["calibrate"])
-    if not child and (out / "mig.log").is_file():
-        shutil.copy2(out / "mig.log", Path(os.environ["PACK"], "mig.log")) if os.environ.get("PACK") else None
+    for kind in ("mig", "rest"):
+        if not child and (out / f"{kind}.log").is_file() and os.environ.get("PACK"):
+            shutil.copy2(out / f"{kind}.log", Path(os.environ["PACK"], f"{kind}.log"))
     print(f"matrix{' (' + child + ')' if child else ''} done in {time.perf_counter() - t0:.1f} s, {failed} failed",
           flush=True)
     return failed
