@@ -18,9 +18,11 @@ plan's residency says, KV cache, CUDA graphs keyed by shape) and adds what the e
   Steps that fetch sync with the host to learn the routing, so they run eagerly (not graph-captured).
 * **Decode steps run in CUDA graphs per batch-size bucket** (``moesim.serve.graphs.DecodeGraphs``: tenant
   mix as data, batch padded to its bucket, every bucket captured ahead by ``prepare``), so no decode step
-  runs eagerly because the warm-up never met its tenant mix. Prefill steps keep the executor's graphs per
-  exact shape (captured in the warm-up replay; an unseen prefill shape runs eagerly). ``bucketed=False``
-  restores the executor's exact-shape decode graphs. On CPU the bucketed step runs eagerly (same code).
+  runs eagerly because the warm-up never met its tenant mix. **Prefill steps from context 0 run in CUDA
+  graphs per token bucket** (``moesim.serve.graphs.PrefillGraphs``: padded to the bucket, every bucket up to the
+  run's largest prefill captured ahead by ``prepare``); a prefill that fits no bucket keeps the executor's
+  exact-shape graph (captured in the warm-up replay) or runs eagerly. ``bucketed=False`` restores the
+  executor's exact-shape graphs for both. On CPU the bucketed steps run eagerly (same code).
 
 On CPU there are no streams: copies are plain copies, in order.
 """
