@@ -69,7 +69,7 @@ RUNS: dict[str, tuple[list[str], float]] = {
     "fleet_saturated": (["policy=multiplex", "max_batch=16", "tenants=4", "gpus=2", "placement=0,1,2;1,2,3",
                          "router=least_work", "rate=10", "max_requests=32"], 20),
     "fleet_host": (["policy=multiplex", "max_batch=16", "tenants=4", "gpus=2", "placement=0,1,2;1,2,3",
-                    "router=least_work", "budget_bytes=85e9", "rate=0.4", "max_requests=16", "warmup=false"], 25),
+                    "router=least_work", "budget_bytes=95e9", "rate=0.4", "max_requests=16", "warmup=false"], 25),
     "dedicated_light": (["policy=dedicated", "gpus=2", "max_batch=16", "rate=0.6", "max_requests=10"], 14),
     "dedicated_saturated": (["policy=dedicated", "gpus=2", "max_batch=16", "rate=40", "max_requests=24"], 10),
     "mig_light": (["policy=mig", "rate=0.15", "max_requests=5", "warmup=false"], 22),
