@@ -204,3 +204,4 @@ def test_backend_prefill_runs_in_its_token_bucket_on_cpu():
     assert [(r["n_seqs"], r["tokens"], r["bucket"], r["n_tenants"]) for r in rows] == \
         [(1, 8, 16, 1), (2, 8, 16, 2), (3, 8, 24, 3)]
     assert all(r["eager_s"] > 0 and r["bucket_s"] > 0 for r in rows)
+
