@@ -13,7 +13,7 @@ import sys
 
 import pandas as pd
 
-ORDER = ("naive", "swap", "reconfig", "reconfig_fast", "multiplex", "fleet", "mig")
+ORDER = ("naive", "swap", "reconfig", "reconfig_fast", "multiplex", "mig", "dedicated", "fleet")
 WORKLOADS = ("light", "saturated", "host")
 
 
