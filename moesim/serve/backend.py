@@ -207,6 +207,7 @@ class TorchBackend:
         # prefills from context 0 run in their token bucket's graph (``PrefillGraphs``); False: the executor's
         # exact-shape graph (``prefill_table`` times both)
         self.bucket_prefill = bucketed
+        self.eager_only = False  # True: prefills run eagerly even where a graph exists (``prefill_table``)
         self._elapsed = 0.0
         self.stats = {"steps": 0, "eager_steps": 0, "graph_steps": 0, "graph_captures": 0, "swaps": 0,
                       "bucket_graph_steps": 0, "bucket_captures": 0, "pad_rows": 0,
@@ -356,22 +357,22 @@ class TorchBackend:
             top = max(n * t for n, t in shapes)
             self.reserve_kv(max(top, self.pg.bucket(top) if self.pg is not None else 0) + 1)
 
-            def timed(batch: tuple[SeqWork, ...], cap: bool, bucket: bool) -> float:
-                self.capture, self.bucket_prefill = cap, bucket
+            def timed(batch: tuple[SeqWork, ...], cap: bool, bucket: bool, eager: bool = False) -> float:
+                self.capture, self.bucket_prefill, self.eager_only = cap, bucket, eager
                 self._execute(batch)  # untimed (captures the graph when ``cap``)
                 return median(self._execute(batch).total_s for _ in range(reps))
 
             for n, t in shapes:
                 batch = tuple(SeqWork(i % self.n_tenants, t, 0) for i in range(n))
                 row = {"n_seqs": n, "tokens": t,
-                       "eager_s": timed(batch, False, False) if "eager" in modes else nan,
+                       "eager_s": timed(batch, False, False, True) if "eager" in modes else nan,
                        "graph_s": timed(batch, True, False) if "graph" in modes else nan,
                        "bucket": self.pg.bucket(n * t) if self.pg is not None else n * t,
                        "bucket_s": timed(batch, True, True) if "bucket" in modes and self.pg is not None else nan,
                        "n_tenants": len({w.tenant for w in batch})}
                 rows.append(row)
         finally:
-            self.capture, self.bucket_prefill = capture, bucketed
+            self.capture, self.bucket_prefill, self.eager_only = capture, bucketed, False
         return rows
 
     def sync_table(self, reps: int = 5, decode_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)
@@ -699,7 +700,7 @@ class TorchBackend:
         si = x._inputs(batch)
         x._ensure_cache(si.meta.kv_tokens)
         t0 = time.perf_counter()
-        if x.execution == "graphs" and f is None and not streamed and (
+        if x.execution == "graphs" and f is None and not streamed and not self.eager_only and (
                 self.capture or x._graph_key(si) in x._graphs):
             before = x.stats["graph_captures"]
             if x._run_graph(si) is not None:
