@@ -50,6 +50,12 @@ PREFILL_FILLS: tuple[tuple[int, int], ...] = ((3, 128), (3, 256), (4, 256), (6, 
                                               (16, 256))
 
 
+#: ``sync_table``'s decode rows: (sequences, distinct tenants). An eager step launches each tenant's projections
+#: on its own, so its host time grows with the tenants it holds.
+SYNC_DECODE: tuple[tuple[int, int], ...] = ((1, 1), (2, 1), (4, 1), (8, 1), (16, 1), (2, 2), (4, 2), (8, 2),
+                                            (16, 2), (4, 3), (16, 3))
+
+
 class Fetcher:
     """Host-expert fetches of one step into staging buffers (see the module docstring)."""
 
@@ -375,19 +381,23 @@ class TorchBackend:
             self.capture, self.bucket_prefill, self.eager_only = capture, bucketed, False
         return rows
 
-    def sync_table(self, reps: int = 5, decode_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)
+    def sync_table(self, reps: int = 5, decode: tuple[tuple[int, int], ...] = SYNC_DECODE
                    ) -> list[dict[str, Any]]:
         """Eager steps timed without and with a host synchronisation at every layer: a step that fetches host
         experts reads each layer's routing on the host, which drains the GPU's queue and exposes the launches
         after it. Rows: ``batch``, ``n_seqs``, ``tokens``, ``eager_s``, ``eager_sync_s`` (medians of ``reps``),
-        ``per_layer_s`` (their difference over the layers); decode rows ``decode_<n>`` for each of
-        ``decode_sizes`` (sequences of 2 tenants at context 200), a ``prefill_256`` row. Call with no host
-        experts laid out."""
+        ``per_layer_s`` (their difference over the layers), ``n_tenants``; a decode row per (sequences,
+        distinct tenants) of ``decode`` (sequence i of tenant i mod k, context 200; named ``decode_<n>`` with 2
+        tenants or 1 sequence, as the tables had them before, else ``decode_<n>_t<k>``), a ``prefill_256`` row.
+        Call with no host experts laid out."""
         from statistics import median
 
         x, eng = self.x, self.eng
-        batches = {f"decode_{n}": tuple(SeqWork(i % min(2, self.n_tenants), 1, 200) for i in range(n))
-                   for n in decode_sizes}
+        batches = {}
+        for n, k in decode:
+            k = min(k, n, self.n_tenants)
+            name = f"decode_{n}" if k == 2 or n == 1 else f"decode_{n}_t{k}"
+            batches[name] = tuple(SeqWork(i % k, 1, 200) for i in range(n))
         batches["prefill_256"] = (SeqWork(0, 256, 0),)
         rows = []
         for name, batch in batches.items():
@@ -412,7 +422,8 @@ class TorchBackend:
             synced = median(once(True) for _ in range(reps))
             rows.append({"batch": name, "n_seqs": len(batch), "tokens": sum(w.new_tokens for w in batch),
                          "eager_s": plain, "eager_sync_s": synced,
-                         "per_layer_s": (synced - plain) / self.model.n_layers})
+                         "per_layer_s": (synced - plain) / self.model.n_layers,
+                         "n_tenants": len({w.tenant for w in batch})})
         return rows
 
     def link_share(self, swap_bytes: int = 0, fetch_bytes: int = 0, n_fetch: int = 8, reps: int = 3,
