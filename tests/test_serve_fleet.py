@@ -179,6 +179,11 @@ def test_step_tables_time_the_runtimes_steps_on_cpu() -> None:
     assert list(pre["bucket"]) == [16, 16, 32]  # the token bucket each prefill runs in (CPU buckets 16, 24, 32)
     assert (pre[["eager_s", "graph_s", "bucket_s"]] > 0).all().all()
     assert b.stats["steps"] == len(dec) * 3 + 3 * 9  # per row: eager, exact shape, bucket; 1 untimed + 2 each
+    syn = pd.DataFrame(b.sync_table(reps=1, decode=((1, 1), (4, 1), (4, 2), (16, 3))))
+    assert list(syn["batch"]) == ["decode_1", "decode_4_t1", "decode_4", "decode_16_t3", "prefill_256"]
+    assert list(syn["n_tenants"]) == [1, 1, 2, 3, 1]
+    assert list(syn["n_seqs"]) == [1, 4, 4, 16, 1]
+    assert (syn[["eager_s", "eager_sync_s"]] > 0).all().all()
 
 
 def test_streamed_swap_delays_the_prefills_fetches_by_the_shared_link() -> None:
