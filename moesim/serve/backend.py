@@ -374,7 +374,9 @@ class TorchBackend:
                        "eager_s": timed(batch, False, False, True) if "eager" in modes else nan,
                        "graph_s": timed(batch, True, False) if "graph" in modes else nan,
                        "bucket": self.pg.bucket(n * t) if self.pg is not None else n * t,
-                       "bucket_s": timed(batch, True, True) if "bucket" in modes and self.pg is not None else nan,
+                       # not where bucket prefills are off (``bucket_prefill`` False on entry) or failed to capture
+                       "bucket_s": timed(batch, True, True) if "bucket" in modes and bucketed and self.pg is not None
+                       and not self.pg.broken else nan,
                        "n_tenants": len({w.tenant for w in batch})}
                 rows.append(row)
         finally:

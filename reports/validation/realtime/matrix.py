@@ -223,7 +223,8 @@ def tables(backend, out: Path, model, gpu) -> bool:
     backend.prepare(16, 460, prefill_tokens=16 * 256)
     step("decode", lambda: csv(backend.decode_table(), "decode_table.csv"))
     step("prefill", lambda: csv(backend.prefill_table(), "prefill_table.csv"))
-    step("prefill_check", lambda: info.update(prefill_bucket_check=prefill_check(backend)))
+    if backend.bucket_prefill:
+        step("prefill_check", lambda: info.update(prefill_bucket_check=prefill_check(backend)))
     step("sync", lambda: csv(backend.sync_table(), "sync_table.csv"))
 
     def sm64() -> None:
