@@ -697,10 +697,13 @@ class TorchBackend:
                 before = dict(pg.stats)
                 try:
                     graph = pg.run(p, x.cache, graphs)
-                except Exception:
-                    if not pg.broken:
+                except Exception as exc:
+                    if not self.cuda:
                         raise
-                    return self._execute(batch)  # capture failed (pg.broken): the executor's path from now on
+                    if not pg.broken:
+                        pg.broken = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                    x._sync()
+                    return self._execute(batch)  # the executor's path from now on (pg.broken)
                 x._sync()
                 self.stats["prefill_pad_tokens"] += pg.stats["pad_tokens"] - before["pad_tokens"]
                 self.stats["prefill_captures"] += pg.stats["captures"] - before["captures"]
