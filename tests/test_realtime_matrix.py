@@ -39,8 +39,9 @@ def test_every_run_is_a_valid_serve_command(monkeypatch) -> None:
             if name.endswith("_host") and not smoke:
                 assert cfg.budget_bytes > 0  # a tight budget: experts on the host
     assert policies == {"naive", "swap", "reconfig", "reconfig_fast", "multiplex", "mig", "dedicated"}
-    workloads = {n.rpartition("_")[2] for n in m.RUNS if n not in ("tables", "fleet")}
+    workloads = {n.split("-")[0].rpartition("_")[2] for n in m.RUNS if n not in ("tables", "fleet")}
     assert workloads == {"light", "saturated", "host"}
+    assert parse_args([*m.run_keys("multiplex_host-s1"), "out=/tmp/x"]).seed == 1  # held-out repeats: seed 1
 
 
 def test_cpu_path_writes_every_run_and_the_packs(tmp_path) -> None:

@@ -18,7 +18,7 @@ WORKLOADS = ("light", "saturated", "host")
 
 
 def _key(run: str) -> tuple[int, int, str]:
-    pol, _, wl = run.rpartition("_")
+    pol, _, wl = run.split("-")[0].rpartition("_")
     if run == "fleet":
         pol, wl = "fleet", ""
     return (ORDER.index(pol) if pol in ORDER else 99, WORKLOADS.index(wl) if wl in WORKLOADS else 9, run)
