@@ -733,6 +733,9 @@ def plan_command_line(argv: list[str]) -> CommandLine | None:
                 if repr(spec.workload) not in workloads:  # a bad trace file: one line, not a failed job each
                     workloads.add(repr(spec.workload))
                     _check_workload(spec)
+                if repr((spec.fleet, spec.placement, spec.policy)) not in workloads:  # fleet/placement files
+                    workloads.add(repr((spec.fleet, spec.placement, spec.policy)))
+                    _check_fleet_files(spec)
                 key = (spec.model.name, spec.gpu.name, repr(spec.cost), str(cfg.cost.get("name")))
                 if key not in costs:
                     costs[key] = _cost_line(spec, fallback=key[3] == "best")
@@ -755,6 +758,26 @@ def _check_workload(spec: JobSpec) -> None:
     from moesim.workloads import WORKLOADS
 
     WORKLOADS.build(spec.workload.name, spec.workload)
+
+
+def _check_fleet_files(spec: JobSpec) -> None:
+    """Read a fleet file and a placement file and check them against each other (GPU indices, each GPU's
+    policy), so a bad file stops the command before hydra creates any folder, like a bad trace file."""
+    fleet_file = spec.fleet is not None and spec.fleet.name == "file"
+    placement_file = spec.placement is not None and spec.placement.name == "file" and spec.placement.path
+    if not (fleet_file or placement_file):
+        return
+    from moesim.fleet import FLEETS
+    from moesim.fleet.placement import load_placement
+    from moesim.fleet.run import gpu_policy
+
+    fleet_cfg = spec.fleet if spec.fleet is not None else FLEETS.config("uniform")
+    fleet = FLEETS.build(fleet_cfg.name, fleet_cfg).spec(spec.gpu)
+    if placement_file:
+        placement = load_placement(spec.placement.path)
+        placement.check(fleet.n_gpus)
+        for p in placement.gpus:
+            gpu_policy(placement, p, spec.policy.name, spec.policy)
 
 
 def _cost_line(spec: JobSpec, *, fallback: bool) -> str:

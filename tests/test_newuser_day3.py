@@ -4,6 +4,7 @@ before its fix."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def _simulate(tmp_path: Path, name: str, *args: str) -> subprocess.CompletedProcess[str]:
     d = tmp_path / name
     return subprocess.run([sys.executable, "-m", "moesim.simulate", "hydra.mode=RUN", f"hydra.run.dir={d}",
-                           "progress=false", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                           "progress=false", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env=_env())
+
+
+def _env() -> dict[str, str]:
+    """This checkout's moesim from any working directory (relative paths in a user's files are the user's)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 def test_every_missing_trace_column_is_named_with_its_mapping_in_one_line(tmp_path: Path) -> None:
@@ -60,3 +67,44 @@ def test_a_timestamp_column_named_in_ms_is_read_in_ms(tmp_path: Path) -> None:
     h = tmp_path / "v.csv"
     h.write_text("timestamp,p,o\n0,1,1\n1500,1,1\n")
     assert read_trace(h, columns={"prompt_tokens": "p", "output_tokens": "o"}).arrival_s.tolist() == [0.0, 1500.0]
+
+
+def test_fleet_and_placement_file_errors_name_the_file_and_entry_before_any_folder(tmp_path: Path) -> None:
+    # "unknown gpu 'h2000'", "placement: GPU 7 is not in the fleet", "unknown policy 'multiplx'" named no file;
+    # a misspelt 'tennants' read "needs 'gpu' and 'tenants'"; and each left a run folder behind
+    files = {
+        "fl.yaml": "groups:\n  - gpu: h2000\n    count: 2\n",
+        "fl2.yaml": "groups:\n  - gpu: h200\n    cont: 2\n",
+        "pl.yaml": "gpus:\n  - gpu: 0\n    tenants: [0]\n  - gpu: 7\n    tenants: [1]\n",
+        "pl2.yaml": "gpus:\n  - gpu: 0\n    tennants: [0, 1]\n",
+        "pl3.yaml": "gpus:\n  - gpu: 0\n    tenants: [0, 1]\n    policy: multiplx\n",
+        "pl4.yaml": "gpus:\n  - gpu: 0\n    tenants: [0, 1]\n    policy_params: {max_bach: 4}\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    cases = [
+        (["fleet=file", "fleet.path=fl.yaml"],
+         "fleet file fl.yaml: groups[0]: unknown gpu 'h2000' (did you mean 'h200'?); valid: a100-40gb, a100-80gb, "
+         "b200, h100-80gb, h100-pcie, h200, l40s"),
+        (["fleet=file", "fleet.path=fl2.yaml"],
+         "fleet file fl2.yaml: groups[0]: unknown field 'cont' (did you mean 'count'?); valid: gpu, count, "
+         "gpus_per_node, node_host_GBps"),
+        (["fleet.gpus=4", "placement=file", "placement.path=pl.yaml"],
+         "placement file pl.yaml: gpu=7 is not in the fleet; valid: 0..3 (the fleet's 4 GPUs: fleet.gpus= or "
+         "fleet.path= sets them)"),
+        (["fleet.gpus=2", "placement=file", "placement.path=pl2.yaml"],
+         "placement file pl2.yaml: gpus[0]: unknown field 'tennants' (did you mean 'tenants'?); valid: gpu, "
+         "tenants, policy, policy_params"),
+        (["fleet.gpus=2", "placement=file", "placement.path=pl3.yaml"],
+         "placement file pl3.yaml: GPU 0: unknown policy 'multiplx' (did you mean 'multiplex'?); valid: dedicated, "
+         "mig, multiplex, naive, reconfig, reconfig_fast, swap"),
+        (["fleet.gpus=2", "placement=file", "placement.path=pl4.yaml", "policy=multiplex"],
+         "placement file pl4.yaml: GPU 0: policy 'multiplex': unknown field 'max_bach' (did you mean 'max_batch'?); "
+         "valid: budget_bytes, fetch_overlap, max_batch, plan, weight_budget_fraction"),
+    ]
+    for i, (args, line) in enumerate(cases):
+        p = _simulate(tmp_path, f"run{i}", *args)
+        assert p.returncode == 2, p.stderr
+        assert p.stderr.strip().splitlines()[-1] == f"moesim: error: {line}"
+        assert "Traceback" not in p.stderr
+        assert not (tmp_path / f"run{i}").exists()
