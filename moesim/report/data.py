@@ -419,12 +419,25 @@ def verdict(data: SweepData, head: pd.DataFrame) -> list[str]:
                     "tenant)")
             low = sub[np.isclose(sub["rate"], lowest)]
             tight = []
+            queued = ""
             for col, target, label, flag in (("p50_ttft_s", "slo_ttft_s", "TTFT", "slo_ttft_s="),
                                              ("p50_tpot_s", "slo_tpot_s", "time per output token",
                                               "slo_tpot_s=")):
                 p50 = low.groupby("series")[col].mean().dropna() if col in low else pd.Series(dtype=float)
                 limit = float(low[target].astype(float).max())
                 if len(p50) and float(p50.min()) > limit:
+                    if col == "p50_ttft_s" and {"mean_ttft_s", "mean_queue_wait_s"} <= set(low.columns):
+                        # TTFT net of the wait before a request starts: if that meets the target, the policies
+                        # are saturated at this rate (queueing), not slower than the SLO when unloaded
+                        g = low.groupby("series")
+                        own = (g["mean_ttft_s"].mean() - g["mean_queue_wait_s"].mean()).dropna()
+                        if len(own) and float(own.min()) <= limit:
+                            best = own.idxmin()
+                            queued = (f": even there the best median TTFT is {float(p50.min()):.3g} s "
+                                      f"({p50.idxmin()}), mostly queueing (without the wait before it starts, "
+                                      f"{best}'s mean TTFT is {float(own.min()):.3g} s): this rate already "
+                                      "saturates every policy")
+                            continue
                     tight.append((f"the best median {label} is {float(p50.min()):.3g} s ({p50.idxmin()}), above "
                                   f"the {limit:g} s target", flag))
             if tight:
@@ -432,7 +445,7 @@ def verdict(data: SweepData, head: pd.DataFrame) -> list[str]:
                          "an unloaded request's service; " + " / ".join(f for _, f in tight)
                          + (" recompute" if len(tight) > 1 else " recomputes") + " the report for another target")
             else:
-                text += "; sweep lower rates to find where each policy holds"
+                text += queued + "; sweep lower rates to find where each policy holds"
             quickest = min(rows, key=lambda r: r["mean_turnaround_s_at_rate"]
                            if np.isfinite(r["mean_turnaround_s_at_rate"]) else math.inf)
             out.append(text + "." + _vs_text(data, quickest, rows))
