@@ -143,3 +143,19 @@ def test_a_saturated_lowest_rate_is_not_called_a_slo_tighter_than_service(tmp_pa
     v = edit(0.0)
     assert ("even there the best median TTFT is 30 s (mig), above the 2 s target, so the SLO is tighter than an "
             "unloaded request's service; slo_ttft_s= recomputes the report for another target.") in v
+
+
+def test_the_search_reports_the_configured_total_rate() -> None:
+    # workload.rate=0.5 × 8 tenants: the search report's "total arrival rate at load 1" read 4.067 requests/s
+    # (one seed's Poisson draw over 30 s), and the GPUs-needed figure sat at x = 4.067
+    from moesim.search.driver import offered_rate, scale_workload
+
+    w = {"name": "poisson", "rate": 0.5, "tenants": 8, "duration_s": 30.0}
+    assert offered_rate(w, 0) == 4.0
+    assert offered_rate(scale_workload(w, 2.0), 0) == 8.0
+    # a trace at its own times has no configured rate: its requests over its span
+    t = {"name": "azure_conv", "tenants": 2, "max_requests": 100}
+    from moesim.workloads import WORKLOADS
+
+    wl = WORKLOADS.build("azure_conv", {"tenants": 2, "max_requests": 100})
+    assert offered_rate(t, 0) == pytest.approx(100 / wl.horizon_s)
