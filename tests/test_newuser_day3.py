@@ -159,3 +159,28 @@ def test_the_search_reports_the_configured_total_rate() -> None:
 
     wl = WORKLOADS.build("azure_conv", {"tenants": 2, "max_requests": 100})
     assert offered_rate(t, 0) == pytest.approx(100 / wl.horizon_s)
+
+
+def test_serve_refusals_name_its_own_keys_and_leave_no_folder(tmp_path: Path) -> None:
+    # placement '0,1;5' with 4 tenants read "GPU 1 must hold ≥ 1 of tenants 0..3"; router=leastwork had no
+    # "did you mean"; policy=mig tenants=8 told the user to set workload.tenants / policy.layout= (simulate's
+    # keys) and, like any layout refusal, left an empty out folder behind
+    from moesim.serve.__main__ import main
+    from moesim.serve.config import parse_args
+
+    base = ["device=cpu", "model=tiny", "compare=false", "warmup=false"]
+    for args, line in (
+        (["gpus=2", "placement=0,1;5"], "placement='0,1;5': GPU 1 lists tenant 5; valid: 0..3 (tenants=4)"),
+        (["gpus=2", "placement=0,1;2,3", "router=leastwork"],
+         "router='leastwork' (did you mean 'least_work'?): valid: affinity, least_work, power_of_two, round_robin"),
+        (["policy=mig", "tenants=8"],
+         "policy=mig with tenants=8: h200 has at most 7 MIG instances (one per tenant); use tenants ≤ 7"),
+    ):
+        with pytest.raises(UserError) as e:
+            parse_args(base + args)
+        assert str(e.value) == line
+    out = tmp_path / "s"
+    with pytest.raises(SystemExit) as ex:
+        main(base + ["policy=mig", "tenants=3", "gpu=l40s", f"out={out}"])
+    assert ex.value.code == 2
+    assert not out.exists()

@@ -55,7 +55,6 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
     """
     t_start = time.perf_counter()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     model, gpu = get_model(cfg.model), get_gpu(cfg.gpu)
     requests = make_requests(cfg)
     command = "python -m moesim.serve " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -92,6 +91,7 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
         log(f"serve: {model.name} on {backends[0].describe().get('gpu_name', cfg.device)} ({execution}), "
             f"{len(backends)} instance(s), built in {sum(b.x.build_s for b in backends):.1f} s; "
             f"{len(requests)} requests, policy {cfg.policy}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)  # after the layout and the engine are built: a refusal leaves no folder
     try:
         if cfg.backend == "torch" and cfg.warmup:
             t0 = time.perf_counter()
