@@ -177,10 +177,10 @@ def test_serve_refusals_name_its_own_keys_and_leave_no_folder(tmp_path: Path) ->
          "policy=mig with tenants=8: h200 has at most 7 MIG instances (one per tenant); use tenants ≤ 7"),
     ):
         with pytest.raises(UserError) as e:
-            parse_args(base + args)
+            parse_args([*base, *args])
         assert str(e.value) == line
     out = tmp_path / "s"
     with pytest.raises(SystemExit) as ex:
-        main(base + ["policy=mig", "tenants=3", "gpu=l40s", f"out={out}"])
+        main([*base, "policy=mig", "tenants=3", "gpu=l40s", f"out={out}"])
     assert ex.value.code == 2
     assert not out.exists()
