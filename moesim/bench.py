@@ -24,7 +24,6 @@ from moesim.policies import POLICIES
 from moesim.specs import get_gpu, get_model
 from moesim.workloads import WORKLOADS
 
-
 #: what the bench can run with its keys alone: the shipped trace replays (poisson/gamma/trace need other
 #: fields, and listing them ended in "unknown field(s) ['assignment']") and the cost models that need no file
 BENCH_WORKLOADS = ("azure_code", "azure_conv")
