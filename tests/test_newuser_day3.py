@@ -210,3 +210,17 @@ def test_bench_offers_only_what_it_can_run(arg: str, line: str) -> None:
     with pytest.raises(UserError) as e:
         parse_args([arg])
     assert str(e.value) == line
+
+
+def test_quality_report_depth_bars_share_their_lines_colours_and_axes_say_what() -> None:
+    # "where the 15 % least similar positions are": the bars were red and purple while the only legend showed
+    # large/0 blue and large/1 green (the lines'), and neither panel's y axis said what it counted
+    from moesim.consolidation.quality_report import _figures, load, summarize
+
+    q, meta, _ = load(ROOT / "reports" / "consolidation")
+    fig = {key: f for key, _, f in _figures(q, summarize(q, meta))}["depth"]
+    lines = {t.name: t.line.color for t in fig.data if t.type == "scatter"}
+    bars = {t.name: t.marker.color for t in fig.data if t.type == "bar"}
+    assert len(lines) >= 2 and lines == bars and len(set(lines.values())) == len(lines)
+    assert fig.layout.yaxis.title.text == "L2 between variants / base norm"
+    assert fig.layout.yaxis2.title.text == "least similar positions (count)"
