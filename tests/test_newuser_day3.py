@@ -221,6 +221,8 @@ def test_quality_report_depth_bars_share_their_lines_colours_and_axes_say_what()
     fig = {key: f for key, _, f in _figures(q, summarize(q, meta))}["depth"]
     lines = {t.name: t.line.color for t in fig.data if t.type == "scatter"}
     bars = {t.name: t.marker.color for t in fig.data if t.type == "bar"}
-    assert len(lines) >= 2 and lines == bars and len(set(lines.values())) == len(lines)
+    assert len(lines) >= 2
+    assert lines == bars
+    assert len(set(lines.values())) == len(lines)
     assert fig.layout.yaxis.title.text == "L2 between variants / base norm"
     assert fig.layout.yaxis2.title.text == "least similar positions (count)"
