@@ -226,3 +226,21 @@ def test_quality_report_depth_bars_share_their_lines_colours_and_axes_say_what()
     assert len(set(lines.values())) == len(lines)
     assert fig.layout.yaxis.title.text == "L2 between variants / base norm"
     assert fig.layout.yaxis2.title.text == "least similar positions (count)"
+
+
+def test_the_cdf_axis_leaves_room_left_of_the_fastest_request(tmp_path: Path) -> None:
+    # default sweep at 0.5 req/s: dedicated's first step (70 % of its requests at the minimum turnaround) sat on
+    # the axis line, so its curve seemed to start in mid-air at 70 % on the plot's edge
+    import math
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_report_helpers import make_sweep, read_figures
+
+    from moesim.report import build_report
+
+    root = make_sweep(tmp_path / "s", failed=False, incomplete=False)
+    fig = read_figures(build_report(root).read_text())["cdf"]
+    xs = [x for t in fig["data"] for x in t["x"]]
+    lo, hi = math.log10(min(xs)), math.log10(max(xs))
+    assert hi - lo > 0.5
+    assert fig["layout"]["xaxis"]["range"] == pytest.approx([lo - 0.03 * (hi - lo), hi + 0.03 * (hi - lo)])
