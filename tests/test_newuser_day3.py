@@ -244,3 +244,23 @@ def test_the_cdf_axis_leaves_room_left_of_the_fastest_request(tmp_path: Path) ->
     lo, hi = math.log10(min(xs)), math.log10(max(xs))
     assert hi - lo > 0.5
     assert fig["layout"]["xaxis"]["range"] == pytest.approx([lo - 0.03 * (hi - lo), hi + 0.03 * (hi - lo)])
+
+
+def test_the_search_refuses_a_bad_trace_before_any_trial(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # workload=trace with a file whose columns need mapping: 378 trials ran (each failing on the file) and the
+    # one-line error came only when the report was written, into a half-written search.out
+    from moesim.search.__main__ import main
+
+    f = tmp_path / "t.csv"
+    f.write_text("ts_ms,input_length,output_length\n0,10,5\n")
+    out = tmp_path / "s"
+    with pytest.raises(SystemExit) as e:
+        main(["workload=trace", f"workload.path={f}", "search.backend=local", "search.progress=false",
+              f"search.out={out}"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"moesim: error: trace file '{f}': missing columns 'arrival_s' or 'timestamp', 'prompt_tokens', "
+        "'output_tokens' (has: ts_ms, input_length, output_length); need arrival_s or timestamp, prompt_tokens, "
+        "output_tokens (tenant optional); map yours with workload.columns.timestamp=ts_ms workload.time_unit=ms "
+        "workload.columns.prompt_tokens=input_length workload.columns.output_tokens=output_length"]
+    assert not out.exists()

@@ -156,6 +156,13 @@ def check_space(cfg: SearchConfig, base: dict[str, Any]) -> None:
         raise unknown_name("router in search.router", cfg.router, routers())
     for gpu in cfg.gpus:
         _cost(base["model"], gpu, json.dumps(base.get("cost") or {"name": "best"}, sort_keys=True))
+    # the workload at every load: a bad trace file (or a cut that keeps nothing) is one line before any trial
+    # (it failed every trial, 378 of them, and surfaced only when the report was written)
+    from moesim.workloads import WORKLOADS
+
+    for x in sorted({1.0, *cfg.loads}):
+        w = scale_workload(base["workload"], x)
+        WORKLOADS.build(w["name"], {k: v for k, v in w.items() if k != "name"})
 
 
 def cost_lines(cfg: SearchConfig, base: dict[str, Any]) -> dict[str, str]:
