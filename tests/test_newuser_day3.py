@@ -264,3 +264,24 @@ def test_the_search_refuses_a_bad_trace_before_any_trial(tmp_path: Path, capsys:
         "output_tokens (tenant optional); map yours with workload.columns.timestamp=ts_ms workload.time_unit=ms "
         "workload.columns.prompt_tokens=input_length workload.columns.output_tokens=output_length"]
     assert not out.exists()
+
+
+def test_headline_has_no_columns_for_a_baseline_the_sweep_did_not_run(tmp_path: Path) -> None:
+    # a sweep of multiplex and reconfig over fleet sizes: "turnaround vs mig" and "TTFT vs mig" were two
+    # columns of "—" (mig is a default baseline)
+    import json
+    import shutil
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_report_helpers import make_sweep
+
+    from moesim.report import build_report
+
+    root = make_sweep(tmp_path / "s", failed=False, incomplete=False)
+    for d in list(root.iterdir()):
+        if (d / "summary.json").exists() and json.loads((d / "summary.json").read_text())["policy"] == "mig":
+            shutil.rmtree(d)
+    html = build_report(root).read_text()
+    head = html.split("<h2>Headline numbers</h2>")[1].split("</table>")[0]
+    assert "vs mig" not in head
+    assert head.count("vs reconfig") == 2

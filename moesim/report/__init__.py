@@ -227,7 +227,9 @@ def _ratio_title(ratios: dict[float, float]) -> str:
 
 def _headline_section(data: SweepData, head: pd.DataFrame) -> str:
     rate = data.chosen_rate
-    bases = list(data.options.baselines)
+    # baselines the sweep ran: a sweep without mig had two columns of "—" under "vs mig"
+    ran = set(data.ok["policy"].astype(str)) if "policy" in data.ok else set()
+    bases = [b for b in data.options.baselines if b in ran]
     at = ("the rates " + ", ".join(f"{r:.4g}" for r in data.options.compare_rates) + " req/s"
           if data.options.compare_rates else "the swept rates")
     header = ["policy", "GPUs", f"mean turn&shy;around (s) at {fmt(rate)} req/s"]
