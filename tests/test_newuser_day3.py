@@ -285,3 +285,30 @@ def test_headline_has_no_columns_for_a_baseline_the_sweep_did_not_run(tmp_path: 
     head = html.split("<h2>Headline numbers</h2>")[1].split("</table>")[0]
     assert "vs mig" not in head
     assert head.count("vs reconfig") == 2
+
+
+def test_a_hugging_face_id_names_the_shipped_model(tmp_path: Path) -> None:
+    # model=mistralai/Mixtral-8x7B-v0.1 (what a user copies from the Hub) read "no such config.json file" with
+    # no word that moesim ships that model as model=mixtral-8x7b
+    import re
+
+    from moesim.specs import get_model
+    from moesim.specs.hf import HUB_IDS
+
+    with pytest.raises(UserError) as e:
+        get_model(str(tmp_path / "mistralai" / "Mixtral-8x7B-v0.1"))
+    assert str(e.value).endswith("no such config.json file; that Hugging Face model ships with moesim as "
+                                 "model=mixtral-8x7b (or give the path of its config.json)")
+    with pytest.raises(UserError) as e:
+        get_model("Qwen/Qwen3-30B-A3B")
+    assert "model=qwen3-30b-a3b" in str(e.value)
+    with pytest.raises(UserError) as e:
+        get_model("foo/bar")
+    assert str(e.value) == "model='foo/bar': no such config.json file"
+    # the table is NOTICE.md's, model for model
+    notice = (ROOT / "moesim/specs/data/NOTICE.md").read_text()
+    rows = {repo: stem for stem, repo in re.findall(r"^\| ([\w.-]+)\.json \| ([\w./-]+) \|", notice, re.M)}
+    assert rows
+    assert {k: v for k, v in HUB_IDS.items() if k in rows} == rows
+    for name in HUB_IDS.values():
+        get_model(name)
