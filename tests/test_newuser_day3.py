@@ -312,3 +312,27 @@ def test_a_hugging_face_id_names_the_shipped_model(tmp_path: Path) -> None:
     assert {k: v for k, v in HUB_IDS.items() if k in rows} == rows
     for name in HUB_IDS.values():
         get_model(name)
+
+
+def test_fleet_bench_says_when_the_variants_cannot_fit(capsys: pytest.CaptureFixture[str]) -> None:
+    # variants=100 gpus=1: two numpy "divide by zero" RuntimeWarnings (with their source lines), then a
+    # placement error; placement=file and cost=profile_bucketed were offered but need keys the bench lacks
+    import warnings
+
+    from moesim.fleet.bench import main, parse_args
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(SystemExit) as e:
+            main(["variants=100", "gpus=1", "requests=10"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "moesim: error: variants=100 on gpus=1: 100 variants per H200 do not fit with policy=multiplex (estimated "
+        "capacity 0 requests/s); use more gpus= or fewer variants="]
+    for arg, line in (("placement=file", "placement='file': valid: everywhere, greedy_slo, optimal, pack, "
+                                         "per_variant"),
+                      ("cost=profile_bucketed", "cost='profile_bucketed': valid: constant, profile, profile_mixed, "
+                                                "roofline")):
+        with pytest.raises(UserError) as u:
+            parse_args([arg])
+        assert str(u.value) == line
