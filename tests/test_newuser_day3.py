@@ -336,3 +336,26 @@ def test_fleet_bench_says_when_the_variants_cannot_fit(capsys: pytest.CaptureFix
         with pytest.raises(UserError) as u:
             parse_args([arg])
         assert str(u.value) == line
+
+
+def test_a_verdict_resting_on_single_requests_says_so(tmp_path: Path) -> None:
+    # a 3-request trace swept at 6 rates: "multiplex sustains ≥ 2 requests/s …, at least 4× the next best",
+    # with nothing saying that every figure rests on 3 requests per job (one request = 33 % of attainment)
+    import json
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_report_helpers import make_sweep, read_data
+
+    from moesim.io import write_json
+    from moesim.report import build_report
+
+    root = make_sweep(tmp_path / "s", failed=False, incomplete=False)  # 10 requests a job: no caveat
+    assert "single requests" not in " ".join(read_data(build_report(root).read_text())["verdict"])
+    for d in root.iterdir():
+        if (d / "summary.json").exists():
+            s = json.loads((d / "summary.json").read_text())
+            write_json(d / "summary.json", {**s, "n_requests": 3})
+    v = read_data(build_report(root).read_text())["verdict"]
+    assert v[-1].endswith(" Each job served at most 3 requests: one request is 33.3% of its SLO attainment, more "
+                          "than the 10% the target leaves, so each figure rests on single requests; give each job "
+                          "more (a longer trace or duration_s).")
