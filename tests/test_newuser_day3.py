@@ -359,3 +359,23 @@ def test_a_verdict_resting_on_single_requests_says_so(tmp_path: Path) -> None:
     assert v[-1].endswith(" Each job served at most 3 requests: one request is 33.3% of its SLO attainment, more "
                           "than the 10% the target leaves, so each figure rests on single requests; give each job "
                           "more (a longer trace or duration_s).")
+
+
+def test_a_trace_at_one_instant_is_reported_without_a_rate(tmp_path: Path) -> None:
+    # a one-request trace (span 0 s) records rate 0: the report read "reconfig sustains … ≥ 0 requests/s per
+    # tenant on 1 GPU, ≥ 0 requests/s per GPU" and its rate axes ran from −1 to 1
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_report_helpers import read_data, read_figures
+
+    from moesim.report import build_report
+
+    (tmp_path / "one.csv").write_text("arrival_s,prompt_tokens,output_tokens\n0,10,5\n")
+    p = _simulate(tmp_path, "one", "workload=trace", "workload.path=one.csv", "policy=reconfig")
+    assert p.returncode == 0, p.stderr
+    html = build_report(tmp_path / "one").read_text()
+    v = " ".join(read_data(html)["verdict"])
+    assert ("the replayed trace has no arrival rate (its requests all arrive at one instant), so no rate is "
+            "compared: reconfig meets it.") in v
+    assert "≥ 0 " not in v
+    ax = read_figures(html)["turnaround"]["layout"]["xaxis"]
+    assert ax["ticktext"] == ["none (all requests at one instant)"]

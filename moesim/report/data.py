@@ -414,6 +414,17 @@ def verdict(data: SweepData, head: pd.DataFrame) -> list[str]:
             return f"on {gp}, {'≥ ' if r['sustained_at_top'] else ''}{per:.4g} requests/s per GPU"
 
         live = [r for r in rows if r["sustained_rate"] is not None]
+        if float(sub["rate"].max()) <= 0:
+            # a replay whose requests all arrive at one instant records rate 0: "≥ 0 requests/s per tenant"
+            met = [name(r) for r in live]
+            missed = [name(r) for r in rows if r["sustained_rate"] is None]
+            text = (f"{lead}the replayed trace has no arrival rate (its requests all arrive at one instant), so "
+                    "no rate is compared: " + (f"{', '.join(met)} meet{'s' if len(met) == 1 else ''} it"
+                                                if met else "no policy meets it"))
+            if met and missed:
+                text += f"; {', '.join(missed)} miss{'es' if len(missed) == 1 else ''} it"
+            out.append(text + ".")
+            continue
         if not live:
             text = (f"{lead}no policy meets it even at the lowest swept rate ({lowest:.4g} requests/s per "
                     "tenant)")

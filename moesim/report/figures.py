@@ -112,6 +112,10 @@ def _lines(fig: go.Figure, data: SweepData, metric: str, *, row: int | None = No
 def _rate_axis(fig: go.Figure, data: SweepData, **kw: Any) -> None:
     """Arrival-rate x axis: log scale for wide ranges, ticks at the swept rates (up to 12 of them)."""
     rates = [r for r in data.rates if r > 0]
+    if not rates and data.rates:  # replays with no arrival rate (one instant): the axis read −1 … 1
+        fig.update_xaxes(title_text="arrival rate per tenant (requests/s)", tickvals=[0], range=[-1, 1],
+                         ticktext=["none (all requests at one instant)"], **kw)
+        return
     log = len(rates) >= 3 and rates[-1] / rates[0] >= 8
     ticks = {"tickvals": rates, "ticktext": [f"{r:.4g}" for r in rates]} if 0 < len(rates) <= 12 else {}
     fig.update_xaxes(title_text="arrival rate per tenant (requests/s)", type="log" if log else "linear",
