@@ -379,3 +379,20 @@ def test_a_trace_at_one_instant_is_reported_without_a_rate(tmp_path: Path) -> No
     assert "≥ 0 " not in v
     ax = read_figures(html)["turnaround"]["layout"]["xaxis"]
     assert ax["ticktext"] == ["none (all requests at one instant)"]
+
+
+def test_serve_lists_only_its_own_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # serve into the out= of an earlier run with compare=false: "outputs in s/ (per_request_errors.parquet, …,
+    # simulated_requests.parquet, …)" listed the earlier run's comparison files as this run's
+    from moesim.serve.__main__ import main
+
+    out = tmp_path / "s"
+    base = ["backend=cost", "clock=virtual", "model=tiny", "max_requests=6", f"out={out}"]
+    main([*base, "compare=true"])
+    first = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "simulated_requests.parquet" in first
+    assert "not from this run" not in first
+    main([*base, "compare=false"])
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        f"outputs in {out}/ (requests.parquet, segments.parquet, summary.json); not from this run (an earlier "
+        "run's): per_request_errors.parquet, simulated_requests.parquet")
