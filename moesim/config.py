@@ -857,8 +857,11 @@ def simulate_help(argv: list[str]) -> str:
                         "or cost=roofline to set parameters)"]
             continue
         if name in regs[g].names():
-            out += ["", f"keys of {g}={name} (another option: {g}=<name> --help):"]
-            out += key_lines(regs[g].get(name)[1], prefix=f"{g}.", skip=("name",), values=composed.get(g))
+            lines = key_lines(regs[g].get(name)[1], prefix=f"{g}.", skip=("name",), values=composed.get(g))
+            # placement=everywhere has no keys: its heading stood over nothing
+            out += ["", f"keys of {g}={name}{'' if lines else ': none'} (another option: {g}=<name> --help)"
+                        + (":" if lines else "")]
+            out += lines
     out += ["", "sweep (the default comparison; -m key=a,b replaces a swept key):"]
     out += key_lines(SweepConfig, prefix="sweep.", values=composed.get("sweep"))
     out += ["", "report:"]

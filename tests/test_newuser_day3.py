@@ -396,3 +396,13 @@ def test_serve_lists_only_its_own_outputs(tmp_path: Path, capsys: pytest.Capture
     assert capsys.readouterr().out.strip().splitlines()[-1] == (
         f"outputs in {out}/ (requests.parquet, segments.parquet, summary.json); not from this run (an earlier "
         "run's): per_request_errors.parquet, simulated_requests.parquet")
+
+
+def test_simulate_help_says_an_option_without_keys_has_none() -> None:
+    # "keys of placement=everywhere (another option: placement=<name> --help):" stood over no keys at all
+    from moesim.config import register_configs, simulate_help
+
+    register_configs()
+    text = simulate_help([])
+    assert "keys of placement=everywhere: none (another option: placement=<name> --help)\n" in text
+    assert "keys of router=least_work (another option: router=<name> --help):\n  router.seed=0" in text
