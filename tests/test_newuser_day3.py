@@ -406,3 +406,13 @@ def test_simulate_help_says_an_option_without_keys_has_none() -> None:
     text = simulate_help([])
     assert "keys of placement=everywhere: none (another option: placement=<name> --help)\n" in text
     assert "keys of router=least_work (another option: router=<name> --help):\n  router.seed=0" in text
+
+
+def test_a_misspelt_slo_class_key_is_named() -> None:
+    # +slo_classes.gold={ttft:0.5,...}: "expected {ttft_s, tpot_s, tenants}, got {'ttft': 0.5, ...}"
+    from moesim.slo import slo_classes
+
+    with pytest.raises(UserError) as e:
+        slo_classes({"gold": {"ttft": 0.5, "tpot_s": 0.05, "tenants": [0]}}, 2)
+    assert str(e.value) == "slo_classes.gold: unknown key 'ttft' (did you mean 'ttft_s'?); valid: ttft_s, tpot_s, tenants"
+    assert slo_classes({"gold": {"ttft_s": 0.5, "tenants": [0]}}, 2)[0].ttft_s == 0.5
