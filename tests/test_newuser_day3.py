@@ -416,3 +416,13 @@ def test_a_misspelt_slo_class_key_is_named() -> None:
         slo_classes({"gold": {"ttft": 0.5, "tpot_s": 0.05, "tenants": [0]}}, 2)
     assert str(e.value) == "slo_classes.gold: unknown key 'ttft' (did you mean 'ttft_s'?); valid: ttft_s, tpot_s, tenants"
     assert slo_classes({"gold": {"ttft_s": 0.5, "tenants": [0]}}, 2)[0].ttft_s == 0.5
+
+
+def test_a_misspelt_workload_choice_gets_the_nearest_one() -> None:
+    # workload.popularity=zipff listed the valid values without the one meant (keys and groups had it)
+    from moesim.workloads import WORKLOADS
+
+    with pytest.raises(UserError) as e:
+        WORKLOADS.config("poisson", {"popularity": "zipff"})
+    assert str(e.value) == ("workload=poisson: popularity='zipff' is invalid (did you mean 'zipf'?); valid: 'equal', "
+                            "'zipf', 'weights'")
