@@ -426,3 +426,12 @@ def test_a_misspelt_workload_choice_gets_the_nearest_one() -> None:
         WORKLOADS.config("poisson", {"popularity": "zipff"})
     assert str(e.value) == ("workload=poisson: popularity='zipff' is invalid (did you mean 'zipf'?); valid: 'equal', "
                             "'zipf', 'weights'")
+
+
+def test_calibrate_validate_takes_the_profile_as_a_bare_argument(capsys: pytest.CaptureFixture[str]) -> None:
+    # `python -m moesim.calibrate.validate my.parquet` (as report, quality_report and consolidate take theirs)
+    # read "argument '…parquet': expected key=value"
+    from moesim.calibrate.validate import main
+
+    main([str(ROOT / "calibration/profiles/h200__mixtral-8x7b.parquet")])
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("median |error| ")
