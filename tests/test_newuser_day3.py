@@ -435,3 +435,21 @@ def test_calibrate_validate_takes_the_profile_as_a_bare_argument(capsys: pytest.
 
     main([str(ROOT / "calibration/profiles/h200__mixtral-8x7b.parquet")])
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("median |error| ")
+
+
+@pytest.mark.parametrize(("rows", "row"), [("0,10,5,9\n1,20,6,9\n", 1), ("0,10,5\n1,20,6,8\n2,3,4\n", 2)])
+def test_a_row_with_more_values_than_the_header_is_refused_not_shifted(tmp_path: Path, rows: str, row: int) -> None:
+    # every row one value longer than the header: pandas took the first value as an index and shifted the rest
+    # left, so arrival_s read the prompt tokens (10, 20) and prompt_tokens the output tokens, without a word
+    from moesim.workloads import read_trace
+
+    f = tmp_path / "t.csv"
+    f.write_text("arrival_s,prompt_tokens,output_tokens\n" + rows)
+    with pytest.raises(UserError) as e:
+        read_trace(f)
+    assert str(e.value) == (f"trace file '{f}': row {row}: 4 values but the header names 3 columns (arrival_s, "
+                            "prompt_tokens, output_tokens); give each row one value per column")
+    # a trailing comma on every line (a spreadsheet's export) is no extra value
+    f.write_text("arrival_s,prompt_tokens,output_tokens\n0,10,5,\n1,20,6,\n")
+    t = read_trace(f)
+    assert (t.arrival_s.tolist(), t.prompt_tokens.tolist(), t.output_tokens.tolist()) == ([0.0, 1.0], [10, 20], [5, 6])

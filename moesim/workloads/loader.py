@@ -185,14 +185,27 @@ def _read_frame(path: Path, fmt: str, where: str) -> tuple[pd.DataFrame, list[st
         if fmt == "csv":
             with path.open(newline="", encoding="utf-8-sig") as f:
                 header = next(csv.reader(f), [])
-            # Strings throughout, so each cell is validated (and quoted back) exactly as written.
-            df = pd.read_csv(path, dtype=str, header=None, skiprows=1, names=list(range(len(header))))
+            # Strings throughout, so each cell is validated (and quoted back) exactly as written. index_col=False:
+            # rows with one value more than the header made pandas take the first as an index and shift the
+            # rest left (arrival_s read the prompt tokens) without a word
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", pd.errors.ParserWarning)
+                try:
+                    df = pd.read_csv(path, dtype=str, header=None, skiprows=1, names=list(range(len(header))),
+                                     index_col=False)
+                except pd.errors.ParserError:  # "Expected 3 fields in line 3, saw 4": name the data row
+                    _too_many_values(path, header, where)
+                    raise
+            if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+                _too_many_values(path, header, where)
             return df, [str(h) for h in header]
         if fmt == "parquet":
             df = pd.read_parquet(path)
             header = [str(c) for c in df.columns]
             df.columns = list(range(len(header)))
             return df, header
+    except UserError:
+        raise
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise UserError(f"{where}: cannot read it as {fmt}: {_one_line(exc)}") from None
     except Exception as exc:  # pyarrow's own errors on a corrupt parquet file
@@ -201,6 +214,17 @@ def _read_frame(path: Path, fmt: str, where: str) -> tuple[pd.DataFrame, list[st
     header = [str(c) for c in df.columns]
     df.columns = list(range(len(header)))
     return df, header
+
+
+def _too_many_values(path: Path, header: list[str], where: str) -> None:
+    """Raise for the first data row with more (non-empty) values than the header has columns."""
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        rows = csv.reader(f)
+        next(rows, None)
+        for i, row in enumerate(rows, start=1):
+            if len(row) > len(header) and any(v.strip() for v in row[len(header):]):
+                raise UserError(f"{where}: row {i}: {len(row)} values but the header names {len(header)} columns "
+                                f"({', '.join(header)}); give each row one value per column")
 
 
 def _read_jsonl(path: Path, where: str) -> pd.DataFrame:
