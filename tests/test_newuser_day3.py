@@ -453,3 +453,27 @@ def test_a_row_with_more_values_than_the_header_is_refused_not_shifted(tmp_path:
     f.write_text("arrival_s,prompt_tokens,output_tokens\n0,10,5,\n1,20,6,\n")
     t = read_trace(f)
     assert (t.arrival_s.tolist(), t.prompt_tokens.tolist(), t.output_tokens.tolist()) == ([0.0, 1.0], [10, 20], [5, 6])
+
+
+def test_a_misspelt_gpu_file_field_is_named_not_ignored(tmp_path: Path) -> None:
+    # a copy of h200.yaml with fp8_tflops misspelt fp8_tflop ran with fp8 at 0 FLOP/s without a word; with
+    # hbm_GBps misspelt it said "field 'hbm_GBps' missing" beside the field the user did write
+    from moesim.specs import get_gpu
+    from moesim.specs.gpus import DATA_DIR
+
+    text = (DATA_DIR / "h200.yaml").read_text()
+    for old, new, line in (
+        ("fp8_tflops:", "fp8_tflop:", "unknown field 'fp8_tflop' (did you mean 'fp8_tflops'?)"),
+        ("hbm_GBps:", "hbm_GBs:", "unknown field 'hbm_GBs' (did you mean 'hbm_GBps'?)"),
+        ("h2d_pinned_GBps:", "h2d_pined_GBps:", "host_link: unknown field 'h2d_pined_GBps' (did you mean "
+                                                "'h2d_pinned_GBps'?)"),
+        ("max_instances:", "max_instance:", "mig.profiles[0]: unknown field 'max_instance' (did you mean "
+                                            "'max_instances'?)"),
+    ):
+        f = tmp_path / "g.yaml"
+        f.write_text(text.replace(old, new, 1))
+        with pytest.raises(UserError) as e:
+            get_gpu(str(f))
+        assert str(e.value).startswith(f"{f}: {line}; valid: "), str(e.value)
+    f.write_text(text)
+    assert get_gpu(str(f)).fp8_flops == get_gpu("h200").fp8_flops
