@@ -477,3 +477,24 @@ def test_a_misspelt_gpu_file_field_is_named_not_ignored(tmp_path: Path) -> None:
         assert str(e.value).startswith(f"{f}: {line}; valid: "), str(e.value)
     f.write_text(text)
     assert get_gpu(str(f)).fp8_flops == get_gpu("h200").fp8_flops
+
+
+def test_a_price_file_names_a_misspelt_field_or_gpu(tmp_path: Path) -> None:
+    # "per_gpu_hour:" instead of "prices:" read "expected a mapping with 'prices: …'", "sorce:" was ignored,
+    # and "h100-80g" listed the valid GPUs without the one meant
+    from moesim.search.prices import load_prices
+
+    f = tmp_path / "p.yaml"
+    for text, line in (
+        ("currency: EUR\nsorce: mine\nprices:\n  h200: 3.5\n",
+         "unknown field 'sorce' (did you mean 'source'?); valid: currency, unit, source, prices"),
+        ("currency: EUR\nper_gpu_hour:\n  h200: 3.5\n",
+         "unknown field 'per_gpu_hour'; valid: currency, unit, source, prices"),
+        ("prices:\n  h100-80g: 2\n", "prices.h100-80g: unknown gpu (did you mean 'h100-80gb'?); valid: a100-40gb, "
+                                     "a100-80gb, b200, h100-80gb, h100-pcie, h200, l40s"),
+    ):
+        f.write_text(text)
+        with pytest.raises(UserError) as e:
+            load_prices(f)
+        assert str(e.value) == f"{f}: {line}"
+    assert load_prices().per_hour("h200") == 4.0
