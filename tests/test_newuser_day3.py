@@ -498,3 +498,18 @@ def test_a_price_file_names_a_misspelt_field_or_gpu(tmp_path: Path) -> None:
             load_prices(f)
         assert str(e.value) == f"{f}: {line}"
     assert load_prices().per_hour("h200") == 4.0
+
+
+@pytest.mark.parametrize(("name", "params", "line"), [
+    ("greedy_slo", {"max_replicas": -1}, "placement.max_replicas=-1: must be an integer ≥ 0 (0: no limit)"),
+    ("greedy_slo", {"min_gain": -0.5}, "placement.min_gain=-0.5: must be a number in [0, 1) (a share of all requests)"),
+    ("optimal", {"time_limit_s": 0.0}, "placement.time_limit_s=0.0: must be a finite number > 0"),
+    ("optimal", {"max_binaries": 0}, "placement.max_binaries=0: must be an integer ≥ 1"),
+])
+def test_placement_strategy_knobs_are_checked(name: str, params: dict, line: str) -> None:
+    # placement=greedy_slo placement.max_replicas=-1 ran as if 1 without a word
+    from moesim.fleet import PLACEMENTS
+
+    with pytest.raises(UserError) as e:
+        PLACEMENTS.config(name, params)
+    assert str(e.value) == line
