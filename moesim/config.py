@@ -736,9 +736,10 @@ def plan_command_line(argv: list[str]) -> CommandLine | None:
                 if repr((spec.fleet, spec.placement, spec.policy)) not in workloads:  # fleet/placement files
                     workloads.add(repr((spec.fleet, spec.placement, spec.policy)))
                     _check_fleet_files(spec)
-                key = (spec.model.name, spec.gpu.name, repr(spec.cost), str(cfg.cost.get("name")))
-                if key not in costs:
-                    costs[key] = _cost_line(spec, fallback=key[3] == "best")
+                for gpu in _fleet_gpus(spec):  # fleet.gpu= or a fleet file: the GPUs that will run
+                    key = (spec.model.name, gpu.name, repr(spec.cost), str(cfg.cost.get("name")))
+                    if key not in costs:
+                        costs[key] = _cost_line(spec, fallback=key[3] == "best", gpu=gpu)
             except UserError as exc:
                 shown = " ".join(o for o in job if not o.startswith(("hydra.", "hydra/")))
                 where = f" (job: {shown})" if len(jobs) > 1 else ""
@@ -780,12 +781,24 @@ def _check_fleet_files(spec: JobSpec) -> None:
             gpu_policy(placement, p, spec.policy.name, spec.policy)
 
 
-def _cost_line(spec: JobSpec, *, fallback: bool) -> str:
+def _fleet_gpus(spec: JobSpec) -> list[Any]:
+    """The distinct GPU specs of the job's fleet (the job's ``gpu`` unless ``fleet.gpu`` or a fleet file
+    names others), in fleet order."""
+    if spec.fleet is None or (spec.fleet.name == "uniform" and not getattr(spec.fleet, "gpu", "")):
+        return [spec.gpu]
+    from moesim.fleet import FLEETS
+
+    gpus = FLEETS.build(spec.fleet.name, spec.fleet).spec(spec.gpu).gpus()
+    return list({g.spec.name: g.spec for g in gpus}.values())
+
+
+def _cost_line(spec: JobSpec, *, fallback: bool, gpu: Any = None) -> str:
     from moesim.cost import COST_MODELS
     from moesim.job import cost_line
 
-    cost = COST_MODELS.build(spec.cost.name, spec.cost, model=spec.model, gpu=spec.gpu)
-    return cost_line(cost, spec.model.name, spec.gpu.name, fallback=fallback)
+    gpu = spec.gpu if gpu is None else gpu
+    cost = COST_MODELS.build(spec.cost.name, spec.cost, model=spec.model, gpu=gpu)
+    return cost_line(cost, spec.model.name, gpu.name, fallback=fallback)
 
 
 # ---- --help, generated from the dataclasses ----------------------------------------------------------

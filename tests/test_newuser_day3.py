@@ -513,3 +513,24 @@ def test_placement_strategy_knobs_are_checked(name: str, params: dict, line: str
     with pytest.raises(UserError) as e:
         PLACEMENTS.config(name, params)
     assert str(e.value) == line
+
+
+def test_a_fleet_of_other_gpus_is_announced_and_recorded_as_such(tmp_path: Path) -> None:
+    # fleet.gpu=a100-80gb (gpu= left at h200): the command announced "cost: profile …h200__mixtral-8x7b.parquet
+    # (measured on h200 …)" and summary.json said gpu: h200, while two A100s ran on the derived A100 profile
+    import json
+
+    p = _simulate(tmp_path, "f", "fleet.gpus=2", "fleet.gpu=a100-80gb")
+    assert p.returncode == 0, p.stderr
+    cost = [ln for ln in p.stderr.splitlines() if ln.startswith("moesim: cost: ")]
+    assert len(cost) == 1
+    assert "a100-80gb__mixtral-8x7b" in cost[0]
+    assert "h200" not in cost[0].split("DERIVED from")[0]
+    s = json.loads((tmp_path / "f" / "summary.json").read_text())
+    assert (s["gpu"], s["gpus"], s["cost_provenance"]) == ("a100-80gb", 2, "derived")
+    # a fleet file of two types: one line per type, and both in the record
+    (tmp_path / "fl.yaml").write_text("groups:\n  - gpu: h200\n    count: 1\n  - gpu: a100-80gb\n    count: 1\n")
+    p = _simulate(tmp_path, "m", "fleet=file", "fleet.path=fl.yaml", "placement=greedy_slo")
+    assert p.returncode == 0, p.stderr
+    assert len([ln for ln in p.stderr.splitlines() if ln.startswith("moesim: cost: ")]) == 2
+    assert json.loads((tmp_path / "m" / "summary.json").read_text())["gpu"] == "h200+a100-80gb"

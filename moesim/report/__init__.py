@@ -105,7 +105,8 @@ def _gpu_notes(ok: pd.DataFrame) -> str:
     from moesim.specs import GPU_SPECS
 
     notes = []
-    for name in dict.fromkeys(ok["gpu"].tolist()) if len(ok) else []:
+    # a fleet of several GPU types records them as "h200+a100-80gb"
+    for name in dict.fromkeys(n for g in ok["gpu"].tolist() for n in str(g).split("+")) if len(ok) else []:
         spec = GPU_SPECS.get(str(name))
         derived = getattr(spec, "derived", "") if spec is not None else ""
         if derived:
