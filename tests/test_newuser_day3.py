@@ -534,3 +534,18 @@ def test_a_fleet_of_other_gpus_is_announced_and_recorded_as_such(tmp_path: Path)
     assert p.returncode == 0, p.stderr
     assert len([ln for ln in p.stderr.splitlines() if ln.startswith("moesim: cost: ")]) == 2
     assert json.loads((tmp_path / "m" / "summary.json").read_text())["gpu"] == "h200+a100-80gb"
+
+
+@pytest.mark.parametrize(("params", "line"), [
+    ({"gpus_per_node": 0}, "fleet.gpus_per_node=0: must be an integer ≥ 1"),
+    ({"node_host_GBps": -5.0}, "fleet.node_host_GBps=-5.0: must be a finite number ≥ 0 (GB/s; 0 = no cap)"),
+    ({"gpu": "h2000"}, "fleet.gpu=h2000: unknown gpu 'h2000' (did you mean 'h200'?); valid: a100-40gb, a100-80gb, "
+                       "b200, h100-80gb, h100-pcie, h200, l40s"),
+])
+def test_fleet_keys_are_named_as_typed(params: dict, line: str) -> None:
+    # fleet.gpus_per_node=0 read "fleet group h200: gpus_per_node=0 is invalid"
+    from moesim.fleet import FLEETS
+
+    with pytest.raises(UserError) as e:
+        FLEETS.config("uniform", params)
+    assert str(e.value) == line
