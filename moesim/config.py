@@ -501,6 +501,11 @@ def _omegaconf_line(exc: BaseException, override: str, cfg: DictConfig | None) -
                         ("Boolean", "true or false")):
         if f"could not be converted to {kind}" in line:  # OmegaConf names the type; say what is valid
             line = f"{line}; valid: {valid}"
+    if "is not a valid bool" in line:  # progress=maybe: OmegaConf's own words for a bool
+        line = f"{line}; valid: true or false"
+    if "is not a ListConfig, list or tuple" in line:  # report.baselines=mig: a list is written in brackets
+        key, _, value = override.partition("=")
+        line = f"{line.rstrip('.')}; valid: a list in brackets, e.g. {key}=[{value}]"
     return f"{override}: {line}"
 
 
@@ -705,6 +710,14 @@ def plan_command_line(argv: list[str]) -> CommandLine | None:
             except UserError as exc:
                 if not swept:
                     raise
+                # the hint only where the swept values are what the override needs (progress=maybe is wrong
+                # whatever is swept, and was told to "sweep that key as well")
+                firsts = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}"
+                          for o in parsed if o.is_sweep_override()]
+                try:
+                    checker.compose(fixed + firsts, hydra_cfg=True)
+                except Exception:
+                    raise exc from None
                 raise UserError(f"{exc} (in a sweep, the config without the swept values must take every "
                                 "other override; sweep that key as well, e.g. key=choice(value))") from None
             from moesim.report.options import options_from_node

@@ -549,3 +549,31 @@ def test_fleet_keys_are_named_as_typed(params: dict, line: str) -> None:
     with pytest.raises(UserError) as e:
         FLEETS.config("uniform", params)
     assert str(e.value) == line
+
+
+@pytest.mark.parametrize(("arg", "line"), [
+    # every bad value in a sweep ended in "(in a sweep, … sweep that key as well, e.g. key=choice(value))",
+    # which is no help when the value is wrong whatever is swept
+    ("progress=maybe", "progress=maybe: Value 'maybe' is not a valid bool (type str); valid: true or false"),
+    ("report.baselines=mig", "report.baselines=mig: Invalid value assigned: str is not a ListConfig, list or tuple; "
+                             "valid: a list in brackets, e.g. report.baselines=[mig]"),
+    ("report.baselines=[migg]", "report.baselines: unknown policy 'migg' (did you mean 'mig'?); valid: dedicated, "
+                                "mig, multiplex, naive, reconfig, reconfig_fast, swap"),
+])
+def test_a_bad_value_in_a_sweep_says_what_is_valid(arg: str, line: str) -> None:
+    from moesim.config import plan_command_line, register_configs
+
+    register_configs()
+    with pytest.raises(UserError) as e:
+        plan_command_line(["-m", "policy=reconfig", "workload.rate=0.1,0.2", "sweep.seeds=0", arg])
+    assert str(e.value) == line
+
+
+def test_the_sweep_hint_stays_where_the_swept_values_are_needed() -> None:
+    from moesim.config import plan_command_line, register_configs
+
+    register_configs()
+    with pytest.raises(UserError) as e:
+        plan_command_line(["-m", "policy=mig,naive", "policy.layout=3g.71gb+3g.71gb", "workload.rate=0.1"])
+    assert str(e.value).endswith("(in a sweep, the config without the swept values must take every other override; "
+                                 "sweep that key as well, e.g. key=choice(value))")
