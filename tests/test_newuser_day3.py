@@ -577,3 +577,13 @@ def test_the_sweep_hint_stays_where_the_swept_values_are_needed() -> None:
         plan_command_line(["-m", "policy=mig,naive", "policy.layout=3g.71gb+3g.71gb", "workload.rate=0.1"])
     assert str(e.value).endswith("(in a sweep, the config without the swept values must take every other override; "
                                  "sweep that key as well, e.g. key=choice(value))")
+
+
+def test_serve_help_tells_max_prompt_from_max_output() -> None:
+    # both read "token counts are capped at these (tokens)."
+    from moesim.cli import help_text
+    from moesim.serve.config import ServeConfig
+
+    text = help_text(ServeConfig, prog="python -m moesim.serve")
+    assert "max_prompt=1024  (int)\n      a request's prompt is capped at this many tokens." in text
+    assert "max_output=64  (int)\n      a request's output is capped at this many tokens." in text

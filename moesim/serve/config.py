@@ -38,7 +38,8 @@ class ServeConfig:
         tenants: tenants (requests spread uniformly at random over them).
         rate: mean arrival rate per tenant (requests/s).
         max_requests: the trace's first this many requests.
-        max_prompt, max_output: token counts are capped at these (tokens).
+        max_prompt: a request's prompt is capped at this many tokens.
+        max_output: a request's output is capped at this many tokens.
         seed: workload and weight seed.
         backend: ``torch`` (execute every step on ``device``) or ``cost`` (answer each step with ``sim_cost``'s
             time; with ``clock=wall`` the runtime sleeps it, with ``clock=virtual`` it is the simulator).
