@@ -587,3 +587,17 @@ def test_serve_help_tells_max_prompt_from_max_output() -> None:
     text = help_text(ServeConfig, prog="python -m moesim.serve")
     assert "max_prompt=1024  (int)\n      a request's prompt is capped at this many tokens." in text
     assert "max_output=64  (int)\n      a request's output is capped at this many tokens." in text
+
+
+def test_a_rate_for_a_trace_at_one_instant_says_how_to_run_it(tmp_path: Path) -> None:
+    # the default sweep on a one-request trace: "rate=0.05 is invalid; valid: 0 (use time_scale)", though the
+    # user set no rate and time_scale cannot spread requests that arrive at one instant
+    from moesim.workloads import WORKLOADS
+
+    f = tmp_path / "one.csv"
+    f.write_text("arrival_s,prompt_tokens,output_tokens\n0,10,5\n")
+    with pytest.raises(UserError) as e:
+        WORKLOADS.build("trace", {"path": str(f), "rate": 0.05})
+    assert str(e.value) == (f"workload=trace: rate=0.05 is invalid; valid: 0, the trace's own times (workload.rate=0; "
+                            f"the default sweep sets its rates unless given one): {f} spans 0 s, so it has no mean "
+                            "rate to scale to")
