@@ -743,8 +743,9 @@ def plan_command_line(argv: list[str]) -> CommandLine | None:
                 cfg = checker.job(job)
                 spec = job_spec(cfg)
                 hashes.append(spec.config_hash())
-                if repr(spec.workload) not in workloads:  # a bad trace file: one line, not a failed job each
-                    workloads.add(repr(spec.workload))
+                wkey = repr(spec.workload) + spec.model.name  # (the model: a trace longer than its context)
+                if wkey not in workloads:  # a bad trace file: one line, not a failed job each
+                    workloads.add(wkey)
                     _check_workload(spec)
                 if repr((spec.fleet, spec.placement, spec.policy)) not in workloads:  # fleet/placement files
                     workloads.add(repr((spec.fleet, spec.placement, spec.policy)))
@@ -771,7 +772,18 @@ def _check_workload(spec: JobSpec) -> None:
     would otherwise each fail with the same message (126 failed jobs and an empty report)."""
     from moesim.workloads import WORKLOADS
 
-    WORKLOADS.build(spec.workload.name, spec.workload)
+    wl = WORKLOADS.build(spec.workload.name, spec.workload)
+    trace, limit = getattr(wl, "trace", None), spec.model.max_context_tokens
+    if trace is not None and limit and len(trace.prompt_tokens):
+        # a trace none of whose requests fits the model's context: every job failed with "every one of the N
+        # requests is rejected … use a larger GPU", which no GPU fixes (36 failed jobs in a sweep)
+        n = len(getattr(wl, "_arrival_s", trace.prompt_tokens))
+        ctx = trace.prompt_tokens[:n].astype("int64") + trace.output_tokens[:n]
+        if int(ctx.min()) > limit:
+            raise UserError(f"trace file '{trace.source}': every one of its {n:,} replayed requests is longer than "
+                            f"model={spec.model.name}'s context of {limit:,} tokens (prompt + output; the shortest "
+                            f"is {int(ctx.min()):,}); valid: requests of at most {limit:,} tokens, or a model with a "
+                            "longer context")
 
 
 def _check_fleet_files(spec: JobSpec) -> None:

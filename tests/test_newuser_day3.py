@@ -601,3 +601,25 @@ def test_a_rate_for_a_trace_at_one_instant_says_how_to_run_it(tmp_path: Path) ->
     assert str(e.value) == (f"workload=trace: rate=0.05 is invalid; valid: 0, the trace's own times (workload.rate=0; "
                             f"the default sweep sets its rates unless given one): {f} spans 0 s, so it has no mean "
                             "rate to scale to")
+
+
+def test_a_trace_longer_than_the_models_context_is_refused_before_any_job(tmp_path: Path) -> None:
+    # every request of the trace beyond Mixtral's 32,768 tokens: each of a sweep's 36 jobs failed with "every one
+    # of the 2 requests is rejected …: shorten the requests, lower policy.weight_budget_fraction or use a larger
+    # GPU/profile" (no GPU lengthens a model's context)
+    (tmp_path / "t.csv").write_text("arrival_s,prompt_tokens,output_tokens\n0,100000,5\n1,200000,6\n")
+    d = tmp_path / "sw"
+    p = subprocess.run([sys.executable, "-m", "moesim.simulate", "-m", f"hydra.sweep.dir={d}", "workload=trace",
+                        "workload.path=t.csv", "policy=reconfig,multiplex", "progress=false"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300, env=_env())
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1].startswith(
+        "moesim: error: trace file 't.csv': every one of its 2 replayed requests is longer than model=mixtral-8x7b's "
+        "context of 32,768 tokens (prompt + output; the shortest is 100,005); valid: requests of at most 32,768 "
+        "tokens, or a model with a longer context")
+    assert not d.exists()
+    # one request that fits is served, the other refused with its reason, as before
+    (tmp_path / "t.csv").write_text("arrival_s,prompt_tokens,output_tokens\n0,100000,5\n1,20,6\n")
+    p = _simulate(tmp_path, "one", "workload=trace", "workload.path=t.csv")
+    assert p.returncode == 0, p.stderr
+    assert "2 requests (1 rejected)" in p.stdout + p.stderr
