@@ -67,10 +67,41 @@ CONFIGS: list[tuple[int, MoEConfig]] = [
     (64, MoEConfig(bm=16, gu_bn=64, gu_bk=128, dn_bn=32, dn_bk=256, dn_stages=3)),  # decode ≤ 32 tokens
     (256, MoEConfig(bm=32, gu_bn=64, gu_bk=128, dn_bn=64, dn_bk=128)),  # decode ≤ 128 tokens
     (2048, MoEConfig(bm=64, gu_bn=64, gu_bk=64, dn_bn=128, dn_bk=64)),  # short prefills
+    (4096, MoEConfig(bm=128, gu_bn=128, gu_bk=64, gu_warps=8, gu_stages=3, dn_bn=128, dn_bk=64, dn_warps=8,
+                     dn_stages=3)),  # prefills of 1,025–2,048 tokens (Mixtral)
     (1 << 62, MoEConfig(bm=128, gu_bn=128, gu_bk=64, gu_warps=8, gu_stages=3, dn_bn=128, dn_bk=64, dn_warps=8,
                         dn_stages=3)),
 ]
 
+
+def regime_starts(top_k: int, max_assign: int | None = None) -> list[int]:
+    """Token counts at which the engine's MoE call changes kernel configuration: the first token count of each
+    ``CONFIGS`` regime after the first, and (``max_assign``: the triton engine's cap) the first one that runs the
+    grouped GEMM instead. The MoE time jumps there (either way); the calibrator measures both sides and the
+    profile cost model never interpolates across them (``moesim.cost.profile``, meta ``moe_regimes``)."""
+    if top_k < 1:
+        raise ValueError(f"top_k={top_k}: must be ≥ 1")
+    out = {bound // top_k + 1 for bound, _ in CONFIGS[:-1]}
+    if max_assign is not None:
+        out = {t for t in out if t * top_k <= max_assign} | {max_assign // top_k + 1}
+    return sorted(out)
+
+
+def crossover_cap(rows: list[tuple[int, float, float]], top_k: int) -> int | None:
+    """The hybrid engine's cap from a measured table of (tokens, fused µs, grouped µs): the fused kernel serves
+    every call up to the largest measured token count below the first one from which the grouped GEMM is faster
+    at that size *and every larger one measured* (a single slower point followed by faster ones is noise or a
+    tile regime, not a crossover). Returns the cap in token × top-k assignments (first grouped size − 1), None if
+    the grouped GEMM never stays ahead."""
+    pts = sorted(rows)
+    if any(t < 1 or not (a > 0 and b > 0) for t, a, b in pts):
+        raise ValueError("crossover_cap: tokens ≥ 1 and positive times")
+    first = None
+    for i in range(len(pts)):
+        if all(b < a for _, a, b in pts[i:]):
+            first = pts[i][0]
+            break
+    return None if first is None else first * top_k - 1
 
 @dataclass(frozen=True)
 class Candidates:
@@ -85,11 +116,16 @@ class Candidates:
 CANDIDATES: list[Candidates] = [
     Candidates(1, (16,), ((64, 128, 4, 4), (32, 256, 4, 3), (32, 128, 4, 4)),
                ((32, 256, 4, 3), (64, 128, 4, 4), (16, 256, 4, 4))),
-    Candidates(128, (16, 32), ((64, 128, 4, 4), (32, 128, 4, 4)), ((64, 128, 4, 4), (32, 256, 4, 3))),
-    Candidates(512, (64,), ((64, 64, 4, 4), (128, 64, 8, 3), (64, 128, 4, 3)), ((128, 64, 4, 4), (64, 128, 4, 4))),
-    Candidates(2048, (64, 128), ((64, 64, 4, 4), (128, 64, 8, 3)), ((128, 64, 8, 3), (128, 64, 4, 4))),
+    # 65–128 tokens: the 2026-11-30 run picked BLOCK_M 32 among 16 and 32, but its profile had 181 tokens with
+    # BLOCK_M 64 faster (691 µs) than 128 tokens with 32 (819 µs): try 64 here too
+    Candidates(128, (32, 64), ((64, 128, 4, 4), (64, 64, 4, 4)), ((64, 128, 4, 4), (128, 64, 4, 4))),
+    Candidates(512, (64, 128), ((64, 64, 4, 4), (128, 64, 8, 3)), ((128, 64, 4, 4), (64, 128, 4, 4))),
+    # large per-expert M (2k tokens: ~512 rows per expert): 128-row blocks, wide N, 8 warps, 3-4 stages
+    Candidates(2048, (128,), ((128, 64, 8, 3), (128, 64, 8, 4), (64, 64, 4, 4), (64, 64, 4, 5), (128, 32, 8, 4)),
+               ((128, 64, 8, 3), (128, 64, 8, 4), (256, 64, 8, 3), (128, 128, 8, 3), (256, 32, 8, 4))),
+    Candidates(4096, (128,), ((128, 64, 8, 3), (128, 64, 8, 4), (64, 64, 4, 4)),
+               ((128, 64, 8, 3), (128, 64, 8, 4), (256, 64, 8, 3))),
 ]
-
 
 def make_config(bm: int, gu: tuple[int, int, int, int], dn: tuple[int, int, int, int]) -> MoEConfig:
     """A config from a block height and the two kernels' (bn, bk, warps, stages)."""
@@ -369,6 +405,50 @@ def fused_moe(h: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor, topk_ids
                               num_warps=4)
         return residual
     return out.view(N, k, d).sum(dim=1) if k > 1 else out
+
+
+def moe_stages(h: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor, topk_ids: torch.Tensor,
+               topk_w: torch.Tensor, swiglu: bool = True, config: MoEConfig | None = None,
+               residual: torch.Tensor | None = None) -> dict[str, object]:
+    """``fused_moe``'s four launches as separate closures over shared buffers (``align``, ``gate_up``, ``down``,
+    ``combine``; the benchmark times each): run in that order they compute what ``fused_moe`` does. Triton only."""
+    if not use_triton(h.device):
+        raise RuntimeError("moe_stages: the Triton kernels need CUDA (or TRITON_INTERPRET=1)")
+    N, d = h.shape
+    k = topk_ids.shape[1]
+    E, _, FF = w_out.shape
+    nk = N * k
+    cfg = config or pick_config(nk)
+    h = h.contiguous()
+    buf: dict[str, torch.Tensor] = {}
+    buf["sorted"], buf["experts"], buf["total"] = align(topk_ids, E, cfg.bm)
+    nb = buf["experts"].numel()
+    inter = torch.empty((nb * cfg.bm, FF), dtype=h.dtype, device=h.device)
+    out = torch.empty((nk, d), dtype=h.dtype, device=h.device)
+    tw = topk_w.reshape(-1).contiguous()
+    x = residual if residual is not None else torch.zeros((N, d), dtype=h.dtype, device=h.device)
+
+    def do_align() -> None:
+        buf["sorted"], buf["experts"], buf["total"] = align(topk_ids, E, cfg.bm)
+
+    def gate_up() -> None:
+        _gate_up_kernel[(nb * triton.cdiv(FF, cfg.gu_bn),)](
+            h, w_in, inter, buf["sorted"], buf["experts"], buf["total"], nk, d, FF, nb,
+            h.stride(0), w_in.stride(0), w_in.stride(1), inter.stride(0),
+            TOPK=k, SWIGLU=swiglu, BM=cfg.bm, BN=cfg.gu_bn, BK=cfg.gu_bk, DOT_F32=INTERPRET,
+            num_warps=cfg.gu_warps, num_stages=cfg.gu_stages)
+
+    def down() -> None:
+        _down_kernel[(nb * triton.cdiv(d, cfg.dn_bn),)](
+            inter, w_out, out, buf["sorted"], buf["experts"], buf["total"], tw, nk, FF, d, nb,
+            inter.stride(0), w_out.stride(0), w_out.stride(1), out.stride(0),
+            BM=cfg.bm, BN=cfg.dn_bn, BK=cfg.dn_bk, DOT_F32=INTERPRET, num_warps=cfg.dn_warps,
+            num_stages=cfg.dn_stages)
+
+    def combine() -> None:
+        _combine_kernel[(N,)](out, x, d, x.stride(0), TOPK=k, BD=min(1024, _next_pow2(d)), num_warps=4)
+
+    return {"align": do_align, "gate_up": gate_up, "down": down, "combine": combine, "x": x}
 
 
 def fused_moe_torch(h: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor, topk_ids: torch.Tensor,
