@@ -134,8 +134,9 @@ _INTERP = textwrap.dedent("""
     from moesim.calibrate.engine import MoEEngine, KVCache
     from moesim.specs.models import get_model
     assert fm.use_triton(torch.device("cpu"))
-    r = {"align": [], "moe": [], "router": [], "rope": None, "step": None}
+    r = {"align": [], "moe": [], "router": [], "rope": None, "step": None, "stages": []}
     g = torch.Generator().manual_seed(0)
+    g2 = torch.Generator().manual_seed(1)  # draws added later: the stream of g (the router's inputs) unchanged
     for n, k, e, bm in [(1, 2, 8, 16), (37, 2, 8, 16), (300, 2, 8, 32), (24, 8, 128, 16), (500, 2, 8, 16)]:
         ids = torch.randint(0, e, (n, k), generator=g)
         ref_ids, ref_e = fm.align_naive(ids.tolist(), e, bm)
@@ -149,10 +150,17 @@ _INTERP = textwrap.dedent("""
         ids = torch.stack([torch.randperm(e, generator=g)[:k] for _ in range(n)])
         tw = torch.rand(n, k, generator=g).bfloat16()
         ref = fm.moe_reference(h, wi, wo, ids, tw, sw)
+        tma = fm.MoEConfig(bm=16, gu_bn=32, gu_bk=32, dn_bn=32, dn_bk=32, tma=1)  # TMA-descriptor kernels
+        assert fm.tma_ok(tma, d, f, wi, "gate_up") and fm.tma_ok(tma, d, f, wo, "down")
         for cfg in (fm.MoEConfig(bm=16, gu_bn=32, gu_bk=32, dn_bn=32, dn_bk=32),
-                    fm.MoEConfig(bm=32, gu_bn=64, gu_bk=64, dn_bn=16, dn_bk=64)):
+                    fm.MoEConfig(bm=32, gu_bn=64, gu_bk=64, dn_bn=16, dn_bk=64), tma):
             out = fm.fused_moe(h, wi, wo, ids, tw, sw, cfg)
             r["moe"].append(float((out.double() - ref).norm() / ref.norm()))
+        x0 = torch.randn(n, d, generator=g2).bfloat16()  # the four stages one by one, into a residual
+        st = fm.moe_stages(h, wi, wo, ids, tw, sw, tma, residual=x0.clone())
+        for name in ("align", "gate_up", "down", "combine"):
+            st[name]()
+        r["stages"].append(float((st["x"].double() - ref - x0.double()).norm() / (ref + x0.double()).norm()))
     for T, D, E, k, noise in [(9, 96, 8, 2, True), (5, 64, 60, 4, False), (4, 64, 8, 1, True)]:
         x = torch.randn(T, D, generator=g).bfloat16()
         nw = (1 + 0.01 * torch.randn(D, generator=g)).bfloat16()
@@ -210,6 +218,8 @@ def test_triton_kernels_under_the_cpu_interpreter() -> None:
     r = json.loads(p.stdout.split("RESULT ", 1)[1])
     assert all(r["align"])  # the one-program align kernel is exact
     assert all(1e-4 < e < 1e-2 for e in r["moe"]), r["moe"]  # bf16 level, and not a trivial zero
+    assert len(r["moe"]) == 9
+    assert all(1e-5 < e < 1e-2 for e in r["stages"]), r["stages"]  # residual + layer, one bf16 rounding
     for same_ids, w_err, h_err in r["router"]:
         assert same_ids
         assert w_err <= 2**-7  # bf16 weights: one rounding step at most
@@ -331,12 +341,12 @@ def test_regime_curve_keeps_each_regime_to_itself() -> None:
 
 
 def test_engine_tuning_file_is_checked_and_applied(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
     from moesim.calibrate.config import CalibrateConfig
     from moesim.calibrate.suite import Calibration
     from moesim.kernels import fused_moe as fm
     from moesim.kernels.regimes import check_tuning, load_tuning
-
-    from dataclasses import asdict
 
     good = {"configs": [[b, asdict(c)] for b, c in fm.CONFIGS], "max_assign": 4095, "prefill_attn": "flash",
             "cudnn_min_tokens": None}
@@ -346,6 +356,7 @@ def test_engine_tuning_file_is_checked_and_applied(tmp_path: Path) -> None:
         ({"configs": [good["configs"][1], good["configs"][0], *good["configs"][2:]]}, "must exceed"),
         ({"configs": [[64, {**good["configs"][0][1], "bm": 24}], *good["configs"][1:]]}, "bm=24: a power of two"),
         ({"configs": [[64, {**good["configs"][0][1], "gu_stages": 9}], *good["configs"][1:]]}, "1 … 8 stages"),
+        ({"configs": [[64, {**good["configs"][0][1], "tma": 2}], *good["configs"][1:]]}, "tma=2: 0 or 1"),
         ({"max_assign": 0}, "max_assign=0"),
         ({"prefill_attn": "fa3"}, "prefill_attn='fa3': valid: flash, cudnn"),
         ({"prefill_attn": "cudnn", "cudnn_min_tokens": None}, "cudnn_min_tokens=None"),

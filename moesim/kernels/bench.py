@@ -30,7 +30,7 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -370,6 +370,9 @@ class Bench:
                 for dn in cand.dn[1:]:
                     c = fm.make_config(bm, gu_best[1], dn)
                     best = min(best, (timed(c), c), key=lambda x: x[0])
+            if math.isfinite(best[0]) and fm.HAVE_TMA and self.cuda:  # the best tiles again, weights through TMA
+                c = replace(best[1], tma=1)
+                best = min(best, (timed(c), c), key=lambda x: x[0])
             if math.isfinite(best[0]):
                 fm.set_config(regime, best[1])
             out[f"regime{regime}_T{T}"] = {"tried": tried, "picked": asdict(best[1]), "us": best[0] * 1e6}

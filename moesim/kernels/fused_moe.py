@@ -41,6 +41,12 @@ try:  # Triton is optional: the GPU machine has it; on CPU the torch path (or th
     HAVE_TRITON = True
 except ImportError:  # pragma: no cover - depends on the environment
     HAVE_TRITON = False
+try:  # host-side TMA descriptors (Triton ≥ 3.4)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    HAVE_TMA = True
+except ImportError:  # pragma: no cover - depends on the environment
+    HAVE_TMA = False
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "") == "1"
 
@@ -58,6 +64,7 @@ class MoEConfig:
     dn_bk: int = 128
     dn_warps: int = 4
     dn_stages: int = 4
+    tma: int = 0  # 1: weights (and the down kernel's sorted rows) loaded through TMA descriptors (sm_90)
 
 
 #: Per regime (upper bound of N·k assignments, config), first match wins. The tiles the H200 benchmark picked
@@ -322,6 +329,82 @@ if HAVE_TRITON:
         tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=valid[:, None] & nmask[None, :])
 
 
+    @triton.jit(do_not_specialize=["NK", "NUM_M"])
+    def _gate_up_tma_kernel(a_ptr, w_desc, out_ptr, sorted_ptr, expert_ptr, total_ptr,
+                            NK, K, FF, NUM_M, stride_am, stride_om,
+                            TOPK: tl.constexpr, SWIGLU: tl.constexpr,
+                            BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_F32: tl.constexpr):
+        """``_gate_up_kernel`` with the expert's weight tiles loaded by TMA from ``w_desc`` over w_in viewed as
+        (E·g·F, d) in [BN, BK] blocks (needs F % BN == 0 and d % BK == 0); the token rows stay gathered loads."""
+        pid = tl.program_id(0)
+        pid_m = pid % NUM_M
+        pid_n = pid // NUM_M
+        total = tl.load(total_ptr)
+        if pid_m * BM >= total:
+            return
+        offs_m = pid_m * BM + tl.arange(0, BM)
+        tok = tl.load(sorted_ptr + offs_m)
+        valid = tok < NK
+        row = tl.where(valid, tok // TOPK, 0).to(tl.int64)
+        e = tl.load(expert_ptr + pid_m)
+        n0 = pid_n * BN
+        w_row = e * (2 * FF if SWIGLU else FF) + n0
+        offs_k = tl.arange(0, BK)
+        a_ptrs = a_ptr + row[:, None] * stride_am + offs_k[None, :]
+        acc_g = tl.zeros([BM, BN], dtype=tl.float32)
+        acc_u = tl.zeros([BM, BN], dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            a = tl.load(a_ptrs, mask=valid[:, None], other=0.0)
+            wg = w_desc.load([w_row, k0])
+            if DOT_F32:
+                a = a.to(tl.float32)
+                wg = wg.to(tl.float32)
+            acc_g = tl.dot(a, wg.T, acc_g)
+            if SWIGLU:
+                wu = w_desc.load([w_row + FF, k0])
+                if DOT_F32:
+                    wu = wu.to(tl.float32)
+                acc_u = tl.dot(a, wu.T, acc_u)
+            a_ptrs += BK
+        if SWIGLU:
+            act = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u
+        else:
+            act = tl.maximum(acc_g, 0.0)
+        offs_n = n0 + tl.arange(0, BN)
+        o_ptrs = out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :]
+        tl.store(o_ptrs, act.to(out_ptr.dtype.element_ty), mask=(offs_m < total)[:, None])
+
+    @triton.jit(do_not_specialize=["NK", "NUM_M"])
+    def _down_tma_kernel(a_desc, w_desc, out_ptr, sorted_ptr, expert_ptr, total_ptr, tw_ptr,
+                         NK, K, D, NUM_M, stride_om,
+                         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_F32: tl.constexpr):
+        """``_down_kernel`` with both operands loaded by TMA: the block's sorted rows of ``inter`` ([BM, BK]) and
+        the expert's rows of w_out viewed as (E·d, F) ([BN, BK]); needs d % BN == 0 and F % BK == 0."""
+        pid = tl.program_id(0)
+        pid_m = pid % NUM_M
+        pid_n = pid // NUM_M
+        total = tl.load(total_ptr)
+        if pid_m * BM >= total:
+            return
+        offs_m = pid_m * BM + tl.arange(0, BM)
+        tok = tl.load(sorted_ptr + offs_m)
+        valid = tok < NK
+        e = tl.load(expert_ptr + pid_m)
+        n0 = pid_n * BN
+        acc = tl.zeros([BM, BN], dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            a = a_desc.load([pid_m * BM, k0])
+            w = w_desc.load([e * D + n0, k0])
+            if DOT_F32:
+                a = a.to(tl.float32)
+                w = w.to(tl.float32)
+            acc = tl.dot(a, w.T, acc)
+        tw = tl.load(tw_ptr + tok, mask=valid, other=0.0).to(tl.float32)
+        acc = acc * tw[:, None]
+        offs_n = n0 + tl.arange(0, BN)
+        o_ptrs = out_ptr + tok[:, None].to(tl.int64) * stride_om + offs_n[None, :]
+        tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=valid[:, None])
+
     @triton.jit
     def _combine_kernel(out_ptr, x_ptr, D, stride_x, TOPK: tl.constexpr, BD: tl.constexpr):
         """x[n] += Σ_j out[n·k + j] (fp32 sum, one rounding)."""
@@ -363,6 +446,51 @@ def align(topk_ids: torch.Tensor, n_experts: int, bm: int
     return sorted_ids, expert_ids, total
 
 
+def tma_ok(cfg: MoEConfig, d: int, FF: int, w: torch.Tensor, kernel: str) -> bool:
+    """``kernel`` (``gate_up`` or ``down``) loads through TMA with ``cfg``: asked for, available, tiles that divide
+    the shapes (a weight tile never straddles gate/up or two experts), contiguous weights ``w``."""
+    if not (cfg.tma and HAVE_TMA and w.is_contiguous()):
+        return False
+    if kernel == "gate_up":
+        return FF % cfg.gu_bn == 0 and d % cfg.gu_bk == 0
+    return d % cfg.dn_bn == 0 and FF % cfg.dn_bk == 0
+
+
+def _launch_gate_up(cfg: MoEConfig, h: torch.Tensor, w_in: torch.Tensor, inter: torch.Tensor,
+                    sorted_ids: torch.Tensor, expert_ids: torch.Tensor, total: torch.Tensor, nk: int, nb: int,
+                    k: int, swiglu: bool) -> None:
+    d, FF = h.shape[1], inter.shape[1]
+    grid = (nb * triton.cdiv(FF, cfg.gu_bn),)
+    if tma_ok(cfg, d, FF, w_in, "gate_up"):
+        w_desc = TensorDescriptor.from_tensor(w_in.view(-1, d), [cfg.gu_bn, cfg.gu_bk])
+        _gate_up_tma_kernel[grid](h, w_desc, inter, sorted_ids, expert_ids, total, nk, d, FF, nb,
+                                  h.stride(0), inter.stride(0), TOPK=k, SWIGLU=swiglu, BM=cfg.bm, BN=cfg.gu_bn,
+                                  BK=cfg.gu_bk, DOT_F32=INTERPRET, num_warps=cfg.gu_warps, num_stages=cfg.gu_stages)
+        return
+    _gate_up_kernel[grid](h, w_in, inter, sorted_ids, expert_ids, total, nk, d, FF, nb,
+                          h.stride(0), w_in.stride(0), w_in.stride(1), inter.stride(0),
+                          TOPK=k, SWIGLU=swiglu, BM=cfg.bm, BN=cfg.gu_bn, BK=cfg.gu_bk, DOT_F32=INTERPRET,
+                          num_warps=cfg.gu_warps, num_stages=cfg.gu_stages)
+
+
+def _launch_down(cfg: MoEConfig, inter: torch.Tensor, w_out: torch.Tensor, out: torch.Tensor,
+                 sorted_ids: torch.Tensor, expert_ids: torch.Tensor, total: torch.Tensor, tw: torch.Tensor,
+                 nk: int, nb: int) -> None:
+    d, FF = out.shape[1], inter.shape[1]
+    grid = (nb * triton.cdiv(d, cfg.dn_bn),)
+    if tma_ok(cfg, d, FF, w_out, "down"):
+        a_desc = TensorDescriptor.from_tensor(inter, [cfg.bm, cfg.dn_bk])
+        w_desc = TensorDescriptor.from_tensor(w_out.view(-1, FF), [cfg.dn_bn, cfg.dn_bk])
+        _down_tma_kernel[grid](a_desc, w_desc, out, sorted_ids, expert_ids, total, tw, nk, FF, d, nb, out.stride(0),
+                               BM=cfg.bm, BN=cfg.dn_bn, BK=cfg.dn_bk, DOT_F32=INTERPRET, num_warps=cfg.dn_warps,
+                               num_stages=cfg.dn_stages)
+        return
+    _down_kernel[grid](inter, w_out, out, sorted_ids, expert_ids, total, tw, nk, FF, d, nb,
+                       inter.stride(0), w_out.stride(0), w_out.stride(1), out.stride(0),
+                       BM=cfg.bm, BN=cfg.dn_bn, BK=cfg.dn_bk, DOT_F32=INTERPRET, num_warps=cfg.dn_warps,
+                       num_stages=cfg.dn_stages)
+
+
 # ---- the layer ----------------------------------------------------------------------------------------
 def fused_moe(h: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor, topk_ids: torch.Tensor,
               topk_w: torch.Tensor, swiglu: bool = True, config: MoEConfig | None = None,
@@ -387,17 +515,10 @@ def fused_moe(h: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor, topk_ids
     inter = torch.empty((nb * cfg.bm, FF), dtype=h.dtype, device=h.device)
     if w_in.stride(2) != 1 or w_out.stride(2) != 1:
         raise ValueError("fused_moe: expert weights must be contiguous along their last axis (d / F)")
-    grid = (nb * triton.cdiv(FF, cfg.gu_bn),)
-    _gate_up_kernel[grid](h, w_in, inter, sorted_ids, expert_ids, total, nk, d, FF, nb,
-                          h.stride(0), w_in.stride(0), w_in.stride(1), inter.stride(0),
-                          TOPK=k, SWIGLU=swiglu, BM=cfg.bm, BN=cfg.gu_bn, BK=cfg.gu_bk, DOT_F32=INTERPRET,
-                          num_warps=cfg.gu_warps, num_stages=cfg.gu_stages)
     out = torch.empty((nk, d), dtype=h.dtype, device=h.device)
     tw = topk_w.reshape(-1).contiguous()
-    grid = (nb * triton.cdiv(d, cfg.dn_bn),)
-    _down_kernel[grid](inter, w_out, out, sorted_ids, expert_ids, total, tw, nk, FF, d, nb,
-                       inter.stride(0), w_out.stride(0), w_out.stride(1), out.stride(0),
-                       BM=cfg.bm, BN=cfg.dn_bn, BK=cfg.dn_bk, DOT_F32=INTERPRET, num_warps=cfg.dn_warps, num_stages=cfg.dn_stages)
+    _launch_gate_up(cfg, h, w_in, inter, sorted_ids, expert_ids, total, nk, nb, k, swiglu)
+    _launch_down(cfg, inter, w_out, out, sorted_ids, expert_ids, total, tw, nk, nb)
     if residual is not None:
         if residual.stride(1) != 1:
             raise ValueError("fused_moe: residual rows must be contiguous")
@@ -432,18 +553,10 @@ def moe_stages(h: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor, topk_id
         buf["sorted"], buf["experts"], buf["total"] = align(topk_ids, E, cfg.bm)
 
     def gate_up() -> None:
-        _gate_up_kernel[(nb * triton.cdiv(FF, cfg.gu_bn),)](
-            h, w_in, inter, buf["sorted"], buf["experts"], buf["total"], nk, d, FF, nb,
-            h.stride(0), w_in.stride(0), w_in.stride(1), inter.stride(0),
-            TOPK=k, SWIGLU=swiglu, BM=cfg.bm, BN=cfg.gu_bn, BK=cfg.gu_bk, DOT_F32=INTERPRET,
-            num_warps=cfg.gu_warps, num_stages=cfg.gu_stages)
+        _launch_gate_up(cfg, h, w_in, inter, buf["sorted"], buf["experts"], buf["total"], nk, nb, k, swiglu)
 
     def down() -> None:
-        _down_kernel[(nb * triton.cdiv(d, cfg.dn_bn),)](
-            inter, w_out, out, buf["sorted"], buf["experts"], buf["total"], tw, nk, FF, d, nb,
-            inter.stride(0), w_out.stride(0), w_out.stride(1), out.stride(0),
-            BM=cfg.bm, BN=cfg.dn_bn, BK=cfg.dn_bk, DOT_F32=INTERPRET, num_warps=cfg.dn_warps,
-            num_stages=cfg.dn_stages)
+        _launch_down(cfg, inter, w_out, out, buf["sorted"], buf["experts"], buf["total"], tw, nk, nb)
 
     def combine() -> None:
         _combine_kernel[(N,)](out, x, d, x.stride(0), TOPK=k, BD=min(1024, _next_pow2(d)), num_warps=4)

@@ -17,7 +17,7 @@ from moesim.errors import UserError
 #: Number of token regimes in ``moesim.kernels.fused_moe.CONFIGS`` (and ``CANDIDATES``), kept equal by a test.
 N_REGIMES = 5
 #: ``MoEConfig`` fields (all positive integers).
-CONFIG_FIELDS = ("bm", "gu_bn", "gu_bk", "gu_warps", "gu_stages", "dn_bn", "dn_bk", "dn_warps", "dn_stages")
+CONFIG_FIELDS = ("bm", "gu_bn", "gu_bk", "gu_warps", "gu_stages", "dn_bn", "dn_bk", "dn_warps", "dn_stages", "tma")
 PREFILL_ATTNS = ("flash", "cudnn")
 
 
@@ -43,10 +43,14 @@ def check_tuning(t: Any, where: str) -> dict:
         if set(c) != set(CONFIG_FIELDS):
             raise UserError(f"{where}: configs[{i}] fields {sorted(c)}; expected {list(CONFIG_FIELDS)}")
         for k in CONFIG_FIELDS:
-            ok = _pow2(c[k]) if k not in ("gu_stages", "dn_stages") else (isinstance(c[k], int) and 1 <= c[k] <= 8)
+            if k == "tma":
+                ok, want = c[k] in (0, 1) and not isinstance(c[k], bool), "0 or 1"
+            elif "stages" in k:
+                ok, want = isinstance(c[k], int) and 1 <= c[k] <= 8, "1 … 8 stages"
+            else:
+                ok, want = _pow2(c[k]), "a power of two"
             if not ok:
-                raise UserError(f"{where}: configs[{i}].{k}={c[k]!r}: "
-                                + ("1 … 8 stages" if "stages" in k else "a power of two"))
+                raise UserError(f"{where}: configs[{i}].{k}={c[k]!r}: {want}")
     cap = t.get("max_assign")
     if cap is not None and not (isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1):
         raise UserError(f"{where}: max_assign={cap!r}: a positive integer (token × top-k assignments) or null")
