@@ -117,7 +117,7 @@ def test_bench_cpu_smoke_writes_every_section(tmp_path: Path) -> None:
     assert ck["moe_triton_T13_rel_err"] < 1e-5
     assert ck["router_ids_agree"] == 1.0
     rows = res["sections"]["steps"]["rows"]
-    assert [(r["kind"], r["n"]) for r in rows] == [("decode", 1), ("decode", 3), ("prefill", 16)]
+    assert [(r["kind"], r["n"]) for r in rows] == [("prefill", 16), ("decode", 1), ("decode", 3)]  # prompts first
     assert all(r["triton+fused_tokens_agree"] == 1.0 for r in rows)
     assert all("hybrid_ms" in r for r in rows)  # timed, or the triton+fused figure where it is the same path
     # without a faster prompt attention (CPU: none measured), tuned is hybrid: copied, not re-timed

@@ -128,10 +128,11 @@ CANDIDATES: list[Candidates] = [
     Candidates(128, (32, 64), ((64, 128, 4, 4), (64, 64, 4, 4)), ((64, 128, 4, 4), (128, 64, 4, 4))),
     Candidates(512, (64, 128), ((64, 64, 4, 4), (128, 64, 8, 3)), ((128, 64, 4, 4), (64, 128, 4, 4))),
     # large per-expert M (2k tokens: ~512 rows per expert): 128-row blocks, wide N, 8 warps, 3-4 stages
-    Candidates(2048, (128,), ((128, 64, 8, 3), (128, 64, 8, 4), (64, 64, 4, 4), (64, 64, 4, 5), (128, 32, 8, 4)),
-               ((128, 64, 8, 3), (128, 64, 8, 4), (256, 64, 8, 3), (128, 128, 8, 3), (256, 32, 8, 4))),
-    Candidates(4096, (128,), ((128, 64, 8, 3), (128, 64, 8, 4), (64, 64, 4, 4)),
-               ((128, 64, 8, 3), (128, 64, 8, 4), (256, 64, 8, 3))),
+    Candidates(2048, (128,), ((128, 64, 8, 3), (128, 64, 8, 4), (64, 64, 4, 4), (64, 64, 4, 5), (128, 32, 8, 4),
+                              (64, 128, 4, 3)),
+               ((128, 64, 8, 3), (128, 64, 8, 4), (256, 64, 8, 3), (128, 128, 8, 3), (256, 32, 8, 4), (128, 64, 4, 4))),
+    Candidates(4096, (128,), ((128, 64, 8, 3), (128, 64, 8, 4), (64, 64, 4, 4), (64, 128, 4, 3)),
+               ((128, 64, 8, 3), (128, 64, 8, 4), (256, 64, 8, 3), (128, 64, 4, 4))),
 ]
 
 def make_config(bm: int, gu: tuple[int, int, int, int], dn: tuple[int, int, int, int]) -> MoEConfig:
@@ -428,12 +429,13 @@ def use_triton(device: torch.device) -> bool:
 ALIGN_TRITON_MAX_CELLS = 1 << 15
 
 
-def align(topk_ids: torch.Tensor, n_experts: int, bm: int
+def align(topk_ids: torch.Tensor, n_experts: int, bm: int, how: str = "auto"
           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``align_torch``'s outputs, by one Triton program where it is small enough (see the module doc)."""
+    """``align_torch``'s outputs, by one Triton program where it is small enough (see the module doc); ``how``:
+    ``auto`` (that rule), ``torch`` or ``triton`` (the benchmark times both)."""
     nk = topk_ids.numel()
     ep = max(16, _next_pow2(n_experts))
-    if not use_triton(topk_ids.device) or nk * ep > ALIGN_TRITON_MAX_CELLS:
+    if how == "torch" or not use_triton(topk_ids.device) or (how == "auto" and nk * ep > ALIGN_TRITON_MAX_CELLS):
         return align_torch(topk_ids, n_experts, bm)
     nb = max_blocks(nk, n_experts, bm)
     dev = topk_ids.device
@@ -549,8 +551,10 @@ def moe_stages(h: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor, topk_id
     tw = topk_w.reshape(-1).contiguous()
     x = residual if residual is not None else torch.zeros((N, d), dtype=h.dtype, device=h.device)
 
-    def do_align() -> None:
-        buf["sorted"], buf["experts"], buf["total"] = align(topk_ids, E, cfg.bm)
+    def do_align() -> None:  # into the same buffers: the other stages hold them (a graph replay of one stage
+        # must not leave them pointing into memory freed with that graph)
+        for name, t in zip(("sorted", "experts", "total"), align(topk_ids, E, cfg.bm), strict=True):
+            buf[name].copy_(t)
 
     def gate_up() -> None:
         _launch_gate_up(cfg, h, w_in, inter, buf["sorted"], buf["experts"], buf["total"], nk, nb, k, swiglu)
