@@ -466,7 +466,7 @@ class Bench:
         from moesim.kernels import fused_moe as fm
         from moesim.kernels import fused_ops as fo
 
-        eng, s = self.eng, self.spec
+        torch, eng, s = self.torch, self.eng, self.spec
         w = eng.tenants[0]
         layer = next(i for i in range(s.n_layers) if eng.is_moe(i))
         si = eng.make_inputs([(0, T, 0)])
@@ -501,6 +501,23 @@ class Bench:
                                                          residual=x), moe_fl),
                 ("moe_grouped_total", lambda: eng.moe(hh, ti, tw, layer, engine="grouped"), moe_fl),
                 ("lm_head_1row", lambda: eng.lm_head(x[-1:], 0), 2.0 * d * s.vocab)]
+        # the same two GEMMs through torch._grouped_mm (cuBLAS/CUTLASS) on the kernel's own padded sorted rows:
+        # what the per-expert library GEMMs would give at this size (measurement only)
+        if hasattr(torch, "_grouped_mm"):
+            st["align"]()
+            sorted_ids, blk_e, total = st["sorted"], st["experts"], st["total"]
+            nb = blk_e.numel()
+            used = (torch.arange(nb, device=self.dev) * cfg.bm < total).int()
+            ends = (torch.zeros(E, dtype=torch.int32, device=self.dev).scatter_add_(0, blk_e.long(), used)
+                    .cumsum(0) * cfg.bm).to(torch.int32)
+            k = s.top_k
+            a_rows = hh[torch.where(sorted_ids < T * k, sorted_ids, 0).long() // k]  # (nb·bm, d) gathered rows
+            inter_rows = torch.randn(nb * cfg.bm, F, device=self.dev, dtype=self.dtype)
+            w_in_t, w_out_t = eng.w_in[layer].transpose(-2, -1), eng.w_out[layer].transpose(-2, -1)
+            ops += [("grouped_mm_gate_up", lambda: torch._grouped_mm(a_rows, w_in_t, offs=ends),
+                     2.0 * T * s.top_k * 2 * F * d),
+                    ("grouped_mm_down", lambda: torch._grouped_mm(inter_rows, w_out_t, offs=ends),
+                     2.0 * T * s.top_k * F * d)]
         row: dict[str, Any] = {"tokens": T, "moe_config": asdict(cfg), "ops": {}}
         eng.fused_ops = True  # the router op as the fused engine runs it (one kernel)
         for name, fn, flops in ops:

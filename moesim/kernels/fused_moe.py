@@ -565,7 +565,8 @@ def moe_stages(h: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor, topk_id
     def combine() -> None:
         _combine_kernel[(N,)](out, x, d, x.stride(0), TOPK=k, BD=min(1024, _next_pow2(d)), num_warps=4)
 
-    return {"align": do_align, "gate_up": gate_up, "down": down, "combine": combine, "x": x}
+    return {"align": do_align, "gate_up": gate_up, "down": down, "combine": combine, "x": x, "inter": inter,
+            "sorted": buf["sorted"], "experts": buf["experts"], "total": buf["total"]}
 
 
 def fused_moe_torch(h: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor, topk_ids: torch.Tensor,
