@@ -92,6 +92,31 @@ def test_triton_cap_sends_large_calls_to_the_grouped_gemm() -> None:
     assert eng._triton_ok(0, ids)
 
 
+def test_engine_defaults_follow_the_measured_picks() -> None:
+    from dataclasses import asdict
+
+    from moesim.calibrate.engine import TRITON_MAX_ASSIGN, TRITON_PREFILL_ATTN
+    from moesim.kernels import fused_moe as fm
+
+    tiny = get_model("tiny")
+    tri = MoEEngine(tiny, torch.device("cpu"), moe_engine="triton", dtype=torch.float32)
+    grp = MoEEngine(tiny, torch.device("cpu"), dtype=torch.float32)
+    assert (tri.prefill_attn, tri.cudnn_min_tokens) == TRITON_PREFILL_ATTN == ("cudnn", 2048)
+    assert grp.prefill_attn == "flash"  # the grouped engine as its profile and the validation matrix measured it
+    assert tri.triton_max_assign is TRITON_MAX_ASSIGN is None
+    # the committed fused-engine profile was calibrated with the tuning file the H200 run wrote: the defaults
+    # are that file
+    tun = json.loads((ROOT / "reports" / "kernels" / "engine_tuning.json").read_text())
+    assert [[b, asdict(c)] for b, c in fm.CONFIGS] == tun["configs"]
+    assert tun["max_assign"] is TRITON_MAX_ASSIGN
+    assert (tun["prefill_attn"], tun["cudnn_min_tokens"]) == TRITON_PREFILL_ATTN
+    prof = json.loads((ROOT / "calibration" / "profiles" / "h200__mixtral-8x7b.triton.json").read_text())
+    assert prof["moe_tuning"]["configs"] == tun["configs"]
+    assert prof["moe_regimes"] == fm.regime_starts(2, TRITON_MAX_ASSIGN)
+    # CPU: the cuDNN prompt path is never taken (CUDA only)
+    assert not tri._cudnn_prefill(tri.make_meta([(4096, 0)]))
+
+
 def test_moe_kernel_options_are_checked() -> None:
     from moesim.calibrate.config import CalibrateConfig
     from moesim.serve.config import ServeConfig
@@ -265,7 +290,7 @@ def test_calibrator_runs_the_fused_engine_on_cpu(tmp_path: Path) -> None:
     assert meta["moe_engine"] == "triton"
     # the fused engine's regime changes (tiny is top-2 like Mixtral) and the MoE points on both sides of the one
     # inside the quick grid (32 | 33)
-    assert meta["moe_regimes"] == [33, 129, 1025, 2049, 4096]
+    assert meta["moe_regimes"] == [33, 129, 1025, 2049]  # no switch to the grouped GEMM (TRITON_MAX_ASSIGN None)
     import pandas as pd
 
     df = pd.read_parquet(path)

@@ -45,10 +45,17 @@ ROUTE_NOISE_ROWS = 16384  # token slots of the routing-noise table (longer calls
 #: per-expert padding to BLOCK_M rows makes one draw's time differ from the mean by several percent.
 ROUTE_LAYER_STRIDE = 1031
 MOE_ENGINES = ("grouped", "loop", "triton")
-# MoEEngine._triton_ok: above this many token × top-k assignments the triton engine runs the grouped GEMM. The
-# H200 benchmark (reports/kernels) measured the fused kernel faster up to 2,048 tokens (3.04 vs 3.26 ms per
-# Mixtral layer) and slower at 4,096 (6.16 vs 5.60 ms): its "hybrid_max_assign" 8,191.
-TRITON_MAX_ASSIGN: int | None = 8191
+# MoEEngine._triton_ok: above this many token × top-k assignments the triton engine runs the grouped GEMM (None:
+# never). The H200 benchmark of 2026-11-30 06:45 measured the grouped GEMM faster from 4,096 tokens (cap 8,191);
+# the one of 08:41, with the re-tuned tiles and TMA loads, measured the fused kernel faster at every size up to
+# 4,096 tokens (4,658 vs 5,851 µs per Mixtral layer there; reports/kernels/kernels.json, moe_op) and its
+# profile ran it up to 8,192 (10.2 ms against 11.3 for the grouped GEMM of the first run): no crossover.
+TRITON_MAX_ASSIGN: int | None = None
+#: The fused engine's prompt attention (``MoEEngine.prefill_attn``, ``cudnn_min_tokens``): the 08:41 benchmark
+#: measured SDPA's cuDNN backend faster than the varlen FlashAttention call for one causal prompt (128 vs 199 µs
+#: per layer at 2,048 tokens, 337 vs 510 at 4,096; same output within 2e-3). The grouped engine keeps
+#: FlashAttention: its profile and the runtime's validation matrix were measured with it.
+TRITON_PREFILL_ATTN: tuple[str, int] = ("cudnn", 2048)
 
 
 def available_memory_bytes() -> int | None:
@@ -210,10 +217,9 @@ class MoEEngine:
         # noise-table rows between consecutive layers (0: every layer routes alike; see ROUTE_LAYER_STRIDE)
         self.route_layer_stride = 0
         # one causal prompt with no cached context and at least ``cudnn_min_tokens`` tokens (the whole step):
-        # ``flash`` (the varlen FlashAttention call, the default) or ``cudnn`` (SDPA's cuDNN backend, which
-        # the kernel benchmark measured against it); other steps always run ``flash``
-        self.prefill_attn = "flash"
-        self.cudnn_min_tokens = 1024
+        # ``flash`` (the varlen FlashAttention call; the grouped engine's) or ``cudnn`` (SDPA's cuDNN backend; the
+        # fused engine's, TRITON_PREFILL_ATTN); other steps always run ``flash``. CUDA only.
+        self.prefill_attn, self.cudnn_min_tokens = TRITON_PREFILL_ATTN if moe_engine == "triton" else ("flash", 2048)
         s = spec
         self.q_dim, self.kv_dim = s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim
         self.scale = 1.0 / math.sqrt(s.head_dim)

@@ -270,6 +270,7 @@ class Bench:
         self.eng = MoEEngine(self.spec, self.dev, n_tenants=1, seed=0, moe_engine="triton", dtype=self.dtype,
                              balanced_routing=True, fused_ops=False)
         self.eng.triton_max_assign = None  # the fused kernel at every size; the hybrid variant sets its own cap
+        self.eng.prefill_attn = "flash"  # the attn section and the tuned variant choose; the others run flash
         rows = max(max(self.cfg.ints("batches")) * (self.cfg.context + 1), max(self.cfg.ints("prefills")))
         self.cache = KVCache(self.spec, rows, self.dev, self.dtype, self.eng.gen)
         self.sync()
@@ -435,7 +436,7 @@ class Bench:
             rows.append(row)
             print(f"  attn T={T}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                  for k, v in row.items() if k != "flops"), flush=True)
-        eng.prefill_attn, eng.cudnn_min_tokens = "flash", 1024
+        eng.prefill_attn = "flash"
         ok = [r for r in rows if "cudnn_us" in r and "flash_us" in r and r.get("cudnn_vs_flash_rel_err", 1) < 2e-2]
         faster = [r["tokens"] for r in ok if r["cudnn_us"] < r["flash_us"]]
         # cuDNN from the smallest measured size from which it stays faster (with matching outputs)
@@ -605,7 +606,7 @@ class Bench:
                 eng.triton_max_assign = self.hybrid_cap if cap_rule == "crossover" else None
                 best_attn = attn == "best" and attn_choice[0] == "cudnn" and kind == "prefill" \
                     and attn_choice[1] is not None and n >= attn_choice[1]
-                eng.prefill_attn, eng.cudnn_min_tokens = ("cudnn", attn_choice[1]) if best_attn else ("flash", 1024)
+                eng.prefill_attn, eng.cudnn_min_tokens = ("cudnn", attn_choice[1]) if best_attn else ("flash", 2048)
                 same = {"hybrid": "triton+fused", "tuned": "hybrid"}.get(name)
                 if (same and f"{same}_ms" in row and not best_attn
                         and (cap_rule != "crossover" or name == "tuned" or self.hybrid_cap is None
@@ -636,7 +637,7 @@ class Bench:
             self.res["sections"]["steps"] = {"rows": rows, "hybrid_max_assign": self.hybrid_cap}
             self.write()
         eng.moe_engine, eng.fused_ops, eng.triton_max_assign = "grouped", False, None
-        eng.prefill_attn, eng.cudnn_min_tokens = "flash", 1024
+        eng.prefill_attn = "flash"
         return {"rows": rows, "hybrid_max_assign": self.hybrid_cap, "attn_choice": list(attn_choice),
                 "variants": cfg.names("variants")}
 

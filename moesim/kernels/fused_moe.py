@@ -67,17 +67,23 @@ class MoEConfig:
     tma: int = 0  # 1: weights (and the down kernel's sorted rows) loaded through TMA descriptors (sm_90)
 
 
-#: Per regime (upper bound of N·k assignments, config), first match wins. The tiles the H200 benchmark picked
-#: at Mixtral shapes (reports/kernels/kernels.json, section tiles: 192, 785, 1,176 and 2,992 µs per layer at 1,
-#: 128, 512 and 2,048 tokens); ``moesim.kernels.bench`` re-picks each regime's best in the run it times.
+#: Per regime (upper bound of N·k assignments, config), first match wins. The tiles the H200 benchmark picked at
+#: Mixtral shapes on 2026-11-30 08:41 UTC (reports/kernels/engine_tuning.json, kernels.json section tiles; each
+#: regime's best tiles were also timed with TMA loads, which won in regimes 1–4); the committed fused-engine
+#: profile was calibrated with exactly these. ``moesim.kernels.bench`` re-picks each regime's best in its own run.
 CONFIGS: list[tuple[int, MoEConfig]] = [
-    (64, MoEConfig(bm=16, gu_bn=64, gu_bk=128, dn_bn=32, dn_bk=256, dn_stages=3)),  # decode ≤ 32 tokens
-    (256, MoEConfig(bm=32, gu_bn=64, gu_bk=128, dn_bn=64, dn_bk=128)),  # decode ≤ 128 tokens
-    (2048, MoEConfig(bm=64, gu_bn=64, gu_bk=64, dn_bn=128, dn_bk=64)),  # short prefills
-    (4096, MoEConfig(bm=128, gu_bn=128, gu_bk=64, gu_warps=8, gu_stages=3, dn_bn=128, dn_bk=64, dn_warps=8,
-                     dn_stages=3)),  # prefills of 1,025–2,048 tokens (Mixtral)
-    (1 << 62, MoEConfig(bm=128, gu_bn=128, gu_bk=64, gu_warps=8, gu_stages=3, dn_bn=128, dn_bk=64, dn_warps=8,
-                        dn_stages=3)),
+    # decode ≤ 32 tokens (192 µs at 1 token on 2026-11-30 06:45; not re-tuned)
+    (64, MoEConfig(dn_bn=32, dn_bk=256, dn_stages=3)),
+    # decode ≤ 128 tokens: 684 µs at 128 (BLOCK_M 32 had 785)
+    (256, MoEConfig(bm=64, dn_bn=128, dn_bk=64, tma=1)),
+    # prompts ≤ 1,024 tokens: 1,115 µs at 512
+    (2048, MoEConfig(bm=64, gu_bk=64, dn_bn=128, dn_bk=64, tma=1)),
+    # prompts of 1,025–2,048 tokens: 2,501 µs at 2,048 (was 2,992)
+    (4096, MoEConfig(bm=128, gu_bn=128, gu_bk=64, gu_warps=8, gu_stages=3, dn_bn=256, dn_bk=64, dn_warps=8,
+                     dn_stages=3, tma=1)),
+    # longer prompts: 4,721 µs at 4,096 (the grouped GEMM: 5,851)
+    (1 << 62, MoEConfig(bm=128, gu_bn=128, gu_bk=64, gu_warps=8, gu_stages=3, dn_bn=256, dn_bk=64, dn_warps=8,
+                        dn_stages=3, tma=1)),
 ]
 
 
