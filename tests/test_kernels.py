@@ -434,3 +434,17 @@ def test_balanced_routing_with_a_layer_stride_routes_each_layer_on_its_own_rows(
     eng.route_layer_stride = 0
     assert torch.equal(own[1], eng.router(x, 0, b, row0=b * ROUTE_LAYER_STRIDE)[1])
     assert float((own[0] == own[1]).all(1).float().mean()) < 0.5
+
+
+def test_bench_config_refuses_bad_variants_and_regimes() -> None:
+    from moesim.kernels.bench import STEP_VARIANTS, BenchConfig, main
+
+    assert BenchConfig(variants="grouped,tuned", tune_regimes="1,4").names("variants") == ["grouped", "tuned"]
+    assert set(STEP_VARIANTS) == {"grouped", "triton", "triton+fused", "hybrid", "tuned"}
+    with pytest.raises(UserError, match="variants='grouped,fast'"):
+        BenchConfig(variants="grouped,fast")
+    with pytest.raises(UserError, match="tune_regimes='5'"):
+        BenchConfig(tune_regimes="5")
+    with pytest.raises(UserError, match="moe_tokens"):
+        BenchConfig(moe_tokens="1,0")
+    assert main(["device=cpu", "tune_regimes=x"]) == 2
