@@ -623,3 +623,23 @@ def test_a_trace_longer_than_the_models_context_is_refused_before_any_job(tmp_pa
     p = _simulate(tmp_path, "one", "workload=trace", "workload.path=t.csv")
     assert p.returncode == 0, p.stderr
     assert "2 requests (1 rejected)" in p.stdout + p.stderr
+
+
+def test_the_verdict_says_one_request_per_second_in_the_singular(tmp_path: Path) -> None:
+    # the default report's verdict: "reconfig_fast (1 requests/s per tenant on 1 GPU, …)"
+    import json
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_report_helpers import make_sweep, read_data
+
+    from moesim.io import write_json
+    from moesim.report import build_report
+
+    root = make_sweep(tmp_path / "s", failed=False, incomplete=False)
+    for d in root.iterdir():  # rates 0.1/0.2/0.4 → 1/2/4 requests/s per tenant
+        if (d / "summary.json").exists():
+            s = json.loads((d / "summary.json").read_text())
+            write_json(d / "summary.json", {**s, "rate": 10 * s["rate"]})
+    v = " ".join(read_data(build_report(root).read_text())["verdict"])
+    assert "(1 request/s per tenant on 1 GPU, 2 requests/s per GPU)" in v
+    assert "1 requests/s" not in v
