@@ -22,7 +22,7 @@ root = Path(sys.argv[1])
 table = str(root / "tables" / "decode_table.csv")
 print("| run | prefills meas. / sim. (mean) | decode steps meas. / sim. (mean per step) | eager steps (measured) |")
 print("|---|---|---|---|")
-order = ("naive", "swap", "reconfig_fast", "reconfig", "multiplex", "mig", "dedicated")
+order = ("naive", "swap", "reconfig_fast", "reconfig", "multiplex", "mig", "dedicated", "fleet")
 def key(p):
     n = p.parent.name
     return (next(i for i, o in enumerate(order) if n.startswith(o)), n)
