@@ -93,6 +93,11 @@ REST = ["reconfig_fast_light", "reconfig_fast_saturated", "multiplex_light", "re
 CAL_BUDGET_S = 150.0
 
 
+#: Objects kept alive until ``os._exit`` (the mig slice engines: their tensors outlive their green contexts, and
+#: freeing them when ``main`` returns aborted the process after every output was written, fourth call).
+_KEEP: list = []
+
+
 def _smoke() -> bool:
     return bool(os.environ.get("SERVE_SMOKE"))
 
@@ -504,6 +509,7 @@ def main(out_s: str, only: list[str] | None = None) -> int:
                 failed += 1
                 break
             print(f"mig: {len(backends)} slice engines built, SMs {[b.sms for b in backends]}", flush=True)
+            _KEEP.append(backends)  # freed only by os._exit: tensors freed after their green context abort
         failed += not one(name, backends)
     wait_mig(DEADLINE_S + 10 - (time.perf_counter() - t0))
     wait_child(rest_proc, "rest", DEADLINE_S + 10 - (time.perf_counter() - t0))
