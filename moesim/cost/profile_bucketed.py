@@ -54,6 +54,7 @@ class ProfileBucketedConfig:
     sync_scale: bool = True
     routing_skew: float = 0.0
     overlap_bound: bool = True
+    host_layout: str = "packed"
 
     def __post_init__(self) -> None:
         if not self.table:
@@ -129,39 +130,47 @@ class DecodeTable:
 
 
 class SyncScale:
-    """Measured (eager step with a host sync per layer) − (eager profile's step), from ``sync_table.csv``."""
+    """Measured (eager step with a host sync per layer) − (eager profile's step), from ``sync_table.csv``.
+
+    Decode rows are kept per number of distinct tenants (column ``n_tenants``; tables without it were measured
+    with tenants ``i % min(2, n_seqs)``, so ``min(2, n_seqs)``): an eager step launches each tenant's
+    projections on its own, so its host time grows with the tenants it holds, not with its sequences (measured:
+    1 sequence of 1 tenant 40.5 ms, 4 sequences of 2 tenants 72.5 ms; the fetching decode steps of one tenant in
+    multiplex_host spent the same ~40 ms outside their copies at 1–4 sequences).
+    """
 
     def __init__(self, path: Path, eager: CostModel) -> None:
-        self.decode: list[tuple[int, float]] = []
+        self.decode: dict[int, list[tuple[int, float]]] = {}  # tenants → [(n_seqs, seconds)] by n_seqs
         self.prefill = 0.0
         if not path.is_file():
             return
         with path.open() as f:
             rows = list(csv.DictReader(f))
         # every expert resident and shared by the tenants, as the table was measured (multiplex's layout)
-        resident = Residency((ExpertGroup(frozenset({0, 1, 2}), eager.model.n_expert_positions, True),))
+        resident = Residency((ExpertGroup(frozenset(range(8)), eager.model.n_expert_positions, True),))
         pre = []
         for r in rows:
             n, tokens = int(r["n_seqs"]), int(r["tokens"])
-            if r["batch"].startswith("decode"):
-                batch = tuple(SeqWork(i % min(2, n), 1, 200) for i in range(n))
-            else:
-                batch = (SeqWork(0, tokens, 0),)
-            ref = eager.step(batch, resident).total_s
-            diff = float(r["eager_sync_s"]) - ref
-            (self.decode.append((n, diff)) if r["batch"].startswith("decode") else pre.append(diff))
-        self.decode.sort()
+            k = int(r["n_tenants"]) if r.get("n_tenants") else min(2, n)
+            dec = r["batch"].startswith("decode")
+            batch = tuple(SeqWork(i % k, 1, 200) for i in range(n)) if dec else (SeqWork(0, tokens, 0),)
+            diff = float(r["eager_sync_s"]) - eager.step(batch, resident).total_s
+            (self.decode.setdefault(k, []).append((n, diff)) if dec else pre.append(diff))
+        for v in self.decode.values():
+            v.sort()
         if pre:
             self.prefill = float(np.median(pre))
 
-    def extra_s(self, decode: bool, n_seqs: int) -> float:
-        """Seconds for a decode step of ``n_seqs`` sequences (linear between measured sizes, clamped), or a
-        prefill."""
-        if not decode or not self.decode:
-            return self.prefill if not decode else 0.0
-        xs = [n for n, _ in self.decode]
-        ys = [r for _, r in self.decode]
-        return float(np.interp(n_seqs, xs, ys))
+    def extra_s(self, decode: bool, n_seqs: int, n_tenants: int = 1) -> float:
+        """Seconds for a decode step of ``n_seqs`` sequences of ``n_tenants`` distinct tenants (the rows of that
+        tenant count, else the nearest measured one; linear in sequences between them, clamped), or a prefill."""
+        if not decode:
+            return self.prefill
+        if not self.decode:
+            return 0.0
+        k = min(self.decode, key=lambda m: (abs(m - n_tenants), m))
+        pts = self.decode[k]
+        return float(np.interp(n_seqs, [n for n, _ in pts], [r for _, r in pts]))
 
 
 def sync_per_layer(folder: Path) -> float:
@@ -186,7 +195,7 @@ class ProfileBucketedCost(CostModel):
         self.table = DecodeTable(cfg.table, cfg.kv_bucket)
         self.host_sync_s = cfg.host_sync_s if cfg.host_sync_s >= 0 else sync_per_layer(Path(cfg.table).parent)
         self.mixed = ProfileMixedCost(ProfileMixedConfig(routing_skew=cfg.routing_skew, overlap_bound=cfg.overlap_bound,
-                                                         host_sync_s=self.host_sync_s), model, gpu)
+                                                         host_sync_s=self.host_sync_s, host_layout=cfg.host_layout), model, gpu)
         self.path = self.mixed.path
         self.meta = self.mixed.meta
         self.derived = self.mixed.derived
@@ -201,7 +210,7 @@ class ProfileBucketedCost(CostModel):
         """A fetching step plus the measured host-sync difference (``sync_scale``), never below its fetch time."""
         if self.sync is None or self._graphs(tenants, residency):
             return c
-        extra = max(self.sync.extra_s(decode, n_seqs) * steps, -(c.total_s - c.fetch_s))
+        extra = max(self.sync.extra_s(decode, n_seqs, len(set(tenants))) * steps, -(c.total_s - c.fetch_s))
         return dataclasses.replace(c, overhead_s=c.overhead_s + extra)
 
     def step(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
@@ -217,7 +226,8 @@ class ProfileBucketedCost(CostModel):
     def step_streamed(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
         """``profile_mixed``'s (a prefill under a streamed swap runs eagerly), scaled as ``step`` when it fetches."""
         tenants = tuple(w.tenant for w in batch)
-        return self._scaled(self.mixed.step_streamed(batch, residency), False, len(batch), tenants, residency)
+        c = self._scaled(self.mixed.step_streamed(batch, residency), False, len(batch), tenants, residency)
+        return self.mixed.with_fetch_start(c, residency, tenants)
 
     def decode_run(self, decode_tenants: tuple[int, ...], context0: tuple[int, ...], n_steps: int,
                    residency: Residency) -> DecodeRun:
