@@ -14,6 +14,16 @@ largest measured tenant count ≤ ``k``; then the key bucket of ``c`` (``kv_roun
 context with the same key bucket, linear in the key bucket between and beyond the measured ones. Every other step
 (prefills; steps fetching host experts, which run eagerly) is ``profile_mixed``'s, with the per-layer host
 synchronisation of fetching steps measured beside the table (``sync_table.csv``, ``host_sync_s``).
+
+On a slice (MIG emulated as a green context of 64 of 132 SMs), an eager step is host-bound or GPU-bound: its
+launch gaps and per-layer host syncs are host time, unchanged by the slice, while its kernels run up to 2× slower
+and hide them (``slice_bound``). Measured in ``reports/validation/realtime/h200x2/mig_light``: a 256-token prefill
+with 60 host copies took 452 ms alone on a slice, 69.7 ms of it outside its copies, against 70.1 ms for the graph
+profile on the slice and 98 ms for the eager profile scaled op by op plus the whole-GPU syncs. Decode steps are
+left op by op: a prefill's kernels are GPU-bound already on the whole GPU (the runtime's eager 256-token prefill
+42.5 ms, its graph 39.6 ms), a decode step's are not (34.8 against 14.8 ms), and the fetching decode steps measured
+alone on the slice spent 35–60 ms outside their copies for identical work, above both the host-bound bound
+(37.6 ms) and the additive one (host-bound + the slice's extra GPU time, ~44 ms): not explained by the slice.
 """
 
 from __future__ import annotations
@@ -45,6 +55,13 @@ class ProfileBucketedConfig:
         interpolated in the number of sequences (decode) or one value (prefill); without the file, 0. Additive:
         the synchronisations cost host time, which does not shrink or grow with a slice's SMs.
     routing_skew, overlap_bound: as ``profile_mixed``.
+    host_layout: as ``profile_mixed``; default ``packed``, as the runtime lays experts out.
+    slice_bound: on a partial slice (a green context's share of the SMs), time an eagerly run prefill outside its
+        copies as the larger of its host-bound time (the eager profile + the host syncs on the whole GPU: launch
+        gaps and synchronisations are host time, which a slice's SM share does not change) and its GPU time on
+        the slice (the graph profile on the slice): kernels slowed by the slice hide the launch gaps and syncs
+        first (module docstring). Off, and for decode steps: the eager profile scaled to the slice op by op,
+        plus the syncs.
     """
 
     name: str = "profile_bucketed"
@@ -55,6 +72,7 @@ class ProfileBucketedConfig:
     routing_skew: float = 0.0
     overlap_bound: bool = True
     host_layout: str = "packed"
+    slice_bound: bool = True
 
     def __post_init__(self) -> None:
         if not self.table:
@@ -201,9 +219,29 @@ class ProfileBucketedCost(CostModel):
         self.derived = self.mixed.derived
         self.sync = SyncScale(Path(cfg.table).parent / "sync_table.csv", self.mixed.eager) if cfg.sync_scale \
             else None
+        self._whole_memo: dict[int, tuple[Residency, Residency]] = {}
 
     def _graphs(self, tenants: tuple[int, ...], residency: Residency) -> bool:
         return self.mixed._pick(tenants, residency) is self.mixed.graphs
+
+    def _partial(self, residency: Residency) -> bool:
+        sl = residency.slice
+        return self.cfg.slice_bound and (sl.sm_fraction < 1.0 or sl.bw_fraction < 1.0)
+
+    def _whole(self, residency: Residency) -> Residency:
+        """``residency`` on all the SMs and HBM (its link share kept); cached per residency object."""
+        hit = self._whole_memo.get(id(residency))
+        if hit is None or hit[0] is not residency:
+            sl = dataclasses.replace(residency.slice, sm_fraction=1.0, bw_fraction=1.0)
+            hit = (residency, dataclasses.replace(residency, slice=sl))
+            self._whole_memo[id(residency)] = hit
+        return hit[1]
+
+    @staticmethod
+    def _bound(c: StepCost, host: StepCost, gpu: StepCost) -> StepCost:
+        """``c`` (the step on the slice) outside its copies set to max(host-bound, GPU-bound) time."""
+        out = max(host.total_s - host.fetch_s, gpu.total_s - gpu.fetch_s)
+        return dataclasses.replace(c, overhead_s=c.overhead_s + out - (c.total_s - c.fetch_s))
 
     def _scaled(self, c: StepCost, decode: bool, n_seqs: int, tenants: tuple[int, ...], residency: Residency,
                 steps: int = 1) -> StepCost:
@@ -221,12 +259,21 @@ class ProfileBucketedCost(CostModel):
         if decode and self._graphs(tenants, residency):
             s = self.table.step_s(len(batch), len(set(tenants)), max(w.context for w in batch))
             return StepCost(overhead_s=s)
-        return self._scaled(self.mixed.step(batch, residency), decode, len(batch), tenants, residency)
+        c = self._scaled(self.mixed.step(batch, residency), decode, len(batch), tenants, residency)
+        if not decode and self._partial(residency) and not self._graphs(tenants, residency):
+            host = self._scaled(self.mixed.step(batch, self._whole(residency)), decode, len(batch), tenants,
+                                residency)
+            c = self._bound(c, host, self.mixed.graphs.step(batch, residency))
+        return c
 
     def step_streamed(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
         """``profile_mixed``'s (a prefill under a streamed swap runs eagerly), scaled as ``step`` when it fetches."""
         tenants = tuple(w.tenant for w in batch)
         c = self._scaled(self.mixed.step_streamed(batch, residency), False, len(batch), tenants, residency)
+        if self._partial(residency):
+            host = self._scaled(self.mixed.step_streamed(batch, self._whole(residency)), False, len(batch), tenants,
+                                residency)
+            c = self._bound(c, host, self.mixed.graphs.step(batch, residency))
         return self.mixed.with_fetch_start(c, residency, tenants)
 
     def decode_run(self, decode_tenants: tuple[int, ...], context0: tuple[int, ...], n_steps: int,
