@@ -56,6 +56,10 @@ class ProfileBucketedConfig:
         the synchronisations cost host time, which does not shrink or grow with a slice's SMs.
     routing_skew, overlap_bound: as ``profile_mixed``.
     host_layout: as ``profile_mixed``; default ``packed``, as the runtime lays experts out.
+    prefill_table: ``auto`` (``prefill_table.csv`` beside ``table`` when it has the ``bucket``/``bucket_s``
+        columns), a path, or ``off``: time a resident prefill (every sequence from context 0, no host experts,
+        not under a streamed swap) as the CUDA graph of its token bucket, padded (``PrefillTable``); without
+        bucket columns, the graph profile as before.
     slice_bound: on a partial slice (a green context's share of the SMs), time an eagerly run prefill outside its
         copies as the larger of its host-bound time (the eager profile + the host syncs on the whole GPU: launch
         gaps and synchronisations are host time, which a slice's SM share does not change) and its GPU time on
@@ -73,6 +77,7 @@ class ProfileBucketedConfig:
     overlap_bound: bool = True
     host_layout: str = "packed"
     slice_bound: bool = True
+    prefill_table: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.table:
@@ -80,6 +85,8 @@ class ProfileBucketedConfig:
                             "device script: TorchBackend.decode_table)")
         if self.kv_bucket < 1:
             raise UserError(f"kv_bucket={self.kv_bucket}: must be ≥ 1")
+        if not self.prefill_table:
+            raise UserError("cost.prefill_table is empty: auto, off or a prefill_table.csv path")
 
 
 def _bucket(n: int) -> int:
@@ -145,6 +152,91 @@ class DecodeTable:
         s = max(s, float(ys.min()) * 0.5)
         self._memo[key] = s
         return s
+
+
+def _runtime_buckets(tokens: int, smallest: int) -> int | None:
+    """The runtime's prefill token bucket for ``tokens`` (``moesim.serve.buckets``), or None where that module
+    is not there."""
+    try:
+        from moesim.serve.buckets import prefill_bucket_for
+    except ImportError:
+        return None
+    return int(prefill_bucket_for(tokens, smallest))
+
+
+class PrefillTable:
+    """Resident prefills timed as the runtime runs them: in the CUDA graph of their token bucket.
+
+    The runtime (``moesim.serve.buckets``) runs a prefill of ``T`` prompt tokens in total (every sequence from
+    context 0) in the graph captured for the smallest token bucket ``≥ T`` (256, 384, 512, 768, 1024, … on the
+    H200), padded: its time is the bucket's, whatever ``T`` inside it. ``prefill_table.csv`` (the runtime's device
+    script) holds, per measured prefill, ``bucket`` (tokens) and ``bucket_s`` (seconds, the padded graph's replay
+    as the runtime runs it: host input building and synchronisation included), and ``n_tenants``.
+
+    Lookup of ``T`` tokens of ``k`` distinct tenants: the bucket ``b`` (the runtime's rule with the table's
+    smallest bucket; without ``moesim.serve.buckets``, the smallest measured bucket ``≥ T``); the bucket's time is
+    the median ``bucket_s`` of its rows with the tenant count nearest ``k``; a bucket without rows is linear in
+    tokens between the measured buckets around it, and past the largest one linear in tokens along the last two.
+    """
+
+    def __init__(self, path: Path) -> None:
+        with path.open() as f:
+            rows = [r for r in csv.DictReader(f) if r.get("bucket") and r.get("bucket_s")]
+        if not rows:
+            raise UserError(f"prefill_table={path}: no row with bucket and bucket_s (the runtime's token-bucket "
+                            "prefill times)")
+        by: dict[int, dict[int, list[float]]] = {}
+        for r in rows:
+            k = int(r["n_tenants"]) if r.get("n_tenants") else 1
+            by.setdefault(int(r["bucket"]), {}).setdefault(k, []).append(float(r["bucket_s"]))
+        self.by_bucket = {b: {k: float(np.median(v)) for k, v in d.items()} for b, d in by.items()}
+        self.buckets = sorted(self.by_bucket)
+        self.smallest = self.buckets[0]
+        self._memo: dict[tuple[int, int], float] = {}
+
+    def bucket(self, tokens: int) -> int:
+        """The token bucket a prefill of ``tokens`` tokens runs in."""
+        b = _runtime_buckets(tokens, self.smallest)
+        if b is not None:
+            return b
+        return next((x for x in self.buckets if x >= tokens), tokens)
+
+    def _at(self, b: int, k: int) -> float:
+        d = self.by_bucket.get(b)
+        if d is not None:
+            return d[min(d, key=lambda m: (abs(m - k), m))]
+        xs = self.buckets
+        if len(xs) == 1:
+            return self._at(xs[0], k) * b / xs[0]
+        i = int(np.clip(np.searchsorted(xs, b) - 1, 0, len(xs) - 2))
+        lo, hi = self._at(xs[i], k), self._at(xs[i + 1], k)
+        return max(lo + (hi - lo) * (b - xs[i]) / (xs[i + 1] - xs[i]), 0.5 * self._at(xs[0], k))
+
+    def step_s(self, tokens: int, n_tenants: int = 1) -> float:
+        """Seconds of a resident prefill of ``tokens`` prompt tokens in total, of ``n_tenants`` distinct tenants."""
+        key = (tokens, n_tenants)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = self._at(self.bucket(tokens), n_tenants)
+        return hit
+
+
+def prefill_table_for(setting: str, decode_table: str) -> PrefillTable | None:
+    """The ``prefill_table`` setting: ``off``: None; ``auto``: ``prefill_table.csv`` beside the decode table if
+    it has bucket columns; else that path (an error if it has none)."""
+    if setting == "off":
+        return None
+    if setting == "auto":
+        p = Path(decode_table).parent / "prefill_table.csv"
+        if not p.is_file():
+            return None
+        with p.open() as f:
+            head = next(csv.reader(f), [])
+        return PrefillTable(p) if {"bucket", "bucket_s"} <= set(head) else None
+    p = Path(setting)
+    if not p.is_file():
+        raise UserError(f"prefill_table={setting}: no such file (a prefill_table.csv from the runtime's device script)")
+    return PrefillTable(p)
 
 
 class SyncScale:
@@ -220,9 +312,29 @@ class ProfileBucketedCost(CostModel):
         self.sync = SyncScale(Path(cfg.table).parent / "sync_table.csv", self.mixed.eager) if cfg.sync_scale \
             else None
         self._whole_memo: dict[int, tuple[Residency, Residency]] = {}
+        self.prefills = prefill_table_for(cfg.prefill_table, cfg.table)
+        # host-sync tables measured on a green context of N SMs (``sm<N>/sync_table.csv`` beside the table)
+        self.slice_sync: dict[int, SyncScale] = {}
+        if cfg.sync_scale:
+            for f in sorted(Path(cfg.table).parent.glob("sm*/sync_table.csv")):
+                tag = f.parent.name[2:]
+                if tag.isdigit():
+                    self.slice_sync[int(tag)] = SyncScale(f, self.mixed.eager)
+        self._slice_memo: dict[float, SyncScale | None] = {}
 
     def _graphs(self, tenants: tuple[int, ...], residency: Residency) -> bool:
         return self.mixed._pick(tenants, residency) is self.mixed.graphs
+
+    def _slice_table(self, residency: Residency) -> SyncScale | None:
+        """The host-sync table measured on the SM count nearest the slice's (within 16 SMs), if any."""
+        f = residency.slice.sm_fraction
+        if f >= 1.0 or not self.slice_sync:
+            return None
+        if f not in self._slice_memo:
+            sms = f * self.mixed.eager.total_sms
+            n = min(self.slice_sync, key=lambda m: abs(m - sms))
+            self._slice_memo[f] = self.slice_sync[n] if abs(n - sms) <= 16 else None
+        return self._slice_memo[f]
 
     def _partial(self, residency: Residency) -> bool:
         sl = residency.slice
@@ -244,21 +356,31 @@ class ProfileBucketedCost(CostModel):
         return dataclasses.replace(c, overhead_s=c.overhead_s + out - (c.total_s - c.fetch_s))
 
     def _scaled(self, c: StepCost, decode: bool, n_seqs: int, tenants: tuple[int, ...], residency: Residency,
-                steps: int = 1) -> StepCost:
-        """A fetching step plus the measured host-sync difference (``sync_scale``), never below its fetch time."""
-        if self.sync is None or self._graphs(tenants, residency):
+                steps: int = 1, sync: SyncScale | None = None) -> StepCost:
+        """A fetching step plus the measured host-sync difference (``sync_scale``; ``sync``: that table instead),
+        never below its fetch time."""
+        sync = sync or self.sync
+        if sync is None or self._graphs(tenants, residency):
             return c
-        extra = max(self.sync.extra_s(decode, n_seqs, len(set(tenants))) * steps, -(c.total_s - c.fetch_s))
+        extra = max(sync.extra_s(decode, n_seqs, len(set(tenants))) * steps, -(c.total_s - c.fetch_s))
         return dataclasses.replace(c, overhead_s=c.overhead_s + extra)
 
     def step(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
-        """A pure decode step without host experts: the table; a fetching step: ``profile_mixed``'s, its non-fetch
-        part scaled by the host-sync ratio; anything else: ``profile_mixed``."""
+        """A pure decode step without host experts: the table; a resident prefill: its token bucket's time
+        (``prefill_table``); a fetching step: ``profile_mixed``'s plus the host syncs (``sync_scale``; on a slice
+        bounded as ``slice_bound`` says); anything else: ``profile_mixed``."""
         tenants = tuple(w.tenant for w in batch)
         decode = bool(batch) and all(w.new_tokens == 1 for w in batch)
         if decode and self._graphs(tenants, residency):
             s = self.table.step_s(len(batch), len(set(tenants)), max(w.context for w in batch))
             return StepCost(overhead_s=s)
+        if (self.prefills is not None and batch and all(w.context == 0 and w.new_tokens > 1 for w in batch)
+                and self._graphs(tenants, residency) and residency.slice.sm_fraction >= 1.0):
+            return StepCost(overhead_s=self.prefills.step_s(sum(w.new_tokens for w in batch), len(set(tenants))))
+        on_slice = self._slice_table(residency)
+        if on_slice is not None and not self._graphs(tenants, residency):  # measured on the slice's SMs
+            return self._scaled(self.mixed.step(batch, self._whole(residency)), decode, len(batch), tenants,
+                                residency, 1, on_slice)
         c = self._scaled(self.mixed.step(batch, residency), decode, len(batch), tenants, residency)
         if not decode and self._partial(residency) and not self._graphs(tenants, residency):
             host = self._scaled(self.mixed.step(batch, self._whole(residency)), decode, len(batch), tenants,
@@ -269,6 +391,11 @@ class ProfileBucketedCost(CostModel):
     def step_streamed(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
         """``profile_mixed``'s (a prefill under a streamed swap runs eagerly), scaled as ``step`` when it fetches."""
         tenants = tuple(w.tenant for w in batch)
+        on_slice = self._slice_table(residency)
+        if on_slice is not None:
+            c = self._scaled(self.mixed.step_streamed(batch, self._whole(residency)), False, len(batch), tenants,
+                             residency, 1, on_slice)
+            return self.mixed.with_fetch_start(c, residency, tenants)
         c = self._scaled(self.mixed.step_streamed(batch, residency), False, len(batch), tenants, residency)
         if self._partial(residency):
             host = self._scaled(self.mixed.step_streamed(batch, self._whole(residency)), False, len(batch), tenants,
@@ -280,11 +407,13 @@ class ProfileBucketedCost(CostModel):
                    residency: Residency) -> DecodeRun:
         """Each step from the table (context growing by one per step), or ``profile_mixed``'s run."""
         if not self._graphs(decode_tenants, residency):
-            run = self.mixed.decode_run(decode_tenants, context0, n_steps, residency)
-            if self.sync is None or not n_steps:
+            on_slice = self._slice_table(residency)
+            res = residency if on_slice is None else self._whole(residency)
+            run = self.mixed.decode_run(decode_tenants, context0, n_steps, res)
+            if (self.sync is None and on_slice is None) or not n_steps:
                 return run
             c = run.cost
-            scaled = self._scaled(c, True, len(decode_tenants), decode_tenants, residency, n_steps)
+            scaled = self._scaled(c, True, len(decode_tenants), decode_tenants, residency, n_steps, on_slice)
             per = (scaled.total_s - c.total_s) / n_steps
             return DecodeRun(run.end_s + per * np.arange(1, n_steps + 1), scaled)
         n, k, c0 = len(decode_tenants), len(set(decode_tenants)), max(context0)
