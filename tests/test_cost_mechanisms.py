@@ -159,11 +159,33 @@ def test_slices_host_bound_or_gpu_bound_and_slice_sync_tables(tables) -> None:
     whole_res = Residency(res.groups)
     ref_sync = 0.070 - sl.mixed.eager.step(d, Residency((ExpertGroup(frozenset(range(8)), 256, True),))).total_s
     assert sl.step(d, res).total_s == pytest.approx(ref.total_s + ref_sync, rel=1e-12)
-    assert sl.step(d, whole_res) == sl._scaled(sl.mixed.step(d, whole_res), True, 1, (0,), whole_res)  # whole GPU
+    got = sl.step(d, whole_res)  # the whole GPU: host-bound, the measured synced step (decode_1: 56 ms)
+    gpu = sl.mixed.graphs.step(d, whole_res)
+    assert got.total_s - got.fetch_s == pytest.approx(max(0.056, gpu.total_s - gpu.fetch_s), rel=1e-12)
+    assert got.fetch_s == sl.mixed.step(d, whole_res).fetch_s
     run = sl.decode_run((0,), (200,), 3, res)
     assert run.cost.total_s == pytest.approx(3 * sl.step(d, res).total_s, rel=1e-3)
     far = dataclasses.replace(res, slice=dataclasses.replace(res.slice, sm_fraction=16 / 132))
     assert sl._slice_table(far) is None  # no table within 16 SMs of 16
+
+
+def test_fetching_decode_steps_are_host_bound(tables) -> None:
+    table = str(tables / "decode_table.csv")
+    cost = COST_MODELS.build("profile_bucketed", {"table": table}, model=MIXTRAL, gpu=H200)
+    off = COST_MODELS.build("profile_bucketed", {"table": table, "decode_host_bound": False}, model=MIXTRAL, gpu=H200)
+    res = POLICIES.build("reconfig", {"budget_bytes": 85e9}).layout(MIXTRAL, H200, 2)[0].residency
+    # one tenant: the decode_1 row (56 ms synced) at any number of sequences; two: decode_4 (66.5 ms), clamped
+    for batch, synced in (((SeqWork(0, 1, 200),), 0.056), (tuple(SeqWork(0, 1, 200) for _ in range(3)), 0.056),
+                          ((SeqWork(0, 1, 200), SeqWork(1, 1, 90)), 0.0665)):
+        got, ref = cost.step(batch, res), off.step(batch, res)
+        gpu = cost.mixed.graphs.step(batch, res)
+        assert got.fetch_s == ref.fetch_s > 0
+        assert got.total_s - got.fetch_s == pytest.approx(max(synced, gpu.total_s - gpu.fetch_s), rel=1e-12)
+    run = cost.decode_run((0,), (200,), 4, res)
+    ref = off.decode_run((0,), (200,), 4, res)
+    assert run.cost.total_s == pytest.approx(ref.cost.fetch_s + 4 * 0.056, rel=1e-12)
+    assert run.end_s[-1] == pytest.approx(run.cost.total_s, rel=1e-12)
+    assert cost.step((SeqWork(0, 256, 0),), res) == off.step((SeqWork(0, 256, 0),), res)  # prefills: unchanged
 
 
 def test_validation_table_counts_runs_within_five_percent() -> None:

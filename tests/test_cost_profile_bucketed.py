@@ -93,10 +93,11 @@ def test_host_sync_per_layer_is_added_to_fetching_steps_only(tmp_path) -> None:
                           model=MIXTRAL, gpu=H200)
     assert c.host_sync_s == pytest.approx(2e-4)
     assert c.step(b, host).total_s == pytest.approx(synced.step(b, host).total_s, rel=1e-12)
-    # the default: fetching steps + measured (eager + host sync per layer) − eager profile, same shape
+    # sync_scale: fetching steps + measured (eager + host sync per layer) − eager profile, same shape (the
+    # default for prefills; decode steps are host-bound by default, tests/test_cost_mechanisms.py)
     from moesim.cost.base import ExpertGroup, Residency
 
-    c = COST_MODELS.build("profile_bucketed", {"table": table}, model=MIXTRAL, gpu=H200)
+    c = COST_MODELS.build("profile_bucketed", {"table": table, "decode_host_bound": False}, model=MIXTRAL, gpu=H200)
     assert c.host_sync_s == 0.0
     whole = Residency((ExpertGroup(frozenset({0, 1, 2}), 256, True),))
     d1 = 0.056 - plain.eager.step((SeqWork(0, 1, 200),), whole).total_s

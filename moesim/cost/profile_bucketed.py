@@ -15,6 +15,15 @@ context with the same key bucket, linear in the key bucket between and beyond th
 (prefills; steps fetching host experts, which run eagerly) is ``profile_mixed``'s, with the per-layer host
 synchronisation of fetching steps measured beside the table (``sync_table.csv``, ``host_sync_s``).
 
+A fetching decode step is host-bound: the runtime launches it eagerly and reads each host layer's routing on the
+host, and its kernels (a few tokens) finish long before the next launches. Its time outside the copies is then the
+runtime's own eager step time, not the eager profile's composition of the ops of its residency (which moves
+expert compute between resident and host experts, compute the launches hide anyway). Measured in the h200x2
+matrix: outside their copies, the fetching decode steps of one tenant took 36–47 ms (mean ≈ 41) in all eight
+runs with host experts, whatever their fetches (8–36 per step) or the layers holding host copies (5–19), against
+40.5 ms for the runtime's eager one-tenant step with a host sync per layer (``sync_table.csv``); the composition
+gave 34–42 ms, falling with more host positions (``decode_host_bound``).
+
 On a slice (MIG emulated as a green context of 64 of 132 SMs), an eager step is host-bound or GPU-bound: its
 launch gaps and per-layer host syncs are host time, unchanged by the slice, while its kernels run up to 2× slower
 and hide them (``slice_bound``). Measured in ``reports/validation/realtime/h200x2/mig_light``: a 256-token prefill
@@ -60,6 +69,10 @@ class ProfileBucketedConfig:
         columns), a path, or ``off``: time a resident prefill (every sequence from context 0, no host experts,
         not under a streamed swap) as the CUDA graph of its token bucket, padded (``PrefillTable``); without
         bucket columns, the graph profile as before.
+    decode_host_bound: a decode step that fetches host experts (whole GPU) is host-bound: outside its copies it
+        takes the larger of the runtime's measured eager decode step with a host sync per layer (``sync_table.csv``
+        ``eager_sync_s``, rows as ``sync_scale``) and its GPU time (the graph profile), instead of the eager
+        profile's op-by-op composition plus the sync difference (module docstring).
     slice_bound: on a partial slice (a green context's share of the SMs), time an eagerly run prefill outside its
         copies as the larger of its host-bound time (the eager profile + the host syncs on the whole GPU: launch
         gaps and synchronisations are host time, which a slice's SM share does not change) and its GPU time on
@@ -78,6 +91,7 @@ class ProfileBucketedConfig:
     host_layout: str = "packed"
     slice_bound: bool = True
     prefill_table: str = "auto"
+    decode_host_bound: bool = True
 
     def __post_init__(self) -> None:
         if not self.table:
@@ -251,6 +265,7 @@ class SyncScale:
 
     def __init__(self, path: Path, eager: CostModel) -> None:
         self.decode: dict[int, list[tuple[int, float]]] = {}  # tenants → [(n_seqs, seconds)] by n_seqs
+        self.synced: dict[int, list[tuple[int, float]]] = {}  # tenants → [(n_seqs, measured synced step s)]
         self.prefill = 0.0
         if not path.is_file():
             return
@@ -266,10 +281,19 @@ class SyncScale:
             batch = tuple(SeqWork(i % k, 1, 200) for i in range(n)) if dec else (SeqWork(0, tokens, 0),)
             diff = float(r["eager_sync_s"]) - eager.step(batch, resident).total_s
             (self.decode.setdefault(k, []).append((n, diff)) if dec else pre.append(diff))
-        for v in self.decode.values():
+            if dec:
+                self.synced.setdefault(k, []).append((n, float(r["eager_sync_s"])))
+        for v in (*self.decode.values(), *self.synced.values()):
             v.sort()
         if pre:
             self.prefill = float(np.median(pre))
+
+    def synced_s(self, n_seqs: int, n_tenants: int = 1) -> float | None:
+        """The measured eager decode step with a host sync per layer (seconds; rows as ``extra_s``), or None."""
+        if not self.synced:
+            return None
+        pts = self.synced[min(self.synced, key=lambda m: (abs(m - n_tenants), m))]
+        return float(np.interp(n_seqs, [n for n, _ in pts], [r for _, r in pts]))
 
     def extra_s(self, decode: bool, n_seqs: int, n_tenants: int = 1) -> float:
         """Seconds for a decode step of ``n_seqs`` sequences of ``n_tenants`` distinct tenants (the rows of that
@@ -382,6 +406,10 @@ class ProfileBucketedCost(CostModel):
             return self._scaled(self.mixed.step(batch, self._whole(residency)), decode, len(batch), tenants,
                                 residency, 1, on_slice)
         c = self._scaled(self.mixed.step(batch, residency), decode, len(batch), tenants, residency)
+        if decode and self.cfg.decode_host_bound and self.sync is not None and not self._partial(residency):
+            synced = self.sync.synced_s(len(batch), len(set(tenants)))
+            if synced is not None:
+                c = self._bound(c, StepCost(overhead_s=synced), self.mixed.graphs.step(batch, residency))
         if not decode and self._partial(residency) and not self._graphs(tenants, residency):
             host = self._scaled(self.mixed.step(batch, self._whole(residency)), decode, len(batch), tenants,
                                 residency)
@@ -414,6 +442,12 @@ class ProfileBucketedCost(CostModel):
                 return run
             c = run.cost
             scaled = self._scaled(c, True, len(decode_tenants), decode_tenants, residency, n_steps, on_slice)
+            if self.cfg.decode_host_bound and self.sync is not None and on_slice is None and \
+                    not self._partial(residency):
+                synced = self.sync.synced_s(len(decode_tenants), len(set(decode_tenants)))
+                if synced is not None:
+                    g = self.mixed.graphs.decode_run(decode_tenants, context0, n_steps, residency).cost
+                    scaled = self._bound(scaled, StepCost(overhead_s=synced * n_steps), g)
             per = (scaled.total_s - c.total_s) / n_steps
             return DecodeRun(run.end_s + per * np.arange(1, n_steps + 1), scaled)
         n, k, c0 = len(decode_tenants), len(set(decode_tenants)), max(context0)
