@@ -54,12 +54,12 @@ def test_size_plan_closed_form() -> None:
 
 
 def test_size_plan_with_the_fourth_calls_measurements_fits_three_seeds() -> None:
-    """reports/consolidation/metadata.json (preset h200-v4): step 0.0723 s, validation 0.91 s, 391.4 s left.
+    """reports/consolidation/h200-v4-2seeds/metadata.json (preset h200-v4): step 0.0723 s, validation 0.91 s, 391.4 s left.
     The 120 s floor made the sizer take 2 seeds, yet 1,100 capped steps need only 1,100 × 0.0723 + 16 × 0.91
     = 94.1 s, and 3 seeds leave 98.8 s: 3 seeds now, with the step cap reached."""
     import json
 
-    meta = json.loads((CORPORA.parents[1] / "reports" / "consolidation" / "metadata.json").read_text())
+    meta = json.loads((CORPORA.parents[1] / "reports" / "consolidation" / "h200-v4-2seeds" / "metadata.json").read_text())
     sched = meta["families"]["large"]["schedule"]
     kw = {"n_domains": 8, "ft_steps": 48, "ft_val_every": 4, "seeds_wanted": 3, "study_s_per_seed": 45.0,
           "extra_per_seed_s": 8.0, "min_pretrain_s": 120.0, "max_pretrain_steps": 1100}
@@ -231,13 +231,13 @@ def test_third_call_results_read_back() -> None:
 
 
 def test_fourth_call_results_read_back() -> None:
-    """reports/consolidation (preset h200-v4, two seeds): rows consistent with metadata, summary = what the CSV
-    gives, and the figures docs/consolidation.md quotes."""
+    """reports/consolidation/h200-v4-2seeds (preset h200-v4, two seeds): rows consistent with metadata, summary =
+    what the CSV gives, and the figures docs/consolidation.md quotes."""
     import json
 
     from moesim.consolidation.quality_report import OURS, load, summarize
 
-    report = CORPORA.parents[1] / "reports" / "consolidation"
+    report = CORPORA.parents[1] / "reports" / "consolidation" / "h200-v4-2seeds"
     q, meta, dist = load(report)
     fam = meta["families"]["large"]
     assert (len(q), meta["gpu"], fam["params"], fam["dispatch"]) == (924, "NVIDIA H200", 156_541_440, "grouped")
@@ -273,6 +273,46 @@ def test_fourth_call_results_read_back() -> None:
         j = ours.merge(q[q.method == merge][[*k, "perplexity"]], on=k, suffixes=("", "_m"))
         assert len(j) == 198
         assert j[j.perplexity > j.perplexity_m].domain.str.startswith("shakespeare").all()
+
+
+def test_fifth_call_results_read_back() -> None:
+    """reports/consolidation (preset h200-v4 after the sizer's fix, three seeds): the sizer took 3 seeds, the
+    summary is what the CSV gives, and the figures docs/consolidation.md and the README quote."""
+    import json
+
+    from moesim.consolidation.quality_report import OURS, load, summarize
+
+    report = CORPORA.parents[1] / "reports" / "consolidation"
+    q, meta, dist = load(report)
+    fam = meta["families"]["large"]
+    assert (meta["gpu"], fam["params"], fam["schedule"]["n_seeds"]) == ("NVIDIA H200", 156_541_440, 3)
+    assert set(dist) == {"large/0", "large/1", "large/2"}
+    assert all(isinstance(fam["seeds"][s], dict) for s in ("0", "1", "2"))  # none skipped
+    s = json.loads((report / "summary.json").read_text())
+    assert s == json.loads(json.dumps(summarize(q, meta)))
+    for seed in ("large/0", "large/1", "large/2"):  # every fine-tune beats its base on its own text
+        assert all(v < -0.007 for v in s["variant_gain"][seed].values())
+    assert [s["depth_profile"][f"large/{i}"]["deep_share"] for i in range(3)] == [0.5, 0.6, 0.6]
+    half = {(r["n_variants"], r["budget"]): r for r in s["by_budget"]}
+    for key, worst in (((8, "0.5"), 0.0073), ((4, "0.5"), 0.0064), ((3, "0.5"), 0.0090), ((2, "all-shared"), 0.0121)):
+        assert half[key]["worst_change"] == pytest.approx(worst, abs=1e-4)
+        assert half[key]["every_domain_within_target"] is True
+        assert half[key]["seeds"] == 3
+        assert half[key]["mean_change_seed_range"][1] < 0  # every seed's mean is better than the variants alone
+    assert half[(8, "all-shared")]["worst_change"] == pytest.approx(0.0381, abs=1e-4)
+    wins = s["wins"]["large"]
+    assert [wins[f"{OURS} vs {m}"]["wins"] for m in ("uniform-average", "task-arithmetic", "ties", "dare")] == [
+        242, 244, 279, 245]
+    # every case a whole-model merge wins is a Shakespeare domain, and there the merge beats the variant alone too
+    k = ["seed", "n_variants", "subset", "domain"]
+    ours = q[(q.method == OURS) & (q.budget != "1")]
+    alone = q[q.method == "alone"][[*k, "perplexity"]].rename(columns={"perplexity": "alone"})
+    for merge in ("uniform-average", "task-arithmetic", "ties"):
+        j = ours.merge(q[q.method == merge][[*k, "perplexity"]], on=k, suffixes=("", "_m")).merge(alone, on=k)
+        assert len(j) == 297
+        lost = j[j.perplexity > j.perplexity_m]
+        assert lost.domain.str.startswith("shakespeare").all()
+        assert (lost.perplexity_m < lost.alone).all()
 
 
 def test_split_train_by_position_and_by_blocks() -> None:
