@@ -82,6 +82,25 @@ def test_the_first_fetch_of_a_prefill_under_a_swap_and_the_serialised_link() -> 
     assert (a + a).fetch_start_s == 0.0
 
 
+def test_link_disciplines_and_which_one_a_measurement_fits() -> None:
+    from moesim.cost.base import link_delays, link_discipline
+
+    assert link_delays(0.058, 0.051, 0.0) == {"serial": (0.0, 0.058), "shared": (0.051, 0.051)}
+    assert link_delays(0.058, 0.051, 0.029) == {"serial": (0.0, pytest.approx(0.029)),
+                                                "shared": (pytest.approx(0.029), pytest.approx(0.029))}
+    assert link_delays(0.058, 0.051, 0.07) == {"serial": (0.0, 0.0), "shared": (0.0, 0.0)}
+    serial = {"swap_alone_s": 0.058, "fetch_alone_s": 0.051,
+              "together": [{"delay_s": 0.0, "swap_delay_s": 0.001, "fetch_delay_s": 0.057},
+                           {"delay_s": 0.029, "swap_delay_s": 0.0, "fetch_delay_s": 0.030}]}
+    best, err = link_discipline(serial)
+    assert best == "serial"
+    assert err["serial"] == pytest.approx((0.001 + 0.001 + 0.0 + 0.001) / 4)
+    shared = {**serial, "together": [{"delay_s": 0.0, "swap_delay_s": 0.05, "fetch_delay_s": 0.052}]}
+    assert link_discipline(shared)[0] == "shared"
+    with pytest.raises(ValueError, match="together"):
+        link_discipline({"swap_alone_s": 0.058})
+
+
 @pytest.fixture
 def tables(tmp_path):
     (tmp_path / "decode_table.csv").write_text(DECODE)

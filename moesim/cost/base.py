@@ -162,6 +162,37 @@ def swap_link_delay(prefill: StepCost, swap_s: float) -> StepCost:
     return replace(prefill, fetch_s=prefill.fetch_s + delay)
 
 
+def link_delays(swap_s: float, fetch_s: float, issue_s: float) -> dict[str, tuple[float, float]]:
+    """How much later a swap and a run of fetches end together than alone, under two link disciplines.
+
+    The swap (``swap_s`` seconds of copying alone) is issued at 0, the fetches (``fetch_s`` alone) at ``issue_s``.
+    ``serial``: copies in one direction run one at a time in issue order (``swap_link_delay``'s model): the
+    fetches wait for the rest of the swap, ``(0, max(0, swap_s − issue_s))``. ``shared``: the link is split
+    evenly while both copy: with ``r = max(0, swap_s − issue_s)`` left of the swap, both are delayed by
+    ``min(r, fetch_s)``. Returns ``{discipline: (swap delay s, fetch delay s)}``.
+    """
+    r = max(0.0, swap_s - issue_s)
+    return {"serial": (0.0, r), "shared": (min(r, fetch_s), min(r, fetch_s))}
+
+
+def link_discipline(measured: dict) -> tuple[str, dict[str, float]]:
+    """Which discipline of ``link_delays`` a measured swap-with-fetches record fits best, and each one's mean
+    absolute error (seconds) over the record's delays.
+
+    ``measured``: the runtime's ``link_share.json`` (``TorchBackend.link_share``): ``swap_alone_s``,
+    ``fetch_alone_s`` and per issue delay ``together[i]`` with ``delay_s``, ``swap_delay_s``, ``fetch_delay_s``.
+    """
+    rows = measured.get("together") or []
+    if not rows or not measured.get("swap_alone_s"):
+        raise ValueError("link_share record without swap_alone_s or together rows")
+    err = {"serial": 0.0, "shared": 0.0}
+    for r in rows:
+        pred = link_delays(float(measured["swap_alone_s"]), float(measured["fetch_alone_s"]), float(r["delay_s"]))
+        for k, (sd, fd) in pred.items():
+            err[k] += (abs(sd - float(r["swap_delay_s"])) + abs(fd - float(r["fetch_delay_s"]))) / (2 * len(rows))
+    return min(err, key=lambda k: (err[k], k != "serial")), err
+
+
 @dataclass(frozen=True, slots=True)
 class DecodeRun:
     """``n`` consecutive decode steps of a fixed batch.
