@@ -174,10 +174,15 @@ def test_slices_host_bound_or_gpu_bound_and_slice_sync_tables(tables) -> None:
     sl = COST_MODELS.build("profile_bucketed", {"table": table}, model=MIXTRAL, gpu=H200)
     assert sorted(sl.slice_sync) == [64]
     assert sl._slice_table(res) is sl.slice_sync[64]
-    ref = sl.mixed.step(d, whole)
     whole_res = Residency(res.groups)
-    ref_sync = 0.070 - sl.mixed.eager.step(d, Residency((ExpertGroup(frozenset(range(8)), 256, True),))).total_s
-    assert sl.step(d, res).total_s == pytest.approx(ref.total_s + ref_sync, rel=1e-12)
+    full = Residency((ExpertGroup(frozenset(range(8)), 256, True),))
+    # a fetching decode step on the slice: host-bound on that table's synced step (decode_1: 70 ms)
+    got, gpu = sl.step(d, res), sl.mixed.graphs.step(d, res)
+    assert got.total_s - got.fetch_s == pytest.approx(max(0.070, gpu.total_s - gpu.fetch_s), rel=1e-12)
+    assert got.fetch_s == sl.mixed.step(d, whole).fetch_s
+    # a fetching prefill on the slice: the whole-GPU composition + (that table's synced prefill − eager profile)
+    extra = 0.25 - sl.mixed.eager.step((SeqWork(0, 256, 0),), full).total_s
+    assert sl.step(b, res).total_s == pytest.approx(sl.mixed.step(b, whole).total_s + extra, rel=1e-12)
     got = sl.step(d, whole_res)  # the whole GPU: host-bound, the measured synced step (decode_1: 56 ms)
     gpu = sl.mixed.graphs.step(d, whole_res)
     assert got.total_s - got.fetch_s == pytest.approx(max(0.056, gpu.total_s - gpu.fetch_s), rel=1e-12)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -389,67 +390,71 @@ class ProfileBucketedCost(CostModel):
         extra = max(sync.extra_s(decode, n_seqs, len(set(tenants))) * steps, -(c.total_s - c.fetch_s))
         return dataclasses.replace(c, overhead_s=c.overhead_s + extra)
 
-    def step(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
-        """A pure decode step without host experts: the table; a resident prefill: its token bucket's time
-        (``prefill_table``); a fetching step: ``profile_mixed``'s plus the host syncs (``sync_scale``; on a slice
-        bounded as ``slice_bound`` says); anything else: ``profile_mixed``."""
-        tenants = tuple(w.tenant for w in batch)
-        decode = bool(batch) and all(w.new_tokens == 1 for w in batch)
-        if decode and self._graphs(tenants, residency):
-            s = self.table.step_s(len(batch), len(set(tenants)), max(w.context for w in batch))
-            return StepCost(overhead_s=s)
-        if (self.prefills is not None and batch and all(w.context == 0 and w.new_tokens > 1 for w in batch)
-                and self._graphs(tenants, residency) and residency.slice.sm_fraction >= 1.0):
-            return StepCost(overhead_s=self.prefills.step_s(sum(w.new_tokens for w in batch), len(set(tenants))))
-        on_slice = self._slice_table(residency)
-        if on_slice is not None and not self._graphs(tenants, residency):  # measured on the slice's SMs
-            return self._scaled(self.mixed.step(batch, self._whole(residency)), decode, len(batch), tenants,
-                                residency, 1, on_slice)
-        c = self._scaled(self.mixed.step(batch, residency), decode, len(batch), tenants, residency)
-        if decode and self.cfg.decode_host_bound and self.sync is not None and not self._partial(residency):
-            synced = self.sync.synced_s(len(batch), len(set(tenants)))
-            if synced is not None:
-                c = self._bound(c, StepCost(overhead_s=synced), self.mixed.graphs.step(batch, residency))
-        if not decode and self._partial(residency) and not self._graphs(tenants, residency):
-            host = self._scaled(self.mixed.step(batch, self._whole(residency)), decode, len(batch), tenants,
-                                residency)
-            c = self._bound(c, host, self.mixed.graphs.step(batch, residency))
-        return c
-
-    def step_streamed(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
-        """``profile_mixed``'s (a prefill under a streamed swap runs eagerly), scaled as ``step`` when it fetches."""
-        tenants = tuple(w.tenant for w in batch)
+    def _eager(self, decode: bool, n_seqs: int, tenants: tuple[int, ...], residency: Residency,
+               mixed_on: Callable[[Residency], StepCost], graphs_on: Callable[[Residency], StepCost],
+               steps: int = 1) -> StepCost:
+        """An eagerly run step (or ``steps`` of a decode run): ``mixed_on(res)`` is ``profile_mixed``'s cost on a
+        residency, ``graphs_on(res)`` the graph profile's. Adds the host syncs (``sync_scale``: the slice's SM
+        table where one was measured, from the whole-GPU composition), then bounds a fetching decode step by the
+        measured synced step (``decode_host_bound``; on a slice only with a slice table) and a prefill on a slice
+        without a slice table by max(host-bound, GPU-bound) (``slice_bound``)."""
         on_slice = self._slice_table(residency)
         if on_slice is not None:
-            c = self._scaled(self.mixed.step_streamed(batch, self._whole(residency)), False, len(batch), tenants,
-                             residency, 1, on_slice)
-            return self.mixed.with_fetch_start(c, residency, tenants)
-        c = self._scaled(self.mixed.step_streamed(batch, residency), False, len(batch), tenants, residency)
-        if self._partial(residency):
-            host = self._scaled(self.mixed.step_streamed(batch, self._whole(residency)), False, len(batch), tenants,
-                                residency)
-            c = self._bound(c, host, self.mixed.graphs.step(batch, residency))
+            c = self._scaled(mixed_on(self._whole(residency)), decode, n_seqs, tenants, residency, steps, on_slice)
+        else:
+            c = self._scaled(mixed_on(residency), decode, n_seqs, tenants, residency, steps)
+        if decode:
+            table = on_slice or self.sync
+            if (self.cfg.decode_host_bound and table is not None and not self._graphs(tenants, residency)
+                    and (on_slice is not None or not self._partial(residency))):
+                synced = table.synced_s(n_seqs, len(set(tenants)))
+                if synced is not None:
+                    c = self._bound(c, StepCost(overhead_s=synced * steps), graphs_on(residency))
+        elif on_slice is None and self._partial(residency):
+            host = self._scaled(mixed_on(self._whole(residency)), decode, n_seqs, tenants, residency, steps)
+            c = self._bound(c, host, graphs_on(residency))
+        return c
+
+    def step(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
+        """A pure decode step without host experts: the table; a resident prefill: its token bucket's time
+        (``prefill_table``); a fetching step: ``_eager``; anything else: ``profile_mixed``."""
+        tenants = tuple(w.tenant for w in batch)
+        decode = bool(batch) and all(w.new_tokens == 1 for w in batch)
+        if self._graphs(tenants, residency):
+            if decode:
+                return StepCost(overhead_s=self.table.step_s(len(batch), len(set(tenants)),
+                                                             max(w.context for w in batch)))
+            if (self.prefills is not None and batch and all(w.context == 0 and w.new_tokens > 1 for w in batch)
+                    and residency.slice.sm_fraction >= 1.0):
+                return StepCost(overhead_s=self.prefills.step_s(sum(w.new_tokens for w in batch),
+                                                                len(set(tenants))))
+            return self.mixed.step(batch, residency)
+        return self._eager(decode, len(batch), tenants, residency, lambda r: self.mixed.step(batch, r),
+                           lambda r: self.mixed.graphs.step(batch, r))
+
+    def step_streamed(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
+        """``profile_mixed``'s (a prefill under a streamed swap runs eagerly), as ``_eager``, with its first
+        fetch's start (``with_fetch_start``)."""
+        tenants = tuple(w.tenant for w in batch)
+        c = self._eager(False, len(batch), tenants, residency, lambda r: self.mixed.step_streamed(batch, r),
+                        lambda r: self.mixed.graphs.step(batch, r))
         return self.mixed.with_fetch_start(c, residency, tenants)
 
     def decode_run(self, decode_tenants: tuple[int, ...], context0: tuple[int, ...], n_steps: int,
                    residency: Residency) -> DecodeRun:
-        """Each step from the table (context growing by one per step), or ``profile_mixed``'s run."""
+        """Each step from the table (context growing by one per step), or ``_eager`` over the run (what it adds
+        spread evenly over the steps)."""
         if not self._graphs(decode_tenants, residency):
-            on_slice = self._slice_table(residency)
-            res = residency if on_slice is None else self._whole(residency)
-            run = self.mixed.decode_run(decode_tenants, context0, n_steps, res)
-            if (self.sync is None and on_slice is None) or not n_steps:
+            run = self.mixed.decode_run(decode_tenants, context0, n_steps, residency)
+            if not n_steps or (self.sync is None and not self.slice_sync):
                 return run
-            c = run.cost
-            scaled = self._scaled(c, True, len(decode_tenants), decode_tenants, residency, n_steps, on_slice)
-            if self.cfg.decode_host_bound and self.sync is not None and on_slice is None and \
-                    not self._partial(residency):
-                synced = self.sync.synced_s(len(decode_tenants), len(set(decode_tenants)))
-                if synced is not None:
-                    g = self.mixed.graphs.decode_run(decode_tenants, context0, n_steps, residency).cost
-                    scaled = self._bound(scaled, StepCost(overhead_s=synced * n_steps), g)
-            per = (scaled.total_s - c.total_s) / n_steps
-            return DecodeRun(run.end_s + per * np.arange(1, n_steps + 1), scaled)
+            c = self._eager(True, len(decode_tenants), decode_tenants, residency,
+                            lambda r: run.cost if r is residency else
+                            self.mixed.decode_run(decode_tenants, context0, n_steps, r).cost,
+                            lambda r: self.mixed.graphs.decode_run(decode_tenants, context0, n_steps, r).cost,
+                            n_steps)
+            per = (c.total_s - run.cost.total_s) / n_steps
+            return DecodeRun(run.end_s + per * np.arange(1, n_steps + 1), c)
         n, k, c0 = len(decode_tenants), len(set(decode_tenants)), max(context0)
         steps = np.array([self.table.step_s(n, k, c0 + i) for i in range(n_steps)])
         ends = np.cumsum(steps)
