@@ -11,9 +11,15 @@ table's rows: ``n_seqs``, ``bucket``, ``n_tenants``, ``context``, ``step_s``.
 Lookup of a decode step of ``B`` sequences of ``k`` distinct tenants, longest context ``c``: the rows measured at
 ``B`` sequences, else those of the nearest measured size in ``B``'s bucket, else the nearest size; of them the
 largest measured tenant count ≤ ``k``; then the key bucket of ``c`` (``kv_round(c + 1)``): the row of the measured
-context with the same key bucket, linear in the key bucket between and beyond the measured ones. Every other step
-(prefills; steps fetching host experts, which run eagerly) is ``profile_mixed``'s, with the per-layer host
-synchronisation of fetching steps measured beside the table (``sync_table.csv``, ``host_sync_s``).
+context with the same key bucket, linear in the key bucket between and beyond the measured ones.
+
+Resident prefills (every sequence from context 0, no host experts) run in the CUDA graph of their token bucket
+when the runtime captures them so (``prefill_table.csv`` with ``bucket``/``bucket_s``: ``PrefillTable``); else
+they are the graph profile's. Every other step (steps fetching host experts, and prefills under a streamed swap,
+which run eagerly) is ``profile_mixed``'s with the runtime's host layout (``host_layout=packed``), plus the host
+synchronisations measured beside the table (``sync_table.csv``: eager steps without and with a host sync per
+layer; rows keyed by distinct tenants, ``SyncScale``; ``sm<N>/sync_table.csv``: the same on a green context of
+``N`` SMs, used for slices within 16 SMs of ``N``). All times in seconds; tables' token counts in tokens.
 
 A fetching decode step is host-bound: the runtime launches it eagerly and reads each host layer's routing on the
 host, and its kernels (a few tokens) finish long before the next launches. Its time outside the copies is then the
