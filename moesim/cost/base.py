@@ -148,7 +148,7 @@ def swap_link_delay(prefill: StepCost, swap_s: float) -> StepCost:
     issued ``prefill.fetch_start_s`` into the step, starts only when the swap has finished: the fetches end
     ``max(0, swap_s − fetch_start_s)`` later (added to ``fetch_s``). A prefill that fetches nothing is unchanged.
     (The fair-share model this replaces, ``min(swap_s, fetch_s)``, added the whole 58.7 ms: the prefills under
-    a swap measured 270 ms against 250–254 ms without, simulated 303 ms; with ``fetch_start_s`` from the
+    a swap measured 270 ms against 250–254 ms without, simulated 303 ms; now 275 ms: with ``fetch_start_s`` from the
     runtime's layout, where a tenant's host copies fill its last layers, the delay is the ~10–15 ms of swap
     still queued when the prefill reaches them.)
     """
