@@ -142,8 +142,10 @@ def swap_link_delay(prefill: StepCost, swap_s: float) -> StepCost:
 
     Host→device copies do not share the link: copies in the same direction run one at a time, each at the full
     link rate (NVIDIA: "cudaMemcpy operations issued in the same direction will always serialize"; measured on
-    the H200, ``reports/validation/realtime/h200x2``: a prefill's 33 host-expert copies took 210.2 ms with a
-    58.7 ms streamed swap under it and 210.6 ms without, i.e. no copy was slowed). The swap's copies (one per
+    the H200, ``reports/validation/realtime/h200x2``: a host expert's copy took 6.371 ms on average in
+    reconfig_fast_host, 5 of whose 8 prefills ran under a 58.7 ms streamed swap, and 6.383 ms in reconfig_host,
+    without: a link shared evenly would have stretched those 165 copies by ~0.4 ms each on average over the
+    run). The swap's copies (one per
     layer) are all issued when the prefill starts, before any of its fetches, so the prefill's first fetch,
     issued ``prefill.fetch_start_s`` into the step, starts only when the swap has finished: the fetches end
     ``max(0, swap_s − fetch_start_s)`` later (added to ``fetch_s``). A prefill that fetches nothing is unchanged.
