@@ -501,6 +501,11 @@ def _omegaconf_line(exc: BaseException, override: str, cfg: DictConfig | None) -
                         ("Boolean", "true or false")):
         if f"could not be converted to {kind}" in line:  # OmegaConf names the type; say what is valid
             line = f"{line}; valid: {valid}"
+    if "is not a valid bool" in line:  # progress=maybe: OmegaConf's own words for a bool
+        line = f"{line}; valid: true or false"
+    if "is not a ListConfig, list or tuple" in line:  # report.baselines=mig: a list is written in brackets
+        key, _, value = override.partition("=")
+        line = f"{line.rstrip('.')}; valid: a list in brackets, e.g. {key}=[{value}]"
     return f"{override}: {line}"
 
 
@@ -705,6 +710,14 @@ def plan_command_line(argv: list[str]) -> CommandLine | None:
             except UserError as exc:
                 if not swept:
                     raise
+                # the hint only where the swept values are what the override needs (progress=maybe is wrong
+                # whatever is swept, and was told to "sweep that key as well")
+                firsts = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}"
+                          for o in parsed if o.is_sweep_override()]
+                try:
+                    checker.compose(fixed + firsts, hydra_cfg=True)
+                except Exception:
+                    raise exc from None
                 raise UserError(f"{exc} (in a sweep, the config without the swept values must take every "
                                 "other override; sweep that key as well, e.g. key=choice(value))") from None
             from moesim.report.options import options_from_node
@@ -730,12 +743,17 @@ def plan_command_line(argv: list[str]) -> CommandLine | None:
                 cfg = checker.job(job)
                 spec = job_spec(cfg)
                 hashes.append(spec.config_hash())
-                if repr(spec.workload) not in workloads:  # a bad trace file: one line, not a failed job each
-                    workloads.add(repr(spec.workload))
+                wkey = repr(spec.workload) + spec.model.name  # (the model: a trace longer than its context)
+                if wkey not in workloads:  # a bad trace file: one line, not a failed job each
+                    workloads.add(wkey)
                     _check_workload(spec)
-                key = (spec.model.name, spec.gpu.name, repr(spec.cost), str(cfg.cost.get("name")))
-                if key not in costs:
-                    costs[key] = _cost_line(spec, fallback=key[3] == "best")
+                if repr((spec.fleet, spec.placement, spec.policy)) not in workloads:  # fleet/placement files
+                    workloads.add(repr((spec.fleet, spec.placement, spec.policy)))
+                    _check_fleet_files(spec)
+                for gpu in _fleet_gpus(spec):  # fleet.gpu= or a fleet file: the GPUs that will run
+                    key = (spec.model.name, gpu.name, repr(spec.cost), str(cfg.cost.get("name")))
+                    if key not in costs:
+                        costs[key] = _cost_line(spec, fallback=key[3] == "best", gpu=gpu)
             except UserError as exc:
                 shown = " ".join(o for o in job if not o.startswith(("hydra.", "hydra/")))
                 where = f" (job: {shown})" if len(jobs) > 1 else ""
@@ -754,15 +772,58 @@ def _check_workload(spec: JobSpec) -> None:
     would otherwise each fail with the same message (126 failed jobs and an empty report)."""
     from moesim.workloads import WORKLOADS
 
-    WORKLOADS.build(spec.workload.name, spec.workload)
+    wl = WORKLOADS.build(spec.workload.name, spec.workload)
+    trace, limit = getattr(wl, "trace", None), spec.model.max_context_tokens
+    if trace is not None and limit and len(trace.prompt_tokens):
+        # a trace none of whose requests fits the model's context: every job failed with "every one of the N
+        # requests is rejected … use a larger GPU", which no GPU fixes (36 failed jobs in a sweep)
+        n = len(getattr(wl, "_arrival_s", trace.prompt_tokens))
+        ctx = trace.prompt_tokens[:n].astype("int64") + trace.output_tokens[:n]
+        if int(ctx.min()) > limit:
+            raise UserError(f"trace file '{trace.source}': every one of its {n:,} replayed requests is longer than "
+                            f"model={spec.model.name}'s context of {limit:,} tokens (prompt + output; the shortest "
+                            f"is {int(ctx.min()):,}); valid: requests of at most {limit:,} tokens, or a model with a "
+                            "longer context")
 
 
-def _cost_line(spec: JobSpec, *, fallback: bool) -> str:
+def _check_fleet_files(spec: JobSpec) -> None:
+    """Read a fleet file and a placement file and check them against each other (GPU indices, each GPU's
+    policy), so a bad file stops the command before hydra creates any folder, like a bad trace file."""
+    fleet_file = spec.fleet is not None and spec.fleet.name == "file"
+    placement_file = spec.placement is not None and spec.placement.name == "file" and spec.placement.path
+    if not (fleet_file or placement_file):
+        return
+    from moesim.fleet import FLEETS
+    from moesim.fleet.placement import load_placement
+    from moesim.fleet.run import gpu_policy
+
+    fleet_cfg = spec.fleet if spec.fleet is not None else FLEETS.config("uniform")
+    fleet = FLEETS.build(fleet_cfg.name, fleet_cfg).spec(spec.gpu)
+    if placement_file:
+        placement = load_placement(spec.placement.path)
+        placement.check(fleet.n_gpus)
+        for p in placement.gpus:
+            gpu_policy(placement, p, spec.policy.name, spec.policy)
+
+
+def _fleet_gpus(spec: JobSpec) -> list[Any]:
+    """The distinct GPU specs of the job's fleet (the job's ``gpu`` unless ``fleet.gpu`` or a fleet file
+    names others), in fleet order."""
+    if spec.fleet is None or (spec.fleet.name == "uniform" and not getattr(spec.fleet, "gpu", "")):
+        return [spec.gpu]
+    from moesim.fleet import FLEETS
+
+    gpus = FLEETS.build(spec.fleet.name, spec.fleet).spec(spec.gpu).gpus()
+    return list({g.spec.name: g.spec for g in gpus}.values())
+
+
+def _cost_line(spec: JobSpec, *, fallback: bool, gpu: Any = None) -> str:
     from moesim.cost import COST_MODELS
     from moesim.job import cost_line
 
-    cost = COST_MODELS.build(spec.cost.name, spec.cost, model=spec.model, gpu=spec.gpu)
-    return cost_line(cost, spec.model.name, spec.gpu.name, fallback=fallback)
+    gpu = spec.gpu if gpu is None else gpu
+    cost = COST_MODELS.build(spec.cost.name, spec.cost, model=spec.model, gpu=gpu)
+    return cost_line(cost, spec.model.name, gpu.name, fallback=fallback)
 
 
 # ---- --help, generated from the dataclasses ----------------------------------------------------------
@@ -834,8 +895,11 @@ def simulate_help(argv: list[str]) -> str:
                         "or cost=roofline to set parameters)"]
             continue
         if name in regs[g].names():
-            out += ["", f"keys of {g}={name} (another option: {g}=<name> --help):"]
-            out += key_lines(regs[g].get(name)[1], prefix=f"{g}.", skip=("name",), values=composed.get(g))
+            lines = key_lines(regs[g].get(name)[1], prefix=f"{g}.", skip=("name",), values=composed.get(g))
+            # placement=everywhere has no keys: its heading stood over nothing
+            out += ["", f"keys of {g}={name}{'' if lines else ': none'} (another option: {g}=<name> --help)"
+                        + (":" if lines else "")]
+            out += lines
     out += ["", "sweep (the default comparison; -m key=a,b replaces a swept key):"]
     out += key_lines(SweepConfig, prefix="sweep.", values=composed.get("sweep"))
     out += ["", "report:"]

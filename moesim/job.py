@@ -122,6 +122,9 @@ def run(spec: JobSpec, out_dir: str | Path, *, progress: bool = False, overrides
     summary = {
         "status": "ok",
         **spec.describe(),
+        # the GPUs that ran: fleet.gpu=a100-80gb (or a fleet file) replaces the job's gpu=, which summary.json
+        # and the report still named
+        "gpu": "+".join(dict.fromkeys(g.spec.name for g in fleet.gpus())),
         "rate": workload.rate_per_tenant,  # a replay at its own times: the rate it replays, not the 0 it was given
         "gpus": fleet.n_gpus,
         "config_hash": spec.config_hash(),

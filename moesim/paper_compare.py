@@ -329,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{protocol_markdown(proto)}\n\nPooled mig under the code's protocol (expectation): "
                   f"{mig_pooled:.2f} s; against the sweep's pooled reconfig: "
                   f"{100 * (1 - h['reconfig_pooled_s'] / mig_pooled):.1f} %.")
+        written = ["per_rate.csv", "headline.csv", *(["expected.csv"] if cfg.seeds > 0 else []),
+                   *(["protocol.csv"] if cfg.protocol_reps > 0 else [])]
+        print(f"\nmoesim: outputs in {out}/ ({', '.join(written)})")  # out=. wrote into the cwd unannounced
     except UserError as e:
         print(f"moesim: error: {e}", file=sys.stderr)
         return 2

@@ -57,7 +57,11 @@ class Registry(Generic[T]):
         fields = {f.name for f in dataclasses.fields(cfg_cls)}
         bad = sorted(set(params) - fields)
         if bad:
-            raise UserError(f"{self.kind} {name!r}: unknown field(s) {bad}; valid: {sorted(fields - {'name'})}")
+            from moesim.errors import did_you_mean
+
+            valid = sorted(fields - {"name"})
+            raise UserError(f"{self.kind} {name!r}: unknown field {bad[0]!r}{did_you_mean(bad[0], valid)}"
+                            f"{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}; valid: {', '.join(valid)}")
         return cfg_cls(**params)
 
     def build(self, name: str, params: Mapping[str, Any] | Any | None = None, **context: Any) -> T:

@@ -54,7 +54,14 @@ def slo_classes(spec: Mapping[str, Any] | None, n_tenants: int | None = None) ->
     out: list[SLOClass] = []
     seen: dict[int, str] = {}
     for name, c in (spec or {}).items():
-        if not isinstance(c, Mapping) or set(c) - {"ttft_s", "tpot_s", "tenants"}:
+        keys = ["ttft_s", "tpot_s", "tenants"]
+        bad = sorted(str(k) for k in set(c) - set(keys)) if isinstance(c, Mapping) else []
+        if bad:  # {ttft: 0.5, ...} read "expected {ttft_s, tpot_s, tenants}, got {...}": name the key
+            from moesim.errors import did_you_mean
+
+            raise UserError(f"slo_classes.{name}: unknown key {bad[0]!r}{did_you_mean(bad[0], keys)}; valid: "
+                            f"{', '.join(keys)}")
+        if not isinstance(c, Mapping):
             raise UserError(f"slo_classes.{name}: expected {{ttft_s, tpot_s, tenants}}, got {dict(c) if isinstance(c, Mapping) else c!r}")
         cls = SLOClass(str(name), c.get("ttft_s", SLO_TTFT_S), c.get("tpot_s", SLO_TPOT_S),
                        tuple(c.get("tenants") or ()))

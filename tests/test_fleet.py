@@ -219,9 +219,9 @@ def test_placement_file_round_trip_and_bad_files(tmp_path: Path) -> None:
         assert load_placement(tmp_path / name) == p
     assert p.replicas() == {0: (0,), 1: (3,), 2: (0,)}
     (tmp_path / "bad.yaml").write_text("gpus:\n  - gpu: 0\n    tenant: [1]\n")
-    with pytest.raises(UserError, match=r"gpus\[0\] needs 'gpu' .* and 'tenants'"):
+    with pytest.raises(UserError, match=r"gpus\[0\]: unknown field 'tenant' \(did you mean 'tenants'\?\)"):
         load_placement(tmp_path / "bad.yaml")
-    with pytest.raises(UserError, match="GPU 5 is not in the fleet"):
+    with pytest.raises(UserError, match=r"gpu=5 is not in the fleet; valid: 0\.\.3"):
         Placement((GPUPlacement(5, (0,)),)).check(4)
     with pytest.raises(UserError, match="no such file"):
         load_placement(tmp_path / "missing.yaml")

@@ -92,6 +92,31 @@ def test_triton_cap_sends_large_calls_to_the_grouped_gemm() -> None:
     assert eng._triton_ok(0, ids)
 
 
+def test_engine_defaults_follow_the_measured_picks() -> None:
+    from dataclasses import asdict
+
+    from moesim.calibrate.engine import TRITON_MAX_ASSIGN, TRITON_PREFILL_ATTN
+    from moesim.kernels import fused_moe as fm
+
+    tiny = get_model("tiny")
+    tri = MoEEngine(tiny, torch.device("cpu"), moe_engine="triton", dtype=torch.float32)
+    grp = MoEEngine(tiny, torch.device("cpu"), dtype=torch.float32)
+    assert (tri.prefill_attn, tri.cudnn_min_tokens) == TRITON_PREFILL_ATTN == ("cudnn", 2048)
+    assert grp.prefill_attn == "flash"  # the grouped engine as its profile and the validation matrix measured it
+    assert tri.triton_max_assign is TRITON_MAX_ASSIGN is None
+    # the committed fused-engine profile was calibrated with the tuning file the H200 run wrote: the defaults
+    # are that file
+    tun = json.loads((ROOT / "reports" / "kernels" / "engine_tuning.json").read_text())
+    assert [[b, asdict(c)] for b, c in fm.CONFIGS] == tun["configs"]
+    assert tun["max_assign"] is TRITON_MAX_ASSIGN
+    assert (tun["prefill_attn"], tun["cudnn_min_tokens"]) == TRITON_PREFILL_ATTN
+    prof = json.loads((ROOT / "calibration" / "profiles" / "h200__mixtral-8x7b.triton.json").read_text())
+    assert prof["moe_tuning"]["configs"] == tun["configs"]
+    assert prof["moe_regimes"] == fm.regime_starts(2, TRITON_MAX_ASSIGN)
+    # CPU: the cuDNN prompt path is never taken (CUDA only)
+    assert not tri._cudnn_prefill(tri.make_meta([(4096, 0)]))
+
+
 def test_moe_kernel_options_are_checked() -> None:
     from moesim.calibrate.config import CalibrateConfig
     from moesim.serve.config import ServeConfig
@@ -110,15 +135,19 @@ def test_bench_cpu_smoke_writes_every_section(tmp_path: Path) -> None:
 
     assert main([f"out={tmp_path}", "device=cpu", "hf=false", "batches=1,3", "prefills=16", "reps=1"]) == 0
     res = json.loads((tmp_path / "kernels.json").read_text())
-    assert set(res["sections"]) == {"floors", "build", "checks", "tiles", "moe_op", "steps", "switch", "serve_decode"}
+    assert set(res["sections"]) == {"floors", "build", "checks", "tiles", "attn", "moe_op", "breakdown", "steps",
+                                    "switch", "serve_decode"}
     assert res["errors"] == []
     ck = res["sections"]["checks"]
     assert ck["moe_triton_T13_rel_err"] < 1e-5
     assert ck["router_ids_agree"] == 1.0
     rows = res["sections"]["steps"]["rows"]
-    assert [(r["kind"], r["n"]) for r in rows] == [("decode", 1), ("decode", 3), ("prefill", 16)]
+    assert [(r["kind"], r["n"]) for r in rows] == [("prefill", 16), ("decode", 1), ("decode", 3)]  # prompts first
     assert all(r["triton+fused_tokens_agree"] == 1.0 for r in rows)
     assert all("hybrid_ms" in r for r in rows)  # timed, or the triton+fused figure where it is the same path
+    # without a faster prompt attention (CPU: none measured), tuned is hybrid: copied, not re-timed
+    assert all(r["tuned_same_as"] == "hybrid" and r["tuned_ms"] == r["hybrid_ms"] for r in rows)
+    assert res["sections"]["steps"]["attn_choice"] == ["flash", None]
     assert "| decode | 3 |" in (tmp_path / "kernels.md").read_text()
     assert main([f"out={tmp_path}", "batches=0"]) == 2
 
@@ -130,8 +159,9 @@ _INTERP = textwrap.dedent("""
     from moesim.calibrate.engine import MoEEngine, KVCache
     from moesim.specs.models import get_model
     assert fm.use_triton(torch.device("cpu"))
-    r = {"align": [], "moe": [], "router": [], "rope": None, "step": None}
+    r = {"align": [], "moe": [], "router": [], "rope": None, "step": None, "stages": []}
     g = torch.Generator().manual_seed(0)
+    g2 = torch.Generator().manual_seed(1)  # draws added later: the stream of g (the router's inputs) unchanged
     for n, k, e, bm in [(1, 2, 8, 16), (37, 2, 8, 16), (300, 2, 8, 32), (24, 8, 128, 16), (500, 2, 8, 16)]:
         ids = torch.randint(0, e, (n, k), generator=g)
         ref_ids, ref_e = fm.align_naive(ids.tolist(), e, bm)
@@ -145,10 +175,17 @@ _INTERP = textwrap.dedent("""
         ids = torch.stack([torch.randperm(e, generator=g)[:k] for _ in range(n)])
         tw = torch.rand(n, k, generator=g).bfloat16()
         ref = fm.moe_reference(h, wi, wo, ids, tw, sw)
+        tma = fm.MoEConfig(bm=16, gu_bn=32, gu_bk=32, dn_bn=32, dn_bk=32, tma=1)  # TMA-descriptor kernels
+        assert fm.tma_ok(tma, d, f, wi, "gate_up") and fm.tma_ok(tma, d, f, wo, "down")
         for cfg in (fm.MoEConfig(bm=16, gu_bn=32, gu_bk=32, dn_bn=32, dn_bk=32),
-                    fm.MoEConfig(bm=32, gu_bn=64, gu_bk=64, dn_bn=16, dn_bk=64)):
+                    fm.MoEConfig(bm=32, gu_bn=64, gu_bk=64, dn_bn=16, dn_bk=64), tma):
             out = fm.fused_moe(h, wi, wo, ids, tw, sw, cfg)
             r["moe"].append(float((out.double() - ref).norm() / ref.norm()))
+        x0 = torch.randn(n, d, generator=g2).bfloat16()  # the four stages one by one, into a residual
+        st = fm.moe_stages(h, wi, wo, ids, tw, sw, tma, residual=x0.clone())
+        for name in ("align", "gate_up", "down", "combine"):
+            st[name]()
+        r["stages"].append(float((st["x"].double() - ref - x0.double()).norm() / (ref + x0.double()).norm()))
     for T, D, E, k, noise in [(9, 96, 8, 2, True), (5, 64, 60, 4, False), (4, 64, 8, 1, True)]:
         x = torch.randn(T, D, generator=g).bfloat16()
         nw = (1 + 0.01 * torch.randn(D, generator=g)).bfloat16()
@@ -206,6 +243,8 @@ def test_triton_kernels_under_the_cpu_interpreter() -> None:
     r = json.loads(p.stdout.split("RESULT ", 1)[1])
     assert all(r["align"])  # the one-program align kernel is exact
     assert all(1e-4 < e < 1e-2 for e in r["moe"]), r["moe"]  # bf16 level, and not a trivial zero
+    assert len(r["moe"]) == 9
+    assert all(1e-5 < e < 1e-2 for e in r["stages"]), r["stages"]  # residual + layer, one bf16 rounding
     for same_ids, w_err, h_err in r["router"]:
         assert same_ids
         assert w_err <= 2**-7  # bf16 weights: one rounding step at most
@@ -249,5 +288,163 @@ def test_calibrator_runs_the_fused_engine_on_cpu(tmp_path: Path) -> None:
     assert path.name == "cpu__tiny.eager.triton.parquet"
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["moe_engine"] == "triton"
+    # the fused engine's regime changes (tiny is top-2 like Mixtral) and the MoE points on both sides of the one
+    # inside the quick grid (32 | 33)
+    assert meta["moe_regimes"] == [33, 129, 1025, 2049]  # no switch to the grouped GEMM (TRITON_MAX_ASSIGN None)
+    import pandas as pd
+
+    df = pd.read_parquet(path)
+    assert sorted(df[df["op"] == "moe_grouped"]["tokens"]) == [1, 2, 4, 8, 16, 32, 33, 64]
     assert meta["fused_ops"] is True
     assert meta["checks"]["moe_triton_vs_loop_rel_err"] < 1e-5
+
+
+# ---- tile regimes, the hybrid crossover, the regime-aware MoE curve (CPU) -------------------------------
+def test_regime_starts_follow_the_configs_and_the_cap() -> None:
+    from moesim.kernels import fused_moe as fm
+    from moesim.kernels.regimes import N_REGIMES
+
+    assert len(fm.CONFIGS) == len(fm.CANDIDATES) == N_REGIMES
+    bounds = [b for b, _ in fm.CONFIGS]
+    assert bounds == sorted(bounds)
+    # Mixtral (top-2) with the 8,191-assignment cap: 33, 129, 1,025 and 2,049 tokens change tiles, 4,096 the GEMM
+    assert fm.regime_starts(2, 8191) == [33, 129, 1025, 2049, 4096]
+    assert fm.regime_starts(2, None) == [33, 129, 1025, 2049]
+    assert fm.regime_starts(2, 2047) == [33, 129, 1024]  # a cap below a regime bound drops that regime's start
+    assert fm.regime_starts(8, None) == [9, 33, 257, 513]
+    with pytest.raises(ValueError, match="top_k=0"):
+        fm.regime_starts(0)
+
+
+def test_crossover_cap_is_where_the_grouped_gemm_stays_faster() -> None:
+    from moesim.kernels.fused_moe import crossover_cap
+
+    # the 2026-11-30 H200 table (µs): the grouped GEMM faster only at 4,096 tokens → cap 8,191 assignments
+    h200 = [(1, 198.5, 341.2), (8, 595.4, 970.9), (32, 672.9, 1095.6), (64, 736.2, 1078.2), (128, 791.4, 1090.4),
+            (512, 1186.3, 1256.7), (2048, 3039.4, 3261.9), (4096, 6163.0, 5602.3)]
+    assert crossover_cap(h200, 2) == 8191
+    # order does not matter; a single slower point followed by faster ones is no crossover
+    assert crossover_cap(list(reversed(h200)), 2) == 8191
+    blip = [(128, 900.0, 800.0), (512, 1000.0, 1200.0), (2048, 3000.0, 3200.0)]
+    assert crossover_cap(blip, 2) is None
+    # grouped faster from 1,448 tokens on (and at every larger size measured) → 2,895 assignments
+    t = [(1024, 2000.0, 2100.0), (1448, 2500.0, 2400.0), (2048, 3100.0, 3000.0), (4096, 6100.0, 5600.0)]
+    assert crossover_cap(t, 2) == 2895
+    assert crossover_cap(t, 1) == 1447
+    assert crossover_cap([], 2) is None
+    with pytest.raises(ValueError, match="positive times"):
+        crossover_cap([(0, 1.0, 1.0)], 2)
+
+
+def test_regime_curve_keeps_each_regime_to_itself() -> None:
+    import numpy as np
+
+    from moesim.cost.profile import Curve, regime_curve
+
+    # the committed fused-engine profile's MoE layer (µs) around its 129-token regime change: 128 tokens with
+    # BLOCK_M 32 took 819 µs, 181 with BLOCK_M 64 took 691
+    x = np.array([64.0, 91.0, 128.0, 181.0, 256.0])
+    t = np.array([712.0, 717.0, 819.0, 691.0, 853.0])
+    plain = Curve(x, t)
+    seg = regime_curve(x, t, [129])
+    assert plain(170.0) == pytest.approx(819.0)  # monotone envelope: 128's time carried over the change
+    assert seg(128.0) == pytest.approx(819.0)
+    assert seg(181.0) == pytest.approx(691.0)
+    # 129 … 181 extend regime 2 backwards along its own slope: 691·(129/181)^s, s = ln(853/691)/ln(256/181)
+    s = np.log(853.0 / 691.0) / np.log(256.0 / 181.0)
+    assert seg(129.0) == pytest.approx(691.0 * (129.0 / 181.0) ** s, rel=1e-9)
+    assert seg(170.0) == pytest.approx(691.0 * (170.0 / 181.0) ** s, rel=1e-9)
+    assert seg(64.0) == plain(64.0)
+    assert seg(256.0) == pytest.approx(853.0)
+    # within a regime times are non-decreasing; a lone point is held flat to the regime's edge
+    seg2 = regime_curve(np.array([10.0, 20.0, 30.0, 50.0]), np.array([5.0, 4.0, 6.0, 3.0]), [40])
+    s2 = np.log(6.0 / 5.0) / np.log(30.0 / 20.0)  # the last two points of regime 1 (5 → 6 after the envelope)
+    assert seg2(20.0) == pytest.approx(5.0)
+    assert seg2(39.0) == pytest.approx(6.0 * (39 / 30) ** s2, rel=1e-9)
+    assert seg2(40.0) == pytest.approx(3.0)
+    assert seg2(45.0) == pytest.approx(3.0)
+
+
+def test_engine_tuning_file_is_checked_and_applied(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from moesim.calibrate.config import CalibrateConfig
+    from moesim.calibrate.suite import Calibration
+    from moesim.kernels import fused_moe as fm
+    from moesim.kernels.regimes import check_tuning, load_tuning
+
+    good = {"configs": [[b, asdict(c)] for b, c in fm.CONFIGS], "max_assign": 4095, "prefill_attn": "flash",
+            "cudnn_min_tokens": None}
+    assert check_tuning(good, "t")["max_assign"] == 4095
+    bad_cases = [
+        ({"configs": good["configs"][:2]}, "5 \\[bound, tiles\\] pairs"),
+        ({"configs": [good["configs"][1], good["configs"][0], *good["configs"][2:]]}, "must exceed"),
+        ({"configs": [[64, {**good["configs"][0][1], "bm": 24}], *good["configs"][1:]]}, "bm=24: a power of two"),
+        ({"configs": [[64, {**good["configs"][0][1], "gu_stages": 9}], *good["configs"][1:]]}, "1 … 8 stages"),
+        ({"configs": [[64, {**good["configs"][0][1], "tma": 2}], *good["configs"][1:]]}, "tma=2: 0 or 1"),
+        ({"max_assign": 0}, "max_assign=0"),
+        ({"prefill_attn": "fa3"}, "prefill_attn='fa3': valid: flash, cudnn"),
+        ({"prefill_attn": "cudnn", "cudnn_min_tokens": None}, "cudnn_min_tokens=None"),
+    ]
+    for change, msg in bad_cases:
+        with pytest.raises(UserError, match=msg):
+            check_tuning({**good, **change}, "t")
+    p = tmp_path / "engine_tuning.json"
+    with pytest.raises(UserError, match="no such file"):
+        load_tuning(p)
+    p.write_text("{")
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_tuning(p)
+    # the calibrator runs its engine with the file's tiles and cap (and records them); only for the fused engine
+    tiles = {**good, "configs": [[b, {**c, "bm": 32}] for b, c in good["configs"]], "max_assign": 63}
+    p.write_text(json.dumps(tiles))
+    with pytest.raises(UserError, match="set moe_kernel=triton"):
+        CalibrateConfig(device="cpu", model="tiny", moe_tuning=str(p))
+    saved = list(fm.CONFIGS)
+    try:
+        cfg = CalibrateConfig(device="cpu", model="tiny", out=str(tmp_path), moe_kernel="triton", host=False,
+                              slices=False, validate=False, max_reps=1, min_reps=1, moe_tuning=str(p),
+                              balanced_routing=True)
+        cal = Calibration(cfg)
+        path = cal.run()
+        assert all(c.bm == 32 for _, c in fm.CONFIGS)
+        assert cal.eng.triton_max_assign == 63
+        assert cal.eng.route_layer_stride > 0
+        meta = json.loads(path.with_suffix(".json").read_text())
+        assert meta["moe_tuning"]["max_assign"] == 63
+        assert meta["moe_regimes"] == [32]  # the cap (63 assignments) comes before every tile regime change
+    finally:
+        fm.CONFIGS[:] = saved
+
+
+def test_balanced_routing_with_a_layer_stride_routes_each_layer_on_its_own_rows() -> None:
+    from moesim.calibrate.engine import ROUTE_LAYER_STRIDE, MoEEngine
+    from moesim.specs import get_model
+
+    eng = MoEEngine(get_model("tiny"), torch.device("cpu"), dtype=torch.float32, balanced_routing=True)
+    moe = [i for i in range(eng.spec.n_layers) if eng.is_moe(i)]
+    a, b = moe[0], moe[1]
+    x = eng.random_hidden(64)
+    same = [eng.router(x, 0, i)[1] for i in (a, b)]
+    eng.route_layer_stride = ROUTE_LAYER_STRIDE
+    own = [eng.router(x, 0, i)[1] for i in (a, b)]
+    # stride 0: the noise (std 8) dominates, both layers pick the same experts for nearly every token
+    assert float((same[0] == same[1]).all(1).float().mean()) > 0.9
+    # with the stride, layer i reads rows i·stride + t: layer b routes as layer b's router at row0 = b·stride
+    eng.route_layer_stride = 0
+    assert torch.equal(own[1], eng.router(x, 0, b, row0=b * ROUTE_LAYER_STRIDE)[1])
+    assert float((own[0] == own[1]).all(1).float().mean()) < 0.5
+
+
+def test_bench_config_refuses_bad_variants_and_regimes() -> None:
+    from moesim.kernels.bench import STEP_VARIANTS, BenchConfig, main
+
+    assert BenchConfig(variants="grouped,tuned", tune_regimes="1,4").names("variants") == ["grouped", "tuned"]
+    assert set(STEP_VARIANTS) == {"grouped", "triton", "triton+fused", "hybrid", "tuned"}
+    with pytest.raises(UserError, match="variants='grouped,fast'"):
+        BenchConfig(variants="grouped,fast")
+    with pytest.raises(UserError, match="tune_regimes='5'"):
+        BenchConfig(tune_regimes="5")
+    with pytest.raises(UserError, match="moe_tokens"):
+        BenchConfig(moe_tokens="1,0")
+    assert main(["device=cpu", "tune_regimes=x"]) == 2

@@ -279,7 +279,8 @@ def test_a_semicolon_or_tab_separated_csv_says_so(tmp_path: Path, sep: str, show
     with pytest.raises(UserError) as e:
         read_trace(f)
     msg = str(e.value)
-    assert msg.startswith(f"trace file '{f}': missing column 'arrival_s' or 'timestamp' (has: ")
+    assert msg.startswith(f"trace file '{f}': missing columns 'arrival_s' or 'timestamp', 'prompt_tokens', "
+                          "'output_tokens' (has: ")
     assert msg.endswith(f"; the file seems separated by {shown}, moesim reads comma-separated CSV: save it with commas")
     assert "\n" not in msg
 
@@ -509,8 +510,10 @@ def test_serve_and_executor_refuse_an_encoder_decoder_model() -> None:
 
 @pytest.mark.parametrize(("header", "hint"), [
     ("timestamp_ms,input_tokens,output_tokens", "; map yours with workload.columns.timestamp=timestamp_ms "
-                                                "workload.time_unit=ms"),
-    ("ts,input_length,output_len", "; map yours with workload.columns.timestamp=ts"),
+                                                "workload.time_unit=ms workload.columns.prompt_tokens=input_tokens"),
+    ("ts,input_length,output_len", "; map yours with workload.columns.timestamp=ts "
+                                   "workload.columns.prompt_tokens=input_length "
+                                   "workload.columns.output_tokens=output_len"),
     ("arrival_s,input_length,output_tokens", "; map yours with workload.columns.prompt_tokens=input_length"),
     ("arrival_s,prompt_tokens,completion_len", "; map yours with workload.columns.output_tokens=completion_len"),
     ("arrival_s,prompt_tokens,x", "; map yours with workload.columns.output_tokens=<column>"),

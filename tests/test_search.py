@@ -155,7 +155,7 @@ def test_default_prices_are_labelled_approximate() -> None:
 
 
 @pytest.mark.parametrize(("text", "needle"), [
-    ("prices: {h300: 2.0}", "prices.h300: unknown gpu; valid: a100-40gb, a100-80gb, b200, h100-80gb"),
+    ("prices: {h300: 2.0}", "prices.h300: unknown gpu (did you mean 'h200'?); valid: a100-40gb, a100-80gb, b200, h100-80gb"),
     ("prices: {h200: -1}", "prices.h200=-1: must be a number > 0"),
     ("prices: {h200: cheap}", "prices.h200='cheap'"),
     ("prices: [1, 2]", "expected a mapping with 'prices:"),

@@ -54,6 +54,9 @@ class CalibrateConfig:
             -1: none.
         validate_base: with ``validate``, time the first held-out set (``<stem>.validation.parquet``); false
             times only the drawn one (``heldout_seed``), e.g. where the first set's earlier measurement stands.
+        moe_tuning: with ``moe_kernel=triton``, an ``engine_tuning.json`` written by ``python -m
+            moesim.kernels.bench`` (tiles per token regime, fused/grouped crossover, prompt attention): the engine
+            runs with those (recorded in the metadata); empty: the defaults of ``moesim.kernels.fused_moe``.
     """
 
     device: str = "cuda"
@@ -77,6 +80,7 @@ class CalibrateConfig:
     moe_kernel: str = "grouped"
     heldout_seed: int = -1
     validate_base: bool = True
+    moe_tuning: str = ""
 
     def __post_init__(self) -> None:
         if self.device not in ("cuda", "cpu"):
@@ -94,6 +98,12 @@ class CalibrateConfig:
         if not (self.budget_s >= 0 and math.isfinite(self.budget_s) and self.target_s > 0
                 and math.isfinite(self.target_s)):
             raise UserError(f"budget_s={self.budget_s}, target_s={self.target_s}: need budget_s ≥ 0, target_s > 0")
+        if self.moe_tuning:
+            if self.moe_kernel != "triton":
+                raise UserError(f"moe_tuning={self.moe_tuning!r} tunes the fused engine: set moe_kernel=triton too")
+            from moesim.kernels.regimes import load_tuning
+
+            load_tuning(self.moe_tuning)
         for part in filter(None, self.sms.split(",")):
             if not part.strip().isdigit() or int(part) < 1:
                 raise UserError(f"sms={self.sms!r}: comma-separated positive SM counts, e.g. 16,32,132")

@@ -38,11 +38,24 @@ INIT_STD = 0.02
 ALIGN_ROWS = 16  # rows per expert group are padded to this for the grouped GEMM
 ROUTE_NOISE_STD = 8.0  # balanced routing: random logits dominate the router's (std ≈ 0.02·√d ≈ 1)
 ROUTE_NOISE_ROWS = 16384  # token slots of the routing-noise table (longer calls wrap around)
+#: ``MoEEngine.route_layer_stride`` the calibrator sets with balanced routing: layer i reads the noise table from
+#: row i·stride on (a prime, so layers' rows never line up), so every MoE layer routes the step's tokens
+#: independently, as a trained model's layers do. With stride 0 (the engine's default, and the runtime's graphs)
+#: every layer routes the same way: a step's 32 layers are one routing draw timed 32 times, and the fused kernel's
+#: per-expert padding to BLOCK_M rows makes one draw's time differ from the mean by several percent.
+ROUTE_LAYER_STRIDE = 1031
 MOE_ENGINES = ("grouped", "loop", "triton")
-# MoEEngine._triton_ok: above this many token × top-k assignments the triton engine runs the grouped GEMM. The
-# H200 benchmark (reports/kernels) measured the fused kernel faster up to 2,048 tokens (3.04 vs 3.26 ms per
-# Mixtral layer) and slower at 4,096 (6.16 vs 5.60 ms): its "hybrid_max_assign" 8,191.
-TRITON_MAX_ASSIGN: int | None = 8191
+# MoEEngine._triton_ok: above this many token × top-k assignments the triton engine runs the grouped GEMM (None:
+# never). The H200 benchmark of 2026-11-30 06:45 measured the grouped GEMM faster from 4,096 tokens (cap 8,191);
+# the one of 08:41, with the re-tuned tiles and TMA loads, measured the fused kernel faster at every size up to
+# 4,096 tokens (4,658 vs 5,851 µs per Mixtral layer there; reports/kernels/kernels.json, moe_op) and its
+# profile ran it up to 8,192 (10.2 ms against 11.3 for the grouped GEMM of the first run): no crossover.
+TRITON_MAX_ASSIGN: int | None = None
+#: The fused engine's prompt attention (``MoEEngine.prefill_attn``, ``cudnn_min_tokens``): the 08:41 benchmark
+#: measured SDPA's cuDNN backend faster than the varlen FlashAttention call for one causal prompt (128 vs 199 µs
+#: per layer at 2,048 tokens, 337 vs 510 at 4,096; same output within 2e-3). The grouped engine keeps
+#: FlashAttention: its profile and the runtime's validation matrix were measured with it.
+TRITON_PREFILL_ATTN: tuple[str, int] = ("cudnn", 2048)
 
 
 def available_memory_bytes() -> int | None:
@@ -201,6 +214,12 @@ class MoEEngine:
             self.route_noise = _normal((ROUTE_NOISE_ROWS, spec.n_experts), device, torch.float32, self.gen,
                                        ROUTE_NOISE_STD)
         self.attn_backend = "flash" if device.type == "cuda" else "sdpa"
+        # noise-table rows between consecutive layers (0: every layer routes alike; see ROUTE_LAYER_STRIDE)
+        self.route_layer_stride = 0
+        # one causal prompt with no cached context and at least ``cudnn_min_tokens`` tokens (the whole step):
+        # ``flash`` (the varlen FlashAttention call; the grouped engine's) or ``cudnn`` (SDPA's cuDNN backend; the
+        # fused engine's, TRITON_PREFILL_ATTN); other steps always run ``flash``. CUDA only.
+        self.prefill_attn, self.cudnn_min_tokens = TRITON_PREFILL_ATTN if moe_engine == "triton" else ("flash", 2048)
         s = spec
         self.q_dim, self.kv_dim = s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim
         self.scale = 1.0 / math.sqrt(s.head_dim)
@@ -302,6 +321,7 @@ class MoEEngine:
         experts, and multi-tenant held-out steps touched fewer experts than a load-balanced model would).
         """
         w, s = self.tenants[tenant], self.spec
+        row0 = row0 + layer * self.route_layer_stride
         if self.fused_ops:
             from moesim.kernels.fused_ops import router
 
@@ -525,6 +545,8 @@ class MoEEngine:
         cache_k.index_copy_(0, meta.slots, k)
         cache_v.index_copy_(0, meta.slots, v)
         N = q.shape[0]
+        if backend is None and self._cudnn_prefill(meta):
+            return self._attention_cudnn(q, cache_k, cache_v)
         if (backend or self.attn_backend) == "flash":
             out = torch.ops.aten._flash_attention_forward(
                 q, cache_k, cache_v, meta.cu_q, meta.cu_k, meta.max_q, meta.max_k, 0.0, True, False,
@@ -551,12 +573,34 @@ class MoEEngine:
     def attend(self, q: torch.Tensor, meta: AttnMeta, cache_k: torch.Tensor, cache_v: torch.Tensor) -> torch.Tensor:
         """Attention over a cache that already holds the step's keys/values: q (N, H, hd) → (N, H·hd)."""
         N = q.shape[0]
+        if self._cudnn_prefill(meta):
+            return self._attention_cudnn(q, cache_k, cache_v)
         if self.attn_backend == "flash":
             out = torch.ops.aten._flash_attention_forward(
                 q, cache_k, cache_v, meta.cu_q, meta.cu_k, meta.max_q, meta.max_k, 0.0, True, False,
                 scale=self.scale)[0]
             return out.reshape(N, self.q_dim)
         return self._attention_sdpa(q, meta, cache_k, cache_v).reshape(N, self.q_dim)
+
+    def _cudnn_prefill(self, meta: AttnMeta) -> bool:
+        """This step's attention runs SDPA's cuDNN backend (``prefill_attn``; one long prompt, no context)."""
+        return (self.prefill_attn == "cudnn" and self.device.type == "cuda" and len(meta.seqs) == 1
+                and meta.seqs[0][1] == 0 and meta.seqs[0][0] >= self.cudnn_min_tokens)
+
+    def _attention_cudnn(self, q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor) -> torch.Tensor:
+        """One causal prompt at rows 0…N−1 of the cache through SDPA's cuDNN backend: q (N, H, hd) → (N, H·hd).
+
+        Keys/values are repeated to the query heads (GQA) first: 2·N·H·hd elements, a few µs at 4k tokens.
+        """
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        N, H, _ = q.shape
+        rep = H // self.spec.n_kv_heads
+        k = cache_k[:N].repeat_interleave(rep, dim=1).transpose(0, 1)[None]  # (1, H, N, hd)
+        v = cache_v[:N].repeat_interleave(rep, dim=1).transpose(0, 1)[None]
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            o = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k, v, is_causal=True, scale=self.scale)
+        return o[0].transpose(0, 1).reshape(N, self.q_dim)
 
     def _attention_sdpa(self, q: torch.Tensor, meta: AttnMeta, cache_k: torch.Tensor,
                         cache_v: torch.Tensor) -> torch.Tensor:

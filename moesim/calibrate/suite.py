@@ -208,6 +208,22 @@ class Calibration:
         self.eng = MoEEngine(self.spec, self.device, n_tenants=n_tenants, seed=cfg.seed, dtype=self.dtype,
                              balanced_routing=cfg.balanced_routing, moe_engine=cfg.moe_kernel)
         self.meta["balanced_routing"] = cfg.balanced_routing
+        if cfg.moe_tuning and self.eng.moe_engine == "triton":  # the engine the kernel benchmark tuned
+            from moesim.kernels import fused_moe as fm
+            from moesim.kernels.regimes import load_tuning
+
+            tun = load_tuning(cfg.moe_tuning)
+            fm.CONFIGS[:] = [(int(b), fm.MoEConfig(**c)) for b, c in tun["configs"]]
+            self.eng.triton_max_assign = tun.get("max_assign")
+            self.eng.prefill_attn = tun.get("prefill_attn", "flash")
+            if self.eng.prefill_attn == "cudnn":
+                self.eng.cudnn_min_tokens = int(tun["cudnn_min_tokens"])
+            self.meta["moe_tuning"] = tun
+        if cfg.balanced_routing:  # every MoE layer routes on its own noise rows (engine.ROUTE_LAYER_STRIDE)
+            from moesim.calibrate.engine import ROUTE_LAYER_STRIDE
+
+            self.eng.route_layer_stride = ROUTE_LAYER_STRIDE
+            self.meta["route_layer_stride"] = ROUTE_LAYER_STRIDE
         if self.cuda:
             torch.cuda.synchronize()
         self.meta["build_s"] = round(time.monotonic() - t0, 2)
@@ -218,6 +234,10 @@ class Calibration:
         self.checks()
         self.meta["attention_backend"] = self.eng.attn_backend
         self.meta["moe_engine"] = self.eng.moe_engine
+        if self.eng.moe_engine == "triton":  # where the fused engine changes tiles or hands over to the grouped GEMM
+            from moesim.kernels.fused_moe import regime_starts
+
+            self.meta["moe_regimes"] = regime_starts(self.spec.top_k, self.eng.triton_max_assign)
         self.meta["fused_ops"] = bool(self.eng.fused_ops)
         self._section(self.dense_ops)
         self._section(self.attention_grids)
@@ -420,6 +440,9 @@ class Calibration:
         moe_layers = self._layers()
         work = [("attn_proj", T, layers_all) for T in g.tokens]
         work += [(op, T, moe_layers) for op in ("router", "moe_grouped", "expert_one") for T in g.tokens]
+        # both sides of every regime change of the fused engine (the cost model never interpolates across one)
+        edges = sorted({e for r in self.meta.get("moe_regimes", []) for e in (r - 1, r)} - set(g.tokens))
+        work += [("moe_grouped", T, moe_layers) for T in edges if 1 <= T <= max(g.tokens)]
         work += [("moe_loop", T, moe_layers) for T in g.moe_loop_tokens]
         for op, T, layers in tqdm(work, desc="dense ops", mininterval=10, file=sys.stdout):
             self.point(op, self._dense_setup(op, T, layers), tokens=T, per_layer=1)

@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     from moesim.cli import parse_key_values
 
     cfg = parse_key_values(sys.argv[1:] if argv is None else argv, ValidateConfig,
-                           prog="python -m moesim.calibrate.validate",
+                           prog="python -m moesim.calibrate.validate", positional="profile",
                            summary="A profile's held-out whole-model steps: measured against predicted.",
                            choices={"step_residual": ("auto", "on", "off"), "tenant_terms": ("auto", "off")},
                            examples=("python -m moesim.calibrate.validate "

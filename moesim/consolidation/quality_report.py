@@ -26,6 +26,8 @@ OURS = "act-cluster-mean"
 PLANS = ("paper", "cluster-mean", "act-cluster-mean", "act-cluster-ties")
 MERGES = ("uniform-average", "task-arithmetic", "ties", "dare")
 TARGET = 0.03
+#: a family/seed's colour, the same in every panel of a figure (plotly's default sequence)
+PALETTE = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880")
 REQUIRED = ("family", "seed", "method", "n_variants", "subset", "domain", "budget", "memory_fraction",
             "perplexity", "accuracy")
 
@@ -219,12 +221,17 @@ def _figures(q: pd.DataFrame, summary: dict[str, Any]) -> list[tuple[str, str, A
         fig = make_subplots(rows=1, cols=2, subplot_titles=[
             "summed L2 between variants / base expert norm, per layer (mean)",
             "where the 15 % least similar positions are (the paper: mostly layers 18–31 of 32)"])
-        for key, d in summary["depth_profile"].items():
+        # one colour per family/seed in both panels: the bars took plotly's next colours, which no legend
+        # entry explained
+        for k, (key, d) in enumerate(summary["depth_profile"].items()):
+            color = PALETTE[k % len(PALETTE)]
             fig.add_trace(go.Scatter(y=d.get("relative_by_layer", d["by_layer"]), name=key, mode="lines+markers",
-                                     legendgroup=key), row=1, col=1)
-            fig.add_trace(go.Bar(y=d["least_similar_per_layer"], name=key, legendgroup=key, showlegend=False),
-                          row=1, col=2)
+                                     legendgroup=key, line={"color": color}), row=1, col=1)
+            fig.add_trace(go.Bar(y=d["least_similar_per_layer"], name=key, legendgroup=key, showlegend=False,
+                                 marker={"color": color}), row=1, col=2)
         fig.update_xaxes(title_text="MoE layer")
+        fig.update_yaxes(title_text="L2 between variants / base norm", row=1, col=1)
+        fig.update_yaxes(title_text="least similar positions (count)", row=1, col=2)
         fig.update_layout(height=380, barmode="group")
         figs.append(("depth", "Drift by depth against the paper's Mixtral finding", fig))
     fig = go.Figure()

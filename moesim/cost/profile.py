@@ -33,6 +33,7 @@ over (measured copy ceiling × the op's best measured bandwidth efficiency × bw
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,6 +175,46 @@ class Curve:
         ly = np.interp(lx, self.lx, self.ly) + self.slope_hi * np.maximum(lx - self.lx[-1], 0.0)
         out = np.where(xa > 0, np.exp(ly), 0.0)
         return float(out) if out.ndim == 0 else out
+
+
+def regime_curve(x: np.ndarray, t: np.ndarray, starts: list[int] | tuple[int, ...],
+                 max_slope: float = 1.5) -> Curve:
+    """A ``Curve`` that never interpolates across an engine's regime change.
+
+    ``starts``: the first size of each new regime (the fused MoE kernel's tile regimes and its switch to the
+    grouped GEMM, ``moesim.kernels.fused_moe.regime_starts``; the profile's meta ``moe_regimes``). Within a
+    regime times are made non-decreasing; across a start they may fall (a larger tile can be faster per call).
+    Each regime's curve is extended to its own edges (last size before the next start, its own start) along the
+    log–log slope of its two nearest points (clipped to [0, ``max_slope``]; one point: flat), so a size between
+    two measured points on either side of a start takes its own regime's time, not a blend of both.
+    """
+    order = np.argsort(x)
+    x, t = np.asarray(x, float)[order], np.asarray(t, float)[order]
+    edges = [-math.inf, *sorted(float(v) for v in starts), math.inf]
+    xs: list[float] = []
+    ts: list[float] = []
+
+    def extend(pts_x: np.ndarray, pts_t: np.ndarray, at: float, i: int, j: int) -> float:
+        if len(pts_x) < 2:
+            return float(pts_t[i])
+        slope = math.log(pts_t[j] / pts_t[i]) / math.log(pts_x[j] / pts_x[i])
+        slope = min(max(slope, 0.0), max_slope)
+        return float(pts_t[i] * (at / pts_x[i]) ** slope)
+
+    for lo, hi in itertools.pairwise(edges):
+        m = (x >= lo) & (x < hi)
+        if not m.any():
+            continue
+        px, pt = x[m], np.maximum.accumulate(t[m])
+        if math.isfinite(lo) and px[0] > lo:
+            xs.append(lo)
+            ts.append(extend(px, pt, lo, 0, 1))
+        xs += px.tolist()
+        ts += pt.tolist()
+        if math.isfinite(hi) and px[-1] < hi - 1 and hi - 1 > 0:
+            xs.append(hi - 1)
+            ts.append(extend(px, pt, hi - 1, len(px) - 1, len(px) - 2))
+    return Curve(np.array(xs), np.array(ts), monotone=False)
 
 
 class Surface:
@@ -375,11 +416,15 @@ class ProfileCost(CostModel):
     def _build_tables(self, full: pd.DataFrame) -> None:
         m = self.model
         self.curves: dict[str, Curve] = {}
+        regimes = self.meta.get("moe_regimes") or []  # the fused engine's tile regimes (token counts)
         for op in _DENSE_OPS:
             d = full[full["op"] == op].groupby("tokens", as_index=False)["time_s_median"].median()
             if d.empty:
                 raise UserError(f"profile {self.path}: no measured rows for op {op!r} at {self.total_sms} SMs")
-            self.curves[op] = Curve(d["tokens"].to_numpy(), d["time_s_median"].to_numpy())
+            if op == "moe_grouped" and regimes:
+                self.curves[op] = regime_curve(d["tokens"].to_numpy(), d["time_s_median"].to_numpy(), regimes)
+            else:
+                self.curves[op] = Curve(d["tokens"].to_numpy(), d["time_s_median"].to_numpy())
         # per touched expert inside the grouped layer, indexed by tokens per touched expert; the layer's
         # fixed costs spread over more touched experts as tokens grow, so this one may fall: not monotone
         n = np.exp(self.curves["moe_grouped"].lx)

@@ -47,8 +47,24 @@ class UniformFleetConfig:
     node_host_GBps: float = 0.0
 
     def __post_init__(self) -> None:
+        import math
+
         if not isinstance(self.gpus, int) or self.gpus < 1:
             raise UserError(f"fleet.gpus={self.gpus!r}: must be an integer ≥ 1")
+        # the keys the user typed (these read "fleet group h200: gpus_per_node=0 is invalid")
+        if not isinstance(self.gpus_per_node, int) or self.gpus_per_node < 1:
+            raise UserError(f"fleet.gpus_per_node={self.gpus_per_node!r}: must be an integer ≥ 1")
+        if not (isinstance(self.node_host_GBps, (int, float)) and math.isfinite(self.node_host_GBps)
+                and self.node_host_GBps >= 0):
+            raise UserError(f"fleet.node_host_GBps={self.node_host_GBps!r}: must be a finite number ≥ 0 (GB/s; "
+                            "0 = no cap)")
+        if self.gpu:
+            from moesim.specs import get_gpu
+
+            try:
+                get_gpu(self.gpu)
+            except UserError as e:
+                raise UserError(f"fleet.gpu={self.gpu}: {e}") from None
 
 
 @FLEETS.register("uniform", UniformFleetConfig)

@@ -57,17 +57,24 @@ class Placement:
 
     gpus: tuple[GPUPlacement, ...]
     strategy: str = ""
+    #: the file it was read from (named in its errors; not part of the placement)
+    source: str = field(default="", compare=False, repr=False)
+
+    @property
+    def _where(self) -> str:
+        return f"placement file {self.source}" if self.source else "placement"
 
     def __post_init__(self) -> None:
         seen = set()
+        w = self._where
         for p in self.gpus:
             if p.gpu in seen:
-                raise UserError(f"placement: GPU {p.gpu} listed twice")
+                raise UserError(f"{w}: GPU {p.gpu} listed twice")
             seen.add(p.gpu)
             if len(set(p.tenants)) != len(p.tenants):
-                raise UserError(f"placement: GPU {p.gpu} lists a tenant twice: {list(p.tenants)}")
-            if any((not isinstance(t, int)) or t < 0 for t in p.tenants):
-                raise UserError(f"placement: GPU {p.gpu}: tenants must be integers ≥ 0, got {list(p.tenants)}")
+                raise UserError(f"{w}: GPU {p.gpu} lists a tenant twice: {list(p.tenants)}")
+            if any((not isinstance(t, int)) or isinstance(t, bool) or t < 0 for t in p.tenants):
+                raise UserError(f"{w}: GPU {p.gpu}: tenants must be integers ≥ 0, got {list(p.tenants)}")
 
     def replicas(self) -> dict[int, tuple[int, ...]]:
         """Tenant → GPUs holding it (ascending)."""
@@ -79,13 +86,15 @@ class Placement:
 
     def check(self, n_gpus: int, n_tenants: int | None = None) -> None:
         """Refuse GPU indices outside the fleet (and, given ``n_tenants``, tenants outside 0..n−1)."""
+        w = self._where
         for p in self.gpus:
             if not 0 <= p.gpu < n_gpus:
-                raise UserError(f"placement: GPU {p.gpu} is not in the fleet (GPUs 0..{n_gpus - 1})")
+                raise UserError(f"{w}: gpu={p.gpu} is not in the fleet; valid: 0..{n_gpus - 1} (the fleet's "
+                                f"{n_gpus} GPU{'s' if n_gpus != 1 else ''}: fleet.gpus= or fleet.path= sets them)")
             if n_tenants is not None:
                 bad = [t for t in p.tenants if t >= n_tenants]
                 if bad:
-                    raise UserError(f"placement: GPU {p.gpu} lists tenants {bad}; the workload has tenants "
+                    raise UserError(f"{w}: GPU {p.gpu} lists tenants {bad}; the workload has tenants "
                                     f"0..{n_tenants - 1}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,28 +110,32 @@ class Placement:
         return {"strategy": self.strategy, "gpus": gpus}
 
     @classmethod
-    def from_dict(cls, data: Any, where: str = "placement") -> Placement:
-        """Parse the file form (UserError naming ``where`` and the field on bad input)."""
+    def from_dict(cls, data: Any, where: str = "placement", source: str = "") -> Placement:
+        """Parse the file form (UserError naming ``where`` and the field on bad input); ``source``: the file."""
+        from moesim.errors import did_you_mean
+
+        bad = sorted(set(data) - {"strategy", "gpus"}) if isinstance(data, dict) else []
+        if bad:
+            raise UserError(f"{where}: unknown field {bad[0]!r}{did_you_mean(str(bad[0]), ['strategy', 'gpus'])}; "
+                            "valid: strategy, gpus")
         if not isinstance(data, dict) or not isinstance(data.get("gpus"), list):
             raise UserError(f"{where}: expected a mapping with a list 'gpus' of {{gpu, tenants}} entries")
-        bad = sorted(set(data) - {"strategy", "gpus"})
-        if bad:
-            raise UserError(f"{where}: unknown field(s) {bad}; valid: strategy, gpus")
         out = []
+        fields = ["gpu", "tenants", "policy", "policy_params"]
         for i, e in enumerate(data["gpus"]):
+            bad = sorted(set(e) - set(fields)) if isinstance(e, dict) else []
+            if bad:  # before the "needs" check: a misspelt 'tennants' is named as such
+                raise UserError(f"{where}: gpus[{i}]: unknown field {bad[0]!r}{did_you_mean(str(bad[0]), fields)}; "
+                                f"valid: {', '.join(fields)}")
             if not isinstance(e, dict) or "gpu" not in e or "tenants" not in e:
                 raise UserError(f"{where}: gpus[{i}] needs 'gpu' (an index) and 'tenants' (a list)")
-            bad = sorted(set(e) - {"gpu", "tenants", "policy", "policy_params"})
-            if bad:
-                raise UserError(f"{where}: gpus[{i}]: unknown field(s) {bad}; valid: gpu, tenants, policy, "
-                                "policy_params")
             if not isinstance(e["gpu"], int) or not isinstance(e["tenants"], list):
                 raise UserError(f"{where}: gpus[{i}]: gpu must be an integer and tenants a list of integers")
             params = e.get("policy_params") or {}
             if not isinstance(params, dict):
                 raise UserError(f"{where}: gpus[{i}].policy_params must be a mapping")
             out.append(GPUPlacement(e["gpu"], tuple(e["tenants"]), str(e.get("policy") or ""), params))
-        return cls(tuple(sorted(out, key=lambda p: p.gpu)), str(data.get("strategy") or ""))
+        return cls(tuple(sorted(out, key=lambda p: p.gpu)), str(data.get("strategy") or ""), source)
 
 
 def read_mapping(path: str | Path) -> Any:
@@ -143,7 +156,7 @@ def read_mapping(path: str | Path) -> Any:
 
 def load_placement(path: str | Path) -> Placement:
     """A placement file (YAML, or JSON by its .json suffix)."""
-    return Placement.from_dict(read_mapping(path), str(path))
+    return Placement.from_dict(read_mapping(path), f"placement file {path}", str(path))
 
 
 def save_placement(placement: Placement, path: str | Path) -> Path:

@@ -7,8 +7,9 @@ from typing import Any
 
 from moesim.engine.instance import Instance
 from moesim.engine.simulation import GPUSetup, Router, SimResult, simulate_fleet
+from moesim.errors import UserError
 from moesim.fleet.load import PlacementProblem, TenantLoad
-from moesim.fleet.placement import Placement
+from moesim.fleet.placement import GPUPlacement, Placement
 from moesim.fleet.spec import FleetSpec
 from moesim.slo import SLO_TTFT_S
 from moesim.specs import ModelSpec
@@ -26,6 +27,25 @@ def plan_placement(strategy: str, strategy_cfg: Any, model: ModelSpec, fleet: Fl
     return placement
 
 
+def gpu_policy(placement: Placement, p: GPUPlacement, policy: str, policy_cfg: Any) -> Any:
+    """The policy GPU ``p`` of ``placement`` runs: its own (``p.policy``, ``p.policy_params``) or the job's
+    ``policy`` (with ``p.policy_params`` over ``policy_cfg``). A bad one in a placement file is one line naming
+    the file and the GPU."""
+    from moesim.policies import POLICIES
+
+    try:
+        if p.policy:
+            return POLICIES.build(p.policy, p.policy_params or None)
+        if p.policy_params:
+            base = {k: v for k, v in vars(policy_cfg).items() if k != "name"} if policy_cfg is not None else {}
+            return POLICIES.build(policy, {**base, **dict(p.policy_params)})
+        return POLICIES.build(policy, policy_cfg)
+    except UserError as e:
+        if not placement.source:
+            raise
+        raise UserError(f"placement file {placement.source}: GPU {p.gpu}: {e}") from None
+
+
 def run_fleet(model: ModelSpec, fleet: FleetSpec, placement: Placement, requests: Sequence[Request], *,
               policy: str, policy_cfg: Any, cost: str, cost_cfg: Any, router: Router | None = None,
               progress: bool = False, instance_cls: type[Instance] = Instance,
@@ -38,7 +58,6 @@ def run_fleet(model: ModelSpec, fleet: FleetSpec, placement: Placement, requests
     ``rejected`` columns. ``costs`` (GPU type name → cost model) is filled with the cost models built.
     """
     from moesim.cost import COST_MODELS
-    from moesim.policies import POLICIES
 
     placement.check(fleet.n_gpus)
     gpus = fleet.gpus()
@@ -48,20 +67,12 @@ def run_fleet(model: ModelSpec, fleet: FleetSpec, placement: Placement, requests
         if not p.tenants:
             continue
         fg = gpus[p.gpu]
-        if p.policy:
-            pol = POLICIES.build(p.policy, p.policy_params or None)
-        elif p.policy_params:
-            base = {k: v for k, v in vars(policy_cfg).items() if k != "name"} if policy_cfg is not None else {}
-            pol = POLICIES.build(policy, {**base, **dict(p.policy_params)})
-        else:
-            pol = POLICIES.build(policy, policy_cfg)
+        pol = gpu_policy(placement, p, policy, policy_cfg)
         c = costs.get(fg.spec.name)
         if c is None:
             c = costs[fg.spec.name] = COST_MODELS.build(cost, cost_cfg, model=model, gpu=fg.spec)
         setups.append(GPUSetup(fg.spec, pol, c, tuple(p.tenants), fg.node, fg.name, fg.index))
     if not setups:
-        from moesim.errors import UserError
-
         raise UserError("placement: no GPU holds any variant")
     if router is None and any(len(g) > 1 for g in placement.replicas().values()):
         from moesim.fleet.routers import ROUTERS

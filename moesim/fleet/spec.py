@@ -117,15 +117,22 @@ class FleetSpec:
         """Parse the file form (UserError naming ``where`` on a bad field)."""
         if not isinstance(data, dict) or not isinstance(data.get("groups"), list):
             raise UserError(f"{where}: expected a mapping with a list 'groups' of {{gpu, count, ...}}")
+        from moesim.errors import did_you_mean
+
         groups = []
+        fields = ["gpu", "count", "gpus_per_node", "node_host_GBps"]
         for i, g in enumerate(data["groups"]):
+            bad = sorted(set(g) - set(fields)) if isinstance(g, dict) else []
+            if bad:
+                raise UserError(f"{where}: groups[{i}]: unknown field {bad[0]!r}{did_you_mean(str(bad[0]), fields)}; "
+                                f"valid: {', '.join(fields)}")
             if not isinstance(g, dict) or "gpu" not in g:
                 raise UserError(f"{where}: groups[{i}] needs a 'gpu' name")
-            bad = sorted(set(g) - {"gpu", "count", "gpus_per_node", "node_host_GBps"})
-            if bad:
-                raise UserError(f"{where}: groups[{i}]: unknown field(s) {bad}; valid: gpu, count, "
-                                "gpus_per_node, node_host_GBps")
-            groups.append(GPUGroup(**g))
+            try:
+                groups.append(GPUGroup(**g))
+            except UserError as e:  # the file and the group entry, then what is wrong in it
+                own = f"fleet group {g['gpu']}: "
+                raise UserError(f"{where}: groups[{i}]: {str(e).removeprefix(own)}") from None
         return cls(tuple(groups))
 
 
@@ -133,4 +140,4 @@ def load_fleet(path: str | Path) -> FleetSpec:
     """A fleet file (YAML or JSON)."""
     from moesim.fleet.placement import read_mapping
 
-    return FleetSpec.from_dict(read_mapping(path), str(path))
+    return FleetSpec.from_dict(read_mapping(path), f"fleet file {path}")

@@ -30,7 +30,7 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,12 @@ class BenchConfig:
         hf_layers: HF decoder layers to build (0: all; else scaled per layer).
         hf_max_batch: HF decode batches above this are not timed (its prefill of the context is slow).
         serve: time the runtime's bucketed decode graphs.
+        tune_regimes: which ``fused_moe.CANDIDATES`` regimes to tune (comma-separated indices, or ``all``).
+        variants: whole-step variants to time (comma-separated among ``STEP_VARIANTS``).
+        attn: time the prompt attention backends (FlashAttention varlen vs SDPA's cuDNN) at the prefills.
+        breakdown: time each op of a prefill layer at the prefills ≥ 1,024 tokens (the 2k/4k split).
+        switch: time a tenant switch.
+        moe_tokens: token counts of the one-MoE-layer table (the hybrid crossover is read from it).
     """
 
     out: str = "bench_out"
@@ -71,11 +77,27 @@ class BenchConfig:
     hf_layers: int = 0
     hf_max_batch: int = 64
     serve: bool = True
+    tune_regimes: str = "all"
+    variants: str = "grouped,triton,triton+fused,hybrid,tuned"
+    attn: bool = True
+    breakdown: bool = True
+    switch: bool = True
+    moe_tokens: str = "1,8,32,64,128,512,1024,1448,2048,2896,4096"
 
     def __post_init__(self) -> None:
         if self.device not in ("cuda", "cpu"):
             raise UserError(f"device={self.device!r}: valid: cuda, cpu")
-        for name in ("batches", "prefills"):
+        bad = [v for v in self.variants.split(",") if v.strip() not in STEP_VARIANTS]
+        if bad or not self.variants.strip():
+            raise UserError(f"variants={self.variants!r}: comma-separated among {', '.join(STEP_VARIANTS)}")
+        if self.tune_regimes != "all":
+            from moesim.kernels.regimes import N_REGIMES
+
+            parts = self.tune_regimes.split(",")
+            if not all(p.strip().isdigit() and int(p) < N_REGIMES for p in parts):
+                raise UserError(f"tune_regimes={self.tune_regimes!r}: 'all' or comma-separated indices 0…"
+                                f"{N_REGIMES - 1}")
+        for name in ("batches", "prefills", "moe_tokens"):
             for part in getattr(self, name).split(","):
                 if not part.strip().isdigit() or int(part) < 1:
                     raise UserError(f"{name}={getattr(self, name)!r}: comma-separated positive integers")
@@ -85,6 +107,22 @@ class BenchConfig:
     def ints(self, name: str) -> list[int]:
         """A comma-separated field as integers."""
         return [int(p) for p in getattr(self, name).split(",")]
+
+    def names(self, name: str) -> list[str]:
+        """A comma-separated field as stripped names."""
+        return [p.strip() for p in getattr(self, name).split(",") if p.strip()]
+
+
+#: Whole-step variants: (MoE engine, fused small ops, MoE cap rule, prompt attention). ``hybrid``: the fused
+#: kernel up to the measured crossover, the grouped GEMM above; ``tuned``: the same with the prompt attention
+#: backend the ``attn`` section measured faster.
+STEP_VARIANTS: dict[str, tuple[str, bool, str, str]] = {
+    "grouped": ("grouped", False, "none", "flash"),
+    "triton": ("triton", False, "none", "flash"),
+    "triton+fused": ("triton", True, "none", "flash"),
+    "hybrid": ("triton", True, "crossover", "flash"),
+    "tuned": ("triton", True, "crossover", "best"),
+}
 
 
 class Bench:
@@ -110,6 +148,7 @@ class Bench:
                                     "skipped": [], "errors": []}
         self.eng = None
         self.hybrid_cap: int | None = None  # set by moe_op
+        self.attn_choice: tuple[str, int | None] = ("flash", None)  # set by attn: (backend, from tokens)
 
     # ---- plumbing -----------------------------------------------------------------------------------
     def left(self) -> float:
@@ -231,6 +270,7 @@ class Bench:
         self.eng = MoEEngine(self.spec, self.dev, n_tenants=1, seed=0, moe_engine="triton", dtype=self.dtype,
                              balanced_routing=True, fused_ops=False)
         self.eng.triton_max_assign = None  # the fused kernel at every size; the hybrid variant sets its own cap
+        self.eng.prefill_attn = "flash"  # the attn section and the tuned variant choose; the others run flash
         rows = max(max(self.cfg.ints("batches")) * (self.cfg.context + 1), max(self.cfg.ints("prefills")))
         self.cache = KVCache(self.spec, rows, self.dev, self.dtype, self.eng.gen)
         self.sync()
@@ -297,7 +337,11 @@ class Bench:
 
         eng = self.eng
         out = {}
+        want = (set(range(len(fm.CANDIDATES))) if self.cfg.tune_regimes == "all"
+                else set(self.cfg.ints("tune_regimes")))
         for regime, cand in enumerate(fm.CANDIDATES):
+            if regime not in want:
+                continue
             if self.left() < 30:
                 self.res["skipped"].append(f"tiles regime {regime}: deadline")
                 break
@@ -327,6 +371,9 @@ class Bench:
                 for dn in cand.dn[1:]:
                     c = fm.make_config(bm, gu_best[1], dn)
                     best = min(best, (timed(c), c), key=lambda x: x[0])
+            if math.isfinite(best[0]) and fm.HAVE_TMA and self.cuda:  # the best tiles again, weights through TMA
+                c = replace(best[1], tma=1)
+                best = min(best, (timed(c), c), key=lambda x: x[0])
             if math.isfinite(best[0]):
                 fm.set_config(regime, best[1])
             out[f"regime{regime}_T{T}"] = {"tried": tried, "picked": asdict(best[1]), "us": best[0] * 1e6}
@@ -337,7 +384,7 @@ class Bench:
     def moe_op(self) -> dict:
         eng, s = self.eng, self.spec
         rows = []
-        for T in (1, 8, 32, 64, 128, 512, 2048, 4096) if self.cuda else (1, 8):
+        for T in self.cfg.ints("moe_tokens") if self.cuda else (1, 8):
             layer, hh, ti, tw = self._routed(T)
             touched = int(ti.unique().numel())
             bytes_ = touched * s.expert_bytes + T * s.d_model * 2 * self.dtype.itemsize
@@ -352,10 +399,140 @@ class Bench:
             rows.append(row)
             print(f"  moe T={T}: grouped {row['grouped_us']:.1f} µs, triton {row['triton_us']:.1f} µs, "
                   f"floor {row['floor_us']:.1f} µs", flush=True)
-        # hybrid: the fused kernel up to the first token count where the grouped GEMM was faster
-        slower = [r["tokens"] for r in rows if r["triton_us"] > r["grouped_us"]]
-        self.hybrid_cap = min(slower) * self.spec.top_k - 1 if slower else None
+        # hybrid: the fused kernel up to the measured crossover (the grouped GEMM faster from there on)
+        from moesim.kernels.fused_moe import crossover_cap
+
+        self.hybrid_cap = crossover_cap([(r["tokens"], r["triton_us"], r["grouped_us"]) for r in rows],
+                                        self.spec.top_k)
         return {"rows": rows, "hybrid_max_assign": self.hybrid_cap}
+
+    # ---- prompt attention backends ------------------------------------------------------------------
+    def attn(self) -> dict:
+        """One causal prompt (no context) per size: the varlen FlashAttention call vs SDPA's cuDNN backend."""
+        torch, eng, s = self.torch, self.eng, self.spec
+        if not self.cuda:
+            return {"rows": [], "choice": "flash", "note": "CUDA only (the cuDNN backend)"}
+        rows = []
+        for T in [t for t in self.cfg.ints("prefills") if t >= 1024]:
+            si = eng.make_inputs([(0, T, 0)])
+            q = torch.randn(T, s.n_heads, s.head_dim, device=self.dev, dtype=self.dtype)
+            ck, cv = self.cache.k[0], self.cache.v[0]
+            flops = 4.0 * s.n_heads * s.head_dim * T * (T + 1) / 2
+            row: dict[str, Any] = {"tokens": T, "flops": flops}
+            outs = {}
+            for name in ("flash", "cudnn"):
+                eng.prefill_attn, eng.cudnn_min_tokens = name, 1
+                try:
+                    outs[name] = eng.attend(q, si.meta, ck, cv).float()
+                    t = self.time_fn(lambda si=si, q=q, ck=ck, cv=cv: eng.attend(q, si.meta, ck, cv))
+                except Exception as exc:
+                    row[f"{name}_error"] = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                    self.sync()
+                    continue
+                row[f"{name}_us"] = t * 1e6
+                row[f"{name}_tflops"] = flops / t / 1e12
+            if len(outs) == 2:
+                row["cudnn_vs_flash_rel_err"] = float((outs["cudnn"] - outs["flash"]).norm() / outs["flash"].norm())
+            rows.append(row)
+            print(f"  attn T={T}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                 for k, v in row.items() if k != "flops"), flush=True)
+        eng.prefill_attn = "flash"
+        ok = [r for r in rows if "cudnn_us" in r and "flash_us" in r and r.get("cudnn_vs_flash_rel_err", 1) < 2e-2]
+        faster = [r["tokens"] for r in ok if r["cudnn_us"] < r["flash_us"]]
+        # cuDNN from the smallest measured size from which it stays faster (with matching outputs)
+        start = next((r["tokens"] for i, r in enumerate(ok) if all(x["tokens"] in faster for x in ok[i:])), None)
+        self.attn_choice = ("cudnn", start) if start is not None else ("flash", None)
+        return {"rows": rows, "choice": self.attn_choice[0], "cudnn_min_tokens": start}
+
+    # ---- one prefill layer, op by op ----------------------------------------------------------------
+    def breakdown(self) -> dict:
+        """Per-layer times of a prompt's ops at the prefills ≥ 1,024 tokens (CUDA-graph replays), with TFLOP/s."""
+        if not self.cuda:
+            return {"rows": [], "note": "CUDA only"}
+        out = []
+        for T in [t for t in self.cfg.ints("prefills") if t >= 1024]:
+            if self.left() < 20:
+                self.res["skipped"].append(f"breakdown {T}: deadline")
+                break
+            row = self._breakdown_one(T)
+            out.append(row)
+            print(f"  breakdown T={T}: " + ", ".join(f"{k}={v.get('us', float('nan')):.1f}µs"
+                                                     for k, v in row["ops"].items()), flush=True)
+            self.res["sections"]["breakdown"] = {"rows": out}
+            self.write()
+        return {"rows": out}
+
+    def _breakdown_one(self, T: int) -> dict:
+        from moesim.calibrate.work import op_work
+        from moesim.kernels import fused_moe as fm
+        from moesim.kernels import fused_ops as fo
+
+        torch, eng, s = self.torch, self.eng, self.spec
+        w = eng.tenants[0]
+        layer = next(i for i in range(s.n_layers) if eng.is_moe(i))
+        si = eng.make_inputs([(0, T, 0)])
+        x = eng.random_hidden(T)
+        ck, cv = self.cache.k[layer], self.cache.v[layer]
+        qkv = fo.rms_norm(x, w.attn_norm[layer]) @ w.wqkv[layer].T
+        q = fo.rope_kv(qkv, si.pos, eng.cos, eng.sin, si.meta.slots, ck, cv, s.n_heads, s.n_kv_heads, s.head_dim)
+        o = eng.attend(q, si.meta, ck, cv)
+        hh, ti, tw = eng.router(x, 0, layer)
+        d, F = s.d_model, s.d_ff
+        attn_fl = 4.0 * s.n_heads * s.head_dim * T * (T + 1) / 2
+        ops: list[tuple[str, Any, float]] = [
+            ("rms_norm+qkv", lambda: fo.rms_norm(x, w.attn_norm[layer]) @ w.wqkv[layer].T,
+             2.0 * T * d * (eng.q_dim + 2 * eng.kv_dim)),
+            ("rope_kv", lambda: fo.rope_kv(qkv, si.pos, eng.cos, eng.sin, si.meta.slots, ck, cv, s.n_heads,
+                                           s.n_kv_heads, s.head_dim), 0.0),
+            ("attention_flash", lambda: eng.attend(q, si.meta, ck, cv), attn_fl),
+            ("o_proj+residual", lambda: x.addmm_(o, w.wo[layer].T), 2.0 * T * eng.q_dim * d),
+            ("router", lambda: eng.router(x, 0, layer), op_work(s, "router", tokens=T).flops),
+        ]
+        cfg = fm.pick_config(ti.numel())
+        st = fm.moe_stages(hh, eng.w_in[layer], eng.w_out[layer], ti, tw, eng.swiglu, cfg)
+        moe_fl = 2.0 * T * s.top_k * 3 * F * d
+        E = eng.w_in[layer].shape[0]
+        ops += [("moe_align", st["align"], 0.0),
+                ("moe_align_torch", lambda: fm.align(ti, E, cfg.bm, how="torch"), 0.0),
+                ("moe_align_triton", lambda: fm.align(ti, E, cfg.bm, how="triton"), 0.0),
+                ("moe_gate_up", st["gate_up"], 2.0 * T * s.top_k * 2 * F * d),
+                ("moe_down", st["down"], 2.0 * T * s.top_k * F * d),
+                ("moe_combine", st["combine"], 0.0),
+                ("moe_fused_total", lambda: fm.fused_moe(hh, eng.w_in[layer], eng.w_out[layer], ti, tw, eng.swiglu,
+                                                         residual=x), moe_fl),
+                ("moe_grouped_total", lambda: eng.moe(hh, ti, tw, layer, engine="grouped"), moe_fl),
+                ("lm_head_1row", lambda: eng.lm_head(x[-1:], 0), 2.0 * d * s.vocab)]
+        # the same two GEMMs through torch._grouped_mm (cuBLAS/CUTLASS) on the kernel's own padded sorted rows:
+        # what the per-expert library GEMMs would give at this size (measurement only)
+        if hasattr(torch, "_grouped_mm"):
+            st["align"]()
+            sorted_ids, blk_e, total = st["sorted"], st["experts"], st["total"]
+            nb = blk_e.numel()
+            used = (torch.arange(nb, device=self.dev) * cfg.bm < total).int()
+            ends = (torch.zeros(E, dtype=torch.int32, device=self.dev).scatter_add_(0, blk_e.long(), used)
+                    .cumsum(0) * cfg.bm).to(torch.int32)
+            k = s.top_k
+            a_rows = hh[torch.where(sorted_ids < T * k, sorted_ids, 0).long() // k]  # (nb·bm, d) gathered rows
+            inter_rows = torch.randn(nb * cfg.bm, F, device=self.dev, dtype=self.dtype)
+            w_in_t, w_out_t = eng.w_in[layer].transpose(-2, -1), eng.w_out[layer].transpose(-2, -1)
+            ops += [("grouped_mm_gate_up", lambda: torch._grouped_mm(a_rows, w_in_t, offs=ends),
+                     2.0 * T * s.top_k * 2 * F * d),
+                    ("grouped_mm_down", lambda: torch._grouped_mm(inter_rows, w_out_t, offs=ends),
+                     2.0 * T * s.top_k * F * d)]
+        row: dict[str, Any] = {"tokens": T, "moe_config": asdict(cfg), "ops": {}}
+        eng.fused_ops = True  # the router op as the fused engine runs it (one kernel)
+        for name, fn, flops in ops:
+            try:
+                t = self.time_fn(fn)
+            except Exception as exc:
+                row["ops"][name] = {"error": str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}
+                self.sync()
+                continue
+            row["ops"][name] = {"us": t * 1e6, "tflops": flops / t / 1e12 if flops else None,
+                                "of_peak": flops / t / self.peak if flops else None}
+        eng.fused_ops = False
+        return row
+
 
     # ---- 5. whole steps -----------------------------------------------------------------------------
     def _work(self, si: Any, touched: list[int], decode: bool) -> tuple[float, float]:
@@ -404,13 +581,15 @@ class Bench:
     def steps(self) -> dict:
         eng = self.eng
         cfg = self.cfg
-        variants = (("grouped", "grouped", False), ("triton", "triton", False), ("triton+fused", "triton", True),
-                    ("hybrid", "triton", True))
-        shapes = [("decode", B, [(0, 1, cfg.context)] * B) for B in cfg.ints("batches")]
-        shapes += [("prefill", T, [(0, T, 0)]) for T in cfg.ints("prefills")]
+        variants = [(v, *STEP_VARIANTS[v]) for v in cfg.names("variants")]
+        attn_choice = getattr(self, "attn_choice", ("flash", None))
+        # prompts first (the ≥ 2k targets; largest after 2,048), then decodes: a deadline cuts the least wanted
+        pre = sorted(cfg.ints("prefills"), key=lambda T: (T < 2048, T))
+        shapes = [("prefill", T, [(0, T, 0)]) for T in pre]
+        shapes += [("decode", B, [(0, 1, cfg.context)] * B) for B in cfg.ints("batches")]
         rows = []
         for kind, n, batch in shapes:
-            if self.left() < 25 + (40 if kind == "prefill" and n > 2048 else 0):
+            if self.left() < 20 + (15 if kind == "prefill" and n > 2048 else 0):
                 self.res["skipped"].append(f"steps {kind} {n}: deadline")
                 continue
             si = eng.make_inputs(batch)
@@ -422,13 +601,19 @@ class Bench:
                    "flops": flops, "bytes": bytes_, "bytes_floor_ms": fl_b * 1e3, "flops_floor_ms": fl_f * 1e3,
                    "floor_ms": max(fl_b, fl_f) * 1e3, "touched_mean": sum(touched) / max(1, len(touched))}
             outs = {}
-            for name, moe, fused in variants:
+            for name, moe, fused, cap_rule, attn in variants:
                 eng.moe_engine, eng.fused_ops = moe, fused
-                eng.triton_max_assign = self.hybrid_cap if name == "hybrid" else None
-                if name == "hybrid" and (self.hybrid_cap is None or row["tokens"] * self.spec.top_k <= self.hybrid_cap):
-                    for key in ("ms", "over_floor", "tflops", "of_peak"):  # the same path as triton+fused
-                        if f"triton+fused_{key}" in row:
-                            row[f"hybrid_{key}"] = row[f"triton+fused_{key}"]
+                eng.triton_max_assign = self.hybrid_cap if cap_rule == "crossover" else None
+                best_attn = attn == "best" and attn_choice[0] == "cudnn" and kind == "prefill" \
+                    and attn_choice[1] is not None and n >= attn_choice[1]
+                eng.prefill_attn, eng.cudnn_min_tokens = ("cudnn", attn_choice[1]) if best_attn else ("flash", 2048)
+                same = {"hybrid": "triton+fused", "tuned": "hybrid"}.get(name)
+                if (same and f"{same}_ms" in row and not best_attn
+                        and (cap_rule != "crossover" or name == "tuned" or self.hybrid_cap is None
+                             or row["tokens"] * self.spec.top_k <= self.hybrid_cap)):
+                    for key in ("ms", "over_floor", "tflops", "of_peak"):  # the same path as the one before
+                        row[f"{name}_{key}"] = row[f"{same}_{key}"]
+                    row[f"{name}_same_as"] = same
                     continue
                 holder: list[Any] = []
                 try:
@@ -443,7 +628,7 @@ class Bench:
                 row[f"{name}_of_peak"] = flops / t / self.peak
                 outs[name] = holder[-1]
             if "grouped" in outs:
-                for name in ("triton", "triton+fused"):
+                for name in ("triton", "triton+fused", "hybrid", "tuned"):
                     if name in outs:
                         row[f"{name}_tokens_agree"] = float((outs[name] == outs["grouped"]).float().mean())
             rows.append(row)
@@ -452,7 +637,9 @@ class Bench:
             self.res["sections"]["steps"] = {"rows": rows, "hybrid_max_assign": self.hybrid_cap}
             self.write()
         eng.moe_engine, eng.fused_ops, eng.triton_max_assign = "grouped", False, None
-        return {"rows": rows, "hybrid_max_assign": self.hybrid_cap}
+        eng.prefill_attn = "flash"
+        return {"rows": rows, "hybrid_max_assign": self.hybrid_cap, "attn_choice": list(attn_choice),
+                "variants": cfg.names("variants")}
 
     # ---- 6. the runtime's bucketed decode graphs ------------------------------------------------------
     def serve_decode(self) -> dict:
@@ -623,6 +810,20 @@ class Bench:
         torch.cuda.empty_cache()
         return out
 
+    def tuning(self) -> dict:
+        """What the run picked (tiles per regime, crossover cap, prompt attention), written as engine_tuning.json
+        for ``python -m moesim.calibrate ... moe_tuning=PATH``."""
+        from moesim.kernels import fused_moe as fm
+        from moesim.kernels.regimes import check_tuning
+
+        attn, start = self.attn_choice
+        t = {"configs": [[b, asdict(c)] for b, c in fm.CONFIGS], "max_assign": self.hybrid_cap,
+             "prefill_attn": attn, "cudnn_min_tokens": start,
+             "source": "python -m moesim.kernels.bench " + " ".join(f"{k}={v}" for k, v in asdict(self.cfg).items())}
+        check_tuning(t, "engine_tuning.json")
+        (self.out / "engine_tuning.json").write_text(json.dumps(t, indent=1))
+        return t
+
     def run(self) -> dict:
         self.section("floors", self.floors)
         self.section("build", self.build)
@@ -633,9 +834,18 @@ class Bench:
         if self.cfg.tune:
             self.section("tiles", self.tiles, 40)
         hf_reserve = 80 if self.cfg.hf and self.cuda else 0  # HF's build and steps come last
+        if self.cfg.attn:
+            self.section("attn", self.attn, 30)
         self.section("moe_op", self.moe_op, 60)
+        try:
+            self.res["tuning"] = self.tuning()
+        except Exception as exc:  # never lose the run for its summary file
+            self.res["errors"].append(f"tuning: {type(exc).__name__}: {str(exc)[:200]}")
+        if self.cfg.breakdown:
+            self.section("breakdown", self.breakdown, 45)
         self.section("steps", self.steps, 40)
-        self.section("switch", self.switch, 15)
+        if self.cfg.switch:
+            self.section("switch", self.switch, 15)
         if self.cfg.serve:
             self.section("serve_decode", self.serve_decode, 25 + hf_reserve)
         if self.cfg.hf:
@@ -676,24 +886,46 @@ def markdown(res: dict) -> str:
             lines.append(f"| {r['tokens']} | {r['touched']} | {_f(r['floor_us'], 1)} | {_f(r.get('grouped_us'), 1)} | "
                          f"{_f(r.get('grouped_over_floor'))} | {_f(r.get('triton_us'), 1)} | {_f(r.get('triton_over_floor'))} |")
         lines.append("")
+    ti = S.get("tiles")
+    if ti:
+        lines += ["## Tile picks (one MoE layer, CUDA-graph replay)", "", "| regime | µs | picked |", "|---|---:|---|"]
+        lines += [f"| {k} | {_f(v.get('us'), 1)} | {v.get('picked')} |" for k, v in ti.items()]
+        lines.append("")
+    at = S.get("attn")
+    if at and at.get("rows"):
+        lines += ["## Prompt attention (one causal prompt, no context; per layer)", "",
+                  f"choice: {at.get('choice')} from {at.get('cudnn_min_tokens')} tokens", "",
+                  "| tokens | flash µs | TFLOP/s | cuDNN µs | TFLOP/s | rel. diff |", "|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['tokens']} | {_f(r.get('flash_us'), 1)} | {_f(r.get('flash_tflops'), 0)} | "
+                  f"{_f(r.get('cudnn_us'), 1)} | {_f(r.get('cudnn_tflops'), 0)} | {_f(r.get('cudnn_vs_flash_rel_err'), 4)} |"
+                  for r in at["rows"]]
+        lines.append("")
+    bd = S.get("breakdown")
+    if bd and bd.get("rows"):
+        for r in bd["rows"]:
+            lines += [f"## One prefill layer at {r['tokens']} tokens, op by op (µs; MoE tiles {r['moe_config']})", "",
+                      "| op | µs | TFLOP/s | of matmul peak |", "|---|---:|---:|---:|"]
+            for name, v in r["ops"].items():
+                lines.append(f"| {name} | {_f(v.get('us'), 1)} | {_f(v.get('tflops'), 0)} | "
+                             f"{'—' if v.get('of_peak') is None else format(v['of_peak'], '.0%')} |")
+            lines.append("")
     st = S.get("steps")
     hf = {(r["kind"], r["n"]): r["ms"] for r in (S.get("hf") or {}).get("rows", [])}
     if st:
+        names = st.get("variants") or ["grouped", "triton", "triton+fused", "hybrid"]
         lines += ["## Whole steps (CUDA-graph replay; decode at the given context)", "",
                   f"hybrid: the fused kernels, with the grouped GEMM for MoE calls of more than "
-                  f"{st.get('hybrid_max_assign')} token × top-k assignments (None: never).", "",
-                  "| step | n | floor ms | bound | grouped ms | ×floor | triton ms | ×floor | triton+fused ms | ×floor "
-                  "| hybrid ms | ×floor | of matmul peak (best) | HF ms |",
-                  "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  f"{st.get('hybrid_max_assign')} token × top-k assignments (None: never); tuned: hybrid with the "
+                  f"prompt attention {st.get('attn_choice')}.", "",
+                  "| step | n | floor ms | bound | " + " | ".join(f"{v} ms | ×floor" for v in names)
+                  + " | of matmul peak (best) | HF ms |",
+                  "|---|---:|---:|---|" + "---:|---:|" * len(names) + "---:|---:|"]
         for r in st["rows"]:
             bound = "memory" if r["bytes_floor_ms"] >= r["flops_floor_ms"] else "compute"
-            best = max((r.get(f"{v}_of_peak", 0) for v in ("grouped", "triton", "triton+fused", "hybrid")), default=0)
-            lines.append(
-                f"| {r['kind']} | {r['n']} | {_f(r['floor_ms'])} | {bound} | {_f(r.get('grouped_ms'))} | "
-                f"{_f(r.get('grouped_over_floor'))} | {_f(r.get('triton_ms'))} | {_f(r.get('triton_over_floor'))} | "
-                f"{_f(r.get('triton+fused_ms'))} | {_f(r.get('triton+fused_over_floor'))} | "
-                f"{_f(r.get('hybrid_ms'))} | {_f(r.get('hybrid_over_floor'))} | {best:.0%} | "
-                f"{_f(hf.get((r['kind'], r['n'])), 1)} |")
+            best = max((r.get(f"{v}_of_peak", 0) for v in names), default=0)
+            cells = " | ".join(f"{_f(r.get(f'{v}_ms'))} | {_f(r.get(f'{v}_over_floor'))}" for v in names)
+            lines.append(f"| {r['kind']} | {r['n']} | {_f(r['floor_ms'])} | {bound} | {cells} | {best:.1%} | "
+                         f"{_f(hf.get((r['kind'], r['n'])), 1)} |")
         lines.append("")
     sd = S.get("serve_decode")
     if sd and sd.get("rows"):

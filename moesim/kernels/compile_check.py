@@ -36,7 +36,7 @@ def main() -> int:
     def comp(fn, sig: dict, const: dict, warps: int, stages: int, name: str) -> None:
         nonlocal bad
         attrs = {(i,): [["tt.divisibility", 16]] for i, (n, t) in enumerate(sig.items())
-                 if t != "constexpr" and n not in no_div}
+                 if t != "constexpr" and n not in no_div and not t.startswith("tensordesc")}
         try:
             k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs), target=target,
                                options={"num_warps": warps, "num_stages": stages})
@@ -56,6 +56,8 @@ def main() -> int:
             if "STACK:0" not in usage:
                 bad += 1
         mma = "wgmma" if "wgmma" in ptx else ("mma.sync" if "mma.sync" in ptx else "-")
+        if "cp.async.bulk.tensor" in ptx:
+            mma += "+tma"
         print(f"{name:34s} shared={k.metadata.shared:>7d} cp.async={ptx.count('cp.async.cg'):>3d} {mma:8s} {usage}")
 
     gu = {"a_ptr": "*bf16", "w_ptr": "*bf16", "out_ptr": "*bf16", "sorted_ptr": "*i32", "expert_ptr": "*i32",
@@ -80,6 +82,28 @@ def main() -> int:
                         const |= {"TOPK": 2, "SWIGLU": True}
                     comp(fm._gate_up_kernel if kind == "gate_up" else fm._down_kernel, sig, const, w, st,
                          f"{kind} bm{bm} bn{bn} bk{bk} w{w} s{st}")
+    # the TMA-descriptor variants (MoEConfig.tma = 1) of the tiles the 2k/4k regimes may pick
+    for cand in fm.CANDIDATES[3:]:
+        for bm in cand.bms:
+            for (bn, bk, w, st) in cand.gu[:2]:
+                sig = {"a_ptr": "*bf16", "w_desc": f"tensordesc<bf16[{bn}, {bk}]>", "out_ptr": "*bf16",
+                       "sorted_ptr": "*i32", "expert_ptr": "*i32", "total_ptr": "*i32", "NK": "i32", "K": "i32",
+                       "FF": "i32", "NUM_M": "i32", "stride_am": "i32", "stride_om": "i32", "TOPK": "constexpr",
+                       "SWIGLU": "constexpr", "BM": "constexpr", "BN": "constexpr", "BK": "constexpr",
+                       "DOT_F32": "constexpr"}
+                if ("gu_tma", bm, bn, bk, w, st) not in seen:
+                    seen.add(("gu_tma", bm, bn, bk, w, st))
+                    comp(fm._gate_up_tma_kernel, sig, {"TOPK": 2, "SWIGLU": True, "BM": bm, "BN": bn, "BK": bk,
+                                                       "DOT_F32": False}, w, st, f"gate_up_tma bm{bm} bn{bn} bk{bk} w{w} s{st}")
+            for (bn, bk, w, st) in cand.dn[:3]:
+                sig = {"a_desc": f"tensordesc<bf16[{bm}, {bk}]>", "w_desc": f"tensordesc<bf16[{bn}, {bk}]>",
+                       "out_ptr": "*bf16", "sorted_ptr": "*i32", "expert_ptr": "*i32", "total_ptr": "*i32",
+                       "tw_ptr": "*bf16", "NK": "i32", "K": "i32", "D": "i32", "NUM_M": "i32", "stride_om": "i32",
+                       "BM": "constexpr", "BN": "constexpr", "BK": "constexpr", "DOT_F32": "constexpr"}
+                if ("dn_tma", bm, bn, bk, w, st) not in seen:
+                    seen.add(("dn_tma", bm, bn, bk, w, st))
+                    comp(fm._down_tma_kernel, sig, {"BM": bm, "BN": bn, "BK": bk, "DOT_F32": False}, w, st,
+                         f"down_tma bm{bm} bn{bn} bk{bk} w{w} s{st}")
     al = {"ids_ptr": "*i64", "sorted_ptr": "*i32", "expert_ptr": "*i32", "total_ptr": "*i32", "NK": "i32", "E": "i32",
           "NB": "i32", "EP": "constexpr", "BM": "constexpr", "CHUNK": "constexpr"}
     for ep, chunk in ((16, 256), (128, 32)):

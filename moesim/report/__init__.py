@@ -105,7 +105,8 @@ def _gpu_notes(ok: pd.DataFrame) -> str:
     from moesim.specs import GPU_SPECS
 
     notes = []
-    for name in dict.fromkeys(ok["gpu"].tolist()) if len(ok) else []:
+    # a fleet of several GPU types records them as "h200+a100-80gb"
+    for name in dict.fromkeys(n for g in ok["gpu"].tolist() for n in str(g).split("+")) if len(ok) else []:
         spec = GPU_SPECS.get(str(name))
         derived = getattr(spec, "derived", "") if spec is not None else ""
         if derived:
@@ -227,7 +228,9 @@ def _ratio_title(ratios: dict[float, float]) -> str:
 
 def _headline_section(data: SweepData, head: pd.DataFrame) -> str:
     rate = data.chosen_rate
-    bases = list(data.options.baselines)
+    # baselines the sweep ran: a sweep without mig had two columns of "—" under "vs mig"
+    ran = set(data.ok["policy"].astype(str)) if "policy" in data.ok else set()
+    bases = [b for b in data.options.baselines if b in ran]
     at = ("the rates " + ", ".join(f"{r:.4g}" for r in data.options.compare_rates) + " req/s"
           if data.options.compare_rates else "the swept rates")
     header = ["policy", "GPUs", f"mean turn&shy;around (s) at {fmt(rate)} req/s"]

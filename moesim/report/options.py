@@ -82,7 +82,10 @@ def check_options(opts: ReportOptions, where: str = "") -> ReportOptions:
     valid = sorted(POLICIES.names())
     for b in baselines:
         if b not in valid:
-            raise UserError(f"{name('baselines')}: unknown policy {b!r}; valid: {', '.join(valid)}")
+            from moesim.errors import did_you_mean
+
+            raise UserError(f"{name('baselines')}: unknown policy {b!r}{did_you_mean(b, list(valid))}; valid: "
+                            f"{', '.join(valid)}")
     rates = tuple(_positive(name("compare_rates"), r, unit=" (requests/s per tenant)") or 0.0
                   for r in opts.compare_rates)
     ttft = _positive(name("slo_ttft_s"), opts.slo_ttft_s, optional=True, unit=" (seconds)")

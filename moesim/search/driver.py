@@ -119,10 +119,16 @@ def scale_workload(workload: dict[str, Any], load: float) -> dict[str, Any]:
 
 
 def offered_rate(workload: dict[str, Any], seed: int) -> float:
-    """Requests per second the workload offers (requests of ``seed`` / horizon)."""
+    """Requests per second the workload offers: its configured mean ``rate × tenants`` when it has a rate (the
+    report said 4.067 requests/s for rate=0.5 × 8 tenants, one seed's draw), else requests of ``seed`` /
+    horizon (a trace at its own times)."""
     import json
 
     from moesim.search.fleet_eval import _requests
+
+    rate, tenants = float(workload.get("rate", 0) or 0), workload.get("tenants")
+    if rate > 0 and isinstance(tenants, int) and tenants > 0:
+        return rate * tenants
 
     reqs, _, horizon = _requests(json.dumps(workload, sort_keys=True), seed)
     return len(reqs) / horizon if horizon > 0 else math.nan
@@ -150,6 +156,13 @@ def check_space(cfg: SearchConfig, base: dict[str, Any]) -> None:
         raise unknown_name("router in search.router", cfg.router, routers())
     for gpu in cfg.gpus:
         _cost(base["model"], gpu, json.dumps(base.get("cost") or {"name": "best"}, sort_keys=True))
+    # the workload at every load: a bad trace file (or a cut that keeps nothing) is one line before any trial
+    # (it failed every trial, 378 of them, and surfaced only when the report was written)
+    from moesim.workloads import WORKLOADS
+
+    for x in sorted({1.0, *cfg.loads}):
+        w = scale_workload(base["workload"], x)
+        WORKLOADS.build(w["name"], {k: v for k, v in w.items() if k != "name"})
 
 
 def cost_lines(cfg: SearchConfig, base: dict[str, Any]) -> dict[str, str]:

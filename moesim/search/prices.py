@@ -61,12 +61,19 @@ def load_prices(path: str | Path | None = None) -> PriceTable:
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         raise UserError(f"{p}: not valid YAML{f' (line {line + 1})' if line is not None else ''}") from None
+    from moesim.errors import did_you_mean
+
+    fields = ["currency", "unit", "source", "prices"]
+    bad = sorted(str(k) for k in doc if k not in fields) if isinstance(doc, dict) else []
+    if bad:  # per_gpu_hour: {...} read "expected a mapping with 'prices: ...'", sorce: was ignored
+        raise UserError(f"{p}: unknown field {bad[0]!r}{did_you_mean(bad[0], fields)}; valid: {', '.join(fields)}")
     if not isinstance(doc, dict) or not isinstance(doc.get("prices"), dict) or not doc["prices"]:
         raise UserError(f"{p}: expected a mapping with 'prices: {{<gpu>: <$ per GPU-hour>, ...}}'")
     prices: dict[str, float] = {}
     for gpu, value in doc["prices"].items():
         if gpu not in GPU_SPECS:
-            raise UserError(f"{p}: prices.{gpu}: unknown gpu; valid: {', '.join(sorted(GPU_SPECS))}")
+            raise UserError(f"{p}: prices.{gpu}: unknown gpu{did_you_mean(str(gpu), sorted(GPU_SPECS))}; valid: "
+                            f"{', '.join(sorted(GPU_SPECS))}")
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if not ok or value <= 0:
             raise UserError(f"{p}: prices.{gpu}={value!r}: must be a number > 0 (price per GPU-hour)")

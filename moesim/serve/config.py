@@ -38,7 +38,8 @@ class ServeConfig:
         tenants: tenants (requests spread uniformly at random over them).
         rate: mean arrival rate per tenant (requests/s).
         max_requests: the trace's first this many requests.
-        max_prompt, max_output: token counts are capped at these (tokens).
+        max_prompt: a request's prompt is capped at this many tokens.
+        max_output: a request's output is capped at this many tokens.
         seed: workload and weight seed.
         backend: ``torch`` (execute every step on ``device``) or ``cost`` (answer each step with ``sim_cost``'s
             time; with ``clock=wall`` the runtime sleeps it, with ``clock=virtual`` it is the simulator).
@@ -108,6 +109,14 @@ class ServeConfig:
             check_decoder_only(self.model)
         if self.policy not in SERVED_POLICIES:
             raise UserError(f"policy={self.policy!r}: the runtime serves {', '.join(SERVED_POLICIES)}")
+        if self.policy == "mig":  # in this tool's keys (the layout's own message names the simulator's)
+            from moesim.specs.mig import mig_layouts
+
+            spec = GPU_SPECS[self.gpu]
+            most = max((len(lay.instances) for lay in mig_layouts(spec)), default=0) if spec.mig_profiles else 0
+            if most and self.tenants > most:
+                raise UserError(f"policy=mig with tenants={self.tenants}: {self.gpu} has at most {most} MIG "
+                                f"instances (one per tenant); use tenants ≤ {most}")
         if self.policy == "dedicated" and self.gpus != self.tenants:
             raise UserError(f"policy=dedicated with tenants={self.tenants}, gpus={self.gpus}: dedicated gives each "
                             "tenant a whole GPU of its own; set gpus=<tenants> (GPU g serves tenant g)")
@@ -134,7 +143,11 @@ class ServeConfig:
             if self.policy == "mig":
                 raise UserError("policy=mig with gpus > 1: a fleet GPU runs a single-instance policy")
             if self.router not in ROUTERS.names():
-                raise UserError(f"router={self.router!r}: valid: {', '.join(sorted(ROUTERS.names()))}")
+                from moesim.errors import did_you_mean
+
+                routers = sorted(ROUTERS.names())
+                raise UserError(f"router={self.router!r}{did_you_mean(self.router, routers)}: valid: "
+                                f"{', '.join(routers)}")
             parse_placement(self.placement, self.gpus, self.tenants)
         elif self.placement:
             raise UserError(f"placement={self.placement!r} needs gpus > 1 (and a policy other than dedicated)")

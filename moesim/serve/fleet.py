@@ -54,7 +54,11 @@ def parse_placement(text: str, n_gpus: int, n_tenants: int) -> list[tuple[int, .
             ts = tuple(sorted({int(x) for x in p.split(",") if x.strip()}))
         except ValueError:
             raise UserError(f"placement={text!r}: GPU {g}'s list {p!r} is not comma-separated integers") from None
-        if not ts or any(t < 0 or t >= n_tenants for t in ts):
+        bad = [t for t in ts if t < 0 or t >= n_tenants]
+        if bad:  # '0,1;5' with 4 tenants: name the tenant, not "GPU 1 must hold ≥ 1"
+            raise UserError(f"placement={text!r}: GPU {g} lists tenant {bad[0]}; valid: 0..{n_tenants - 1} "
+                            f"(tenants={n_tenants})")
+        if not ts:
             raise UserError(f"placement={text!r}: GPU {g} must hold ≥ 1 of tenants 0..{n_tenants - 1}")
         out.append(ts)
     missing = sorted(set(range(n_tenants)) - {t for ts in out for t in ts})

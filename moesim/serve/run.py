@@ -55,7 +55,6 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
     """
     t_start = time.perf_counter()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     model, gpu = get_model(cfg.model), get_gpu(cfg.gpu)
     requests = make_requests(cfg)
     command = "python -m moesim.serve " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -92,6 +91,8 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
         log(f"serve: {model.name} on {backends[0].describe().get('gpu_name', cfg.device)} ({execution}), "
             f"{len(backends)} instance(s), built in {sum(b.x.build_s for b in backends):.1f} s; "
             f"{len(requests)} requests, policy {cfg.policy}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)  # after the layout and the engine are built: a refusal leaves no folder
+    before = {f.name: f.stat().st_mtime_ns for f in out.iterdir() if f.is_file()}  # an earlier run's files
     try:
         if cfg.backend == "torch" and cfg.warmup:
             t0 = time.perf_counter()
@@ -147,8 +148,13 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
             f"{v['turnaround_ape_median_pct']:.1f}%{cpu}", flush=True)
     doc["wall_s"] = time.perf_counter() - t_start
     write_json(out / "summary.json", doc)
-    files = sorted(f.name for f in out.iterdir() if f.is_file() and f.suffix in (".parquet", ".json"))
-    log(f"outputs in {out}/ ({', '.join(files)})", flush=True)
+    ours = [f for f in out.iterdir() if f.is_file() and f.suffix in (".parquet", ".json")]
+    # a second run into the same out= (say compare=false after compare=true) listed the first run's
+    # simulated_requests.parquet and per_request_errors.parquet as its own
+    stale = sorted(f.name for f in ours if before.get(f.name) == f.stat().st_mtime_ns)
+    files = sorted(f.name for f in ours if f.name not in stale)
+    log(f"outputs in {out}/ ({', '.join(files)})"
+        + (f"; not from this run (an earlier run's): {', '.join(stale)}" if stale else ""), flush=True)
     return doc
 
 

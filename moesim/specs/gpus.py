@@ -192,8 +192,34 @@ def _mig(d: Any, where: str, gpu_mib: int, gpu_sms: int) -> tuple[int, tuple[MIG
     return mig_sms, tuple(sorted(out, key=lambda p: (p.compute_slices, p.memory_bytes)))
 
 
+GPU_FIELDS = ("name", "aliases", "status", "source", "derived", "sms", "memory_mib", "hbm_GBps", "bf16_tflops",
+              "fp8_tflops", "l2_mib", "host_link", "mig")
+LINK_FIELDS = ("kind", "gen", "width", "h2d_pinned_GBps", "h2d_pageable_GBps")
+PROFILE_FIELDS = ("name", "slices", "sms", "memory_mib", "memory_slices", "max_instances", "starts", "span")
+
+
+def _unknown_fields(d: Any, valid: tuple[str, ...], where: str) -> None:
+    """Refuse a field the file format does not have, with its nearest valid name: a misspelt optional field
+    (``fp8_tflop``) was ignored, and its default (0) used without a word."""
+    if not isinstance(d, dict):
+        return
+    bad = sorted(str(k) for k in d if k not in valid)
+    if bad:
+        from moesim.errors import did_you_mean
+
+        raise UserError(f"{where}: unknown field {bad[0]!r}{did_you_mean(bad[0], list(valid))}; valid: "
+                        f"{', '.join(valid)}")
+
+
 def gpu_from_dict(d: Any, where: str) -> GPUSpec:
     """A GPUSpec from a parsed GPU file (``where`` names it in errors)."""
+    _unknown_fields(d, GPU_FIELDS, where)
+    if isinstance(d, dict):
+        _unknown_fields(d.get("host_link"), LINK_FIELDS, f"{where}: host_link")
+        _unknown_fields(d.get("mig"), ("sms", "profiles"), f"{where}: mig")
+        for k, row in enumerate((d.get("mig") or {}).get("profiles") or [] if isinstance(d.get("mig"), dict)
+                                else []):
+            _unknown_fields(row, PROFILE_FIELDS, f"{where}: mig.profiles[{k}]")
     r = _Reader(d, where)
     name = r.get("name", "str")
     status = r.get("status", "str")

@@ -200,11 +200,38 @@ def _switch(f: _Fields, name: str, where: str) -> ModelSpec:
                      extra_nonexpert_params=2 * f.int("relative_attention_num_buckets", 32) * H, source=where)
 
 
+#: the Hugging Face repositories the shipped models' configs come from (moesim/specs/data/NOTICE.md)
+HUB_IDS = {
+    "mistralai/Mixtral-8x7B-v0.1": "mixtral-8x7b", "mistralai/Mixtral-8x22B-v0.1": "mixtral-8x22b",
+    "Qwen/Qwen1.5-MoE-A2.7B": "qwen1.5-moe-a2.7b", "Qwen/Qwen3-30B-A3B": "qwen3-30b-a3b",
+    "Qwen/Qwen3-235B-A22B": "qwen3-235b-a22b", "deepseek-ai/DeepSeek-V2-Lite": "deepseek-v2-lite",
+    "deepseek-ai/DeepSeek-V2": "deepseek-v2", "deepseek-ai/DeepSeek-V3": "deepseek-v3",
+    "allenai/OLMoE-1B-7B-0924": "olmoe-1b-7b", "openai/gpt-oss-20b": "gpt-oss-20b",
+    "openai/gpt-oss-120b": "gpt-oss-120b", "microsoft/Phi-3.5-MoE-instruct": "phi-3.5-moe",
+    "google/switch-base-8": "switch-base-8",
+}
+
+
+def _hub_hint(text: str) -> str:
+    """``; moesim ships it as model=mixtral-8x7b`` for a Hugging Face id of a shipped model (the id is no
+    file, and moesim downloads nothing), also for its nearest id (``mistralai/Mixtral-8x7B``); else ``""``."""
+    import difflib
+
+    ids = {k.lower(): v for k, v in HUB_IDS.items()}
+    key = "/".join(Path(text.strip()).parts[-2:]).lower()  # the command line made a relative path absolute
+    hit = ids.get(key) or next(iter(difflib.get_close_matches(key, list(ids), n=1, cutoff=0.85)), None)
+    if hit in ids:
+        hit = ids[hit]
+    if hit is None:
+        return ""
+    return f"; that Hugging Face model ships with moesim as model={hit} (or give the path of its config.json)"
+
+
 def load_config(path: str | Path, name: str | None = None) -> ModelSpec:
     """A spec from a config.json file (its stem, or its folder's name for ``config.json``, names it)."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"model={str(path)!r}: no such config.json file")
+        raise UserError(f"model={str(path)!r}: no such config.json file{_hub_hint(str(path))}")
     try:
         cfg = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

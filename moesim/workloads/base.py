@@ -125,4 +125,8 @@ def check_real(workload: str, field: str, value: Any, minimum: float, *, strict:
 def check_choice(workload: str, field: str, value: Any, choices: tuple[str, ...]) -> None:
     """``value`` must be one of ``choices``."""
     if value not in choices:
-        raise invalid(workload, field, value, ", ".join(repr(c) for c in choices))
+        from moesim.errors import did_you_mean
+
+        near = did_you_mean(str(value), [c for c in choices if c]) if isinstance(value, str) else ""
+        raise UserError(f"workload={workload}: {field}={value!r} is invalid{near}; valid: "
+                        + ", ".join(repr(c) for c in choices))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -184,14 +185,27 @@ def _read_frame(path: Path, fmt: str, where: str) -> tuple[pd.DataFrame, list[st
         if fmt == "csv":
             with path.open(newline="", encoding="utf-8-sig") as f:
                 header = next(csv.reader(f), [])
-            # Strings throughout, so each cell is validated (and quoted back) exactly as written.
-            df = pd.read_csv(path, dtype=str, header=None, skiprows=1, names=list(range(len(header))))
+            # Strings throughout, so each cell is validated (and quoted back) exactly as written. index_col=False:
+            # rows with one value more than the header made pandas take the first as an index and shift the
+            # rest left (arrival_s read the prompt tokens) without a word
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", pd.errors.ParserWarning)
+                try:
+                    df = pd.read_csv(path, dtype=str, header=None, skiprows=1, names=list(range(len(header))),
+                                     index_col=False)
+                except pd.errors.ParserError:  # "Expected 3 fields in line 3, saw 4": name the data row
+                    _too_many_values(path, header, where)
+                    raise
+            if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+                _too_many_values(path, header, where)
             return df, [str(h) for h in header]
         if fmt == "parquet":
             df = pd.read_parquet(path)
             header = [str(c) for c in df.columns]
             df.columns = list(range(len(header)))
             return df, header
+    except UserError:
+        raise
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise UserError(f"{where}: cannot read it as {fmt}: {_one_line(exc)}") from None
     except Exception as exc:  # pyarrow's own errors on a corrupt parquet file
@@ -200,6 +214,17 @@ def _read_frame(path: Path, fmt: str, where: str) -> tuple[pd.DataFrame, list[st
     header = [str(c) for c in df.columns]
     df.columns = list(range(len(header)))
     return df, header
+
+
+def _too_many_values(path: Path, header: list[str], where: str) -> None:
+    """Raise for the first data row with more (non-empty) values than the header has columns."""
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        rows = csv.reader(f)
+        next(rows, None)
+        for i, row in enumerate(rows, start=1):
+            if len(row) > len(header) and any(v.strip() for v in row[len(header):]):
+                raise UserError(f"{where}: row {i}: {len(row)} values but the header names {len(header)} columns "
+                                f"({', '.join(header)}); give each row one value per column")
 
 
 def _read_jsonl(path: Path, where: str) -> pd.DataFrame:
@@ -259,13 +284,21 @@ def _match_columns(header: list[str], mapping: Mapping[str, str], where: str) ->
     sep = next((c for c in (";", "\t", "|") if len(header) == 1 and c in header[0]), None)
     hint = (f"; the file seems separated by {sep!r}, moesim reads comma-separated CSV: save it with commas"
             if sep else "")
-    if "arrival_s" not in cols and "timestamp" not in cols:
-        raise UserError(f"{where}: missing column 'arrival_s' or 'timestamp' (has: {have}); need {NEEDED}"
-                        f"{hint or _mapping_hint('timestamp', header, cols)}")
-    for need in ("prompt_tokens", "output_tokens"):
-        if need not in cols:
-            raise UserError(f"{where}: missing column {need!r} (has: {have}); need {NEEDED}"
-                            f"{hint or _mapping_hint(need, header, cols)}")
+    # every missing field in one line, each with its mapping (one at a time took a run per column)
+    missing = ([] if "arrival_s" in cols or "timestamp" in cols else ["timestamp"]) + [
+        f for f in ("prompt_tokens", "output_tokens") if f not in cols]
+    if missing:
+        named = ["'arrival_s' or 'timestamp'" if f == "timestamp" else repr(f) for f in missing]
+        what = f"column {named[0]}" if len(named) == 1 else f"columns {', '.join(named)}"
+        if not hint:
+            taken, maps = dict(cols), []
+            for f in missing:
+                m = _mapping_hint(f, header, taken)
+                maps.append(m[0])
+                if m[1] is not None:
+                    taken[f] = m[1]
+            hint = "; map yours with " + " ".join(maps)
+        raise UserError(f"{where}: missing {what} (has: {have}); need {NEEDED}{hint}")
     return cols
 
 
@@ -275,17 +308,28 @@ _FIELD_WORDS = {"timestamp": ("time", "ts", "arrival", "date"),
                 "output_tokens": ("output", "generated", "response", "completion")}
 
 
-def _mapping_hint(field: str, header: list[str], taken: Mapping[str, int]) -> str:
-    """``; map a column with workload.columns.timestamp=time_ms workload.time_unit=ms`` when one of the
-    file's (unmapped) columns looks like ``field``; else how to map one in general."""
+def _mapping_hint(field: str, header: list[str], taken: Mapping[str, int]) -> tuple[str, int | None]:
+    """``workload.columns.timestamp=time_ms`` (and the column's position) when one of the file's columns not
+    yet ``taken`` looks like ``field`` (a timestamp column named in ms, us or ns with its time_unit);
+    else ``workload.columns.<field>=<column>`` and None."""
     used = set(taken.values())
     for i, h in enumerate(header):
-        words = h.strip().lower().replace("-", "_").replace(" ", "_").split("_")
+        words = _name_words(h)
         if i not in used and any(w.startswith(k) for w in words for k in _FIELD_WORDS[field]):
-            unit = next((f" workload.time_unit={u}" for u in ("ms", "us", "ns")
-                         if field == "timestamp" and u in words), "")
-            return f"; map yours with workload.columns.{field}={h}{unit}"
-    return f"; map yours with workload.columns.{field}=<column>"
+            unit = _name_unit(h) if field == "timestamp" else None
+            return f"workload.columns.{field}={h}" + (f" workload.time_unit={unit}" if unit else ""), i
+    return f"workload.columns.{field}=<column>", None
+
+
+def _name_words(name: str) -> list[str]:
+    """``"Time (ms)"`` → ``["time", "ms"]``: a column name's words, lower case."""
+    return [w for w in re.split(r"[\s_\-()\[\].,/]+", name.strip().lower()) if w]
+
+
+def _name_unit(name: str) -> str | None:
+    """The time unit a column's name states (``ts_ms``, ``time (us)``, ``t_ns`` …), or None."""
+    words = _name_words(name)
+    return next((u for u in ("ms", "us", "ns") if u in words), None)
 
 
 def _bad_row(where: str, bad: np.ndarray, problem: Callable[[int], str]) -> UserError:
@@ -356,7 +400,9 @@ def _timestamp_column(col: pd.Series, where: str, unit: str, name: str) -> np.nd
     date-times."""
     x = _numbers(col)
     if np.isfinite(x).all():
-        u = epoch_unit(x) if unit == "auto" else unit
+        # auto: the unit the column's name states (ts_ms read as seconds made a 2 s trace 2,000 s long),
+        # else the epoch rule
+        u = (_name_unit(name) or epoch_unit(x)) if unit == "auto" else unit
         return (x - x.min()) * TIME_UNITS[u]
     if unit != "auto" and np.isfinite(x).any():
         bad = ~np.isfinite(x)

@@ -126,7 +126,9 @@ class Replay(Workload):
                     cfg.name,
                     "rate",
                     cfg.rate,
-                    f"0 (use time_scale): {self.trace.source} spans 0 s, so it has no mean rate",
+                    # the default sweep set the rate; "use time_scale" cannot spread requests at one instant
+                    f"0, the trace's own times (workload.rate=0; the default sweep sets its rates unless given "
+                    f"one): {self.trace.source} spans 0 s, so it has no mean rate to scale to",
                 )
             self.time_scale = self.trace.mean_rate_per_s / (cfg.rate * cfg.tenants)
         else:

@@ -30,6 +30,13 @@ class GreedySLOConfig(StrategyConfig):
     min_gain: float = 1e-4
     max_replicas: int = 0
 
+    def __post_init__(self) -> None:  # max_replicas=-1 ran as if 1, silently
+        if not (isinstance(self.max_replicas, int) and self.max_replicas >= 0):
+            raise UserError(f"placement.max_replicas={self.max_replicas!r}: must be an integer ≥ 0 (0: no limit)")
+        if not (isinstance(self.min_gain, (int, float)) and 0 <= self.min_gain < 1):
+            raise UserError(f"placement.min_gain={self.min_gain!r}: must be a number in [0, 1) (a share of all "
+                            "requests)")
+
 
 @PLACEMENTS.register("greedy_slo", GreedySLOConfig)
 class GreedySLO(Strategy):

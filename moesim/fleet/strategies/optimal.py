@@ -35,6 +35,14 @@ class OptimalConfig(StrategyConfig):
     replica_cost: float = 1e-3
     max_binaries: int = 4096
 
+    def __post_init__(self) -> None:
+        for key, v in (("time_limit_s", self.time_limit_s), ("replica_cost", self.replica_cost)):
+            strict = key == "time_limit_s"
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and (v > 0 if strict else v >= 0)):
+                raise UserError(f"placement.{key}={v!r}: must be a finite number {'>' if strict else '≥'} 0")
+        if not (isinstance(self.max_binaries, int) and self.max_binaries >= 1):
+            raise UserError(f"placement.max_binaries={self.max_binaries!r}: must be an integer ≥ 1")
+
 
 @PLACEMENTS.register("optimal", OptimalConfig)
 class Optimal(Strategy):
