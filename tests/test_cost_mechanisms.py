@@ -107,7 +107,7 @@ def tables(tmp_path):
     (tmp_path / "sync_table.csv").write_text(SYNC)
     (tmp_path / "prefill_table.csv").write_text(
         "n_seqs,tokens,eager_s,graph_s,bucket,bucket_s,n_tenants\n"
-        "1,256,0.05,0.040,256,0.040,1\n2,256,0.06,0.050,512,0.050,2\n2,256,0.06,0.050,512,0.054,1\n"
+        "1,256,0.05,0.040,256,0.040,1\n1,32,0.05,0.038,256,0.049,1\n2,256,0.06,0.050,512,0.050,2\n2,256,0.06,0.050,512,0.054,1\n"
         "4,256,0.08,0.070,1024,0.070,3\n")
     return tmp_path
 
@@ -115,8 +115,9 @@ def tables(tmp_path):
 def test_prefill_table_times_the_token_bucket(tables) -> None:
     t = PrefillTable(tables / "prefill_table.csv")
     assert t.buckets == [256, 512, 1024]
-    assert t.step_s(100) == 0.040
-    assert t.step_s(256) == 0.040
+    assert t.step_s(256) == 0.040  # the bucket full
+    assert t.step_s(100) == 0.049  # mostly pads: the row nearest in real tokens (32 of 256)
+    assert t.step_s(200) == 0.040
     assert t.step_s(512, 2) == 0.050
     assert t.step_s(512, 1) == 0.054
     assert t.step_s(512, 3) == 0.050
