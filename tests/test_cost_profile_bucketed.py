@@ -93,16 +93,23 @@ def test_host_sync_per_layer_is_added_to_fetching_steps_only(tmp_path) -> None:
                           model=MIXTRAL, gpu=H200)
     assert c.host_sync_s == pytest.approx(2e-4)
     assert c.step(b, host).total_s == pytest.approx(synced.step(b, host).total_s, rel=1e-12)
-    # the default: fetching steps + measured (eager + host sync per layer) − eager profile, same shape
+    # sync_scale: fetching steps + measured (eager + host sync per layer) − eager profile, same shape (the
+    # default for prefills; decode steps are host-bound by default, tests/test_cost_mechanisms.py)
     from moesim.cost.base import ExpertGroup, Residency
 
-    c = COST_MODELS.build("profile_bucketed", {"table": table}, model=MIXTRAL, gpu=H200)
+    c = COST_MODELS.build("profile_bucketed", {"table": table, "decode_host_bound": False}, model=MIXTRAL, gpu=H200)
     assert c.host_sync_s == 0.0
     whole = Residency((ExpertGroup(frozenset({0, 1, 2}), 256, True),))
     d1 = 0.056 - plain.eager.step((SeqWork(0, 1, 200),), whole).total_s
     d4 = 0.0665 - plain.eager.step(tuple(SeqWork(i % 2, 1, 200) for i in range(4)), whole).total_s
+    d16 = 0.0732 - plain.eager.step(tuple(SeqWork(i % 2, 1, 200) for i in range(16)), whole).total_s
+    # keyed by distinct tenants (this table was measured with tenants i % min(2, n): decode_1 has one tenant,
+    # decode_4 and decode_16 two), linear in sequences between the rows of that tenant count, clamped
     assert c.sync.extra_s(True, 1) == pytest.approx(d1, rel=1e-12)
-    assert c.sync.extra_s(True, 2) == pytest.approx(d1 + (d4 - d1) / 3, rel=1e-12)  # linear between sizes
+    assert c.sync.extra_s(True, 4, 1) == pytest.approx(d1, rel=1e-12)  # one tenant: its one row at any size
+    assert c.sync.extra_s(True, 2, 2) == pytest.approx(d4, rel=1e-12)  # below the two-tenant rows: clamped
+    assert c.sync.extra_s(True, 8, 2) == pytest.approx(d4 + (d16 - d4) * 4 / 12, rel=1e-12)
+    assert c.sync.extra_s(True, 8, 3) == pytest.approx(d4 + (d16 - d4) * 4 / 12, rel=1e-12)  # nearest count
     assert c.sync.prefill == pytest.approx(0.2 - plain.eager.step((SeqWork(0, 256, 0),), whole).total_s)
     ref = plain.step(b, host)
     got = c.step(b, host)

@@ -100,7 +100,11 @@ class Residency:
 
 @dataclass(frozen=True, slots=True)
 class StepCost:
-    """A step's duration broken down by component (seconds)."""
+    """A step's duration broken down by component (seconds).
+
+    ``fetch_start_s``: seconds from the step's start until its first host-expert copy is issued (0: at once, or
+    not known); ``swap_link_delay`` uses it. Not a component of ``total_s``.
+    """
 
     attention_s: float = 0.0
     router_s: float = 0.0
@@ -109,6 +113,7 @@ class StepCost:
     lm_head_s: float = 0.0
     overhead_s: float = 0.0
     expert_fetches: float = 0.0  # expected experts copied from the host (count, not seconds)
+    fetch_start_s: float = 0.0
 
     @property
     def total_s(self) -> float:
@@ -126,22 +131,68 @@ class StepCost:
             self.lm_head_s + other.lm_head_s,
             self.overhead_s + other.overhead_s,
             self.expert_fetches + other.expert_fetches,
+            # the first copy of the two steps run one after the other
+            self.fetch_start_s if self.expert_fetches > 0 or other.expert_fetches <= 0
+            else self.total_s + other.fetch_start_s,
         )
 
 
 def swap_link_delay(prefill: StepCost, swap_s: float) -> StepCost:
     """A prefill's cost when a streamed swap of ``swap_s`` seconds of copying runs on the host link under it.
 
-    The swap (layer by layer, ahead of the prefill's layers) and the prefill's expert fetches share the one
-    link: with the link split evenly while both copy, the fetches finish ``min(swap_s, fetch_s)`` later (the
-    link moves both; when the swap is the shorter, its whole copy delays them; else the fetches get half the
-    link for their whole length). Added to ``fetch_s``; a prefill that fetches nothing is unchanged.
+    Host→device copies do not share the link: copies in the same direction run one at a time, each at the full
+    link rate (NVIDIA: "cudaMemcpy operations issued in the same direction will always serialize"; measured on
+    the H200, ``reports/validation/realtime/h200x2``: a host expert's copy took 6.371 ms on average in
+    reconfig_fast_host, 5 of whose 8 prefills ran under a 58.7 ms streamed swap, and 6.383 ms in reconfig_host,
+    without: a link shared evenly would have stretched those 165 copies by ~0.4 ms each on average over the
+    run). The swap's copies (one per
+    layer) are all issued when the prefill starts, before any of its fetches, so the prefill's first fetch,
+    issued ``prefill.fetch_start_s`` into the step, starts only when the swap has finished: the fetches end
+    ``max(0, swap_s − fetch_start_s)`` later (added to ``fetch_s``). A prefill that fetches nothing is unchanged.
+    (The fair-share model this replaces, ``min(swap_s, fetch_s)``, added the whole 58.7 ms: the prefills under
+    a swap measured 270 ms against 250–254 ms without, simulated 303 ms; now 275 ms: with ``fetch_start_s`` from the
+    runtime's layout, where a tenant's host copies fill its last layers, the delay is the ~10–15 ms of swap
+    still queued when the prefill reaches them.)
     """
     if prefill.fetch_s <= 0.0 or swap_s <= 0.0:
         return prefill
+    delay = swap_s - prefill.fetch_start_s
+    if delay <= 0.0:
+        return prefill
     from dataclasses import replace
 
-    return replace(prefill, fetch_s=prefill.fetch_s + min(swap_s, prefill.fetch_s))
+    return replace(prefill, fetch_s=prefill.fetch_s + delay)
+
+
+def link_delays(swap_s: float, fetch_s: float, issue_s: float) -> dict[str, tuple[float, float]]:
+    """How much later a swap and a run of fetches end together than alone, under two link disciplines.
+
+    The swap (``swap_s`` seconds of copying alone) is issued at 0, the fetches (``fetch_s`` alone) at ``issue_s``.
+    ``serial``: copies in one direction run one at a time in issue order (``swap_link_delay``'s model): the
+    fetches wait for the rest of the swap, ``(0, max(0, swap_s − issue_s))``. ``shared``: the link is split
+    evenly while both copy: with ``r = max(0, swap_s − issue_s)`` left of the swap, both are delayed by
+    ``min(r, fetch_s)``. Returns ``{discipline: (swap delay s, fetch delay s)}``.
+    """
+    r = max(0.0, swap_s - issue_s)
+    return {"serial": (0.0, r), "shared": (min(r, fetch_s), min(r, fetch_s))}
+
+
+def link_discipline(measured: dict) -> tuple[str, dict[str, float]]:
+    """Which discipline of ``link_delays`` a measured swap-with-fetches record fits best, and each one's mean
+    absolute error (seconds) over the record's delays.
+
+    ``measured``: the runtime's ``link_share.json`` (``TorchBackend.link_share``): ``swap_alone_s``,
+    ``fetch_alone_s`` and per issue delay ``together[i]`` with ``delay_s``, ``swap_delay_s``, ``fetch_delay_s``.
+    """
+    rows = measured.get("together") or []
+    if not rows or not measured.get("swap_alone_s"):
+        raise ValueError("link_share record without swap_alone_s or together rows")
+    err = {"serial": 0.0, "shared": 0.0}
+    for r in rows:
+        pred = link_delays(float(measured["swap_alone_s"]), float(measured["fetch_alone_s"]), float(r["delay_s"]))
+        for k, (sd, fd) in pred.items():
+            err[k] += (abs(sd - float(r["swap_delay_s"])) + abs(fd - float(r["fetch_delay_s"]))) / (2 * len(rows))
+    return min(err, key=lambda k: (err[k], k != "serial")), err
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,15 +11,41 @@ table's rows: ``n_seqs``, ``bucket``, ``n_tenants``, ``context``, ``step_s``.
 Lookup of a decode step of ``B`` sequences of ``k`` distinct tenants, longest context ``c``: the rows measured at
 ``B`` sequences, else those of the nearest measured size in ``B``'s bucket, else the nearest size; of them the
 largest measured tenant count ≤ ``k``; then the key bucket of ``c`` (``kv_round(c + 1)``): the row of the measured
-context with the same key bucket, linear in the key bucket between and beyond the measured ones. Every other step
-(prefills; steps fetching host experts, which run eagerly) is ``profile_mixed``'s, with the per-layer host
-synchronisation of fetching steps measured beside the table (``sync_table.csv``, ``host_sync_s``).
+context with the same key bucket, linear in the key bucket between and beyond the measured ones.
+
+Resident prefills (every sequence from context 0, no host experts) run in the CUDA graph of their token bucket
+when the runtime captures them so (``prefill_table.csv`` with ``bucket``/``bucket_s``: ``PrefillTable``); else
+they are the graph profile's. Every other step (steps fetching host experts, and prefills under a streamed swap,
+which run eagerly) is ``profile_mixed``'s with the runtime's host layout (``host_layout=packed``), plus the host
+synchronisations measured beside the table (``sync_table.csv``: eager steps without and with a host sync per
+layer; rows keyed by distinct tenants, ``SyncScale``; ``sm<N>/sync_table.csv``: the same on a green context of
+``N`` SMs, used for slices within 16 SMs of ``N``). All times in seconds; tables' token counts in tokens.
+
+A fetching decode step is host-bound: the runtime launches it eagerly and reads each host layer's routing on the
+host, and its kernels (a few tokens) finish long before the next launches. Its time outside the copies is then the
+runtime's own eager step time, not the eager profile's composition of the ops of its residency (which moves
+expert compute between resident and host experts, compute the launches hide anyway). Measured in the h200x2
+matrix: outside their copies, the fetching decode steps of one tenant took 36–47 ms (mean ≈ 41) in all eight
+runs with host experts, whatever their fetches (8–36 per step) or the layers holding host copies (5–19), against
+40.5 ms for the runtime's eager one-tenant step with a host sync per layer (``sync_table.csv``); the composition
+gave 34–42 ms, falling with more host positions (``decode_host_bound``).
+
+On a slice (MIG emulated as a green context of 64 of 132 SMs), an eager step is host-bound or GPU-bound: its
+launch gaps and per-layer host syncs are host time, unchanged by the slice, while its kernels run up to 2× slower
+and hide them (``slice_bound``). Measured in ``reports/validation/realtime/h200x2/mig_light``: a 256-token prefill
+with 60 host copies took 452 ms alone on a slice, 69.7 ms of it outside its copies, against 70.1 ms for the graph
+profile on the slice and 98 ms for the eager profile scaled op by op plus the whole-GPU syncs. Decode steps are
+left op by op: a prefill's kernels are GPU-bound already on the whole GPU (the runtime's eager 256-token prefill
+42.5 ms, its graph 39.6 ms), a decode step's are not (34.8 against 14.8 ms), and the fetching decode steps measured
+alone on the slice spent 35–60 ms outside their copies for identical work, above both the host-bound bound
+(37.6 ms) and the additive one (host-bound + the slice's extra GPU time, ~44 ms): not explained by the slice.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +71,21 @@ class ProfileBucketedConfig:
         interpolated in the number of sequences (decode) or one value (prefill); without the file, 0. Additive:
         the synchronisations cost host time, which does not shrink or grow with a slice's SMs.
     routing_skew, overlap_bound: as ``profile_mixed``.
+    host_layout: as ``profile_mixed``; default ``packed``, as the runtime lays experts out.
+    prefill_table: ``auto`` (``prefill_table.csv`` beside ``table`` when it has the ``bucket``/``bucket_s``
+        columns), a path, or ``off``: time a resident prefill (every sequence from context 0, no host experts,
+        not under a streamed swap) as the CUDA graph of its token bucket, padded (``PrefillTable``); without
+        bucket columns, the graph profile as before.
+    decode_host_bound: a decode step that fetches host experts (whole GPU) is host-bound: outside its copies it
+        takes the larger of the runtime's measured eager decode step with a host sync per layer (``sync_table.csv``
+        ``eager_sync_s``, rows as ``sync_scale``) and its GPU time (the graph profile), instead of the eager
+        profile's op-by-op composition plus the sync difference (module docstring).
+    slice_bound: on a partial slice (a green context's share of the SMs), time an eagerly run prefill outside its
+        copies as the larger of its host-bound time (the eager profile + the host syncs on the whole GPU: launch
+        gaps and synchronisations are host time, which a slice's SM share does not change) and its GPU time on
+        the slice (the graph profile on the slice): kernels slowed by the slice hide the launch gaps and syncs
+        first (module docstring). Off, and for decode steps: the eager profile scaled to the slice op by op,
+        plus the syncs.
     """
 
     name: str = "profile_bucketed"
@@ -54,6 +95,10 @@ class ProfileBucketedConfig:
     sync_scale: bool = True
     routing_skew: float = 0.0
     overlap_bound: bool = True
+    host_layout: str = "packed"
+    slice_bound: bool = True
+    prefill_table: str = "auto"
+    decode_host_bound: bool = True
 
     def __post_init__(self) -> None:
         if not self.table:
@@ -61,6 +106,8 @@ class ProfileBucketedConfig:
                             "device script: TorchBackend.decode_table)")
         if self.kv_bucket < 1:
             raise UserError(f"kv_bucket={self.kv_bucket}: must be ≥ 1")
+        if not self.prefill_table:
+            raise UserError("cost.prefill_table is empty: auto, off or a prefill_table.csv path")
 
 
 def _bucket(n: int) -> int:
@@ -128,40 +175,148 @@ class DecodeTable:
         return s
 
 
+def _runtime_buckets(tokens: int, smallest: int) -> int | None:
+    """The runtime's prefill token bucket for ``tokens`` (``moesim.serve.buckets``), or None where that module
+    is not there."""
+    try:
+        from moesim.serve.buckets import prefill_bucket_for
+    except ImportError:
+        return None
+    return int(prefill_bucket_for(tokens, smallest))
+
+
+class PrefillTable:
+    """Resident prefills timed as the runtime runs them: in the CUDA graph of their token bucket.
+
+    The runtime (``moesim.serve.buckets``) runs a prefill of ``T`` prompt tokens in total (every sequence from
+    context 0) in the graph captured for the smallest token bucket ``≥ T`` (256, 384, 512, 768, 1024, … on the
+    H200), padded: its time is the bucket's, whatever ``T`` inside it. ``prefill_table.csv`` (the runtime's device
+    script) holds, per measured prefill, ``bucket`` (tokens) and ``bucket_s`` (seconds, the padded graph's replay
+    as the runtime runs it: host input building and synchronisation included), and ``n_tenants``.
+
+    Lookup of ``T`` tokens of ``k`` distinct tenants: the bucket ``b`` (the runtime's rule with the table's
+    smallest bucket; without ``moesim.serve.buckets``, the smallest measured bucket ``≥ T``); the bucket's time is
+    the ``bucket_s`` of its row nearest in tenant count, then in real tokens (the pads are not free: they take the
+    first real row's experts, so a bucket mostly of pads loads one expert pair: in the h200x2b table the 256 bucket
+    took 42.0 ms full and 48.9–50.0 ms holding 32–128 real tokens); a bucket without rows is linear in tokens
+    between the measured buckets around it, and past the largest one linear in tokens along the last two.
+    """
+
+    def __init__(self, path: Path) -> None:
+        with path.open() as f:
+            rows = [r for r in csv.DictReader(f) if r.get("bucket") and r.get("bucket_s")]
+        if not rows:
+            raise UserError(f"prefill_table={path}: no row with bucket and bucket_s (the runtime's token-bucket "
+                            "prefill times)")
+        by: dict[int, list[tuple[int, int, float]]] = {}  # bucket → [(tenants, real tokens, seconds)]
+        for r in rows:
+            k = int(r["n_tenants"]) if r.get("n_tenants") else 1
+            by.setdefault(int(r["bucket"]), []).append((k, int(r["n_seqs"]) * int(r["tokens"]), float(r["bucket_s"])))
+        self.by_bucket = by
+        self.buckets = sorted(by)
+        self.smallest = self.buckets[0]
+        self._memo: dict[tuple[int, int], float] = {}
+
+    def bucket(self, tokens: int) -> int:
+        """The token bucket a prefill of ``tokens`` tokens runs in."""
+        b = _runtime_buckets(tokens, self.smallest)
+        if b is not None:
+            return b
+        return next((x for x in self.buckets if x >= tokens), tokens)
+
+    def _at(self, b: int, k: int, tokens: int | None = None) -> float:
+        """The bucket's time: its measured row nearest in tenants, then in real tokens (``tokens``; default the
+        bucket full); between and past measured buckets linear in the bucket's tokens."""
+        rows = self.by_bucket.get(b)
+        t = b if tokens is None else tokens
+        if rows is not None:
+            return min(rows, key=lambda r: (abs(r[0] - k), abs(r[1] - t), r[2]))[2]
+        xs = self.buckets
+        if len(xs) == 1:
+            return self._at(xs[0], k) * b / xs[0]
+        i = int(np.clip(np.searchsorted(xs, b) - 1, 0, len(xs) - 2))
+        lo, hi = self._at(xs[i], k), self._at(xs[i + 1], k)
+        return max(lo + (hi - lo) * (b - xs[i]) / (xs[i + 1] - xs[i]), 0.5 * self._at(xs[0], k))
+
+    def step_s(self, tokens: int, n_tenants: int = 1) -> float:
+        """Seconds of a resident prefill of ``tokens`` prompt tokens in total, of ``n_tenants`` distinct tenants."""
+        key = (tokens, n_tenants)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = self._at(self.bucket(tokens), n_tenants, tokens)
+        return hit
+
+
+def prefill_table_for(setting: str, decode_table: str) -> PrefillTable | None:
+    """The ``prefill_table`` setting: ``off``: None; ``auto``: ``prefill_table.csv`` beside the decode table if
+    it has bucket columns; else that path (an error if it has none)."""
+    if setting == "off":
+        return None
+    if setting == "auto":
+        p = Path(decode_table).parent / "prefill_table.csv"
+        if not p.is_file():
+            return None
+        with p.open() as f:
+            head = next(csv.reader(f), [])
+        return PrefillTable(p) if {"bucket", "bucket_s"} <= set(head) else None
+    p = Path(setting)
+    if not p.is_file():
+        raise UserError(f"prefill_table={setting}: no such file (a prefill_table.csv from the runtime's device script)")
+    return PrefillTable(p)
+
+
 class SyncScale:
-    """Measured (eager step with a host sync per layer) − (eager profile's step), from ``sync_table.csv``."""
+    """Measured (eager step with a host sync per layer) − (eager profile's step), from ``sync_table.csv``.
+
+    Decode rows are kept per number of distinct tenants (column ``n_tenants``; tables without it were measured
+    with tenants ``i % min(2, n_seqs)``, so ``min(2, n_seqs)``): an eager step launches each tenant's
+    projections on its own, so its host time grows with the tenants it holds, not with its sequences (measured:
+    1 sequence of 1 tenant 40.5 ms, 4 sequences of 2 tenants 72.5 ms; the fetching decode steps of one tenant in
+    multiplex_host spent the same ~40 ms outside their copies at 1–4 sequences).
+    """
 
     def __init__(self, path: Path, eager: CostModel) -> None:
-        self.decode: list[tuple[int, float]] = []
+        self.decode: dict[int, list[tuple[int, float]]] = {}  # tenants → [(n_seqs, seconds)] by n_seqs
+        self.synced: dict[int, list[tuple[int, float]]] = {}  # tenants → [(n_seqs, measured synced step s)]
         self.prefill = 0.0
         if not path.is_file():
             return
         with path.open() as f:
             rows = list(csv.DictReader(f))
         # every expert resident and shared by the tenants, as the table was measured (multiplex's layout)
-        resident = Residency((ExpertGroup(frozenset({0, 1, 2}), eager.model.n_expert_positions, True),))
+        resident = Residency((ExpertGroup(frozenset(range(8)), eager.model.n_expert_positions, True),))
         pre = []
         for r in rows:
             n, tokens = int(r["n_seqs"]), int(r["tokens"])
-            if r["batch"].startswith("decode"):
-                batch = tuple(SeqWork(i % min(2, n), 1, 200) for i in range(n))
-            else:
-                batch = (SeqWork(0, tokens, 0),)
-            ref = eager.step(batch, resident).total_s
-            diff = float(r["eager_sync_s"]) - ref
-            (self.decode.append((n, diff)) if r["batch"].startswith("decode") else pre.append(diff))
-        self.decode.sort()
+            k = int(r["n_tenants"]) if r.get("n_tenants") else min(2, n)
+            dec = r["batch"].startswith("decode")
+            batch = tuple(SeqWork(i % k, 1, 200) for i in range(n)) if dec else (SeqWork(0, tokens, 0),)
+            diff = float(r["eager_sync_s"]) - eager.step(batch, resident).total_s
+            (self.decode.setdefault(k, []).append((n, diff)) if dec else pre.append(diff))
+            if dec:
+                self.synced.setdefault(k, []).append((n, float(r["eager_sync_s"])))
+        for v in (*self.decode.values(), *self.synced.values()):
+            v.sort()
         if pre:
             self.prefill = float(np.median(pre))
 
-    def extra_s(self, decode: bool, n_seqs: int) -> float:
-        """Seconds for a decode step of ``n_seqs`` sequences (linear between measured sizes, clamped), or a
-        prefill."""
-        if not decode or not self.decode:
-            return self.prefill if not decode else 0.0
-        xs = [n for n, _ in self.decode]
-        ys = [r for _, r in self.decode]
-        return float(np.interp(n_seqs, xs, ys))
+    def synced_s(self, n_seqs: int, n_tenants: int = 1) -> float | None:
+        """The measured eager decode step with a host sync per layer (seconds; rows as ``extra_s``), or None."""
+        if not self.synced:
+            return None
+        pts = self.synced[min(self.synced, key=lambda m: (abs(m - n_tenants), m))]
+        return float(np.interp(n_seqs, [n for n, _ in pts], [r for _, r in pts]))
+
+    def extra_s(self, decode: bool, n_seqs: int, n_tenants: int = 1) -> float:
+        """Seconds for a decode step of ``n_seqs`` sequences of ``n_tenants`` distinct tenants (the rows of that
+        tenant count, else the nearest measured one; linear in sequences between them, clamped), or a prefill."""
+        if not decode:
+            return self.prefill
+        if not self.decode:
+            return 0.0
+        k = min(self.decode, key=lambda m: (abs(m - n_tenants), m))
+        pts = self.decode[k]
+        return float(np.interp(n_seqs, [n for n, _ in pts], [r for _, r in pts]))
 
 
 def sync_per_layer(folder: Path) -> float:
@@ -186,50 +341,131 @@ class ProfileBucketedCost(CostModel):
         self.table = DecodeTable(cfg.table, cfg.kv_bucket)
         self.host_sync_s = cfg.host_sync_s if cfg.host_sync_s >= 0 else sync_per_layer(Path(cfg.table).parent)
         self.mixed = ProfileMixedCost(ProfileMixedConfig(routing_skew=cfg.routing_skew, overlap_bound=cfg.overlap_bound,
-                                                         host_sync_s=self.host_sync_s), model, gpu)
+                                                         host_sync_s=self.host_sync_s, host_layout=cfg.host_layout), model, gpu)
         self.path = self.mixed.path
         self.meta = self.mixed.meta
         self.derived = self.mixed.derived
         self.sync = SyncScale(Path(cfg.table).parent / "sync_table.csv", self.mixed.eager) if cfg.sync_scale \
             else None
+        self._whole_memo: dict[int, tuple[Residency, Residency]] = {}
+        self.prefills = prefill_table_for(cfg.prefill_table, cfg.table)
+        # host-sync tables measured on a green context of N SMs (``sm<N>/sync_table.csv`` beside the table)
+        self.slice_sync: dict[int, SyncScale] = {}
+        if cfg.sync_scale:
+            for f in sorted(Path(cfg.table).parent.glob("sm*/sync_table.csv")):
+                tag = f.parent.name[2:]
+                if tag.isdigit():
+                    self.slice_sync[int(tag)] = SyncScale(f, self.mixed.eager)
+        self._slice_memo: dict[float, SyncScale | None] = {}
 
     def _graphs(self, tenants: tuple[int, ...], residency: Residency) -> bool:
         return self.mixed._pick(tenants, residency) is self.mixed.graphs
 
+    def _slice_table(self, residency: Residency) -> SyncScale | None:
+        """The host-sync table measured on the SM count nearest the slice's (within 16 SMs), if any."""
+        f = residency.slice.sm_fraction
+        if f >= 1.0 or not self.slice_sync:
+            return None
+        if f not in self._slice_memo:
+            sms = f * self.mixed.eager.total_sms
+            n = min(self.slice_sync, key=lambda m: abs(m - sms))
+            self._slice_memo[f] = self.slice_sync[n] if abs(n - sms) <= 16 else None
+        return self._slice_memo[f]
+
+    def _partial(self, residency: Residency) -> bool:
+        sl = residency.slice
+        return self.cfg.slice_bound and (sl.sm_fraction < 1.0 or sl.bw_fraction < 1.0)
+
+    def _whole(self, residency: Residency) -> Residency:
+        """``residency`` on all the SMs and HBM (its link share kept); cached per residency object."""
+        hit = self._whole_memo.get(id(residency))
+        if hit is None or hit[0] is not residency:
+            sl = dataclasses.replace(residency.slice, sm_fraction=1.0, bw_fraction=1.0)
+            hit = (residency, dataclasses.replace(residency, slice=sl))
+            self._whole_memo[id(residency)] = hit
+        return hit[1]
+
+    @staticmethod
+    def _bound(c: StepCost, host: StepCost, gpu: StepCost) -> StepCost:
+        """``c`` (the step on the slice) outside its copies set to max(host-bound, GPU-bound) time."""
+        out = max(host.total_s - host.fetch_s, gpu.total_s - gpu.fetch_s)
+        return dataclasses.replace(c, overhead_s=c.overhead_s + out - (c.total_s - c.fetch_s))
+
     def _scaled(self, c: StepCost, decode: bool, n_seqs: int, tenants: tuple[int, ...], residency: Residency,
-                steps: int = 1) -> StepCost:
-        """A fetching step plus the measured host-sync difference (``sync_scale``), never below its fetch time."""
-        if self.sync is None or self._graphs(tenants, residency):
+                steps: int = 1, sync: SyncScale | None = None) -> StepCost:
+        """A fetching step plus the measured host-sync difference (``sync_scale``; ``sync``: that table instead),
+        never below its fetch time."""
+        sync = sync or self.sync
+        if sync is None or self._graphs(tenants, residency):
             return c
-        extra = max(self.sync.extra_s(decode, n_seqs) * steps, -(c.total_s - c.fetch_s))
+        extra = max(sync.extra_s(decode, n_seqs, len(set(tenants))) * steps, -(c.total_s - c.fetch_s))
         return dataclasses.replace(c, overhead_s=c.overhead_s + extra)
 
+    def _eager(self, decode: bool, n_seqs: int, tenants: tuple[int, ...], residency: Residency,
+               mixed_on: Callable[[Residency], StepCost], graphs_on: Callable[[Residency], StepCost],
+               steps: int = 1) -> StepCost:
+        """An eagerly run step (or ``steps`` of a decode run): ``mixed_on(res)`` is ``profile_mixed``'s cost on a
+        residency, ``graphs_on(res)`` the graph profile's. Adds the host syncs (``sync_scale``: the slice's SM
+        table where one was measured, from the whole-GPU composition), then bounds a fetching decode step by the
+        measured synced step (``decode_host_bound``; on a slice only with a slice table) and a prefill on a slice
+        without a slice table by max(host-bound, GPU-bound) (``slice_bound``)."""
+        on_slice = self._slice_table(residency)
+        if on_slice is not None:
+            c = self._scaled(mixed_on(self._whole(residency)), decode, n_seqs, tenants, residency, steps, on_slice)
+        else:
+            c = self._scaled(mixed_on(residency), decode, n_seqs, tenants, residency, steps)
+        if decode:
+            table = on_slice or self.sync
+            if (self.cfg.decode_host_bound and table is not None and not self._graphs(tenants, residency)
+                    and (on_slice is not None or not self._partial(residency))):
+                synced = table.synced_s(n_seqs, len(set(tenants)))
+                if synced is not None:
+                    c = self._bound(c, StepCost(overhead_s=synced * steps), graphs_on(residency))
+        elif on_slice is None and self._partial(residency):
+            host = self._scaled(mixed_on(self._whole(residency)), decode, n_seqs, tenants, residency, steps)
+            c = self._bound(c, host, graphs_on(residency))
+        return c
+
     def step(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
-        """A pure decode step without host experts: the table; a fetching step: ``profile_mixed``'s, its non-fetch
-        part scaled by the host-sync ratio; anything else: ``profile_mixed``."""
+        """A pure decode step without host experts: the table; a resident prefill: its token bucket's time
+        (``prefill_table``); a fetching step: ``_eager``; anything else: ``profile_mixed``."""
         tenants = tuple(w.tenant for w in batch)
         decode = bool(batch) and all(w.new_tokens == 1 for w in batch)
-        if decode and self._graphs(tenants, residency):
-            s = self.table.step_s(len(batch), len(set(tenants)), max(w.context for w in batch))
-            return StepCost(overhead_s=s)
-        return self._scaled(self.mixed.step(batch, residency), decode, len(batch), tenants, residency)
+        if self._graphs(tenants, residency):
+            if decode:
+                return StepCost(overhead_s=self.table.step_s(len(batch), len(set(tenants)),
+                                                             max(w.context for w in batch)))
+            if (self.prefills is not None and batch and all(w.context == 0 and w.new_tokens > 1 for w in batch)
+                    and residency.slice.sm_fraction >= 1.0):
+                return StepCost(overhead_s=self.prefills.step_s(sum(w.new_tokens for w in batch),
+                                                                len(set(tenants))))
+            return self.mixed.step(batch, residency)
+        return self._eager(decode, len(batch), tenants, residency, lambda r: self.mixed.step(batch, r),
+                           lambda r: self.mixed.graphs.step(batch, r))
 
     def step_streamed(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
-        """``profile_mixed``'s (a prefill under a streamed swap runs eagerly), scaled as ``step`` when it fetches."""
+        """``profile_mixed``'s (a prefill under a streamed swap runs eagerly), as ``_eager``, with its first
+        fetch's start (``with_fetch_start``)."""
         tenants = tuple(w.tenant for w in batch)
-        return self._scaled(self.mixed.step_streamed(batch, residency), False, len(batch), tenants, residency)
+        c = self._eager(False, len(batch), tenants, residency, lambda r: self.mixed.step_streamed(batch, r),
+                        lambda r: self.mixed.graphs.step(batch, r))
+        return self.mixed.with_fetch_start(c, residency, tenants)
 
     def decode_run(self, decode_tenants: tuple[int, ...], context0: tuple[int, ...], n_steps: int,
                    residency: Residency) -> DecodeRun:
-        """Each step from the table (context growing by one per step), or ``profile_mixed``'s run."""
+        """Each step from the table (context growing by one per step), or ``_eager`` over the run (what it adds
+        spread evenly over the steps)."""
         if not self._graphs(decode_tenants, residency):
             run = self.mixed.decode_run(decode_tenants, context0, n_steps, residency)
-            if self.sync is None or not n_steps:
+            if not n_steps or (self.sync is None and not self.slice_sync):
                 return run
-            c = run.cost
-            scaled = self._scaled(c, True, len(decode_tenants), decode_tenants, residency, n_steps)
-            per = (scaled.total_s - c.total_s) / n_steps
-            return DecodeRun(run.end_s + per * np.arange(1, n_steps + 1), scaled)
+            c = self._eager(True, len(decode_tenants), decode_tenants, residency,
+                            lambda r: run.cost if r is residency else
+                            self.mixed.decode_run(decode_tenants, context0, n_steps, r).cost,
+                            lambda r: self.mixed.graphs.decode_run(decode_tenants, context0, n_steps, r).cost,
+                            n_steps)
+            per = (c.total_s - run.cost.total_s) / n_steps
+            return DecodeRun(run.end_s + per * np.arange(1, n_steps + 1), c)
         n, k, c0 = len(decode_tenants), len(set(decode_tenants)), max(context0)
         steps = np.array([self.table.step_s(n, k, c0 + i) for i in range(n_steps)])
         ends = np.cumsum(steps)

@@ -14,10 +14,15 @@ Overlapped fetches (``Residency.fetch_overlap`` > 0, e.g. ``reconfig_fast``) can
 that runs meanwhile: the runtime issues a layer's host copies after its routing and runs the layer's resident
 experts while they fly. With ``overlap_bound`` (default) the hidden time is therefore
 ``min(fetch_overlap × fetch, experts_s × layers_fetching / L)`` of the step, not ``fetch_overlap × fetch``: only
-the expert compute of the layers that fetch can cover a copy. With ``f`` expected fetches per step spread over
-the ``L`` MoE layers, ``layers_fetching = L (1 − (1 − 1/L)^f)`` (distinct layers hit). On the H200 a host expert
-takes ~6.4 ms to copy against well under a millisecond of resident-expert compute per layer at small batches,
-and the measured fetch time per expert was the same with and without overlap (``reports/validation/realtime/h200b``).
+the expert compute of the layers that fetch can cover a copy. With ``f`` expected fetches per step over the
+``H`` MoE layers that hold host copies, ``layers_fetching = H (1 − (1 − 1/H)^f)`` (distinct layers hit), and the
+share of the step's expert compute in them is ``layers_fetching / L``. Where the host copies lie is
+``host_layout``: ``spread`` (default: over all ``L`` layers, ``H = L``) or ``packed`` (as the real-time runtime
+lays experts out, ``moesim.executor.layout``: each tenant's positions in group order, layer by layer, so its
+host copies fill its last ``⌈h/E⌉`` layers, which hold few or no resident experts to hide a copy under;
+``H`` = the layers holding a host copy of a tenant in the step). On the H200 a host expert takes ~6.4 ms to copy
+against well under a millisecond of resident-expert compute per layer at small batches, and the measured fetch
+time per expert was the same with and without overlap (``reports/validation/realtime/h200b``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,24 @@ from moesim.cost.profile import ProfileCost, ProfileCostConfig
 from moesim.errors import UserError
 from moesim.specs import GPUSpec, ModelSpec
 
+HOST_LAYOUTS = ("spread", "packed")
+
+
+def host_layers(residency: Residency, n_moe_layers: int, n_experts: int, tenants: Iterable[int]) -> int:
+    """MoE layers holding a host copy of any of ``tenants`` when each tenant's positions are laid out in group
+    order, layer by layer (``moesim.executor.layout.assign_slots``; position ``p`` is in layer ``p // E``)."""
+    want = set(tenants)
+    layers: set[int] = set()
+    cursor: dict[int, int] = {}
+    for g in residency.groups:
+        ts = g.tenants & want
+        for t in g.tenants:
+            s = cursor.get(t, 0)
+            cursor[t] = s + g.positions
+            if t in ts and not g.on_gpu and g.positions:
+                layers.update(range(s // n_experts, min(n_moe_layers, -(-(s + g.positions) // n_experts))))
+    return len(layers)
+
 
 @dataclass(frozen=True)
 class ProfileMixedConfig:
@@ -46,16 +69,20 @@ class ProfileMixedConfig:
             layer's routing on the host, which drains the GPU's queue and exposes the launches after it (the
             eager profile was measured without it). 0: not added. Measured by the runtime's
             ``TorchBackend.sync_table`` (``sync_table.csv``; ``profile_bucketed`` reads it from there).
+        host_layout: ``spread`` or ``packed``: which MoE layers hold the host copies (module docstring).
     """
 
     name: str = "profile_mixed"
     routing_skew: float = 0.0
     overlap_bound: bool = True
     host_sync_s: float = 0.0
+    host_layout: str = "spread"
 
     def __post_init__(self) -> None:
         if self.routing_skew < 0:
             raise UserError(f"cost.routing_skew={self.routing_skew}: must be ≥ 0")
+        if self.host_layout not in HOST_LAYOUTS:
+            raise UserError(f"cost.host_layout={self.host_layout!r}: valid: {', '.join(HOST_LAYOUTS)}")
         if self.host_sync_s < 0:
             raise UserError(f"cost.host_sync_s={self.host_sync_s}: must be ≥ 0 (seconds per MoE layer)")
 
@@ -76,6 +103,7 @@ class ProfileMixedCost(CostModel):
         self.derived = self.graphs.derived or self.eager.derived
         self._host: dict[int, tuple[Residency, frozenset[int]]] = {}
         self._zero: dict[int, tuple[Residency, Residency]] = {}
+        self._layers: dict[tuple[int, frozenset[int]], tuple[Residency, int]] = {}
 
     def _pick(self, tenants: Iterable[int], residency: Residency) -> ProfileCost:
         hit = self._host.get(id(residency))
@@ -96,11 +124,26 @@ class ProfileMixedCost(CostModel):
     def _bounded(self, residency: Residency) -> bool:
         return self.cfg.overlap_bound and residency.fetch_overlap > 0
 
-    def _hidden(self, c: StepCost, overlap: float, steps: int = 1) -> float:
-        """Fetch time hidden under the expert compute of the layers that fetch (``steps`` steps summed in ``c``)."""
+    def _host_layers(self, residency: Residency, tenants: Iterable[int]) -> int:
+        """``H`` of the module docstring (cached per residency object and tenant set)."""
         L = max(1, self.model.n_moe_layers)
+        if self.cfg.host_layout == "spread":
+            return L
+        ts = frozenset(tenants)
+        key = (id(residency), ts)
+        hit = self._layers.get(key)
+        if hit is None or hit[0] is not residency:
+            hit = (residency, max(1, host_layers(residency, L, self.model.n_experts, ts)))
+            self._layers[key] = hit
+        return hit[1]
+
+    def _hidden(self, c: StepCost, overlap: float, steps: int = 1, host_layers: int = 0) -> float:
+        """Fetch time hidden under the expert compute of the layers that fetch (``steps`` steps summed in ``c``;
+        ``host_layers``: ``H`` of the module docstring, 0: all MoE layers)."""
+        L = max(1, self.model.n_moe_layers)
+        H = min(L, host_layers) if host_layers > 0 else L
         f = c.expert_fetches / max(1, steps)
-        share = 1.0 - (1.0 - 1.0 / L) ** f if L > 1 else float(f > 0)
+        share = (H / L) * (1.0 - (1.0 - 1.0 / H) ** f) if H > 1 else float(f > 0) / L
         return min(overlap * c.fetch_s, c.experts_s * share)
 
     def _sync(self, c: StepCost, prof: ProfileCost, steps: int = 1) -> StepCost:
@@ -115,17 +158,33 @@ class ProfileMixedCost(CostModel):
         if not self._bounded(residency):
             return self._sync(prof.step(batch, residency), prof)
         c = prof.step(batch, self._unhidden(residency))
-        hidden = self._hidden(c, residency.fetch_overlap)
+        hidden = self._hidden(c, residency.fetch_overlap, 1, self._host_layers(residency, (s.tenant for s in batch)))
         return self._sync(dataclasses.replace(c, fetch_s=c.fetch_s - hidden), prof)
 
     def step_streamed(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
         """A prefill under a streamed swap runs eagerly (it waits on the swap's per-layer events): the eager
-        profile's step (overlapped fetches bounded as in ``step``)."""
+        profile's step (overlapped fetches bounded as in ``step``), with ``fetch_start_s`` set
+        (``with_fetch_start``)."""
         prof = self._pick((s.tenant for s in batch), residency)  # the host syncs only where it fetches
         if not self._bounded(residency):
-            return self._sync(self.eager.step(batch, residency), prof)
-        c = self.eager.step(batch, self._unhidden(residency))
-        return self._sync(dataclasses.replace(c, fetch_s=c.fetch_s - self._hidden(c, residency.fetch_overlap)), prof)
+            c = self._sync(self.eager.step(batch, residency), prof)
+        else:
+            c = self.eager.step(batch, self._unhidden(residency))
+            hidden = self._hidden(c, residency.fetch_overlap, 1,
+                                  self._host_layers(residency, (s.tenant for s in batch)))
+            c = self._sync(dataclasses.replace(c, fetch_s=c.fetch_s - hidden), prof)
+        return self.with_fetch_start(c, residency, tuple(s.tenant for s in batch))
+
+    def with_fetch_start(self, c: StepCost, residency: Residency, tenants: tuple[int, ...]) -> StepCost:
+        """``c`` with ``fetch_start_s``: the step's time outside its copies, spread evenly over the MoE layers,
+        before the first of the ``H`` layers holding host copies (``host_layout``: ``packed``, the last ``H``
+        layers, so ``(L − H) / L`` of it; ``spread``: 0). For a prefill under a streamed swap
+        (``moesim.cost.base.swap_link_delay``)."""
+        if c.expert_fetches <= 0:
+            return c
+        L = max(1, self.model.n_moe_layers)
+        H = self._host_layers(residency, tenants)
+        return dataclasses.replace(c, fetch_start_s=(c.total_s - c.fetch_s) * (L - H) / L)
 
     def decode_run(self, decode_tenants: tuple[int, ...], context0: tuple[int, ...], n_steps: int,
                    residency: Residency) -> DecodeRun:
@@ -135,7 +194,7 @@ class ProfileMixedCost(CostModel):
             return self._sync_run(prof.decode_run(decode_tenants, context0, n_steps, residency), prof)
         run = prof.decode_run(decode_tenants, context0, n_steps, self._unhidden(residency))
         c = run.cost
-        hidden = self._hidden(c, residency.fetch_overlap, n_steps)
+        hidden = self._hidden(c, residency.fetch_overlap, n_steps, self._host_layers(residency, decode_tenants))
         if hidden <= 0 or run.end_s[-1] <= 0:
             return self._sync_run(run, prof)
         end = run.end_s - hidden * run.end_s / run.end_s[-1]  # spread in proportion to each step's time

@@ -8,7 +8,10 @@ For every run folder under ``DIR`` (one with ``requests.parquet`` and ``summary.
 ``validation_profile_mixed.csv`` with ``sim_cost=profile_mixed``; ``sim_cost=profile_bucketed table=CSV``: decode
 steps from the runtime's measured bucket table; the per-run files get the same suffix) (run-level figures simulated vs measured, signed errors, per-request median/mean
 absolute errors; ``replay_*`` columns: the same errors of the warm-up replay, measured step times on a
-virtual clock, i.e. without host time or real arrivals). Torch-free; needs simpy.
+virtual clock, i.e. without host time or real arrivals). It also writes and prints the four-figure table
+(``validation<suffix>.md``: per run measured / simulated mean turnaround and mean TTFT with signed errors
+(sim − meas) / meas, the per-request median absolute errors of turnaround and TTFT, and whether all four are
+within 5%) and the count of runs within 5%. Torch-free; needs simpy.
 """
 
 from __future__ import annotations
@@ -64,6 +67,44 @@ def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", 
     return row
 
 
+#: Run order of the table: policies, then workloads (``<policy>_<workload>`` folders; others after, by name).
+ORDER = ("naive", "swap", "reconfig", "reconfig_fast", "multiplex", "mig", "dedicated", "fleet")
+WORKLOADS = ("light", "saturated", "host")
+#: The target: every figure of a run within this many percent.
+TARGET_PCT = 5.0
+FIGURES = ("mean_turnaround_s_error_pct", "mean_ttft_s_error_pct", "turnaround_ape_median_pct",
+           "ttft_ape_median_pct")
+
+
+def _order(run: str) -> tuple[int, int, str]:
+    pol, _, wl = run.rpartition("_")
+    if wl not in WORKLOADS:
+        pol, wl = run, ""
+    return (ORDER.index(pol) if pol in ORDER else len(ORDER), WORKLOADS.index(wl) if wl in WORKLOADS else 9, run)
+
+
+def within_target(row: Any) -> bool:
+    """All four figures of a validation row within ``TARGET_PCT`` (absolute)."""
+    return all(abs(float(row[k])) <= TARGET_PCT for k in FIGURES)
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """The four-figure markdown table of validation rows (``validate_run``'s), and the count within 5%."""
+    lines = ["| run | mean turnaround meas. / sim. | error | mean TTFT meas. / sim. | error | per-request median "
+             "abs. error turnaround / TTFT | within 5% |", "|---|---|---:|---|---:|---|---|"]
+    n_ok = 0
+    for _, r in sorted(table.iterrows(), key=lambda kv: _order(str(kv[1]["run"]))):
+        ok = within_target(r)
+        n_ok += ok
+        e = [float(r[k]) for k in FIGURES]
+        lines.append(f"| {r['run']} | {r['mean_turnaround_s_measured']:.3f} / {r['mean_turnaround_s_simulated']:.3f} s"
+                     f" | {e[0]:+.1f}% | {r['mean_ttft_s_measured']:.3f} / {r['mean_ttft_s_simulated']:.3f} s"
+                     f" | {e[1]:+.1f}% | {e[2]:.1f}% / {e[3]:.1f}% | {'yes' if ok else 'no'} |")
+    cost = str(table["sim_cost"].iloc[0]) if len(table) else ""
+    lines.append(f"\n{n_ok} of {len(table)} runs within {TARGET_PCT:g}% on all four figures (sim_cost: {cost}).")
+    return "\n".join(lines)
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     """Validate every run folder under the given directory."""
@@ -89,11 +130,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = [validate_run(f, opts["sim_cost"], opts["execution"], suffix, opts["table"]) for f in folders]
     table = pd.DataFrame(rows)
     table.to_csv(root / f"validation{suffix}.csv", index=False)
-    cols = ["run", "mean_turnaround_s_simulated", "mean_turnaround_s_measured", "mean_turnaround_s_error_pct",
-            "mean_ttft_s_simulated", "mean_ttft_s_measured", "mean_ttft_s_error_pct", "turnaround_ape_median_pct",
-            "ttft_ape_median_pct"]
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(table[cols].round(3).to_string(index=False))
+    md = markdown_table(table)
+    (root / f"validation{suffix}.md").write_text(md + "\n")
+    print(md)
 
 
 if __name__ == "__main__":
