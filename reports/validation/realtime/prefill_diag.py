@@ -1,7 +1,11 @@
 """Prefill bucket graphs vs eager, on CUDA: does the graph replay return what the same kernels return eagerly
-(graph semantics), and how far are both from the engine's reference step (numerics)?"""
+(graph semantics), and how far are both from the engine's reference step (numerics)?
+
+Usage: ``python prefill_diag.py OUT tiny,mixtral-8x7b,mixtral-8x7b@2`` (``NAME@L``: the model's shapes cut to its
+first L layers, to see how agreement with the reference step falls with depth)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -18,7 +22,10 @@ out = sys.argv[1]
 res = {}
 for name in sys.argv[2].split(","):
     t = time.perf_counter()
-    model, gpu = get_model(name), get_gpu("h200")
+    base, _, n_layers = name.partition("@")
+    model, gpu = get_model(base), get_gpu("h200")
+    if n_layers:
+        model = dataclasses.replace(model, n_layers=int(n_layers))
     b = TorchBackend(model, gpu, device="cuda", n_tenants=3, max_batch=16, host_pool=8)
     b.bucket_prefill = True
     plan = POLICIES.build("multiplex", {"max_batch": 16}).layout(model, gpu, 3)[0]
