@@ -228,6 +228,28 @@ def _norm(x: torch.Tensor, w: torch.Tensor, tid: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.shape[1],), None, eps=1e-5) * w[tid]
 
 
+def _capture_mixed(owner: Any, buf: Any, cache: Any) -> _BucketGraph:
+    """Warm up, capture and replay once a ``mixed_step`` on ``buf`` (CUDA) with ``owner``'s engine, stacked weights
+    and graph pool; on failure ``owner.broken`` says why and the error is raised (the backend then falls back to
+    the executor's exact-shape graphs)."""
+    try:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            mixed_step(owner.eng, owner.stacked, buf, cache)  # warm-up outside capture
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=owner.pool, stream=stream):
+            out = mixed_step(owner.eng, owner.stacked, buf, cache)
+    except Exception as exc:
+        torch.cuda.synchronize()
+        owner.broken = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        raise
+    graph.replay()
+    torch.cuda.synchronize()
+    return _BucketGraph(graph, buf, out)
+
+
 def mixed_step(eng: MoEEngine, st: Stacked, b: DecodeBuffers, cache: Any) -> torch.Tensor:
     """One step of every row (tenant per row as data); next token ids: per row (decode, pads included) or per
     sequence slot (prefill, ``b.last``: real sequences first)."""
@@ -340,22 +362,7 @@ class DecodeGraphs:
         p = plan_decode((0,) * bucket, (0,) * bucket, self.sizes, self.kv_bucket)
         p = DecodePlan(**{**p.__dict__, "max_k": max_k})  # the bound, not the contents, shapes the kernels
         buf = make_buffers(p, self.eng.device, self.eng.spec.vocab, self.seed)
-        try:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                mixed_step(self.eng, self.stacked, buf, cache)  # warm-up outside capture
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool, stream=stream):
-                out = mixed_step(self.eng, self.stacked, buf, cache)
-        except Exception as exc:  # the backend falls back to the executor's exact-shape graphs
-            torch.cuda.synchronize()
-            self.broken = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-            raise
-        graph.replay()
-        torch.cuda.synchronize()
-        self.graphs[(bucket, max_k)] = _BucketGraph(graph, buf, out)
+        self.graphs[(bucket, max_k)] = _capture_mixed(self, buf, cache)
         self.stats["captures"] += 1
 
     def capture_all(self, max_batch: int, max_context: int, cache: Any) -> int:
@@ -545,22 +552,7 @@ class PrefillGraphs:
         self._check_cache(cache)
         p = plan_prefill((0,), (bucket,), bucket, self.n_slots)
         buf = make_prefill_buffers(p, self.eng.device, self.ids(p))
-        try:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                mixed_step(self.eng, self.stacked, buf, cache)  # warm-up outside capture
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool, stream=stream):
-                out = mixed_step(self.eng, self.stacked, buf, cache)
-        except Exception as exc:  # the backend falls back to the executor's exact-shape graphs
-            torch.cuda.synchronize()
-            self.broken = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-            raise
-        graph.replay()
-        torch.cuda.synchronize()
-        self.graphs[bucket] = _BucketGraph(graph, buf, out)
+        self.graphs[bucket] = _capture_mixed(self, buf, cache)
         self.stats["captures"] += 1
 
     def capture_all(self, max_tokens: int, cache: Any) -> int:
