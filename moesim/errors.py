@@ -22,6 +22,13 @@ class UserError(ValueError):
     """
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of ``exc``'s message, at most ``limit`` characters; ``""`` for an empty message (where
+    ``str(exc).splitlines()[0]`` would raise IndexError inside an error handler)."""
+    lines = str(exc).splitlines()
+    return lines[0][:limit] if lines else ""
+
+
 def did_you_mean(name: str, valid: Iterable[str]) -> str:
     """`` (did you mean 'h200'?)`` for a misspelt name (``h2000``, ``mixtral``, ``multiplx``), else ``""``."""
     import difflib

@@ -27,7 +27,7 @@ from moesim.calibrate.grids import Grids, make_grids, spread_contexts
 from moesim.calibrate.system import discover
 from moesim.calibrate.timing import Timer, Timing
 from moesim.calibrate.validate import describe, draw_heldout_batches, validation_batches
-from moesim.errors import UserError
+from moesim.errors import UserError, first_line
 from moesim.formats.profile import Row, profile_stem, read_profile, write_profile
 from moesim.specs import get_model
 
@@ -163,7 +163,7 @@ class Calibration:
             status = "oom" if _is_oom(exc) else "error"
             if status == "error":
                 self.rec.errors.append(f"{op} b={batch} t={tokens} c={context} sms={base.sms}: "
-                                       f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                                       f"{type(exc).__name__}: {first_line(exc)}")
             if self.cuda:
                 torch.cuda.synchronize()
                 torch.cuda.empty_cache()
@@ -323,7 +323,7 @@ class Calibration:
                 err = float((out - ref).norm() / ref.norm())
             except Exception as exc:  # a missing or refusing kernel: fall back
                 err = float("inf")
-                self.rec.errors.append(f"flash attention failed: {str(exc).splitlines()[0][:200]}")
+                self.rec.errors.append(f"flash attention failed: {first_line(exc)}")
             self.meta["checks"]["attention_flash_vs_fp32_rel_err"] = err
             if not err < 2e-2:
                 print(f"flash varlen attention unusable (rel err {err}); falling back to per-sequence SDPA",
@@ -338,7 +338,7 @@ class Calibration:
             err = float((got - ref_moe).norm() / ref_moe.norm())
         except Exception as exc:  # a missing or refusing kernel: fall back
             err = float("inf")
-            self.rec.errors.append(f"grouped GEMM failed: {str(exc).splitlines()[0][:200]}")
+            self.rec.errors.append(f"grouped GEMM failed: {first_line(exc)}")
         self.meta["checks"]["moe_grouped_vs_loop_rel_err"] = err
         if not err < 2e-2 and eng.moe_engine == "grouped":
             print(f"grouped GEMM unusable (rel err {err}); using one GEMM per expert", flush=True)
@@ -349,7 +349,7 @@ class Calibration:
                 err = float((got - ref_moe).norm() / ref_moe.norm())
             except Exception as exc:  # a kernel that fails to compile: the grouped GEMM, and say so
                 err = float("inf")
-                self.rec.errors.append(f"triton MoE failed: {str(exc).splitlines()[0][:200]}")
+                self.rec.errors.append(f"triton MoE failed: {first_line(exc)}")
             self.meta["checks"]["moe_triton_vs_loop_rel_err"] = err
             if not err < 2e-2:
                 print(f"triton MoE unusable (rel err {err}); using the grouped GEMM", flush=True)
@@ -630,7 +630,7 @@ class Calibration:
             except Exception as exc:  # record and go on to the next batch
                 rec.update(status="oom" if _is_oom(exc) else "error", time_s_median=float("nan"),
                            time_s_p10=float("nan"), time_s_p90=float("nan"), n=0)
-                self.rec.errors.append(f"validation {i}: {str(exc).splitlines()[0][:200]}")
+                self.rec.errors.append(f"validation {i}: {first_line(exc)}")
                 if self.cuda:
                     torch.cuda.empty_cache()
             out.append(rec)

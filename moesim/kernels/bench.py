@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from moesim.cli import parse_key_values
-from moesim.errors import UserError
+from moesim.errors import UserError, first_line
 
 
 @dataclass(frozen=True)
@@ -356,7 +356,7 @@ class Bench:
                                                           eng.swiglu, c))
                 except Exception as exc:  # a tile that does not compile or fit: skipped
                     self.sync()
-                    tried.append({"config": asdict(c), "error": str(exc).splitlines()[0][:200] if str(exc) else ""})
+                    tried.append({"config": asdict(c), "error": first_line(exc)})
                     return math.inf
                 tried.append({"config": asdict(c), "us": t * 1e6})
                 return t
@@ -426,7 +426,7 @@ class Bench:
                     outs[name] = eng.attend(q, si.meta, ck, cv).float()
                     t = self.time_fn(lambda si=si, q=q, ck=ck, cv=cv: eng.attend(q, si.meta, ck, cv))
                 except Exception as exc:
-                    row[f"{name}_error"] = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                    row[f"{name}_error"] = first_line(exc) or type(exc).__name__
                     self.sync()
                     continue
                 row[f"{name}_us"] = t * 1e6
@@ -525,7 +525,7 @@ class Bench:
             try:
                 t = self.time_fn(fn)
             except Exception as exc:
-                row["ops"][name] = {"error": str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}
+                row["ops"][name] = {"error": first_line(exc) or type(exc).__name__}
                 self.sync()
                 continue
             row["ops"][name] = {"us": t * 1e6, "tflops": flops / t / 1e12 if flops else None,
@@ -619,7 +619,7 @@ class Bench:
                 try:
                     t = self.time_fn(lambda holder=holder, si=si: holder.append(eng.step(si, self.cache)))
                 except Exception as exc:
-                    row[f"{name}_error"] = str(exc).splitlines()[0][:200]
+                    row[f"{name}_error"] = first_line(exc)
                     self.sync()
                     continue
                 row[f"{name}_ms"] = t * 1e3

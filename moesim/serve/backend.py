@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from moesim.cost.base import Residency, SeqWork, StepCost
-from moesim.errors import UserError
+from moesim.errors import UserError, first_line
 from moesim.executor.gpu_cost import ExecutedCostConfig, GPUExecutedCost
 from moesim.policies.base import InstancePlan
 from moesim.serve.runtime import SwapTicket, sleep_s
@@ -701,7 +701,7 @@ class TorchBackend:
                     if not self.cuda:
                         raise
                     if not pg.broken:
-                        pg.broken = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                        pg.broken = f"{type(exc).__name__}: {first_line(exc)}"
                     x._sync()
                     return self._execute(batch)  # the executor's path from now on (pg.broken)
                 x._sync()

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from moesim.calibrate.engine import ALIGN_ROWS, AttnMeta, MoEEngine
+from moesim.errors import first_line
 from moesim.serve.buckets import (
     bucket_for,
     bucket_sizes,
@@ -243,7 +244,7 @@ def _capture_mixed(owner: Any, buf: Any, cache: Any) -> _BucketGraph:
             out = mixed_step(owner.eng, owner.stacked, buf, cache)
     except Exception as exc:
         torch.cuda.synchronize()
-        owner.broken = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        owner.broken = f"{type(exc).__name__}: {first_line(exc)}"
         raise
     graph.replay()
     torch.cuda.synchronize()
