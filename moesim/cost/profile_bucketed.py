@@ -55,6 +55,7 @@ from moesim.cost import COST_MODELS
 from moesim.cost.base import CostModel, DecodeRun, ExpertGroup, Residency, SeqWork, StepCost
 from moesim.cost.profile_mixed import ProfileMixedConfig, ProfileMixedCost
 from moesim.errors import UserError
+from moesim.serve.buckets import prefill_bucket_for
 from moesim.specs import GPUSpec, ModelSpec
 
 
@@ -175,16 +176,6 @@ class DecodeTable:
         return s
 
 
-def _runtime_buckets(tokens: int, smallest: int) -> int | None:
-    """The runtime's prefill token bucket for ``tokens`` (``moesim.serve.buckets``), or None where that module
-    is not there."""
-    try:
-        from moesim.serve.buckets import prefill_bucket_for
-    except ImportError:
-        return None
-    return int(prefill_bucket_for(tokens, smallest))
-
-
 class PrefillTable:
     """Resident prefills timed as the runtime runs them: in the CUDA graph of their token bucket.
 
@@ -219,10 +210,7 @@ class PrefillTable:
 
     def bucket(self, tokens: int) -> int:
         """The token bucket a prefill of ``tokens`` tokens runs in."""
-        b = _runtime_buckets(tokens, self.smallest)
-        if b is not None:
-            return b
-        return next((x for x in self.buckets if x >= tokens), tokens)
+        return prefill_bucket_for(tokens, self.smallest)
 
     def _at(self, b: int, k: int, tokens: int | None = None) -> float:
         """The bucket's time: its measured row nearest in tenants, then in real tokens (``tokens``; default the
