@@ -306,3 +306,14 @@ def test_disk_full_during_a_single_run_is_one_line_and_no_summary(
     assert err == (f"hydra.run.dir={out}: cannot write the outputs (No space left on device); "
                    "files already written are complete (atomic writes)\n")
     assert not (out / "summary.json").exists()
+
+
+def test_first_line_of_an_error_message() -> None:
+    """Error handlers record an exception's first line; an empty message gives "" instead of an IndexError."""
+    from moesim.errors import first_line
+
+    assert first_line(RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronous")) == (
+        "CUDA error: out of memory")
+    assert first_line(RuntimeError("x" * 300)) == "x" * 200
+    assert first_line(RuntimeError("abc"), limit=2) == "ab"
+    assert first_line(RuntimeError()) == ""
