@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from moesim.cli import parse_key_values
 from moesim.errors import UserError
@@ -11,7 +12,11 @@ from moesim.specs import GPU_SPECS, MODEL_SPECS
 from moesim.workloads.capped import capped_requests
 from moesim.workloads.request import Request
 
-WORKLOADS = ("azure_conv", "poisson")
+WORKLOADS = ("azure_conv", "poisson", "trace")
+DEFAULT_RATE = 0.25  # requests/s per tenant of the synthetic workloads when rate= is not given
+#: the simulator's spellings of the trace options (``workload.path=F``, ``workload.columns.prompt_tokens=x``),
+#: accepted as they are, so a command line or an error's hint copied from ``moesim.simulate`` works here
+TRACE_ALIASES = {"workload.path": "trace", "workload.format": "trace_format", "workload.time_unit": "time_unit"}
 SIM_COSTS = ("auto", "profile", "profile_mixed", "profile_bucketed", "roofline", "constant")
 CLOCKS = ("wall", "virtual")
 BACKENDS = ("torch", "cost")
@@ -33,10 +38,20 @@ class ServeConfig:
             experts on the host (fetched per use).
         plan: a consolidation plan JSON (``python -m moesim.consolidate``) for the policy's layout; empty: the
             policy's own budget rule.
-        workload: ``azure_conv`` (the shipped conversation trace rescaled to ``rate``) or ``poisson`` (Poisson
-            arrivals at ``rate``, token pairs drawn from the conversation trace).
-        tenants: tenants (requests spread uniformly at random over them).
-        rate: mean arrival rate per tenant (requests/s).
+        workload: ``azure_conv`` (the shipped conversation trace rescaled to ``rate``), ``poisson`` (Poisson
+            arrivals at ``rate``, token pairs drawn from the conversation trace) or ``trace`` (the file ``trace``,
+            read as the simulator's ``workload=trace`` reads it; set by ``trace=`` alone).
+        trace: a trace file (.csv, .jsonl, .parquet; docs/workloads.md) to serve; empty: none. A tenant column's
+            names become tenants 0, 1, … and are kept in requests.parquet (``tenant_name``).
+        trace_format: the file's public format (azure2023, azure2024, mooncake, burstgpt); empty: moesim's
+            columns and their aliases. Also spelt ``workload.format=``.
+        columns: field:column pairs mapping the file's columns (``prompt_tokens:input_length``; fields
+            arrival_s, timestamp, prompt_tokens, output_tokens, tenant; ``-`` ignores a field). Also spelt
+            ``columns.prompt_tokens=input_length`` or ``workload.columns.prompt_tokens=input_length``.
+        time_unit: unit of a numeric timestamp column: auto, s, ms, us or ns.
+        tenants: tenants (requests spread uniformly at random over them, unless the trace names its tenants).
+        rate: mean arrival rate per tenant (requests/s); default 0.25, with a trace its own times (a given
+            rate rescales the trace to it).
         max_requests: the trace's first this many requests.
         max_prompt: a request's prompt is capped at this many tokens.
         max_output: a request's output is capped at this many tokens.
@@ -76,8 +91,12 @@ class ServeConfig:
     budget_bytes: float = 0.0
     plan: str = ""
     workload: str = "azure_conv"
+    trace: str = ""
+    trace_format: str = ""
+    columns: tuple[str, ...] = ()
+    time_unit: str = "auto"
     tenants: int = 4
-    rate: float = 0.25
+    rate: float | None = None
     max_requests: int = 32
     max_prompt: int = 1024
     max_output: int = 64
@@ -132,8 +151,11 @@ class ServeConfig:
                 raise UserError(f"{name}={getattr(self, name)}: must be ≥ 1")
         if self.max_batch < 0 or self.budget_bytes < 0:
             raise UserError(f"max_batch={self.max_batch}, budget_bytes={self.budget_bytes}: must be ≥ 0")
-        if self.rate <= 0:
+        self._check_trace()
+        if self.rate is not None and self.rate <= 0:
             raise UserError(f"rate={self.rate}: must be > 0 (requests/s per tenant)")
+        if self.rate is None:  # a trace keeps its own times; the synthetic workloads their default rate
+            object.__setattr__(self, "rate", 0.0 if self.workload == "trace" else DEFAULT_RATE)
         if self.gpus < 1 or self.host_pool < 0:
             raise UserError(f"gpus={self.gpus}, host_pool={self.host_pool}: gpus ≥ 1, host_pool ≥ 0")
         if self.is_fleet:
@@ -151,6 +173,48 @@ class ServeConfig:
             parse_placement(self.placement, self.gpus, self.tenants)
         elif self.placement:
             raise UserError(f"placement={self.placement!r} needs gpus > 1 (and a policy other than dedicated)")
+
+    def _check_trace(self) -> None:
+        """``trace=F`` means ``workload=trace``; the trace's options are checked as the simulator checks them."""
+        object.__setattr__(self, "columns", tuple(self.columns))  # a summary.json's config holds a list
+        if self.trace and self.workload == "azure_conv":  # the default: trace= alone chooses the trace
+            object.__setattr__(self, "workload", "trace")
+        if self.workload == "trace" and not self.trace:
+            raise UserError("workload=trace needs trace=FILE (a .csv, .jsonl or .parquet trace; docs/workloads.md)")
+        if self.workload != "trace":
+            given = [f"{k}={getattr(self, k)!r}" for k, d in (("trace", ""), ("trace_format", ""),
+                                                                ("columns", ()), ("time_unit", "auto"))
+                     if getattr(self, k) and getattr(self, k) != d]
+            if given:
+                raise UserError(f"{given[0]} applies to a trace file; workload={self.workload!r} does not read one "
+                                "(give trace=FILE and leave workload= out)")
+            return
+        self.trace_config()
+
+    def column_map(self) -> dict[str, str]:
+        """``columns`` as the loader's field → column mapping (a malformed pair is one line)."""
+        from moesim.workloads.loader import FIELDS
+
+        out: dict[str, str] = {}
+        for pair in self.columns:
+            fld, sep, col = (t.strip() for t in pair.partition(":"))
+            if not sep or not col or fld not in FIELDS:
+                raise UserError(f"columns={pair!r}: expected field:column with a field among {', '.join(FIELDS)} "
+                                "(e.g. columns=prompt_tokens:input_length,output_tokens:output_length)")
+            out[fld] = col
+        return out
+
+    def trace_config(self) -> object:
+        """The simulator's ``TraceConfig`` of this run's trace (validated; the file is read when built)."""
+        from moesim.workloads.trace import TraceConfig
+
+        rate = self.rate if self.rate is not None else 0.0
+        try:
+            return TraceConfig(path=self.trace, format=self.trace_format, columns=self.column_map(),
+                               time_unit=self.time_unit, tenants=self.tenants, rate=rate,
+                               max_requests=self.max_requests)
+        except UserError as e:
+            raise UserError(serve_spelling(str(e))) from None
 
     @property
     def is_fleet(self) -> bool:
@@ -179,17 +243,66 @@ SUMMARY = ("Serve a trace in real time (wall clock, arrivals released at their t
            "summary.json and, with compare=true, the simulated side and the errors.")
 
 
+def serve_spelling(message: str) -> str:
+    """A workload message in this tool's keys (``workload.max_requests=`` is ``max_requests=`` here)."""
+    for sim, ours in (("workload=trace: format=", "trace_format="), ("workload=trace: time_unit=", "time_unit="),
+                      ("workload=trace: columns.", "columns="), ("workload=trace: ", "trace: "),
+                      ("workload.columns.", "columns."),
+                      ("workload.time_unit", "time_unit"), ("workload.format", "trace_format"),
+                      ("workload.", "")):
+        message = message.replace(sim, ours)
+    return message
+
+
+def _trace_words(argv: list[str]) -> list[str]:
+    """The simulator's trace spellings → this tool's keys: ``workload.path=F`` → ``trace=F``,
+    ``[workload.]columns.prompt_tokens=x`` → one ``columns=prompt_tokens:x,...`` word."""
+    out, pairs = [], []
+    for a in argv:
+        key, sep, value = a.partition("=")
+        key = key.lstrip("+")
+        if sep and key in TRACE_ALIASES:
+            out.append(f"{TRACE_ALIASES[key]}={value}")
+        elif sep and key.startswith(("columns.", "workload.columns.")):
+            pairs.append(f"{key.rsplit('.', 1)[1]}:{value}")
+        elif sep and key == "workload.name":
+            out.append(f"workload={value}")
+        else:
+            out.append(a)
+    return out + ([f"columns={','.join(pairs)}"] if pairs else [])
+
+
 def parse_args(argv: list[str]) -> ServeConfig:
     """``["device=cpu", "model=tiny"]`` → config; an unknown key or a bad value is one clear line."""
     return parse_key_values(
-        argv, ServeConfig, prog="python -m moesim.serve", summary=SUMMARY,
+        _trace_words(list(argv)), ServeConfig, prog="python -m moesim.serve", summary=SUMMARY,
         choices={"model": sorted(MODEL_SPECS), "gpu": sorted(GPU_SPECS), "policy": SERVED_POLICIES,
-                 "workload": WORKLOADS, "sim_cost": SIM_COSTS, "clock": CLOCKS, "backend": BACKENDS,
+                 "workload": WORKLOADS, "time_unit": ("auto", "s", "ms", "us", "ns"), "sim_cost": SIM_COSTS, "clock": CLOCKS, "backend": BACKENDS,
                  "device": ("cuda", "cpu"), "execution": EXECUTION_CHOICES, "moe_kernel": MOE_KERNELS},
         examples=("python -m moesim.serve device=cpu model=tiny policy=multiplex rate=4 max_requests=16 out=/tmp/s",
+                  "python -m moesim.serve device=cpu model=tiny trace=my.csv columns=prompt_tokens:input_length "
+                  "time_unit=ms out=/tmp/s   # your own trace, as the simulator reads it",
                   "python -m moesim.serve backend=cost clock=virtual model=tiny out=/tmp/s   # = the simulator"))
 
 
 def make_requests(cfg: ServeConfig) -> list[Request]:
-    """The trace: ``max_requests`` requests, uniform over tenants, token counts capped (the executor's)."""
-    return capped_requests(cfg)
+    """The trace: ``max_requests`` requests, uniform over tenants, token counts capped (the executor's); with
+    ``trace=F`` the file's first ``max_requests`` requests, token counts capped the same way."""
+    if cfg.workload != "trace":
+        return capped_requests(cfg)
+    import dataclasses
+
+    reqs = trace_workload(cfg).generate(cfg.seed)
+    return [dataclasses.replace(r, prompt_tokens=min(r.prompt_tokens, cfg.max_prompt),
+                                output_tokens=min(r.output_tokens, cfg.max_output)) for r in reqs]
+
+
+def trace_workload(cfg: ServeConfig) -> Any:
+    """The simulator's ``trace`` workload of ``cfg.trace`` (the file read, checked and sorted by its loader);
+    a problem with the file is one line in this tool's keys."""
+    from moesim.workloads import WORKLOADS
+
+    try:
+        return WORKLOADS.build("trace", cfg.trace_config())
+    except UserError as e:
+        raise UserError(serve_spelling(str(e))) from None

@@ -57,6 +57,7 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
     out = Path(cfg.out)
     model, gpu = get_model(cfg.model), get_gpu(cfg.gpu)
     requests = make_requests(cfg)
+    names = _announce_trace(cfg, requests, log)
     command = "python -m moesim.serve " + " ".join(argv if argv is not None else sys.argv[1:])
     params = cfg.policy_params()
     POLICIES.build(cfg.policy, params)  # a bad policy parameter is one line before anything is built
@@ -126,6 +127,9 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
 
             torch.set_num_threads(threads)
     _check(res)
+    if names is not None:  # the trace named its tenants: keep the names beside the ids (as the simulator does)
+        res.requests["tenant_name"] = [names[t] for t in res.requests["tenant"]]
+        doc["trace"]["tenant_names"] = list(names)
     write_parquet(out / "requests.parquet", res.requests)
     write_parquet(out / "segments.parquet", res.segments)
     from moesim.metrics import summarize
@@ -156,6 +160,25 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
     log(f"outputs in {out}/ ({', '.join(files)})"
         + (f"; not from this run (an earlier run's): {', '.join(stale)}" if stale else ""), flush=True)
     return doc
+
+
+def _announce_trace(cfg: ServeConfig, requests: list, log: Any) -> tuple[str, ...] | None:
+    """With ``trace=F``: one line saying which of the file's requests are served and how many token counts
+    ``max_prompt``/``max_output`` cap; the trace's tenant names (None when it has none)."""
+    if cfg.workload != "trace":
+        return None
+    from moesim.serve.config import serve_spelling, trace_workload
+
+    wl = trace_workload(cfg)  # read once: the loader caches the file per version
+    full = wl.generate(cfg.seed)
+    capped = [f"{sum(a.prompt_tokens != b.prompt_tokens for a, b in zip(full, requests, strict=True))} prompts at "
+              f"max_prompt={cfg.max_prompt}",
+              f"{sum(a.output_tokens != b.output_tokens for a, b in zip(full, requests, strict=True))} outputs at "
+              f"max_output={cfg.max_output}"]
+    capped = [c for c in capped if not c.startswith("0 ")]
+    log(f"serve: {serve_spelling(wl.selection(len(requests)))}"
+        + (f"; capped {' and '.join(capped)} tokens" if capped else ""), flush=True)
+    return wl.tenant_names
 
 
 def _serve(cfg: ServeConfig, model: Any, gpu: Any, backend: Any, requests: list, clock: str) -> ServeResult:
