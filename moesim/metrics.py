@@ -25,6 +25,21 @@ import pandas as pd
 from moesim.slo import SLO_TPOT_S, SLO_TTFT_S, SLOClass, targets
 
 PERCENTILES = (50, 90, 99)
+#: fewer served requests than this give no throughput figure where one is printed (the one-line summaries of
+#: ``simulate`` and ``serve``, the report's table): 4 requests over 1.8 s read as "130 req/min", 1 as "1162"
+MIN_THROUGHPUT_REQUESTS = 10
+
+
+def throughput_text(summary: dict[str, Any]) -> str:
+    """The throughput of a run's ``summarize`` dict as a user should read it, with how it was computed:
+    ``"130.51 req/min (40 served over 18.4 s)"``, or ``"4 served over 1.84 s: too few for a throughput figure"``
+    below ``MIN_THROUGHPUT_REQUESTS`` served requests."""
+    served = int(summary.get("n_requests", 0)) - int(summary.get("rejected", 0) or 0)
+    span = float(summary.get("span_s", 0.0))
+    over = f"{served:,} served over {span:.3g} s"
+    if served < MIN_THROUGHPUT_REQUESTS:
+        return f"{over}: too few for a throughput figure"
+    return f"{float(summary['throughput_rpm']):.2f} req/min ({over})"
 
 
 def per_request(requests: pd.DataFrame) -> pd.DataFrame:

@@ -12,8 +12,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from moesim.errors import UserError
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -48,7 +46,8 @@ def test_serve_replays_a_users_trace_through_the_simulators_loader(tmp_path: Pat
     assert code == 2
     hint = ("map yours with columns.timestamp=ts_ms time_unit=ms columns.prompt_tokens=input_length "
             "columns.output_tokens=output_length")
-    assert err.strip().endswith(hint) and err.count("\n") == 1
+    assert err.strip().endswith(hint)
+    assert err.count("\n") == 1
     assert not (tmp_path / "s").exists()
     # the simulator's spellings work too (workload.path=, workload.columns.X=)
     with pytest.warns(UserWarning, match="not sorted"):
@@ -61,13 +60,16 @@ def test_serve_replays_a_users_trace_through_the_simulators_loader(tmp_path: Pat
     assert r.arrival_s.tolist() == [0.0, 1.0, 1.5, 2.0]  # sorted, ms read as ms, relative to the first
     assert r.tenant_name.tolist() == ["bob", "alice", "carol", "alice"]
     assert r.prompt_tokens.tolist() == [20, 30, 1024, 10]
-    assert (r.finish_s > r.arrival_s).all() and len(r) == 4  # every request served once
+    assert (r.finish_s > r.arrival_s).all()
+    assert len(r) == 4
     sim = pd.read_parquet(tmp_path / "s" / "simulated_requests.parquet")
     assert len(sim) == 4
     s = json.loads((tmp_path / "s" / "summary.json").read_text())
-    assert s["n_requests"] == 4 and s["rejected"] == 0
+    assert s["n_requests"] == 4
+    assert s["rejected"] == 0
     assert s["trace"]["tenant_names"] == ["alice", "bob", "carol"]
-    assert s["config"]["workload"] == "trace" and s["config"]["rate"] == 0.0  # the file's own times
+    assert s["config"]["workload"] == "trace"
+    assert s["config"]["rate"] == 0.0
 
 
 @pytest.mark.parametrize(("args", "line"), [
@@ -94,3 +96,54 @@ def test_serve_trace_options_are_one_line_each(args: list[str], line: str, tmp_p
     code, _, err = _serve(["device=cpu", "model=tiny", "backend=cost", "clock=virtual", "out=s", *args], capsys)
     assert (code, err) == (2, f"moesim: error: {line}\n")
     assert not (tmp_path / "s").exists()
+
+
+def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "moesim.simulate", "hydra.mode=RUN", "progress=false", *args],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, env=_env())
+
+
+def test_throughput_says_how_it_was_computed_and_not_for_a_handful_of_requests(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a one-request trace printed "1162.23 req/min" (1 request over its own 0.05 s), 4 requests "130.51 req/min"
+    from moesim.metrics import MIN_THROUGHPUT_REQUESTS, throughput_text
+
+    assert MIN_THROUGHPUT_REQUESTS == 10
+    assert throughput_text({"n_requests": 4, "rejected": 0, "span_s": 1.8391, "throughput_rpm": 130.5}) == \
+        "4 served over 1.84 s: too few for a throughput figure"
+    assert throughput_text({"n_requests": 12, "rejected": 2, "span_s": 300.0, "throughput_rpm": 2.0}) == \
+        "2.00 req/min (10 served over 300 s)"
+    (tmp_path / "t1.csv").write_text("arrival_s,prompt_tokens,output_tokens\n0,10,2\n")
+    p = _run(tmp_path, "hydra.run.dir=r", "workload=trace", "workload.path=t1.csv", "cost=roofline")
+    assert p.returncode == 0, p.stderr
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert f"{throughput_text(s)};" in p.stdout
+    assert "too few for a throughput figure" in p.stdout
+    assert "req/min" not in p.stdout
+    # serve says the same, the same way
+    code, out, err = _serve(["device=cpu", "model=tiny", "backend=cost", "clock=virtual", "sim_cost=roofline",
+                             "max_requests=3", "compare=false", f"out={tmp_path / 's'}"], capsys)
+    assert code == 0, err
+    s = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert f"mean TTFT {s['mean_ttft_s']:.3f} s, 3 served over {s['span_s']:.3g} s: too few for a throughput " \
+           "figure, 0 swaps" in out
+
+
+def test_the_reports_throughput_cell_is_a_dash_for_too_few_requests(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_report_helpers import make_sweep
+
+    from moesim.io import write_json
+    from moesim.report import build_report
+
+    root = make_sweep(tmp_path / "s", failed=False, incomplete=False)
+    html = build_report(root, warn=None).read_text()
+    assert "too few for a throughput figure" not in html  # 10 served per job: a figure
+    for d in root.iterdir():
+        if (d / "summary.json").exists():
+            s = json.loads((d / "summary.json").read_text())
+            write_json(d / "summary.json", {**s, "n_requests": 4})
+    html = build_report(root, warn=None).read_text()
+    assert html.count('title="4 served requests per job: too few for a throughput figure (fewer than 10)">—<') == \
+        len({json.loads((d / "summary.json").read_text())["policy"] for d in root.iterdir()
+             if (d / "summary.json").exists()})

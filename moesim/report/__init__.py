@@ -226,6 +226,18 @@ def _ratio_title(ratios: dict[float, float]) -> str:
         if ratios else ""
 
 
+def _throughput_cell(r: pd.Series) -> str:
+    """The headline's throughput at the top rate; a dash (hover: why) when its jobs served too few requests
+    for one (``moesim.metrics.MIN_THROUGHPUT_REQUESTS``, as the one-line summaries)."""
+    from moesim.metrics import MIN_THROUGHPUT_REQUESTS
+
+    served = r.get("served_at_max_rate", float("nan"))
+    if served is not None and math.isfinite(served) and served < MIN_THROUGHPUT_REQUESTS:
+        return (f'<span title="{served:.3g} served requests per job: too few for a throughput figure (fewer than '
+                f'{MIN_THROUGHPUT_REQUESTS})">—</span>')
+    return fmt(r["throughput_rpm_at_max_rate"])
+
+
 def _headline_section(data: SweepData, head: pd.DataFrame) -> str:
     rate = data.chosen_rate
     # baselines the sweep ran: a sweep without mig had two columns of "—" under "vs mig"
@@ -262,7 +274,7 @@ def _headline_section(data: SweepData, head: pd.DataFrame) -> str:
             ge = "≥ " if r["sustained_at_top"] else ""
             sr_text = ge + fmt(float(sr))
             per_text = ge + fmt(float(r["sustained_rps_per_gpu"]))
-        row += [sr_text, per_text, fmt(r["throughput_rpm_at_max_rate"])]
+        row += [sr_text, per_text, _throughput_cell(r)]
         if show_rejected:
             row += [fmt(int(r["rejected"])) if pd.notna(r["rejected"]) else "—"]
         cells.append(row)

@@ -327,6 +327,15 @@ def _sum_col(sub: pd.DataFrame, col: str) -> float | None:
     return float(v.sum()) if v.notna().any() else None
 
 
+def _served(jobs: pd.DataFrame) -> float:
+    """Mean served requests per job (``n_requests`` − ``rejected``); NaN when the table lacks the counts."""
+    if "n_requests" not in jobs or not len(jobs):
+        return float("nan")
+    n = pd.to_numeric(jobs["n_requests"], errors="coerce")
+    rej = pd.to_numeric(jobs["rejected"], errors="coerce").fillna(0) if "rejected" in jobs else 0
+    return float((n - rej).mean())
+
+
 def headline(data: SweepData) -> pd.DataFrame:
     """One row per series: headline numbers (see ``pct_change`` and ``sustained_rate``).
 
@@ -349,6 +358,7 @@ def headline(data: SweepData) -> pd.DataFrame:
             "mean_turnaround_s_at_rate": float(at["mean_turnaround_s"].mean()) if len(at) else float("nan"),
             "mean_ttft_s_at_rate": float(at["mean_ttft_s"].mean()) if len(at) else float("nan"),
             "throughput_rpm_at_max_rate": float(sub[sub["rate"] == sub["rate"].max()]["throughput_rpm"].mean()),
+            "served_at_max_rate": _served(sub[sub["rate"] == sub["rate"].max()]),
             "sustained_rate": sr,
             "sustained_at_top": sr is not None and math.isclose(sr, float(sub["rate"].max())),
             "gpus": gpus,
