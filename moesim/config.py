@@ -750,6 +750,7 @@ def plan_command_line(argv: list[str]) -> CommandLine | None:
                 if repr((spec.fleet, spec.placement, spec.policy)) not in workloads:  # fleet/placement files
                     workloads.add(repr((spec.fleet, spec.placement, spec.policy)))
                     _check_fleet_files(spec)
+                    _check_plan(spec)
                 for gpu in _fleet_gpus(spec):  # fleet.gpu= or a fleet file: the GPUs that will run
                     key = (spec.model.name, gpu.name, repr(spec.cost), str(cfg.cost.get("name")))
                     if key not in costs:
@@ -803,7 +804,41 @@ def _check_fleet_files(spec: JobSpec) -> None:
         placement = load_placement(spec.placement.path)
         placement.check(fleet.n_gpus)
         for p in placement.gpus:
-            gpu_policy(placement, p, spec.policy.name, spec.policy)
+            pol = gpu_policy(placement, p, spec.policy.name, spec.policy)
+            path = str(getattr(pol.cfg, "plan", "") or "")
+            if path:  # each GPU's plan against the tenants listed for it
+                from moesim.consolidation.plan import load_plan
+                from moesim.policies.reconfig import check_plan_tenants
+
+                try:
+                    check_plan_tenants(load_plan(path), path, len(p.tenants), f" (GPU {p.gpu})")
+                except UserError as e:
+                    raise UserError(f"placement file {placement.source}: {e}") from None
+
+
+def _check_plan(spec: JobSpec) -> None:
+    """A consolidation plan (``policy.plan=F``) against the tenants it serves, before any folder: its variant i
+    is tenant i, so a 4-variant plan with 2 tenants is refused (it was taken silently), and a job-level plan on
+    a fleet whose GPUs hold different tenants is pointed at per-GPU plans in a placement file."""
+    path = str(getattr(spec.policy, "plan", "") or "")
+    if not path:
+        return
+    from moesim.consolidation.plan import load_plan
+    from moesim.fleet import FLEETS
+    from moesim.policies.reconfig import check_plan_tenants
+
+    plan = load_plan(path)
+    fleet_cfg = spec.fleet if spec.fleet is not None else FLEETS.config("uniform")
+    n_gpus = FLEETS.build(fleet_cfg.name, fleet_cfg).spec(spec.gpu).n_gpus
+    strategy = spec.placement.name if spec.placement is not None else "everywhere"
+    if strategy == "file" and getattr(spec.placement, "path", ""):
+        return  # each GPU's plan was checked against its own tenants (_check_fleet_files)
+    if n_gpus > 1 and strategy != "everywhere":
+        raise UserError(f"policy.plan={path} with placement={strategy} on {n_gpus} GPUs: a plan's variant i is "
+                        "the i-th tenant of the GPU it runs on, and these GPUs hold different tenants; give each "
+                        "GPU its own plan in a placement file (placement=file placement.path=F, an entry's "
+                        "policy_params: {plan: P}) or use placement=everywhere")
+    check_plan_tenants(plan, path, int(spec.workload.tenants))
 
 
 def _fleet_gpus(spec: JobSpec) -> list[Any]:

@@ -147,3 +147,30 @@ def test_the_reports_throughput_cell_is_a_dash_for_too_few_requests(tmp_path: Pa
     assert html.count('title="4 served requests per job: too few for a throughput figure (fewer than 10)">—<') == \
         len({json.loads((d / "summary.json").read_text())["policy"] for d in root.iterdir()
              if (d / "summary.json").exists()})
+
+
+def test_a_plan_for_more_variants_than_tenants_is_one_line_before_any_folder(tmp_path: Path) -> None:
+    # a 4-variant consolidation plan with workload.tenants=2 ran silently, its memory counting the expert copies
+    # of two variants nobody served; a job-level plan on a packed fleet mapped GPU 1's tenants to variants 0, 1
+    from moesim.consolidation.plan import plan_from_distance_model
+    from moesim.specs import get_model
+
+    plan_from_distance_model(get_model("mixtral-8x7b"), 4, int(100e9)).save(tmp_path / "plan4.json")
+    base = ["policy=reconfig", "policy.plan=plan4.json", "workload=poisson", "workload.rate=0.1",
+            "workload.duration_s=30", "cost=roofline"]
+    p = _run(tmp_path, "hydra.run.dir=r2", *base, "workload.tenants=2")
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1] == (
+        "moesim: error: policy.plan=plan4.json: the plan consolidates 4 variants (variant0, variant1, variant2, "
+        "variant3) but 2 tenants are served; a plan's variant i serves tenant i, so the counts must match: build "
+        "one for 2 (python -m moesim.consolidate … n_variants=2) or serve 4 tenants")
+    assert not (tmp_path / "r2").exists()
+    p = _run(tmp_path, "hydra.run.dir=f", *base, "workload.tenants=4", "fleet.gpus=2", "placement=per_variant")
+    assert p.returncode == 2
+    assert "policy.plan=plan4.json with placement=per_variant on 2 GPUs: a plan's variant i is the i-th tenant of " \
+           "the GPU it runs on" in p.stderr
+    assert not (tmp_path / "f").exists()
+    from moesim.policies.reconfig import plan_groups
+
+    groups, shared = plan_groups(str(tmp_path / "plan4.json"), 4, get_model("mixtral-8x7b"))  # 4 tenants: taken
+    assert shared == sum(g.positions for g in groups if g.on_gpu) > 0

@@ -12,6 +12,7 @@ With ``nonexpert_sets_reserved = 2`` (the loaded set plus room for the incoming 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from moesim.cost.base import ExpertGroup, Slice
 from moesim.errors import UserError
@@ -56,6 +57,19 @@ class ReconfigConfig(PolicyConfig):
             raise UserError(f"policy.nonexpert_sets_reserved={self.nonexpert_sets_reserved}: must be ≥ 1")
 
 
+def check_plan_tenants(plan: Any, path: str, n_tenants: int, where: str = "") -> None:
+    """A plan's variant i is tenant i: its variant count must equal the tenants served. A 4-variant plan with
+    2 tenants was taken silently (its memory counted the copies of 2 variants nobody serves)."""
+    k = len(plan.variants)
+    if k == n_tenants:
+        return
+    names = ", ".join(plan.variants[:6]) + (", …" if k > 6 else "")
+    raise UserError(f"policy.plan={path}{where}: the plan consolidates {k} variant{'s' if k != 1 else ''} ({names}) "
+                    f"but {n_tenants} tenant{'s are' if n_tenants != 1 else ' is'} served; a plan's variant i "
+                    f"serves tenant i, so the counts must match: build one for {n_tenants} (python -m "
+                    f"moesim.consolidate … n_variants={n_tenants}) or serve {k} tenants")
+
+
 def plan_groups(path: str, n_tenants: int, model: ModelSpec) -> tuple[tuple[ExpertGroup, ...], int]:
     """Expert groups and GPU copies from a consolidation plan file."""
     from moesim.consolidation.plan import load_plan
@@ -63,8 +77,7 @@ def plan_groups(path: str, n_tenants: int, model: ModelSpec) -> tuple[tuple[Expe
     plan = load_plan(path)
     if plan.model != model.name:
         raise UserError(f"{path}: plan is for model {plan.model!r}, the simulation uses {model.name!r}")
-    if len(plan.variants) < n_tenants:
-        raise UserError(f"{path}: plan has {len(plan.variants)} variants, the workload has {n_tenants} tenants")
+    check_plan_tenants(plan, path, n_tenants)
     groups = plan.expert_groups()
     return groups, sum(g.positions for g in groups if g.on_gpu)
 
