@@ -65,7 +65,8 @@ def test_every_request_rejected_is_one_user_error_line() -> None:
         _run([Request(0, 0, 0.0, 40_000, 10), Request(1, 1, 1.0, 33_000, 1)])
     msg = str(err.value)
     assert "\n" not in msg
-    assert msg.startswith("every one of the 2 requests is rejected (request 0: context 40010 > model max 32768)")
+    assert msg == ("every one of the 2 requests is rejected: 2 longer than mixtral-8x7b's context of 32,768 tokens "
+                   "(shorten them or use a model with a longer context: no GPU changes this)")
 
 
 def test_summary_counts_rejected_apart_and_as_slo_misses() -> None:

@@ -174,3 +174,33 @@ def test_a_plan_for_more_variants_than_tenants_is_one_line_before_any_folder(tmp
 
     groups, shared = plan_groups(str(tmp_path / "plan4.json"), 4, get_model("mixtral-8x7b"))  # 4 tenants: taken
     assert shared == sum(g.positions for g in groups if g.on_gpu) > 0
+
+
+def test_an_all_rejected_run_suggests_the_remedy_of_each_cause() -> None:
+    # one request over Mixtral's context and one over the instance's KV cache: the line said "shorten the
+    # requests, lower policy.weight_budget_fraction or use a larger GPU/profile" — no GPU fixes the first
+    from moesim.cost import COST_MODELS
+    from moesim.engine import simulate
+    from moesim.errors import UserError
+    from moesim.policies import POLICIES
+    from moesim.specs import get_gpu, get_model
+    from moesim.workloads.request import Request
+
+    model, gpu = get_model("mixtral-8x7b"), get_gpu("a100-80gb")
+    cost = COST_MODELS.build("roofline", {}, model=model, gpu=gpu)
+    pol = POLICIES.build("reconfig", {"weight_budget_fraction": 0.9995})  # 0.204 GB of KV: 1,559 tokens
+
+    def line(reqs: list[Request]) -> str:
+        with pytest.raises(UserError) as e:
+            simulate(model, gpu, pol, cost, reqs, n_tenants=2)
+        return str(e.value)
+
+    ctx = ("longer than mixtral-8x7b's context of 32,768 tokens (shorten them or use a model with a longer "
+           "context: no GPU changes this)")
+    kv = ("needing more KV cache than the instances hold (0.204 GB; shorten them, lower "
+          "policy.weight_budget_fraction or use a larger GPU/MIG profile)")
+    assert line([Request(0, 0, 0.0, 40_000, 10), Request(1, 1, 1.0, 1_500, 100)]) == \
+        f"every one of the 2 requests is rejected: 1 {ctx}; 1 {kv}"
+    assert line([Request(0, 0, 0.0, 1_500, 100), Request(1, 1, 1.0, 1_600, 100)]) == \
+        f"every one of the 2 requests is rejected: 2 {kv}"
+    assert "larger GPU" not in line([Request(0, 0, 0.0, 40_000, 10)])

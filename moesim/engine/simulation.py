@@ -308,15 +308,26 @@ def _check_fits(plans: Sequence[InstancePlan]) -> None:
 
 def _all_rejected(rec: Recorder, requests: Sequence[Request], plans: Sequence[InstancePlan],
                   model: ModelSpec) -> UserError:
+    """Every request refused: one line whose remedy matches each cause. A request longer than the model's
+    context is fixed by no GPU (the line said "use a larger GPU" even when every request was over the context);
+    one whose KV cache exceeds its instance's is, or by shorter requests or a smaller weight budget."""
     first = min(requests, key=lambda r: r.id)
+    reasons = [rec.rejected[r.id] for r in requests]
+    n_ctx = sum(x.startswith("context ") for x in reasons)
+    n_kv = sum(x.startswith("kv ") for x in reasons)
+    n_other = len(reasons) - n_ctx - n_kv
     caps = ", ".join(sorted({f"{p.kv_capacity_bytes / 1e9:.3g} GB" for p in plans}))
-    limit = f"{model.max_context_tokens} tokens" if model.max_context_tokens else "no stated limit"
-    return UserError(
-        f"every one of the {len(requests):,} requests is rejected (request {first.id}: "
-        f"{rec.rejected[first.id]}); {model.name} serves at most {limit} of context and the instances hold "
-        f"{caps} of KV cache: shorten the requests, lower policy.weight_budget_fraction or use a larger "
-        "GPU/profile"
-    )
+    limit = model.max_context_tokens
+    parts = []
+    if n_ctx:
+        parts.append(f"{n_ctx:,} longer than {model.name}'s context of {limit:,} tokens (shorten them or use a "
+                     "model with a longer context: no GPU changes this)")
+    if n_kv:
+        parts.append(f"{n_kv:,} needing more KV cache than the instances hold ({caps}; shorten them, lower "
+                     "policy.weight_budget_fraction or use a larger GPU/MIG profile)")
+    if n_other:
+        parts.append(f"{n_other:,} for another reason (request {first.id}: {rec.rejected[first.id]})")
+    return UserError(f"every one of the {len(requests):,} requests is rejected: " + "; ".join(parts))
 
 
 def simulate(model: ModelSpec, gpu: GPUSpec, policy: Policy, cost: CostModel, requests: Sequence[Request],
