@@ -722,7 +722,7 @@ def plan_command_line(argv: list[str]) -> CommandLine | None:
                                 "other override; sweep that key as well, e.g. key=choice(value))") from None
             from moesim.report.options import options_from_node
 
-            options_from_node(primary.get("report"))  # the report's options, before any job runs
+            report_opts = options_from_node(primary.get("report"))  # the report's options, before any job runs
             multirun = args.multirun or str(primary.hydra.mode) == "RunMode.MULTIRUN"
             if multirun:
                 params = OmegaConf.to_container(primary.hydra.sweeper.params, resolve=True)
@@ -737,6 +737,7 @@ def plan_command_line(argv: list[str]) -> CommandLine | None:
         hashes: list[str] = []
         costs: dict[tuple[str, ...], str] = {}
         workloads: set[str] = set()
+        rates: dict[str, float] = {}  # workload → the per-tenant rate its jobs record
         for job in jobs:
             _check_seed(job)
             try:
@@ -746,7 +747,7 @@ def plan_command_line(argv: list[str]) -> CommandLine | None:
                 wkey = repr(spec.workload) + spec.model.name  # (the model: a trace longer than its context)
                 if wkey not in workloads:  # a bad trace file: one line, not a failed job each
                     workloads.add(wkey)
-                    _check_workload(spec)
+                    rates[wkey] = _check_workload(spec)
                 if repr((spec.fleet, spec.placement, spec.policy)) not in workloads:  # fleet/placement files
                     workloads.add(repr((spec.fleet, spec.placement, spec.policy)))
                     _check_fleet_files(spec)
@@ -759,6 +760,8 @@ def plan_command_line(argv: list[str]) -> CommandLine | None:
                 shown = " ".join(o for o in job if not o.startswith(("hydra.", "hydra/")))
                 where = f" (job: {shown})" if len(jobs) > 1 else ""
                 raise UserError(f"{exc}{where}") from None
+        if multirun:
+            _check_report_rates(report_opts, sorted(set(rates.values())))
         out_dir = _check_hydra_settings(primary, multirun)
         sweep = primary.get("sweep") or {}
         return CommandLine(jobs=jobs, hashes=hashes, multirun=bool(multirun), out_dir=out_dir,
@@ -767,10 +770,25 @@ def plan_command_line(argv: list[str]) -> CommandLine | None:
                            cost_lines=tuple(dict.fromkeys(costs.values())))
 
 
-def _check_workload(spec: JobSpec) -> None:
+def _check_report_rates(opts: Any, rates: list[float]) -> None:
+    """``report.cdf_rate`` and ``report.compare_rates`` must name rates the sweep runs: checked here, before any
+    job (a wrong one was reported after the whole sweep had run, and the report fell back to the default)."""
+    if not rates:
+        return
+    valid = ", ".join(f"{r:g}" for r in rates)
+    for name, want in (("cdf_rate", () if opts.cdf_rate is None else (opts.cdf_rate,)),
+                       ("compare_rates", opts.compare_rates)):
+        missing = [w for w in want if not any(math.isclose(w, r, rel_tol=1e-6) for r in rates)]
+        if missing:
+            raise UserError(f"report.{name}={','.join(f'{w:g}' for w in missing)}: not a rate this sweep runs; "
+                            f"valid: {valid} (requests/s per tenant, the swept workload.rate)")
+
+
+def _check_workload(spec: JobSpec) -> float:
     """Build the job's workload (reads and validates a trace file, checks its scaling and cut), so a bad
     file or a cut that keeps nothing stops the command before hydra creates any folder; a sweep's jobs
-    would otherwise each fail with the same message (126 failed jobs and an empty report)."""
+    would otherwise each fail with the same message (126 failed jobs and an empty report). Returns the
+    per-tenant rate the job records (requests/s)."""
     from moesim.workloads import WORKLOADS
 
     wl = WORKLOADS.build(spec.workload.name, spec.workload)
@@ -785,6 +803,7 @@ def _check_workload(spec: JobSpec) -> None:
                             f"model={spec.model.name}'s context of {limit:,} tokens (prompt + output; the shortest "
                             f"is {int(ctx.min()):,}); valid: requests of at most {limit:,} tokens, or a model with a "
                             "longer context")
+    return float(wl.rate_per_tenant)
 
 
 def _check_fleet_files(spec: JobSpec) -> None:

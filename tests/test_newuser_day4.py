@@ -204,3 +204,17 @@ def test_an_all_rejected_run_suggests_the_remedy_of_each_cause() -> None:
     assert line([Request(0, 0, 0.0, 1_500, 100), Request(1, 1, 1.0, 1_600, 100)]) == \
         f"every one of the 2 requests is rejected: 2 {kv}"
     assert "larger GPU" not in line([Request(0, 0, 0.0, 40_000, 10)])
+
+
+def test_a_report_cdf_rate_no_job_runs_is_refused_before_the_sweep(tmp_path: Path) -> None:
+    # report.cdf_rate=0.7 in a sweep of 0.1 and 0.2: the whole sweep ran, then the report said "not a swept rate
+    # ... this report uses the default instead"
+    d = tmp_path / "sw"
+    p = subprocess.run([sys.executable, "-m", "moesim.simulate", "-m", f"hydra.sweep.dir={d}", "policy=multiplex",
+                        "workload.rate=0.1,0.2", "seed=1", "workload.duration_s=30", "report.cdf_rate=0.7",
+                        "progress=false"], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=_env())
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [
+        "moesim: error: report.cdf_rate=0.7: not a rate this sweep runs; valid: 0.1, 0.2 (requests/s per tenant, "
+        "the swept workload.rate)"]
+    assert not d.exists()
