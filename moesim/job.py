@@ -83,6 +83,7 @@ def run(spec: JobSpec, out_dir: str | Path, *, progress: bool = False, overrides
     goes to the job's log and summary.json (``workload_selection``), and to stderr when ``announce``.
     """
     from moesim.fleet import FLEETS, ROUTERS, TenantLoad, plan_placement, run_fleet, save_placement
+    from moesim.fleet.run import idle_gpus_note
     from moesim.metrics import summarize
     from moesim.workloads import WORKLOADS
 
@@ -103,6 +104,11 @@ def run(spec: JobSpec, out_dir: str | Path, *, progress: bool = False, overrides
     placement = plan_placement(strategy, spec.placement, spec.model, fleet, load, policy=spec.policy.name,
                                policy_cfg=spec.policy, cost=spec.cost.name, cost_cfg=spec.cost,
                                slo_ttft_s=spec.slo_ttft_s)
+    idle = idle_gpus_note(placement, fleet.n_gpus, strategy, spec.policy.name)
+    if idle:
+        log.info("%s", idle)
+        if announce:
+            print(f"moesim: warning: {idle}", file=sys.stderr, flush=True)
     router = ROUTERS.build(spec.router.name, spec.router) if spec.router is not None else None
     costs: dict[str, Any] = {}
     result = run_fleet(spec.model, fleet, placement, requests, policy=spec.policy.name, policy_cfg=spec.policy,
@@ -132,6 +138,7 @@ def run(spec: JobSpec, out_dir: str | Path, *, progress: bool = False, overrides
         **(extra or {}),
         **metrics,
         "workload_selection": selection.removeprefix("moesim: "),
+        **({"placement_note": idle} if idle else {}),
         "horizon_s": result.horizon_s,
         "wall_s": wall_s,
         "overrides": list(overrides or []),

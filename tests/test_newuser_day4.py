@@ -218,3 +218,25 @@ def test_a_report_cdf_rate_no_job_runs_is_refused_before_the_sweep(tmp_path: Pat
         "moesim: error: report.cdf_rate=0.7: not a rate this sweep runs; valid: 0.1, 0.2 (requests/s per tenant, "
         "the swept workload.rate)"]
     assert not d.exists()
+
+
+def test_pack_leaving_a_gpu_idle_says_so_in_one_line(tmp_path: Path) -> None:
+    # fleet.gpus=2 placement=pack policy=mig at a light load: both tenants on GPU 0 as MIG slices (mean turnaround
+    # 3.4 s) while GPU 1 idled (0.4 s with one GPU each), with nothing said
+    from moesim.fleet.placement import GPUPlacement, Placement
+    from moesim.fleet.run import idle_gpus_note
+
+    one = Placement((GPUPlacement(0, (0, 1)),), "pack")
+    assert idle_gpus_note(one, 2, "pack", "mig") == (
+        "placement=pack uses 1 of the fleet's 2 GPUs (pack fills as few GPUs as memory and load at "
+        "placement.utilization allow) and leaves GPU 1 idle; with policy=mig GPU 0's 2 tenants share it as MIG "
+        "slices; placement=per_variant or everywhere spreads the tenants over every GPU, fleet.gpus=1 runs the "
+        "same placement without the idle ones")
+    assert idle_gpus_note(Placement((GPUPlacement(0, (0,)), GPUPlacement(1, (1,))), "pack"), 2, "pack", "mig") is None
+    p = _run(tmp_path, "hydra.run.dir=r", "fleet.gpus=2", "placement=pack", "policy=mig", "workload=poisson",
+             "workload.tenants=2", "workload.rate=0.01", "workload.duration_s=300", "cost=roofline")
+    assert p.returncode == 0, p.stderr
+    warn = [ln for ln in p.stderr.splitlines() if "idle" in ln]
+    assert warn == [f"moesim: warning: {idle_gpus_note(one, 2, 'pack', 'mig')}"]
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s["placement_note"] == warn[0].removeprefix("moesim: warning: ")

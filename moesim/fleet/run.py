@@ -27,6 +27,25 @@ def plan_placement(strategy: str, strategy_cfg: Any, model: ModelSpec, fleet: Fl
     return placement
 
 
+def idle_gpus_note(placement: Placement, n_gpus: int, strategy: str, policy: str) -> str | None:
+    """One line when ``placement`` leaves some of the fleet's ``n_gpus`` GPUs empty (None otherwise): ``pack``
+    fills as few GPUs as memory and load allow, so a light load sat on GPU 0 (split into MIG slices with
+    ``policy=mig``) while GPU 1 idled, with nothing said."""
+    used = [p.gpu for p in placement.gpus if p.tenants]
+    idle = [g for g in range(n_gpus) if g not in used]
+    if not idle or not used:
+        return None
+    shown = ", ".join(map(str, idle[:8])) + (", …" if len(idle) > 8 else "")
+    why = (" (pack fills as few GPUs as memory and load at placement.utilization allow)" if strategy == "pack"
+           else "")
+    crowded = [p for p in placement.gpus if len(p.tenants) > 1]
+    mig = (f"; with policy=mig GPU {crowded[0].gpu}'s {len(crowded[0].tenants)} tenants share it as MIG slices"
+           if policy == "mig" and crowded else "")
+    return (f"placement={strategy} uses {len(used)} of the fleet's {n_gpus} GPUs{why} and leaves GPU"
+            f"{'s' if len(idle) > 1 else ''} {shown} idle{mig}; placement=per_variant or everywhere spreads the "
+            f"tenants over every GPU, fleet.gpus={len(used)} runs the same placement without the idle ones")
+
+
 def gpu_policy(placement: Placement, p: GPUPlacement, policy: str, policy_cfg: Any) -> Any:
     """The policy GPU ``p`` of ``placement`` runs: its own (``p.policy``, ``p.policy_params``) or the job's
     ``policy`` (with ``p.policy_params`` over ``policy_cfg``). A bad one in a placement file is one line naming
