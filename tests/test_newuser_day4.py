@@ -240,3 +240,28 @@ def test_pack_leaving_a_gpu_idle_says_so_in_one_line(tmp_path: Path) -> None:
     assert warn == [f"moesim: warning: {idle_gpus_note(one, 2, 'pack', 'mig')}"]
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert s["placement_note"] == warn[0].removeprefix("moesim: warning: ")
+
+
+def test_quality_report_lines_that_coincide_stay_visible_and_are_named() -> None:
+    # in reports/consolidation, task arithmetic at scale 1/N is uniform averaging: their markers lay exactly on
+    # top of each other and one method seemed missing from the panels
+    pytest.importorskip("plotly")
+    from moesim.consolidation.quality_report import _figures, load, summarize
+
+    q, meta, _ = load(ROOT / "reports" / "consolidation")
+    figs = {key: fig for key, _, fig in _figures(q, summarize(q, meta))}
+    fig = figs["large-mean_change"]
+    notes = [a.text for a in fig.layout.annotations if a.text.startswith("coincide")]
+    assert notes == ["coincide: uniform-average = task-arithmetic"] * 2
+    first = [t for t in fig.data if t.name == "uniform-average" and t.xaxis == "x"]
+    later = [t for t in fig.data if t.name == "task-arithmetic" and t.xaxis == "x"]
+    assert list(first[0].y) == list(later[0].y)  # the same numbers ...
+    assert (first[0].marker.symbol, later[0].marker.symbol) == ("x", "x-open")  # ... drawn differently
+    assert later[0].marker.size > first[0].marker.size
+    assert later[0].line.dash == "dash"
+    assert first[0].line.dash is None
+    assert "(same as uniform-average)" in later[0].hovertemplate
+    assert "same as" not in first[0].hovertemplate
+    # our plan's line coincides with nothing: drawn as before
+    ours = next(t for t in fig.data if t.name == "act-cluster-mean")
+    assert (ours.marker.symbol, ours.line.dash) == ("circle", None)

@@ -179,6 +179,24 @@ def summarize(q: pd.DataFrame, meta: dict[str, Any]) -> dict[str, Any]:
     return s
 
 
+def _series_key(g: pd.DataFrame, metric: str) -> tuple[float, ...]:
+    """A panel series as a hashable tuple (x then y, rounded to 1e-9: equal numbers, equal keys)."""
+    return tuple(round(float(v), 9) for v in (*g.memory_fraction, *g[metric]))
+
+
+#: dash styles of the 2nd, 3rd, … of series that coincide exactly (the first is drawn as usual)
+COINCIDENT_DASHES = ("dash", "dot", "dashdot", "longdash")
+
+
+def _coincident_style(rank: int, merge: bool) -> dict[str, dict[str, Any]]:
+    """Marker and line style of a method whose series is the ``rank``-th (0: the first) with the same values in
+    a panel: later ones dashed with larger open markers, so each stays visible on top of the others."""
+    if rank == 0:
+        return {"marker": {"size": 9 if merge else 6, "symbol": "x" if merge else "circle"}, "line": {}}
+    return {"marker": {"size": 10 + 3 * rank, "symbol": "x-open" if merge else "circle-open", "line": {"width": 2}},
+            "line": {"dash": COINCIDENT_DASHES[(rank - 1) % len(COINCIDENT_DASHES)], "width": 2 + rank}}
+
+
 def _figures(q: pd.DataFrame, summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -190,21 +208,35 @@ def _figures(q: pd.DataFrame, summary: dict[str, Any]) -> list[tuple[str, str, A
         for metric, label in (("mean_change", "mean"), ("worst_change", "worst domain")):
             fig = make_subplots(rows=1, cols=len(ns), subplot_titles=[f"N = {n}" for n in ns], shared_yaxes=True)
             for k, n in enumerate(ns, 1):
+                drawn: dict[tuple[float, ...], list[str]] = {}  # a panel's series → the methods drawn with it
                 for j, method in enumerate((*PLANS, *MERGES)):
                     g = t[(t.family == fam) & (t.n_variants == n) & (t.method == method)].sort_values(
                         "memory_fraction")
                     if g.empty:
                         continue
+                    same = drawn.setdefault(_series_key(g, metric), [])
+                    same.append(method)
+                    # a series equal to one drawn before would hide it (or be hidden): dashed, with a larger open
+                    # marker, and named in the hover and the panel's note
+                    style = _coincident_style(len(same) - 1, method in MERGES)
                     fig.add_trace(go.Scatter(
                         x=g.memory_fraction, y=100 * g[metric], name=method, legendgroup=method,
                         showlegend=k == 1, mode="lines+markers" if method in PLANS else "markers",
-                        marker={"size": 9 if method in MERGES else 6, "symbol": "x" if method in MERGES else "circle"},
-                        line={"color": f"hsl({j * 45},60%,45%)"},
+                        marker=style["marker"], line={"color": f"hsl({j * 45},60%,45%)", **style["line"]},
+                        hovertemplate=(f"{method}: %{{y:.2f}} % at memory %{{x:.3f}}"
+                                       + (f" (same as {', '.join(same[:-1])})" if len(same) > 1 else "")
+                                       + "<extra></extra>"),
                         error_y=None if metric != "mean_change" else {
                             "type": "data", "symmetric": False,
                             "array": 100 * (g.mean_change_seed_max - g.mean_change),
                             "arrayminus": 100 * (g.mean_change - g.mean_change_seed_min)}), row=1, col=k)
                 fig.add_hline(y=100 * TARGET, line_dash="dot", row=1, col=k)
+                ties = [" = ".join(ms) for ms in drawn.values() if len(ms) > 1]
+                if ties:  # the panel says which lines lie on top of each other
+                    fig.add_annotation(text="coincide: " + "; ".join(ties), xref=f"x{k if k > 1 else ''} domain",
+                                       yref=f"y{k if k > 1 else ''} domain", x=0.02, y=0.02, showarrow=False,
+                                       xanchor="left", yanchor="bottom", font={"size": 10},
+                                       bgcolor="rgba(255,255,255,0.7)")
             # one x title under all panels: one per panel ran into each other at 900 px with four panels
             fig.add_annotation(text="memory / N separate models", xref="paper", yref="paper", x=0.5, y=0,
                                yshift=-48, showarrow=False, xanchor="center", yanchor="top")
