@@ -34,6 +34,9 @@ def did_you_mean(name: str, valid: Iterable[str]) -> str:
     import difflib
 
     names = [str(v) for v in valid]
+    same = [v for v in names if v.lower() == str(name).lower()]  # MIG, TINY, H200: only the case differs
+    if len(same) == 1:
+        return f" (did you mean {same[0]!r}?)"
     near = difflib.get_close_matches(str(name), names, n=1, cutoff=0.7)  # not gpu → cpu (0.67)
     if not near:  # a prefix of exactly one name ("mixtral" of mixtral-8x7b and -8x22b is two: no guess)
         near = [v for v in names if v.startswith(str(name))] if name else []

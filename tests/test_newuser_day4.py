@@ -265,3 +265,19 @@ def test_quality_report_lines_that_coincide_stay_visible_and_are_named() -> None
     # our plan's line coincides with nothing: drawn as before
     ours = next(t for t in fig.data if t.name == "act-cluster-mean")
     assert (ours.marker.symbol, ours.line.dash) == ("circle", None)
+
+
+@pytest.mark.parametrize(("name", "valid", "hint"), [
+    ("MIG", ["mig", "multiplex"], " (did you mean 'mig'?)"),
+    ("TINY", ["mixtral-8x7b", "tiny"], " (did you mean 'tiny'?)"),
+    ("Poisson", ["gamma", "poisson"], " (did you mean 'poisson'?)"),
+])
+def test_a_name_in_the_wrong_case_gets_its_right_spelling(name: str, valid: list[str], hint: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    # policy=MIG: "unknown policy 'MIG'; valid: ..., mig, ..." without the hint a misspelling gets
+    from moesim.errors import did_you_mean
+
+    assert did_you_mean(name, valid) == hint
+    code, _, err = _serve(["device=cpu", "model=TINY"], capsys)
+    assert code == 2
+    assert err.startswith("moesim: error: model='TINY' (did you mean 'tiny'?): valid: ")
