@@ -36,7 +36,7 @@ def throughput_text(summary: dict[str, Any]) -> str:
     below ``MIN_THROUGHPUT_REQUESTS`` served requests."""
     served = int(summary.get("n_requests", 0)) - int(summary.get("rejected", 0) or 0)
     span = float(summary.get("span_s", 0.0))
-    over = f"{served:,} served over {span:.3g} s"
+    over = f"{served:,} served over {f'{span:,.0f}' if span >= 1000 else f'{span:.3g}'} s"  # not 1.73e+05 s
     if served < MIN_THROUGHPUT_REQUESTS:
         return f"{over}: too few for a throughput figure"
     return f"{float(summary['throughput_rpm']):.2f} req/min ({over})"

@@ -113,6 +113,8 @@ def test_throughput_says_how_it_was_computed_and_not_for_a_handful_of_requests(
         "4 served over 1.84 s: too few for a throughput figure"
     assert throughput_text({"n_requests": 12, "rejected": 2, "span_s": 300.0, "throughput_rpm": 2.0}) == \
         "2.00 req/min (10 served over 300 s)"
+    assert throughput_text({"n_requests": 4, "rejected": 0, "span_s": 172800.62, "throughput_rpm": 0.0014}) == \
+        "4 served over 172,801 s: too few for a throughput figure"  # a trace in ms with day-long gaps
     (tmp_path / "t1.csv").write_text("arrival_s,prompt_tokens,output_tokens\n0,10,2\n")
     p = _run(tmp_path, "hydra.run.dir=r", "workload=trace", "workload.path=t1.csv", "cost=roofline")
     assert p.returncode == 0, p.stderr
