@@ -30,6 +30,19 @@ PERCENTILES = (50, 90, 99)
 MIN_THROUGHPUT_REQUESTS = 10
 
 
+def seconds_text(x: float) -> str:
+    """A latency for a one-line summary: ``"0.052 s"``; below 10 ms in ms or µs with three significant digits
+    (``"5.41 ms"``, ``"60.3 µs"``: a tiny model's latencies read "0.000 s"); ``"n/a"`` for NaN (none served)."""
+    x = float(x)
+    if x != x:
+        return "n/a"
+    if 1e-3 <= abs(x) < 0.01:
+        return f"{x * 1e3:.3g} ms"
+    if 0 < abs(x) < 1e-3:
+        return f"{x * 1e6:.3g} µs"
+    return f"{x:.3f} s"
+
+
 def throughput_text(summary: dict[str, Any]) -> str:
     """The throughput of a run's ``summarize`` dict as a user should read it, with how it was computed:
     ``"130.51 req/min (40 served over 18.4 s)"``, or ``"4 served over 1.84 s: too few for a throughput figure"``

@@ -29,7 +29,7 @@ from moesim import job
 from moesim.config import CommandLine, job_spec, sweep_jobs
 from moesim.errors import UserError, exit_on_user_error
 from moesim.io import write_csv
-from moesim.metrics import throughput_text
+from moesim.metrics import seconds_text, throughput_text
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,8 @@ def _run_single(cfg: DictConfig, out: Path, overrides: list[str], extra: dict[st
                         "files already written are complete (atomic writes)") from None
     rejected = f" ({s['rejected']} rejected)" if s.get("rejected") else ""
     n = int(s["n_requests"])
-    print(f"moesim: {n:,} request{'s' if n != 1 else ''}{rejected}, mean turnaround {s['mean_turnaround_s']:.3f} s, "
-          f"mean TTFT {s['mean_ttft_s']:.3f} s, {throughput_text(s)}; "
+    print(f"moesim: {n:,} request{'s' if n != 1 else ''}{rejected}, mean turnaround "
+          f"{seconds_text(s['mean_turnaround_s'])}, mean TTFT {seconds_text(s['mean_ttft_s'])}, {throughput_text(s)}; "
           f"outputs in {out}/ ({job.SUMMARY}, {job.REQUESTS})")
 
 

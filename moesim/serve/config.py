@@ -151,9 +151,10 @@ class ServeConfig:
                 raise UserError(f"{name}={getattr(self, name)}: must be ≥ 1")
         if self.max_batch < 0 or self.budget_bytes < 0:
             raise UserError(f"max_batch={self.max_batch}, budget_bytes={self.budget_bytes}: must be ≥ 0")
-        self._check_trace()
         if self.rate is not None and self.rate <= 0:
-            raise UserError(f"rate={self.rate}: must be > 0 (requests/s per tenant)")
+            raise UserError(f"rate={self.rate}: must be > 0 (requests/s per tenant"
+                            + ("; leave it out to keep the trace's own times)" if self.trace else ")"))
+        self._check_trace()
         if self.rate is None:  # a trace keeps its own times; the synthetic workloads their default rate
             object.__setattr__(self, "rate", 0.0 if self.workload == "trace" else DEFAULT_RATE)
         if self.gpus < 1 or self.host_pool < 0:

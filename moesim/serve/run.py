@@ -136,14 +136,15 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
         doc["trace"]["tenant_names"] = list(names)
     write_parquet(out / "requests.parquet", res.requests)
     write_parquet(out / "segments.parquet", res.segments)
-    from moesim.metrics import summarize, throughput_text
+    from moesim.metrics import seconds_text, summarize, throughput_text
 
     doc.update(summarize(res.requests, res.segments))
     doc.update({"status": "ok", "serve_wall_s": wall, "horizon_s": res.horizon_s, "swap_count": res.swap_count,
                 "instances": res.instances, "policy_info": res.policy, **res.meta})
     doc["hidden"] = hidden_summary(res)
-    log(f"served {len(requests)} requests in {wall:.1f} s ({cfg.clock} clock): mean turnaround "
-        f"{doc['mean_turnaround_s']:.3f} s, mean TTFT {doc['mean_ttft_s']:.3f} s, {throughput_text(doc)}, "
+    n = len(requests)
+    log(f"served {n} request{'s' if n != 1 else ''} in {wall:.1f} s ({cfg.clock} clock): mean turnaround "
+        f"{seconds_text(doc['mean_turnaround_s'])}, mean TTFT {seconds_text(doc['mean_ttft_s'])}, {throughput_text(doc)}, "
         f"{res.swap_count} swaps", flush=True)
     if cfg.compare:
         doc["validation"] = compare(cfg, model, gpu, requests, res, out, execution)
