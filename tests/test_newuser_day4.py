@@ -297,3 +297,26 @@ def test_one_line_latencies_of_a_tiny_model_are_not_zero(capsys: pytest.CaptureF
     assert (f"served 1 request in 0.0 s (virtual clock): mean turnaround {seconds_text(s['mean_turnaround_s'])}, "
             f"mean TTFT {seconds_text(s['mean_ttft_s'])}, ") in out
     assert "0.000 s" not in out
+
+
+def test_a_trace_naming_fewer_tenants_than_configured_says_who_gets_nothing(tmp_path: Path) -> None:
+    # a trace of one tenant ("a") with the default workload.tenants=2 and policy=mig: two MIG slices, one idle
+    # for a tenant without a request, and not a word about it
+    from moesim.workloads import WORKLOADS
+
+    f = tmp_path / "one.csv"
+    f.write_text("arrival_s,prompt_tokens,output_tokens,tenant\n0,5,2,a\n1,5,2,a\n")
+    wl = WORKLOADS.build("trace", {"path": str(f), "tenants": 2})
+    assert wl.selection(2) == (f"replaying 2 of 2 requests of {f} (whole trace; 1.0 s); no request for tenant 1 of "
+                               "workload.tenants=2 (the trace's tenants: a): it still takes its place on the GPU; "
+                               "workload.tenants=1 serves only the trace's")
+    assert "no request" not in WORKLOADS.build("trace", {"path": str(f), "tenants": 1}).selection(2)
+    g = tmp_path / "ids.csv"
+    g.write_text("arrival_s,prompt_tokens,output_tokens,tenant\n0,5,2,2\n1,5,2,2\n")
+    assert WORKLOADS.build("trace", {"path": str(g), "tenants": 3}).selection(2).endswith(
+        "; no request for tenants 0, 1 of workload.tenants=3 (the replayed rows name tenant 2): it still takes its "
+        "place on the GPU")
+    # without a tenant column the tenants are assigned: nothing to say
+    h = tmp_path / "plain.csv"
+    h.write_text("arrival_s,prompt_tokens,output_tokens\n0,5,2\n")
+    assert "no request" not in WORKLOADS.build("trace", {"path": str(h), "tenants": 4}).selection(1)

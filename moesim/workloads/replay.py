@@ -197,7 +197,27 @@ class Replay(Workload):
             why += f"; skipped {t.skipped:,} {t.skip_reason}"
         scale = f", time_scale {self.time_scale:.4g}" if self.time_scale != 1.0 else ""
         return (f"replaying {n_requests:,} of {in_file:,} request{'s' if in_file != 1 else ''} of {t.source} ({why}{scale}; "
-                f"{self._horizon_s:,.1f} s)")
+                f"{self._horizon_s:,.1f} s){self._idle_tenants()}")
+
+    def _idle_tenants(self) -> str:
+        """``"; no request for tenant 1 of workload.tenants=2 ..."`` when the file's tenant column leaves some of
+        the configured tenants without a replayed request (a trace naming 1 tenant, run with the default 2:
+        ``policy=mig`` gave the idle tenant half the GPU, with nothing said); ``""`` otherwise."""
+        if self.trace.tenant is None:
+            return ""
+        used = {int(v) for v in np.unique(self.trace.tenant[: len(self._arrival_s)])}
+        idle = [t for t in range(self.tenants) if t not in used]
+        if not idle:
+            return ""
+        names = self.trace.tenant_names
+        has = (f"the trace's tenants: {', '.join(names)}" if names is not None
+               else f"the replayed rows name tenant{'s' if len(used) != 1 else ''} {', '.join(map(str, sorted(used)))}")
+        shown = ", ".join(map(str, idle[:8])) + (", …" if len(idle) > 8 else "")
+        return (f"; no request for tenant{'s' if len(idle) > 1 else ''} {shown} of workload.tenants={self.tenants} "
+                f"({has}): it still takes its place on the GPU; workload.tenants={len(used)} serves only the trace's"
+                if len(used) and max(used) < len(used) else
+                f"; no request for tenant{'s' if len(idle) > 1 else ''} {shown} of workload.tenants={self.tenants} "
+                f"({has}): it still takes its place on the GPU")
 
     def generate(self, seed: int) -> list[Request]:
         """The trace's requests in order, times scaled; tenants from the file or assigned by the config."""
