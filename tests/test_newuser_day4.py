@@ -320,3 +320,46 @@ def test_a_trace_naming_fewer_tenants_than_configured_says_who_gets_nothing(tmp_
     h = tmp_path / "plain.csv"
     h.write_text("arrival_s,prompt_tokens,output_tokens\n0,5,2\n")
     assert "no request" not in WORKLOADS.build("trace", {"path": str(h), "tenants": 4}).selection(1)
+
+
+def test_quality_report_of_odd_study_files_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a quality.csv of 'alone' rows only, a metadata.json that is not JSON or lacks a field the page quotes, rows
+    # without their 'alone' row: each was a traceback (AttributeError, JSONDecodeError, KeyError) or NaN figures
+    import shutil
+
+    from moesim.consolidation.quality_report import main
+
+    src = ROOT / "reports" / "consolidation"
+    q = pd.read_csv(src / "quality.csv", dtype={"budget": str})
+
+    def run(csv: pd.DataFrame, meta: str | None = None) -> str:
+        d = tmp_path / "q"
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir()
+        csv.to_csv(d / "quality.csv", index=False)
+        shutil.copy(src / "distances.json", d)
+        if meta is None:
+            shutil.copy(src / "metadata.json", d)
+        else:
+            (d / "metadata.json").write_text(meta)
+        with pytest.raises(SystemExit) as e:
+            main([str(d)])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1
+        assert not (d / "index.html").exists()
+        assert not (d / "summary.json").exists()
+        return err.removeprefix("moesim: error: ").strip()
+
+    d = tmp_path / "q"
+    assert run(q[q.method == "alone"].head(2)) == (
+        f"'{d}/quality.csv' has no row of a plan or a merge (only 2 'alone' rows): nothing to compare; valid "
+        "methods: paper, cluster-mean, act-cluster-mean, act-cluster-ties, uniform-average, task-arithmetic, ties, "
+        "dare")
+    assert run(q, "{bad").startswith(f"'{d}/metadata.json' is not JSON (Expecting property name")
+    assert run(q, '{"gpu": "h200"}') == (f"'{d}/metadata.json' lacks date_utc (python -m "
+                                         "moesim.consolidation.quality_study writes it)")
+    drop = (q.method == "alone") & (q.domain == "milton") & (q.seed == 0) & (q.family == "large")
+    assert run(q[~drop].reset_index(drop=True)).startswith(
+        f"'{d}/quality.csv': 52 row(s) without their 'alone' row (first: data row 9, family large, seed 0, "
+        "domain milton, method paper)")

@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from moesim.errors import UserError, exit_on_user_error
+from moesim.errors import UserError, exit_on_user_error, first_line
 
 OURS = "act-cluster-mean"
 PLANS = ("paper", "cluster-mean", "act-cluster-mean", "act-cluster-ties")
@@ -39,16 +39,55 @@ def load(folder: str | Path) -> tuple[pd.DataFrame, dict[str, Any], dict[str, An
     for p in paths:
         if not p.is_file():
             raise UserError(f"{str(p)!r} not found (python -m moesim.consolidation.quality_study writes it)")
-    q = pd.read_csv(paths[0], dtype={"budget": str})
+    try:
+        q = pd.read_csv(paths[0], dtype={"budget": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UserError(f"{str(paths[0])!r} is not a readable CSV ({first_line(exc)})") from None
     missing = [c for c in REQUIRED if c not in q.columns]
     if missing:
         raise UserError(f"{str(paths[0])!r} lacks column(s) {', '.join(missing)}")
+    if not (q.method != "alone").any():  # the table, every figure and summary.json would be empty
+        raise UserError(f"{str(paths[0])!r} has no row of a plan or a merge (only {len(q)} 'alone' rows): nothing "
+                        f"to compare; valid methods: {', '.join((*PLANS, *MERGES))}")
     alone = (q[q.method == "alone"].drop_duplicates(["family", "seed", "domain"])
              .set_index(["family", "seed", "domain"])[["perplexity", "accuracy"]])
     key = pd.MultiIndex.from_frame(q[["family", "seed", "domain"]])
     q["change"] = q.perplexity.to_numpy() / alone.perplexity.reindex(key).to_numpy() - 1
     q["acc_change"] = q.accuracy.to_numpy() - alone.accuracy.reindex(key).to_numpy()
-    return q, json.loads(paths[1].read_text()), json.loads(paths[2].read_text())
+    orphan = q[q.change.isna()]
+    if len(orphan):  # a change is relative to the variant alone on the same domain: NaN in every figure
+        r = orphan.iloc[0]
+        raise UserError(f"{str(paths[0])!r}: {len(orphan)} row(s) without their 'alone' row (first: data row "
+                        f"{int(orphan.index[0]) + 1}, family {r.family}, seed {r.seed}, domain {r.domain}, method "
+                        f"{r.method}); every change is against the variant alone on the same family, seed and domain")
+    docs = []
+    for p in paths[1:]:
+        try:
+            docs.append(json.loads(p.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"{str(p)!r} is not JSON ({first_line(exc)})") from None
+    _check_metadata(docs[0], paths[1])
+    return q, docs[0], docs[1]
+
+
+def _check_metadata(meta: Any, path: Path) -> None:
+    """The fields of metadata.json the page quotes (the study writes them all): one line naming the first
+    missing one, not a KeyError from the middle of the page."""
+    need = {"": ("gpu", "date_utc", "torch", "families")}
+    fams = meta.get("families") if isinstance(meta, dict) else None
+    for name, f in (fams.items() if isinstance(fams, dict) else ()):
+        need[f"families.{name}."] = ("params", "config", "pretrain")
+        for sub, keys in (("config", ("n_layers", "n_experts", "top_k")), ("pretrain", ("tokens", "tokens_per_s"))):
+            if isinstance(f, dict) and isinstance(f.get(sub), dict):
+                need[f"families.{name}.{sub}."] = keys
+    for prefix, keys in need.items():
+        node: Any = meta
+        for part in filter(None, prefix.rstrip(".").split(".")):
+            node = node.get(part) if isinstance(node, dict) else None
+        for k in keys:
+            if not isinstance(node, dict) or k not in node:
+                raise UserError(f"{str(path)!r} lacks {prefix}{k} (python -m moesim.consolidation.quality_study "
+                                "writes it)")
 
 
 def half_budget(q: pd.DataFrame, family: str, n: int) -> str:
