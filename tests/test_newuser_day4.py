@@ -363,3 +363,24 @@ def test_quality_report_of_odd_study_files_is_one_line(tmp_path: Path, capsys: p
     assert run(q[~drop].reset_index(drop=True)).startswith(
         f"'{d}/quality.csv': 52 row(s) without their 'alone' row (first: data row 9, family large, seed 0, "
         "domain milton, method paper)")
+
+
+def test_a_served_trace_is_validated_again_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    # moesim.serve.validate re-reads the run's trace from summary.json's config: with the path as typed
+    # ("two.csv") it was looked for in the validating shell's folder
+    from moesim.serve.validate import validate_run
+
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "two.csv").write_text("arrival_s,prompt_tokens,output_tokens,tenant\n0,50,5,a\n0.5,60,5,b\n"
+                                            "1,70,5,a\n")
+    monkeypatch.chdir(tmp_path / "w")
+    code, _, err = _serve(["device=cpu", "model=tiny", "backend=cost", "clock=virtual", "sim_cost=roofline",
+                           "trace=two.csv", "tenants=2", "rate=0", "out=s"], capsys)
+    assert code == 0, err
+    s = json.loads((tmp_path / "w" / "s" / "summary.json").read_text())
+    assert s["config"]["trace"] == str(tmp_path / "w" / "two.csv")
+    assert s["command"].endswith("trace=two.csv tenants=2 rate=0 out=s")  # as typed
+    monkeypatch.chdir(tmp_path)
+    v = validate_run(tmp_path / "w" / "s", sim_cost="roofline")
+    assert v["n_requests"] == 3

@@ -50,8 +50,8 @@ class ServeConfig:
             ``columns.prompt_tokens=input_length`` or ``workload.columns.prompt_tokens=input_length``.
         time_unit: unit of a numeric timestamp column: auto, s, ms, us or ns.
         tenants: tenants (requests spread uniformly at random over them, unless the trace names its tenants).
-        rate: mean arrival rate per tenant (requests/s); default 0.25, with a trace its own times (a given
-            rate rescales the trace to it).
+        rate: mean arrival rate per tenant (requests/s); default 0.25, with a trace its own times (0 or left
+            out; a given rate rescales the trace to it).
         max_requests: the trace's first this many requests.
         max_prompt: a request's prompt is capped at this many tokens.
         max_output: a request's output is capped at this many tokens.
@@ -151,9 +151,9 @@ class ServeConfig:
                 raise UserError(f"{name}={getattr(self, name)}: must be ≥ 1")
         if self.max_batch < 0 or self.budget_bytes < 0:
             raise UserError(f"max_batch={self.max_batch}, budget_bytes={self.budget_bytes}: must be ≥ 0")
-        if self.rate is not None and self.rate <= 0:
+        if self.rate is not None and (self.rate < 0 or (self.rate == 0 and not self.trace)):
             raise UserError(f"rate={self.rate}: must be > 0 (requests/s per tenant"
-                            + ("; leave it out to keep the trace's own times)" if self.trace else ")"))
+                            + ("; 0 or left out: the trace's own times)" if self.trace else ")"))
         self._check_trace()
         if self.rate is None:  # a trace keeps its own times; the synthetic workloads their default rate
             object.__setattr__(self, "rate", 0.0 if self.workload == "trace" else DEFAULT_RATE)

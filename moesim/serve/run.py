@@ -62,10 +62,14 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
     model, gpu = get_model(cfg.model), get_gpu(cfg.gpu)
     requests = make_requests(cfg)
     names = _announce_trace(cfg, requests, log)
+    if cfg.trace:  # the config as summary.json keeps it: moesim.serve.validate re-reads the trace from any folder
+        cfg_doc = dataclasses.asdict(dataclasses.replace(cfg, trace=str(Path(cfg.trace).resolve())))
+    else:
+        cfg_doc = dataclasses.asdict(cfg)
     command = "python -m moesim.serve " + " ".join(argv if argv is not None else sys.argv[1:])
     params = cfg.policy_params()
     POLICIES.build(cfg.policy, params)  # a bad policy parameter is one line before anything is built
-    doc: dict[str, Any] = {"command": command, "config": dataclasses.asdict(cfg),
+    doc: dict[str, Any] = {"command": command, "config": cfg_doc,
                            "trace": {"n_requests": len(requests),
                                      "prompt_tokens_mean": sum(r.prompt_tokens for r in requests) / len(requests),
                                      "output_tokens_mean": sum(r.output_tokens for r in requests) / len(requests),
