@@ -83,7 +83,7 @@ def run(spec: JobSpec, out_dir: str | Path, *, progress: bool = False, overrides
     goes to the job's log and summary.json (``workload_selection``), and to stderr when ``announce``.
     """
     from moesim.fleet import FLEETS, ROUTERS, TenantLoad, plan_placement, run_fleet, save_placement
-    from moesim.fleet.run import idle_gpus_note
+    from moesim.fleet.run import idle_gpus_note, unplaced_note
     from moesim.metrics import summarize
     from moesim.workloads import WORKLOADS
 
@@ -105,10 +105,11 @@ def run(spec: JobSpec, out_dir: str | Path, *, progress: bool = False, overrides
                                policy_cfg=spec.policy, cost=spec.cost.name, cost_cfg=spec.cost,
                                slo_ttft_s=spec.slo_ttft_s)
     idle = idle_gpus_note(placement, fleet.n_gpus, strategy, spec.policy.name)
-    if idle:
-        log.info("%s", idle)
+    notes = [n for n in (unplaced_note(placement, workload.tenants), idle) if n]
+    for note in notes:
+        log.info("%s", note)
         if announce:
-            print(f"moesim: warning: {idle}", file=sys.stderr, flush=True)
+            print(f"moesim: warning: {note}", file=sys.stderr, flush=True)
     router = ROUTERS.build(spec.router.name, spec.router) if spec.router is not None else None
     costs: dict[str, Any] = {}
     result = run_fleet(spec.model, fleet, placement, requests, policy=spec.policy.name, policy_cfg=spec.policy,
@@ -138,7 +139,7 @@ def run(spec: JobSpec, out_dir: str | Path, *, progress: bool = False, overrides
         **(extra or {}),
         **metrics,
         "workload_selection": selection.removeprefix("moesim: "),
-        **({"placement_note": idle} if idle else {}),
+        **({"placement_note": "; ".join(notes)} if notes else {}),
         "horizon_s": result.horizon_s,
         "wall_s": wall_s,
         "overrides": list(overrides or []),

@@ -384,3 +384,29 @@ def test_a_served_trace_is_validated_again_from_any_folder(tmp_path: Path, monke
     monkeypatch.chdir(tmp_path)
     v = validate_run(tmp_path / "w" / "s", sim_cost="roofline")
     assert v["n_requests"] == 3
+
+
+def test_a_placement_that_places_a_tenant_nowhere_says_so() -> None:
+    # a placement file that forgot tenant 1: its requests were refused, said only in the count of rejected
+    # requests; with only tenant 1's requests the all-rejected line read "... request 0: no replica ..."
+    # after "shorten the requests ... or use a larger GPU"
+    from moesim.errors import UserError
+    from moesim.fleet import run_fleet
+    from moesim.fleet.placement import GPUPlacement, Placement
+    from moesim.fleet.run import unplaced_note
+    from moesim.fleet.spec import FleetSpec
+    from moesim.specs import get_model
+    from moesim.workloads.request import Request
+
+    pl = Placement((GPUPlacement(0, (0,)),), "file", source="pl.yaml")
+    assert unplaced_note(pl, 2) == ("placement file pl.yaml puts tenant 1 on no GPU: its requests are refused "
+                                    "(rejected in summary.json)")
+    assert unplaced_note(Placement((GPUPlacement(0, (0,)),), "pack"), 4) == (
+        "placement=pack puts tenants 1, 2, 3 on no GPU: their requests are refused (rejected in summary.json)")
+    assert unplaced_note(pl, 1) is None
+    with pytest.raises(UserError) as e:
+        run_fleet(get_model("mixtral-8x7b"), FleetSpec.uniform("h200", 2), pl,
+                  [Request(0, 1, 0.0, 20, 5), Request(1, 1, 1.0, 20, 5)], policy="multiplex", policy_cfg=None,
+                  cost="roofline", cost_cfg=None)
+    assert str(e.value) == ("every one of the 2 requests is rejected: 2 of tenant 1, placed on no GPU (put it on a "
+                            "GPU of the placement)")

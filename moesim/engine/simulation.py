@@ -315,7 +315,9 @@ def _all_rejected(rec: Recorder, requests: Sequence[Request], plans: Sequence[In
     reasons = [rec.rejected[r.id] for r in requests]
     n_ctx = sum(x.startswith("context ") for x in reasons)
     n_kv = sum(x.startswith("kv ") for x in reasons)
-    n_other = len(reasons) - n_ctx - n_kv
+    unplaced = sorted({r.tenant for r in requests if rec.rejected[r.id].startswith("no replica")})
+    n_norep = sum(x.startswith("no replica") for x in reasons)
+    n_other = len(reasons) - n_ctx - n_kv - n_norep
     caps = ", ".join(sorted({f"{p.kv_capacity_bytes / 1e9:.3g} GB" for p in plans}))
     limit = model.max_context_tokens
     parts = []
@@ -325,6 +327,10 @@ def _all_rejected(rec: Recorder, requests: Sequence[Request], plans: Sequence[In
     if n_kv:
         parts.append(f"{n_kv:,} needing more KV cache than the instances hold ({caps}; shorten them, lower "
                      "policy.weight_budget_fraction or use a larger GPU/MIG profile)")
+    if n_norep:
+        shown = ", ".join(map(str, unplaced[:8])) + (", …" if len(unplaced) > 8 else "")
+        parts.append(f"{n_norep:,} of tenant{'s' if len(unplaced) > 1 else ''} {shown}, placed on no GPU (put "
+                     f"{'them' if len(unplaced) > 1 else 'it'} on a GPU of the placement)")
     if n_other:
         parts.append(f"{n_other:,} for another reason (request {first.id}: {rec.rejected[first.id]})")
     return UserError(f"every one of the {len(requests):,} requests is rejected: " + "; ".join(parts))

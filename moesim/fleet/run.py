@@ -46,6 +46,20 @@ def idle_gpus_note(placement: Placement, n_gpus: int, strategy: str, policy: str
             f"tenants over every GPU, fleet.gpus={len(used)} runs the same placement without the idle ones")
 
 
+def unplaced_note(placement: Placement, n_tenants: int) -> str | None:
+    """One line when ``placement`` puts some of the ``n_tenants`` tenants on no GPU (their requests are refused),
+    else None: a placement file that forgot a tenant ran with every one of its requests refused, said only in
+    the count of rejected requests."""
+    placed = {t for p in placement.gpus for t in p.tenants}
+    missing = [t for t in range(n_tenants) if t not in placed]
+    if not missing:
+        return None
+    shown = ", ".join(map(str, missing[:8])) + (", …" if len(missing) > 8 else "")
+    where = f"placement file {placement.source}" if placement.source else f"placement={placement.strategy}"
+    return (f"{where} puts tenant{'s' if len(missing) > 1 else ''} {shown} on no GPU: "
+            f"{'their' if len(missing) > 1 else 'its'} requests are refused (rejected in summary.json)")
+
+
 def gpu_policy(placement: Placement, p: GPUPlacement, policy: str, policy_cfg: Any) -> Any:
     """The policy GPU ``p`` of ``placement`` runs: its own (``p.policy``, ``p.policy_params``) or the job's
     ``policy`` (with ``p.policy_params`` over ``policy_cfg``). A bad one in a placement file is one line naming
