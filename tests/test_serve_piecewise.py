@@ -8,6 +8,7 @@ and the backend's accounting; the graph replay itself is checked on the H200 (``
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import pytest
 
@@ -64,7 +65,7 @@ def test_pieces_compose_to_mixed_step():
     for cuts in ((0, 4), (0, 2, 4), (0, 1, 3, 4), (0, 1, 2, 3, 4)):
         ctx = mixed_context(eng, st, buf)
         x = mixed_embed(eng, st, buf)
-        for lo, hi in zip(cuts, cuts[1:], strict=False):
+        for lo, hi in itertools.pairwise(cuts):
             x = mixed_layers(eng, st, buf, cache, x, lo, hi, ctx)
         assert torch.equal(mixed_head(eng, st, buf, x, ctx), ref)
 
