@@ -150,7 +150,7 @@ def test_prefill_table_times_the_token_bucket(tables) -> None:
 
 def test_slices_host_bound_or_gpu_bound_and_slice_sync_tables(tables) -> None:
     table = str(tables / "decode_table.csv")
-    cost = COST_MODELS.build("profile_bucketed", {"table": table}, model=MIXTRAL, gpu=H200)
+    cost = COST_MODELS.build("profile_bucketed", {"table": table, "fetch_model": "host_bound"}, model=MIXTRAL, gpu=H200)
     plan = POLICIES.build("mig", {"budget_bytes": 50e9}).layout(MIXTRAL, H200, 2)[0]
     res = plan.residency
     assert res.slice.sm_fraction < 1.0
@@ -167,12 +167,12 @@ def test_slices_host_bound_or_gpu_bound_and_slice_sync_tables(tables) -> None:
     assert got.fetch_s == cost.mixed.step(b, res).fetch_s
     d = (SeqWork(0, 1, 200),)  # decode: the eager profile on the slice op by op, plus the syncs
     assert cost.step(d, res) == cost._scaled(cost.mixed.step(d, res), True, 1, (0,), res)
-    free = COST_MODELS.build("profile_bucketed", {"table": table, "slice_bound": False}, model=MIXTRAL, gpu=H200)
+    free = COST_MODELS.build("profile_bucketed", {"table": table, "fetch_model": "host_bound", "slice_bound": False}, model=MIXTRAL, gpu=H200)
     assert free.step(b, res) == free._scaled(free.mixed.step(b, res), False, 1, (0,), res)
     # a sync table measured on 64 SMs beside the table: slice steps = whole-GPU step + that table's difference
     (tables / "sm64").mkdir()
     (tables / "sm64" / "sync_table.csv").write_text(SYNC.replace("0.056", "0.070").replace("0.2,0.01", "0.25,0.01"))
-    sl = COST_MODELS.build("profile_bucketed", {"table": table}, model=MIXTRAL, gpu=H200)
+    sl = COST_MODELS.build("profile_bucketed", {"table": table, "fetch_model": "host_bound"}, model=MIXTRAL, gpu=H200)
     assert sorted(sl.slice_sync) == [64]
     assert sl._slice_table(res) is sl.slice_sync[64]
     whole_res = Residency(res.groups)
@@ -196,8 +196,8 @@ def test_slices_host_bound_or_gpu_bound_and_slice_sync_tables(tables) -> None:
 
 def test_fetching_decode_steps_are_host_bound(tables) -> None:
     table = str(tables / "decode_table.csv")
-    cost = COST_MODELS.build("profile_bucketed", {"table": table}, model=MIXTRAL, gpu=H200)
-    off = COST_MODELS.build("profile_bucketed", {"table": table, "decode_host_bound": False}, model=MIXTRAL, gpu=H200)
+    cost = COST_MODELS.build("profile_bucketed", {"table": table, "fetch_model": "host_bound"}, model=MIXTRAL, gpu=H200)
+    off = COST_MODELS.build("profile_bucketed", {"table": table, "fetch_model": "host_bound", "decode_host_bound": False}, model=MIXTRAL, gpu=H200)
     res = POLICIES.build("reconfig", {"budget_bytes": 85e9}).layout(MIXTRAL, H200, 2)[0].residency
     # one tenant: the decode_1 row (56 ms synced) at any number of sequences; two: decode_4 (66.5 ms), clamped
     for batch, synced in (((SeqWork(0, 1, 200),), 0.056), (tuple(SeqWork(0, 1, 200) for _ in range(3)), 0.056),

@@ -89,7 +89,7 @@ def test_host_sync_per_layer_is_added_to_fetching_steps_only(tmp_path) -> None:
         "batch,n_seqs,tokens,eager_s,eager_sync_s,per_layer_s\ndecode_1,1,1,0.05,0.056,0.0002\n"
         "decode_4,4,4,0.06,0.0665,0.0003\ndecode_16,16,16,0.07,0.0732,0.0001\nprefill_256,1,256,0.1,0.2,0.01\n")
     table = str(tmp_path / "decode_table.csv")
-    c = COST_MODELS.build("profile_bucketed", {"table": table, "host_sync_s": -1, "sync_scale": False},
+    c = COST_MODELS.build("profile_bucketed", {"table": table, "fetch_model": "host_bound", "host_sync_s": -1, "sync_scale": False},
                           model=MIXTRAL, gpu=H200)
     assert c.host_sync_s == pytest.approx(2e-4)
     assert c.step(b, host).total_s == pytest.approx(synced.step(b, host).total_s, rel=1e-12)
@@ -97,7 +97,7 @@ def test_host_sync_per_layer_is_added_to_fetching_steps_only(tmp_path) -> None:
     # default for prefills; decode steps are host-bound by default, tests/test_cost_mechanisms.py)
     from moesim.cost.base import ExpertGroup, Residency
 
-    c = COST_MODELS.build("profile_bucketed", {"table": table, "decode_host_bound": False}, model=MIXTRAL, gpu=H200)
+    c = COST_MODELS.build("profile_bucketed", {"table": table, "fetch_model": "host_bound", "decode_host_bound": False}, model=MIXTRAL, gpu=H200)
     assert c.host_sync_s == 0.0
     whole = Residency((ExpertGroup(frozenset({0, 1, 2}), 256, True),))
     d1 = 0.056 - plain.eager.step((SeqWork(0, 1, 200),), whole).total_s

@@ -53,10 +53,21 @@ import numpy as np
 
 from moesim.cost import COST_MODELS
 from moesim.cost.base import CostModel, DecodeRun, ExpertGroup, Residency, SeqWork, StepCost
+from moesim.cost.fetch_pipeline import (
+    PREFIX_MODES,
+    FetchTable,
+    HostTimes,
+    host_slots_by_layer,
+    layer_fetches,
+    pipeline_step,
+    tokens_by_tenant,
+)
 from moesim.cost.profile_mixed import ProfileMixedConfig, ProfileMixedCost
 from moesim.errors import UserError
 from moesim.serve.buckets import prefill_bucket_for
 from moesim.specs import GPUSpec, ModelSpec
+
+FETCH_MODELS = ("pipeline", "host_bound")
 
 
 @dataclass(frozen=True)
@@ -80,7 +91,15 @@ class ProfileBucketedConfig:
     decode_host_bound: a decode step that fetches host experts (whole GPU) is host-bound: outside its copies it
         takes the larger of the runtime's measured eager decode step with a host sync per layer (``sync_table.csv``
         ``eager_sync_s``, rows as ``sync_scale``) and its GPU time (the graph profile), instead of the eager
-        profile's op-by-op composition plus the sync difference (module docstring).
+        profile's op-by-op composition plus the sync difference (module docstring). Used by
+        ``fetch_model=host_bound``.
+    fetch_model: ``pipeline`` (default): a fetching decode step is the layer-by-layer pipeline of host launches
+        and device copies of ``moesim.cost.fetch_pipeline`` (its launches hide under its copies where it fetches),
+        timed from ``fetch_table.csv`` (else ``sync_table.csv``) beside ``table``; ``host_bound``: the rule above.
+        Without either table, the rule above.
+    fetch_prefix: how the runtime ran the layers before the first one holding host slots in a fetching decode
+        step: ``eager`` (launched one by one) or ``graphs`` (replayed from a CUDA graph, the runtime's piecewise
+        graphs: ``fetch_table.csv``'s prefix times, else the decode table's step × the layers' share).
     slice_bound: on a partial slice (a green context's share of the SMs), time an eagerly run prefill outside its
         copies as the larger of its host-bound time (the eager profile + the host syncs on the whole GPU: launch
         gaps and synchronisations are host time, which a slice's SM share does not change) and its GPU time on
@@ -100,6 +119,8 @@ class ProfileBucketedConfig:
     slice_bound: bool = True
     prefill_table: str = "auto"
     decode_host_bound: bool = True
+    fetch_model: str = "pipeline"
+    fetch_prefix: str = "eager"
 
     def __post_init__(self) -> None:
         if not self.table:
@@ -109,6 +130,10 @@ class ProfileBucketedConfig:
             raise UserError(f"kv_bucket={self.kv_bucket}: must be ≥ 1")
         if not self.prefill_table:
             raise UserError("cost.prefill_table is empty: auto, off or a prefill_table.csv path")
+        if self.fetch_model not in FETCH_MODELS:
+            raise UserError(f"cost.fetch_model={self.fetch_model!r}: valid: {', '.join(FETCH_MODELS)}")
+        if self.fetch_prefix not in PREFIX_MODES:
+            raise UserError(f"cost.fetch_prefix={self.fetch_prefix!r}: valid: {', '.join(PREFIX_MODES)}")
 
 
 def _bucket(n: int) -> int:
@@ -345,6 +370,17 @@ class ProfileBucketedCost(CostModel):
                 if tag.isdigit():
                     self.slice_sync[int(tag)] = SyncScale(f, self.mixed.eager)
         self._slice_memo: dict[float, SyncScale | None] = {}
+        # the pipeline's per-layer host times: beside the table, and per green-context SM count (``sm<N>/``)
+        folder = Path(cfg.table).parent
+        L = max(1, model.n_layers)
+        self.fetch_times = FetchTable(folder, L) if cfg.fetch_model == "pipeline" else None
+        self.slice_fetch: dict[int, FetchTable] = {}
+        if self.fetch_times is not None:
+            for f in sorted(folder.glob("sm*/")):
+                tag = f.name[2:]
+                if tag.isdigit() and ((f / "fetch_table.csv").is_file() or (f / "sync_table.csv").is_file()):
+                    self.slice_fetch[int(tag)] = FetchTable(f, L)
+        self._slots: dict[int, tuple[Residency, tuple]] = {}
 
     def _graphs(self, tenants: tuple[int, ...], residency: Residency) -> bool:
         return self.mixed._pick(tenants, residency) is self.mixed.graphs
@@ -389,14 +425,66 @@ class ProfileBucketedCost(CostModel):
         extra = max(sync.extra_s(decode, n_seqs, len(set(tenants))) * steps, -(c.total_s - c.fetch_s))
         return dataclasses.replace(c, overhead_s=c.overhead_s + extra)
 
+    def _fetch_table(self, residency: Residency) -> FetchTable | None:
+        """The per-layer host times for ``residency``'s slice: the green-context table nearest its SMs (within 16),
+        the whole GPU's on the whole GPU; None where none was measured."""
+        f = residency.slice.sm_fraction
+        if f >= 1.0 or not self._partial(residency):
+            return self.fetch_times or None
+        sms = f * self.mixed.eager.total_sms
+        n = min(self.slice_fetch, key=lambda m: abs(m - sms), default=None)
+        return self.slice_fetch[n] if n is not None and abs(n - sms) <= 16 else None
+
+    def _layout(self, residency: Residency) -> tuple:
+        hit = self._slots.get(id(residency))
+        if hit is None or hit[0] is not residency:
+            hit = (residency, host_slots_by_layer(residency, self.model.n_moe_layers, self.model.n_experts))
+            self._slots[id(residency)] = hit
+        return hit[1]
+
+    def _pipeline(self, c: StepCost, tenants: tuple[int, ...], residency: Residency, context: int,
+                  graphs_on: Callable[[Residency], StepCost], steps: int) -> StepCost | None:
+        """``c`` (``steps`` fetching decode steps of ``tenants``, ``profile_mixed``'s fetch count and copy time)
+        timed outside its copies as the pipeline of ``moesim.cost.fetch_pipeline``; None where it has no table."""
+        table = self._fetch_table(residency)
+        if table is None or c.expert_fetches <= 0:
+            return None
+        n, k = len(tenants), len(set(tenants))
+        L = max(1, self.model.n_layers)
+        layers = layer_fetches(self._layout(residency), tokens_by_tenant(tenants), self.model.n_experts,
+                               self.model.top_k, self.cfg.routing_skew)
+        expected = sum(lf.fetches for lf in layers)
+        if expected <= 0:
+            return None
+        per_step = c.expert_fetches / steps
+        if residency.slice.sm_fraction >= 1.0 and residency.slice.bw_fraction >= 1.0:
+            graph_step = self.table.step_s(n, k, context)
+        else:
+            gc = graphs_on(residency)
+            graph_step = (gc.total_s - gc.fetch_s) / steps
+        e, e_sync = table.layer_s(n, k)
+        prefix = None
+        if self.cfg.fetch_prefix == "graphs":
+            first = next((i for i, lf in enumerate(layers) if lf.host), len(layers))
+            prefix = table.prefix_s(n, k, first) if residency.slice.sm_fraction >= 1.0 else None
+            if prefix is None:
+                prefix = graph_step * first / L
+        total, copies = pipeline_step(layers, HostTimes(e=e, e_sync=e_sync, g=graph_step / L, prefix_s=prefix),
+                                      c.fetch_s / c.expert_fetches, per_step / expected)
+        return dataclasses.replace(c, overhead_s=c.overhead_s + (total - copies) * steps - (c.total_s - c.fetch_s))
+
     def _eager(self, decode: bool, n_seqs: int, tenants: tuple[int, ...], residency: Residency,
                mixed_on: Callable[[Residency], StepCost], graphs_on: Callable[[Residency], StepCost],
-               steps: int = 1) -> StepCost:
+               steps: int = 1, context: int = 0) -> StepCost:
         """An eagerly run step (or ``steps`` of a decode run): ``mixed_on(res)`` is ``profile_mixed``'s cost on a
         residency, ``graphs_on(res)`` the graph profile's. Adds the host syncs (``sync_scale``: the slice's SM
         table where one was measured, from the whole-GPU composition), then bounds a fetching decode step by the
         measured synced step (``decode_host_bound``; on a slice only with a slice table) and a prefill on a slice
         without a slice table by max(host-bound, GPU-bound) (``slice_bound``)."""
+        if decode and self.fetch_times is not None and not self._graphs(tenants, residency):
+            p = self._pipeline(mixed_on(residency), tenants, residency, context, graphs_on, steps)
+            if p is not None:
+                return p
         on_slice = self._slice_table(residency)
         if on_slice is not None:
             c = self._scaled(mixed_on(self._whole(residency)), decode, n_seqs, tenants, residency, steps, on_slice)
@@ -429,7 +517,8 @@ class ProfileBucketedCost(CostModel):
                                                                 len(set(tenants))))
             return self.mixed.step(batch, residency)
         return self._eager(decode, len(batch), tenants, residency, lambda r: self.mixed.step(batch, r),
-                           lambda r: self.mixed.graphs.step(batch, r))
+                           lambda r: self.mixed.graphs.step(batch, r), 1,
+                           max((w.context for w in batch), default=0))
 
     def step_streamed(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
         """``profile_mixed``'s (a prefill under a streamed swap runs eagerly), as ``_eager``, with its first
@@ -451,7 +540,7 @@ class ProfileBucketedCost(CostModel):
                             lambda r: run.cost if r is residency else
                             self.mixed.decode_run(decode_tenants, context0, n_steps, r).cost,
                             lambda r: self.mixed.graphs.decode_run(decode_tenants, context0, n_steps, r).cost,
-                            n_steps)
+                            n_steps, max(context0, default=0) + n_steps // 2)
             per = (c.total_s - run.cost.total_s) / n_steps
             return DecodeRun(run.end_s + per * np.arange(1, n_steps + 1), c)
         n, k, c0 = len(decode_tenants), len(set(decode_tenants)), max(context0)

@@ -22,14 +22,18 @@ from moesim.serve.runtime import CostBackend, ServeResult, SleepingCostBackend, 
 from moesim.specs import get_gpu, get_model
 
 
-def build_cost(cfg: ServeConfig, model: Any, gpu: Any, execution: str = "graphs") -> tuple[Any, str]:
-    """The cost model named by ``sim_cost`` and a description of it."""
+def build_cost(cfg: ServeConfig, model: Any, gpu: Any, execution: str = "graphs",
+               options: dict[str, Any] | None = None) -> tuple[Any, str]:
+    """The cost model named by ``sim_cost`` and a description of it (``options``: more of ``profile_bucketed``'s
+    settings, e.g. ``fetch_model``, ``fetch_prefix``)."""
     from moesim.cost import COST_MODELS, build_or_auto
 
     if cfg.sim_cost == "profile_bucketed":
-        c = COST_MODELS.build("profile_bucketed", {"table": cfg.sim_table, "kv_bucket": cfg.kv_bucket}, model=model,
-                              gpu=gpu)
-        return c, f"profile_bucketed {_rel(c.path)} + decode table {_rel(cfg.sim_table)}"
+        opts = dict(options or {})
+        c = COST_MODELS.build("profile_bucketed", {"table": cfg.sim_table, "kv_bucket": cfg.kv_bucket, **opts},
+                              model=model, gpu=gpu)
+        extra = "".join(f", {k}={v}" for k, v in sorted(opts.items()))
+        return c, f"profile_bucketed {_rel(c.path)} + decode table {_rel(cfg.sim_table)}{extra}"
     c, kind = build_or_auto(cfg.sim_cost, model, gpu, execution)
     if kind == "profile":
         return c, f"profile {_rel(getattr(c, 'path', ''))} (execution={execution})"

@@ -6,7 +6,9 @@ For every run folder under ``DIR`` (one with ``requests.parquet`` and ``summary.
 ``simulated_requests.parquet``, ``per_request_errors.parquet`` into the run folder and one row per run into
 ``DIR/validation.csv`` (``validation_eager.csv`` with ``execution=eager``: the eager-launch profile;
 ``validation_profile_mixed.csv`` with ``sim_cost=profile_mixed``; ``sim_cost=profile_bucketed table=CSV``: decode
-steps from the runtime's measured bucket table; the per-run files get the same suffix) (run-level figures simulated vs measured, signed errors, per-request median/mean
+steps from the runtime's measured bucket table, fetching decode steps as ``fetch_model=pipeline`` (default; the
+resident layers before the first host layer eager or from graphs as the run's backend says: ``fetch_prefix_of``)
+or ``fetch_model=host_bound`` (suffix ``_host_bound``); the per-run files get the same suffix) (run-level figures simulated vs measured, signed errors, per-request median/mean
 absolute errors; ``replay_*`` columns: the same errors of the warm-up replay, measured step times on a
 virtual clock, i.e. without host time or real arrivals). It also writes and prints the four-figure table
 (``validation<suffix>.md``: per run measured / simulated mean turnaround and mean TTFT with signed errors
@@ -23,12 +25,23 @@ from typing import Any
 
 import pandas as pd
 
+from moesim.cost.profile_bucketed import FETCH_MODELS
 from moesim.errors import UserError, exit_on_user_error
 from moesim.formats.profile import EXECUTION_CHOICES
 
 
+def fetch_prefix_of(doc: dict[str, Any]) -> str:
+    """How a served run ran the resident layers of its fetching decode steps: ``graphs`` when its backend replayed
+    them from piecewise CUDA graphs (``prefix_graph_steps`` > 0 in any instance's description), else ``eager``."""
+    be = doc.get("backend", {})
+    for d in (be if isinstance(be, list) else [be]):
+        if isinstance(d, dict) and float(d.get("prefix_graph_steps", 0) or 0) > 0:
+            return "graphs"
+    return "eager"
+
+
 def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", suffix: str = "",
-                 table: str = "") -> dict[str, Any]:
+                 table: str = "", fetch_model: str = "pipeline") -> dict[str, Any]:
     """Simulate one served run's trace and score it; writes the simulated table and the per-request errors.
 
     ``execution``: which shipped profile ``sim_cost=auto|profile`` uses (``graphs`` or ``eager``); ``auto``: the
@@ -49,7 +62,9 @@ def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", 
         be = doc.get("backend", {})
         be = be[0] if isinstance(be, list) and be else be  # several instances: one description each
         execution = "eager" if be.get("execution") == "eager" else "graphs"
-    cost, desc = build_cost(cfg, model, gpu, execution)
+    options = {"fetch_model": fetch_model, "fetch_prefix": fetch_prefix_of(doc)} if sim_cost == "profile_bucketed" \
+        else None
+    cost, desc = build_cost(cfg, model, gpu, execution, options)
     sim = simulate_config(cfg, model, gpu, cost, requests)
     write_parquet(folder / f"simulated_requests{suffix}.parquet", sim.requests)
     write_parquet(folder / f"per_request_errors{suffix}.parquet", per_request_errors(sim.requests, measured))
@@ -113,21 +128,27 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__)
         return
     root = Path(args[0])
-    opts = {"sim_cost": "auto", "execution": "auto", "table": ""}
+    opts = {"sim_cost": "auto", "execution": "auto", "table": "", "fetch_model": "pipeline"}
     for a in args[1:]:
         key, _, value = a.partition("=")
         if key not in opts:
             raise UserError(f"argument {a!r}: keys: sim_cost=auto|profile|profile_mixed|profile_bucketed|roofline|"
-                            "constant, execution=auto|graphs|eager, table=<decode_table.csv> (profile_bucketed)")
+                            "constant, execution=auto|graphs|eager, table=<decode_table.csv> (profile_bucketed), "
+                            "fetch_model=pipeline|host_bound (profile_bucketed)")
         opts[key] = value
+    if opts["fetch_model"] not in FETCH_MODELS:
+        raise UserError(f"fetch_model={opts['fetch_model']!r}: valid: {', '.join(FETCH_MODELS)}")
     if opts["execution"] not in EXECUTION_CHOICES:
         raise UserError(f"execution={opts['execution']!r}: valid: {', '.join(EXECUTION_CHOICES)}")
     suffix = "".join(f"_{opts[k]}" for k in ("sim_cost", "execution") if opts[k] != "auto")
+    if opts["fetch_model"] != "pipeline":
+        suffix += f"_{opts['fetch_model']}"
     folders = sorted(p.parent for p in root.glob("*/summary.json")) or (
         [root] if (root / "summary.json").exists() else [])
     if not folders:
         raise UserError(f"{root}: no run folder (with summary.json) found")
-    rows = [validate_run(f, opts["sim_cost"], opts["execution"], suffix, opts["table"]) for f in folders]
+    rows = [validate_run(f, opts["sim_cost"], opts["execution"], suffix, opts["table"], opts["fetch_model"])
+            for f in folders]
     table = pd.DataFrame(rows)
     table.to_csv(root / f"validation{suffix}.csv", index=False)
     md = markdown_table(table)

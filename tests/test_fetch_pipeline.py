@@ -1,0 +1,175 @@
+"""The fetching decode step as a pipeline of host launches and device copies (moesim.cost.fetch_pipeline)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from moesim.cost import COST_MODELS
+from moesim.cost.base import ExpertGroup, Residency, SeqWork
+from moesim.cost.fetch_pipeline import (
+    FetchTable,
+    HostTimes,
+    LayerFetch,
+    host_slots_by_layer,
+    layer_fetches,
+    pipeline_step,
+    tokens_by_tenant,
+)
+from moesim.errors import UserError
+from moesim.policies import POLICIES
+from moesim.specs import get_gpu, get_model
+
+MIXTRAL, H200 = get_model("mixtral-8x7b"), get_gpu("h200")
+T = HostTimes(e=0.001, e_sync=0.0015, g=0.0004)
+
+
+def test_layout_matches_the_runtimes_slot_assignment() -> None:
+    torch = pytest.importorskip("torch")  # noqa: F841 - moesim.executor.layout imports torch
+    from moesim.executor.layout import assign_slots
+
+    for policy, params, n in (("reconfig", {"budget_bytes": 85e9}, 2), ("naive", {"budget_bytes": 85e9}, 2),
+                              ("multiplex", {"budget_bytes": 85e9}, 3), ("mig", {"budget_bytes": 50e9}, 2)):
+        res = POLICIES.build(policy, params).layout(MIXTRAL, H200, n)[0].residency
+        slots = host_slots_by_layer(res, MIXTRAL.n_moe_layers, MIXTRAL.n_experts)
+        _, n_host, assign = assign_slots(res, MIXTRAL.n_moe_layers, MIXTRAL.n_experts)
+        assert [len(x) for x in slots] == n_host, policy
+        assert sum(n_host) > 0, policy
+        # the packed layout: host copies in the last layers only
+        first = next(i for i, x in enumerate(n_host) if x)
+        assert all(n_host[first + 1:]), policy
+        for t, layers in assign.items():  # each tenant reaches exactly its host slots of every layer
+            for layer, row in enumerate(layers):
+                mine = sum(1 for on, _ in row if not on)
+                assert mine == sum(1 for ts in slots[layer] if t in ts), (policy, t, layer)
+
+
+def test_layer_fetches_closed_forms() -> None:
+    a, b, ab = frozenset({0}), frozenset({1}), frozenset({0, 1})
+    slots = ((), (a, b), (ab, ab, ab))
+    lf = layer_fetches(slots, {0: 3, 1: 1}, 8, 2)
+    assert lf[0] == LayerFetch(False, 0.0, 1.0)
+    p3, p1, p4 = 1 - 0.75 ** 3, 1 - 0.75, 1 - 0.75 ** 4
+    assert lf[1].fetches == pytest.approx(p3 + p1, rel=1e-12)
+    assert lf[1].p_none == pytest.approx((1 - p3) * (1 - p1), rel=1e-12)
+    assert lf[2].fetches == pytest.approx(3 * p4, rel=1e-12)  # a shared copy is reached by both tenants' tokens
+    assert lf[2].p_none == pytest.approx((1 - p4) ** 3, rel=1e-12)
+    # a tenant absent from the batch fetches nothing, but its host layer still syncs (host=True)
+    only_b = layer_fetches(((a,),), {1: 5}, 8, 2)[0]
+    assert only_b == LayerFetch(True, 0.0, 1.0)
+    assert tokens_by_tenant((0, 1, 0, 0)) == {0: 3, 1: 1}
+
+
+def test_pipeline_step_closed_forms() -> None:
+    t = 0.0064  # one expert over the link
+    res = (LayerFetch(False, 0.0, 1.0),) * 4
+    none = res + (LayerFetch(True, 0.0, 1.0),) * 3
+    total, copies = pipeline_step(none, T, t)
+    assert total == pytest.approx(4 * T.e + 3 * T.e_sync, rel=1e-12)  # CPU-bound: launches and syncs
+    assert copies == 0.0
+    sure = res + (LayerFetch(True, 2.0, 0.0),) * 3  # every host layer fetches two experts for sure
+    total, copies = pipeline_step(sure, T, t)
+    s = T.e_sync - T.e
+    assert copies == pytest.approx(6 * t, rel=1e-12)
+    assert total - copies == pytest.approx(4 * T.e + 3 * (T.g + s), rel=1e-12)  # the launches hide under copies
+    # a layer that fetches with probability ½ (one expert when it does)
+    half = (*res, LayerFetch(True, 0.5, 0.5))
+    total, copies = pipeline_step(half, T, t)
+    assert total == pytest.approx(4 * T.e + 0.5 * T.e_sync + 0.5 * (t + T.g + s), rel=1e-12)
+    assert copies == pytest.approx(0.5 * t, rel=1e-12)
+    # copies shorter than the host's launches: the layer stays host-bound
+    total, _ = pipeline_step(sure, T, 1e-5)
+    assert total == pytest.approx(4 * T.e + 3 * T.e_sync, rel=1e-12)
+    # the layers before the first host layer from a graph; the fetch count scaled
+    g = HostTimes(e=T.e, e_sync=T.e_sync, g=T.g, prefix_s=0.002)
+    total, copies = pipeline_step(sure, g, t, fetch_scale=0.5)
+    assert total == pytest.approx(0.002 + 3 * (t + T.g + s), rel=1e-12)
+    assert copies == pytest.approx(3 * t, rel=1e-12)
+    # fetching steps get cheaper outside their copies as they fetch more (naive vs reconfig on the H200)
+    outs = [pipeline_step(res + (LayerFetch(True, f, math.exp(-f)),) * 3, T, t) for f in (0.2, 1.0, 3.0)]
+    gaps = [tot - c for tot, c in outs]
+    assert gaps[0] > gaps[1] > gaps[2]
+
+
+SYNC = ("batch,n_seqs,tokens,eager_s,eager_sync_s,per_layer_s,n_tenants\n"
+        "decode_1,1,1,0.032,0.0384,0.0002,1\ndecode_4_t1,4,4,0.048,0.0544,0.0002,1\n"
+        "decode_4,4,4,0.064,0.0736,0.0003,2\nprefill_256,1,256,0.1,0.2,0.01,1\n")
+
+
+def test_fetch_table_from_sync_or_fetch_table(tmp_path) -> None:
+    (tmp_path / "sync_table.csv").write_text(SYNC)
+    ft = FetchTable(tmp_path, 32)
+    assert ft.source.endswith("sync_table.csv")
+    assert ft.layer_s(1, 1) == pytest.approx((0.001, 0.0012), rel=1e-12)
+    assert ft.layer_s(2, 1) == pytest.approx(((0.032 + 0.016 / 3) / 32, (0.0384 + 0.016 / 3) / 32), rel=1e-12)
+    assert ft.layer_s(4, 2) == pytest.approx((0.002, 0.0023), rel=1e-12)
+    assert ft.layer_s(4, 3) == pytest.approx((0.002, 0.0023), rel=1e-12)  # nearest tenant count
+    assert ft.prefix_s(1, 1, 8) is None
+    (tmp_path / "fetch_table.csv").write_text(
+        "n_seqs,n_tenants,eager_layer_s,eager_nosync_layer_s,graph_step_s,prefix_8_s,prefix_24_s\n"
+        "1,1,0.0014,0.0011,0.016,0.004,0.012\n4,1,0.0016,0.0013,0.02,0.005,0.015\n")
+    ft = FetchTable(tmp_path, 32)
+    assert ft.source.endswith("fetch_table.csv")
+    assert ft.layer_s(1, 1) == pytest.approx((0.0011, 0.0014), rel=1e-12)
+    assert ft.prefix_s(1, 1, 8) == pytest.approx(0.004, rel=1e-12)
+    assert ft.prefix_s(1, 1, 16) == pytest.approx(0.008, rel=1e-12)  # linear between measured prefixes
+    assert ft.prefix_s(1, 1, 4) == pytest.approx(0.002, rel=1e-12)  # through 0 below the first
+    assert ft.prefix_s(1, 1, 30) == pytest.approx(0.012 * 30 / 24, rel=1e-12)  # proportional past the last
+    assert ft.prefix_s(4, 1, 24) == pytest.approx(0.015, rel=1e-12)
+    (tmp_path / "fetch_table.csv").write_text("n_seqs,eager_layer_s\n1,0.001\n")
+    with pytest.raises(UserError, match=r"fetch_table\.csv: needs columns"):
+        FetchTable(tmp_path, 32)
+
+
+@pytest.fixture
+def tables(tmp_path):
+    (tmp_path / "decode_table.csv").write_text(
+        "n_seqs,bucket,n_tenants,context,step_s\n1,1,1,200,0.016\n4,4,1,200,0.02\n4,4,2,200,0.024\n")
+    (tmp_path / "sync_table.csv").write_text(SYNC)
+    return tmp_path
+
+
+def test_profile_bucketed_times_fetching_decode_steps_as_the_pipeline(tables) -> None:
+    table = str(tables / "decode_table.csv")
+    cost = COST_MODELS.build("profile_bucketed", {"table": table}, model=MIXTRAL, gpu=H200)
+    bound = COST_MODELS.build("profile_bucketed", {"table": table, "fetch_model": "host_bound"}, model=MIXTRAL,
+                              gpu=H200)
+    graphs = COST_MODELS.build("profile_bucketed", {"table": table, "fetch_prefix": "graphs"}, model=MIXTRAL,
+                               gpu=H200)
+    L = MIXTRAL.n_layers
+    for policy, n in (("reconfig", 2), ("naive", 2)):
+        res = POLICIES.build(policy, {"budget_bytes": 85e9}).layout(MIXTRAL, H200, n)[0].residency
+        d = (SeqWork(0, 1, 200),)
+        got, ref = cost.step(d, res), bound.step(d, res)
+        mixed = cost.mixed.step(d, res)
+        assert got.fetch_s == mixed.fetch_s > 0
+        assert got.expert_fetches == mixed.expert_fetches
+        # by hand: the layout's layers, the table's per-layer times (sync table / 32), scaled fetches
+        layers = layer_fetches(host_slots_by_layer(res, L, MIXTRAL.n_experts), {0: 1}, 8, 2)
+        scale = mixed.expert_fetches / sum(lf.fetches for lf in layers)
+        total, copies = pipeline_step(layers, HostTimes(0.001, 0.0012, 0.016 / L), mixed.fetch_s / mixed.expert_fetches,
+                                      scale)
+        assert copies == pytest.approx(got.fetch_s, rel=1e-9)
+        assert got.total_s == pytest.approx(total, rel=1e-9)
+        assert got.total_s - got.fetch_s < ref.total_s - ref.fetch_s  # below the host-bound rule's synced step
+        first = next(i for i, lf in enumerate(layers) if lf.host)
+        gr = graphs.step(d, res)  # the resident prefix from a graph: the decode table's step × its share
+        assert gr.total_s == pytest.approx(got.total_s - first * 0.001 + 0.016 * first / L, rel=1e-9)
+        run = cost.decode_run((0,), (200,), 3, res)
+        assert run.cost.total_s == pytest.approx(3 * got.total_s, rel=1e-9)
+        assert run.end_s[-1] == pytest.approx(run.cost.total_s, rel=1e-9)
+    # more fetches hide more launches: naive's step spends less outside its copies than reconfig's
+    out = {}
+    for policy in ("reconfig", "naive"):
+        res = POLICIES.build(policy, {"budget_bytes": 85e9}).layout(MIXTRAL, H200, 2)[0].residency
+        c = cost.step((SeqWork(0, 1, 200),), res)
+        out[policy] = c.total_s - c.fetch_s
+    assert out["naive"] < out["reconfig"]
+    # resident steps and prefills are not touched
+    full = Residency((ExpertGroup(frozenset({0, 1}), 256, True),))
+    assert cost.step((SeqWork(0, 1, 200),), full) == bound.step((SeqWork(0, 1, 200),), full)
+    with pytest.raises(UserError, match="fetch_model='pipe'"):
+        COST_MODELS.build("profile_bucketed", {"table": table, "fetch_model": "pipe"}, model=MIXTRAL, gpu=H200)
+    with pytest.raises(UserError, match="fetch_prefix='graph'"):
+        COST_MODELS.build("profile_bucketed", {"table": table, "fetch_prefix": "graph"}, model=MIXTRAL, gpu=H200)
