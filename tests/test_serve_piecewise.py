@@ -186,25 +186,31 @@ def test_bad_fetch_graphs_is_one_line():
     assert parse_args(["fetch_graphs=off"]).fetch_graphs == "off"
 
 
-def test_fetch_table_on_cpu():
+def test_fetch_table_on_cpu(tmp_path):
     import pandas as pd
 
-    b = TorchBackend(TINY4, H200, device="cpu", n_tenants=3, max_batch=16)
+    from moesim.cost.fetch_pipeline import FetchTable
     from moesim.policies import POLICIES
 
+    b = TorchBackend(TINY4, H200, device="cpu", n_tenants=3, max_batch=16)
     b.setup(POLICIES.build("multiplex", {"max_batch": 16}).layout(TINY4, H200, 3)[0], 3)
     df = pd.DataFrame(b.fetch_table(reps=2, prefixes=(1, 3, 8)))
     assert list(df.columns) == ["n_seqs", "n_tenants", "bucket", "context", "n_layers", "eager_layer_s",
-                                "eager_nosync_layer_s", "eager_head_s", "graph_step_s", "graph", "prefix_layers",
-                                "prefix_graph_s", "prefix_graph"]
-    assert len(df) == 2 * len(SYNC_DECODE)  # prefixes 1 and 3 (8 ≥ 4 layers: not timed)
-    assert list(df["prefix_layers"].unique()) == [1, 3]
-    assert [tuple(r) for r in df[["n_seqs", "n_tenants"]].drop_duplicates().to_numpy()] == \
-        [(n, min(k, n, 3)) for n, k in SYNC_DECODE]
+                                "eager_nosync_layer_s", "eager_head_s", "graph_step_s", "graph", "prefix_graph",
+                                "prefix_1_s", "prefix_3_s"]  # 8 ≥ 4 layers: not timed
+    assert [tuple(r) for r in df[["n_seqs", "n_tenants"]].to_numpy()] == [(n, min(k, n, 3)) for n, k in SYNC_DECODE]
     assert (df["bucket"] >= df["n_seqs"]).all()
-    for c in ("eager_layer_s", "eager_nosync_layer_s", "eager_head_s", "graph_step_s", "prefix_graph_s"):
+    for c in ("eager_layer_s", "eager_nosync_layer_s", "eager_head_s", "graph_step_s", "prefix_1_s", "prefix_3_s"):
         assert (df[c] > 0).all(), c
     assert not df["graph"].any()
     assert not df["prefix_graph"].any()
     assert (df["n_layers"] == 4).all()
     assert b.dg.prefix == {}
+    # the simulator's reader takes it as written
+    df.to_csv(tmp_path / "fetch_table.csv", index=False)
+    t = FetchTable(tmp_path, 4)
+    one = df[(df["n_seqs"] == 1) & (df["n_tenants"] == 1)].iloc[0]
+    assert t.layer_s(1, 1) == pytest.approx((one["eager_nosync_layer_s"],
+                                             max(one["eager_layer_s"], one["eager_nosync_layer_s"])))
+    assert t.prefix_s(1, 1, 3) == pytest.approx(one["prefix_3_s"])
+    assert t.prefix_s(1, 1, 2) == pytest.approx((one["prefix_1_s"] + one["prefix_3_s"]) / 2)

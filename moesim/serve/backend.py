@@ -475,14 +475,15 @@ class TorchBackend:
         * ``graph_step_s``: the whole step as the runtime runs a resident decode step (``DecodeGraphs.run``:
           plan, buffer fill, the bucket graph's replay; eager on the CPU or when capture failed; ``graph`` says
           which);
-        * ``prefix_graph_s``: the prefix of ``prefix_layers`` layers as a fetching step runs it (plan, buffer fill,
-          the prefix graph's replay of the embedding and layers 0 … prefix_layers − 1; ``prefix_graph`` False:
-          run eagerly), one row per prefix length of ``prefixes`` below L (none below L: L // 2).
+        * ``prefix_<j>_s``: the prefix of j layers as a fetching step runs it (plan, buffer fill, the prefix
+          graph's replay of the embedding and layers 0 … j − 1; ``prefix_graph`` False: run eagerly), a column per
+          prefix length j of ``prefixes`` below L (none below L: L // 2).
 
-        Rows: ``n_seqs``, ``n_tenants``, ``bucket`` (padded rows), ``context``, ``n_layers``, the times above,
-        ``graph``, ``prefix_layers``, ``prefix_graph``; the per-step columns repeat over a step's prefix rows.
-        A fetching step of prefix j ≈ ``prefix_graph_s``(j) + (L − j) × ``eager_layer_s`` + ``eager_head_s`` +
-        its exposed copies."""
+        Rows (one per (sequences, tenants)): ``n_seqs``, ``n_tenants``, ``bucket`` (padded rows), ``context``,
+        ``n_layers``, ``eager_layer_s``, ``eager_nosync_layer_s``, ``eager_head_s``, ``graph_step_s``, ``graph``,
+        ``prefix_graph``, then the ``prefix_<j>_s`` columns (``moesim.cost.fetch_pipeline.FetchTable`` reads them).
+        A fetching step of prefix j ≈ ``prefix_<j>_s`` + (L − j) × ``eager_layer_s`` + ``eager_head_s`` + its
+        exposed copies."""
         from statistics import median
 
         from moesim.serve.graphs import make_buffers, mixed_context, mixed_embed, mixed_head, mixed_layers
@@ -532,15 +533,15 @@ class TorchBackend:
                 r0 = dg.stats["replays"]
                 full = timed(lambda t=tenants, cs=ctxs: dg.run(t, cs, cache, graphs))
                 graph = dg.stats["replays"] > r0
-                base = {"n_seqs": n, "n_tenants": k, "bucket": p.bucket, "context": context, "n_layers": L,
-                        "eager_layer_s": eager / L, "eager_nosync_layer_s": nosync / L, "eager_head_s": head,
-                        "graph_step_s": full, "graph": graph}
+                row = {"n_seqs": n, "n_tenants": k, "bucket": p.bucket, "context": context, "n_layers": L,
+                       "eager_layer_s": eager / L, "eager_nosync_layer_s": nosync / L, "eager_head_s": head,
+                       "graph_step_s": full, "graph": graph, "prefix_graph": False}
+                r0 = dg.stats["prefix_replays"]
                 for j in js:
-                    r0 = dg.stats["prefix_replays"]
-                    pre = timed(lambda t=tenants, cs=ctxs, j=j: dg.run_split(t, cs, cache, graphs, layers=j,
-                                                                             tail=False))
-                    rows.append({**base, "prefix_layers": j, "prefix_graph_s": pre,
-                                 "prefix_graph": dg.stats["prefix_replays"] > r0})
+                    row[f"prefix_{j}_s"] = timed(lambda t=tenants, cs=ctxs, j=j: dg.run_split(
+                        t, cs, cache, graphs, layers=j, tail=False))
+                row["prefix_graph"] = dg.stats["prefix_replays"] > r0
+                rows.append(row)
         finally:
             dg.capture = capture
             for key in set(dg.prefix) - had:  # the table's prefixes: not the layout's
