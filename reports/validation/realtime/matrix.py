@@ -65,7 +65,7 @@ RUNS: dict[str, tuple[list[str], float]] = {
     "multiplex_saturated": (["policy=multiplex", "max_batch=16", "rate=40", "max_requests=24"], 12),
     "multiplex_host": (["policy=multiplex", "max_batch=16", "budget_bytes=85e9", "rate=0.4", "max_requests=10",
                         "warmup=false"], 20),
-    "tables": ([], 57),  # decode and prefill steps timed on the runtime's engine (all experts resident)
+    "tables": ([], 68),  # decode and prefill steps timed on the runtime's engine (all experts resident)
     "fleet": (["policy=multiplex", "max_batch=16", "tenants=4", "gpus=2", "placement=0,1,2;1,2,3",
                "router=least_work", "rate=0.6", "max_requests=24"], 30),
     "fleet_saturated": (["policy=multiplex", "max_batch=16", "tenants=4", "gpus=2", "placement=0,1,2;1,2,3",
