@@ -214,3 +214,30 @@ def test_fetch_table_on_cpu(tmp_path):
                                              max(one["eager_layer_s"], one["eager_nosync_layer_s"])))
     assert t.prefix_s(1, 1, 3) == pytest.approx(one["prefix_3_s"])
     assert t.prefix_s(1, 1, 2) == pytest.approx((one["prefix_1_s"] + one["prefix_3_s"]) / 2)
+
+
+def test_served_run_with_host_experts_runs_its_decode_steps_piecewise():
+    """A served run (virtual clock, measured steps) whose layout holds host copies in the last layers: every decode
+    step goes piecewise, prefills eagerly, and the timeline's fetches add up to the backend's."""
+    import numpy as np
+
+    from moesim.policies import POLICIES
+    from moesim.serve.runtime import serve
+    from moesim.workloads.request import Request
+
+    rng = np.random.default_rng(2)
+    reqs = [Request(i, i % 2, 0.01 * i, int(rng.integers(4, 20)), int(rng.integers(2, 6))) for i in range(6)]
+    pol = POLICIES.build("reconfig", {"budget_bytes": 1.2e6})  # host slots in layers 2 and 3 of 4
+    b = TorchBackend(TINY4, H200, device="cpu", n_tenants=2, fetch_graphs="on")
+    b.reserve_kv(8 * 30)
+    res = serve(TINY4, H200, pol, b, reqs, n_tenants=2, clock="virtual")
+    seg = res.segments
+    steps = seg[seg["kind"] != "swap"]
+    dec, pre = steps[steps["kind"] == "decode"], steps[steps["kind"] == "prefill"]
+    s = b.stats
+    assert b._split_layer() == 2
+    assert s["split_steps"] == int(dec["steps"].sum()) > 0  # every decode step piecewise
+    assert s["steps"] == int(steps["steps"].sum()) == s["split_steps"] + len(pre)
+    assert int(steps["eager_steps"].sum()) == s["eager_steps"] == s["steps"]  # CPU: no graph replayed
+    assert float(steps["expert_fetches"].sum()) == pytest.approx(s["expert_fetches"], rel=1e-9)
+    assert float(dec["expert_fetches"].sum()) > 0
