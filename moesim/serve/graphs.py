@@ -21,7 +21,9 @@ never met runs eagerly (3–6× slower on the H200). A serving engine captures p
   batch and context before the timed run: no decode step runs eagerly because its mix was unseen.
 
 ``plan_decode`` (pure Python, tested on CPU) builds a step's padded inputs; ``mixed_step`` is the forward pass
-(also run eagerly on CPU, where the tests check it against ``MoEEngine.step``).
+(also run eagerly on CPU, where the tests check it against ``MoEEngine.step``), in pieces: ``mixed_embed``,
+``mixed_layers(lo, hi)``, ``mixed_head``. A decode step that fetches host-resident experts replays a graph of
+its first pieces only and runs the layers that fetch eagerly (``DecodeGraphs.run_split``: piecewise graphs).
 """
 
 from __future__ import annotations
