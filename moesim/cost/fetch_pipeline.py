@@ -139,7 +139,7 @@ def pipeline_step(layers: tuple[LayerFetch, ...], times: HostTimes, copy_s_per_f
             continue
         busy = (f / p_some) * copy_s_per_fetch + times.g + s
         total += lf.p_none * times.e_sync + p_some * max(times.e_sync, busy)
-    return total, copies
+    return total + times.head_s, copies
 
 
 class FetchTable:
