@@ -86,6 +86,9 @@ def test_pipeline_step_closed_forms() -> None:
     total, copies = pipeline_step(sure, g, t, fetch_scale=0.5)
     assert total == pytest.approx(0.002 + 3 * (t + T.g + s), rel=1e-12)
     assert copies == pytest.approx(3 * t, rel=1e-12)
+    # the eager head after the last layer
+    total, _ = pipeline_step(none, HostTimes(T.e, T.e_sync, T.g, head_s=0.0003), t)
+    assert total == pytest.approx(4 * T.e + 3 * T.e_sync + 0.0003, rel=1e-12)
     # fetching steps get cheaper outside their copies as they fetch more (naive vs reconfig on the H200)
     outs = [pipeline_step(res + (LayerFetch(True, f, math.exp(-f)),) * 3, T, t) for f in (0.2, 1.0, 3.0)]
     gaps = [tot - c for tot, c in outs]
@@ -106,12 +109,14 @@ def test_fetch_table_from_sync_or_fetch_table(tmp_path) -> None:
     assert ft.layer_s(4, 2) == pytest.approx((0.002, 0.0023), rel=1e-12)
     assert ft.layer_s(4, 3) == pytest.approx((0.002, 0.0023), rel=1e-12)  # nearest tenant count
     assert ft.prefix_s(1, 1, 8) is None
+    assert ft.head_s(1, 1) == 0.0  # the sync table's per-layer times hold the head
     (tmp_path / "fetch_table.csv").write_text(
-        "n_seqs,n_tenants,eager_layer_s,eager_nosync_layer_s,graph_step_s,prefix_8_s,prefix_24_s\n"
-        "1,1,0.0014,0.0011,0.016,0.004,0.012\n4,1,0.0016,0.0013,0.02,0.005,0.015\n")
+        "n_seqs,n_tenants,eager_layer_s,eager_nosync_layer_s,eager_head_s,graph_step_s,prefix_8_s,prefix_24_s\n"
+        "1,1,0.0014,0.0011,0.0002,0.016,0.004,0.012\n4,1,0.0016,0.0013,0.0005,0.02,0.005,0.015\n")
     ft = FetchTable(tmp_path, 32)
     assert ft.source.endswith("fetch_table.csv")
     assert ft.layer_s(1, 1) == pytest.approx((0.0011, 0.0014), rel=1e-12)
+    assert ft.head_s(2, 1) == pytest.approx(0.0003, rel=1e-12)
     assert ft.prefix_s(1, 1, 8) == pytest.approx(0.004, rel=1e-12)
     assert ft.prefix_s(1, 1, 16) == pytest.approx(0.008, rel=1e-12)  # linear between measured prefixes
     assert ft.prefix_s(1, 1, 4) == pytest.approx(0.002, rel=1e-12)  # through 0 below the first

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -42,6 +43,13 @@ def test_every_run_is_a_valid_serve_command(monkeypatch) -> None:
     workloads = {n.split("-")[0].rpartition("_")[2] for n in m.RUNS if n not in ("tables", "fleet")}
     assert workloads == {"light", "saturated", "host"}
     assert parse_args([*m.run_keys("multiplex_host-s1"), "out=/tmp/x"]).seed == 1  # held-out repeats: seed 1
+    host = sorted(n for n in m.RUNS if n.endswith("_host"))
+    assert host == sorted(m.HOST_S2)
+    for name in host:  # every host-expert run has a held-out repeat at seed 2, the same keys otherwise
+        a, b = (dataclasses.asdict(parse_args([*m.run_keys(n), "out=/tmp/x"])) for n in (name, f"{name}-s2"))
+        assert b.pop("seed") == 2
+        assert a.pop("seed") == 0
+        assert a == b
 
 
 def test_cpu_path_writes_every_run_and_the_packs(tmp_path) -> None:

@@ -107,12 +107,14 @@ class HostTimes:
 
     ``e``: an eager layer's host launch time without a sync; ``e_sync``: with a host sync; ``g``: the layer's device
     time; ``prefix_s``: the time of the layers before the first one holding host slots when they replay from a
-    graph (None: they run eagerly, ``e`` each)."""
+    graph (None: they run eagerly, ``e`` each); ``head_s``: the final norm, lm_head and sampling run eagerly after
+    the last layer (0 where ``e`` includes its share)."""
 
     e: float
     e_sync: float
     g: float
     prefix_s: float | None = None
+    head_s: float = 0.0
 
 
 def pipeline_step(layers: tuple[LayerFetch, ...], times: HostTimes, copy_s_per_fetch: float,
@@ -137,7 +139,7 @@ def pipeline_step(layers: tuple[LayerFetch, ...], times: HostTimes, copy_s_per_f
             continue
         busy = (f / p_some) * copy_s_per_fetch + times.g + s
         total += lf.p_none * times.e_sync + p_some * max(times.e_sync, busy)
-    return total, copies
+    return total + times.head_s, copies
 
 
 class FetchTable:
@@ -152,7 +154,7 @@ class FetchTable:
 
     def __init__(self, folder: Path, n_layers: int) -> None:
         self.n_layers = n_layers
-        self.rows: dict[int, list[tuple[int, float, float, dict[int, float]]]] = {}
+        self.rows: dict[int, list[tuple[int, float, float, dict[int, float], float]]] = {}
         fetch, sync = folder / "fetch_table.csv", folder / "sync_table.csv"
         self.source = ""
         if fetch.is_file():
@@ -160,8 +162,9 @@ class FetchTable:
             for r in self._read(fetch, {"n_seqs", "n_tenants", "eager_layer_s", "eager_nosync_layer_s"}):
                 pre = {int(k[7:-2]): float(v) for k, v in r.items()
                        if k.startswith("prefix_") and k.endswith("_s") and k[7:-2].isdigit() and v not in ("", None)}
+                head = float(r["eager_head_s"]) if r.get("eager_head_s") not in (None, "") else 0.0
                 self._add(int(r["n_tenants"]), int(r["n_seqs"]), float(r["eager_nosync_layer_s"]),
-                          float(r["eager_layer_s"]), pre)
+                          float(r["eager_layer_s"]), pre, head)
         elif sync.is_file():
             self.source = str(sync)
             for r in self._read(sync, {"batch", "n_seqs", "eager_s", "eager_sync_s"}):
@@ -169,7 +172,7 @@ class FetchTable:
                     continue
                 n = int(r["n_seqs"])
                 k = int(r["n_tenants"]) if r.get("n_tenants") else min(2, n)
-                self._add(k, n, float(r["eager_s"]) / n_layers, float(r["eager_sync_s"]) / n_layers, {})
+                self._add(k, n, float(r["eager_s"]) / n_layers, float(r["eager_sync_s"]) / n_layers, {}, 0.0)
         for v in self.rows.values():
             v.sort(key=lambda x: x[0])
 
@@ -181,13 +184,13 @@ class FetchTable:
             raise UserError(f"{path}: needs columns {sorted(need)}, has {sorted(rows[0])}")
         return rows
 
-    def _add(self, k: int, n: int, e: float, e_sync: float, pre: dict[int, float]) -> None:
-        self.rows.setdefault(k, []).append((n, e, max(e, e_sync), pre))
+    def _add(self, k: int, n: int, e: float, e_sync: float, pre: dict[int, float], head: float) -> None:
+        self.rows.setdefault(k, []).append((n, e, max(e, e_sync), pre, head))
 
     def __bool__(self) -> bool:
         return bool(self.rows)
 
-    def _pts(self, n_tenants: int) -> list[tuple[int, float, float, dict[int, float]]]:
+    def _pts(self, n_tenants: int) -> list[tuple[int, float, float, dict[int, float], float]]:
         return self.rows[min(self.rows, key=lambda m: (abs(m - n_tenants), m))]
 
     def layer_s(self, n_seqs: int, n_tenants: int) -> tuple[float, float]:
@@ -196,6 +199,11 @@ class FetchTable:
         xs = [p[0] for p in pts]
         return (float(np.interp(n_seqs, xs, [p[1] for p in pts])),
                 float(np.interp(n_seqs, xs, [p[2] for p in pts])))
+
+    def head_s(self, n_seqs: int, n_tenants: int) -> float:
+        """The eager head after the last layer (seconds; 0 from a ``sync_table.csv``, whose per-layer times hold it)."""
+        pts = self._pts(n_tenants)
+        return float(np.interp(n_seqs, [p[0] for p in pts], [p[4] for p in pts]))
 
     def prefix_s(self, n_seqs: int, n_tenants: int, j: int) -> float | None:
         """The first ``j`` layers replayed from a graph (seconds; linear in ``j`` between measured prefixes and

@@ -469,7 +469,8 @@ class ProfileBucketedCost(CostModel):
             prefix = table.prefix_s(n, k, first) if residency.slice.sm_fraction >= 1.0 else None
             if prefix is None:
                 prefix = graph_step * first / L
-        total, copies = pipeline_step(layers, HostTimes(e=e, e_sync=e_sync, g=graph_step / L, prefix_s=prefix),
+        times = HostTimes(e=e, e_sync=e_sync, g=graph_step / L, prefix_s=prefix, head_s=table.head_s(n, k))
+        total, copies = pipeline_step(layers, times,
                                       c.fetch_s / c.expert_fetches, per_step / expected)
         return dataclasses.replace(c, overhead_s=c.overhead_s + (total - copies) * steps - (c.total_s - c.fetch_s))
 

@@ -15,7 +15,13 @@ plan's residency says, KV cache, CUDA graphs keyed by shape) and adds what the e
   grouped GEMM runs meanwhile on the compute stream, and each host expert's FFN waits only for its own copy
   (fetch pipelined with compute) when the policy overlaps fetches (``fetch_overlap`` > 0); with
   ``fetch_overlap`` = 0 (the paper's orchestrator) each copy runs on the compute stream before its expert.
-  Steps that fetch sync with the host to learn the routing, so they run eagerly (not graph-captured).
+  Steps that fetch sync with the host to learn the routing, so those layers run eagerly. A fetching decode step
+  runs **piecewise** (``fetch_graphs``, on by default with CUDA graphs): the embedding and the layers before the
+  first layer holding a host slot replay a prefix graph per (batch bucket, context bucket) captured ahead by
+  ``prepare`` (``DecodeGraphs.run_split``), the rest of the step runs eagerly through the same tenant-as-data
+  code with the fetcher (host sync and copies per host layer); the packed layouts put host copies in the last
+  layers. ``fetch_graphs="off"``, a streamed swap in flight, host slots in layer 0 and prefills that fetch run
+  the whole step eagerly (``MoEEngine.step``).
 * **Decode steps run in CUDA graphs per batch-size bucket** (``moesim.serve.graphs.DecodeGraphs``: tenant
   mix as data, batch padded to its bucket, every bucket captured ahead by ``prepare``), so no decode step
   runs eagerly because the warm-up never met its tenant mix. **Prefill steps from context 0 run in CUDA
@@ -48,6 +54,13 @@ from moesim.specs import GPUSpec, ModelSpec
 #: ``prefill_table``'s extra (sequences, tokens each) rows: prefills filling the token buckets 384 … 4096.
 PREFILL_FILLS: tuple[tuple[int, int], ...] = ((3, 128), (3, 256), (4, 256), (6, 256), (8, 256), (12, 256),
                                               (16, 256))
+
+
+#: ``fetch_graphs`` values: ``auto`` (piecewise fetching decode steps with CUDA graphs: CUDA and execution=graphs),
+#: ``on`` (piecewise wherever decode steps run bucketed; eager prefix without graphs, e.g. on the CPU), ``off``.
+FETCH_GRAPHS = ("auto", "on", "off")
+#: ``fetch_table``'s prefix lengths (layers; those below the model's layer count are timed).
+FETCH_PREFIXES: tuple[int, ...] = (8, 16, 24, 27, 31)
 
 
 #: ``sync_table``'s decode rows: (sequences, distinct tenants). An eager step launches each tenant's projections
@@ -151,14 +164,21 @@ class TorchBackend:
                  execution: str = "auto", kv_bucket: int = 256, seed: int = 0, max_graphs: int = 256,
                  bucketed: bool = True, max_batch: int = 16, sms: int = 0, concurrent: bool = False,
                  draw_experts: bool = True, moe_kernel: str = "grouped", host_pool: int = 0,
-                 gpu_index: int | None = None) -> None:
+                 gpu_index: int | None = None, fetch_graphs: str = "auto") -> None:
         # moe_kernel: ``grouped`` (torch._grouped_mm) or ``triton`` (moesim.kernels: fused MoE, and in steps run
         # through MoEEngine.step the fused router and RoPE/KV-write kernels)
         # a fleet GPU: every call runs with CUDA device ``gpu_index`` current (build, setup, steps, counters)
         self.gpu_index = gpu_index if device == "cuda" else None
+        if fetch_graphs not in FETCH_GRAPHS:
+            raise UserError(f"fetch_graphs={fetch_graphs!r}: valid: {', '.join(FETCH_GRAPHS)}")
         with self.on_device():
             self._build(model, gpu, device, n_tenants, execution, kv_bucket, seed, max_graphs, bucketed, max_batch,
                         sms, concurrent, draw_experts, host_pool, moe_kernel)
+        # fetching decode steps piecewise (prefix graph + eager rest, ``DecodeGraphs.run_split``): needs the
+        # bucketed decode path; ``auto``: only where the prefix is a CUDA graph
+        self.split_fetch = self.dg is not None and (
+            fetch_graphs == "on" or (fetch_graphs == "auto" and self.cuda and self.x.execution == "graphs"))
+        self.fetch_graphs = fetch_graphs
         if self.gpu_index is not None:
             for name in _ON_DEVICE:
                 setattr(self, name, _on_device(self, getattr(self, name)))
@@ -219,7 +239,8 @@ class TorchBackend:
                       "bucket_graph_steps": 0, "bucket_captures": 0, "pad_rows": 0,
                       "prefill_bucket_steps": 0, "prefill_captures": 0, "prefill_pad_tokens": 0,
                       "swap_bytes": 0, "swap_copy_s": 0.0, "swap_paced_s": 0.0, "expert_fetches": 0,
-                      "fetch_bytes": 0, "fetch_copy_s": 0.0, "step_s": 0.0}
+                      "fetch_bytes": 0, "fetch_copy_s": 0.0, "step_s": 0.0, "split_steps": 0,
+                      "prefix_graph_steps": 0, "prefix_captures": 0}
 
     # ---- setup ------------------------------------------------------------------------------------
     def _groups(self, t: int) -> list[list[torch.Tensor]]:
@@ -288,9 +309,20 @@ class TorchBackend:
     def prepare(self, max_batch: int, max_context: int, prefill_tokens: int = 0) -> int:
         """Before a timed run: capture every decode bucket up to ``max_batch`` sequences and ``max_context``
         tokens, and every prefill token bucket up to ``prefill_tokens`` tokens (CUDA, bucketed, no host
-        experts); the graphs captured."""
-        if self.dg is None or not self.cuda or self.fetcher is not None or self.x.execution != "graphs":
+        experts); with host experts, the prefix graph of fetching decode steps (``fetch_graphs``) per decode
+        bucket instead; the graphs captured."""
+        if self.dg is None or not self.cuda or self.x.execution != "graphs":
             return 0
+        if self.fetcher is not None:
+            if not self.split_fetch or self._split_layer() == 0:
+                return 0
+            try:
+                n = self.dg.capture_prefixes(max_batch, max_context, self.x.cache)
+            except Exception:  # recorded in dg.prefix_broken; fetching steps then run the prefix eagerly
+                n = 0
+            self.stats["prefix_captures"] += n
+            self.x._sync()
+            return n
         top = self.pg.bucket(prefill_tokens) if prefill_tokens > 0 and self.bucket_prefill else 0
         self.x._ensure_cache(top)  # before any capture: a larger cache later would drop the graphs
         try:
@@ -426,6 +458,94 @@ class TorchBackend:
                          "eager_s": plain, "eager_sync_s": synced,
                          "per_layer_s": (synced - plain) / self.model.n_layers,
                          "n_tenants": len({w.tenant for w in batch})})
+        return rows
+
+    def fetch_table(self, reps: int = 5, decode: tuple[tuple[int, int], ...] = SYNC_DECODE,
+                    prefixes: tuple[int, ...] = FETCH_PREFIXES, context: int = 200) -> list[dict[str, Any]]:
+        """The parts of a piecewise fetching decode step (``DecodeGraphs.run_split``), timed on the runtime's
+        tenant-as-data code with every expert resident (call with no host experts laid out), for each
+        (sequences, distinct tenants) of ``decode`` (sequence i of tenant i mod k, every one at ``context``).
+        All times are seconds, medians of ``reps`` after one untimed call, host wall time to a device sync:
+
+        * ``eager_layer_s``: the decoder layers run eagerly (``mixed_layers`` over all L layers on the bucket's
+          padded rows) with a host sync (``.tolist()`` of a small device tensor) before every MoE layer's experts,
+          divided by L: what a host layer that fetches nothing costs (its copies come on top);
+        * ``eager_nosync_layer_s``: the same without the syncs, divided by L;
+        * ``eager_head_s``: the final norm, lm_head and argmax eagerly (``mixed_head``);
+        * ``graph_step_s``: the whole step as the runtime runs a resident decode step (``DecodeGraphs.run``:
+          plan, buffer fill, the bucket graph's replay; eager on the CPU or when capture failed; ``graph`` says
+          which);
+        * ``prefix_<j>_s``: the prefix of j layers as a fetching step runs it (plan, buffer fill, the prefix
+          graph's replay of the embedding and layers 0 … j − 1; ``prefix_graph`` False: run eagerly), a column per
+          prefix length j of ``prefixes`` below L (none below L: L // 2).
+
+        Rows (one per (sequences, tenants)): ``n_seqs``, ``n_tenants``, ``bucket`` (padded rows), ``context``,
+        ``n_layers``, ``eager_layer_s``, ``eager_nosync_layer_s``, ``eager_head_s``, ``graph_step_s``, ``graph``,
+        ``prefix_graph``, then the ``prefix_<j>_s`` columns (``moesim.cost.fetch_pipeline.FetchTable`` reads them).
+        A fetching step of prefix j ≈ ``prefix_<j>_s`` + (L − j) × ``eager_layer_s`` + ``eager_head_s`` + its
+        exposed copies."""
+        from statistics import median
+
+        from moesim.serve.graphs import make_buffers, mixed_context, mixed_embed, mixed_head, mixed_layers
+        from moesim.serve.graphs import plan_decode as plan
+
+        dg, x, eng = self.dg, self.x, self.eng
+        if dg is None:
+            return []
+        L = self.model.n_layers
+        js = [j for j in prefixes if 0 < j < L] or ([L // 2] if L > 1 else [])
+        graphs = self.cuda and x.execution == "graphs"
+        top = dg.sizes[-1]
+        self.reserve_kv(top * (context + 2))
+        probe = torch.zeros(2, device=self.device)
+
+        def sync_hook(i: int) -> None:
+            probe.tolist()
+
+        def timed(fn: Any) -> float:
+            fn()  # untimed: captures a graph the first time
+            times = []
+            for _ in range(reps):
+                x._sync()
+                t0 = time.perf_counter()
+                fn()
+                x._sync()
+                times.append(time.perf_counter() - t0)
+            return median(times)
+
+        capture, dg.capture = dg.capture, graphs
+        had = set(dg.prefix)
+        cache, st = x.cache, dg.stacked
+        rows = []
+        try:
+            for n, k in decode:
+                k = min(k, n, self.n_tenants)
+                if n > top:
+                    continue
+                tenants, ctxs = tuple(i % k for i in range(n)), (context,) * n
+                p = plan(tenants, ctxs, dg.sizes, dg.kv_bucket)
+                buf = make_buffers(p, self.device, self.model.vocab, dg.seed)
+                c0 = mixed_context(eng, st, buf)
+                x0 = mixed_embed(eng, st, buf)
+                eager = timed(lambda b=buf, c=c0, h=x0: mixed_layers(eng, st, b, cache, h, 0, L, c, sync_hook))
+                nosync = timed(lambda b=buf, c=c0, h=x0: mixed_layers(eng, st, b, cache, h, 0, L, c))
+                head = timed(lambda b=buf, c=c0, h=x0: mixed_head(eng, st, b, h, c))
+                r0 = dg.stats["replays"]
+                full = timed(lambda t=tenants, cs=ctxs: dg.run(t, cs, cache, graphs))
+                graph = dg.stats["replays"] > r0
+                row = {"n_seqs": n, "n_tenants": k, "bucket": p.bucket, "context": context, "n_layers": L,
+                       "eager_layer_s": eager / L, "eager_nosync_layer_s": nosync / L, "eager_head_s": head,
+                       "graph_step_s": full, "graph": graph, "prefix_graph": False}
+                r0 = dg.stats["prefix_replays"]
+                for j in js:
+                    row[f"prefix_{j}_s"] = timed(lambda t=tenants, cs=ctxs, j=j: dg.run_split(
+                        t, cs, cache, graphs, layers=j, tail=False))
+                row["prefix_graph"] = dg.stats["prefix_replays"] > r0
+                rows.append(row)
+        finally:
+            dg.capture = capture
+            for key in set(dg.prefix) - had:  # the table's prefixes: not the layout's
+                del dg.prefix[key]
         return rows
 
     def link_share(self, swap_bytes: int = 0, fetch_bytes: int = 0, n_fetch: int = 8, reps: int = 3,
@@ -658,11 +778,48 @@ class TorchBackend:
         torch.cuda.current_stream().wait_event(ev)
 
     # ---- steps ------------------------------------------------------------------------------------
+    def _split_layer(self) -> int:
+        """Layers a fetching decode step runs before its first host layer (0: no piecewise step)."""
+        from moesim.serve.graphs import first_host_layer
+
+        j = first_host_layer(self.eng)
+        return j if j < self.model.n_layers else 0
+
     def _execute(self, batch: tuple[SeqWork, ...]) -> StepCost:
         x, eng = self.x, self.eng
         f = self.fetcher
         streamed = self._swap_events is not None
         dg = self.dg
+        if (f is not None and self.split_fetch and not dg.broken and not streamed
+                and all(w.new_tokens == 1 for w in batch) and self._split_layer() > 0):
+            # a fetching decode step, piecewise: prefix graph, then the host layers eagerly with the fetcher
+            t0 = time.perf_counter()
+            x._ensure_cache(dg.rows_needed(sum(w.context + 1 for w in batch)))
+            graphs = x.execution == "graphs"
+            dg.capture = self.capture and graphs
+            before = dict(dg.stats)
+            f.reset()
+            try:
+                graph = dg.run_split(tuple(w.tenant for w in batch), tuple(w.context for w in batch), x.cache,
+                                     graphs)
+            except Exception:
+                if not dg.prefix_broken:
+                    raise
+                x._sync()  # a prefix capture failed (dg.prefix_broken): later steps run the prefix eagerly
+                return self._execute(batch)
+            x._sync()
+            self.stats["pad_rows"] += dg.stats["pad_rows"] - before["pad_rows"]
+            self.stats["prefix_captures"] += dg.stats["prefix_captures"] - before["prefix_captures"]
+            self.stats["split_steps"] += 1
+            if graph:
+                self.stats["prefix_graph_steps"] += 1
+            else:
+                self.stats["eager_steps"] += 1
+            n, fs = f.count, f.copy_s()
+            self.stats["expert_fetches"] += n
+            self.stats["fetch_bytes"] += f.bytes
+            self.stats["fetch_copy_s"] += fs
+            return self._done(t0, n, fs)
         if dg is not None and not dg.broken and f is None and not streamed and all(
                 w.new_tokens == 1 for w in batch):
             t0 = time.perf_counter()
@@ -794,6 +951,11 @@ class TorchBackend:
             info["bucket_graphs"] = len(self.dg.graphs)
             if self.dg.broken:
                 info["bucket_capture_error"] = self.dg.broken
+            info["fetch_graphs"] = self.fetch_graphs
+            info["split_fetch"] = self.split_fetch
+            info["prefix_graphs"] = len(self.dg.prefix)
+            if self.dg.prefix_broken:
+                info["prefix_capture_error"] = self.dg.prefix_broken
         return info
 
 
@@ -824,7 +986,7 @@ def _in_green(g: Any, device: torch.device) -> Iterator[None]:
 #: The backend's calls that touch the device (run with a fleet GPU's device current).
 _ON_DEVICE = ("setup", "reset_stats", "warm_up", "reserve_kv", "prepare", "swap", "finish_swap", "prefill",
               "begin_decode", "decode_step", "end_decode", "describe", "decode_table",
-              "prefill_table", "sync_table", "link_share")
+              "prefill_table", "sync_table", "fetch_table", "link_share")
 
 
 def _on_device(backend: TorchBackend, fn: Any) -> Any:

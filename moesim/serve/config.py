@@ -22,6 +22,7 @@ CLOCKS = ("wall", "virtual")
 BACKENDS = ("torch", "cost")
 SERVED_POLICIES = ("reconfig", "reconfig_fast", "multiplex", "naive", "swap", "mig", "dedicated")
 MOE_KERNELS = ("grouped", "triton")
+FETCH_GRAPHS = ("auto", "on", "off")  # = moesim.serve.backend.FETCH_GRAPHS (this module is torch-free)
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,10 @@ class ServeConfig:
         moe_kernel: the experts' kernel of the torch backend: ``grouped`` (``torch._grouped_mm``) or ``triton``
             (``moesim.kernels``: the fused MoE kernel, plus the fused router and RoPE/KV-write kernels in
             prefill steps; docs/kernels.md has the H200 figures).
+        fetch_graphs: decode steps that fetch host-resident experts, piecewise: the layers before the first layer
+            holding a host slot replay a prefix CUDA graph per batch/context bucket (captured ahead), the rest
+            runs eagerly with the fetches. ``auto``: with CUDA graphs (device=cuda, execution graphs); ``on``:
+            also without graphs (the prefix eager, same code; the CPU path); ``off``: the whole step eagerly.
         out: output folder (requests.parquet, segments.parquet, summary.json, ...).
     """
 
@@ -115,6 +120,7 @@ class ServeConfig:
     router: str = "least_work"
     host_pool: int = 0
     moe_kernel: str = "grouped"
+    fetch_graphs: str = "auto"
     out: str = "serve_out"
 
     def __post_init__(self) -> None:
@@ -143,7 +149,8 @@ class ServeConfig:
                                    ("clock", self.clock, CLOCKS), ("backend", self.backend, BACKENDS),
                                    ("device", self.device, ("cuda", "cpu")),
                                    ("execution", self.execution, EXECUTION_CHOICES),
-                                   ("moe_kernel", self.moe_kernel, MOE_KERNELS)):
+                                   ("moe_kernel", self.moe_kernel, MOE_KERNELS),
+                                   ("fetch_graphs", self.fetch_graphs, FETCH_GRAPHS)):
             if value not in valid:
                 raise UserError(f"{name}={value!r}: valid: {', '.join(valid)}")
         for name in ("tenants", "max_requests", "max_prompt", "max_output", "kv_bucket"):
@@ -278,8 +285,9 @@ def parse_args(argv: list[str]) -> ServeConfig:
     return parse_key_values(
         _trace_words(list(argv)), ServeConfig, prog="python -m moesim.serve", summary=SUMMARY,
         choices={"model": sorted(MODEL_SPECS), "gpu": sorted(GPU_SPECS), "policy": SERVED_POLICIES,
-                 "workload": WORKLOADS, "time_unit": ("auto", "s", "ms", "us", "ns"), "sim_cost": SIM_COSTS, "clock": CLOCKS, "backend": BACKENDS,
-                 "device": ("cuda", "cpu"), "execution": EXECUTION_CHOICES, "moe_kernel": MOE_KERNELS},
+                 "workload": WORKLOADS, "time_unit": ("auto", "s", "ms", "us", "ns"), "sim_cost": SIM_COSTS,
+                 "clock": CLOCKS, "backend": BACKENDS, "device": ("cuda", "cpu"), "execution": EXECUTION_CHOICES,
+                 "moe_kernel": MOE_KERNELS, "fetch_graphs": FETCH_GRAPHS},
         examples=("python -m moesim.serve device=cpu model=tiny policy=multiplex rate=4 max_requests=16 out=/tmp/s",
                   "python -m moesim.serve device=cpu model=tiny trace=my.csv columns=prompt_tokens:input_length "
                   "time_unit=ms out=/tmp/s   # your own trace, as the simulator reads it",

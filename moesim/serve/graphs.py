@@ -21,7 +21,9 @@ never met runs eagerly (3–6× slower on the H200). A serving engine captures p
   batch and context before the timed run: no decode step runs eagerly because its mix was unseen.
 
 ``plan_decode`` (pure Python, tested on CPU) builds a step's padded inputs; ``mixed_step`` is the forward pass
-(also run eagerly on CPU, where the tests check it against ``MoEEngine.step``).
+(also run eagerly on CPU, where the tests check it against ``MoEEngine.step``), in pieces: ``mixed_embed``,
+``mixed_layers(lo, hi)``, ``mixed_head``. A decode step that fetches host-resident experts replays a graph of
+its first pieces only and runs the layers that fetch eagerly (``DecodeGraphs.run_split``: piecewise graphs).
 """
 
 from __future__ import annotations
@@ -229,43 +231,65 @@ def _norm(x: torch.Tensor, w: torch.Tensor, tid: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.shape[1],), None, eps=1e-5) * w[tid]
 
 
-def _capture_mixed(owner: Any, buf: Any, cache: Any) -> _BucketGraph:
-    """Warm up, capture and replay once a ``mixed_step`` on ``buf`` (CUDA) with ``owner``'s engine, stacked weights
-    and graph pool; on failure ``owner.broken`` says why and the error is raised (the backend then falls back to
-    the executor's exact-shape graphs)."""
+def _capture_mixed(owner: Any, buf: Any, cache: Any, fn: Any = None, flag: str = "broken") -> _BucketGraph:
+    """Warm up, capture and replay once ``fn(eng, stacked, buf, cache)`` (default ``mixed_step``) on ``buf``
+    (CUDA) with ``owner``'s engine, stacked weights and graph pool; on failure ``owner.<flag>`` (``broken``) says
+    why and the error is raised (the backend then falls back to the executor's exact-shape graphs)."""
+    fn = mixed_step if fn is None else fn
     try:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            mixed_step(owner.eng, owner.stacked, buf, cache)  # warm-up outside capture
+            fn(owner.eng, owner.stacked, buf, cache)  # warm-up outside capture
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=owner.pool, stream=stream):
-            out = mixed_step(owner.eng, owner.stacked, buf, cache)
+            out = fn(owner.eng, owner.stacked, buf, cache)
     except Exception as exc:
         torch.cuda.synchronize()
-        owner.broken = f"{type(exc).__name__}: {first_line(exc)}"
+        setattr(owner, flag, f"{type(exc).__name__}: {first_line(exc)}")
         raise
     graph.replay()
     torch.cuda.synchronize()
     return _BucketGraph(graph, buf, out)
 
 
-def mixed_step(eng: MoEEngine, st: Stacked, b: DecodeBuffers, cache: Any) -> torch.Tensor:
-    """One step of every row (tenant per row as data); next token ids: per row (decode, pads included) or per
-    sequence slot (prefill, ``b.last``: real sequences first)."""
-    s = eng.spec
-    T = len(eng.tenants)
-    tid = b.tid
-    g = _Groups(tid, T)
-    V = st.embed.shape[1]
-    x = F.embedding(tid * V + b.ids, st.embed.view(T * V, -1))  # (N, d)
-    N = x.shape[0]
+@dataclass
+class MixedCtx:
+    """What every piece of a mixed step reads besides x: rows grouped by tenant, attention metadata, the
+    tenant-stacked remap table, the pad mask (device tensors; built once per step, or captured in a graph)."""
+
+    tid: torch.Tensor  # (N,) tenant of each row
+    g: _Groups
+    meta: AttnMeta
+    remap: list[torch.Tensor | None] | None
+    pad_col: torch.Tensor  # (N, 1) bool
+
+
+def mixed_context(eng: MoEEngine, st: Stacked, b: DecodeBuffers) -> MixedCtx:
+    """The per-step context of ``b`` (a few small kernels, no host sync)."""
     meta = AttnMeta(cu_q=b.cu_q, cu_k=b.cu_k, max_q=b.max_q, max_k=b.max_k, slots=b.slots, seqs=b.seqs)
+    return MixedCtx(tid=b.tid, g=_Groups(b.tid, len(eng.tenants)), meta=meta, remap=_remap_table(eng, st),
+                    pad_col=b.pad[:, None])
+
+
+def mixed_embed(eng: MoEEngine, st: Stacked, b: DecodeBuffers) -> torch.Tensor:
+    """Every row's embedding in its tenant's table: (N, d)."""
+    T, V = len(eng.tenants), st.embed.shape[1]
+    return F.embedding(b.tid * V + b.ids, st.embed.view(T * V, -1))
+
+
+def mixed_layers(eng: MoEEngine, st: Stacked, b: DecodeBuffers, cache: Any, x: torch.Tensor, lo: int, hi: int,
+                 ctx: MixedCtx, moe_hook: Any = None) -> torch.Tensor:
+    """Decoder layers ``lo`` … ``hi`` − 1 of every row: x (N, d) → (N, d). A MoE layer with host slots fetches
+    through the engine's fetcher (``eng.moe``: a host sync on the routing, then the copies): not capturable.
+    ``moe_hook(layer)``: called before each MoE layer's experts (``TorchBackend.fetch_table`` puts a host sync
+    there)."""
+    s = eng.spec
+    tid, g, meta, remap, pad_col = ctx.tid, ctx.g, ctx.meta, ctx.remap, ctx.pad_col
+    N = x.shape[0]
     L = st.layers
-    remap = _remap_table(eng, st)
-    pad_col = b.pad[:, None]
-    for layer in range(s.n_layers):
+    for layer in range(lo, hi):
         h = _norm(x, L["attn_norm"][layer], tid)
         qkv = g.linear(h, L["wqkv"][layer])
         if eng.fused_ops:  # one kernel for RoPE and the KV-cache write (moesim.kernels.fused_ops)
@@ -300,6 +324,8 @@ def mixed_step(eng: MoEEngine, st: Stacked, b: DecodeBuffers, cache: Any) -> tor
                 if L["shared_gate"][layer] is not None:
                     y = y * torch.sigmoid(g.linear(h, L["shared_gate"][layer]))
                 x = x + y
+            if moe_hook is not None:
+                moe_hook(layer)
             if eng.fused_ops and eng.moe_engine == "triton" and eng._triton_ok(layer, top_i):
                 from moesim.kernels.fused_moe import fused_moe
 
@@ -308,11 +334,40 @@ def mixed_step(eng: MoEEngine, st: Stacked, b: DecodeBuffers, cache: Any) -> tor
                 x = x + eng.moe(h, top_i, top_w, layer)
         else:
             x = x + g.linear(eng._act(g.linear(h, L["dense_in"][layer])), L["dense_out"][layer])
+    return x
+
+
+def mixed_head(eng: MoEEngine, st: Stacked, b: DecodeBuffers, x: torch.Tensor, ctx: MixedCtx) -> torch.Tensor:
+    """Final norm, lm_head and greedy pick: next token ids per row (decode) or per sequence slot (prefill,
+    ``b.last``)."""
+    tid, g = ctx.tid, ctx.g
     if b.last is not None:  # prefill: the lm_head on each sequence's last row only
         x, tid = x[b.last], tid[b.last]
-        g = _Groups(tid, T)
+        g = _Groups(tid, len(eng.tenants))
     h = _norm(x, st.final_norm, tid)
     return torch.argmax(g.linear(h, st.lm_head), dim=-1)
+
+
+def mixed_step(eng: MoEEngine, st: Stacked, b: DecodeBuffers, cache: Any) -> torch.Tensor:
+    """One step of every row (tenant per row as data); next token ids: per row (decode, pads included) or per
+    sequence slot (prefill, ``b.last``: real sequences first). ``mixed_embed``, ``mixed_layers`` over every
+    layer and ``mixed_head`` in sequence."""
+    ctx = mixed_context(eng, st, b)
+    x = mixed_layers(eng, st, b, cache, mixed_embed(eng, st, b), 0, eng.spec.n_layers, ctx)
+    return mixed_head(eng, st, b, x, ctx)
+
+
+def mixed_prefix(eng: MoEEngine, st: Stacked, b: DecodeBuffers, cache: Any, hi: int
+                 ) -> tuple[torch.Tensor, MixedCtx]:
+    """The embedding and layers 0 … ``hi`` − 1 (a fetching decode step's capturable part): x and the context
+    the rest of the step reads."""
+    ctx = mixed_context(eng, st, b)
+    return mixed_layers(eng, st, b, cache, mixed_embed(eng, st, b), 0, hi, ctx), ctx
+
+
+def first_host_layer(eng: MoEEngine) -> int:
+    """The first decoder layer holding a host-resident expert slot (``n_layers`` when none)."""
+    return next((i for i in range(eng.spec.n_layers) if eng.host_in[i]), eng.spec.n_layers)
 
 
 # ---- graphs per bucket ----------------------------------------------------------------------------
@@ -329,6 +384,15 @@ class DecodeGraphs:
     ``run(tenants, contexts, cache)`` executes one step and returns True when it replayed a graph. With
     ``capture`` off, a step whose bucket has no graph runs eagerly (``mixed_step``) and counts as eager.
     Graphs are dropped when the engine's expert layout or the KV cache object changes (``reset``).
+
+    **Fetching decode steps, piecewise** (``run_split``): with host-resident experts, a layer holding host slots
+    syncs with the host on its routing and copies the experts it needs (``eng.moe`` → the engine's fetcher), which
+    no graph can hold. The step then replays a *prefix graph* of the embedding and layers 0 … j − 1 (j =
+    ``first_host_layer``: the packed layouts of ``moesim.executor.layout.assign_slots`` put host copies in the
+    last layers), captured per (bucket, key bound, j) like the full graphs, and runs layers j … L − 1 and the
+    head eagerly through the same code (``mixed_layers``, ``mixed_head``) on the graph's buffers and output.
+    Resident layers after the first host layer stay eager. j = 0, or no graphs (CPU, ``graphs`` off): the
+    whole step runs eagerly through the same code.
     """
 
     def __init__(self, eng: MoEEngine, max_batch: int, kv_bucket: int, pool: Any = None, seed: int = 0) -> None:
@@ -343,11 +407,17 @@ class DecodeGraphs:
         self.seed = seed
         self._cache_id: int | None = None
         self.broken = ""  # why capturing failed (the backend then stops using the bucketed path)
-        self.stats = {"captures": 0, "replays": 0, "eager": 0, "pad_rows": 0}
+        # prefix graphs of fetching decode steps, per (bucket, key bound, layers); why capturing one failed
+        self.prefix: dict[tuple[int, int, int], _BucketGraph] = {}
+        self.prefix_broken = ""
+        self.last_out: torch.Tensor | None = None
+        self.stats = {"captures": 0, "replays": 0, "eager": 0, "pad_rows": 0, "prefix_captures": 0,
+                      "prefix_replays": 0, "split_eager": 0}
 
     def reset(self) -> None:
         """Drop the graphs (their weights or cache changed)."""
         self.graphs.clear()
+        self.prefix.clear()
 
     def rows_needed(self, max_batch_tokens: int) -> int:
         """KV rows a step may touch: its real rows plus one scratch row per pad (tokens)."""
@@ -384,7 +454,70 @@ class DecodeGraphs:
     def _check_cache(self, cache: Any) -> None:
         if self._cache_id != id(cache):
             self.graphs.clear()
+            self.prefix.clear()
             self._cache_id = id(cache)
+
+    def capture_prefix(self, bucket: int, max_k: int, layers: int, cache: Any) -> _BucketGraph:
+        """Capture the prefix graph (embedding + layers 0 … ``layers`` − 1) of ``bucket`` rows and key bound
+        ``max_k`` (CUDA only); its output is (x, the step's ``MixedCtx``)."""
+        self._check_cache(cache)
+        p = plan_decode((0,) * bucket, (0,) * bucket, self.sizes, self.kv_bucket)
+        p = DecodePlan(**{**p.__dict__, "max_k": max_k})
+        buf = make_buffers(p, self.eng.device, self.eng.spec.vocab, self.seed)
+        g = _capture_mixed(self, buf, cache, lambda e, st, b, c: mixed_prefix(e, st, b, c, layers),
+                           flag="prefix_broken")
+        self.prefix[(bucket, max_k, layers)] = g
+        self.stats["prefix_captures"] += 1
+        return g
+
+    def capture_prefixes(self, max_batch: int, max_context: int, cache: Any, layers: int | None = None) -> int:
+        """Capture the prefix graph of every bucket up to ``max_batch`` × every key bound up to ``max_context`` + 1
+        for ``layers`` layers (default: ``first_host_layer``; none when 0 or every layer: nothing fetches)."""
+        j = first_host_layer(self.eng) if layers is None else layers
+        if not self.cuda or j <= 0 or (layers is None and j >= self.eng.spec.n_layers):
+            return 0
+        self._check_cache(cache)
+        n = 0
+        top = kv_round(max_context + 1, self.kv_bucket)
+        for b in self.sizes:
+            if b > bucket_for(min(max_batch, self.sizes[-1]), self.sizes):
+                break
+            for k in range(self.kv_bucket, top + 1, self.kv_bucket):
+                if (b, k, j) not in self.prefix:
+                    self.capture_prefix(b, k, j, cache)
+                    n += 1
+        return n
+
+    def run_split(self, tenants: tuple[int, ...], contexts: tuple[int, ...], cache: Any, graphs: bool = True,
+                  layers: int | None = None, tail: bool = True) -> bool:
+        """Execute one fetching decode step piecewise (see the class docstring): the prefix graph of ``layers``
+        layers (default ``first_host_layer``) when ``graphs`` (CUDA), then the rest eagerly (``tail`` False: stop
+        after the prefix; ``last_out`` is then None). True when a prefix graph was replayed."""
+        p = plan_decode(tenants, contexts, self.sizes, self.kv_bucket)
+        self.stats["pad_rows"] += p.bucket - p.n_real
+        eng, st = self.eng, self.stacked
+        L = eng.spec.n_layers
+        j = first_host_layer(eng) if layers is None else layers
+        if self.cuda and graphs and j > 0 and not self.prefix_broken:
+            self._check_cache(cache)
+            key = (p.bucket, p.max_k, j)
+            g = self.prefix.get(key)
+            if g is None and self.capture:
+                g = self.capture_prefix(p.bucket, p.max_k, j, cache)
+            if g is not None:
+                fill_buffers(g.buf, p, self._ids(p))
+                g.graph.replay()
+                x, ctx = g.out
+                self.last_out = mixed_head(eng, st, g.buf, mixed_layers(eng, st, g.buf, cache, x, j, L, ctx), ctx) \
+                    if tail else None
+                self.stats["prefix_replays"] += 1
+                return True
+        buf = make_buffers(p, eng.device, eng.spec.vocab, self.seed)
+        x, ctx = mixed_prefix(eng, st, buf, cache, j)
+        self.last_out = mixed_head(eng, st, buf, mixed_layers(eng, st, buf, cache, x, j, L, ctx), ctx) \
+            if tail else None
+        self.stats["split_eager"] += 1
+        return False
 
     def run(self, tenants: tuple[int, ...], contexts: tuple[int, ...], cache: Any, graphs: bool = True) -> bool:
         """Execute one decode step (``graphs``: through the bucket's graph on CUDA); True when one was replayed."""

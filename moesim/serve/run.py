@@ -212,7 +212,7 @@ def build_dedicated_backends(cfg: ServeConfig, model: Any, gpu: Any) -> list:
     batch = POLICIES.build(cfg.policy, cfg.policy_params()).cfg.max_batch
     return [TorchBackend(model, gpu, device=cfg.device, execution=cfg.execution, kv_bucket=cfg.kv_bucket,
                          seed=cfg.seed, n_tenants=1, max_batch=batch, host_pool=cfg.host_pool,
-                         moe_kernel=cfg.moe_kernel,
+                         moe_kernel=cfg.moe_kernel, fetch_graphs=cfg.fetch_graphs,
                          gpu_index=g if cfg.device == "cuda" else None)
             for g in range(cfg.gpus)]
 
@@ -224,7 +224,7 @@ def build_fleet_backends(cfg: ServeConfig, model: Any, gpu: Any) -> list:
     batch = POLICIES.build(cfg.policy, cfg.policy_params()).cfg.max_batch
     return [TorchBackend(model, gpu, device=cfg.device, execution=cfg.execution, kv_bucket=cfg.kv_bucket,
                          seed=cfg.seed, n_tenants=len(ts), max_batch=batch, host_pool=cfg.host_pool,
-                         moe_kernel=cfg.moe_kernel,
+                         moe_kernel=cfg.moe_kernel, fetch_graphs=cfg.fetch_graphs,
                          gpu_index=g if cfg.device == "cuda" else None)
             for g, ts in enumerate(cfg.fleet_placement())]
 
@@ -237,7 +237,8 @@ def build_backends(cfg: ServeConfig, model: Any, gpu: Any, plans: list, green: b
     from moesim.serve.backend import TorchBackend
 
     kw = {"device": cfg.device, "execution": cfg.execution, "kv_bucket": cfg.kv_bucket, "seed": cfg.seed,
-          "host_pool": cfg.host_pool if host_pool is None else host_pool, "moe_kernel": cfg.moe_kernel}
+          "host_pool": cfg.host_pool if host_pool is None else host_pool, "moe_kernel": cfg.moe_kernel,
+          "fetch_graphs": cfg.fetch_graphs}
     if len(plans) == 1:
         return TorchBackend(model, gpu, n_tenants=cfg.tenants, max_batch=plans[0].max_batch, **kw)
     sms_total = 0
