@@ -54,8 +54,9 @@ def test_serve_replays_a_users_trace_through_the_simulators_loader(tmp_path: Pat
         code, out, err = _serve([*base, "workload.path=u.csv", *hint.split()[3:], "workload.columns.tenant=user"],
                                 capsys)
     assert code == 0, err
-    assert "serve: replaying 4 of 4 requests of u.csv (whole trace; 2.0 s); capped 1 prompts at max_prompt=1024 " \
-           "tokens" in out
+    assert ("serve: replaying 4 of 4 requests of u.csv (whole trace; 2.0 s); no request for tenant 3 of tenants=4 "
+            "(the trace's tenants: alice, bob, carol): it still takes its place on the GPU; tenants=3 serves only the "
+            "trace's; capped 1 prompts at max_prompt=1024 tokens") in out
     r = pd.read_parquet(tmp_path / "s" / "requests.parquet").sort_values("request_id")
     assert r.arrival_s.tolist() == [0.0, 1.0, 1.5, 2.0]  # sorted, ms read as ms, relative to the first
     assert r.tenant_name.tolist() == ["bob", "alice", "carol", "alice"]
