@@ -12,6 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from moesim.errors import UserError
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -172,6 +174,14 @@ def test_a_plan_for_more_variants_than_tenants_is_one_line_before_any_folder(tmp
     assert "policy.plan=plan4.json with placement=per_variant on 2 GPUs: a plan's variant i is the i-th tenant of " \
            "the GPU it runs on" in p.stderr
     assert not (tmp_path / "f").exists()
+    # serve says it in its own key (plan=), for one GPU and per GPU of a fleet
+    from moesim.serve.config import ServeConfig
+
+    with pytest.raises(UserError, match=r"^plan=.*plan4.json: the plan consolidates 4 variants .* but 2 tenants"):
+        ServeConfig(policy="reconfig", plan=str(tmp_path / "plan4.json"), tenants=2)
+    with pytest.raises(UserError, match=r"plan4.json \(a GPU of the placement\): the plan consolidates 4 .* but 2"):
+        ServeConfig(policy="multiplex", plan=str(tmp_path / "plan4.json"), tenants=4, gpus=2, placement="0,1;2,3")
+    assert ServeConfig(policy="reconfig", plan=str(tmp_path / "plan4.json"), tenants=4).tenants == 4
     from moesim.policies.reconfig import plan_groups
 
     groups, shared = plan_groups(str(tmp_path / "plan4.json"), 4, get_model("mixtral-8x7b"))  # 4 tenants: taken

@@ -57,14 +57,14 @@ class ReconfigConfig(PolicyConfig):
             raise UserError(f"policy.nonexpert_sets_reserved={self.nonexpert_sets_reserved}: must be ≥ 1")
 
 
-def check_plan_tenants(plan: Any, path: str, n_tenants: int, where: str = "") -> None:
+def check_plan_tenants(plan: Any, path: str, n_tenants: int, where: str = "", key: str = "policy.plan") -> None:
     """A plan's variant i is tenant i: its variant count must equal the tenants served. A 4-variant plan with
     2 tenants was taken silently (its memory counted the copies of 2 variants nobody serves)."""
     k = len(plan.variants)
     if k == n_tenants:
         return
     names = ", ".join(plan.variants[:6]) + (", …" if k > 6 else "")
-    raise UserError(f"policy.plan={path}{where}: the plan consolidates {k} variant{'s' if k != 1 else ''} ({names}) "
+    raise UserError(f"{key}={path}{where}: the plan consolidates {k} variant{'s' if k != 1 else ''} ({names}) "
                     f"but {n_tenants} tenant{'s are' if n_tenants != 1 else ' is'} served; a plan's variant i "
                     f"serves tenant i, so the counts must match: build one for {n_tenants} (python -m "
                     f"moesim.consolidate … n_variants={n_tenants}) or serve {k} tenants")

@@ -181,6 +181,14 @@ class ServeConfig:
             parse_placement(self.placement, self.gpus, self.tenants)
         elif self.placement:
             raise UserError(f"placement={self.placement!r} needs gpus > 1 (and a policy other than dedicated)")
+        if self.plan:  # its variant i is tenant i (of each GPU, in a fleet): another count is one line now
+            from moesim.consolidation.plan import load_plan
+            from moesim.policies.reconfig import check_plan_tenants
+
+            plan = load_plan(self.plan)
+            for n in sorted({len(ts) for ts in self.fleet_placement()} if self.is_fleet else {self.tenants}):
+                check_plan_tenants(plan, self.plan, n, " (a GPU of the placement)" if self.is_fleet else "",
+                                   key="plan")
 
     def _check_trace(self) -> None:
         """``trace=F`` means ``workload=trace``; the trace's options are checked as the simulator checks them."""
