@@ -3,6 +3,7 @@ from a scratch folder), each pinned by a test that failed before its fix."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -421,3 +422,29 @@ def test_a_placement_that_places_a_tenant_nowhere_says_so() -> None:
                   cost="roofline", cost_cfg=None)
     assert str(e.value) == ("every one of the 2 requests is rejected: 2 of tenant 1, placed on no GPU (put it on a "
                             "GPU of the placement)")
+
+
+def test_a_wall_clock_replay_of_a_sparse_trace_says_how_long_it_takes(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # a trace in ms with day-long gaps, served on the default wall clock: the command sat silent for 48 hours
+    import moesim.serve.run as R
+    from moesim.serve.config import ServeConfig
+
+    f = tmp_path / "gap.csv"
+    f.write_text("ts_ms,prompt_tokens,output_tokens\n0,100,20\n1000,100,20\n86400000,100,20\n172800000,50,10\n")
+
+    def stop(*a: object, **k: object) -> None:
+        raise RuntimeError("stop before serving")
+
+    monkeypatch.setattr(R, "_serve", stop)
+    lines: list[str] = []
+    cfg = ServeConfig(model="tiny", device="cpu", backend="cost", clock="wall", trace=str(f),
+                      columns=("timestamp:ts_ms",), tenants=2, out=str(tmp_path / "s"))
+    with pytest.raises(RuntimeError, match="stop"):
+        R.run(cfg, [], log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert ("serve: the requests arrive over 172,800 s (48.0 h): clock=wall replays them in real time, so the run "
+            "takes at least that long; clock=virtual, a higher rate= or a smaller max_requests= shortens it") in lines
+    lines.clear()
+    with pytest.raises(RuntimeError, match="stop"):
+        R.run(dataclasses.replace(cfg, max_requests=2), [], log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert not any("arrive over" in ln for ln in lines)  # 1 s: nothing to say

@@ -62,6 +62,11 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
     model, gpu = get_model(cfg.model), get_gpu(cfg.gpu)
     requests = make_requests(cfg)
     names = _announce_trace(cfg, requests, log)
+    last = max(r.arrival_s for r in requests)
+    if cfg.clock == "wall" and last > WALL_NOTE_S:  # a sparse trace in ms replayed in real time: hours of waiting
+        log(f"serve: the requests arrive over {_duration(last)}: clock=wall replays them in real time, so the run "
+            f"takes at least that long; clock=virtual, a higher rate= or a smaller max_requests= shortens it",
+            flush=True)
     if cfg.trace:  # the config as summary.json keeps it: moesim.serve.validate re-reads the trace from any folder
         cfg_doc = dataclasses.asdict(dataclasses.replace(cfg, trace=str(Path(cfg.trace).resolve())))
     else:
@@ -170,6 +175,17 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
     log(f"outputs in {out}/ ({', '.join(files)})"
         + (f"; not from this run (an earlier run's): {', '.join(stale)}" if stale else ""), flush=True)
     return doc
+
+
+#: a wall-clock run whose last arrival is later than this (seconds) says how long it will take
+WALL_NOTE_S = 120.0
+
+
+def _duration(s: float) -> str:
+    """``"172,800 s (48.0 h)"``, ``"300 s (5.0 min)"``."""
+    if s >= 3600:
+        return f"{s:,.0f} s ({s / 3600:.1f} h)"
+    return f"{s:,.0f} s ({s / 60:.1f} min)"
 
 
 def _announce_trace(cfg: ServeConfig, requests: list, log: Any) -> tuple[str, ...] | None:
