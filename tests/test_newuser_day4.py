@@ -448,3 +448,29 @@ def test_a_wall_clock_replay_of_a_sparse_trace_says_how_long_it_takes(tmp_path: 
     with pytest.raises(RuntimeError, match="stop"):
         R.run(dataclasses.replace(cfg, max_requests=2), [], log=lambda *a, **k: lines.append(" ".join(map(str, a))))
     assert not any("arrive over" in ln for ln in lines)  # 1 s: nothing to say
+
+
+def test_the_report_of_a_folder_without_simulate_jobs_is_refused(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    # python -m moesim.report on a consolidation study's folder (its summary.json files are the quality
+    # report's) wrote summary.csv and report.html there: "0 of 5 jobs finished, 5 unreadable"
+    from moesim.report.__main__ import main
+
+    q = tmp_path / "study"
+    (q / "h200-v2").mkdir(parents=True)
+    (q / "summary.json").write_text('{"table": []}')
+    (q / "h200-v2" / "summary.json").write_text('{"table": []}')
+    with pytest.raises(SystemExit) as e:
+        main([str(q)])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == (
+        f"moesim: error: {q}: no moesim simulate job in it: none of its 2 job file(s) is a job's (first: "
+        "./summary.json: status is None, expected 'ok'); give the hydra.sweep.dir of a sweep or the hydra.run.dir "
+        "of a run\n")
+    assert sorted(p.name for p in q.iterdir()) == ["h200-v2", "summary.json"]
+    # a sweep whose every job is damaged is still reported (hydra ran there): the damage is what it shows
+    (q / "h200-v2" / ".hydra").mkdir()
+    (q / "h200-v2" / ".hydra" / "overrides.yaml").write_text("- policy=mig\n")
+    main([str(q)])
+    assert (q / "report.html").is_file()
+    assert "moesim: 0 of 2 jobs finished, 2 unreadable" in capsys.readouterr().out

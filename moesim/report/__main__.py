@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from moesim.errors import UserError, exit_on_user_error
 
@@ -77,6 +78,20 @@ def _check_one_sweep(sweep_dir: Path) -> None:
                         "multirun.yaml; give one sweep dir (the folder hydra.sweep.dir named, with multirun.yaml)")
 
 
+def _check_some_job(sweep_dir: Path, df: Any) -> None:
+    """A folder none of whose summary.json / error.json files is a moesim job's and that hydra never ran in
+    (no ``.hydra/``), e.g. a consolidation study's folder: refused in one line before summary.csv and
+    report.html are written into it (they were, with "0 of 5 jobs finished, 5 unreadable")."""
+    if df.empty or not (df["status"] == "unreadable").all():
+        return
+    if next(sweep_dir.rglob(".hydra"), None) is not None:  # a sweep whose jobs are all damaged: reported
+        return
+    first = str(df["error"].dropna().iloc[0]) if "error" in df and df["error"].notna().any() else "unreadable"
+    raise UserError(f"{sweep_dir}: no moesim simulate job in it: none of its {len(df)} job file(s) is a job's "
+                    f"(first: {df['job'].iloc[0]}/{first}); give the hydra.sweep.dir of a sweep or the "
+                    "hydra.run.dir of a run")
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and write the report."""
@@ -99,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
 
         check_writable(args.out, "out", is_file=True)
     df = collect(sweep_dir)
+    _check_some_job(sweep_dir, df)
     if not df.empty:
         df = mark_unreadable_files(sweep_dir, df)
     csv = write_csv(sweep_dir / SUMMARY_CSV, df) if not df.empty else None
