@@ -474,3 +474,15 @@ def test_the_report_of_a_folder_without_simulate_jobs_is_refused(tmp_path: Path,
     main([str(q)])
     assert (q / "report.html").is_file()
     assert "moesim: 0 of 2 jobs finished, 2 unreadable" in capsys.readouterr().out
+
+
+def test_a_folder_given_as_the_trace_is_called_a_folder(tmp_path: Path) -> None:
+    # workload.path=/tmp read "trace file '/tmp': no such file"
+    from moesim.workloads import read_trace
+
+    with pytest.raises(UserError) as e:
+        read_trace(tmp_path)
+    assert str(e.value) == (f"trace file '{tmp_path}': is a folder; give the trace file itself (.csv, .jsonl or "
+                            ".parquet)")
+    with pytest.raises(UserError, match="no such file"):
+        read_trace(tmp_path / "nope.csv")

@@ -123,6 +123,8 @@ def read_trace(path: str | Path, tenants: int | None = None, *, format: str = ""
     given = {k: v for k, v in (columns or {}).items() if v != ""}
     mapping = {**(preset.columns if preset else {}), **given}
     unit = time_unit if time_unit != "auto" or preset is None else preset.time_unit
+    if path.is_dir():
+        raise UserError(f"{where}: is a folder; give the trace file itself (.csv, .jsonl or .parquet)")
     if not path.is_file():
         raise UserError(f"{where}: no such file")
     fmt = FORMATS.get(path.suffix.lower())
