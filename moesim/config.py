@@ -811,6 +811,11 @@ def _check_fleet_files(spec: JobSpec) -> None:
     policy), so a bad file stops the command before hydra creates any folder, like a bad trace file."""
     fleet_file = spec.fleet is not None and spec.fleet.name == "file"
     placement_file = spec.placement is not None and spec.placement.name == "file" and spec.placement.path
+    similarity = str(getattr(spec.placement, "similarity", "") or "") if spec.placement is not None else ""
+    if similarity:  # pack's similarity matrix: a bad one left a run folder holding only simulate.log
+        from moesim.fleet.strategies.pack import load_similarity
+
+        load_similarity(similarity, int(spec.workload.tenants))
     if not (fleet_file or placement_file):
         return
     from moesim.fleet import FLEETS

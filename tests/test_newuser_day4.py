@@ -486,3 +486,15 @@ def test_a_folder_given_as_the_trace_is_called_a_folder(tmp_path: Path) -> None:
                             ".parquet)")
     with pytest.raises(UserError, match="no such file"):
         read_trace(tmp_path / "nope.csv")
+
+
+def test_a_bad_similarity_matrix_is_one_line_before_any_folder(tmp_path: Path) -> None:
+    # placement=pack placement.similarity=F with a 2×2 matrix for 3 tenants (or a missing file): the one-line
+    # error came after hydra had made the run folder (simulate.log alone in it)
+    (tmp_path / "sim2.csv").write_text("1,0\n0,1\n")
+    p = _run(tmp_path, "hydra.run.dir=u", "fleet.gpus=2", "placement=pack", "placement.similarity=sim2.csv",
+             "workload.tenants=3", "cost=roofline")
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1] == ("moesim: error: placement.similarity=sim2.csv: need a finite 3×3 "
+                                                 "matrix, got shape (2, 2)")
+    assert not (tmp_path / "u").exists()
