@@ -464,7 +464,16 @@ def sweep_jobs(params: dict[str, str] | None, overrides: list[str]) -> list[list
         if not o.is_sweep_override():
             per_key[key] = [f"{key}={o.get_value_element_as_str()}"]
         elif o.is_discrete_sweep():
-            per_key[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
+            try:
+                values = list(o.sweep_string_iterator())
+            except Exception as exc:  # a sweep nested in a sweep (a,choice(b)): an omegaconf traceback
+                raise UserError(f"{o.input_line}: cannot expand this sweep ({_first_line(str(exc))}); write it as "
+                                f"{key}=a,b,c or {key}='choice(a,b,c)'") from None
+            dup = next((v for i, v in enumerate(values) if v in values[:i]), None)
+            if dup is not None:  # seed=1,1 ran every job twice and counted each twice in every mean over seeds
+                raise UserError(f"{key}={','.join(values)}: {dup} is listed twice; list each value once (a sweep "
+                                "would run the same jobs twice and count them twice in every mean)")
+            per_key[key] = [f"{key}={v}" for v in values]
         else:
             raise UserError(f"{o.input_line}: only discrete sweeps (a,b or choice/range) can be expanded")
     return [list(job) for job in itertools.product(*per_key.values())]
@@ -760,6 +769,13 @@ def plan_command_line(argv: list[str]) -> CommandLine | None:
                 shown = " ".join(o for o in job if not o.startswith(("hydra.", "hydra/")))
                 where = f" (job: {shown})" if len(jobs) > 1 else ""
                 raise UserError(f"{exc}{where}") from None
+        first: dict[str, list[str]] = {}
+        for job, h in zip(jobs, hashes, strict=True):  # 0.1,0.10 or a value equal to the default, swept twice
+            if h in first:
+                shown = [" ".join(o for o in j if not o.startswith(("hydra.", "hydra/"))) for j in (first[h], job)]
+                raise UserError(f"two jobs of the sweep are the same configuration ({shown[0]} and {shown[1]}); "
+                                "list each value once (it would run twice and count twice in every mean)")
+            first[h] = job
         if multirun:
             _check_report_rates(report_opts, sorted(set(rates.values())))
         out_dir = _check_hydra_settings(primary, multirun)

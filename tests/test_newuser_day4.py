@@ -498,3 +498,24 @@ def test_a_bad_similarity_matrix_is_one_line_before_any_folder(tmp_path: Path) -
     assert p.stderr.strip().splitlines()[-1] == ("moesim: error: placement.similarity=sim2.csv: need a finite 3×3 "
                                                  "matrix, got shape (2, 2)")
     assert not (tmp_path / "u").exists()
+
+
+def test_a_value_swept_twice_is_refused_before_the_sweep(tmp_path: Path) -> None:
+    # seed=1,1 ran the 126-job default sweep's jobs twice (84 of 84 "finished" with 2 policies) and counted each
+    # twice in every mean over seeds
+    from moesim.config import sweep_jobs
+
+    with pytest.raises(UserError) as e:
+        sweep_jobs({"policy": "mig,multiplex"}, ["seed=1,1"])
+    assert str(e.value) == ("seed=1,1: 1 is listed twice; list each value once (a sweep would run the same jobs twice "
+                            "and count them twice in every mean)")
+    assert len(sweep_jobs({"policy": "mig,multiplex"}, ["seed=1,2"])) == 4
+    with pytest.raises(UserError) as e:  # a sweep nested in a sweep: an omegaconf traceback
+        sweep_jobs(None, ["workload.rate=0.1,choice(0.2)"])
+    assert str(e.value).startswith("workload.rate=0.1,choice(0.2): cannot expand this sweep (")
+    d = tmp_path / "sw"
+    p = subprocess.run([sys.executable, "-m", "moesim.simulate", "-m", f"hydra.sweep.dir={d}", "policy=mig,mig",
+                        "progress=false"], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=_env())
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1].startswith("moesim: error: policy=mig,mig: mig is listed twice")
+    assert not d.exists()
