@@ -519,3 +519,11 @@ def test_a_value_swept_twice_is_refused_before_the_sweep(tmp_path: Path) -> None
     assert p.returncode == 2
     assert p.stderr.strip().splitlines()[-1].startswith("moesim: error: policy=mig,mig: mig is listed twice")
     assert not d.exists()
+
+
+def test_a_fleet_file_without_groups_is_named() -> None:
+    from moesim.fleet.spec import FleetSpec
+
+    with pytest.raises(UserError) as e:
+        FleetSpec.from_dict({"groups": []}, "fleet file f3.yaml")
+    assert str(e.value) == "fleet file f3.yaml: no GPU groups; give at least one (gpu: <name>, count: <n>)"

@@ -133,6 +133,8 @@ class FleetSpec:
             except UserError as e:  # the file and the group entry, then what is wrong in it
                 own = f"fleet group {g['gpu']}: "
                 raise UserError(f"{where}: groups[{i}]: {str(e).removeprefix(own)}") from None
+        if not groups:  # "fleet: no GPU groups" named no file
+            raise UserError(f"{where}: no GPU groups; give at least one (gpu: <name>, count: <n>)")
         return cls(tuple(groups))
 
 
