@@ -527,3 +527,20 @@ def test_a_fleet_file_without_groups_is_named() -> None:
     with pytest.raises(UserError) as e:
         FleetSpec.from_dict({"groups": []}, "fleet file f3.yaml")
     assert str(e.value) == "fleet file f3.yaml: no GPU groups; give at least one (gpu: <name>, count: <n>)"
+
+
+def test_the_calibrator_refuses_a_plan_of_another_model_before_timing() -> None:
+    # model=tiny plan=<a Mixtral plan>: the whole calibration ran, then "section consolidate failed" and the
+    # profile was written without the plan's layout, exit status 0
+    pytest.importorskip("torch")
+    from moesim.calibrate.suite import check_plan_fits
+    from moesim.consolidation.plan import plan_from_distance_model
+    from moesim.specs import get_model
+
+    tiny, mixtral = get_model("tiny"), get_model("mixtral-8x7b")
+    with pytest.raises(UserError) as e:
+        check_plan_fits(plan_from_distance_model(mixtral, 2, int(100e9)), tiny, "p.json")
+    assert str(e.value) == ("plan=p.json: a plan for 'mixtral-8x7b' (32 MoE layers × 8 experts of 352,321,536 bytes) "
+                            "does not fit model=tiny (2 × 8 of 49,152 bytes); build one for it (python -m "
+                            "moesim.consolidate synthetic=tiny …) or calibrate model=mixtral-8x7b")
+    check_plan_fits(plan_from_distance_model(tiny, 2, int(1e6)), tiny, "t.json")  # its own model: fine

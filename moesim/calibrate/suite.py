@@ -44,6 +44,17 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
+
+def check_plan_fits(plan: Any, spec: Any, path: str) -> None:
+    """A plan for another model's shapes: one line before any timing (the whole calibration ran, then its
+    consolidate section failed and the profile was written without the plan's layout)."""
+    mine = (spec.n_moe_layers, spec.n_experts, spec.expert_bytes)
+    if (plan.n_layers, plan.n_experts, plan.expert_bytes) != mine:
+        raise UserError(f"plan={path}: a plan for {plan.model!r} ({plan.n_layers} MoE layers × {plan.n_experts} "
+                        f"experts of {plan.expert_bytes:,} bytes) does not fit model={spec.name} ({mine[0]} × "
+                        f"{mine[1]} of {mine[2]:,} bytes); build one for it (python -m moesim.consolidate "
+                        f"synthetic={spec.name} …) or calibrate model={plan.model}")
+
 class Recorder:
     """Collects rows, resumes from an existing profile, flushes to disk now and then."""
 
@@ -138,6 +149,7 @@ class Calibration:
             from moesim.consolidation.plan import load_plan
 
             self.plan = load_plan(cfg.plan)
+            check_plan_fits(self.plan, self.spec, cfg.plan)
             self.meta["plan"] = {"path": cfg.plan, "summary": self.plan.summary(), "variants": self.plan.n_variants}
         self.rec = Recorder(self.path, self.meta, cfg.resume, cfg.budget_s)
         self.eng: MoEEngine | None = None
