@@ -868,6 +868,8 @@ def _check_plan(spec: JobSpec) -> None:
     from moesim.policies.reconfig import check_plan_tenants
 
     plan = load_plan(path)
+    if plan.model != spec.model.name:  # as the policy's layout says it, but before hydra makes a folder
+        raise UserError(f"{path}: plan is for model {plan.model!r}, the simulation uses {spec.model.name!r}")
     fleet_cfg = spec.fleet if spec.fleet is not None else FLEETS.config("uniform")
     n_gpus = FLEETS.build(fleet_cfg.name, fleet_cfg).spec(spec.gpu).n_gpus
     strategy = spec.placement.name if spec.placement is not None else "everywhere"

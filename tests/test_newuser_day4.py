@@ -170,11 +170,29 @@ def test_a_plan_for_more_variants_than_tenants_is_one_line_before_any_folder(tmp
         "variant3) but 2 tenants are served; a plan's variant i serves tenant i, so the counts must match: build "
         "one for 2 (python -m moesim.consolidate … n_variants=2) or serve 4 tenants")
     assert not (tmp_path / "r2").exists()
-    p = _run(tmp_path, "hydra.run.dir=f", *base, "workload.tenants=4", "fleet.gpus=2", "placement=per_variant")
-    assert p.returncode == 2
-    assert "policy.plan=plan4.json with placement=per_variant on 2 GPUs: a plan's variant i is the i-th tenant of " \
-           "the GPU it runs on" in p.stderr
-    assert not (tmp_path / "f").exists()
+
+
+def test_a_plans_model_and_fleet_are_checked_before_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from moesim.config import plan_command_line, register_configs
+    from moesim.consolidation.plan import plan_from_distance_model
+    from moesim.specs import get_model
+
+    plan_from_distance_model(get_model("mixtral-8x7b"), 4, int(100e9)).save(tmp_path / "plan4.json")
+    base = ["policy=reconfig", "policy.plan=plan4.json", "workload=poisson", "workload.rate=0.1",
+            "workload.duration_s=30", "cost=roofline"]
+
+    register_configs()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as e:
+        plan_command_line(["hydra.mode=RUN", "hydra.run.dir=m", *base, "workload.tenants=4", "model=qwen3-30b-a3b"])
+    assert str(e.value) == "plan4.json: plan is for model 'mixtral-8x7b', the simulation uses 'qwen3-30b-a3b'"
+    with pytest.raises(UserError) as e:
+        plan_command_line(["hydra.mode=RUN", "hydra.run.dir=f", *base, "workload.tenants=4", "fleet.gpus=2",
+                           "placement=per_variant"])
+    assert str(e.value).startswith("policy.plan=plan4.json with placement=per_variant on 2 GPUs: a plan's variant i "
+                                   "is the i-th tenant of the GPU it runs on")
+    assert plan_command_line(["hydra.mode=RUN", "hydra.run.dir=ok", *base, "workload.tenants=4"]) is not None
+    assert not any((tmp_path / d).exists() for d in ("m", "f", "ok"))
     # serve says it in its own key (plan=), for one GPU and per GPU of a fleet
     from moesim.serve.config import ServeConfig
 
