@@ -178,3 +178,34 @@ def test_profile_bucketed_times_fetching_decode_steps_as_the_pipeline(tables) ->
         COST_MODELS.build("profile_bucketed", {"table": table, "fetch_model": "pipe"}, model=MIXTRAL, gpu=H200)
     with pytest.raises(UserError, match="fetch_prefix='graph'"):
         COST_MODELS.build("profile_bucketed", {"table": table, "fetch_prefix": "graph"}, model=MIXTRAL, gpu=H200)
+
+
+def test_validation_link_rate_from_the_call_or_the_run(tmp_path) -> None:
+    import json
+
+    import pandas as pd
+
+    from moesim.serve.validate import fetch_prefix_of, main, measured_link_Bps
+
+    eb = MIXTRAL.expert_bytes
+    run = tmp_path / "run"
+    run.mkdir()
+    pd.DataFrame({"expert_fetches": [10.0, 0.0, 30.0], "fetch_s": [0.066, 0.0, 0.198]}).to_parquet(
+        run / "segments.parquet")
+    one, two = {"instances": [{}]}, {"instances": [{}, {}]}
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    table = str(tables / "decode_table.csv")
+    assert measured_link_Bps(run, table, "table", one, eb) == 0.0  # no probe: the profile's
+    (tables / "link_share.json").write_text(json.dumps({"fetch_GBps": 54.7}))
+    assert measured_link_Bps(run, table, "table", one, eb) == pytest.approx(54.7e9, rel=1e-12)
+    assert measured_link_Bps(run, table, "profile", one, eb) == 0.0
+    assert measured_link_Bps(run, table, "run", one, eb) == pytest.approx(eb * 40 / 0.264, rel=1e-12)  # 6.6 ms each
+    assert measured_link_Bps(run, table, "run", two, eb) == pytest.approx(54.7e9, rel=1e-12)  # shared link: the probe
+    assert fetch_prefix_of({"backend": {"prefix_graph_steps": 3}}) == "graphs"
+    assert fetch_prefix_of({"backend": [{"prefix_graph_steps": 0}, {"prefix_graph_steps": 2}]}) == "graphs"
+    assert fetch_prefix_of({"backend": {"split_steps": 4}}) == "eager"
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "link=runs"])
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "fetch_model=hostbound"])

@@ -97,6 +97,9 @@ class ProfileBucketedConfig:
         and device copies of ``moesim.cost.fetch_pipeline`` (its launches hide under its copies where it fetches),
         timed from ``fetch_table.csv`` (else ``sync_table.csv``) beside ``table``; ``host_bound``: the rule above.
         Without either table, the rule above.
+    expert_link_Bps: the pinned host→device rate of one expert copy (bytes per second) instead of the profile's
+        (0: the profile's). ``python -m moesim.serve.validate`` sets it from the rate measured in the same call
+        (``link_share.json`` beside ``table``: ``fetch_GBps``) or, as a diagnostic, from the run's own copies.
     fetch_prefix: how the runtime ran the layers before the first one holding host slots in a fetching decode
         step: ``eager`` (launched one by one) or ``graphs`` (replayed from a CUDA graph, the runtime's piecewise
         graphs: ``fetch_table.csv``'s prefix times, else the decode table's step × the layers' share).
@@ -121,6 +124,7 @@ class ProfileBucketedConfig:
     decode_host_bound: bool = True
     fetch_model: str = "pipeline"
     fetch_prefix: str = "eager"
+    expert_link_Bps: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.table:
@@ -132,6 +136,9 @@ class ProfileBucketedConfig:
             raise UserError("cost.prefill_table is empty: auto, off or a prefill_table.csv path")
         if self.fetch_model not in FETCH_MODELS:
             raise UserError(f"cost.fetch_model={self.fetch_model!r}: valid: {', '.join(FETCH_MODELS)}")
+        if self.expert_link_Bps < 0:
+            raise UserError(f"cost.expert_link_Bps={self.expert_link_Bps}: must be ≥ 0 (bytes per second; 0: the "
+                            "profile's)")
         if self.fetch_prefix not in PREFIX_MODES:
             raise UserError(f"cost.fetch_prefix={self.fetch_prefix!r}: valid: {', '.join(PREFIX_MODES)}")
 
@@ -355,6 +362,9 @@ class ProfileBucketedCost(CostModel):
         self.host_sync_s = cfg.host_sync_s if cfg.host_sync_s >= 0 else sync_per_layer(Path(cfg.table).parent)
         self.mixed = ProfileMixedCost(ProfileMixedConfig(routing_skew=cfg.routing_skew, overlap_bound=cfg.overlap_bound,
                                                          host_sync_s=self.host_sync_s, host_layout=cfg.host_layout), model, gpu)
+        if cfg.expert_link_Bps > 0:  # the link measured where the runtime served
+            for prof in (self.mixed.graphs, self.mixed.eager):
+                prof.expert_Bps = {**prof.expert_Bps, True: cfg.expert_link_Bps}
         self.path = self.mixed.path
         self.meta = self.mixed.meta
         self.derived = self.mixed.derived
