@@ -178,3 +178,69 @@ def test_profile_bucketed_times_fetching_decode_steps_as_the_pipeline(tables) ->
         COST_MODELS.build("profile_bucketed", {"table": table, "fetch_model": "pipe"}, model=MIXTRAL, gpu=H200)
     with pytest.raises(UserError, match="fetch_prefix='graph'"):
         COST_MODELS.build("profile_bucketed", {"table": table, "fetch_prefix": "graph"}, model=MIXTRAL, gpu=H200)
+
+
+def test_validation_link_rate_from_the_call_or_the_run(tmp_path) -> None:
+    import json
+
+    import pandas as pd
+
+    from moesim.serve.validate import fetch_prefix_of, main, measured_link_Bps
+
+    eb = MIXTRAL.expert_bytes
+    run = tmp_path / "run"
+    run.mkdir()
+    pd.DataFrame({"expert_fetches": [10.0, 0.0, 30.0], "fetch_s": [0.066, 0.0, 0.198]}).to_parquet(
+        run / "segments.parquet")
+    one, two = {"instances": [{}]}, {"instances": [{}, {}]}
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    table = str(tables / "decode_table.csv")
+    assert measured_link_Bps(run, table, "table", one, eb) == 0.0  # no probe: the profile's
+    (tables / "link_share.json").write_text(json.dumps({"fetch_GBps": 54.7}))
+    assert measured_link_Bps(run, table, "table", one, eb) == pytest.approx(54.7e9, rel=1e-12)
+    assert measured_link_Bps(run, table, "profile", one, eb) == 0.0
+    assert measured_link_Bps(run, table, "run", one, eb) == pytest.approx(eb * 40 / 0.264, rel=1e-12)  # 6.6 ms each
+    assert measured_link_Bps(run, table, "run", two, eb) == pytest.approx(54.7e9, rel=1e-12)  # shared link: the probe
+    assert fetch_prefix_of({"backend": {"prefix_graph_steps": 3}}) == "graphs"
+    assert fetch_prefix_of({"backend": [{"prefix_graph_steps": 0}, {"prefix_graph_steps": 2}]}) == "graphs"
+    assert fetch_prefix_of({"backend": {"split_steps": 4}}) == "eager"
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "link=runs"])
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "fetch_model=hostbound"])
+
+
+def test_piecewise_prefills_from_the_prefill_fetch_table(tables) -> None:
+    from moesim.cost.fetch_pipeline import PrefillFetchTable
+
+    (tables / "prefill_fetch_table.csv").write_text(
+        "tokens,n_tenants,prefill_eager_layer_s,prefill_graph_s,prefix_8_s,prefix_24_s,prefix_27_s\n"
+        "256,1,0.0016,0.040,0.011,0.031,0.035\n512,1,0.0018,0.070,0.019,0.054,0.060\n")
+    pt = PrefillFetchTable(tables / "prefill_fetch_table.csv")
+    assert pt.times(256, 1, 27, 32) == pytest.approx((0.0016, 0.040, 0.035), rel=1e-12)
+    assert pt.times(300, 1, 16, 32) == pytest.approx((0.0018, 0.070, 0.019 + (0.054 - 0.019) / 2), rel=1e-12)
+    assert pt.times(1024, 2, 24, 32) == pytest.approx((0.0036, 0.140, 0.108), rel=1e-12)  # past the last: scaled
+    table = str(tables / "decode_table.csv")
+    split = COST_MODELS.build("profile_bucketed", {"table": table, "prefill_prefix": "graphs"}, model=MIXTRAL,
+                              gpu=H200)
+    eager = COST_MODELS.build("profile_bucketed", {"table": table}, model=MIXTRAL, gpu=H200)
+    res = POLICIES.build("reconfig", {"budget_bytes": 85e9}).layout(MIXTRAL, H200, 2)[0].residency
+    b = (SeqWork(0, 256, 0),)
+    got, mixed = split.step(b, res), split.mixed.step(b, res)
+    assert got.fetch_s == mixed.fetch_s > 0
+    L = MIXTRAL.n_layers
+    layers = layer_fetches(host_slots_by_layer(res, L, MIXTRAL.n_experts), {0: 256}, 8, 2)
+    first = next(i for i, lf in enumerate(layers) if lf.host)
+    assert first == 27
+    head = split.fetch_times.head_s(1, 1)
+    total, _copies = pipeline_step(layers, HostTimes(0.0016, 0.0016, 0.040 / L, prefix_s=0.035, head_s=head),
+                                  mixed.fetch_s / mixed.expert_fetches,
+                                  mixed.expert_fetches / sum(lf.fetches for lf in layers))
+    assert got.total_s == pytest.approx(total, rel=1e-9)
+    # copy-bound host layers: outside the copies only the prefix graph, the layers' device work and the head
+    assert got.total_s - got.fetch_s == pytest.approx(0.035 + 5 * 0.040 / L + head, rel=1e-6)
+    assert eager.step(b, res) != got  # an eagerly run prefill keeps the composed model
+    assert split.step((SeqWork(0, 1, 200),), res) == eager.step((SeqWork(0, 1, 200),), res)  # decode: unchanged
+    with pytest.raises(UserError, match="prefill_prefix='graph'"):
+        COST_MODELS.build("profile_bucketed", {"table": table, "prefill_prefix": "graph"}, model=MIXTRAL, gpu=H200)

@@ -57,6 +57,7 @@ from moesim.cost.fetch_pipeline import (
     PREFIX_MODES,
     FetchTable,
     HostTimes,
+    PrefillFetchTable,
     host_slots_by_layer,
     layer_fetches,
     pipeline_step,
@@ -97,6 +98,13 @@ class ProfileBucketedConfig:
         and device copies of ``moesim.cost.fetch_pipeline`` (its launches hide under its copies where it fetches),
         timed from ``fetch_table.csv`` (else ``sync_table.csv``) beside ``table``; ``host_bound``: the rule above.
         Without either table, the rule above.
+    expert_link_Bps: the pinned host→device rate of one expert copy (bytes per second) instead of the profile's
+        (0: the profile's). ``python -m moesim.serve.validate`` sets it from the rate measured in the same call
+        (``link_share.json`` beside ``table``: ``fetch_GBps``) or, as a diagnostic, from the run's own copies.
+    prefill_prefix: how the runtime ran a prefill that fetches host experts: ``eager`` (the whole step launched one
+        op at a time: ``profile_mixed`` plus the measured syncs, as above) or ``graphs`` (piecewise: the layers
+        before the first one holding host slots from the token bucket's prefix graph, the rest eagerly; timed as
+        ``fetch_pipeline.pipeline_step`` from ``prefill_fetch_table.csv`` beside ``table``).
     fetch_prefix: how the runtime ran the layers before the first one holding host slots in a fetching decode
         step: ``eager`` (launched one by one) or ``graphs`` (replayed from a CUDA graph, the runtime's piecewise
         graphs: ``fetch_table.csv``'s prefix times, else the decode table's step × the layers' share).
@@ -121,6 +129,8 @@ class ProfileBucketedConfig:
     decode_host_bound: bool = True
     fetch_model: str = "pipeline"
     fetch_prefix: str = "eager"
+    expert_link_Bps: float = 0.0
+    prefill_prefix: str = "eager"
 
     def __post_init__(self) -> None:
         if not self.table:
@@ -132,6 +142,11 @@ class ProfileBucketedConfig:
             raise UserError("cost.prefill_table is empty: auto, off or a prefill_table.csv path")
         if self.fetch_model not in FETCH_MODELS:
             raise UserError(f"cost.fetch_model={self.fetch_model!r}: valid: {', '.join(FETCH_MODELS)}")
+        if self.expert_link_Bps < 0:
+            raise UserError(f"cost.expert_link_Bps={self.expert_link_Bps}: must be ≥ 0 (bytes per second; 0: the "
+                            "profile's)")
+        if self.prefill_prefix not in PREFIX_MODES:
+            raise UserError(f"cost.prefill_prefix={self.prefill_prefix!r}: valid: {', '.join(PREFIX_MODES)}")
         if self.fetch_prefix not in PREFIX_MODES:
             raise UserError(f"cost.fetch_prefix={self.fetch_prefix!r}: valid: {', '.join(PREFIX_MODES)}")
 
@@ -355,6 +370,9 @@ class ProfileBucketedCost(CostModel):
         self.host_sync_s = cfg.host_sync_s if cfg.host_sync_s >= 0 else sync_per_layer(Path(cfg.table).parent)
         self.mixed = ProfileMixedCost(ProfileMixedConfig(routing_skew=cfg.routing_skew, overlap_bound=cfg.overlap_bound,
                                                          host_sync_s=self.host_sync_s, host_layout=cfg.host_layout), model, gpu)
+        if cfg.expert_link_Bps > 0:  # the link measured where the runtime served
+            for prof in (self.mixed.graphs, self.mixed.eager):
+                prof.expert_Bps = {**prof.expert_Bps, True: cfg.expert_link_Bps}
         self.path = self.mixed.path
         self.meta = self.mixed.meta
         self.derived = self.mixed.derived
@@ -381,6 +399,8 @@ class ProfileBucketedCost(CostModel):
                 if tag.isdigit() and ((f / "fetch_table.csv").is_file() or (f / "sync_table.csv").is_file()):
                     self.slice_fetch[int(tag)] = FetchTable(f, L)
         self._slots: dict[int, tuple[Residency, tuple]] = {}
+        self.prefill_fetch = PrefillFetchTable(folder / "prefill_fetch_table.csv") \
+            if cfg.prefill_prefix == "graphs" else None
 
     def _graphs(self, tenants: tuple[int, ...], residency: Residency) -> bool:
         return self.mixed._pick(tenants, residency) is self.mixed.graphs
@@ -474,6 +494,31 @@ class ProfileBucketedCost(CostModel):
                                       c.fetch_s / c.expert_fetches, per_step / expected)
         return dataclasses.replace(c, overhead_s=c.overhead_s + (total - copies) * steps - (c.total_s - c.fetch_s))
 
+    def _prefill_split(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost | None:
+        """A fetching prefill run piecewise (``prefill_prefix=graphs``) on the whole GPU: the token bucket's prefix
+        graph, then the host layers as ``pipeline_step`` (copy-bound or launch-bound each), then the head; the
+        fetch count and copy time are ``profile_mixed``'s. None without ``prefill_fetch_table.csv``."""
+        if not self.prefill_fetch or self._partial(residency):
+            return None
+        c = self.mixed.step(batch, residency)
+        if c.expert_fetches <= 0:
+            return None
+        tokens: dict[int, int] = {}
+        for w in batch:
+            tokens[w.tenant] = tokens.get(w.tenant, 0) + w.new_tokens
+        layers = layer_fetches(self._layout(residency), tokens, self.model.n_experts, self.model.top_k,
+                               self.cfg.routing_skew)
+        expected = sum(lf.fetches for lf in layers)
+        if expected <= 0:
+            return None
+        L = max(1, self.model.n_layers)
+        first = next((i for i, lf in enumerate(layers) if lf.host), len(layers))
+        e, graph, prefix = self.prefill_fetch.times(sum(tokens.values()), len(tokens), first, L)
+        head = self.fetch_times.head_s(len(batch), len(tokens)) if self.fetch_times else 0.0
+        total, copies = pipeline_step(layers, HostTimes(e=e, e_sync=e, g=graph / L, prefix_s=prefix, head_s=head),
+                                      c.fetch_s / c.expert_fetches, c.expert_fetches / expected)
+        return dataclasses.replace(c, overhead_s=c.overhead_s + (total - copies) - (c.total_s - c.fetch_s))
+
     def _eager(self, decode: bool, n_seqs: int, tenants: tuple[int, ...], residency: Residency,
                mixed_on: Callable[[Residency], StepCost], graphs_on: Callable[[Residency], StepCost],
                steps: int = 1, context: int = 0) -> StepCost:
@@ -517,6 +562,10 @@ class ProfileBucketedCost(CostModel):
                 return StepCost(overhead_s=self.prefills.step_s(sum(w.new_tokens for w in batch),
                                                                 len(set(tenants))))
             return self.mixed.step(batch, residency)
+        if not decode and self.prefill_fetch is not None and all(w.context == 0 for w in batch):
+            p = self._prefill_split(batch, residency)
+            if p is not None:
+                return p
         return self._eager(decode, len(batch), tenants, residency, lambda r: self.mixed.step(batch, r),
                            lambda r: self.mixed.graphs.step(batch, r), 1,
                            max((w.context for w in batch), default=0))

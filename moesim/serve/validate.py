@@ -8,7 +8,9 @@ For every run folder under ``DIR`` (one with ``requests.parquet`` and ``summary.
 ``validation_profile_mixed.csv`` with ``sim_cost=profile_mixed``; ``sim_cost=profile_bucketed table=CSV``: decode
 steps from the runtime's measured bucket table, fetching decode steps as ``fetch_model=pipeline`` (default; the
 resident layers before the first host layer eager or from graphs as the run's backend says: ``fetch_prefix_of``)
-or ``fetch_model=host_bound`` (suffix ``_host_bound``); the per-run files get the same suffix) (run-level figures simulated vs measured, signed errors, per-request median/mean
+or ``fetch_model=host_bound`` (suffix ``_host_bound``), expert copies at the rate measured in the same call
+(``link=table``, default: ``link_share.json`` beside the table), the profile's (``link=profile``) or the run's own
+(``link=run``, a diagnostic: suffix ``_link_run``); the per-run files get the same suffix) (run-level figures simulated vs measured, signed errors, per-request median/mean
 absolute errors; ``replay_*`` columns: the same errors of the warm-up replay, measured step times on a
 virtual clock, i.e. without host time or real arrivals). It also writes and prints the four-figure table
 (``validation<suffix>.md``: per run measured / simulated mean turnaround and mean TTFT with signed errors
@@ -30,18 +32,44 @@ from moesim.errors import UserError, exit_on_user_error
 from moesim.formats.profile import EXECUTION_CHOICES
 
 
-def fetch_prefix_of(doc: dict[str, Any]) -> str:
-    """How a served run ran the resident layers of its fetching decode steps: ``graphs`` when its backend replayed
-    them from piecewise CUDA graphs (``prefix_graph_steps`` > 0 in any instance's description), else ``eager``."""
+def fetch_prefix_of(doc: dict[str, Any], stat: str = "prefix_graph_steps") -> str:
+    """How a served run ran the resident layers of its fetching decode steps (``stat``: ``prefix_graph_steps``) or
+    prefills (``prefill_prefix_graph_steps``): ``graphs`` when its backend replayed them from piecewise CUDA graphs
+    (the count > 0 in any instance's description), else ``eager``."""
     be = doc.get("backend", {})
     for d in (be if isinstance(be, list) else [be]):
-        if isinstance(d, dict) and float(d.get("prefix_graph_steps", 0) or 0) > 0:
+        if isinstance(d, dict) and float(d.get(stat, 0) or 0) > 0:
             return "graphs"
     return "eager"
 
 
+LINK_MODES = ("table", "profile", "run")
+
+
+def measured_link_Bps(folder: Path, table: str, link: str, doc: dict[str, Any], expert_bytes: float) -> float:
+    """The pinned expert-copy rate (bytes per second) a validation simulates with (0: the profile's).
+
+    ``table``: ``fetch_GBps`` of ``link_share.json`` beside the decode table (measured by the same device call),
+    else the profile's; ``profile``: the profile's; ``run``: the run's own mean copy time per fetched expert over its
+    fetching steps (``segments.parquet``) — a diagnostic that separates a drifting link from the step model, only
+    for runs of one instance (several instances share the link: their copies are slower by design)."""
+    if link == "profile":
+        return 0.0
+    if link == "run" and len(doc.get("instances", [])) == 1:
+        seg = pd.read_parquet(folder / "segments.parquet")
+        seg = seg[seg["expert_fetches"] > 0]
+        n, s = float(seg["expert_fetches"].sum()), float(seg["fetch_s"].sum())
+        if n > 0 and s > 0:
+            return expert_bytes * n / s
+    probe = Path(table).parent / "link_share.json" if table else None
+    if probe is not None and probe.is_file():
+        gbps = float(json.loads(probe.read_text()).get("fetch_GBps") or 0.0)
+        return gbps * 1e9 if gbps > 0 else 0.0
+    return 0.0
+
+
 def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", suffix: str = "",
-                 table: str = "", fetch_model: str = "pipeline") -> dict[str, Any]:
+                 table: str = "", fetch_model: str = "pipeline", link: str = "table") -> dict[str, Any]:
     """Simulate one served run's trace and score it; writes the simulated table and the per-request errors.
 
     ``execution``: which shipped profile ``sim_cost=auto|profile`` uses (``graphs`` or ``eager``); ``auto``: the
@@ -62,9 +90,16 @@ def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", 
         be = doc.get("backend", {})
         be = be[0] if isinstance(be, list) and be else be  # several instances: one description each
         execution = "eager" if be.get("execution") == "eager" else "graphs"
-    options = {"fetch_model": fetch_model, "fetch_prefix": fetch_prefix_of(doc)} if sim_cost == "profile_bucketed" \
-        else None
+    options = None
+    if sim_cost == "profile_bucketed":
+        options = {"fetch_model": fetch_model, "fetch_prefix": fetch_prefix_of(doc),
+                   "prefill_prefix": fetch_prefix_of(doc, "prefill_prefix_graph_steps")}
+        rate = measured_link_Bps(folder, table, link, doc, model.expert_bytes)
+        if rate > 0:
+            options["expert_link_Bps"] = round(rate, -6)
     cost, desc = build_cost(cfg, model, gpu, execution, options)
+    if link != "table" and sim_cost == "profile_bucketed":
+        desc += f", link={link}" + (" (each single-instance run at its own measured copy rate)" if link == "run" else "")
     sim = simulate_config(cfg, model, gpu, cost, requests)
     write_parquet(folder / f"simulated_requests{suffix}.parquet", sim.requests)
     write_parquet(folder / f"per_request_errors{suffix}.parquet", per_request_errors(sim.requests, measured))
@@ -128,27 +163,30 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__)
         return
     root = Path(args[0])
-    opts = {"sim_cost": "auto", "execution": "auto", "table": "", "fetch_model": "pipeline"}
+    opts = {"sim_cost": "auto", "execution": "auto", "table": "", "fetch_model": "pipeline", "link": "table"}
     for a in args[1:]:
         key, _, value = a.partition("=")
         if key not in opts:
             raise UserError(f"argument {a!r}: keys: sim_cost=auto|profile|profile_mixed|profile_bucketed|roofline|"
                             "constant, execution=auto|graphs|eager, table=<decode_table.csv> (profile_bucketed), "
-                            "fetch_model=pipeline|host_bound (profile_bucketed)")
+                            "fetch_model=pipeline|host_bound, link=table|profile|run (profile_bucketed)")
         opts[key] = value
     if opts["fetch_model"] not in FETCH_MODELS:
         raise UserError(f"fetch_model={opts['fetch_model']!r}: valid: {', '.join(FETCH_MODELS)}")
     if opts["execution"] not in EXECUTION_CHOICES:
         raise UserError(f"execution={opts['execution']!r}: valid: {', '.join(EXECUTION_CHOICES)}")
     suffix = "".join(f"_{opts[k]}" for k in ("sim_cost", "execution") if opts[k] != "auto")
-    if opts["fetch_model"] != "pipeline":
-        suffix += f"_{opts['fetch_model']}"
+    if opts["link"] not in LINK_MODES:
+        raise UserError(f"link={opts['link']!r}: valid: {', '.join(LINK_MODES)}")
+    for key, default in (("fetch_model", "pipeline"), ("link", "table")):
+        if opts[key] != default:
+            suffix += f"_{key.split('_')[0]}_{opts[key]}" if key == "link" else f"_{opts[key]}"
     folders = sorted(p.parent for p in root.glob("*/summary.json")) or (
         [root] if (root / "summary.json").exists() else [])
     if not folders:
         raise UserError(f"{root}: no run folder (with summary.json) found")
-    rows = [validate_run(f, opts["sim_cost"], opts["execution"], suffix, opts["table"], opts["fetch_model"])
-            for f in folders]
+    rows = [validate_run(f, opts["sim_cost"], opts["execution"], suffix, opts["table"], opts["fetch_model"],
+                         opts["link"]) for f in folders]
     table = pd.DataFrame(rows)
     table.to_csv(root / f"validation{suffix}.csv", index=False)
     md = markdown_table(table)
