@@ -85,6 +85,8 @@ def test_serve_replays_a_users_trace_through_the_simulators_loader(tmp_path: Pat
     (["trace=t.csv", "columns=foo"], "columns='foo': expected field:column with a field among arrival_s, timestamp, "
                                      "prompt_tokens, output_tokens, tenant (e.g. columns=prompt_tokens:input_length,"
                                      "output_tokens:output_length)"),
+    (["trace=t.csv", "columns=prompt_tokens:a", "columns.prompt_tokens=b"],
+     "columns: prompt_tokens is mapped twice ('a' and 'b'); map each field once"),
     (["trace=empty.csv"], "trace file 'empty.csv': no data rows (need columns arrival_s or timestamp, prompt_tokens, "
                           "output_tokens (tenant optional))"),
     (["trace=names.csv", "tenants=2"], "trace file 'names.csv': tenant names 3 tenants (a, b, c) but tenants=2; "

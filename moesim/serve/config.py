@@ -217,6 +217,8 @@ class ServeConfig:
             if not sep or not col or fld not in FIELDS:
                 raise UserError(f"columns={pair!r}: expected field:column with a field among {', '.join(FIELDS)} "
                                 "(e.g. columns=prompt_tokens:input_length,output_tokens:output_length)")
+            if fld in out and out[fld] != col:  # the last one silently won
+                raise UserError(f"columns: {fld} is mapped twice ({out[fld]!r} and {col!r}); map each field once")
             out[fld] = col
         return out
 
@@ -281,6 +283,8 @@ def _trace_words(argv: list[str]) -> list[str]:
             out.append(f"{TRACE_ALIASES[key]}={value}")
         elif sep and key.startswith(("columns.", "workload.columns.")):
             pairs.append(f"{key.rsplit('.', 1)[1]}:{value}")
+        elif sep and key == "columns":  # several columns= words add up (the last one replaced the others)
+            pairs += [v for v in value.split(",") if v.strip()]
         elif sep and key == "workload.name":
             out.append(f"workload={value}")
         else:
