@@ -564,3 +564,16 @@ def test_the_calibrator_refuses_a_plan_of_another_model_before_timing() -> None:
                             "does not fit model=tiny (2 × 8 of 49,152 bytes); build one for it (python -m "
                             "moesim.consolidate synthetic=tiny …) or calibrate model=mixtral-8x7b")
     check_plan_fits(plan_from_distance_model(tiny, 2, int(1e6)), tiny, "t.json")  # its own model: fine
+
+
+def test_serve_respells_the_simulators_keys_not_file_names() -> None:
+    # serve's copy of the loader's messages dropped every "workload.": a trace named data/workload.csv read "data/csv"
+    from moesim.serve.config import serve_spelling
+
+    assert serve_spelling("replaying 4 of 9 requests of data/workload.csv (cut at workload.max_requests=4); no "
+                          "request for tenant 1 of workload.tenants=2") == (
+        "replaying 4 of 9 requests of data/workload.csv (cut at max_requests=4); no request for tenant 1 of tenants=2")
+    assert serve_spelling("trace file 'workload.csv': map yours with workload.columns.timestamp=ts_ms "
+                          "workload.time_unit=ms") == ("trace file 'workload.csv': map yours with "
+                                                       "columns.timestamp=ts_ms time_unit=ms")
+    assert serve_spelling("workload=trace: format='x' is invalid") == "trace_format='x' is invalid"

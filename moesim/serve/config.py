@@ -262,14 +262,16 @@ SUMMARY = ("Serve a trace in real time (wall clock, arrivals released at their t
 
 
 def serve_spelling(message: str) -> str:
-    """A workload message in this tool's keys (``workload.max_requests=`` is ``max_requests=`` here)."""
+    """A workload message in this tool's keys (``workload.max_requests=`` is ``max_requests=`` here); only the
+    keys are respelt, never a file name (``data/workload.csv`` stays)."""
+    import re
+
     for sim, ours in (("workload=trace: format=", "trace_format="), ("workload=trace: time_unit=", "time_unit="),
-                      ("workload=trace: columns.", "columns="), ("workload=trace: ", "trace: "),
-                      ("workload.columns.", "columns."),
-                      ("workload.time_unit", "time_unit"), ("workload.format", "trace_format"),
-                      ("workload.", "")):
+                      ("workload=trace: columns.", "columns="), ("workload=trace: ", "trace: ")):
         message = message.replace(sim, ours)
-    return message
+    return re.sub(r"(?<![\w/.\\-])workload\.(columns\.\w+|time_unit|format|tenants|max_requests|rate|time_scale|"
+                     r"duration_s)\b",
+                     lambda m: {"format": "trace_format"}.get(m.group(1), m.group(1)), message)
 
 
 def _trace_words(argv: list[str]) -> list[str]:
