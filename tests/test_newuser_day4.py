@@ -577,3 +577,33 @@ def test_serve_respells_the_simulators_keys_not_file_names() -> None:
                           "workload.time_unit=ms") == ("trace file 'workload.csv': map yours with "
                                                        "columns.timestamp=ts_ms time_unit=ms")
     assert serve_spelling("workload=trace: format='x' is invalid") == "trace_format='x' is invalid"
+
+
+def test_relative_ms_times_read_as_seconds_are_flagged(tmp_path: Path) -> None:
+    # "timestamp" 0, 1000, 86400000, 172800000 (ms, relative): read as seconds, a two-day trace ran for 5.5 years
+    # with nothing said
+    import warnings
+
+    from moesim.workloads import read_trace
+    from moesim.workloads.loader import LongTraceWarning
+
+    f = tmp_path / "t.csv"
+    f.write_text("timestamp,prompt_tokens,output_tokens\n0,100,20\n1000,100,20\n172800000,50,10\n")
+    with pytest.warns(LongTraceWarning) as w:
+        t = read_trace(f)
+    assert str(w[0].message) == (f"trace file '{f}': timestamp read in seconds spans 172,800,000 s (2,000 days); "
+                                 "if its times are milliseconds, add workload.time_unit=ms (or name the column "
+                                 "timestamp_ms)")
+    assert t.arrival_s.tolist() == [0.0, 1000.0, 172800000.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_trace(f, time_unit="ms").arrival_s.tolist() == [0.0, 1.0, 172800.0]  # a unit given: quiet
+    g = tmp_path / "a.csv"
+    g.write_text("arrival_s,prompt_tokens,output_tokens\n0,100,20\n172800000,50,10\n")
+    with pytest.warns(LongTraceWarning, match="add workload.columns.timestamp=arrival_s workload.time_unit=ms"):
+        read_trace(g)
+    h = tmp_path / "e.csv"  # epoch seconds over a week: seconds, rightly, and nothing to say
+    h.write_text("timestamp,prompt_tokens,output_tokens\n1700000000,1,1\n1700604800,1,1\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_trace(h).arrival_s.tolist() == [0.0, 604800.0]

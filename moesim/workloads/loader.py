@@ -98,6 +98,10 @@ class UnsortedTraceWarning(UserWarning):
     """A trace file's arrival times were out of order and have been sorted."""
 
 
+class LongTraceWarning(UserWarning):
+    """A trace file's times, read as seconds, span more than ``LONG_TRACE_S`` (milliseconds, probably)."""
+
+
 def epoch_unit(values: np.ndarray) -> str:
     """The unit ``time_unit=auto`` gives numeric timestamps (see ``EPOCH_THRESHOLDS``)."""
     top = float(np.max(np.abs(values))) if len(values) else 0.0
@@ -149,6 +153,9 @@ def read_trace(path: str | Path, tenants: int | None = None, *, format: str = ""
                         "nothing to replay")
     if "arrival_s" in cols:
         arrival_s = _arrival_column(df[cols["arrival_s"]], where, header[cols["arrival_s"]])
+        _warn_long(where, header[cols["arrival_s"]], float(arrival_s.max() - arrival_s.min()) if len(arrival_s) else 0.0,
+                   f"workload.columns.timestamp={header[cols['arrival_s']]} workload.time_unit=ms (arrival_s is "
+                   "seconds)")
     else:
         arrival_s = _timestamp_column(df[cols["timestamp"]], where, unit, header[cols["timestamp"]])
     tenant, names = (None, None)
@@ -397,6 +404,18 @@ def _arrival_column(col: pd.Series, where: str, name: str) -> np.ndarray:
     return x
 
 
+#: a trace read in seconds that spans more than this (seconds: 30 days) is probably in milliseconds
+LONG_TRACE_S = 30 * 86400.0
+
+
+def _warn_long(where: str, name: str, span_s: float, remedy: str) -> None:
+    """One warning when a column read as seconds spans more than ``LONG_TRACE_S``: relative times in ms
+    (0, 1000, 86400000) were read as seconds and a two-day trace ran for 5.5 years, with nothing said."""
+    if span_s > LONG_TRACE_S:
+        warnings.warn(f"{where}: {name} read in seconds spans {span_s:,.0f} s ({span_s / 86400:,.0f} days); if its "
+                      f"times are milliseconds, add {remedy}", LongTraceWarning, stacklevel=3)
+
+
 def _timestamp_column(col: pd.Series, where: str, unit: str, name: str) -> np.ndarray:
     """Seconds since the column's earliest time: numbers in ``unit`` (``auto``: ``epoch_unit``), else
     date-times."""
@@ -404,7 +423,11 @@ def _timestamp_column(col: pd.Series, where: str, unit: str, name: str) -> np.nd
     if np.isfinite(x).all():
         # auto: the unit the column's name states (ts_ms read as seconds made a 2 s trace 2,000 s long),
         # else the epoch rule
-        u = (_name_unit(name) or epoch_unit(x)) if unit == "auto" else unit
+        named = _name_unit(name) if unit == "auto" else None
+        u = (named or epoch_unit(x)) if unit == "auto" else unit
+        if unit == "auto" and named is None and u == "s":
+            _warn_long(where, name, float(x.max() - x.min()), f"workload.time_unit=ms (or name the column "
+                       f"{name}_ms)")
         return (x - x.min()) * TIME_UNITS[u]
     if unit != "auto" and np.isfinite(x).any():
         bad = ~np.isfinite(x)
