@@ -107,7 +107,8 @@ class SimulateConfig:
         slo_ttft_s: TTFT target of the SLO (seconds).
         slo_tpot_s: time-per-output-token target of the SLO (seconds).
         slo_classes: tenants with their own targets: name → {ttft_s, tpot_s, tenants} (moesim.slo).
-        progress: show the engine's progress bar; null: in single runs only.
+        progress: progress bars: true: the engine's in every job and the sweep's; null: the engine's in single
+            runs, the sweep's in sweeps; false: none.
     """
 
     model: ModelConfig = MISSING

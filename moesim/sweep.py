@@ -340,8 +340,9 @@ class SweepCallback(Callback):
         _active["dir"] = sweep_dir
         if str(OmegaConf.to_container(config.hydra.sweep, resolve=False)["subdir"]) == DEFAULT_SUBDIR:
             _active["jobs"] = jobs
-        _active["progress"] = _Progress(sweep_dir, n - kept)
-        _active["progress"].start()
+        if config.get("progress") is not False:  # progress=false: no bar at all (it drew the sweep's anyway)
+            _active["progress"] = _Progress(sweep_dir, n - kept)
+            _active["progress"].start()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         finish_sweep()

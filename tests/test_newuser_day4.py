@@ -607,3 +607,16 @@ def test_relative_ms_times_read_as_seconds_are_flagged(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert read_trace(h).arrival_s.tolist() == [0.0, 604800.0]
+
+
+def test_progress_false_draws_no_sweep_bar(tmp_path: Path) -> None:
+    # progress=false still drew the sweep's bar (a hundred "sweep: 12%|█▏ ..." updates in a CI log)
+    d = tmp_path / "sw"
+    p = subprocess.run([sys.executable, "-m", "moesim.simulate", "-m", f"hydra.sweep.dir={d}", "policy=mig",
+                        "workload.rate=0.1", "seed=0", "workload.duration_s=10", "cost=roofline",
+                        "hydra.launcher.n_jobs=1", "progress=false"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120, env=_env())
+    assert p.returncode == 0, p.stderr
+    assert "sweep:" not in p.stderr
+    assert "moesim: 1 of 1 jobs finished" in p.stderr
+    assert (d / "report.html").is_file()
