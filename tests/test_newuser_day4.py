@@ -620,3 +620,17 @@ def test_progress_false_draws_no_sweep_bar(tmp_path: Path) -> None:
     assert "sweep:" not in p.stderr
     assert "moesim: 1 of 1 jobs finished" in p.stderr
     assert (d / "report.html").is_file()
+
+
+def test_serve_validate_of_a_simulate_sweep_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # python -m moesim.serve.validate S (a simulate sweep, not served runs): KeyError: 'config' traceback
+    from moesim.serve.validate import main
+
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "summary.json").write_text('{"status": "ok", "policy": "mig", "rate": 0.1}')
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path)])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == (
+        f"moesim: error: {tmp_path}: no served run in it (its summary.json files are not python -m moesim.serve's, "
+        "which hold the run's config); give the out= folder of a served run, or a folder of them\n")

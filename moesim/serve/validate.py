@@ -155,6 +155,15 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _is_served_run(folder: Path) -> bool:
+    """Whether ``folder/summary.json`` was written by ``python -m moesim.serve`` (it records the config)."""
+    try:
+        doc = json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("config"), dict) and "policy" in doc["config"]
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     """Validate every run folder under the given directory."""
@@ -185,6 +194,11 @@ def main(argv: list[str] | None = None) -> None:
         [root] if (root / "summary.json").exists() else [])
     if not folders:
         raise UserError(f"{root}: no run folder (with summary.json) found")
+    served = [f for f in folders if _is_served_run(f)]  # a simulate sweep's job folders: KeyError 'config'
+    if not served:
+        raise UserError(f"{root}: no served run in it (its summary.json files are not python -m moesim.serve's, "
+                        "which hold the run's config); give the out= folder of a served run, or a folder of them")
+    folders = served
     rows = [validate_run(f, opts["sim_cost"], opts["execution"], suffix, opts["table"], opts["fetch_model"],
                          opts["link"]) for f in folders]
     table = pd.DataFrame(rows)
