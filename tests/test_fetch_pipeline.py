@@ -171,7 +171,15 @@ def test_profile_bucketed_times_fetching_decode_steps_as_the_pipeline(tables) ->
         c = cost.step((SeqWork(0, 1, 200),), res)
         out[policy] = c.total_s - c.fetch_s
     assert out["naive"] < out["reconfig"]
-    # resident steps and prefills are not touched
+    # an eager fetching prefill: the sync table's difference (synced at every layer) × the share of layers that
+    # hold host slots, where the runtime syncs (reconfig at 85e9: the last 5 of 32 layers)
+    res = POLICIES.build("reconfig", {"budget_bytes": 85e9}).layout(MIXTRAL, H200, 2)[0].residency
+    p = (SeqWork(0, 256, 0),)
+    mixed = cost.mixed.step(p, res)
+    extra = cost.sync.extra_s(False, 1, 1)
+    assert cost.step(p, res).total_s == pytest.approx(mixed.total_s + extra * 5 / 32, rel=1e-9)
+    assert bound.step(p, res).total_s == pytest.approx(mixed.total_s + extra, rel=1e-9)
+    # resident steps are not touched
     full = Residency((ExpertGroup(frozenset({0, 1}), 256, True),))
     assert cost.step((SeqWork(0, 1, 200),), full) == bound.step((SeqWork(0, 1, 200),), full)
     with pytest.raises(UserError, match="fetch_model='pipe'"):
@@ -209,3 +217,38 @@ def test_validation_link_rate_from_the_call_or_the_run(tmp_path) -> None:
         main([str(tmp_path), "link=runs"])
     with pytest.raises(SystemExit):
         main([str(tmp_path), "fetch_model=hostbound"])
+
+
+def test_piecewise_prefills_from_the_prefill_fetch_table(tables) -> None:
+    from moesim.cost.fetch_pipeline import PrefillFetchTable
+
+    (tables / "prefill_fetch_table.csv").write_text(
+        "tokens,n_tenants,prefill_eager_layer_s,prefill_graph_s,prefix_8_s,prefix_24_s,prefix_27_s\n"
+        "256,1,0.0016,0.040,0.011,0.031,0.035\n512,1,0.0018,0.070,0.019,0.054,0.060\n")
+    pt = PrefillFetchTable(tables / "prefill_fetch_table.csv")
+    assert pt.times(256, 1, 27, 32) == pytest.approx((0.0016, 0.040, 0.035), rel=1e-12)
+    assert pt.times(300, 1, 16, 32) == pytest.approx((0.0018, 0.070, 0.019 + (0.054 - 0.019) / 2), rel=1e-12)
+    assert pt.times(1024, 2, 24, 32) == pytest.approx((0.0036, 0.140, 0.108), rel=1e-12)  # past the last: scaled
+    table = str(tables / "decode_table.csv")
+    split = COST_MODELS.build("profile_bucketed", {"table": table, "prefill_prefix": "graphs"}, model=MIXTRAL,
+                              gpu=H200)
+    eager = COST_MODELS.build("profile_bucketed", {"table": table}, model=MIXTRAL, gpu=H200)
+    res = POLICIES.build("reconfig", {"budget_bytes": 85e9}).layout(MIXTRAL, H200, 2)[0].residency
+    b = (SeqWork(0, 256, 0),)
+    got, mixed = split.step(b, res), split.mixed.step(b, res)
+    assert got.fetch_s == mixed.fetch_s > 0
+    L = MIXTRAL.n_layers
+    layers = layer_fetches(host_slots_by_layer(res, L, MIXTRAL.n_experts), {0: 256}, 8, 2)
+    first = next(i for i, lf in enumerate(layers) if lf.host)
+    assert first == 27
+    head = split.fetch_times.head_s(1, 1)
+    total, _copies = pipeline_step(layers, HostTimes(0.0016, 0.0016, 0.040 / L, prefix_s=0.035, head_s=head),
+                                  mixed.fetch_s / mixed.expert_fetches,
+                                  mixed.expert_fetches / sum(lf.fetches for lf in layers))
+    assert got.total_s == pytest.approx(total, rel=1e-9)
+    # copy-bound host layers: outside the copies only the prefix graph, the layers' device work and the head
+    assert got.total_s - got.fetch_s == pytest.approx(0.035 + 5 * 0.040 / L + head, rel=1e-6)
+    assert eager.step(b, res) != got  # an eagerly run prefill keeps the composed model
+    assert split.step((SeqWork(0, 1, 200),), res) == eager.step((SeqWork(0, 1, 200),), res)  # decode: unchanged
+    with pytest.raises(UserError, match="prefill_prefix='graph'"):
+        COST_MODELS.build("profile_bucketed", {"table": table, "prefill_prefix": "graph"}, model=MIXTRAL, gpu=H200)

@@ -226,3 +226,46 @@ def tokens_by_tenant(tenants: Iterable[int], tokens_each: int = 1) -> dict[int, 
     for t in tenants:
         out[t] = out.get(t, 0) + tokens_each
     return out
+
+
+class PrefillFetchTable:
+    """Per token bucket: the parts of a prefill that fetches host experts, run piecewise by the runtime.
+
+    ``prefill_fetch_table.csv`` (``TorchBackend.fetch_table``): ``tokens`` (the token bucket), ``n_tenants``,
+    ``prefill_eager_layer_s`` (one eager layer of the bucket's prefill with a host sync, seconds),
+    ``prefill_graph_s`` (the bucket's whole prefill replayed from its graph: device time, seconds) and
+    ``prefix_<j>_s`` (input building plus the embedding and the first ``j`` layers replayed from the bucket's prefix
+    graph, seconds). Lookup: the rows of the nearest tenant count; the measured bucket nearest ``tokens`` at or
+    above it (the largest one past them), its times scaled by ``tokens / bucket`` when no bucket holds it.
+    """
+
+    NEED = frozenset({"tokens", "n_tenants", "prefill_eager_layer_s", "prefill_graph_s"})
+
+    def __init__(self, path: Path) -> None:
+        self.rows: dict[int, dict[int, tuple[float, float, dict[int, float]]]] = {}
+        if not path.is_file():
+            return
+        rows = FetchTable._read(path, set(self.NEED))
+        for r in rows:
+            pre = {int(k[7:-2]): float(v) for k, v in r.items()
+                   if k.startswith("prefix_") and k.endswith("_s") and k[7:-2].isdigit() and v not in ("", None)}
+            self.rows.setdefault(int(r["n_tenants"]), {})[int(r["tokens"])] = (
+                float(r["prefill_eager_layer_s"]), float(r["prefill_graph_s"]), pre)
+
+    def __bool__(self) -> bool:
+        return bool(self.rows)
+
+    def times(self, tokens: int, n_tenants: int, j: int, n_layers: int) -> tuple[float, float, float]:
+        """(eager layer with a sync, whole graph, prefix of ``j`` of ``n_layers`` layers) seconds for a prefill of
+        ``tokens`` tokens (without prefix columns: the whole graph's share of the layers)."""
+        by = self.rows[min(self.rows, key=lambda m: (abs(m - n_tenants), m))]
+        buckets = sorted(by)
+        b = next((x for x in buckets if x >= tokens), buckets[-1])
+        e, g, pre = by[b]
+        scale = tokens / b if tokens > b else 1.0
+        if pre and j > 0:
+            js = sorted(pre)
+            p = pre[js[-1]] * j / js[-1] if j >= js[-1] else float(np.interp(j, [0, *js], [0.0, *(pre[x] for x in js)]))
+        else:
+            p = g * j / n_layers if j > 0 else 0.0
+        return e * scale, g * scale, p * scale

@@ -57,6 +57,7 @@ from moesim.cost.fetch_pipeline import (
     PREFIX_MODES,
     FetchTable,
     HostTimes,
+    PrefillFetchTable,
     host_slots_by_layer,
     layer_fetches,
     pipeline_step,
@@ -100,6 +101,10 @@ class ProfileBucketedConfig:
     expert_link_Bps: the pinned host→device rate of one expert copy (bytes per second) instead of the profile's
         (0: the profile's). ``python -m moesim.serve.validate`` sets it from the rate measured in the same call
         (``link_share.json`` beside ``table``: ``fetch_GBps``) or, as a diagnostic, from the run's own copies.
+    prefill_prefix: how the runtime ran a prefill that fetches host experts: ``eager`` (the whole step launched one
+        op at a time: ``profile_mixed`` plus the measured syncs, as above) or ``graphs`` (piecewise: the layers
+        before the first one holding host slots from the token bucket's prefix graph, the rest eagerly; timed as
+        ``fetch_pipeline.pipeline_step`` from ``prefill_fetch_table.csv`` beside ``table``).
     fetch_prefix: how the runtime ran the layers before the first one holding host slots in a fetching decode
         step: ``eager`` (launched one by one) or ``graphs`` (replayed from a CUDA graph, the runtime's piecewise
         graphs: ``fetch_table.csv``'s prefix times, else the decode table's step × the layers' share).
@@ -125,6 +130,7 @@ class ProfileBucketedConfig:
     fetch_model: str = "pipeline"
     fetch_prefix: str = "eager"
     expert_link_Bps: float = 0.0
+    prefill_prefix: str = "eager"
 
     def __post_init__(self) -> None:
         if not self.table:
@@ -139,6 +145,8 @@ class ProfileBucketedConfig:
         if self.expert_link_Bps < 0:
             raise UserError(f"cost.expert_link_Bps={self.expert_link_Bps}: must be ≥ 0 (bytes per second; 0: the "
                             "profile's)")
+        if self.prefill_prefix not in PREFIX_MODES:
+            raise UserError(f"cost.prefill_prefix={self.prefill_prefix!r}: valid: {', '.join(PREFIX_MODES)}")
         if self.fetch_prefix not in PREFIX_MODES:
             raise UserError(f"cost.fetch_prefix={self.fetch_prefix!r}: valid: {', '.join(PREFIX_MODES)}")
 
@@ -391,6 +399,8 @@ class ProfileBucketedCost(CostModel):
                 if tag.isdigit() and ((f / "fetch_table.csv").is_file() or (f / "sync_table.csv").is_file()):
                     self.slice_fetch[int(tag)] = FetchTable(f, L)
         self._slots: dict[int, tuple[Residency, tuple]] = {}
+        self.prefill_fetch = PrefillFetchTable(folder / "prefill_fetch_table.csv") \
+            if cfg.prefill_prefix == "graphs" else None
 
     def _graphs(self, tenants: tuple[int, ...], residency: Residency) -> bool:
         return self.mixed._pick(tenants, residency) is self.mixed.graphs
@@ -432,7 +442,12 @@ class ProfileBucketedCost(CostModel):
         sync = sync or self.sync
         if sync is None or self._graphs(tenants, residency):
             return c
-        extra = max(sync.extra_s(decode, n_seqs, len(set(tenants))) * steps, -(c.total_s - c.fetch_s))
+        extra = sync.extra_s(decode, n_seqs, len(set(tenants))) * steps
+        if not decode and self.cfg.fetch_model == "pipeline":
+            # the table synced at every layer; the step syncs only at the layers holding host slots
+            layers = self._layout(residency)
+            extra *= sum(1 for x in layers if x) / max(1, len(layers))
+        extra = max(extra, -(c.total_s - c.fetch_s))
         return dataclasses.replace(c, overhead_s=c.overhead_s + extra)
 
     def _fetch_table(self, residency: Residency) -> FetchTable | None:
@@ -484,6 +499,31 @@ class ProfileBucketedCost(CostModel):
                                       c.fetch_s / c.expert_fetches, per_step / expected)
         return dataclasses.replace(c, overhead_s=c.overhead_s + (total - copies) * steps - (c.total_s - c.fetch_s))
 
+    def _prefill_split(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost | None:
+        """A fetching prefill run piecewise (``prefill_prefix=graphs``) on the whole GPU: the token bucket's prefix
+        graph, then the host layers as ``pipeline_step`` (copy-bound or launch-bound each), then the head; the
+        fetch count and copy time are ``profile_mixed``'s. None without ``prefill_fetch_table.csv``."""
+        if not self.prefill_fetch or self._partial(residency):
+            return None
+        c = self.mixed.step(batch, residency)
+        if c.expert_fetches <= 0:
+            return None
+        tokens: dict[int, int] = {}
+        for w in batch:
+            tokens[w.tenant] = tokens.get(w.tenant, 0) + w.new_tokens
+        layers = layer_fetches(self._layout(residency), tokens, self.model.n_experts, self.model.top_k,
+                               self.cfg.routing_skew)
+        expected = sum(lf.fetches for lf in layers)
+        if expected <= 0:
+            return None
+        L = max(1, self.model.n_layers)
+        first = next((i for i, lf in enumerate(layers) if lf.host), len(layers))
+        e, graph, prefix = self.prefill_fetch.times(sum(tokens.values()), len(tokens), first, L)
+        head = self.fetch_times.head_s(len(batch), len(tokens)) if self.fetch_times else 0.0
+        total, copies = pipeline_step(layers, HostTimes(e=e, e_sync=e, g=graph / L, prefix_s=prefix, head_s=head),
+                                      c.fetch_s / c.expert_fetches, c.expert_fetches / expected)
+        return dataclasses.replace(c, overhead_s=c.overhead_s + (total - copies) - (c.total_s - c.fetch_s))
+
     def _eager(self, decode: bool, n_seqs: int, tenants: tuple[int, ...], residency: Residency,
                mixed_on: Callable[[Residency], StepCost], graphs_on: Callable[[Residency], StepCost],
                steps: int = 1, context: int = 0) -> StepCost:
@@ -527,6 +567,10 @@ class ProfileBucketedCost(CostModel):
                 return StepCost(overhead_s=self.prefills.step_s(sum(w.new_tokens for w in batch),
                                                                 len(set(tenants))))
             return self.mixed.step(batch, residency)
+        if not decode and self.prefill_fetch is not None and all(w.context == 0 for w in batch):
+            p = self._prefill_split(batch, residency)
+            if p is not None:
+                return p
         return self._eager(decode, len(batch), tenants, residency, lambda r: self.mixed.step(batch, r),
                            lambda r: self.mixed.graphs.step(batch, r), 1,
                            max((w.context for w in batch), default=0))

@@ -32,12 +32,13 @@ from moesim.errors import UserError, exit_on_user_error
 from moesim.formats.profile import EXECUTION_CHOICES
 
 
-def fetch_prefix_of(doc: dict[str, Any]) -> str:
-    """How a served run ran the resident layers of its fetching decode steps: ``graphs`` when its backend replayed
-    them from piecewise CUDA graphs (``prefix_graph_steps`` > 0 in any instance's description), else ``eager``."""
+def fetch_prefix_of(doc: dict[str, Any], stat: str = "prefix_graph_steps") -> str:
+    """How a served run ran the resident layers of its fetching decode steps (``stat``: ``prefix_graph_steps``) or
+    prefills (``prefill_prefix_graph_steps``): ``graphs`` when its backend replayed them from piecewise CUDA graphs
+    (the count > 0 in any instance's description), else ``eager``."""
     be = doc.get("backend", {})
     for d in (be if isinstance(be, list) else [be]):
-        if isinstance(d, dict) and float(d.get("prefix_graph_steps", 0) or 0) > 0:
+        if isinstance(d, dict) and float(d.get(stat, 0) or 0) > 0:
             return "graphs"
     return "eager"
 
@@ -91,7 +92,8 @@ def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", 
         execution = "eager" if be.get("execution") == "eager" else "graphs"
     options = None
     if sim_cost == "profile_bucketed":
-        options = {"fetch_model": fetch_model, "fetch_prefix": fetch_prefix_of(doc)}
+        options = {"fetch_model": fetch_model, "fetch_prefix": fetch_prefix_of(doc),
+                   "prefill_prefix": fetch_prefix_of(doc, "prefill_prefix_graph_steps")}
         rate = measured_link_Bps(folder, table, link, doc, model.expert_bytes)
         if rate > 0:
             options["expert_link_Bps"] = round(rate, -6)
