@@ -143,6 +143,8 @@ def test_backend_runs_fetching_decode_steps_piecewise():
     assert s["prefill_split_steps"] == 1
     assert s["prefill_prefix_graph_steps"] == 0
     assert s["prefill_pad_tokens"] == 16 - 5  # the CPU's smallest token bucket
+    assert b.pg.stats["split_eager"] == 1
+    assert b.describe()["prefill_prefix_graphs"] == []  # CPU: no graph captured
     assert s["eager_steps"] == 5
     assert pre.expert_fetches > 0
     assert s["expert_fetches"] == b._acc.expert_fetches + pre.expert_fetches
