@@ -18,7 +18,8 @@ conversation trace, prompts ≤ 256, outputs ≤ 8; Poisson arrivals), most valu
   process of their own on GPU 1, while GPU 0 builds ONE engine (3 non-expert sets, host expert copies pooled:
   ``host_pool``) and serves ``FIRST``: the runs that missed 5% in the last call and ``tables`` (decode steps in
   bucket graphs, prefills eager / exact-shape graph / token-bucket graph, eager steps with a host sync at every
-  layer at 1–16 sequences, the parts of a piecewise fetching decode step (``fetch_table.csv``), the same on a
+  layer at 1–16 sequences, the parts of a piecewise fetching decode step (``fetch_table.csv``) and prefill
+  (``prefill_fetch_table.csv``), the same on a
   64-SM green context, a streamed swap beside host-expert fetches);
 * ``TWO_GPU`` once GPU 1 is free: ``dedicated`` (GPU g serves tenant g's whole model) and the ``fleet`` (4
   variants over 2 H200s, GPU 0: variants 0,1,2; GPU 1: 1,2,3; multiplex on each; routed live by
@@ -65,7 +66,9 @@ RUNS: dict[str, tuple[list[str], float]] = {
     "multiplex_saturated": (["policy=multiplex", "max_batch=16", "rate=40", "max_requests=24"], 12),
     "multiplex_host": (["policy=multiplex", "max_batch=16", "budget_bytes=85e9", "rate=0.4", "max_requests=10",
                         "warmup=false"], 20),
-    "tables": ([], 68),  # decode and prefill steps timed on the runtime's engine (all experts resident)
+    # decode and prefill steps timed on the runtime's engine (all experts resident): 78 s in the sixth call
+    # (h200_split), + ~23 s for prefill_fetch_table (10 rows × 4 × ~0.43 s, 25 prefix captures; not yet measured)
+    "tables": ([], 100),
     "fleet": (["policy=multiplex", "max_batch=16", "tenants=4", "gpus=2", "placement=0,1,2;1,2,3",
                "router=least_work", "rate=0.6", "max_requests=24"], 30),
     "fleet_saturated": (["policy=multiplex", "max_batch=16", "tenants=4", "gpus=2", "placement=0,1,2;1,2,3",
@@ -207,7 +210,9 @@ def tables(backend, out: Path, model, gpu) -> bool:
     runs them (``TorchBackend``): ``decode_table.csv``, ``prefill_table.csv`` (eager, exact-shape graph, token
     bucket graph), ``sync_table.csv`` (eager steps without/with a host sync per layer, decode at 1, 2, 4, 8, 16
     sequences), ``fetch_table.csv`` (the parts of a piecewise fetching decode step: eager layers with and without
-    a host sync, the bucket graph's step, prefix graphs of 8–31 layers; ``TorchBackend.fetch_table``), the same
+    a host sync, the bucket graph's step, prefix graphs of 8–31 layers; ``TorchBackend.fetch_table``),
+    ``prefill_fetch_table.csv`` (the same for a fetching prefill of the token buckets 256–1024 at 1 and 2 tenants:
+    eager layers with a host sync, the bucket graph's prefill, prefix graphs; ``prefill_fetch_table``), the same
     sync and eager prefill timings on a 64-SM green context (``sm64/``), a streamed swap
     beside host-expert fetches (``link_share.json``), and the bucket graphs' next tokens against the eager
     engine's (``tables.json``). Each file is written as soon as it is measured."""
@@ -248,6 +253,7 @@ def tables(backend, out: Path, model, gpu) -> bool:
         step("prefill_check", lambda: info.update(prefill_bucket_check=prefill_check(backend)))
     step("sync", lambda: csv(backend.sync_table(), "sync_table.csv"))
     step("fetch", lambda: csv(backend.fetch_table(), "fetch_table.csv"))
+    step("prefill_fetch", lambda: csv(backend.prefill_fetch_table(), "prefill_fetch_table.csv"))
 
     def sm64() -> None:
         with backend.slice_context(64):
