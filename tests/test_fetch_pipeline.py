@@ -171,7 +171,15 @@ def test_profile_bucketed_times_fetching_decode_steps_as_the_pipeline(tables) ->
         c = cost.step((SeqWork(0, 1, 200),), res)
         out[policy] = c.total_s - c.fetch_s
     assert out["naive"] < out["reconfig"]
-    # resident steps and prefills are not touched
+    # an eager fetching prefill: the sync table's difference (synced at every layer) × the share of layers that
+    # hold host slots, where the runtime syncs (reconfig at 85e9: the last 5 of 32 layers)
+    res = POLICIES.build("reconfig", {"budget_bytes": 85e9}).layout(MIXTRAL, H200, 2)[0].residency
+    p = (SeqWork(0, 256, 0),)
+    mixed = cost.mixed.step(p, res)
+    extra = cost.sync.extra_s(False, 1, 1)
+    assert cost.step(p, res).total_s == pytest.approx(mixed.total_s + extra * 5 / 32, rel=1e-9)
+    assert bound.step(p, res).total_s == pytest.approx(mixed.total_s + extra, rel=1e-9)
+    # resident steps are not touched
     full = Residency((ExpertGroup(frozenset({0, 1}), 256, True),))
     assert cost.step((SeqWork(0, 1, 200),), full) == bound.step((SeqWork(0, 1, 200),), full)
     with pytest.raises(UserError, match="fetch_model='pipe'"):

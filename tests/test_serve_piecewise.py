@@ -138,10 +138,19 @@ def test_backend_runs_fetching_decode_steps_piecewise():
     assert s["expert_fetches"] == b._acc.expert_fetches > 0  # every step's fetches recorded, none lost
     assert b.dg.stats["split_eager"] == 4
     assert b.describe()["split_fetch"] is True
-    pre = b._execute((SeqWork(1, 5, 0),))  # a prefill that fetches: the engine's eager path
+    pre = b._execute((SeqWork(1, 5, 0),))  # a prefill that fetches: piecewise too (its token bucket)
     assert s["split_steps"] == 4
+    assert s["prefill_split_steps"] == 1
+    assert s["prefill_prefix_graph_steps"] == 0
+    assert s["prefill_pad_tokens"] == 16 - 5  # the CPU's smallest token bucket
+    assert b.pg.stats["split_eager"] == 1
+    assert b.describe()["prefill_prefix_graphs"] == []  # CPU: no graph captured
     assert s["eager_steps"] == 5
     assert pre.expert_fetches > 0
+    assert s["expert_fetches"] == b._acc.expert_fetches + pre.expert_fetches
+    b._execute((SeqWork(1, 5, 3),))  # a cached context: the engine's eager path
+    assert s["prefill_split_steps"] == 1
+    assert s["steps"] == s["eager_steps"] == 6
 
 
 def test_fetch_graphs_off_keeps_the_eager_engine_path():
@@ -153,6 +162,10 @@ def test_fetch_graphs_off_keeps_the_eager_engine_path():
     assert s["split_steps"] == s["prefix_graph_steps"] == s["pad_rows"] == 0  # no bucket: the engine's step
     assert s["steps"] == s["eager_steps"] == 3
     assert s["expert_fetches"] == b._acc.expert_fetches > 0
+    pre = b._execute((SeqWork(1, 5, 0), SeqWork(0, 9, 0)))  # a fetching prefill: the engine's step too
+    assert s["prefill_split_steps"] == s["prefill_pad_tokens"] == 0
+    assert s["steps"] == s["eager_steps"] == 4
+    assert pre.expert_fetches > 0
     # auto on the CPU: no graphs, so off; host slots in layer 0: no split even when on
     assert not TorchBackend(TINY4, H200, device="cpu", n_tenants=2, max_batch=8).split_fetch
     on = TorchBackend(TINY4, H200, device="cpu", n_tenants=2, max_batch=8, fetch_graphs="on")
@@ -237,7 +250,96 @@ def test_served_run_with_host_experts_runs_its_decode_steps_piecewise():
     s = b.stats
     assert b._split_layer() == 2
     assert s["split_steps"] == int(dec["steps"].sum()) > 0  # every decode step piecewise
-    assert s["steps"] == int(steps["steps"].sum()) == s["split_steps"] + len(pre)
+    assert s["prefill_split_steps"] == len(pre) > 0  # every prefill (from context 0) piecewise
+    assert s["steps"] == int(steps["steps"].sum()) == s["split_steps"] + s["prefill_split_steps"]
     assert int(steps["eager_steps"].sum()) == s["eager_steps"] == s["steps"]  # CPU: no graph replayed
     assert float(steps["expert_fetches"].sum()) == pytest.approx(s["expert_fetches"], rel=1e-9)
     assert float(dec["expert_fetches"].sum()) > 0
+
+
+# ---- fetching prefills, piecewise (``PrefillGraphs.run_split``) ------------------------------------------------
+def _prefill_inputs(eng: MoEEngine, tenants: tuple[int, ...], toks: tuple[int, ...], bucket: int, slots: int):
+    from moesim.serve.graphs import plan_prefill
+
+    p = plan_prefill(tenants, toks, bucket, slots)
+    si = eng.make_inputs([(t, n, 0) for t, n in zip(tenants, toks, strict=True)])
+    pad = torch.randint(0, TINY4.vocab, (bucket - sum(toks),), generator=torch.Generator().manual_seed(5))
+    return p, si, torch.cat([si.ids, pad])
+
+
+def test_prefill_pieces_compose_to_mixed_step():
+    from moesim.serve.graphs import make_prefill_buffers
+
+    eng = _engine(_host_last())
+    eng.fetcher = Fetcher(eng.device, overlap=False)
+    st = stack_tenants(eng)
+    cache = KVCache(TINY4, 512, eng.device, eng.dtype, eng.gen)
+    p, _, ids = _prefill_inputs(eng, (1, 0, 1), (7, 3, 12), 24, 5)
+    buf = make_prefill_buffers(p, eng.device, ids)
+    ref = mixed_step(eng, st, buf, cache)
+    assert ref.shape == (5,)
+    for cuts in ((0, 4), (0, 2, 4), (0, 1, 3, 4), (0, 1, 2, 3, 4)):
+        ctx = mixed_context(eng, st, buf)
+        x = mixed_embed(eng, st, buf)
+        for lo, hi in itertools.pairwise(cuts):
+            x = mixed_layers(eng, st, buf, cache, x, lo, hi, ctx)
+        assert torch.equal(mixed_head(eng, st, buf, x, ctx), ref)
+
+
+@pytest.mark.parametrize(("tenants", "toks", "bucket", "host"), [((1, 0, 1), (7, 3, 12), 24, 10),
+                                                                 ((0,), (16,), 16, 10), ((1, 0), (5, 4), 16, 3)])
+def test_split_prefill_equals_engine_step_and_fetches_the_same(tenants, toks, bucket, host):
+    """A fetching prefill run piecewise (prefix, then the host layers with the fetcher, padded to its token
+    bucket) gives the eager engine's next token of every sequence and fetches as many host experts (pads take the
+    first real token's experts: nothing more)."""
+    from moesim.serve.graphs import PrefillGraphs
+
+    eng = _engine(_host_last(host))
+    assert first_host_layer(eng) == (2 if host == 10 else 3)
+    eng.fetcher = f = Fetcher(eng.device, overlap=False)
+    pg = PrefillGraphs(eng, stack_tenants(eng), 4, 16)
+    cache = KVCache(TINY4, 512, eng.device, eng.dtype, eng.gen)
+    p, si, ids = _prefill_inputs(eng, tenants, toks, bucket, pg.n_slots)
+    assert pg.plan(tenants, toks) == p
+    f.reset()
+    assert pg.run_split(p, cache, ids=ids) is False  # CPU: no graph, the prefix ran eagerly
+    got, n_split = pg.last_out, f.count
+    f.reset()
+    ref = eng.step(si, cache)
+    assert n_split == f.count > 0
+    assert torch.equal(got[: p.n_real], ref)
+    assert pg.stats["split_eager"] == 1
+    assert pg.stats["prefix_replays"] == pg.stats["prefix_captures"] == 0
+    assert pg.stats["pad_tokens"] == bucket - sum(toks)
+    # the check can fail: the tail skipped (prefix only) gives no tokens, fetches nothing
+    f.reset()
+    pg.run_split(p, cache, ids=ids, tail=False)
+    assert pg.last_out is None
+    assert f.count == 0
+
+
+def test_prefill_fetch_table_on_cpu(tmp_path):
+    import pandas as pd
+
+    from moesim.policies import POLICIES
+
+    b = TorchBackend(TINY4, H200, device="cpu", n_tenants=3, max_batch=16)
+    b.setup(POLICIES.build("multiplex", {"max_batch": 16}).layout(TINY4, H200, 3)[0], 3)
+    assert b.fetcher is None
+    df = pd.DataFrame(b.prefill_fetch_table(reps=2, tokens=(16, 20, 32), n_tenants=(1, 2), prefixes=(1, 3, 8)))
+    assert list(df.columns) == ["tokens", "n_tenants", "n_seqs", "n_layers", "prefill_eager_layer_s",
+                                "prefill_eager_nosync_layer_s", "prefill_eager_head_s", "prefill_graph_s", "graph",
+                                "prefix_graph", "prefix_1_s", "prefix_3_s"]  # 8 ≥ 4 layers: not timed
+    # 20 tokens → the bucket of 24 (16 × 1.5), filled exactly
+    assert [tuple(r) for r in df[["tokens", "n_tenants"]].to_numpy()] == [
+        (16, 1), (16, 2), (24, 1), (24, 2), (32, 1), (32, 2)]
+    for c in ("prefill_eager_layer_s", "prefill_eager_nosync_layer_s", "prefill_eager_head_s", "prefill_graph_s",
+              "prefix_1_s", "prefix_3_s"):
+        assert (df[c] > 0).all(), c
+    assert not df["graph"].any()
+    assert not df["prefix_graph"].any()
+    assert (df["n_layers"] == 4).all()
+    assert b.pg.prefix == {}
+    assert b.pg.stats["eager"] == 6 * 3  # prefill_graph_s: one untimed + 2 timed per row, eager on the CPU
+    assert b.pg.stats["split_eager"] == 6 * 2 * 3
+    assert b.pg.stats["pad_tokens"] == 0  # every row fills its bucket

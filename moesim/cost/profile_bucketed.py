@@ -442,7 +442,12 @@ class ProfileBucketedCost(CostModel):
         sync = sync or self.sync
         if sync is None or self._graphs(tenants, residency):
             return c
-        extra = max(sync.extra_s(decode, n_seqs, len(set(tenants))) * steps, -(c.total_s - c.fetch_s))
+        extra = sync.extra_s(decode, n_seqs, len(set(tenants))) * steps
+        if not decode and self.cfg.fetch_model == "pipeline":
+            # the table synced at every layer; the step syncs only at the layers holding host slots
+            layers = self._layout(residency)
+            extra *= sum(1 for x in layers if x) / max(1, len(layers))
+        extra = max(extra, -(c.total_s - c.fetch_s))
         return dataclasses.replace(c, overhead_s=c.overhead_s + extra)
 
     def _fetch_table(self, residency: Residency) -> FetchTable | None:

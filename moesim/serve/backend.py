@@ -20,7 +20,9 @@ plan's residency says, KV cache, CUDA graphs keyed by shape) and adds what the e
   first layer holding a host slot replay a prefix graph per (batch bucket, context bucket) captured ahead by
   ``prepare`` (``DecodeGraphs.run_split``), the rest of the step runs eagerly through the same tenant-as-data
   code with the fetcher (host sync and copies per host layer); the packed layouts put host copies in the last
-  layers. ``fetch_graphs="off"``, a streamed swap in flight, host slots in layer 0 and prefills that fetch run
+  layers. A fetching prefill from context 0 runs piecewise the same way: a prefix graph per token bucket
+  (``PrefillGraphs.run_split``, captured ahead by ``prepare``), then the host layers eagerly.
+  ``fetch_graphs="off"``, a streamed swap in flight, host slots in layer 0 and prefills with a cached context run
   the whole step eagerly (``MoEEngine.step``).
 * **Decode steps run in CUDA graphs per batch-size bucket** (``moesim.serve.graphs.DecodeGraphs``: tenant
   mix as data, batch padded to its bucket, every bucket captured ahead by ``prepare``), so no decode step
@@ -56,11 +58,15 @@ PREFILL_FILLS: tuple[tuple[int, int], ...] = ((3, 128), (3, 256), (4, 256), (6, 
                                               (16, 256))
 
 
-#: ``fetch_graphs`` values: ``auto`` (piecewise fetching decode steps with CUDA graphs: CUDA and execution=graphs),
-#: ``on`` (piecewise wherever decode steps run bucketed; eager prefix without graphs, e.g. on the CPU), ``off``.
+#: ``fetch_graphs`` values: ``auto`` (piecewise fetching decode steps and prefills with CUDA graphs: CUDA and
+#: execution=graphs), ``on`` (piecewise wherever steps run bucketed; eager prefix without graphs, e.g. on the CPU),
+#: ``off``.
 FETCH_GRAPHS = ("auto", "on", "off")
 #: ``fetch_table``'s prefix lengths (layers; those below the model's layer count are timed).
 FETCH_PREFIXES: tuple[int, ...] = (8, 16, 24, 27, 31)
+#: ``prefill_fetch_table``'s prefill token buckets (tokens) and tenant counts.
+PREFILL_FETCH_BUCKETS: tuple[int, ...] = (256, 384, 512, 768, 1024)
+PREFILL_FETCH_TENANTS: tuple[int, ...] = (1, 2)
 
 
 #: ``sync_table``'s decode rows: (sequences, distinct tenants). An eager step launches each tenant's projections
@@ -240,7 +246,8 @@ class TorchBackend:
                       "prefill_bucket_steps": 0, "prefill_captures": 0, "prefill_pad_tokens": 0,
                       "swap_bytes": 0, "swap_copy_s": 0.0, "swap_paced_s": 0.0, "expert_fetches": 0,
                       "fetch_bytes": 0, "fetch_copy_s": 0.0, "step_s": 0.0, "split_steps": 0,
-                      "prefix_graph_steps": 0, "prefix_captures": 0}
+                      "prefix_graph_steps": 0, "prefix_captures": 0, "prefill_split_steps": 0,
+                      "prefill_prefix_graph_steps": 0, "prefill_prefix_captures": 0}
 
     # ---- setup ------------------------------------------------------------------------------------
     def _groups(self, t: int) -> list[list[torch.Tensor]]:
@@ -313,17 +320,23 @@ class TorchBackend:
         bucket instead; the graphs captured."""
         if self.dg is None or not self.cuda or self.x.execution != "graphs":
             return 0
+        top = self.pg.bucket(prefill_tokens) if prefill_tokens > 0 and self.bucket_prefill else 0
         if self.fetcher is not None:
             if not self.split_fetch or self._split_layer() == 0:
                 return 0
+            self.x._ensure_cache(top)  # before any capture: a larger cache later would drop the graphs
             try:
                 n = self.dg.capture_prefixes(max_batch, max_context, self.x.cache)
             except Exception:  # recorded in dg.prefix_broken; fetching steps then run the prefix eagerly
                 n = 0
             self.stats["prefix_captures"] += n
+            m = 0
+            if top:
+                with contextlib.suppress(Exception):  # recorded in pg.prefix_broken: prefixes then run eagerly
+                    m = self.pg.capture_prefixes(prefill_tokens, self.x.cache)
+                self.stats["prefill_prefix_captures"] += m
             self.x._sync()
-            return n
-        top = self.pg.bucket(prefill_tokens) if prefill_tokens > 0 and self.bucket_prefill else 0
+            return n + m
         self.x._ensure_cache(top)  # before any capture: a larger cache later would drop the graphs
         try:
             n = self.dg.capture_all(max_batch, max_context, self.x.cache)
@@ -773,6 +786,99 @@ class TorchBackend:
             self.stats["swap_copy_s"] += ticket.copy_s
         self._swap_events = None
 
+    def prefill_fetch_table(self, reps: int = 3, tokens: tuple[int, ...] = PREFILL_FETCH_BUCKETS,
+                            n_tenants: tuple[int, ...] = PREFILL_FETCH_TENANTS,
+                            prefixes: tuple[int, ...] = FETCH_PREFIXES) -> list[dict[str, Any]]:
+        """The parts of a piecewise fetching prefill (``PrefillGraphs.run_split``), timed on the runtime's
+        tenant-as-data code with every expert resident (call with no host experts laid out), for each token bucket
+        of ``tokens`` × tenant count k of ``n_tenants``: k sequences (tenants 0 … k − 1) from context 0 filling
+        the bucket exactly (bucket // k tokens each, the remainder to the first; no pad rows). All times are
+        seconds, medians of ``reps`` after one untimed call, host wall time to a device sync:
+
+        * ``prefill_eager_layer_s``: the decoder layers run eagerly (``mixed_layers`` over all L layers) with a
+          host sync before every MoE layer's experts, divided by L: a host layer of a fetching prefill without
+          its copies;
+        * ``prefill_eager_nosync_layer_s``: the same without the syncs, divided by L;
+        * ``prefill_eager_head_s``: the final norm, lm_head of each sequence's last row and argmax (``mixed_head``);
+        * ``prefill_graph_s``: the whole prefill as the runtime runs a resident one (``PrefillGraphs.run``: plan,
+          buffer fill, the bucket graph's replay; eager on the CPU; ``graph`` says which);
+        * ``prefix_<j>_s``: the prefix of j layers as a fetching prefill runs it (plan, buffer fill, the prefix
+          graph's replay of the embedding and layers 0 … j − 1; ``prefix_graph`` False: run eagerly), a column per
+          j of ``prefixes`` below L (none below L: L // 2).
+
+        Rows: ``tokens`` (the bucket), ``n_tenants``, ``n_seqs``, ``n_layers``, the times above, ``graph``,
+        ``prefix_graph``. A fetching prefill of prefix j ≈ ``prefix_<j>_s`` + (L − j) × ``prefill_eager_layer_s``
+        + ``prefill_eager_head_s`` + its exposed copies. The prefix graphs it captures are dropped afterwards."""
+        from statistics import median
+
+        from moesim.serve.graphs import (
+            make_prefill_buffers,
+            mixed_context,
+            mixed_embed,
+            mixed_head,
+            mixed_layers,
+        )
+
+        pg, x, eng = self.pg, self.x, self.eng
+        if pg is None:
+            return []
+        L = self.model.n_layers
+        js = [j for j in prefixes if 0 < j < L] or ([L // 2] if L > 1 else [])
+        graphs = self.cuda and x.execution == "graphs"
+        self.reserve_kv(max(pg.bucket(t) for t in tokens) + 1)
+        probe = torch.zeros(2, device=self.device)
+
+        def sync_hook(i: int) -> None:
+            probe.tolist()
+
+        def timed(fn: Any) -> float:
+            fn()  # untimed: captures a graph the first time
+            times = []
+            for _ in range(reps):
+                x._sync()
+                t0 = time.perf_counter()
+                fn()
+                x._sync()
+                times.append(time.perf_counter() - t0)
+            return median(times)
+
+        capture, pg.capture = pg.capture, graphs
+        had = set(pg.prefix)
+        cache, st = x.cache, pg.stacked
+        rows = []
+        try:
+            for tok in tokens:
+                for k in n_tenants:
+                    k = min(k, self.n_tenants, tok, pg.n_slots - 1)
+                    b = pg.bucket(tok)
+                    new = tuple(b // k + (b % k if i == 0 else 0) for i in range(k))
+                    p = pg.plan(tuple(range(k)), new)
+                    if p is None:
+                        continue
+                    buf = make_prefill_buffers(p, self.device, pg.ids(p))
+                    c0 = mixed_context(eng, st, buf)
+                    x0 = mixed_embed(eng, st, buf)
+                    eager = timed(lambda b=buf, c=c0, h=x0: mixed_layers(eng, st, b, cache, h, 0, L, c, sync_hook))
+                    nosync = timed(lambda b=buf, c=c0, h=x0: mixed_layers(eng, st, b, cache, h, 0, L, c))
+                    head = timed(lambda b=buf, c=c0, h=x0: mixed_head(eng, st, b, h, c))
+                    r0 = pg.stats["replays"]
+                    full = timed(lambda p=p: pg.run(p, cache, graphs))
+                    row = {"tokens": p.bucket, "n_tenants": k, "n_seqs": k, "n_layers": L,
+                           "prefill_eager_layer_s": eager / L, "prefill_eager_nosync_layer_s": nosync / L,
+                           "prefill_eager_head_s": head, "prefill_graph_s": full,
+                           "graph": pg.stats["replays"] > r0, "prefix_graph": False}
+                    r0 = pg.stats["prefix_replays"]
+                    for j in js:
+                        row[f"prefix_{j}_s"] = timed(lambda p=p, j=j: pg.run_split(p, cache, graphs, layers=j,
+                                                                                   tail=False))
+                    row["prefix_graph"] = pg.stats["prefix_replays"] > r0
+                    rows.append(row)
+        finally:
+            pg.capture = capture
+            for key in set(pg.prefix) - had:  # the table's prefixes: not the layout's
+                del pg.prefix[key]
+        return rows
+
     def _hook(self, i: int) -> None:
         ev = self._swap_events[i + 1]
         torch.cuda.current_stream().wait_event(ev)
@@ -820,6 +926,38 @@ class TorchBackend:
             self.stats["fetch_bytes"] += f.bytes
             self.stats["fetch_copy_s"] += fs
             return self._done(t0, n, fs)
+        pg = self.pg
+        if (f is not None and self.split_fetch and self.bucket_prefill and not streamed
+                and all(w.context == 0 for w in batch) and self._split_layer() > 0):
+            # a fetching prefill, piecewise: its bucket's prefix graph, then the host layers eagerly with the fetcher
+            p = pg.plan(tuple(w.tenant for w in batch), tuple(w.new_tokens for w in batch))
+            if p is not None:
+                t0 = time.perf_counter()
+                x._ensure_cache(p.bucket)
+                graphs = x.execution == "graphs"
+                pg.capture = self.capture and graphs
+                before = dict(pg.stats)
+                f.reset()
+                try:
+                    graph = pg.run_split(p, x.cache, graphs)
+                except Exception:
+                    if not pg.prefix_broken:
+                        raise
+                    x._sync()  # a prefix capture failed (pg.prefix_broken): later prefills run the prefix eagerly
+                    return self._execute(batch)
+                x._sync()
+                self.stats["prefill_pad_tokens"] += pg.stats["pad_tokens"] - before["pad_tokens"]
+                self.stats["prefill_prefix_captures"] += pg.stats["prefix_captures"] - before["prefix_captures"]
+                self.stats["prefill_split_steps"] += 1
+                if graph:
+                    self.stats["prefill_prefix_graph_steps"] += 1
+                else:
+                    self.stats["eager_steps"] += 1
+                n, fs = f.count, f.copy_s()
+                self.stats["expert_fetches"] += n
+                self.stats["fetch_bytes"] += f.bytes
+                self.stats["fetch_copy_s"] += fs
+                return self._done(t0, n, fs)
         if dg is not None and not dg.broken and f is None and not streamed and all(
                 w.new_tokens == 1 for w in batch):
             t0 = time.perf_counter()
@@ -842,7 +980,6 @@ class TorchBackend:
             else:
                 self.stats["eager_steps"] += 1
             return self._done(t0, 0, 0.0)
-        pg = self.pg
         if pg is not None and self.bucket_prefill and not pg.broken and f is None and not streamed and all(
                 w.context == 0 for w in batch):
             t0 = time.perf_counter()
@@ -946,6 +1083,9 @@ class TorchBackend:
             info["prefill_slots"] = self.pg.n_slots
             if self.pg.broken:
                 info["prefill_capture_error"] = self.pg.broken
+            info["prefill_prefix_graphs"] = sorted(self.pg.prefix)
+            if self.pg.prefix_broken:
+                info["prefill_prefix_capture_error"] = self.pg.prefix_broken
         if self.dg is not None:
             info["decode_buckets"] = list(self.dg.sizes)
             info["bucket_graphs"] = len(self.dg.graphs)

@@ -82,9 +82,9 @@ class ServeConfig:
         moe_kernel: the experts' kernel of the torch backend: ``grouped`` (``torch._grouped_mm``) or ``triton``
             (``moesim.kernels``: the fused MoE kernel, plus the fused router and RoPE/KV-write kernels in
             prefill steps; docs/kernels.md has the H200 figures).
-        fetch_graphs: decode steps that fetch host-resident experts, piecewise: the layers before the first layer
-            holding a host slot replay a prefix CUDA graph per batch/context bucket (captured ahead), the rest
-            runs eagerly with the fetches. ``auto``: with CUDA graphs (device=cuda, execution graphs); ``on``:
+        fetch_graphs: decode steps and prefills (from context 0) that fetch host-resident experts, piecewise: the
+            layers before the first layer holding a host slot replay a prefix CUDA graph per batch/context bucket
+            (decode) or token bucket (prefill), captured ahead; the rest runs eagerly with the fetches. ``auto``: with CUDA graphs (device=cuda, execution graphs); ``on``:
             also without graphs (the prefix eager, same code; the CPU path); ``off``: the whole step eagerly.
         out: output folder (requests.parquet, segments.parquet, summary.json, ...).
     """

@@ -23,7 +23,8 @@ never met runs eagerly (3–6× slower on the H200). A serving engine captures p
 ``plan_decode`` (pure Python, tested on CPU) builds a step's padded inputs; ``mixed_step`` is the forward pass
 (also run eagerly on CPU, where the tests check it against ``MoEEngine.step``), in pieces: ``mixed_embed``,
 ``mixed_layers(lo, hi)``, ``mixed_head``. A decode step that fetches host-resident experts replays a graph of
-its first pieces only and runs the layers that fetch eagerly (``DecodeGraphs.run_split``: piecewise graphs).
+its first pieces only and runs the layers that fetch eagerly (``DecodeGraphs.run_split``: piecewise graphs);
+so does a prefill that fetches (``PrefillGraphs.run_split``: a prefix graph per token bucket).
 """
 
 from __future__ import annotations
@@ -633,6 +634,10 @@ class PrefillGraphs:
     to a run's largest possible prefill before the timed run; ``run`` replays the bucket's graph (capturing it
     first when ``capture`` is on), else runs ``mixed_step`` eagerly. ``last_out`` (eager) / the graph's output:
     next token ids per slot, real sequences first.
+
+    **Fetching prefills, piecewise** (``run_split``): with host-resident experts, a prefill replays a prefix graph
+    of its bucket (embedding and layers 0 … j − 1, j = ``first_host_layer``; ``capture_prefixes`` captures one
+    per bucket ahead) and runs the layers from j on and the head eagerly with the fetcher, on the graph's buffers.
     """
 
     def __init__(self, eng: MoEEngine, stacked: Stacked, max_seqs: int, smallest: int, pool: Any = None,
@@ -648,18 +653,24 @@ class PrefillGraphs:
         self.seed = seed
         self._cache_id: int | None = None
         self.broken = ""
-        self.stats = {"captures": 0, "replays": 0, "eager": 0, "pad_tokens": 0}
+        # prefix graphs of fetching prefills, per (bucket, layers); why capturing one failed
+        self.prefix: dict[tuple[int, int], _BucketGraph] = {}
+        self.prefix_broken = ""
+        self.stats = {"captures": 0, "replays": 0, "eager": 0, "pad_tokens": 0, "prefix_captures": 0,
+                      "prefix_replays": 0, "split_eager": 0}
         self.last_out: torch.Tensor | None = None
 
     def reset(self) -> None:
         """Drop the graphs (their weights or cache changed)."""
         self.graphs.clear()
+        self.prefix.clear()
 
     def set_max_seqs(self, max_seqs: int) -> None:
         """Sequence slots for a policy's batch limit (the graphs dropped when it changes)."""
         if max_seqs + 1 != self.n_slots:
             self.n_slots = max_seqs + 1
             self.graphs.clear()
+            self.prefix.clear()
 
     def bucket(self, tokens: int) -> int:
         """The token bucket of a prefill of ``tokens`` tokens."""
@@ -679,7 +690,67 @@ class PrefillGraphs:
     def _check_cache(self, cache: Any) -> None:
         if self._cache_id != id(cache):
             self.graphs.clear()
+            self.prefix.clear()
             self._cache_id = id(cache)
+
+    def capture_prefix(self, bucket: int, layers: int, cache: Any) -> _BucketGraph:
+        """Capture the prefix graph (embedding + layers 0 … ``layers`` − 1) of ``bucket`` token rows (CUDA only;
+        the KV cache must hold ``bucket`` rows); its output is (x, the prefill's ``MixedCtx``)."""
+        self._check_cache(cache)
+        p = plan_prefill((0,), (bucket,), bucket, self.n_slots)
+        buf = make_prefill_buffers(p, self.eng.device, self.ids(p))
+        g = _capture_mixed(self, buf, cache, lambda e, st, b, c: mixed_prefix(e, st, b, c, layers),
+                           flag="prefix_broken")
+        self.prefix[(bucket, layers)] = g
+        self.stats["prefix_captures"] += 1
+        return g
+
+    def capture_prefixes(self, max_tokens: int, cache: Any, layers: int | None = None) -> int:
+        """Capture the prefix graph of ``layers`` layers (default ``first_host_layer``; none when 0 or every
+        layer: nothing fetches) of every token bucket up to the one of ``max_tokens`` tokens (CUDA); the number
+        captured."""
+        j = first_host_layer(self.eng) if layers is None else layers
+        if not self.cuda or max_tokens < 1 or j <= 0 or (layers is None and j >= self.eng.spec.n_layers):
+            return 0
+        self._check_cache(cache)
+        n = 0
+        for b in prefill_bucket_sizes(max_tokens, self.smallest):
+            if (b, j) not in self.prefix:
+                self.capture_prefix(b, j, cache)
+                n += 1
+        return n
+
+    def run_split(self, p: PrefillPlan, cache: Any, graphs: bool = True, ids: torch.Tensor | None = None,
+                  layers: int | None = None, tail: bool = True) -> bool:
+        """Execute plan ``p`` piecewise, as ``DecodeGraphs.run_split`` a fetching decode step: the prefix graph of
+        its bucket for ``layers`` layers (default ``first_host_layer``) when ``graphs`` (CUDA), then layers
+        ``layers`` … L − 1 and the head eagerly through ``mixed_layers`` / ``mixed_head`` with the engine's
+        fetcher (``tail`` False: stop after the prefix; ``last_out`` is then None). Pad rows take the first real
+        token's experts: they fetch nothing more. True when a prefix graph was replayed."""
+        ids = self.ids(p) if ids is None else ids
+        self.stats["pad_tokens"] += p.bucket - p.tokens
+        eng, st = self.eng, self.stacked
+        L = eng.spec.n_layers
+        j = first_host_layer(eng) if layers is None else layers
+        if self.cuda and graphs and j > 0 and not self.prefix_broken:
+            self._check_cache(cache)
+            g = self.prefix.get((p.bucket, j))
+            if g is None and self.capture:
+                g = self.capture_prefix(p.bucket, j, cache)
+            if g is not None:
+                fill_prefill_buffers(g.buf, p, ids)
+                g.graph.replay()
+                x, ctx = g.out
+                self.last_out = mixed_head(eng, st, g.buf, mixed_layers(eng, st, g.buf, cache, x, j, L, ctx), ctx) \
+                    if tail else None
+                self.stats["prefix_replays"] += 1
+                return True
+        buf = make_prefill_buffers(p, eng.device, ids)
+        x, ctx = mixed_prefix(eng, st, buf, cache, j)
+        self.last_out = mixed_head(eng, st, buf, mixed_layers(eng, st, buf, cache, x, j, L, ctx), ctx) \
+            if tail else None
+        self.stats["split_eager"] += 1
+        return False
 
     def capture_one(self, bucket: int, cache: Any) -> None:
         """Capture the graph of ``bucket`` token rows (CUDA only; the KV cache must hold ``bucket`` rows)."""

@@ -18,7 +18,8 @@ conversation trace, prompts ≤ 256, outputs ≤ 8; Poisson arrivals), most valu
   process of their own on GPU 1, while GPU 0 builds ONE engine (3 non-expert sets, host expert copies pooled:
   ``host_pool``) and serves ``FIRST``: the runs that missed 5% in the last call and ``tables`` (decode steps in
   bucket graphs, prefills eager / exact-shape graph / token-bucket graph, eager steps with a host sync at every
-  layer at 1–16 sequences, the parts of a piecewise fetching decode step (``fetch_table.csv``), the same on a
+  layer at 1–16 sequences, the parts of a piecewise fetching decode step (``fetch_table.csv``) and prefill
+  (``prefill_fetch_table.csv``), the same on a
   64-SM green context, a streamed swap beside host-expert fetches);
 * ``TWO_GPU`` once GPU 1 is free: ``dedicated`` (GPU g serves tenant g's whole model) and the ``fleet`` (4
   variants over 2 H200s, GPU 0: variants 0,1,2; GPU 1: 1,2,3; multiplex on each; routed live by
@@ -26,6 +27,7 @@ conversation trace, prompts ≤ 256, outputs ≤ 8; Poisson arrivals), most valu
 * ``REST`` (the other single-GPU runs: ``naive``, ``swap``, ``reconfig``, ``reconfig_fast``, ``multiplex`` ×
   light / saturated / host), split over both GPUs (every other run in a process of its own on GPU 1);
 * ``<host run>-s2``: held-out repeats (``seed=2``) of every host-expert run, last in their phase;
+* ``<host run>-s3``: held-out repeats (``seed=3``) for the seventh call (piecewise prefills), first in their phase;
 * the calibrator with a consolidation plan only when asked (``calibrate`` in the run list).
 
 Nothing here needs simpy: the simulated side is computed afterwards with ``python -m moesim.serve.validate``.
@@ -65,7 +67,9 @@ RUNS: dict[str, tuple[list[str], float]] = {
     "multiplex_saturated": (["policy=multiplex", "max_batch=16", "rate=40", "max_requests=24"], 12),
     "multiplex_host": (["policy=multiplex", "max_batch=16", "budget_bytes=85e9", "rate=0.4", "max_requests=10",
                         "warmup=false"], 20),
-    "tables": ([], 68),  # decode and prefill steps timed on the runtime's engine (all experts resident)
+    # decode and prefill steps timed on the runtime's engine (all experts resident): 78 s in the sixth call
+    # (h200_split), + ~23 s for prefill_fetch_table (10 rows × 4 × ~0.43 s, 25 prefix captures; not yet measured)
+    "tables": ([], 100),
     "fleet": (["policy=multiplex", "max_batch=16", "tenants=4", "gpus=2", "placement=0,1,2;1,2,3",
                "router=least_work", "rate=0.6", "max_requests=24"], 30),
     "fleet_saturated": (["policy=multiplex", "max_batch=16", "tenants=4", "gpus=2", "placement=0,1,2;1,2,3",
@@ -86,18 +90,21 @@ for _name in ("multiplex_saturated", "dedicated_saturated", "mig_saturated", "re
 HOST_S2 = ("naive_host", "swap_host", "reconfig_host", "reconfig_fast_host", "multiplex_host", "mig_host", "fleet_host")
 for _name in HOST_S2:
     RUNS[f"{_name}-s2"] = ([*RUNS[_name][0], "seed=2"], RUNS[_name][1])
+    RUNS[f"{_name}-s3"] = ([*RUNS[_name][0], "seed=3"], RUNS[_name][1])
 SMOKE_KEYS = {"naive": ["budget_bytes=0"], "swap": ["budget_bytes=0"]}
 DEADLINE_S = float(os.environ.get("MATRIX_DEADLINE_S", "490"))
 # the order of the call, most valuable first (the runs that missed 5% or never ran): FIRST on GPU 0 while the mig
 # runs go on GPU 1 in a process of their own (MIG), then TWO_GPU (both GPUs), then the rest on GPU 0
 FIRST = ["multiplex_saturated", "tables", "multiplex_host", "reconfig_fast_host", "naive_saturated"]
 TWO_GPU = ["dedicated_saturated", "fleet_saturated", "fleet_host", "dedicated_light", "fleet", "dedicated_saturated-s1",
-           "fleet_host-s2"]
-MIG = ["mig_light", "mig_saturated", "mig_host", "mig_saturated-s1", "mig_host-s2"]
-# the held-out host-expert repeats (-s2) first of the rest: the sixth call ran them before the seed-0 host runs
-REST = ["naive_host-s2", "swap_host-s2", "reconfig_host-s2", "reconfig_fast_host-s2", "multiplex_host-s2",
+           "fleet_host-s2", "fleet_host-s3"]
+MIG = ["mig_host-s3", "mig_light", "mig_saturated", "mig_host", "mig_saturated-s1", "mig_host-s2"]
+# the held-out host-expert repeats first of the rest (-s3: the seventh call; -s2: the sixth), then naive_light
+# (naive has host experts at every load), then the earlier runs
+REST = ["naive_host-s3", "swap_host-s3", "reconfig_host-s3", "reconfig_fast_host-s3", "multiplex_host-s3",
+        "naive_light", "naive_host-s2", "swap_host-s2", "reconfig_host-s2", "reconfig_fast_host-s2", "multiplex_host-s2",
         "reconfig_fast_light", "reconfig_fast_saturated", "multiplex_light", "reconfig_light", "reconfig_saturated",
-        "reconfig_host", "swap_saturated", "swap_host", "swap_light", "naive_light", "naive_host",
+        "reconfig_host", "swap_saturated", "swap_host", "swap_light", "naive_host",
         "multiplex_saturated-s1", "reconfig_fast_host-s1", "multiplex_host-s1"]
 CAL_BUDGET_S = 150.0
 
@@ -207,7 +214,9 @@ def tables(backend, out: Path, model, gpu) -> bool:
     runs them (``TorchBackend``): ``decode_table.csv``, ``prefill_table.csv`` (eager, exact-shape graph, token
     bucket graph), ``sync_table.csv`` (eager steps without/with a host sync per layer, decode at 1, 2, 4, 8, 16
     sequences), ``fetch_table.csv`` (the parts of a piecewise fetching decode step: eager layers with and without
-    a host sync, the bucket graph's step, prefix graphs of 8–31 layers; ``TorchBackend.fetch_table``), the same
+    a host sync, the bucket graph's step, prefix graphs of 8–31 layers; ``TorchBackend.fetch_table``),
+    ``prefill_fetch_table.csv`` (the same for a fetching prefill of the token buckets 256–1024 at 1 and 2 tenants:
+    eager layers with a host sync, the bucket graph's prefill, prefix graphs; ``prefill_fetch_table``), the same
     sync and eager prefill timings on a 64-SM green context (``sm64/``), a streamed swap
     beside host-expert fetches (``link_share.json``), and the bucket graphs' next tokens against the eager
     engine's (``tables.json``). Each file is written as soon as it is measured."""
@@ -248,6 +257,7 @@ def tables(backend, out: Path, model, gpu) -> bool:
         step("prefill_check", lambda: info.update(prefill_bucket_check=prefill_check(backend)))
     step("sync", lambda: csv(backend.sync_table(), "sync_table.csv"))
     step("fetch", lambda: csv(backend.fetch_table(), "fetch_table.csv"))
+    step("prefill_fetch", lambda: csv(backend.prefill_fetch_table(), "prefill_fetch_table.csv"))
 
     def sm64() -> None:
         with backend.slice_context(64):
