@@ -72,6 +72,7 @@ def test_serve_replays_a_users_trace_through_the_simulators_loader(tmp_path: Pat
     assert s["n_requests"] == 4
     assert s["rejected"] == 0
     assert s["trace"]["tenant_names"] == ["alice", "bob", "carol"]
+    assert out.splitlines()[0] == f"serve: {s['trace']['selection']}"  # kept, as simulate's workload_selection
     assert s["config"]["workload"] == "trace"
     assert s["config"]["rate"] == 0.0
 

@@ -61,7 +61,7 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
     out = Path(cfg.out)
     model, gpu = get_model(cfg.model), get_gpu(cfg.gpu)
     requests = make_requests(cfg)
-    names = _announce_trace(cfg, requests, log)
+    names, selection = _announce_trace(cfg, requests, log)
     last = max(r.arrival_s for r in requests)
     if cfg.clock == "wall" and last > WALL_NOTE_S:  # a sparse trace in ms replayed in real time: hours of waiting
         log(f"serve: the requests arrive over {_duration(last)}: clock=wall replays them in real time, so the run "
@@ -78,7 +78,8 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
                            "trace": {"n_requests": len(requests),
                                      "prompt_tokens_mean": sum(r.prompt_tokens for r in requests) / len(requests),
                                      "output_tokens_mean": sum(r.output_tokens for r in requests) / len(requests),
-                                     "last_arrival_s": max(r.arrival_s for r in requests)}}
+                                     "last_arrival_s": max(r.arrival_s for r in requests),
+                                     **({"selection": selection} if selection else {})}}
     execution = "graphs"
     threads = None
     if cfg.backend == "torch":
@@ -188,11 +189,12 @@ def _duration(s: float) -> str:
     return f"{s:,.0f} s ({s / 60:.1f} min)"
 
 
-def _announce_trace(cfg: ServeConfig, requests: list, log: Any) -> tuple[str, ...] | None:
+def _announce_trace(cfg: ServeConfig, requests: list, log: Any) -> tuple[tuple[str, ...] | None, str]:
     """With ``trace=F``: one line saying which of the file's requests are served and how many token counts
-    ``max_prompt``/``max_output`` cap; the trace's tenant names (None when it has none)."""
+    ``max_prompt``/``max_output`` cap; the trace's tenant names (None when it has none) and that line ("" without
+    a trace)."""
     if cfg.workload != "trace":
-        return None
+        return None, ""
     from moesim.serve.config import serve_spelling, trace_workload
 
     wl = trace_workload(cfg)  # read once: the loader caches the file per version
@@ -202,9 +204,9 @@ def _announce_trace(cfg: ServeConfig, requests: list, log: Any) -> tuple[str, ..
               f"{sum(a.output_tokens != b.output_tokens for a, b in zip(full, requests, strict=True))} outputs at "
               f"max_output={cfg.max_output}"]
     capped = [c for c in capped if not c.startswith("0 ")]
-    log(f"serve: {serve_spelling(wl.selection(len(requests)))}"
-        + (f"; capped {' and '.join(capped)} tokens" if capped else ""), flush=True)
-    return wl.tenant_names
+    line = serve_spelling(wl.selection(len(requests))) + (f"; capped {' and '.join(capped)} tokens" if capped else "")
+    log(f"serve: {line}", flush=True)
+    return wl.tenant_names, line
 
 
 def _serve(cfg: ServeConfig, model: Any, gpu: Any, backend: Any, requests: list, clock: str) -> ServeResult:
