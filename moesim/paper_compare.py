@@ -281,6 +281,22 @@ def _check_paper_sweep(summary: pd.DataFrame, name: str) -> None:
             f"summary={name}: not a paper_a100 sweep (policies {', '.join(sorted(pols)) or 'none'}; reconfig/mig "
             f"rates {', '.join(f'{r:g}' for r in sorted(rates)) or 'none'}); valid: reconfig and mig jobs at the "
             f"paper's rates {', '.join(f'{r:g}' for r in RATES)} (python -m moesim.simulate -m experiment=paper_a100)")
+    ours = summary[summary["policy"].isin(["reconfig", "mig"])]
+    for key, want in (("gpu", "a100-80gb"), ("model", "mixtral-8x7b")):  # the paper's setup, which its numbers are
+        got = sorted(set(ours[key].dropna().astype(str))) if key in ours else []
+        if got and got != [want]:
+            raise UserError(f"summary={name}: its reconfig/mig jobs ran {key}={','.join(got)}; the paper's numbers are "
+                            f"{want}'s, so the 'paper' columns would compare another setup; valid: a sweep of "
+                            f"{key}={want} (python -m moesim.simulate -m experiment=paper_a100)")
+
+
+def _repetitions(summary: pd.DataFrame) -> str:
+    """``"5 repetitions per rate"`` from the sweep itself (the line said 5 whatever the sweep ran)."""
+    n = summary[summary["policy"].isin(["reconfig", "mig"])].groupby(["policy", "rate"]).size()
+    if n.empty:
+        return "no repetition"
+    lo, hi = int(n.min()), int(n.max())
+    return f"{lo} repetition{'s' if hi != 1 else ''} per rate" if lo == hi else f"{lo}–{hi} repetitions per rate"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -310,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         head = headline(summary)
         head.to_csv(out / "headline.csv", index=False)
         h = head.iloc[0]
-        print(f"## {path}: 5 repetitions per rate\n\n{markdown(table)}\n")
+        print(f"## {path}: {_repetitions(summary)}\n\n{markdown(table)}\n")
         print(f"Pooled as the paper's plot pools it (every served request of every rate): "
               f"{100 * h['pooled']:.1f} % (reconfig {h['reconfig_pooled_s']:.2f} s over {int(h['reconfig_served'])} "
               f"requests, mig {h['mig_pooled_s']:.2f} s over {int(h['mig_served'])}).\n")

@@ -635,3 +635,22 @@ def test_serve_validate_of_a_simulate_sweep_is_one_line(tmp_path: Path, capsys: 
     assert capsys.readouterr().err == (
         f"moesim: error: {tmp_path}: no served run in it (its summary.json files are not python -m moesim.serve's, "
         "which hold the run's config); give the out= folder of a served run, or a folder of them\n")
+
+
+def test_paper_compare_refuses_another_gpu_and_counts_its_repetitions(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    # an H200 sweep of reconfig and mig at two of the paper's rates was compared with the paper's A100 numbers
+    # ("the paper: 85 %") and headed "5 repetitions per rate" though it ran 3 seeds
+    from moesim.paper_compare import _repetitions, main
+
+    ship = pd.read_csv(ROOT / "reports" / "paper_a100" / "summary.csv")
+    assert _repetitions(ship) == "5 repetitions per rate"
+    three = ship[ship["seed"].isin(sorted(ship["seed"].unique())[:3])]
+    assert _repetitions(three) == "3 repetitions per rate"
+    h200 = ship.assign(gpu="h200")
+    h200.to_csv(tmp_path / "s.csv", index=False)
+    assert main([f"summary={tmp_path / 's.csv'}", f"out={tmp_path / 'o'}", "seeds=0"]) == 2
+    assert capsys.readouterr().err == (
+        f"moesim: error: summary={tmp_path / 's.csv'}: its reconfig/mig jobs ran gpu=h200; the paper's numbers are "
+        "a100-80gb's, so the 'paper' columns would compare another setup; valid: a sweep of gpu=a100-80gb (python -m "
+        "moesim.simulate -m experiment=paper_a100)\n")
