@@ -654,3 +654,22 @@ def test_paper_compare_refuses_another_gpu_and_counts_its_repetitions(tmp_path: 
         f"moesim: error: summary={tmp_path / 's.csv'}: its reconfig/mig jobs ran gpu=h200; the paper's numbers are "
         "a100-80gb's, so the 'paper' columns would compare another setup; valid: a sweep of gpu=a100-80gb (python -m "
         "moesim.simulate -m experiment=paper_a100)\n")
+
+
+def test_an_assignment_a_tenant_column_overrides_is_flagged(tmp_path: Path) -> None:
+    # workload.assignment=zipf on a trace with a tenant column: silently not used
+    import warnings
+
+    from moesim.workloads import WORKLOADS
+    from moesim.workloads.replay import IgnoredSettingWarning
+
+    f = tmp_path / "t.csv"
+    f.write_text("arrival_s,prompt_tokens,output_tokens,tenant\n0,5,2,a\n1,5,2,b\n")
+    with pytest.warns(IgnoredSettingWarning) as w:
+        WORKLOADS.build("trace", {"path": str(f), "assignment": "zipf"})
+    assert str(w[0].message) == (f"workload=trace: assignment=zipf is not used: {f}'s tenant column assigns the "
+                                 "tenants (workload.columns.tenant=- ignores it, to assign them instead)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        WORKLOADS.build("trace", {"path": str(f)})  # the default: nothing to say
+        WORKLOADS.build("trace", {"path": str(f), "assignment": "zipf", "columns": {"tenant": "-"}})

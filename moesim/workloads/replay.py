@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from abc import abstractmethod
 from dataclasses import dataclass
 
@@ -110,6 +111,10 @@ class ReplayConfig:
         check_int(n, "max_requests", self.max_requests, 0)
 
 
+class IgnoredSettingWarning(UserWarning):
+    """A setting the user gave that this workload does not use (it would be silently ignored)."""
+
+
 class Replay(Workload):
     """Replays ``self.trace`` scaled and truncated as the config says; the seed only drives tenants."""
 
@@ -120,6 +125,10 @@ class Replay(Workload):
         self.trace = self._load()
         if len(self.trace) == 0:
             raise invalid(cfg.name, "trace", self.trace.source, "a trace with at least one request")
+        if self.trace.tenant is not None and cfg.assignment != "round_robin":  # given, and silently ignored
+            warnings.warn(f"workload={cfg.name}: assignment={cfg.assignment} is not used: {self.trace.source}'s "
+                          "tenant column assigns the tenants (workload.columns.tenant=- ignores it, to assign "
+                          "them instead)", IgnoredSettingWarning, stacklevel=2)
         if cfg.rate > 0:
             if self.trace.mean_rate_per_s <= 0:
                 raise invalid(
