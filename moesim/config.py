@@ -762,6 +762,7 @@ def plan_command_line(argv: list[str]) -> CommandLine | None:
                     workloads.add(repr((spec.fleet, spec.placement, spec.policy)))
                     _check_fleet_files(spec)
                     _check_plan(spec)
+                    _check_dedicated_fleet(spec)
                 for gpu in _fleet_gpus(spec):  # fleet.gpu= or a fleet file: the GPUs that will run
                     key = (spec.model.name, gpu.name, repr(spec.cost), str(cfg.cost.get("name")))
                     if key not in costs:
@@ -855,6 +856,24 @@ def _check_fleet_files(spec: JobSpec) -> None:
                     check_plan_tenants(load_plan(path), path, len(p.tenants), f" (GPU {p.gpu})")
                 except UserError as e:
                     raise UserError(f"placement file {placement.source}: {e}") from None
+
+
+def _check_dedicated_fleet(spec: JobSpec) -> None:
+    """``policy=dedicated`` is already a GPU per tenant: a fleet whose GPUs each hold every tenant (the default
+    placement=everywhere) simulated N × tenants whole GPUs while summary.json said N. (Other placements are
+    checked once placed: ``moesim.fleet.run.dedicated_fleet_error``.)"""
+    if spec.policy.name != "dedicated" or spec.fleet is None or int(spec.workload.tenants) < 2:
+        return
+    strategy = spec.placement.name if spec.placement is not None else "everywhere"
+    if strategy != "everywhere":
+        return
+    from moesim.fleet import FLEETS
+
+    n = FLEETS.build(spec.fleet.name, spec.fleet).spec(spec.gpu).n_gpus
+    if n > 1:
+        from moesim.fleet.run import dedicated_fleet_message
+
+        raise UserError(dedicated_fleet_message(n, 0, int(spec.workload.tenants)))
 
 
 def _check_plan(spec: JobSpec) -> None:

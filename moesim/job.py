@@ -83,7 +83,7 @@ def run(spec: JobSpec, out_dir: str | Path, *, progress: bool = False, overrides
     goes to the job's log and summary.json (``workload_selection``), and to stderr when ``announce``.
     """
     from moesim.fleet import FLEETS, ROUTERS, TenantLoad, plan_placement, run_fleet, save_placement
-    from moesim.fleet.run import idle_gpus_note, unplaced_note
+    from moesim.fleet.run import dedicated_fleet_error, idle_gpus_note, unplaced_note
     from moesim.metrics import summarize
     from moesim.workloads import WORKLOADS
 
@@ -104,6 +104,7 @@ def run(spec: JobSpec, out_dir: str | Path, *, progress: bool = False, overrides
     placement = plan_placement(strategy, spec.placement, spec.model, fleet, load, policy=spec.policy.name,
                                policy_cfg=spec.policy, cost=spec.cost.name, cost_cfg=spec.cost,
                                slo_ttft_s=spec.slo_ttft_s)
+    dedicated_fleet_error(placement, fleet.n_gpus, spec.policy.name)
     idle = idle_gpus_note(placement, fleet.n_gpus, strategy, spec.policy.name)
     notes = [n for n in (unplaced_note(placement, workload.tenants), idle) if n]
     for note in notes:

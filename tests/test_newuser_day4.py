@@ -673,3 +673,24 @@ def test_an_assignment_a_tenant_column_overrides_is_flagged(tmp_path: Path) -> N
         warnings.simplefilter("error")
         WORKLOADS.build("trace", {"path": str(f)})  # the default: nothing to say
         WORKLOADS.build("trace", {"path": str(f), "assignment": "zipf", "columns": {"tenant": "-"}})
+
+
+def test_dedicated_on_a_fleet_gpu_holding_several_tenants_is_refused(tmp_path: Path) -> None:
+    # fleet.gpus=2 policy=dedicated: every fleet GPU ran dedicated for both tenants, 4 whole GPUs simulated while
+    # summary.json said gpus=2 (the report counted 4)
+    from moesim.fleet.placement import GPUPlacement, Placement
+    from moesim.fleet.run import dedicated_fleet_error
+
+    line = ("policy=dedicated on a fleet of 2 GPUs: GPU 0 holds 2 tenants and dedicated gives each its own whole GPU, "
+            "so the fleet would simulate more GPUs than its 2; use placement=per_variant (one tenant per GPU), "
+            "fleet.gpus=1 (dedicated's own GPUs), or another policy")
+    p = _run(tmp_path, "hydra.run.dir=d", "fleet.gpus=2", "policy=dedicated", "workload.duration_s=30",
+             "cost=roofline")
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1] == f"moesim: error: {line}"
+    assert not (tmp_path / "d").exists()
+    with pytest.raises(UserError) as e:  # a placement that crowds a GPU (pack), found once placed
+        dedicated_fleet_error(Placement((GPUPlacement(0, (0, 1)),), "pack"), 2, "dedicated")
+    assert str(e.value) == line
+    dedicated_fleet_error(Placement((GPUPlacement(0, (0,)), GPUPlacement(1, (1,))), "per_variant"), 2, "dedicated")
+    dedicated_fleet_error(Placement((GPUPlacement(0, (0, 1)),), "pack"), 2, "multiplex")

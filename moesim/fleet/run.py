@@ -46,6 +46,22 @@ def idle_gpus_note(placement: Placement, n_gpus: int, strategy: str, policy: str
             f"tenants over every GPU, fleet.gpus={len(used)} runs the same placement without the idle ones")
 
 
+def dedicated_fleet_message(n_gpus: int, gpu: int, k: int) -> str:
+    """The one line for ``policy=dedicated`` on a fleet whose GPU ``gpu`` holds ``k`` > 1 tenants."""
+    return (f"policy=dedicated on a fleet of {n_gpus} GPUs: GPU {gpu} holds {k} tenants and dedicated gives each its "
+            f"own whole GPU, so the fleet would simulate more GPUs than its {n_gpus}; use placement=per_variant (one "
+            "tenant per GPU), fleet.gpus=1 (dedicated's own GPUs), or another policy")
+
+
+def dedicated_fleet_error(placement: Placement, n_gpus: int, policy: str) -> None:
+    """UserError when ``policy=dedicated`` runs on a fleet GPU that holds several tenants (see the message)."""
+    if policy != "dedicated" or n_gpus < 2:
+        return
+    crowded = next((p for p in placement.gpus if len(p.tenants) > 1 and not p.policy), None)
+    if crowded is not None:
+        raise UserError(dedicated_fleet_message(n_gpus, crowded.gpu, len(crowded.tenants)))
+
+
 def unplaced_note(placement: Placement, n_tenants: int) -> str | None:
     """One line when ``placement`` puts some of the ``n_tenants`` tenants on no GPU (their requests are refused),
     else None: a placement file that forgot a tenant ran with every one of its requests refused, said only in
