@@ -694,3 +694,13 @@ def test_dedicated_on_a_fleet_gpu_holding_several_tenants_is_refused(tmp_path: P
     assert str(e.value) == line
     dedicated_fleet_error(Placement((GPUPlacement(0, (0,)), GPUPlacement(1, (1,))), "per_variant"), 2, "dedicated")
     dedicated_fleet_error(Placement((GPUPlacement(0, (0, 1)),), "pack"), 2, "multiplex")
+
+
+def test_a_bad_quality_merge_leaves_no_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # quality_report OUT merge=nope: one line, but an empty OUT folder was left behind
+    from moesim.consolidation.quality_report import main
+
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "out"), f"merge={tmp_path / 'nope'}"])
+    assert "a part to merge must be a study's output folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -413,7 +413,6 @@ def merge(folder: str | Path, parts: list[Path]) -> None:
     """Combine the outputs of runs of single families (``families=``, e.g. one per GPU) into ``folder``:
     quality.csv and train_log.csv concatenated, metadata.json's ``families`` and distances.json joined."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     frames, logs, meta, dist = [], [], None, {}
     for p in parts:
         for name in ("quality.csv", "metadata.json", "distances.json"):
@@ -431,6 +430,7 @@ def merge(folder: str | Path, parts: list[Path]) -> None:
                 raise UserError(f"{str(p)!r}: family {sorted(dup)[0]!r} is in more than one part")
             meta["families"].update(m["families"])
         dist.update(json.loads((p / "distances.json").read_text()))
+    folder.mkdir(parents=True, exist_ok=True)  # after every part is read: a bad one left an empty folder
     pd.concat(frames).to_csv(folder / "quality.csv", index=False)
     if logs:
         pd.concat(logs).to_csv(folder / "train_log.csv", index=False)
