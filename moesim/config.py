@@ -699,8 +699,19 @@ def plan_command_line(argv: list[str]) -> CommandLine | None:
 
     parser = get_args_parser()
 
+    flags = sorted(o for a in parser._actions for o in a.option_strings)
+
     def _error(message: str) -> None:
-        hint = "; flags such as -m/--multirun go before the overrides" if "unrecognized" in message else ""
+        hint = ""
+        if "unrecognized" in message:
+            from moesim.errors import did_you_mean
+
+            words = message.split(":", 1)[-1].split()
+            unknown = [w for w in words if w.startswith("-") and w.split("=")[0] not in flags]
+            # a misspelt flag (--multi-run) is not a misplaced one (policy=mig -m)
+            hint = (f"{did_you_mean(unknown[0].split('=')[0], flags)}; valid flags: "
+                    f"{', '.join(f for f in flags if f.startswith('--'))} (and their short forms)"
+                    if unknown else "; flags such as -m/--multirun go before the overrides")
         raise UserError(f"{message}{hint}")
 
     parser.error = _error  # type: ignore[method-assign]  # one line instead of argparse's usage text

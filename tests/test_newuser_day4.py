@@ -704,3 +704,17 @@ def test_a_bad_quality_merge_leaves_no_folder(tmp_path: Path, capsys: pytest.Cap
         main([str(tmp_path / "out"), f"merge={tmp_path / 'nope'}"])
     assert "a part to merge must be a study's output folder" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_misspelt_flag_gets_its_spelling_not_a_placement_hint() -> None:
+    # --multi-run: "unrecognized arguments: --multi-run; flags such as -m/--multirun go before the overrides"
+    from moesim.config import plan_command_line, register_configs
+
+    register_configs()
+    with pytest.raises(UserError) as e:
+        plan_command_line(["--multi-run", "policy=mig"])
+    assert str(e.value).startswith("unrecognized arguments: --multi-run (did you mean '--multirun'?); valid flags: "
+                                   "--cfg, ")
+    assert "go before" not in str(e.value)
+    with pytest.raises(UserError, match="flags such as -m/--multirun go before the overrides"):
+        plan_command_line(["policy=mig", "-m", "seed=1,2"])  # a misplaced flag: as before
