@@ -718,3 +718,21 @@ def test_a_misspelt_flag_gets_its_spelling_not_a_placement_hint() -> None:
     assert "go before" not in str(e.value)
     with pytest.raises(UserError, match="flags such as -m/--multirun go before the overrides"):
         plan_command_line(["policy=mig", "-m", "seed=1,2"])  # a misplaced flag: as before
+
+
+def test_a_public_format_file_is_pointed_at_its_format() -> None:
+    # BurstGPT's and Mooncake's own files without workload.format=: the hint mapped columns one by one, and
+    # Mooncake's ms timestamps would then have been read as seconds
+    from moesim.workloads import read_trace
+
+    data = ROOT / "tests" / "data"
+    with pytest.raises(UserError) as e:
+        read_trace(data / "mooncake.jsonl")
+    assert str(e.value).endswith("; its columns are the mooncake format's: add workload.format=mooncake (it reads "
+                                 "the timestamps in ms)")
+    with pytest.raises(UserError) as e:
+        read_trace(data / "burstgpt.csv")
+    assert str(e.value).endswith("; its columns are the burstgpt format's: add workload.format=burstgpt")
+    assert len(read_trace(data / "mooncake.jsonl", format="mooncake")) == 4
+    with pytest.raises(UserError, match=r"map yours with workload\.columns\.prompt_tokens=input_length"):
+        read_trace(data / "mooncake.jsonl", columns={"tenant": "-"})  # columns given: the mapping hint, as before

@@ -299,6 +299,12 @@ def _match_columns(header: list[str], mapping: Mapping[str, str], where: str) ->
     if missing:
         named = ["'arrival_s' or 'timestamp'" if f == "timestamp" else repr(f) for f in missing]
         what = f"column {named[0]}" if len(named) == 1 else f"columns {', '.join(named)}"
+        fmt = next((f.name for f in PRESETS.values() if not mapping
+                    and {c.strip().lower() for c in f.columns.values()} <= set(norm)), None)
+        if fmt is not None and not hint:  # BurstGPT's or Mooncake's own file: the format is the one-word fix
+            unit = PRESETS[fmt].time_unit
+            hint = (f"; its columns are the {fmt} format's: add workload.format={fmt}"
+                    + (f" (it reads the timestamps in {unit})" if unit not in ("auto", "s") else ""))
         if not hint:
             taken, maps = dict(cols), []
             for f in missing:
