@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("simpy")
 
-from moesim.serve.validate import main, within_target  # noqa: E402
+from moesim.serve.validate import main, within_target
 
 ROOT = Path(__file__).resolve().parents[1] / "reports" / "validation" / "realtime"
 
