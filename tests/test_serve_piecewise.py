@@ -83,6 +83,9 @@ def test_split_step_equals_engine_step_and_fetches_the_same(tenants, ctx, host):
     from moesim.serve.graphs import DecodeGraphs
 
     dg = DecodeGraphs(eng, 8, 16)
+    # the graphs captured ahead (decode and prefix): every batch bucket up to the run's, every key bound
+    assert dg._shapes(3, 20) == [(b, k) for b in (1, 2, 4) for k in (16, 32)]
+    assert dg._shapes(100, 15) == [(b, 16) for b in dg.sizes]
     cache = KVCache(TINY4, 512, eng.device, eng.dtype, eng.gen)
     f.reset()
     assert dg.run_split(tenants, ctx, cache) is False  # CPU: no graph, the prefix ran eagerly

@@ -473,6 +473,21 @@ class TorchBackend:
                          "n_tenants": len({w.tenant for w in batch})})
         return rows
 
+    def _median_s(self, fn: Any, reps: int) -> float:
+        """Median host wall seconds of ``reps`` calls of ``fn``, each to a device sync, after one untimed call (which
+        captures a graph the first time)."""
+        from statistics import median
+
+        fn()
+        times = []
+        for _ in range(reps):
+            self.x._sync()
+            t0 = time.perf_counter()
+            fn()
+            self.x._sync()
+            times.append(time.perf_counter() - t0)
+        return median(times)
+
     def fetch_table(self, reps: int = 5, decode: tuple[tuple[int, int], ...] = SYNC_DECODE,
                     prefixes: tuple[int, ...] = FETCH_PREFIXES, context: int = 200) -> list[dict[str, Any]]:
         """The parts of a piecewise fetching decode step (``DecodeGraphs.run_split``), timed on the runtime's
@@ -497,8 +512,6 @@ class TorchBackend:
         ``prefix_graph``, then the ``prefix_<j>_s`` columns (``moesim.cost.fetch_pipeline.FetchTable`` reads them).
         A fetching step of prefix j ≈ ``prefix_<j>_s`` + (L − j) × ``eager_layer_s`` + ``eager_head_s`` + its
         exposed copies."""
-        from statistics import median
-
         from moesim.serve.graphs import make_buffers, mixed_context, mixed_embed, mixed_head, mixed_layers
         from moesim.serve.graphs import plan_decode as plan
 
@@ -516,15 +529,7 @@ class TorchBackend:
             probe.tolist()
 
         def timed(fn: Any) -> float:
-            fn()  # untimed: captures a graph the first time
-            times = []
-            for _ in range(reps):
-                x._sync()
-                t0 = time.perf_counter()
-                fn()
-                x._sync()
-                times.append(time.perf_counter() - t0)
-            return median(times)
+            return self._median_s(fn, reps)
 
         capture, dg.capture = dg.capture, graphs
         had = set(dg.prefix)
@@ -809,8 +814,6 @@ class TorchBackend:
         Rows: ``tokens`` (the bucket), ``n_tenants``, ``n_seqs``, ``n_layers``, the times above, ``graph``,
         ``prefix_graph``. A fetching prefill of prefix j ≈ ``prefix_<j>_s`` + (L − j) × ``prefill_eager_layer_s``
         + ``prefill_eager_head_s`` + its exposed copies. The prefix graphs it captures are dropped afterwards."""
-        from statistics import median
-
         from moesim.serve.graphs import (
             make_prefill_buffers,
             mixed_context,
@@ -832,15 +835,7 @@ class TorchBackend:
             probe.tolist()
 
         def timed(fn: Any) -> float:
-            fn()  # untimed: captures a graph the first time
-            times = []
-            for _ in range(reps):
-                x._sync()
-                t0 = time.perf_counter()
-                fn()
-                x._sync()
-                times.append(time.perf_counter() - t0)
-            return median(times)
+            return self._median_s(fn, reps)
 
         capture, pg.capture = pg.capture, graphs
         had = set(pg.prefix)

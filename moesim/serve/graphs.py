@@ -442,15 +442,18 @@ class DecodeGraphs:
         if not self.cuda:
             return 0
         n = 0
-        top = kv_round(max_context + 1, self.kv_bucket)
-        for b in self.sizes:
-            if b > bucket_for(min(max_batch, self.sizes[-1]), self.sizes):
-                break
-            for k in range(self.kv_bucket, top + 1, self.kv_bucket):
-                if (b, k) not in self.graphs:
-                    self.capture_one(b, k, cache)
-                    n += 1
+        for b, k in self._shapes(max_batch, max_context):
+            if (b, k) not in self.graphs:
+                self.capture_one(b, k, cache)
+                n += 1
         return n
+
+    def _shapes(self, max_batch: int, max_context: int) -> list[tuple[int, int]]:
+        """(batch bucket, key bound) of every graph a run of up to ``max_batch`` sequences and ``max_context``
+        tokens of context can replay."""
+        top = kv_round(max_context + 1, self.kv_bucket)
+        last = bucket_for(min(max_batch, self.sizes[-1]), self.sizes)
+        return [(b, k) for b in self.sizes if b <= last for k in range(self.kv_bucket, top + 1, self.kv_bucket)]
 
     def _check_cache(self, cache: Any) -> None:
         if self._cache_id != id(cache):
@@ -479,14 +482,10 @@ class DecodeGraphs:
             return 0
         self._check_cache(cache)
         n = 0
-        top = kv_round(max_context + 1, self.kv_bucket)
-        for b in self.sizes:
-            if b > bucket_for(min(max_batch, self.sizes[-1]), self.sizes):
-                break
-            for k in range(self.kv_bucket, top + 1, self.kv_bucket):
-                if (b, k, j) not in self.prefix:
-                    self.capture_prefix(b, k, j, cache)
-                    n += 1
+        for b, k in self._shapes(max_batch, max_context):
+            if (b, k, j) not in self.prefix:
+                self.capture_prefix(b, k, j, cache)
+                n += 1
         return n
 
     def run_split(self, tenants: tuple[int, ...], contexts: tuple[int, ...], cache: Any, graphs: bool = True,
