@@ -724,6 +724,7 @@ def plan_command_line(argv: list[str]) -> CommandLine | None:
         checker = _JobChecker(args.config_name or CONFIG_NAME)
         try:
             parsed = checker.parser.parse_overrides(task)
+            _check_sweep_lists(parsed)
             fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
             swept = [o.input_line for o in parsed if o.is_sweep_override()]
             try:  # as hydra does for a multirun: the primary config is composed without the sweeps
@@ -797,6 +798,25 @@ def plan_command_line(argv: list[str]) -> CommandLine | None:
                            resume=bool(sweep.get("resume", False)), overwrite=bool(sweep.get("overwrite", False)),
                            subdir=str(OmegaConf.to_container(primary.hydra.sweep, resolve=False)["subdir"]),
                            cost_lines=tuple(dict.fromkeys(costs.values())))
+
+
+#: the default comparison's lists and the keys they sweep (conf/config.yaml's hydra.sweeper.params)
+SWEEP_LISTS = {"sweep.policies": "policy", "sweep.rates": "workload.rate", "sweep.seeds": "seed"}
+
+
+def _check_sweep_lists(parsed: list[Any]) -> None:
+    """``sweep.policies=mig,multiplex`` unquoted is a hydra sweep of the key ``sweep.policies`` itself: every
+    value ran the whole default comparison (14 jobs, the same 7 twice, for two policies asked)."""
+    for o in parsed:
+        key = o.get_key_element()
+        if key in SWEEP_LISTS and o.is_sweep_override():
+            try:
+                values = ",".join(o.sweep_string_iterator())
+            except Exception:
+                values = o.input_line.split("=", 1)[-1]
+            raise UserError(f"{o.input_line}: hydra reads a comma list here as a sweep of {key} itself (each value "
+                            f"would run the whole default comparison); write {SWEEP_LISTS[key]}={values} (it replaces "
+                            f"the swept key), or quote the list as one value: '{key}=\"{values}\"'")
 
 
 def _check_report_rates(opts: Any, rates: list[float]) -> None:

@@ -736,3 +736,22 @@ def test_a_public_format_file_is_pointed_at_its_format() -> None:
     assert len(read_trace(data / "mooncake.jsonl", format="mooncake")) == 4
     with pytest.raises(UserError, match=r"map yours with workload\.columns\.prompt_tokens=input_length"):
         read_trace(data / "mooncake.jsonl", columns={"tenant": "-"})  # columns given: the mapping hint, as before
+
+
+def test_an_unquoted_sweep_list_is_pointed_at_the_key_it_meant() -> None:
+    # sweep.policies=mig,multiplex (unquoted) was a hydra sweep of sweep.policies itself: 14 jobs, the default 7
+    # policies twice, for the two policies asked
+    from moesim.config import plan_command_line, register_configs
+
+    register_configs()
+    with pytest.raises(UserError) as e:
+        plan_command_line(["sweep.policies=mig,multiplex"])
+    assert str(e.value) == (
+        "sweep.policies=mig,multiplex: hydra reads a comma list here as a sweep of sweep.policies itself (each value "
+        "would run the whole default comparison); write policy=mig,multiplex (it replaces the swept key), or quote "
+        "the list as one value: 'sweep.policies=\"mig,multiplex\"'")
+    with pytest.raises(UserError, match=r"write workload\.rate=0\.1,0\.2 "):
+        plan_command_line(["sweep.rates=0.1,0.2"])
+    plan = plan_command_line(['sweep.policies="mig,multiplex"', "sweep.rates=0.1", "sweep.seeds=0"])
+    assert plan is not None
+    assert len(plan.jobs) == 2
