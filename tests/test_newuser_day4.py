@@ -755,3 +755,20 @@ def test_an_unquoted_sweep_list_is_pointed_at_the_key_it_meant() -> None:
     plan = plan_command_line(['sweep.policies="mig,multiplex"', "sweep.rates=0.1", "sweep.seeds=0"])
     assert plan is not None
     assert len(plan.jobs) == 2
+
+
+def test_the_search_does_not_overwrite_another_runs_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # search.out=S, a simulate sweep's folder: the sweep's report.html was replaced by the search's
+    from moesim.search.__main__ import main
+
+    (tmp_path / "S").mkdir()
+    (tmp_path / "S" / "report.html").write_text("the sweep's report")
+    with pytest.raises(SystemExit) as e:
+        main(["search.gpus=h200", "search.policies=multiplex", "search.strategies=pack", "search.loads=1",
+              "workload.tenants=2", "workload.duration_s=20", "search.backend=local", "cost=roofline",
+              f"search.out={tmp_path / 'S'}"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"moesim: error: search.out={tmp_path / 'S'}: already holds report.html (another run's), which the search "
+        "would overwrite; give an empty or new directory")
+    assert (tmp_path / "S" / "report.html").read_text() == "the sweep's report"

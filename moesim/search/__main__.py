@@ -19,6 +19,13 @@ def _out_dir(text: str) -> Path:
         raise UserError(f"search.out={out}: cannot create it ({exc.strerror})") from None
     if any(out.glob("search.*")):
         raise UserError(f"search.out={out}: already holds a search; give an empty or new directory")
+    # another tool's files the search would overwrite: a simulate sweep's report.html was replaced by the search's
+    from moesim.search import outputs
+
+    clash = [n for n in (outputs.REPORT_HTML, outputs.NEEDED_CSV, outputs.PLACEMENT) if (out / n).exists()]
+    if clash:
+        raise UserError(f"search.out={out}: already holds {', '.join(clash)} (another run's), which the search would "
+                        "overwrite; give an empty or new directory")
     return out
 
 
