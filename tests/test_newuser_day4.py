@@ -772,3 +772,19 @@ def test_the_search_does_not_overwrite_another_runs_report(tmp_path: Path, capsy
         f"moesim: error: search.out={tmp_path / 'S'}: already holds report.html (another run's), which the search "
         "would overwrite; give an empty or new directory")
     assert (tmp_path / "S" / "report.html").read_text() == "the sweep's report"
+
+
+def test_serve_does_not_overwrite_a_simulate_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # python -m moesim.serve out=D, D a simulate run's folder: its summary.json and requests.parquet were replaced
+    d = tmp_path / "D"
+    d.mkdir()
+    (d / "summary.json").write_text('{"status": "ok", "policy": "mig", "rate": 0.1}')
+    base = ["device=cpu", "model=tiny", "backend=cost", "clock=virtual", "compare=false", "max_requests=2"]
+    code, _, err = _serve([*base, f"out={d}"], capsys)
+    assert (code, err) == (2, f"moesim: error: out={d}: its summary.json is not a served run's (a simulate run's?), "
+                              "and serve would overwrite it; give an empty or new folder\n")
+    assert json.loads((d / "summary.json").read_text())["policy"] == "mig"
+    code, _, err = _serve([*base, f"out={tmp_path / 's'}"], capsys)  # a served run's folder: run over, as before
+    assert code == 0, err
+    code, _, err = _serve([*base, f"out={tmp_path / 's'}"], capsys)
+    assert code == 0, err
