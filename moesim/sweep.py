@@ -367,6 +367,11 @@ def check_run_dir(plan: CommandLine) -> None:
         rec = json.loads(f.read_text())
     except (OSError, ValueError):
         return  # a damaged summary: nothing complete to lose
+    if isinstance(rec, dict) and rec.get("config_hash") is None and isinstance(rec.get("config"), dict):
+        # a served run's (python -m moesim.serve): no config hash, and it was overwritten file by file
+        raise UserError(f"hydra.run.dir={root} holds a served run's results (python -m moesim.serve, policy="
+                        f"{rec['config'].get('policy')}); add sweep.overwrite=true to replace them, or choose another "
+                        "hydra.run.dir")
     if not isinstance(rec, dict) or rec.get("config_hash") in (None, plan.hashes[0]):
         return
     what = ", ".join(f"{k}={rec[k]}" for k in ("policy", "model", "gpu", "workload", "rate", "tenants", "seed")

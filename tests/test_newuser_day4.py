@@ -788,3 +788,9 @@ def test_serve_does_not_overwrite_a_simulate_run(tmp_path: Path, capsys: pytest.
     assert code == 0, err
     code, _, err = _serve([*base, f"out={tmp_path / 's'}"], capsys)
     assert code == 0, err
+    # and the other way round: a simulate run into a served run's folder overwrote it (no config hash to compare)
+    p = _run(tmp_path, f"hydra.run.dir={tmp_path / 's'}", "workload.duration_s=10", "cost=roofline")
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1] == (
+        f"moesim: error: hydra.run.dir={tmp_path / 's'} holds a served run's results (python -m moesim.serve, "
+        "policy=multiplex); add sweep.overwrite=true to replace them, or choose another hydra.run.dir")
