@@ -794,3 +794,21 @@ def test_serve_does_not_overwrite_a_simulate_run(tmp_path: Path, capsys: pytest.
     assert p.stderr.strip().splitlines()[-1] == (
         f"moesim: error: hydra.run.dir={tmp_path / 's'} holds a served run's results (python -m moesim.serve, "
         "policy=multiplex); add sweep.overwrite=true to replace them, or choose another hydra.run.dir")
+
+
+def test_the_report_out_must_be_an_html_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # python -m moesim.report S out=S/summary.csv wrote the HTML page over the sweep's table (out=S/0/requests.parquet
+    # over a job's requests)
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_report_helpers import make_sweep
+
+    from moesim.report.__main__ import main
+
+    root = make_sweep(tmp_path / "s", failed=False, incomplete=False)
+    (root / "summary.csv").write_text("job,status\n")
+    with pytest.raises(SystemExit) as e:
+        main([str(root), f"out={root / 'summary.csv'}"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == (f"moesim: error: out={root / 'summary.csv'}: the report is an HTML page; give "
+                                       "a path ending in .html\n")
+    assert (root / "summary.csv").read_text() == "job,status\n"

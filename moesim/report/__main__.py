@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> None:
         from moesim.outdir import check_writable
 
         check_writable(args.out, "out", is_file=True)
+        if Path(args.out).suffix.lower() not in (".html", ".htm"):
+            # out=S/summary.csv (or a job's requests.parquet) was overwritten with the HTML page
+            raise UserError(f"out={args.out}: the report is an HTML page; give a path ending in .html")
     df = collect(sweep_dir)
     _check_some_job(sweep_dir, df)
     if not df.empty:
