@@ -812,3 +812,25 @@ def test_the_report_out_must_be_an_html_path(tmp_path: Path, capsys: pytest.Capt
     assert capsys.readouterr().err == (f"moesim: error: out={root / 'summary.csv'}: the report is an HTML page; give "
                                        "a path ending in .html\n")
     assert (root / "summary.csv").read_text() == "job,status\n"
+
+
+def test_a_ms_named_column_mapped_to_arrival_s_is_flagged(tmp_path: Path) -> None:
+    # columns=arrival_s:ts_ms read a 2.4 s trace as 2,400 s without a word: arrival_s is seconds, the name says ms
+    import warnings
+
+    from moesim.workloads import read_trace
+    from moesim.workloads.loader import LongTraceWarning
+
+    f = tmp_path / "odd.csv"
+    f.write_text("ts_ms,prompt_len,gen_len\n100,50,5\n900,120,30\n2500,300,10\n")
+    cols = {"arrival_s": "ts_ms", "prompt_tokens": "prompt_len", "output_tokens": "gen_len"}
+    with pytest.warns(LongTraceWarning) as w:
+        t = read_trace(f, columns=cols)
+    assert str(w[0].message) == (f"trace file '{f}': column 'ts_ms' is read as arrival_s in seconds, but its name "
+                                 "says ms; to read it in ms, map it as the timestamp instead "
+                                 "(workload.columns.timestamp=ts_ms, or columns=timestamp:ts_ms for serve)")
+    assert t.arrival_s.tolist() == [100.0, 900.0, 2500.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # mapped as the timestamp: read in ms, nothing to say
+        got = read_trace(f, columns={**{k: v for k, v in cols.items() if k != "arrival_s"}, "timestamp": "ts_ms"})
+    assert got.arrival_s.tolist() == pytest.approx([0.0, 0.8, 2.4])

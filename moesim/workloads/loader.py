@@ -153,6 +153,12 @@ def read_trace(path: str | Path, tenants: int | None = None, *, format: str = ""
                         "nothing to replay")
     if "arrival_s" in cols:
         arrival_s = _arrival_column(df[cols["arrival_s"]], where, header[cols["arrival_s"]])
+        named = _name_unit(header[cols["arrival_s"]])
+        if named is not None:  # arrival_s is seconds; a column whose name states another unit is probably not
+            warnings.warn(f"{where}: column {header[cols['arrival_s']]!r} is read as arrival_s in seconds, but its "
+                          f"name says {named}; to read it in {named}, map it as the timestamp instead "
+                          f"(workload.columns.timestamp={header[cols['arrival_s']]}, or columns=timestamp:"
+                          f"{header[cols['arrival_s']]} for serve)", LongTraceWarning, stacklevel=2)
         _warn_long(where, header[cols["arrival_s"]], float(arrival_s.max() - arrival_s.min()) if len(arrival_s) else 0.0,
                    f"workload.columns.timestamp={header[cols['arrival_s']]} workload.time_unit=ms (arrival_s is "
                    "seconds)")
