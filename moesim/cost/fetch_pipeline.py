@@ -1,4 +1,7 @@
-"""A decode step that fetches host experts, as a pipeline of host launches and device copies, layer by layer.
+"""A step that fetches host experts, as a pipeline of host launches and device copies, layer by layer.
+
+Used by ``profile_bucketed`` (``fetch_model=pipeline``) for decode steps, and for prefills the runtime runs
+piecewise (``prefill_prefix=graphs``: ``PrefillFetchTable``); an eagerly run prefill keeps the composed model.
 
 How the runtime runs such a step (``moesim.serve``; ``moesim.calibrate.engine.MoEEngine._moe_grouped``): the
 host launches each layer's kernels; at every MoE layer that holds a host copy (of any tenant of the instance) it
@@ -19,8 +22,8 @@ their FFNs, and goes on launching the next layers until the next such layer, whe
 So the step's time outside its copies falls as it fetches more (its launches hide under the copies): measured on
 the H200 (``reports/validation/realtime/h200_host``), naive's fetching decode steps (36 fetches in 19 host layers)
 spent 35 ms outside their copies, the others (8–17 fetches in 5–9 host layers) 40–63 ms, against 59.5 ms for the
-runtime's eager step with a sync at every layer. The host-bound bound (``max(synced step, graph)``) gives 59.5 ms
-to all.
+runtime's eager step with a sync at every layer. The earlier rule (``max(synced step, graph)``) gives 59.5 ms
+to all. With the prefix in a graph (``reports/validation/realtime/h200_split``), the same steps spent 18–23 ms.
 
 Which layers fetch: each host slot of a layer is reached by the tokens of the tenants that share it (the
 residency's groups laid out as ``moesim.executor.layout.assign_slots`` does: each tenant's positions in group
