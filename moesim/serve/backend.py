@@ -916,11 +916,7 @@ class TorchBackend:
                 self.stats["prefix_graph_steps"] += 1
             else:
                 self.stats["eager_steps"] += 1
-            n, fs = f.count, f.copy_s()
-            self.stats["expert_fetches"] += n
-            self.stats["fetch_bytes"] += f.bytes
-            self.stats["fetch_copy_s"] += fs
-            return self._done(t0, n, fs)
+            return self._fetched(t0, f)
         pg = self.pg
         if (f is not None and self.split_fetch and self.bucket_prefill and not streamed
                 and all(w.context == 0 for w in batch) and self._split_layer() > 0):
@@ -948,11 +944,7 @@ class TorchBackend:
                     self.stats["prefill_prefix_graph_steps"] += 1
                 else:
                     self.stats["eager_steps"] += 1
-                n, fs = f.count, f.copy_s()
-                self.stats["expert_fetches"] += n
-                self.stats["fetch_bytes"] += f.bytes
-                self.stats["fetch_copy_s"] += fs
-                return self._done(t0, n, fs)
+                return self._fetched(t0, f)
         if dg is not None and not dg.broken and f is None and not streamed and all(
                 w.new_tokens == 1 for w in batch):
             t0 = time.perf_counter()
@@ -1022,11 +1014,17 @@ class TorchBackend:
         finally:
             eng.layer_hook = None
         self.stats["eager_steps"] += 1
-        n, fs = (f.count, f.copy_s()) if f is not None else (0, 0.0)
-        if f is not None:
-            self.stats["expert_fetches"] += n
-            self.stats["fetch_bytes"] += f.bytes
-            self.stats["fetch_copy_s"] += fs
+        return self._fetched(t0, f)
+
+    def _fetched(self, t0: float, f: Fetcher | None) -> StepCost:
+        """``_done`` for a step that ran with the fetcher ``f`` (None: none): its fetches, bytes and copy seconds are
+        counted."""
+        if f is None:
+            return self._done(t0, 0, 0.0)
+        n, fs = f.count, f.copy_s()
+        self.stats["expert_fetches"] += n
+        self.stats["fetch_bytes"] += f.bytes
+        self.stats["fetch_copy_s"] += fs
         return self._done(t0, n, fs)
 
     def _done(self, t0: float, fetches: int, fetch_s: float) -> StepCost:
