@@ -35,6 +35,7 @@ import numpy as np
 
 from moesim.cost import COST_MODELS
 from moesim.cost.base import CostModel, DecodeRun, Residency, SeqWork, StepCost
+from moesim.cost.fetch_pipeline import host_slots_by_layer
 from moesim.cost.profile import ProfileCost, ProfileCostConfig
 from moesim.errors import UserError
 from moesim.specs import GPUSpec, ModelSpec
@@ -46,16 +47,8 @@ def host_layers(residency: Residency, n_moe_layers: int, n_experts: int, tenants
     """MoE layers holding a host copy of any of ``tenants`` when each tenant's positions are laid out in group
     order, layer by layer (``moesim.executor.layout.assign_slots``; position ``p`` is in layer ``p // E``)."""
     want = set(tenants)
-    layers: set[int] = set()
-    cursor: dict[int, int] = {}
-    for g in residency.groups:
-        ts = g.tenants & want
-        for t in g.tenants:
-            s = cursor.get(t, 0)
-            cursor[t] = s + g.positions
-            if t in ts and not g.on_gpu and g.positions:
-                layers.update(range(s // n_experts, min(n_moe_layers, -(-(s + g.positions) // n_experts))))
-    return len(layers)
+    return sum(1 for layer in host_slots_by_layer(residency, n_moe_layers, n_experts)
+               if any(ts & want for ts in layer))
 
 
 @dataclass(frozen=True)
