@@ -216,11 +216,16 @@ class FetchTable:
             return None
         if j <= 0:
             return 0.0
-        row = min(pts, key=lambda p: (abs(p[0] - n_seqs), p[0]))[1]
-        js = sorted(row)
-        if j >= js[-1]:
-            return float(row[js[-1]] * j / js[-1])
-        return float(np.interp(j, [0, *js], [0.0, *(row[x] for x in js)]))
+        return _prefix_at(min(pts, key=lambda p: (abs(p[0] - n_seqs), p[0]))[1], j)
+
+
+def _prefix_at(row: dict[int, float], j: int) -> float:
+    """Seconds of a ``j``-layer prefix from measured ones (``row``: layers → seconds): linear between them and
+    through 0 below the first, proportional past the last."""
+    js = sorted(row)
+    if j >= js[-1]:
+        return float(row[js[-1]] * j / js[-1])
+    return float(np.interp(j, [0, *js], [0.0, *(row[x] for x in js)]))
 
 
 def tokens_by_tenant(tenants: Iterable[int], tokens_each: int = 1) -> dict[int, int]:
@@ -267,8 +272,7 @@ class PrefillFetchTable:
         e, g, pre = by[b]
         scale = tokens / b if tokens > b else 1.0
         if pre and j > 0:
-            js = sorted(pre)
-            p = pre[js[-1]] * j / js[-1] if j >= js[-1] else float(np.interp(j, [0, *js], [0.0, *(pre[x] for x in js)]))
+            p = _prefix_at(pre, j)
         else:
             p = g * j / n_layers if j > 0 else 0.0
         return e * scale, g * scale, p * scale
