@@ -96,17 +96,24 @@ for _name in HOST_S2:
     _n = next(int(k.split("=")[1]) for k in RUNS[_name][0] if k.startswith("max_requests="))
     RUNS[f"{_name}-long"] = ([*(k for k in RUNS[_name][0] if not k.startswith("max_requests=")), "seed=4",
                               f"max_requests={2 * _n}"], 2 * RUNS[_name][1])
+# the ninth call: held-out runs twice as long with seed 5 (never run before), the host-expert runs and mig at light and
+# saturated load (host experts at every load at Mixtral's size: both slices fetch at once)
+for _name in (*HOST_S2, "mig_light", "mig_saturated"):
+    _n = next(int(k.split("=")[1]) for k in RUNS[_name][0] if k.startswith("max_requests="))
+    RUNS[f"{_name}-s5"] = ([*(k for k in RUNS[_name][0] if not k.startswith("max_requests=")), "seed=5",
+                            f"max_requests={2 * _n}"], 2 * RUNS[_name][1])
 SMOKE_KEYS = {"naive": ["budget_bytes=0"], "swap": ["budget_bytes=0"]}
 DEADLINE_S = float(os.environ.get("MATRIX_DEADLINE_S", "490"))
 # the order of the call, most valuable first (the runs that missed 5% or never ran): FIRST on GPU 0 while the mig
 # runs go on GPU 1 in a process of their own (MIG), then TWO_GPU (both GPUs), then the rest on GPU 0
 FIRST = ["multiplex_saturated", "tables", "multiplex_host", "reconfig_fast_host", "naive_saturated"]
-TWO_GPU = ["dedicated_saturated", "fleet_saturated", "fleet_host", "dedicated_light", "fleet", "dedicated_saturated-s1",
+TWO_GPU = ["fleet_host-s5", "dedicated_saturated", "fleet_saturated", "fleet_host", "dedicated_light", "fleet", "dedicated_saturated-s1",
            "fleet_host-s2", "fleet_host-s3", "fleet_host-long"]
-MIG = ["mig_host-long", "mig_host-s3", "mig_light", "mig_saturated", "mig_host", "mig_saturated-s1", "mig_host-s2"]
+MIG = ["mig_host-s5", "mig_saturated-s5", "mig_light-s5", "mig_host-long", "mig_host-s3", "mig_light", "mig_saturated", "mig_host", "mig_saturated-s1", "mig_host-s2"]
 # the held-out host-expert repeats first of the rest (-s3: the seventh call; -s2: the sixth), then naive_light
 # (naive has host experts at every load), then the earlier runs
-REST = ["naive_host-long", "swap_host-long", "reconfig_host-long", "reconfig_fast_host-long", "multiplex_host-long",
+REST = ["naive_host-s5", "swap_host-s5", "reconfig_host-s5", "reconfig_fast_host-s5", "multiplex_host-s5",
+        "naive_host-long", "swap_host-long", "reconfig_host-long", "reconfig_fast_host-long", "multiplex_host-long",
         "naive_host-s3", "swap_host-s3", "reconfig_host-s3", "reconfig_fast_host-s3", "multiplex_host-s3",
         "naive_light", "naive_host-s2", "swap_host-s2", "reconfig_host-s2", "reconfig_fast_host-s2", "multiplex_host-s2",
         "reconfig_fast_light", "reconfig_fast_saturated", "multiplex_light", "reconfig_light", "reconfig_saturated",
