@@ -37,10 +37,11 @@ def did_you_mean(name: str, valid: Iterable[str]) -> str:
     same = [v for v in names if v.lower() == str(name).lower()]  # MIG, TINY, H200: only the case differs
     if len(same) == 1:
         return f" (did you mean {same[0]!r}?)"
+    # gpu=h100 is the start of h100-80gb and h100-pcie: the closest spelling (h200) is another GPU
+    starts = [v for v in names if name and v.lower().startswith(str(name).lower())]
+    if 1 <= len(starts) <= 3:
+        return f" (did you mean {' or '.join(map(repr, starts))}?)"
     near = difflib.get_close_matches(str(name), names, n=1, cutoff=0.7)  # not gpu → cpu (0.67)
-    if not near:  # a prefix of exactly one name ("mixtral" of mixtral-8x7b and -8x22b is two: no guess)
-        near = [v for v in names if v.startswith(str(name))] if name else []
-        near = near if len(near) == 1 else []
     return f" (did you mean {near[0]!r}?)" if near else ""
 
 

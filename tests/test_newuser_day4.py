@@ -81,7 +81,7 @@ def test_serve_replays_a_users_trace_through_the_simulators_loader(tmp_path: Pat
     (["workload=trace"], "workload=trace needs trace=FILE (a .csv, .jsonl or .parquet trace; docs/workloads.md)"),
     (["workload=poisson", "trace=t.csv"], "trace='t.csv' applies to a trace file; workload='poisson' does not read "
                                           "one (give trace=FILE and leave workload= out)"),
-    (["trace=t.csv", "trace_format=azure"], "trace_format='azure' is invalid (did you mean 'azure2024'?); valid: '', "
+    (["trace=t.csv", "trace_format=azure"], "trace_format='azure' is invalid (did you mean 'azure2023' or 'azure2024'?); valid: '', "
                                             "'azure2023', 'azure2024', 'mooncake', 'burstgpt'"),
     (["trace=t.csv", "columns=foo"], "columns='foo': expected field:column with a field among arrival_s, timestamp, "
                                      "prompt_tokens, output_tokens, tenant (e.g. columns=prompt_tokens:input_length,"
