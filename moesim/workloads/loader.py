@@ -98,6 +98,10 @@ class UnsortedTraceWarning(UserWarning):
     """A trace file's arrival times were out of order and have been sorted."""
 
 
+class MixedTenantWarning(UserWarning):
+    """A trace's tenant column holds integer ids and names: all are read as names."""
+
+
 class LongTraceWarning(UserWarning):
     """A trace file's times, read as seconds, span more than ``LONG_TRACE_S`` (milliseconds, probably)."""
 
@@ -412,7 +416,14 @@ def _arrival_column(col: pd.Series, where: str, name: str) -> np.ndarray:
         bad = ~np.isfinite(x) | (x < 0)
     if bad.any():
         raw = col.to_numpy(dtype=object)
-        raise _bad_row(where, bad, lambda i: f"{name}={raw[i]!r} is not a number ≥ 0 (seconds)")
+        missing = pd.isna(col).to_numpy()  # an empty cell read as "arrival_s=nan is not a number"
+
+        def problem(i: int) -> str:
+            if missing[i]:
+                return f"{name} is missing (empty); must be a number ≥ 0 (seconds)"
+            return f"{name}={raw[i]!r} is not a number ≥ 0 (seconds)"
+
+        raise _bad_row(where, bad, problem)
     return x
 
 
@@ -431,6 +442,11 @@ def _warn_long(where: str, name: str, span_s: float, remedy: str) -> None:
 def _timestamp_column(col: pd.Series, where: str, unit: str, name: str) -> np.ndarray:
     """Seconds since the column's earliest time: numbers in ``unit`` (``auto``: ``epoch_unit``), else
     date-times."""
+    missing = np.array(pd.isna(col), dtype=bool)
+    if pd.api.types.is_object_dtype(col) or pd.api.types.is_string_dtype(col):
+        missing |= np.array(col.astype(str).str.strip() == "", dtype=bool)
+    if missing.any():  # an empty cell among numbers blamed row 1's '0' as "not a parsable date-time"
+        raise _bad_row(where, missing, lambda i: f"{name} is missing (empty); must be a date-time or a number")
     x = _numbers(col)
     if np.isfinite(x).all():
         # auto: the unit the column's name states (ts_ms read as seconds made a 2 s trace 2,000 s long),
@@ -478,6 +494,13 @@ def _tenant_column(col: pd.Series, tenants: int | None, where: str, name: str,
     ids = np.full(len(col), -1, dtype=np.int64)
     ids[keep] = codes
     names = tuple(str(u) for u in uniques)
+    integral = np.isfinite(x) & (x == np.floor(x))
+    if integral[keep].any():  # 1, 0, x: tenant '1' silently became tenant 0
+        shown = ", ".join(f"{n!r} → {i}" for i, n in enumerate(names[:4])) + (", …" if len(names) > 4 else "")
+        first = int(np.flatnonzero(~integral & keep)[0]) + 1
+        warnings.warn(f"{where}: {name} mixes integer ids and names (row {first}: {text.iloc[first - 1]!r}), so "
+                      f"every value is read as a name and numbered in order of first appearance ({shown}); use "
+                      "only ids 0..tenants-1 or only names", MixedTenantWarning, stacklevel=3)
     if tenants is not None and len(names) > tenants:
         shown = ", ".join(names[:5]) + (", …" if len(names) > 5 else "")
         raise UserError(f"{where}: {name} names {len(names)} tenants ({shown}) but workload.tenants={tenants}; "
