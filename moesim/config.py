@@ -859,7 +859,7 @@ def _check_fleet_files(spec: JobSpec) -> None:
     """Read a fleet file and a placement file and check them against each other (GPU indices, each GPU's
     policy), so a bad file stops the command before hydra creates any folder, like a bad trace file."""
     fleet_file = spec.fleet is not None and spec.fleet.name == "file"
-    placement_file = spec.placement is not None and spec.placement.name == "file" and spec.placement.path
+    placement_file = spec.placement is not None and spec.placement.name == "file"
     similarity = str(getattr(spec.placement, "similarity", "") or "") if spec.placement is not None else ""
     if similarity:  # pack's similarity matrix: a bad one left a run folder holding only simulate.log
         from moesim.fleet.strategies.pack import load_similarity
@@ -874,6 +874,8 @@ def _check_fleet_files(spec: JobSpec) -> None:
     fleet_cfg = spec.fleet if spec.fleet is not None else FLEETS.config("uniform")
     fleet = FLEETS.build(fleet_cfg.name, fleet_cfg).spec(spec.gpu)
     if placement_file:
+        if not spec.placement.path:  # said only after the run folder (its simulate.log) was made
+            raise UserError("placement=file needs placement.path=<a placement YAML/JSON file>")
         placement = load_placement(spec.placement.path)
         placement.check(fleet.n_gpus)
         for p in placement.gpus:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moesim.errors import UserError
+from moesim.errors import UserError, first_line
 
 
 @dataclass(frozen=True)
@@ -138,11 +138,13 @@ class Placement:
         return cls(tuple(sorted(out, key=lambda p: p.gpu)), str(data.get("strategy") or ""), source)
 
 
-def read_mapping(path: str | Path) -> Any:
-    """A YAML or JSON file's content (UserError when missing or unreadable)."""
+def read_mapping(path: str | Path, what: str = "file") -> Any:
+    """A YAML or JSON file's content (UserError naming the ``what`` file when missing or unreadable)."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{what} {str(p)!r}: is a folder; give the YAML or JSON file itself")
     if not p.is_file():
-        raise UserError(f"{p}: no such file")
+        raise UserError(f"{what} {str(p)!r}: no such file")
     text = p.read_text()
     try:
         if p.suffix == ".json":
@@ -151,12 +153,12 @@ def read_mapping(path: str | Path) -> Any:
 
         return yaml.safe_load(text)
     except Exception as exc:  # a parse error, in one line
-        raise UserError(f"{p}: cannot parse ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{what} {str(p)!r}: cannot parse ({first_line(exc)})") from None
 
 
 def load_placement(path: str | Path) -> Placement:
     """A placement file (YAML, or JSON by its .json suffix)."""
-    return Placement.from_dict(read_mapping(path), f"placement file {path}", str(path))
+    return Placement.from_dict(read_mapping(path, "placement file"), f"placement file {path}", str(path))
 
 
 def save_placement(placement: Placement, path: str | Path) -> Path:

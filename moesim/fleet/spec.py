@@ -142,4 +142,4 @@ def load_fleet(path: str | Path) -> FleetSpec:
     """A fleet file (YAML or JSON)."""
     from moesim.fleet.placement import read_mapping
 
-    return FleetSpec.from_dict(read_mapping(path), f"fleet file {path}")
+    return FleetSpec.from_dict(read_mapping(path, "fleet file"), f"fleet file {path}")
