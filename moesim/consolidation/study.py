@@ -27,8 +27,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
+# first: run as a command without torch, one line instead of a traceback from the imports below
+from moesim.torch_import import torch
+
+# isort: split
 from moesim.consolidation.apply import materialize
 from moesim.consolidation.builders import build_plan
 from moesim.consolidation.corpus import DOMAINS, eval_windows, load_split, sample_windows
