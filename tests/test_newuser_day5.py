@@ -1,0 +1,219 @@
+"""Surprises a new user met on day 5 (a fresh torch-free venv outside the repository, the README's commands, their
+own odd traces, every command's --help, serve on the CPU), each pinned by a test that failed before its fix."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from moesim.errors import UserError, did_you_mean
+
+ROOT = Path(__file__).resolve().parents[1]
+GPUS = ["a100-40gb", "a100-80gb", "b200", "h100-80gb", "h100-pcie", "h200", "l40s"]
+
+
+def _env() -> dict[str, str]:
+    """This checkout's moesim from any working directory."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=_env())
+
+
+@pytest.mark.parametrize(("name", "valid", "hint"), [
+    ("h100", GPUS, " (did you mean 'h100-80gb' or 'h100-pcie'?)"),  # was 'h200', another GPU
+    ("a100", GPUS, " (did you mean 'a100-40gb' or 'a100-80gb'?)"),
+    ("mixtral", ["mixtral-8x22b", "mixtral-8x7b", "tiny"], " (did you mean 'mixtral-8x22b' or 'mixtral-8x7b'?)"),
+    ("qwen3", ["qwen3-30b-a3b", "qwen3-235b-a22b", "tiny"], " (did you mean 'qwen3-30b-a3b' or 'qwen3-235b-a22b'?)"),
+    ("h2000", GPUS, " (did you mean 'h200'?)"),  # a misspelling still gets its nearest name
+    ("H100", GPUS, " (did you mean 'h100-80gb' or 'h100-pcie'?)"),
+])
+def test_a_prefix_of_several_names_names_them_all(name: str, valid: list[str], hint: str) -> None:
+    assert did_you_mean(name, valid) == hint
+
+
+def test_gpu_h100_is_pointed_at_the_h100s_not_the_h200(tmp_path: Path) -> None:
+    p = _run(["-m", "moesim.simulate", "hydra.mode=RUN", f"hydra.run.dir={tmp_path / 'r'}", "gpu=h100"], tmp_path)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [
+        "moesim: error: unknown gpu 'h100' (did you mean 'h100-80gb' or 'h100-pcie'?); valid: a100-40gb, a100-80gb, "
+        "b200, h100-80gb, h100-pcie, h200, l40s (or a GPU .yaml path)"]
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    # an empty arrival_s cell was "arrival_s=nan is not a number ≥ 0"
+    ("arrival_s,prompt_tokens,output_tokens\n0,100,20\n,50,10\n",
+     "row 2: arrival_s is missing (empty); must be a number ≥ 0 (seconds)"),
+    # an empty timestamp cell among numbers blamed row 1's '0' as "not a parsable date-time"
+    ("timestamp,prompt_tokens,output_tokens\n0,100,20\n,50,10\n5,1,1\n",
+     "row 2: timestamp is missing (empty); must be a date-time or a number"),
+    ("timestamp,prompt_tokens,output_tokens\n2024-01-01 10:00:00,100,20\n  ,50,10\n",
+     "row 2: timestamp is missing (empty); must be a date-time or a number"),
+])
+def test_an_empty_time_cell_is_called_empty_on_its_own_row(tmp_path: Path, text: str, line: str) -> None:
+    from moesim.workloads import read_trace
+
+    f = tmp_path / "t.csv"
+    f.write_text(text)
+    with pytest.raises(UserError) as e:
+        read_trace(f, tenants=2)
+    assert str(e.value) == f"trace file {str(f)!r}: {line}"
+
+
+def test_a_null_timestamp_in_jsonl_is_called_empty(tmp_path: Path) -> None:
+    from moesim.workloads import read_trace
+
+    f = tmp_path / "t.jsonl"
+    f.write_text('{"timestamp": 0, "prompt_tokens": 1, "output_tokens": 2}\n'
+                 '{"timestamp": null, "prompt_tokens": 1, "output_tokens": 2}\n')
+    with pytest.raises(UserError, match=r": row 2: timestamp is missing \(empty\); must be a date-time or a number$"):
+        read_trace(f, tenants=2)
+
+
+def test_a_tenant_column_mixing_ids_and_names_says_how_it_was_read(tmp_path: Path) -> None:
+    # tenant 1, 0, x: the file's tenant '1' became tenant 0 (and '0' tenant 1) with nothing said
+    from moesim.workloads import read_trace
+    from moesim.workloads.loader import MixedTenantWarning
+
+    f = tmp_path / "t.csv"
+    f.write_text("arrival_s,prompt_tokens,output_tokens,tenant\n0,100,20,1\n1,50,10,0\n2,5,5,x\n")
+    with pytest.warns(MixedTenantWarning) as w:
+        tr = read_trace(f, tenants=3)
+    assert [str(x.message) for x in w] == [
+        f"trace file {str(f)!r}: tenant mixes integer ids and names (row 3: 'x'), so every value is read as a name "
+        "and numbered in order of first appearance ('1' → 0, '0' → 1, 'x' → 2); use only ids 0..tenants-1 or only "
+        "names"]
+    assert tr.tenant.tolist() == [0, 1, 2]
+    assert tr.tenant_names == ("1", "0", "x")
+    # all ids, or all names: nothing to say
+    g = tmp_path / "g.csv"
+    g.write_text("arrival_s,prompt_tokens,output_tokens,tenant\n0,100,20,1\n1,50,10,0\n")
+    h = tmp_path / "h.csv"
+    h.write_text("arrival_s,prompt_tokens,output_tokens,tenant\n0,100,20,bob\n1,50,10,al\n")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MixedTenantWarning)
+        assert read_trace(g, tenants=2).tenant.tolist() == [1, 0]
+        assert read_trace(h, tenants=2).tenant_names == ("bob", "al")
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    # the error came after the run folder (holding simulate.log) was made, although the README says before
+    (["placement=file"], "moesim: error: placement=file needs placement.path=<a placement YAML/JSON file>"),
+    # "nope.yaml: no such file" did not say which file it was
+    (["placement=file", "placement.path=nope.yaml"], "moesim: error: placement file 'nope.yaml': no such file"),
+    (["placement=file", "placement.path=."], "moesim: error: placement file '.': is a folder; give the YAML or JSON "
+                                             "file itself"),
+    (["fleet=file", "fleet.path=nope.yaml"], "moesim: error: fleet file 'nope.yaml': no such file"),
+])
+def test_a_missing_placement_or_fleet_file_is_one_line_before_any_folder(tmp_path: Path, args: list[str],
+                                                                          line: str) -> None:
+    gpus = [] if args[0].startswith("fleet=") else ["fleet.gpus=2"]
+    p = _run(["-m", "moesim.simulate", "hydra.mode=RUN", "hydra.run.dir=r", "progress=false", *gpus, *args], tmp_path)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1] == line
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_placement_file_that_does_not_parse_names_the_file() -> None:
+    from moesim.fleet.placement import load_placement
+
+    bad = ROOT / "tests" / "data"
+    with pytest.raises(UserError, match=r"^placement file '.*tests/data': is a folder; give the YAML or JSON file"):
+        load_placement(bad)
+
+
+def test_python_m_moesim_lists_the_commands_that_exist(tmp_path: Path) -> None:
+    # "No module named moesim.__main__; 'moesim' is a package and cannot be directly executed"
+    from moesim.commands import COMMANDS
+
+    for module, _, _ in COMMANDS:
+        assert importlib.util.find_spec(module) is not None, module
+    p = _run(["-m", "moesim"], tmp_path)
+    assert (p.returncode, p.stderr) == (0, "")
+    lines = p.stdout.splitlines()
+    assert lines[0] == "moesim has no command of its own; its commands (each answers --help):"
+    assert [ln.split()[2] for ln in lines[1:]] == [m for m, _, _ in COMMANDS]
+    assert "python -m moesim.calibrate " in p.stdout
+    assert "[pip install 'moesim[gpu]']" in p.stdout
+    p = _run(["-m", "moesim", "simulate", "policy=mig"], tmp_path)
+    assert (p.returncode, p.stdout) == (2, "")
+    assert p.stderr.splitlines() == ["moesim: error: python -m moesim is not a command and takes no arguments; run "
+                                     "python -m moesim.simulate policy=mig"]
+
+
+def test_python_m_moesim_fleet_points_at_the_fleet_commands(tmp_path: Path) -> None:
+    p = _run(["-m", "moesim.fleet"], tmp_path)
+    assert p.returncode == 0
+    assert p.stdout.startswith("moesim.fleet is a library package, not a command. Fleets are simulated by python -m "
+                               "moesim.simulate fleet.gpus=N placement=NAME router=NAME (docs/fleet.md)")
+    assert [ln.split()[2] for ln in p.stdout.splitlines()[1:]] == [
+        "moesim.simulate", "moesim.search", "moesim.fleet.bench", "moesim.search.bench"]
+
+
+@pytest.mark.parametrize("module", ["moesim.consolidation.study", "moesim.consolidation.quality_study"])
+def test_a_torch_command_without_torch_is_one_line_even_for_help(tmp_path: Path, module: str) -> None:
+    # without torch, `--help` of the study commands was a ModuleNotFoundError traceback from their imports
+    code = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = ['x', '--help']; "
+            f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)")
+    p = _run(["-c", code], tmp_path)
+    assert p.returncode == 2
+    assert p.stderr.splitlines() == [f"moesim: error: python -m {module} needs torch, which is not installed; install "
+                                     "it with pip install 'moesim[gpu]' (the simulator and reports need none of it)"]
+    # imported as a library, a missing torch is still the ModuleNotFoundError of `import torch`
+    code = "import sys; sys.modules['torch'] = None; import moesim.consolidation.study"
+    p = _run(["-c", code], tmp_path)
+    assert p.returncode == 1
+    assert "ModuleNotFoundError" in p.stderr
+
+
+def test_a_default_serve_run_says_it_takes_two_minutes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the default serve (32 requests at 0.25 req/s per tenant, wall clock) sat silent for 113 s
+    import moesim.serve.run as R
+    from moesim.serve.config import ServeConfig
+
+    def stop(*a: object, **k: object) -> None:
+        raise RuntimeError("stop before serving")
+
+    monkeypatch.setattr(R, "_serve", stop)
+    lines: list[str] = []
+    cfg = ServeConfig(model="tiny", device="cpu", backend="cost", out=str(tmp_path / "s"))
+    with pytest.raises(RuntimeError, match="stop"):
+        R.run(cfg, [], log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert [ln for ln in lines if "arrive over" in ln] == [
+        "serve: the requests arrive over 113 s (1.9 min): clock=wall replays them in real time, so the run takes at "
+        "least that long; clock=virtual, a higher rate= or a smaller max_requests= shortens it"]
+    lines.clear()
+    with pytest.raises(RuntimeError, match="stop"):
+        R.run(dataclasses.replace(cfg, rate=20.0), [], log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert not any("arrive over" in ln for ln in lines)
+
+
+def test_a_wall_clock_cost_run_says_what_its_gap_to_the_simulator_is(tmp_path: Path) -> None:
+    # backend=cost on the wall clock: "simulated (roofline): mean TTFT -93.8%" read as a broken simulator; the
+    # served side sleeps the very same costs, the gap is the host's time around each step
+    from moesim.serve.config import ServeConfig
+    from moesim.serve.run import run
+
+    lines: list[str] = []
+    cfg = ServeConfig(model="tiny", device="cpu", backend="cost", tenants=2, rate=50.0, max_requests=4,
+                      sim_cost="roofline", out=str(tmp_path / "s"))
+    run(cfg, [], log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    (line,) = [ln for ln in lines if ln.startswith("simulated (roofline)")]
+    assert line.endswith("(backend=cost sleeps the same step costs on the wall clock: the gap is this host's time "
+                         "around each step; clock=virtual gives the simulator's figures)")
+    lines.clear()
+    run(dataclasses.replace(cfg, clock="virtual", out=str(tmp_path / "v")), [],
+        log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    (line,) = [ln for ln in lines if ln.startswith("simulated (roofline)")]
+    assert line == ("simulated (roofline): mean turnaround +0.0%, mean TTFT +0.0%, per-request median |err| "
+                    "turnaround 0.0%")
