@@ -10,7 +10,9 @@ steps from the runtime's measured bucket table, fetching decode steps as ``fetch
 resident layers before the first host layer eager or from graphs as the run's backend says: ``fetch_prefix_of``)
 or ``fetch_model=host_bound`` (suffix ``_host_bound``), expert copies at the rate measured in the same call
 (``link=table``, default: ``link_share.json`` beside the table), the profile's (``link=profile``) or the run's own
-(``link=run``, a diagnostic: suffix ``_link_run``); the per-run files get the same suffix) (run-level figures simulated vs measured, signed errors, per-request median/mean
+(``link=run``, a diagnostic: suffix ``_link_run``), mig slices sharing the host link as one copy queue
+(``link_discipline=auto``: ``fifo``, the runtime's green contexts) or 1/k each (``link_discipline=share``: suffix
+``_share``); the per-run files get the same suffix) (run-level figures simulated vs measured, signed errors, per-request median/mean
 absolute errors; ``replay_*`` columns: the same errors of the warm-up replay, measured step times on a
 virtual clock, i.e. without host time or real arrivals). It also writes and prints the four-figure table
 (``validation<suffix>.md``: per run measured / simulated mean turnaround and mean TTFT with signed errors
@@ -30,6 +32,7 @@ import pandas as pd
 from moesim.cost.profile_bucketed import FETCH_MODELS
 from moesim.errors import UserError, exit_on_user_error
 from moesim.formats.profile import EXECUTION_CHOICES
+from moesim.policies.base import LINK_DISCIPLINES
 
 
 def fetch_prefix_of(doc: dict[str, Any], stat: str = "prefix_graph_steps") -> str:
@@ -69,11 +72,14 @@ def measured_link_Bps(folder: Path, table: str, link: str, doc: dict[str, Any], 
 
 
 def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", suffix: str = "",
-                 table: str = "", fetch_model: str = "pipeline", link: str = "table") -> dict[str, Any]:
+                 table: str = "", fetch_model: str = "pipeline", link: str = "table",
+                 link_discipline: str = "auto") -> dict[str, Any]:
     """Simulate one served run's trace and score it; writes the simulated table and the per-request errors.
 
     ``execution``: which shipped profile ``sim_cost=auto|profile`` uses (``graphs`` or ``eager``); ``auto``: the
-    runtime's execution mode. ``suffix`` is added to the written files' names.
+    runtime's execution mode. ``suffix`` is added to the written files' names. ``link_discipline``: how a mig
+    run's slices share the host link in the simulation (``auto``: ``fifo``, the runtime's slices being green
+    contexts of one process with one copy queue; ``share``: 1/k each, as real MIG partitions).
     """
     from moesim.executor.compare import per_request_errors, summary
     from moesim.io import write_parquet
@@ -100,7 +106,10 @@ def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", 
     cost, desc = build_cost(cfg, model, gpu, execution, options)
     if link != "table" and sim_cost == "profile_bucketed":
         desc += f", link={link}" + (" (each single-instance run at its own measured copy rate)" if link == "run" else "")
-    sim = simulate_config(cfg, model, gpu, cost, requests)
+    overrides = {"link_discipline": link_discipline} if link_discipline != "auto" and cfg.policy == "mig" else None
+    if overrides:
+        desc += f", link_discipline={link_discipline}"
+    sim = simulate_config(cfg, model, gpu, cost, requests, overrides)
     write_parquet(folder / f"simulated_requests{suffix}.parquet", sim.requests)
     write_parquet(folder / f"per_request_errors{suffix}.parquet", per_request_errors(sim.requests, measured))
     row: dict[str, Any] = {"run": folder.name, "policy": cfg.policy, "sim_cost": desc,
@@ -172,13 +181,15 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__)
         return
     root = Path(args[0])
-    opts = {"sim_cost": "auto", "execution": "auto", "table": "", "fetch_model": "pipeline", "link": "table"}
+    opts = {"sim_cost": "auto", "execution": "auto", "table": "", "fetch_model": "pipeline", "link": "table",
+            "link_discipline": "auto"}
     for a in args[1:]:
         key, _, value = a.partition("=")
         if key not in opts:
             raise UserError(f"argument {a!r}: keys: sim_cost=auto|profile|profile_mixed|profile_bucketed|roofline|"
                             "constant, execution=auto|graphs|eager, table=<decode_table.csv> (profile_bucketed), "
-                            "fetch_model=pipeline|host_bound, link=table|profile|run (profile_bucketed)")
+                            "fetch_model=pipeline|host_bound, link=table|profile|run (profile_bucketed), "
+                            "link_discipline=auto|share|fifo (mig)")
         opts[key] = value
     if opts["fetch_model"] not in FETCH_MODELS:
         raise UserError(f"fetch_model={opts['fetch_model']!r}: valid: {', '.join(FETCH_MODELS)}")
@@ -187,6 +198,10 @@ def main(argv: list[str] | None = None) -> None:
     suffix = "".join(f"_{opts[k]}" for k in ("sim_cost", "execution") if opts[k] != "auto")
     if opts["link"] not in LINK_MODES:
         raise UserError(f"link={opts['link']!r}: valid: {', '.join(LINK_MODES)}")
+    if opts["link_discipline"] not in ("auto", *LINK_DISCIPLINES):
+        raise UserError(f"link_discipline={opts['link_discipline']!r}: valid: auto, {', '.join(LINK_DISCIPLINES)}")
+    if opts["link_discipline"] != "auto":
+        suffix += f"_{opts['link_discipline']}"
     for key, default in (("fetch_model", "pipeline"), ("link", "table")):
         if opts[key] != default:
             suffix += f"_{key.split('_')[0]}_{opts[key]}" if key == "link" else f"_{opts[key]}"
@@ -200,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
                         "which hold the run's config); give the out= folder of a served run, or a folder of them")
     folders = served
     rows = [validate_run(f, opts["sim_cost"], opts["execution"], suffix, opts["table"], opts["fetch_model"],
-                         opts["link"]) for f in folders]
+                         opts["link"], opts["link_discipline"]) for f in folders]
     table = pd.DataFrame(rows)
     table.to_csv(root / f"validation{suffix}.csv", index=False)
     md = markdown_table(table)
