@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import simpy
 
 from moesim.cost.base import CostModel, Residency, SeqWork, swap_link_delay
+from moesim.engine.host import HostProcess, stretch_run, stretch_step
 from moesim.policies.base import InstancePlan, Policy
 from moesim.resident_sets import make_resident, touch
 from moesim.running_batch import retire_finished
@@ -31,6 +32,7 @@ class Instance:
 
     gpu: int = 0
     board: Board  # set by the engine before the run
+    host: HostProcess | None = None  # the host process launching its steps, when host contention is modelled
 
     def __init__(self, idx: int, plan: InstancePlan, env: simpy.Environment, cost: CostModel,
                  policy: Policy, link: HostLink, rec: Recorder) -> None:
@@ -166,7 +168,8 @@ class Instance:
         while True:
             self._pull()
             if not self.running and not self.queue:
-                shared = self.fetches and len(self.link.members) > 1
+                shared = self.fetches and (len(self.link.members) > 1
+                                           or (self.host is not None and len(self.host.members) > 1))
                 if shared:
                     self._link_changed()  # idle from now
                 if self._next >= len(self._arrivals):
@@ -201,9 +204,15 @@ class Instance:
                             rec.swap_wait[r.id] = waited
                     if self._streamed_swap_s:
                         step = swap_link_delay(under, self._streamed_swap_s)
+                host = self.host if step.expert_fetches > 0 else None
+                if host is not None:  # a host-bound step beside other instances' of the same host process
+                    step = stretch_step(step, host.factor())
+                    host.begin(True)
                 t0 = env.now
                 yield env.timeout(step.total_s)
                 self.link.end(self.fetches)
+                if host is not None:
+                    host.end(True)
                 rec.segment(self.idx, "prefill", t0, env.now, len(batch), prompt_tokens,
                             _tenants(sel.admit), step.expert_fetches, step.attention_s, step.experts_s,
                             step.fetch_s)
@@ -231,6 +240,10 @@ class Instance:
         n = min(self._finish_at) - clock
         ctx0 = tuple([b + clock for b in self._ctx_base])
         dr = self.cost.decode_run(self._tenants, ctx0, n, self._residency())
+        host = self.host if dr.cost.expert_fetches > 0 else None
+        if host is not None:  # host-bound steps beside other instances' of the same host process
+            dr = stretch_run(dr, host.factor())
+            host.begin(True)
         t0 = env.now
         self.link.begin(self.fetches)
         steps = n
@@ -262,6 +275,8 @@ class Instance:
                 yield env.timeout(rest)
         self._in_run = self._routable = False
         self.link.end(self.fetches)
+        if host is not None:
+            host.end(True)
         frac = steps / n
         c = dr.cost
         rec.segment(self.idx, "decode", t0, env.now, B, steps * B, self._tenant_label,
@@ -274,8 +289,11 @@ class Instance:
             self._tenant_label = _tenant_str(self._tenant_count)
 
     def _link_changed(self) -> None:
-        """Tell the other instances on the host link, mid decode run, that this one's activity changed."""
-        for o in self.link.members:
+        """Tell the other instances on the host link or of the host process, mid decode run, that this one's
+        activity changed."""
+        peers = self.link.members if self.host is None else {id(o): o for o in (*self.link.members,
+                                                                                *self.host.members)}.values()
+        for o in peers:
             if o is not self and o._in_run and o.proc is not None:
                 o._in_run = o._routable = False
                 o.proc.interrupt()

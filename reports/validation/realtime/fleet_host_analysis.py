@@ -1,0 +1,135 @@
+"""Why the 2-GPU fleet with host experts is simulated fast: routing, step timelines, host contention (torch-free).
+
+    PYTHONPATH=. python reports/validation/realtime/fleet_host_analysis.py [RUN_FOLDER] [TABLE] > out.md
+
+Defaults: ``reports/validation/realtime/h200x2b/fleet_host`` and that call's ``tables/decode_table.csv``. Prints
+markdown: (1) each request's GPU measured and simulated, and at each arrival of a replicated variant the
+outstanding tokens per GPU the ``least_work`` router saw in each (requests routed there and not finished);
+(2) each measured segment's time per step outside its copies against the fraction of it during which the other
+GPU was busy, and the summary alone / busy; (3) the simulator's step times for the same shapes; (4) the four
+figures with ``host_contention`` α = 0 and the validate default. Needs simpy.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from moesim.cost.base import SeqWork
+from moesim.executor.compare import summary
+from moesim.policies import POLICIES
+from moesim.serve.config import ServeConfig, make_requests
+from moesim.serve.run import build_cost, simulate_config
+from moesim.serve.validate import FIGURES, HOST_CONTENTION, fetch_prefix_of, measured_link_Bps
+from moesim.specs import get_gpu, get_model
+
+RUN = "reports/validation/realtime/h200x2b/fleet_host"
+TABLE = "reports/validation/realtime/h200x2b/tables/decode_table.csv"
+
+
+def setup(folder: Path, table: str):
+    """The run's config, requests, and the validation's cost model (as ``moesim.serve.validate`` builds it)."""
+    doc = json.loads((folder / "summary.json").read_text())
+    cfg = ServeConfig(**{**doc["config"], "sim_cost": "profile_bucketed", "sim_table": table})
+    model, gpu = get_model(cfg.model), get_gpu(cfg.gpu)
+    opts = {"fetch_model": "pipeline", "fetch_prefix": fetch_prefix_of(doc),
+            "prefill_prefix": fetch_prefix_of(doc, "prefill_prefix_graph_steps")}
+    rate = measured_link_Bps(folder, table, "table", doc, model.expert_bytes)
+    if rate > 0:
+        opts["expert_link_Bps"] = round(rate, -6)
+    cost, _ = build_cost(cfg, model, gpu, "graphs", opts)
+    return cfg, model, gpu, cost, make_requests(cfg)
+
+
+def outstanding(req: pd.DataFrame, t: float, n_gpus: int) -> list[int]:
+    """Tokens routed to each GPU before ``t`` and not finished at ``t`` (what ``least_work`` reads)."""
+    live = req[(req.arrival_s < t) & (req.finish_s > t)]
+    return [int((live[live.gpu == g].prompt_tokens + live[live.gpu == g].output_tokens).sum()) for g in range(n_gpus)]
+
+
+def busy_fraction(seg: pd.DataFrame, row: pd.Series) -> float:
+    """Fraction of ``row``'s span during which another instance had a segment running."""
+    other = seg[seg.instance != row.instance]
+    a, b = row.start_s, row.end_s
+    o = sum(max(0.0, min(b, e) - max(a, s)) for s, e in zip(other.start_s, other.end_s, strict=True))
+    return o / (b - a)
+
+
+def main() -> None:
+    folder = Path(sys.argv[1] if len(sys.argv) > 1 else RUN)
+    table = sys.argv[2] if len(sys.argv) > 2 else TABLE
+    cfg, model, gpu, cost, requests = setup(folder, table)
+    meas = pd.read_parquet(folder / "requests.parquet")
+    seg = pd.read_parquet(folder / "segments.parquet")
+    sims = {a: simulate_config(cfg, model, gpu, cost, requests, host_contention=a) for a in (0.0, HOST_CONTENTION)}
+    n_gpus = cfg.gpus
+    reps = {t for t in range(cfg.tenants) if sum(t in p for p in cfg.fleet_placement()) > 1}
+
+    print(f"## Routing ({folder})\n")
+    print("| request | tenant | arrival s | GPU meas. | GPU sim. α=0 | GPU sim. α=" + f"{HOST_CONTENTION:g}"
+          + " | outstanding tokens meas. | sim. α=0 | turnaround meas. / sim. α=0 s |")
+    print("|---:|---:|---:|---:|---:|---:|---|---|---|")
+    s0 = sims[0.0].requests.set_index("request_id")
+    s1 = sims[HOST_CONTENTION].requests.set_index("request_id")
+    for _, r in meas.sort_values("arrival_s").iterrows():
+        rid = int(r.request_id)
+        om = outstanding(meas, r.arrival_s, n_gpus) if r.tenant in reps else "–"
+        os_ = outstanding(sims[0.0].requests, r.arrival_s, n_gpus) if r.tenant in reps else "–"
+        flag = " **≠**" if int(s0.loc[rid, "gpu"]) != int(r.gpu) else ""
+        print(f"| {rid} | {int(r.tenant)} | {r.arrival_s:.3f} | {int(r.gpu)} | {int(s0.loc[rid, 'gpu'])}{flag} | "
+              f"{int(s1.loc[rid, 'gpu'])} | {om} | {os_} | {r.finish_s - r.arrival_s:.3f} / "
+              f"{s0.loc[rid, 'finish_s'] - r.arrival_s:.3f} |")
+
+    print("\n## Measured segments: time per step outside the copies vs the other GPU busy\n")
+    print("| GPU | kind | seqs | tenants (local) | steps | fetches/step | ms/step | outside copies ms/step | "
+          "copy ms/fetch | other GPU busy |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    rows = []
+    for _, s in seg.iterrows():
+        dur = s.end_s - s.start_s
+        b = busy_fraction(seg, s)
+        out = (dur - s.fetch_s) / s.steps * 1e3
+        rows.append((s.kind, int(s.n_seqs), str(s.tenants).count(",") + 1, out, b))
+        print(f"| {s.instance} | {s.kind} | {s.n_seqs} | {s.tenants} | {s.steps} | {s.expert_fetches / s.steps:.1f} | "
+              f"{dur / s.steps * 1e3:.1f} | {out:.1f} | {s.fetch_s / s.expert_fetches * 1e3:.2f} | {b:.2f} |")
+    df = pd.DataFrame(rows, columns=["kind", "n", "k", "out", "busy"])
+    print("\n| one sequence | other GPU idle (busy ≤ 5%): n, mean outside ms | busy (≥ 95%): n, mean | ratio |")
+    print("|---|---|---|---:|")
+    for kind in ("prefill", "decode"):
+        x = df[(df.kind == kind) & (df.n == 1)]
+        a, b = x[x.busy <= 0.05].out, x[x.busy >= 0.95].out
+        print(f"| {kind} | {len(a)}, {a.mean():.1f} | {len(b)}, {b.mean():.1f} | ×{b.mean() / a.mean():.2f} |")
+
+    print("\n## The simulator's steps (this run's cost model, one GPU's layout)\n")
+    pol = POLICIES.build(cfg.policy, cfg.policy_params())
+    res = pol.layout(model, gpu, len(cfg.fleet_placement()[0]))[0].residency
+    print("| step | total ms | copies ms | fetches | outside copies ms |")
+    print("|---|---:|---:|---:|---:|")
+    shapes = {"decode 1 seq": (SeqWork(0, 1, 260),), "decode 2 seqs, 1 tenant": (SeqWork(0, 1, 260),) * 2,
+              "decode 2 seqs, 2 tenants": (SeqWork(0, 1, 260), SeqWork(1, 1, 260)),
+              "decode 3 seqs, 2 tenants": (SeqWork(0, 1, 260), SeqWork(0, 1, 260), SeqWork(2, 1, 260)),
+              "prefill 256": (SeqWork(0, 256, 0),)}
+    for name, batch in shapes.items():
+        c = cost.step(batch, res)
+        print(f"| {name} | {c.total_s * 1e3:.1f} | {c.fetch_s * 1e3:.1f} | {c.expert_fetches:.2f} | "
+              f"{(c.total_s - c.fetch_s) * 1e3:.1f} |")
+
+    print("\n## Four figures\n")
+    print("| host_contention α | mean turnaround | mean TTFT | per-request median turnaround / TTFT | GPUs "
+          "routed as measured |")
+    print("|---:|---:|---:|---|---:|")
+    for a, sim in sims.items():
+        e = summary(sim.requests, meas)
+        same = int((sim.requests.sort_values("request_id").gpu.to_numpy()
+                    == meas.sort_values("request_id").gpu.to_numpy()).sum())
+        f = [float(e[k]) for k in FIGURES]
+        print(f"| {a:g} | {f[0]:+.1f}% | {f[1]:+.1f}% | {f[2]:.1f}% / {f[3]:.1f}% | {same} of {len(meas)} |")
+    np.set_printoptions(precision=3)
+
+
+if __name__ == "__main__":
+    main()
