@@ -8,19 +8,23 @@ outstanding tokens per GPU the ``least_work`` router saw in each (requests route
 (2) each measured segment's time per step outside its copies against the fraction of it during which the other
 GPU was busy, and the summary alone / busy; (3) the simulator's step times for the same shapes; (4) the four
 figures with ``host_contention`` α = 0 and the validate default, with the live router and with every request
-sent to the GPU it went to in the measured run (``AsMeasured``: what is left once routing is taken out). Needs
-simpy.
+sent to the GPU it went to in the measured run (``AsMeasured``: what is left once routing is taken out);
+(5) fetching decode steps of two or more tenants in the same call's single-GPU runs (``multiplex_host``,
+``multiplex_host-s1``) measured against simulated outside their copies, and the fleet re-simulated with that gap
+added to such steps (``PlusGap``: a diagnostic, not a model). Needs simpy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from moesim.cost.base import SeqWork
+from moesim.cost.base import DecodeRun, SeqWork
 from moesim.executor.compare import summary
 from moesim.policies import POLICIES
 from moesim.serve.config import ServeConfig, make_requests
@@ -68,6 +72,46 @@ def as_measured(cfg, model, gpu, cost, requests, meas: pd.DataFrame, alpha: floa
     return run_fleet(model, FleetSpec.uniform(cfg.gpu, cfg.gpus), placement, requests, policy=cfg.policy,
                      policy_cfg=pol.cfg, cost="", cost_cfg=None, router=router, costs={gpu.name: cost},
                      host_contention=alpha)
+
+
+def segment_gaps(folder: Path, table: str) -> pd.DataFrame:
+    """Per fetching decode segment of a run: tenants, sequences, steps, measured and simulated seconds per step
+    outside the copies (the simulated step: its shape, sequences spread over its tenants, context 260)."""
+    cfg, model, gpu, cost, _ = setup(folder, table)
+    pol = POLICIES.build(cfg.policy, cfg.policy_params())
+    n_t = len(cfg.fleet_placement()[0]) if cfg.gpus > 1 else cfg.tenants
+    res = pol.layout(model, gpu, n_t)[0].residency
+    seg = pd.read_parquet(folder / "segments.parquet")
+    out = []
+    for _, s in seg[(seg.kind == "decode") & (seg.expert_fetches > 0)].iterrows():
+        ts = [int(x) for x in str(s.tenants).split(",")]
+        c = cost.step(tuple(SeqWork(ts[i % len(ts)], 1, 260) for i in range(s.n_seqs)), res)
+        out.append((len(ts), int(s.n_seqs), int(s.steps), (s.end_s - s.start_s - s.fetch_s) / s.steps,
+                    c.total_s - c.fetch_s))
+    return pd.DataFrame(out, columns=["k", "n", "steps", "meas_s", "sim_s"])
+
+
+class PlusGap:
+    """A cost model adding ``gap_s`` seconds to every fetching decode step holding two or more tenants."""
+
+    def __init__(self, cost, gap_s: float) -> None:
+        self.cost, self.gap_s = cost, gap_s
+
+    def __getattr__(self, name: str):
+        return getattr(self.cost, name)
+
+    def step(self, batch, residency):
+        c = self.cost.step(batch, residency)
+        if c.expert_fetches > 0 and all(w.new_tokens == 1 for w in batch) and len({w.tenant for w in batch}) > 1:
+            c = dataclasses.replace(c, overhead_s=c.overhead_s + self.gap_s)
+        return c
+
+    def decode_run(self, tenants, context0, n_steps, residency):
+        r = self.cost.decode_run(tenants, context0, n_steps, residency)
+        if r.cost.expert_fetches > 0 and len(set(tenants)) > 1:
+            r = DecodeRun(r.end_s + self.gap_s * np.arange(1, n_steps + 1),
+                          dataclasses.replace(r.cost, overhead_s=r.cost.overhead_s + self.gap_s * n_steps))
+        return r
 
 
 def outstanding(req: pd.DataFrame, t: float, n_gpus: int) -> list[int]:
@@ -155,6 +199,33 @@ def main() -> None:
                     == meas.sort_values("request_id").gpu.to_numpy()).sum())
         f = [float(e[k]) for k in FIGURES]
         print(f"| {how} | {a:g} | {f[0]:+.1f}% | {f[1]:+.1f}% | {f[2]:.1f}% / {f[3]:.1f}% | {same} of {len(meas)} |")
+
+    print("\n## Fetching decode steps of several tenants: the same call's single-GPU runs\n")
+    print("| run | tenants | segments | steps | outside copies meas. / sim. ms per step (step-weighted) |")
+    print("|---|---:|---:|---:|---|")
+    gaps = []
+    for name in ("multiplex_host", "multiplex_host-s1", folder.name):
+        g = segment_gaps(folder.parent / name, table)
+        for k, x in g.groupby(g.k.clip(upper=2)):
+            w = x.steps / x.steps.sum()
+            m, s = float((x.meas_s * w).sum()), float((x.sim_s * w).sum())
+            print(f"| {name} | {'1' if k == 1 else '≥ 2'} | {len(x)} | {int(x.steps.sum())} | {m * 1e3:.1f} / "
+                  f"{s * 1e3:.1f} |")
+            if k > 1 and name != folder.name:
+                gaps.append(x.assign(gap=x.meas_s - x.sim_s))
+    allg = pd.concat(gaps)
+    gap = float((allg.gap * allg.steps).sum() / allg.steps.sum())
+    print(f"\nGap of the single-GPU runs' steps of ≥ 2 tenants (measured − simulated, step-weighted): "
+          f"{gap * 1e3:.1f} ms per step. The fleet re-simulated with it added to such steps (diagnostic):\n")
+    print("| routing | host_contention α | mean turnaround | mean TTFT | per-request median turnaround / TTFT |")
+    print("|---|---:|---:|---:|---|")
+    pc = PlusGap(cost, gap)
+    for a in sims:
+        for how, sim in (("live (least_work)", simulate_config(cfg, model, gpu, pc, requests, host_contention=a)),
+                         ("as measured", as_measured(cfg, model, gpu, pc, requests, meas, a))):
+            e = summary(sim.requests, meas)
+            f = [float(e[k]) for k in FIGURES]
+            print(f"| {how} | {a:g} | {f[0]:+.1f}% | {f[1]:+.1f}% | {f[2]:.1f}% / {f[3]:.1f}% |")
 
 
 if __name__ == "__main__":
