@@ -43,7 +43,8 @@ def test_factor_and_stretch_closed_forms() -> None:
     h.end(True)
     assert h.factor() == 1.0
     s = stretch_step(DECODE, 1.3)
-    assert s.fetch_s == DECODE.fetch_s and s.expert_fetches == 3.5
+    assert s.fetch_s == DECODE.fetch_s
+    assert s.expert_fetches == 3.5
     assert s.total_s == pytest.approx(0.0215 + 1.3 * 0.0563)  # 94.69 ms (measured, other GPU busy: 90.6)
     assert stretch_step(DECODE, 1.0) is DECODE
     run = DecodeRun(np.array([0.0778, 0.1556]), DECODE + DECODE)
