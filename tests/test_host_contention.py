@@ -100,3 +100,23 @@ def test_validate_setting() -> None:
     for bad in ("-1", "x", "nan"):
         with pytest.raises(UserError, match="host_contention="):
             host_contention_of(bad, Cfg())
+
+
+def test_mig_slices_of_one_process_take_the_same_rule() -> None:
+    from moesim.engine import simulate
+
+    model, gpu = get_model("mixtral-8x7b"), get_gpu("h200")
+    reqs = [Request(0, 0, 0.0, 256, 3), Request(1, 1, 0.05, 256, 3)]
+
+    def run(alpha: float):
+        pol = POLICIES.build("mig", {"layout": "3g+3g"})
+        return simulate(model, gpu, pol, FetchingCost(model, gpu), reqs, n_tenants=2,
+                        host_contention=alpha).requests.set_index("request_id")
+
+    p = PREFILL.total_s
+    pb, ds = 0.0875 + 1.3 * 0.0531, 0.0215 + 1.3 * 0.0563
+    assert run(0.0).loc[1, "finish_s"] == pytest.approx(0.05 + p + 2 * DECODE.total_s)
+    r = run(0.3)
+    assert r.loc[1, "first_token_s"] == pytest.approx(0.05 + pb)
+    assert r.loc[0, "finish_s"] == pytest.approx(p + 2 * ds)
+    assert r.loc[1, "finish_s"] == pytest.approx(0.05 + pb + 2 * ds)
