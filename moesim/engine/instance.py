@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import simpy
 
 from moesim.cost.base import CostModel, Residency, SeqWork, StepCost, swap_link_delay
+from moesim.engine.host import HostProcess, stretch_run, stretch_step
 from moesim.policies.base import InstancePlan, Policy
 from moesim.resident_sets import make_resident, touch
 from moesim.running_batch import retire_finished
@@ -31,6 +32,7 @@ class Instance:
 
     gpu: int = 0
     board: Board  # set by the engine before the run
+    host: HostProcess | None = None  # the host process launching its steps, when host contention is modelled
 
     def __init__(self, idx: int, plan: InstancePlan, env: simpy.Environment, cost: CostModel,
                  policy: Policy, link: HostLink, rec: Recorder) -> None:
@@ -183,7 +185,8 @@ class Instance:
         while True:
             self._pull()
             if not self.running and not self.queue:
-                shared = self.fetches and len(self.link.members) > 1
+                shared = self.fetches and (len(self.link.members) > 1
+                                           or (self.host is not None and len(self.host.members) > 1))
                 if shared:
                     self._link_changed()  # idle from now
                 if self._next >= len(self._arrivals):
@@ -222,12 +225,18 @@ class Instance:
                             rec.swap_wait[r.id] = waited
                     if self._streamed_swap_s:
                         step = swap_link_delay(under, self._streamed_swap_s)
+                host = self.host if step.expert_fetches > 0 else None
+                if host is not None:  # a host-bound step beside other instances' of the same host process
+                    step = stretch_step(step, host.factor())
+                    host.begin(True)
                 t0 = env.now
                 if fifo and not self._streamed_swap_s:
-                    step = yield from self._shared_prefill(batch, step, burst)
+                    step = yield from self._shared_prefill(batch, step, burst, host)
                 else:
                     yield env.timeout(step.total_s)
                 self.link.end(self.fetches, self.idx)
+                if host is not None:
+                    host.end(True)
                 if fifo:
                     self._link_changed()
                 rec.segment(self.idx, "prefill", t0, env.now, len(batch), prompt_tokens,
@@ -260,6 +269,10 @@ class Instance:
         if self._fifo():
             burst = self._burst(self.cost.decode_run(self._tenants, ctx0, 1, self.plan.residency).cost.expert_fetches)
         dr = self.cost.decode_run(self._tenants, ctx0, n, self._residency(burst))
+        host = self.host if dr.cost.expert_fetches > 0 else None
+        if host is not None:  # host-bound steps beside other instances' of the same host process
+            dr = stretch_run(dr, host.factor())
+            host.begin(True)
         t0 = env.now
         self.link.begin(self.fetches, self.idx, burst)
         steps = n
@@ -294,12 +307,14 @@ class Instance:
                 self.link.end(self.fetches, self.idx)
                 res = self._residency(burst)
                 self.link.begin(self.fetches, self.idx, burst)
-                rest = left * float(self.cost.decode_run(self._tenants, tuple([c + k for c in ctx0]), 1,
-                                                         res).end_s[0])
+                one = self.cost.decode_run(self._tenants, tuple([c + k for c in ctx0]), 1, res)
+                rest = left * float((stretch_run(one, host.factor()) if host is not None else one).end_s[0])
             if rest > 0:
                 yield env.timeout(rest)
         self._in_run = self._routable = False
         self.link.end(self.fetches, self.idx)
+        if host is not None:
+            host.end(True)
         frac = steps / n
         c = dr.cost
         rec.segment(self.idx, "decode", t0, env.now, B, steps * B, self._tenant_label,
@@ -311,7 +326,8 @@ class Instance:
             self._tenants = tuple([self._tenants[i] for i in keep])
             self._tenant_label = _tenant_str(self._tenant_count)
 
-    def _shared_prefill(self, batch: tuple[SeqWork, ...], step: StepCost, burst: float):
+    def _shared_prefill(self, batch: tuple[SeqWork, ...], step: StepCost, burst: float,
+                        host: HostProcess | None = None):
         """Run a prefill of cost ``step`` on a ``fifo`` host link other instances fetch over too: when one of them
         starts or stops fetching (``_link_changed``), the rest of the step is re-timed at the link share of that
         moment (its fetches and compute advance together, layer by layer). Returns the step's cost as it ran.
@@ -337,11 +353,15 @@ class Instance:
             res = self._residency(burst)
             self.link.begin(self.fetches, self.idx, burst)
             cur = self.cost.step(batch, res)
+            if host is not None:
+                cur = stretch_step(cur, host.factor())
 
     def _link_changed(self) -> None:
-        """Tell the other instances on the host link, mid decode run or prefill, that this one's activity
-        changed."""
-        for o in self.link.members:
+        """Tell the other instances on the host link or of the host process, mid decode run or prefill, that this
+        one's activity changed."""
+        peers = self.link.members if self.host is None else {id(o): o for o in (*self.link.members,
+                                                                                *self.host.members)}.values()
+        for o in peers:
             if o is not self and o._in_prefill and o.proc is not None:
                 o._in_prefill = False
                 o.proc.interrupt()

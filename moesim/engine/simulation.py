@@ -370,7 +370,7 @@ def _all_rejected(rec: Recorder, requests: Sequence[Request], plans: Sequence[In
 
 def simulate(model: ModelSpec, gpu: GPUSpec, policy: Policy, cost: CostModel, requests: Sequence[Request],
              *, n_tenants: int | None = None, progress: bool = False,
-             instance_cls: type[Instance] = Instance) -> SimResult:
+             instance_cls: type[Instance] = Instance, host_contention: float = 0.0) -> SimResult:
     """Replay ``requests`` through ``policy``'s instances on ``gpu``, timing steps with ``cost``.
 
     The fleet of one GPU holding tenants 0..n_tenants−1 (``simulate_fleet``); requests of other tenants
@@ -380,16 +380,18 @@ def simulate(model: ModelSpec, gpu: GPUSpec, policy: Policy, cost: CostModel, re
         n_tenants: tenants served (default: 1 + the largest tenant index in ``requests``).
         progress: show a progress bar of simulated requests (tqdm).
         instance_cls: the instance process class (a subclass may observe runs, e.g. the GPU executor's).
+        host_contention: as ``simulate_fleet`` (the instances, e.g. MIG slices, driven by one host process).
     """
     tenants = n_tenants if n_tenants is not None else (1 + max((r.tenant for r in requests), default=0))
     setup = GPUSetup(gpu, policy, cost, tuple(range(tenants)))
-    return simulate_fleet(model, [setup], requests, progress=progress, instance_cls=instance_cls)
+    return simulate_fleet(model, [setup], requests, progress=progress, instance_cls=instance_cls,
+                          host_contention=host_contention)
 
 
 def simulate_fleet(model: ModelSpec, gpus: Sequence[GPUSetup], requests: Sequence[Request], *,
                    router: Router | None = None, node_caps_Bps: dict[int, float] | None = None,
                    progress: bool = False, instance_cls: type[Instance] = Instance,
-                   progress_label: str | None = None) -> SimResult:
+                   progress_label: str | None = None, host_contention: float = 0.0) -> SimResult:
     """Replay ``requests`` through a fleet of GPUs in one SimPy environment.
 
     Each GPU runs its policy's layout for the tenants placed on it and has its own host link; GPUs of a node
@@ -401,6 +403,9 @@ def simulate_fleet(model: ModelSpec, gpus: Sequence[GPUSetup], requests: Sequenc
         router: required when a tenant is placed on several GPUs.
         progress: show a progress bar of simulated requests (tqdm).
         instance_cls: the instance process class (a subclass may observe runs, e.g. the GPU executor's).
+        host_contention: α of ``moesim.engine.host`` (dimensionless, ≥ 0): every instance is driven by one host
+            process, and a step fetching host experts takes ``1 + α·k`` times its time outside its copies while
+            ``k`` other instances run such steps (the real-time runtime's threads); 0 (default): no contention.
     """
     n = len(requests)
     by_id = sorted(requests, key=lambda r: r.id)
@@ -441,6 +446,13 @@ def simulate_fleet(model: ModelSpec, gpus: Sequence[GPUSetup], requests: Sequenc
             plan_gpu.append(g)
         gpu_insts.append(insts)
     board = Board(env, by_id, {t: tuple(v) for t, v in replicas.items()}, local, gpu_insts, router, rec)
+    if host_contention > 0:
+        from moesim.engine.host import HostProcess
+
+        host = HostProcess(host_contention)
+        for inst in (i for insts in gpu_insts for i in insts if i.fetches):
+            inst.host = host
+            host.members.append(inst)
     # candidates: each instance's possible arrivals, tenants in its GPU's numbering. A request an instance
     # can never hold (moesim.engine.admission) is no candidate there; one no replica can hold is refused.
     cand: list[list[Request]] = [[] for _ in all_plans]

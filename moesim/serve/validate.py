@@ -12,7 +12,10 @@ or ``fetch_model=host_bound`` (suffix ``_host_bound``), expert copies at the rat
 (``link=table``, default: ``link_share.json`` beside the table), the profile's (``link=profile``) or the run's own
 (``link=run``, a diagnostic: suffix ``_link_run``), mig slices sharing the host link as one copy queue
 (``link_discipline=auto``: ``fifo``, the runtime's green contexts) or 1/k each (``link_discipline=share``: suffix
-``_share``); the per-run files get the same suffix) (run-level figures simulated vs measured, signed errors, per-request median/mean
+``_share``); the per-run files get the same suffix), host-bound steps of
+the GPUs of a fleet slowing each other (``host_contention=auto``, default: α = ``HOST_CONTENTION`` for runs on
+several GPUs, which the runtime drives from one host process, 0 otherwise; a number: that α for every run, suffix
+``_host<α>``; ``moesim.engine.host``) (run-level figures simulated vs measured, signed errors, per-request median/mean
 absolute errors; ``replay_*`` columns: the same errors of the warm-up replay, measured step times on a
 virtual clock, i.e. without host time or real arrivals). It also writes and prints the four-figure table
 (``validation<suffix>.md``: per run measured / simulated mean turnaround and mean TTFT with signed errors
@@ -48,6 +51,28 @@ def fetch_prefix_of(doc: dict[str, Any], stat: str = "prefix_graph_steps") -> st
 
 LINK_MODES = ("table", "profile", "run")
 
+#: α of ``moesim.engine.host`` for served runs on several GPUs (dimensionless: a fetching step's time outside its
+#: copies grows by α per other GPU of the process running such steps). Measured in the step timeline of
+#: ``reports/validation/realtime/h200x2b/fleet_host`` (``fleet_host_analysis.py``): outside their copies,
+#: one-sequence decode steps ×1.34 and 256-token prefills ×1.28 with the other GPU busy against idle.
+HOST_CONTENTION = 0.3
+
+
+def host_contention_of(setting: str, cfg: Any) -> float:
+    """The α a run is simulated with: ``auto``: ``HOST_CONTENTION`` for a run on several GPUs (one host process
+    drives them all), else 0 (a mig GPU's slices: their link share is modelled per step, ``HostLink``); a number
+    (≥ 0): that α. A bad value is one ``UserError`` line."""
+    if setting == "auto":
+        return HOST_CONTENTION if int(getattr(cfg, "gpus", 1) or 1) > 1 else 0.0
+    try:
+        a = float(setting)
+    except ValueError:
+        a = -1.0
+    if not a >= 0:
+        raise UserError(f"host_contention={setting!r}: auto or a number ≥ 0 (dimensionless: the slowdown per other "
+                        "instance of the host process running host-bound steps)")
+    return a
+
 
 def measured_link_Bps(folder: Path, table: str, link: str, doc: dict[str, Any], expert_bytes: float) -> float:
     """The pinned expert-copy rate (bytes per second) a validation simulates with (0: the profile's).
@@ -73,13 +98,14 @@ def measured_link_Bps(folder: Path, table: str, link: str, doc: dict[str, Any], 
 
 def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", suffix: str = "",
                  table: str = "", fetch_model: str = "pipeline", link: str = "table",
-                 link_discipline: str = "auto") -> dict[str, Any]:
+                 link_discipline: str = "auto", host_contention: str = "auto") -> dict[str, Any]:
     """Simulate one served run's trace and score it; writes the simulated table and the per-request errors.
 
     ``execution``: which shipped profile ``sim_cost=auto|profile`` uses (``graphs`` or ``eager``); ``auto``: the
     runtime's execution mode. ``suffix`` is added to the written files' names. ``link_discipline``: how a mig
     run's slices share the host link in the simulation (``auto``: ``fifo``, the runtime's slices being green
     contexts of one process with one copy queue; ``share``: 1/k each, as real MIG partitions).
+    ``host_contention``: ``auto`` or α (``host_contention_of``).
     """
     from moesim.executor.compare import per_request_errors, summary
     from moesim.io import write_parquet
@@ -109,7 +135,10 @@ def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", 
     overrides = {"link_discipline": link_discipline} if link_discipline != "auto" and cfg.policy == "mig" else None
     if overrides:
         desc += f", link_discipline={link_discipline}"
-    sim = simulate_config(cfg, model, gpu, cost, requests, overrides)
+    alpha = host_contention_of(host_contention, cfg)
+    if alpha > 0:
+        desc += f", host_contention={alpha:g} (fleets)" if host_contention == "auto" else f", host_contention={alpha:g}"
+    sim = simulate_config(cfg, model, gpu, cost, requests, overrides, host_contention=alpha)
     write_parquet(folder / f"simulated_requests{suffix}.parquet", sim.requests)
     write_parquet(folder / f"per_request_errors{suffix}.parquet", per_request_errors(sim.requests, measured))
     row: dict[str, Any] = {"run": folder.name, "policy": cfg.policy, "sim_cost": desc,
@@ -182,14 +211,14 @@ def main(argv: list[str] | None = None) -> None:
         return
     root = Path(args[0])
     opts = {"sim_cost": "auto", "execution": "auto", "table": "", "fetch_model": "pipeline", "link": "table",
-            "link_discipline": "auto"}
+            "link_discipline": "auto", "host_contention": "auto"}
     for a in args[1:]:
         key, _, value = a.partition("=")
         if key not in opts:
             raise UserError(f"argument {a!r}: keys: sim_cost=auto|profile|profile_mixed|profile_bucketed|roofline|"
                             "constant, execution=auto|graphs|eager, table=<decode_table.csv> (profile_bucketed), "
                             "fetch_model=pipeline|host_bound, link=table|profile|run (profile_bucketed), "
-                            "link_discipline=auto|share|fifo (mig)")
+                            "link_discipline=auto|share|fifo (mig), host_contention=auto|<α ≥ 0>")
         opts[key] = value
     if opts["fetch_model"] not in FETCH_MODELS:
         raise UserError(f"fetch_model={opts['fetch_model']!r}: valid: {', '.join(FETCH_MODELS)}")
@@ -205,6 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     for key, default in (("fetch_model", "pipeline"), ("link", "table")):
         if opts[key] != default:
             suffix += f"_{key.split('_')[0]}_{opts[key]}" if key == "link" else f"_{opts[key]}"
+    if opts["host_contention"] != "auto":
+        suffix += f"_host{host_contention_of(opts['host_contention'], None):g}"
     folders = sorted(p.parent for p in root.glob("*/summary.json")) or (
         [root] if (root / "summary.json").exists() else [])
     if not folders:
@@ -215,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
                         "which hold the run's config); give the out= folder of a served run, or a folder of them")
     folders = served
     rows = [validate_run(f, opts["sim_cost"], opts["execution"], suffix, opts["table"], opts["fetch_model"],
-                         opts["link"], opts["link_discipline"]) for f in folders]
+                         opts["link"], opts["link_discipline"], opts["host_contention"]) for f in folders]
     table = pd.DataFrame(rows)
     table.to_csv(root / f"validation{suffix}.csv", index=False)
     md = markdown_table(table)
