@@ -68,15 +68,14 @@ def measured_link_Bps(folder: Path, table: str, link: str, doc: dict[str, Any], 
     return 0.0
 
 
-def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", suffix: str = "",
-                 table: str = "", fetch_model: str = "pipeline", link: str = "table") -> dict[str, Any]:
-    """Simulate one served run's trace and score it; writes the simulated table and the per-request errors.
+def simulate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", table: str = "",
+                 fetch_model: str = "pipeline", link: str = "table",
+                 options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """Simulate one served run's trace as ``validate_run`` does: (the ``SimResult``, its validation row).
 
-    ``execution``: which shipped profile ``sim_cost=auto|profile`` uses (``graphs`` or ``eager``); ``auto``: the
-    runtime's execution mode. ``suffix`` is added to the written files' names.
+    ``options``: further cost options (``profile_bucketed``'s keys), over the ones the run's backend implies.
     """
-    from moesim.executor.compare import per_request_errors, summary
-    from moesim.io import write_parquet
+    from moesim.executor.compare import summary
     from moesim.serve.config import ServeConfig, make_requests
     from moesim.serve.run import build_cost, simulate_config
     from moesim.specs import get_gpu, get_model
@@ -90,22 +89,39 @@ def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", 
         be = doc.get("backend", {})
         be = be[0] if isinstance(be, list) and be else be  # several instances: one description each
         execution = "eager" if be.get("execution") == "eager" else "graphs"
-    options = None
+    opts = None
     if sim_cost == "profile_bucketed":
-        options = {"fetch_model": fetch_model, "fetch_prefix": fetch_prefix_of(doc),
-                   "prefill_prefix": fetch_prefix_of(doc, "prefill_prefix_graph_steps")}
+        opts = {"fetch_model": fetch_model, "fetch_prefix": fetch_prefix_of(doc),
+                "prefill_prefix": fetch_prefix_of(doc, "prefill_prefix_graph_steps")}
         rate = measured_link_Bps(folder, table, link, doc, model.expert_bytes)
         if rate > 0:
-            options["expert_link_Bps"] = round(rate, -6)
-    cost, desc = build_cost(cfg, model, gpu, execution, options)
+            opts["expert_link_Bps"] = round(rate, -6)
+        opts.update(options or {})
+    cost, desc = build_cost(cfg, model, gpu, execution, opts)
     if link != "table" and sim_cost == "profile_bucketed":
         desc += f", link={link}" + (" (each single-instance run at its own measured copy rate)" if link == "run" else "")
     sim = simulate_config(cfg, model, gpu, cost, requests)
-    write_parquet(folder / f"simulated_requests{suffix}.parquet", sim.requests)
-    write_parquet(folder / f"per_request_errors{suffix}.parquet", per_request_errors(sim.requests, measured))
     row: dict[str, Any] = {"run": folder.name, "policy": cfg.policy, "sim_cost": desc,
                            "sim_swap_count": sim.swap_count, "measured_swap_count": doc.get("swap_count"),
                            **summary(sim.requests, measured)}
+    return sim, row
+
+
+def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", suffix: str = "",
+                 table: str = "", fetch_model: str = "pipeline", link: str = "table") -> dict[str, Any]:
+    """Simulate one served run's trace and score it; writes the simulated table and the per-request errors.
+
+    ``execution``: which shipped profile ``sim_cost=auto|profile`` uses (``graphs`` or ``eager``); ``auto``: the
+    runtime's execution mode. ``suffix`` is added to the written files' names.
+    """
+    from moesim.executor.compare import per_request_errors, summary
+    from moesim.io import write_parquet
+
+    sim, row = simulate_run(folder, sim_cost, execution, table, fetch_model, link)
+    doc = json.loads((folder / "summary.json").read_text())
+    measured = pd.read_parquet(folder / "requests.parquet")
+    write_parquet(folder / f"simulated_requests{suffix}.parquet", sim.requests)
+    write_parquet(folder / f"per_request_errors{suffix}.parquet", per_request_errors(sim.requests, measured))
     replay = folder / "replay_requests.parquet"
     if replay.exists():
         rs = summary(sim.requests, pd.read_parquet(replay))
