@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,10 @@ def gaps(seg: pd.DataFrame, arrivals: np.ndarray) -> tuple[ClassStat, ClassStat]
     return (ClassStat(len(busy), float(sum(busy)), 0.0, 0.0), ClassStat(len(lat), float(sum(lat)), 0.0, 0.0))
 
 
+def _add(a: ClassStat, b: ClassStat) -> ClassStat:
+    return ClassStat(a.n + b.n, a.total_s + b.total_s, a.fetch_s + b.fetch_s, a.fetches + b.fetches)
+
+
 def batches_match(m: pd.DataFrame, s: pd.DataFrame) -> tuple[float, float]:
     """(share of segments in the same order with the same kind, sequences, tenants and steps; start of the first
     measured segment that differs, seconds, NaN when none)."""
@@ -141,12 +146,26 @@ def analyse(folder: Path, link: str, options: dict[str, Any]) -> dict[str, Any]:
     sim, row = simulate_run(folder, "profile_bucketed", table=str(table), link=link, options=options)
     meas = pd.read_parquet(folder / "segments.parquet")
     reqs = pd.read_parquet(folder / "requests.parquet")
-    m = classify(meas)
-    s = classify(sim.segments)
-    arrivals = np.sort(reqs["arrival_s"].to_numpy())
-    mg, ml = gaps(m, arrivals)
-    sg, sl = gaps(s, arrivals)
-    share, first = batches_match(m, s)
+    per_m = {str(i): classify(g) for i, g in meas.groupby("instance")}
+    per_s = {str(i): classify(g) for i, g in sim.segments.groupby("instance")}
+    m = pd.concat(per_m.values(), ignore_index=True)
+    s = pd.concat(per_s.values(), ignore_index=True)
+    mg, ml, sg, sl = (ClassStat(0, 0.0, 0.0, 0.0),) * 4
+    n_seg = n_same = 0.0
+    first = float("inf")
+    for inst in sorted(set(per_m) | set(per_s)):
+        a, b = per_m.get(inst, m.iloc[:0]), per_s.get(inst, s.iloc[:0])
+        idx = re.match(r"[a-z]+(\d+)", inst)  # "mig1:3g.71gb" serves the requests of instance 1
+        reqs_i = reqs[reqs["instance"] == int(idx.group(1))] if len(per_m) > 1 and idx else reqs
+        arrivals = np.sort(reqs_i["arrival_s"].to_numpy())
+        mg, ml = (_add(x, y) for x, y in zip((mg, ml), gaps(a, arrivals), strict=True))
+        sg, sl = (_add(x, y) for x, y in zip((sg, sl), gaps(b, arrivals), strict=True))
+        share, f = batches_match(a, b)
+        n_seg += len(a) + len(b)
+        n_same += share * (len(a) + len(b))
+        first = min(first, f) if np.isfinite(f) else first
+    share = n_same / max(1.0, n_seg)
+    first = first if np.isfinite(first) else float("nan")
     sr = sim.requests.set_index("request_id").loc[reqs["request_id"]]
     turn_m = float((reqs["finish_s"] - reqs["arrival_s"]).sum())
     turn_s = float((sr["finish_s"].to_numpy() - sr["arrival_s"].to_numpy()).sum())
@@ -201,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__)
         return
     out = Path(args[0])
-    link, pattern, options, targets = "run", "*_host*", {}, []
+    link, pattern, instances, options, targets = "run", "*_host*", "one", {}, []
     for a in args[1:]:
         key, eq, value = a.partition("=")
         if not eq:
@@ -210,8 +229,13 @@ def main(argv: list[str] | None = None) -> None:
             link = value
         elif key == "glob":
             pattern = value
+        elif key == "instances":
+            instances = value
         else:
-            options[key] = json.loads(value) if value[:1].isdigit() or value[:1] in "-[{" else value
+            try:
+                options[key] = json.loads(value)
+            except ValueError:
+                options[key] = value
     runs: list[Path] = []
     for t in targets:
         if (t / "segments.parquet").is_file():
@@ -220,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         for f in sorted(t.glob(pattern)):
             if (f / "segments.parquet").is_file():
                 doc = json.loads((f / "summary.json").read_text())
-                if len(doc.get("instances", [])) == 1 and doc["config"].get("gpus", 1) == 1:
+                if doc["config"].get("gpus", 1) == 1 and (instances == "all" or len(doc.get("instances", [])) == 1):
                     runs.append(f)
     if not runs:
         raise UserError(f"no whole-GPU served run (segments.parquet, one instance) under {', '.join(map(str, targets))}")
