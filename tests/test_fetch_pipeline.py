@@ -222,7 +222,7 @@ def test_validation_link_rate_from_the_call_or_the_run(tmp_path) -> None:
 
     import pandas as pd
 
-    from moesim.serve.validate import fetch_prefix_of, main, measured_link_Bps
+    from moesim.serve.validate import fetch_prefix_of, main, measured_link_Bps, measured_swap_Bps
 
     eb = MIXTRAL.expert_bytes
     run = tmp_path / "run"
@@ -239,6 +239,19 @@ def test_validation_link_rate_from_the_call_or_the_run(tmp_path) -> None:
     assert measured_link_Bps(run, table, "profile", one, eb) == 0.0
     assert measured_link_Bps(run, table, "run", one, eb) == pytest.approx(eb * 40 / 0.264, rel=1e-12)  # 6.6 ms each
     assert measured_link_Bps(run, table, "run", two, eb) == pytest.approx(54.7e9, rel=1e-12)  # shared link: the probe
+    # swaps: the run's own copies with link=run (h200_split/swap_host-s2: 4 swaps of 69.8 GB in 5.2765 s, 52.9 GB/s
+    # against the profile's 55.3), else the profile's
+    doc = {"instances": [{}], "backend": {"swap_bytes": 279200169984, "swap_copy_s": 5.2765}}
+    assert measured_swap_Bps("run", doc) == pytest.approx(279200169984 / 5.2765, rel=1e-12)
+    assert measured_swap_Bps("table", doc) == 0.0
+    assert measured_swap_Bps("run", {**doc, "instances": [{}, {}]}) == 0.0
+    assert measured_swap_Bps("run", {"instances": [{}], "backend": {"swap_bytes": 0, "swap_copy_s": 0.0}}) == 0.0
+    (tables / "decode_table.csv").write_text("n_seqs,bucket,n_tenants,context,step_s\n1,1,1,200,0.016\n")
+    swap = COST_MODELS.build("profile_bucketed", {"table": table, "swap_link_Bps": 52.9e9}, model=MIXTRAL, gpu=H200)
+    res = POLICIES.build("reconfig", {"budget_bytes": 85e9}).layout(MIXTRAL, H200, 2)[0].residency
+    assert swap.swap_s(3.2e9, res, 0.5) == pytest.approx(3.2e9 / 52.9e9 / 0.5, rel=1e-12)
+    with pytest.raises(UserError, match="swap_link_Bps=-1"):
+        COST_MODELS.build("profile_bucketed", {"table": table, "swap_link_Bps": -1.0}, model=MIXTRAL, gpu=H200)
     assert fetch_prefix_of({"backend": {"prefix_graph_steps": 3}}) == "graphs"
     assert fetch_prefix_of({"backend": [{"prefix_graph_steps": 0}, {"prefix_graph_steps": 2}]}) == "graphs"
     assert fetch_prefix_of({"backend": {"split_steps": 4}}) == "eager"

@@ -108,6 +108,9 @@ class ProfileBucketedConfig:
         one with overlapped fetches (``fetch_overlap`` > 0), whose copies are then counted whole (overlap hides the
         FFNs under the copies, not the copies under compute; ``moesim.cost.fetch_pipeline``). False: no FFN term,
         and the copies hidden as ``profile_mixed`` hides them (``fetch_overlap`` bounded by the expert compute).
+    swap_link_Bps: the pinned host→device rate of a non-expert-set swap (bytes per second) instead of the
+        profile's (0: the profile's). ``python -m moesim.serve.validate link=run`` sets it from the run's own swap
+        copies (a diagnostic, as ``expert_link_Bps``).
     prefill_prefix: how the runtime ran a prefill that fetches host experts: ``eager`` (the whole step launched one
         op at a time: ``profile_mixed`` plus the measured syncs, as above) or ``graphs`` (piecewise: the layers
         before the first one holding host slots from the token bucket's prefix graph, the rest eagerly; timed as
@@ -137,6 +140,7 @@ class ProfileBucketedConfig:
     fetch_model: str = "pipeline"
     fetch_prefix: str = "eager"
     expert_link_Bps: float = 0.0
+    swap_link_Bps: float = 0.0
     prefill_prefix: str = "eager"
     fetch_ffn: bool = True
 
@@ -150,6 +154,9 @@ class ProfileBucketedConfig:
             raise UserError("cost.prefill_table is empty: auto, off or a prefill_table.csv path")
         if self.fetch_model not in FETCH_MODELS:
             raise UserError(f"cost.fetch_model={self.fetch_model!r}: valid: {', '.join(FETCH_MODELS)}")
+        if self.swap_link_Bps < 0:
+            raise UserError(f"cost.swap_link_Bps={self.swap_link_Bps}: must be ≥ 0 (bytes per second; 0: the "
+                            "profile's)")
         if self.expert_link_Bps < 0:
             raise UserError(f"cost.expert_link_Bps={self.expert_link_Bps}: must be ≥ 0 (bytes per second; 0: the "
                             "profile's)")
@@ -381,6 +388,9 @@ class ProfileBucketedCost(CostModel):
         if cfg.expert_link_Bps > 0:  # the link measured where the runtime served
             for prof in (self.mixed.graphs, self.mixed.eager):
                 prof.expert_Bps = {**prof.expert_Bps, True: cfg.expert_link_Bps}
+        if cfg.swap_link_Bps > 0:
+            for prof in (self.mixed.graphs, self.mixed.eager):
+                prof.set_Bps = {**prof.set_Bps, True: cfg.swap_link_Bps}
         self.path = self.mixed.path
         self.meta = self.mixed.meta
         self.derived = self.mixed.derived

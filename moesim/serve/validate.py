@@ -10,7 +10,7 @@ steps from the runtime's measured bucket table, fetching decode steps as ``fetch
 resident layers before the first host layer eager or from graphs as the run's backend says: ``fetch_prefix_of``)
 or ``fetch_model=host_bound`` (suffix ``_host_bound``), expert copies at the rate measured in the same call
 (``link=table``, default: ``link_share.json`` beside the table), the profile's (``link=profile``) or the run's own
-(``link=run``, a diagnostic: suffix ``_link_run``); the per-run files get the same suffix) (run-level figures simulated vs measured, signed errors, per-request median/mean
+(``link=run``, a diagnostic, swaps too: suffix ``_link_run``); the per-run files get the same suffix) (run-level figures simulated vs measured, signed errors, per-request median/mean
 absolute errors; ``replay_*`` columns: the same errors of the warm-up replay, measured step times on a
 virtual clock, i.e. without host time or real arrivals). It also writes and prints the four-figure table
 (``validation<suffix>.md``: per run measured / simulated mean turnaround and mean TTFT with signed errors
@@ -96,6 +96,9 @@ def simulate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", 
         rate = measured_link_Bps(folder, table, link, doc, model.expert_bytes)
         if rate > 0:
             opts["expert_link_Bps"] = round(rate, -6)
+        swap = measured_swap_Bps(link, doc)
+        if swap > 0:
+            opts["swap_link_Bps"] = round(swap, -6)
         opts.update(options or {})
     cost, desc = build_cost(cfg, model, gpu, execution, opts)
     if link != "table" and sim_cost == "profile_bucketed":
@@ -105,6 +108,17 @@ def simulate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", 
                            "sim_swap_count": sim.swap_count, "measured_swap_count": doc.get("swap_count"),
                            **summary(sim.requests, measured)}
     return sim, row
+
+
+def measured_swap_Bps(link: str, doc: dict[str, Any]) -> float:
+    """The pinned non-expert-set swap rate (bytes per second) a validation simulates with (0: the profile's): with
+    ``link=run``, the run's own swap copies (its backend's ``swap_bytes`` / ``swap_copy_s``), for runs of one
+    instance that swapped; else 0."""
+    be = doc.get("backend")
+    if link != "run" or len(doc.get("instances", [])) != 1 or not isinstance(be, dict):
+        return 0.0
+    nbytes, s = float(be.get("swap_bytes") or 0.0), float(be.get("swap_copy_s") or 0.0)
+    return nbytes / s if nbytes > 0 and s > 0 else 0.0
 
 
 def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", suffix: str = "",
