@@ -10,7 +10,7 @@ steps from the runtime's measured bucket table, fetching decode steps as ``fetch
 resident layers before the first host layer eager or from graphs as the run's backend says: ``fetch_prefix_of``)
 or ``fetch_model=host_bound`` (suffix ``_host_bound``), expert copies at the rate measured in the same call
 (``link=table``, default: ``link_share.json`` beside the table), the profile's (``link=profile``) or the run's own
-(``link=run``, a diagnostic: suffix ``_link_run``), mig slices sharing the host link as one copy queue
+(``link=run``, a diagnostic, swaps too: suffix ``_link_run``), mig slices sharing the host link as one copy queue
 (``link_discipline=auto``: ``fifo``, the runtime's green contexts) or 1/k each (``link_discipline=share``: suffix
 ``_share``); the per-run files get the same suffix), host-bound steps of
 the GPUs of a fleet slowing each other (``host_contention=auto``, default: α = ``HOST_CONTENTION`` for runs on
@@ -96,19 +96,18 @@ def measured_link_Bps(folder: Path, table: str, link: str, doc: dict[str, Any], 
     return 0.0
 
 
-def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", suffix: str = "",
-                 table: str = "", fetch_model: str = "pipeline", link: str = "table",
-                 link_discipline: str = "auto", host_contention: str = "auto") -> dict[str, Any]:
-    """Simulate one served run's trace and score it; writes the simulated table and the per-request errors.
+def simulate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", table: str = "",
+                 fetch_model: str = "pipeline", link: str = "table",
+                 options: dict[str, Any] | None = None, link_discipline: str = "auto",
+                 host_contention: str = "auto") -> tuple[Any, dict[str, Any]]:
+    """Simulate one served run's trace as ``validate_run`` does: (the ``SimResult``, its validation row).
 
-    ``execution``: which shipped profile ``sim_cost=auto|profile`` uses (``graphs`` or ``eager``); ``auto``: the
-    runtime's execution mode. ``suffix`` is added to the written files' names. ``link_discipline``: how a mig
-    run's slices share the host link in the simulation (``auto``: ``fifo``, the runtime's slices being green
-    contexts of one process with one copy queue; ``share``: 1/k each, as real MIG partitions).
-    ``host_contention``: ``auto`` or α (``host_contention_of``).
+    ``options``: further cost options (``profile_bucketed``'s keys), over the ones the run's backend implies.
+    ``link_discipline``: how a mig run's slices share the host link in the simulation (``auto``: ``fifo``, the
+    runtime's slices being green contexts of one process with one copy queue; ``share``: 1/k each, as real MIG
+    partitions). ``host_contention``: ``auto`` or α (``host_contention_of``).
     """
-    from moesim.executor.compare import per_request_errors, summary
-    from moesim.io import write_parquet
+    from moesim.executor.compare import summary
     from moesim.serve.config import ServeConfig, make_requests
     from moesim.serve.run import build_cost, simulate_config
     from moesim.specs import get_gpu, get_model
@@ -122,14 +121,18 @@ def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", 
         be = doc.get("backend", {})
         be = be[0] if isinstance(be, list) and be else be  # several instances: one description each
         execution = "eager" if be.get("execution") == "eager" else "graphs"
-    options = None
+    opts = None
     if sim_cost == "profile_bucketed":
-        options = {"fetch_model": fetch_model, "fetch_prefix": fetch_prefix_of(doc),
-                   "prefill_prefix": fetch_prefix_of(doc, "prefill_prefix_graph_steps")}
+        opts = {"fetch_model": fetch_model, "fetch_prefix": fetch_prefix_of(doc),
+                "prefill_prefix": fetch_prefix_of(doc, "prefill_prefix_graph_steps")}
         rate = measured_link_Bps(folder, table, link, doc, model.expert_bytes)
         if rate > 0:
-            options["expert_link_Bps"] = round(rate, -6)
-    cost, desc = build_cost(cfg, model, gpu, execution, options)
+            opts["expert_link_Bps"] = round(rate, -6)
+        swap = measured_swap_Bps(link, doc)
+        if swap > 0:
+            opts["swap_link_Bps"] = round(swap, -6)
+        opts.update(options or {})
+    cost, desc = build_cost(cfg, model, gpu, execution, opts)
     if link != "table" and sim_cost == "profile_bucketed":
         desc += f", link={link}" + (" (each single-instance run at its own measured copy rate)" if link == "run" else "")
     overrides = {"link_discipline": link_discipline} if link_discipline != "auto" and cfg.policy == "mig" else None
@@ -139,11 +142,41 @@ def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", 
     if alpha > 0:
         desc += f", host_contention={alpha:g} (fleets)" if host_contention == "auto" else f", host_contention={alpha:g}"
     sim = simulate_config(cfg, model, gpu, cost, requests, overrides, host_contention=alpha)
-    write_parquet(folder / f"simulated_requests{suffix}.parquet", sim.requests)
-    write_parquet(folder / f"per_request_errors{suffix}.parquet", per_request_errors(sim.requests, measured))
     row: dict[str, Any] = {"run": folder.name, "policy": cfg.policy, "sim_cost": desc,
                            "sim_swap_count": sim.swap_count, "measured_swap_count": doc.get("swap_count"),
                            **summary(sim.requests, measured)}
+    return sim, row
+
+
+def measured_swap_Bps(link: str, doc: dict[str, Any]) -> float:
+    """The pinned non-expert-set swap rate (bytes per second) a validation simulates with (0: the profile's): with
+    ``link=run``, the run's own swap copies (its backend's ``swap_bytes`` / ``swap_copy_s``), for runs of one
+    instance that swapped; else 0."""
+    be = doc.get("backend")
+    if link != "run" or len(doc.get("instances", [])) != 1 or not isinstance(be, dict):
+        return 0.0
+    nbytes, s = float(be.get("swap_bytes") or 0.0), float(be.get("swap_copy_s") or 0.0)
+    return nbytes / s if nbytes > 0 and s > 0 else 0.0
+
+
+def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", suffix: str = "",
+                 table: str = "", fetch_model: str = "pipeline", link: str = "table",
+                 link_discipline: str = "auto", host_contention: str = "auto") -> dict[str, Any]:
+    """Simulate one served run's trace and score it; writes the simulated table and the per-request errors.
+
+    ``execution``: which shipped profile ``sim_cost=auto|profile`` uses (``graphs`` or ``eager``); ``auto``: the
+    runtime's execution mode. ``suffix`` is added to the written files' names. ``link_discipline``,
+    ``host_contention``: as ``simulate_run``.
+    """
+    from moesim.executor.compare import per_request_errors, summary
+    from moesim.io import write_parquet
+
+    sim, row = simulate_run(folder, sim_cost, execution, table, fetch_model, link,
+                            link_discipline=link_discipline, host_contention=host_contention)
+    doc = json.loads((folder / "summary.json").read_text())
+    measured = pd.read_parquet(folder / "requests.parquet")
+    write_parquet(folder / f"simulated_requests{suffix}.parquet", sim.requests)
+    write_parquet(folder / f"per_request_errors{suffix}.parquet", per_request_errors(sim.requests, measured))
     replay = folder / "replay_requests.parquet"
     if replay.exists():
         rs = summary(sim.requests, pd.read_parquet(replay))
