@@ -58,8 +58,31 @@ def test_layer_fetches_closed_forms() -> None:
     # a tenant absent from the batch fetches nothing, but its host layer still syncs (host=True)
     only_b = layer_fetches(((a,),), {1: 5}, 8, 2)[0]
     assert only_b == LayerFetch(True, 0.0, 1.0)
+    # tokens per fetched expert: the tokens routed to the layer's host slots (n·k/E each) over its expected fetches
+    assert lf[1].tokens == pytest.approx((3 + 1) * 2 / 8 / (p3 + p1), rel=1e-12)
+    assert lf[2].tokens == pytest.approx(4 * 2 / 8 / p4, rel=1e-12)
+    assert layer_fetches(((a,),), {0: 256}, 8, 2)[0].tokens == pytest.approx(64.0, rel=1e-12)  # a prefill's 64
     assert tokens_by_tenant((0, 1, 0, 0)) == {0: 3, 1: 1}
 
+
+
+def test_pipeline_step_runs_each_fetched_experts_ffn_after_its_copy() -> None:
+    """Synchronous fetches: copy, FFN, copy, FFN on one stream (f·(t + u)); overlapped: the FFNs hide under the
+    next copies but the last (f·t + u); the copies count whole either way."""
+    layers = (LayerFetch(False, 0.0, 1.0), LayerFetch(True, 2.0, 0.0, 3.0))
+    ffn = lambda tokens: 1e-4 * tokens  # noqa: E731 - 0.3 ms for the layer's 3 tokens per expert
+    base, copies = pipeline_step(layers, T, 0.0064)
+    assert base == pytest.approx(0.001 + 2 * 0.0064 + 0.0004 + 0.0005, rel=1e-12)
+    sync, c_sync = pipeline_step(layers, T, 0.0064, ffn_s=ffn)
+    over, c_over = pipeline_step(layers, T, 0.0064, ffn_s=ffn, overlap=True)
+    assert sync == pytest.approx(base + 2 * 3e-4, rel=1e-12)
+    assert over == pytest.approx(base + 3e-4, rel=1e-12)
+    assert copies == c_sync == c_over == pytest.approx(2 * 0.0064, rel=1e-12)
+    # a layer that may fetch nothing: the FFNs weigh only where it fetches
+    maybe = (LayerFetch(True, 0.5, 0.6, 1.0),)
+    got, _ = pipeline_step(maybe, T, 0.0064, ffn_s=ffn)
+    n = 0.5 / 0.4
+    assert got == pytest.approx(0.6 * 0.0015 + 0.4 * (n * (0.0064 + 1e-4) + 0.0004 + 0.0005), rel=1e-12)
 
 def test_pipeline_step_closed_forms() -> None:
     t = 0.0064  # one expert over the link
@@ -142,6 +165,7 @@ def test_profile_bucketed_times_fetching_decode_steps_as_the_pipeline(tables) ->
                               gpu=H200)
     graphs = COST_MODELS.build("profile_bucketed", {"table": table, "fetch_prefix": "graphs"}, model=MIXTRAL,
                                gpu=H200)
+    no_ffn = COST_MODELS.build("profile_bucketed", {"table": table, "fetch_ffn": False}, model=MIXTRAL, gpu=H200)
     L = MIXTRAL.n_layers
     for policy, n in (("reconfig", 2), ("naive", 2)):
         res = POLICIES.build(policy, {"budget_bytes": 85e9}).layout(MIXTRAL, H200, n)[0].residency
@@ -153,10 +177,15 @@ def test_profile_bucketed_times_fetching_decode_steps_as_the_pipeline(tables) ->
         # by hand: the layout's layers, the table's per-layer times (sync table / 32), scaled fetches
         layers = layer_fetches(host_slots_by_layer(res, L, MIXTRAL.n_experts), {0: 1}, 8, 2)
         scale = mixed.expert_fetches / sum(lf.fetches for lf in layers)
+        u = cost.mixed.graphs.expert_one_s(1, res)  # the profile's one-expert FFN over one token
+        assert u == pytest.approx(9.3e-5, rel=0.02)
         total, copies = pipeline_step(layers, HostTimes(0.001, 0.0012, 0.016 / L), mixed.fetch_s / mixed.expert_fetches,
-                                      scale)
+                                      scale, ffn_s=lambda tokens, r=res: cost.mixed.graphs.expert_one_s(tokens, r))
         assert copies == pytest.approx(got.fetch_s, rel=1e-9)
         assert got.total_s == pytest.approx(total, rel=1e-9)
+        # synchronous fetches (fetch_overlap 0): each fetched expert's FFN after its copy, one token each here
+        off = no_ffn.step(d, res)
+        assert got.total_s - off.total_s == pytest.approx(mixed.expert_fetches * u, rel=1e-6)
         assert got.total_s - got.fetch_s < ref.total_s - ref.fetch_s  # below the host-bound rule's synced step
         first = next(i for i, lf in enumerate(layers) if lf.host)
         gr = graphs.step(d, res)  # the resident prefix from a graph: the decode table's step × its share
@@ -193,7 +222,7 @@ def test_validation_link_rate_from_the_call_or_the_run(tmp_path) -> None:
 
     import pandas as pd
 
-    from moesim.serve.validate import fetch_prefix_of, main, measured_link_Bps
+    from moesim.serve.validate import fetch_prefix_of, main, measured_link_Bps, measured_swap_Bps
 
     eb = MIXTRAL.expert_bytes
     run = tmp_path / "run"
@@ -210,6 +239,19 @@ def test_validation_link_rate_from_the_call_or_the_run(tmp_path) -> None:
     assert measured_link_Bps(run, table, "profile", one, eb) == 0.0
     assert measured_link_Bps(run, table, "run", one, eb) == pytest.approx(eb * 40 / 0.264, rel=1e-12)  # 6.6 ms each
     assert measured_link_Bps(run, table, "run", two, eb) == pytest.approx(54.7e9, rel=1e-12)  # shared link: the probe
+    # swaps: the run's own copies with link=run (h200_split/swap_host-s2: 4 swaps of 69.8 GB in 5.2765 s, 52.9 GB/s
+    # against the profile's 55.3), else the profile's
+    doc = {"instances": [{}], "backend": {"swap_bytes": 279200169984, "swap_copy_s": 5.2765}}
+    assert measured_swap_Bps("run", doc) == pytest.approx(279200169984 / 5.2765, rel=1e-12)
+    assert measured_swap_Bps("table", doc) == 0.0
+    assert measured_swap_Bps("run", {**doc, "instances": [{}, {}]}) == 0.0
+    assert measured_swap_Bps("run", {"instances": [{}], "backend": {"swap_bytes": 0, "swap_copy_s": 0.0}}) == 0.0
+    (tables / "decode_table.csv").write_text("n_seqs,bucket,n_tenants,context,step_s\n1,1,1,200,0.016\n")
+    swap = COST_MODELS.build("profile_bucketed", {"table": table, "swap_link_Bps": 52.9e9}, model=MIXTRAL, gpu=H200)
+    res = POLICIES.build("reconfig", {"budget_bytes": 85e9}).layout(MIXTRAL, H200, 2)[0].residency
+    assert swap.swap_s(3.2e9, res, 0.5) == pytest.approx(3.2e9 / 52.9e9 / 0.5, rel=1e-12)
+    with pytest.raises(UserError, match="swap_link_Bps=-1"):
+        COST_MODELS.build("profile_bucketed", {"table": table, "swap_link_Bps": -1.0}, model=MIXTRAL, gpu=H200)
     assert fetch_prefix_of({"backend": {"prefix_graph_steps": 3}}) == "graphs"
     assert fetch_prefix_of({"backend": [{"prefix_graph_steps": 0}, {"prefix_graph_steps": 2}]}) == "graphs"
     assert fetch_prefix_of({"backend": {"split_steps": 4}}) == "eager"
@@ -242,12 +284,33 @@ def test_piecewise_prefills_from_the_prefill_fetch_table(tables) -> None:
     first = next(i for i, lf in enumerate(layers) if lf.host)
     assert first == 27
     head = split.fetch_times.head_s(1, 1)
+    u64 = split.mixed.graphs.expert_one_s(64, res)  # 64 tokens per expert (256 × top-2 of 8)
+    assert u64 == pytest.approx(1.12e-4, rel=0.02)
     total, _copies = pipeline_step(layers, HostTimes(0.0016, 0.0016, 0.040 / L, prefix_s=0.035, head_s=head),
                                   mixed.fetch_s / mixed.expert_fetches,
-                                  mixed.expert_fetches / sum(lf.fetches for lf in layers))
+                                  mixed.expert_fetches / sum(lf.fetches for lf in layers),
+                                  ffn_s=lambda tokens: split.mixed.graphs.expert_one_s(tokens, res))
     assert got.total_s == pytest.approx(total, rel=1e-9)
-    # copy-bound host layers: outside the copies only the prefix graph, the layers' device work and the head
-    assert got.total_s - got.fetch_s == pytest.approx(0.035 + 5 * 0.040 / L + head, rel=1e-6)
+    # copy-bound host layers: outside the copies only the prefix graph, the layers' device work, each fetched
+    # expert's FFN after its copy (reconfig fetches synchronously) and the head
+    assert got.total_s - got.fetch_s == pytest.approx(0.035 + 5 * 0.040 / L + mixed.expert_fetches * u64 + head,
+                                                      rel=1e-4)
+    # overlapped fetches (multiplex): the copies count whole (nothing hidden under compute), and only each host
+    # layer's last FFN is exposed
+    mres = POLICIES.build("multiplex", {"budget_bytes": 85e9}).layout(MIXTRAL, H200, 2)[0].residency
+    assert mres.fetch_overlap > 0
+    mgot, mhid = split.step(b, mres), split.mixed.step(b, mres)
+    whole = split.mixed.step(b, split.mixed._unhidden(mres))
+    assert mgot.fetch_s == pytest.approx(whole.fetch_s, rel=1e-12)
+    assert whole.fetch_s > mhid.fetch_s  # profile_mixed hides part of them under the eager profile's expert compute
+    mlayers = layer_fetches(host_slots_by_layer(mres, L, MIXTRAL.n_experts), {0: 256}, 8, 2)
+    n_host = sum(1 for lf in mlayers if lf.host)
+    mfirst = next(i for i, lf in enumerate(mlayers) if lf.host)
+    _, _, mprefix = split.prefill_fetch.times(256, 1, mfirst, L)
+    assert mgot.total_s - mgot.fetch_s == pytest.approx(mprefix + n_host * (0.040 / L + u64) + head, rel=1e-4)
+    old = COST_MODELS.build("profile_bucketed", {"table": table, "prefill_prefix": "graphs", "fetch_ffn": False},
+                            model=MIXTRAL, gpu=H200)
+    assert old.step(b, mres).fetch_s == pytest.approx(mhid.fetch_s, rel=1e-12)  # off: hidden as profile_mixed
     assert eager.step(b, res) != got  # an eagerly run prefill keeps the composed model
     assert split.step((SeqWork(0, 1, 200),), res) == eager.step((SeqWork(0, 1, 200),), res)  # decode: unchanged
     with pytest.raises(UserError, match="prefill_prefix='graph'"):

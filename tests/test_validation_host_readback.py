@@ -29,7 +29,7 @@ def _resimulate(tmp_path: Path, folder: str, *extra: str) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize(("folder", "n_runs", "within", "within_run_link"),
-                         [("h200_long", 6, 3, 5), ("h200_split2", 10, 7, 7)])
+                         [("h200_long", 6, 6, 6), ("h200_split2", 10, 10, 9), ("h200_s5", 10, 5, 6)])
 def test_held_out_host_runs_read_back(tmp_path, folder, n_runs, within, within_run_link) -> None:
     committed = pd.read_csv(ROOT / folder / "validation_profile_bucketed.csv").set_index("run")
     got = _resimulate(tmp_path, folder)
@@ -51,6 +51,9 @@ def test_held_out_host_runs_read_back(tmp_path, folder, n_runs, within, within_r
 def test_seventh_call_mean_turnaround_errors() -> None:
     t = pd.read_csv(ROOT / "h200_split2" / "validation_profile_bucketed.csv").set_index("run")
     e = t["mean_turnaround_s_error_pct"]
-    assert e["reconfig_fast_host-s3"] == pytest.approx(-15.7, abs=0.05)
-    assert e["naive_light"] == pytest.approx(-0.8, abs=0.05)
-    assert e["mig_light"] == pytest.approx(3.9, abs=0.05)
+    # each fetched expert's FFN after its copy, overlapped copies counted whole (profile_bucketed fetch_ffn): the
+    # admission flip of reconfig_fast_host-s3 (−15.7 % before) no longer happens; mig's slices as the runtime emulates
+    # them (the whole HBM, one FIFO copy queue: +5.5 % with a 3g slice's HBM share and a 1/k link share)
+    assert e["reconfig_fast_host-s3"] == pytest.approx(0.5, abs=0.05)
+    assert e["naive_light"] == pytest.approx(0.6, abs=0.05)
+    assert e["mig_light"] == pytest.approx(2.8, abs=0.05)

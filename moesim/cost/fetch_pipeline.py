@@ -14,6 +14,16 @@ their FFNs, and goes on launching the next layers until the next such layer, whe
   expert over the link) and then runs the layer's rest, ``g``, while the host, which launched everything up to the
   next sync meanwhile, waits; ``s`` is the sync's own cost (host time after the wait: reading the routing back and
   issuing the copies);
+* each fetched expert's FFN then runs on its own (``Fetcher.run``: gather its rows, its three GEMMs, scatter), ``u``
+  seconds (the profile's ``expert_one`` at the tokens routed to it, ``ffn_s``). With synchronous fetches
+  (``fetch_overlap`` = 0) the runtime copies and computes one expert after the other on the compute stream, so the
+  layer costs ``f·(t + u) + g + s``; with overlapped fetches the copies run on a copy stream and each FFN waits only
+  for its own copy, so the FFNs hide under the next copies but the last: ``f·t + u + g + s``. The copies themselves
+  are never shorter: what overlap hides is compute, not copy time. ``g`` keeps the graph's grouped expert compute
+  whole. Measured (``reports/validation/realtime/residuals*.md``): outside their copies, synchronous fetching steps
+  took about ``u`` more per fetch than ``f·t + g + s`` (decode: 0.05–0.10 ms per fetch, ``expert_one(1)`` =
+  0.093 ms; 256-token prefills: 0.09–0.15 ms, ``expert_one(64)`` = 0.112 ms), overlapped ones did not, and their
+  copies took their whole time;
 * the layers before the first one holding host slots (the runtime's packed layout puts host copies in the last
   layers) cost their eager launch time without syncs, ``e`` per layer, or, when the runtime replays them from a
   CUDA graph (piecewise graphs, ``prefix="graphs"``), the graph's device time;
@@ -30,7 +40,8 @@ residency's groups laid out as ``moesim.executor.layout.assign_slots`` does: eac
 order, layer by layer; a group shared by tenants is one copy); a slot reached by ``n`` tokens is fetched with
 probability ``p = expected_active_fraction(n)`` (uniform top-k, or the cost model's skew), independently of the
 other slots; a layer's expected fetches are ``Σ p`` and it fetches none with probability ``Π (1 − p)``; given it
-fetches, it fetches ``Σ p / (1 − Π (1 − p))`` experts on average. Expected fetches are then scaled to the cost
+fetches, it fetches ``Σ p / (1 − Π (1 − p))`` experts on average, each over ``Σ n·k/E / Σ p`` tokens on average
+(``k`` of ``E`` experts per token). Expected fetches are then scaled to the cost
 model's own expected fetch count for the step (which knows prefetching and caching), so the copy time is the
 cost model's. All times in seconds. Torch-free.
 """
@@ -38,7 +49,7 @@ cost model's. All times in seconds. Torch-free.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,11 +88,13 @@ def host_slots_by_layer(residency: Residency, n_moe_layers: int, n_experts: int
 
 @dataclass(frozen=True)
 class LayerFetch:
-    """One MoE layer of a step: whether it holds host slots, its expected fetches, P(it fetches none)."""
+    """One MoE layer of a step: whether it holds host slots, its expected fetches, P(it fetches none), and the
+    expected tokens routed to a fetched expert."""
 
     host: bool
     fetches: float
     p_none: float
+    tokens: float = 1.0
 
 
 def layer_fetches(slots: tuple[tuple[frozenset[int], ...], ...], tokens: dict[int, int], n_experts: int,
@@ -92,7 +105,7 @@ def layer_fetches(slots: tuple[tuple[frozenset[int], ...], ...], tokens: dict[in
         if not layer:
             out.append(LayerFetch(False, 0.0, 1.0))
             continue
-        f, none = 0.0, 1.0
+        f, none, routed = 0.0, 1.0, 0.0
         for ts in layer:
             n = sum(tokens.get(t, 0) for t in ts)
             if n <= 0:
@@ -100,7 +113,8 @@ def layer_fetches(slots: tuple[tuple[frozenset[int], ...], ...], tokens: dict[in
             p = float(expected_active_fraction(n, n_experts, top_k, skew))
             f += p
             none *= 1.0 - p
-        out.append(LayerFetch(True, f, none))
+            routed += n * top_k / n_experts
+        out.append(LayerFetch(True, f, none, routed / f if f > 0 else 1.0))
     return tuple(out)
 
 
@@ -121,10 +135,13 @@ class HostTimes:
 
 
 def pipeline_step(layers: tuple[LayerFetch, ...], times: HostTimes, copy_s_per_fetch: float,
-                  fetch_scale: float = 1.0) -> tuple[float, float]:
+                  fetch_scale: float = 1.0, ffn_s: Callable[[float], float] | None = None,
+                  overlap: bool = False) -> tuple[float, float]:
     """(step seconds, of them copy seconds) of one fetching decode step (module docstring).
 
-    ``fetch_scale`` multiplies every layer's expected fetches (to match a cost model's own count).
+    ``fetch_scale`` multiplies every layer's expected fetches (to match a cost model's own count). ``ffn_s``: seconds
+    of one fetched expert's own FFN over the given tokens (None: 0); ``overlap``: the fetches are overlapped (only a
+    layer's last FFN is exposed) rather than synchronous (every FFN after its copy).
     """
     first = next((i for i, lf in enumerate(layers) if lf.host), len(layers))
     total = times.prefix_s if times.prefix_s is not None else first * times.e
@@ -140,7 +157,9 @@ def pipeline_step(layers: tuple[LayerFetch, ...], times: HostTimes, copy_s_per_f
         if f <= 0 or p_some <= 0:
             total += times.e_sync
             continue
-        busy = (f / p_some) * copy_s_per_fetch + times.g + s
+        n = f / p_some  # fetches of the layer, given it fetches
+        u = ffn_s(lf.tokens) if ffn_s is not None else 0.0
+        busy = n * copy_s_per_fetch + (u if overlap else n * u) + times.g + s
         total += lf.p_none * times.e_sync + p_some * max(times.e_sync, busy)
     return total + times.head_s, copies
 

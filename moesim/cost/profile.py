@@ -551,6 +551,11 @@ class ProfileCost(CostModel):
             return max(base * r, float(mem))
         return np.maximum(base * r, mem)
 
+    def expert_one_s(self, tokens: float, residency: Residency) -> float:
+        """Seconds of one expert's FFN run on its own over ``tokens`` tokens (the profile's ``expert_one`` op), on
+        ``residency``'s slice."""
+        return float(self._t("expert_one", residency, t=max(1.0, float(tokens))))
+
     def _active(self, n: int, weight: float = 1.0) -> float:
         """Expected active fraction of a layer's experts for ``n`` tokens (plain Python when uniform)."""
         m = self.model

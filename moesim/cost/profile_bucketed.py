@@ -48,6 +48,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -101,6 +102,15 @@ class ProfileBucketedConfig:
     expert_link_Bps: the pinned host→device rate of one expert copy (bytes per second) instead of the profile's
         (0: the profile's). ``python -m moesim.serve.validate`` sets it from the rate measured in the same call
         (``link_share.json`` beside ``table``: ``fetch_GBps``) or, as a diagnostic, from the run's own copies.
+    fetch_ffn: in the pipeline (``fetch_model=pipeline``: fetching decode steps, and prefills with
+        ``prefill_prefix=graphs``), each fetched expert's own FFN (the graph profile's ``expert_one`` at the tokens
+        routed to it, seconds) follows its copy: after every copy with synchronous fetches, only the layer's last
+        one with overlapped fetches (``fetch_overlap`` > 0), whose copies are then counted whole (overlap hides the
+        FFNs under the copies, not the copies under compute; ``moesim.cost.fetch_pipeline``). False: no FFN term,
+        and the copies hidden as ``profile_mixed`` hides them (``fetch_overlap`` bounded by the expert compute).
+    swap_link_Bps: the pinned host→device rate of a non-expert-set swap (bytes per second) instead of the
+        profile's (0: the profile's). ``python -m moesim.serve.validate link=run`` sets it from the run's own swap
+        copies (a diagnostic, as ``expert_link_Bps``).
     prefill_prefix: how the runtime ran a prefill that fetches host experts: ``eager`` (the whole step launched one
         op at a time: ``profile_mixed`` plus the measured syncs, as above) or ``graphs`` (piecewise: the layers
         before the first one holding host slots from the token bucket's prefix graph, the rest eagerly; timed as
@@ -130,7 +140,9 @@ class ProfileBucketedConfig:
     fetch_model: str = "pipeline"
     fetch_prefix: str = "eager"
     expert_link_Bps: float = 0.0
+    swap_link_Bps: float = 0.0
     prefill_prefix: str = "eager"
+    fetch_ffn: bool = True
 
     def __post_init__(self) -> None:
         if not self.table:
@@ -142,6 +154,9 @@ class ProfileBucketedConfig:
             raise UserError("cost.prefill_table is empty: auto, off or a prefill_table.csv path")
         if self.fetch_model not in FETCH_MODELS:
             raise UserError(f"cost.fetch_model={self.fetch_model!r}: valid: {', '.join(FETCH_MODELS)}")
+        if self.swap_link_Bps < 0:
+            raise UserError(f"cost.swap_link_Bps={self.swap_link_Bps}: must be ≥ 0 (bytes per second; 0: the "
+                            "profile's)")
         if self.expert_link_Bps < 0:
             raise UserError(f"cost.expert_link_Bps={self.expert_link_Bps}: must be ≥ 0 (bytes per second; 0: the "
                             "profile's)")
@@ -373,6 +388,9 @@ class ProfileBucketedCost(CostModel):
         if cfg.expert_link_Bps > 0:  # the link measured where the runtime served
             for prof in (self.mixed.graphs, self.mixed.eager):
                 prof.expert_Bps = {**prof.expert_Bps, True: cfg.expert_link_Bps}
+        if cfg.swap_link_Bps > 0:
+            for prof in (self.mixed.graphs, self.mixed.eager):
+                prof.set_Bps = {**prof.set_Bps, True: cfg.swap_link_Bps}
         self.path = self.mixed.path
         self.meta = self.mixed.meta
         self.derived = self.mixed.derived
@@ -495,9 +513,22 @@ class ProfileBucketedCost(CostModel):
             if prefix is None:
                 prefix = graph_step * first / L
         times = HostTimes(e=e, e_sync=e_sync, g=graph_step / L, prefix_s=prefix, head_s=table.head_s(n, k))
-        total, copies = pipeline_step(layers, times,
-                                      c.fetch_s / c.expert_fetches, per_step / expected)
+        total, copies = pipeline_step(layers, times, c.fetch_s / c.expert_fetches, per_step / expected,
+                                      **self._ffn(residency))
         return dataclasses.replace(c, overhead_s=c.overhead_s + (total - copies) * steps - (c.total_s - c.fetch_s))
+
+    def _copies(self, residency: Residency) -> Residency:
+        """The residency whose fetch time the pipeline takes: with ``fetch_ffn``, nothing of the copies hidden
+        (the pipeline places the FFNs under them itself)."""
+        return self.mixed._unhidden(residency) if self.cfg.fetch_ffn else residency
+
+    def _ffn(self, residency: Residency) -> dict[str, Any]:
+        """``pipeline_step``'s ``ffn_s`` and ``overlap`` for ``residency`` (``fetch_ffn``; off: none)."""
+        if not self.cfg.fetch_ffn:
+            return {}
+        graphs = self.mixed.graphs
+        return {"ffn_s": lambda tokens: graphs.expert_one_s(tokens, residency),
+                "overlap": residency.fetch_overlap > 0}
 
     def _prefill_split(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost | None:
         """A fetching prefill run piecewise (``prefill_prefix=graphs``) on the whole GPU: the token bucket's prefix
@@ -505,7 +536,7 @@ class ProfileBucketedCost(CostModel):
         fetch count and copy time are ``profile_mixed``'s. None without ``prefill_fetch_table.csv``."""
         if not self.prefill_fetch or self._partial(residency):
             return None
-        c = self.mixed.step(batch, residency)
+        c = self.mixed.step(batch, self._copies(residency))
         if c.expert_fetches <= 0:
             return None
         tokens: dict[int, int] = {}
@@ -521,7 +552,8 @@ class ProfileBucketedCost(CostModel):
         e, graph, prefix = self.prefill_fetch.times(sum(tokens.values()), len(tokens), first, L)
         head = self.fetch_times.head_s(len(batch), len(tokens)) if self.fetch_times else 0.0
         total, copies = pipeline_step(layers, HostTimes(e=e, e_sync=e, g=graph / L, prefix_s=prefix, head_s=head),
-                                      c.fetch_s / c.expert_fetches, c.expert_fetches / expected)
+                                      c.fetch_s / c.expert_fetches, c.expert_fetches / expected,
+                                      **self._ffn(residency))
         return dataclasses.replace(c, overhead_s=c.overhead_s + (total - copies) - (c.total_s - c.fetch_s))
 
     def _eager(self, decode: bool, n_seqs: int, tenants: tuple[int, ...], residency: Residency,
@@ -533,7 +565,7 @@ class ProfileBucketedCost(CostModel):
         measured synced step (``decode_host_bound``; on a slice only with a slice table) and a prefill on a slice
         without a slice table by max(host-bound, GPU-bound) (``slice_bound``)."""
         if decode and self.fetch_times is not None and not self._graphs(tenants, residency):
-            p = self._pipeline(mixed_on(residency), tenants, residency, context, graphs_on, steps)
+            p = self._pipeline(mixed_on(self._copies(residency)), tenants, residency, context, graphs_on, steps)
             if p is not None:
                 return p
         on_slice = self._slice_table(residency)

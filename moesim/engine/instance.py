@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 import simpy
 
-from moesim.cost.base import CostModel, Residency, SeqWork, swap_link_delay
+from moesim.cost.base import CostModel, Residency, SeqWork, StepCost, swap_link_delay
+from moesim.engine.host import HostProcess, stretch_run, stretch_step
 from moesim.policies.base import InstancePlan, Policy
 from moesim.resident_sets import make_resident, touch
 from moesim.running_batch import retire_finished
@@ -31,6 +32,7 @@ class Instance:
 
     gpu: int = 0
     board: Board  # set by the engine before the run
+    host: HostProcess | None = None  # the host process launching its steps, when host contention is modelled
 
     def __init__(self, idx: int, plan: InstancePlan, env: simpy.Environment, cost: CostModel,
                  policy: Policy, link: HostLink, rec: Recorder) -> None:
@@ -58,6 +60,7 @@ class Instance:
         self.fetches = any(not g.on_gpu for g in plan.residency.groups)
         self.proc: simpy.Process | None = None  # set by simulate()
         self._in_run = False  # inside an interruptible decode run
+        self._in_prefill = False  # inside a prefill re-timed when the host link's sharing changes
         self._routable = False  # inside a decode run a routed arrival may cut (fleets with replicas)
         self._pinned: list[bool] | None = None  # per candidate: routed here for sure (None: all are)
         self._np = 0  # index of the next pinned candidate (≥ _next)
@@ -66,6 +69,7 @@ class Instance:
         self._arrivals: list[Request] = []
         self._next = 0
         self._res_cache: dict[float, Residency] = {}
+        self._host_layers = -1  # MoE layers holding host copies (``_burst``), counted when first needed
         self._swap_s = cost.swap_s(plan.swap_bytes, plan.residency, plan.swap_bandwidth_fraction)
         self._streamed_swap_s = 0.0  # copy time of the streamed swap under the prefill being started
 
@@ -129,11 +133,26 @@ class Instance:
         self._next = i
 
     # ---- helpers ------------------------------------------------------------------------------
-    def _residency(self) -> Residency:
-        """The plan's residency with the host-link share of this moment."""
+    def _fifo(self) -> bool:
+        """Whether this instance's fetches queue with other instances' on a ``fifo`` host link."""
+        return self.fetches and self.link.fifo and len(self.link.members) > 1
+
+    def _burst(self, fetches_per_step: float) -> float:
+        """Copies per host layer of a step fetching ``fetches_per_step`` experts (``HostLink`` ``fifo``)."""
+        if self._host_layers < 0:
+            from moesim.cost.fetch_pipeline import host_slots_by_layer
+
+            model = self.cost.model
+            layers = host_slots_by_layer(self.plan.residency, model.n_moe_layers, model.n_experts)
+            self._host_layers = max(1, sum(1 for x in layers if x))
+        return fetches_per_step / self._host_layers
+
+    def _residency(self, burst: float = 1.0) -> Residency:
+        """The plan's residency with the host-link share of this moment (``burst``: the step's copies per host
+        layer, for a ``fifo`` link)."""
         if not self.fetches:
             return self.plan.residency
-        share = self.link.share()
+        share = self.link.share(burst)
         res = self._res_cache.get(share)
         if res is None:
             base = self.plan.residency
@@ -166,7 +185,8 @@ class Instance:
         while True:
             self._pull()
             if not self.running and not self.queue:
-                shared = self.fetches and len(self.link.members) > 1
+                shared = self.fetches and (len(self.link.members) > 1
+                                           or (self.host is not None and len(self.host.members) > 1))
                 if shared:
                     self._link_changed()  # idle from now
                 if self._next >= len(self._arrivals):
@@ -185,8 +205,12 @@ class Instance:
                     self.kv_free_bytes -= (r.prompt_tokens + r.output_tokens) * self.kv_bytes_per_token
                 batch = tuple([SeqWork(r.tenant, r.prompt_tokens, 0) for r in sel.admit])
                 prompt_tokens = sum([r.prompt_tokens for r in sel.admit])
-                res = self._residency()
-                self.link.begin(self.fetches)
+                fifo = self._fifo()
+                burst = self._burst(cost.step(batch, self.plan.residency).expert_fetches) if fifo else 1.0
+                res = self._residency(burst)
+                self.link.begin(self.fetches, self.idx, burst)
+                if fifo:
+                    self._link_changed()  # its burst changes the others' shares
                 step = cost.step(batch, res)
                 if sel.load:
                     self._streamed_swap_s = 0.0
@@ -201,9 +225,20 @@ class Instance:
                             rec.swap_wait[r.id] = waited
                     if self._streamed_swap_s:
                         step = swap_link_delay(under, self._streamed_swap_s)
+                host = self.host if step.expert_fetches > 0 else None
+                if host is not None:  # a host-bound step beside other instances' of the same host process
+                    step = stretch_step(step, host.factor())
+                    host.begin(True)
                 t0 = env.now
-                yield env.timeout(step.total_s)
-                self.link.end(self.fetches)
+                if fifo and not self._streamed_swap_s:
+                    step = yield from self._shared_prefill(batch, step, burst, host)
+                else:
+                    yield env.timeout(step.total_s)
+                self.link.end(self.fetches, self.idx)
+                if host is not None:
+                    host.end(True)
+                if fifo:
+                    self._link_changed()
                 rec.segment(self.idx, "prefill", t0, env.now, len(batch), prompt_tokens,
                             _tenants(sel.admit), step.expert_fetches, step.attention_s, step.experts_s,
                             step.fetch_s)
@@ -230,9 +265,16 @@ class Instance:
         clock = self._clock
         n = min(self._finish_at) - clock
         ctx0 = tuple([b + clock for b in self._ctx_base])
-        dr = self.cost.decode_run(self._tenants, ctx0, n, self._residency())
+        burst = 1.0
+        if self._fifo():
+            burst = self._burst(self.cost.decode_run(self._tenants, ctx0, 1, self.plan.residency).cost.expert_fetches)
+        dr = self.cost.decode_run(self._tenants, ctx0, n, self._residency(burst))
+        host = self.host if dr.cost.expert_fetches > 0 else None
+        if host is not None:  # host-bound steps beside other instances' of the same host process
+            dr = stretch_run(dr, host.factor())
+            host.begin(True)
         t0 = env.now
-        self.link.begin(self.fetches)
+        self.link.begin(self.fetches, self.idx, burst)
         steps = n
         k = self._next
         pinned = self._pinned
@@ -258,10 +300,21 @@ class Instance:
             done = env.now - t0
             steps = min(steps, int(dr.end_s.searchsorted(done)) + 1)
             rest = float(dr.end_s[steps - 1]) - done
+            if rest > 0 and self._fifo():
+                # the link's sharing changed mid-step: the rest of the step runs at the share of this moment
+                k = steps - 1
+                left = rest / (float(dr.end_s[k]) - (float(dr.end_s[k - 1]) if k else 0.0))
+                self.link.end(self.fetches, self.idx)
+                res = self._residency(burst)
+                self.link.begin(self.fetches, self.idx, burst)
+                one = self.cost.decode_run(self._tenants, tuple([c + k for c in ctx0]), 1, res)
+                rest = left * float((stretch_run(one, host.factor()) if host is not None else one).end_s[0])
             if rest > 0:
                 yield env.timeout(rest)
         self._in_run = self._routable = False
-        self.link.end(self.fetches)
+        self.link.end(self.fetches, self.idx)
+        if host is not None:
+            host.end(True)
         frac = steps / n
         c = dr.cost
         rec.segment(self.idx, "decode", t0, env.now, B, steps * B, self._tenant_label,
@@ -273,9 +326,46 @@ class Instance:
             self._tenants = tuple([self._tenants[i] for i in keep])
             self._tenant_label = _tenant_str(self._tenant_count)
 
+    def _shared_prefill(self, batch: tuple[SeqWork, ...], step: StepCost, burst: float,
+                        host: HostProcess | None = None):
+        """Run a prefill of cost ``step`` on a ``fifo`` host link other instances fetch over too: when one of them
+        starts or stops fetching (``_link_changed``), the rest of the step is re-timed at the link share of that
+        moment (its fetches and compute advance together, layer by layer). Returns the step's cost as it ran.
+        (A ``share`` link keeps each step's share from its start, as the paper's MIG logs were reproduced.)"""
+        env = self.env
+        left, cur = 1.0, step
+        ran = StepCost(expert_fetches=step.expert_fetches, fetch_start_s=step.fetch_start_s)
+        while True:
+            t = env.now
+            self._in_prefill = True
+            try:
+                yield env.timeout(left * cur.total_s)
+                f = left
+            except simpy.Interrupt:
+                f = min(left, (env.now - t) / cur.total_s) if cur.total_s > 0 else left
+            self._in_prefill = False
+            ran = replace(ran, **{k: getattr(ran, k) + f * getattr(cur, k) for k in _TIMED})
+            left -= f
+            if left <= 1e-12:
+                return ran
+            # the share of this moment: as if the step started now, the others as they are
+            self.link.end(self.fetches, self.idx)
+            res = self._residency(burst)
+            self.link.begin(self.fetches, self.idx, burst)
+            cur = self.cost.step(batch, res)
+            if host is not None:
+                cur = stretch_step(cur, host.factor())
+
     def _link_changed(self) -> None:
-        """Tell the other instances on the host link, mid decode run, that this one's activity changed."""
-        for o in self.link.members:
+        """Tell the other instances on the host link or of the host process, mid decode run or prefill, that this
+        one's activity changed."""
+        peers = self.link.members if self.host is None else {id(o): o for o in (*self.link.members,
+                                                                                *self.host.members)}.values()
+        for o in peers:
+            if o is not self and o._in_prefill and o.proc is not None:
+                o._in_prefill = False
+                o.proc.interrupt()
+                continue
             if o is not self and o._in_run and o.proc is not None:
                 o._in_run = o._routable = False
                 o.proc.interrupt()
@@ -285,6 +375,10 @@ class Instance:
         self.rec.finished += 1
         self.kv_free_bytes += (r.prompt_tokens + r.output_tokens) * self.kv_bytes_per_token
         self.board.done(self.gpu, r)
+
+
+#: StepCost's components in seconds (summed into ``total_s``)
+_TIMED = ("attention_s", "router_s", "experts_s", "fetch_s", "lm_head_s", "overhead_s")
 
 
 def _tenants(reqs: tuple[Request, ...]) -> str:

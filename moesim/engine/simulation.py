@@ -15,7 +15,7 @@ from moesim.cost.base import CostModel
 from moesim.engine.admission import refusal
 from moesim.engine.instance import Instance
 from moesim.errors import UserError
-from moesim.policies.base import InstancePlan, Policy
+from moesim.policies.base import LINK_DISCIPLINES, InstancePlan, Policy
 from moesim.policies.view import FleetView
 from moesim.request_table import request_table
 from moesim.specs import GPUSpec, ModelSpec
@@ -40,43 +40,75 @@ class NodeLink:
 class HostLink:
     """The host→device link of one GPU, shared by that GPU's instances.
 
-    Approximation: an instance that starts a step needing expert fetches gets ``1 / k`` of the link,
-    ``k`` being the instances fetching at that moment (itself included); the share is fixed for the step.
-    When several instances fetch over the link (e.g. MIG instances with host-resident experts), one that
-    goes idle or wakes up ends the others' decode runs at the step under way, so each re-takes its share
-    from the next step on (the paper's MIG logs show a host expert taking 52 ms while the other instance
-    fetches and 27 ms once it stops, within one request). When the GPU's node caps host-memory bandwidth (``node``), the share is scaled by the node's factor.
+    An instance that starts a step (or a decode run) needing expert fetches takes a share of the link, fixed for
+    the step; ``discipline`` says which:
+
+    * ``share``: ``1 / k``, ``k`` being the instances fetching at that moment (itself included): the link's
+      bandwidth split evenly, as between MIG partitions with copy engines of their own (the paper's MIG logs show
+      a host expert taking 52 ms while the other instance fetches and 27 ms once it stops, within one request).
+    * ``fifo``: one copy queue; copies run one after the other at the full rate, in the order issued (CUDA streams
+      of one process, e.g. MIG slices emulated with green contexts: ``reports/validation/realtime/h200_link_streams``
+      measured two copy streams taking turns at 54.9 GB/s, not half each). An instance fetching layer by layer
+      issues one layer's copies (its *burst*, copies per host layer), waits for them, and issues the next layer's;
+      with several instances doing so, each cycle of the queue carries one burst of each, so an instance gets
+      ``b / (b + Σ others' b)`` of the link. A prefill's burst (every host expert of a layer) then barely waits
+      behind a decode step's (one or two per layer), and the decode step waits behind the prefill's: measured on
+      the H200 (ninth call, ``mig_host-s5``): prefills beside a decode run copied at 1.2–1.35× their time alone,
+      decode runs beside a prefill at 1.5–1.8×. Equal bursts give ``1 / k``, as ``share``.
+
+    When several instances fetch over the link, one that goes idle or wakes up (``fifo``: also one that starts or
+    ends a prefill, which changes its burst) ends the others' decode runs at the step under way, so each re-takes
+    its share from the next step on. When the GPU's node caps host-memory bandwidth (``node``), the share is
+    scaled by the node's factor.
     """
 
-    __slots__ = ("active", "link_Bps", "members", "node")
+    __slots__ = ("active", "bursts", "discipline", "link_Bps", "members", "node")
 
-    def __init__(self, node: NodeLink | None = None, link_Bps: float = 0.0) -> None:
+    def __init__(self, node: NodeLink | None = None, link_Bps: float = 0.0, discipline: str = "share") -> None:
+        if discipline not in LINK_DISCIPLINES:
+            raise UserError(f"link_discipline={discipline!r}: valid: {', '.join(LINK_DISCIPLINES)}")
         self.active = 0
         self.members: list = []  # the instances that fetch experts over this link
         self.node = node
         self.link_Bps = link_Bps
+        self.discipline = discipline
+        self.bursts: dict[int, float] = {}  # fifo: fetching instance → copies per host layer of its step under way
 
-    def begin(self, fetches: bool) -> None:
-        """An instance starts a step (counted only when it fetches)."""
+    @property
+    def fifo(self) -> bool:
+        """Copies queue in issue order (``discipline == "fifo"``)."""
+        return self.discipline == "fifo"
+
+    def begin(self, fetches: bool, who: int = -1, burst: float = 1.0) -> None:
+        """An instance starts a step (counted only when it fetches); ``who``/``burst``: its index and copies per
+        host layer (``fifo``)."""
         if fetches:
             if self.node is not None and self.active == 0:
                 self.node.active_gpus += 1
             self.active += 1
+            if self.fifo:
+                self.bursts[who] = burst
 
-    def end(self, fetches: bool) -> None:
+    def end(self, fetches: bool, who: int = -1) -> None:
         """An instance ends a step."""
         if fetches:
             self.active -= 1
+            if self.fifo:
+                self.bursts.pop(who, None)
             if self.node is not None and self.active == 0:
                 self.node.active_gpus -= 1
 
-    def share(self) -> float:
-        """Share of the link a step starting now gets."""
+    def share(self, burst: float = 1.0) -> float:
+        """Share of the link a step starting now gets (``burst``: its copies per host layer, for ``fifo``)."""
+        if self.fifo and self.bursts and burst > 0:
+            own = burst / (burst + sum(self.bursts.values()))
+        else:
+            own = 1.0 / (self.active + 1)
         node = self.node
         if node is None:
-            return 1.0 / (self.active + 1)
+            return own
         k = node.active_gpus + (0 if self.active else 1)
-        return min(1.0, node.cap_Bps / (k * self.link_Bps)) / (self.active + 1)
+        return min(1.0, node.cap_Bps / (k * self.link_Bps)) * own
 
 
 class Recorder:
@@ -338,7 +370,7 @@ def _all_rejected(rec: Recorder, requests: Sequence[Request], plans: Sequence[In
 
 def simulate(model: ModelSpec, gpu: GPUSpec, policy: Policy, cost: CostModel, requests: Sequence[Request],
              *, n_tenants: int | None = None, progress: bool = False,
-             instance_cls: type[Instance] = Instance) -> SimResult:
+             instance_cls: type[Instance] = Instance, host_contention: float = 0.0) -> SimResult:
     """Replay ``requests`` through ``policy``'s instances on ``gpu``, timing steps with ``cost``.
 
     The fleet of one GPU holding tenants 0..n_tenants−1 (``simulate_fleet``); requests of other tenants
@@ -348,16 +380,18 @@ def simulate(model: ModelSpec, gpu: GPUSpec, policy: Policy, cost: CostModel, re
         n_tenants: tenants served (default: 1 + the largest tenant index in ``requests``).
         progress: show a progress bar of simulated requests (tqdm).
         instance_cls: the instance process class (a subclass may observe runs, e.g. the GPU executor's).
+        host_contention: as ``simulate_fleet`` (the instances, e.g. MIG slices, driven by one host process).
     """
     tenants = n_tenants if n_tenants is not None else (1 + max((r.tenant for r in requests), default=0))
     setup = GPUSetup(gpu, policy, cost, tuple(range(tenants)))
-    return simulate_fleet(model, [setup], requests, progress=progress, instance_cls=instance_cls)
+    return simulate_fleet(model, [setup], requests, progress=progress, instance_cls=instance_cls,
+                          host_contention=host_contention)
 
 
 def simulate_fleet(model: ModelSpec, gpus: Sequence[GPUSetup], requests: Sequence[Request], *,
                    router: Router | None = None, node_caps_Bps: dict[int, float] | None = None,
                    progress: bool = False, instance_cls: type[Instance] = Instance,
-                   progress_label: str | None = None) -> SimResult:
+                   progress_label: str | None = None, host_contention: float = 0.0) -> SimResult:
     """Replay ``requests`` through a fleet of GPUs in one SimPy environment.
 
     Each GPU runs its policy's layout for the tenants placed on it and has its own host link; GPUs of a node
@@ -369,6 +403,9 @@ def simulate_fleet(model: ModelSpec, gpus: Sequence[GPUSetup], requests: Sequenc
         router: required when a tenant is placed on several GPUs.
         progress: show a progress bar of simulated requests (tqdm).
         instance_cls: the instance process class (a subclass may observe runs, e.g. the GPU executor's).
+        host_contention: α of ``moesim.engine.host`` (dimensionless, ≥ 0): every instance is driven by one host
+            process, and a step fetching host experts takes ``1 + α·k`` times its time outside its copies while
+            ``k`` other instances run such steps (the real-time runtime's threads); 0 (default): no contention.
     """
     n = len(requests)
     by_id = sorted(requests, key=lambda r: r.id)
@@ -399,7 +436,7 @@ def simulate_fleet(model: ModelSpec, gpus: Sequence[GPUSetup], requests: Sequenc
                  for p in setup.policy.layout(model, setup.gpu, len(setup.tenants))]
         setup.policy.bind(plans)
         _check_fits(plans)
-        link = HostLink(nodes.get(setup.node), setup.gpu.h2d_pinned_Bps)
+        link = HostLink(nodes.get(setup.node), setup.gpu.h2d_pinned_Bps, setup.policy.link_discipline)
         insts = []
         for p in plans:
             inst = instance_cls(len(all_plans), p, env, setup.cost, setup.policy, link, rec)
@@ -409,6 +446,13 @@ def simulate_fleet(model: ModelSpec, gpus: Sequence[GPUSetup], requests: Sequenc
             plan_gpu.append(g)
         gpu_insts.append(insts)
     board = Board(env, by_id, {t: tuple(v) for t, v in replicas.items()}, local, gpu_insts, router, rec)
+    if host_contention > 0:
+        from moesim.engine.host import HostProcess
+
+        host = HostProcess(host_contention)
+        for inst in (i for insts in gpu_insts for i in insts if i.fetches):
+            inst.host = host
+            host.members.append(inst)
     # candidates: each instance's possible arrivals, tenants in its GPU's numbering. A request an instance
     # can never hold (moesim.engine.admission) is no candidate there; one no replica can hold is refused.
     cand: list[list[Request]] = [[] for _ in all_plans]

@@ -98,13 +98,14 @@ def gpu_policy(placement: Placement, p: GPUPlacement, policy: str, policy_cfg: A
 def run_fleet(model: ModelSpec, fleet: FleetSpec, placement: Placement, requests: Sequence[Request], *,
               policy: str, policy_cfg: Any, cost: str, cost_cfg: Any, router: Router | None = None,
               progress: bool = False, instance_cls: type[Instance] = Instance,
-              costs: dict[str, Any] | None = None) -> SimResult:
+              costs: dict[str, Any] | None = None, host_contention: float = 0.0) -> SimResult:
     """Simulate ``requests`` on ``fleet`` laid out as ``placement``.
 
     Each placed GPU runs ``policy`` (or the policy its placement entry names) over its tenants, timed by a
     cost model ``cost`` built for its GPU type; ``router`` shares replicated variants' load. Requests of a
     tenant placed nowhere are refused with a reason. Returns the single-GPU tables plus ``gpu`` and
     ``rejected`` columns. ``costs`` (GPU type name → cost model) is filled with the cost models built.
+    ``host_contention``: as ``simulate_fleet`` (one host process driving every GPU; 0: none).
     """
     from moesim.cost import COST_MODELS
 
@@ -128,4 +129,4 @@ def run_fleet(model: ModelSpec, fleet: FleetSpec, placement: Placement, requests
 
         router = ROUTERS.build("least_work")
     return simulate_fleet(model, setups, requests, router=router, node_caps_Bps=fleet.node_caps_Bps(),
-                          progress=progress, instance_cls=instance_cls)
+                          progress=progress, instance_cls=instance_cls, host_contention=host_contention)

@@ -117,6 +117,10 @@ class Selection:
 _NOTHING = Selection()
 
 
+#: How a GPU's instances share its host link while several fetch experts (``moesim.engine.simulation.HostLink``).
+LINK_DISCIPLINES = ("share", "fifo")
+
+
 class Policy(ABC):
     """Base class: subclasses implement ``layout``; ``route`` and ``select`` have FIFO defaults."""
 
@@ -130,6 +134,12 @@ class Policy(ABC):
     @abstractmethod
     def layout(self, model: ModelSpec, gpu: GPUSpec, n_tenants: int) -> list[InstancePlan]:
         """The instances, their slices and what they hold."""
+
+    @property
+    def link_discipline(self) -> str:
+        """How this GPU's instances share its host link while several fetch experts (``HostLink``): ``share``
+        (each gets a fair share, the default) or ``fifo`` (one copy queue, copies in issue order at the full rate)."""
+        return str(getattr(self.cfg, "link_discipline", "share"))
 
     def budget(self, memory_bytes: float) -> float:
         """Weight budget of an instance with ``memory_bytes`` of memory (bytes)."""

@@ -13,6 +13,7 @@ from moesim.cost.base import Slice
 from moesim.errors import UserError
 from moesim.policies import POLICIES
 from moesim.policies.base import (
+    LINK_DISCIPLINES,
     InstancePlan,
     Policy,
     PolicyConfig,
@@ -35,12 +36,27 @@ class MIGConfig(PolicyConfig):
             whose smallest instance is largest.
         pinned: host copies from pinned memory.
         fetch_overlap: share of expert-fetch time hidden under compute (paper: 0).
+        link_discipline: how the instances share the one host link while several fetch experts. ``share``
+            (default; real MIG partitions, each with its own copy engines): each of ``k`` fetching instances gets
+            ``1/k`` of the link, as the paper's A100 logs show (a host expert takes 52 ms while the other instance
+            fetches, 27 ms alone). ``fifo``: one copy queue, copies run one after the other at the full rate in the
+            order issued, as with slices emulated by green contexts in one process (``moesim.serve``; measured in
+            ``reports/validation/realtime/h200_link_streams/``): an instance's share is then its copies per
+            layer over all fetching instances' (``HostLink``).
     """
 
     name: str = "mig"
     layout: str = ""
     pinned: bool = True
     fetch_overlap: float = 0.0
+    link_discipline: str = "auto"
+    emulated: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.link_discipline not in ("auto", *LINK_DISCIPLINES):
+            raise UserError(f"policy.link_discipline={self.link_discipline!r}: valid: auto, "
+                            f"{', '.join(LINK_DISCIPLINES)}")
 
 
 @POLICIES.register("mig", MIGConfig)
@@ -48,6 +64,12 @@ class MIG(Policy):
     """One tenant per MIG instance."""
 
     cfg: MIGConfig
+
+    @property
+    def link_discipline(self) -> str:
+        """``link_discipline``; ``auto``: ``fifo`` for emulated slices (one copy queue), else ``share``."""
+        d = self.cfg.link_discipline
+        return d if d != "auto" else ("fifo" if self.cfg.emulated else "share")
 
     def layout(self, model: ModelSpec, gpu: GPUSpec, n_tenants: int) -> list[InstancePlan]:
         """Instances of the chosen layout, tenant i on instance i."""
@@ -63,7 +85,8 @@ class MIG(Policy):
             budget = self.budget(prof.memory_bytes)
             require_fits(budget, 1, model, f"MIG instance {prof.name}")
             r = min(model.n_expert_positions, expert_slots(budget, 1, model))
-            sl = Slice(sm_fraction=prof.sms / gpu.sms, bw_fraction=prof.memory_fraction, pinned=self.cfg.pinned)
+            sl = Slice(sm_fraction=prof.sms / gpu.sms, bw_fraction=1.0 if self.cfg.emulated else prof.memory_fraction,
+                       pinned=self.cfg.pinned)
             res = make_residency(private_groups(model, (i,), r), sl, self.cfg.fetch_overlap)
             plans.append(instance_plan(
                 model, res, (i,), max_batch=self.cfg.max_batch, name=f"mig{i}:{prof.name}",

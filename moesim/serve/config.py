@@ -253,6 +253,9 @@ class ServeConfig:
             p["budget_bytes"] = self.budget_bytes
         if self.plan:
             p["plan"] = self.plan
+        if self.policy == "mig":
+            # the runtime's slices are green contexts of one process: SMs split, HBM and the host copy queue shared
+            p["emulated"] = True
         return p
 
 

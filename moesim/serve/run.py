@@ -314,18 +314,24 @@ def compare(cfg: ServeConfig, model: Any, gpu: Any, requests: list, res: ServeRe
     return {"sim_cost": desc, "sim_swap_count": sim.swap_count, **summary(sim.requests, res.requests)}
 
 
-def simulate_config(cfg: ServeConfig, model: Any, gpu: Any, cost: Any, requests: list) -> Any:
-    """The simulator on ``cfg``'s policy (one GPU) or fleet (``gpus`` > 1: its placement and router). Needs simpy."""
+def simulate_config(cfg: ServeConfig, model: Any, gpu: Any, cost: Any, requests: list,
+                    policy_overrides: dict[str, Any] | None = None, host_contention: float = 0.0) -> Any:
+    """The simulator on ``cfg``'s policy (one GPU) or fleet (``gpus`` > 1: its placement and router). Needs simpy.
+
+    ``policy_overrides``: policy parameters set on top of ``cfg.policy_params()`` (e.g. ``link_discipline``).
+    ``host_contention``: α of ``moesim.engine.host`` (the runtime drives every instance from one host process; 0:
+    no contention between their host-bound steps)."""
+    params = {**cfg.policy_params(), **(policy_overrides or {})}
     if cfg.is_fleet:
         from moesim.fleet import FleetSpec, GPUPlacement, Placement, run_fleet
         from moesim.fleet.routers import ROUTERS
 
         placement = Placement(tuple(GPUPlacement(g, ts) for g, ts in enumerate(cfg.fleet_placement())), "file")
-        pol = POLICIES.build(cfg.policy, cfg.policy_params())
+        pol = POLICIES.build(cfg.policy, params)
         return run_fleet(model, FleetSpec.uniform(cfg.gpu, cfg.gpus), placement, requests, policy=cfg.policy,
                          policy_cfg=pol.cfg, cost="", cost_cfg=None, router=ROUTERS.build(cfg.router, {"seed": cfg.seed}),
-                         costs={gpu.name: cost})
+                         costs={gpu.name: cost}, host_contention=host_contention)
     from moesim.engine import simulate  # simpy
 
-    return simulate(model, gpu, POLICIES.build(cfg.policy, cfg.policy_params()), cost, requests,
-                    n_tenants=cfg.tenants)
+    return simulate(model, gpu, POLICIES.build(cfg.policy, params), cost, requests,
+                    n_tenants=cfg.tenants, host_contention=host_contention)

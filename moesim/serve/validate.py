@@ -10,7 +10,12 @@ steps from the runtime's measured bucket table, fetching decode steps as ``fetch
 resident layers before the first host layer eager or from graphs as the run's backend says: ``fetch_prefix_of``)
 or ``fetch_model=host_bound`` (suffix ``_host_bound``), expert copies at the rate measured in the same call
 (``link=table``, default: ``link_share.json`` beside the table), the profile's (``link=profile``) or the run's own
-(``link=run``, a diagnostic: suffix ``_link_run``); the per-run files get the same suffix) (run-level figures simulated vs measured, signed errors, per-request median/mean
+(``link=run``, a diagnostic, swaps too: suffix ``_link_run``), mig slices sharing the host link as one copy queue
+(``link_discipline=auto``: ``fifo``, the runtime's green contexts) or 1/k each (``link_discipline=share``: suffix
+``_share``); the per-run files get the same suffix), host-bound steps of
+the GPUs of a fleet slowing each other (``host_contention=auto``, default: α = ``HOST_CONTENTION`` for runs on
+several GPUs, which the runtime drives from one host process, 0 otherwise; a number: that α for every run, suffix
+``_host<α>``; ``moesim.engine.host``) (run-level figures simulated vs measured, signed errors, per-request median/mean
 absolute errors; ``replay_*`` columns: the same errors of the warm-up replay, measured step times on a
 virtual clock, i.e. without host time or real arrivals). It also writes and prints the four-figure table
 (``validation<suffix>.md``: per run measured / simulated mean turnaround and mean TTFT with signed errors
@@ -30,6 +35,7 @@ import pandas as pd
 from moesim.cost.profile_bucketed import FETCH_MODELS
 from moesim.errors import UserError, exit_on_user_error
 from moesim.formats.profile import EXECUTION_CHOICES
+from moesim.policies.base import LINK_DISCIPLINES
 
 
 def fetch_prefix_of(doc: dict[str, Any], stat: str = "prefix_graph_steps") -> str:
@@ -44,6 +50,28 @@ def fetch_prefix_of(doc: dict[str, Any], stat: str = "prefix_graph_steps") -> st
 
 
 LINK_MODES = ("table", "profile", "run")
+
+#: α of ``moesim.engine.host`` for served runs on several GPUs (dimensionless: a fetching step's time outside its
+#: copies grows by α per other GPU of the process running such steps). Measured in the step timeline of
+#: ``reports/validation/realtime/h200x2b/fleet_host`` (``fleet_host_analysis.py``): outside their copies,
+#: one-sequence decode steps ×1.34 and 256-token prefills ×1.28 with the other GPU busy against idle.
+HOST_CONTENTION = 0.3
+
+
+def host_contention_of(setting: str, cfg: Any) -> float:
+    """The α a run is simulated with: ``auto``: ``HOST_CONTENTION`` for a run on several GPUs (one host process
+    drives them all), else 0 (a mig GPU's slices: their link share is modelled per step, ``HostLink``); a number
+    (≥ 0): that α. A bad value is one ``UserError`` line."""
+    if setting == "auto":
+        return HOST_CONTENTION if int(getattr(cfg, "gpus", 1) or 1) > 1 else 0.0
+    try:
+        a = float(setting)
+    except ValueError:
+        a = -1.0
+    if not a >= 0:
+        raise UserError(f"host_contention={setting!r}: auto or a number ≥ 0 (dimensionless: the slowdown per other "
+                        "instance of the host process running host-bound steps)")
+    return a
 
 
 def measured_link_Bps(folder: Path, table: str, link: str, doc: dict[str, Any], expert_bytes: float) -> float:
@@ -68,15 +96,18 @@ def measured_link_Bps(folder: Path, table: str, link: str, doc: dict[str, Any], 
     return 0.0
 
 
-def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", suffix: str = "",
-                 table: str = "", fetch_model: str = "pipeline", link: str = "table") -> dict[str, Any]:
-    """Simulate one served run's trace and score it; writes the simulated table and the per-request errors.
+def simulate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", table: str = "",
+                 fetch_model: str = "pipeline", link: str = "table",
+                 options: dict[str, Any] | None = None, link_discipline: str = "auto",
+                 host_contention: str = "auto") -> tuple[Any, dict[str, Any]]:
+    """Simulate one served run's trace as ``validate_run`` does: (the ``SimResult``, its validation row).
 
-    ``execution``: which shipped profile ``sim_cost=auto|profile`` uses (``graphs`` or ``eager``); ``auto``: the
-    runtime's execution mode. ``suffix`` is added to the written files' names.
+    ``options``: further cost options (``profile_bucketed``'s keys), over the ones the run's backend implies.
+    ``link_discipline``: how a mig run's slices share the host link in the simulation (``auto``: ``fifo``, the
+    runtime's slices being green contexts of one process with one copy queue; ``share``: 1/k each, as real MIG
+    partitions). ``host_contention``: ``auto`` or α (``host_contention_of``).
     """
-    from moesim.executor.compare import per_request_errors, summary
-    from moesim.io import write_parquet
+    from moesim.executor.compare import summary
     from moesim.serve.config import ServeConfig, make_requests
     from moesim.serve.run import build_cost, simulate_config
     from moesim.specs import get_gpu, get_model
@@ -90,22 +121,62 @@ def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", 
         be = doc.get("backend", {})
         be = be[0] if isinstance(be, list) and be else be  # several instances: one description each
         execution = "eager" if be.get("execution") == "eager" else "graphs"
-    options = None
+    opts = None
     if sim_cost == "profile_bucketed":
-        options = {"fetch_model": fetch_model, "fetch_prefix": fetch_prefix_of(doc),
-                   "prefill_prefix": fetch_prefix_of(doc, "prefill_prefix_graph_steps")}
+        opts = {"fetch_model": fetch_model, "fetch_prefix": fetch_prefix_of(doc),
+                "prefill_prefix": fetch_prefix_of(doc, "prefill_prefix_graph_steps")}
         rate = measured_link_Bps(folder, table, link, doc, model.expert_bytes)
         if rate > 0:
-            options["expert_link_Bps"] = round(rate, -6)
-    cost, desc = build_cost(cfg, model, gpu, execution, options)
+            opts["expert_link_Bps"] = round(rate, -6)
+        swap = measured_swap_Bps(link, doc)
+        if swap > 0:
+            opts["swap_link_Bps"] = round(swap, -6)
+        opts.update(options or {})
+    cost, desc = build_cost(cfg, model, gpu, execution, opts)
     if link != "table" and sim_cost == "profile_bucketed":
         desc += f", link={link}" + (" (each single-instance run at its own measured copy rate)" if link == "run" else "")
-    sim = simulate_config(cfg, model, gpu, cost, requests)
-    write_parquet(folder / f"simulated_requests{suffix}.parquet", sim.requests)
-    write_parquet(folder / f"per_request_errors{suffix}.parquet", per_request_errors(sim.requests, measured))
+    overrides = {"link_discipline": link_discipline} if link_discipline != "auto" and cfg.policy == "mig" else None
+    if overrides:
+        desc += f", link_discipline={link_discipline}"
+    alpha = host_contention_of(host_contention, cfg)
+    if alpha > 0:
+        desc += f", host_contention={alpha:g} (fleets)" if host_contention == "auto" else f", host_contention={alpha:g}"
+    sim = simulate_config(cfg, model, gpu, cost, requests, overrides, host_contention=alpha)
     row: dict[str, Any] = {"run": folder.name, "policy": cfg.policy, "sim_cost": desc,
                            "sim_swap_count": sim.swap_count, "measured_swap_count": doc.get("swap_count"),
                            **summary(sim.requests, measured)}
+    return sim, row
+
+
+def measured_swap_Bps(link: str, doc: dict[str, Any]) -> float:
+    """The pinned non-expert-set swap rate (bytes per second) a validation simulates with (0: the profile's): with
+    ``link=run``, the run's own swap copies (its backend's ``swap_bytes`` / ``swap_copy_s``), for runs of one
+    instance that swapped; else 0."""
+    be = doc.get("backend")
+    if link != "run" or len(doc.get("instances", [])) != 1 or not isinstance(be, dict):
+        return 0.0
+    nbytes, s = float(be.get("swap_bytes") or 0.0), float(be.get("swap_copy_s") or 0.0)
+    return nbytes / s if nbytes > 0 and s > 0 else 0.0
+
+
+def validate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", suffix: str = "",
+                 table: str = "", fetch_model: str = "pipeline", link: str = "table",
+                 link_discipline: str = "auto", host_contention: str = "auto") -> dict[str, Any]:
+    """Simulate one served run's trace and score it; writes the simulated table and the per-request errors.
+
+    ``execution``: which shipped profile ``sim_cost=auto|profile`` uses (``graphs`` or ``eager``); ``auto``: the
+    runtime's execution mode. ``suffix`` is added to the written files' names. ``link_discipline``,
+    ``host_contention``: as ``simulate_run``.
+    """
+    from moesim.executor.compare import per_request_errors, summary
+    from moesim.io import write_parquet
+
+    sim, row = simulate_run(folder, sim_cost, execution, table, fetch_model, link,
+                            link_discipline=link_discipline, host_contention=host_contention)
+    doc = json.loads((folder / "summary.json").read_text())
+    measured = pd.read_parquet(folder / "requests.parquet")
+    write_parquet(folder / f"simulated_requests{suffix}.parquet", sim.requests)
+    write_parquet(folder / f"per_request_errors{suffix}.parquet", per_request_errors(sim.requests, measured))
     replay = folder / "replay_requests.parquet"
     if replay.exists():
         rs = summary(sim.requests, pd.read_parquet(replay))
@@ -172,13 +243,15 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__)
         return
     root = Path(args[0])
-    opts = {"sim_cost": "auto", "execution": "auto", "table": "", "fetch_model": "pipeline", "link": "table"}
+    opts = {"sim_cost": "auto", "execution": "auto", "table": "", "fetch_model": "pipeline", "link": "table",
+            "link_discipline": "auto", "host_contention": "auto"}
     for a in args[1:]:
         key, _, value = a.partition("=")
         if key not in opts:
             raise UserError(f"argument {a!r}: keys: sim_cost=auto|profile|profile_mixed|profile_bucketed|roofline|"
                             "constant, execution=auto|graphs|eager, table=<decode_table.csv> (profile_bucketed), "
-                            "fetch_model=pipeline|host_bound, link=table|profile|run (profile_bucketed)")
+                            "fetch_model=pipeline|host_bound, link=table|profile|run (profile_bucketed), "
+                            "link_discipline=auto|share|fifo (mig), host_contention=auto|<α ≥ 0>")
         opts[key] = value
     if opts["fetch_model"] not in FETCH_MODELS:
         raise UserError(f"fetch_model={opts['fetch_model']!r}: valid: {', '.join(FETCH_MODELS)}")
@@ -187,9 +260,15 @@ def main(argv: list[str] | None = None) -> None:
     suffix = "".join(f"_{opts[k]}" for k in ("sim_cost", "execution") if opts[k] != "auto")
     if opts["link"] not in LINK_MODES:
         raise UserError(f"link={opts['link']!r}: valid: {', '.join(LINK_MODES)}")
+    if opts["link_discipline"] not in ("auto", *LINK_DISCIPLINES):
+        raise UserError(f"link_discipline={opts['link_discipline']!r}: valid: auto, {', '.join(LINK_DISCIPLINES)}")
+    if opts["link_discipline"] != "auto":
+        suffix += f"_{opts['link_discipline']}"
     for key, default in (("fetch_model", "pipeline"), ("link", "table")):
         if opts[key] != default:
             suffix += f"_{key.split('_')[0]}_{opts[key]}" if key == "link" else f"_{opts[key]}"
+    if opts["host_contention"] != "auto":
+        suffix += f"_host{host_contention_of(opts['host_contention'], None):g}"
     folders = sorted(p.parent for p in root.glob("*/summary.json")) or (
         [root] if (root / "summary.json").exists() else [])
     if not folders:
@@ -200,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
                         "which hold the run's config); give the out= folder of a served run, or a folder of them")
     folders = served
     rows = [validate_run(f, opts["sim_cost"], opts["execution"], suffix, opts["table"], opts["fetch_model"],
-                         opts["link"]) for f in folders]
+                         opts["link"], opts["link_discipline"], opts["host_contention"]) for f in folders]
     table = pd.DataFrame(rows)
     table.to_csv(root / f"validation{suffix}.csv", index=False)
     md = markdown_table(table)
