@@ -217,3 +217,20 @@ def test_a_wall_clock_cost_run_says_what_its_gap_to_the_simulator_is(tmp_path: P
     (line,) = [ln for ln in lines if ln.startswith("simulated (roofline)")]
     assert line == ("simulated (roofline): mean turnaround +0.0%, mean TTFT +0.0%, per-request median |err| "
                     "turnaround 0.0%")
+
+
+def test_a_refused_serve_run_does_not_first_announce_how_long_it_takes(tmp_path: Path) -> None:
+    # device=cuda on a machine without one printed "the requests arrive over 113 s ... the run takes at least
+    # that long" and then refused to run
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    from moesim.serve.config import ServeConfig
+    from moesim.serve.run import run
+
+    lines: list[str] = []
+    with pytest.raises(UserError, match=r"^device=cuda but torch sees no CUDA device"):
+        run(ServeConfig(model="tiny", device="cuda", out=str(tmp_path / "s")), [],
+            log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert lines == []
+    assert not (tmp_path / "s").exists()

@@ -63,10 +63,6 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
     requests = make_requests(cfg)
     names, selection = _announce_trace(cfg, requests, log)
     last = max(r.arrival_s for r in requests)
-    if cfg.clock == "wall" and last > WALL_NOTE_S:  # a sparse trace in ms replayed in real time: hours of waiting
-        log(f"serve: the requests arrive over {_duration(last)}: clock=wall replays them in real time, so the run "
-            f"takes at least that long; clock=virtual, a higher rate= or a smaller max_requests= shortens it",
-            flush=True)
     if cfg.trace:  # the config as summary.json keeps it: moesim.serve.validate re-reads the trace from any folder
         cfg_doc = dataclasses.asdict(dataclasses.replace(cfg, trace=str(Path(cfg.trace).resolve())))
     else:
@@ -132,6 +128,11 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
                        for _ in range(n_inst)]
             backend = backend[0] if n_inst == 1 and not cfg.is_fleet else backend
             doc["backend_cost"] = desc
+        if cfg.clock == "wall" and last > WALL_NOTE_S:  # a sparse trace in ms replayed in real time: hours
+            # of waiting; said just before the timed run (not ahead of a refusal such as device=cuda without one)
+            log(f"serve: the requests arrive over {_duration(last)}: clock=wall replays them in real time, so the "
+                f"run takes at least that long; clock=virtual, a higher rate= or a smaller max_requests= shortens it",
+                flush=True)
         t0 = time.perf_counter()
         res = _serve(cfg, model, gpu, backend, requests, cfg.clock)
         wall = time.perf_counter() - t0
