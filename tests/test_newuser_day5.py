@@ -234,3 +234,61 @@ def test_a_refused_serve_run_does_not_first_announce_how_long_it_takes(tmp_path:
             log=lambda *a, **k: lines.append(" ".join(map(str, a))))
     assert lines == []
     assert not (tmp_path / "s").exists()
+
+
+def test_table_numbers_from_1000_up_are_written_out() -> None:
+    # a saturated policy's mean turnaround read "1.99e+03" in the headline table (only ≥ 10,000 was written out)
+    from moesim.report.page import fmt
+
+    assert [fmt(x) for x in (1990.4, 2248.7, 999.6, 30300.0, 283.0, 0.432, 1.5e-5)] == [
+        "1,990", "2,250", "1,000", "30,300", "283", "0.432", "1.5e-05"]
+
+
+@pytest.fixture(scope="module")
+def one_rate_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real two-policy sweep at one arrival rate (a few seconds)."""
+    root = tmp_path_factory.mktemp("one_rate") / "S"
+    p = _run(["-m", "moesim.simulate", "-m", f"hydra.sweep.dir={root}", "policy=reconfig,multiplex",
+              "workload.rate=0.1", "workload.duration_s=60", "sweep.seeds=0", "progress=false"], root.parent)
+    assert p.returncode == 0, p.stderr
+    return root
+
+
+def test_a_one_rate_sweep_draws_no_rate_zero_line_and_shows_its_offered_load(one_rate_sweep: Path) -> None:
+    # one swept rate: plotly centred it in about [r - 1, r + 1] on a linear axis and drew the line of rate 0
+    # (a heavy vertical line beside the points); the offered load, a line of one point, drew nothing while
+    # the legend named it
+    from moesim.report import figures as F
+    from moesim.report.data import SweepData
+    from moesim.report.options import ReportOptions
+    from moesim.sweep import collect
+
+    data = SweepData(one_rate_sweep, collect(one_rate_sweep), ReportOptions())
+    assert data.rates == [0.1]
+    for make in (F.turnaround, F.ttft, F.throughput, F.slo):
+        lay = make(data).to_plotly_json()["layout"]
+        axes = [v for k, v in lay.items() if k.startswith("xaxis")]
+        assert axes, make.__name__
+        for ax in axes:
+            assert ax.get("type", "linear") == "linear"
+            assert ax["zeroline"] is False, make.__name__
+            assert ax["range"] == [0.0, 0.2], make.__name__
+    (offered,) = [t for t in F.throughput(data).data if t.name == "offered load (rate × tenants)"]
+    assert offered.mode == "markers"
+    assert list(offered.y) == [12.0]  # 0.1 req/s × 2 tenants × 60 s
+
+
+def test_a_wide_sweeps_rate_axis_is_unchanged(tmp_path: Path) -> None:
+    from test_report_helpers import make_sweep
+
+    from moesim.report import figures as F
+    from moesim.report.data import SweepData
+    from moesim.report.options import ReportOptions
+    from moesim.sweep import collect
+
+    root = make_sweep(tmp_path / "S")
+    data = SweepData(root, collect(root), ReportOptions())
+    lay = F.throughput(data).to_plotly_json()["layout"]
+    assert "range" not in lay["xaxis"]
+    (offered,) = [t for t in F.throughput(data).data if t.name == "offered load (rate × tenants)"]
+    assert offered.mode == "lines"

@@ -118,6 +118,10 @@ def _rate_axis(fig: go.Figure, data: SweepData, **kw: Any) -> None:
         return
     log = len(rates) >= 3 and rates[-1] / rates[0] >= 8
     ticks = {"tickvals": rates, "ticktext": [f"{r:.4g}" for r in rates]} if 0 < len(rates) <= 12 else {}
+    if not log:  # one swept rate: plotly centred it in about [r - 1, r + 1] and drew the line of rate 0 beside it
+        ticks |= {"zeroline": False}
+        if len(rates) == 1:
+            ticks |= {"range": [0.0, 2.0 * rates[0]]}
     fig.update_xaxes(title_text="arrival rate per tenant (requests/s)", type="log" if log else "linear",
                      **ticks, **kw)
 
@@ -182,7 +186,10 @@ def throughput(data: SweepData) -> go.Figure:
     _lines(fig, data, "throughput_rpm")
     tenants = data.ok.groupby("rate")["tenants"].max()
     rates = [r for r in data.rates if r in tenants.index]
-    fig.add_trace(go.Scatter(x=rates, y=[60.0 * r * float(tenants[r]) for r in rates], mode="lines",
+    # one swept rate: a line of one point draws nothing, and the legend named an invisible line
+    fig.add_trace(go.Scatter(x=rates, y=[60.0 * r * float(tenants[r]) for r in rates],
+                             mode="lines" if len(rates) > 1 else "markers", marker={"symbol": "line-ew-open",
+                                                                                     "size": 24, "color": "#888"},
                              name="offered load (rate × tenants)", line={"color": "#888", "dash": "dot"},
                              hovertemplate="offered %{y:.4g} req/min<extra></extra>",
                              meta={"metric": "offered_rpm"}))

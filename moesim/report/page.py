@@ -88,9 +88,12 @@ def fmt(x: Any, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "—"
     if isinstance(x, float):
-        if 1e4 <= abs(x) < 1e15:  # 30,300 s, not 3.03e+04 s: significant digits, written out
-            return f"{float(f'{x:.{digits}g}'):,.0f}"
-        return f"{x:.{digits}g}"
+        text = f"{x:.{digits}g}"
+        # 30,300 s, not 3.03e+04 s, and 1,990 s, not 1.99e+03 s (a saturated policy's mean turnaround):
+        # significant digits, written out
+        if "e+" in text and abs(x) < 1e15:
+            return f"{float(text):,.0f}"
+        return text
     return _esc(x)
 
 
