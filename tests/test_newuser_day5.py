@@ -292,3 +292,43 @@ def test_a_wide_sweeps_rate_axis_is_unchanged(tmp_path: Path) -> None:
     assert "range" not in lay["xaxis"]
     (offered,) = [t for t in F.throughput(data).data if t.name == "offered load (rate × tenants)"]
     assert offered.mode == "lines"
+
+
+def test_the_search_names_the_nearest_key_and_a_file_given_as_its_out(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from moesim.search.__main__ import main
+
+    (tmp_path / "f.txt").write_text("x")
+    for argv, line in (
+            (["search.strategy=pack"], "moesim: error: unknown key 'search.strategy' (did you mean "
+                                       "'search.strategies'?); valid: search.gpus, search.strategies,"),
+            (["search.maxgpus=3"], "moesim: error: unknown key 'search.maxgpus' (did you mean 'search.max_gpus'?)"),
+            # was "search.out=f.txt: cannot create it (File exists)"
+            ([f"search.out={tmp_path / 'f.txt'}"], f"moesim: error: search.out={tmp_path / 'f.txt'}: is a file, not "
+                                                   "a folder; give an empty or new folder")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(line), err
+        assert err.count("\n") == 1
+
+
+def test_gpus_needed_at_one_load_has_whole_gpu_ticks_and_no_negative_rates() -> None:
+    # one load: the x axis ran from -0.5 with a line at rate 0, the y axis ticked 0.5 and 1.5 GPUs
+    import pandas as pd
+
+    from moesim.search.report import needed_vs_rate
+
+    needed = pd.DataFrame({"policy": ["multiplex", "reconfig"], "gpu": ["h200", "h200"], "load": [1.0, 1.0],
+                           "needed": [1.0, 2.0]})
+    lay = needed_vs_rate(needed, {1.0: 0.4}).layout
+    assert list(lay.xaxis.range) == [0.0, 0.8]
+    assert lay.xaxis.zeroline is False
+    assert lay.yaxis.dtick == 1
+    # several loads: plotly's own x range, still whole GPUs
+    needed = pd.DataFrame({"policy": ["multiplex"] * 3, "gpu": ["h200"] * 3, "load": [0.5, 1.0, 2.0],
+                           "needed": [1.0, 2.0, 40.0]})
+    lay = needed_vs_rate(needed, {0.5: 8.0, 1.0: 16.0, 2.0: 32.0}).layout
+    assert lay.xaxis.range is None
+    assert (lay.yaxis.dtick, lay.yaxis.tickformat) == (None, "d")

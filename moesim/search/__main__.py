@@ -13,6 +13,8 @@ from moesim.errors import UserError, exit_on_user_error
 
 def _out_dir(text: str) -> Path:
     out = Path(text) if text else Path("outputs") / "search" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    if out.exists() and not out.is_dir():  # was "cannot create it (File exists)"
+        raise UserError(f"search.out={out}: is a file, not a folder; give an empty or new folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

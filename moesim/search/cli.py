@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from moesim.cli import convert
-from moesim.errors import UserError
+from moesim.errors import UserError, did_you_mean
 from moesim.search.config import SearchConfig
 
 PROG = "python -m moesim.search"
@@ -54,7 +54,8 @@ def parse(argv: list[str]) -> Command:
         if key.startswith("search."):
             name = key.removeprefix("search.")
             if name not in keys:
-                raise UserError(f"unknown key {key!r}; valid: {', '.join('search.' + k for k in keys)}")
+                valid = ["search." + k for k in keys]
+                raise UserError(f"unknown key {key!r}{did_you_mean(key, valid)}; valid: {', '.join(valid)}")
             values[name] = _parse_search_value(name, text)
             continue
         bare = key.lstrip("+~")

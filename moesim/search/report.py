@@ -151,8 +151,14 @@ def needed_vs_rate(needed: pd.DataFrame, rates: dict[float, float]) -> go.Figure
         if rates:
             lo, hi = min(rates.values()), max(rates.values())
             fig.update_xaxes(range=[0.0, hi * 1.2 if hi > 0 else 1.0] if lo == hi else [lo * 0.9, hi * 1.1])
-    fig.update_xaxes(title="total arrival rate (requests/s, all variants)")
-    fig.update_yaxes(title="GPUs needed", rangemode="tozero")
+    elif len(set(rates.values())) == 1:  # one load: plotly spanned about r ± 1 (negative rates) and drew the
+        # line of rate 0 beside the points
+        fig.update_xaxes(range=[0.0, 2.0 * float(next(iter(rates.values())))])
+    top = needed["needed"].max() if len(needed) else math.nan
+    fig.update_xaxes(title="total arrival rate (requests/s, all variants)", zeroline=False)
+    # whole GPUs: plotly ticked 0, 0.5, 1, 1.5, 2 for a fleet of 1 or 2
+    fig.update_yaxes(title="GPUs needed", rangemode="tozero",
+                     **({"dtick": 1} if pd.notna(top) and float(top) <= 10 else {"tickformat": "d"}))
     return _layout(fig, "GPUs needed vs total rate", legend="policy · GPU",
                    subtitle="the fewest over placement strategies and batch limits")
 
