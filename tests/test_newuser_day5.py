@@ -332,3 +332,22 @@ def test_gpus_needed_at_one_load_has_whole_gpu_ticks_and_no_negative_rates() -> 
     lay = needed_vs_rate(needed, {0.5: 8.0, 1.0: 16.0, 2.0: 32.0}).layout
     assert lay.xaxis.range is None
     assert (lay.yaxis.dtick, lay.yaxis.tickformat) == (None, "d")
+
+
+def test_serve_validate_without_a_folder_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    # python -m moesim.serve.validate (no folder) printed its 20-line docstring and exited 0, as if it had run
+    from moesim.serve.validate import main
+
+    for argv in ([], ["sim_cost=profile"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        assert capsys.readouterr().err == (
+            "moesim: error: give the folder of served runs first: python -m moesim.serve.validate DIR [key=value ...] "
+            "(DIR: the out= of python -m moesim.serve, or a folder of them; --help lists the keys)\n")
+    main(["--help"])
+    assert capsys.readouterr().out.startswith("usage: python -m moesim.serve.validate DIR [key=value ...]\n")
+    with pytest.raises(SystemExit):
+        main(["somewhere", "sim_cst=profile"])
+    assert capsys.readouterr().err.startswith("moesim: error: argument 'sim_cst=profile' (did you mean 'sim_cost'?): "
+                                              "keys: sim_cost=auto|")

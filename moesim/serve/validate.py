@@ -33,7 +33,7 @@ from typing import Any
 import pandas as pd
 
 from moesim.cost.profile_bucketed import FETCH_MODELS
-from moesim.errors import UserError, exit_on_user_error
+from moesim.errors import UserError, did_you_mean, exit_on_user_error
 from moesim.formats.profile import EXECUTION_CHOICES
 from moesim.policies.base import LINK_DISCIPLINES
 
@@ -239,16 +239,19 @@ def _is_served_run(folder: Path) -> bool:
 def main(argv: list[str] | None = None) -> None:
     """Validate every run folder under the given directory."""
     args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in ("-h", "--help"):
-        print(__doc__)
+    if args and args[0] in ("-h", "--help"):
+        print("usage: python -m moesim.serve.validate DIR [key=value ...]\n\n" + __doc__)
         return
+    if not args or "=" in args[0]:  # no folder: the whole docstring, exit 0, as if something had run
+        raise UserError("give the folder of served runs first: python -m moesim.serve.validate DIR [key=value ...] "
+                        "(DIR: the out= of python -m moesim.serve, or a folder of them; --help lists the keys)")
     root = Path(args[0])
     opts = {"sim_cost": "auto", "execution": "auto", "table": "", "fetch_model": "pipeline", "link": "table",
             "link_discipline": "auto", "host_contention": "auto"}
     for a in args[1:]:
         key, _, value = a.partition("=")
         if key not in opts:
-            raise UserError(f"argument {a!r}: keys: sim_cost=auto|profile|profile_mixed|profile_bucketed|roofline|"
+            raise UserError(f"argument {a!r}{did_you_mean(key, opts)}: keys: sim_cost=auto|profile|profile_mixed|profile_bucketed|roofline|"
                             "constant, execution=auto|graphs|eager, table=<decode_table.csv> (profile_bucketed), "
                             "fetch_model=pipeline|host_bound, link=table|profile|run (profile_bucketed), "
                             "link_discipline=auto|share|fifo (mig), host_contention=auto|<α ≥ 0>")
