@@ -32,7 +32,8 @@ MIN_THROUGHPUT_REQUESTS = 10
 
 def seconds_text(x: float) -> str:
     """A latency for a one-line summary: ``"0.052 s"``; below 10 ms in ms or µs with three significant digits
-    (``"5.41 ms"``, ``"60.3 µs"``: a tiny model's latencies read "0.000 s"); ``"n/a"`` for NaN (none served)."""
+    (``"5.41 ms"``, ``"60.3 µs"``: a tiny model's latencies read "0.000 s"), from 1,000 s whole seconds with hours
+    (``"288,810 s (80.2 h)"``); ``"n/a"`` for NaN (none served)."""
     x = float(x)
     if x != x:
         return "n/a"
@@ -40,6 +41,8 @@ def seconds_text(x: float) -> str:
         return f"{x * 1e3:.3g} ms"
     if 0 < abs(x) < 1e-3:
         return f"{x * 1e6:.3g} µs"
+    if abs(x) >= 1000:  # a saturated run's "288810.165 s": whole seconds, grouped, and in hours
+        return f"{x:,.0f} s ({x / 3600:,.1f} h)"
     return f"{x:.3f} s"
 
 

@@ -351,3 +351,20 @@ def test_serve_validate_without_a_folder_is_one_line(capsys: pytest.CaptureFixtu
         main(["somewhere", "sim_cst=profile"])
     assert capsys.readouterr().err.startswith("moesim: error: argument 'sim_cst=profile' (did you mean 'sim_cost'?): "
                                               "keys: sim_cost=auto|")
+
+
+def test_a_saturated_runs_one_line_latency_reads_in_whole_seconds_and_hours(tmp_path: Path) -> None:
+    # a 2M-request trace at 100 req/s: "mean turnaround 288810.165 s, mean TTFT 288800.686 s"
+    from moesim.metrics import seconds_text
+
+    assert [seconds_text(x) for x in (288810.165, 1000.0, 999.9, 0.052)] == [
+        "288,810 s (80.2 h)", "1,000 s (0.3 h)", "999.900 s", "0.052 s"]
+    p = _run(["-m", "moesim.simulate", "hydra.mode=RUN", "hydra.run.dir=r", "progress=false", "policy=mig",
+              "workload.rate=2", "workload.duration_s=600"], tmp_path)
+    assert p.returncode == 0, p.stderr
+    import json
+
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s["mean_turnaround_s"] >= 1000  # mig saturates at 2 req/s per tenant
+    (line,) = [ln for ln in (p.stdout + p.stderr).splitlines() if "mean turnaround" in ln]
+    assert f"mean turnaround {s['mean_turnaround_s']:,.0f} s ({s['mean_turnaround_s'] / 3600:,.1f} h), " in line
