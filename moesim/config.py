@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -682,12 +683,39 @@ def _check_hydra_settings(primary: DictConfig, multirun: bool) -> str:
 
 
 def _parse_error_line(exc: BaseException, task: list[str]) -> str:
-    """An override hydra's grammar refuses; non-ASCII text (a path) is valid only quoted there."""
+    """An override hydra's grammar refuses, named with the quoting that reads it: non-ASCII text (a path), and
+    characters such as ``~ ( ) [ ] { } = # ' & ;`` are valid only quoted there (``workload.path=~/t.csv`` was
+    "LexerNoViableAltException: workload.path=~/t.csv", ``workload.path=a(1).csv`` "mismatched input '.'
+    expecting <EOF>", naming no argument)."""
     for o in task:
         key, sep, value = o.partition("=")
         if sep and not value.startswith(("'", '"')) and any(ord(c) > 127 for c in value):
             return (f"{o}: hydra's override syntax takes non-ASCII characters only in quotes; write "
                     f"{key}='{value}' (in a shell: \"{key}='{value}'\")")
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+
+    def readable(line: str) -> bool:
+        try:
+            parser.parse_override(line)
+        except Exception:
+            return False
+        return True
+
+    for o in task:
+        key, sep, value = o.partition("=")
+        if not sep or readable(o) or value.startswith(("'", '"')):
+            continue
+        if value.startswith("~"):  # neither the shell (not at a word's start) nor moesim expands it
+            full = os.path.expanduser(value)
+            if full != value and readable(f"{key}={full}"):
+                return f"{o}: ~ is not expanded here; write the full path: {key}={full}"
+        q = '"' if "'" in value else "'"
+        quoted = f"{key}={q}{value}{q}"
+        shell = '"' + quoted.replace('"', '\\"') + '"' if q == '"' else f'"{quoted}"'
+        return (f"{o}: hydra's override syntax cannot read this value unquoted (characters such as ~ ( ) [ ] {{ }} "
+                f"= # ' & ; need quotes); write {quoted} (in a shell: {shell})")
     return _first_line(str(exc))
 
 

@@ -368,3 +368,28 @@ def test_a_saturated_runs_one_line_latency_reads_in_whole_seconds_and_hours(tmp_
     assert s["mean_turnaround_s"] >= 1000  # mig saturates at 2 req/s per tenant
     (line,) = [ln for ln in (p.stdout + p.stderr).splitlines() if "mean turnaround" in ln]
     assert f"mean turnaround {s['mean_turnaround_s']:,.0f} s ({s['mean_turnaround_s'] / 3600:,.1f} h), " in line
+
+
+@pytest.mark.parametrize(("value", "tail"), [
+    # was "LexerNoViableAltException: workload.path=~/t.csv"
+    ("~/t.csv", f"~ is not expanded here; write the full path: workload.path={os.path.expanduser('~/t.csv')}"),
+    # was "mismatched input '.' expecting <EOF>", naming no argument
+    ("a(1).csv", "hydra's override syntax cannot read this value unquoted (characters such as ~ ( ) [ ] { } = # ' & ; "
+                 "need quotes); write workload.path='a(1).csv' (in a shell: \"workload.path='a(1).csv'\")"),
+    ("a'b.csv", "hydra's override syntax cannot read this value unquoted (characters such as ~ ( ) [ ] { } = # ' & ; "
+                "need quotes); write workload.path=\"a'b.csv\" (in a shell: \"workload.path=\\\"a'b.csv\\\"\")"),
+])
+def test_a_value_hydra_cannot_read_unquoted_is_named_with_its_quoting(tmp_path: Path, value: str, tail: str) -> None:
+    for mode in (["hydra.mode=RUN", "hydra.run.dir=r"], ["-m", "hydra.sweep.dir=r"]):
+        p = _run(["-m", "moesim.simulate", *mode, "workload=trace", f"workload.path={value}"], tmp_path)
+        assert p.returncode == 2
+        assert p.stderr.strip().splitlines() == [f"moesim: error: workload.path={value}: {tail}"]
+        assert not (tmp_path / "r").exists()
+
+
+def test_the_quoting_it_suggests_is_read(tmp_path: Path) -> None:
+    (tmp_path / "a(1).csv").write_text("arrival_s,prompt_tokens,output_tokens\n0,10,2\n1,10,2\n")
+    p = _run(["-m", "moesim.simulate", "hydra.mode=RUN", "hydra.run.dir=r", "progress=false", "workload=trace",
+              "workload.path='a(1).csv'"], tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "replaying 2 of 2 requests of a(1).csv" in p.stderr
