@@ -696,17 +696,22 @@ def _parse_error_line(exc: BaseException, task: list[str]) -> str:
 
     parser = OverridesParser.create()
 
-    def readable(line: str) -> bool:
+    def problem(line: str) -> str:
         try:
             parser.parse_override(line)
-        except Exception:
-            return False
-        return True
+        except Exception as e:
+            return _first_line(str(e)) or type(e).__name__
+        return ""
+
+    def readable(line: str) -> bool:
+        return not problem(line)
 
     for o in task:
         key, sep, value = o.partition("=")
-        if not sep or readable(o) or value.startswith(("'", '"')):
+        if not sep or readable(o):
             continue
+        if value.startswith(("'", '"', "[", "{")):  # a quote, list or mapping left open: hydra's words, named
+            return f"{o}: {problem(o)}"
         if value.startswith("~"):  # neither the shell (not at a word's start) nor moesim expands it
             full = os.path.expanduser(value)
             if full != value and readable(f"{key}={full}"):

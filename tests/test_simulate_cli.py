@@ -194,7 +194,7 @@ def test_job_count_of_command_lines(registered: None, argv: list[str], n_jobs: i
 @pytest.mark.parametrize(("argv", "message"), [
     (["seed=-1"], "seed=-1: the seed must be an integer ≥ 0"),
     (["-m", "policy=reconfig,bogus"], "unknown policy 'bogus'"),
-    (["model=gpt"], "unknown model 'gpt'; valid: deepseek-v2, deepseek-v2-lite, deepseek-v3, gpt-oss-120b, "
+    (["model=gpt"], "unknown model 'gpt' (did you mean 'gpt-oss-120b' or 'gpt-oss-20b'?); valid: deepseek-v2, deepseek-v2-lite, deepseek-v3, gpt-oss-120b, "
                     "gpt-oss-20b, mixtral-8x22b, mixtral-8x7b, olmoe-1b-7b, phi-3.5-moe, qwen1.5-moe-a2.7b, "
                     "qwen3-235b-a22b, qwen3-30b-a3b, switch-base-8, tiny (or a config.json path)"),
     (["foo=1"], "foo=1: unknown key 'foo'; valid keys: model, gpu, policy, workload, cost, fleet, placement, router, seed"),
