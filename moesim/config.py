@@ -595,9 +595,13 @@ class _JobChecker:
 
     def job(self, overrides: list[str]) -> DictConfig:
         """The composed config of one job (UserError on a bad override)."""
+        from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
 
-        parsed = self.parser.parse_overrides(overrides)
+        try:
+            parsed = self.parser.parse_overrides(overrides)
+        except HydraException as exc:  # the search's job overrides: a traceback
+            raise UserError(_parse_error_line(exc, list(overrides))) from None
         structural = tuple(o.input_line for o in parsed if self._structural(o))
         if structural not in self._cache:
             self._cache[structural] = self.compose(list(structural))

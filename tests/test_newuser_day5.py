@@ -393,3 +393,31 @@ def test_the_quoting_it_suggests_is_read(tmp_path: Path) -> None:
               "workload.path='a(1).csv'"], tmp_path)
     assert p.returncode == 0, p.stderr
     assert "replaying 2 of 2 requests of a(1).csv" in p.stderr
+
+
+def test_a_search_job_override_hydra_cannot_read_is_one_line(tmp_path: Path) -> None:
+    # python -m moesim.search workload=trace workload.path=~/t.csv: an OverrideParseException traceback
+    p = _run(["-m", "moesim.search", "workload=trace", "workload.path=~/t.csv", "search.out=s"], tmp_path)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [
+        f"moesim: error: workload.path=~/t.csv: ~ is not expanded here; write the full path: "
+        f"workload.path={os.path.expanduser('~/t.csv')}"]
+    assert not (tmp_path / "s").exists()
+
+
+def test_serve_reads_a_trace_under_home_and_records_its_real_path(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # serve trace=~/t.csv (the shell expands ~ only at a word's start): "trace file '~/t.csv': no such file"
+    import json
+
+    from moesim.serve.config import ServeConfig
+    from moesim.serve.run import run
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "t.csv").write_text("arrival_s,prompt_tokens,output_tokens\n0,10,2\n0.5,12,3\n")
+    cfg = ServeConfig(model="tiny", device="cpu", backend="cost", clock="virtual", trace="~/t.csv", tenants=2,
+                      out=str(tmp_path / "s"))
+    doc = run(cfg, [], log=lambda *a, **k: None)
+    assert doc["trace"]["n_requests"] == 2
+    # moesim.serve.validate re-reads the trace from here: it was <cwd>/~/t.csv
+    assert json.loads((tmp_path / "s" / "summary.json").read_text())["config"]["trace"] == str(tmp_path / "t.csv")

@@ -64,7 +64,7 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
     names, selection = _announce_trace(cfg, requests, log)
     last = max(r.arrival_s for r in requests)
     if cfg.trace:  # the config as summary.json keeps it: moesim.serve.validate re-reads the trace from any folder
-        cfg_doc = dataclasses.asdict(dataclasses.replace(cfg, trace=str(Path(cfg.trace).resolve())))
+        cfg_doc = dataclasses.asdict(dataclasses.replace(cfg, trace=str(Path(cfg.trace).expanduser().resolve())))
     else:
         cfg_doc = dataclasses.asdict(cfg)
     command = "python -m moesim.serve " + " ".join(argv if argv is not None else sys.argv[1:])

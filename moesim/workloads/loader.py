@@ -123,7 +123,7 @@ def read_trace(path: str | Path, tenants: int | None = None, *, format: str = ""
             field).
         time_unit: unit of a numeric ``timestamp`` column; ``auto`` (the preset's, else ``epoch_unit``).
     """
-    path = Path(path)
+    path = Path(path).expanduser()  # serve trace=~/t.csv: the shell expands ~ only at the start of a word
     where = f"trace file {str(path)!r}"
     preset = PRESETS.get(format) if format else None
     if format and preset is None:
