@@ -766,6 +766,7 @@ def plan_command_line(argv: list[str]) -> CommandLine | None:
             swept = [o.input_line for o in parsed if o.is_sweep_override()]
             try:  # as hydra does for a multirun: the primary config is composed without the sweeps
                 primary = checker.compose(fixed, hydra_cfg=True)
+                _check_list_sweeps(parsed, primary)
             except UserError as exc:
                 if not swept:
                     raise
@@ -854,6 +855,30 @@ def _check_sweep_lists(parsed: list[Any]) -> None:
             raise UserError(f"{o.input_line}: hydra reads a comma list here as a sweep of {key} itself (each value "
                             f"would run the whole default comparison); write {SWEEP_LISTS[key]}={values} (it replaces "
                             f"the swept key), or quote the list as one value: '{key}=\"{values}\"'")
+
+
+def _check_list_sweeps(parsed: list[Any], primary: DictConfig) -> None:
+    """``workload.weights=4,1`` (the help calls it a comma list): hydra reads the comma as a sweep of the key,
+    "a sweep in a single run" in a run and "int is not a ListConfig" per job in a multirun. A key that holds a
+    list takes its values in brackets."""
+    from omegaconf import ListConfig
+
+    for o in parsed:
+        if not o.is_sweep_override() or o.is_hydra_override():
+            continue
+        key = o.get_key_element()
+        try:
+            if any(isinstance(v, list | tuple) for v in o.sweep_iterator()):  # a sweep of lists: [1,2],[2,1]
+                continue
+        except Exception:
+            pass
+        if isinstance(OmegaConf.select(primary, key, default=None), ListConfig):
+            try:
+                values = ",".join(o.sweep_string_iterator())
+            except Exception:
+                values = o.input_line.split("=", 1)[-1]
+            raise UserError(f"{o.input_line}: {key} holds a list, and hydra reads a,b unquoted as a sweep; write "
+                            f"{key}=[{values}] (to sweep lists: {key}=[..],[..] with -m)")
 
 
 def _check_report_rates(opts: Any, rates: list[float]) -> None:

@@ -421,3 +421,24 @@ def test_serve_reads_a_trace_under_home_and_records_its_real_path(tmp_path: Path
     assert doc["trace"]["n_requests"] == 2
     # moesim.serve.validate re-reads the trace from here: it was <cwd>/~/t.csv
     assert json.loads((tmp_path / "s" / "summary.json").read_text())["config"]["trace"] == str(tmp_path / "t.csv")
+
+
+@pytest.mark.parametrize("mode", [["hydra.mode=RUN", "hydra.run.dir=r"], ["-m", "hydra.sweep.dir=r"]])
+def test_a_comma_list_for_a_list_key_says_to_bracket_it(tmp_path: Path, mode: list[str]) -> None:
+    # the help calls workload.weights a "comma list": workload.weights=4,1 was "a sweep in a single run" in a run
+    # and "int is not a ListConfig" per job in a multirun
+    p = _run(["-m", "moesim.simulate", *mode, "workload.popularity=weights", "workload.weights=4,1"], tmp_path)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [
+        "moesim: error: workload.weights=4,1: workload.weights holds a list, and hydra reads a,b unquoted as a sweep; "
+        "write workload.weights=[4,1] (to sweep lists: workload.weights=[..],[..] with -m)"]
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_sweep_of_lists_still_runs(tmp_path: Path) -> None:
+    import pandas as pd
+
+    p = _run(["-m", "moesim.simulate", "-m", "hydra.sweep.dir=r", "progress=false", "sweep.seeds=0", "policy=mig",
+              "workload.duration_s=20", "workload.popularity=weights", "workload.weights=[1,2],[2,1]"], tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert len(pd.read_csv(tmp_path / "r" / "summary.csv")) == 12  # 2 weightings × 6 rates
