@@ -124,21 +124,24 @@ def _own_field_docs(cls: type) -> dict[str, str]:
     return out
 
 
-def _type_name(kind: Any) -> str:
+def _type_name(kind: Any, brackets: bool = False) -> str:
     if isinstance(kind, str):
         return kind
     args = typing.get_args(kind)
     if type(None) in args and len(args) == 2:
-        return f"{_type_name(next(a for a in args if a is not type(None)))} or null"
+        return f"{_type_name(next(a for a in args if a is not type(None)), brackets)} or null"
     if typing.get_origin(kind) is typing.Literal:
         return "str"
     if typing.get_origin(kind) in (tuple, list):
         args = [a for a in typing.get_args(kind) if a is not Ellipsis] or [str]
+        if brackets:  # hydra: a,b unquoted is a sweep; a list is [a,b]
+            return f"list of {_type_name(args[0])}, in brackets: [a,b]"
         return f"comma list of {_type_name(args[0])}"
     return getattr(kind, "__name__", str(kind))
 
 
-def _default_text(f: dataclasses.Field[Any], values: Mapping[str, Any] | None = None) -> str:
+def _default_text(f: dataclasses.Field[Any], values: Mapping[str, Any] | None = None,
+                  brackets: bool = False) -> str:
     if values is not None and f.name in values:
         value = values[f.name]
     elif f.default is not dataclasses.MISSING:
@@ -149,7 +152,9 @@ def _default_text(f: dataclasses.Field[Any], values: Mapping[str, Any] | None = 
         return "(required)"
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, (tuple, list)):
+    if isinstance(value, (tuple, list)) or (brackets and type(value).__name__ == "ListConfig"):
+        if brackets:
+            return "[" + ",".join(map(str, value)) + "]"
         return ",".join(map(str, value)) or "''"
     if value is None:
         return "null"
@@ -165,10 +170,11 @@ def _hints(cls: type) -> dict[str, Any]:
 
 def key_lines(cls: type, *, prefix: str = "", choices: Mapping[str, Iterable[Any]] | None = None,
               positional: str | None = None, skip: Iterable[str] = (),
-              values: Mapping[str, Any] | None = None) -> list[str]:
+              values: Mapping[str, Any] | None = None, brackets: bool = False) -> list[str]:
     """One entry per field of dataclass ``cls``: ``  <prefix><key>=<default>  (<type>[; one of: ...])``
     and its description (units) from the docstring's Attributes section, wrapped and indented.
-    ``values`` replace the dataclass defaults (e.g. the composed hydra config's)."""
+    ``values`` replace the dataclass defaults (e.g. the composed hydra config's). ``brackets``: lists are
+    written ``[a,b]`` (hydra's overrides, where ``a,b`` is a sweep), else ``a,b``."""
     docs = field_docs(cls)
     hints = _hints(cls)
     valid = {k: [str(v) for v in vs] for k, vs in (choices or {}).items()}
@@ -179,12 +185,12 @@ def key_lines(cls: type, *, prefix: str = "", choices: Mapping[str, Iterable[Any
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if not f.init or f.name in set(skip):
             continue
-        facts = _type_name(hints.get(f.name, f.type))
+        facts = _type_name(hints.get(f.name, f.type), brackets)
         if f.name in valid:
             facts += f"; one of: {', '.join(valid[f.name])}"
         if f.name == positional:
             facts += "; also given as bare arguments"
-        out.append(f"  {prefix}{f.name}={_default_text(f, values)}  ({facts})")
+        out.append(f"  {prefix}{f.name}={_default_text(f, values, brackets)}  ({facts})")
         if docs.get(f.name):
             out += textwrap.wrap(docs[f.name].replace("``", ""), 100, initial_indent="      ",
                                  subsequent_indent="      ")

@@ -1087,7 +1087,8 @@ def simulate_help(argv: list[str]) -> str:
                         "or cost=roofline to set parameters)"]
             continue
         if name in regs[g].names():
-            lines = key_lines(regs[g].get(name)[1], prefix=f"{g}.", skip=("name",), values=composed.get(g))
+            lines = key_lines(regs[g].get(name)[1], prefix=f"{g}.", skip=("name",), values=composed.get(g),
+                              brackets=True)
             # placement=everywhere has no keys: its heading stood over nothing
             out += ["", f"keys of {g}={name}{'' if lines else ': none'} (another option: {g}=<name> --help)"
                         + (":" if lines else "")]
@@ -1095,7 +1096,7 @@ def simulate_help(argv: list[str]) -> str:
     out += ["", "sweep (the default comparison; -m key=a,b replaces a swept key):"]
     out += key_lines(SweepConfig, prefix="sweep.", values=composed.get("sweep"))
     out += ["", "report:"]
-    out += key_lines(ReportConfig, prefix="report.", values=composed.get("report"))
+    out += key_lines(ReportConfig, prefix="report.", values=composed.get("report"), brackets=True)
     out += ["", "hydra (output folders and the launcher):",
             "  hydra.mode=MULTIRUN  (RUN: one job)",
             "  hydra.run.dir=outputs/<date>/<time>  (one job's output folder)",

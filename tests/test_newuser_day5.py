@@ -442,3 +442,16 @@ def test_a_sweep_of_lists_still_runs(tmp_path: Path) -> None:
               "workload.duration_s=20", "workload.popularity=weights", "workload.weights=[1,2],[2,1]"], tmp_path)
     assert p.returncode == 0, p.stderr
     assert len(pd.read_csv(tmp_path / "r" / "summary.csv")) == 12  # 2 weightings × 6 rates
+
+
+def test_simulate_help_writes_list_keys_in_brackets() -> None:
+    # "workload.weights=''  (comma list of float)": written so, hydra read it as a sweep
+    p = _run(["-m", "moesim.simulate", "--help"], ROOT)
+    assert "  workload.weights=[]  (list of float, in brackets: [a,b])\n" in p.stdout
+    assert "  report.baselines=[mig,reconfig]  (list of str, in brackets: [a,b])\n" in p.stdout
+    assert "comma list" not in p.stdout
+    # the tools that read a,b themselves keep it
+    from moesim.cli import key_lines
+    from moesim.search.config import SearchConfig
+
+    assert any("search.gpus=a100-80gb,h100-80gb,h200  (comma list of str)" in ln for ln in key_lines(SearchConfig, prefix="search."))
