@@ -105,7 +105,7 @@ def run(spec: JobSpec, out_dir: str | Path, *, progress: bool = False, overrides
                                policy_cfg=spec.policy, cost=spec.cost.name, cost_cfg=spec.cost,
                                slo_ttft_s=spec.slo_ttft_s)
     dedicated_fleet_error(placement, fleet.n_gpus, spec.policy.name)
-    idle = idle_gpus_note(placement, fleet.n_gpus, strategy, spec.policy.name)
+    idle = idle_gpus_note(placement, fleet.n_gpus, strategy, spec.policy.name, fleet_cfg.name)
     notes = [n for n in (unplaced_note(placement, workload.tenants), idle) if n]
     for note in notes:
         log.info("%s", note)

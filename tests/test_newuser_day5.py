@@ -455,3 +455,21 @@ def test_simulate_help_writes_list_keys_in_brackets() -> None:
     from moesim.search.config import SearchConfig
 
     assert any("search.gpus=a100-80gb,h100-80gb,h200  (comma list of str)" in ln for ln in key_lines(SearchConfig, prefix="search."))
+
+
+def test_the_idle_gpus_note_suggests_fleet_gpus_only_where_it_runs_the_same_placement() -> None:
+    # fleet=file (no fleet.gpus key) and a placement on GPUs 0 and 2 were both told "fleet.gpus=N runs the same
+    # placement without the idle ones"
+    from moesim.fleet.placement import GPUPlacement, Placement
+    from moesim.fleet.run import idle_gpus_note
+
+    head = "placement=file uses 2 of the fleet's 4 GPUs and leaves GPUs "
+    spread = ("idle; placement=per_variant or everywhere spreads the tenants over every GPU")
+    first = Placement((GPUPlacement(0, (0,)), GPUPlacement(1, (1,))), "file")
+    gap = Placement((GPUPlacement(0, (0,)), GPUPlacement(2, (1,))), "file")
+    assert idle_gpus_note(first, 4, "file", "multiplex") == (
+        f"{head}2, 3 {spread}, fleet.gpus=2 runs the same placement without the idle ones")
+    assert idle_gpus_note(first, 4, "file", "multiplex", "file") == (
+        f"{head}2, 3 {spread}, a fleet file of its first 2 GPUs alone runs the same placement")
+    assert idle_gpus_note(gap, 4, "file", "multiplex") == f"{head}1, 3 {spread}"
+    assert idle_gpus_note(gap, 4, "file", "multiplex", "file") == f"{head}1, 3 {spread}"

@@ -27,10 +27,12 @@ def plan_placement(strategy: str, strategy_cfg: Any, model: ModelSpec, fleet: Fl
     return placement
 
 
-def idle_gpus_note(placement: Placement, n_gpus: int, strategy: str, policy: str) -> str | None:
+def idle_gpus_note(placement: Placement, n_gpus: int, strategy: str, policy: str,
+                   fleet: str = "uniform") -> str | None:
     """One line when ``placement`` leaves some of the fleet's ``n_gpus`` GPUs empty (None otherwise): ``pack``
     fills as few GPUs as memory and load allow, so a light load sat on GPU 0 (split into MIG slices with
-    ``policy=mig``) while GPU 1 idled, with nothing said."""
+    ``policy=mig``) while GPU 1 idled, with nothing said. ``fleet``: the fleet source's name; ``fleet.gpus=N``
+    is suggested only where it runs the same placement (a uniform fleet whose GPUs 0..N-1 are the used ones)."""
     used = [p.gpu for p in placement.gpus if p.tenants]
     idle = [g for g in range(n_gpus) if g not in used]
     if not idle or not used:
@@ -41,9 +43,17 @@ def idle_gpus_note(placement: Placement, n_gpus: int, strategy: str, policy: str
     crowded = [p for p in placement.gpus if len(p.tenants) > 1]
     mig = (f"; with policy=mig GPU {crowded[0].gpu}'s {len(crowded[0].tenants)} tenants share it as MIG slices"
            if policy == "mig" and crowded else "")
+    # fleet=file has no fleet.gpus, and a placement on GPUs 0 and 2 is not the one fleet.gpus=2 runs
+    first = sorted(used) == list(range(len(used)))
+    if first and fleet == "uniform":
+        fewer = f", fleet.gpus={len(used)} runs the same placement without the idle ones"
+    elif first and fleet == "file":
+        fewer = f", a fleet file of its first {len(used)} GPUs alone runs the same placement"
+    else:
+        fewer = ""
     return (f"placement={strategy} uses {len(used)} of the fleet's {n_gpus} GPUs{why} and leaves GPU"
             f"{'s' if len(idle) > 1 else ''} {shown} idle{mig}; placement=per_variant or everywhere spreads the "
-            f"tenants over every GPU, fleet.gpus={len(used)} runs the same placement without the idle ones")
+            f"tenants over every GPU{fewer}")
 
 
 def dedicated_fleet_message(n_gpus: int, gpu: int, k: int) -> str:
