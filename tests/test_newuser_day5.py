@@ -473,3 +473,26 @@ def test_the_idle_gpus_note_suggests_fleet_gpus_only_where_it_runs_the_same_plac
         f"{head}2, 3 {spread}, a fleet file of its first 2 GPUs alone runs the same placement")
     assert idle_gpus_note(gap, 4, "file", "multiplex") == f"{head}1, 3 {spread}"
     assert idle_gpus_note(gap, 4, "file", "multiplex", "file") == f"{head}1, 3 {spread}"
+
+
+def test_the_rejection_banner_says_why_from_the_requests(tmp_path: Path) -> None:
+    # "N requests were rejected (they could not fit an instance)" also when a placement put a tenant on no GPU
+    f = tmp_path / "t.csv"
+    f.write_text("arrival_s,prompt_tokens,output_tokens\n0,100,20\n1,40000,10\n2,50,10\n3,40100,5\n")
+    p = _run(["-m", "moesim.simulate", "-m", "hydra.sweep.dir=S", "progress=false", "policy=multiplex",
+              "sweep.seeds=0", "workload.rate=1", "workload=trace", f"workload.path={f}"], tmp_path)
+    assert p.returncode == 0, p.stderr
+    html = (tmp_path / "S" / "report.html").read_text()
+    assert ("2 requests were <b>rejected</b> (reasons: context 40010 &gt; model max 32768 and alike: 2) in 1 jobs"
+            in html)
+    import pandas as pd
+
+    from moesim.report import _rejection_reasons
+    from moesim.report.data import SweepData
+    from moesim.report.options import ReportOptions
+    from moesim.sweep import collect
+
+    data = SweepData(tmp_path / "S", collect(tmp_path / "S"), ReportOptions())
+    assert _rejection_reasons(data, pd.Series(["0", "nope"])) == (
+        "reasons: context 40010 > model max 32768 and alike: 2")
+    assert _rejection_reasons(data, pd.Series(["nope"])) == "they could not fit an instance"

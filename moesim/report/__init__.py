@@ -226,6 +226,33 @@ def _ratio_title(ratios: dict[float, float]) -> str:
         if ratios else ""
 
 
+def _rejection_reasons(data: SweepData, jobs: pd.Series, shown: int = 3) -> str:
+    """Why the requests of ``jobs`` were refused, from their requests.parquet ``rejected`` column: the most
+    common reasons with their counts over all of them (the banner said "they could not fit an instance" also
+    when a placement put a tenant on no GPU); the generic reason when no file says."""
+    import collections
+    import re
+
+    counts: collections.Counter[str] = collections.Counter()
+    example: dict[str, str] = {}  # reasons alike but for their numbers (context 40025 > …, context 40100 > …)
+    for job in jobs:
+        try:
+            col = pd.read_parquet(data.root / job / "requests.parquet", columns=["rejected"])["rejected"]
+        except Exception:
+            continue
+        for r in col:
+            if isinstance(r, str) and r:
+                key = re.sub(r"\d[\d.,]*", "#", r)
+                counts[key] += 1
+                example.setdefault(key, r)
+    if not counts:
+        return "they could not fit an instance"
+    top = counts.most_common(shown)
+    rest = sum(counts.values()) - sum(n for _, n in top)
+    text = "; ".join(f"{example[k]}{' and alike' if '#' in k and n > 1 else ''}: {n:,}" for k, n in top)
+    return "reasons: " + text + (f"; {rest:,} for other reasons" if rest else "")
+
+
 def _throughput_cell(r: pd.Series) -> str:
     """The headline's throughput at the top rate; a dash (hover: why) when its jobs served too few requests
     for one (``moesim.metrics.MIN_THROUGHPUT_REQUESTS``, as the one-line summaries)."""
@@ -404,8 +431,9 @@ def build_report(sweep_dir: str | Path, *, summary: pd.DataFrame | None = None,
     if len(data.ok) and "rejected" in data.ok:
         n_rej = pd.to_numeric(data.ok["rejected"], errors="coerce").fillna(0)
         if n_rej.sum() > 0:
-            parts.append(f"<p class=\"warn\">{int(n_rej.sum())} requests were <b>rejected</b> (they could not "
-                         f"fit an instance) in {int((n_rej > 0).sum())} jobs: they count as missing the SLO and "
+            why = _rejection_reasons(data, data.ok.loc[n_rej.to_numpy() > 0, "job"].astype(str))
+            parts.append(f"<p class=\"warn\">{int(n_rej.sum())} requests were <b>rejected</b> ({_esc(why)}) in "
+                         f"{int((n_rej > 0).sum())} jobs: they count as missing the SLO and "
                          "are absent from the turnaround and TTFT figures; see the headline table.</p>")
     if data.ok.empty:
         parts.append("<p class=\"failed\">No job finished: nothing to plot.</p>")
