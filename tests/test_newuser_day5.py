@@ -496,3 +496,30 @@ def test_the_rejection_banner_says_why_from_the_requests(tmp_path: Path) -> None
     assert _rejection_reasons(data, pd.Series(["0", "nope"])) == (
         "reasons: context 40010 > model max 32768 and alike: 2")
     assert _rejection_reasons(data, pd.Series(["nope"])) == "they could not fit an instance"
+
+
+def test_the_report_of_a_search_or_served_run_names_the_tool_that_reads_it(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    # "no jobs found (no */summary.json, …); is it a sweep dir?" for a search's folder, and "./summary.json:
+    # missing policy, rate, seed, tenants" for a served run's
+    import json
+
+    from moesim.report.__main__ import main
+
+    s = tmp_path / "search"
+    s.mkdir()
+    (s / "search.csv").write_text("gpu,gpus\nh200,1\n")
+    v = tmp_path / "served"
+    v.mkdir()
+    (v / "summary.json").write_text(json.dumps({"config": {"backend": "cost", "model": "tiny"}, "status": "ok"}))
+    for d, line in ((s, f"{s}: holds a capacity search (python -m moesim.search), whose own report.html the search "
+                        "writes; python -m moesim.report reads simulate sweeps (hydra.sweep.dir)"),
+                    (v, f"{v}: holds a served run (python -m moesim.serve); python -m moesim.serve.validate {v} "
+                        "simulates it again and writes the errors; python -m moesim.report reads simulate sweeps "
+                        "(hydra.sweep.dir)")):
+        with pytest.raises(SystemExit) as e:
+            main([str(d)])
+        assert e.value.code == 2
+        assert capsys.readouterr().err == f"moesim: error: {line}\n"
+        assert not (d / "report.html").exists()
+        assert not (d / "summary.csv").exists()

@@ -78,6 +78,27 @@ def _check_one_sweep(sweep_dir: Path) -> None:
                         "multirun.yaml; give one sweep dir (the folder hydra.sweep.dir named, with multirun.yaml)")
 
 
+def _check_other_tool(sweep_dir: Path) -> None:
+    """The folder of a capacity search or of a served run: refused naming the tool that made it and the one
+    that reads it (they were "no jobs found … is it a sweep dir?" and "./summary.json: missing policy, rate,
+    seed, tenants")."""
+    if (sweep_dir / "search.csv").is_file() and not (sweep_dir / "multirun.yaml").exists():
+        raise UserError(f"{sweep_dir}: holds a capacity search (python -m moesim.search), whose own report.html "
+                        "the search writes; python -m moesim.report reads simulate sweeps (hydra.sweep.dir)")
+    summary = sweep_dir / "summary.json"
+    if summary.is_file():
+        import json
+
+        try:
+            doc = json.loads(summary.read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(doc, dict) and isinstance(doc.get("config"), dict) and "backend" in doc["config"]:
+            raise UserError(f"{sweep_dir}: holds a served run (python -m moesim.serve); python -m "
+                            f"moesim.serve.validate {sweep_dir} simulates it again and writes the errors; python -m "
+                            "moesim.report reads simulate sweeps (hydra.sweep.dir)")
+
+
 def _check_some_job(sweep_dir: Path, df: Any) -> None:
     """A folder none of whose summary.json / error.json files is a moesim job's and that hydra never ran in
     (no ``.hydra/``), e.g. a consolidation study's folder: refused in one line before summary.csv and
@@ -106,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     sweep_dir = Path(args.sweep_dir)
     if not sweep_dir.is_dir():
         raise UserError(f"{sweep_dir}: not a directory; give a sweep dir (the hydra.sweep.dir of a multirun)")
+    _check_other_tool(sweep_dir)
     _check_one_sweep(sweep_dir)
     base, note = options_from_sweep(sweep_dir)
     opts = options_from_args(base, dataclasses.asdict(args))
