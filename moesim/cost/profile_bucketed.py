@@ -516,7 +516,9 @@ class ProfileBucketedCost(CostModel):
         prefix = None
         if self.cfg.fetch_prefix == "graphs":
             first = next((i for i, lf in enumerate(layers) if lf.host), len(layers))
-            prefix = table.prefix_s(n, k, first) if residency.slice.sm_fraction >= 1.0 else None
+            # the table's prefix graphs where it was measured on this slice (whole GPU, or ``sm<N>/fetch_table.csv``)
+            on_slice = table is not self.fetch_times
+            prefix = table.prefix_s(n, k, first) if residency.slice.sm_fraction >= 1.0 or on_slice else None
             if prefix is None:
                 prefix = graph_step * first / L
         times = HostTimes(e=e, e_sync=e_sync, g=graph_step / L, prefix_s=prefix, head_s=table.head_s(n, k))

@@ -20,7 +20,8 @@ conversation trace, prompts ≤ 256, outputs ≤ 8; Poisson arrivals), most valu
   bucket graphs, prefills eager / exact-shape graph / token-bucket graph, eager steps with a host sync at every
   layer at 1–16 sequences, the parts of a piecewise fetching decode step (``fetch_table.csv``) and prefill
   (``prefill_fetch_table.csv``), the same on a
-  64-SM green context, a streamed swap beside host-expert fetches);
+  64-SM green context (and, last, the piecewise decode step's parts there: ``sm64/fetch_table.csv``), a streamed
+  swap beside host-expert fetches);
 * ``TWO_GPU`` once GPU 1 is free: ``dedicated`` (GPU g serves tenant g's whole model) and the ``fleet`` (4
   variants over 2 H200s, GPU 0: variants 0,1,2; GPU 1: 1,2,3; multiplex on each; routed live by
   ``least_work``) at light and saturated load and with host experts;
@@ -30,6 +31,10 @@ conversation trace, prompts ≤ 256, outputs ≤ 8; Poisson arrivals), most valu
 * ``<host run>-s3``: held-out repeats (``seed=3``) for the seventh call (piecewise prefills), first in their phase;
 * ``<host run>-long``: held-out runs twice as long (``seed=4``, twice the requests at the same rate), first of all
   in their phase (the eighth call);
+* ``<run>-s5`` (the ninth call) and ``<run>-s6`` (the tenth; with the resident light and saturated runs too):
+  held-out runs twice as long, seeds 5 and 6; ``fleet_host-s7`` a second fleet run;
+* ``contention`` (two GPUs): synced eager steps on each GPU alone and on both at once from two threads of this
+  process (``contention/contention.csv``: the fleet's host contention, measured);
 * the calibrator with a consolidation plan only when asked (``calibrate`` in the run list).
 
 Nothing here needs simpy: the simulated side is computed afterwards with ``python -m moesim.serve.validate``.
@@ -98,21 +103,30 @@ for _name in HOST_S2:
                               f"max_requests={2 * _n}"], 2 * RUNS[_name][1])
 # the ninth call: held-out runs twice as long with seed 5 (never run before), the host-expert runs and mig at light and
 # saturated load (host experts at every load at Mixtral's size: both slices fetch at once)
-for _name in (*HOST_S2, "mig_light", "mig_saturated"):
-    _n = next(int(k.split("=")[1]) for k in RUNS[_name][0] if k.startswith("max_requests="))
-    RUNS[f"{_name}-s5"] = ([*(k for k in RUNS[_name][0] if not k.startswith("max_requests=")), "seed=5",
-                            f"max_requests={2 * _n}"], 2 * RUNS[_name][1])
+# the tenth call: held-out runs twice as long with seed 6 (seed 7: a second fleet run), after the ninth call's
+# mechanisms were written; every expert resident too (light and saturated load)
+RESIDENT = ("swap_light", "swap_saturated", "reconfig_light", "reconfig_saturated", "reconfig_fast_light",
+            "reconfig_fast_saturated", "multiplex_light", "multiplex_saturated")
+for _seed, _names in ((5, (*HOST_S2, "mig_light", "mig_saturated")),
+                      (6, (*HOST_S2, "mig_light", "mig_saturated", *RESIDENT)), (7, ("fleet_host",))):
+    for _name in _names:
+        _n = next(int(k.split("=")[1]) for k in RUNS[_name][0] if k.startswith("max_requests="))
+        RUNS[f"{_name}-s{_seed}"] = ([*(k for k in RUNS[_name][0] if not k.startswith("max_requests=")),
+                                     f"seed={_seed}", f"max_requests={2 * _n}"], 2 * RUNS[_name][1])
+# two GPUs' host threads running synced eager steps alone and at once (the fleet's host contention)
+RUNS["contention"] = ([], 40)
 SMOKE_KEYS = {"naive": ["budget_bytes=0"], "swap": ["budget_bytes=0"]}
 DEADLINE_S = float(os.environ.get("MATRIX_DEADLINE_S", "490"))
 # the order of the call, most valuable first (the runs that missed 5% or never ran): FIRST on GPU 0 while the mig
 # runs go on GPU 1 in a process of their own (MIG), then TWO_GPU (both GPUs), then the rest on GPU 0
 FIRST = ["multiplex_saturated", "tables", "multiplex_host", "reconfig_fast_host", "naive_saturated"]
-TWO_GPU = ["fleet_host-s5", "dedicated_saturated", "fleet_saturated", "fleet_host", "dedicated_light", "fleet", "dedicated_saturated-s1",
+TWO_GPU = ["contention", "fleet_host-s6", "fleet_host-s7", "fleet_host-s5", "dedicated_saturated", "fleet_saturated", "fleet_host", "dedicated_light", "fleet", "dedicated_saturated-s1",
            "fleet_host-s2", "fleet_host-s3", "fleet_host-long"]
-MIG = ["mig_host-s5", "mig_saturated-s5", "mig_light-s5", "mig_host-long", "mig_host-s3", "mig_light", "mig_saturated", "mig_host", "mig_saturated-s1", "mig_host-s2"]
+MIG = ["mig_host-s6", "mig_saturated-s6", "mig_light-s6", "mig_host-s5", "mig_saturated-s5", "mig_light-s5", "mig_host-long", "mig_host-s3", "mig_light", "mig_saturated", "mig_host", "mig_saturated-s1", "mig_host-s2"]
 # the held-out host-expert repeats first of the rest (-s3: the seventh call; -s2: the sixth), then naive_light
 # (naive has host experts at every load), then the earlier runs
-REST = ["naive_host-s5", "swap_host-s5", "reconfig_host-s5", "reconfig_fast_host-s5", "multiplex_host-s5",
+REST = ["naive_host-s6", "swap_host-s6", "reconfig_host-s6", "reconfig_fast_host-s6", "multiplex_host-s6",
+        *(f"{n}-s6" for n in RESIDENT), "naive_host-s5", "swap_host-s5", "reconfig_host-s5", "reconfig_fast_host-s5", "multiplex_host-s5",
         "naive_host-long", "swap_host-long", "reconfig_host-long", "reconfig_fast_host-long", "multiplex_host-long",
         "naive_host-s3", "swap_host-s3", "reconfig_host-s3", "reconfig_fast_host-s3", "multiplex_host-s3",
         "naive_light", "naive_host-s2", "swap_host-s2", "reconfig_host-s2", "reconfig_fast_host-s2", "multiplex_host-s2",
@@ -288,10 +302,71 @@ def tables(backend, out: Path, model, gpu) -> bool:
         print(json.dumps(d), flush=True)
 
     step("link_share", link)
+
+    def sm64_fetch() -> None:  # last: it captures prefix graphs in the green context
+        with backend.slice_context(64):
+            csv(backend.fetch_table(reps=3, decode=((1, 1), (2, 1), (4, 1), (2, 2))), "fetch_table.csv", "sm64")
+
+    step("sm64_fetch", sm64_fetch)
     info["backend"] = backend.describe()
     (out / "tables.json").write_text(json.dumps(info, indent=1, default=str))
     print(f"tables: {'ok' if ok else 'FAILED'} {time.perf_counter() - t:.1f} s", flush=True)
     return ok
+
+
+def contention(backends: list, out: Path, model, gpu, reps: int = 7) -> bool:
+    """Host contention between GPUs driven by one process (the fleet's runtime: one host thread per GPU): eager
+    steps with a host sync at every layer (``TorchBackend.sync_table``: one- and two-sequence decode steps and a
+    256-token prefill, the host-bound steps of a fetching run without their copies) timed on each GPU alone, then on
+    both GPUs at once from two threads of this process. ``contention.csv``: per GPU and batch, the medians alone and
+    together (seconds) and their ratio; α of ``moesim.engine.host`` is ratio − 1 (one other GPU busy)."""
+    import threading
+
+    import pandas as pd
+
+    from moesim.policies import POLICIES
+
+    t = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        plan = POLICIES.build("multiplex", {"max_batch": 16}).layout(model, gpu, 3)[0]
+        for b in backends:
+            b.setup(plan, 3)
+            b.reserve_kv(16 * 460)
+            b.prepare(16, 460, prefill_tokens=16 * 256)
+        decode = ((1, 1), (2, 2))
+        alone = [b.sync_table(reps=reps, decode=decode) for b in backends]
+        together: list = [None] * len(backends)
+        errors: list = []
+
+        def work(i: int) -> None:
+            try:
+                together[i] = backends[i].sync_table(reps=reps, decode=decode)
+            except Exception as e:  # reported after the join
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(backends))]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        if errors:
+            raise errors[0]
+        rows = []
+        for g, (a, b) in enumerate(zip(alone, together, strict=True)):
+            for ra, rb in zip(a, b, strict=True):
+                rows.append({"gpu": g, "batch": ra["batch"], "alone_sync_s": ra["eager_sync_s"],
+                             "together_sync_s": rb["eager_sync_s"], "ratio_sync": rb["eager_sync_s"] / ra["eager_sync_s"],
+                             "alone_s": ra["eager_s"], "together_s": rb["eager_s"], "ratio": rb["eager_s"] / ra["eager_s"]})
+        df = pd.DataFrame(rows)
+        df.to_csv(out / "contention.csv", index=False)
+        print(df.to_string(index=False), flush=True)
+        print(f"contention: ok {time.perf_counter() - t:.1f} s", flush=True)
+        return True
+    except Exception:
+        traceback.print_exc()
+        print(f"contention: FAILED {time.perf_counter() - t:.1f} s", flush=True)
+        return False
 
 
 def prefill_check(backend) -> list[dict]:
@@ -493,7 +568,11 @@ def main(out_s: str, only: list[str] | None = None) -> int:
                               gpu_index=None if smoke else 1)
         second.bucket_prefill = buckets
         for name in two:  # fleet: GPU 0 holds variants 0-2, GPU 1 variants 1-3; dedicated: GPU g serves tenant g
-            if fits(name):
+            if name == "contention" and fits(name):
+                failed += not contention([shared, second], out / "contention", model, gpu)
+                done.append("contention")
+                pack(out, pack_name, done)
+            elif fits(name):
                 failed += not one(name, [shared, second])
         del second
         gc.collect()
