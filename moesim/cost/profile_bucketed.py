@@ -118,12 +118,6 @@ class ProfileBucketedConfig:
     fetch_prefix: how the runtime ran the layers before the first one holding host slots in a fetching decode
         step: ``eager`` (launched one by one) or ``graphs`` (replayed from a CUDA graph, the runtime's piecewise
         graphs: ``fetch_table.csv``'s prefix times, else the decode table's step × the layers' share).
-    streamed_whole_copies: with ``fetch_ffn``, a fetching prefill under a streamed swap (which the runtime runs
-        eagerly: ``step_streamed``) counts its copies whole too, as the pipeline's overlapped steps do (overlap hides
-        the fetched experts' FFNs under the copies, not the copies under compute); off: ``profile_mixed`` hides
-        ``fetch_overlap`` × copy seconds, bounded by the step's expert compute (5–7 ms of a 256-token prefill's
-        ~210 ms of copies at Mixtral's size). Measured (``reports/validation/realtime/residuals/README.md``, TTFT
-        section), such prefills took 270–291 ms against 271–276 ms simulated (off) and 277–283 ms (on).
     slice_bound: on a partial slice (a green context's share of the SMs), time an eagerly run prefill outside its
         copies as the larger of its host-bound time (the eager profile + the host syncs on the whole GPU: launch
         gaps and synchronisations are host time, which a slice's SM share does not change) and its GPU time on
@@ -149,7 +143,6 @@ class ProfileBucketedConfig:
     swap_link_Bps: float = 0.0
     prefill_prefix: str = "eager"
     fetch_ffn: bool = True
-    streamed_whole_copies: bool = False
 
     def __post_init__(self) -> None:
         if not self.table:
@@ -620,9 +613,7 @@ class ProfileBucketedCost(CostModel):
         """``profile_mixed``'s (a prefill under a streamed swap runs eagerly), as ``_eager``, with its first
         fetch's start (``with_fetch_start``)."""
         tenants = tuple(w.tenant for w in batch)
-        whole = self.cfg.fetch_ffn and self.cfg.streamed_whole_copies
-        c = self._eager(False, len(batch), tenants, residency,
-                        lambda r: self.mixed.step_streamed(batch, self._copies(r) if whole else r),
+        c = self._eager(False, len(batch), tenants, residency, lambda r: self.mixed.step_streamed(batch, r),
                         lambda r: self.mixed.graphs.step(batch, r))
         return self.mixed.with_fetch_start(c, residency, tenants)
 
