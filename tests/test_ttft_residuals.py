@@ -66,3 +66,21 @@ def test_ninth_call_multiplex_read_back(tr) -> None:
     assert 100 * parts["queueing"] / mean_m == pytest.approx(1.2, abs=0.05)
     assert 100 * parts["prefill"] / mean_m == pytest.approx(1.0, abs=0.05)
     assert 100 * sum(parts.values()) / mean_m == pytest.approx(a["row"]["mean_ttft_s_error_pct"], abs=1e-9)
+
+
+def test_streamed_prefills_of_the_ninth_call(tr) -> None:
+    # reconfig_fast_host-s5: 9 prefills right after a swap (run eagerly under the streamed swap); the 256-token ones
+    # took 269.8–274.2 ms (simulated 272.5), the 181-token one 332.9 ms (simulated 273.3), 119.9 ms outside its copies
+    a = tr.analyse(RUNS / "h200_s5" / "reconfig_fast_host-s5", "table", {})
+    sp = a["streamed"].set_index("request_id")
+    assert sp.index.tolist() == [2, 3, 4, 5, 6, 9, 10, 14, 15]
+    assert sp["tokens"].tolist() == [256, 181, 256, 256, 256, 256, 256, 9, 256]
+    full = sp[sp["tokens"] == 256]
+    assert 1e3 * full["dur_m"].min() == pytest.approx(269.8, abs=0.05)
+    assert 1e3 * full["dur_m"].max() == pytest.approx(274.2, abs=0.05)
+    assert 1e3 * sp.loc[3, "dur_m"] == pytest.approx(332.9, abs=0.05)
+    assert 1e3 * sp.loc[3, "out_m"] == pytest.approx(119.9, abs=0.05)
+    assert 1e3 * sp.loc[3, "dur_s"] == pytest.approx(273.3, abs=0.05)
+    lines = tr.streamed_lines(a["streamed"])
+    assert lines[2].startswith("| 256 tokens | 7 |")
+    assert lines[3].startswith("| fewer tokens | 2 |")

@@ -17,6 +17,9 @@ as ``python -m moesim.serve.validate CALL sim_cost=profile_bucketed table=CALL/t
   first tokens come at the same time); its whole TTFT error is then counted as *admission*. Otherwise its error is
   counted as *queueing* (the wait: decode steps or prefills under way before its prefill) and *prefill* (its own
   prefill step);
+* **prefills right after a swap** (reconfig_fast runs them under the streamed swap, eagerly, at the exact prompt
+  length; the others from their token bucket's graphs): per request, measured vs simulated seconds, whole and
+  outside the copies, pooled by prompt length (256 tokens, the runs' cap, or fewer);
 * the run's **mean TTFT error** (seconds per request and % of the measured mean) split into those three parts,
   which add up to it.
 
@@ -98,6 +101,38 @@ def prefill_shapes(seg: pd.DataFrame) -> pd.DataFrame:
                                                     fetch_s=("fetch_s", "sum"), fetches=("expert_fetches", "sum"))
 
 
+def _prefill_of(seg: pd.DataFrame, first_token_s: float, tol_s: float = 1e-6) -> tuple[pd.Series | None, bool]:
+    """The prefill segment ending at ``first_token_s`` (None: none), and whether a swap segment precedes it."""
+    seg = seg.sort_values("start_s").reset_index(drop=True)
+    hit = seg.index[(seg["kind"] == "prefill") & ((seg["end_s"] - first_token_s).abs() <= tol_s)]
+    if not len(hit):
+        return None, False
+    i = int(hit[0])
+    return seg.loc[i], i > 0 and seg.at[i - 1, "kind"] == "swap"
+
+
+def streamed_prefills(seg_m: pd.DataFrame, seg_s: pd.DataFrame, meas: pd.DataFrame, sim: pd.DataFrame
+                      ) -> pd.DataFrame:
+    """The fetching prefills that follow a swap in the measured timeline (reconfig_fast: under a streamed swap, run
+    eagerly at their exact token count), one row per such prefill of one request: ``request_id``, ``tokens``, and
+    measured / simulated seconds (``dur_m``/``dur_s``) and seconds outside their copies (``out_m``/``out_s``)."""
+    rows = []
+    s = sim.set_index("request_id")
+    for r in meas.itertuples():
+        pm, after = _prefill_of(seg_m, float(r.first_token_s))
+        if pm is None or not after or pm["expert_fetches"] <= 0 or int(pm["n_seqs"]) != 1:
+            continue
+        ps, _ = _prefill_of(seg_s, float(s.at[r.request_id, "first_token_s"]))
+        if ps is None:
+            continue
+        rows.append({"request_id": int(r.request_id), "tokens": int(pm["tokens"]),
+                     "dur_m": float(pm["end_s"] - pm["start_s"]), "out_m": float(pm["end_s"] - pm["start_s"]
+                                                                                 - pm["fetch_s"]),
+                     "dur_s": float(ps["end_s"] - ps["start_s"]), "out_s": float(ps["end_s"] - ps["start_s"]
+                                                                                 - ps["fetch_s"])})
+    return pd.DataFrame(rows, columns=["request_id", "tokens", "dur_m", "out_m", "dur_s", "out_s"])
+
+
 def analyse(folder: Path, link: str, options: dict[str, Any]) -> dict[str, Any]:
     """One run's comparison (module docstring)."""
     table = folder.parent / "tables" / "decode_table.csv"
@@ -105,7 +140,22 @@ def analyse(folder: Path, link: str, options: dict[str, Any]) -> dict[str, Any]:
     seg = pd.read_parquet(folder / "segments.parquet")
     reqs = pd.read_parquet(folder / "requests.parquet")
     return {"run": f"{folder.parent.name}/{folder.name}", "row": row, "split": ttft_split(reqs, sim.requests),
-            "shapes": (prefill_shapes(seg), prefill_shapes(sim.segments))}
+            "shapes": (prefill_shapes(seg), prefill_shapes(sim.segments)),
+            "streamed": streamed_prefills(seg, sim.segments, reqs, sim.requests)}
+
+
+def streamed_lines(sp: pd.DataFrame) -> list[str]:
+    """Prefills after a swap, pooled by prompt length (256 tokens, the runs' cap, or fewer): mean ms measured /
+    simulated, whole and outside the copies."""
+    lines = ["| prompt | prefills | ms per prefill meas. / sim. | outside copies ms meas. / sim. | outside copies "
+             "meas. min–max |", "|---|---:|---|---|---|"]
+    for name, g in (("256 tokens", sp[sp["tokens"] == 256]), ("fewer tokens", sp[sp["tokens"] != 256])):
+        if not len(g):
+            continue
+        lines.append(f"| {name} | {len(g)} | {_ms(g['dur_m'].mean())} / {_ms(g['dur_s'].mean())} | "
+                     f"{_ms(g['out_m'].mean())} / {_ms(g['out_s'].mean())} | {_ms(g['out_m'].min())}–"
+                     f"{_ms(g['out_m'].max())} |")
+    return lines
 
 
 def _ms(x: float) -> str:
@@ -160,6 +210,12 @@ def section(a: dict[str, Any]) -> str:
         lines.append(f"| {r.request_id} | {r.tenant} | {r.arrival_s:.3f} | {_ms(r.ttft_m)} / {_ms(r.ttft_s)} | "
                      f"{err:+.1f} % | {_ms(r.wait_m)} / {_ms(r.wait_s)} | {_ms(r.prefill_m)} / {_ms(r.prefill_s)} | "
                      f"{r.n_m} / {r.n_s} | {what} |")
+    sp = a["streamed"]
+    if len(sp):
+        lines += ["", "Prefills after a swap (request: prompt tokens, ms measured / simulated, outside the copies "
+                  "measured / simulated): " + "; ".join(
+                      f"{r.request_id}: {r.tokens} tok., {_ms(r.dur_m)} / {_ms(r.dur_s)}, {_ms(r.out_m)} / "
+                      f"{_ms(r.out_s)}" for r in sp.itertuples()) + "."]
     lines.append("")
     return "\n".join(lines)
 
@@ -203,6 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     if not runs:
         raise UserError(f"no whole-GPU served run matching {','.join(globs)} under {', '.join(map(str, targets))}")
     rows, secs, pooled_m, pooled_s, tot = [], [], [], [], {"admission": 0.0, "queueing": 0.0, "prefill": 0.0}
+    streamed = []
     for f in runs:
         a = analyse(f, link, options)
         cells, _ = summary_cells(a)
@@ -211,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         secs.append(section(a))
         pooled_m.append(a["shapes"][0])
         pooled_s.append(a["shapes"][1])
+        streamed.append(a["streamed"])
         for k in tot:
             tot[k] += float(a["split"][k].sum())
     pm = pd.concat(pooled_m).groupby(level=[0, 1, 2]).sum()
@@ -229,6 +287,10 @@ def main(argv: list[str] | None = None) -> None:
             + ", ".join(f"{k} {v:+.3f} s" for k, v in tot.items()) + ".", "",
             "Fetching prefills pooled over the runs above, by shape (measured vs simulated, per prefill):", "",
             *shape_lines(pm, ps), ""]
+    sp = pd.concat(streamed, ignore_index=True)
+    if len(sp):
+        head += ["Fetching prefills of one sequence right after a swap (reconfig_fast: under its streamed swap, run "
+                 "eagerly at the exact prompt length), pooled over the runs above:", "", *streamed_lines(sp), ""]
     out.write_text("\n".join(head + secs) + "\n")
     print(f"wrote {out}")
 
