@@ -120,3 +120,42 @@ def test_mig_slices_of_one_process_take_the_same_rule() -> None:
     assert r.loc[1, "first_token_s"] == pytest.approx(0.05 + pb)
     assert r.loc[0, "finish_s"] == pytest.approx(p + 2 * ds)
     assert r.loc[1, "finish_s"] == pytest.approx(0.05 + pb + 2 * ds)
+
+
+class PiecewiseCost(FetchingCost):
+    """``FetchingCost`` whose fetching steps replay the first 24 of 32 layers from a graph: a quarter of their time
+    outside the copies is launched op by op (``host_bound_share``)."""
+
+    def host_bound_share(self, residency: Residency) -> float:
+        return 0.25
+
+
+def test_only_the_eagerly_launched_share_contends() -> None:
+    model, gpu = get_model("mixtral-8x7b"), get_gpu("h200")
+    setups = [GPUSetup(gpu, POLICIES.build("multiplex", {"max_batch": 16, "budget_bytes": 60e9}),
+                       PiecewiseCost(model, gpu), (g,), name=f"gpu{g}", index=g) for g in (0, 1)]
+    reqs = [Request(0, 0, 0.0, 256, 3), Request(1, 1, 0.05, 256, 3)]
+    r = simulate_fleet(model, setups, reqs, host_contention=0.3).requests.set_index("request_id")
+    f = 1 + 0.3 * 0.25  # ×1.075 outside the copies
+    pb, ds = 0.0875 + f * 0.0531, 0.0215 + f * 0.0563
+    assert r.loc[1, "first_token_s"] == pytest.approx(0.05 + pb)
+    assert r.loc[0, "finish_s"] == pytest.approx(PREFILL.total_s + 2 * ds)
+
+
+def test_profile_bucketed_eager_share_from_the_first_host_layer() -> None:
+    from pathlib import Path
+
+    from moesim.cost import COST_MODELS
+
+    table = Path(__file__).resolve().parents[1] / "reports/validation/realtime/h200_s6/tables/decode_table.csv"
+    model, gpu = get_model("mixtral-8x7b"), get_gpu("h200")
+    res = POLICIES.build("multiplex", {"max_batch": 16, "budget_bytes": 85e9}).layout(model, gpu, 2)[0].residency
+    from moesim.cost.fetch_pipeline import host_slots_by_layer
+
+    layers = host_slots_by_layer(res, model.n_moe_layers, model.n_experts)
+    first = next(i for i, x in enumerate(layers) if x)
+    graphs = COST_MODELS.build("profile_bucketed", {"table": str(table), "fetch_prefix": "graphs"}, model=model, gpu=gpu)
+    eager = COST_MODELS.build("profile_bucketed", {"table": str(table), "fetch_prefix": "eager"}, model=model, gpu=gpu)
+    assert 0 < first < 32
+    assert graphs.host_bound_share(res) == pytest.approx((32 - first) / 32)
+    assert eager.host_bound_share(res) == 1.0

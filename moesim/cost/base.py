@@ -241,6 +241,12 @@ class CostModel(ABC):
             total = total + c
         return DecodeRun(ends, total)
 
+    def host_bound_share(self, residency: Residency) -> float:
+        """Share of a step fetching host experts (``residency``'s) whose time outside its copies is host work launched
+        op by op (what slows when other instances of the same host process are busy: ``moesim.engine.host``);
+        the default 1.0: the whole step runs eagerly."""
+        return 1.0
+
     def step_streamed(self, batch: tuple[SeqWork, ...], residency: Residency) -> StepCost:
         """Cost of a prefill that runs under a streamed swap, waiting for each layer's copy before the layer.
 

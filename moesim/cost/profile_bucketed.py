@@ -478,6 +478,16 @@ class ProfileBucketedCost(CostModel):
         n = min(self.slice_fetch, key=lambda m: abs(m - sms), default=None)
         return self.slice_fetch[n] if n is not None and abs(n - sms) <= 16 else None
 
+    def host_bound_share(self, residency: Residency) -> float:
+        """With ``fetch_prefix=graphs`` the runtime replays the layers before the first one holding host slots from a
+        graph (one launch) and launches the rest op by op: the share of the MoE layers from the first host layer on
+        (head included in it). Else 1.0 (the whole step eager)."""
+        if self.cfg.fetch_prefix != "graphs":
+            return 1.0
+        layers = self._layout(residency)
+        first = next((i for i, x in enumerate(layers) if x), len(layers))
+        return (len(layers) - first) / max(1, len(layers))
+
     def _layout(self, residency: Residency) -> tuple:
         hit = self._slots.get(id(residency))
         if hit is None or hit[0] is not residency:

@@ -11,9 +11,17 @@ Measured in ``reports/validation/realtime/h200x2b/fleet_host`` (two H200s, one p
 51.3 ms per step with the other GPU idle and 68.9 ms with it busy (×1.34), 256-token prefills 57.9 and 73.9 ms
 (×1.28), at an unchanged 6.4 ms per expert copy.
 
+Measured directly in ``reports/validation/realtime/h200_s6/contention/contention.csv`` (two H200s, two threads of one
+process, eager steps with a host sync at every layer, each GPU alone and both at once): ×1.13–1.51 for one- and
+two-sequence decode steps, ×1.02–1.27 for a 256-token prefill (mean ×1.28 over the six).
+
 Model (``host_contention`` = α, dimensionless): a host-bound step (one that fetches host experts) of an instance
-starting while ``k`` other instances of the same process are active in host-bound work takes ``1 + α·k`` times
-its time outside its copies; its copies are unchanged. ``k`` is fixed for the step (for a decode run, until an
+starting while ``k`` other instances of the same process are active in host-bound work takes ``1 + α·k·s`` times
+its time outside its copies, ``s`` being the share of that time the host launches op by op
+(``CostModel.host_bound_share``: 1 for a step run eagerly; for the runtime's piecewise steps, which replay the
+layers before the first host layer from one graph, the share of the layers from the first host layer on); its
+copies are unchanged. On the piecewise runtime the fleet's fetching steps launch few layers op by op (the
+tenth call's fleet runs: within 2 % with it, +5.4 % and +5.6 % with the whole step stretched). ``k`` is fixed for the step (for a decode run, until an
 instance of the process goes idle or wakes up, which cuts the others' runs as the host link does). α = 0: no
 contention (separate processes per GPU, the simulator's default).
 """

@@ -70,6 +70,7 @@ class Instance:
         self._next = 0
         self._res_cache: dict[float, Residency] = {}
         self._host_layers = -1  # MoE layers holding host copies (``_burst``), counted when first needed
+        self._eager_share = -1.0  # share of a fetching step launched op by op (``_host_factor``), when first needed
         self._swap_s = cost.swap_s(plan.swap_bytes, plan.residency, plan.swap_bandwidth_fraction)
         self._streamed_swap_s = 0.0  # copy time of the streamed swap under the prefill being started
 
@@ -227,7 +228,7 @@ class Instance:
                         step = swap_link_delay(under, self._streamed_swap_s)
                 host = self.host if step.expert_fetches > 0 else None
                 if host is not None:  # a host-bound step beside other instances' of the same host process
-                    step = stretch_step(step, host.factor())
+                    step = stretch_step(step, self._host_factor(host))
                     host.begin(True)
                 t0 = env.now
                 if fifo and not self._streamed_swap_s:
@@ -271,7 +272,7 @@ class Instance:
         dr = self.cost.decode_run(self._tenants, ctx0, n, self._residency(burst))
         host = self.host if dr.cost.expert_fetches > 0 else None
         if host is not None:  # host-bound steps beside other instances' of the same host process
-            dr = stretch_run(dr, host.factor())
+            dr = stretch_run(dr, self._host_factor(host))
             host.begin(True)
         t0 = env.now
         self.link.begin(self.fetches, self.idx, burst)
@@ -308,7 +309,7 @@ class Instance:
                 res = self._residency(burst)
                 self.link.begin(self.fetches, self.idx, burst)
                 one = self.cost.decode_run(self._tenants, tuple([c + k for c in ctx0]), 1, res)
-                rest = left * float((stretch_run(one, host.factor()) if host is not None else one).end_s[0])
+                rest = left * float((stretch_run(one, self._host_factor(host)) if host is not None else one).end_s[0])
             if rest > 0:
                 yield env.timeout(rest)
         self._in_run = self._routable = False
@@ -354,7 +355,15 @@ class Instance:
             self.link.begin(self.fetches, self.idx, burst)
             cur = self.cost.step(batch, res)
             if host is not None:
-                cur = stretch_step(cur, host.factor())
+                cur = stretch_step(cur, self._host_factor(host))
+
+    def _host_factor(self, host: HostProcess) -> float:
+        """The slowdown of this instance's fetching step outside its copies beside the host process's other busy
+        instances: ``host.factor()`` on the share of that time the host launches op by op
+        (``CostModel.host_bound_share``; the layers replayed from a graph do not contend)."""
+        if self._eager_share < 0:
+            self._eager_share = self.cost.host_bound_share(self.plan.residency)
+        return 1.0 + (host.factor() - 1.0) * self._eager_share
 
     def _link_changed(self) -> None:
         """Tell the other instances on the host link or of the host process, mid decode run or prefill, that this

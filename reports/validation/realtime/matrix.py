@@ -33,6 +33,8 @@ conversation trace, prompts ≤ 256, outputs ≤ 8; Poisson arrivals), most valu
   in their phase (the eighth call);
 * ``<run>-s5`` (the ninth call) and ``<run>-s6`` (the tenth; with the resident light and saturated runs too):
   held-out runs twice as long, seeds 5 and 6; ``fleet_host-s7`` a second fleet run;
+* ``<run>-s8`` (the eleventh call): the single-GPU policies, resident and with host experts, with every engine on the
+  fused Triton MoE kernel (``MATRIX_MOE_KERNEL=triton``; tables measured on it too);
 * ``contention`` (two GPUs): synced eager steps on each GPU alone and on both at once from two threads of this
   process (``contention/contention.csv``: the fleet's host contention, measured);
 * the calibrator with a consolidation plan only when asked (``calibrate`` in the run list).
@@ -107,8 +109,11 @@ for _name in HOST_S2:
 # mechanisms were written; every expert resident too (light and saturated load)
 RESIDENT = ("swap_light", "swap_saturated", "reconfig_light", "reconfig_saturated", "reconfig_fast_light",
             "reconfig_fast_saturated", "multiplex_light", "multiplex_saturated")
+# seed 8: the eleventh call, every single-GPU policy on the fused Triton MoE engine (``MATRIX_MOE_KERNEL=triton``)
+SINGLE_HOST = ("naive_host", "swap_host", "reconfig_host", "reconfig_fast_host", "multiplex_host")
 for _seed, _names in ((5, (*HOST_S2, "mig_light", "mig_saturated")),
-                      (6, (*HOST_S2, "mig_light", "mig_saturated", *RESIDENT)), (7, ("fleet_host",))):
+                      (6, (*HOST_S2, "mig_light", "mig_saturated", *RESIDENT)), (7, ("fleet_host",)),
+                      (8, (*RESIDENT, *SINGLE_HOST))):
     for _name in _names:
         _n = next(int(k.split("=")[1]) for k in RUNS[_name][0] if k.startswith("max_requests="))
         RUNS[f"{_name}-s{_seed}"] = ([*(k for k in RUNS[_name][0] if not k.startswith("max_requests=")),
@@ -117,6 +122,8 @@ for _seed, _names in ((5, (*HOST_S2, "mig_light", "mig_saturated")),
 RUNS["contention"] = ([], 40)
 SMOKE_KEYS = {"naive": ["budget_bytes=0"], "swap": ["budget_bytes=0"]}
 DEADLINE_S = float(os.environ.get("MATRIX_DEADLINE_S", "490"))
+#: the experts' kernel of every engine of the call (``grouped``: torch._grouped_mm; ``triton``: the fused MoE kernel)
+MOE_KERNEL = os.environ.get("MATRIX_MOE_KERNEL", "grouped")
 # the order of the call, most valuable first (the runs that missed 5% or never ran): FIRST on GPU 0 while the mig
 # runs go on GPU 1 in a process of their own (MIG), then TWO_GPU (both GPUs), then the rest on GPU 0
 FIRST = ["multiplex_saturated", "tables", "multiplex_host", "reconfig_fast_host", "naive_saturated"]
@@ -125,7 +132,7 @@ TWO_GPU = ["contention", "fleet_host-s6", "fleet_host-s7", "fleet_host-s5", "ded
 MIG = ["mig_host-s6", "mig_saturated-s6", "mig_light-s6", "mig_host-s5", "mig_saturated-s5", "mig_light-s5", "mig_host-long", "mig_host-s3", "mig_light", "mig_saturated", "mig_host", "mig_saturated-s1", "mig_host-s2"]
 # the held-out host-expert repeats first of the rest (-s3: the seventh call; -s2: the sixth), then naive_light
 # (naive has host experts at every load), then the earlier runs
-REST = ["naive_host-s6", "swap_host-s6", "reconfig_host-s6", "reconfig_fast_host-s6", "multiplex_host-s6",
+REST = [*(f"{n}-s8" for n in (*SINGLE_HOST, *RESIDENT)), "naive_host-s6", "swap_host-s6", "reconfig_host-s6", "reconfig_fast_host-s6", "multiplex_host-s6",
         *(f"{n}-s6" for n in RESIDENT), "naive_host-s5", "swap_host-s5", "reconfig_host-s5", "reconfig_fast_host-s5", "multiplex_host-s5",
         "naive_host-long", "swap_host-long", "reconfig_host-long", "reconfig_fast_host-long", "multiplex_host-long",
         "naive_host-s3", "swap_host-s3", "reconfig_host-s3", "reconfig_fast_host-s3", "multiplex_host-s3",
@@ -148,7 +155,7 @@ def _smoke() -> bool:
 def run_keys(name: str) -> list[str]:
     """The ``python -m moesim.serve`` keys of run ``name`` (CPU/tiny variants with ``SERVE_SMOKE``)."""
     keys = list(RUNS[name][0])
-    common = list(COMMON)
+    common = [*COMMON, f"moe_kernel={MOE_KERNEL}"] if MOE_KERNEL != "grouped" and not _smoke() else list(COMMON)
     if _smoke():
         common[:2] = ["device=cpu", "model=tiny"]
         keys = [k for k in keys if not k.startswith(("budget_bytes", "max_requests", "rate"))]
@@ -550,7 +557,8 @@ def main(out_s: str, only: list[str] | None = None) -> int:
     buckets = os.environ.get("MATRIX_PREFILL_BUCKETS") != "0" if child else flash_ok(checker)
     os.environ["MATRIX_PREFILL_BUCKETS"] = "1" if buckets else "0"
     if single or two:
-        shared = TorchBackend(model, gpu, device=device, n_tenants=3, max_batch=16, host_pool=8)
+        shared = TorchBackend(model, gpu, device=device, n_tenants=3, max_batch=16, host_pool=8,
+                              moe_kernel=MOE_KERNEL if not smoke else "grouped")
         shared.bucket_prefill = buckets
         print(f"engine built in {time.perf_counter() - t0:.1f} s (prefill buckets: {buckets})", flush=True)
     for name in [n for n in FIRST if n in names]:
@@ -565,7 +573,7 @@ def main(out_s: str, only: list[str] | None = None) -> int:
     if two and (n_gpus >= 2 or smoke):
         wait_mig(DEADLINE_S - 60 - (time.perf_counter() - t0))  # GPU 1 must be free
         second = TorchBackend(model, gpu, device=device, n_tenants=3, max_batch=16, host_pool=8,
-                              gpu_index=None if smoke else 1)
+                              gpu_index=None if smoke else 1, moe_kernel=MOE_KERNEL if not smoke else "grouped")
         second.bucket_prefill = buckets
         for name in two:  # fleet: GPU 0 holds variants 0-2, GPU 1 variants 1-3; dedicated: GPU g serves tenant g
             if name == "contention" and fits(name):
