@@ -787,6 +787,7 @@ def plan_command_line(argv: list[str]) -> CommandLine | None:
             if multirun:
                 params = OmegaConf.to_container(primary.hydra.sweeper.params, resolve=True)
                 jobs = sweep_jobs(params, task)  # type: ignore[arg-type]
+                _note_one_seed(parsed)
             else:
                 if swept:
                     raise UserError(f"{swept[0]}: a sweep in a single run (hydra.mode=RUN); drop "
@@ -855,6 +856,26 @@ def _check_sweep_lists(parsed: list[Any]) -> None:
             raise UserError(f"{o.input_line}: hydra reads a comma list here as a sweep of {key} itself (each value "
                             f"would run the whole default comparison); write {SWEEP_LISTS[key]}={values} (it replaces "
                             f"the swept key), or quote the list as one value: '{key}=\"{values}\"'")
+
+
+class SweepSeedsWarning(UserWarning):
+    """``sweep.seeds=3``: one repetition (seed 3), where three were probably meant."""
+
+
+def _note_one_seed(parsed: list[Any]) -> None:
+    """``sweep.seeds=N`` names the seeds, not their count: ``sweep.seeds=3`` ran one repetition (seed 3) and
+    the report's min-max bars over seeds collapsed, with nothing said."""
+    import warnings
+
+    for o in parsed:
+        if o.get_key_element() != "sweep.seeds" or o.is_sweep_override():
+            continue
+        value = str(o.get_value_element_as_str()).strip().strip("'\"")
+        if value.isdigit() and int(value) >= 2:
+            n = int(value)
+            warnings.warn(f"sweep.seeds={n} runs seed {n} alone (one repetition): the key lists seeds, not their "
+                          f"count; {n} repetitions are sweep.seeds={','.join(map(str, range(n)))}",
+                          SweepSeedsWarning, stacklevel=2)
 
 
 def _check_list_sweeps(parsed: list[Any], primary: DictConfig) -> None:

@@ -523,3 +523,18 @@ def test_the_report_of_a_search_or_served_run_names_the_tool_that_reads_it(tmp_p
         assert capsys.readouterr().err == f"moesim: error: {line}\n"
         assert not (d / "report.html").exists()
         assert not (d / "summary.csv").exists()
+
+
+def test_sweep_seeds_given_as_a_count_is_flagged(tmp_path: Path) -> None:
+    # sweep.seeds=3 ran one job per point (seed 3) where three repetitions were meant, with nothing said
+    args = ["-m", "moesim.simulate", "-m", "hydra.sweep.dir=S", "progress=false", "policy=mig", "workload.rate=0.1",
+            "workload.duration_s=10"]
+    p = _run([*args, "sweep.seeds=3"], tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.splitlines()[0] == ("moesim: warning: sweep.seeds=3 runs seed 3 alone (one repetition): the key "
+                                        "lists seeds, not their count; 3 repetitions are sweep.seeds=0,1,2")
+    assert "moesim: sweep of 1 jobs into S/" in p.stderr
+    for seeds in ("sweep.seeds=1", "sweep.seeds=0,1,2"):
+        p = _run([*args, "hydra.sweep.dir=T" + seeds[-1], seeds], tmp_path)
+        assert p.returncode == 0, p.stderr
+        assert "warning" not in p.stderr
