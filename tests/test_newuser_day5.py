@@ -534,7 +534,7 @@ def test_sweep_seeds_given_as_a_count_is_flagged(tmp_path: Path) -> None:
     assert p.stderr.splitlines()[0] == ("moesim: warning: sweep.seeds=3 runs seed 3 alone (one repetition): the key "
                                         "lists seeds, not their count; 3 repetitions are sweep.seeds=0,1,2")
     assert "moesim: sweep of 1 jobs into S/" in p.stderr
-    for seeds in ("sweep.seeds=1", "sweep.seeds=0,1,2"):
-        p = _run([*args, "hydra.sweep.dir=T" + seeds[-1], seeds], tmp_path)
+    for seeds in ("sweep.seeds=1", "sweep.seeds='0,1'"):
+        p = _run([*args, f"hydra.sweep.dir=T{len(seeds)}", seeds], tmp_path)
         assert p.returncode == 0, p.stderr
         assert "warning" not in p.stderr
