@@ -538,3 +538,15 @@ def test_sweep_seeds_given_as_a_count_is_flagged(tmp_path: Path) -> None:
         p = _run([*args, f"hydra.sweep.dir=T{len(seeds)}", seeds], tmp_path)
         assert p.returncode == 0, p.stderr
         assert "warning" not in p.stderr
+
+
+def test_a_misspelt_mapped_column_gets_the_files_nearest_column(tmp_path: Path) -> None:
+    from moesim.workloads import read_trace
+
+    f = tmp_path / "t.csv"
+    f.write_text("ts_ms,input_length,output_length\n0,10,2\n")
+    with pytest.raises(UserError) as e:
+        read_trace(f, tenants=2, columns={"timestamp": "ts_ms", "prompt_tokens": "input_lenght",
+                                          "output_tokens": "output_length"})
+    assert str(e.value) == (f"trace file {str(f)!r}: no column 'input_lenght' for prompt_tokens (did you mean "
+                            "'input_length'?) (has: ts_ms, input_length, output_length)")

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from moesim.errors import UserError
+from moesim.errors import UserError, did_you_mean
 from moesim.workloads.base import MAX_TOKENS
 from moesim.workloads.replay import TraceArrays
 
@@ -282,7 +282,7 @@ def _match_columns(header: list[str], mapping: Mapping[str, str], where: str) ->
         hits = [i for i, h in enumerate(header) if h == name] or [
             i for i, h in enumerate(norm) if h == name.strip().lower()]
         if not hits:
-            raise UserError(f"{where}: no column {name!r} for {fld} (has: {have})")
+            raise UserError(f"{where}: no column {name!r} for {fld}{did_you_mean(name, header)} (has: {have})")
         if len(hits) > 1:
             raise UserError(f"{where}: column {name!r} for {fld} appears {len(hits)} times "
                             f"(columns {', '.join(str(i + 1) for i in hits)}); keep one")
