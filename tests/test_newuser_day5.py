@@ -550,3 +550,11 @@ def test_a_misspelt_mapped_column_gets_the_files_nearest_column(tmp_path: Path) 
                                           "output_tokens": "output_length"})
     assert str(e.value) == (f"trace file {str(f)!r}: no column 'input_lenght' for prompt_tokens (did you mean "
                             "'input_length'?) (has: ts_ms, input_length, output_length)")
+
+
+def test_a_held_out_step_of_one_tenant_is_singular() -> None:
+    # the calibrator's validation listed "prefill 13 (1 tenants)"
+    from moesim.calibrate.validate import describe
+
+    assert describe([(0, 13, 0)]) == "prefill 13 (1 tenant)"
+    assert describe([(0, 9, 0), (1, 1, 11), (2, 1, 11)]) == "prefill 9 + decode 2×ctx~11 (3 tenants)"

@@ -121,7 +121,8 @@ def describe(batch: Batch) -> str:
         parts.append("prefill " + ",".join(f"{n}" + (f"@{c}" if c else "") for n, c in pre))
     if dec:
         parts.append(f"decode {len(dec)}×ctx~{int(np.mean(dec))}")
-    return f"{' + '.join(parts)} ({len({t for t, _, _ in batch})} tenants)"
+    k = len({t for t, _, _ in batch})
+    return f"{' + '.join(parts)} ({k} tenant{'' if k == 1 else 's'})"
 
 
 def shared_residency(model_name: str) -> Residency:
