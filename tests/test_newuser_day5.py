@@ -558,3 +558,21 @@ def test_a_held_out_step_of_one_tenant_is_singular() -> None:
 
     assert describe([(0, 13, 0)]) == "prefill 13 (1 tenant)"
     assert describe([(0, 9, 0), (1, 1, 11), (2, 1, 11)]) == "prefill 9 + decode 2×ctx~11 (3 tenants)"
+
+
+def test_the_executors_line_reads_milliseconds_as_such(tmp_path: Path) -> None:
+    # "mean turnaround sim 0.003 s vs meas 0.039 s": three decimals of seconds for a tiny model's steps
+    pytest.importorskip("torch")
+    from moesim.executor.config import parse_args
+    from moesim.executor.run import run
+
+    lines: list[str] = []
+    cfg = parse_args(["device=cpu", "model=tiny", "max_requests=3", "max_prompt=20", "max_output=3",
+                      "policies=multiplex:4", f"out={tmp_path}"])
+    run(cfg, [], log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    (line,) = [ln for ln in lines if "vs meas" in ln]
+    import re
+
+    m = re.search(r"mean turnaround sim (\S+ \S+) vs meas (\S+ \S+) \(", line)
+    assert m is not None, line
+    assert m.group(1).endswith(" ms"), line

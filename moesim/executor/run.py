@@ -25,6 +25,7 @@ from moesim.executor.compare import check_tables, per_request_errors, same_reque
 from moesim.executor.config import ExecutorConfig
 from moesim.executor.drive import drive
 from moesim.io import write_json, write_parquet
+from moesim.metrics import seconds_text
 from moesim.policies import POLICIES
 from moesim.specs import ModelSpec, get_gpu, get_model
 from moesim.workloads.capped import capped_requests
@@ -144,7 +145,8 @@ def _run(cfg: ExecutorConfig, argv: list[str] | None, log) -> dict[str, Any]:
         rows.append(row)
         log(f"{name} (batch {row['max_batch']}): executed in {wall:.1f} s wall ({delta['steps']} steps, "
             f"{delta['graph_captures']} captures, {delta['eager_steps']} eager); mean turnaround "
-            f"sim {row['mean_turnaround_s_simulated']:.3f} s vs meas {row['mean_turnaround_s_measured']:.3f} s "
+            f"sim {seconds_text(row['mean_turnaround_s_simulated'])} vs meas "
+            f"{seconds_text(row['mean_turnaround_s_measured'])} "
             f"({row['mean_turnaround_s_error_pct']:+.1f}%); per-request median |err| turnaround "
             f"{row['turnaround_ape_median_pct']:.1f}%, TTFT {row['ttft_ape_median_pct']:.1f}%"
             + (f" (measured on this CPU, simulated on gpu={cfg.gpu}: not comparable)" if cfg.device == "cpu" else ""),
