@@ -34,7 +34,8 @@ conversation trace, prompts ≤ 256, outputs ≤ 8; Poisson arrivals), most valu
 * ``<run>-s5`` (the ninth call) and ``<run>-s6`` (the tenth; with the resident light and saturated runs too):
   held-out runs twice as long, seeds 5 and 6; ``fleet_host-s7`` a second fleet run;
 * ``<run>-s8`` (the eleventh call): the single-GPU policies, resident and with host experts, with every engine on the
-  fused Triton MoE kernel (``MATRIX_MOE_KERNEL=triton``; tables measured on it too);
+  fused Triton MoE kernel (``MATRIX_MOE_KERNEL=triton``; tables measured on it too); ``<run>-s9`` (the twelfth):
+  mig and the 2-GPU fleet on it;
 * ``contention`` (two GPUs): synced eager steps on each GPU alone and on both at once from two threads of this
   process (``contention/contention.csv``: the fleet's host contention, measured);
 * the calibrator with a consolidation plan only when asked (``calibrate`` in the run list).
@@ -113,7 +114,7 @@ RESIDENT = ("swap_light", "swap_saturated", "reconfig_light", "reconfig_saturate
 SINGLE_HOST = ("naive_host", "swap_host", "reconfig_host", "reconfig_fast_host", "multiplex_host")
 for _seed, _names in ((5, (*HOST_S2, "mig_light", "mig_saturated")),
                       (6, (*HOST_S2, "mig_light", "mig_saturated", *RESIDENT)), (7, ("fleet_host",)),
-                      (8, (*RESIDENT, *SINGLE_HOST))):
+                      (8, (*RESIDENT, *SINGLE_HOST)), (9, ("mig_light", "mig_saturated", "mig_host", "fleet_host", "fleet"))):
     for _name in _names:
         _n = next(int(k.split("=")[1]) for k in RUNS[_name][0] if k.startswith("max_requests="))
         RUNS[f"{_name}-s{_seed}"] = ([*(k for k in RUNS[_name][0] if not k.startswith("max_requests=")),
@@ -127,9 +128,9 @@ MOE_KERNEL = os.environ.get("MATRIX_MOE_KERNEL", "grouped")
 # the order of the call, most valuable first (the runs that missed 5% or never ran): FIRST on GPU 0 while the mig
 # runs go on GPU 1 in a process of their own (MIG), then TWO_GPU (both GPUs), then the rest on GPU 0
 FIRST = ["multiplex_saturated", "tables", "multiplex_host", "reconfig_fast_host", "naive_saturated"]
-TWO_GPU = ["contention", "fleet_host-s6", "fleet_host-s7", "fleet_host-s5", "dedicated_saturated", "fleet_saturated", "fleet_host", "dedicated_light", "fleet", "dedicated_saturated-s1",
+TWO_GPU = ["fleet_host-s9", "fleet-s9", "contention", "fleet_host-s6", "fleet_host-s7", "fleet_host-s5", "dedicated_saturated", "fleet_saturated", "fleet_host", "dedicated_light", "fleet", "dedicated_saturated-s1",
            "fleet_host-s2", "fleet_host-s3", "fleet_host-long"]
-MIG = ["mig_host-s6", "mig_saturated-s6", "mig_light-s6", "mig_host-s5", "mig_saturated-s5", "mig_light-s5", "mig_host-long", "mig_host-s3", "mig_light", "mig_saturated", "mig_host", "mig_saturated-s1", "mig_host-s2"]
+MIG = ["mig_host-s9", "mig_saturated-s9", "mig_light-s9", "mig_host-s6", "mig_saturated-s6", "mig_light-s6", "mig_host-s5", "mig_saturated-s5", "mig_light-s5", "mig_host-long", "mig_host-s3", "mig_light", "mig_saturated", "mig_host", "mig_saturated-s1", "mig_host-s2"]
 # the held-out host-expert repeats first of the rest (-s3: the seventh call; -s2: the sixth), then naive_light
 # (naive has host experts at every load), then the earlier runs
 REST = [*(f"{n}-s8" for n in (*SINGLE_HOST, *RESIDENT)), "naive_host-s6", "swap_host-s6", "reconfig_host-s6", "reconfig_fast_host-s6", "multiplex_host-s6",
