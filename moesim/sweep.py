@@ -259,6 +259,10 @@ def aggregate(sweep_dir: str | Path, *, quiet: bool = False,
 # ---- the callback ---------------------------------------------------------------------------------------
 
 
+#: seconds between two draws of the sweep's bar when stderr is not a terminal
+LOG_INTERVAL_S = 60.0
+
+
 class _Progress(threading.Thread):
     """Counts finished jobs (summary.json or error.json newer than the sweep's start) on a tqdm bar."""
 
@@ -269,7 +273,11 @@ class _Progress(threading.Thread):
         self.sweep_dir = sweep_dir
         self.t0 = time.time() - 1.0
         self.stop = threading.Event()
-        self.bar = tqdm(total=total, unit="job", desc="sweep", mininterval=0.5, file=sys.stderr)
+        # into a log file (CI, nohup, 2> log) a bar redrawn twice a second made one line of ~160 bytes a second
+        # (280 kB for a half-hour sweep): there it moves once a minute, when jobs have finished
+        self.tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
+        self.bar = tqdm(total=total, unit="job", desc="sweep", mininterval=0.5 if self.tty else LOG_INTERVAL_S,
+                        file=sys.stderr)
 
     def _done(self) -> int:
         n = 0
@@ -281,8 +289,12 @@ class _Progress(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.wait(0.5):
-            self.bar.n = min(self._done(), self.bar.total)
-            self.bar.refresh()
+            n = min(self._done(), self.bar.total)
+            if self.tty:
+                self.bar.n = n
+                self.bar.refresh()
+            elif n > self.bar.n:
+                self.bar.update(n - self.bar.n)  # drawn at most every LOG_INTERVAL_S
 
     def finish(self) -> None:
         self.stop.set()

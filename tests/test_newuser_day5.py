@@ -577,3 +577,17 @@ def test_the_executors_line_reads_milliseconds_as_such(tmp_path: Path) -> None:
     assert m is not None, line
     assert m.group(1).endswith((" ms", " µs")), line  # a tiny model's steps on a simulated H200
     assert m.group(2).endswith((" ms", " µs")), line
+
+
+def test_the_sweep_bar_in_a_log_file_is_not_redrawn_twice_a_second(tmp_path: Path) -> None:
+    # `python -m moesim.simulate 2> log`: the bar was redrawn every 0.5 s into one ever longer line of the log
+    from moesim import sweep
+
+    assert sweep.LOG_INTERVAL_S == 60.0
+    p = _run(["-m", "moesim.simulate", "-m", "hydra.sweep.dir=S", "policy=reconfig,multiplex", "seed=0,1",
+              "workload.duration_s=120"], tmp_path)
+    assert p.returncode == 0, p.stderr
+    draws = [d for d in p.stderr.replace("\r", "\n").splitlines() if d.startswith("sweep:")]
+    assert draws[0].startswith("sweep:   0%|")
+    assert draws[-1].startswith("sweep: 100%|██████████| 24/24 [")
+    assert len(draws) <= 3, draws  # the start, the end (and one a minute)
