@@ -591,3 +591,27 @@ def test_the_sweep_bar_in_a_log_file_is_not_redrawn_twice_a_second(tmp_path: Pat
     assert draws[0].startswith("sweep:   0%|")
     assert draws[-1].startswith("sweep: 100%|██████████| 24/24 [")
     assert len(draws) <= 3, draws  # the start, the end (and one a minute)
+
+
+def test_the_search_bar_in_a_log_file_is_drawn_at_most_once_a_minute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # the search's bar was redrawn every 0.5 s into a log file too
+    import tqdm.auto
+
+    from moesim.search.__main__ import main
+
+    seen: list[float] = []
+    real = tqdm.auto.tqdm
+
+    def recording(*a: object, **k: object) -> object:
+        seen.append(float(k["mininterval"]))  # type: ignore[arg-type]
+        return real(*a, **k)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", recording)
+    monkeypatch.chdir(tmp_path)
+    main(["workload=poisson", "workload.tenants=2", "workload.rate=0.2", "workload.duration_s=30",
+          "search.gpus=h200", "search.strategies=per_variant", "search.policies=multiplex", "search.max_gpus=2",
+          "search.seeds=0", "search.backend=local", "search.out=s"])
+    assert seen == [60.0]  # capsys' stderr is not a terminal
+    draws = [d for d in capsys.readouterr().err.replace("\r", "\n").splitlines() if d.startswith("search:")]
+    assert 1 <= len(draws) <= 3, draws

@@ -60,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(unit="trial", desc="search", mininterval=0.5, file=sys.stderr)
+        from moesim.sweep import LOG_INTERVAL_S
+
+        # into a log file (stderr not a terminal), at most once a minute
+        bar = tqdm(unit="trial", desc="search", mininterval=0.5 if sys.stderr.isatty() else LOG_INTERVAL_S,
+                   file=sys.stderr)
     t0 = time.perf_counter()
     backend = make_backend(cfg.backend, cfg.workers, cfg.ray_address)
     try:
