@@ -36,8 +36,13 @@ class MIGConfig(PolicyConfig):
             whose smallest instance is largest.
         pinned: host copies from pinned memory.
         fetch_overlap: share of expert-fetch time hidden under compute (paper: 0).
-        link_discipline: how the instances share the one host link while several fetch experts. ``share``
-            (default; real MIG partitions, each with its own copy engines): each of ``k`` fetching instances gets
+        emulated: the slices are CUDA green contexts of one process, as ``moesim.serve`` runs MIG on a GPU whose
+            MIG mode is left alone: the SMs are split, but HBM is not (each slice's memory bandwidth fraction 1,
+            not its profile's memory slices), and host copies go through one queue (``link_discipline`` ``auto``
+            → ``fifo``). Set by ``moesim.serve`` for its simulated side; a prediction for real MIG leaves it off.
+        link_discipline: how the instances share the one host link while several fetch experts. ``auto``
+            (default): ``fifo`` when ``emulated``, else ``share``. ``share`` (real MIG partitions, each with its own
+            copy engines): each of ``k`` fetching instances gets
             ``1/k`` of the link, as the paper's A100 logs show (a host expert takes 52 ms while the other instance
             fetches, 27 ms alone). ``fifo``: one copy queue, copies run one after the other at the full rate in the
             order issued, as with slices emulated by green contexts in one process (``moesim.serve``; measured in

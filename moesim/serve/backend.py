@@ -50,6 +50,7 @@ from moesim.cost.base import Residency, SeqWork, StepCost
 from moesim.errors import UserError, first_line
 from moesim.executor.gpu_cost import ExecutedCostConfig, GPUExecutedCost
 from moesim.policies.base import InstancePlan
+from moesim.serve.config import resolve_moe_kernel
 from moesim.serve.runtime import SwapTicket, sleep_s
 from moesim.specs import GPUSpec, ModelSpec
 
@@ -169,10 +170,12 @@ class TorchBackend:
     def __init__(self, model: ModelSpec, gpu: GPUSpec, *, device: str = "cuda", n_tenants: int = 1,
                  execution: str = "auto", kv_bucket: int = 256, seed: int = 0, max_graphs: int = 256,
                  bucketed: bool = True, max_batch: int = 16, sms: int = 0, concurrent: bool = False,
-                 draw_experts: bool = True, moe_kernel: str = "grouped", host_pool: int = 0,
+                 draw_experts: bool = True, moe_kernel: str = "auto", host_pool: int = 0,
                  gpu_index: int | None = None, fetch_graphs: str = "auto") -> None:
-        # moe_kernel: ``grouped`` (torch._grouped_mm) or ``triton`` (moesim.kernels: fused MoE, and in steps run
-        # through MoEEngine.step the fused router and RoPE/KV-write kernels)
+        # moe_kernel: ``grouped`` (torch._grouped_mm), ``triton`` (moesim.kernels: fused MoE, and in steps run
+        # through MoEEngine.step the fused router and RoPE/KV-write kernels) or ``auto`` (``resolve_moe_kernel``)
+        moe_kernel = resolve_moe_kernel(moe_kernel, device)
+        self.moe_kernel = moe_kernel
         # a fleet GPU: every call runs with CUDA device ``gpu_index`` current (build, setup, steps, counters)
         self.gpu_index = gpu_index if device == "cuda" else None
         if fetch_graphs not in FETCH_GRAPHS:
@@ -1063,7 +1066,7 @@ class TorchBackend:
     def describe(self) -> dict[str, Any]:
         """Engine, execution mode and counters."""
         info = {"backend": "torch", "execution": self.x.execution, "device": str(self.device),
-                "green_context_sms": self.sms,
+                "moe_kernel": self.moe_kernel, "green_context_sms": self.sms,
                 "build_s": self.x.build_s, **self.stats}
         if self.cuda:
             info["gpu_name"] = torch.cuda.get_device_name()

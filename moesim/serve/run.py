@@ -17,7 +17,7 @@ from typing import Any
 
 from moesim.io import write_json, write_parquet
 from moesim.policies import POLICIES
-from moesim.serve.config import ServeConfig, make_requests
+from moesim.serve.config import ServeConfig, make_requests, resolve_moe_kernel
 from moesim.serve.runtime import CostBackend, ServeResult, SleepingCostBackend, serve
 from moesim.specs import get_gpu, get_model
 
@@ -34,6 +34,15 @@ def build_cost(cfg: ServeConfig, model: Any, gpu: Any, execution: str = "graphs"
                               model=model, gpu=gpu)
         extra = "".join(f", {k}={v}" for k, v in sorted(opts.items()))
         return c, f"profile_bucketed {_rel(c.path)} + decode table {_rel(cfg.sim_table)}{extra}"
+    if cfg.sim_cost in ("auto", "profile") and execution == "graphs" \
+            and resolve_moe_kernel(cfg.moe_kernel, cfg.device) == "triton":
+        # the runtime runs the fused Triton kernel: its own shipped profile where there is one
+        from moesim.cost.profile import PROFILES_DIR
+
+        path = PROFILES_DIR / f"{gpu.name}__{model.name}.triton.parquet"
+        if path.is_file():
+            c = COST_MODELS.build("profile", {"path": str(path), "execution": "graphs"}, model=model, gpu=gpu)
+            return c, f"profile {_rel(path)} (execution=graphs, the Triton engine's)"
     c, kind = build_or_auto(cfg.sim_cost, model, gpu, execution)
     if kind == "profile":
         return c, f"profile {_rel(getattr(c, 'path', ''))} (execution={execution})"
