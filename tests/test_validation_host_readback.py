@@ -59,3 +59,18 @@ def test_seventh_call_mean_turnaround_errors() -> None:
     assert e["reconfig_fast_host-s3"] == pytest.approx(0.5, abs=0.05)
     assert e["naive_light"] == pytest.approx(0.6, abs=0.05)
     assert e["mig_light"] == pytest.approx(2.8, abs=0.05)
+
+
+def test_revalidate_lists_every_call_and_counts_one(tmp_path, capsys) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("revalidate", ROOT / "revalidate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    names = {p.name for p in mod.calls([])}
+    assert {"h200x2", "h200x2b", "h200_host", "h200_split", "h200_split2", "h200_long", "h200_s5", "h200_s6",
+            "h200_triton", "h200_triton2"} <= names
+    shutil.copytree(ROOT / "h200_long", tmp_path / "h200_long")
+    mod.HERE = tmp_path
+    mod.main(["h200_long"])
+    assert capsys.readouterr().out.strip() == "h200_long: link=table: 6 of 6"
