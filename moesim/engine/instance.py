@@ -161,6 +161,14 @@ class Instance:
             self._res_cache[share] = res
         return res
 
+    def _reshared(self, burst: float) -> Residency:
+        """The residency at the link share of this moment for a step under way (registered on the link): as if it
+        started now, the others as they are."""
+        self.link.end(self.fetches, self.idx)
+        res = self._residency(burst)
+        self.link.begin(self.fetches, self.idx, burst)
+        return res
+
     def _load(self, tenants: tuple[int, ...], prefill_s: float) -> simpy.Timeout | None:
         """Make ``tenants`` resident, evicting least-recently-used idle sets; returns the swap wait."""
         plan, now = self.plan, self.env.now
@@ -305,10 +313,7 @@ class Instance:
                 # the link's sharing changed mid-step: the rest of the step runs at the share of this moment
                 k = steps - 1
                 left = rest / (float(dr.end_s[k]) - (float(dr.end_s[k - 1]) if k else 0.0))
-                self.link.end(self.fetches, self.idx)
-                res = self._residency(burst)
-                self.link.begin(self.fetches, self.idx, burst)
-                one = self.cost.decode_run(self._tenants, tuple([c + k for c in ctx0]), 1, res)
+                one = self.cost.decode_run(self._tenants, tuple([c + k for c in ctx0]), 1, self._reshared(burst))
                 rest = left * float((stretch_run(one, self._host_factor(host)) if host is not None else one).end_s[0])
             if rest > 0:
                 yield env.timeout(rest)
@@ -349,11 +354,7 @@ class Instance:
             left -= f
             if left <= 1e-12:
                 return ran
-            # the share of this moment: as if the step started now, the others as they are
-            self.link.end(self.fetches, self.idx)
-            res = self._residency(burst)
-            self.link.begin(self.fetches, self.idx, burst)
-            cur = self.cost.step(batch, res)
+            cur = self.cost.step(batch, self._reshared(burst))
             if host is not None:
                 cur = stretch_step(cur, self._host_factor(host))
 

@@ -897,57 +897,22 @@ class TorchBackend:
         if (f is not None and self.split_fetch and not dg.broken and not streamed
                 and all(w.new_tokens == 1 for w in batch) and self._split_layer() > 0):
             # a fetching decode step, piecewise: prefix graph, then the host layers eagerly with the fetcher
-            t0 = time.perf_counter()
-            x._ensure_cache(dg.rows_needed(sum(w.context + 1 for w in batch)))
-            graphs = x.execution == "graphs"
-            dg.capture = self.capture and graphs
-            before = dict(dg.stats)
-            f.reset()
-            try:
-                graph = dg.run_split(tuple(w.tenant for w in batch), tuple(w.context for w in batch), x.cache,
-                                     graphs)
-            except Exception:
-                if not dg.prefix_broken:
-                    raise
-                x._sync()  # a prefix capture failed (dg.prefix_broken): later steps run the prefix eagerly
-                return self._execute(batch)
-            x._sync()
-            self.stats["pad_rows"] += dg.stats["pad_rows"] - before["pad_rows"]
-            self.stats["prefix_captures"] += dg.stats["prefix_captures"] - before["prefix_captures"]
-            self.stats["split_steps"] += 1
-            if graph:
-                self.stats["prefix_graph_steps"] += 1
-            else:
-                self.stats["eager_steps"] += 1
-            return self._fetched(t0, f)
+            tenants, contexts = tuple(w.tenant for w in batch), tuple(w.context for w in batch)
+            done = self._piecewise(dg, f, dg.rows_needed(sum(w.context + 1 for w in batch)),
+                                   lambda graphs: dg.run_split(tenants, contexts, x.cache, graphs),
+                                   {"pad_rows": "pad_rows", "prefix_captures": "prefix_captures"},
+                                   "split_steps", "prefix_graph_steps")
+            return done if done is not None else self._execute(batch)
         pg = self.pg
         if (f is not None and self.split_fetch and self.bucket_prefill and not streamed
                 and all(w.context == 0 for w in batch) and self._split_layer() > 0):
             # a fetching prefill, piecewise: its bucket's prefix graph, then the host layers eagerly with the fetcher
             p = pg.plan(tuple(w.tenant for w in batch), tuple(w.new_tokens for w in batch))
             if p is not None:
-                t0 = time.perf_counter()
-                x._ensure_cache(p.bucket)
-                graphs = x.execution == "graphs"
-                pg.capture = self.capture and graphs
-                before = dict(pg.stats)
-                f.reset()
-                try:
-                    graph = pg.run_split(p, x.cache, graphs)
-                except Exception:
-                    if not pg.prefix_broken:
-                        raise
-                    x._sync()  # a prefix capture failed (pg.prefix_broken): later prefills run the prefix eagerly
-                    return self._execute(batch)
-                x._sync()
-                self.stats["prefill_pad_tokens"] += pg.stats["pad_tokens"] - before["pad_tokens"]
-                self.stats["prefill_prefix_captures"] += pg.stats["prefix_captures"] - before["prefix_captures"]
-                self.stats["prefill_split_steps"] += 1
-                if graph:
-                    self.stats["prefill_prefix_graph_steps"] += 1
-                else:
-                    self.stats["eager_steps"] += 1
-                return self._fetched(t0, f)
+                done = self._piecewise(pg, f, p.bucket, lambda graphs: pg.run_split(p, x.cache, graphs),
+                                       {"prefill_pad_tokens": "pad_tokens", "prefill_prefix_captures": "prefix_captures"},
+                                       "prefill_split_steps", "prefill_prefix_graph_steps")
+                return done if done is not None else self._execute(batch)
         if dg is not None and not dg.broken and f is None and not streamed and all(
                 w.new_tokens == 1 for w in batch):
             t0 = time.perf_counter()
@@ -1017,6 +982,34 @@ class TorchBackend:
         finally:
             eng.layer_hook = None
         self.stats["eager_steps"] += 1
+        return self._fetched(t0, f)
+
+    def _piecewise(self, g: Any, f: Fetcher, rows: int, run: Any, counters: dict[str, str], split_key: str,
+                   graph_key: str) -> StepCost | None:
+        """A fetching step run piecewise by ``g`` (``DecodeGraphs`` or ``PrefillGraphs``): ``run(graphs)`` replays the
+        prefix graph (or runs it eagerly) and the rest eagerly with the fetcher ``f``; the cache is made to hold
+        ``rows``. ``counters``: backend stat → ``g``'s stat whose growth it adds; ``split_key`` counts the step,
+        ``graph_key`` (else ``eager_steps``) whether a prefix graph was replayed. None when a prefix capture failed
+        (``g.prefix_broken``: the caller runs the step again, eagerly; later steps run the prefix eagerly)."""
+        x = self.x
+        t0 = time.perf_counter()
+        x._ensure_cache(rows)
+        graphs = x.execution == "graphs"
+        g.capture = self.capture and graphs
+        before = dict(g.stats)
+        f.reset()
+        try:
+            graph = run(graphs)
+        except Exception:
+            if not g.prefix_broken:
+                raise
+            x._sync()
+            return None
+        x._sync()
+        for mine, theirs in counters.items():
+            self.stats[mine] += g.stats[theirs] - before[theirs]
+        self.stats[split_key] += 1
+        self.stats[graph_key if graph else "eager_steps"] += 1
         return self._fetched(t0, f)
 
     def _fetched(self, t0: float, f: Fetcher | None) -> StepCost:
