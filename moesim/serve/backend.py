@@ -87,13 +87,21 @@ class Fetcher:
         self.count = 0  # experts fetched in the current step
         self.bytes = 0
         self._events: list[tuple[Any, Any]] = []  # (start, end) of each layer's copies, timed
+        # the timeline (``TorchBackend.trace_timeline``): rows appended while steps run, resolved afterwards
+        self.trace: list[tuple] | None = None
+        self._ref: tuple[Any, float] | None = None  # an event and the host time it completed at (step start)
 
     def reset(self) -> None:
-        """A step starts."""
+        """A step starts (the stream is idle: the previous step synchronised)."""
         self.count = 0
         self.bytes = 0
         self._events = []
         self._cpu_s = 0.0
+        if self.trace is not None and self.cuda:
+            ref = torch.cuda.Event(enable_timing=True)
+            ref.record()
+            ref.synchronize()
+            self._ref = (ref, time.perf_counter())
 
     def copy_s(self) -> float:
         """Seconds the copies of the step took (sum over layers; call after the step synchronised)."""
@@ -110,7 +118,10 @@ class Fetcher:
 
     def issue(self, eng: Any, layer: int, bounds: torch.Tensor) -> list[tuple[int, int, int]]:
         """Host slots this layer needs (a host sync on the routing); queue their copies when overlapping."""
+        t0 = time.perf_counter()
         edges = bounds.tolist()
+        if self.trace is not None:
+            self.trace.append(("sync", layer, t0, time.perf_counter()))
         need = [(j, edges[j], edges[j + 1]) for j in range(len(edges) - 1) if edges[j + 1] > edges[j]]
         self.count += len(need)
         for j, _, _ in need:
@@ -131,6 +142,8 @@ class Fetcher:
                     ends.append(ev)
             self._events.append((start, ends[-1]))
             self._pending_events = ends
+            if self.trace is not None:
+                self.trace.append(("copies", layer, self._ref, start, ends[-1]))
         return need
 
     def run(self, eng: Any, layer: int, buf: torch.Tensor, y: torch.Tensor, dest: torch.Tensor,
@@ -158,8 +171,12 @@ class Fetcher:
             if self.cuda:
                 e.record()
                 self._events.append((s, e))
+                if self.trace is not None:
+                    self.trace.append(("copy", layer, self._ref, s, e))
             else:
                 self._cpu_s += time.perf_counter() - t0
+                if self.trace is not None:
+                    self.trace.append(("copy", layer, t0, time.perf_counter()))
             rows = dest[a:b]
             y[rows] = eng.ffn(buf[rows], bi, bo)
 
@@ -244,6 +261,7 @@ class TorchBackend:
         self.bucket_prefill = bucketed
         self.eager_only = False  # True: prefills run eagerly even where a graph exists (``prefill_table``)
         self._elapsed = 0.0
+        self.trace: list[tuple] | None = None  # the timeline being recorded (``trace_timeline``)
         self.stats = {"steps": 0, "eager_steps": 0, "graph_steps": 0, "graph_captures": 0, "swaps": 0,
                       "bucket_graph_steps": 0, "bucket_captures": 0, "pad_rows": 0,
                       "prefill_bucket_steps": 0, "prefill_captures": 0, "prefill_pad_tokens": 0,
@@ -298,12 +316,41 @@ class TorchBackend:
                 self._extra = (extra, host, torch.empty(chunk, dtype=torch.uint8, device=self.device))
         has_host = any(self.eng.host_in[i] for i in range(self.model.n_layers))
         self.fetcher = Fetcher(self.device, plan.residency.fetch_overlap > 0) if has_host else None
+        if self.fetcher is not None:
+            self.fetcher.trace = self.trace
         self.eng.fetcher = self.fetcher
         self.x._sync()
 
     def reset_stats(self) -> None:
         """Zero the counters (a new run)."""
         self.stats = {k: 0.0 if isinstance(v, float) else 0 for k, v in self.stats.items()}
+
+    def trace_timeline(self, on: bool) -> None:
+        """Record (``on``) or stop recording the timeline of the steps from now on: each step's host span, each
+        host layer's routing read (the host sync) and each expert copy (device time). ``timeline()`` reads it."""
+        self.trace = [] if on else None
+        if self.fetcher is not None:
+            self.fetcher.trace = self.trace
+
+    def timeline(self) -> list[dict[str, Any]]:
+        """The recorded timeline, one row per span (call after the steps synchronised): ``kind`` (``step``: a
+        step's host span, from its call to its end on the device; ``sync``: the host waiting for a layer's routing,
+        i.e. for everything queued before it; ``copy``: one host expert's two weight copies, from the stream
+        reaching them to their end, so waiting behind other copies on the link included; ``copies``: a layer's
+        copies when fetches overlap compute), ``layer`` (−1 for steps), ``start_s`` and ``end_s``
+        (``time.perf_counter`` seconds; device times placed by an event synchronised at the step's start, to a few
+        microseconds), ``fetches`` (a step's host expert fetches)."""
+        rows = []
+        for r in self.trace or []:
+            kind, layer = r[0], r[1]
+            if len(r) == 5 and kind != "step":  # device events: (kind, layer, (ref, t_ref), start, end)
+                (ref, t_ref), a, b = r[2], r[3], r[4]
+                start, end = t_ref + ref.elapsed_time(a) / 1e3, t_ref + ref.elapsed_time(b) / 1e3
+            else:
+                start, end = r[2], r[3]
+            rows.append({"kind": kind, "layer": layer, "start_s": start, "end_s": end,
+                         "fetches": r[4] if kind == "step" else 0})
+        return rows
 
     def warm_up(self) -> None:
         """A prefill and two decode steps of tenant 0, untimed (lazy library initialisation)."""
@@ -1024,9 +1071,12 @@ class TorchBackend:
         return self._done(t0, n, fs)
 
     def _done(self, t0: float, fetches: int, fetch_s: float) -> StepCost:
-        d = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        d = t1 - t0
         self.stats["steps"] += 1
         self.stats["step_s"] += d
+        if self.trace is not None:
+            self.trace.append(("step", -1, t0, t1, fetches))
         return StepCost(overhead_s=d - min(fetch_s, d), fetch_s=min(fetch_s, d), expert_fetches=float(fetches))
 
     def prefill(self, batch: tuple[SeqWork, ...], residency: Residency, cost: StepCost | None) -> StepCost:
@@ -1115,7 +1165,7 @@ def _in_green(g: Any, device: torch.device) -> Iterator[None]:
 #: The backend's calls that touch the device (run with a fleet GPU's device current).
 _ON_DEVICE = ("setup", "reset_stats", "warm_up", "reserve_kv", "prepare", "swap", "finish_swap", "prefill",
               "begin_decode", "decode_step", "end_decode", "describe", "decode_table",
-              "prefill_table", "sync_table", "fetch_table", "link_share")
+              "prefill_table", "sync_table", "fetch_table", "link_share", "timeline")
 
 
 def _on_device(backend: TorchBackend, fn: Any) -> Any:

@@ -87,6 +87,9 @@ class ServeConfig:
             layers before the first layer holding a host slot replay a prefix CUDA graph per batch/context bucket
             (decode) or token bucket (prefill), captured ahead; the rest runs eagerly with the fetches. ``auto``: with CUDA graphs (device=cuda, execution graphs); ``on``:
             also without graphs (the prefix eager, same code; the CPU path); ``off``: the whole step eagerly.
+        timeline: also write ``timeline.parquet`` (torch backend): every step's host span, each host layer's
+            routing read and each host expert's copy on the run's clock (``TorchBackend.timeline``), to see where
+            a fetching step's time goes and what waited behind what on the host link.
         out: output folder (requests.parquet, segments.parquet, summary.json, ...).
     """
 
@@ -122,6 +125,7 @@ class ServeConfig:
     host_pool: int = 0
     moe_kernel: str = "auto"
     fetch_graphs: str = "auto"
+    timeline: bool = False
     out: str = "serve_out"
 
     def __post_init__(self) -> None:

@@ -206,6 +206,7 @@ def serve_fleet(model: ModelSpec, gpu: GPUSpec, policies: Sequence[Policy], back
     recs = [Recorder(n) for _ in plans]
     gpu_of = np.full(n, -1, dtype=np.int64)
     late = np.zeros(n)
+    origin = None  # the wall clock's perf_counter origin (a timeline's times are placed on it)
     if clock == "virtual":
         board = LiveBoard(placement, VirtualClock())
         routed: list[list[Request]] = [[] for _ in plans]
@@ -271,6 +272,7 @@ def serve_fleet(model: ModelSpec, gpu: GPUSpec, policies: Sequence[Policy], back
         if errors:
             raise errors[0]
         horizon = wclk.now()
+        origin = wclk.t0
     rec = _merge(recs, n)
     if n and np.isnan(rec.finish).any():
         raise RuntimeError(f"{int(np.isnan(rec.finish).sum())} requests never finished: runtime bug")
@@ -280,7 +282,7 @@ def serve_fleet(model: ModelSpec, gpu: GPUSpec, policies: Sequence[Policy], back
     for c in ("n_seqs", "tokens", "steps", "eager_steps"):
         seg[c] = seg[c].astype(np.int64)
     desc = [b.describe() for b in backends]
-    meta = {"clock": clock, "backend": desc, "release_late_s_max": float(late.max()) if n else 0.0,
+    meta = {"clock": clock, "backend": desc, "wall_t0": origin, "release_late_s_max": float(late.max()) if n else 0.0,
             "release_late_s_mean": float(late.mean()) if n else 0.0,
             "fleet": {"placement": [list(p) for p in placement],
                       "router": getattr(router, "registry_name", "") if router is not None else "",

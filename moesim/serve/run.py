@@ -15,6 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from moesim.errors import first_line
 from moesim.io import write_json, write_parquet
 from moesim.policies import POLICIES
 from moesim.serve.config import ServeConfig, make_requests, resolve_moe_kernel
@@ -142,9 +145,14 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
             log(f"serve: the requests arrive over {_duration(last)}: clock=wall replays them in real time, so the "
                 f"run takes at least that long; clock=virtual, a higher rate= or a smaller max_requests= shortens it",
                 flush=True)
+        traced = cfg.timeline and cfg.backend == "torch"
+        for b in backends if traced else ():
+            b.trace_timeline(True)
         t0 = time.perf_counter()
         res = _serve(cfg, model, gpu, backend, requests, cfg.clock)
         wall = time.perf_counter() - t0
+        if traced:
+            timeline = _timeline(backends, res.meta.get("wall_t0") or t0, res.instances)
     finally:
         if threads is not None:
             import torch
@@ -156,6 +164,9 @@ def run(cfg: ServeConfig, argv: list[str] | None = None, log=print, backend: Any
         doc["trace"]["tenant_names"] = list(names)
     write_parquet(out / "requests.parquet", res.requests)
     write_parquet(out / "segments.parquet", res.segments)
+    res.meta.pop("wall_t0", None)
+    if cfg.timeline and cfg.backend == "torch":
+        write_parquet(out / "timeline.parquet", timeline)
     from moesim.metrics import seconds_text, summarize, throughput_text
 
     doc.update(summarize(res.requests, res.segments))
@@ -220,6 +231,27 @@ def _announce_trace(cfg: ServeConfig, requests: list, log: Any) -> tuple[tuple[s
     line = serve_spelling(wl.selection(len(requests))) + (f"; capped {' and '.join(capped)} tokens" if capped else "")
     log(f"serve: {line}", flush=True)
     return wl.tenant_names, line
+
+
+def _timeline(backends: list, origin: float, instances: list[dict[str, Any]]) -> pd.DataFrame:
+    """Every backend's recorded timeline (``TorchBackend.timeline``, read in its instance's context, then
+    switched off) as one frame: ``instance`` (the plan's name, as in segments.parquet), ``kind``, ``layer``,
+    ``start_s``/``end_s`` on the run's clock (seconds since its start), ``fetches``."""
+    frames = []
+    for i, b in enumerate(backends):
+        try:
+            with b.instance_context():
+                rows = b.timeline()
+        except RuntimeError as e:  # a diagnostic: the run's own outputs are kept
+            print(f"serve: timeline of instance {i} not read ({first_line(e)})", flush=True)
+            rows = []
+        b.trace_timeline(False)
+        df = pd.DataFrame(rows, columns=["kind", "layer", "start_s", "end_s", "fetches"])
+        df.insert(0, "instance", instances[i]["name"] if i < len(instances) else str(i))
+        frames.append(df)
+    tl = pd.concat(frames, ignore_index=True)
+    tl[["start_s", "end_s"]] -= origin
+    return tl.sort_values(["start_s", "instance"], kind="stable").reset_index(drop=True)
 
 
 def _serve(cfg: ServeConfig, model: Any, gpu: Any, backend: Any, requests: list, clock: str) -> ServeResult:

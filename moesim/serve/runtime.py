@@ -469,6 +469,7 @@ def serve(model: ModelSpec, gpu: GPUSpec, policy: Policy, backend: Backend | Seq
         prepare_backend(b, p, reqs)
     recs = [Recorder(n) for _ in plans]
     feeds: list[Any] = []
+    origin = None  # the wall clock's perf_counter origin (a timeline's times are placed on it)
     if clock == "virtual":
         horizon = 0.0
         for p, b, reqs, rec in zip(plans, backends, routed, recs, strict=True):
@@ -495,6 +496,7 @@ def serve(model: ModelSpec, gpu: GPUSpec, policy: Policy, backend: Backend | Seq
             for f in feeds:
                 f.stop()
         horizon = wclk.now()
+        origin = wclk.t0
     rec = _merge(recs, n)
     if n and np.isnan(rec.finish).any():
         raise RuntimeError(f"{int(np.isnan(rec.finish).sum())} requests never finished: runtime bug")
@@ -508,7 +510,7 @@ def serve(model: ModelSpec, gpu: GPUSpec, policy: Policy, backend: Backend | Seq
         seg[c] = seg[c].astype(np.int64)
     late = np.concatenate([np.asarray(f.release_late_s) for f in feeds]) if feeds else np.zeros(0)
     desc = [b.describe() for b in backends]
-    meta = {"clock": clock, "backend": desc[0] if len(desc) == 1 else desc,
+    meta = {"clock": clock, "backend": desc[0] if len(desc) == 1 else desc, "wall_t0": origin,
             "release_late_s_max": float(late.max()) if n else 0.0,
             "release_late_s_mean": float(late.mean()) if n else 0.0}
     return ServeResult(req_df, seg, [_instance_info(p, model) for p in plans], policy.describe(), float(horizon),

@@ -119,6 +119,16 @@ for _seed, _names in ((5, (*HOST_S2, "mig_light", "mig_saturated")),
         _n = next(int(k.split("=")[1]) for k in RUNS[_name][0] if k.startswith("max_requests="))
         RUNS[f"{_name}-s{_seed}"] = ([*(k for k in RUNS[_name][0] if not k.startswith("max_requests=")),
                                      f"seed={_seed}", f"max_requests={2 * _n}"], 2 * RUNS[_name][1])
+# seeds 10 and 11 (the fourteenth call): mig with the runtime's timeline (``timeline=true``: each step, routing read
+# and expert copy of both slices on one clock), held out; ``-sw``: the same runs with the interpreter's thread switch
+# interval at 0.1 ms (``MATRIX_SWITCH_S``, set by the process that runs them) instead of Python's 5 ms
+for _seed, _names in ((10, ("mig_saturated", "mig_host", "mig_light")), (11, ("mig_saturated", "mig_host"))):
+    for _name in _names:
+        _n = next(int(k.split("=")[1]) for k in RUNS[_name][0] if k.startswith("max_requests="))
+        RUNS[f"{_name}-s{_seed}"] = ([*(k for k in RUNS[_name][0] if not k.startswith("max_requests=")),
+                                     f"seed={_seed}", f"max_requests={2 * _n}", "timeline=true"], 2 * RUNS[_name][1])
+for _name in ("mig_saturated-s10", "mig_saturated-s11"):
+    RUNS[f"{_name}-sw"] = RUNS[_name]
 # two GPUs' host threads running synced eager steps alone and at once (the fleet's host contention)
 RUNS["contention"] = ([], 40)
 SMOKE_KEYS = {"naive": ["budget_bytes=0"], "swap": ["budget_bytes=0"]}
@@ -130,7 +140,8 @@ MOE_KERNEL = os.environ.get("MATRIX_MOE_KERNEL", "grouped")
 FIRST = ["multiplex_saturated", "tables", "multiplex_host", "reconfig_fast_host", "naive_saturated"]
 TWO_GPU = ["fleet_host-s9", "fleet-s9", "contention", "fleet_host-s6", "fleet_host-s7", "fleet_host-s5", "dedicated_saturated", "fleet_saturated", "fleet_host", "dedicated_light", "fleet", "dedicated_saturated-s1",
            "fleet_host-s2", "fleet_host-s3", "fleet_host-long"]
-MIG = ["mig_host-s9", "mig_saturated-s9", "mig_light-s9", "mig_host-s6", "mig_saturated-s6", "mig_light-s6", "mig_host-s5", "mig_saturated-s5", "mig_light-s5", "mig_host-long", "mig_host-s3", "mig_light", "mig_saturated", "mig_host", "mig_saturated-s1", "mig_host-s2"]
+MIG = ["mig_saturated-s10", "mig_saturated-s11", "mig_host-s10", "mig_host-s11", "mig_light-s10",
+       "mig_saturated-s10-sw", "mig_saturated-s11-sw", "mig_host-s9", "mig_saturated-s9", "mig_light-s9", "mig_host-s6", "mig_saturated-s6", "mig_light-s6", "mig_host-s5", "mig_saturated-s5", "mig_light-s5", "mig_host-long", "mig_host-s3", "mig_light", "mig_saturated", "mig_host", "mig_saturated-s1", "mig_host-s2"]
 # the held-out host-expert repeats first of the rest (-s3: the seventh call; -s2: the sixth), then naive_light
 # (naive has host experts at every load), then the earlier runs
 REST = [*(f"{n}-s8" for n in (*SINGLE_HOST, *RESIDENT)), "naive_host-s6", "swap_host-s6", "reconfig_host-s6", "reconfig_fast_host-s6", "multiplex_host-s6",
@@ -470,6 +481,9 @@ def main(out_s: str, only: list[str] | None = None) -> int:
     out = Path(out_s)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    if os.environ.get("MATRIX_SWITCH_S"):  # the interpreter's thread switch interval (Python's default: 5 ms)
+        sys.setswitchinterval(float(os.environ["MATRIX_SWITCH_S"]))
+        print(f"thread switch interval: {sys.getswitchinterval() * 1e3:g} ms", flush=True)
     smoke = _smoke()
     child = os.environ.get("MATRIX_CHILD", "")
     names = [n for n in RUNS if only is None or n in only]
