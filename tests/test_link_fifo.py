@@ -7,7 +7,7 @@ import pytest
 
 from moesim.cost.base import CostModel, Residency, SeqWork, StepCost
 from moesim.engine import simulate
-from moesim.engine.simulation import HostLink
+from moesim.engine.simulation import HostLink, alternate_share
 from moesim.errors import UserError
 from moesim.policies import POLICIES
 from moesim.specs import get_gpu, get_model
@@ -59,7 +59,7 @@ def test_link_shares_closed_form():
 
 def test_emulated_slices_share_hbm_and_queue_copies():
     real, emu = _mig("auto", emulated=False), _mig("auto")
-    assert (real.link_discipline, emu.link_discipline) == ("share", "fifo")
+    assert (real.link_discipline, emu.link_discipline) == ("share", "alternate")
     r = real.layout(MODEL, GPU, 2)[0].residency.slice
     e = emu.layout(MODEL, GPU, 2)[0].residency.slice
     assert r.bw_fraction == pytest.approx(0.5)
@@ -97,3 +97,34 @@ def test_prefill_beside_a_decode_run_gets_its_burst_share():
     for t in (fifo, fair):  # conservation: both served, A's 400 tokens after B's prefill
         assert t["finish_s"].notna().all()
         assert t.loc[0, "finish_s"] > t.loc[1, "finish_s"]
+
+
+def test_alternate_share_closed_forms():
+    """One copy engine taking waiting copies in turn: max-min fair shares capped at each step's own busy fraction
+    u = C / (C + O); a step takes max(C + O, C / a), returned as the link fraction its copies see."""
+    c, o = 0.094, 0.015
+    s = alternate_share((c, o), [(c, o)])
+    assert o + c / s == pytest.approx(2 * c)  # two equal decode steps: the link busy all the time
+    assert alternate_share((1.0, 0.0), [(1.0, 0.0), (1.0, 0.0)]) == pytest.approx(1 / 3)  # copy-bound: 1/k
+    assert alternate_share((c, o), []) == 1.0
+    assert alternate_share((0.0, 1.0), [(c, o)]) == 1.0  # a step without copies
+    light, heavy = (0.02, 0.08), (0.38, 0.04)  # u = 0.2 and 0.905
+    assert alternate_share(light, [heavy]) == 1.0  # below its fair half: its whole demand
+    s = alternate_share(heavy, [light])
+    assert heavy[1] + heavy[0] / s == pytest.approx(heavy[0] / 0.8)  # the heavy one gets the remaining 0.8
+    link = HostLink(discipline="alternate")
+    link.begin(True, 0, (c, o))
+    assert link.share((c, o)) == pytest.approx(alternate_share((c, o), [(c, o)]))
+    link.end(True, 0)
+    assert link.share((c, o)) == 1.0
+
+
+def test_prefill_beside_a_decode_run_alternates_copies():
+    """A decodes a long answer (u_d = FD·C / (FD·C + H) of the link alone); B's prefill gets the rest, 1 − u_d, so
+    its copies take FP·C / (1 − u_d), and its compute hides under A's copies; A keeps its whole demand."""
+    req = [Request(0, 0, 0.0, 64, 400), Request(1, 1, 0.5, 64, 1)]
+    alt = _run("alternate", req)
+    u_d = FD * C / (FD * C + H)
+    assert alt.loc[1, "first_token_s"] - 0.5 == pytest.approx(FP * C / (1 - u_d), rel=1e-9)
+    alone = _run("alternate", req[:1])
+    assert alt.loc[0, "finish_s"] == pytest.approx(alone.loc[0, "finish_s"], rel=1e-9)

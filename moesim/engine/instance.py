@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import simpy
 
@@ -136,7 +136,7 @@ class Instance:
     # ---- helpers ------------------------------------------------------------------------------
     def _fifo(self) -> bool:
         """Whether this instance's fetches queue with other instances' on a ``fifo`` host link."""
-        return self.fetches and self.link.fifo and len(self.link.members) > 1
+        return self.fetches and self.link.queued and len(self.link.members) > 1
 
     def _burst(self, fetches_per_step: float) -> float:
         """Copies per host layer of a step fetching ``fetches_per_step`` experts (``HostLink`` ``fifo``)."""
@@ -148,7 +148,14 @@ class Instance:
             self._host_layers = max(1, sum(1 for x in layers if x))
         return fetches_per_step / self._host_layers
 
-    def _residency(self, burst: float = 1.0) -> Residency:
+    def _link_load(self, c: StepCost) -> Any:
+        """The load a step of cost ``c`` (at the full link) puts on a queued host link (``HostLink.begin``): its
+        copies per host layer (``fifo``) or its copy seconds and other seconds (``alternate``)."""
+        if self.link.discipline == "alternate":
+            return (c.fetch_s, max(0.0, c.total_s - c.fetch_s))
+        return self._burst(c.expert_fetches)
+
+    def _residency(self, burst: Any = 1.0) -> Residency:
         """The plan's residency with the host-link share of this moment (``burst``: the step's copies per host
         layer, for a ``fifo`` link)."""
         if not self.fetches:
@@ -161,7 +168,7 @@ class Instance:
             self._res_cache[share] = res
         return res
 
-    def _reshared(self, burst: float) -> Residency:
+    def _reshared(self, burst: Any) -> Residency:
         """The residency at the link share of this moment for a step under way (registered on the link): as if it
         started now, the others as they are."""
         self.link.end(self.fetches, self.idx)
@@ -215,7 +222,7 @@ class Instance:
                 batch = tuple([SeqWork(r.tenant, r.prompt_tokens, 0) for r in sel.admit])
                 prompt_tokens = sum([r.prompt_tokens for r in sel.admit])
                 fifo = self._fifo()
-                burst = self._burst(cost.step(batch, self.plan.residency).expert_fetches) if fifo else 1.0
+                burst = self._link_load(cost.step(batch, self.plan.residency)) if fifo else 1.0
                 res = self._residency(burst)
                 self.link.begin(self.fetches, self.idx, burst)
                 if fifo:
@@ -276,7 +283,7 @@ class Instance:
         ctx0 = tuple([b + clock for b in self._ctx_base])
         burst = 1.0
         if self._fifo():
-            burst = self._burst(self.cost.decode_run(self._tenants, ctx0, 1, self.plan.residency).cost.expert_fetches)
+            burst = self._link_load(self.cost.decode_run(self._tenants, ctx0, 1, self.plan.residency).cost)
         dr = self.cost.decode_run(self._tenants, ctx0, n, self._residency(burst))
         host = self.host if dr.cost.expert_fetches > 0 else None
         if host is not None:  # host-bound steps beside other instances' of the same host process
@@ -332,7 +339,7 @@ class Instance:
             self._tenants = tuple([self._tenants[i] for i in keep])
             self._tenant_label = _tenant_str(self._tenant_count)
 
-    def _shared_prefill(self, batch: tuple[SeqWork, ...], step: StepCost, burst: float,
+    def _shared_prefill(self, batch: tuple[SeqWork, ...], step: StepCost, burst: Any,
                         host: HostProcess | None = None):
         """Run a prefill of cost ``step`` on a ``fifo`` host link other instances fetch over too: when one of them
         starts or stops fetching (``_link_changed``), the rest of the step is re-timed at the link share of that

@@ -56,10 +56,19 @@ class HostLink:
       the H200 (ninth call, ``mig_host-s5``): prefills beside a decode run copied at 1.2–1.35× their time alone,
       decode runs beside a prefill at 1.5–1.8×. Equal bursts give ``1 / k``, as ``share``.
 
-    When several instances fetch over the link, one that goes idle or wakes up (``fifo``: also one that starts or
-    ends a prefill, which changes its burst) ends the others' decode runs at the step under way, so each re-takes
-    its share from the next step on. When the GPU's node caps host-memory bandwidth (``node``), the share is
-    scaled by the node's factor.
+    * ``alternate``: one copy engine taking the fetching instances' waiting copies in turn, copy by copy (measured
+      on the H200: ``reports/validation/realtime/h200_copy_trace`` for bare copies; the runtime's timelines in
+      ``h200_pinned`` for served mig slices: two decoding slices each take 1.72× their step alone, the link busy
+      all the time, and nothing of their steps but the copies slows). Each fetching instance registers its step's
+      copy time ``C`` and the rest ``O`` at the full link (its *load*); the link is shared max-min fairly, each
+      instance's share capped at what it keeps busy alone, ``C / (C + O)``, and a step takes
+      ``max(C + O, C / a)`` for a share ``a`` (``alternate_share``): copy-bound steps get ``1 / k`` each, and
+      what a step does outside its copies hides under the others' copies.
+
+    When several instances fetch over the link, one that goes idle or wakes up (``fifo``, ``alternate``: also one
+    that starts or ends a prefill, which changes its burst or load) ends the others' decode runs at the step under
+    way, so each re-takes its share from the next step on. When the GPU's node caps host-memory bandwidth
+    (``node``), the share is scaled by the node's factor.
     """
 
     __slots__ = ("active", "bursts", "discipline", "link_Bps", "members", "node")
@@ -72,35 +81,40 @@ class HostLink:
         self.node = node
         self.link_Bps = link_Bps
         self.discipline = discipline
-        self.bursts: dict[int, float] = {}  # fifo: fetching instance → copies per host layer of its step under way
+        # fetching instance → the load of its step under way: ``fifo``, copies per host layer (a float);
+        # ``alternate``, (copy seconds, other seconds) at the full link
+        self.bursts: dict[int, Any] = {}
 
     @property
-    def fifo(self) -> bool:
-        """Copies queue in issue order (``discipline == "fifo"``)."""
-        return self.discipline == "fifo"
+    def queued(self) -> bool:
+        """The instances' copies go through one queue (``fifo`` or ``alternate``): shares depend on each step's
+        load, and change when an instance starts or ends a prefill."""
+        return self.discipline != "share"
 
-    def begin(self, fetches: bool, who: int = -1, burst: float = 1.0) -> None:
-        """An instance starts a step (counted only when it fetches); ``who``/``burst``: its index and copies per
-        host layer (``fifo``)."""
+    def begin(self, fetches: bool, who: int = -1, burst: Any = 1.0) -> None:
+        """An instance starts a step (counted only when it fetches); ``who``/``burst``: its index and its step's
+        load (``queued``: copies per host layer for ``fifo``, (copy s, other s) for ``alternate``)."""
         if fetches:
             if self.node is not None and self.active == 0:
                 self.node.active_gpus += 1
             self.active += 1
-            if self.fifo:
+            if self.queued:
                 self.bursts[who] = burst
 
     def end(self, fetches: bool, who: int = -1) -> None:
         """An instance ends a step."""
         if fetches:
             self.active -= 1
-            if self.fifo:
+            if self.queued:
                 self.bursts.pop(who, None)
             if self.node is not None and self.active == 0:
                 self.node.active_gpus -= 1
 
-    def share(self, burst: float = 1.0) -> float:
-        """Share of the link a step starting now gets (``burst``: its copies per host layer, for ``fifo``)."""
-        if self.fifo and self.bursts and burst > 0:
+    def share(self, burst: Any = 1.0) -> float:
+        """Share of the link a step starting now gets (``burst``: its load, as ``begin`` takes it)."""
+        if self.discipline == "alternate":
+            own = alternate_share(burst, list(self.bursts.values())) if self.bursts else 1.0
+        elif self.discipline == "fifo" and self.bursts and burst > 0:
             own = burst / (burst + sum(self.bursts.values()))
         else:
             own = 1.0 / (self.active + 1)
@@ -109,6 +123,35 @@ class HostLink:
             return own
         k = node.active_gpus + (0 if self.active else 1)
         return min(1.0, node.cap_Bps / (k * self.link_Bps)) * own
+
+
+def alternate_share(own: tuple[float, float], others: list[tuple[float, float]]) -> float:
+    """Share of the link for a step of load ``own`` beside steps of loads ``others`` on one copy engine taking the
+    waiting copies in turn (``HostLink`` ``alternate``); a load is (copy seconds ``C``, other seconds ``O``) at the
+    full link.
+
+    Each instance would keep the link busy ``u = C / (C + O)`` of its time alone; taking the copies in turn gives
+    the busy instances max-min fair shares ``a`` of the link capped at their ``u`` (water-filling of 1), and a step
+    then takes ``max(C + O, C / a)``: what it does outside its copies hides under the others' copies. Returned as
+    the fraction ``s`` of the link its copies see, ``O + C / s`` being that time: ``C / max(C, C / a − O)``.
+    Two one-sequence Mixtral decode steps (C = 94 ms, O = 15 ms): 0.54 each (measured 0.55, ``h200_pinned``).
+    """
+    c_own = max(0.0, float(own[0]))
+    if c_own <= 0.0:
+        return 1.0
+    caps = []
+    for c, o in [own, *others]:
+        c, o = max(0.0, float(c)), max(0.0, float(o))
+        caps.append(c / (c + o) if c + o > 0 else 0.0)
+    left, n = 1.0, len(caps)
+    alloc = [0.0] * n
+    for k, m in enumerate(sorted(range(n), key=lambda m: caps[m])):
+        alloc[m] = min(caps[m], left / (n - k))
+        left -= alloc[m]
+    a, u = alloc[0], caps[0]
+    if a >= u * (1.0 - 1e-12):
+        return 1.0
+    return c_own / max(c_own, c_own / a - max(0.0, float(own[1])))
 
 
 class Recorder:

@@ -118,7 +118,7 @@ _NOTHING = Selection()
 
 
 #: How a GPU's instances share its host link while several fetch experts (``moesim.engine.simulation.HostLink``).
-LINK_DISCIPLINES = ("share", "fifo")
+LINK_DISCIPLINES = ("share", "fifo", "alternate")
 
 
 class Policy(ABC):
@@ -138,7 +138,8 @@ class Policy(ABC):
     @property
     def link_discipline(self) -> str:
         """How this GPU's instances share its host link while several fetch experts (``HostLink``): ``share``
-        (each gets a fair share, the default) or ``fifo`` (one copy queue, copies in issue order at the full rate)."""
+        (each gets a fair share, the default), ``fifo`` (one copy queue, layer bursts in issue order at the full
+        rate) or ``alternate`` (one copy engine taking the instances' copies in turn)."""
         return str(getattr(self.cfg, "link_discipline", "share"))
 
     def budget(self, memory_bytes: float) -> float:

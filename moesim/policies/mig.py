@@ -38,16 +38,19 @@ class MIGConfig(PolicyConfig):
         fetch_overlap: share of expert-fetch time hidden under compute (paper: 0).
         emulated: the slices are CUDA green contexts of one process, as ``moesim.serve`` runs MIG on a GPU whose
             MIG mode is left alone: the SMs are split, but HBM is not (each slice's memory bandwidth fraction 1,
-            not its profile's memory slices), and host copies go through one queue (``link_discipline`` ``auto``
-            → ``fifo``). Set by ``moesim.serve`` for its simulated side; a prediction for real MIG leaves it off.
+            not its profile's memory slices), and host copies go through one copy engine (``link_discipline``
+            ``auto`` → ``alternate``). Set by ``moesim.serve`` for its simulated side; a prediction for real MIG
+            leaves it off.
         link_discipline: how the instances share the one host link while several fetch experts. ``auto``
-            (default): ``fifo`` when ``emulated``, else ``share``. ``share`` (real MIG partitions, each with its own
-            copy engines): each of ``k`` fetching instances gets
+            (default): ``alternate`` when ``emulated``, else ``share``. ``share`` (real MIG partitions, each with
+            its own copy engines): each of ``k`` fetching instances gets
             ``1/k`` of the link, as the paper's A100 logs show (a host expert takes 52 ms while the other instance
-            fetches, 27 ms alone). ``fifo``: one copy queue, copies run one after the other at the full rate in the
-            order issued, as with slices emulated by green contexts in one process (``moesim.serve``; measured in
-            ``reports/validation/realtime/h200_link_streams/``): an instance's share is then its copies per
-            layer over all fetching instances' (``HostLink``).
+            fetches, 27 ms alone). ``alternate``: one copy engine takes the instances' copies in turn, copy by copy,
+            as with slices emulated by green contexts in one process (``moesim.serve``; measured in
+            ``reports/validation/realtime/h200_copy_trace/`` and the runtime's timelines in ``h200_pinned/``): an
+            instance's copies are slowed by the share of time the others have a copy waiting (``HostLink``).
+            ``fifo``: layer bursts in issue order, the runtime before its routing reads went through a pinned
+            buffer (``moesim.serve.backend.HostReader``; the calls before the fifteenth).
     """
 
     name: str = "mig"
@@ -72,9 +75,9 @@ class MIG(Policy):
 
     @property
     def link_discipline(self) -> str:
-        """``link_discipline``; ``auto``: ``fifo`` for emulated slices (one copy queue), else ``share``."""
+        """``link_discipline``; ``auto``: ``alternate`` for emulated slices (one copy engine), else ``share``."""
         d = self.cfg.link_discipline
-        return d if d != "auto" else ("fifo" if self.cfg.emulated else "share")
+        return d if d != "auto" else ("alternate" if self.cfg.emulated else "share")
 
     def layout(self, model: ModelSpec, gpu: GPUSpec, n_tenants: int) -> list[InstancePlan]:
         """Instances of the chosen layout, tenant i on instance i."""

@@ -753,22 +753,22 @@ class TorchBackend:
     def instance_context(self) -> Iterator[None]:
         """Run the calling thread's steps in this slice's green context, on a stream of its own (CUDA with
         ``sms``); a fleet GPU's thread makes its device current; nothing on CPU. Entered by the runtime in the
-        instance's host thread."""
-        if self.gpu_index is not None:
-            torch.cuda.set_device(self.gpu_index)
-        if not self.concurrent:
-            yield
-            return
-        if not self.sms:  # concurrent without an SM partition: a stream of its own only
-            stream = torch.cuda.Stream(self.device)
-            with torch.cuda.stream(stream):
+        instance's host thread (and by ``moesim.serve.run`` to read the timeline); the calling thread's current
+        device is restored on exit."""
+        with self.on_device():
+            if not self.concurrent:
                 yield
-            stream.synchronize()
-            return
-        if self._green is None:
-            self._green = _green_context(self.sms, self._device_index())
-        with _in_green(self._green, self.device):
-            yield
+                return
+            if not self.sms:  # concurrent without an SM partition: a stream of its own only
+                stream = torch.cuda.Stream(self.device)
+                with torch.cuda.stream(stream):
+                    yield
+                stream.synchronize()
+                return
+            if self._green is None:
+                self._green = _green_context(self.sms, self._device_index())
+            with _in_green(self._green, self.device):
+                yield
 
     def _device_index(self) -> int:
         return self.gpu_index if self.gpu_index is not None else (self.device.index or 0)

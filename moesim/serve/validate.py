@@ -58,6 +58,14 @@ LINK_MODES = ("table", "profile", "run")
 HOST_CONTENTION = 0.3
 
 
+def routing_read_of(doc: dict[str, Any]) -> str:
+    """How the served run's fetching steps read each host layer's routing (``TorchBackend.describe``'s
+    ``routing_read``: ``pinned`` since ``HostReader``; runs before it say nothing: ``tolist``)."""
+    be = doc.get("backend", {})
+    be = be[0] if isinstance(be, list) and be else be
+    return str(be.get("routing_read", "tolist")) if isinstance(be, dict) else "tolist"
+
+
 def host_contention_of(setting: str, cfg: Any) -> float:
     """The α a run is simulated with: ``auto``: ``HOST_CONTENTION`` for a run on several GPUs (one host process
     drives them all), else 0 (a mig GPU's slices: their link share is modelled per step, ``HostLink``); a number
@@ -138,6 +146,10 @@ def simulate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", 
     overrides = {"link_discipline": link_discipline} if link_discipline != "auto" and cfg.policy == "mig" else None
     if overrides:
         desc += f", link_discipline={link_discipline}"
+    elif cfg.policy == "mig" and routing_read_of(doc) != "pinned":
+        # the runtime before HostReader: a slice's pageable routing read held the other slice's copies back, and
+        # its copies went in layer bursts (``fifo``); since, one copy engine taking copies in turn (``alternate``)
+        overrides = {"link_discipline": "fifo"}
     alpha = host_contention_of(host_contention, cfg)
     if alpha > 0:
         desc += f", host_contention={alpha:g} (fleets)" if host_contention == "auto" else f", host_contention={alpha:g}"

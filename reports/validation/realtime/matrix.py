@@ -129,13 +129,14 @@ for _seed, _names in ((10, ("mig_saturated", "mig_host", "mig_light")), (11, ("m
                                      f"seed={_seed}", f"max_requests={2 * _n}", "timeline=true"], 2 * RUNS[_name][1])
 for _name in ("mig_saturated-s10", "mig_saturated-s11"):
     RUNS[f"{_name}-sw"] = RUNS[_name]
+# (the sixteenth call: seed 14 of mig and the fleet, and the single-GPU seed-12 runs the fifteenth call lost)
 # the fifteenth call, after the routing read went through a pinned buffer (``HostReader``): the fourteenth call's
 # saturated mig traces again (``-p``, same seeds: before and after on identical traces), and held-out seeds 12 and 13
 # of mig, the fleet with host experts and the single-GPU host-expert runs, all with the timeline
 for _name in ("mig_saturated-s10", "mig_saturated-s11"):
     RUNS[f"{_name}-p"] = RUNS[_name]
 for _seed, _names in ((12, ("mig_saturated", "mig_host", "mig_light", "fleet_host", *SINGLE_HOST)),
-                      (13, ("mig_saturated",))):
+                      (13, ("mig_saturated",)), (14, ("mig_saturated", "mig_host", "mig_light", "fleet_host"))):
     for _name in _names:
         _n = next(int(k.split("=")[1]) for k in RUNS[_name][0] if k.startswith("max_requests="))
         RUNS[f"{_name}-s{_seed}"] = ([*(k for k in RUNS[_name][0] if not k.startswith("max_requests=")),
@@ -149,9 +150,9 @@ MOE_KERNEL = os.environ.get("MATRIX_MOE_KERNEL", "grouped")
 # the order of the call, most valuable first (the runs that missed 5% or never ran): FIRST on GPU 0 while the mig
 # runs go on GPU 1 in a process of their own (MIG), then TWO_GPU (both GPUs), then the rest on GPU 0
 FIRST = ["multiplex_saturated", "tables", "multiplex_host", "reconfig_fast_host", "naive_saturated"]
-TWO_GPU = ["fleet_host-s12", "contention", "fleet_host-s9", "fleet-s9", "fleet_host-s6", "fleet_host-s7", "fleet_host-s5", "dedicated_saturated", "fleet_saturated", "fleet_host", "dedicated_light", "fleet", "dedicated_saturated-s1",
+TWO_GPU = ["contention", "fleet_host-s14", "fleet_host-s12", "fleet_host-s9", "fleet-s9", "fleet_host-s6", "fleet_host-s7", "fleet_host-s5", "dedicated_saturated", "fleet_saturated", "fleet_host", "dedicated_light", "fleet", "dedicated_saturated-s1",
            "fleet_host-s2", "fleet_host-s3", "fleet_host-long"]
-MIG = ["mig_saturated-s10-p", "mig_saturated-s11-p", "mig_saturated-s12", "mig_host-s12", "mig_saturated-s13",
+MIG = ["mig_saturated-s14", "mig_host-s14", "mig_light-s14", "mig_saturated-s10-p", "mig_saturated-s11-p", "mig_saturated-s12", "mig_host-s12", "mig_saturated-s13",
        "mig_light-s12", "mig_saturated-s10", "mig_saturated-s11", "mig_host-s10", "mig_host-s11", "mig_light-s10",
        "mig_saturated-s10-sw", "mig_saturated-s11-sw", "mig_host-s9", "mig_saturated-s9", "mig_light-s9", "mig_host-s6", "mig_saturated-s6", "mig_light-s6", "mig_host-s5", "mig_saturated-s5", "mig_light-s5", "mig_host-long", "mig_host-s3", "mig_light", "mig_saturated", "mig_host", "mig_saturated-s1", "mig_host-s2"]
 # the held-out host-expert repeats first of the rest (-s3: the seventh call; -s2: the sixth), then naive_light
@@ -314,7 +315,7 @@ def tables(backend, out: Path, model, gpu) -> bool:
     if backend.bucket_prefill:
         step("prefill_check", lambda: info.update(prefill_bucket_check=prefill_check(backend)))
     step("sync", lambda: csv(backend.sync_table(), "sync_table.csv"))
-    step("fetch", lambda: csv(backend.fetch_table(), "fetch_table.csv"))
+    step("fetch", lambda: csv(backend.fetch_table(reps=11), "fetch_table.csv"))
     step("prefill_fetch", lambda: csv(backend.prefill_fetch_table(), "prefill_fetch_table.csv"))
 
     def sm64() -> None:
@@ -336,7 +337,7 @@ def tables(backend, out: Path, model, gpu) -> bool:
 
     def sm64_fetch() -> None:  # last: it captures prefix graphs in the green context
         with backend.slice_context(64):
-            csv(backend.fetch_table(reps=3, decode=((1, 1), (2, 1), (4, 1), (2, 2))), "fetch_table.csv", "sm64")
+            csv(backend.fetch_table(reps=15, decode=((1, 1), (2, 1), (4, 1), (2, 2))), "fetch_table.csv", "sm64")
 
     step("sm64_fetch", sm64_fetch)
     info["backend"] = backend.describe()
