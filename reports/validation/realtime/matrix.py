@@ -129,14 +129,16 @@ for _seed, _names in ((10, ("mig_saturated", "mig_host", "mig_light")), (11, ("m
                                      f"seed={_seed}", f"max_requests={2 * _n}", "timeline=true"], 2 * RUNS[_name][1])
 for _name in ("mig_saturated-s10", "mig_saturated-s11"):
     RUNS[f"{_name}-sw"] = RUNS[_name]
-# (the sixteenth call: seed 14 of mig and the fleet, and the single-GPU seed-12 runs the fifteenth call lost)
+# (the sixteenth call: seed 14 of mig and the fleet, and the single-GPU seed-12 runs the fifteenth call lost;
+# the seventeenth: seed 15 of all of them, the tables' link rate measured before the mig process started)
 # the fifteenth call, after the routing read went through a pinned buffer (``HostReader``): the fourteenth call's
 # saturated mig traces again (``-p``, same seeds: before and after on identical traces), and held-out seeds 12 and 13
 # of mig, the fleet with host experts and the single-GPU host-expert runs, all with the timeline
 for _name in ("mig_saturated-s10", "mig_saturated-s11"):
     RUNS[f"{_name}-p"] = RUNS[_name]
 for _seed, _names in ((12, ("mig_saturated", "mig_host", "mig_light", "fleet_host", *SINGLE_HOST)),
-                      (13, ("mig_saturated",)), (14, ("mig_saturated", "mig_host", "mig_light", "fleet_host"))):
+                      (13, ("mig_saturated",)), (14, ("mig_saturated", "mig_host", "mig_light", "fleet_host")),
+                      (15, ("mig_saturated", "mig_host", "mig_light", "fleet_host", *SINGLE_HOST))):
     for _name in _names:
         _n = next(int(k.split("=")[1]) for k in RUNS[_name][0] if k.startswith("max_requests="))
         RUNS[f"{_name}-s{_seed}"] = ([*(k for k in RUNS[_name][0] if not k.startswith("max_requests=")),
@@ -150,14 +152,14 @@ MOE_KERNEL = os.environ.get("MATRIX_MOE_KERNEL", "grouped")
 # the order of the call, most valuable first (the runs that missed 5% or never ran): FIRST on GPU 0 while the mig
 # runs go on GPU 1 in a process of their own (MIG), then TWO_GPU (both GPUs), then the rest on GPU 0
 FIRST = ["multiplex_saturated", "tables", "multiplex_host", "reconfig_fast_host", "naive_saturated"]
-TWO_GPU = ["contention", "fleet_host-s14", "fleet_host-s12", "fleet_host-s9", "fleet-s9", "fleet_host-s6", "fleet_host-s7", "fleet_host-s5", "dedicated_saturated", "fleet_saturated", "fleet_host", "dedicated_light", "fleet", "dedicated_saturated-s1",
+TWO_GPU = ["fleet_host-s15", "contention", "fleet_host-s14", "fleet_host-s12", "fleet_host-s9", "fleet-s9", "fleet_host-s6", "fleet_host-s7", "fleet_host-s5", "dedicated_saturated", "fleet_saturated", "fleet_host", "dedicated_light", "fleet", "dedicated_saturated-s1",
            "fleet_host-s2", "fleet_host-s3", "fleet_host-long"]
-MIG = ["mig_saturated-s14", "mig_host-s14", "mig_light-s14", "mig_saturated-s10-p", "mig_saturated-s11-p", "mig_saturated-s12", "mig_host-s12", "mig_saturated-s13",
+MIG = ["mig_saturated-s15", "mig_host-s15", "mig_light-s15", "mig_saturated-s14", "mig_host-s14", "mig_light-s14", "mig_saturated-s10-p", "mig_saturated-s11-p", "mig_saturated-s12", "mig_host-s12", "mig_saturated-s13",
        "mig_light-s12", "mig_saturated-s10", "mig_saturated-s11", "mig_host-s10", "mig_host-s11", "mig_light-s10",
        "mig_saturated-s10-sw", "mig_saturated-s11-sw", "mig_host-s9", "mig_saturated-s9", "mig_light-s9", "mig_host-s6", "mig_saturated-s6", "mig_light-s6", "mig_host-s5", "mig_saturated-s5", "mig_light-s5", "mig_host-long", "mig_host-s3", "mig_light", "mig_saturated", "mig_host", "mig_saturated-s1", "mig_host-s2"]
 # the held-out host-expert repeats first of the rest (-s3: the seventh call; -s2: the sixth), then naive_light
 # (naive has host experts at every load), then the earlier runs
-REST = [*(f"{n}-s12" for n in SINGLE_HOST), *(f"{n}-s8" for n in (*SINGLE_HOST, *RESIDENT)), "naive_host-s6", "swap_host-s6", "reconfig_host-s6", "reconfig_fast_host-s6", "multiplex_host-s6",
+REST = [*(f"{n}-s15" for n in SINGLE_HOST), *(f"{n}-s12" for n in SINGLE_HOST), *(f"{n}-s8" for n in (*SINGLE_HOST, *RESIDENT)), "naive_host-s6", "swap_host-s6", "reconfig_host-s6", "reconfig_fast_host-s6", "multiplex_host-s6",
         *(f"{n}-s6" for n in RESIDENT), "naive_host-s5", "swap_host-s5", "reconfig_host-s5", "reconfig_fast_host-s5", "multiplex_host-s5",
         "naive_host-long", "swap_host-long", "reconfig_host-long", "reconfig_fast_host-long", "multiplex_host-long",
         "naive_host-s3", "swap_host-s3", "reconfig_host-s3", "reconfig_fast_host-s3", "multiplex_host-s3",
@@ -328,6 +330,9 @@ def tables(backend, out: Path, model, gpu) -> bool:
     step("sm64", sm64)
 
     def link() -> None:
+        if (out / "link_share.json").is_file():  # measured before the other GPU's processes started (``main``)
+            info["link_share"] = json.loads((out / "link_share.json").read_text())
+            return
         d = backend.link_share()
         info["link_share"] = d
         (out / "link_share.json").write_text(json.dumps(d, indent=1))
@@ -525,6 +530,26 @@ def main(out_s: str, only: list[str] | None = None) -> int:
     two_links = n_gpus >= 2 and probe.get("ratio", 0.0) >= 0.9
     mig_names = [n for n in MIG if n in names]
     mig_proc = None
+    model = get_model("tiny" if smoke else "mixtral-8x7b")
+    gpu = get_gpu("h200")
+    single = [n for n in FIRST + REST if n in names]
+    two = [n for n in TWO_GPU if n in names]
+    shared = None
+    # prefill bucket graphs only where FlashAttention takes empty sequences (a child: the parent checked)
+    buckets = os.environ.get("MATRIX_PREFILL_BUCKETS") != "0" if child else flash_ok(checker)
+    os.environ["MATRIX_PREFILL_BUCKETS"] = "1" if buckets else "0"
+    if single or two:
+        shared = TorchBackend(model, gpu, device=device, n_tenants=3, max_batch=16, host_pool=8,
+                              moe_kernel=MOE_KERNEL if not smoke else "grouped")
+        shared.bucket_prefill = buckets
+        print(f"engine built in {time.perf_counter() - t0:.1f} s (prefill buckets: {buckets})", flush=True)
+    if "tables" in names and shared is not None and mig_names and not child:
+        # the tables' link rate, measured before the other GPU's processes copy too (the sixteenth call measured
+        # it beside the mig process's fetches: 51.0 GB/s against 55.0 alone, ``link_probe``)
+        (out / "tables").mkdir(parents=True, exist_ok=True)
+        d = shared.link_share()
+        (out / "tables" / "link_share.json").write_text(json.dumps(d, indent=1))
+        print(f"link share (before the other processes): {json.dumps(d)}", flush=True)
     if mig_names and not child and (two_links or smoke):
         # the mig slices on the last GPU, beside the single-GPU runs (the GPUs' host links do not slow each
         # other: ``link_probe``); GPU 1 is then free for the two-GPU runs
@@ -551,9 +576,6 @@ def main(out_s: str, only: list[str] | None = None) -> int:
         wait_child(mig_proc, "mig", limit_s)
         mig_proc = None
 
-    model = get_model("tiny" if smoke else "mixtral-8x7b")
-    gpu = get_gpu("h200")
-
     def one(name: str, backend) -> bool:
         t = time.perf_counter()
         args = [*run_keys(name), f"out={out}/{name}"]
@@ -578,17 +600,6 @@ def main(out_s: str, only: list[str] | None = None) -> int:
               f"{DEADLINE_S:.0f} s)", flush=True)
         return False
 
-    single = [n for n in FIRST + REST if n in names]
-    two = [n for n in TWO_GPU if n in names]
-    shared = None
-    # prefill bucket graphs only where FlashAttention takes empty sequences (a child: the parent checked)
-    buckets = os.environ.get("MATRIX_PREFILL_BUCKETS") != "0" if child else flash_ok(checker)
-    os.environ["MATRIX_PREFILL_BUCKETS"] = "1" if buckets else "0"
-    if single or two:
-        shared = TorchBackend(model, gpu, device=device, n_tenants=3, max_batch=16, host_pool=8,
-                              moe_kernel=MOE_KERNEL if not smoke else "grouped")
-        shared.bucket_prefill = buckets
-        print(f"engine built in {time.perf_counter() - t0:.1f} s (prefill buckets: {buckets})", flush=True)
     for name in [n for n in FIRST if n in names]:
         if not fits(name):
             continue
