@@ -70,3 +70,32 @@ def test_no_timeline_unless_asked(tmp_path) -> None:
     run(parse_args(args), args, log=lambda *a, **k: None)
     assert not (tmp_path / "timeline.parquet").exists()
     assert "wall_t0" not in json.loads((tmp_path / "summary.json").read_text())
+
+
+def test_host_reader_reads_what_tolist_reads() -> None:
+    """``HostReader`` (the routing read of a fetching step): on CPU plain ``tolist``; the same lists on CUDA."""
+    import torch
+
+    from moesim.serve.backend import HostReader
+
+    r = HostReader(torch.device("cpu"))
+    t = torch.tensor([0, 3, 3, 7, 12], dtype=torch.int32)
+    assert r.read(t) == [0, 3, 3, 7, 12]
+    assert r.read(torch.arange(6, dtype=torch.int64).reshape(2, 3)) == [[0, 1, 2], [3, 4, 5]]
+
+
+@pytest.mark.gpu
+def test_host_reader_on_cuda() -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from moesim.serve.backend import HostReader
+
+    r = HostReader(torch.device("cuda"))
+    for dtype in (torch.int32, torch.int64):
+        for n in (5, 200):  # the pinned buffer grows past its first 64 elements
+            t = torch.randint(0, 1000, (n,), dtype=dtype, device="cuda")
+            assert r.read(t) == t.tolist()
+    t = torch.randint(0, 9, (3, 4), device="cuda")
+    assert r.read(t) == t.tolist()
