@@ -31,7 +31,7 @@ def _resimulate(tmp_path: Path, folder: str, *extra: str) -> pd.DataFrame:
 @pytest.mark.parametrize(("folder", "n_runs", "within", "within_run_link", "within_host_bound"),
                          [("h200_long", 6, 6, 6, 0), ("h200_split2", 10, 10, 9, 0), ("h200_s5", 10, 6, 7, 0),
                           ("h200_s6", 17, 16, 16, 8), ("h200_triton", 13, 13, 13, 10), ("h200_triton2", 5, 4, 4, 3),
-                          ("h200_timeline", 5, 4, 4, 3), ("h200_pinned3", 9, 7, 8, 7)])
+                          ("h200_timeline", 5, 4, 4, 3), ("h200_pinned3", 9, 7, 8, 7), ("h200_pinned4", 11, 11, 11, 5)])
 def test_held_out_host_runs_read_back(tmp_path, folder, n_runs, within, within_run_link, within_host_bound) -> None:
     committed = pd.read_csv(ROOT / folder / "validation_profile_bucketed.csv").set_index("run")
     got = _resimulate(tmp_path, folder)
