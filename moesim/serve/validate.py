@@ -10,9 +10,10 @@ steps from the runtime's measured bucket table, fetching decode steps as ``fetch
 resident layers before the first host layer eager or from graphs as the run's backend says: ``fetch_prefix_of``)
 or ``fetch_model=host_bound`` (suffix ``_host_bound``), expert copies at the rate measured in the same call
 (``link=table``, default: ``link_share.json`` beside the table), the profile's (``link=profile``) or the run's own
-(``link=run``, a diagnostic, swaps too: suffix ``_link_run``), mig slices sharing the host link as one copy queue
-(``link_discipline=auto``: ``fifo``, the runtime's green contexts) or 1/k each (``link_discipline=share``: suffix
-``_share``); the per-run files get the same suffix), host-bound steps of
+(``link=run``, a diagnostic, swaps too: suffix ``_link_run``), mig slices sharing the host link as the runtime's
+green contexts do (``link_discipline=auto``: ``alternate``, one copy engine taking copies in turn; for runs before
+``HostReader``, whose summary has no ``routing_read``, ``fifo``, layer bursts) or as named (``share``: 1/k each,
+``fifo``, ``alternate``: suffix ``_<name>``); the per-run files get the same suffix), host-bound steps of
 the GPUs of a fleet slowing each other (``host_contention=auto``, default: α = ``HOST_CONTENTION`` for runs on
 several GPUs, which the runtime drives from one host process, 0 otherwise; a number: that α for every run, suffix
 ``_host<α>``; ``moesim.engine.host``) (run-level figures simulated vs measured, signed errors, per-request median/mean
@@ -111,8 +112,9 @@ def simulate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", 
     """Simulate one served run's trace as ``validate_run`` does: (the ``SimResult``, its validation row).
 
     ``options``: further cost options (``profile_bucketed``'s keys), over the ones the run's backend implies.
-    ``link_discipline``: how a mig run's slices share the host link in the simulation (``auto``: ``fifo``, the
-    runtime's slices being green contexts of one process with one copy queue; ``share``: 1/k each, as real MIG
+    ``link_discipline``: how a mig run's slices share the host link in the simulation (``auto``: ``alternate``, the
+    runtime's slices being green contexts of one process with one copy engine, or ``fifo`` for runs before
+    ``HostReader`` (``routing_read_of``); ``share``: 1/k each, as real MIG
     partitions). ``host_contention``: ``auto`` or α (``host_contention_of``).
     """
     from moesim.executor.compare import summary
@@ -266,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"argument {a!r}{did_you_mean(key, opts)}: keys: sim_cost=auto|profile|profile_mixed|profile_bucketed|roofline|"
                             "constant, execution=auto|graphs|eager, table=<decode_table.csv> (profile_bucketed), "
                             "fetch_model=pipeline|host_bound, link=table|profile|run (profile_bucketed), "
-                            "link_discipline=auto|share|fifo (mig), host_contention=auto|<α ≥ 0>")
+                            "link_discipline=auto|share|fifo|alternate (mig), host_contention=auto|<α ≥ 0>")
         opts[key] = value
     if opts["fetch_model"] not in FETCH_MODELS:
         raise UserError(f"fetch_model={opts['fetch_model']!r}: valid: {', '.join(FETCH_MODELS)}")
