@@ -122,11 +122,12 @@ def analyse(run: Path) -> str:
     g["rest"] = g["step"] - g["copies"]
     n, late, near, delay = late_copies(tl)
     carried = link_carried(tl, st)
+    link = (f"the link carried {carried:.0%} of its rate while two or more instances were in fetching steps."
+            if carried == carried else "never two instances in fetching steps with copies timed at once.")
     lines = [f"### {run.parent.name}/{run.name}", "",
              f"{n} copies; {late} late (stream reached them > 1 ms after their instance was ready, mean "
              f"{delay * 1e3:.1f} ms), {near} of them within 0.5 ms of another instance's routing read returning; "
-             f"the link carried {carried:.0%} of its rate while two or more instances were in fetching steps.",
-             "",
+             + link, "",
              "| step | beside | n | step ms | copies ms | rest ms | fetches |", "|---|---|---:|---:|---:|---:|---:|"]
     for (phase, ctx), r in g.iterrows():
         lines.append(f"| {phase} | {ctx} | {int(r['n'])} | {r['step'] * 1e3:.1f} | {r['copies'] * 1e3:.1f} | "
