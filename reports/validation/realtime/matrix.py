@@ -146,6 +146,10 @@ for _seed, _names in ((12, ("mig_saturated", "mig_host", "mig_light", "fleet_hos
         _n = next(int(k.split("=")[1]) for k in RUNS[_name][0] if k.startswith("max_requests="))
         RUNS[f"{_name}-s{_seed}"] = ([*(k for k in RUNS[_name][0] if not k.startswith("max_requests=")),
                                      f"seed={_seed}", f"max_requests={2 * _n}", "timeline=true"], 2 * RUNS[_name][1])
+# the nineteenth call: the seventeenth call's fleet and multiplex host-expert traces again (``-w``), the staging
+# buffers now allocated before the run (``Fetcher.reserve``): before and after on identical traces
+for _name in ("fleet_host-s15", "multiplex_host-s15"):
+    RUNS[f"{_name}-w"] = RUNS[_name]
 # two GPUs' host threads running synced eager steps alone and at once (the fleet's host contention)
 RUNS["contention"] = ([], 40)
 SMOKE_KEYS = {"naive": ["budget_bytes=0"], "swap": ["budget_bytes=0"]}
@@ -154,8 +158,8 @@ DEADLINE_S = float(os.environ.get("MATRIX_DEADLINE_S", "490"))
 MOE_KERNEL = os.environ.get("MATRIX_MOE_KERNEL", "grouped")
 # the order of the call, most valuable first (the runs that missed 5% or never ran): FIRST on GPU 0 while the mig
 # runs go on GPU 1 in a process of their own (MIG), then TWO_GPU (both GPUs), then the rest on GPU 0
-FIRST = ["multiplex_saturated", "tables", "multiplex_host", "reconfig_fast_host", "naive_saturated"]
-TWO_GPU = ["fleet_host-s16", "fleet_host-s17", "fleet_host-s15", "contention", "fleet_host-s14", "fleet_host-s12", "fleet_host-s9", "fleet-s9", "fleet_host-s6", "fleet_host-s7", "fleet_host-s5", "dedicated_saturated", "fleet_saturated", "fleet_host", "dedicated_light", "fleet", "dedicated_saturated-s1",
+FIRST = ["multiplex_host-s15-w", "multiplex_saturated", "tables", "multiplex_host", "reconfig_fast_host", "naive_saturated"]
+TWO_GPU = ["fleet_host-s15-w", "fleet_host-s16", "fleet_host-s17", "fleet_host-s15", "contention", "fleet_host-s14", "fleet_host-s12", "fleet_host-s9", "fleet-s9", "fleet_host-s6", "fleet_host-s7", "fleet_host-s5", "dedicated_saturated", "fleet_saturated", "fleet_host", "dedicated_light", "fleet", "dedicated_saturated-s1",
            "fleet_host-s2", "fleet_host-s3", "fleet_host-long"]
 MIG = ["mig_saturated-s16", "mig_host-s16", "mig_light-s16", "mig_saturated-s17", "mig_saturated-s15", "mig_host-s15", "mig_light-s15", "mig_saturated-s14", "mig_host-s14", "mig_light-s14", "mig_saturated-s10-p", "mig_saturated-s11-p", "mig_saturated-s12", "mig_host-s12", "mig_saturated-s13",
        "mig_light-s12", "mig_saturated-s10", "mig_saturated-s11", "mig_host-s10", "mig_host-s11", "mig_light-s10",
