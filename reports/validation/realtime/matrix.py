@@ -158,7 +158,7 @@ DEADLINE_S = float(os.environ.get("MATRIX_DEADLINE_S", "490"))
 MOE_KERNEL = os.environ.get("MATRIX_MOE_KERNEL", "grouped")
 # the order of the call, most valuable first (the runs that missed 5% or never ran): FIRST on GPU 0 while the mig
 # runs go on GPU 1 in a process of their own (MIG), then TWO_GPU (both GPUs), then the rest on GPU 0
-FIRST = ["multiplex_host-s15-w", "multiplex_saturated", "tables", "multiplex_host", "reconfig_fast_host", "naive_saturated"]
+FIRST = ["multiplex_saturated", "tables", "multiplex_host", "reconfig_fast_host", "naive_saturated"]
 TWO_GPU = ["fleet_host-s15-w", "fleet_host-s16", "fleet_host-s17", "fleet_host-s15", "contention", "fleet_host-s14", "fleet_host-s12", "fleet_host-s9", "fleet-s9", "fleet_host-s6", "fleet_host-s7", "fleet_host-s5", "dedicated_saturated", "fleet_saturated", "fleet_host", "dedicated_light", "fleet", "dedicated_saturated-s1",
            "fleet_host-s2", "fleet_host-s3", "fleet_host-long"]
 MIG = ["mig_saturated-s16", "mig_host-s16", "mig_light-s16", "mig_saturated-s17", "mig_saturated-s15", "mig_host-s15", "mig_light-s15", "mig_saturated-s14", "mig_host-s14", "mig_light-s14", "mig_saturated-s10-p", "mig_saturated-s11-p", "mig_saturated-s12", "mig_host-s12", "mig_saturated-s13",
@@ -166,7 +166,7 @@ MIG = ["mig_saturated-s16", "mig_host-s16", "mig_light-s16", "mig_saturated-s17"
        "mig_saturated-s10-sw", "mig_saturated-s11-sw", "mig_host-s9", "mig_saturated-s9", "mig_light-s9", "mig_host-s6", "mig_saturated-s6", "mig_light-s6", "mig_host-s5", "mig_saturated-s5", "mig_light-s5", "mig_host-long", "mig_host-s3", "mig_light", "mig_saturated", "mig_host", "mig_saturated-s1", "mig_host-s2"]
 # the held-out host-expert repeats first of the rest (-s3: the seventh call; -s2: the sixth), then naive_light
 # (naive has host experts at every load), then the earlier runs
-REST = [*(f"{n}-s16" for n in SINGLE_HOST), *(f"{n}-s15" for n in SINGLE_HOST), *(f"{n}-s12" for n in SINGLE_HOST), *(f"{n}-s8" for n in (*SINGLE_HOST, *RESIDENT)), "naive_host-s6", "swap_host-s6", "reconfig_host-s6", "reconfig_fast_host-s6", "multiplex_host-s6",
+REST = ["multiplex_host-s15-w", *(f"{n}-s16" for n in SINGLE_HOST), *(f"{n}-s15" for n in SINGLE_HOST), *(f"{n}-s12" for n in SINGLE_HOST), *(f"{n}-s8" for n in (*SINGLE_HOST, *RESIDENT)), "naive_host-s6", "swap_host-s6", "reconfig_host-s6", "reconfig_fast_host-s6", "multiplex_host-s6",
         *(f"{n}-s6" for n in RESIDENT), "naive_host-s5", "swap_host-s5", "reconfig_host-s5", "reconfig_fast_host-s5", "multiplex_host-s5",
         "naive_host-long", "swap_host-long", "reconfig_host-long", "reconfig_fast_host-long", "multiplex_host-long",
         "naive_host-s3", "swap_host-s3", "reconfig_host-s3", "reconfig_fast_host-s3", "multiplex_host-s3",
