@@ -144,15 +144,6 @@ class Fetcher:
 
     _cpu_s = 0.0
 
-    def reserve(self, eng: Any, n_layers: int) -> None:
-        """Allocate the staging buffers before any step: one pair (one expert's weights) when copies are synchronous,
-        else as many as the layer with the most host experts can need at once. Allocated lazily, the first large
-        prefill paid for them inside the served run: on the H200 a fleet GPU's first fetching prefill took
-        147–193 ms against 122–127 ms for the same prefill later (``h200_pinned3``, ``h200_pinned4`` timelines)."""
-        most = max((len(eng.host_in[i]) for i in range(n_layers)), default=0)
-        for i in range(min(most, 1) if not self.overlap else most):
-            self._buffers(eng, i)
-
     def _buffers(self, eng: Any, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         while len(self.pool) <= i:
             self.pool.append((torch.empty_like(eng.ph_in), torch.empty_like(eng.ph_out)))
@@ -360,7 +351,6 @@ class TorchBackend:
         self.fetcher = Fetcher(self.device, plan.residency.fetch_overlap > 0) if has_host else None
         if self.fetcher is not None:
             self.fetcher.trace = self.trace
-            self.fetcher.reserve(self.eng, self.model.n_layers)
         self.eng.fetcher = self.fetcher
         self.x._sync()
 
