@@ -59,12 +59,18 @@ LINK_MODES = ("table", "profile", "run")
 HOST_CONTENTION = 0.3
 
 
+def first_backend(doc: dict[str, Any]) -> dict[str, Any]:
+    """A served run's backend description (``summary.json``'s ``backend``; the first instance's when there are
+    several, one per instance); empty when there is none."""
+    be = doc.get("backend", {})
+    be = be[0] if isinstance(be, list) and be else be
+    return be if isinstance(be, dict) else {}
+
+
 def routing_read_of(doc: dict[str, Any]) -> str:
     """How the served run's fetching steps read each host layer's routing (``TorchBackend.describe``'s
     ``routing_read``: ``pinned`` since ``HostReader``; runs before it say nothing: ``tolist``)."""
-    be = doc.get("backend", {})
-    be = be[0] if isinstance(be, list) and be else be
-    return str(be.get("routing_read", "tolist")) if isinstance(be, dict) else "tolist"
+    return str(first_backend(doc).get("routing_read", "tolist"))
 
 
 def host_contention_of(setting: str, cfg: Any) -> float:
@@ -128,9 +134,7 @@ def simulate_run(folder: Path, sim_cost: str = "auto", execution: str = "auto", 
     requests = make_requests(cfg)
     measured = pd.read_parquet(folder / "requests.parquet")
     if execution == "auto":
-        be = doc.get("backend", {})
-        be = be[0] if isinstance(be, list) and be else be  # several instances: one description each
-        execution = "eager" if be.get("execution") == "eager" else "graphs"
+        execution = "eager" if first_backend(doc).get("execution") == "eager" else "graphs"
     opts = None
     if sim_cost == "profile_bucketed":
         opts = {"fetch_model": fetch_model, "fetch_prefix": fetch_prefix_of(doc),

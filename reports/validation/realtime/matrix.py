@@ -92,6 +92,17 @@ RUNS: dict[str, tuple[list[str], float]] = {
     "mig_saturated": (["policy=mig", "rate=4", "max_requests=6", "warmup=false"], 14),
     "mig_host": (["policy=mig", "budget_bytes=50e9", "rate=0.2", "max_requests=5", "warmup=false"], 22),
 }
+
+
+def _longer(name: str, seed: int, *extra: str) -> tuple[list[str], float]:
+    """Run ``name`` again with ``seed`` and twice its requests at the same rate (keys ``extra`` added): its keys and
+    twice its estimate."""
+    keys, est = RUNS[name]
+    n = next(int(k.split("=")[1]) for k in keys if k.startswith("max_requests="))
+    return [*(k for k in keys if not k.startswith("max_requests=")), f"seed={seed}", f"max_requests={2 * n}",
+            *extra], 2 * est
+
+
 # held-out repeats (another seed: other arrivals and token pairs) of runs that missed 5% in the last call, last in
 # their phase: run when time is left
 for _name in ("multiplex_saturated", "dedicated_saturated", "mig_saturated", "reconfig_fast_host", "multiplex_host"):
@@ -101,9 +112,7 @@ HOST_S2 = ("naive_host", "swap_host", "reconfig_host", "reconfig_fast_host", "mu
 for _name in HOST_S2:
     RUNS[f"{_name}-s2"] = ([*RUNS[_name][0], "seed=2"], RUNS[_name][1])
     RUNS[f"{_name}-s3"] = ([*RUNS[_name][0], "seed=3"], RUNS[_name][1])
-    _n = next(int(k.split("=")[1]) for k in RUNS[_name][0] if k.startswith("max_requests="))
-    RUNS[f"{_name}-long"] = ([*(k for k in RUNS[_name][0] if not k.startswith("max_requests=")), "seed=4",
-                              f"max_requests={2 * _n}"], 2 * RUNS[_name][1])
+    RUNS[f"{_name}-long"] = _longer(_name, 4)
 # the ninth call: held-out runs twice as long with seed 5 (never run before), the host-expert runs and mig at light and
 # saturated load (host experts at every load at Mixtral's size: both slices fetch at once)
 # the tenth call: held-out runs twice as long with seed 6 (seed 7: a second fleet run), after the ninth call's
@@ -116,17 +125,13 @@ for _seed, _names in ((5, (*HOST_S2, "mig_light", "mig_saturated")),
                       (6, (*HOST_S2, "mig_light", "mig_saturated", *RESIDENT)), (7, ("fleet_host",)),
                       (8, (*RESIDENT, *SINGLE_HOST)), (9, ("mig_light", "mig_saturated", "mig_host", "fleet_host", "fleet"))):
     for _name in _names:
-        _n = next(int(k.split("=")[1]) for k in RUNS[_name][0] if k.startswith("max_requests="))
-        RUNS[f"{_name}-s{_seed}"] = ([*(k for k in RUNS[_name][0] if not k.startswith("max_requests=")),
-                                     f"seed={_seed}", f"max_requests={2 * _n}"], 2 * RUNS[_name][1])
+        RUNS[f"{_name}-s{_seed}"] = _longer(_name, _seed)
 # seeds 10 and 11 (the fourteenth call): mig with the runtime's timeline (``timeline=true``: each step, routing read
 # and expert copy of both slices on one clock), held out; ``-sw``: the same runs with the interpreter's thread switch
 # interval at 0.1 ms (``MATRIX_SWITCH_S``, set by the process that runs them) instead of Python's 5 ms
 for _seed, _names in ((10, ("mig_saturated", "mig_host", "mig_light")), (11, ("mig_saturated", "mig_host"))):
     for _name in _names:
-        _n = next(int(k.split("=")[1]) for k in RUNS[_name][0] if k.startswith("max_requests="))
-        RUNS[f"{_name}-s{_seed}"] = ([*(k for k in RUNS[_name][0] if not k.startswith("max_requests=")),
-                                     f"seed={_seed}", f"max_requests={2 * _n}", "timeline=true"], 2 * RUNS[_name][1])
+        RUNS[f"{_name}-s{_seed}"] = _longer(_name, _seed, "timeline=true")
 for _name in ("mig_saturated-s10", "mig_saturated-s11"):
     RUNS[f"{_name}-sw"] = RUNS[_name]
 # (the sixteenth call: seed 14 of mig and the fleet, and the single-GPU seed-12 runs the fifteenth call lost;
@@ -143,9 +148,7 @@ for _seed, _names in ((12, ("mig_saturated", "mig_host", "mig_light", "fleet_hos
                       (16, ("mig_saturated", "mig_host", "mig_light", "fleet_host", *SINGLE_HOST)),
                       (17, ("mig_saturated", "fleet_host"))):
     for _name in _names:
-        _n = next(int(k.split("=")[1]) for k in RUNS[_name][0] if k.startswith("max_requests="))
-        RUNS[f"{_name}-s{_seed}"] = ([*(k for k in RUNS[_name][0] if not k.startswith("max_requests=")),
-                                     f"seed={_seed}", f"max_requests={2 * _n}", "timeline=true"], 2 * RUNS[_name][1])
+        RUNS[f"{_name}-s{_seed}"] = _longer(_name, _seed, "timeline=true")
 # the nineteenth call: the seventeenth call's fleet and multiplex host-expert traces again (``-w``), the staging
 # buffers now allocated before the run (``Fetcher.reserve``): before and after on identical traces
 for _name in ("fleet_host-s15", "multiplex_host-s15"):
